@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as err:
+    except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"advi-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
