@@ -377,12 +377,17 @@ def _initial_loc(model: Model, init: Any, dtype) -> Array:
     return loc
 
 
+@jax.jit
+def _log_density_at(model: Model, zeta: Array) -> Array:
+    return model.log_density(zeta)
+
+
 def _check_initial_point(model: Model, loc: Array) -> None:
     """Raise a clear error if the log density is not a finite scalar at the initial point."""
-    out = jax.eval_shape(model.log_density, jax.ShapeDtypeStruct(loc.shape, loc.dtype))
+    out = jax.eval_shape(_log_density_at, model, jax.ShapeDtypeStruct(loc.shape, loc.dtype))
     if out.shape != ():
         raise ValueError(f"log_joint must return a scalar, got shape {out.shape}")
-    value = jax.jit(model.log_density)(loc)
+    value = _log_density_at(model, loc)
     if not np.isfinite(float(value)):
         params = model.to_constrained(loc)
         shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in params.items()}
