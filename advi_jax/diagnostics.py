@@ -118,7 +118,8 @@ class PSISResult(NamedTuple):
       log_weights: (S,) Pareto-smoothed log weights (normalised to log-sum-exp 0 when
         `normalize=True`).
       khat: scalar GPD shape estimate (after the prior adjustment); +inf when it cannot be
-        estimated (infinite ratios, or a tail with no spread to fit).
+        estimated (infinite ratios, too few draws), -inf when the largest ratios are all equal
+        (constant ratios: q is proportional to p, the best case).
       sigma: scalar GPD scale, in units of `exp(max log ratio)`.
     """
 
@@ -221,6 +222,8 @@ def khat_verdict(khat: float, num_draws: int | None = None) -> str:
     except (TypeError, ValueError):
         raise TypeError(f"khat must be a number, got {type(khat).__name__}") from None
     bound = KHAT_OK if num_draws is None else khat_threshold(num_draws)
+    if khat == -math.inf:
+        return "good (the largest importance ratios are all equal: q matches the posterior's shape)"
     if not math.isfinite(khat):
         return ("unreliable (k-hat could not be estimated: infinite or degenerate importance ratios); "
                 "q does not match the posterior")
@@ -259,7 +262,8 @@ def gpd_fit(exceedances: ArrayLike, prior_weight: float = 10.0) -> tuple[Array, 
       prior_weight: weight of the prior on k (10 in the PSIS paper).
 
     Returns:
-      (k, sigma), scalars; k is +inf when the exceedances have no spread (all zero).
+      (k, sigma), scalars; k is -inf when the exceedances are all zero (a point mass: the
+      bounded limit) and +inf when the fit fails numerically.
     """
     x = jnp.asarray(exceedances)
     n = x.shape[0]
@@ -269,9 +273,12 @@ def gpd_fit(exceedances: ArrayLike, prior_weight: float = 10.0) -> tuple[Array, 
     m = 30 + int(math.floor(math.sqrt(n)))
     x_max = x[-1]
     x_quartile = x[int(math.floor(n / 4.0 + 0.5)) - 1]
-    degenerate = ~(x_max > 0) | ~(x_quartile > 0)
+    # All exceedances zero: the tail is a point mass (constant ratios, q proportional to p), the
+    # limit k -> -inf. Ties at the threshold (quartile zero) fall back to the mean exceedance.
+    degenerate = ~(x_max > 0)
     safe_max = jnp.where(degenerate, 1.0, x_max)
-    safe_quartile = jnp.where(degenerate, 1.0, x_quartile)
+    safe_quartile = jnp.where(x_quartile > 0, x_quartile, jnp.mean(x))
+    safe_quartile = jnp.where(degenerate, 1.0, safe_quartile)
     j = jnp.arange(1, m + 1, dtype=dtype)
     theta = 1.0 / safe_max + (1.0 - jnp.sqrt(m / (j - 0.5))) / (3.0 * safe_quartile)
 
@@ -286,7 +293,8 @@ def gpd_fit(exceedances: ArrayLike, prior_weight: float = 10.0) -> tuple[Array, 
     k = jnp.mean(jnp.log1p(-theta_hat * x))
     sigma = -k / theta_hat
     k = (n * k + 0.5 * prior_weight) / (n + prior_weight)
-    k = jnp.where(degenerate | ~jnp.isfinite(k), jnp.inf, k)
+    k = jnp.where(jnp.isnan(k), jnp.inf, k)
+    k = jnp.where(degenerate, -jnp.inf, k)
     return k.astype(dtype), sigma.astype(dtype)
 
 
@@ -326,7 +334,7 @@ def _psis_core(log_ratios: Array, normalize: bool) -> PSISResult:
         probs = (jnp.arange(1, tail + 1, dtype=dtype) - 0.5) / tail
         smoothed_tail = jnp.log(threshold_weight + _gpd_quantile(probs, khat, sigma)) + shift
         smoothed_tail = jnp.minimum(smoothed_tail, top)
-        usable = jnp.isfinite(khat) & jnp.all(jnp.isfinite(smoothed_tail))
+        usable = ~jnp.isnan(khat) & ~jnp.isposinf(khat) & jnp.all(jnp.isfinite(smoothed_tail))
         new_tail = jnp.where(usable, smoothed_tail, sorted_lr[num_draws - tail:])
         sorted_lr = sorted_lr.at[num_draws - tail:].set(new_tail)
         smoothed = jnp.empty_like(log_ratios).at[order].set(sorted_lr)

@@ -400,7 +400,9 @@ class Result:
       adaptation: with `learning_rate="adapt"`, a dict with the candidate `learning_rates`, the
         `elbo` reached by each, the `initial_elbo` and the chosen `learning_rate`; else None.
       init_loc: (K,) the initial location of q in R^K.
-      init_scores: with `init="random"`, the ELBO estimate of each candidate location.
+      init_candidates: with `init="random"`, the (num_init_draws, K) candidate locations.
+      init_scores: with `init="random"`, the ELBO estimate of q centred at each candidate; the
+        fit starts from the candidate with the highest.
     """
 
     model: Model
@@ -424,6 +426,7 @@ class Result:
     learning_rate: float | None = None
     adaptation: dict | None = None
     init_loc: np.ndarray | None = None
+    init_candidates: np.ndarray | None = None
     init_scores: np.ndarray | None = None
 
     def sample_unconstrained(self, key: Array, n: int) -> Array:
@@ -765,11 +768,11 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
     cfg = _Config(family_obj, optimizer if optimizer is not None else default_optimizer(float(lr)), estimator,
                   num_samples, init_scale, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                   max_consecutive_nonfinite)
-    init_scores = None
+    init_scores = init_candidates = None
     if random_init:
         locs, scores = _random_init(model, jax.random.fold_in(key, 3), jnp.asarray(init_radius, dtype), cfg,
                                     num_init_draws, 64)
-        init_scores = np.asarray(scores)
+        init_scores, init_candidates = np.asarray(scores), np.asarray(locs)
         if not np.isfinite(init_scores).any():
             raise ValueError(f"init='random': the ELBO is not finite at any of the {num_init_draws} random initial "
                              f"points in (-{init_radius}, {init_radius})^K; lower init_radius or pass init=")
@@ -835,6 +838,7 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
         learning_rate=float(lr) if optimizer is None else None,
         adaptation=adaptation,
         init_loc=np.asarray(loc),
+        init_candidates=init_candidates,
         init_scores=init_scores,
     )
     if diagnostics:
