@@ -331,6 +331,12 @@ def _psis_core(log_ratios: Array, normalize: bool) -> PSISResult:
         exceed = jnp.exp(sorted_lr[num_draws - tail:] - shift) - threshold_weight
         exceed = jnp.maximum(jnp.where(jnp.isfinite(exceed), exceed, 0.0), 0.0)
         khat, sigma = gpd_fit(exceed)
+        # A tail ratio above the threshold whose exceedance underflows to zero means the weights
+        # span more than the dtype's range (exp(r - max) == exp(u - max)): far heavier than
+        # any fitted k could show, and a GPD fit on the underflowed values is meaningless.
+        tail_lr = sorted_lr[num_draws - tail:]
+        underflow = jnp.any((tail_lr > threshold) & (exceed <= 0))
+        khat = jnp.where(underflow, jnp.inf, khat)
         probs = (jnp.arange(1, tail + 1, dtype=dtype) - 0.5) / tail
         smoothed_tail = jnp.log(threshold_weight + _gpd_quantile(probs, khat, sigma)) + shift
         smoothed_tail = jnp.minimum(smoothed_tail, top)
