@@ -163,12 +163,15 @@ class MeanFieldGaussian(Family):
         return _softplus(params.raw_scale)
 
     def sample_standard(self, params, noise):
-        return params.loc + self.scale(params) * noise
+        noise = jnp.asarray(noise)
+        return (jnp.broadcast_to(params.loc, noise.shape)
+                + jnp.broadcast_to(self.scale(params), noise.shape) * noise)
 
     def log_prob(self, params, zeta):
         """log q(zeta) for zeta of shape (..., K); returns shape (...)."""
         scale = self.scale(params)
-        z = (jnp.asarray(zeta) - params.loc) / scale
+        zeta = jnp.asarray(zeta)
+        z = (zeta - jnp.broadcast_to(params.loc, zeta.shape)) / jnp.broadcast_to(scale, zeta.shape)
         return -0.5 * jnp.sum(z * z, axis=-1) - jnp.sum(jnp.log(scale)) - 0.5 * params.loc.shape[-1] * _LOG_2PI
 
     def entropy(self, params):
@@ -204,12 +207,14 @@ class FullRankGaussian(Family):
 
     def sample_standard(self, params, noise):
         L = self.scale_tril(params)
-        return params.loc + noise @ L.T
+        noise = jnp.asarray(noise)
+        return jnp.broadcast_to(params.loc, noise.shape) + noise @ L.T
 
     def log_prob(self, params, zeta):
         """log q(zeta) for zeta of shape (..., K), by a triangular solve (no inverse)."""
         L = self.scale_tril(params)
-        diff = jnp.asarray(zeta) - params.loc
+        zeta = jnp.asarray(zeta)
+        diff = zeta - jnp.broadcast_to(params.loc, zeta.shape)
         batch = diff.shape[:-1]
         k = diff.shape[-1]
         z = solve_triangular(L, diff.reshape(-1, k).T, lower=True).T.reshape(batch + (k,))
