@@ -9,6 +9,19 @@ from advi_jax.families import (
     MeanFieldParams,
 )
 from advi_jax.fit import ADVI, FitState, Result, StepInfo, advi, fit
+from advi_jax.diagnostics import (
+    ImportanceDiagnostics,
+    PSISResult,
+    importance_diagnostics,
+    importance_ess,
+    iw_elbo,
+    khat_threshold,
+    khat_verdict,
+    psis,
+    psis_expectation,
+    psis_resample,
+)
+from advi_jax.fit import DiagnosticWarning
 from advi_jax.flatten import Model
 from advi_jax.supports import (
     Support,
@@ -47,4 +60,15 @@ __all__ = [
     "real",
     "unit_interval",
     "upper_bounded",
+    "DiagnosticWarning",
+    "ImportanceDiagnostics",
+    "PSISResult",
+    "importance_diagnostics",
+    "importance_ess",
+    "iw_elbo",
+    "khat_threshold",
+    "khat_verdict",
+    "psis",
+    "psis_expectation",
+    "psis_resample",
 ]

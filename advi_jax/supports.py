@@ -129,7 +129,10 @@ def positive(shape: Any = (), transform: str = "exp") -> Support:
 
 def _check_bound(value: Any, name: str) -> Any:
     if is_concrete(value):
-        arr = np.asarray(value, dtype=float)
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}") from None
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} must be finite, got {value!r}")
     return value
