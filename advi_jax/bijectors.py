@@ -298,13 +298,15 @@ class Affine(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
+        y = self.loc + self.scale * x
         log_det = jnp.broadcast_to(jnp.log(jnp.abs(self.scale)), x.shape)
-        return self.loc + self.scale * x, _sum(log_det)
+        return y, _sum(log_det).astype(y.dtype)  # the log-det follows the value's dtype
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
+        x = (y - self.loc) / self.scale
         log_det = jnp.broadcast_to(jnp.log(jnp.abs(self.scale)), jnp.shape(y))
-        return (y - self.loc) / self.scale, -_sum(log_det)
+        return x, -_sum(log_det).astype(x.dtype)
 
 
 @_pytree(data=("bijectors",))
