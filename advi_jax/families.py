@@ -147,6 +147,14 @@ class Family:
         """(K,) marginal variances."""
         return jnp.diagonal(self.covariance(params))
 
+    def transform(self, params, shift: Array, scale_tril: Array):
+        """Parameters of the pushforward of q through zeta -> shift + scale_tril @ zeta.
+
+        Families that stay closed under the map implement it (mean-field: diagonal `scale_tril`
+        only; full-rank: any lower-triangular `scale_tril` with a positive diagonal).
+        """
+        raise TypeError(f"family {self.name!r} does not support affine reparameterisation (init='laplace')")
+
 
 @dataclasses.dataclass(frozen=True)
 class MeanFieldGaussian(Family):
@@ -191,6 +199,11 @@ class MeanFieldGaussian(Family):
     def variance(self, params):
         return self.scale(params) ** 2
 
+    def transform(self, params, shift, scale_tril):
+        """Pushforward through zeta -> shift + diag(scale_tril) * zeta (the diagonal is used)."""
+        d = jnp.diagonal(scale_tril)
+        return MeanFieldParams(shift + d * params.loc, _softplus_inverse(d * self.scale(params)))
+
 
 @dataclasses.dataclass(frozen=True)
 class FullRankGaussian(Family):
@@ -227,6 +240,11 @@ class FullRankGaussian(Family):
         """sum(log diag L) + K/2 (1 + log 2 pi)."""
         k = params.loc.shape[-1]
         return jnp.sum(jnp.log(_softplus(params.raw_diag))) + 0.5 * k * (1.0 + _LOG_2PI)
+
+    def transform(self, params, shift, scale_tril):
+        """Pushforward through zeta -> shift + scale_tril @ zeta: loc' = shift + S loc, L' = S L."""
+        L = scale_tril @ self.scale_tril(params)
+        return FullRankParams(shift + scale_tril @ params.loc, _softplus_inverse(jnp.diagonal(L)), L)
 
 
 FAMILIES: dict[str, Family] = {"meanfield": MeanFieldGaussian(), "fullrank": FullRankGaussian()}

@@ -69,7 +69,7 @@ import optax
 from advi_jax import diagnostics as _diag
 from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int
 from advi_jax.estimators import ESTIMATORS, elbo_surrogate, get_estimator, min_num_samples
-from advi_jax.families import FAMILIES, Family, get_family
+from advi_jax.families import FAMILIES, Family, FullRankGaussian, get_family
 from advi_jax.flatten import Model
 
 __all__ = [
@@ -365,6 +365,117 @@ def _diagnose(model: Model, family: Family, params: PyTree, key: Array, num_draw
     return _diag._diagnostics_core(log_ratios)
 
 
+
+# ----------------------------------------------------------------------------------------------
+# Laplace initialisation and whitening (init="laplace")
+
+
+class LaplaceInfo(NamedTuple):
+    """What the Laplace initialisation found.
+
+    Attributes:
+      mode: (K,) the mode of the log density on R^K (found by L-BFGS).
+      scale_tril: (K, K) lower-triangular factor of the inverse negative Hessian at the mode
+        (diagonal for families other than full-rank).
+      iterations: L-BFGS iterations used.
+      grad_norm: gradient norm at the mode.
+    """
+
+    mode: Array
+    scale_tril: Array
+    iterations: Array
+    grad_norm: Array
+
+
+@jax.tree_util.register_pytree_node_class
+class _Whitened:
+    """The log density in coordinates u with zeta = shift + scale_tril @ u (a constant Jacobian)."""
+
+    def __init__(self, base: Model, shift: Array, scale_tril: Array):
+        self.base, self.shift, self.scale_tril = base, shift, scale_tril
+
+    def tree_flatten(self):
+        return (self.base, self.shift, self.scale_tril), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def log_density(self, u: Array) -> Array:
+        return self.base.log_density(self.shift + self.scale_tril @ u)
+
+
+def _inverse_cholesky_lower(precision: Array) -> Array:
+    """Lower-triangular L with L L^T = precision^{-1}, by one Cholesky and one triangular solve.
+
+    With P the reversal permutation, chol(P H P) = M gives H^{-1} = (P M^{-T} P)(P M^{-T} P)^T,
+    and P M^{-T} P is lower triangular; no inverse of H is formed.
+    """
+    m = jnp.linalg.cholesky(precision[::-1, ::-1])
+    m_inv = jax.scipy.linalg.solve_triangular(m, jnp.eye(m.shape[0], dtype=m.dtype), lower=True)
+    return m_inv.T[::-1, ::-1]
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "full"))
+def _laplace(model: Model, loc: Array, max_iter: int, full: bool) -> LaplaceInfo:
+    def objective(z):
+        return -model.log_density(z)
+
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def cond(carry):
+        _, state, i, gnorm = carry
+        return (i < max_iter) & (gnorm > 1e-4 * jnp.sqrt(loc.shape[0]))
+
+    def body(carry):
+        z, state, i, _ = carry
+        value, grad = value_and_grad(z, state=state)
+        updates, state = solver.update(grad, state, z, value=value, grad=grad, value_fn=objective)
+        return optax.apply_updates(z, updates), state, i + 1, jnp.linalg.norm(grad)
+
+    init = (loc, solver.init(loc), jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, loc.dtype))
+    mode, _, iterations, _ = jax.lax.while_loop(cond, body, init)
+    grad_norm = jnp.linalg.norm(jax.grad(objective)(mode))
+    hessian = jax.hessian(objective)(mode)
+    hessian = 0.5 * (hessian + hessian.T)
+    if full:
+        scale_tril = _inverse_cholesky_lower(hessian)
+    else:
+        scale_tril = jnp.diag(1.0 / jnp.sqrt(jnp.diagonal(hessian)))
+    return LaplaceInfo(mode, scale_tril, iterations, grad_norm)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _transform(family: Family, params, shift: Array, scale_tril: Array):
+    return family.transform(params, shift, scale_tril)
+
+
+def laplace(model: Model, *, family: str | Family = "fullrank", init: ArrayLike | None = None,
+            max_iter: int = 1000) -> LaplaceInfo:
+    """Mode of the log density on R^K and a Cholesky factor of the inverse negative Hessian there.
+
+    Raises:
+      ValueError: when the mode or the Hessian is not finite, or the Hessian is not positive
+        definite (the log density has no proper Gaussian approximation at its mode; e.g. a
+        hierarchical scale whose mode is at zero).
+    """
+    family_obj = get_family(family)
+    max_iter = check_positive_int(max_iter, "max_iter")
+    dtype = jnp.result_type(float)
+    loc = _initial_loc(model, init, dtype)
+    info = _laplace(model, loc, max_iter, isinstance(family_obj, FullRankGaussian))
+    ok = bool(jnp.all(jnp.isfinite(info.mode))) and bool(jnp.all(jnp.isfinite(info.scale_tril)))
+    if not ok:
+        raise ValueError("init='laplace': the mode or the Hessian of the log density is not finite (the mode may be "
+                         "at infinity or the posterior improper in some direction); use init=None or 'random'")
+    return info
+
+
 # ----------------------------------------------------------------------------------------------
 # Result
 
@@ -580,7 +691,7 @@ class Result:
 
 _check_key = _diag.check_key
 
-_INIT_OPTIONS = "None, 'random', a dict of constrained values, or a (K,) vector in R^K"
+_INIT_OPTIONS = "None, 'random', 'laplace', a dict of constrained values, or a (K,) vector in R^K"
 
 
 def _check_number(value: Any, name: str, *, positive: bool = True) -> float:
@@ -703,7 +814,13 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
       learning_rate: Adam's step size when `optimizer` is None (default `DEFAULT_LEARNING_RATE`),
         or "adapt" for Stan-style step-size search over `adapt_learning_rates` (module docstring).
       init: initial location: None (zero in R^K), a dict of constrained values, a (K,) vector,
-        or "random" (best of `num_init_draws` uniform draws in (-init_radius, init_radius)^K).
+        "random" (best of `num_init_draws` uniform draws in (-init_radius, init_radius)^K), or
+        "laplace": find the mode with L-BFGS, take L0 = a Cholesky factor of the inverse negative
+        Hessian there (its diagonal for mean-field), and run ADVI in the whitened coordinates
+        u = L0^{-1}(zeta - mode), where the posterior is close to N(0, I) and Adam's step size is
+        on the scale of the posterior in every direction (q starts at N(0, I) there, so
+        `init_scale` is not used); the result is mapped back exactly (loc = mode + L0 loc_u,
+        L = L0 L_u). Best for ill-conditioned posteriors of moderate K (the Hessian is K x K).
       init_scale: initial standard deviation of every coordinate of q.
       num_init_draws: candidate locations for `init="random"`.
       init_radius: half-width of the box random initial locations are drawn from (Stan: 2).
@@ -780,7 +897,8 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
     elif not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
     random_init = isinstance(init, str) and init == "random"
-    if isinstance(init, str) and not random_init:
+    laplace_init = isinstance(init, str) and init == "laplace"
+    if isinstance(init, str) and not (random_init or laplace_init):
         raise ValueError(f"init must be {_INIT_OPTIONS}; got {init!r}")
     _check_data(model)
 
@@ -800,20 +918,26 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
                              f"points in (-{init_radius}, {init_radius})^K; lower init_radius or pass init=")
         loc = locs[int(np.argmax(np.where(np.isfinite(init_scores), init_scores, -np.inf)))]
     else:
-        loc = _initial_loc(model, init, dtype)
+        loc = _initial_loc(model, init if not laplace_init else None, dtype)
     if check:
         _check_initial_point(model, loc)
+    run_model, laplace_info = model, None
+    if laplace_init:
+        laplace_info = laplace(model, family=family_obj, init=loc)
+        run_model = _Whitened(model, laplace_info.mode, laplace_info.scale_tril)
+        loc = jnp.zeros_like(loc)
+        cfg = cfg._replace(init_scale=1.0)
 
     adaptation = None
     if adapt and optimizer is None:
-        lr, adaptation = _choose_learning_rate(model, loc, jax.random.fold_in(key, 2), cfg, adapt_learning_rates,
+        lr, adaptation = _choose_learning_rate(run_model, loc, jax.random.fold_in(key, 2), cfg, adapt_learning_rates,
                                                adapt_iter, 256)
         cfg = cfg._replace(optimizer=default_optimizer(lr, num_steps))
     elif adapt:
         raise ValueError("learning_rate='adapt' tunes Adam's step size; it cannot be combined with optimizer=")
 
     init_key, run_key = jax.random.split(key)
-    state = _init_state(model, init_key, loc, cfg)
+    state = _init_state(run_model, init_key, loc, cfg)
     conv = _init_convergence(window, dtype)
 
     bar = None
@@ -827,7 +951,7 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
     try:
         while done < num_steps and stop_code == 0:
             stop = min(done + chunk_size, num_steps)
-            state, conv, trace = _run_chunk(model, state, conv, run_key, jnp.asarray(stop, jnp.int32), cfg)
+            state, conv, trace = _run_chunk(run_model, state, conv, run_key, jnp.asarray(stop, jnp.int32), cfg)
             new_done = int(state.step)
             stop_code = int(conv.stop_code)
             chunk = np.asarray(trace[: new_done - done])
@@ -844,10 +968,14 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
             bar.close()
     elbo = np.concatenate(traces) if traces else np.zeros((0,), np.dtype(dtype))
     num_nonfinite = int(state.num_nonfinite)
+    params = state.params
+    if laplace_info is not None:
+        params = _transform(family_obj, params, laplace_info.mode, laplace_info.scale_tril)
+        loc = laplace_info.mode
     result = Result(
         model=model,
         family=family_obj,
-        params=state.params,
+        params=params,
         elbo=elbo,
         num_steps=done,
         num_gradient_evals=done * num_samples,
@@ -864,7 +992,7 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
         init_scores=init_scores,
     )
     if diagnostics:
-        diag = _diagnose(model, family_obj, state.params, jax.random.fold_in(key, 1), num_diagnostic_draws)
+        diag = _diagnose(model, family_obj, params, jax.random.fold_in(key, 1), num_diagnostic_draws)
         result.khat = float(diag.khat)
         result.iw_elbo = float(diag.iw_elbo)
         result.iw_elbo_se = float(diag.iw_elbo_se)

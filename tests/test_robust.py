@@ -1,6 +1,7 @@
 """Robust fitting: stress models with honest k-hat, the non-finite skip, step-size search,
 random init, float64, and errors for bad models."""
 
+import importlib
 import warnings
 
 import jax
@@ -174,3 +175,70 @@ def test_bad_models_raise_clear_errors():
     nan_data = aj.Model(lambda p, d: jnp.sum(d * p["x"]), {"x": aj.real()}, data=jnp.array([1.0, jnp.nan]))
     with pytest.raises(ValueError, match="model.data"):
         _fit(nan_data, num_steps=1)
+
+
+# --- ill-conditioned Gaussian: full-rank ADVI with the Laplace whitening is exact -------------
+
+
+def _ill_conditioned_gaussian(k=100, condition=1e4, seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(k, k)))
+    cov = (q * np.logspace(0, -np.log10(condition), k)) @ q.T
+    prec = np.linalg.inv(cov)
+    prec = 0.5 * (prec + prec.T)
+    mean = rng.normal(size=k)
+
+    def log_joint(params, data):
+        p, m = data
+        d = params["x"] - m
+        return -0.5 * d @ p @ d
+
+    model = aj.Model(log_joint, {"x": aj.real((k,))},
+                     data=(jnp.asarray(prec, jnp.float32), jnp.asarray(mean, jnp.float32)))
+    log_z = 0.5 * k * np.log(2 * np.pi) + 0.5 * np.linalg.slogdet(cov)[1]
+    return model, mean, cov, log_z
+
+
+def test_100d_gaussian_condition_1e4_fullrank_is_exact():
+    model, mean, cov, log_z = _ill_conditioned_gaussian()
+    result = aj.fit(model, key=jax.random.key(0), family="fullrank", num_steps=2000, num_samples=8,
+                    init="laplace", progress=False)
+    mu = np.asarray(result.family.mean(result.params))
+    c = np.asarray(result.family.covariance(result.params))
+    assert np.max(np.abs(mu - mean) / np.sqrt(np.diag(cov))) < 0.1
+    assert np.linalg.norm(c - cov) / np.linalg.norm(cov) < 0.15
+    assert result.khat < 0.5
+    assert abs(result.iw_elbo - log_z) < 0.1
+
+
+def test_100d_gaussian_meanfield_is_flagged_by_khat():
+    model, mean, cov, _ = _ill_conditioned_gaussian()
+    with pytest.warns(aj.DiagnosticWarning):
+        result = aj.fit(model, key=jax.random.key(0), family="meanfield", num_steps=1000, num_samples=8,
+                        init="laplace", progress=False)
+    # the mean is still right (mean-field matches the mean of a Gaussian), the fit is flagged
+    assert np.max(np.abs(np.asarray(result.family.mean(result.params)) - mean) / np.sqrt(np.diag(cov))) < 0.2
+    assert result.khat > 0.7
+
+
+def test_inverse_cholesky_without_an_inverse():
+    fit_module = importlib.import_module("advi_jax.fit")
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(6, 6))
+    h = a @ a.T + 6 * np.eye(6)
+    low = np.asarray(fit_module._inverse_cholesky_lower(jnp.asarray(h, jnp.float32)))
+    assert np.allclose(np.triu(low, 1), 0.0)
+    np.testing.assert_allclose(low @ low.T, np.linalg.inv(h), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", [aj.MeanFieldGaussian(), aj.FullRankGaussian()], ids=lambda f: f.name)
+def test_family_transform_is_the_pushforward(family):
+    key = jax.random.key(5)
+    params = family.init(key, 3, loc=jnp.array([0.5, -1.0, 2.0]), scale=0.7)
+    shift = jnp.array([1.0, 2.0, 3.0])
+    s = jnp.array([[2.0, 0.0, 0.0], [0.5, 1.0, 0.0], [-0.3, 0.2, 0.5]])
+    if isinstance(family, aj.MeanFieldGaussian):
+        s = jnp.diag(jnp.diagonal(s))
+    moved = family.transform(params, shift, s)
+    draws = family.sample(params, key, 4)
+    np.testing.assert_allclose(family.sample(moved, key, 4), shift[None, :] + draws @ s.T, rtol=1e-5, atol=1e-5)
