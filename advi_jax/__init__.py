@@ -10,6 +10,7 @@ from advi_jax.families import (
 )
 from advi_jax.fit import ADVI, FitState, Result, StepInfo, advi, fit
 from advi_jax.flatten import Model
+from advi_jax.variance import GradientStats, VarianceTrace, gradient_variance, track_gradient_variance
 from advi_jax.supports import (
     Support,
     bijector_for,
@@ -47,4 +48,8 @@ __all__ = [
     "real",
     "unit_interval",
     "upper_bounded",
+    "GradientStats",
+    "VarianceTrace",
+    "gradient_variance",
+    "track_gradient_variance",
 ]
