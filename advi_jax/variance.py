@@ -59,7 +59,7 @@ from jax.flatten_util import ravel_pytree
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.estimators import ESTIMATORS, get_estimator, min_num_samples
 from advi_jax.families import Family, get_family
-from advi_jax.fit import advi
+from advi_jax.fit import DEFAULT_LEARNING_RATE, advi, default_optimizer
 from advi_jax.flatten import Model
 
 __all__ = [
@@ -496,7 +496,8 @@ def track_gradient_variance(model: Model, family: str | Family, key: Array, num_
       num_samples: Monte Carlo samples inside each measured gradient.
       fit_estimator: the estimator that drives the fit.
       fit_num_samples: Monte Carlo samples per fit step.
-      optimizer: an optax optimizer (default Adam at `learning_rate`, else 1e-2).
+      optimizer: an optax optimizer (default: `fit`'s default, Adam at `learning_rate`, cosine-decayed
+        over the second half of the steps).
       learning_rate: Adam's step size when `optimizer` is None.
       init_scale: initial scale of q.
       loc: initial location of q, a (K,) vector (default zeros).
@@ -528,10 +529,10 @@ def track_gradient_variance(model: Model, family: str | Family, key: Array, num_
         raise ValueError(f"unknown fit_estimator {fit_estimator!r}; choose from {sorted(ESTIMATORS)}")
     fit_num_samples = _check_num_samples(fit_num_samples, [fit_estimator] if isinstance(fit_estimator, str) else [])
     if optimizer is None:
-        lr = 0.01 if learning_rate is None else learning_rate
+        lr = DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-        optimizer = optax.adam(float(lr))
+        optimizer = default_optimizer(float(lr), num_steps)
     elif learning_rate is not None:
         raise ValueError("pass either optimizer or learning_rate, not both")
 
