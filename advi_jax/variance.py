@@ -551,7 +551,8 @@ def track_gradient_variance(model: Model, family: str | Family, key: Array, num_
 
         flat_grads[name] = _flat_gradient(surrogate, False)
     num_blocks = num_steps // every
-    remainder = num_steps - num_blocks * every
+    # Record r is taken at step r * every (r < num_blocks) and the last one at num_steps.
+    record_steps = jnp.concatenate([jnp.arange(num_blocks) * every, jnp.array([num_steps])]).astype(jnp.int32)
 
     def measure(params, record):
         out = {}
@@ -564,30 +565,28 @@ def track_gradient_variance(model: Model, family: str | Family, key: Array, num_
                          jnp.sum(jnp.where(loc_mask, 0.0, variance)), jnp.sqrt(jnp.sum(mean ** 2)))
         return out
 
-    def run_steps(state, count):
-        def body(st, _):
-            st, info = algorithm.step(jax.random.fold_in(fit_key, st.step), st)
-            return st, info.elbo
+    def run_until(state, elbo, stop):
+        # One compiled step body; the number of steps to the next record is a traced bound.
+        def body(carry):
+            st, trace = carry
+            st_new, info = algorithm.step(jax.random.fold_in(fit_key, st.step), st)
+            return st_new, trace.at[st.step].set(info.elbo)
 
-        return jax.lax.scan(body, state, None, length=count)
+        return jax.lax.while_loop(lambda carry: carry[0].step < stop, body, (state, elbo))
 
     @jax.jit
     def run(state):
-        def block(st, record):
-            measured = measure(st.params, record)
-            st, elbo = run_steps(st, every)
-            return st, (measured, elbo)
+        def record(carry, r):
+            st, elbo = carry
+            measured = measure(st.params, r)  # one compiled copy of the measurement
+            stop = record_steps[jnp.minimum(r + 1, num_blocks)]
+            return run_until(st, elbo, stop), measured
 
-        state, (measured, elbo) = jax.lax.scan(block, state, jnp.arange(num_blocks))
-        elbo = elbo.reshape(-1)
-        if remainder:
-            state, tail = run_steps(state, remainder)
-            elbo = jnp.concatenate([elbo, tail])
-        final = measure(state.params, num_blocks)
-        measured = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b[None]]), measured, final)
+        elbo = jnp.full((num_steps,), jnp.nan, flat.dtype)
+        (state, elbo), measured = jax.lax.scan(record, (state, elbo), jnp.arange(num_blocks + 1))
         return state, measured, elbo
 
     state, measured, elbo = run(state)
-    steps = jnp.concatenate([jnp.arange(num_blocks) * every, jnp.array([num_steps])])
+    steps = record_steps
     pick = lambda i: {name: measured[name][i] for name in named}  # noqa: E731  (keep the caller's order)
     return VarianceTrace(steps, pick(0), pick(1), pick(2), pick(3), elbo, state.params)
