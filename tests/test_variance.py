@@ -201,3 +201,15 @@ def test_cli_bad_input(tmp_path):
     proc = _run_cli(["--estimators", "reparam,bogus", "--out", "tmp"], tmp_path)
     assert proc.returncode == 2
     assert "bogus" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_amortized_encoder_gradients(key):
+    from advi_jax import variance_amortized as va
+
+    decoder, batch = va.linear_gaussian_example(key, batch_size=16)
+    optimum = va.optimal_encoder(decoder)
+    stats = {e: gradient_stats(va.amortized_surrogate(e, decoder, batch, 4), optimum, key, num_draws=200,
+                               time_repeats=0) for e in va.AMORTIZED_ESTIMATORS}
+    assert float(stats["dreg"].variance_trace) < 1e-9 and float(stats["stl"].variance_trace) < 1e-9
+    assert float(stats["reparam"].variance_trace) > 1e-2
+    assert float(stats["score"].variance_trace) > 100 * float(stats["reparam"].variance_trace)
