@@ -33,6 +33,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -85,6 +86,7 @@ def _df(function: str, x, k, xp):
     return -k * xp.sin(k * x)
 
 
+@functools.lru_cache(maxsize=None)
 def _nodes() -> tuple[np.ndarray, np.ndarray]:
     nodes, weights = np.polynomial.hermite_e.hermegauss(_NUM_NODES)  # weight exp(-x^2 / 2)
     return nodes, weights / math.sqrt(2.0 * math.pi)
