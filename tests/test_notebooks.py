@@ -18,7 +18,6 @@ def test_notebook_runs(path, monkeypatch):
     # The kernel inherits this environment: light mode, CPU, and the checkout on the import path.
     monkeypatch.setenv("ADVI_JAX_NOTEBOOK_LIGHT", "1")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
