@@ -23,6 +23,7 @@ from advi_jax.diagnostics import (
 )
 from advi_jax.fit import DiagnosticWarning
 from advi_jax.flatten import Model
+from advi_jax.variance import GradientStats, VarianceTrace, gradient_variance, track_gradient_variance
 from advi_jax.supports import (
     Support,
     bijector_for,
@@ -89,4 +90,8 @@ __all__ = [
     "sum_to_zero",
     "unit_interval",
     "upper_bounded",
+    "GradientStats",
+    "VarianceTrace",
+    "gradient_variance",
+    "track_gradient_variance",
 ]
