@@ -1,0 +1,173 @@
+"""GLM log-likelihoods that read the design matrix once per gradient.
+
+For a generalised linear model the log-likelihood is sum_i l(y_i, eta_i) with eta = X beta + c
+(+ offset), and its gradient is X^T r + (sum r) for c, with r_i = dl/deta_i. Plain autodiff
+computes X @ beta in the forward pass and X^T @ r in the backward pass: two full reads of X,
+and on XLA:CPU the transposed product of a row-major X runs ~10x slower than X @ beta. Here one
+`fori_loop` walks X in row blocks small enough to stay in cache and, for each block, forms
+eta_b = X_b beta, l_b, r_b and X_b^T r_b while X_b is hot: one read of X gives the value and
+the gradient. A `jax.custom_vjp` hands that gradient to autodiff, so `jax.grad` of a log joint
+that calls `glm_log_likelihood` reads X once. Under `jax.vmap` over samples of beta (as the ELBO
+estimators do) the block products become matrix-matrix products, still one read of X for all
+samples.
+
+Per-datum forms (stable for any eta):
+  * "bernoulli" (logit link): l = log sigmoid(s eta) = min(s eta, 0) - log1p(exp(-|eta|)),
+    s = 2y - 1; r = y - sigmoid(eta).
+  * "poisson" (log link): l = y eta - exp(eta) - log(y!); r = y - exp(eta).
+
+`glm_log_likelihood_reference` is the plain autodiff version, kept as the reference the
+blocked path is tested against.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import gammaln
+
+from advi_jax._types import Array, ArrayLike
+
+__all__ = ["glm_log_likelihood", "glm_log_likelihood_reference", "GLM_FAMILIES", "default_block_size"]
+
+GLM_FAMILIES = ("bernoulli", "poisson")
+
+
+def default_block_size(num_features: int) -> int:
+    """Rows per block so that one block of float32 X is about 4 MiB (a power of two, >= 256).
+
+    Large enough that the loop's per-iteration overhead is small next to the block's work,
+    small enough to stay in the last-level cache between its two uses (measured on XLA:CPU:
+    blocks of 512 rows ran ~1.6x slower than blocks of ~8k rows at D = 100).
+    """
+    rows = (4 * 1024 * 1024) // (4 * max(int(num_features), 1))
+    return int(max(256, 1 << (max(rows, 1).bit_length() - 1)))
+
+
+def _pointwise(family: str, y: Array, eta: Array) -> tuple[Array, Array]:
+    """(log-likelihood terms, d/d eta) for one block; shapes as eta."""
+    if family == "bernoulli":
+        z = (2.0 * y - 1.0) * eta
+        e = jnp.exp(-jnp.abs(eta))
+        log_lik = jnp.minimum(z, 0.0) - jnp.log1p(e)
+        # sigmoid(eta) from the same exponential: 1/(1+e) for eta >= 0, e/(1+e) otherwise
+        sig = jnp.where(eta >= 0, 1.0, e) / (1.0 + e)
+        return log_lik, y - sig
+    mean = jnp.exp(eta)
+    return y * eta - mean - gammaln(y + 1.0), y - mean
+
+
+def _check(x, y, beta, family):
+    if family not in GLM_FAMILIES:
+        raise ValueError(f"family must be one of {GLM_FAMILIES}, got {family!r}")
+    if jnp.ndim(x) != 2:
+        raise ValueError(f"x must be a 2-D (N, D) design matrix, got shape {jnp.shape(x)}")
+    if jnp.shape(y) != jnp.shape(x)[:1]:
+        raise ValueError(f"y must have shape ({jnp.shape(x)[0]},) to match x, got {jnp.shape(y)}")
+    if jnp.shape(beta) != jnp.shape(x)[1:]:
+        raise ValueError(f"beta must have shape ({jnp.shape(x)[1]},) to match x, got {jnp.shape(beta)}")
+
+
+def glm_log_likelihood_reference(x: ArrayLike, y: ArrayLike, beta: ArrayLike, intercept: ArrayLike = 0.0,
+                                 offset: ArrayLike | None = None, family: str = "bernoulli") -> Array:
+    """Plain (autodiff) GLM log-likelihood: sum_i l(y_i, x_i . beta + intercept + offset_i)."""
+    _check(x, y, beta, family)
+    eta = x @ beta + intercept
+    if offset is not None:
+        eta = eta + offset
+    return jnp.sum(_pointwise(family, y, eta)[0])
+
+
+def _blocked_pass(x, y, beta, intercept, offset, family, block_size):
+    """One pass over X: (value, d/d beta, d/d intercept, d/d offset)."""
+    n, d = x.shape
+    dtype = jnp.result_type(x, beta)
+    num_blocks, tail = divmod(n, block_size)
+
+    def block_terms(xb, yb, ob):
+        eta = xb @ beta + intercept
+        if ob is not None:
+            eta = eta + ob
+        log_lik, r = _pointwise(family, yb, eta)
+        # r @ X_b, not X_b.T @ r: XLA:CPU runs the row-vector-times-matrix form several times
+        # faster on a row-major block (and it becomes (S, b) @ (b, D) under vmap over samples).
+        return jnp.sum(log_lik), r @ xb, jnp.sum(r), r
+
+    def body(i, carry):
+        value, g_beta, g_c = carry
+        start = i * block_size
+        xb = jax.lax.dynamic_slice_in_dim(x, start, block_size)
+        yb = jax.lax.dynamic_slice_in_dim(y, start, block_size)
+        ob = None if offset is None else jax.lax.dynamic_slice_in_dim(offset, start, block_size)
+        v, gb, gc, _ = block_terms(xb, yb, ob)
+        return value + v, g_beta + gb, g_c + gc
+
+    zero = jnp.zeros((), dtype)
+    carry = (zero, jnp.zeros((d,), dtype), zero)
+    if num_blocks:
+        carry = jax.lax.fori_loop(0, num_blocks, body, carry)
+    value, g_beta, g_c = carry
+    if tail:
+        start = num_blocks * block_size
+        ob = None if offset is None else offset[start:]
+        v, gb, gc, _ = block_terms(x[start:], y[start:], ob)
+        value, g_beta, g_c = value + v, g_beta + gb, g_c + gc
+    return value, g_beta, g_c
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _glm(x, y, beta, intercept, offset, family, block_size):
+    return _blocked_pass(x, y, beta, intercept, offset, family, block_size)[0]
+
+
+def _glm_fwd(x, y, beta, intercept, offset, family, block_size):
+    value, g_beta, g_c = _blocked_pass(x, y, beta, intercept, offset, family, block_size)
+    return value, (g_beta, g_c, x, offset)
+
+
+def _glm_bwd(family, block_size, residuals, cotangent):
+    g_beta, g_c, x, offset = residuals
+    # d/d offset_i = r_i would need a second pass; offsets are data, so their cotangent is zero.
+    # x and y are data as well (the model's observations): zero cotangents.
+    zero_offset = None if offset is None else jnp.zeros_like(offset)
+    return (jnp.zeros_like(x), None, cotangent * g_beta, cotangent * g_c, zero_offset)
+
+
+_glm.defvjp(_glm_fwd, _glm_bwd)
+
+
+def glm_log_likelihood(x: ArrayLike, y: ArrayLike, beta: ArrayLike, intercept: ArrayLike = 0.0,
+                       offset: ArrayLike | None = None, family: str = "bernoulli",
+                       block_size: int | None = None) -> Array:
+    """GLM log-likelihood whose gradient (in `beta`, `intercept`) reads `x` once.
+
+    Args:
+      x: (N, D) design matrix (data: no gradient is returned for it).
+      y: (N,) responses (0/1 for "bernoulli", non-negative counts for "poisson").
+      beta: (D,) coefficients.
+      intercept: scalar added to every linear predictor.
+      offset: optional (N,) known offsets (e.g. log exposure for Poisson); data, no gradient.
+      family: "bernoulli" (logit link) or "poisson" (log link).
+      block_size: rows per block (static); default `default_block_size(D)`.
+
+    Returns:
+      Scalar sum of the per-datum log-likelihoods.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from advi_jax.glm import glm_log_likelihood
+      >>> x = jnp.ones((10, 3)); y = jnp.ones(10)
+      >>> g = jax.grad(lambda b: glm_log_likelihood(x, y, b))(jnp.zeros(3))
+    """
+    _check(x, y, beta, family)
+    block_size = default_block_size(jnp.shape(x)[1]) if block_size is None else int(block_size)
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size}")
+    x = jnp.asarray(x)
+    dtype = jnp.result_type(x, beta)
+    y = jnp.asarray(y, dtype)
+    intercept = jnp.asarray(intercept, dtype)
+    offset = None if offset is None else jnp.asarray(offset, dtype)
+    return _glm(x, y, jnp.asarray(beta, dtype), intercept, offset, family, block_size)
