@@ -1,6 +1,14 @@
 """advi_jax: automatic-differentiation variational inference in JAX."""
 
 from advi_jax import bijectors
+from advi_jax.estimators import ESTIMATORS, EstimatorInfo, elbo_surrogate
+from advi_jax.families import (
+    FullRankGaussian,
+    FullRankParams,
+    MeanFieldGaussian,
+    MeanFieldParams,
+)
+from advi_jax.fit import ADVI, FitState, Result, StepInfo, advi, fit
 from advi_jax.flatten import Model
 from advi_jax.supports import (
     Support,
@@ -16,6 +24,19 @@ from advi_jax.supports import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADVI",
+    "ESTIMATORS",
+    "EstimatorInfo",
+    "FitState",
+    "FullRankGaussian",
+    "FullRankParams",
+    "MeanFieldGaussian",
+    "MeanFieldParams",
+    "Result",
+    "StepInfo",
+    "advi",
+    "elbo_surrogate",
+    "fit",
     "Model",
     "Support",
     "bijector_for",
