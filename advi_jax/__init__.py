@@ -21,6 +21,24 @@ from advi_jax.supports import (
     upper_bounded,
 )
 
+from advi_jax.interop import from_numpyro
+
+# Optional submodules: importing advi_jax must keep working while one is absent or broken
+# (e.g. in a partial checkout); their names then stay out of __all__.
+_optional = []
+try:
+    from advi_jax import data
+except ImportError:  # pragma: no cover
+    pass
+else:
+    _optional.append("data")
+try:
+    from advi_jax import models
+except ImportError:  # pragma: no cover
+    pass
+else:
+    _optional.append("models")
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -37,6 +55,7 @@ __all__ = [
     "advi",
     "elbo_surrogate",
     "fit",
+    "from_numpyro",
     "Model",
     "Support",
     "bijector_for",
@@ -47,4 +66,5 @@ __all__ = [
     "real",
     "unit_interval",
     "upper_bounded",
-]
+] + _optional
+del _optional
