@@ -50,6 +50,11 @@ def _softplus(x: Array) -> Array:
     return jnp.logaddexp(x, 0.0)
 
 
+def _lift(x: Array, ndim: int) -> Array:
+    """Prepend singleton axes so `x` (..., K) lines up with an array of `ndim` dimensions."""
+    return jnp.reshape(x, (1,) * (ndim - x.ndim) + x.shape)
+
+
 def _softplus_inverse(y: ArrayLike) -> Array:
     y = jnp.asarray(y)
     return y + jnp.log(-jnp.expm1(-y))
@@ -156,12 +161,13 @@ class MeanFieldGaussian(Family):
         return _softplus(params.raw_scale)
 
     def sample_standard(self, params, noise):
-        return params.loc + self.scale(params) * noise
+        return _lift(params.loc, noise.ndim) + _lift(self.scale(params), noise.ndim) * noise
 
     def log_prob(self, params, zeta):
         """log q(zeta) for zeta of shape (..., K); returns shape (...)."""
         scale = self.scale(params)
-        z = (jnp.asarray(zeta) - params.loc) / scale
+        zeta = jnp.asarray(zeta)
+        z = (zeta - _lift(params.loc, zeta.ndim)) / _lift(scale, zeta.ndim)
         return -0.5 * jnp.sum(z * z, axis=-1) - jnp.sum(jnp.log(scale)) - 0.5 * params.loc.shape[-1] * _LOG_2PI
 
     def entropy(self, params):
@@ -197,12 +203,13 @@ class FullRankGaussian(Family):
 
     def sample_standard(self, params, noise):
         L = self.scale_tril(params)
-        return params.loc + noise @ L.T
+        return _lift(params.loc, noise.ndim) + noise @ L.T
 
     def log_prob(self, params, zeta):
         """log q(zeta) for zeta of shape (..., K), by a triangular solve (no inverse)."""
         L = self.scale_tril(params)
-        diff = jnp.asarray(zeta) - params.loc
+        zeta = jnp.asarray(zeta)
+        diff = zeta - _lift(params.loc, zeta.ndim)
         batch = diff.shape[:-1]
         k = diff.shape[-1]
         z = solve_triangular(L, diff.reshape(-1, k).T, lower=True).T.reshape(batch + (k,))

@@ -49,15 +49,31 @@ __all__ = [
 ]
 
 DEFAULT_LEARNING_RATE = 0.01
-"""Adam's default step size: 1e-2 converged on every benchmark GLM (standardised features) and
-the conjugate test models within a few thousand steps without tuning; 1e-1 oscillates on the
+"""Adam's default peak step size: 1e-2 converged on every benchmark GLM (standardised features)
+and the conjugate test models within a few thousand steps without tuning; 1e-1 oscillates on the
 full-rank scales of poorly conditioned posteriors and 1e-3 needs ~10x more steps."""
 
 
 @functools.lru_cache(maxsize=None)
-def default_optimizer(learning_rate: float = DEFAULT_LEARNING_RATE) -> optax.GradientTransformation:
-    """optax.adam(learning_rate), cached so repeated fits reuse one object (and one compilation)."""
-    return optax.adam(learning_rate)
+def default_optimizer(learning_rate: float = DEFAULT_LEARNING_RATE,
+                      num_steps: int | None = None) -> optax.GradientTransformation:
+    """The default optimiser: Adam, constant for the first half of the run, then cosine-decayed.
+
+    With a constant step size the stochastic gradient keeps the iterates jittering around the
+    optimum by roughly one step size, which on a regression posterior (sds ~0.1) is 0.1-0.25
+    posterior sd of error in the means; decaying the step over the second half of `num_steps` to
+    1% of its peak brings that to a few hundredths of an sd at no extra cost (measured on the
+    conjugate linear-regression test model). Without `num_steps` the step size stays constant.
+    Cached, so repeated fits with the same settings reuse one object and one compilation.
+    """
+    if num_steps is None:
+        return optax.adam(learning_rate)
+    half = max(num_steps // 2, 1)
+    schedule = optax.join_schedules(
+        [optax.constant_schedule(learning_rate),
+         optax.cosine_decay_schedule(learning_rate, max(num_steps - half, 1), alpha=0.01)],
+        [half])
+    return optax.adam(schedule)
 
 
 class FitState(NamedTuple):
@@ -361,12 +377,17 @@ def _initial_loc(model: Model, init: Any, dtype) -> Array:
     return loc
 
 
+@jax.jit
+def _log_density_at(model: Model, zeta: Array) -> Array:
+    return model.log_density(zeta)
+
+
 def _check_initial_point(model: Model, loc: Array) -> None:
     """Raise a clear error if the log density is not a finite scalar at the initial point."""
-    out = jax.eval_shape(model.log_density, jax.ShapeDtypeStruct(loc.shape, loc.dtype))
+    out = jax.eval_shape(_log_density_at, model, jax.ShapeDtypeStruct(loc.shape, loc.dtype))
     if out.shape != ():
         raise ValueError(f"log_joint must return a scalar, got shape {out.shape}")
-    value = jax.jit(model.log_density)(loc)
+    value = _log_density_at(model, loc)
     if not np.isfinite(float(value)):
         params = model.to_constrained(loc)
         shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in params.items()}
@@ -388,7 +409,8 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
       family: "meanfield", "fullrank", or a `Family`.
       num_steps: maximum optimisation steps.
       num_samples: Monte Carlo draws per step (static).
-      optimizer: any optax optimizer; default Adam with `learning_rate`.
+      optimizer: any optax optimizer; default `default_optimizer(learning_rate, num_steps)`: Adam,
+        constant then cosine-decayed over the second half of the run.
       estimator: gradient estimator name (see `advi_jax.estimators.ESTIMATORS`).
       learning_rate: Adam's step size when `optimizer` is None (default `DEFAULT_LEARNING_RATE`).
       init: initial location: None (zero in R^K), a dict of constrained values, or a (K,) vector.
@@ -437,7 +459,7 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
         lr = DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-        optimizer = default_optimizer(float(lr))
+        optimizer = default_optimizer(float(lr), num_steps)
     elif learning_rate is not None:
         raise ValueError("pass either optimizer or learning_rate, not both")
     elif not isinstance(optimizer, optax.GradientTransformation):
