@@ -7,10 +7,24 @@ import pytest
 
 numpyro = pytest.importorskip("numpyro")
 import numpyro.distributions as dist  # noqa: E402
-from numpyro.infer.util import log_density, potential_energy  # noqa: E402
+from numpyro.infer.util import log_density as _log_density  # noqa: E402
+from numpyro.infer.util import potential_energy as _potential_energy  # noqa: E402
 
 import advi_jax as aj  # noqa: E402
 from advi_jax.interop import NumPyroModel, numpyro_deterministics  # noqa: E402
+
+
+
+def log_density(*args):
+    """NumPyro's log_density (NumPyro relies on NumPy rank promotion, which conftest forbids)."""
+    with jax.numpy_rank_promotion("allow"):
+        return _log_density(*args)
+
+
+def potential_energy(*args):
+    with jax.numpy_rank_promotion("allow"):
+        return _potential_energy(*args)
+
 
 J = 8
 Y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])

@@ -41,6 +41,9 @@ Deterministic sites (`numpyro.deterministic`) are not parameters. Compute them w
 `model.with_deterministics(draws)` for draws with a leading axis, e.g.
 `model.with_deterministics(result.sample(key, 1000))`.
 
+NumPyro's code relies on NumPy-style rank promotion, so the model runs with
+`jax.numpy_rank_promotion("allow")` even where the caller set "raise".
+
 Not supported (a `ValueError` names the site): discrete latent sites (marginalise them out,
 e.g. with `numpyro.contrib.funsor` enumeration, before using ADVI), constraints with no
 advi_jax support, `numpyro.param` sites, and subsampled plates (whose log joint would be
@@ -243,7 +246,8 @@ class NumPyroModel(Model):
         handlers, _, _ = _import_numpyro()
         args, kwargs = self.model_args()
         fn = handlers.substitute(handlers.seed(self.model_fn, rng_seed=0), data=dict(params))
-        tr = handlers.trace(fn).get_trace(*args, **kwargs)
+        with jax.numpy_rank_promotion("allow"):
+            tr = handlers.trace(fn).get_trace(*args, **kwargs)
         return {name: tr[name]["value"] for name in self.deterministic_names}
 
     def with_deterministics(self, draws: Mapping[str, Array]) -> dict[str, Array]:
@@ -275,7 +279,8 @@ def _make_log_joint(model_fn: Callable, arguments: _Arguments):
 
     def log_joint(params: Mapping[str, Array], data: list) -> Array:
         args, kwargs = arguments.rebuild(data)
-        value, _ = log_density(model_fn, args, kwargs, dict(params))
+        with jax.numpy_rank_promotion("allow"):  # NumPyro relies on NumPy-style rank promotion
+            value, _ = log_density(model_fn, args, kwargs, dict(params))
         return jnp.asarray(value)
 
     log_joint.__doc__ = f"NumPyro log density of {getattr(model_fn, '__name__', 'model')} at constrained params."
@@ -325,7 +330,8 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
     handlers, _, _ = _import_numpyro()
     arguments = _Arguments(args, kwargs)
     traced = handlers.seed(handlers.substitute(model_fn, substitute_fn=_feasible_value), rng_seed=0)
-    tr = handlers.trace(traced).get_trace(*args, **kwargs)
+    with jax.numpy_rank_promotion("allow"):  # NumPyro relies on NumPy-style rank promotion
+        tr = handlers.trace(traced).get_trace(*args, **kwargs)
     support: dict[str, Support] = {}
     deterministic, observed = [], []
     for name, site in tr.items():
