@@ -195,3 +195,12 @@ def test_bundled_data_models_build():
     x, y, names = load_dataset("randhie")
     model = poisson_regression(x, y, feature_names=names)
     assert model.dim == 10 and np.isfinite(model.log_density(jnp.zeros(10)))
+
+
+def test_package_exports_resolve():
+    import advi_jax
+
+    for name in advi_jax.__all__:
+        assert getattr(advi_jax, name) is not None, name
+    assert {"from_numpyro", "data", "models"} <= set(advi_jax.__all__)
+    assert advi_jax.models.logistic_regression is logistic_regression
