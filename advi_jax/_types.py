@@ -30,8 +30,10 @@ def as_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
         shape = (int(shape),)
     try:
         out = tuple(int(s) for s in shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"{name} must be an int or a tuple of ints, got {shape!r}") from None
+    if isinstance(shape, (str, bytes)) or any(isinstance(s, (float, np.floating, bool)) for s in shape):
+        raise TypeError(f"{name} must be an int or a tuple of ints, got {shape!r}")
     if any(s < 0 for s in out):
         raise ValueError(f"{name} must have non-negative entries, got {out}")
     return out

@@ -10,6 +10,35 @@ correlation Cholesky factor) the log-det is that of the map onto the *free coord
 output (for the simplex: its first K-1 entries; for triangular matrices: the strictly or weakly
 lower triangle), which is the density convention of Stan and NumPyro.
 
+Multivariate bijectors (one event each, `vmap` to batch):
+
+=================  ==========================  ============================================
+bijector           unconstrained -> constrained  log-det taken on
+=================  ==========================  ============================================
+`StickBreaking`    (K-1,) -> (K,) simplex        the first K-1 entries
+`Ordered`          (K,) -> (K,) increasing       all K entries
+`PositiveOrdered`  (K,) -> (K,) 0 < increasing   all K entries
+`SumToZero`        (K-1,) -> (K,) sum 0          the first K-1 entries (= -0.5 log K)
+`CorrCholesky`     (K(K-1)/2,) -> (K, K)         the strict lower triangle of L
+`CorrMatrix`       (K(K-1)/2,) -> (K, K)         the strict lower triangle of L L^T
+`CholeskyCov`      (K(K+1)/2,) -> (K, K)         the lower triangle of L (with diagonal)
+`CovMatrix`        (K(K+1)/2,) -> (K, K)         the lower triangle of L L^T (with diagonal)
+`Joint`            (K,) -> dict of named arrays  the sum over the named blocks
+=================  ==========================  ============================================
+
+Triangular matrices are packed row by row (the order of `numpy.tril_indices`). All of them
+accumulate in log space (`log_sigmoid`, `softplus`, cumulative sums of logs) so values and
+log-dets stay finite for inputs of size 30 in float32 and 300 in float64; inverses use
+reverse cumulative sums (never `1 - partial sum`) and no explicit matrix inverse.
+
+Unit vectors are deliberately left out. The sphere is not diffeomorphic to any R^k, so no
+bijector exists; Stan's `unit_vector` over-parameterises with x in R^K, y = x / |x| and adds
+`-0.5 |x|^2` to the target so that |x| has a proper distribution. That "log-det" is a prior on
+the discarded radius, not a Jacobian, so it would break this module's contract (round trips,
+`log_det == slogdet(jacfwd)`) and ADVI's Gaussian family would have to model a nuisance
+radius. A model that needs a direction can put that construction in its own log joint
+(declare `x` as `aj.real((K,))` and add `-0.5 * sum(x**2)`).
+
 Subclasses implement `forward_and_log_det` and `inverse_and_log_det` (the latter returns
 `log|det J_{forward^{-1}}(y)|`, i.e. minus the forward log-det at the paired point); every other
 method is derived from those two. Bijectors are frozen dataclasses registered as pytrees, so
@@ -19,25 +48,36 @@ they can be passed through `jax.jit` and `jax.vmap`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from advi_jax._types import Array, ArrayLike
 
 __all__ = [
-    "Bijector",
-    "Identity",
-    "Exp",
-    "Softplus",
-    "Sigmoid",
-    "LowerBound",
-    "UpperBound",
-    "Interval",
     "Affine",
+    "Bijector",
     "Chain",
+    "CholeskyCov",
+    "CorrCholesky",
+    "CorrMatrix",
+    "CovMatrix",
+    "Exp",
+    "Identity",
+    "Interval",
     "Invert",
+    "Joint",
+    "LowerBound",
+    "Ordered",
+    "PositiveOrdered",
+    "Sigmoid",
+    "Softplus",
+    "StickBreaking",
+    "SumToZero",
+    "UpperBound",
 ]
 
 
@@ -258,13 +298,15 @@ class Affine(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
+        y = self.loc + self.scale * x
         log_det = jnp.broadcast_to(jnp.log(jnp.abs(self.scale)), x.shape)
-        return self.loc + self.scale * x, _sum(log_det)
+        return y, _sum(log_det).astype(y.dtype)  # the log-det follows the value's dtype
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
+        x = (y - self.loc) / self.scale
         log_det = jnp.broadcast_to(jnp.log(jnp.abs(self.scale)), jnp.shape(y))
-        return (y - self.loc) / self.scale, -_sum(log_det)
+        return x, -_sum(log_det).astype(x.dtype)
 
 
 @_pytree(data=("bijectors",))
@@ -317,3 +359,548 @@ class Invert(Bijector):
 
     def inverse_shape(self, shape):
         return self.bijector.forward_shape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multivariate bijectors
+# ---------------------------------------------------------------------------------------------
+
+
+def _vector(x: ArrayLike, who: str) -> Array:
+    """One vector event as a floating array; a static shape error names the bijector."""
+    x = _asf(x)
+    if x.ndim != 1:
+        raise ValueError(f"{who} acts on one vector event of shape (n,), got shape {x.shape}; "
+                         "use jax.vmap for a batch of events")
+    return x
+
+
+def _square(y: ArrayLike, who: str) -> Array:
+    """One square-matrix event as a floating array."""
+    y = _asf(y)
+    if y.ndim != 2 or y.shape[0] != y.shape[1]:
+        raise ValueError(f"{who} acts on one (K, K) matrix event, got shape {y.shape}; "
+                         "use jax.vmap for a batch of events")
+    return y
+
+
+def _vector_shape(shape: tuple[int, ...], who: str) -> int:
+    shape = tuple(shape)
+    if len(shape) != 1:
+        raise ValueError(f"{who} events are vectors of shape (n,), got shape {shape}")
+    return int(shape[0])
+
+
+def _matrix_shape(shape: tuple[int, ...], who: str) -> int:
+    shape = tuple(shape)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{who} events are square (K, K) matrices, got shape {shape}")
+    return int(shape[0])
+
+
+def _triangle_side(n: int, strict: bool, who: str) -> int:
+    """K such that the (strict) lower triangle of a K x K matrix has n entries."""
+    side = int(round((math.sqrt(8 * n + 1) + (1 if strict else -1)) / 2))
+    if (side * (side - 1) if strict else side * (side + 1)) // 2 != n:
+        what = "K(K-1)/2" if strict else "K(K+1)/2"
+        raise ValueError(f"{who} needs an unconstrained vector of length {what} for some K, got length {n}")
+    return side
+
+
+def _exclusive_cumsum(v: Array) -> Array:
+    """Cumulative sum along the last axis that excludes the current entry (starts at 0)."""
+    head = jnp.zeros(v.shape[:-1] + (1,), v.dtype)
+    return jnp.concatenate([head, jnp.cumsum(v[..., :-1], axis=-1)], axis=-1)
+
+
+def _reverse_cumsum(v: Array) -> Array:
+    """out[..., k] = sum_{j >= k} v[..., j]: tails summed from the small end (no cancellation)."""
+    return jnp.flip(jnp.cumsum(jnp.flip(v, -1), axis=-1), -1)
+
+
+def _safe_log(v: Array) -> Array:
+    return jnp.log(jnp.maximum(v, _tiny(v.dtype)))
+
+
+@_pytree
+class StickBreaking(Bijector):
+    """Stan's stick-breaking map from R^{K-1} onto the open simplex of K entries.
+
+    With the offset `log(K - k)` (k = 1..K-1) so that x = 0 gives the uniform simplex:
+
+        z_k = sigmoid(x_k - log(K - k)),   r_1 = 1,   r_{k+1} = r_k (1 - z_k),
+        y_k = r_k z_k  (k < K),            y_K = r_K.
+
+    The Jacobian of x -> y_{1:K-1} is lower triangular with diagonal r_k z_k (1 - z_k), so
+
+        log|det J| = sum_k [log z_k + log(1 - z_k) + log r_k],
+
+    all computed in log space (`log_sigmoid` for both logs of z, `log r` as a cumulative sum
+    of `log(1 - z)`); the entries are `exp` of their logs. The inverse reads the stick
+    remainders as tail sums `r_k = sum_{j >= k} y_j`, so
+    `x_k = log y_k - log r_{k+1} + log(K - k)` stays exact near the simplex's faces.
+
+    Shapes: `(K-1,) <-> (K,)`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> StickBreaking().forward(jnp.zeros(3))
+      Array([0.25, 0.25, 0.25, 0.25], dtype=float32)
+
+    References:
+      Stan Reference Manual, "Unit simplex" transform.
+    """
+
+    name = "stick_breaking"
+
+    @staticmethod
+    def _offset(n: int, dtype) -> Array:
+        return jnp.log(jnp.arange(n, 0, -1).astype(dtype))  # log(K - k), k = 1..K-1
+
+    def forward_and_log_det(self, x):
+        x = _vector(x, "StickBreaking")
+        u = x - self._offset(x.shape[0], x.dtype)
+        log_z, log_1mz = jax.nn.log_sigmoid(u), jax.nn.log_sigmoid(-u)
+        log_r = _exclusive_cumsum(log_1mz)
+        log_y = jnp.concatenate([log_r + log_z, jnp.sum(log_1mz, keepdims=True)])
+        return jnp.exp(log_y), jnp.sum(log_z + log_1mz + log_r)
+
+    def inverse_and_log_det(self, y):
+        y = _vector(y, "StickBreaking")
+        log_y = _safe_log(y)
+        log_r = _safe_log(_reverse_cumsum(y))
+        x = log_y[:-1] - log_r[1:] + self._offset(y.shape[0] - 1, y.dtype)
+        # log z_k + log(1 - z_k) + log r_k = log y_k + log r_{k+1} - log r_k
+        return x, -jnp.sum(log_y[:-1] + log_r[1:] - log_r[:-1])
+
+    def forward_shape(self, shape):
+        return (_vector_shape(shape, "StickBreaking") + 1,)
+
+    def inverse_shape(self, shape):
+        k = _vector_shape(shape, "StickBreaking")
+        if k < 1:
+            raise ValueError(f"StickBreaking needs a simplex of at least 1 entry, got shape {tuple(shape)}")
+        return (k - 1,)
+
+
+@_pytree
+class Ordered(Bijector):
+    """R^K onto strictly increasing vectors: y_1 = x_1, y_k = y_{k-1} + exp(x_k).
+
+    log|det J| = sum_{k >= 2} x_k (the Jacobian is lower triangular). The inverse is
+    `x_1 = y_1`, `x_k = log(y_k - y_{k-1})`. Shapes: `(K,) <-> (K,)`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> Ordered().forward(jnp.array([1.0, 0.0, 0.0]))
+      Array([1., 2., 3.], dtype=float32)
+    """
+
+    name = "ordered"
+
+    def forward_and_log_det(self, x):
+        x = _vector(x, "Ordered")
+        steps = jnp.concatenate([x[:1], jnp.exp(x[1:])])
+        return jnp.cumsum(steps), jnp.sum(x[1:])
+
+    def inverse_and_log_det(self, y):
+        y = _vector(y, "Ordered")
+        x = jnp.concatenate([y[:1], _safe_log(jnp.diff(y))])
+        return x, -jnp.sum(x[1:])
+
+    def forward_shape(self, shape):
+        return (_vector_shape(shape, "Ordered"),)
+
+    inverse_shape = forward_shape
+
+
+@_pytree
+class PositiveOrdered(Bijector):
+    """R^K onto increasing positive vectors: y_k = sum_{j <= k} exp(x_j).
+
+    log|det J| = sum_k x_k. Shapes: `(K,) <-> (K,)`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> PositiveOrdered().forward(jnp.zeros(3))
+      Array([1., 2., 3.], dtype=float32)
+    """
+
+    name = "positive_ordered"
+
+    def forward_and_log_det(self, x):
+        x = _vector(x, "PositiveOrdered")
+        return jnp.cumsum(jnp.exp(x)), jnp.sum(x)
+
+    def inverse_and_log_det(self, y):
+        y = _vector(y, "PositiveOrdered")
+        x = _safe_log(jnp.diff(y, prepend=jnp.zeros((1,), y.dtype)))
+        return x, -jnp.sum(x)
+
+    def forward_shape(self, shape):
+        return (_vector_shape(shape, "PositiveOrdered"),)
+
+    inverse_shape = forward_shape
+
+
+@_pytree
+class SumToZero(Bijector):
+    """Stan's (2.36) isometric map from R^{K-1} onto {y in R^K : sum(y) = 0}.
+
+    y = V x, where the columns of the K x (K-1) matrix V are the orthonormal Helmert vectors
+    `v_j = (1, ..., 1, -j, 0, ..., 0) / sqrt(j (j + 1))` (j ones), j = 1..K-1; V is applied
+    with cumulative sums in O(K), never formed. The inverse is the projection `x = V^T y`.
+
+    Log-det convention: the map onto the first K-1 entries, x -> (V x)_{1:K-1}. Completing V
+    with the unit column 1/sqrt(K) gives an orthogonal matrix, whose minor is
+    `det V_{1:K-1} = ±1/sqrt(K)`, so log|det J| = -0.5 log K (constant).
+
+    Shapes: `(K-1,) <-> (K,)`.
+
+    References:
+      Stan Reference Manual (2.36), "Zero sum vector" transform.
+    """
+
+    name = "sum_to_zero"
+
+    def forward_and_log_det(self, x):
+        x = _vector(x, "SumToZero")
+        n = jnp.arange(1, x.shape[0] + 1).astype(x.dtype)
+        w = x / jnp.sqrt(n * (n + 1.0))
+        zero = jnp.zeros((1,), x.dtype)
+        y = jnp.concatenate([_reverse_cumsum(w), zero]) - jnp.concatenate([zero, n * w])
+        return y, jnp.asarray(-0.5 * math.log(x.shape[0] + 1), x.dtype)
+
+    def inverse_and_log_det(self, y):
+        y = _vector(y, "SumToZero")
+        n = jnp.arange(1, y.shape[0]).astype(y.dtype)
+        x = (jnp.cumsum(y)[:-1] - n * y[1:]) / jnp.sqrt(n * (n + 1.0))
+        return x, jnp.asarray(0.5 * math.log(y.shape[0]), y.dtype)
+
+    def forward_shape(self, shape):
+        return (_vector_shape(shape, "SumToZero") + 1,)
+
+    def inverse_shape(self, shape):
+        k = _vector_shape(shape, "SumToZero")
+        if k < 1:
+            raise ValueError(f"SumToZero needs at least 1 entry, got shape {tuple(shape)}")
+        return (k - 1,)
+
+
+def _corr_cholesky_forward(x: Array) -> tuple[Array, Array, Array]:
+    """(L, log|det J| onto the strict lower triangle of L, log diag(L)) for packed x."""
+    k = _triangle_side(x.shape[0], True, "CorrCholesky")
+    rows, cols = np.tril_indices(k, -1)
+    strict = jnp.asarray(np.tril(np.ones((k, k), bool), -1))
+    big_x = jnp.zeros((k, k), x.dtype).at[rows, cols].set(x)
+    a = jnp.abs(big_x)
+    # log(1 - tanh(x)^2) = log(4) - 2|x| - 2 softplus(-2|x|), finite for any x
+    log_1mz2 = jnp.where(strict, math.log(4.0) - 2.0 * a - 2.0 * jax.nn.softplus(-2.0 * a), 0.0)
+    log_rem = _exclusive_cumsum(log_1mz2)  # log of the squared stick left before column j
+    scale = jnp.exp(0.5 * log_rem)
+    eye = jnp.eye(k, dtype=bool)
+    chol = jnp.where(strict, jnp.tanh(big_x) * scale, jnp.where(eye, scale, 0.0))
+    log_det = jnp.sum(jnp.where(strict, log_1mz2 + 0.5 * log_rem, 0.0))
+    return chol, log_det, 0.5 * jnp.diagonal(log_rem)
+
+
+def _corr_cholesky_inverse(chol: Array) -> tuple[Array, Array, Array]:
+    """(packed x, log|det J_inverse|, log diag(L)) for a correlation Cholesky factor L."""
+    k = chol.shape[0]
+    rows, cols = np.tril_indices(k, -1)
+    lower = jnp.asarray(np.tril(np.ones((k, k), bool)))
+    strict = jnp.asarray(np.tril(np.ones((k, k), bool), -1))
+    sq = jnp.where(lower, chol * chol, 0.0)
+    rem = _reverse_cumsum(sq)  # sum_{j' >= j} L_ij'^2: the stick left before column j
+    rem_next = jnp.concatenate([rem[:, 1:], jnp.zeros((k, 1), chol.dtype)], axis=1)
+    rem = jnp.where(strict, rem, 1.0)
+    rem_next = jnp.where(strict, rem_next, 1.0)
+    log_rem, log_rem_next = _safe_log(rem), _safe_log(rem_next)
+    a = jnp.abs(chol)
+    # atanh(|L| / sqrt(rem)) = log(sqrt(rem) + |L|) - 0.5 log(rem - L^2), no cancellation
+    big_x = jnp.where(strict, jnp.sign(chol) * (_safe_log(jnp.sqrt(rem) + a) - 0.5 * log_rem_next), 0.0)
+    fwd = jnp.sum(jnp.where(strict, log_rem_next - 0.5 * log_rem, 0.0))
+    log_diag = 0.5 * _safe_log(jnp.diagonal(sq))
+    return big_x[rows, cols], -fwd, log_diag
+
+
+@_pytree
+class CorrCholesky(Bijector):
+    """R^{K(K-1)/2} onto lower Cholesky factors of K x K correlation matrices (Stan/LKJ).
+
+    The packed x (rows of the strict lower triangle, in order) become canonical partial
+    correlations z = tanh(x) in (-1, 1), and row i of L is built by breaking a stick of
+    squared length 1:
+
+        L_ij = z_ij sqrt(r_ij)  (j < i),   L_ii = sqrt(r_ii),   r_ij = prod_{j' < j} (1 - z_ij'^2),
+
+    so every row has unit norm and a positive diagonal. The Jacobian of x -> strict lower
+    triangle of L is triangular in row-major order, with
+
+        log|det J| = sum_{i > j} [log(1 - z_ij^2) + 0.5 log r_ij],
+
+    where log(1 - tanh(x)^2) = log 4 - 2|x| - 2 softplus(-2|x|) and log r is a cumulative sum
+    of those, so nothing underflows to log(0). Shapes: `(K(K-1)/2,) <-> (K, K)`.
+
+    References:
+      Lewandowski, Kurowicka and Joe (2009); Stan Reference Manual, "Cholesky factors of
+      correlation matrices".
+    """
+
+    name = "corr_cholesky"
+
+    def forward_and_log_det(self, x):
+        chol, log_det, _ = _corr_cholesky_forward(_vector(x, "CorrCholesky"))
+        return chol, log_det
+
+    def inverse_and_log_det(self, y):
+        x, log_det, _ = _corr_cholesky_inverse(_square(y, "CorrCholesky"))
+        return x, log_det
+
+    def forward_shape(self, shape):
+        k = _triangle_side(_vector_shape(shape, "CorrCholesky"), True, "CorrCholesky")
+        return (k, k)
+
+    def inverse_shape(self, shape):
+        k = _matrix_shape(shape, "CorrCholesky")
+        return (k * (k - 1) // 2,)
+
+
+@_pytree
+class CorrMatrix(Bijector):
+    """R^{K(K-1)/2} onto K x K correlation matrices: C = L L^T with L from `CorrCholesky`.
+
+    Log-det convention: the map onto the strict lower triangle of C. In row-major order
+    dC_ij / dL_ij = L_jj (i > j) on a triangular Jacobian, so
+
+        log|det J| = log|det J_CorrCholesky| + sum_j (K - 1 - j) log L_jj   (j = 0..K-1).
+
+    The output is symmetrised and its diagonal set to exactly 1. The inverse takes a Cholesky
+    factorisation. Shapes: `(K(K-1)/2,) <-> (K, K)`.
+    """
+
+    name = "corr_matrix"
+
+    def forward_and_log_det(self, x):
+        chol, log_det, log_diag = _corr_cholesky_forward(_vector(x, "CorrMatrix"))
+        k = chol.shape[0]
+        corr = chol @ chol.T
+        corr = jnp.where(jnp.eye(k, dtype=bool), 1.0, 0.5 * (corr + corr.T))
+        power = jnp.arange(k - 1, -1, -1).astype(chol.dtype)
+        return corr, log_det + jnp.sum(power * log_diag)
+
+    def inverse_and_log_det(self, y):
+        corr = _square(y, "CorrMatrix")
+        k = corr.shape[0]
+        x, log_det, log_diag = _corr_cholesky_inverse(jnp.linalg.cholesky(corr))
+        power = jnp.arange(k - 1, -1, -1).astype(corr.dtype)
+        return x, log_det - jnp.sum(power * log_diag)
+
+    forward_shape = CorrCholesky.forward_shape
+    inverse_shape = CorrCholesky.inverse_shape
+
+
+def _cholesky_cov_forward(x: Array) -> tuple[Array, Array]:
+    """(L with exp diagonal, the packed diagonal x_jj) for packed x of length K(K+1)/2."""
+    k = _triangle_side(x.shape[0], False, "CholeskyCov")
+    rows, cols = np.tril_indices(k)
+    on_diag = jnp.asarray(rows == cols)
+    values = jnp.where(on_diag, jnp.exp(jnp.where(on_diag, x, 0.0)), x)
+    chol = jnp.zeros((k, k), x.dtype).at[rows, cols].set(values)
+    return chol, x[np.flatnonzero(rows == cols)]
+
+
+def _cholesky_cov_inverse(chol: Array) -> tuple[Array, Array]:
+    """(packed x, log diag(L)) for a lower-triangular L with positive diagonal."""
+    k = chol.shape[0]
+    rows, cols = np.tril_indices(k)
+    on_diag = jnp.asarray(rows == cols)
+    values = chol[rows, cols]
+    x = jnp.where(on_diag, _safe_log(jnp.where(on_diag, values, 1.0)), values)
+    return x, x[np.flatnonzero(rows == cols)]
+
+
+@_pytree
+class CholeskyCov(Bijector):
+    """R^{K(K+1)/2} onto lower-triangular matrices with positive diagonal (covariance factors).
+
+    The packed x fill the lower triangle row by row; diagonal entries go through `exp`.
+    log|det J| (onto the lower triangle, diagonal included) = sum_j x_jj.
+    Shapes: `(K(K+1)/2,) <-> (K, K)`.
+    """
+
+    name = "cholesky_cov"
+
+    def forward_and_log_det(self, x):
+        chol, diag = _cholesky_cov_forward(_vector(x, "CholeskyCov"))
+        return chol, jnp.sum(diag)
+
+    def inverse_and_log_det(self, y):
+        x, log_diag = _cholesky_cov_inverse(_square(y, "CholeskyCov"))
+        return x, -jnp.sum(log_diag)
+
+    def forward_shape(self, shape):
+        k = _triangle_side(_vector_shape(shape, "CholeskyCov"), False, "CholeskyCov")
+        return (k, k)
+
+    def inverse_shape(self, shape):
+        k = _matrix_shape(shape, "CholeskyCov")
+        return (k * (k + 1) // 2,)
+
+
+@_pytree
+class CovMatrix(Bijector):
+    """R^{K(K+1)/2} onto symmetric positive-definite K x K matrices: S = L L^T, L = `CholeskyCov`.
+
+    Log-det convention: the map onto the lower triangle of S (diagonal included). In
+    row-major order dS_ij / dL_ij = L_jj (i > j) and dS_jj / dL_jj = 2 L_jj, so with
+    log L_jj = x_jj,
+
+        log|det J| = K log 2 + sum_j (K - j + 1) x_jj    (j = 0..K-1).
+
+    The inverse takes a Cholesky factorisation. Shapes: `(K(K+1)/2,) <-> (K, K)`.
+
+    References:
+      Stan Reference Manual, "Covariance matrices".
+    """
+
+    name = "cov_matrix"
+
+    def forward_and_log_det(self, x):
+        chol, diag = _cholesky_cov_forward(_vector(x, "CovMatrix"))
+        k = chol.shape[0]
+        cov = chol @ chol.T
+        power = jnp.arange(k + 1, 1, -1).astype(chol.dtype)
+        return 0.5 * (cov + cov.T), k * math.log(2.0) + jnp.sum(power * diag)
+
+    def inverse_and_log_det(self, y):
+        cov = _square(y, "CovMatrix")
+        k = cov.shape[0]
+        x, log_diag = _cholesky_cov_inverse(jnp.linalg.cholesky(cov))
+        power = jnp.arange(k + 1, 1, -1).astype(cov.dtype)
+        return x, -(k * math.log(2.0) + jnp.sum(power * log_diag))
+
+    forward_shape = CholeskyCov.forward_shape
+    inverse_shape = CholeskyCov.inverse_shape
+
+
+def _batched(fn, num_batch_dims: int):
+    for _ in range(num_batch_dims):
+        fn = jax.vmap(fn)
+    return fn
+
+
+@_pytree(data=("bijectors",))
+class Joint(Bijector):
+    """A block bijector: one flat vector in R^K <-> a dict of named constrained arrays.
+
+    Block `name` takes `prod(batch_shape) * prod(inverse_shape(event_shape))` consecutive
+    reals of x (in the order of `bijectors`), reshaped to `batch_shape + unconstrained event`;
+    its bijector is vmapped over the `batch_shape` of independent events. The log-det is the
+    sum over blocks and events (the Jacobian is block diagonal).
+
+    Args:
+      bijectors: dict mapping each name to the bijector of one event.
+      event_shapes: dict mapping each name to its *constrained* event shape.
+      batch_shapes: optional dict mapping names to leading shapes of independent events
+        (default `()` for every name).
+
+    `forward_shape((K,))` returns the dict of constrained shapes and `inverse_shape(dict)`
+    returns `(K,)`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> j = Joint({"w": Identity(), "p": StickBreaking()}, {"w": (2,), "p": (3,)})
+      >>> j.dim
+      4
+      >>> {k: v.shape for k, v in j.forward(jnp.zeros(4)).items()}
+      {'w': (2,), 'p': (3,)}
+    """
+
+    bijectors: Any
+    event_shapes: Any
+    batch_shapes: Any = None
+    name = "joint"
+
+    def __post_init__(self):
+        # Called again on pytree unflattening, when the shapes are already normalised tuples.
+        if isinstance(self.event_shapes, tuple) and isinstance(self.batch_shapes, tuple):
+            return
+        if not isinstance(self.bijectors, dict) or not self.bijectors:
+            raise TypeError(f"bijectors must be a non-empty dict of name -> Bijector, got {self.bijectors!r}")
+        names = tuple(self.bijectors)
+        batch_shapes = {} if self.batch_shapes is None else dict(self.batch_shapes)
+        for name, b in self.bijectors.items():
+            if not isinstance(b, Bijector):
+                raise TypeError(f"bijector for {name!r} must be a Bijector, got {type(b).__name__}")
+        if set(self.event_shapes) != set(names) or not set(batch_shapes) <= set(names):
+            raise ValueError(f"event_shapes (and batch_shapes) must have the names {list(names)}; got "
+                             f"{list(self.event_shapes)} and {list(batch_shapes)}")
+        event = tuple((n, tuple(int(s) for s in self.event_shapes[n])) for n in names)
+        batch = tuple((n, tuple(int(s) for s in batch_shapes.get(n, ()))) for n in names)
+        object.__setattr__(self, "event_shapes", event)
+        object.__setattr__(self, "batch_shapes", batch)
+        for n, e in event:
+            self.bijectors[n].inverse_shape(e)  # raises a ValueError for an impossible event shape
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.event_shapes)
+
+    def _blocks(self):
+        """(name, bijector, batch_shape, constrained event, unconstrained event, size) per block."""
+        for (n, event), (_, batch) in zip(self.event_shapes, self.batch_shapes):
+            b = self.bijectors[n]
+            uevent = tuple(b.inverse_shape(event))
+            yield n, b, batch, event, uevent, math.prod(batch) * math.prod(uevent)
+
+    @property
+    def dim(self) -> int:
+        """K, the total number of unconstrained reals."""
+        return sum(block[-1] for block in self._blocks())
+
+    def split(self, x: ArrayLike) -> dict[str, Array]:
+        """Cut a flat (K,) vector into unconstrained arrays of shape `batch + unconstrained event`."""
+        x = _asf(x)
+        if x.shape != (self.dim,):
+            raise ValueError(f"Joint expects one flat vector of shape ({self.dim},), got {x.shape}; "
+                             "use jax.vmap for a batch")
+        out, start = {}, 0
+        for n, _, batch, _, uevent, size in self._blocks():
+            out[n] = x[start:start + size].reshape(batch + uevent)
+            start += size
+        return out
+
+    def forward_and_log_det(self, x):
+        pieces = self.split(x)
+        out, total = {}, jnp.zeros((), _asf(x).dtype)
+        for n, b, batch, _, _, _ in self._blocks():
+            value, log_det = _batched(b.forward_and_log_det, len(batch))(pieces[n])
+            out[n] = value
+            total = total + jnp.sum(log_det)
+        return out, total
+
+    def inverse_and_log_det(self, y):
+        if not hasattr(y, "keys") or set(y.keys()) != set(self.names):
+            got = list(y.keys()) if hasattr(y, "keys") else type(y).__name__
+            raise ValueError(f"Joint.inverse expects a dict with exactly the names {list(self.names)}, got {got}")
+        pieces, total = [], None
+        for n, b, batch, event, _, _ in self._blocks():
+            value = _asf(y[n])
+            if value.shape != batch + event:
+                raise ValueError(f"{n!r} must have shape {batch + event}, got {value.shape}")
+            x, log_det = _batched(b.inverse_and_log_det, len(batch))(value)
+            pieces.append(jnp.reshape(x, (-1,)))
+            total = jnp.sum(log_det) if total is None else total + jnp.sum(log_det)
+        return jnp.concatenate(pieces), total
+
+    def forward_shape(self, shape):
+        if tuple(shape) != (self.dim,):
+            raise ValueError(f"Joint takes unconstrained shape ({self.dim},), got {tuple(shape)}")
+        return {n: batch + event for n, _, batch, event, _, _ in self._blocks()}
+
+    def inverse_shape(self, shape):
+        expected = {n: batch + event for n, _, batch, event, _, _ in self._blocks()}
+        if not hasattr(shape, "keys") or {n: tuple(s) for n, s in shape.items()} != expected:
+            raise ValueError(f"Joint takes constrained shapes {expected}, got {shape!r}")
+        return (self.dim,)

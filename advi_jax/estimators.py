@@ -153,6 +153,21 @@ def elbo_surrogate(estimator: str | Callable, family: Family, log_density: LogDe
       surrogate: scalar ELBO estimate whose gradient is the estimator.
       aux: `EstimatorInfo`.
     """
+    from advi_jax._types import check_positive_int
+
+    if not (isinstance(estimator, str) or callable(estimator)):
+        raise TypeError(f"estimator must be one of {sorted(ESTIMATORS)} or a callable, got {type(estimator).__name__}")
+    if isinstance(estimator, str) and estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)} or a callable, got {estimator!r}")
+    if not isinstance(family, Family):
+        raise TypeError(f"family must be a Family such as aj.MeanFieldGaussian(), got {type(family).__name__}")
+    if not callable(log_density):
+        raise TypeError(f"log_density must be a function (K,) -> scalar, got {type(log_density).__name__}")
+    if not (isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
+                                            or key.dtype == jnp.uint32 and key.shape == (2,))):
+        raise TypeError(f"key must be a single PRNG key such as jax.random.key(0), got {type(key).__name__}"
+                        f"{getattr(key, 'shape', '')}")
+    num_samples = check_positive_int(num_samples, "num_samples")
     if isinstance(estimator, str) and num_samples < min_num_samples(estimator):
         raise ValueError(f"estimator {estimator!r} needs num_samples >= {min_num_samples(estimator)}, got {num_samples}")
     return get_estimator(estimator)(family, log_density, params, key, num_samples)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from advi_jax._types import Array, ArrayLike, check_positive_int
+from advi_jax._types import Array, ArrayLike, check_positive_int, is_concrete
 
 __all__ = [
     "Family",
@@ -97,15 +97,22 @@ class Family:
 
     def _check_init(self, dim, loc, scale, dtype):
         dim = check_positive_int(dim, "dim")
-        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-        dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(float)
+        try:
+            dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(float)
+        except TypeError:
+            raise TypeError(f"dtype must be a float dtype such as jnp.float32, got {dtype!r}") from None
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"dtype must be a float dtype such as jnp.float32, got {dtype}")
         if loc is None:
             loc = jnp.zeros((dim,), dtype)
         else:
             loc = jnp.asarray(loc, dtype)
             if loc.shape != (dim,):
                 raise ValueError(f"loc must have shape ({dim},), got {loc.shape}")
+            if is_concrete(loc) and not bool(jnp.all(jnp.isfinite(loc))):
+                raise ValueError(f"loc must be finite, got {loc.tolist()}")
         return dim, loc, dtype
 
     def sample_standard(self, params, noise: Array) -> Array:

@@ -16,7 +16,40 @@ stopping on one lucky comparison.
 
 Non-finite steps: a step whose ELBO estimate or gradient is not finite leaves the parameters
 and the optimiser state unchanged and is counted; after `max_consecutive_nonfinite` such
-steps in a row the fit stops, keeps the last finite parameters, and says why.
+steps in a row the fit stops, keeps the last finite parameters, and says why. The count is
+`Result.num_nonfinite` and appears in `Result.stop_reason` and `summary()`.
+
+Step-size search (`learning_rate="adapt"`), after Stan's `adapt` phase: Stan runs
+`adapt_iter = 50` iterations of its own adaptive-gradient rule for each eta in
+(100, 10, 1, 0.1, 0.01), from the same starting point, evaluates the ELBO, keeps the eta with
+the best ELBO, and stops with an error when every eta diverges. Stan's eta scales a step that
+is normalised by a running gradient magnitude, so eta = 1 moves each coordinate by about 1 per
+iteration early on; Adam's learning rate is directly the largest per-coordinate step, and the
+grid here (`ADAPT_LEARNING_RATES`, 1 down to 1e-3 in half decades) covers the same range of
+per-coordinate moves shifted to where Adam is stable. Every candidate runs `adapt_iter` (200)
+steps from the same initial state with the same keys, all at once under `jax.vmap`; the ELBO of
+each end point is then estimated with the same `num_eval_draws` draws (common random numbers,
+so differences are not noise), and the best finite one wins. Candidates that produced a
+non-finite ELBO are discarded; if none is left, or none improved on the initial ELBO, `fit`
+raises a ValueError (Stan's "all step sizes diverged") rather than run a fit known to be bad.
+
+Initialisation: `init=None` starts q at zero in R^K (Stan's default is uniform(-2, 2); zero is
+the centre of that box and the prior centre of most standardised models); `init=` a dict of
+constrained values or a (K,) vector starts there; `init="random"` draws `num_init_draws`
+locations uniformly in (-init_radius, init_radius)^K (Stan's random inits) and starts from the
+one whose q (with scale `init_scale`) has the highest ELBO estimate, using the same draws for
+each candidate.
+
+Precision: everything follows JAX's default float dtype. For float64, enable it before
+building arrays, globally with `jax.config.update("jax_enable_x64", True)` or locally with
+`with jax.enable_x64(True): result = aj.fit(...)`; the variational parameters, the ELBO trace
+and the diagnostics are then float64.
+
+Diagnostics (`diagnostics=True`, the default): after the fit, one jitted call draws
+`num_diagnostic_draws` (4096) draws from q and computes the PSIS k-hat of log p - log q, the
+importance-weighted ELBO with its standard error and the effective sample sizes (see
+`advi_jax.diagnostics`); they are stored on the `Result` and printed by `summary()` with a
+verdict. `fit` warns when k-hat exceeds 0.7.
 """
 
 from __future__ import annotations
@@ -25,6 +58,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -32,6 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from advi_jax import diagnostics as _diag
 from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int
 from advi_jax.estimators import ESTIMATORS, elbo_surrogate, get_estimator, min_num_samples
 from advi_jax.families import FAMILIES, Family, get_family
@@ -46,12 +81,23 @@ __all__ = [
     "default_optimizer",
     "fit",
     "DEFAULT_LEARNING_RATE",
+    "ADAPT_LEARNING_RATES",
+    "DiagnosticWarning",
 ]
 
 DEFAULT_LEARNING_RATE = 0.01
 """Adam's default peak step size: 1e-2 converged on every benchmark GLM (standardised features)
 and the conjugate test models within a few thousand steps without tuning; 1e-1 oscillates on the
 full-rank scales of poorly conditioned posteriors and 1e-3 needs ~10x more steps."""
+
+
+ADAPT_LEARNING_RATES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+"""Candidate Adam step sizes for `learning_rate="adapt"` (Stan's eta grid is 100, 10, 1, 0.1,
+0.01 for its normalised step; see the module docstring)."""
+
+
+class DiagnosticWarning(UserWarning):
+    """Issued by `fit` when the PSIS k-hat says the approximation is unreliable."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -255,6 +301,70 @@ def _init_state(model: Model, key: Array, loc: Array, cfg: _Config) -> FitState:
                 num_samples=cfg.num_samples, init_scale=cfg.init_scale).init(key, loc)
 
 
+def _elbo_estimate(model: Model, family: Family, params: PyTree, key: Array, num_draws: int) -> Array:
+    """Monte Carlo ELBO, mean log p(zeta) + H[q] over `num_draws` draws; -inf if not finite."""
+    zeta = family.sample(params, key, num_draws)
+    value = jnp.mean(jax.vmap(model.log_density)(zeta)) + family.entropy(params)
+    return jnp.where(jnp.isfinite(value), value, -jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "adapt_iter", "num_eval_draws"))
+def _adapt_learning_rate(model: Model, loc: Array, key: Array, learning_rates: Array, cfg: _Config,
+                         adapt_iter: int, num_eval_draws: int):
+    """ELBO after `adapt_iter` Adam steps for each learning rate (vmapped), and at the start."""
+    run_key, eval_key = jax.random.split(key)
+
+    def run(lr):
+        algorithm = advi(model, cfg.family, optimizer=optax.adam(lr), estimator=cfg.estimator,
+                         num_samples=cfg.num_samples, init_scale=cfg.init_scale)
+        state = algorithm.init(run_key, loc)
+
+        def body(st, i):
+            return algorithm.step(jax.random.fold_in(run_key, i), st)[0], None
+
+        state, _ = jax.lax.scan(body, state, jnp.arange(adapt_iter))
+        return _elbo_estimate(model, cfg.family, state.params, eval_key, num_eval_draws), state.num_nonfinite
+
+    start = cfg.family.init(run_key, model.dim, loc=loc, scale=cfg.init_scale, dtype=loc.dtype)
+    initial = _elbo_estimate(model, cfg.family, start, eval_key, num_eval_draws)
+    elbos, skipped = jax.vmap(run)(learning_rates)
+    return initial, elbos, skipped
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_init_draws", "num_eval_draws"))
+def _random_init(model: Model, key: Array, radius: Array, cfg: _Config, num_init_draws: int,
+                 num_eval_draws: int):
+    """Uniform(-radius, radius)^K candidate locations and the ELBO of q centred at each."""
+    loc_key, eval_key = jax.random.split(key)
+    dtype = jnp.result_type(float)
+    locs = jax.random.uniform(loc_key, (num_init_draws, model.dim), dtype, -radius, radius)
+
+    def score(loc):
+        params = cfg.family.init(eval_key, model.dim, loc=loc, scale=cfg.init_scale, dtype=dtype)
+        return _elbo_estimate(model, cfg.family, params, eval_key, num_eval_draws)
+
+    return locs, jax.vmap(score)(locs)
+
+
+def _log_ratios(model: Model, family: Family, params: PyTree, key: Array, num_draws: int):
+    """(num_draws, K) draws of q and their log p - log q, evaluated in batches of 256."""
+    zeta = family.sample(params, key, num_draws)
+    log_p = jax.lax.map(model.log_density, zeta, batch_size=min(num_draws, 256))
+    return zeta, log_p - family.log_prob(params, zeta)
+
+
+@functools.partial(jax.jit, static_argnames=("family", "num_draws"))
+def _draws_and_log_ratios(model: Model, family: Family, params: PyTree, key: Array, num_draws: int):
+    return _log_ratios(model, family, params, key, num_draws)
+
+
+@functools.partial(jax.jit, static_argnames=("family", "num_draws"))
+def _diagnose(model: Model, family: Family, params: PyTree, key: Array, num_draws: int):
+    """Importance diagnostics of q against the model from `num_draws` fresh draws."""
+    _, log_ratios = _log_ratios(model, family, params, key, num_draws)
+    return _diag._diagnostics_core(log_ratios)
+
+
 # ----------------------------------------------------------------------------------------------
 # Result
 
@@ -275,6 +385,9 @@ def _quantile_table(draws: Mapping[str, np.ndarray]) -> list[dict]:
     return rows
 
 
+_RESAMPLE_OPTIONS = (None, "psis")
+
+
 @dataclasses.dataclass
 class Result:
     """The outcome of `fit`.
@@ -288,8 +401,24 @@ class Result:
       num_gradient_evals: num_steps * num_samples (gradients of the log density evaluated).
       num_nonfinite: steps skipped because the ELBO or gradient was not finite.
       converged: whether the relative-ELBO-change rule stopped the fit.
-      stop_reason: why the fit ended, in words.
+      stop_reason: why the fit ended, in words (mentions skipped non-finite steps).
       seconds: wall time of the optimisation (compilation included).
+      estimator: the gradient estimator's name.
+      num_samples: Monte Carlo draws per step.
+      khat: PSIS k-hat of log p - log q over `num_diagnostic_draws` draws of q (NaN when
+        `diagnostics=False`). < 0.5 good, 0.5-0.7 ok, > 0.7 unreliable.
+      iw_elbo: importance-weighted ELBO log mean exp(log p - log q) from the same draws.
+      iw_elbo_se: its Monte Carlo standard error (delta method).
+      ess: effective sample size 1 / sum w_norm^2 of the raw importance weights.
+      psis_ess: the same for the Pareto-smoothed weights.
+      num_diagnostic_draws: draws of q behind the diagnostics (0 when skipped).
+      learning_rate: Adam's step size used (None when a custom optimizer was passed).
+      adaptation: with `learning_rate="adapt"`, a dict with the candidate `learning_rates`, the
+        `elbo` reached by each, the `initial_elbo` and the chosen `learning_rate`; else None.
+      init_loc: (K,) the initial location of q in R^K.
+      init_candidates: with `init="random"`, the (num_init_draws, K) candidate locations.
+      init_scores: with `init="random"`, the ELBO estimate of q centred at each candidate; the
+        fit starts from the candidate with the highest.
     """
 
     model: Model
@@ -304,16 +433,88 @@ class Result:
     seconds: float
     estimator: str = "reparam"
     num_samples: int = 1
+    khat: float = float("nan")
+    iw_elbo: float = float("nan")
+    iw_elbo_se: float = float("nan")
+    ess: float = float("nan")
+    psis_ess: float = float("nan")
+    num_diagnostic_draws: int = 0
+    learning_rate: float | None = None
+    adaptation: dict | None = None
+    init_loc: np.ndarray | None = None
+    init_candidates: np.ndarray | None = None
+    init_scores: np.ndarray | None = None
 
     def sample_unconstrained(self, key: Array, n: int) -> Array:
         """(n, K) draws of q in R^K."""
+        key = _diag.check_key(key)
         n = check_positive_int(n, "n")
         return self.family.sample(self.params, key, n)
 
-    def sample(self, key: Array, n: int) -> dict[str, Array]:
-        """n constrained draws: dict name -> array with leading axis n."""
-        zeta = self.sample_unconstrained(key, n)
+    def sample(self, key: Array, n: int, resample: str | None = None,
+               num_proposals: int | None = None) -> dict[str, Array]:
+        """n constrained draws: dict name -> array with leading axis n.
+
+        Args:
+          key: PRNG key.
+          n: number of draws.
+          resample: None for independent draws of q; "psis" for sampling-importance-resampling:
+            `num_proposals` draws of q are weighted by their Pareto-smoothed importance weights
+            and n of them are picked with replacement, which corrects q towards the posterior
+            when k-hat < 0.7 (the picks contain repeats; see `diagnostics.psis_resample`).
+          num_proposals: draws of q to resample from (default max(4 n, 4096)).
+
+        Returns:
+          dict name -> (n, *shape) constrained draws.
+        """
+        key = _diag.check_key(key)
+        n = check_positive_int(n, "n")
+        if resample not in _RESAMPLE_OPTIONS:
+            raise ValueError(f"resample must be one of {list(_RESAMPLE_OPTIONS)}, got {resample!r}")
+        if resample is None:
+            if num_proposals is not None:
+                raise ValueError("num_proposals is only used with resample='psis'")
+            zeta = self.sample_unconstrained(key, n)
+        else:
+            proposals = max(4 * n, 4096) if num_proposals is None else check_positive_int(num_proposals,
+                                                                                          "num_proposals", 25)
+            draw_key, pick_key = jax.random.split(key)
+            zeta, log_ratios = _draws_and_log_ratios(self.model, self.family, self.params, draw_key, proposals)
+            zeta = _diag.psis_resample(pick_key, zeta, log_ratios, n)
         return jax.vmap(self.model.to_constrained)(zeta)
+
+    def importance_draws(self, key: Array, n: int = 4096) -> tuple[dict[str, Array], _diag.PSISResult]:
+        """n draws of q (constrained) with their Pareto-smoothed importance weights.
+
+        Returns:
+          (draws, psis_result): draws is dict name -> (n, *shape); `psis_result.log_weights` are
+          the normalised smoothed log weights and `psis_result.khat` the k-hat of these draws.
+        """
+        key = _diag.check_key(key)
+        n = check_positive_int(n, "n", 25)
+        zeta, log_ratios = _draws_and_log_ratios(self.model, self.family, self.params, key, n)
+        return jax.vmap(self.model.to_constrained)(zeta), _diag._psis_core(log_ratios, True)
+
+    def psis_expectation(self, fn: Callable[[dict[str, Array]], PyTree], key: Array, n: int = 4096) -> PyTree:
+        """PSIS-corrected posterior expectation E_p[fn(params)] from n draws of q.
+
+        `fn` takes one dict of constrained parameters and returns an array or pytree; it is
+        vmapped over the draws and averaged with self-normalised Pareto-smoothed weights
+        (`diagnostics.psis_expectation`). More accurate than the plain average under q when q
+        is slightly off, and reliable while k-hat < 0.7 (`importance_draws` gives the k-hat of
+        the draws used).
+
+        Example:
+          >>> second_moment = result.psis_expectation(lambda p: p["x"] ** 2, jax.random.key(1))  # doctest: +SKIP
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be a function of a dict of constrained parameters, got {type(fn).__name__}")
+        draws, smoothed = self.importance_draws(key, n)
+        values = jax.vmap(fn)(draws)
+        weights = jnp.exp(smoothed.log_weights)
+        return jax.tree_util.tree_map(lambda v: jnp.tensordot(weights.astype(v.dtype), v, axes=1)
+                                      if jnp.issubdtype(v.dtype, jnp.floating) else
+                                      jnp.tensordot(weights, v.astype(weights.dtype), axes=1), values)
 
     def mean(self, key: Array | None = None, num_draws: int = 4000) -> dict[str, Array]:
         """Posterior means in the constrained space, by Monte Carlo over q.
@@ -330,8 +531,26 @@ class Result:
         draws = {k: np.asarray(v) for k, v in self.sample(key, num_draws).items()}
         return _quantile_table(draws)
 
+    @property
+    def verdict(self) -> str:
+        """The k-hat verdict in plain words (see `diagnostics.khat_verdict`)."""
+        if self.num_diagnostic_draws == 0:
+            return "not computed (fit(..., diagnostics=False))"
+        return _diag.khat_verdict(self.khat, self.num_diagnostic_draws)
+
+    def diagnostics_lines(self) -> list[str]:
+        """The diagnostics part of `summary()`, one string per line."""
+        if self.num_diagnostic_draws == 0:
+            return ["diagnostics: not computed (fit(..., diagnostics=False))"]
+        s = self.num_diagnostic_draws
+        return [
+            f"PSIS k-hat = {self.khat:.3f} from {s} draws of q: {self.verdict}",
+            f"importance-weighted ELBO = {self.iw_elbo:.4f} +/- {self.iw_elbo_se:.2g} (Monte Carlo se); "
+            f"importance ESS = {self.ess:.0f} raw, {self.psis_ess:.0f} Pareto-smoothed, of {s}",
+        ]
+
     def summary(self, key: Array | None = None, num_draws: int = 4000) -> str:
-        """A printable table of the posterior summary and the fit's outcome."""
+        """A printable table of the posterior summary, the fit's outcome and its diagnostics."""
         rows = self.summary_rows(key, num_draws)
         width = max([len("parameter")] + [len(r["parameter"]) for r in rows])
         cols = ["mean", "sd", "5%", "50%", "95%"]
@@ -341,40 +560,58 @@ class Result:
         tail = self.elbo[-min(len(self.elbo), 100):]
         final = float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan")
         lines.append("")
+        lr = "" if self.learning_rate is None else f" learning_rate={self.learning_rate:g}"
+        lr += " (adapted)" if self.adaptation is not None else ""
         lines.append(f"family={self.family.name} estimator={self.estimator} num_samples={self.num_samples} "
-                     f"steps={self.num_steps} gradient_evals={self.num_gradient_evals}")
+                     f"steps={self.num_steps} gradient_evals={self.num_gradient_evals}{lr}")
         lines.append(f"ELBO (mean of last {len(tail)} steps) = {final:.4f}; {self.stop_reason}; "
                      f"skipped non-finite steps: {self.num_nonfinite}; {self.seconds:.2f} s")
+        lines.extend(self.diagnostics_lines())
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return (f"Result(family={self.family.name}, dim={self.model.dim}, num_steps={self.num_steps}, "
-                f"converged={self.converged}, stop_reason={self.stop_reason!r})")
+                f"converged={self.converged}, khat={self.khat:.3g}, stop_reason={self.stop_reason!r})")
 
 
 # ----------------------------------------------------------------------------------------------
 # fit
 
 
-def _check_key(key: Any) -> Array:
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-        return key
-    if isinstance(key, (jax.Array, np.ndarray)) and key.shape == (2,) and key.dtype == np.uint32:
-        return jax.random.wrap_key_data(jnp.asarray(key))
-    raise TypeError(f"key must be a single PRNG key such as jax.random.key(0), got {type(key).__name__}"
-                    f"{getattr(key, 'shape', '')}")
+_check_key = _diag.check_key
+
+_INIT_OPTIONS = "None, 'random', a dict of constrained values, or a (K,) vector in R^K"
+
+
+def _check_number(value: Any, name: str, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a {'positive ' if positive else ''}finite number, got "
+                        f"{type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name} must be a {'positive ' if positive else ''}finite number, got {value!r}")
+    return value
 
 
 def _initial_loc(model: Model, init: Any, dtype) -> Array:
     if init is None:
         return jnp.zeros((model.dim,), dtype)
     if isinstance(init, Mapping):
-        return jnp.asarray(model.to_unconstrained(init), dtype)
-    loc = jnp.asarray(init, dtype)
+        try:
+            return jnp.asarray(model.to_unconstrained(init), dtype)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"init: {err}") from None
+    if isinstance(init, (str, bytes)) or not isinstance(init, (jax.Array, np.ndarray, list, tuple)):
+        raise TypeError(f"init must be {_INIT_OPTIONS}; got {init!r}")
+    loc = np.asarray(init)
+    if not (np.issubdtype(loc.dtype, np.floating) or np.issubdtype(loc.dtype, np.integer)) or loc.dtype == bool:
+        raise TypeError(f"init must be a real vector, got dtype {loc.dtype}")
     if loc.shape != (model.dim,):
         raise ValueError(f"init must be a dict of constrained values or a ({model.dim},) unconstrained vector, "
                          f"got shape {loc.shape}")
-    return loc
+    if not np.all(np.isfinite(loc)):
+        raise ValueError(f"init has non-finite entries: {loc.tolist()}")
+    return jnp.asarray(loc, dtype)
 
 
 @jax.jit
@@ -382,11 +619,19 @@ def _log_density_at(model: Model, zeta: Array) -> Array:
     return model.log_density(zeta)
 
 
+def _check_log_joint_shape(model: Model, dtype) -> None:
+    """Raise if the log density is not a float scalar (checked by shape only, nothing runs)."""
+    out = jax.eval_shape(_log_density_at, model, jax.ShapeDtypeStruct((model.dim,), dtype))
+    if out.shape != ():
+        raise ValueError(f"model.log_joint must return a scalar log density, got shape {out.shape} "
+                         "(sum the per-observation terms)")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"model.log_joint must return a float scalar, got dtype {out.dtype}")
+
+
 def _check_initial_point(model: Model, loc: Array) -> None:
     """Raise a clear error if the log density is not a finite scalar at the initial point."""
-    out = jax.eval_shape(_log_density_at, model, jax.ShapeDtypeStruct(loc.shape, loc.dtype))
-    if out.shape != ():
-        raise ValueError(f"log_joint must return a scalar, got shape {out.shape}")
+    _check_log_joint_shape(model, loc.dtype)
     value = _log_density_at(model, loc)
     if not np.isfinite(float(value)):
         params = model.to_constrained(loc)
@@ -395,12 +640,55 @@ def _check_initial_point(model: Model, loc: Array) -> None:
                          "finite there (pass init= a point where it is, or check the model)")
 
 
+def _check_data(model: Model) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(model.data):
+        if isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, jax.core.Tracer):
+            arr = np.asarray(leaf)
+            if np.issubdtype(arr.dtype, np.number) and not np.all(np.isfinite(arr)):
+                where = jax.tree_util.keystr(path) or "data"
+                raise ValueError(f"model.data{where if where != 'data' else ''} has non-finite entries "
+                                 f"({int(np.sum(~np.isfinite(arr)))} of {arr.size}); remove or impute them")
+
+
+def _stop_reason(stop_code: int, num_nonfinite: int, max_consecutive: int) -> str:
+    if stop_code == -1:
+        reason = "interrupted by the user (last parameters kept)"
+    elif stop_code == 3:
+        reason = (f"stopped: {max_consecutive} consecutive steps had a non-finite ELBO or gradient "
+                  f"({num_nonfinite} skipped in all); the last finite parameters are kept")
+    else:
+        reason = _STOP_REASONS[stop_code]
+    if stop_code != 3 and num_nonfinite > 0:
+        reason += (f" ({num_nonfinite} steps with a non-finite ELBO or gradient were skipped: q put draws where "
+                   "the log density is not finite)")
+    return reason
+
+
+def _choose_learning_rate(model, loc, key, cfg, learning_rates, adapt_iter, num_eval_draws):
+    rates = jnp.asarray(learning_rates, loc.dtype)
+    initial, elbos, skipped = _adapt_learning_rate(model, loc, key, rates, cfg, adapt_iter, num_eval_draws)
+    initial, elbos, skipped = float(initial), np.asarray(elbos), np.asarray(skipped)
+    usable = np.isfinite(elbos)
+    info = {"learning_rates": tuple(float(r) for r in learning_rates), "elbo": elbos.tolist(),
+            "skipped_steps": skipped.tolist(), "initial_elbo": initial}
+    if not usable.any() or not (np.max(np.where(usable, elbos, -np.inf)) > initial):
+        raise ValueError(f"learning_rate='adapt': every candidate step size {info['learning_rates']} diverged or "
+                         f"failed to improve the initial ELBO {initial:.4g} within adapt_iter={adapt_iter} steps "
+                         f"(ELBOs reached: {elbos.tolist()}); check the model, or pass a smaller learning_rate")
+    best = int(np.argmax(np.where(usable, elbos, -np.inf)))
+    info["learning_rate"] = float(learning_rates[best])
+    return float(learning_rates[best]), info
+
+
 def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_steps: int = 10_000,
         num_samples: int = 1, optimizer: optax.GradientTransformation | None = None,
-        estimator: str | Callable = "reparam", learning_rate: float | None = None, init: Any = None,
-        init_scale: float = 0.1, tol_rel_obj: float | None = None, eval_every: int = 100, window: int = 10,
+        estimator: str | Callable = "reparam", learning_rate: float | str | None = None, init: Any = None,
+        init_scale: float = 0.1, num_init_draws: int = 10, init_radius: float = 2.0,
+        tol_rel_obj: float | None = None, eval_every: int = 100, window: int = 10,
         max_consecutive_nonfinite: int = 50, chunk_size: int = 500, progress: bool = True,
-        check: bool = True) -> Result:
+        check: bool = True, diagnostics: bool = True, num_diagnostic_draws: int = 4096,
+        adapt_iter: int = 200, adapt_learning_rates: tuple[float, ...] = ADAPT_LEARNING_RATES,
+        warn: bool = True) -> Result:
     """Fit a Gaussian variational approximation to `model` by stochastic gradient ascent on the ELBO.
 
     Args:
@@ -412,9 +700,13 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
       optimizer: any optax optimizer; default `default_optimizer(learning_rate, num_steps)`: Adam,
         constant then cosine-decayed over the second half of the run.
       estimator: gradient estimator name (see `advi_jax.estimators.ESTIMATORS`).
-      learning_rate: Adam's step size when `optimizer` is None (default `DEFAULT_LEARNING_RATE`).
-      init: initial location: None (zero in R^K), a dict of constrained values, or a (K,) vector.
+      learning_rate: Adam's step size when `optimizer` is None (default `DEFAULT_LEARNING_RATE`),
+        or "adapt" for Stan-style step-size search over `adapt_learning_rates` (module docstring).
+      init: initial location: None (zero in R^K), a dict of constrained values, a (K,) vector,
+        or "random" (best of `num_init_draws` uniform draws in (-init_radius, init_radius)^K).
       init_scale: initial standard deviation of every coordinate of q.
+      num_init_draws: candidate locations for `init="random"`.
+      init_radius: half-width of the box random initial locations are drawn from (Stan: 2).
       tol_rel_obj: stop when the relative ELBO change falls below this (Stan's rule; None: never).
       eval_every: steps per ELBO average for the stopping rule.
       window: relative changes kept for the stopping rule.
@@ -422,12 +714,20 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
       chunk_size: steps per compiled call (the progress bar updates once per chunk).
       progress: show a progress bar with the smoothed ELBO.
       check: evaluate the log density at the initial point first and raise if it is not finite.
+      diagnostics: after the fit, compute the PSIS k-hat, the importance-weighted ELBO and the
+        importance ESS from `num_diagnostic_draws` draws of q (one jitted call).
+      num_diagnostic_draws: draws of q for the diagnostics (>= 100; k-hat needs a few thousand
+        to be reliable, see `diagnostics.khat_threshold`).
+      adapt_iter: steps per candidate step size with `learning_rate="adapt"`.
+      adapt_learning_rates: the candidate step sizes (positive numbers).
+      warn: issue a `DiagnosticWarning` when k-hat exceeds the reliability threshold.
 
     Returns:
       A `Result`.
 
     Raises:
-      TypeError, ValueError: bad arguments, named, before anything is compiled.
+      TypeError, ValueError: bad arguments, named, before anything is compiled; a log joint
+        that is not a finite scalar at the initial point; a failed step-size search.
 
     Example:
       >>> import jax, jax.numpy as jnp, advi_jax as aj
@@ -435,6 +735,8 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
       >>> result = aj.fit(model, key=jax.random.key(0), num_steps=2000, progress=False)
       >>> result.mean()["x"].round(1)
       Array([1., 1.], dtype=float32)
+      >>> bool(result.khat < 0.5)
+      True
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be an advi_jax Model (aj.Model or aj.from_numpyro), got {type(model).__name__}")
@@ -442,6 +744,8 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
     family_obj = get_family(family)
     if isinstance(estimator, str) and estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    if not isinstance(estimator, str) and not callable(estimator):
+        raise TypeError(f"estimator must be one of {sorted(ESTIMATORS)} or a callable, got {type(estimator).__name__}")
     num_steps = check_positive_int(num_steps, "num_steps")
     num_samples = check_positive_int(num_samples, "num_samples")
     if isinstance(estimator, str) and num_samples < min_num_samples(estimator):
@@ -451,29 +755,64 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
     window = check_positive_int(window, "window")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     max_consecutive_nonfinite = check_positive_int(max_consecutive_nonfinite, "max_consecutive_nonfinite")
-    if tol_rel_obj is not None and not (isinstance(tol_rel_obj, (int, float)) and tol_rel_obj > 0):
-        raise ValueError(f"tol_rel_obj must be a positive number or None, got {tol_rel_obj!r}")
-    if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale) and init_scale > 0):
-        raise ValueError(f"init_scale must be a positive finite number, got {init_scale!r}")
+    num_init_draws = check_positive_int(num_init_draws, "num_init_draws")
+    num_diagnostic_draws = check_positive_int(num_diagnostic_draws, "num_diagnostic_draws", 100)
+    adapt_iter = check_positive_int(adapt_iter, "adapt_iter")
+    if tol_rel_obj is not None:
+        tol_rel_obj = _check_number(tol_rel_obj, "tol_rel_obj")
+    init_scale = _check_number(init_scale, "init_scale")
+    init_radius = _check_number(init_radius, "init_radius")
+    for flag, name in ((progress, "progress"), (check, "check"), (diagnostics, "diagnostics"), (warn, "warn")):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if not isinstance(adapt_learning_rates, (tuple, list)) or not adapt_learning_rates:
+        raise TypeError(f"adapt_learning_rates must be a non-empty tuple of positive numbers, got "
+                        f"{adapt_learning_rates!r}")
+    adapt_learning_rates = tuple(_check_number(r, "adapt_learning_rates") for r in adapt_learning_rates)
+    adapt = isinstance(learning_rate, str) and learning_rate == "adapt"
+    if isinstance(learning_rate, str) and not adapt:
+        raise ValueError(f"learning_rate must be a positive number, None or 'adapt', got {learning_rate!r}")
     if optimizer is None:
-        lr = DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-        optimizer = default_optimizer(float(lr), num_steps)
+        lr = DEFAULT_LEARNING_RATE if learning_rate is None or adapt else \
+            _check_number(learning_rate, "learning_rate")
     elif learning_rate is not None:
         raise ValueError("pass either optimizer or learning_rate, not both")
     elif not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+    random_init = isinstance(init, str) and init == "random"
+    if isinstance(init, str) and not random_init:
+        raise ValueError(f"init must be {_INIT_OPTIONS}; got {init!r}")
+    _check_data(model)
 
     dtype = jnp.result_type(float)
-    loc = _initial_loc(model, init, dtype)
+    _check_log_joint_shape(model, dtype)
+    start_time = time.perf_counter()
+    cfg = _Config(family_obj, optimizer if optimizer is not None else default_optimizer(float(lr), num_steps), estimator,
+                  num_samples, init_scale, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
+                  max_consecutive_nonfinite)
+    init_scores = init_candidates = None
+    if random_init:
+        locs, scores = _random_init(model, jax.random.fold_in(key, 3), jnp.asarray(init_radius, dtype), cfg,
+                                    num_init_draws, 64)
+        init_scores, init_candidates = np.asarray(scores), np.asarray(locs)
+        if not np.isfinite(init_scores).any():
+            raise ValueError(f"init='random': the ELBO is not finite at any of the {num_init_draws} random initial "
+                             f"points in (-{init_radius}, {init_radius})^K; lower init_radius or pass init=")
+        loc = locs[int(np.argmax(np.where(np.isfinite(init_scores), init_scores, -np.inf)))]
+    else:
+        loc = _initial_loc(model, init, dtype)
     if check:
         _check_initial_point(model, loc)
 
-    cfg = _Config(family_obj, optimizer, estimator, num_samples, float(init_scale), chunk_size, eval_every, window,
-                  float(tol_rel_obj or 0.0), max_consecutive_nonfinite)
+    adaptation = None
+    if adapt and optimizer is None:
+        lr, adaptation = _choose_learning_rate(model, loc, jax.random.fold_in(key, 2), cfg, adapt_learning_rates,
+                                               adapt_iter, 256)
+        cfg = cfg._replace(optimizer=default_optimizer(lr, num_steps))
+    elif adapt:
+        raise ValueError("learning_rate='adapt' tunes Adam's step size; it cannot be combined with optimizer=")
+
     init_key, run_key = jax.random.split(key)
-    start_time = time.perf_counter()
     state = _init_state(model, init_key, loc, cfg)
     conv = _init_convergence(window, dtype)
 
@@ -504,18 +843,36 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
         if bar is not None:
             bar.close()
     elbo = np.concatenate(traces) if traces else np.zeros((0,), np.dtype(dtype))
-    reason = "interrupted by the user (last parameters kept)" if stop_code == -1 else _STOP_REASONS[stop_code]
-    return Result(
+    num_nonfinite = int(state.num_nonfinite)
+    result = Result(
         model=model,
         family=family_obj,
         params=state.params,
         elbo=elbo,
         num_steps=done,
         num_gradient_evals=done * num_samples,
-        num_nonfinite=int(state.num_nonfinite),
+        num_nonfinite=num_nonfinite,
         converged=stop_code in (1, 2),
-        stop_reason=reason,
+        stop_reason=_stop_reason(stop_code, num_nonfinite, max_consecutive_nonfinite),
         seconds=time.perf_counter() - start_time,
         estimator=estimator if isinstance(estimator, str) else getattr(estimator, "__name__", "custom"),
         num_samples=num_samples,
+        learning_rate=float(lr) if optimizer is None else None,
+        adaptation=adaptation,
+        init_loc=np.asarray(loc),
+        init_candidates=init_candidates,
+        init_scores=init_scores,
     )
+    if diagnostics:
+        diag = _diagnose(model, family_obj, state.params, jax.random.fold_in(key, 1), num_diagnostic_draws)
+        result.khat = float(diag.khat)
+        result.iw_elbo = float(diag.iw_elbo)
+        result.iw_elbo_se = float(diag.iw_elbo_se)
+        result.ess = float(diag.ess)
+        result.psis_ess = float(diag.psis_ess)
+        result.num_diagnostic_draws = num_diagnostic_draws
+        bound = _diag.khat_threshold(num_diagnostic_draws)
+        if warn and not result.khat < bound:
+            warnings.warn(f"PSIS k-hat = {result.khat:.2f} >= {bound:.2f}: {result.verdict}", DiagnosticWarning,
+                          stacklevel=2)
+    return result

@@ -6,6 +6,8 @@
 
 with `to_constrained`, `to_unconstrained` and `dim = K`. Parameters are laid out in the flat
 vector in the order of the `support` dict, each as its unconstrained event flattened row-major.
+The change of variables itself is one `bijectors.Joint` over the supports' bijectors
+(`Model.bijector`), so the layout and the log-det live in a single implementation.
 
 A `Model` is a pytree whose only leaves are its `data`: pass data through `data=` (the log
 joint is then called as `log_joint(params, data)`), and jitted functions that take the model
@@ -22,16 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax._types import Array, ArrayLike, PyTree, is_concrete
+from advi_jax._types import Array, ArrayLike, PyTree
+from advi_jax.bijectors import Joint
 from advi_jax.supports import Support
 
 __all__ = ["Model"]
 
 
-def _batched(fn: Callable, num_batch_dims: int) -> Callable:
-    for _ in range(num_batch_dims):
-        fn = jax.vmap(fn)
-    return fn
+def _joint(support: Mapping[str, Support]) -> Joint:
+    """The block bijector R^K -> dict of constrained parameters for a dict of supports."""
+    return Joint(
+        {n: s.bijector for n, s in support.items()},
+        {n: s.event_shape for n, s in support.items()},
+        {n: s.batch_shape for n, s in support.items()},
+    )
 
 
 @jax.tree_util.register_pytree_node_class
@@ -70,6 +76,10 @@ class Model:
         self.log_joint = log_joint
         self.support = dict(support)
         self.data = data
+        self._setup()
+
+    def _setup(self) -> None:
+        self.bijector = _joint(self.support)
         sizes = [s.unconstrained_size for s in self.support.values()]
         self._offsets = tuple(int(o) for o in np.cumsum([0] + sizes))
 
@@ -83,8 +93,7 @@ class Model:
         obj.log_joint, items = aux
         obj.support = dict(items)
         obj.data = children[0]
-        sizes = [s.unconstrained_size for s in obj.support.values()]
-        obj._offsets = tuple(int(o) for o in np.cumsum([0] + sizes))
+        obj._setup()
         return obj
 
     # --- layout ---
@@ -113,22 +122,11 @@ class Model:
     # --- transforms ---
     def unflatten(self, zeta: ArrayLike) -> dict[str, Array]:
         """Split a flat (K,) vector into unconstrained arrays of shape batch + unconstrained event."""
-        zeta = self._check_zeta(zeta)
-        out = {}
-        for (name, s), sl in zip(self.support.items(), self.slices().values()):
-            out[name] = zeta[sl].reshape(s.batch_shape + s.unconstrained_event_shape)
-        return out
+        return self.bijector.split(self._check_zeta(zeta))
 
     def to_constrained_and_log_det(self, zeta: ArrayLike) -> tuple[dict[str, Array], Array]:
         """(constrained params, log|det J_{T^{-1}}(zeta)|) for one flat (K,) vector."""
-        parts = self.unflatten(zeta)
-        params, total = {}, jnp.zeros((), parts[self.names[0]].dtype)
-        for name, s in self.support.items():
-            fwd = _batched(s.bijector.forward_and_log_det, len(s.batch_shape))
-            value, log_det = fwd(parts[name])
-            params[name] = value
-            total = total + jnp.sum(log_det)
-        return params, total
+        return self.bijector.forward_and_log_det(self._check_zeta(zeta))
 
     def to_constrained(self, zeta: ArrayLike) -> dict[str, Array]:
         """Map a flat (K,) vector to a dict of constrained parameters."""
@@ -148,15 +146,12 @@ class Model:
         if missing or extra:
             raise ValueError(f"params must have exactly the names {list(self.support)}; "
                              f"missing {missing}, unknown {extra}")
-        pieces = []
         for name, s in self.support.items():
             value = params[name]
             if np.shape(value) != s.shape:
-                raise ValueError(f"{name!r} must have shape {s.shape}, got {np.shape(value)}")
+                raise ValueError(f"{name!r} must have shape {s.shape} for support {s.name}, got {np.shape(value)}")
             s.check(value, name)
-            inv = _batched(s.bijector.inverse, len(s.batch_shape))
-            pieces.append(jnp.reshape(inv(jnp.asarray(value)), (-1,)))
-        return jnp.concatenate(pieces)
+        return self.bijector.inverse({name: params[name] for name in self.support})
 
     def log_joint_at(self, params: Mapping[str, Array]) -> Array:
         """The user's log joint at constrained `params` (passes `data` when the model has it)."""

@@ -11,6 +11,14 @@ Example:
   (3,)
   >>> aj.bijector_for(aj.interval(0.0, 1.0)).forward(0.0)
   Array(0.5, dtype=float32, weak_type=True)
+  >>> aj.simplex(3, batch_shape=(2,)).shape
+  (2, 3)
+
+Membership checks (`Support.contains`) allow a floating-point slack of `sqrt(eps)` of the
+value's dtype (about 3e-4 in float32, 1.5e-8 in float64), relative to the entries' scale, for
+equalities such as "sums to 1", "is symmetric" or "rows have unit norm"; strict inequalities
+that the inverse needs (positive entries of an ordered increment, a positive diagonal, a
+positive-definite matrix) are checked strictly.
 """
 
 from __future__ import annotations
@@ -23,16 +31,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from advi_jax import bijectors as bij
-from advi_jax._types import ArrayLike, as_shape, is_concrete
+from advi_jax._types import ArrayLike, as_shape, check_positive_int, is_concrete
 
 __all__ = [
     "Support",
     "bijector_for",
-    "real",
-    "positive",
-    "unit_interval",
+    "cholesky_cov",
+    "corr_cholesky",
+    "corr_matrix",
+    "cov_cholesky",
+    "cov_matrix",
     "interval",
     "lower_bounded",
+    "ordered",
+    "positive",
+    "positive_ordered",
+    "real",
+    "simplex",
+    "sum_to_zero",
+    "unit_interval",
     "upper_bounded",
 ]
 
@@ -129,7 +146,10 @@ def positive(shape: Any = (), transform: str = "exp") -> Support:
 
 def _check_bound(value: Any, name: str) -> Any:
     if is_concrete(value):
-        arr = np.asarray(value, dtype=float)
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}") from None
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} must be finite, got {value!r}")
     return value
@@ -181,3 +201,182 @@ def interval(low: ArrayLike, high: ArrayLike, shape: Any = None) -> Support:
 def unit_interval(shape: Any = ()) -> Support:
     """(0, 1)^shape through the logistic sigmoid."""
     return _elementwise("unit_interval", shape, bij.Sigmoid(), lambda v: (v >= 0) & (v <= 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Multivariate supports: one event is a vector or a matrix; `batch_shape` stacks independent ones
+# ---------------------------------------------------------------------------------------------
+
+
+def _slack(v: Any) -> Any:
+    """Float tolerance for equality constraints: sqrt(eps) of the value's dtype."""
+    dtype = v.dtype if jnp.issubdtype(v.dtype, jnp.floating) else jnp.result_type(float)
+    return float(np.sqrt(np.finfo(dtype).eps))
+
+
+def _batch(batch_shape: Any) -> tuple[int, ...]:
+    return as_shape(batch_shape, "batch_shape")
+
+
+def _event_support(name: str, event_shape: tuple[int, ...], batch_shape: Any, bijector: bij.Bijector,
+                   contains: Callable) -> Support:
+    def member(v):
+        v = jnp.asarray(v)
+        if not jnp.issubdtype(v.dtype, jnp.floating):
+            v = v.astype(jnp.result_type(float))
+        return jnp.all(jnp.isfinite(v)) & contains(v)
+
+    return Support(name, event_shape, _batch(batch_shape), bijector, member)
+
+
+def _in_simplex(v):
+    tol = _slack(v)
+    return jnp.all(v >= -tol) & (jnp.abs(jnp.sum(v) - 1.0) <= tol)
+
+
+def simplex(K: int, *, batch_shape: Any = ()) -> Support:
+    """Probability vectors of K entries (>= 0, summing to 1), through `StickBreaking`.
+
+    The unconstrained event has K-1 entries; x = 0 maps to the uniform vector.
+
+    Args:
+      K: number of entries, an int >= 2.
+      batch_shape: leading shape of independent simplices.
+
+    Raises:
+      TypeError, ValueError: if K is not an int >= 2 or batch_shape is not a shape.
+
+    Example:
+      >>> import advi_jax as aj
+      >>> aj.simplex(3).unconstrained_event_shape
+      (2,)
+    """
+    K = check_positive_int(K, "K", 2)
+    return _event_support(f"simplex({K})", (K,), batch_shape, bij.StickBreaking(), _in_simplex)
+
+
+def ordered(K: int, *, batch_shape: Any = ()) -> Support:
+    """Strictly increasing vectors of K reals, through `Ordered` (y_k = y_{k-1} + exp(x_k)).
+
+    Args:
+      K: length, an int >= 2.
+      batch_shape: leading shape of independent vectors.
+    """
+    K = check_positive_int(K, "K", 2)
+    return _event_support(f"ordered({K})", (K,), batch_shape, bij.Ordered(), lambda v: jnp.all(jnp.diff(v) > 0))
+
+
+def positive_ordered(K: int, *, batch_shape: Any = ()) -> Support:
+    """Strictly increasing vectors of K positive reals, through `PositiveOrdered`.
+
+    Args:
+      K: length, an int >= 2.
+      batch_shape: leading shape of independent vectors.
+    """
+    K = check_positive_int(K, "K", 2)
+    return _event_support(f"positive_ordered({K})", (K,), batch_shape, bij.PositiveOrdered(),
+                          lambda v: (v[0] > 0) & jnp.all(jnp.diff(v) > 0))
+
+
+def sum_to_zero(K: int, *, batch_shape: Any = ()) -> Support:
+    """Vectors of K reals summing to 0 (e.g. identified random effects), through `SumToZero`.
+
+    The unconstrained event has K-1 entries (Stan's isometric transform).
+
+    Args:
+      K: length, an int >= 2.
+      batch_shape: leading shape of independent vectors.
+    """
+    K = check_positive_int(K, "K", 2)
+
+    def contains(v):
+        return jnp.abs(jnp.sum(v)) <= _slack(v) * jnp.maximum(1.0, jnp.sum(jnp.abs(v)))
+
+    return _event_support(f"sum_to_zero({K})", (K,), batch_shape, bij.SumToZero(), contains)
+
+
+def _is_lower(m, tol):
+    scale = jnp.maximum(1.0, jnp.max(jnp.abs(m)))
+    return jnp.all(jnp.abs(jnp.triu(m, 1)) <= tol * scale)
+
+
+def _in_corr_cholesky(m):
+    tol = _slack(m)
+    rows = jnp.sqrt(jnp.sum(jnp.tril(m) ** 2, axis=-1))
+    return _is_lower(m, tol) & jnp.all(jnp.diagonal(m) > 0) & jnp.all(jnp.abs(rows - 1.0) <= tol)
+
+
+def _positive_definite(m):
+    sym = 0.5 * (m + m.T)
+    return jnp.all(jnp.linalg.eigvalsh(sym) > 0)
+
+
+def _is_symmetric(m, tol):
+    scale = jnp.maximum(1.0, jnp.max(jnp.abs(m)))
+    return jnp.all(jnp.abs(m - m.T) <= tol * scale)
+
+
+def _in_corr_matrix(m):
+    tol = _slack(m)
+    return _is_symmetric(m, tol) & jnp.all(jnp.abs(jnp.diagonal(m) - 1.0) <= tol) & _positive_definite(m)
+
+
+def _in_cholesky_cov(m):
+    return _is_lower(m, _slack(m)) & jnp.all(jnp.diagonal(m) > 0)
+
+
+def _in_cov_matrix(m):
+    return _is_symmetric(m, _slack(m)) & _positive_definite(m)
+
+
+def corr_cholesky(K: int, *, batch_shape: Any = ()) -> Support:
+    """Lower Cholesky factors of K x K correlation matrices, through `CorrCholesky`.
+
+    Members are lower triangular with unit-norm rows and a positive diagonal; the unconstrained
+    event has K(K-1)/2 entries. Pair with an LKJ prior on the factor.
+
+    Args:
+      K: matrix size, an int >= 2.
+      batch_shape: leading shape of independent factors.
+    """
+    K = check_positive_int(K, "K", 2)
+    return _event_support(f"corr_cholesky({K})", (K, K), batch_shape, bij.CorrCholesky(), _in_corr_cholesky)
+
+
+def corr_matrix(K: int, *, batch_shape: Any = ()) -> Support:
+    """K x K correlation matrices (symmetric, unit diagonal, positive definite), via `CorrMatrix`.
+
+    Args:
+      K: matrix size, an int >= 2.
+      batch_shape: leading shape of independent matrices.
+    """
+    K = check_positive_int(K, "K", 2)
+    return _event_support(f"corr_matrix({K})", (K, K), batch_shape, bij.CorrMatrix(), _in_corr_matrix)
+
+
+def cholesky_cov(K: int, *, batch_shape: Any = ()) -> Support:
+    """Lower-triangular K x K matrices with a positive diagonal (covariance Cholesky factors).
+
+    Through `CholeskyCov` (exp on the diagonal); the unconstrained event has K(K+1)/2 entries.
+    `cov_cholesky` is an alias.
+
+    Args:
+      K: matrix size, an int >= 2.
+      batch_shape: leading shape of independent factors.
+    """
+    K = check_positive_int(K, "K", 2)
+    return _event_support(f"cholesky_cov({K})", (K, K), batch_shape, bij.CholeskyCov(), _in_cholesky_cov)
+
+
+cov_cholesky = cholesky_cov
+
+
+def cov_matrix(K: int, *, batch_shape: Any = ()) -> Support:
+    """Symmetric positive-definite K x K matrices (covariances), through `CovMatrix`.
+
+    Args:
+      K: matrix size, an int >= 2.
+      batch_shape: leading shape of independent matrices.
+    """
+    K = check_positive_int(K, "K", 2)
+    return _event_support(f"cov_matrix({K})", (K, K), batch_shape, bij.CovMatrix(), _in_cov_matrix)

@@ -1,0 +1,553 @@
+"""Diagnostics for a fitted variational approximation: PSIS k-hat, importance-weighted ELBO, ESS.
+
+Given draws `zeta_s ~ q` (s = 1..S) the log importance ratios are
+
+    r_s = log p(x, zeta_s) - log q(zeta_s),
+
+with `log p` the model's log density on R^K (Jacobian included). They tell how well q covers
+the posterior:
+
+* **Pareto-smoothed importance sampling** (PSIS; Vehtari, Simpson, Gelman, Yao & Gabry). The
+  largest `M = ceil(min(S / 5, 3 sqrt(S)))` ratios are modelled as draws from a generalized
+  Pareto distribution (GPD) above the threshold `u` (the (M+1)-th largest ratio). Its fitted
+  shape `k-hat` estimates how many moments the ratios have: the ratios have finite variance
+  for k < 1/2 and a finite mean for k < 1. Yao, Vehtari, Simpson & Gelman (2018, "Yes, but
+  did it work?") use it as a verdict on variational inference:
+
+  ===============  ==============================================================
+  k-hat < 0.5      good: q is close to the posterior; importance sampling converges fast
+  0.5 <= k < 0.7   ok / borderline: usable, PSIS-corrected estimates are reliable
+  k-hat >= 0.7     unreliable: q misses mass the posterior has (heavy-tailed ratios)
+  ===============  ==============================================================
+
+  The 0.7 bound depends on the number of draws: PSIS estimates are reliable for
+  `k < min(1 - 1 / log10(S), 0.7)` (`khat_threshold(S)`; Vehtari et al., section 3.2.4),
+  which is below 0.7 only for S < 2154.
+
+  The GPD is fitted to the exceedances by Zhang & Stephens' (2009) quasi-Bayesian estimator,
+  followed by the weakly informative prior of the PSIS paper that shrinks k towards 0.5 with
+  the weight of 10 observations: `k-hat = (M k + 5) / (M + 10)`. The M largest log ratios are
+  then replaced by the GPD quantiles `F^{-1}((z - 1/2) / M)`, z = 1..M, in the same order, and
+  capped at the largest raw log ratio.
+
+* **Importance-weighted ELBO** `log (1/S) sum_s exp(r_s)`, a stochastic lower bound on
+  log p(x) that is tighter than the ELBO (Burda, Grosse & Salakhutdinov 2016), with a Monte
+  Carlo standard error by the delta method: `se = sd(w) / (sqrt(S) mean(w))`, `w = exp(r)`.
+
+* **Effective sample size** of self-normalised weights `w_norm = w / sum(w)`:
+  `ESS = 1 / sum_s w_norm_s^2` (Kong 1992), from raw and from Pareto-smoothed weights.
+
+This module imports only `_types`, so `fit.py` can use it to diagnose every fit: in the
+dependency order of DESIGN.md it sits just above `fit.py`.
+
+Every function takes fixed-size arrays, sorts instead of filtering, and runs under `jax.jit`
+and `jax.vmap`; the number of draws S is static (it comes from the shape). NaN log ratios
+(a log density undefined at a draw) are treated as -inf: the draw gets weight zero.
+
+Example:
+  >>> import jax, jax.numpy as jnp, advi_jax as aj
+  >>> log_ratios = 0.3 * jax.random.normal(jax.random.key(0), (4000,))
+  >>> out = aj.psis(log_ratios)
+  >>> bool(out.khat < 0.5)
+  True
+
+References:
+  Vehtari, Simpson, Gelman, Yao & Gabry. Pareto smoothed importance sampling. JMLR 25 (2024);
+    arXiv:1507.02646.
+  Yao, Vehtari, Simpson & Gelman. Yes, but did it work?: Evaluating variational inference.
+    ICML 2018.
+  Zhang & Stephens. A new and efficient estimation method for the generalized Pareto
+    distribution. Technometrics 51 (2009).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int, is_concrete
+
+__all__ = [
+    "KHAT_GOOD",
+    "KHAT_OK",
+    "PSISResult",
+    "ImportanceDiagnostics",
+    "psis",
+    "gpd_fit",
+    "khat_threshold",
+    "khat_verdict",
+    "iw_elbo",
+    "importance_ess",
+    "importance_diagnostics",
+    "psis_expectation",
+    "psis_resample",
+    "tail_length",
+]
+
+KHAT_GOOD = 0.5
+"""Below this k-hat the importance ratios have finite variance: q is good."""
+
+KHAT_OK = 0.7
+"""Above this k-hat PSIS estimates (and q) are unreliable."""
+
+_MIN_TAIL = 5
+
+
+def check_key(key: Any, name: str = "key") -> Array:
+    """Return `key` as a typed PRNG key, or raise a TypeError naming the argument.
+
+    Accepts a new-style scalar key (`jax.random.key(0)`) or a raw (2,) uint32 key
+    (`jax.random.PRNGKey(0)`).
+    """
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+        return key
+    if isinstance(key, (jax.Array, np.ndarray)) and key.shape == (2,) and key.dtype == np.uint32:
+        return jax.random.wrap_key_data(jnp.asarray(key))
+    raise TypeError(f"{name} must be a single PRNG key such as jax.random.key(0), got {type(key).__name__}"
+                    f"{getattr(key, 'shape', '')}")
+
+
+class PSISResult(NamedTuple):
+    """Output of `psis`.
+
+    Attributes:
+      log_weights: (S,) Pareto-smoothed log weights (normalised to log-sum-exp 0 when
+        `normalize=True`).
+      khat: scalar GPD shape estimate (after the prior adjustment); +inf when it cannot be
+        estimated (infinite ratios, too few draws), -inf when the largest ratios are all equal
+        (constant ratios: q is proportional to p, the best case).
+      sigma: scalar GPD scale, in units of `exp(max log ratio)`.
+    """
+
+    log_weights: Array
+    khat: Array
+    sigma: Array
+
+
+class ImportanceDiagnostics(NamedTuple):
+    """Output of `importance_diagnostics` (all scalars).
+
+    Attributes:
+      khat: PSIS k-hat of the log ratios.
+      iw_elbo: importance-weighted ELBO, log mean exp(log p - log q).
+      iw_elbo_se: its Monte Carlo standard error (delta method).
+      elbo: plain ELBO estimate, mean(log p - log q).
+      elbo_se: its standard error, sd / sqrt(S).
+      ess: effective sample size of the raw normalised weights, 1 / sum w_norm^2.
+      psis_ess: the same for the Pareto-smoothed weights.
+      num_nonfinite: draws whose log ratio was NaN or -inf (weight zero).
+    """
+
+    khat: Array
+    iw_elbo: Array
+    iw_elbo_se: Array
+    elbo: Array
+    elbo_se: Array
+    ess: Array
+    psis_ess: Array
+    num_nonfinite: Array
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks (eager; skipped for tracers, whose values are unknown)
+
+
+def _check_log_ratios(log_ratios: Any, name: str = "log_ratios", min_size: int = 1) -> Array:
+    if isinstance(log_ratios, (str, bytes)) or log_ratios is None or isinstance(log_ratios, dict):
+        raise TypeError(f"{name} must be a 1-d float array of log importance ratios, got "
+                        f"{type(log_ratios).__name__}")
+    try:
+        arr = jnp.asarray(log_ratios)
+    except TypeError as err:
+        raise TypeError(f"{name} must be a 1-d float array of log importance ratios, got "
+                        f"{type(log_ratios).__name__}") from err
+    if arr.dtype == jnp.bool_ or not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise TypeError(f"{name} must be a real float array, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-d with one entry per draw (use jax.vmap for a batch), got shape "
+                         f"{arr.shape}")
+    if arr.shape[0] < min_size:
+        raise ValueError(f"{name} needs at least {min_size} draws, got {arr.shape[0]}")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    return arr
+
+
+def tail_length(num_draws: int) -> int:
+    """M = ceil(min(S / 5, 3 sqrt(S))), the number of largest ratios the GPD is fitted to.
+
+    Args:
+      num_draws: S >= 1.
+
+    Returns:
+      M as an int.
+    """
+    num_draws = check_positive_int(num_draws, "num_draws")
+    return int(math.ceil(min(0.2 * num_draws, 3.0 * math.sqrt(num_draws))))
+
+
+def khat_threshold(num_draws: int) -> float:
+    """The sample-size dependent k-hat threshold min(1 - 1 / log10(S), 0.7).
+
+    With S draws PSIS estimates are reliable below this value (Vehtari et al., section 3.2.4);
+    it equals 0.7 for S >= 2154 and is lower for fewer draws.
+
+    Args:
+      num_draws: S >= 2.
+
+    Returns:
+      The threshold (a float; -inf for S < 10, where no k is trustworthy).
+    """
+    num_draws = check_positive_int(num_draws, "num_draws", minimum=2)
+    log10 = math.log10(num_draws)
+    return min(1.0 - 1.0 / log10, KHAT_OK) if log10 > 1 else -math.inf
+
+
+def khat_verdict(khat: float, num_draws: int | None = None) -> str:
+    """A plain-words reading of a k-hat value.
+
+    Args:
+      khat: the PSIS k-hat.
+      num_draws: S, the number of draws it came from (tightens the 0.7 bound for S < 2154).
+
+    Returns:
+      One sentence: good (k < 0.5), ok (0.5 <= k < threshold), or unreliable.
+    """
+    try:
+        khat = float(khat)
+    except (TypeError, ValueError):
+        raise TypeError(f"khat must be a number, got {type(khat).__name__}") from None
+    bound = KHAT_OK if num_draws is None else khat_threshold(num_draws)
+    if khat == -math.inf:
+        return "good (the largest importance ratios are all equal: q matches the posterior's shape)"
+    if not math.isfinite(khat):
+        return ("unreliable (k-hat could not be estimated: infinite or degenerate importance ratios); "
+                "q does not match the posterior")
+    if khat < KHAT_GOOD:
+        return "good (k-hat < 0.5): q is close to the posterior"
+    if khat < bound:
+        return (f"ok (0.5 <= k-hat < {bound:.2f}): q is roughly right; PSIS-corrected estimates "
+                "(result.psis_expectation) are reliable")
+    return (f"unreliable (k-hat >= {bound:.2f}): q misses part of the posterior; do not trust its "
+            "estimates (try family='fullrank', a reparameterisation, or MCMC)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The generalized Pareto fit (Zhang & Stephens 2009)
+
+
+def gpd_fit(exceedances: ArrayLike, prior_weight: float = 10.0) -> tuple[Array, Array]:
+    """Fit a generalized Pareto distribution to sorted positive exceedances.
+
+    The GPD with shape k and scale sigma has density
+    `(1/sigma) (1 + k x / sigma)^(-1/k - 1)`. Writing `theta = -k / sigma`, the profile
+    log-likelihood (k maximised out) is `l(theta) = n (log(-theta / k(theta)) - k(theta) - 1)`
+    with `k(theta) = mean(log(1 - theta x))`; Zhang & Stephens average theta over a grid of
+    `m = 30 + floor(sqrt(n))` values,
+
+        theta_j = 1 / x_(n) + (1 - sqrt(m / (j - 1/2))) / (3 x_(q)),   q = floor(n / 4 + 1/2),
+
+    with weights proportional to `exp(l(theta_j))`, then set `k = mean(log1p(-theta x))` and
+    `sigma = -k / theta`. Finally k is shrunk towards 0.5 by a weakly informative prior worth
+    `prior_weight` observations (PSIS paper, appendix): `k <- (n k + prior_weight / 2) /
+    (n + prior_weight)`; `prior_weight=0` gives the plain estimate.
+
+    Args:
+      exceedances: (n,) sorted ascending, non-negative (values above the threshold minus the
+        threshold), n >= 5.
+      prior_weight: weight of the prior on k (10 in the PSIS paper).
+
+    Returns:
+      (k, sigma), scalars; k is -inf when the exceedances are all zero (a point mass: the
+      bounded limit) and +inf when the fit fails numerically.
+    """
+    x = jnp.asarray(exceedances)
+    n = x.shape[0]
+    if x.ndim != 1 or n < _MIN_TAIL:
+        raise ValueError(f"exceedances must be 1-d with at least {_MIN_TAIL} entries, got shape {x.shape}")
+    dtype = x.dtype
+    m = 30 + int(math.floor(math.sqrt(n)))
+    x_max = x[-1]
+    x_quartile = x[int(math.floor(n / 4.0 + 0.5)) - 1]
+    # All exceedances zero: the tail is a point mass (constant ratios, q proportional to p), the
+    # limit k -> -inf. Ties at the threshold (quartile zero) fall back to the mean exceedance.
+    degenerate = ~(x_max > 0)
+    safe_max = jnp.where(degenerate, 1.0, x_max)
+    safe_quartile = jnp.where(x_quartile > 0, x_quartile, jnp.mean(x))
+    safe_quartile = jnp.where(degenerate, 1.0, safe_quartile)
+    j = jnp.arange(1, m + 1, dtype=dtype)
+    theta = 1.0 / safe_max + (1.0 - jnp.sqrt(m / (j - 0.5))) / (3.0 * safe_quartile)
+
+    def profile(t):
+        k = jnp.mean(jnp.log1p(-t * x))  # the shape maximising the likelihood at theta = t
+        return n * (jnp.log(-t / k) - k - 1.0)
+
+    log_lik = jax.vmap(profile)(theta)
+    log_lik = jnp.where(jnp.isfinite(log_lik), log_lik, -jnp.inf)
+    weights = jax.nn.softmax(log_lik)
+    theta_hat = jnp.sum(weights * theta)
+    k = jnp.mean(jnp.log1p(-theta_hat * x))
+    sigma = -k / theta_hat
+    k = (n * k + 0.5 * prior_weight) / (n + prior_weight)
+    k = jnp.where(jnp.isnan(k), jnp.inf, k)
+    k = jnp.where(degenerate, -jnp.inf, k)
+    return k.astype(dtype), sigma.astype(dtype)
+
+
+def _gpd_quantile(p: Array, k: Array, sigma: Array) -> Array:
+    """F^{-1}(p) = sigma / k ((1 - p)^(-k) - 1), and -sigma log(1 - p) as k -> 0."""
+    small = jnp.abs(k) < 1e-8
+    safe_k = jnp.where(small, 1.0, k)
+    general = sigma / safe_k * jnp.expm1(-safe_k * jnp.log1p(-p))
+    return jnp.where(small, -sigma * jnp.log1p(-p), general)
+
+
+# ----------------------------------------------------------------------------------------------
+# PSIS
+
+
+def _psis_core(log_ratios: Array, normalize: bool) -> PSISResult:
+    num_draws = log_ratios.shape[0]
+    dtype = log_ratios.dtype
+    log_ratios = jnp.where(jnp.isnan(log_ratios), -jnp.inf, log_ratios)
+    tail = tail_length(num_draws)
+    if tail < _MIN_TAIL or num_draws <= tail:
+        # Too few draws for a tail fit: return the raw weights and an infinite k-hat.
+        khat = jnp.full((), jnp.inf, dtype)
+        sigma = jnp.full((), jnp.nan, dtype)
+        smoothed = log_ratios
+    else:
+        order = jnp.argsort(log_ratios)
+        sorted_lr = log_ratios[order]
+        top = sorted_lr[-1]
+        shift = jnp.where(jnp.isfinite(top), top, 0.0)
+        threshold = sorted_lr[num_draws - tail - 1]
+        # Exceedances in units of exp(top): exp(r - top) - exp(u - top), in [0, 1].
+        threshold_weight = jnp.exp(threshold - shift)
+        exceed = jnp.exp(sorted_lr[num_draws - tail:] - shift) - threshold_weight
+        exceed = jnp.maximum(jnp.where(jnp.isfinite(exceed), exceed, 0.0), 0.0)
+        khat, sigma = gpd_fit(exceed)
+        # A tail ratio above the threshold whose exceedance underflows to zero means the weights
+        # span more than the dtype's range (exp(r - max) == exp(u - max)): far heavier than
+        # any fitted k could show, and a GPD fit on the underflowed values is meaningless.
+        tail_lr = sorted_lr[num_draws - tail:]
+        underflow = jnp.any((tail_lr > threshold) & (exceed <= 0))
+        khat = jnp.where(underflow, jnp.inf, khat)
+        probs = (jnp.arange(1, tail + 1, dtype=dtype) - 0.5) / tail
+        smoothed_tail = jnp.log(threshold_weight + _gpd_quantile(probs, khat, sigma)) + shift
+        smoothed_tail = jnp.minimum(smoothed_tail, top)
+        usable = ~jnp.isnan(khat) & ~jnp.isposinf(khat) & jnp.all(jnp.isfinite(smoothed_tail))
+        new_tail = jnp.where(usable, smoothed_tail, sorted_lr[num_draws - tail:])
+        sorted_lr = sorted_lr.at[num_draws - tail:].set(new_tail)
+        smoothed = jnp.empty_like(log_ratios).at[order].set(sorted_lr)
+        # Infinite ratios make every estimate meaningless.
+        khat = jnp.where(jnp.isposinf(top) | jnp.isneginf(top), jnp.inf, khat)
+    if normalize:
+        total = jax.scipy.special.logsumexp(smoothed)
+        smoothed = smoothed - jnp.where(jnp.isfinite(total), total, 0.0)
+    return PSISResult(smoothed, khat, sigma)
+
+
+def psis(log_ratios: ArrayLike, normalize: bool = True) -> PSISResult:
+    """Pareto-smoothed importance sampling of log ratios `r_s = log p(zeta_s) - log q(zeta_s)`.
+
+    Sorts the ratios, fits a generalized Pareto distribution (`gpd_fit`) to the exceedances
+    `exp(r) - exp(u)` of the largest `M = ceil(min(S/5, 3 sqrt(S)))` ratios over the threshold
+    `u` (the (M+1)-th largest), and replaces them, in order, by the expected GPD order
+    statistics `u + F^{-1}((z - 1/2) / M)`, capped at the largest raw ratio. Fixed sizes only,
+    so it runs under `jax.jit` and `jax.vmap`.
+
+    Args:
+      log_ratios: (S,) float log importance ratios; NaN counts as -inf (weight zero). For
+        S < 25 (a tail under 5 draws) no tail can be fitted: k-hat is +inf and the weights are
+        returned unsmoothed.
+      normalize: subtract the log-sum-exp so the weights sum to one.
+
+    Returns:
+      A `PSISResult` (smoothed log weights, k-hat, GPD scale).
+
+    Raises:
+      TypeError, ValueError: `log_ratios` is not a 1-d real array.
+
+    Example:
+      >>> import jax, advi_jax as aj
+      >>> r = jax.random.normal(jax.random.key(1), (1000,))
+      >>> aj.psis(r).log_weights.shape
+      (1000,)
+
+    References:
+      Vehtari, Simpson, Gelman, Yao & Gabry, "Pareto smoothed importance sampling".
+    """
+    log_ratios = _check_log_ratios(log_ratios)
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    return _psis_core(log_ratios, bool(normalize))
+
+
+def iw_elbo(log_ratios: ArrayLike) -> tuple[Array, Array]:
+    """Importance-weighted ELBO `log (1/S) sum_s exp(r_s)` and its delta-method standard error.
+
+    With `w = exp(r - max r)`, `Var[log mean(w)] ~= Var(w) / (S mean(w)^2)`, so
+    `se = sd(w) / (sqrt(S) mean(w))` (sample sd, ddof=1). The bias of the log of a mean is of
+    the same order as the variance and is not corrected; the se is itself unreliable when
+    k-hat > 0.7 (the weights then have infinite variance).
+
+    Args:
+      log_ratios: (S,) log importance ratios, S >= 2.
+
+    Returns:
+      (iw_elbo, se), scalars.
+    """
+    log_ratios = _check_log_ratios(log_ratios, min_size=2)
+    return _iw_elbo_core(log_ratios)
+
+
+def _iw_elbo_core(log_ratios: Array) -> tuple[Array, Array]:
+    r = jnp.where(jnp.isnan(log_ratios), -jnp.inf, log_ratios)
+    num_draws = r.shape[0]
+    top = jnp.max(r)
+    shift = jnp.where(jnp.isfinite(top), top, 0.0)
+    w = jnp.exp(r - shift)
+    mean_w = jnp.mean(w)
+    value = jnp.log(mean_w) + shift
+    sd_w = jnp.std(w, ddof=1)
+    se = sd_w / (jnp.sqrt(jnp.asarray(num_draws, r.dtype)) * mean_w)
+    return value, se
+
+
+def importance_ess(log_weights: ArrayLike) -> Array:
+    """Effective sample size of self-normalised weights, `1 / sum_s w_norm_s^2` (Kong 1992).
+
+    Between 1 (one draw carries all the weight) and S (equal weights). Pass PSIS-smoothed log
+    weights for the PSIS version.
+
+    Args:
+      log_weights: (S,) log weights (unnormalised is fine).
+
+    Returns:
+      Scalar ESS.
+    """
+    log_weights = _check_log_ratios(log_weights, "log_weights")
+    return _ess_core(log_weights)
+
+
+def _ess_core(log_weights: Array) -> Array:
+    lw = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
+    lw = lw - jax.scipy.special.logsumexp(lw)
+    return 1.0 / jnp.sum(jnp.exp(2.0 * lw))
+
+
+def _diagnostics_core(log_ratios: Array) -> ImportanceDiagnostics:
+    num_draws = log_ratios.shape[0]
+    finite = jnp.isfinite(log_ratios)
+    smoothed = _psis_core(log_ratios, True)
+    value, se = _iw_elbo_core(log_ratios)
+    n = jnp.asarray(num_draws, log_ratios.dtype)
+    # The plain ELBO is -inf as soon as one draw has log p = -inf; that is the honest value.
+    elbo = jnp.mean(jnp.where(jnp.isnan(log_ratios), -jnp.inf, log_ratios))
+    elbo_se = jnp.std(log_ratios, ddof=1) / jnp.sqrt(n)
+    return ImportanceDiagnostics(
+        khat=smoothed.khat,
+        iw_elbo=value,
+        iw_elbo_se=se,
+        elbo=elbo,
+        elbo_se=elbo_se,
+        ess=_ess_core(log_ratios),
+        psis_ess=_ess_core(smoothed.log_weights),
+        num_nonfinite=jnp.sum(~finite).astype(jnp.int32),
+    )
+
+
+def importance_diagnostics(log_ratios: ArrayLike) -> ImportanceDiagnostics:
+    """All importance-sampling diagnostics of log ratios `log p - log q` in one call.
+
+    Args:
+      log_ratios: (S,) log importance ratios of draws from q, S >= 2.
+
+    Returns:
+      An `ImportanceDiagnostics`.
+
+    Example:
+      >>> import jax, advi_jax as aj
+      >>> d = aj.importance_diagnostics(0.1 * jax.random.normal(jax.random.key(0), (2000,)))
+      >>> bool(d.ess > 1900)
+      True
+    """
+    log_ratios = _check_log_ratios(log_ratios, min_size=2)
+    return _diagnostics_core(log_ratios)
+
+
+# ----------------------------------------------------------------------------------------------
+# PSIS-corrected estimates
+
+
+def _check_draws(draws: Any, num_draws: int) -> None:
+    leaves = jax.tree_util.tree_leaves(draws)
+    if not leaves:
+        raise ValueError("draws must be an array or a pytree of arrays with leading axis S, got an empty tree")
+    for leaf in leaves:
+        shape = np.shape(leaf)
+        if len(shape) == 0 or shape[0] != num_draws:
+            raise ValueError(f"every leaf of draws needs leading axis {num_draws} (one per log ratio), got shape "
+                             f"{shape}")
+
+
+def psis_expectation(values: PyTree, log_ratios: ArrayLike) -> PyTree:
+    """Self-normalised PSIS estimate of posterior expectations: `sum_s w_s f(zeta_s)`.
+
+    `w` are the Pareto-smoothed normalised weights of `log_ratios`. The estimate is reliable
+    when k-hat < 0.7 (`khat_threshold`); it converges at the Monte Carlo rate for k < 0.5.
+
+    Args:
+      values: array or pytree of arrays with leading axis S: f evaluated at each draw of q.
+      log_ratios: (S,) log p - log q of the same draws.
+
+    Returns:
+      The weighted average, a pytree like `values` without the leading axis.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, advi_jax as aj
+      >>> z = jax.random.normal(jax.random.key(0), (4000,))
+      >>> est = aj.psis_expectation(z, jnp.zeros(4000))   # q = p: a plain mean
+      >>> bool(jnp.abs(est) < 0.1)
+      True
+    """
+    log_ratios = _check_log_ratios(log_ratios)
+    _check_draws(values, log_ratios.shape[0])
+    weights = jnp.exp(_psis_core(log_ratios, True).log_weights)
+
+    def average(v):
+        v = jnp.asarray(v)
+        return jnp.tensordot(weights.astype(jnp.result_type(v.dtype, weights.dtype)), v, axes=1)
+
+    return jax.tree_util.tree_map(average, values)
+
+
+def psis_resample(key: Array, draws: PyTree, log_ratios: ArrayLike, num_draws: int) -> PyTree:
+    """Importance resampling: `num_draws` draws picked with replacement by PSIS weights.
+
+    Sampling-importance-resampling (Rubin 1988) with Pareto-smoothed weights: the result is
+    approximately distributed as the posterior when k-hat < 0.7. The resampled draws contain
+    repeats (about S / ESS copies of heavily weighted draws), so they are less informative than
+    as many independent draws; use S well above `num_draws`.
+
+    Args:
+      key: PRNG key.
+      draws: array or pytree with leading axis S (draws of q).
+      log_ratios: (S,) log p - log q of the draws.
+      num_draws: how many to return (static int >= 1).
+
+    Returns:
+      A pytree like `draws` with leading axis `num_draws`.
+    """
+    key = check_key(key)
+    log_ratios = _check_log_ratios(log_ratios)
+    _check_draws(draws, log_ratios.shape[0])
+    num_draws = check_positive_int(num_draws, "num_draws")
+    log_weights = _psis_core(log_ratios, True).log_weights
+    index = jax.random.categorical(key, log_weights, shape=(num_draws,))
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(v)[index], draws)

@@ -1,0 +1,1 @@
+"""Benchmarks of advi_jax against its peers (run as scripts or `python -m benchmarks.<name>`)."""

@@ -1,0 +1,126 @@
+"""PSIS k-hat, smoothed weights, IW-ELBO, ESS; agreement with ArviZ's `psislw`."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import advi_jax as aj
+from advi_jax import diagnostics as diag
+
+
+def _log_ratio_sets():
+    rng = np.random.default_rng(0)
+    return {
+        "normal_sd0.5": 0.5 * rng.standard_normal(4000),
+        "normal_sd1.5": 1.5 * rng.standard_normal(4000),
+        "student_t3": 2.0 * np.log(np.abs(rng.standard_t(3, 4000))),
+        "pareto_1.3": np.log(rng.pareto(1.3, 4000) + 1.0),
+        "normal_sd2_S1000": 2.0 * rng.standard_normal(1000),
+    }
+
+
+@pytest.mark.parametrize("name", list(_log_ratio_sets()))
+def test_khat_and_weights_match_arviz(name):
+    az = pytest.importorskip("arviz")
+    log_ratios = _log_ratio_sets()[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_log_weights, ref_khat = az.psislw(log_ratios.copy())
+    out = aj.psis(jnp.asarray(log_ratios, jnp.float32))
+    assert abs(float(out.khat) - float(ref_khat)) < 0.01
+    np.testing.assert_allclose(np.asarray(out.log_weights), ref_log_weights, atol=1e-3)
+
+
+def test_psis_runs_under_jit_and_vmap():
+    r = jax.random.normal(jax.random.key(0), (3, 1000))
+    batched = jax.jit(jax.vmap(aj.psis))(r)
+    assert batched.khat.shape == (3,)
+    single = aj.psis(r[1])
+    np.testing.assert_allclose(batched.khat[1], single.khat, rtol=1e-5)
+    assert jnp.allclose(jax.scipy.special.logsumexp(batched.log_weights, axis=1), 0.0, atol=1e-4)
+
+
+def _gaussian_log_ratios(key, log_p, mean, scale, num_draws=4000):
+    z = mean[None, :] + scale[None, :] * jax.random.normal(key, (num_draws, mean.shape[0]))
+    log_q = jnp.sum(jax.scipy.stats.norm.logpdf(z, mean[None, :], scale[None, :]), axis=-1)
+    return jax.vmap(log_p)(z) - log_q
+
+
+def test_khat_low_for_gaussian_target_and_exact_or_wider_q(key):
+    mean = jnp.array([1.0, -2.0, 0.5])
+    sd = jnp.array([0.5, 2.0, 1.0])
+
+    def log_p(z):  # written differently from q's log density, unnormalised
+        return -0.5 * jnp.sum(((z - mean) / sd) ** 2) + 3.0
+
+    exact = aj.psis(_gaussian_log_ratios(key, log_p, mean, sd)).khat
+    wider = aj.psis(_gaussian_log_ratios(key, log_p, mean + 0.1, 1.2 * sd)).khat
+    assert float(exact) < 0.3
+    assert float(wider) < 0.3
+    assert "good" in aj.khat_verdict(wider, 4000)
+
+
+def test_khat_high_for_student_t_target_with_gaussian_q(key):
+    def log_p(z):  # Student-t with 2.5 degrees of freedom per coordinate
+        return jnp.sum(jax.scipy.stats.t.logpdf(z, 2.5))
+
+    log_ratios = _gaussian_log_ratios(key, log_p, jnp.zeros(2), jnp.ones(2))
+    khat = float(aj.psis(log_ratios).khat)
+    assert khat > 0.7
+    assert "unreliable" in aj.khat_verdict(khat, 4000)
+
+
+def test_iw_elbo_and_ess_match_direct_formulas():
+    rng = np.random.default_rng(3)
+    r = rng.standard_normal(2000) * 0.7 - 5.0
+    value, se = aj.iw_elbo(jnp.asarray(r))
+    w = np.exp(r)
+    np.testing.assert_allclose(value, np.log(w.mean()), rtol=1e-5)
+    np.testing.assert_allclose(se, w.std(ddof=1) / (np.sqrt(len(w)) * w.mean()), rtol=1e-4)
+    wn = w / w.sum()
+    np.testing.assert_allclose(aj.importance_ess(jnp.asarray(r)), 1.0 / np.sum(wn**2), rtol=1e-4)
+    d = aj.importance_diagnostics(jnp.asarray(r))
+    assert float(d.elbo) < float(d.iw_elbo)
+    assert 1.0 <= float(d.psis_ess) <= 2000.0
+
+
+def test_iw_elbo_is_log_normaliser_when_q_is_exact(key):
+    # p(z) = 5 * N(z; 0, 1): log Z = log 5 and log p - log q = log 5 for every draw.
+    z = jax.random.normal(key, (1000,))
+    r = (jnp.log(5.0) + jax.scipy.stats.norm.logpdf(z)) - jax.scipy.stats.norm.logpdf(z)
+    value, se = aj.iw_elbo(r)
+    np.testing.assert_allclose(value, np.log(5.0), rtol=1e-5)
+    assert float(se) < 1e-5
+    assert float(aj.importance_ess(r)) == pytest.approx(1000.0, rel=1e-3)
+
+
+def test_khat_thresholds():
+    assert aj.khat_threshold(10_000) == 0.7
+    assert aj.khat_threshold(100) == pytest.approx(0.5)
+    assert diag.tail_length(4000) == int(np.ceil(3 * np.sqrt(4000)))
+    assert diag.tail_length(100) == 20
+    assert "ok" in aj.khat_verdict(0.6, 4000)
+    assert "unreliable" in aj.khat_verdict(0.6, 100)
+
+
+def test_nan_ratios_get_zero_weight_and_infinite_ratios_give_inf_khat():
+    r = jnp.asarray(np.random.default_rng(0).standard_normal(1000), jnp.float32).at[:10].set(jnp.nan)
+    out = aj.psis(r)
+    assert bool(jnp.all(jnp.exp(out.log_weights[:10]) == 0))
+    assert np.isfinite(float(out.khat))
+    assert float(aj.psis(r.at[20].set(jnp.inf)).khat) == np.inf
+
+
+def test_psis_expectation_corrects_a_shifted_q(key):
+    # q = N(0, 1.2^2), p = N(0.3, 1): the PSIS mean is close to 0.3, the plain mean to 0.
+    z = 1.2 * jax.random.normal(key, (8000,))
+    r = jax.scipy.stats.norm.logpdf(z, 0.3, 1.0) - jax.scipy.stats.norm.logpdf(z, 0.0, 1.2)
+    est = aj.psis_expectation({"z": z, "z2": z**2}, r)
+    assert abs(float(est["z"]) - 0.3) < 0.05
+    assert abs(float(est["z2"]) - 1.09) < 0.1
+    picked = aj.psis_resample(jax.random.key(1), z, r, 4000)
+    assert picked.shape == (4000,)
+    assert abs(float(jnp.mean(picked)) - 0.3) < 0.08
