@@ -23,7 +23,9 @@ numpyro = pytest.importorskip("numpyro")
 from numpyro.diagnostics import effective_sample_size  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# PSIS k-hat of these fits is 0.75-0.85 (aj.fit warns): the logistic posterior is skewed and q's
+# tails are lighter, yet the means and sds checked below agree with NUTS.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::advi_jax.fit.DiagnosticWarning")]
 if not hasattr(aj, "fit"):  # pragma: no cover
     pytest.skip("aj.fit is not available", allow_module_level=True)
 
