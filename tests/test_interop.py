@@ -176,6 +176,10 @@ def test_dirichlet_constrained_log_joint():
         params = model.to_constrained(zeta)
         np.testing.assert_allclose(params["probs"].sum(), 1.0, rtol=1e-5)
         np.testing.assert_allclose(ours(zeta), log_density(dirichlet_model, args, {}, params)[0], rtol=1e-5, atol=1e-4)
+        # advi_jax's simplex bijector is NumPyro's stick-breaking one, so the densities on R^K agree too
+        np.testing.assert_allclose(model.log_density(zeta), -potential_energy(dirichlet_model, args, {},
+                                                                             model.unflatten(zeta)),
+                                   rtol=1e-5, atol=1e-4)
 
 
 @_requires("corr_cholesky")
@@ -185,8 +189,13 @@ def test_lkj_constrained_log_joint():
     assert model.support["corr_chol"].shape == (3, 3)
     rng = np.random.default_rng(8)
     for _ in range(4):
-        params = model.to_constrained(jnp.asarray(rng.normal(scale=0.5, size=model.dim)))
+        zeta = jnp.asarray(rng.normal(scale=0.5, size=model.dim))
+        params = model.to_constrained(zeta)
         np.testing.assert_allclose(model.log_joint_at(params), log_density(lkj_model, (x,), {}, params)[0],
+                                   rtol=1e-5, atol=1e-4)
+        # same corr-Cholesky bijector as NumPyro: the densities on R^K agree as well
+        np.testing.assert_allclose(model.log_density(zeta), -potential_energy(lkj_model, (x,), {},
+                                                                             model.unflatten(zeta)),
                                    rtol=1e-5, atol=1e-4)
 
 
