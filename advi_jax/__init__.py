@@ -1,14 +1,12 @@
-"""advi_jax: automatic-differentiation variational inference in JAX."""
+"""advi_jax: automatic-differentiation variational inference in JAX.
 
-from advi_jax import bijectors
-from advi_jax.estimators import ESTIMATORS, EstimatorInfo, elbo_surrogate
-from advi_jax.families import (
-    FullRankGaussian,
-    FullRankParams,
-    MeanFieldGaussian,
-    MeanFieldParams,
-)
-from advi_jax.fit import ADVI, FitState, Result, StepInfo, advi, fit
+Example:
+  >>> import jax, jax.numpy as jnp, advi_jax as aj
+  >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2) - p["s"], {"x": aj.real((2,)), "s": aj.positive()})
+  >>> result = aj.fit(model, key=jax.random.key(0), num_steps=1000, progress=False)  # doctest: +SKIP
+"""
+
+from advi_jax import bijectors, data, models
 from advi_jax.diagnostics import (
     ImportanceDiagnostics,
     PSISResult,
@@ -21,9 +19,27 @@ from advi_jax.diagnostics import (
     psis_expectation,
     psis_resample,
 )
-from advi_jax.fit import DiagnosticWarning
+from advi_jax.estimators import ESTIMATORS, EstimatorInfo, elbo_surrogate
+from advi_jax.families import (
+    FullRankGaussian,
+    FullRankParams,
+    MeanFieldGaussian,
+    MeanFieldParams,
+)
+from advi_jax.fit import (
+    ADVI,
+    DiagnosticWarning,
+    FitState,
+    LaplaceInfo,
+    Result,
+    StepInfo,
+    advi,
+    fit,
+    laplace,
+)
 from advi_jax.flatten import Model
-from advi_jax.variance import GradientStats, VarianceTrace, gradient_variance, track_gradient_variance
+from advi_jax.glm import glm_log_likelihood
+from advi_jax.interop import from_numpyro
 from advi_jax.supports import (
     Support,
     bijector_for,
@@ -43,6 +59,7 @@ from advi_jax.supports import (
     unit_interval,
     upper_bounded,
 )
+from advi_jax.variance import GradientStats, VarianceTrace, gradient_variance, track_gradient_variance
 
 __version__ = "0.1.0"
 
@@ -56,6 +73,7 @@ __all__ = [
     "FullRankParams",
     "GradientStats",
     "ImportanceDiagnostics",
+    "LaplaceInfo",
     "MeanFieldGaussian",
     "MeanFieldParams",
     "Model",
@@ -72,8 +90,11 @@ __all__ = [
     "corr_matrix",
     "cov_cholesky",
     "cov_matrix",
+    "data",
     "elbo_surrogate",
     "fit",
+    "from_numpyro",
+    "glm_log_likelihood",
     "gradient_variance",
     "importance_diagnostics",
     "importance_ess",
@@ -81,7 +102,9 @@ __all__ = [
     "iw_elbo",
     "khat_threshold",
     "khat_verdict",
+    "laplace",
     "lower_bounded",
+    "models",
     "ordered",
     "positive",
     "positive_ordered",

@@ -1,0 +1,414 @@
+"""Dataset loading: the bundled regression sets, user CSV/NPZ files, and the larger MNIST files.
+
+Three kinds of data:
+
+* Bundled (`load_dataset`): small real datasets shipped in `advi_jax/datasets/` for the default
+  commands (see that folder's README for origins, licenses and sha256 values):
+  `"breast_cancer"` (logistic regression, 569 x 30) and `"randhie"` (Poisson regression,
+  20190 x 9).
+* The user's own tables (`load_csv`, `load_npz`), checked eagerly: every problem raises a
+  `ValueError` that names the file, the column and, for bad values, the row.
+* Larger files that are not shipped (MNIST and friends): `find_data_file` looks in
+  `$ADVI_JAX_DATA`, then the user cache folder (`$XDG_CACHE_HOME/advi_jax`, by default
+  `~/.cache/advi_jax`), then `../shared/data` beside the repository checkout, and checks the
+  file's sha256. Nothing is ever downloaded: a missing file raises an error that lists the
+  folders searched and says where to put it.
+
+All loaders return NumPy arrays (float64 features); models convert them to JAX arrays.
+
+Example:
+  >>> from advi_jax import data
+  >>> x, y, names = data.load_dataset("breast_cancer")
+  >>> x.shape, y.shape, names[0]
+  ((569, 30), (569,), 'mean_radius')
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "BUNDLED_DATASETS",
+    "DATA_FILES",
+    "Dataset",
+    "check_target",
+    "data_search_dirs",
+    "find_data_file",
+    "load_csv",
+    "load_dataset",
+    "load_mnist",
+    "load_npz",
+]
+
+MIN_ROWS = 2
+
+
+class Dataset(NamedTuple):
+    """A regression table: unpack as `x, y, feature_names = dataset`.
+
+    Attributes:
+      x: (N, D) float64 features.
+      y: (N,) float64 target.
+      feature_names: length-D tuple of column names.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    feature_names: tuple[str, ...]
+
+
+# name -> (file in advi_jax/datasets, likelihood the target suits, one-line description)
+BUNDLED_DATASETS: dict[str, dict[str, str]] = {
+    "breast_cancer": {
+        "file": "breast_cancer.npz",
+        "kind": "logistic",
+        "description": "Wisconsin diagnostic breast cancer (UCI via scikit-learn); y = 1 if malignant",
+    },
+    "randhie": {
+        "file": "randhie.npz",
+        "kind": "poisson",
+        "description": "RAND Health Insurance Experiment (via statsmodels); y = outpatient MD visits",
+    },
+}
+
+# Larger files looked up by `find_data_file`: filename -> sha256 of the file.
+DATA_FILES: dict[str, str] = {
+    "mnist.npz": "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64",
+    "fashion_mnist.npz": "5b6d2c4c694a91887af8ab7d039c04f80af3c29378d731c93a538d2e831aa469",
+    "binarized_mnist.npz": "3af50c40abac16f6b963d6bbb3ab35254cefcef7c09428ffb2a2237985ccce64",
+    "german_credit_numeric.npz": "f256ef74fbe6ecae1718805370b50dd9f3ebd7ca64c1edc46bca789009b305b9",
+    "wells.npz": "a73a9c37c8dd33576bae6b12c1630a49f401b1d3dc61812cccbe06ac80656e17",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by every loader
+# ---------------------------------------------------------------------------------------------
+
+
+def check_target(y: np.ndarray, kind: str | None, source: str = "target") -> np.ndarray:
+    """Check that a target suits a likelihood and return it as float64.
+
+    Args:
+      y: (N,) target values.
+      kind: "logistic" (values must be 0 or 1), "poisson" (non-negative integers) or None
+        (finite values only).
+      source: how to name the target in error messages.
+
+    Returns:
+      (N,) float64 copy of `y`.
+
+    Raises:
+      ValueError: naming the first offending row and value.
+    """
+    if kind not in (None, "logistic", "poisson"):
+        raise ValueError(f"kind must be 'logistic', 'poisson' or None, got {kind!r}")
+    y = np.asarray(y, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(y))
+    if bad.size:
+        raise ValueError(f"{source} has non-finite value {y[bad[0]]} at row {bad[0]} ({bad.size} rows in all)")
+    if kind == "logistic":
+        bad = np.flatnonzero((y != 0) & (y != 1))
+        if bad.size:
+            raise ValueError(f"{source} must be 0 or 1 for logistic regression; row {bad[0]} is {y[bad[0]]:g} "
+                             f"({bad.size} rows in all). Recode the classes to 0/1.")
+    elif kind == "poisson":
+        bad = np.flatnonzero((y < 0) | (y != np.round(y)))
+        if bad.size:
+            raise ValueError(f"{source} must be a non-negative integer count for Poisson regression; row {bad[0]} "
+                             f"is {y[bad[0]]:g} ({bad.size} rows in all)")
+    return y
+
+
+def _finalise(columns: dict[str, np.ndarray], target: str, features, kind, source: str) -> Dataset:
+    """Pick target and features from named float columns, check values, and build a Dataset."""
+    if target not in columns:
+        raise ValueError(f"{source}: target column {target!r} not found; available columns: {list(columns)}")
+    if features is None:
+        features = [c for c in columns if c != target]
+    else:
+        features = [features] if isinstance(features, str) else list(features)
+        missing = [c for c in features if c not in columns]
+        if missing:
+            raise ValueError(f"{source}: feature columns {missing} not found; available columns: {list(columns)}")
+        if target in features:
+            raise ValueError(f"{source}: the target {target!r} is also listed among the features")
+    if not features:
+        raise ValueError(f"{source}: no feature columns besides the target {target!r}")
+    n = len(columns[target])
+    if n < MIN_ROWS:
+        raise ValueError(f"{source}: too few rows: {n} (need at least {MIN_ROWS})")
+    for name in features + [target]:
+        col = columns[name]
+        bad = np.flatnonzero(~np.isfinite(col))
+        if bad.size:
+            what = "NaN/missing" if np.isnan(col[bad[0]]) else "infinite"
+            raise ValueError(f"{source}: column {name!r} has a {what} value at row {bad[0]} "
+                             f"({bad.size} bad rows in that column); drop or impute them first")
+    y = check_target(columns[target], kind, f"{source}: target column {target!r}")
+    x = np.column_stack([columns[c] for c in features]).astype(np.float64)
+    return Dataset(x, y, tuple(features))
+
+
+def _check_file(path) -> Path:
+    path = Path(os.fspath(path)).expanduser()
+    if not path.is_file():
+        raise ValueError(f"data file not found: {str(path)!r}" + (" (it is a folder)" if path.is_dir() else ""))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# User files
+# ---------------------------------------------------------------------------------------------
+
+_MISSING = {"", "na", "nan", "null", "none", "n/a"}
+
+
+def load_csv(path, target: str, *, features=None, kind: str | None = None, delimiter: str = ",") -> Dataset:
+    """Load a CSV file with a header row into features and a target.
+
+    Empty cells and NA/NaN spellings are read as missing, which is an error (there is no
+    silent imputation).
+
+    Args:
+      path: the CSV file.
+      target: name of the target column.
+      features: names of the feature columns (default: every other column, in file order).
+      kind: "logistic" (target must be 0/1), "poisson" (non-negative integer target) or None.
+      delimiter: the field separator.
+
+    Returns:
+      `Dataset(x (N, D) float64, y (N,) float64, feature_names)`.
+
+    Raises:
+      ValueError: missing file, no header, ragged rows, missing target or feature columns
+        (listing those available), non-numeric columns (named), NaN/inf values (column and
+        row), a target unfit for `kind`, or fewer than 2 rows.
+
+    Example:
+      >>> x, y, names = load_csv("visits.csv", target="visits", kind="poisson")  # doctest: +SKIP
+    """
+    path = _check_file(path)
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle, delimiter=delimiter))
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows:
+        raise ValueError(f"{path}: the file is empty (expected a header row and data rows)")
+    header = [h.strip() for h in rows[0]]
+    if len(set(header)) != len(header):
+        dup = sorted({h for h in header if header.count(h) > 1})
+        raise ValueError(f"{path}: duplicate column names {dup}")
+    body = rows[1:]
+    for i, r in enumerate(body):
+        if len(r) != len(header):
+            raise ValueError(f"{path}: data row {i} (line {i + 2}) has {len(r)} fields, the header has {len(header)}")
+    columns: dict[str, np.ndarray] = {}
+    non_numeric: dict[str, str] = {}
+    for j, name in enumerate(header):
+        values = np.empty(len(body))
+        for i, r in enumerate(body):
+            cell = r[j].strip()
+            if cell.lower() in _MISSING:
+                values[i] = np.nan
+                continue
+            try:
+                values[i] = float(cell)
+            except ValueError:
+                non_numeric.setdefault(name, f"row {i} (line {i + 2}): {cell!r}")
+                break
+        columns[name] = values
+    if non_numeric:
+        details = "; ".join(f"{k!r} first at {v}" for k, v in non_numeric.items())
+        raise ValueError(f"{path}: non-numeric columns {list(non_numeric)} ({details}); "
+                         "encode them as numbers (e.g. one-hot) or leave them out with features=")
+    return _finalise(columns, target, features, kind, str(path))
+
+
+def load_npz(path, target: str, *, features=None, kind: str | None = None) -> Dataset:
+    """Load a NumPy `.npz` table into features and a target (never unpickles).
+
+    Each 1-D array of length N is a column named by its key. A 2-D array `a` of shape (N, D)
+    contributes D columns named `a_0 .. a_{D-1}`, or the names in a `feature_names` array
+    when the file has one of length D (the layout of the bundled files, target `"y"`).
+
+    Args:
+      path: the `.npz` file.
+      target: key of the target column.
+      features: names of the feature columns (default: every other column).
+      kind: "logistic", "poisson" or None, as in `load_csv`.
+
+    Returns:
+      `Dataset(x (N, D) float64, y (N,) float64, feature_names)`.
+
+    Raises:
+      ValueError: as `load_csv`, plus arrays of unequal length or with more than 2 dims.
+    """
+    path = _check_file(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:  # not a zip, or object arrays
+        raise ValueError(f"{path}: not a readable .npz file without pickle ({err})") from None
+    with archive:
+        arrays = {k: archive[k] for k in archive.files}
+    names_array = arrays.pop("feature_names", None)
+    columns: dict[str, np.ndarray] = {}
+    non_numeric, lengths = [], {}
+    for key, a in arrays.items():
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            non_numeric.append(key)
+            continue
+        if a.ndim == 1:
+            columns[key] = a.astype(np.float64)
+        elif a.ndim == 2:
+            if names_array is not None and len(names_array) == a.shape[1]:
+                labels = [str(s) for s in names_array]
+            else:
+                labels = [f"{key}_{j}" for j in range(a.shape[1])]
+            for j, label in enumerate(labels):
+                columns[label] = a[:, j].astype(np.float64)
+        else:
+            raise ValueError(f"{path}: array {key!r} has shape {a.shape}; expected 1-D columns or a 2-D (N, D) block")
+        lengths[key] = a.shape[0]
+    if non_numeric:
+        raise ValueError(f"{path}: non-numeric arrays {non_numeric}; store numbers only (encode categories)")
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{path}: arrays have different numbers of rows: {lengths}")
+    return _finalise(columns, target, features, kind, str(path))
+
+
+def load_dataset(name: str) -> Dataset:
+    """Load a dataset bundled with the package.
+
+    Args:
+      name: one of `BUNDLED_DATASETS`: "breast_cancer" (binary target, 1 = malignant) or
+        "randhie" (count target: outpatient doctor visits).
+
+    Returns:
+      `Dataset(x (N, D) float64, y (N,) float64, feature_names)`.
+
+    Raises:
+      ValueError: for an unknown name (listing the valid ones).
+    """
+    if name not in BUNDLED_DATASETS:
+        raise ValueError(f"unknown bundled dataset {name!r}; choose one of {sorted(BUNDLED_DATASETS)}")
+    info = BUNDLED_DATASETS[name]
+    ref = resources.files("advi_jax").joinpath("datasets", info["file"])
+    with resources.as_file(ref) as path:
+        return load_npz(path, target="y", kind=info["kind"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Larger files: search path + sha256
+# ---------------------------------------------------------------------------------------------
+
+
+def data_search_dirs() -> list[Path]:
+    """The folders `find_data_file` searches, in order.
+
+    1. `$ADVI_JAX_DATA` when set;
+    2. the user cache folder `$XDG_CACHE_HOME/advi_jax` (default `~/.cache/advi_jax`);
+    3. `shared/data` beside the repository checkout (`<repo>/../shared/data`), when present.
+    """
+    dirs = []
+    env = os.environ.get("ADVI_JAX_DATA")
+    if env:
+        dirs.append(Path(env).expanduser())
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    dirs.append(Path(cache).expanduser() / "advi_jax")
+    repo = Path(__file__).resolve().parent.parent
+    shared = repo.parent / "shared" / "data"
+    if shared.is_dir():
+        dirs.append(shared)
+    return dirs
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    stat = path.stat()
+    cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if cache_key not in _VERIFIED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _VERIFIED[cache_key] = digest.hexdigest()
+    return _VERIFIED[cache_key]
+
+
+def find_data_file(filename: str, sha256: str | None = None) -> Path:
+    """Find a data file in the search folders and check its sha256. Never downloads.
+
+    Args:
+      filename: e.g. "mnist.npz".
+      sha256: expected hex digest; defaults to the one recorded in `DATA_FILES` (if any).
+        Pass "" to skip the check.
+
+    Returns:
+      The path of the first copy whose hash matches.
+
+    Raises:
+      ValueError: no folder has a matching copy; the message lists the folders searched,
+        any copies with a wrong hash, and how to provide the file.
+    """
+    if sha256 is None:
+        sha256 = DATA_FILES.get(filename, "")
+    searched, wrong = [], []
+    for folder in data_search_dirs():
+        candidate = folder / filename
+        searched.append(str(folder))
+        if not candidate.is_file():
+            continue
+        if not sha256 or _sha256(candidate) == sha256.lower():
+            return candidate
+        wrong.append(f"{candidate} (sha256 {_sha256(candidate)})")
+    message = f"data file {filename!r} not found; searched: {searched}."
+    if wrong:
+        message += f" Copies with the wrong sha256 (expected {sha256}): {wrong}."
+    message += (f" Put {filename} in one of these folders, or set ADVI_JAX_DATA to the folder that holds it "
+                "(advi_jax does not download it).")
+    raise ValueError(message)
+
+
+_MNIST_SPLITS = {
+    "mnist": ("train", "test"),
+    "fashion_mnist": ("train", "test"),
+    "binarized_mnist": ("train", "valid", "test"),
+}
+
+
+def load_mnist(name: str = "mnist", split: str = "train") -> tuple[np.ndarray, np.ndarray | None]:
+    """Load an MNIST-style image set found by `find_data_file`.
+
+    Args:
+      name: "mnist", "fashion_mnist" or "binarized_mnist".
+      split: "train" or "test" ("valid" too for binarized_mnist).
+
+    Returns:
+      `(x, y)`: x of shape (N, 784), float32 in [0, 1] ({0, 1} for binarized_mnist); y of shape
+      (N,) int32 class labels, or None for binarized_mnist (which has no labels).
+
+    Raises:
+      ValueError: unknown name or split, or the file is missing (see `find_data_file`).
+    """
+    if name not in _MNIST_SPLITS:
+        raise ValueError(f"unknown image set {name!r}; choose one of {sorted(_MNIST_SPLITS)}")
+    if split not in _MNIST_SPLITS[name]:
+        raise ValueError(f"split for {name} must be one of {_MNIST_SPLITS[name]}, got {split!r}")
+    path = find_data_file(f"{name}.npz")
+    with np.load(path, allow_pickle=False) as archive:
+        images = archive[f"x_{split}"]
+        labels = archive[f"y_{split}"].astype(np.int32) if f"y_{split}" in archive.files else None
+    x = images.reshape(images.shape[0], math.prod(images.shape[1:])).astype(np.float32)
+    if name != "binarized_mnist":
+        x = x / np.float32(255.0)
+    return x, labels

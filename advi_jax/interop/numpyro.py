@@ -1,0 +1,366 @@
+"""From a NumPyro model function to an `aj.Model`.
+
+`from_numpyro(model_fn, *args, **kwargs)` runs the model once under `numpyro.handlers.trace`
+(each latent site set to a feasible value, or sampled under `seed` when the distribution has
+none) to find its latent sample sites (sample sites that are not observed), their full
+shapes (plate dimensions included) and their `support` constraints, and maps each constraint
+to an advi_jax support:
+
+=======================================  ================================================
+NumPyro constraint                        advi_jax support
+=======================================  ================================================
+real, real_vector, real_matrix            `aj.real(shape)`
+positive, softplus_positive               `aj.positive(shape)` (exp / softplus bijector)
+greater_than(a), nonnegative              `aj.lower_bounded(a, shape)`
+less_than(b)                              `aj.upper_bounded(b, shape)`
+interval(a, b), unit_interval, circular   `aj.interval(a, b, shape)`
+simplex                                   `aj.simplex(K, batch_shape=...)`
+ordered_vector / positive_ordered_vector  `aj.ordered(K, ...)` / `aj.positive_ordered(K, ...)`
+zero_sum (event_dim=1)                    `aj.sum_to_zero(K, ...)`
+corr_cholesky / corr_matrix               `aj.corr_cholesky(K, ...)` / `aj.corr_matrix(K, ...)`
+lower_cholesky, scaled_unit_lower_chol.   `aj.cholesky_cov(K, ...)`
+positive_definite                         `aj.cov_matrix(K, ...)`
+independent(c, n)                         as `c`, over the whole array (elementwise `c`)
+=======================================  ================================================
+
+The log joint is NumPyro's own `numpyro.infer.util.log_density` at the constrained values:
+the sum of `log_prob` over every sample site, observed ones included, with plate scaling
+(`numpyro.handlers.scale`) and masks (`handlers.mask`, `obs_mask`) respected, plus
+`numpyro.factor` terms. So `model.log_joint_at(params)` equals NumPyro's `log_density`, and
+where both libraries use the same bijector `model.log_density(zeta)` equals minus NumPyro's
+`potential_energy` at the same unconstrained point.
+
+Array arguments (NumPy or JAX arrays anywhere inside `args`/`kwargs`) are passed as the
+model's `data` (so a jitted fit receives them as arguments rather than compile-time
+constants); every other argument (ints, floats, strings, None, functions) stays static. A
+model that needs a concrete array value (say `int(y.max())` as a shape) should receive that
+value as a separate Python scalar argument.
+
+Deterministic sites (`numpyro.deterministic`) are not parameters. Compute them with
+`model.deterministics(params)` for one set of constrained values or
+`model.with_deterministics(draws)` for draws with a leading axis, e.g.
+`model.with_deterministics(result.sample(key, 1000))`.
+
+NumPyro's code relies on NumPy-style rank promotion, so the model runs with
+`jax.numpy_rank_promotion("allow")` even where the caller set "raise".
+
+Not supported (a `ValueError` names the site): discrete latent sites (marginalise them out,
+e.g. with `numpyro.contrib.funsor` enumeration, before using ADVI), constraints with no
+advi_jax support, `numpyro.param` sites, and subsampled plates (whose log joint would be
+random).
+
+Example:
+  >>> import numpyro, numpyro.distributions as dist, numpy as np, advi_jax as aj
+  >>> def model(y):
+  ...     mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+  ...     sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
+  ...     with numpyro.plate("n", y.shape[0]):
+  ...         numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+  >>> m = aj.from_numpyro(model, np.array([0.5, 1.0, -0.3]))
+  >>> m.names, m.dim
+  (('mu', 'sigma'), 2)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advi_jax import supports as _supports
+from advi_jax._types import Array, PyTree
+from advi_jax.flatten import Model
+from advi_jax.supports import Support
+
+__all__ = ["NumPyroModel", "from_numpyro", "numpyro_deterministics", "support_from_constraint"]
+
+
+def _import_numpyro():
+    try:
+        import numpyro  # noqa: F401
+        from numpyro import handlers
+        from numpyro.distributions import constraints
+        from numpyro.infer.util import log_density
+    except ImportError:  # pragma: no cover - numpyro is a dependency
+        raise ImportError("from_numpyro needs numpyro: pip install numpyro") from None
+    return handlers, constraints, log_density
+
+
+def _structured(name: str, site: str, constraint, event_size: int, batch_shape: tuple[int, ...]) -> Support:
+    """Look up one of the structured supports (simplex, ordered, ...) by name."""
+    factory = getattr(_supports, name, None)
+    if factory is None:
+        import advi_jax
+
+        factory = getattr(advi_jax, name, None)
+    if factory is None:
+        raise ValueError(f"site {site!r} has constraint {constraint}, which needs aj.{name}, not available in this "
+                         "version of advi_jax")
+    return factory(event_size, batch_shape=batch_shape)
+
+
+def support_from_constraint(constraint, shape: tuple[int, ...], event_dim: int = 0, site: str = "site") -> Support:
+    """The advi_jax support for a NumPyro constraint on a value of shape `shape`.
+
+    Args:
+      constraint: a `numpyro.distributions.constraints.Constraint` (a distribution's `support`).
+      shape: full shape of the site's value (plate/batch dims + event dims).
+      event_dim: the distribution's number of event dims (used for structured supports).
+      site: site name for error messages.
+
+    Returns:
+      A `Support` of shape `shape`.
+
+    Raises:
+      ValueError: a discrete constraint or one with no advi_jax counterpart, naming `site`.
+    """
+    _, c, _ = _import_numpyro()
+    shape = tuple(int(s) for s in shape)
+    # independent(...) only reinterprets batch dims as event dims; for elementwise base
+    # constraints our support covers the whole array anyway.
+    while isinstance(constraint, c._IndependentConstraint):
+        constraint = constraint.base_constraint
+    if getattr(constraint, "is_discrete", False):
+        raise ValueError(f"site {site!r} is a discrete latent variable (support {constraint}); ADVI needs continuous "
+                         "latent variables: marginalise it out or make it observed")
+    # --- elementwise ---
+    if isinstance(constraint, c._Real):
+        return _supports.real(shape)
+    if isinstance(constraint, c._SoftplusPositive):
+        return _supports.positive(shape, transform="softplus")
+    if isinstance(constraint, c._Interval):  # unit_interval, circular, open_interval included
+        low, high = constraint.lower_bound, constraint.upper_bound
+        if np.ndim(low) == 0 and np.ndim(high) == 0 and float(low) == 0.0 and float(high) == 1.0:
+            return _supports.unit_interval(shape)
+        return _supports.interval(_bound(low, shape), _bound(high, shape), shape=shape)
+    if isinstance(constraint, c._GreaterThan):  # positive, nonnegative, greater_than(_eq)
+        low = constraint.lower_bound
+        if np.ndim(low) == 0 and float(low) == 0.0:
+            return _supports.positive(shape)
+        return _supports.lower_bounded(_bound(low, shape), shape=shape)
+    if isinstance(constraint, c._LessThan):
+        return _supports.upper_bounded(_bound(constraint.upper_bound, shape), shape=shape)
+    # --- structured (event) supports ---
+    structured = [
+        (c._Simplex, "simplex", 1),
+        (c._PositiveOrderedVector, "positive_ordered", 1),
+        (c._OrderedVector, "ordered", 1),
+        (c._CorrCholesky, "corr_cholesky", 2),
+        (c._CorrMatrix, "corr_matrix", 2),
+        (c._LowerCholesky, "cholesky_cov", 2),
+        (c._PositiveDefinite, "cov_matrix", 2),
+    ]
+    if isinstance(constraint, c._ZeroSum) and constraint.event_dim == 1:
+        structured = [(c._ZeroSum, "sum_to_zero", 1)]
+    for cls, name, ndim in structured:
+        if isinstance(constraint, cls):
+            if len(shape) < ndim:
+                raise ValueError(f"site {site!r}: constraint {constraint} needs at least {ndim} dims, got shape {shape}")
+            if ndim == 2 and shape[-1] != shape[-2]:
+                raise ValueError(f"site {site!r}: constraint {constraint} needs square matrices, got shape {shape}")
+            return _structured(name, site, constraint, shape[-1], shape[:-ndim])
+    raise ValueError(f"site {site!r} has constraint {constraint}, which advi_jax cannot map to a support yet "
+                     "(supported: real, positive, interval, greater_than, less_than, simplex, ordered_vector, "
+                     "positive_ordered_vector, zero_sum, corr_cholesky, corr_matrix, lower_cholesky, "
+                     "positive_definite); reparameterise the site with one of these")
+
+
+def _bound(value, shape):
+    """A constraint bound as a float scalar, or a float array broadcast to `shape`."""
+    arr = np.asarray(value, dtype=float)
+    return float(arr) if arr.ndim == 0 else np.broadcast_to(arr, shape).copy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting model arguments into data (arrays) and static parts
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, jax.Array))
+
+
+class _Arguments:
+    """The static skeleton of (args, kwargs); the array leaves travel separately as data."""
+
+    def __init__(self, args: tuple, kwargs: dict):
+        leaves, self.treedef = jax.tree_util.tree_flatten((args, kwargs))
+        self.is_data = tuple(_is_array(leaf) for leaf in leaves)
+        self.static = tuple(None if d else leaf for leaf, d in zip(leaves, self.is_data))
+        self.data = [leaf for leaf, d in zip(leaves, self.is_data) if d]
+
+    def rebuild(self, data) -> tuple[tuple, dict]:
+        it = iter(data)
+        leaves = [next(it) if d else s for s, d in zip(self.static, self.is_data)]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_pytree_node_class
+class NumPyroModel(Model):
+    """An `aj.Model` built from a NumPyro model function (see `from_numpyro`).
+
+    Attributes (in addition to `aj.Model`'s):
+      model_fn: the NumPyro model function.
+      deterministic_names: names of the `numpyro.deterministic` sites.
+      observed_names: names of observed sample sites (including `numpyro.factor` sites).
+    """
+
+    def __init__(self, log_joint, support, data, model_fn, arguments: _Arguments,
+                 deterministic_names: tuple[str, ...], observed_names: tuple[str, ...]):
+        super().__init__(log_joint, support, data=data)
+        self.model_fn = model_fn
+        self._arguments = arguments
+        self.deterministic_names = deterministic_names
+        self.observed_names = observed_names
+
+    def tree_flatten(self):
+        children, aux = super().tree_flatten()
+        return children, (aux, self.model_fn, self._arguments, self.deterministic_names, self.observed_names)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = super().tree_unflatten(aux[0], children)
+        obj.model_fn, obj._arguments, obj.deterministic_names, obj.observed_names = aux[1:]
+        return obj
+
+    def model_args(self) -> tuple[tuple, dict]:
+        """The `(args, kwargs)` the model function is called with (arrays taken from `data`)."""
+        return self._arguments.rebuild(self.data)
+
+    def deterministics(self, params: Mapping[str, Array]) -> dict[str, Array]:
+        """Values of the `numpyro.deterministic` sites at one set of constrained `params`.
+
+        Args:
+          params: dict of constrained latent values (no leading draw axis).
+
+        Returns:
+          dict mapping each deterministic site name to its value.
+        """
+        handlers, _, _ = _import_numpyro()
+        args, kwargs = self.model_args()
+        fn = handlers.substitute(handlers.seed(self.model_fn, rng_seed=0), data=dict(params))
+        with jax.numpy_rank_promotion("allow"):
+            tr = handlers.trace(fn).get_trace(*args, **kwargs)
+        return {name: tr[name]["value"] for name in self.deterministic_names}
+
+    def with_deterministics(self, draws: Mapping[str, Array]) -> dict[str, Array]:
+        """Add the deterministic sites to posterior draws.
+
+        Args:
+          draws: dict of constrained draws, each with a leading draw axis S
+            (e.g. `result.sample(key, S)`).
+
+        Returns:
+          A new dict with the draws and each deterministic site's values, shape (S, ...).
+        """
+        if not self.deterministic_names:
+            return dict(draws)
+        params = {name: draws[name] for name in self.names}
+        extra = jax.vmap(self.deterministics)(params)
+        return {**dict(draws), **extra}
+
+
+def numpyro_deterministics(model: NumPyroModel, draws: Mapping[str, Array]) -> dict[str, Array]:
+    """Function form of `model.with_deterministics(draws)` (draws with a leading axis)."""
+    if not isinstance(model, NumPyroModel):
+        raise TypeError(f"model must come from aj.from_numpyro, got {type(model).__name__}")
+    return model.with_deterministics(draws)
+
+
+def _make_log_joint(model_fn: Callable, arguments: _Arguments):
+    _, _, log_density = _import_numpyro()
+
+    def log_joint(params: Mapping[str, Array], data: list) -> Array:
+        args, kwargs = arguments.rebuild(data)
+        with jax.numpy_rank_promotion("allow"):  # NumPyro relies on NumPy-style rank promotion
+            value, _ = log_density(model_fn, args, kwargs, dict(params))
+        return jnp.asarray(value)
+
+    log_joint.__doc__ = f"NumPyro log density of {getattr(model_fn, '__name__', 'model')} at constrained params."
+    return log_joint
+
+
+def _feasible_value(site: dict):
+    """A value in the support of a latent site, found without sampling (compiling samplers is slow).
+
+    Returns None (so the site is sampled instead) when the distribution cannot say.
+    """
+    if site["type"] != "sample" or site.get("is_observed"):
+        return None
+    try:
+        shape = site["fn"].shape(site["kwargs"].get("sample_shape", ()))
+        return site["fn"].support.feasible_like(jnp.zeros(shape))
+    except Exception:  # noqa: BLE001 - any failure just falls back to sampling
+        return None
+
+
+def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
+    """Turn a NumPyro model function into an `aj.Model`.
+
+    Args:
+      model_fn: a function using `numpyro.sample`, `numpyro.plate`, `numpyro.deterministic`,
+        `numpyro.factor`, ...
+      *args, **kwargs: the arguments to call it with (observed data etc.). Arrays among them
+        become the model's `data`.
+
+    Returns:
+      A `NumPyroModel` whose parameters are the latent sample sites, in trace order, with
+      supports read from each site's distribution.
+
+    Raises:
+      ValueError: a discrete latent site, an unsupported constraint, a `numpyro.param` site,
+        a subsampled plate, or a model with no latent sites; the message names the site.
+
+    Example:
+      >>> import numpyro, numpyro.distributions as dist, advi_jax as aj
+      >>> def model():
+      ...     numpyro.sample("p", dist.Beta(2.0, 2.0))
+      >>> aj.from_numpyro(model).support["p"].name
+      'unit_interval'
+    """
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be a NumPyro model function, got {type(model_fn).__name__}")
+    handlers, _, _ = _import_numpyro()
+    arguments = _Arguments(args, kwargs)
+    traced = handlers.seed(handlers.substitute(model_fn, substitute_fn=_feasible_value), rng_seed=0)
+    with jax.numpy_rank_promotion("allow"):  # NumPyro relies on NumPy-style rank promotion
+        tr = handlers.trace(traced).get_trace(*args, **kwargs)
+    support: dict[str, Support] = {}
+    deterministic, observed = [], []
+    for name, site in tr.items():
+        kind = site["type"]
+        if kind == "param":
+            raise ValueError(f"site {name!r} is a numpyro.param; from_numpyro needs every unknown to be a "
+                             "numpyro.sample site with a prior")
+        if kind == "plate":
+            size, sub = site["args"][0], site["args"][1]
+            if sub is not None and sub != size:
+                raise ValueError(f"plate {name!r} subsamples {sub} of {size}; the log joint would be random. Use "
+                                 "the full plate (no subsample_size) with from_numpyro")
+            continue
+        if kind == "deterministic":
+            deterministic.append(name)
+            continue
+        if kind != "sample":
+            continue
+        if site["is_observed"]:
+            observed.append(name)
+            continue
+        fn = site["fn"]
+        value_shape = tuple(jnp.shape(site["value"]))
+        if getattr(fn, "is_discrete", False) or getattr(fn.support, "is_discrete", False):
+            raise ValueError(f"site {name!r} is a discrete latent variable ({type(fn).__name__}, support "
+                             f"{fn.support}); ADVI needs continuous latent variables: marginalise it out or "
+                             "make it observed")
+        support[name] = support_from_constraint(fn.support, value_shape, len(fn.event_shape), site=name)
+    if not support:
+        raise ValueError("the NumPyro model has no latent sample sites (every site is observed); nothing to infer")
+    return NumPyroModel(_make_log_joint(model_fn, arguments), support, arguments.data, model_fn, arguments,
+                        tuple(deterministic), tuple(observed))

@@ -1,0 +1,531 @@
+"""Ready generalised linear models: Bayesian logistic and Poisson regression.
+
+Both build an `aj.Model` whose arrays travel as `data=` (so jitted fits take them as
+arguments). The linear predictor is
+
+    eta_n = intercept + sum_d beta_d * (x_nd - m_d) / s_d  (+ offset_n for Poisson),
+
+where `m`, `s` are the column means and standard deviations of the training features when
+`standardize=True` (constant columns keep `s_d = 1`) and `m = 0, s = 1` otherwise. They are
+recorded in `model.data` so that `predict` applies the same transform to new features.
+
+Priors (all parameters are real except `tau`):
+
+* `intercept ~ Normal(0, intercept_scale)` (only when `intercept=True`);
+* `beta_d ~ Normal(0, prior_scale)` independently, or, with `hierarchical_scale=True`,
+  `tau ~ HalfNormal(prior_scale)` (support `aj.positive()`) and `beta_d | tau ~ Normal(0, tau)`
+  (centred parameterisation: with few data points the posterior can be funnel-shaped).
+
+Likelihoods, written so that they stay finite for any finite `eta`:
+
+* logistic: `log p(y | eta) = y * eta - softplus(eta)`, with `softplus(eta) = logaddexp(0, eta)`
+  (never forms `sigmoid(eta)` or `log(1 - p)`);
+* Poisson:  `log p(y | eta) = y * eta - exp(eta) - lgamma(y + 1)`. `eta` is not clipped:
+  `exp(eta)` overflows (giving a log joint of `-inf`) only beyond eta ~ 88 in float32
+  (709 in float64), i.e. rates of ~1e38, which standardised features do not reach.
+
+Example:
+  >>> import numpy as np, advi_jax as aj
+  >>> from advi_jax.models import logistic_regression
+  >>> x = np.random.default_rng(0).normal(size=(50, 2)); y = (x[:, 0] > 0).astype(float)
+  >>> model = logistic_regression(x, y, prior_scale=2.5)
+  >>> model.dim, model.names
+  (3, ('intercept', 'beta'))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
+
+from advi_jax._types import Array, ArrayLike
+from advi_jax.flatten import Model
+from advi_jax.supports import positive, real
+
+__all__ = [
+    "Prediction",
+    "RegressionInfo",
+    "RegressionModel",
+    "coefficients_on_original_scale",
+    "linear_predictor",
+    "logistic_regression",
+    "parameter_labels",
+    "poisson_regression",
+    "predict",
+]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionInfo:
+    """Static description of a regression model (hashable; part of the model's pytree metadata).
+
+    Attributes:
+      kind: "logistic" or "poisson".
+      feature_names: one name per column of X.
+      intercept: whether the model has an intercept.
+      standardize: whether features were centred and scaled.
+      hierarchical_scale: whether the coefficient scale `tau` is a parameter.
+      prior_scale: prior sd of the coefficients (or the half-normal scale of `tau`).
+      intercept_scale: prior sd of the intercept.
+      has_offset: whether the (Poisson) model has an offset / exposure.
+    """
+
+    kind: str
+    feature_names: tuple[str, ...]
+    intercept: bool
+    standardize: bool
+    hierarchical_scale: bool
+    prior_scale: float
+    intercept_scale: float
+    has_offset: bool = False
+
+
+@jax.tree_util.register_pytree_node_class
+class RegressionModel(Model):
+    """An `aj.Model` that also carries a `RegressionInfo` (`model.info`) for predictions and labels.
+
+    `model.data` is a dict with `x` (N, D) transformed features, `y` (N,), `x_mean` (D,),
+    `x_scale` (D,) and, for Poisson models with an exposure or offset, `offset` (N,).
+    """
+
+    def __init__(self, log_joint, support, data, info: RegressionInfo):
+        super().__init__(log_joint, support, data=data)
+        self.info = info
+
+    def tree_flatten(self):
+        children, aux = super().tree_flatten()
+        return children, (aux, self.info)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = super().tree_unflatten(aux[0], children)
+        obj.info = aux[1]
+        return obj
+
+    def __repr__(self) -> str:
+        return f"{self.info.kind.capitalize()}Regression" + super().__repr__()[len("Model"):]
+
+
+class Prediction(NamedTuple):
+    """Posterior predictive summary of a probability or rate for each new row.
+
+    Attributes:
+      mean: (M,) posterior mean.
+      quantiles: (Q, M) posterior quantiles at `levels`.
+      levels: (Q,) the quantile levels, e.g. (0.05, 0.5, 0.95).
+      draws: (S, M) the value at every posterior draw.
+    """
+
+    mean: Array
+    quantiles: Array
+    levels: Array
+    draws: Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_scale(value: Any, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return value
+
+
+def _check_x(x: ArrayLike, name: str = "X", num_features: int | None = None) -> np.ndarray:
+    try:
+        x = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a numeric array of shape (N, D)") from None
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, D) (one row per observation), got shape {x.shape}; "
+                         "use x.reshape(-1, 1) for a single feature")
+    if num_features is not None and x.shape[1] != num_features:
+        raise ValueError(f"{name} must have {num_features} columns (the model's features), got {x.shape[1]}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {x.shape}")
+    bad = np.argwhere(~np.isfinite(x))
+    if bad.size:
+        r, c = bad[0]
+        raise ValueError(f"{name} has a non-finite value {x[r, c]} at row {r}, column {c} "
+                         f"({len(bad)} in all); drop or impute those rows")
+    return x
+
+
+def _check_vector(v: ArrayLike, name: str, n: int) -> np.ndarray:
+    try:
+        v = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a numeric array of shape ({n},)") from None
+    if v.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one value per row of X), got {v.shape}")
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise ValueError(f"{name} has a non-finite value {v[bad[0]]} at row {bad[0]} ({bad.size} in all)")
+    return v
+
+
+def _check_y(y: ArrayLike, n: int, kind: str) -> np.ndarray:
+    y = _check_vector(y, "y", n)
+    if kind == "logistic":
+        bad = np.flatnonzero((y != 0) & (y != 1))
+        if bad.size:
+            raise ValueError(f"y must contain only 0 and 1 for logistic regression; y[{bad[0]}] = {y[bad[0]]:g} "
+                             f"({bad.size} entries in all). Recode the two classes as 0/1.")
+    else:
+        bad = np.flatnonzero((y < 0) | (y != np.round(y)))
+        if bad.size:
+            raise ValueError(f"y must contain non-negative integer counts for Poisson regression; "
+                             f"y[{bad[0]}] = {y[bad[0]]:g} ({bad.size} entries in all)")
+    return y
+
+
+def _offset(exposure, offset, n: int, name_exposure="exposure", name_offset="offset") -> np.ndarray | None:
+    if exposure is not None and offset is not None:
+        raise ValueError(f"pass either {name_exposure} or {name_offset}, not both (offset = log(exposure))")
+    if exposure is not None:
+        exposure = _check_vector(exposure, name_exposure, n)
+        bad = np.flatnonzero(exposure <= 0)
+        if bad.size:
+            raise ValueError(f"{name_exposure} must be positive; {name_exposure}[{bad[0]}] = {exposure[bad[0]]:g}")
+        return np.log(exposure)
+    if offset is not None:
+        return _check_vector(offset, name_offset, n)
+    return None
+
+
+def _feature_names(feature_names, num_features: int) -> tuple[str, ...]:
+    if feature_names is None:
+        return tuple(f"x{j}" for j in range(num_features))
+    names = tuple(str(s) for s in feature_names)
+    if len(names) != num_features:
+        raise ValueError(f"feature_names must have one name per column of X ({num_features}), got {len(names)}")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Model construction
+# ---------------------------------------------------------------------------------------------
+
+
+def _normal_logpdf(x: Array, scale) -> Array:
+    return -0.5 * jnp.square(x / scale) - jnp.log(scale) - _HALF_LOG_2PI
+
+
+def _log_prior(params: Mapping[str, Array], info: RegressionInfo) -> Array:
+    beta = params["beta"]
+    if info.hierarchical_scale:
+        tau = params["tau"]
+        # HalfNormal(prior_scale): Normal log density + log 2.
+        total = _normal_logpdf(tau, info.prior_scale) + math.log(2.0)
+        total = total + jnp.sum(_normal_logpdf(beta, tau))
+    else:
+        total = jnp.sum(_normal_logpdf(beta, info.prior_scale))
+    if info.intercept:
+        total = total + _normal_logpdf(params["intercept"], info.intercept_scale)
+    return total
+
+
+def _eta(params: Mapping[str, Array], x: Array, offset: Array | None, has_intercept: bool) -> Array:
+    eta = x @ params["beta"]
+    if has_intercept:
+        eta = eta + params["intercept"]
+    if offset is not None:
+        eta = eta + offset
+    return eta
+
+
+def _logistic_log_lik(y: Array, eta: Array) -> Array:
+    # log sigmoid(eta)^y (1 - sigmoid(eta))^(1-y) = y*eta - log(1 + e^eta), finite for any eta.
+    return jnp.sum(y * eta - jnp.logaddexp(0.0, eta))
+
+
+def _poisson_log_lik(y: Array, eta: Array) -> Array:
+    return jnp.sum(y * eta - jnp.exp(eta) - gammaln(y + 1.0))
+
+
+def _make_log_joint(info: RegressionInfo):
+    log_lik = _logistic_log_lik if info.kind == "logistic" else _poisson_log_lik
+
+    def log_joint(params: Mapping[str, Array], data: Mapping[str, Array]) -> Array:
+        eta = _eta(params, data["x"], data.get("offset"), info.intercept)
+        return _log_prior(params, info) + log_lik(data["y"], eta)
+
+    log_joint.__doc__ = f"Log joint of the {info.kind} regression (params constrained; data from model.data)."
+    return log_joint
+
+
+def _build(kind, x, y, *, prior_scale, intercept, intercept_scale, standardize, hierarchical_scale,
+           feature_names, offset=None) -> RegressionModel:
+    x = _check_x(x)
+    n, d = x.shape
+    y = _check_y(y, n, kind)
+    prior_scale = _check_scale(prior_scale, "prior_scale")
+    intercept_scale = _check_scale(intercept_scale, "intercept_scale")
+    names = _feature_names(feature_names, d)
+    if standardize:
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)  # constant columns are only centred
+    else:
+        mean, scale = np.zeros(d), np.ones(d)
+    info = RegressionInfo(kind, names, bool(intercept), bool(standardize), bool(hierarchical_scale),
+                          prior_scale, intercept_scale, offset is not None)
+    dtype = jnp.result_type(float)
+    data = {
+        "x": jnp.asarray((x - mean) / scale, dtype),
+        "y": jnp.asarray(y, dtype),
+        "x_mean": jnp.asarray(mean, dtype),
+        "x_scale": jnp.asarray(scale, dtype),
+    }
+    if offset is not None:
+        data["offset"] = jnp.asarray(offset, dtype)
+    support = {}
+    if intercept:
+        support["intercept"] = real()
+    support["beta"] = real((d,))
+    if hierarchical_scale:
+        support["tau"] = positive()
+    return RegressionModel(_make_log_joint(info), support, data, info)
+
+
+def logistic_regression(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    prior_scale: float = 2.5,
+    intercept: bool = True,
+    intercept_scale: float = 10.0,
+    standardize: bool = True,
+    hierarchical_scale: bool = False,
+    feature_names: Sequence[str] | None = None,
+) -> RegressionModel:
+    """Bayesian logistic regression, `y_n ~ Bernoulli(sigmoid(eta_n))`.
+
+    Parameters: `intercept` (scalar, when `intercept=True`), `beta` (D,), and `tau` (scalar,
+    positive, when `hierarchical_scale=True`). See the module docstring for priors and the
+    stable likelihood.
+
+    Args:
+      X: (N, D) features, finite.
+      y: (N,) labels in {0, 1}.
+      prior_scale: sd of the Normal prior on each coefficient (on the standardised scale when
+        `standardize=True`); with `hierarchical_scale=True`, the scale of the half-normal prior
+        on `tau`.
+      intercept: include an intercept with prior `Normal(0, intercept_scale)`.
+      intercept_scale: prior sd of the intercept.
+      standardize: centre and scale each column of X (statistics kept in `model.data`).
+      hierarchical_scale: learn a shared coefficient scale `tau`.
+      feature_names: D names for labels (default `x0, x1, ...`).
+
+    Returns:
+      A `RegressionModel` (an `aj.Model`) with `data = {x, y, x_mean, x_scale}`.
+
+    Raises:
+      ValueError: X not 2-D or with NaN/inf, y of the wrong length or not 0/1, non-positive
+        scales, or a wrong number of feature names.
+
+    Example:
+      >>> import numpy as np
+      >>> x = np.random.default_rng(1).normal(size=(20, 3)); y = (x[:, 1] > 0) * 1.0
+      >>> logistic_regression(x, y).dim
+      4
+    """
+    return _build("logistic", X, y, prior_scale=prior_scale, intercept=intercept, intercept_scale=intercept_scale,
+                  standardize=standardize, hierarchical_scale=hierarchical_scale, feature_names=feature_names)
+
+
+def poisson_regression(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    exposure: ArrayLike | None = None,
+    offset: ArrayLike | None = None,
+    prior_scale: float = 1.0,
+    intercept: bool = True,
+    intercept_scale: float = 10.0,
+    standardize: bool = True,
+    hierarchical_scale: bool = False,
+    feature_names: Sequence[str] | None = None,
+) -> RegressionModel:
+    """Bayesian Poisson regression with a log link, `y_n ~ Poisson(exp(eta_n))`.
+
+    `eta_n = intercept + x_n . beta + offset_n`, with `offset = log(exposure)` when an exposure
+    (e.g. time at risk) is given. Parameters and priors as in `logistic_regression`.
+
+    Args:
+      X: (N, D) features, finite.
+      y: (N,) non-negative integer counts.
+      exposure: optional (N,) positive exposures; mutually exclusive with `offset`.
+      offset: optional (N,) offsets added to the linear predictor.
+      prior_scale: sd of the Normal prior on each (standardised) coefficient, or the scale of
+        the half-normal prior on `tau` when `hierarchical_scale=True`.
+      intercept, intercept_scale, standardize, hierarchical_scale, feature_names: as in
+        `logistic_regression`.
+
+    Returns:
+      A `RegressionModel` with `data = {x, y, x_mean, x_scale}` (+ `offset`).
+
+    Raises:
+      ValueError: as `logistic_regression`, with y required to be non-negative integers, and
+        exposures required to be positive.
+
+    Example:
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(2); x = rng.normal(size=(30, 2))
+      >>> model = poisson_regression(x, rng.poisson(np.exp(x[:, 0])), exposure=np.ones(30))
+      >>> sorted(model.data)
+      ['offset', 'x', 'x_mean', 'x_scale', 'y']
+    """
+    x_checked = _check_x(X)
+    off = _offset(exposure, offset, x_checked.shape[0])
+    return _build("poisson", x_checked, y, prior_scale=prior_scale, intercept=intercept,
+                  intercept_scale=intercept_scale, standardize=standardize,
+                  hierarchical_scale=hierarchical_scale, feature_names=feature_names, offset=off)
+
+
+# ---------------------------------------------------------------------------------------------
+# Posterior summaries and predictions
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_model(model) -> RegressionInfo:
+    if not isinstance(model, RegressionModel):
+        raise TypeError("model must come from logistic_regression or poisson_regression, "
+                        f"got {type(model).__name__}")
+    return model.info
+
+
+def _check_draws(model: RegressionModel, draws: Mapping[str, ArrayLike]) -> tuple[dict[str, Array], int]:
+    if not isinstance(draws, Mapping):
+        raise TypeError(f"draws must be a dict of constrained posterior draws, got {type(draws).__name__}")
+    missing = [n for n in model.names if n not in draws]
+    if missing:
+        raise ValueError(f"draws is missing parameters {missing}; it has {list(draws)}")
+    out = {n: jnp.asarray(draws[n]) for n in model.names}
+    num = {n: (out[n].shape[0] if out[n].ndim else None) for n in out}
+    for n, s in model.support.items():
+        if out[n].ndim != len(s.shape) + 1 or out[n].shape[1:] != s.shape:
+            raise ValueError(f"draws[{n!r}] must have shape (num_draws,) + {s.shape}, got {out[n].shape}")
+    if len(set(num.values())) != 1:
+        raise ValueError(f"all draws must have the same number of draws (leading axis), got {num}")
+    return out, next(iter(num.values()))
+
+
+def linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike], X_new: ArrayLike, *,
+                     exposure: ArrayLike | None = None, offset: ArrayLike | None = None) -> Array:
+    """eta for new rows at every posterior draw, using the training standardisation.
+
+    Args:
+      model: a `RegressionModel`.
+      draws: constrained draws, e.g. `result.sample(key, S)`: `beta` (S, D), `intercept` (S,).
+      X_new: (M, D) features on the original (unstandardised) scale.
+      exposure, offset: for Poisson models, per-row exposure or offset of the new rows
+        (default: none, i.e. exposure 1).
+
+    Returns:
+      (S, M) linear predictors.
+    """
+    info = _check_model(model)
+    draws, _ = _check_draws(model, draws)
+    x = _check_x(X_new, "X_new", num_features=len(info.feature_names))
+    off = _offset(exposure, offset, x.shape[0])
+    if off is not None and info.kind != "poisson":
+        raise ValueError("exposure/offset apply only to Poisson models")
+    dtype = model.data["x"].dtype
+    xs = (jnp.asarray(x, dtype) - model.data["x_mean"][None, :]) / model.data["x_scale"][None, :]
+    eta = draws["beta"] @ xs.T  # (S, M)
+    if info.intercept:
+        eta = eta + draws["intercept"][:, None]
+    if off is not None:
+        eta = eta + jnp.asarray(off, dtype)[None, :]
+    return eta
+
+
+def predict(model: RegressionModel, draws: Mapping[str, ArrayLike], X_new: ArrayLike, *,
+            exposure: ArrayLike | None = None, offset: ArrayLike | None = None,
+            levels: Sequence[float] = (0.05, 0.5, 0.95)) -> Prediction:
+    """Posterior predictive probabilities (logistic) or rates (Poisson) for new rows.
+
+    Args:
+      model: a `RegressionModel`.
+      draws: dict of constrained posterior draws with a leading draw axis of length S.
+      X_new: (M, D) new features on the original scale (standardised internally with the
+        training means and sds).
+      exposure, offset: Poisson only, for the new rows (the rate is then per row, including
+        exposure).
+      levels: quantile levels in [0, 1] of the credible band.
+
+    Returns:
+      `Prediction(mean (M,), quantiles (Q, M), levels (Q,), draws (S, M))` of P(y = 1) for
+      logistic models, or of the Poisson mean `exp(eta)` for Poisson models.
+
+    Example:
+      >>> import numpy as np, jax.numpy as jnp
+      >>> x = np.random.default_rng(0).normal(size=(40, 1)); y = (x[:, 0] > 0) * 1.0
+      >>> model = logistic_regression(x, y)
+      >>> draws = {"intercept": jnp.zeros(10), "beta": jnp.ones((10, 1))}
+      >>> predict(model, draws, np.zeros((3, 1))).mean.shape
+      (3,)
+    """
+    levels_arr = np.asarray(levels, dtype=np.float64).reshape(-1)
+    if levels_arr.size == 0 or np.any((levels_arr < 0) | (levels_arr > 1)):
+        raise ValueError(f"levels must be quantile levels in [0, 1], got {levels!r}")
+    eta = linear_predictor(model, draws, X_new, exposure=exposure, offset=offset)
+    values = jax.nn.sigmoid(eta) if model.info.kind == "logistic" else jnp.exp(eta)
+    lv = jnp.asarray(levels_arr, values.dtype)
+    return Prediction(jnp.mean(values, axis=0), jnp.quantile(values, lv, axis=0), lv, values)
+
+
+def coefficients_on_original_scale(model: RegressionModel, draws: Mapping[str, ArrayLike]) -> dict[str, Array]:
+    """Undo the standardisation: coefficients per unit of each original feature.
+
+    With `eta = a + sum_d b_d (x_d - m_d) / s_d`, the original-scale coefficients are
+    `b_d / s_d` and the intercept is `a - sum_d b_d m_d / s_d`.
+
+    Args:
+      model: a `RegressionModel`.
+      draws: constrained draws with a leading axis S.
+
+    Returns:
+      dict with `beta` (S, D) and, when the model has one, `intercept` (S,).
+    """
+    info = _check_model(model)
+    draws, _ = _check_draws(model, draws)
+    beta = draws["beta"] / model.data["x_scale"][None, :]
+    out = {"beta": beta}
+    if info.intercept:
+        out["intercept"] = draws["intercept"] - beta @ model.data["x_mean"]
+    return out
+
+
+def parameter_labels(model: RegressionModel) -> dict[str, tuple[str, ...]]:
+    """Human-readable labels for every entry of every parameter (for summaries).
+
+    Returns:
+      dict mapping parameter name to labels of its flattened entries, e.g.
+      `{"intercept": ("(intercept)",), "beta": ("mean_radius", ...), "tau": ("tau",)}`.
+    """
+    info = _check_model(model)
+    out: dict[str, tuple[str, ...]] = {}
+    for name in model.names:
+        if name == "beta":
+            out[name] = info.feature_names
+        elif name == "intercept":
+            out[name] = ("(intercept)",)
+        else:
+            out[name] = (name,)
+    return out

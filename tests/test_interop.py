@@ -1,0 +1,276 @@
+"""Tests for advi_jax.interop.numpyro: log densities against NumPyro's own, supports, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+numpyro = pytest.importorskip("numpyro")
+import numpyro.distributions as dist  # noqa: E402
+from numpyro.infer.util import log_density as _log_density  # noqa: E402
+from numpyro.infer.util import potential_energy as _potential_energy  # noqa: E402
+
+import advi_jax as aj  # noqa: E402
+from advi_jax.interop import NumPyroModel, numpyro_deterministics  # noqa: E402
+
+
+
+def log_density(*args):
+    """NumPyro's log_density (NumPyro relies on NumPy rank promotion, which conftest forbids)."""
+    with jax.numpy_rank_promotion("allow"):
+        return _log_density(*args)
+
+
+def potential_energy(*args):
+    with jax.numpy_rank_promotion("allow"):
+        return _potential_energy(*args)
+
+
+J = 8
+Y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+SIGMA = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+
+def eight_schools_centered(sigma, y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    with numpyro.plate("J", sigma.shape[0]):
+        theta = numpyro.sample("theta", dist.Normal(mu, tau))
+        numpyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+
+
+def eight_schools_noncentered(sigma, y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    with numpyro.plate("J", sigma.shape[0]):
+        theta_raw = numpyro.sample("theta_raw", dist.Normal(0.0, 1.0))
+        theta = numpyro.deterministic("theta", mu + tau * theta_raw)
+        numpyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+
+
+def plates_and_factor(x, y, group, num_groups):
+    """Nested plates, a masked observation, a scaled site, bounded supports and a factor."""
+    scale = numpyro.sample("scale", dist.LogNormal(0.0, 1.0))
+    rho = numpyro.sample("rho", dist.Uniform(-1.0, 2.0))
+    shift = numpyro.sample("shift", dist.TruncatedNormal(1.0, 2.0, low=0.5))
+    cap = numpyro.sample("cap", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+    with numpyro.plate("groups", num_groups):
+        alpha = numpyro.sample("alpha", dist.Normal(0.0, scale))
+        with numpyro.plate("inner", 3, dim=-2):
+            numpyro.sample("w", dist.Gamma(2.0, 1.0))
+    numpyro.factor("soft_constraint", -0.5 * jnp.sum(cap**2) - jnp.abs(rho))
+    with numpyro.plate("data", x.shape[0]):
+        eta = alpha[group] + rho * x + shift
+        with numpyro.handlers.scale(scale=2.0):
+            numpyro.sample("y", dist.Normal(eta, 1.0), obs=y)
+        with numpyro.handlers.mask(mask=x > 0):
+            numpyro.sample("y2", dist.Normal(eta, 3.0), obs=y)
+
+
+def _plates_args():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=12)
+    group = np.arange(12) % 4
+    y = x + rng.normal(size=12)
+    return (x, y, group, 4)
+
+
+def _numpyro_unconstrained(model, zeta):
+    """Our flat vector as NumPyro's dict of unconstrained site values (same bijectors)."""
+    return model.unflatten(zeta)
+
+
+CASES = {
+    "eight_schools_centered": (eight_schools_centered, (SIGMA,), {"y": Y}),
+    "eight_schools_noncentered": (eight_schools_noncentered, (SIGMA,), {"y": Y}),
+    "plates_and_factor": (plates_and_factor, _plates_args(), {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_log_density_equals_minus_potential_energy(case):
+    model_fn, args, kwargs = CASES[case]
+    model = aj.from_numpyro(model_fn, *args, **kwargs)
+    rng = np.random.default_rng(42)
+    ours = jax.jit(model.log_density)
+    theirs = jax.jit(lambda z: -potential_energy(model_fn, args, kwargs, _numpyro_unconstrained(model, z)))
+    ours_joint = jax.jit(lambda z: model.log_joint_at(model.to_constrained(z)))
+    theirs_joint = jax.jit(lambda z: log_density(model_fn, args, kwargs, model.to_constrained(z))[0])
+    for _ in range(4):
+        zeta = jnp.asarray(rng.normal(scale=1.0, size=model.dim))
+        np.testing.assert_allclose(ours(zeta), theirs(zeta), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(ours_joint(zeta), theirs_joint(zeta), rtol=1e-5, atol=1e-4)
+
+
+def test_sites_shapes_and_supports():
+    model = aj.from_numpyro(plates_and_factor, *_plates_args())
+    assert model.names == ("scale", "rho", "shift", "cap", "alpha", "w")
+    shapes = {n: s.shape for n, s in model.support.items()}
+    assert shapes == {"scale": (), "rho": (), "shift": (), "cap": (2,), "alpha": (4,), "w": (3, 4)}
+    assert model.support["scale"].name == "positive"
+    assert model.support["rho"].name.startswith("interval")
+    assert model.support["shift"].name.startswith("lower_bounded")
+    assert model.support["cap"].name == "real"
+    assert set(model.observed_names) == {"soft_constraint", "y", "y2"}
+    assert model.dim == 1 + 1 + 1 + 2 + 4 + 12
+    params = model.to_constrained(jnp.full(model.dim, 0.3))
+    assert float(params["shift"]) > 0.5 and -1.0 < float(params["rho"]) < 2.0
+
+
+def test_data_are_arguments_not_constants():
+    model = aj.from_numpyro(eight_schools_centered, SIGMA, y=Y)
+    leaves = jax.tree_util.tree_leaves(model)
+    assert len(leaves) == 2  # sigma and y travel as data
+    fn = jax.jit(lambda m, z: m.log_density(z))
+    z = jnp.linspace(-1, 1, model.dim)
+    np.testing.assert_allclose(fn(model, z), model.log_density(z), rtol=1e-6)
+    # the same compiled function on other data gives the other model's value
+    other = jax.tree_util.tree_map(lambda a: a * 1.5, model)
+    want = -potential_energy(eight_schools_centered, (SIGMA * 1.5,), {"y": Y * 1.5}, model.unflatten(z))
+    np.testing.assert_allclose(fn(other, z), want, rtol=1e-5)
+
+
+def test_deterministics(key):
+    model = aj.from_numpyro(eight_schools_noncentered, SIGMA, y=Y)
+    assert isinstance(model, NumPyroModel) and model.deterministic_names == ("theta",)
+    zeta = jax.random.normal(key, (5, model.dim))
+    draws = jax.vmap(model.to_constrained)(zeta)
+    out = model.with_deterministics(draws)
+    np.testing.assert_allclose(out["theta"], draws["mu"][:, None] + draws["tau"][:, None] * draws["theta_raw"],
+                               rtol=1e-5)
+    assert set(numpyro_deterministics(model, draws)) == {"mu", "tau", "theta_raw", "theta"}
+    one = model.deterministics({k: v[0] for k, v in draws.items()})
+    np.testing.assert_allclose(one["theta"], out["theta"][0], rtol=1e-6)
+
+
+def dirichlet_model(counts, total_count):
+    probs = numpyro.sample("probs", dist.Dirichlet(jnp.array([1.5, 2.0, 3.0, 1.0])))
+    conc = numpyro.sample("conc", dist.Exponential(1.0))
+    with numpyro.plate("groups", counts.shape[0]):
+        numpyro.sample("group_probs", dist.Dirichlet(conc * 4.0 * probs + 0.5))
+    numpyro.sample("counts", dist.Multinomial(total_count=total_count, probs=probs), obs=counts.sum(0))
+
+
+def lkj_model(x):
+    corr_chol = numpyro.sample("corr_chol", dist.LKJCholesky(3, concentration=2.0))
+    sd = numpyro.sample("sd", dist.HalfNormal(1.0).expand([3]).to_event(1))
+    with numpyro.plate("n", x.shape[0]):
+        numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(3), scale_tril=sd[:, None] * corr_chol), obs=x)
+
+
+def _requires(name):
+    return pytest.mark.skipif(not hasattr(aj, name), reason=f"aj.{name} not merged yet")
+
+
+@_requires("simplex")
+def test_dirichlet_constrained_log_joint():
+    counts = np.array([[3.0, 5.0, 9.0, 1.0], [2.0, 4.0, 6.0, 0.0]])
+    args = (counts, int(counts.sum()))  # a count used as a shape stays a static Python int
+    model = aj.from_numpyro(dirichlet_model, *args)
+    assert model.support["probs"].shape == (4,) and model.support["group_probs"].shape == (2, 4)
+    assert len(jax.tree_util.tree_leaves(model)) == 1
+    ours = jax.jit(lambda z: model.log_joint_at(model.to_constrained(z)))
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        zeta = jnp.asarray(rng.normal(size=model.dim))
+        params = model.to_constrained(zeta)
+        np.testing.assert_allclose(params["probs"].sum(), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(ours(zeta), log_density(dirichlet_model, args, {}, params)[0], rtol=1e-5, atol=1e-4)
+        # advi_jax's simplex bijector is NumPyro's stick-breaking one, so the densities on R^K agree too
+        np.testing.assert_allclose(model.log_density(zeta), -potential_energy(dirichlet_model, args, {},
+                                                                             model.unflatten(zeta)),
+                                   rtol=1e-5, atol=1e-4)
+
+
+@_requires("corr_cholesky")
+def test_lkj_constrained_log_joint():
+    x = np.random.default_rng(1).normal(size=(10, 3))
+    model = aj.from_numpyro(lkj_model, x)
+    assert model.support["corr_chol"].shape == (3, 3)
+    rng = np.random.default_rng(8)
+    for _ in range(4):
+        zeta = jnp.asarray(rng.normal(scale=0.5, size=model.dim))
+        params = model.to_constrained(zeta)
+        np.testing.assert_allclose(model.log_joint_at(params), log_density(lkj_model, (x,), {}, params)[0],
+                                   rtol=1e-5, atol=1e-4)
+        # same corr-Cholesky bijector as NumPyro: the densities on R^K agree as well
+        np.testing.assert_allclose(model.log_density(zeta), -potential_energy(lkj_model, (x,), {},
+                                                                             model.unflatten(zeta)),
+                                   rtol=1e-5, atol=1e-4)
+
+
+def discrete_latent():
+    numpyro.sample("k", dist.Poisson(3.0))
+
+
+def bad_constraint():
+    numpyro.sample("u", dist.ProjectedNormal(jnp.ones(3)))
+
+
+def subsampled(y):
+    mu = numpyro.sample("mu", dist.Normal())
+    with numpyro.plate("n", y.shape[0], subsample_size=2):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y[:2])
+
+
+def with_param():
+    loc = numpyro.param("loc", 0.0)
+    numpyro.sample("z", dist.Normal(loc, 1.0))
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"site 'k' is a discrete latent variable"):
+        aj.from_numpyro(discrete_latent)
+    with pytest.raises(ValueError, match=r"site 'u' has constraint .*[Ss]phere"):
+        aj.from_numpyro(bad_constraint)
+    with pytest.raises(ValueError, match=r"plate 'n' subsamples 2 of 5"):
+        aj.from_numpyro(subsampled, np.zeros(5))
+    with pytest.raises(ValueError, match=r"site 'loc' is a numpyro.param"):
+        aj.from_numpyro(with_param)
+    with pytest.raises(ValueError, match="no latent sample sites"):
+        aj.from_numpyro(lambda y: numpyro.sample("y", dist.Normal(), obs=y), np.zeros(2))
+    with pytest.raises(ValueError, match=r"site 'obs' is a discrete latent"):
+        aj.from_numpyro(lambda: numpyro.sample("obs", dist.Bernoulli(0.5)))
+
+
+def _constraint_table():
+    from numpyro.distributions import constraints as c
+
+    return [
+        (c.real, (3,), "real", None),
+        (c.real_vector, (2, 3), "real", None),
+        (c.independent(c.positive, 1), (4,), "positive", None),
+        (c.softplus_positive, (), "positive", None),
+        (c.nonnegative, (2,), "positive", None),
+        (c.greater_than(1.5), (), "lower_bounded", None),
+        (c.greater_than(np.array([0.5, 1.0])), (2,), "lower_bounded", None),
+        (c.less_than(-2.0), (3,), "upper_bounded", None),
+        (c.unit_interval, (2,), "unit_interval", None),
+        (c.interval(-3.0, np.array([1.0, 2.0])), (2,), "interval", None),
+        (c.circular, (), "interval", None),
+        (c.simplex, (2, 4), "simplex", "simplex"),
+        (c.ordered_vector, (5,), "ordered", "ordered"),
+        (c.positive_ordered_vector, (5,), "positive_ordered", "positive_ordered"),
+        (c.zero_sum(), (3, 4), "sum_to_zero", "sum_to_zero"),
+        (c.corr_cholesky, (3, 3), "corr_cholesky", "corr_cholesky"),
+        (c.corr_matrix, (2, 3, 3), "corr_matrix", "corr_matrix"),
+        (c.lower_cholesky, (3, 3), "cholesky", "cholesky_cov"),
+        (c.positive_definite, (3, 3), "cov_matrix", "cov_matrix"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(19))
+def test_support_from_constraint_table(index):
+    from advi_jax.interop import support_from_constraint
+
+    constraint, shape, name, needs = _constraint_table()[index]
+    if needs is not None and not hasattr(aj, needs):
+        pytest.skip(f"aj.{needs} not merged yet")
+    support = support_from_constraint(constraint, shape, site="s")
+    assert support.shape == shape
+    assert support.name.startswith(name) or name in support.name, support.name
+    # the bijector maps reals into the constraint, as NumPyro judges it
+    zeta = jnp.linspace(-1.0, 1.0, support.unconstrained_size)
+    value = aj.Model(lambda p: 0.0, {"s": support}).to_constrained(zeta)["s"]
+    ok = constraint(value)
+    assert bool(jnp.all(ok)), (constraint, value)
