@@ -48,3 +48,9 @@ __all__ = [
     "unit_interval",
     "upper_bounded",
 ]
+
+# --- scale: many fits, minibatches, sharding, large K ---
+from advi_jax.families import LowRankGaussian, LowRankParams  # noqa: E402
+from advi_jax.many import ManyResult, fit_many, stack_models  # noqa: E402
+
+__all__ += ["LowRankGaussian", "LowRankParams", "ManyResult", "fit_many", "stack_models"]
