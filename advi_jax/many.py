@@ -21,13 +21,13 @@ Example:
   >>> import jax, jax.numpy as jnp, numpy as np, advi_jax as aj
   >>> def log_joint(params, y):
   ...     return -0.5 * jnp.sum(params["mu"] ** 2) - 0.5 * jnp.sum((y - params["mu"]) ** 2)
-  >>> ys = [jnp.asarray(np.full(10, float(i))) for i in (1, 2, 3)]
+  >>> ys = [jnp.asarray(np.full(100, float(i))) for i in (1, 2, 3)]
   >>> models = [aj.Model(log_joint, {"mu": aj.real()}, data=y) for y in ys]
   >>> many = aj.fit_many(models, key=jax.random.key(0), num_steps=2000)
   >>> len(many), many.num_steps.tolist()
   (3, [2000, 2000, 2000])
-  >>> [round(float(r.mean()["mu"]), 1) for r in many.results]  # exact: 10 y / 11
-  [0.9, 1.8, 2.7]
+  >>> [round(float(r.mean()["mu"]), 1) for r in many.results]  # exact: 100 y / 101
+  [1.0, 2.0, 3.0]
 """
 
 from __future__ import annotations
