@@ -54,3 +54,6 @@ from advi_jax.families import LowRankGaussian, LowRankParams  # noqa: E402
 from advi_jax.many import ManyResult, fit_many, stack_models  # noqa: E402
 
 __all__ += ["LowRankGaussian", "LowRankParams", "ManyResult", "fit_many", "stack_models"]
+from advi_jax.minibatch import MinibatchModel, fit_minibatch  # noqa: E402
+
+__all__ += ["MinibatchModel", "fit_minibatch"]
