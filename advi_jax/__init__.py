@@ -57,3 +57,6 @@ __all__ += ["LowRankGaussian", "LowRankParams", "ManyResult", "fit_many", "stack
 from advi_jax.minibatch import MinibatchModel, fit_minibatch  # noqa: E402
 
 __all__ += ["MinibatchModel", "fit_minibatch"]
+from advi_jax.sharding import data_mesh, shard_data  # noqa: E402
+
+__all__ += ["data_mesh", "shard_data"]
