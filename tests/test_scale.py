@@ -32,27 +32,39 @@ def _lowrank_params(key, k=6, r=3, spread=1.0):
 
 def test_lowrank_log_prob_and_entropy_match_the_dense_formulas(key):
     fam, params = _lowrank_params(key)
-    cov = fam.covariance(params)
     zeta = jax.random.normal(jax.random.fold_in(key, 1), (7, 6))
-    np.testing.assert_allclose(fam.log_prob(params, zeta), jax.vmap(lambda z: multivariate_normal.logpdf(z, params.loc, cov))(zeta),
-                               rtol=1e-4, atol=1e-4)
-    dense_entropy = 0.5 * jnp.linalg.slogdet(2 * jnp.pi * jnp.e * cov)[1]
-    np.testing.assert_allclose(fam.entropy(params), dense_entropy, rtol=1e-5)
-    np.testing.assert_allclose(fam.variance(params), jnp.diagonal(cov), rtol=1e-5)
-    L = fam.scale_tril(params)
-    np.testing.assert_allclose(L @ L.T, cov, rtol=1e-4, atol=1e-4)
-    assert fam.log_prob(params, zeta[0]).shape == ()
+
+    @jax.jit  # one compilation instead of many small eager ones
+    def compare(params, zeta):
+        cov = fam.covariance(params)
+        dense_log_prob = jax.vmap(lambda z: multivariate_normal.logpdf(z, params.loc, cov))(zeta)
+        dense_entropy = 0.5 * jnp.linalg.slogdet(2 * jnp.pi * jnp.e * cov)[1]
+        L = fam.scale_tril(params)
+        return (fam.log_prob(params, zeta), dense_log_prob, fam.entropy(params), dense_entropy,
+                fam.variance(params), jnp.diagonal(cov), L @ L.T, cov, fam.log_prob(params, zeta[0]))
+
+    lp, dense_lp, ent, dense_ent, var, dense_var, llt, cov, one = compare(params, zeta)
+    np.testing.assert_allclose(lp, dense_lp, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ent, dense_ent, rtol=1e-5)
+    np.testing.assert_allclose(var, dense_var, rtol=1e-5)
+    np.testing.assert_allclose(llt, cov, rtol=1e-4, atol=1e-4)
+    assert one.shape == () and np.isclose(one, lp[0], rtol=1e-5)
 
 
 def test_lowrank_samples_and_monte_carlo_entropy(key):
     fam, params = _lowrank_params(key)
-    draws = fam.sample(params, jax.random.fold_in(key, 2), 100_000)
-    assert draws.shape == (100_000, 6)
-    np.testing.assert_allclose(jnp.mean(draws, 0), params.loc, atol=0.05)
-    np.testing.assert_allclose(jnp.cov(draws.T), fam.covariance(params), atol=0.1, rtol=0.05)
-    neg = -fam.log_prob(params, draws)
-    se = float(jnp.std(neg)) / np.sqrt(neg.shape[0])
-    assert abs(float(jnp.mean(neg)) - float(fam.entropy(params))) < 4 * se
+
+    @jax.jit
+    def moments(params, key):
+        draws = fam.sample(params, key, 100_000)
+        neg = -fam.log_prob(params, draws)
+        return draws.shape, jnp.mean(draws, 0), jnp.cov(draws.T), jnp.mean(neg), jnp.std(neg)
+
+    shape, mean, cov, mc_entropy, sd = moments(params, jax.random.fold_in(key, 2))
+    assert shape == (100_000, 6)
+    np.testing.assert_allclose(mean, params.loc, atol=0.05)
+    np.testing.assert_allclose(cov, fam.covariance(params), atol=0.1, rtol=0.05)
+    assert abs(float(mc_entropy) - float(fam.entropy(params))) < 4 * float(sd) / np.sqrt(100_000)
 
 
 def test_lowrank_is_registered_and_configurable():
