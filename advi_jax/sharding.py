@@ -10,6 +10,9 @@ sum (and of its gradient). Nothing else changes: `aj.fit(aj.shard_data(model), k
 same algorithm, with the same random numbers, as `aj.fit(model, key=...)`, up to the floating
 point order of the sum.
 
+The same works for `aj.fit_many` over B stacked datasets: `shard_data(stacked)` splits the
+dataset axis B across devices (B / num_devices fits per device, no communication but the stop test).
+
 For minibatch fits pass `mesh=aj.data_mesh()` to `aj.fit_minibatch`: each minibatch is sharded on
 its batch axis.
 

@@ -321,6 +321,16 @@ _SHARDING_SCRIPT = textwrap.dedent("""
     m3 = aj.fit_minibatch(mb, mesh=aj.data_mesh(), host=True, chunk_batches=3, **kw)
     for m in (m2, m3):
         np.testing.assert_allclose(m.params.loc, m1.params.loc, rtol=1e-3, atol=1e-4)
+    # fit_many over 8 datasets, the dataset axis sharded: 2 fits per device
+    def lj(p, y):
+        return -0.5 * jnp.sum(p["mu"] ** 2) - 0.5 * jnp.sum((y - p["mu"][None, :]) ** 2)
+
+    sup = {"mu": aj.real((2,))}
+    stacked = aj.stack_models([aj.Model(lj, sup, data=jnp.asarray(rng.normal(i, size=(20, 2)), jnp.float32))
+                               for i in range(8)])
+    kw = dict(key=jax.random.key(4), batched=True, num_steps=300)
+    a, b = aj.fit_many(stacked, **kw), aj.fit_many(aj.shard_data(stacked), **kw)
+    np.testing.assert_allclose(a.means(), b.means(), rtol=1e-4, atol=1e-5)
     try:
         aj.shard_data(aj.Model(log_joint, {"b": aj.real((3,))}, data=(jnp.asarray(x[:6]), jnp.asarray(y[:6]))))
         raise AssertionError("expected a ValueError")
