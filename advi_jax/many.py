@@ -169,13 +169,20 @@ def _run_many_chunk(model: Model, state: FitState, conv: _Convergence, keys: Arr
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _init_many(keys: Array, locs: Array, cfg: _Config) -> FitState:
-    def one(key, loc):
-        params = cfg.family.init(key, loc.shape[0], loc=loc, scale=cfg.init_scale)
-        zero = jnp.zeros((), jnp.int32)
-        return FitState(params, cfg.optimizer.init(params), zero, zero, zero)
+def _init_many(key: Array, locs: Array, cfg: _Config) -> tuple[FitState, _Convergence, Array]:
+    """Per-fit keys (fit i: fold_in(key, i), split into init and run keys), states and stop rules.
 
-    return jax.vmap(one)(keys, locs)
+    One compiled call: eager `fold_in`/`split` under `vmap` would each compile on their own.
+    """
+
+    def one(i, loc):
+        init_key, run_key = jax.random.split(jax.random.fold_in(key, i))
+        params = cfg.family.init(init_key, loc.shape[0], loc=loc, scale=cfg.init_scale)
+        zero = jnp.zeros((), jnp.int32)
+        state = FitState(params, cfg.optimizer.init(params), zero, zero, zero)
+        return state, _init_convergence(cfg.window, loc.dtype), run_key
+
+    return jax.vmap(one)(jnp.arange(locs.shape[0]), locs)
 
 
 @functools.partial(jax.jit, static_argnames=("batched",))
@@ -363,11 +370,8 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
 
     cfg = _Config(family_obj, optimizer, estimator, num_samples, float(init_scale), chunk_size, eval_every, window,
                   float(tol_rel_obj or 0.0), max_consecutive_nonfinite)
-    fit_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_fits))
-    init_keys, run_keys = jax.vmap(jax.random.split, out_axes=1)(fit_keys)
     start_time = time.perf_counter()
-    state = _init_many(init_keys, locs, cfg)
-    conv = jax.vmap(lambda _: _init_convergence(window, dtype))(jnp.arange(num_fits))
+    state, conv, run_keys = _init_many(key, locs, cfg)
 
     traces = []
     done = 0
