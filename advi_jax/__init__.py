@@ -60,3 +60,6 @@ __all__ += ["MinibatchModel", "fit_minibatch"]
 from advi_jax.sharding import data_mesh, shard_data  # noqa: E402
 
 __all__ += ["data_mesh", "shard_data"]
+from advi_jax.glm import glm_log_likelihood  # noqa: E402
+
+__all__ += ["glm_log_likelihood"]
