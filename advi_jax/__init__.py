@@ -23,6 +23,8 @@ from advi_jax.estimators import ESTIMATORS, EstimatorInfo, elbo_surrogate
 from advi_jax.families import (
     FullRankGaussian,
     FullRankParams,
+    LowRankGaussian,
+    LowRankParams,
     MeanFieldGaussian,
     MeanFieldParams,
 )
@@ -40,6 +42,9 @@ from advi_jax.fit import (
 from advi_jax.flatten import Model
 from advi_jax.glm import glm_log_likelihood
 from advi_jax.interop import from_numpyro
+from advi_jax.many import ManyResult, fit_many, stack_models
+from advi_jax.minibatch import MinibatchModel, fit_minibatch
+from advi_jax.sharding import data_mesh, shard_data
 from advi_jax.supports import (
     Support,
     bijector_for,
@@ -74,8 +79,12 @@ __all__ = [
     "GradientStats",
     "ImportanceDiagnostics",
     "LaplaceInfo",
+    "LowRankGaussian",
+    "LowRankParams",
+    "ManyResult",
     "MeanFieldGaussian",
     "MeanFieldParams",
+    "MinibatchModel",
     "Model",
     "PSISResult",
     "Result",
@@ -91,8 +100,11 @@ __all__ = [
     "cov_cholesky",
     "cov_matrix",
     "data",
+    "data_mesh",
     "elbo_surrogate",
     "fit",
+    "fit_many",
+    "fit_minibatch",
     "from_numpyro",
     "glm_log_likelihood",
     "gradient_variance",
@@ -112,7 +124,9 @@ __all__ = [
     "psis_expectation",
     "psis_resample",
     "real",
+    "shard_data",
     "simplex",
+    "stack_models",
     "sum_to_zero",
     "track_gradient_variance",
     "unit_interval",
