@@ -18,8 +18,8 @@ A non-finite loss (or parameters) at the end of an epoch stops training with
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -138,8 +138,9 @@ def make_train_epoch(loss: Callable, optimizer: optax.GradientTransformation, *,
         `refresh_every` steps (a tqdm updater); None disables the callback.
 
     Returns:
-      `train_epoch(params, opt_state, x_train, key) -> (params, opt_state, LossMetrics)` with
-      metrics stacked over the epoch's steps, x_train (N, D) on device.
+      `train_epoch(params, opt_state, x_train, key) -> (params, opt_state, LossMetrics, finite)`
+      with metrics stacked over the epoch's steps, x_train (N, D) on device, and `finite` a
+      boolean scalar: every loss and every final parameter is finite.
     """
     step = make_train_step(loss, optimizer, jit=False)
     batch_sharding = NamedSharding(mesh, PartitionSpec("data")) if mesh is not None else None
@@ -167,9 +168,21 @@ def make_train_epoch(loss: Callable, optimizer: optax.GradientTransformation, *,
 
         (params, opt_state, _), metrics = jax.lax.scan(
             body, (params, opt_state, jnp.zeros((), x_train.dtype)), (jnp.arange(num_batches), order))
-        return params, opt_state, metrics
+        finite = jnp.all(jnp.isfinite(metrics.loss)) & _all_finite(params)
+        return params, opt_state, metrics, finite
 
     return jax.jit(train_epoch, donate_argnums=(0, 1))
+
+
+def _all_finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_epoch(graphdef, objective, optimizer, batch_size, binarize, mesh):
+    """Compiled epochs without a progress callback, reused across `train` calls (resume, tests)."""
+    return make_train_epoch(make_loss(graphdef, objective), optimizer, batch_size=batch_size,
+                            binarize=binarize, mesh=mesh)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -247,8 +260,7 @@ def load_checkpoint(path: str | os.PathLike, optimizer: optax.GradientTransforma
 # ----------------------------------------------------------------------------- the loop
 
 
-def _all_finite(tree) -> Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+_DEFAULT_OPTIMIZER = optax.adam(1e-3)
 
 
 def train(config: VAEConfig, x_train, *, key: Array, epochs: int, batch_size: int = 100,
@@ -281,7 +293,7 @@ def train(config: VAEConfig, x_train, *, key: Array, epochs: int, batch_size: in
       NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
     """
     objective = objective or Objective()
-    optimizer = optimizer or optax.adam(1e-3)
+    optimizer = optimizer or _DEFAULT_OPTIMIZER
     x_train = np.asarray(x_train, np.float32)
     if x_train.ndim != 2 or x_train.shape[1] != config.data_dim:
         raise ValueError(f"x_train must have shape (N, {config.data_dim}), got {x_train.shape}")
@@ -323,18 +335,21 @@ def train(config: VAEConfig, x_train, *, key: Array, epochs: int, batch_size: in
 
         bar = tqdm(total=num_batches, leave=True, dynamic_ncols=True)
         callback = _progress_callback(bar)
-    train_epoch = make_train_epoch(make_loss(graphdef, objective), optimizer, batch_size=batch_size,
-                                   binarize=binarize, mesh=mesh, progress=callback,
-                                   refresh_every=max(1, min(10, num_batches)))
+    if callback is None:
+        train_epoch = _cached_epoch(graphdef, objective, optimizer, batch_size, binarize, mesh)
+    else:
+        train_epoch = make_train_epoch(make_loss(graphdef, objective), optimizer, batch_size=batch_size,
+                                       binarize=binarize, mesh=mesh, progress=callback,
+                                       refresh_every=max(1, min(10, num_batches)))
     try:
         for epoch in range(state.epoch, epochs):
             if bar is not None:
                 bar.reset(total=num_batches)
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            new_params, new_opt_state, metrics = train_epoch(
+            new_params, new_opt_state, metrics, finite = train_epoch(
                 params, opt_state, x_device, jax.random.fold_in(state.key, epoch))
             losses = np.asarray(metrics.loss)
-            if not (np.all(np.isfinite(losses)) and bool(_all_finite(new_params))):
+            if not bool(finite):
                 bad = int(np.argmax(~np.isfinite(losses))) if not np.all(np.isfinite(losses)) else num_batches - 1
                 kept = (f"the last good checkpoint ({ckpt_path}, after epoch {state.epoch}) was kept"
                         if ckpt_path is not None and state.epoch > 0 else "no checkpoint was written")
