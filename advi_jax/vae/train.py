@@ -121,7 +121,8 @@ def _progress_callback(bar):
 
 
 def make_train_epoch(loss: Callable, optimizer: optax.GradientTransformation, *, batch_size: int,
-                     binarize: bool, mesh: Mesh | None = None, progress=None, refresh_every: int = 10):
+                     binarize: bool, mesh: Mesh | None = None, progress=None, refresh_every: int = 10,
+                     donate: bool = True):
     """One compiled call per epoch.
 
     The epoch key is split into a shuffle key (a fresh permutation of the training set, dropping
@@ -136,6 +137,8 @@ def make_train_epoch(loss: Callable, optimizer: optax.GradientTransformation, *,
       mesh: optional 1-D "data" mesh; minibatches are sharded over it.
       progress: optional callable `(step, running_loss)` called on the host every
         `refresh_every` steps (a tqdm updater); None disables the callback.
+      donate: donate the params and optimizer-state buffers to the call (saves memory on
+        accelerators; the inputs cannot be reused afterwards).
 
     Returns:
       `train_epoch(params, opt_state, x_train, key) -> (params, opt_state, LossMetrics, finite)`
@@ -171,7 +174,7 @@ def make_train_epoch(loss: Callable, optimizer: optax.GradientTransformation, *,
         finite = jnp.all(jnp.isfinite(metrics.loss)) & _all_finite(params)
         return params, opt_state, metrics, finite
 
-    return jax.jit(train_epoch, donate_argnums=(0, 1))
+    return jax.jit(train_epoch, donate_argnums=(0, 1) if donate else ())
 
 
 def _all_finite(tree) -> Array:
