@@ -266,3 +266,10 @@ def test_data_parallel_matches_single_device():
     proc = _run(["-c", code], {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ok" in proc.stdout
+
+
+def test_public_names_resolve():
+    import advi_jax.vae as vae_module
+
+    for name in vae_module.__all__:
+        assert getattr(vae_module, name) is not None, name
