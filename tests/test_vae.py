@@ -172,6 +172,7 @@ def test_missing_data_file_lists_folders(tmp_path):
         find_data_file("no_such_file.npz", data_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_training_on_mnist_subset_reduces_loss(key):
     data = load_mnist()  # from ../shared/data beside the checkout (or $ADVI_JAX_DATA)
     config = VAEConfig(latent=8, hidden=(64,))
@@ -235,6 +236,7 @@ def _run(code_or_args, env_extra=None, timeout=240):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_writes_outputs(tmp_path):
     out = tmp_path / "run"
     proc = _run(["-m", "advi_jax", "vae", "--train-subset", "200", "--test-subset", "20", "--epochs", "1",
@@ -246,6 +248,7 @@ def test_cli_writes_outputs(tmp_path):
         assert (out / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_data_parallel_matches_single_device():
     code = textwrap.dedent("""
         import jax, numpy as np
