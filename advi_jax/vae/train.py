@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from advi_jax._types import Array, PyTree
 from advi_jax.vae.modules import VAEConfig, build_vae
-from advi_jax.vae.objectives import LossMetrics, Objective, make_loss
+from advi_jax.vae.objectives import Objective, make_loss
 
 __all__ = [
     "CHECKPOINT_NAME",
