@@ -397,7 +397,7 @@ class LaplaceInfo(NamedTuple):
 
 @jax.tree_util.register_pytree_node_class
 class _Whitened:
-    """The log density in coordinates u with zeta = shift + scale_tril @ u (a constant Jacobian)."""
+    """The log density in coordinates u with zeta = shift + scale_tril @ u, Jacobian included."""
 
     def __init__(self, base: Model, shift: Array, scale_tril: Array):
         self.base, self.shift, self.scale_tril = base, shift, scale_tril
@@ -414,7 +414,9 @@ class _Whitened:
         return self.base.dim
 
     def log_density(self, u: Array) -> Array:
-        return self.base.log_density(self.shift + self.scale_tril @ u)
+        # + log|det scale_tril|: the ELBO in u equals the ELBO in zeta, so traces stay comparable
+        log_det = jnp.sum(jnp.log(jnp.diagonal(self.scale_tril)))
+        return self.base.log_density(self.shift + self.scale_tril @ u) + log_det
 
 
 def _inverse_cholesky_lower(precision: Array) -> Array:
@@ -473,7 +475,7 @@ def _transform(family: Family, params, shift: Array, scale_tril: Array):
 
 
 def laplace(model: Model, *, family: str | Family = "fullrank", init: ArrayLike | None = None,
-            max_iter: int = 200) -> LaplaceInfo:
+            max_iter: int = 1000) -> LaplaceInfo:
     """Mode of the log density on R^K and a Cholesky factor of the inverse negative Hessian there.
 
     Cost: the L-BFGS iterations (typically 10-50 gradients of the log density) plus a K x K

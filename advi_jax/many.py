@@ -17,6 +17,11 @@ Two ways to batch:
 * **B seeds / restarts of one model**: `num_fits=B`; every fit gets its own key
   (`fold_in(key, i)`) and, with `init` of shape (B, K), its own starting point.
 
+Fits start at zero in R^K (or at `init`), as `aj.fit(..., init=None)` does: the Laplace start
+that `aj.fit` uses by default for small K is not batched here, so for ill-conditioned posteriors
+pass a good `init` or a smaller `learning_rate`. Fit i then equals
+`aj.fit(model_i, key=fold_in(key, i), init=None)` step for step.
+
 Example:
   >>> import jax, jax.numpy as jnp, numpy as np, advi_jax as aj
   >>> def log_joint(params, y):
