@@ -670,8 +670,9 @@ class Result:
     def summary_rows(self, key: Array | None = None, num_draws: int = 4000) -> list[dict]:
         """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space)."""
         key = jax.random.key(0) if key is None else key
-        draws = {k: np.asarray(v) for k, v in self.sample(key, num_draws).items()}
-        return _quantile_table(draws)
+        sampled = self.sample(key, num_draws)
+        order = [k for k in self.model.names if k in sampled] + [k for k in sampled if k not in self.model.names]
+        return _quantile_table({k: np.asarray(sampled[k]) for k in order})
 
     @property
     def verdict(self) -> str:
