@@ -508,15 +508,22 @@ def laplace(model: Model, *, family: str | Family = "fullrank", init: ArrayLike 
 # Result
 
 
-def _quantile_table(draws: Mapping[str, np.ndarray]) -> list[dict]:
+def _quantile_table(draws: Mapping[str, np.ndarray], labels: Mapping[str, Any] | None = None) -> list[dict]:
     rows = []
+    labels = labels or {}
     for name, value in draws.items():
         value = np.asarray(value)
         flat = value.reshape(value.shape[0], -1)
         shape = value.shape[1:]
+        names = labels.get(name)
+        if names is not None and len(names) != flat.shape[1]:
+            raise ValueError(f"labels[{name!r}] must have {flat.shape[1]} entries, got {len(names)}")
         for j in range(flat.shape[1]):
             idx = np.unravel_index(j, shape) if shape else ()
-            label = name + ("[" + ",".join(str(i) for i in idx) + "]" if shape else "")
+            if names is not None:
+                label = f"{name}[{names[j]}]" if shape else str(names[j])
+            else:
+                label = name + ("[" + ",".join(str(i) for i in idx) + "]" if shape else "")
             col = flat[:, j]
             q5, q50, q95 = np.quantile(col, [0.05, 0.5, 0.95])
             rows.append({"parameter": label, "mean": float(col.mean()), "sd": float(col.std(ddof=1)),
@@ -667,12 +674,17 @@ class Result:
         key = jax.random.key(0) if key is None else key
         return {k: jnp.mean(v, axis=0) for k, v in self.sample(key, num_draws).items()}
 
-    def summary_rows(self, key: Array | None = None, num_draws: int = 4000) -> list[dict]:
-        """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space)."""
+    def summary_rows(self, key: Array | None = None, num_draws: int = 4000,
+                     labels: Mapping[str, Any] | None = None) -> list[dict]:
+        """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space).
+
+        `labels` optionally maps a parameter name to labels of its flattened entries (e.g.
+        feature names for regression coefficients, `aj.models.parameter_labels(model)`).
+        """
         key = jax.random.key(0) if key is None else key
         sampled = self.sample(key, num_draws)
         order = [k for k in self.model.names if k in sampled] + [k for k in sampled if k not in self.model.names]
-        return _quantile_table({k: np.asarray(sampled[k]) for k in order})
+        return _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels)
 
     @property
     def verdict(self) -> str:
@@ -692,9 +704,10 @@ class Result:
             f"importance ESS = {self.ess:.0f} raw, {self.psis_ess:.0f} Pareto-smoothed, of {s}",
         ]
 
-    def summary(self, key: Array | None = None, num_draws: int = 4000) -> str:
+    def summary(self, key: Array | None = None, num_draws: int = 4000,
+                labels: Mapping[str, Any] | None = None) -> str:
         """A printable table of the posterior summary, the fit's outcome and its diagnostics."""
-        rows = self.summary_rows(key, num_draws)
+        rows = self.summary_rows(key, num_draws, labels)
         width = max([len("parameter")] + [len(r["parameter"]) for r in rows])
         cols = ["mean", "sd", "5%", "50%", "95%"]
         lines = [f"{'parameter':<{width}} " + " ".join(f"{c:>10}" for c in cols)]
