@@ -68,8 +68,8 @@ import optax
 
 from advi_jax import diagnostics as _diag
 from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int
-from advi_jax.estimators import ESTIMATORS, elbo_surrogate, get_estimator, min_num_samples
-from advi_jax.families import FAMILIES, Family, FullRankGaussian, get_family
+from advi_jax.estimators import ESTIMATORS, get_estimator, min_num_samples
+from advi_jax.families import Family, FullRankGaussian, get_family
 from advi_jax.flatten import Model
 
 __all__ = [
@@ -739,6 +739,31 @@ _check_key = _diag.check_key
 _INIT_OPTIONS = "None, 'random', 'laplace', a dict of constrained values, or a (K,) vector in R^K"
 
 
+def check_estimator(estimator: Any, num_samples: Any) -> tuple[Any, int]:
+    """Validate an estimator (name or callable) and `num_samples`; returns (estimator, num_samples)."""
+    if isinstance(estimator, str) and estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    if not isinstance(estimator, str) and not callable(estimator):
+        raise TypeError(f"estimator must be one of {sorted(ESTIMATORS)} or a callable, got {type(estimator).__name__}")
+    num_samples = check_positive_int(num_samples, "num_samples")
+    if isinstance(estimator, str) and num_samples < min_num_samples(estimator):
+        raise ValueError(f"estimator {estimator!r} needs num_samples >= {min_num_samples(estimator)}, "
+                         f"got {num_samples}")
+    return estimator, num_samples
+
+
+def resolve_optimizer(optimizer: Any, learning_rate: Any, num_steps: int) -> optax.GradientTransformation:
+    """`optimizer` if given (checked), else `default_optimizer(learning_rate, num_steps)`."""
+    if optimizer is None:
+        lr = DEFAULT_LEARNING_RATE if learning_rate is None else _check_number(learning_rate, "learning_rate")
+        return default_optimizer(float(lr), num_steps)
+    if learning_rate is not None:
+        raise ValueError("pass either optimizer or learning_rate, not both")
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+    return optimizer
+
+
 def _check_number(value: Any, name: str, *, positive: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a {'positive ' if positive else ''}finite number, got "
@@ -907,15 +932,8 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
         raise TypeError(f"model must be an advi_jax Model (aj.Model or aj.from_numpyro), got {type(model).__name__}")
     key = _check_key(key)
     family_obj = get_family(family)
-    if isinstance(estimator, str) and estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
-    if not isinstance(estimator, str) and not callable(estimator):
-        raise TypeError(f"estimator must be one of {sorted(ESTIMATORS)} or a callable, got {type(estimator).__name__}")
+    estimator, num_samples = check_estimator(estimator, num_samples)
     num_steps = check_positive_int(num_steps, "num_steps")
-    num_samples = check_positive_int(num_samples, "num_samples")
-    if isinstance(estimator, str) and num_samples < min_num_samples(estimator):
-        raise ValueError(f"estimator {estimator!r} needs num_samples >= {min_num_samples(estimator)}, "
-                         f"got {num_samples}")
     eval_every = check_positive_int(eval_every, "eval_every")
     window = check_positive_int(window, "window")
     chunk_size = check_positive_int(chunk_size, "chunk_size")

@@ -2,7 +2,6 @@
 random init, float64, and errors for bad models."""
 
 import importlib
-import warnings
 
 import jax
 import jax.numpy as jnp
