@@ -133,8 +133,8 @@ def test_find_data_file_search_order_and_hash(tmp_path, monkeypatch):
         data.find_data_file("f.bin", digest)
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="shared/data not present")
 def test_load_mnist_from_shared(monkeypatch):
+    assert os.path.isdir(SHARED_DATA), f"the shared datasets folder {SHARED_DATA} must sit beside the checkout"
     monkeypatch.setenv("ADVI_JAX_DATA", SHARED_DATA)
     x, y = data.load_mnist("mnist", "test")
     assert x.shape == (10000, 784) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1

@@ -19,15 +19,13 @@ import advi_jax as aj
 from advi_jax.data import load_dataset
 from advi_jax.models import logistic_regression, poisson_regression
 
-numpyro = pytest.importorskip("numpyro")
+import numpyro  # noqa: E402,F401
 from numpyro.diagnostics import effective_sample_size  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
 # PSIS k-hat of these fits is 0.75-0.85 (aj.fit warns): the logistic posterior is skewed and q's
 # tails are lighter, yet the means and sds checked below agree with NUTS.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::advi_jax.fit.DiagnosticWarning")]
-if not hasattr(aj, "fit"):  # pragma: no cover
-    pytest.skip("aj.fit is not available", allow_module_level=True)
 
 
 def _model(kind):

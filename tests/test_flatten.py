@@ -15,7 +15,7 @@ from jax.scipy import stats
 import advi_jax as aj
 from advi_jax.bijectors import Joint
 
-dist = pytest.importorskip("numpyro.distributions")
+import numpyro.distributions as dist  # noqa: E402
 
 
 def _gamma(p):
