@@ -41,6 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import advi_jax as aj  # noqa: E402
+from advi_jax.fit import default_optimizer  # noqa: E402
 from benchmarks.common import machine, markdown_table, versions, write_json  # noqa: E402
 from benchmarks.make_references import load_reference  # noqa: E402
 from benchmarks.suite import MODELS, QUICK_MODELS, available_models, flatten_draws  # noqa: E402
@@ -71,7 +72,7 @@ def compare(draws: dict[str, np.ndarray], reference: dict) -> dict:
 
 def run_advi_jax(suite_model, family, estimator, init, steps, seed):
     model = aj.from_numpyro(suite_model.fn, *suite_model.args)
-    optimizer = aj.default_optimizer(LEARNING_RATE, steps)
+    optimizer = default_optimizer(LEARNING_RATE, steps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # k-hat warnings: the k-hat is reported in the table
         result = aj.fit(model, key=jax.random.key(seed), family=family, estimator=estimator, num_steps=steps,
@@ -88,7 +89,7 @@ def run_numpyro(suite_model, guide_name, steps, seed):
 
     fn, args = suite_model.fn, suite_model.args
     guide = getattr(autoguide, guide_name)(fn)
-    svi = SVI(fn, guide, aj.default_optimizer(LEARNING_RATE, steps), Trace_ELBO())
+    svi = SVI(fn, guide, default_optimizer(LEARNING_RATE, steps), Trace_ELBO())
     start = time.perf_counter()
     out = svi.run(jax.random.key(seed), steps, *args, progress_bar=False)
     params = jax.block_until_ready(out.params)
@@ -98,6 +99,8 @@ def run_numpyro(suite_model, guide_name, steps, seed):
     posterior = guide.get_posterior(params)
     latent = posterior.sample(jax.random.key(seed + 2), (NUM_KHAT_DRAWS,))
     log_q = posterior.log_prob(latent)
+    if log_q.ndim > 1:  # AutoDiagonalNormal's posterior is a batch of independent Normals
+        log_q = log_q.sum(-1)
     log_p = jax.vmap(lambda z: -potential_energy(fn, args, {}, guide._unpack_latent(z)))(latent)
     khat = float(aj.psis(log_p - log_q).khat)
     return {"draws": flatten_draws({k: v for k, v in draws.items() if k in _latent_sites(fn, args)}),
