@@ -122,6 +122,11 @@ def default_optimizer(learning_rate: float = DEFAULT_LEARNING_RATE,
     return optax.adam(schedule)
 
 
+AUTO_LAPLACE_MAX_DIM = 1000
+"""With `init="auto"` (the default), models with K <= this start from the Laplace approximation
+and run in its whitened coordinates (see `fit`); larger models start at zero."""
+
+
 class FitState(NamedTuple):
     """State of the ADVI loop.
 
@@ -379,12 +384,15 @@ class LaplaceInfo(NamedTuple):
         (diagonal for families other than full-rank).
       iterations: L-BFGS iterations used.
       grad_norm: gradient norm at the mode.
+      converged: whether L-BFGS stopped on its tolerance (gradient norm below 1e-3 sqrt(K), or
+        an objective change below 10 machine epsilons relative) before `max_iter`.
     """
 
     mode: Array
     scale_tril: Array
     iterations: Array
     grad_norm: Array
+    converged: Array
 
 
 @jax.tree_util.register_pytree_node_class
@@ -428,18 +436,27 @@ def _laplace(model: Model, loc: Array, max_iter: int, full: bool) -> LaplaceInfo
     solver = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(objective)
 
+    eps = jnp.finfo(loc.dtype).eps
+    gtol = 1e-3 * jnp.sqrt(jnp.asarray(loc.shape[0], loc.dtype))
+
+    def done(gnorm, change, value):
+        return (gnorm <= gtol) | (change <= 10 * eps * (1 + jnp.abs(value)))
+
     def cond(carry):
-        _, state, i, gnorm = carry
-        return (i < max_iter) & (gnorm > 1e-4 * jnp.sqrt(loc.shape[0]))
+        _, _, i, gnorm, change, value = carry
+        return (i < max_iter) & ((i == 0) | (~done(gnorm, change, value) & jnp.isfinite(value)))
 
     def body(carry):
-        z, state, i, _ = carry
+        z, state, i, _, _, previous = carry
         value, grad = value_and_grad(z, state=state)
         updates, state = solver.update(grad, state, z, value=value, grad=grad, value_fn=objective)
-        return optax.apply_updates(z, updates), state, i + 1, jnp.linalg.norm(grad)
+        return (optax.apply_updates(z, updates), state, i + 1, jnp.linalg.norm(grad), jnp.abs(previous - value),
+                value)
 
-    init = (loc, solver.init(loc), jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, loc.dtype))
-    mode, _, iterations, _ = jax.lax.while_loop(cond, body, init)
+    inf = jnp.asarray(jnp.inf, loc.dtype)
+    init = (loc, solver.init(loc), jnp.zeros((), jnp.int32), inf, inf, inf)
+    mode, _, iterations, gnorm, change, value = jax.lax.while_loop(cond, body, init)
+    converged = done(gnorm, change, value) & jnp.isfinite(value)
     grad_norm = jnp.linalg.norm(jax.grad(objective)(mode))
     hessian = jax.hessian(objective)(mode)
     hessian = 0.5 * (hessian + hessian.T)
@@ -447,7 +464,7 @@ def _laplace(model: Model, loc: Array, max_iter: int, full: bool) -> LaplaceInfo
         scale_tril = _inverse_cholesky_lower(hessian)
     else:
         scale_tril = jnp.diag(1.0 / jnp.sqrt(jnp.diagonal(hessian)))
-    return LaplaceInfo(mode, scale_tril, iterations, grad_norm)
+    return LaplaceInfo(mode, scale_tril, iterations, grad_norm, converged)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -456,13 +473,17 @@ def _transform(family: Family, params, shift: Array, scale_tril: Array):
 
 
 def laplace(model: Model, *, family: str | Family = "fullrank", init: ArrayLike | None = None,
-            max_iter: int = 1000) -> LaplaceInfo:
+            max_iter: int = 200) -> LaplaceInfo:
     """Mode of the log density on R^K and a Cholesky factor of the inverse negative Hessian there.
 
+    Cost: the L-BFGS iterations (typically 10-50 gradients of the log density) plus a K x K
+    Hessian (about K gradient evaluations), so it suits K up to a few thousand.
+
     Raises:
-      ValueError: when the mode or the Hessian is not finite, or the Hessian is not positive
-        definite (the log density has no proper Gaussian approximation at its mode; e.g. a
-        hierarchical scale whose mode is at zero).
+      ValueError: when L-BFGS does not converge within `max_iter`, the mode or the Hessian is
+        not finite, or the Hessian is not positive definite (the log density has no proper
+        Gaussian approximation at its mode; e.g. a centred hierarchical model whose density
+        grows without bound as a scale goes to zero).
     """
     family_obj = get_family(family)
     max_iter = check_positive_int(max_iter, "max_iter")
@@ -471,8 +492,13 @@ def laplace(model: Model, *, family: str | Family = "fullrank", init: ArrayLike 
     info = _laplace(model, loc, max_iter, isinstance(family_obj, FullRankGaussian))
     ok = bool(jnp.all(jnp.isfinite(info.mode))) and bool(jnp.all(jnp.isfinite(info.scale_tril)))
     if not ok:
-        raise ValueError("init='laplace': the mode or the Hessian of the log density is not finite (the mode may be "
-                         "at infinity or the posterior improper in some direction); use init=None or 'random'")
+        raise ValueError("init='laplace': the mode or the Hessian of the log density is not finite or the Hessian "
+                         "is not positive definite (the mode may be at infinity or the posterior improper in some "
+                         "direction); use init=None or 'random'")
+    if not bool(info.converged):
+        raise ValueError(f"init='laplace': L-BFGS did not find the mode in {max_iter} iterations (gradient norm "
+                         f"{float(info.grad_norm):.3g}); the log density may have no mode (e.g. a funnel); use "
+                         "init=None or 'random'")
     return info
 
 
@@ -527,6 +553,8 @@ class Result:
       adaptation: with `learning_rate="adapt"`, a dict with the candidate `learning_rates`, the
         `elbo` reached by each, the `initial_elbo` and the chosen `learning_rate`; else None.
       init_loc: (K,) the initial location of q in R^K.
+      init_method: how the fit started: "zero", "user", "random", "laplace", or "zero" with the
+        reason the automatic Laplace start was not used.
       init_candidates: with `init="random"`, the (num_init_draws, K) candidate locations.
       init_scores: with `init="random"`, the ELBO estimate of q centred at each candidate; the
         fit starts from the candidate with the highest.
@@ -553,6 +581,7 @@ class Result:
     learning_rate: float | None = None
     adaptation: dict | None = None
     init_loc: np.ndarray | None = None
+    init_method: str = "zero"
     init_candidates: np.ndarray | None = None
     init_scores: np.ndarray | None = None
 
@@ -674,7 +703,7 @@ class Result:
         lr = "" if self.learning_rate is None else f" learning_rate={self.learning_rate:g}"
         lr += " (adapted)" if self.adaptation is not None else ""
         lines.append(f"family={self.family.name} estimator={self.estimator} num_samples={self.num_samples} "
-                     f"steps={self.num_steps} gradient_evals={self.num_gradient_evals}{lr}")
+                     f"steps={self.num_steps} gradient_evals={self.num_gradient_evals}{lr} init={self.init_method}")
         lines.append(f"ELBO (mean of last {len(tail)} steps) = {final:.4f}; {self.stop_reason}; "
                      f"skipped non-finite steps: {self.num_nonfinite}; {self.seconds:.2f} s")
         lines.extend(self.diagnostics_lines())
@@ -793,7 +822,7 @@ def _choose_learning_rate(model, loc, key, cfg, learning_rates, adapt_iter, num_
 
 def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_steps: int = 10_000,
         num_samples: int = 1, optimizer: optax.GradientTransformation | None = None,
-        estimator: str | Callable = "reparam", learning_rate: float | str | None = None, init: Any = None,
+        estimator: str | Callable = "reparam", learning_rate: float | str | None = None, init: Any = "auto",
         init_scale: float = 0.1, num_init_draws: int = 10, init_radius: float = 2.0,
         tol_rel_obj: float | None = None, eval_every: int = 100, window: int = 10,
         max_consecutive_nonfinite: int = 50, chunk_size: int = 500, progress: bool = True,
@@ -813,8 +842,11 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
       estimator: gradient estimator name (see `advi_jax.estimators.ESTIMATORS`).
       learning_rate: Adam's step size when `optimizer` is None (default `DEFAULT_LEARNING_RATE`),
         or "adapt" for Stan-style step-size search over `adapt_learning_rates` (module docstring).
-      init: initial location: None (zero in R^K), a dict of constrained values, a (K,) vector,
-        "random" (best of `num_init_draws` uniform draws in (-init_radius, init_radius)^K), or
+      init: "auto" (the default): "laplace" when K <= `AUTO_LAPLACE_MAX_DIM` and the family
+        allows it, falling back to zero when the Laplace approximation does not exist (no
+        finite mode, a Hessian that is not positive definite; `result.init_method` says why);
+        None (zero in R^K, Stan's default); a dict of constrained values; a (K,) vector;
+        "random" (best of `num_init_draws` uniform draws in (-init_radius, init_radius)^K); or
         "laplace": find the mode with L-BFGS, take L0 = a Cholesky factor of the inverse negative
         Hessian there (its diagonal for mean-field), and run ADVI in the whitened coordinates
         u = L0^{-1}(zeta - mode), where the posterior is close to N(0, I) and Adam's step size is
@@ -897,8 +929,14 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
     elif not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
     random_init = isinstance(init, str) and init == "random"
-    laplace_init = isinstance(init, str) and init == "laplace"
-    if isinstance(init, str) and not (random_init or laplace_init):
+    auto_init = isinstance(init, str) and init == "auto"
+    can_whiten = type(family_obj).transform is not Family.transform
+    if isinstance(init, str) and init == "laplace" and not can_whiten:
+        raise ValueError(f"init='laplace' needs a family closed under affine maps ('meanfield' or 'fullrank'); "
+                         f"family {family_obj.name!r} is not")
+    laplace_init = (isinstance(init, str) and init == "laplace") or (
+        auto_init and can_whiten and model.dim <= AUTO_LAPLACE_MAX_DIM)
+    if isinstance(init, str) and not (random_init or laplace_init or auto_init):
         raise ValueError(f"init must be {_INIT_OPTIONS}; got {init!r}")
     _check_data(model)
 
@@ -918,15 +956,23 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
                              f"points in (-{init_radius}, {init_radius})^K; lower init_radius or pass init=")
         loc = locs[int(np.argmax(np.where(np.isfinite(init_scores), init_scores, -np.inf)))]
     else:
-        loc = _initial_loc(model, init if not laplace_init else None, dtype)
+        loc = _initial_loc(model, None if isinstance(init, str) else init, dtype)
+    init_method = ("random" if random_init else "zero" if init is None or isinstance(init, str) else "user")
     if check:
         _check_initial_point(model, loc)
     run_model, laplace_info = model, None
     if laplace_init:
-        laplace_info = laplace(model, family=family_obj, init=loc)
-        run_model = _Whitened(model, laplace_info.mode, laplace_info.scale_tril)
-        loc = jnp.zeros_like(loc)
-        cfg = cfg._replace(init_scale=1.0)
+        try:
+            laplace_info = laplace(model, family=family_obj, init=loc)
+        except ValueError as err:
+            if not auto_init:
+                raise
+            init_method = f"zero (no Laplace start: {str(err).split(': ', 1)[-1].split(';')[0]})"
+        else:
+            run_model = _Whitened(model, laplace_info.mode, laplace_info.scale_tril)
+            loc = jnp.zeros_like(loc)
+            cfg = cfg._replace(init_scale=1.0)
+            init_method = "laplace"
 
     adaptation = None
     if adapt and optimizer is None:
@@ -988,6 +1034,7 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
         learning_rate=float(lr) if optimizer is None else None,
         adaptation=adaptation,
         init_loc=np.asarray(loc),
+        init_method=init_method,
         init_candidates=init_candidates,
         init_scores=init_scores,
     )
