@@ -57,8 +57,8 @@ def main(argv=None) -> None:
         parts["accuracy"]["seconds"] = time.perf_counter() - t0
         markdown.append("## Accuracy\n\n" + parts["accuracy"]["markdown"])
     seconds = time.perf_counter() - start
-    markdown.append(f"\nTotal wall time {seconds:.0f} s "
-                    + ", ".join(f"({name} {p['seconds']:.0f} s)" for name, p in parts.items()) + ".\n")
+    markdown.append(f"\nTotal wall time {seconds:.0f} s ("
+                    + ", ".join(f"{name} {p['seconds']:.0f} s" for name, p in parts.items()) + ").\n")
     text = "\n".join(markdown)
     write_json(os.path.join(args.out_dir, "benchmarks.json"),
                {"quick": args.quick, "versions": versions(), "machine": machine(), "seconds": seconds,
