@@ -63,13 +63,13 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int, is_concrete
+from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int
 
 __all__ = [
     "KHAT_GOOD",

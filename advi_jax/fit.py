@@ -68,8 +68,8 @@ import optax
 
 from advi_jax import diagnostics as _diag
 from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int
-from advi_jax.estimators import ESTIMATORS, elbo_surrogate, get_estimator, min_num_samples
-from advi_jax.families import FAMILIES, Family, FullRankGaussian, get_family
+from advi_jax.estimators import ESTIMATORS, get_estimator, min_num_samples
+from advi_jax.families import Family, FullRankGaussian, get_family
 from advi_jax.flatten import Model
 
 __all__ = [
@@ -397,7 +397,7 @@ class LaplaceInfo(NamedTuple):
 
 @jax.tree_util.register_pytree_node_class
 class _Whitened:
-    """The log density in coordinates u with zeta = shift + scale_tril @ u (a constant Jacobian)."""
+    """The log density in coordinates u with zeta = shift + scale_tril @ u, Jacobian included."""
 
     def __init__(self, base: Model, shift: Array, scale_tril: Array):
         self.base, self.shift, self.scale_tril = base, shift, scale_tril
@@ -414,7 +414,9 @@ class _Whitened:
         return self.base.dim
 
     def log_density(self, u: Array) -> Array:
-        return self.base.log_density(self.shift + self.scale_tril @ u)
+        # + log|det scale_tril|: the ELBO in u equals the ELBO in zeta, so traces stay comparable
+        log_det = jnp.sum(jnp.log(jnp.diagonal(self.scale_tril)))
+        return self.base.log_density(self.shift + self.scale_tril @ u) + log_det
 
 
 def _inverse_cholesky_lower(precision: Array) -> Array:
@@ -473,7 +475,7 @@ def _transform(family: Family, params, shift: Array, scale_tril: Array):
 
 
 def laplace(model: Model, *, family: str | Family = "fullrank", init: ArrayLike | None = None,
-            max_iter: int = 200) -> LaplaceInfo:
+            max_iter: int = 1000) -> LaplaceInfo:
     """Mode of the log density on R^K and a Cholesky factor of the inverse negative Hessian there.
 
     Cost: the L-BFGS iterations (typically 10-50 gradients of the log density) plus a K x K
@@ -506,15 +508,22 @@ def laplace(model: Model, *, family: str | Family = "fullrank", init: ArrayLike 
 # Result
 
 
-def _quantile_table(draws: Mapping[str, np.ndarray]) -> list[dict]:
+def _quantile_table(draws: Mapping[str, np.ndarray], labels: Mapping[str, Any] | None = None) -> list[dict]:
     rows = []
+    labels = labels or {}
     for name, value in draws.items():
         value = np.asarray(value)
         flat = value.reshape(value.shape[0], -1)
         shape = value.shape[1:]
+        names = labels.get(name)
+        if names is not None and len(names) != flat.shape[1]:
+            raise ValueError(f"labels[{name!r}] must have {flat.shape[1]} entries, got {len(names)}")
         for j in range(flat.shape[1]):
             idx = np.unravel_index(j, shape) if shape else ()
-            label = name + ("[" + ",".join(str(i) for i in idx) + "]" if shape else "")
+            if names is not None:
+                label = f"{name}[{names[j]}]" if shape else str(names[j])
+            else:
+                label = name + ("[" + ",".join(str(i) for i in idx) + "]" if shape else "")
             col = flat[:, j]
             q5, q50, q95 = np.quantile(col, [0.05, 0.5, 0.95])
             rows.append({"parameter": label, "mean": float(col.mean()), "sd": float(col.std(ddof=1)),
@@ -665,11 +674,17 @@ class Result:
         key = jax.random.key(0) if key is None else key
         return {k: jnp.mean(v, axis=0) for k, v in self.sample(key, num_draws).items()}
 
-    def summary_rows(self, key: Array | None = None, num_draws: int = 4000) -> list[dict]:
-        """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space)."""
+    def summary_rows(self, key: Array | None = None, num_draws: int = 4000,
+                     labels: Mapping[str, Any] | None = None) -> list[dict]:
+        """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space).
+
+        `labels` optionally maps a parameter name to labels of its flattened entries (e.g.
+        feature names for regression coefficients, `aj.models.parameter_labels(model)`).
+        """
         key = jax.random.key(0) if key is None else key
-        draws = {k: np.asarray(v) for k, v in self.sample(key, num_draws).items()}
-        return _quantile_table(draws)
+        sampled = self.sample(key, num_draws)
+        order = [k for k in self.model.names if k in sampled] + [k for k in sampled if k not in self.model.names]
+        return _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels)
 
     @property
     def verdict(self) -> str:
@@ -689,9 +704,10 @@ class Result:
             f"importance ESS = {self.ess:.0f} raw, {self.psis_ess:.0f} Pareto-smoothed, of {s}",
         ]
 
-    def summary(self, key: Array | None = None, num_draws: int = 4000) -> str:
+    def summary(self, key: Array | None = None, num_draws: int = 4000,
+                labels: Mapping[str, Any] | None = None) -> str:
         """A printable table of the posterior summary, the fit's outcome and its diagnostics."""
-        rows = self.summary_rows(key, num_draws)
+        rows = self.summary_rows(key, num_draws, labels)
         width = max([len("parameter")] + [len(r["parameter"]) for r in rows])
         cols = ["mean", "sd", "5%", "50%", "95%"]
         lines = [f"{'parameter':<{width}} " + " ".join(f"{c:>10}" for c in cols)]
@@ -721,6 +737,31 @@ class Result:
 _check_key = _diag.check_key
 
 _INIT_OPTIONS = "None, 'random', 'laplace', a dict of constrained values, or a (K,) vector in R^K"
+
+
+def check_estimator(estimator: Any, num_samples: Any) -> tuple[Any, int]:
+    """Validate an estimator (name or callable) and `num_samples`; returns (estimator, num_samples)."""
+    if isinstance(estimator, str) and estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    if not isinstance(estimator, str) and not callable(estimator):
+        raise TypeError(f"estimator must be one of {sorted(ESTIMATORS)} or a callable, got {type(estimator).__name__}")
+    num_samples = check_positive_int(num_samples, "num_samples")
+    if isinstance(estimator, str) and num_samples < min_num_samples(estimator):
+        raise ValueError(f"estimator {estimator!r} needs num_samples >= {min_num_samples(estimator)}, "
+                         f"got {num_samples}")
+    return estimator, num_samples
+
+
+def resolve_optimizer(optimizer: Any, learning_rate: Any, num_steps: int) -> optax.GradientTransformation:
+    """`optimizer` if given (checked), else `default_optimizer(learning_rate, num_steps)`."""
+    if optimizer is None:
+        lr = DEFAULT_LEARNING_RATE if learning_rate is None else _check_number(learning_rate, "learning_rate")
+        return default_optimizer(float(lr), num_steps)
+    if learning_rate is not None:
+        raise ValueError("pass either optimizer or learning_rate, not both")
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+    return optimizer
 
 
 def _check_number(value: Any, name: str, *, positive: bool = True) -> float:
@@ -891,15 +932,8 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
         raise TypeError(f"model must be an advi_jax Model (aj.Model or aj.from_numpyro), got {type(model).__name__}")
     key = _check_key(key)
     family_obj = get_family(family)
-    if isinstance(estimator, str) and estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
-    if not isinstance(estimator, str) and not callable(estimator):
-        raise TypeError(f"estimator must be one of {sorted(ESTIMATORS)} or a callable, got {type(estimator).__name__}")
+    estimator, num_samples = check_estimator(estimator, num_samples)
     num_steps = check_positive_int(num_steps, "num_steps")
-    num_samples = check_positive_int(num_samples, "num_samples")
-    if isinstance(estimator, str) and num_samples < min_num_samples(estimator):
-        raise ValueError(f"estimator {estimator!r} needs num_samples >= {min_num_samples(estimator)}, "
-                         f"got {num_samples}")
     eval_every = check_positive_int(eval_every, "eval_every")
     window = check_positive_int(window, "window")
     chunk_size = check_positive_int(chunk_size, "chunk_size")

@@ -17,8 +17,7 @@ makes compilation slow for large data), and `jax.vmap` can map over a batch of d
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp

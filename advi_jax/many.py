@@ -17,6 +17,11 @@ Two ways to batch:
 * **B seeds / restarts of one model**: `num_fits=B`; every fit gets its own key
   (`fold_in(key, i)`) and, with `init` of shape (B, K), its own starting point.
 
+Fits start at zero in R^K (or at `init`), as `aj.fit(..., init=None)` does: the Laplace start
+that `aj.fit` uses by default for small K is not batched here, so for ill-conditioned posteriors
+pass a good `init` or a smaller `learning_rate`. Fit i then equals
+`aj.fit(model_i, key=fold_in(key, i), init=None)` step for step.
+
 Example:
   >>> import jax, jax.numpy as jnp, numpy as np, advi_jax as aj
   >>> def log_joint(params, y):
@@ -34,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -44,20 +48,20 @@ import numpy as np
 import optax
 
 from advi_jax._types import Array, PyTree, check_positive_int
-from advi_jax.estimators import ESTIMATORS, min_num_samples
 from advi_jax.families import Family, get_family
 from advi_jax.fit import (
-    DEFAULT_LEARNING_RATE,
     FitState,
     Result,
     _Config,
     _Convergence,
     _check_key,
+    _check_number,
     _init_convergence,
     _STOP_REASONS,
     _update_convergence,
     advi,
-    default_optimizer,
+    check_estimator,
+    resolve_optimizer,
 )
 from advi_jax.flatten import Model
 
@@ -334,30 +338,16 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
                          "for one fit per dataset")
     num_fits = check_positive_int(num_fits, "num_fits")
     family_obj = get_family(family)
-    if isinstance(estimator, str) and estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    estimator, num_samples = check_estimator(estimator, num_samples)
     num_steps = check_positive_int(num_steps, "num_steps")
-    num_samples = check_positive_int(num_samples, "num_samples")
-    if isinstance(estimator, str) and num_samples < min_num_samples(estimator):
-        raise ValueError(f"estimator {estimator!r} needs num_samples >= {min_num_samples(estimator)}, "
-                         f"got {num_samples}")
     eval_every = check_positive_int(eval_every, "eval_every")
     window = check_positive_int(window, "window")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     max_consecutive_nonfinite = check_positive_int(max_consecutive_nonfinite, "max_consecutive_nonfinite")
-    if tol_rel_obj is not None and not (isinstance(tol_rel_obj, (int, float)) and tol_rel_obj > 0):
-        raise ValueError(f"tol_rel_obj must be a positive number or None, got {tol_rel_obj!r}")
-    if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale) and init_scale > 0):
-        raise ValueError(f"init_scale must be a positive finite number, got {init_scale!r}")
-    if optimizer is None:
-        lr = DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-        optimizer = default_optimizer(float(lr), num_steps)
-    elif learning_rate is not None:
-        raise ValueError("pass either optimizer or learning_rate, not both")
-    elif not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+    if tol_rel_obj is not None:
+        tol_rel_obj = _check_number(tol_rel_obj, "tol_rel_obj")
+    init_scale = _check_number(init_scale, "init_scale")
+    optimizer = resolve_optimizer(optimizer, learning_rate, num_steps)
 
     dtype = jnp.result_type(float)
     locs = _initial_locs(model, init, num_fits, batched, dtype)

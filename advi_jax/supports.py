@@ -27,6 +27,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -112,6 +113,22 @@ class Support:
                 f"{name!r} is outside its support {self.name} (first offending event at flat batch index {bad}: "
                 f"{np.asarray(flat[bad]).tolist()})"
             )
+
+    def _key(self):
+        """Value identity: name, shapes and the bijector's type, structure and concrete leaves."""
+        leaves, treedef = jax.tree_util.tree_flatten(self.bijector)
+        if not is_concrete(leaves):
+            return (id(self),)
+        arrays = tuple((np.asarray(x).dtype.str, np.shape(x), np.asarray(x).tobytes()) for x in leaves)
+        return (self.name, self.event_shape, self.batch_shape, self.continuous, treedef, arrays)
+
+    def __eq__(self, other) -> bool:
+        # Supports built the same way are equal, so a model rebuilt with the same supports (and
+        # the same log joint) has the same pytree structure and reuses compiled fits.
+        return isinstance(other, Support) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __repr__(self) -> str:
         return f"Support({self.name}, shape={self.shape})"

@@ -59,7 +59,7 @@ from jax.flatten_util import ravel_pytree
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.estimators import ESTIMATORS, get_estimator, min_num_samples
 from advi_jax.families import Family, get_family
-from advi_jax.fit import DEFAULT_LEARNING_RATE, advi, default_optimizer
+from advi_jax.fit import advi, resolve_optimizer
 from advi_jax.flatten import Model
 
 __all__ = [
@@ -528,13 +528,7 @@ def track_gradient_variance(model: Model, family: str | Family, key: Array, num_
     if isinstance(fit_estimator, str) and fit_estimator not in ESTIMATORS:
         raise ValueError(f"unknown fit_estimator {fit_estimator!r}; choose from {sorted(ESTIMATORS)}")
     fit_num_samples = _check_num_samples(fit_num_samples, [fit_estimator] if isinstance(fit_estimator, str) else [])
-    if optimizer is None:
-        lr = DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-        optimizer = default_optimizer(float(lr), num_steps)
-    elif learning_rate is not None:
-        raise ValueError("pass either optimizer or learning_rate, not both")
+    optimizer = resolve_optimizer(optimizer, learning_rate, num_steps)
 
     algorithm = advi(model, family, optimizer=optimizer, estimator=fit_estimator, num_samples=fit_num_samples,
                      init_scale=init_scale)

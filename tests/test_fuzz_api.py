@@ -4,7 +4,6 @@ Every call must fail eagerly with a ValueError or TypeError whose message names 
 argument (never a JAX tracer error, never a crash inside compilation).
 """
 
-import math
 
 import jax
 import jax.numpy as jnp

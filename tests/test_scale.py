@@ -156,7 +156,7 @@ def test_fit_many_fit_i_is_aj_fit_with_key_fold_in_i(key, batched):
     assert len(set(many.num_steps.tolist())) > 1 or many.converged.any()
     for i in range(3):
         single = aj.fit(models[i] if batched else models[2], key=jax.random.fold_in(key, i), progress=False,
-                        chunk_size=400, **kwargs)
+                        chunk_size=400, init=None, **kwargs)  # fit_many starts at zero, like init=None
         assert many[i].num_steps == single.num_steps and many[i].stop_reason == single.stop_reason
         np.testing.assert_allclose(many[i].params.loc, single.params.loc, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(many[i].elbo, single.elbo, rtol=1e-4, atol=1e-3)

@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advi_jax import supports as _supports
-from advi_jax._types import Array, PyTree
+from advi_jax._types import Array
 from advi_jax.flatten import Model
 from advi_jax.supports import Support
 

@@ -16,7 +16,8 @@ Priors (all parameters are real except `tau`):
   `tau ~ HalfNormal(prior_scale)` (support `aj.positive()`) and `beta_d | tau ~ Normal(0, tau)`
   (centred parameterisation: with few data points the posterior can be funnel-shaped).
 
-Likelihoods, written so that they stay finite for any finite `eta`:
+Likelihoods, computed by `advi_jax.glm.glm_log_likelihood`, which reads X once per gradient
+(value and gradient in one blocked pass), in forms that stay finite for any finite `eta`:
 
 * logistic: `log p(y | eta) = y * eta - softplus(eta)`, with `softplus(eta) = logaddexp(0, eta)`
   (never forms `sigmoid(eta)` or `log(1 - p)`);
@@ -36,16 +37,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln
 
 from advi_jax._types import Array, ArrayLike
 from advi_jax.flatten import Model
+from advi_jax.glm import glm_log_likelihood
 from advi_jax.supports import positive, real
 
 __all__ = [
@@ -239,33 +241,22 @@ def _log_prior(params: Mapping[str, Array], info: RegressionInfo) -> Array:
     return total
 
 
-def _eta(params: Mapping[str, Array], x: Array, offset: Array | None, has_intercept: bool) -> Array:
-    eta = x @ params["beta"]
-    if has_intercept:
-        eta = eta + params["intercept"]
-    if offset is not None:
-        eta = eta + offset
-    return eta
-
-
-def _logistic_log_lik(y: Array, eta: Array) -> Array:
-    # log sigmoid(eta)^y (1 - sigmoid(eta))^(1-y) = y*eta - log(1 + e^eta), finite for any eta.
-    return jnp.sum(y * eta - jnp.logaddexp(0.0, eta))
-
-
-def _poisson_log_lik(y: Array, eta: Array) -> Array:
-    return jnp.sum(y * eta - jnp.exp(eta) - gammaln(y + 1.0))
-
-
-def _make_log_joint(info: RegressionInfo):
-    log_lik = _logistic_log_lik if info.kind == "logistic" else _poisson_log_lik
+def _make_log_joint_uncached(info: RegressionInfo):
+    family = "bernoulli" if info.kind == "logistic" else "poisson"
 
     def log_joint(params: Mapping[str, Array], data: Mapping[str, Array]) -> Array:
-        eta = _eta(params, data["x"], data.get("offset"), info.intercept)
-        return _log_prior(params, info) + log_lik(data["y"], eta)
+        intercept = params["intercept"] if info.intercept else 0.0
+        log_lik = glm_log_likelihood(data["x"], data["y"], params["beta"], intercept, data.get("offset"),
+                                     family=family)
+        return _log_prior(params, info) + log_lik
 
     log_joint.__doc__ = f"Log joint of the {info.kind} regression (params constrained; data from model.data)."
     return log_joint
+
+
+# One log joint per model description, so that rebuilding a model with the same description
+# (e.g. on new data of the same shape) reuses compiled fits instead of recompiling.
+_make_log_joint = functools.lru_cache(maxsize=None)(_make_log_joint_uncached)
 
 
 def _build(kind, x, y, *, prior_scale, intercept, intercept_scale, standardize, hierarchical_scale,
