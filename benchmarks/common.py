@@ -71,3 +71,12 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def poisson_data(n: int, d: int, seed: int = 0, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic Poisson-regression data: standard-normal features, coefficients ~ N(0, 0.25/d), log link."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d), dtype=np.float32).astype(dtype)
+    beta = rng.normal(0.0, 0.5 / np.sqrt(d), size=d)
+    y = rng.poisson(np.exp(x @ beta)).astype(dtype)
+    return x, y
