@@ -458,8 +458,11 @@ def _laplace(model: Model, loc: Array, max_iter: int, full: bool) -> LaplaceInfo
     inf = jnp.asarray(jnp.inf, loc.dtype)
     init = (loc, solver.init(loc), jnp.zeros((), jnp.int32), inf, inf, inf)
     mode, _, iterations, gnorm, change, value = jax.lax.while_loop(cond, body, init)
-    converged = done(gnorm, change, value) & jnp.isfinite(value)
     grad_norm = jnp.linalg.norm(jax.grad(objective)(mode))
+    # A mode must be a finite point with a finite gradient that beats the starting point; the
+    # relative-change test alone would accept L-BFGS stalling far out along a funnel's neck.
+    converged = (done(gnorm, change, value) & jnp.isfinite(value) & jnp.isfinite(grad_norm)
+                 & (objective(mode) <= objective(loc)))
     hessian = jax.hessian(objective)(mode)
     hessian = 0.5 * (hessian + hessian.T)
     if full:
@@ -498,9 +501,9 @@ def laplace(model: Model, *, family: str | Family = "fullrank", init: ArrayLike 
                          "is not positive definite (the mode may be at infinity or the posterior improper in some "
                          "direction); use init=None or 'random'")
     if not bool(info.converged):
-        raise ValueError(f"init='laplace': L-BFGS did not find the mode in {max_iter} iterations (gradient norm "
-                         f"{float(info.grad_norm):.3g}); the log density may have no mode (e.g. a funnel); use "
-                         "init=None or 'random'")
+        raise ValueError(f"init='laplace': L-BFGS found no mode (stopped after {int(info.iterations)} of at most "
+                         f"{max_iter} iterations, gradient norm {float(info.grad_norm):.3g}); the log density may have "
+                         "no mode (e.g. a funnel); use init=None or 'random'")
     return info
 
 

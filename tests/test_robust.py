@@ -246,3 +246,23 @@ def test_family_transform_is_the_pushforward(family):
     moved = family.transform(params, shift, s)
     draws = family.sample(params, key, 4)
     np.testing.assert_allclose(family.sample(moved, key, 4), shift[None, :] + draws @ s.T, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_init_falls_back_on_a_funnel_with_no_mode():
+    """Centred eight schools: the density grows without bound as tau -> 0, so there is no Laplace
+    approximation; the automatic start must not collapse q onto the funnel's neck."""
+    y = jnp.array([28.0, 8, -3, 7, -1, 1, 18, 12])
+    s = jnp.array([15.0, 10, 16, 11, 9, 11, 10, 18])
+
+    def log_joint(p):
+        return (-0.5 * p["mu"] ** 2 / 25 - 0.5 * p["tau"] ** 2 / 25
+                - 0.5 * jnp.sum((p["theta"] - p["mu"]) ** 2) / p["tau"] ** 2 - 8 * jnp.log(p["tau"])
+                - 0.5 * jnp.sum(((y - p["theta"]) / s) ** 2))
+
+    model = aj.Model(log_joint, {"mu": aj.real(), "tau": aj.positive(), "theta": aj.real((8,))})
+    with pytest.raises(ValueError, match="init='laplace'"):
+        aj.laplace(model)
+    with pytest.warns(aj.DiagnosticWarning):
+        result = aj.fit(model, key=jax.random.key(0), num_steps=2000, progress=False)
+    assert result.init_method.startswith("zero (no Laplace start")
+    assert float(result.mean()["tau"]) > 0.1 and result.khat > 0.7
