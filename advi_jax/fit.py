@@ -385,7 +385,9 @@ class LaplaceInfo(NamedTuple):
       iterations: L-BFGS iterations used.
       grad_norm: gradient norm at the mode.
       converged: whether L-BFGS stopped on its tolerance (gradient norm below 1e-3 sqrt(K), or
-        an objective change below 10 machine epsilons relative) before `max_iter`.
+        an objective change below 10 machine epsilons relative) before `max_iter`, at a finite
+        point that beats the start, with a gradient norm below max(1e-3 sqrt(K), 1e-3 x the
+        starting one).
     """
 
     mode: Array
@@ -461,8 +463,12 @@ def _laplace(model: Model, loc: Array, max_iter: int, full: bool) -> LaplaceInfo
     grad_norm = jnp.linalg.norm(jax.grad(objective)(mode))
     # A mode must be a finite point with a finite gradient that beats the starting point; the
     # relative-change test alone would accept L-BFGS stalling far out along a funnel's neck.
+    # ... and whose gradient has shrunk: along a funnel (density unbounded as a scale -> 0) the
+    # objective keeps falling with a gradient that does not.
+    start_grad_norm = jnp.linalg.norm(jax.grad(objective)(loc))
     converged = (done(gnorm, change, value) & jnp.isfinite(value) & jnp.isfinite(grad_norm)
-                 & (objective(mode) <= objective(loc)))
+                 & (objective(mode) <= objective(loc))
+                 & (grad_norm <= jnp.maximum(gtol, 1e-3 * start_grad_norm)))
     hessian = jax.hessian(objective)(mode)
     hessian = 0.5 * (hessian + hessian.T)
     if full:
