@@ -122,6 +122,9 @@ def default_optimizer(learning_rate: float = DEFAULT_LEARNING_RATE,
     return optax.adam(schedule)
 
 
+CALL_SECONDS = 0.25
+"""Target wall time of one compiled call of the fit loop (between progress-bar updates)."""
+
 AUTO_LAPLACE_MAX_DIM = 1000
 """With `init="auto"` (the default), models with K <= this start from the Laplace approximation
 and run in its whitened coordinates (see `fit`); larger models start at zero."""
@@ -257,6 +260,11 @@ def _init_convergence(window: int, dtype) -> _Convergence:
 
 
 def _update_convergence(cfg: _Config, conv: _Convergence, state: FitState, info: StepInfo) -> _Convergence:
+    if cfg.tol_rel_obj <= 0:
+        # No stopping rule (the default): only the non-finite stop, so the per-step loop carries
+        # no bookkeeping it does not use (decided at trace time; cfg is static).
+        code = jnp.where(state.consecutive_nonfinite >= cfg.max_consecutive_nonfinite, 3, 0)
+        return conv._replace(stop_code=jnp.maximum(conv.stop_code, code))
     running = conv.running_sum + jnp.where(info.finite, info.elbo, 0.0)
     at_eval = (state.step % cfg.eval_every) == 0
     current = running / cfg.eval_every
@@ -286,6 +294,9 @@ def _run_chunk(model: Model, state: FitState, conv: _Convergence, key: Array, st
                      num_samples=cfg.num_samples, init_scale=cfg.init_scale)
     start = state.step
     trace = jnp.full((cfg.chunk_size,), jnp.nan, state.params.loc.dtype)
+    # Step i uses fold_in(key, i) whatever the chunking; the chunk's keys are derived in one
+    # vectorised call, cheaper than a scalar fold_in inside every step.
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(cfg.chunk_size, dtype=start.dtype))
 
     def cond(carry):
         st, cv, _ = carry
@@ -293,7 +304,7 @@ def _run_chunk(model: Model, state: FitState, conv: _Convergence, key: Array, st
 
     def body(carry):
         st, cv, tr = carry
-        st_new, info = algorithm.step(jax.random.fold_in(key, st.step), st)
+        st_new, info = algorithm.step(keys[st.step - start], st)
         tr = tr.at[st.step - start].set(info.elbo)
         return st_new, _update_convergence(cfg, cv, st_new, info), tr
 
@@ -875,7 +886,7 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
         estimator: str | Callable = "reparam", learning_rate: float | str | None = None, init: Any = "auto",
         init_scale: float = 0.1, num_init_draws: int = 10, init_radius: float = 2.0,
         tol_rel_obj: float | None = None, eval_every: int = 100, window: int = 10,
-        max_consecutive_nonfinite: int = 50, chunk_size: int = 500, progress: bool = True,
+        max_consecutive_nonfinite: int = 50, chunk_size: int = 1000, progress: bool = True,
         check: bool = True, diagnostics: bool = True, num_diagnostic_draws: int = 4096,
         adapt_iter: int = 200, adapt_learning_rates: tuple[float, ...] = ADAPT_LEARNING_RATES,
         warn: bool = True) -> Result:
@@ -910,7 +921,8 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
       eval_every: steps per ELBO average for the stopping rule.
       window: relative changes kept for the stopping rule.
       max_consecutive_nonfinite: stop after this many non-finite steps in a row.
-      chunk_size: steps per compiled call (the progress bar updates once per chunk).
+      chunk_size: the most steps one compiled call runs (its trace buffer; static); calls are
+        sized to take about `CALL_SECONDS`, and the progress bar updates after each.
       progress: show a progress bar with the smoothed ELBO.
       check: evaluate the log density at the initial point first and raise if it is not finite.
       diagnostics: after the fit, compute the PSIS k-hat, the importance-weighted ELBO and the
@@ -1038,17 +1050,30 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
     done = 0
     stop_code = 0
     try:
+        # Each call runs up to `chunk_size` steps (the trace buffer); how many is chosen here, from
+        # the measured time per step, so that a call takes about CALL_SECONDS: fast models run
+        # long calls (little per-call overhead), slow ones keep the progress bar moving. The
+        # bound is a traced argument, so varying it compiles nothing.
+        per_call = min(chunk_size, 100)
         while done < num_steps and stop_code == 0:
-            stop = min(done + chunk_size, num_steps)
+            stop = min(done + per_call, num_steps)
+            tick = time.perf_counter()
             state, conv, trace = _run_chunk(run_model, state, conv, run_key, jnp.asarray(stop, jnp.int32), cfg)
-            new_done = int(state.step)
-            stop_code = int(conv.stop_code)
-            chunk = np.asarray(trace[: new_done - done])
+            new_done, stop_code, skipped, trace = jax.device_get(
+                (state.step, conv.stop_code, state.num_nonfinite, trace))
+            new_done, stop_code = int(new_done), int(stop_code)
+            ran = new_done - done
+            chunk = np.asarray(trace[:ran])
             traces.append(chunk)
+            if ran and done > 0:  # the first call includes compilation
+                per_step = (time.perf_counter() - tick) / ran
+                per_call = int(np.clip(CALL_SECONDS / max(per_step, 1e-9), 1, chunk_size))
+            elif done == 0:
+                per_call = chunk_size if ran == 0 else per_call
             if bar is not None:
-                bar.update(new_done - done)
+                bar.update(ran)
                 smooth = np.nanmean(chunk[-min(len(chunk), 100):]) if np.isfinite(chunk).any() else float("nan")
-                bar.set_postfix(elbo=f"{smooth:.4g}", skipped=int(state.num_nonfinite), refresh=False)
+                bar.set_postfix(elbo=f"{smooth:.4g}", skipped=int(skipped), refresh=False)
             done = new_done
     except KeyboardInterrupt:
         stop_code = -1
