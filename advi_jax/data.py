@@ -40,6 +40,7 @@ __all__ = [
     "DATA_FILES",
     "Dataset",
     "check_target",
+    "DataFileNotFound",
     "data_search_dirs",
     "find_data_file",
     "load_csv",
@@ -310,24 +311,47 @@ def load_dataset(name: str) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 
 
-def data_search_dirs() -> list[Path]:
+def _checkout_root() -> Path:
+    """The repository checkout holding this package (the main checkout for a git worktree)."""
+    repo = Path(__file__).resolve().parent.parent
+    git = repo / ".git"
+    if git.is_file():  # a worktree: ".git" names <main>/.git/worktrees/<name>
+        text = git.read_text().strip()
+        if text.startswith("gitdir:"):
+            gitdir = Path(text.split(":", 1)[1].strip())
+            if not gitdir.is_absolute():
+                gitdir = (repo / gitdir).resolve()
+            common = gitdir / "commondir"
+            common_dir = (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir.parents[1]
+            return common_dir.parent
+    return repo
+
+
+def data_search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The folders `find_data_file` searches, in order.
 
-    1. `$ADVI_JAX_DATA` when set;
-    2. the user cache folder `$XDG_CACHE_HOME/advi_jax` (default `~/.cache/advi_jax`);
-    3. `shared/data` beside the repository checkout (`<repo>/../shared/data`), when present.
+    1. `data_dir`, when given;
+    2. `$ADVI_JAX_DATA` when set;
+    3. the user cache folder `$XDG_CACHE_HOME/advi_jax` (default `~/.cache/advi_jax`);
+    4. `shared/data` beside the repository checkout (`<repo>/../shared/data`; for a git worktree,
+       beside the main checkout), when present.
     """
     dirs = []
+    if data_dir is not None:
+        dirs.append(Path(data_dir).expanduser())
     env = os.environ.get("ADVI_JAX_DATA")
     if env:
         dirs.append(Path(env).expanduser())
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     dirs.append(Path(cache).expanduser() / "advi_jax")
-    repo = Path(__file__).resolve().parent.parent
-    shared = repo.parent / "shared" / "data"
+    shared = _checkout_root().parent / "shared" / "data"
     if shared.is_dir():
         dirs.append(shared)
     return dirs
+
+
+class DataFileNotFound(FileNotFoundError, ValueError):
+    """No search folder holds a copy of a data file with the expected sha256."""
 
 
 _VERIFIED: dict[tuple[str, int, int], str] = {}
@@ -345,25 +369,27 @@ def _sha256(path: Path) -> str:
     return _VERIFIED[cache_key]
 
 
-def find_data_file(filename: str, sha256: str | None = None) -> Path:
+def find_data_file(filename: str, sha256: str | None = None, data_dir: str | os.PathLike | None = None) -> Path:
     """Find a data file in the search folders and check its sha256. Never downloads.
 
     Args:
       filename: e.g. "mnist.npz".
       sha256: expected hex digest; defaults to the one recorded in `DATA_FILES` (if any).
         Pass "" to skip the check.
+      data_dir: a folder searched first.
 
     Returns:
       The path of the first copy whose hash matches.
 
     Raises:
-      ValueError: no folder has a matching copy; the message lists the folders searched,
-        any copies with a wrong hash, and how to provide the file.
+      DataFileNotFound (a FileNotFoundError and a ValueError): no folder has a matching copy;
+        the message lists the folders searched, any copies with a wrong hash, and how to
+        provide the file.
     """
     if sha256 is None:
         sha256 = DATA_FILES.get(filename, "")
     searched, wrong = [], []
-    for folder in data_search_dirs():
+    for folder in data_search_dirs(data_dir):
         candidate = folder / filename
         searched.append(str(folder))
         if not candidate.is_file():
@@ -376,7 +402,7 @@ def find_data_file(filename: str, sha256: str | None = None) -> Path:
         message += f" Copies with the wrong sha256 (expected {sha256}): {wrong}."
     message += (f" Put {filename} in one of these folders, or set ADVI_JAX_DATA to the folder that holds it "
                 "(advi_jax does not download it).")
-    raise ValueError(message)
+    raise DataFileNotFound(message)
 
 
 _MNIST_SPLITS = {

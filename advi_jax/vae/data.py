@@ -9,19 +9,19 @@ Search order for `mnist.npz` / `binarized_mnist.npz` (DESIGN.md, Data):
    the main checkout is used, since that is where the shared folder lives).
 
 The file's sha256 must equal the one recorded in the shared data README; a missing file raises a
-`FileNotFoundError` listing every folder searched. Nothing is ever downloaded. (A generic
-`advi_jax.data.find_data_file` is being written separately; this module can delegate to it
-later.)
+`FileNotFoundError` listing every folder searched. Nothing is ever downloaded. The search is
+`advi_jax.data.find_data_file`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from advi_jax import data as _data
 
 __all__ = ["MNIST", "SHA256", "data_search_dirs", "find_data_file", "load_mnist"]
 
@@ -30,79 +30,14 @@ SHA256 = {
     "binarized_mnist.npz": "3af50c40abac16f6b963d6bbb3ab35254cefcef7c09428ffb2a2237985ccce64",
 }
 
-_VERIFIED: dict[tuple[str, float, int], bool] = {}
-
-
-def _checkout_root() -> Path:
-    """The repository checkout holding this package (the main checkout for a git worktree)."""
-    repo = Path(__file__).resolve().parents[2]
-    git = repo / ".git"
-    if git.is_file():  # a worktree: ".git" names <main>/.git/worktrees/<name>
-        text = git.read_text().strip()
-        if text.startswith("gitdir:"):
-            gitdir = Path(text.split(":", 1)[1].strip())
-            if not gitdir.is_absolute():
-                gitdir = (repo / gitdir).resolve()
-            common = gitdir / "commondir"
-            common_dir = (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir.parents[1]
-            return common_dir.parent
-    return repo
-
-
-def data_search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The folders searched for dataset files, in order (see the module docstring)."""
-    dirs = []
-    if data_dir is not None:
-        dirs.append(Path(data_dir).expanduser())
-    env = os.environ.get("ADVI_JAX_DATA")
-    if env:
-        dirs.append(Path(env).expanduser())
-    dirs.append(Path.home() / ".cache" / "advi_jax")
-    dirs.append(_checkout_root().parent / "shared" / "data")
-    return dirs
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# The search and the sha256 check are advi_jax.data's (one implementation for every data file).
+data_search_dirs = _data.data_search_dirs
 
 
 def find_data_file(filename: str, sha256: str | None = None,
                    data_dir: str | os.PathLike | None = None) -> Path:
-    """Locate `filename` in the search folders and verify its sha256.
-
-    Args:
-      filename: e.g. "mnist.npz".
-      sha256: expected hex digest; defaults to the known one for MNIST files (None skips).
-      data_dir: an extra folder searched first.
-
-    Returns:
-      The path of the first match.
-
-    Raises:
-      FileNotFoundError: no folder holds the file (the message lists the folders searched).
-      ValueError: the file's sha256 differs from the expected one.
-    """
-    sha256 = sha256 if sha256 is not None else SHA256.get(filename)
-    dirs = data_search_dirs(data_dir)
-    for folder in dirs:
-        path = folder / filename
-        if path.is_file():
-            stat = path.stat()
-            cache_key = (str(path.resolve()), stat.st_mtime, stat.st_size)
-            if sha256 and not _VERIFIED.get(cache_key):
-                actual = _sha256(path)
-                if actual != sha256:
-                    raise ValueError(f"{path} has sha256 {actual}, expected {sha256}; "
-                                     f"the file is corrupt or a different version")
-                _VERIFIED[cache_key] = True
-            return path
-    searched = ", ".join(str(d) for d in dirs)
-    raise FileNotFoundError(f"{filename} not found; searched {searched}. Put the file in one of these "
-                            f"folders or set ADVI_JAX_DATA (nothing is downloaded automatically)")
+    """`advi_jax.data.find_data_file`, with the MNIST files' known sha256 as the default."""
+    return _data.find_data_file(filename, sha256 if sha256 is not None else SHA256.get(filename, ""), data_dir)
 
 
 class MNIST(NamedTuple):
