@@ -208,12 +208,17 @@ def advi(model: Model, family: str | Family = "meanfield", *, optimizer: optax.G
     def step(key: Array, state: FitState) -> tuple[FitState, StepInfo]:
         (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params, key)
         finite = jnp.isfinite(aux.elbo) & _tree_all_finite(grads)
-        # Zero the gradient of a skipped step so the (discarded) update stays finite.
-        grads = _select(finite, grads, jax.tree_util.tree_map(jnp.zeros_like, grads))
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        params = _select(finite, params, state.params)
-        opt_state = _select(finite, opt_state, state.opt_state)
+
+        def apply(_):
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            return optax.apply_updates(state.params, updates), opt_state
+
+        def keep(_):
+            return state.params, state.opt_state
+
+        # A skipped step keeps parameters and optimiser state as they were. lax.cond runs one
+        # branch (under vmap it becomes a select of both, as a per-leaf select would be).
+        params, opt_state = jax.lax.cond(finite, apply, keep, None)
         bad = (~finite).astype(jnp.int32)
         new = FitState(params, opt_state, state.step + 1, state.num_nonfinite + bad,
                        (state.consecutive_nonfinite + bad) * bad)
