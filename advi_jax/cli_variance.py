@@ -65,71 +65,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 # Data and model
 
 
-def _read_csv(path: str, target: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Numeric CSV with a header row -> (X, y, feature names); used when `advi_jax.data` is absent."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such data file: {path}")
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if len(rows) < 3:
-        raise ValueError(f"{path}: need a header row and at least 2 data rows")
-    header = [h.strip() for h in rows[0]]
-    if target not in header:
-        raise ValueError(f"{path}: no column {target!r}; columns are {header}")
-    try:
-        table = np.array([[float(v) for v in row] for row in rows[1:] if row], np.float64)
-    except ValueError as err:
-        raise ValueError(f"{path}: every value must be numeric ({err})") from None
-    if not np.all(np.isfinite(table)):
-        raise ValueError(f"{path}: contains NaN or infinite values")
-    j = header.index(target)
-    names = tuple(h for i, h in enumerate(header) if i != j)
-    return np.delete(table, j, axis=1), table[:, j], names
-
-
 def _load_data(args) -> tuple[np.ndarray, np.ndarray, str]:
+    from advi_jax.data import load_csv, load_dataset, load_npz
+
     kind = args.model
     if args.data is None:
         if args.target is not None:
             raise UsageError("--target needs --data")
         name = "breast_cancer" if kind == "logistic" else "randhie"
-        try:
-            from advi_jax.data import load_dataset
-        except ImportError:
-            raise UsageError(f"the bundled {name} data need advi_jax.data, which this build lacks; "
-                             "pass --data FILE.csv --target COLUMN") from None
         x, y, _ = load_dataset(name)
         return np.asarray(x, np.float64), np.asarray(y, np.float64), name
     if args.target is None:
         raise UsageError("--data needs --target (the name of the target column)")
-    try:
-        from advi_jax.data import load_csv
-    except ImportError:
-        x, y, _ = _read_csv(args.data, args.target)
-    else:
-        x, y, _ = load_csv(args.data, args.target, kind=kind)
-    if kind == "logistic" and not np.all((y == 0) | (y == 1)):
-        raise ValueError(f"{args.data}: target {args.target!r} must be 0/1 for logistic regression")
+    loader = load_npz if str(args.data).lower().endswith(".npz") else load_csv
+    x, y, _ = loader(args.data, args.target, kind=kind)
     return x, y, os.path.basename(args.data)
-
-
-def _own_logistic(x: np.ndarray, y: np.ndarray):
-    """Logistic regression with standardised features, intercept ~ N(0, 10^2), beta ~ N(0, 2.5^2)."""
-    import jax.numpy as jnp
-
-    import advi_jax as aj
-
-    scale = x.std(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    data = {"x": jnp.asarray((x - x.mean(axis=0)) / scale), "y": jnp.asarray(y)}
-
-    def log_joint(params, data):
-        eta = params["intercept"] + data["x"] @ params["beta"]
-        log_lik = jnp.sum(data["y"] * eta - jnp.logaddexp(0.0, eta))
-        prior = -0.5 * (params["intercept"] / 10.0) ** 2 - 0.5 * jnp.sum((params["beta"] / 2.5) ** 2)
-        return log_lik + prior
-
-    return aj.Model(log_joint, {"intercept": aj.real(), "beta": aj.real((x.shape[1],))}, data)
 
 
 def _gaussian_target(dim: int = 10):
@@ -157,12 +107,8 @@ def build_model(args) -> tuple[Any, str]:
             raise UsageError("--model gaussian takes no --data/--target")
         return _gaussian_target(), "correlated Gaussian target (dim 10)"
     x, y, label = _load_data(args)
-    try:
-        from advi_jax import models
-    except ImportError:
-        if args.model == "poisson":
-            raise UsageError("--model poisson needs advi_jax.models, which this build lacks") from None
-        return _own_logistic(x, y), f"logistic regression on {label}"
+    from advi_jax import models
+
     build = models.logistic_regression if args.model == "logistic" else models.poisson_regression
     return build(x, y), f"{args.model} regression on {label}"
 

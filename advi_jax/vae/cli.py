@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
+
+from advi_jax.cli import positive_float, positive_int
 
 EXAMPLES = """examples:
   advi-jax vae --epochs 5 --latent 2
@@ -20,26 +21,6 @@ EXAMPLES = """examples:
   advi-jax vae --arch conv --train-subset 10000 --epochs 3 --eval-k 500
   advi-jax vae --out runs/a --resume            # continue an interrupted run
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -60,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("vae", help="train and evaluate a VAE (MNIST by default)",
                               description="Train a variational autoencoder on MNIST and evaluate it.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--latent", type=_positive_int, default=50, help="latent dimension L (default 50)")
+    p.add_argument("--latent", type=positive_int, default=50, help="latent dimension L (default 50)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="mlp", help="network architecture")
     p.add_argument("--hidden", type=_hidden, default=(200, 200), help="MLP hidden widths (default 200,200)")
     p.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None,
@@ -68,9 +49,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli")
     p.add_argument("--family", choices=("meanfield", "fullrank"), default="meanfield",
                    help="encoder family: diagonal or full-rank (Cholesky) Gaussian")
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=100)
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--objective", default="elbo", help="elbo, elbo-K or iwae-K (e.g. iwae-5)")
     p.add_argument("--estimator", choices=ESTIMATORS, default="reparam")
     p.add_argument("--kl", choices=("analytic", "mc"), default=None,
@@ -79,9 +60,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="advi_jax_out/vae", help="output folder")
     p.add_argument("--dataset", choices=("mnist", "binarized_mnist"), default="mnist",
                    help="mnist: dynamic binarisation each epoch; binarized_mnist: the fixed one")
-    p.add_argument("--train-subset", type=_positive_int, default=None, help="use the first N training images")
-    p.add_argument("--test-subset", type=_positive_int, default=None, help="evaluate on the first N test images")
-    p.add_argument("--eval-k", type=_positive_int, default=5000, help="importance samples for test log-likelihood")
+    p.add_argument("--train-subset", type=positive_int, default=None, help="use the first N training images")
+    p.add_argument("--test-subset", type=positive_int, default=None, help="evaluate on the first N test images")
+    p.add_argument("--eval-k", type=positive_int, default=5000, help="importance samples for test log-likelihood")
     p.add_argument("--data-dir", default=None, help="folder searched first for mnist.npz")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz if present")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
