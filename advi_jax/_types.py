@@ -37,3 +37,15 @@ def as_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
     if any(s < 0 for s in out):
         raise ValueError(f"{name} must have non-negative entries, got {out}")
     return out
+
+
+def common_leading_size(tree: Any, what: str) -> int:
+    """The leading-axis length shared by every array leaf of `tree`, or a ValueError about `what`."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        raise ValueError(f"{what}: no arrays found (expected a pytree of arrays with a shared leading axis)")
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if None in sizes or len(sizes) != 1:
+        raise ValueError(f"{what}: every data leaf must have the same leading axis, got leading shapes "
+                         f"{[np.shape(x)[:1] for x in leaves]}")
+    return sizes.pop()

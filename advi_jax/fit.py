@@ -777,6 +777,14 @@ def check_estimator(estimator: Any, num_samples: Any) -> tuple[Any, int]:
     return estimator, num_samples
 
 
+def check_loop_args(eval_every: Any, window: Any, chunk_size: Any,
+                    max_consecutive_nonfinite: Any) -> tuple[int, int, int, int]:
+    """Validate the compiled loop's integer settings (shared by `fit` and `fit_many`)."""
+    return (check_positive_int(eval_every, "eval_every"), check_positive_int(window, "window"),
+            check_positive_int(chunk_size, "chunk_size"),
+            check_positive_int(max_consecutive_nonfinite, "max_consecutive_nonfinite"))
+
+
 def resolve_optimizer(optimizer: Any, learning_rate: Any, num_steps: int) -> optax.GradientTransformation:
     """`optimizer` if given (checked), else `default_optimizer(learning_rate, num_steps)`."""
     if optimizer is None:
@@ -960,10 +968,8 @@ def fit(model: Model, *, key: Array, family: str | Family = "meanfield", num_ste
     family_obj = get_family(family)
     estimator, num_samples = check_estimator(estimator, num_samples)
     num_steps = check_positive_int(num_steps, "num_steps")
-    eval_every = check_positive_int(eval_every, "eval_every")
-    window = check_positive_int(window, "window")
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    max_consecutive_nonfinite = check_positive_int(max_consecutive_nonfinite, "max_consecutive_nonfinite")
+    eval_every, window, chunk_size, max_consecutive_nonfinite = check_loop_args(
+        eval_every, window, chunk_size, max_consecutive_nonfinite)
     num_init_draws = check_positive_int(num_init_draws, "num_init_draws")
     num_diagnostic_draws = check_positive_int(num_diagnostic_draws, "num_diagnostic_draws", 100)
     adapt_iter = check_positive_int(adapt_iter, "adapt_iter")

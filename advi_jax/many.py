@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advi_jax._types import Array, PyTree, check_positive_int
+from advi_jax._types import Array, PyTree, check_positive_int, common_leading_size
 from advi_jax.families import Family, get_family
 from advi_jax.fit import (
     FitState,
@@ -61,6 +61,7 @@ from advi_jax.fit import (
     _update_convergence,
     advi,
     check_estimator,
+    check_loop_args,
     resolve_optimizer,
 )
 from advi_jax.flatten import Model
@@ -110,14 +111,7 @@ def stack_models(models: Sequence[Model]) -> Model:
 
 
 def _batch_size_of(model: Model) -> int:
-    leaves = jax.tree_util.tree_leaves(model.data)
-    if not leaves:
-        raise ValueError("batched=True needs a Model with data whose leaves have a leading batch axis")
-    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
-    if None in sizes or len(sizes) != 1:
-        raise ValueError(f"batched=True: every data leaf must have the same leading batch axis, got leading sizes "
-                         f"{[np.shape(x)[:1] for x in leaves]}")
-    return sizes.pop()
+    return common_leading_size(model.data, "batched=True (the Model's data carry a leading batch axis)")
 
 
 def _unbatch(model: Model, i: int) -> Model:
@@ -340,10 +334,8 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
     family_obj = get_family(family)
     estimator, num_samples = check_estimator(estimator, num_samples)
     num_steps = check_positive_int(num_steps, "num_steps")
-    eval_every = check_positive_int(eval_every, "eval_every")
-    window = check_positive_int(window, "window")
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    max_consecutive_nonfinite = check_positive_int(max_consecutive_nonfinite, "max_consecutive_nonfinite")
+    eval_every, window, chunk_size, max_consecutive_nonfinite = check_loop_args(
+        eval_every, window, chunk_size, max_consecutive_nonfinite)
     if tol_rel_obj is not None:
         tol_rel_obj = _check_number(tol_rel_obj, "tol_rel_obj")
     init_scale = _check_number(init_scale, "init_scale")

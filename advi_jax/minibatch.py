@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advi_jax._types import Array, PyTree, check_positive_int
+from advi_jax._types import Array, PyTree, check_positive_int, common_leading_size
 from advi_jax.estimators import ESTIMATORS, min_num_samples
 from advi_jax.families import Family, get_family
 from advi_jax.fit import (
@@ -136,14 +136,7 @@ class MinibatchModel:
         if not callable(log_prior) or not callable(log_likelihood):
             raise TypeError("log_prior and log_likelihood must be callables: log_prior(params) -> scalar, "
                             "log_likelihood(params, batch) -> (B,) or scalar")
-        leaves = jax.tree_util.tree_leaves(data)
-        if not leaves:
-            raise ValueError("data must be a pytree of arrays with a leading data axis N, got no arrays")
-        sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
-        if None in sizes or len(sizes) != 1:
-            raise ValueError(f"every data leaf must have the same leading axis N, got leading shapes "
-                             f"{[np.shape(x)[:1] for x in leaves]}")
-        n = sizes.pop()
+        n = common_leading_size(data, "data (the data axis N leads every array)")
         self.log_prior = log_prior
         self.log_likelihood = log_likelihood
         self.support = dict(support)
