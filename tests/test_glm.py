@@ -1,5 +1,7 @@
 """The one-read blocked GLM log-likelihood against the plain autodiff reference."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,3 +83,105 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="y"):
         glm_log_likelihood(x, y[:5], jnp.zeros(6))
     assert default_block_size(100) == 8192 and default_block_size(10_000) == 256
+
+
+# ---- the native CPU kernel (advi_jax/_native/glm_kernel.cc) -----------------------------------
+
+from advi_jax import _native  # noqa: E402
+
+
+def test_native_kernel_builds_on_this_machine():
+    """CI machines have a C++ compiler: the kernel must build there, not silently fall back."""
+    assert _native.available(), _native.reason()
+    assert _native.library_path().exists()
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "poisson"])
+@pytest.mark.parametrize("d", [1, 3, 10, 17, 100])
+def test_native_kernel_matches_the_xla_pass_and_the_reference(family, d):
+    """Every column count exercises a different vector width / overlapping last chunk."""
+    rng = np.random.default_rng(d)
+    n = 1037  # not a multiple of any tile
+    x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 2, n) if family == "bernoulli" else rng.poisson(2.0, n), jnp.float32)
+    offset = jnp.asarray(rng.normal(size=n) * 0.2, jnp.float32)
+    betas = jnp.asarray(rng.normal(size=(8, d)) * 0.5 / np.sqrt(d), jnp.float32)
+    for off in (None, offset):
+        out = {}
+        for name, fn in (("native", lambda b, c: glm_log_likelihood(x, y, b, c, off, family, kernel="native")),
+                         ("xla", lambda b, c: glm_log_likelihood(x, y, b, c, off, family, kernel="xla")),
+                         ("reference", lambda b, c: glm_log_likelihood_reference(x, y, b, c, off, family))):
+            out[name] = jax.jit(jax.vmap(jax.value_and_grad(fn, argnums=(0, 1)), in_axes=(0, None)))(betas, 0.3)
+        (v, (gb, gc)), (v_ref, (gb_ref, gc_ref)) = out["native"], out["reference"]
+        scale = float(jnp.max(jnp.abs(v_ref)))
+        np.testing.assert_allclose(v, v_ref, rtol=2e-6, atol=2e-6 * scale)
+        np.testing.assert_allclose(gb, gb_ref, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(gb_ref))))
+        np.testing.assert_allclose(gc, gc_ref, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(gc_ref))))
+        np.testing.assert_allclose(v, out["xla"][0], rtol=2e-6, atol=2e-6 * scale)
+
+
+def test_native_kernel_under_nested_vmap_and_second_derivatives():
+    rng = np.random.default_rng(5)
+    xs = jnp.asarray(rng.normal(size=(3, 300, 5)), jnp.float32)
+    ys = jnp.asarray(rng.integers(0, 2, (3, 300)), jnp.float32)
+    bs = jnp.asarray(rng.normal(size=(3, 4, 5)) * 0.5, jnp.float32)
+
+    def grads(kernel):  # datasets x samples, as fit_many with num_samples > 1 does
+        one = jax.grad(lambda b, x, y: glm_log_likelihood(x, y, b, kernel=kernel))
+        return jax.vmap(lambda x, y, b: jax.vmap(one, in_axes=(0, None, None))(b, x, y))(xs, ys, bs)
+
+    np.testing.assert_allclose(grads("native"), grads("xla"), rtol=1e-4, atol=1e-4)
+
+    def per_response(kernel):  # one X, a batch of responses
+        return jax.vmap(jax.grad(lambda b, y: glm_log_likelihood(xs[0], y, b, kernel=kernel)))(bs[:, 0], ys)
+
+    np.testing.assert_allclose(per_response("native"), per_response("xla"), rtol=1e-4, atol=1e-4)
+    hessian = jax.hessian(lambda b: glm_log_likelihood(xs[0], ys[0], b, kernel="native"))(bs[0, 0])
+    hessian_ref = jax.hessian(lambda b: glm_log_likelihood_reference(xs[0], ys[0], b))(bs[0, 0])
+    np.testing.assert_allclose(hessian, hessian_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_native_kernel_float64_and_extreme_predictors():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(2)
+        x = jnp.asarray(rng.normal(size=(500, 20)))
+        y = jnp.asarray(rng.integers(0, 2, 500), jnp.float64)
+        b = jnp.asarray(rng.normal(size=20))
+        g = jax.grad(lambda b: glm_log_likelihood(x, y, b, kernel="native"))(b)
+        g_ref = jax.grad(lambda b: glm_log_likelihood_reference(x, y, b))(b)
+        assert g.dtype == jnp.float64
+        np.testing.assert_allclose(g, g_ref, rtol=1e-10)
+    x = jnp.ones((40, 16)) * jnp.where(jnp.arange(40)[:, None] % 2 == 0, 1.0, -1.0)
+    y = (jnp.arange(40) % 3 == 0).astype(jnp.float32)
+    for scale in (-10.0, 10.0):  # eta = +-160
+        beta = jnp.full((16,), scale)
+        v, g = jax.value_and_grad(lambda b: glm_log_likelihood(x, y, b, kernel="native"))(beta)
+        v_ref, g_ref = jax.value_and_grad(lambda b: glm_log_likelihood_reference(x, y, b))(beta)
+        assert np.isfinite(v) and np.all(np.isfinite(g))
+        np.testing.assert_allclose(v, v_ref, rtol=1e-6)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_argument_and_the_fallback_without_native_code():
+    x, y, _ = _data("bernoulli", n=10)
+    with pytest.raises(ValueError, match="kernel"):
+        glm_log_likelihood(x, y, jnp.zeros(6), kernel="cuda")
+    import subprocess
+    import sys
+
+    code = ("import jax.numpy as jnp, numpy as np\n"
+            "from advi_jax import _native\n"
+            "from advi_jax.glm import glm_log_likelihood as f\n"
+            "x = jnp.asarray(np.random.default_rng(0).normal(size=(50, 3)), jnp.float32)\n"
+            "print(_native.available())\nprint(_native.reason())\n"
+            "print(float(f(x, jnp.ones(50), jnp.ones(3))))\n"
+            "try:\n    f(x, jnp.ones(50), jnp.ones(3), kernel='native')\n"
+            "except RuntimeError as e:\n    print(e)\n")
+    env = dict(os.environ, ADVI_JAX_NATIVE="0", JAX_PLATFORMS="cpu")
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                           check=True).stdout.splitlines()
+    assert lines[:2] == ["False", "disabled by ADVI_JAX_NATIVE=0"], lines
+    x50 = jnp.asarray(np.random.default_rng(0).normal(size=(50, 3)), jnp.float32)
+    value = float(glm_log_likelihood_reference(x50, jnp.ones(50), jnp.ones(3)))
+    np.testing.assert_allclose(float(lines[2]), value, rtol=1e-5)  # the XLA pass ran instead
+    assert lines[3].startswith("kernel='native' but the native GLM kernel is unavailable")

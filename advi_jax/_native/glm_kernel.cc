@@ -1,0 +1,434 @@
+// One pass over a row-major design matrix X for a GLM log-likelihood and its gradient.
+//
+// For G independent problems g, S coefficient vectors beta[g, s] each, rows i of X[g]:
+//   eta        = X[g, i] . beta[g, s] + c[g, s] (+ offset[g, i])
+//   value[g,s] = sum_i l(y[g, i], eta)                 (without the data-only -lgamma(y+1) term)
+//   gbeta[g,s] = sum_i r_i X[g, i],  gc[g,s] = sum_i r_i,   r_i = dl/deta
+// with l, r as in advi_jax/glm.py ("bernoulli": logit link, "poisson": log link).
+//
+// Rows are processed in tiles small enough for L1: phase 1 forms eta for the tile (register
+// blocks of rows x samples), phase 2 evaluates l and r (vectorisable exp/log1p below for
+// float32), phase 3 adds R_tile^T X_tile to register-blocked gradient accumulators, while the
+// tile is still in L1. X is read from memory once per call, whatever S. Large problems are
+// split over threads by rows; each thread accumulates in double and the partial sums are
+// added at the end.
+//
+// Built on first use by advi_jax/_native/__init__.py against the XLA FFI headers that ship
+// with jaxlib, and registered as the CPU FFI target "advi_jax_glm".
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+// Fully unroll the small fixed-size loops of the register blocks (keeps the accumulators in registers).
+#if defined(__clang__)
+#define ADVI_UNROLL _Pragma("unroll")
+#else
+#define ADVI_UNROLL _Pragma("GCC unroll 16")
+#endif
+
+namespace {
+
+// Vectors of VB bytes (GCC/Clang vector extensions; lowered to AVX-512, AVX2, SSE or NEON).
+template <typename T, int VB>
+struct Vec {
+  static constexpr int W = VB / static_cast<int>(sizeof(T));
+  typedef T type __attribute__((vector_size(VB)));
+};
+
+template <typename T, int VB>
+inline typename Vec<T, VB>::type load(const T* p) {
+  typename Vec<T, VB>::type v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Horizontal sum: x86 reductions where the target has them, otherwise by halving.
+template <typename T, int VB>
+inline T hsum(typename Vec<T, VB>::type v) {
+#if defined(__AVX512F__)
+  if constexpr (VB == 64 && std::is_same_v<T, float>) return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+  if constexpr (VB == 64 && std::is_same_v<T, double>) return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
+#endif
+#if defined(__AVX__)
+  if constexpr (VB == 32 && std::is_same_v<T, float>) {
+    const __m256 x = reinterpret_cast<__m256>(v);
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+  }
+#endif
+  if constexpr (VB == static_cast<int>(sizeof(T))) {
+    return v[0];
+  } else if constexpr (VB <= 32) {
+    T sum = 0;
+    for (int i = 0; i < Vec<T, VB>::W; ++i) sum += v[i];
+    return sum;
+  } else {
+    typename Vec<T, VB / 2>::type lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return hsum<T, VB / 2>(lo + hi);
+  }
+}
+
+// ---- float32 elementwise functions written so that loops over them vectorise ----
+
+// exp(a), a <= 0; exact 0 below -103 (the float32 subnormal range is flushed at -87.3).
+inline float exp_nonpos_f(float a) {
+  const float clamped = a < -87.0f ? -87.0f : a;
+  // Round to nearest by adding and subtracting 1.5 * 2^23 (no library call, so loops vectorise).
+  const float k = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float f = clamped - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+  const float p =
+      1.0f + f * (1.0f + f * (0.5f + f * (0.16666667f + f * (0.041666668f + f * (0.0083333338f + f * 0.0013888889f)))));
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const float e = p * scale;
+  return a < -103.0f ? 0.0f : e;
+}
+
+// exp(a) for any a: exp(a) = exp(-|a|) or its reciprocal (inf above ~88.7).
+inline float exp_f(float a) {
+  const float e = exp_nonpos_f(-std::fabs(a));
+  return a > 0.0f ? (a > 88.72f ? INFINITY : 1.0f / e) : e;
+}
+
+// log(u) for u in [1, 2]: log m + k log 2 with m in [1/sqrt 2, sqrt 2], log m = 2 atanh(s).
+inline float log_1_2_f(float u) {
+  const bool big = u > 1.41421356f;
+  const float m = big ? 0.5f * u : u;
+  const float s = (m - 1.0f) / (m + 1.0f);
+  const float s2 = s * s;
+  const float l = 2.0f * s * (1.0f + s2 * (0.33333334f + s2 * (0.2f + s2 * (0.14285715f + s2 * 0.11111111f))));
+  return l + (big ? 0.69314718f : 0.0f);
+}
+
+// log1p(e) for e in [0, 1], with the (u - 1) correction that keeps full relative accuracy.
+inline float log1p_01_f(float e) {
+  const float u = 1.0f + e;
+  const float du = u - 1.0f;
+  const float safe = du == 0.0f ? 1.0f : du;
+  return du == 0.0f ? e : log_1_2_f(u) * (e / safe);
+}
+
+template <typename T>
+inline T exp_nonpos(T a) {
+  if constexpr (std::is_same_v<T, float>) return exp_nonpos_f(a); else return std::exp(a);
+}
+template <typename T>
+inline T exp_any(T a) {
+  if constexpr (std::is_same_v<T, float>) return exp_f(a); else return std::exp(a);
+}
+template <typename T>
+inline T log1p_01(T e) {
+  if constexpr (std::is_same_v<T, float>) return log1p_01_f(e); else return std::log1p(e);
+}
+
+enum Family : int64_t { kBernoulli = 0, kPoisson = 1 };
+
+template <typename T>
+struct Problem {
+  const T* x;       // (N, D)
+  const T* y;       // (N,)
+  const T* offset;  // (N,) or nullptr
+  const T* beta;    // (S, D)
+  const T* c;       // (S,)
+  int64_t n, d, s;
+  int64_t family;
+};
+
+template <typename T>
+struct Partial {
+  std::vector<double> value, gbeta, gc;  // (S,), (S, D), (S,)
+  explicit Partial(int64_t s, int64_t d) : value(s, 0.0), gbeta(s * d, 0.0), gc(s, 0.0) {}
+};
+
+// Columns are covered by chunks of W lanes at offsets 0, W, 2W, ... and, when W does not divide
+// D, a last chunk at D - W that overlaps the one before. The overlapping lanes are masked: zero
+// coefficients in phase 1, dropped when the accumulated gradient is unpadded. No load runs past
+// the end of a row.
+template <typename T, int VB>
+struct Chunks {
+  static constexpr int W = Vec<T, VB>::W;
+  int64_t d, nc, overlap;
+  std::vector<int64_t> offset;
+  explicit Chunks(int64_t d_) : d(d_), nc((d_ + W - 1) / W), overlap(nc * W - d_), offset(nc) {
+    for (int64_t i = 0; i < nc; ++i) offset[i] = std::min<int64_t>(i * W, d - W);
+  }
+  bool masked(int64_t chunk, int lane) const { return chunk == nc - 1 && lane < overlap; }
+};
+
+// Phase 1 register block: eta[s][t] for RB rows x SB samples, vectorised over columns.
+template <typename T, int VB, int RB, int SB>
+inline void eta_block(const Chunks<T, VB>& ch, const T* xt, const T* bpad, const T* c, int64_t t, int64_t s0,
+                      int64_t tile, T* eta) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int W = Vec<T, VB>::W;
+  const int64_t d = ch.d, nc = ch.nc;
+  V acc[RB][SB];
+  ADVI_UNROLL
+  for (int r = 0; r < RB; ++r)
+    ADVI_UNROLL
+    for (int j = 0; j < SB; ++j) acc[r][j] = V{};
+  for (int64_t ci = 0; ci < nc; ++ci) {
+    V xv[RB];
+    ADVI_UNROLL
+    for (int r = 0; r < RB; ++r) xv[r] = load<T, VB>(xt + (t + r) * d + ch.offset[ci]);
+    ADVI_UNROLL
+    for (int j = 0; j < SB; ++j) {
+      const V bv = load<T, VB>(bpad + ((s0 + j) * nc + ci) * W);
+      ADVI_UNROLL
+      for (int r = 0; r < RB; ++r) acc[r][j] += xv[r] * bv;
+    }
+  }
+  ADVI_UNROLL
+  for (int r = 0; r < RB; ++r)
+    ADVI_UNROLL
+    for (int j = 0; j < SB; ++j) eta[(s0 + j) * tile + t + r] = hsum<T, VB>(acc[r][j]) + c[s0 + j];
+}
+
+// Phase 3 register block: gpad[s][chunk] += sum_t r[s][t] x[t][chunk] for SB samples x CB chunks.
+template <typename T, int VB, int SB, int CB>
+inline void grad_block(const Chunks<T, VB>& ch, const T* xt, int64_t nt, int64_t s0, int64_t c0, int64_t tile,
+                       const T* resid, T* gpad) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int W = Vec<T, VB>::W;
+  const int64_t d = ch.d, nc = ch.nc;
+  V acc[SB][CB];
+  ADVI_UNROLL
+  for (int j = 0; j < SB; ++j)
+    ADVI_UNROLL
+    for (int q = 0; q < CB; ++q) acc[j][q] = V{};
+  for (int64_t t = 0; t < nt; ++t) {
+    V xv[CB];
+    ADVI_UNROLL
+    for (int q = 0; q < CB; ++q) xv[q] = load<T, VB>(xt + t * d + ch.offset[c0 + q]);
+    ADVI_UNROLL
+    for (int j = 0; j < SB; ++j) {
+      const T rv = resid[(s0 + j) * tile + t];
+      ADVI_UNROLL
+      for (int q = 0; q < CB; ++q) acc[j][q] += rv * xv[q];
+    }
+  }
+  ADVI_UNROLL
+  for (int j = 0; j < SB; ++j)
+    ADVI_UNROLL
+    for (int q = 0; q < CB; ++q) {
+      T* g = gpad + ((s0 + j) * nc + c0 + q) * W;
+      const V sum = load<T, VB>(g) + acc[j][q];
+      std::memcpy(g, &sum, sizeof sum);
+    }
+}
+
+template <typename T, int VB>
+void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial<T>& out) {
+  constexpr int W = Vec<T, VB>::W;
+  const Chunks<T, VB> ch(p.d);
+  const int64_t d = p.d, S = p.s, nc = ch.nc;
+  std::vector<T> bpad(S * nc * W);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t ci = 0; ci < nc; ++ci)
+      for (int l = 0; l < W; ++l)
+        bpad[(s * nc + ci) * W + l] = ch.masked(ci, l) ? T(0) : p.beta[s * d + ch.offset[ci] + l];
+  // Rows per tile: about 20 KiB of X (it stays in L1 between phases 1 and 3), a multiple of 16.
+  int64_t tile = (20 * 1024) / (static_cast<int64_t>(sizeof(T)) * d);
+  tile = std::max<int64_t>(16, std::min<int64_t>(512, tile / 16 * 16));
+  std::vector<T> eta(S * tile), resid(S * tile), gpad(S * nc * W);
+  std::vector<double> gsum(S * nc * W, 0.0), vsum(S, 0.0), csum(S, 0.0);
+
+  for (int64_t i0 = row0; i0 < row1; i0 += tile) {
+    const int64_t nt = std::min(tile, row1 - i0);
+    const T* xt = p.x + i0 * d;
+    // Phase 1: linear predictors.
+    for (int64_t s0 = 0; s0 < S;) {
+      const int64_t left = S - s0;
+      int64_t t = 0;
+      if (left >= 4) {
+        for (; t + 2 <= nt; t += 2) eta_block<T, VB, 2, 4>(ch, xt, bpad.data(), p.c, t, s0, tile, eta.data());
+        for (; t < nt; ++t) eta_block<T, VB, 1, 4>(ch, xt, bpad.data(), p.c, t, s0, tile, eta.data());
+        s0 += 4;
+      } else if (left >= 2) {
+        for (; t + 4 <= nt; t += 4) eta_block<T, VB, 4, 2>(ch, xt, bpad.data(), p.c, t, s0, tile, eta.data());
+        for (; t < nt; ++t) eta_block<T, VB, 1, 2>(ch, xt, bpad.data(), p.c, t, s0, tile, eta.data());
+        s0 += 2;
+      } else {
+        for (; t + 8 <= nt; t += 8) eta_block<T, VB, 8, 1>(ch, xt, bpad.data(), p.c, t, s0, tile, eta.data());
+        for (; t < nt; ++t) eta_block<T, VB, 1, 1>(ch, xt, bpad.data(), p.c, t, s0, tile, eta.data());
+        s0 += 1;
+      }
+    }
+    // Phase 2: pointwise log-likelihood and residual.
+    const T* yt = p.y + i0;
+    const T* ot = p.offset ? p.offset + i0 : nullptr;
+    for (int64_t s = 0; s < S; ++s) {
+      T* es = eta.data() + s * tile;
+      T* rs = resid.data() + s * tile;
+      if (ot) {
+        for (int64_t t = 0; t < nt; ++t) es[t] += ot[t];
+      }
+      T v = 0, rsum = 0;
+      if (p.family == kBernoulli) {
+#pragma omp simd reduction(+ : v, rsum)
+        for (int64_t t = 0; t < nt; ++t) {
+          const T et = es[t], yi = yt[t];
+          const T e = exp_nonpos<T>(-std::fabs(et));
+          const T z = (T(2) * yi - T(1)) * et;
+          v += (z < T(0) ? z : T(0)) - log1p_01<T>(e);
+          const T r = yi - (et >= T(0) ? T(1) : e) / (T(1) + e);
+          rs[t] = r;
+          rsum += r;
+        }
+      } else {
+#pragma omp simd reduction(+ : v, rsum)
+        for (int64_t t = 0; t < nt; ++t) {
+          const T et = es[t], yi = yt[t];
+          const T mean = exp_any<T>(et);
+          v += yi * et - mean;
+          rs[t] = yi - mean;
+          rsum += yi - mean;
+        }
+      }
+      vsum[s] += static_cast<double>(v);
+      csum[s] += static_cast<double>(rsum);
+    }
+    // Phase 3: gradient, R^T X over the tile, while the tile is in L1.
+    std::fill(gpad.begin(), gpad.end(), T(0));
+    for (int64_t s0 = 0; s0 < S;) {
+      const int64_t left = S - s0;
+      int64_t c0 = 0;
+      if (left >= 4) {
+        for (; c0 + 2 <= nc; c0 += 2) grad_block<T, VB, 4, 2>(ch, xt, nt, s0, c0, tile, resid.data(), gpad.data());
+        for (; c0 < nc; ++c0) grad_block<T, VB, 4, 1>(ch, xt, nt, s0, c0, tile, resid.data(), gpad.data());
+        s0 += 4;
+      } else if (left >= 2) {
+        for (; c0 + 4 <= nc; c0 += 4) grad_block<T, VB, 2, 4>(ch, xt, nt, s0, c0, tile, resid.data(), gpad.data());
+        for (; c0 + 2 <= nc; c0 += 2) grad_block<T, VB, 2, 2>(ch, xt, nt, s0, c0, tile, resid.data(), gpad.data());
+        for (; c0 < nc; ++c0) grad_block<T, VB, 2, 1>(ch, xt, nt, s0, c0, tile, resid.data(), gpad.data());
+        s0 += 2;
+      } else {
+        for (; c0 + 8 <= nc; c0 += 8) grad_block<T, VB, 1, 8>(ch, xt, nt, s0, c0, tile, resid.data(), gpad.data());
+        for (; c0 + 4 <= nc; c0 += 4) grad_block<T, VB, 1, 4>(ch, xt, nt, s0, c0, tile, resid.data(), gpad.data());
+        for (; c0 + 2 <= nc; c0 += 2) grad_block<T, VB, 1, 2>(ch, xt, nt, s0, c0, tile, resid.data(), gpad.data());
+        for (; c0 < nc; ++c0) grad_block<T, VB, 1, 1>(ch, xt, nt, s0, c0, tile, resid.data(), gpad.data());
+        s0 += 1;
+      }
+    }
+    for (size_t k = 0; k < gpad.size(); ++k) gsum[k] += static_cast<double>(gpad[k]);
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    out.value[s] += vsum[s];
+    out.gc[s] += csum[s];
+    for (int64_t ci = 0; ci < nc; ++ci)
+      for (int l = 0; l < W; ++l)
+        if (!ch.masked(ci, l)) out.gbeta[s * d + ch.offset[ci] + l] += gsum[(s * nc + ci) * W + l];
+  }
+}
+
+// Widest vector whose lane count does not exceed D (so that chunks fit in a row).
+template <typename T>
+void run_rows_any(const Problem<T>& p, int64_t row0, int64_t row1, Partial<T>& out) {
+  const int64_t size = static_cast<int64_t>(sizeof(T));
+  if (p.d * size >= 64) {
+    run_rows<T, 64>(p, row0, row1, out);
+  } else if (p.d * size >= 32) {
+    run_rows<T, 32>(p, row0, row1, out);
+  } else if (p.d * size >= 16) {
+    run_rows<T, 16>(p, row0, row1, out);
+  } else {
+    run_rows<T, sizeof(T)>(p, row0, row1, out);
+  }
+}
+
+template <typename T>
+void glm_pass(const Problem<T>& p, int64_t max_threads, T* value, T* gbeta, T* gc) {
+  // One thread per ~256k multiply-adds of work at least; no more than max_threads.
+  const double work = static_cast<double>(p.n) * static_cast<double>(p.d + 8) * static_cast<double>(p.s);
+  int64_t threads = static_cast<int64_t>(work / (1 << 18));
+  threads = std::max<int64_t>(1, std::min<int64_t>({threads, max_threads, p.n}));
+  std::vector<Partial<T>> parts(threads, Partial<T>(p.s, p.d));
+  std::vector<std::thread> pool;
+  for (int64_t i = 1; i < threads; ++i) {
+    pool.emplace_back([&, i] { run_rows_any<T>(p, p.n * i / threads, p.n * (i + 1) / threads, parts[i]); });
+  }
+  run_rows_any<T>(p, 0, p.n / threads, parts[0]);
+  for (auto& th : pool) th.join();
+  for (int64_t k = 0; k < p.s; ++k) {
+    double v = 0, c = 0;
+    for (auto& part : parts) { v += part.value[k]; c += part.gc[k]; }
+    value[k] = static_cast<T>(v);
+    gc[k] = static_cast<T>(c);
+  }
+  for (int64_t k = 0; k < p.s * p.d; ++k) {
+    double g = 0;
+    for (auto& part : parts) g += part.gbeta[k];
+    gbeta[k] = static_cast<T>(g);
+  }
+}
+
+// Shapes: x (G, N, D), y (G, N), offset (G, N) or (0,), beta (G, S, D), c (G, S);
+// results value (G, S), gbeta (G, S, D), gc (G, S).
+template <ffi::DataType DT>
+ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset, ffi::Buffer<DT> beta,
+                   ffi::Buffer<DT> c, ffi::ResultBuffer<DT> value, ffi::ResultBuffer<DT> gbeta,
+                   ffi::ResultBuffer<DT> gc, int64_t family, int64_t max_threads) {
+  using T = ffi::NativeType<DT>;
+  auto xd = x.dimensions();
+  auto bd = beta.dimensions();
+  if (xd.size() != 3 || bd.size() != 3 || bd[0] != xd[0] || bd[2] != xd[2]) {
+    return ffi::Error::InvalidArgument("advi_jax_glm: expected x (G, N, D) and beta (G, S, D)");
+  }
+  if (family != kBernoulli && family != kPoisson) {
+    return ffi::Error::InvalidArgument("advi_jax_glm: family must be 0 (bernoulli) or 1 (poisson)");
+  }
+  const int64_t G = xd[0], N = xd[1], D = xd[2], S = bd[1];
+  const bool has_offset = offset.element_count() == static_cast<size_t>(G * N) && G * N > 0;
+  for (int64_t g = 0; g < G; ++g) {
+    Problem<T> p{x.typed_data() + g * N * D, y.typed_data() + g * N,
+                 has_offset ? offset.typed_data() + g * N : nullptr, beta.typed_data() + g * S * D,
+                 c.typed_data() + g * S, N, D, S, family};
+    glm_pass<T>(p, std::max<int64_t>(1, max_threads), value->typed_data() + g * S, gbeta->typed_data() + g * S * D,
+                gc->typed_data() + g * S);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define ADVI_JAX_BIND(DT)                      \
+  ffi::Ffi::Bind()                             \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Ret<ffi::Buffer<DT>>()                  \
+      .Ret<ffi::Buffer<DT>>()                  \
+      .Ret<ffi::Buffer<DT>>()                  \
+      .Attr<int64_t>("family")                 \
+      .Attr<int64_t>("max_threads")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxGlmF32, GlmImpl<ffi::DataType::F32>, ADVI_JAX_BIND(ffi::DataType::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxGlmF64, GlmImpl<ffi::DataType::F64>, ADVI_JAX_BIND(ffi::DataType::F64));
+
+// A plain C entry point for timing the kernel without XLA (benchmarks and debugging).
+extern "C" void advi_jax_glm_f32(const float* x, const float* y, const float* offset, const float* beta,
+                                 const float* c, int64_t n, int64_t d, int64_t s, int64_t family,
+                                 int64_t max_threads, float* value, float* gbeta, float* gc) {
+  Problem<float> p{x, y, offset, beta, c, n, d, s, family};
+  glm_pass<float>(p, max_threads, value, gbeta, gc);
+}
