@@ -35,7 +35,6 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from advi_jax import _native
-
 from advi_jax._types import Array, ArrayLike
 
 __all__ = ["glm_log_likelihood", "glm_log_likelihood_reference", "GLM_FAMILIES", "default_block_size"]
@@ -143,7 +142,7 @@ def _ffi_pass(x, y, offset, beta, c, family):
                 max_threads=np.int64(_native.num_threads()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _canonical(family: str):
     @jax.custom_batching.custom_vmap
     def canonical(x, y, offset, beta, c):

@@ -7,7 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advi_jax.glm import default_block_size, glm_log_likelihood, glm_log_likelihood_reference
+from advi_jax.glm import (
+    default_block_size,
+    glm_log_likelihood,
+    glm_log_likelihood_reference,
+)
 
 
 def _data(family, n=1037, d=6, seed=0):
@@ -87,7 +91,7 @@ def test_bad_input_is_named():
 
 # ---- the native CPU kernel (advi_jax/_native/glm_kernel.cc) -----------------------------------
 
-from advi_jax import _native  # noqa: E402
+from advi_jax import _native
 
 
 def test_native_kernel_builds_on_this_machine():
@@ -108,9 +112,9 @@ def test_native_kernel_matches_the_xla_pass_and_the_reference(family, d):
     betas = jnp.asarray(rng.normal(size=(8, d)) * 0.5 / np.sqrt(d), jnp.float32)
     for off in (None, offset):
         out = {}
-        for name, fn in (("native", lambda b, c: glm_log_likelihood(x, y, b, c, off, family, kernel="native")),
-                         ("xla", lambda b, c: glm_log_likelihood(x, y, b, c, off, family, kernel="xla")),
-                         ("reference", lambda b, c: glm_log_likelihood_reference(x, y, b, c, off, family))):
+        for name, fn in (("native", lambda b, c, off=off: glm_log_likelihood(x, y, b, c, off, family, kernel="native")),
+                         ("xla", lambda b, c, off=off: glm_log_likelihood(x, y, b, c, off, family, kernel="xla")),
+                         ("reference", lambda b, c, off=off: glm_log_likelihood_reference(x, y, b, c, off, family))):
             out[name] = jax.jit(jax.vmap(jax.value_and_grad(fn, argnums=(0, 1)), in_axes=(0, None)))(betas, 0.3)
         (v, (gb, gc)), (v_ref, (gb_ref, gc_ref)) = out["native"], out["reference"]
         scale = float(jnp.max(jnp.abs(v_ref)))

@@ -202,6 +202,28 @@ inline void eta_block(const Chunks<T, VB>& ch, const T* xt, const T* bpad, const
     for (int j = 0; j < SB; ++j) eta[(s0 + j) * tile + t + r] = hsum<T, VB>(acc[r][j]) + c[s0 + j];
 }
 
+// Phase 1 across samples (S a multiple of L = 32 bytes of lanes): eta for RB rows x L samples,
+// one broadcast multiply-add per column, no horizontal sums. bt holds beta transposed, (D, S).
+template <typename T, int RB>
+inline void eta_block_samples(const T* xt, int64_t d, const T* bt, int64_t S, const T* c, int64_t t, int64_t s0,
+                              int64_t tile, T* eta) {
+  using V = typename Vec<T, 32>::type;
+  constexpr int L = Vec<T, 32>::W;
+  V acc[RB];
+  const V cv = load<T, 32>(c + s0);
+  ADVI_UNROLL
+  for (int r = 0; r < RB; ++r) acc[r] = cv;
+  for (int64_t k = 0; k < d; ++k) {
+    const V bv = load<T, 32>(bt + k * S + s0);
+    ADVI_UNROLL
+    for (int r = 0; r < RB; ++r) acc[r] += xt[(t + r) * d + k] * bv;
+  }
+  ADVI_UNROLL
+  for (int r = 0; r < RB; ++r)
+    ADVI_UNROLL
+    for (int l = 0; l < L; ++l) eta[(s0 + l) * tile + t + r] = acc[r][l];
+}
+
 // Phase 3 register block: gpad[s][chunk] += sum_t r[s][t] x[t][chunk] for SB samples x CB chunks.
 template <typename T, int VB, int SB, int CB>
 inline void grad_block(const Chunks<T, VB>& ch, const T* xt, int64_t nt, int64_t s0, int64_t c0, int64_t tile,
@@ -245,6 +267,14 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial<T>& out) 
     for (int64_t ci = 0; ci < nc; ++ci)
       for (int l = 0; l < W; ++l)
         bpad[(s * nc + ci) * W + l] = ch.masked(ci, l) ? T(0) : p.beta[s * d + ch.offset[ci] + l];
+  // With few columns (rows of at most 128 bytes) and S a multiple of 32 bytes of lanes, phase 1
+  // vectorises across samples instead of columns (measured: 20-25% faster at D = 10-30, S = 8;
+  // slower at D = 100 once X streams from memory).
+  constexpr int64_t kLanes = Vec<T, 32>::W;
+  const bool by_samples = S % kLanes == 0 && d * static_cast<int64_t>(sizeof(T)) <= 128;
+  std::vector<T> bt(by_samples ? d * S : 0);
+  for (int64_t s = 0; by_samples && s < S; ++s)
+    for (int64_t k = 0; k < d; ++k) bt[k * S + s] = p.beta[s * d + k];
   // Rows per tile: about 20 KiB of X (it stays in L1 between phases 1 and 3), a multiple of 16.
   int64_t tile = (20 * 1024) / (static_cast<int64_t>(sizeof(T)) * d);
   tile = std::max<int64_t>(16, std::min<int64_t>(512, tile / 16 * 16));
@@ -255,7 +285,14 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial<T>& out) 
     const int64_t nt = std::min(tile, row1 - i0);
     const T* xt = p.x + i0 * d;
     // Phase 1: linear predictors.
-    for (int64_t s0 = 0; s0 < S;) {
+    if (by_samples) {
+      for (int64_t s0 = 0; s0 < S; s0 += kLanes) {
+        int64_t t = 0;
+        for (; t + 8 <= nt; t += 8) eta_block_samples<T, 8>(xt, d, bt.data(), S, p.c, t, s0, tile, eta.data());
+        for (; t < nt; ++t) eta_block_samples<T, 1>(xt, d, bt.data(), S, p.c, t, s0, tile, eta.data());
+      }
+    }
+    for (int64_t s0 = by_samples ? S : 0; s0 < S;) {
       const int64_t left = S - s0;
       int64_t t = 0;
       if (left >= 4) {
