@@ -128,40 +128,39 @@ def _blocked_pass(x, y, beta, intercept, offset, family, block_size):
 # ---- the native pass ----------------------------------------------------------------------
 #
 # The FFI call takes canonical shapes: x (G, N, D), y (G, N), offset (G, N) or (0,) when absent,
-# beta (G, S, D), c (G, S); it returns value (G, S) (without the data-only -log y! term of the
-# Poisson family), d/d beta (G, S, D) and d/d c (G, S). A custom vmap rule folds a vmapped
+# log y! (G, N) for the Poisson family or (0,), beta (G, S, D), c (G, S); it returns value (G, S), d/d beta (G, S, D) and d/d c (G, S). A custom vmap rule folds a vmapped
 # coefficient axis into S (X is still read once for all of them) and a vmapped data axis into G.
 
-def _ffi_pass(x, y, offset, beta, c, family):
+def _ffi_pass(x, y, offset, lgy, beta, c, family):
     dtype = jnp.dtype(x.dtype)
     g, s, d = beta.shape
     out = (jax.ShapeDtypeStruct((g, s), dtype), jax.ShapeDtypeStruct((g, s, d), dtype),
            jax.ShapeDtypeStruct((g, s), dtype))
     call = jax.ffi.ffi_call(_native.GLM_TARGETS[dtype.name], out)
-    return call(x, y, offset, beta, c, family=np.int64(GLM_FAMILIES.index(family)),
+    return call(x, y, offset, lgy, beta, c, family=np.int64(GLM_FAMILIES.index(family)),
                 max_threads=np.int64(_native.num_threads()))
 
 
 @functools.cache
 def _canonical(family: str):
     @jax.custom_batching.custom_vmap
-    def canonical(x, y, offset, beta, c):
-        return _ffi_pass(x, y, offset, beta, c, family)
+    def canonical(x, y, offset, lgy, beta, c):
+        return _ffi_pass(x, y, offset, lgy, beta, c, family)
 
     @canonical.def_vmap
-    def rule(axis_size, in_batched, x, y, offset, beta, c):
-        x_b, y_b, o_b, beta_b, c_b = in_batched
+    def rule(axis_size, in_batched, x, y, offset, lgy, beta, c):
+        x_b, y_b, o_b, l_b, beta_b, c_b = in_batched
         b = axis_size
 
         def full(a, batched):
             return a if batched else jnp.broadcast_to(a, (b,) + a.shape)
 
-        if not (x_b or y_b or o_b):
+        if not (x_b or y_b or o_b or l_b):
             # The same data for every member of the batch: one pass with B * S coefficient vectors.
             g, s, d = beta.shape[-3:]
             beta2 = jnp.moveaxis(full(beta, beta_b), 0, 1).reshape(g, b * s, d)
             c2 = jnp.moveaxis(full(c, c_b), 0, 1).reshape(g, b * s)
-            value, g_beta, g_c = canonical(x, y, offset, beta2, c2)
+            value, g_beta, g_c = canonical(x, y, offset, lgy, beta2, c2)
             value = jnp.moveaxis(value.reshape(g, b, s), 1, 0)
             g_beta = jnp.moveaxis(g_beta.reshape(g, b, s, d), 1, 0)
             g_c = jnp.moveaxis(g_c.reshape(g, b, s), 1, 0)
@@ -172,12 +171,13 @@ def _canonical(family: str):
 
             g = x.shape[1]
             offset2 = fold(full(offset, o_b)) if offset.shape[-1] != 0 else offset
-            value, g_beta, g_c = canonical(fold(x), fold(full(y, y_b)), offset2, fold(full(beta, beta_b)),
+            lgy2 = fold(full(lgy, l_b)) if lgy.shape[-1] != 0 else lgy
+            value, g_beta, g_c = canonical(fold(x), fold(full(y, y_b)), offset2, lgy2, fold(full(beta, beta_b)),
                                            fold(full(c, c_b)))
             value, g_beta, g_c = (a.reshape((b, g) + a.shape[1:]) for a in (value, g_beta, g_c))
         else:
             # One X shared by batches of responses or offsets: one pass per batch member.
-            batch = (full(y, y_b), full(offset, o_b), full(beta, beta_b), full(c, c_b))
+            batch = (full(y, y_b), full(offset, o_b), full(lgy, l_b), full(beta, beta_b), full(c, c_b))
             value, g_beta, g_c = jax.lax.map(lambda args: canonical(x, *args), batch)
         return (value, g_beta, g_c), (True, True, True)
 
@@ -187,11 +187,10 @@ def _canonical(family: str):
 def _native_pass(x, y, beta, intercept, offset, family):
     """(value, d/d beta, d/d intercept) of one problem through the FFI kernel."""
     off = jnp.zeros((0,), x.dtype) if offset is None else offset[None]
-    value, g_beta, g_c = _canonical(family)(x[None], y[None], off, beta[None, None], jnp.reshape(intercept, (1, 1)))
-    value = value[0, 0]
-    if family == "poisson":
-        value = value - jnp.sum(gammaln(y + 1.0))
-    return value, g_beta[0, 0], g_c[0, 0]
+    lgy = gammaln(y + 1.0)[None] if family == "poisson" else jnp.zeros((0,), x.dtype)
+    value, g_beta, g_c = _canonical(family)(x[None], y[None], off, lgy, beta[None, None],
+                                            jnp.reshape(intercept, (1, 1)))
+    return value[0, 0], g_beta[0, 0], g_c[0, 0]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6))

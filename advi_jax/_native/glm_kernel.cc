@@ -2,7 +2,7 @@
 //
 // For G independent problems g, S coefficient vectors beta[g, s] each, rows i of X[g]:
 //   eta        = X[g, i] . beta[g, s] + c[g, s] (+ offset[g, i])
-//   value[g,s] = sum_i l(y[g, i], eta)                 (without the data-only -lgamma(y+1) term)
+//   value[g,s] = sum_i l(y[g, i], eta)   (Poisson: the data-only log y! comes in as lgy, per datum)
 //   gbeta[g,s] = sum_i r_i X[g, i],  gc[g,s] = sum_i r_i,   r_i = dl/deta
 // with l, r as in advi_jax/glm.py ("bernoulli": logit link, "poisson": log link).
 //
@@ -146,6 +146,7 @@ struct Problem {
   const T* x;       // (N, D)
   const T* y;       // (N,)
   const T* offset;  // (N,) or nullptr
+  const T* lgy;     // (N,) log y! for the Poisson family, or nullptr
   const T* beta;    // (S, D)
   const T* c;       // (S,)
   int64_t n, d, s;
@@ -312,6 +313,7 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial<T>& out) 
     // Phase 2: pointwise log-likelihood and residual.
     const T* yt = p.y + i0;
     const T* ot = p.offset ? p.offset + i0 : nullptr;
+    const T* lt = p.lgy ? p.lgy + i0 : nullptr;
     for (int64_t s = 0; s < S; ++s) {
       T* es = eta.data() + s * tile;
       T* rs = resid.data() + s * tile;
@@ -335,7 +337,9 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial<T>& out) 
         for (int64_t t = 0; t < nt; ++t) {
           const T et = es[t], yi = yt[t];
           const T mean = exp_any<T>(et);
-          v += yi * et - mean;
+          // Subtracting log y! per datum keeps each term small: summing y eta - exp(eta) alone
+          // and subtracting sum log y! at the end loses float32 digits to cancellation.
+          v += yi * et - mean - (lt ? lt[t] : T(0));
           rs[t] = yi - mean;
           rsum += yi - mean;
         }
@@ -420,7 +424,7 @@ void glm_pass(const Problem<T>& p, int64_t max_threads, T* value, T* gbeta, T* g
 // Shapes: x (G, N, D), y (G, N), offset (G, N) or (0,), beta (G, S, D), c (G, S);
 // results value (G, S), gbeta (G, S, D), gc (G, S).
 template <ffi::DataType DT>
-ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset, ffi::Buffer<DT> beta,
+ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset, ffi::Buffer<DT> lgy, ffi::Buffer<DT> beta,
                    ffi::Buffer<DT> c, ffi::ResultBuffer<DT> value, ffi::ResultBuffer<DT> gbeta,
                    ffi::ResultBuffer<DT> gc, int64_t family, int64_t max_threads) {
   using T = ffi::NativeType<DT>;
@@ -434,9 +438,11 @@ ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset,
   }
   const int64_t G = xd[0], N = xd[1], D = xd[2], S = bd[1];
   const bool has_offset = offset.element_count() == static_cast<size_t>(G * N) && G * N > 0;
+  const bool has_lgy = lgy.element_count() == static_cast<size_t>(G * N) && G * N > 0;
   for (int64_t g = 0; g < G; ++g) {
     Problem<T> p{x.typed_data() + g * N * D, y.typed_data() + g * N,
-                 has_offset ? offset.typed_data() + g * N : nullptr, beta.typed_data() + g * S * D,
+                 has_offset ? offset.typed_data() + g * N : nullptr, has_lgy ? lgy.typed_data() + g * N : nullptr,
+                 beta.typed_data() + g * S * D,
                  c.typed_data() + g * S, N, D, S, family};
     glm_pass<T>(p, std::max<int64_t>(1, max_threads), value->typed_data() + g * S, gbeta->typed_data() + g * S * D,
                 gc->typed_data() + g * S);
@@ -448,6 +454,7 @@ ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset,
 
 #define ADVI_JAX_BIND(DT)                      \
   ffi::Ffi::Bind()                             \
+      .Arg<ffi::Buffer<DT>>()                  \
       .Arg<ffi::Buffer<DT>>()                  \
       .Arg<ffi::Buffer<DT>>()                  \
       .Arg<ffi::Buffer<DT>>()                  \
@@ -466,6 +473,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxGlmF64, GlmImpl<ffi::DataType::F64>, ADVI_J
 extern "C" void advi_jax_glm_f32(const float* x, const float* y, const float* offset, const float* beta,
                                  const float* c, int64_t n, int64_t d, int64_t s, int64_t family,
                                  int64_t max_threads, float* value, float* gbeta, float* gc) {
-  Problem<float> p{x, y, offset, beta, c, n, d, s, family};
+  Problem<float> p{x, y, offset, nullptr, beta, c, n, d, s, family};
   glm_pass<float>(p, max_threads, value, gbeta, gc);
 }
