@@ -210,7 +210,10 @@ def _native_or_blocked_jvp(family, block_size, primals, tangents):
 
 
 def _pass(x, y, beta, intercept, offset, family, block_size, kernel):
-    if kernel == "xla" or x.dtype not in (jnp.float32, jnp.float64):
+    # The kernel takes one float dtype for all its buffers; y, intercept and offset are already
+    # cast to result_type(x, beta), so x and beta must agree (a float32 X with float64
+    # coefficients takes the XLA pass).
+    if kernel == "xla" or x.dtype != beta.dtype or x.dtype not in (jnp.float32, jnp.float64):
         return _blocked_pass(x, y, beta, intercept, offset, family, block_size)
     return _native_or_blocked(x, y, beta, intercept, offset, family, block_size)
 

@@ -155,6 +155,12 @@ def test_native_kernel_float64_and_extreme_predictors():
         g_ref = jax.grad(lambda b: glm_log_likelihood_reference(x, y, b))(b)
         assert g.dtype == jnp.float64
         np.testing.assert_allclose(g, g_ref, rtol=1e-10)
+        # float32 X with float64 coefficients: mixed dtypes take the XLA pass instead of failing
+        x32 = x.astype(jnp.float32)
+        g_mixed = jax.grad(lambda b: glm_log_likelihood(x32, y, b, kernel="native"))(b)
+        g_mixed_ref = jax.grad(lambda b: glm_log_likelihood_reference(x32, y, b))(b)
+        assert g_mixed.dtype == jnp.float64
+        np.testing.assert_allclose(g_mixed, g_mixed_ref, rtol=1e-6)
     x = jnp.ones((40, 16)) * jnp.where(jnp.arange(40)[:, None] % 2 == 0, 1.0, -1.0)
     y = (jnp.arange(40) % 3 == 0).astype(jnp.float32)
     for scale in (-10.0, 10.0):  # eta = +-160
