@@ -128,8 +128,9 @@ def _blocked_pass(x, y, beta, intercept, offset, family, block_size):
 # ---- the native pass ----------------------------------------------------------------------
 #
 # The FFI call takes canonical shapes: x (G, N, D), y (G, N), offset (G, N) or (0,) when absent,
-# log y! (G, N) for the Poisson family or (0,), beta (G, S, D), c (G, S); it returns value (G, S), d/d beta (G, S, D) and d/d c (G, S). A custom vmap rule folds a vmapped
-# coefficient axis into S (X is still read once for all of them) and a vmapped data axis into G.
+# log y! (G, N) for the Poisson family or (0,), beta (G, S, D), c (G, S); it returns value
+# (G, S), d/d beta (G, S, D) and d/d c (G, S). A custom vmap rule folds a vmapped coefficient
+# axis into S (X is still read once for all of them) and a vmapped data axis into G.
 
 def _ffi_pass(x, y, offset, lgy, beta, c, family):
     dtype = jnp.dtype(x.dtype)
@@ -229,7 +230,6 @@ def _glm_fwd(x, y, beta, intercept, offset, family, block_size, kernel):
 
 
 def _glm_bwd(family, block_size, kernel, residuals, cotangent):
-
     g_beta, g_c, x, offset = residuals
     # d/d offset_i = r_i would need a second pass; offsets are data, so their cotangent is zero.
     # x and y are data as well (the model's observations): zero cotangents.

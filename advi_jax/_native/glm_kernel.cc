@@ -14,7 +14,7 @@
 // added at the end.
 //
 // Built on first use by advi_jax/_native/__init__.py against the XLA FFI headers that ship
-// with jaxlib, and registered as the CPU FFI target "advi_jax_glm".
+// with jaxlib, and registered as the CPU FFI targets "advi_jax_glm_f32" and "advi_jax_glm_f64".
 
 #include <algorithm>
 #include <cmath>
@@ -153,7 +153,6 @@ struct Problem {
   int64_t family;
 };
 
-template <typename T>
 struct Partial {
   std::vector<double> value, gbeta, gc;  // (S,), (S, D), (S,)
   explicit Partial(int64_t s, int64_t d) : value(s, 0.0), gbeta(s * d, 0.0), gc(s, 0.0) {}
@@ -259,7 +258,7 @@ inline void grad_block(const Chunks<T, VB>& ch, const T* xt, int64_t nt, int64_t
 }
 
 template <typename T, int VB>
-void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial<T>& out) {
+void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
   constexpr int W = Vec<T, VB>::W;
   const Chunks<T, VB> ch(p.d);
   const int64_t d = p.d, S = p.s, nc = ch.nc;
@@ -382,7 +381,7 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial<T>& out) 
 
 // Widest vector whose lane count does not exceed D (so that chunks fit in a row).
 template <typename T>
-void run_rows_any(const Problem<T>& p, int64_t row0, int64_t row1, Partial<T>& out) {
+void run_rows_any(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
   const int64_t size = static_cast<int64_t>(sizeof(T));
   if (p.d * size >= 64) {
     run_rows<T, 64>(p, row0, row1, out);
@@ -401,7 +400,7 @@ void glm_pass(const Problem<T>& p, int64_t max_threads, T* value, T* gbeta, T* g
   const double work = static_cast<double>(p.n) * static_cast<double>(p.d + 8) * static_cast<double>(p.s);
   int64_t threads = static_cast<int64_t>(work / (1 << 18));
   threads = std::max<int64_t>(1, std::min<int64_t>({threads, max_threads, p.n}));
-  std::vector<Partial<T>> parts(threads, Partial<T>(p.s, p.d));
+  std::vector<Partial> parts(threads, Partial(p.s, p.d));
   std::vector<std::thread> pool;
   for (int64_t i = 1; i < threads; ++i) {
     pool.emplace_back([&, i] { run_rows_any<T>(p, p.n * i / threads, p.n * (i + 1) / threads, parts[i]); });
@@ -421,11 +420,12 @@ void glm_pass(const Problem<T>& p, int64_t max_threads, T* value, T* gbeta, T* g
   }
 }
 
-// Shapes: x (G, N, D), y (G, N), offset (G, N) or (0,), beta (G, S, D), c (G, S);
+// Shapes: x (G, N, D), y (G, N), offset (G, N) or (0,), lgy = log y! (G, N) or (0,), beta (G, S, D),
+// c (G, S);
 // results value (G, S), gbeta (G, S, D), gc (G, S).
 template <ffi::DataType DT>
-ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset, ffi::Buffer<DT> lgy, ffi::Buffer<DT> beta,
-                   ffi::Buffer<DT> c, ffi::ResultBuffer<DT> value, ffi::ResultBuffer<DT> gbeta,
+ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset, ffi::Buffer<DT> lgy,
+                   ffi::Buffer<DT> beta, ffi::Buffer<DT> c, ffi::ResultBuffer<DT> value, ffi::ResultBuffer<DT> gbeta,
                    ffi::ResultBuffer<DT> gc, int64_t family, int64_t max_threads) {
   using T = ffi::NativeType<DT>;
   auto xd = x.dimensions();
@@ -442,8 +442,7 @@ ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset,
   for (int64_t g = 0; g < G; ++g) {
     Problem<T> p{x.typed_data() + g * N * D, y.typed_data() + g * N,
                  has_offset ? offset.typed_data() + g * N : nullptr, has_lgy ? lgy.typed_data() + g * N : nullptr,
-                 beta.typed_data() + g * S * D,
-                 c.typed_data() + g * S, N, D, S, family};
+                 beta.typed_data() + g * S * D, c.typed_data() + g * S, N, D, S, family};
     glm_pass<T>(p, std::max<int64_t>(1, max_threads), value->typed_data() + g * S, gbeta->typed_data() + g * S * D,
                 gc->typed_data() + g * S);
   }
@@ -468,11 +467,3 @@ ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxGlmF32, GlmImpl<ffi::DataType::F32>, ADVI_JAX_BIND(ffi::DataType::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxGlmF64, GlmImpl<ffi::DataType::F64>, ADVI_JAX_BIND(ffi::DataType::F64));
-
-// A plain C entry point for timing the kernel without XLA (benchmarks and debugging).
-extern "C" void advi_jax_glm_f32(const float* x, const float* y, const float* offset, const float* beta,
-                                 const float* c, int64_t n, int64_t d, int64_t s, int64_t family,
-                                 int64_t max_threads, float* value, float* gbeta, float* gc) {
-  Problem<float> p{x, y, offset, nullptr, beta, c, n, d, s, family};
-  glm_pass<float>(p, max_threads, value, gbeta, gc);
-}
