@@ -102,14 +102,17 @@ def test_native_kernel_builds_on_this_machine():
 
 @pytest.mark.parametrize("family", ["bernoulli", "poisson"])
 @pytest.mark.parametrize("d", [1, 3, 10, 17, 100])
-def test_native_kernel_matches_the_xla_pass_and_the_reference(family, d):
-    """Every column count exercises a different vector width / overlapping last chunk."""
+@pytest.mark.parametrize("num_betas", [1, 3, 8])
+def test_native_kernel_matches_the_xla_pass_and_the_reference(family, d, num_betas):
+    """Every column count exercises a different vector width / overlapping last chunk; 1, 3 and 8
+    coefficient vectors exercise the one-, two- and four-sample register blocks (and, at D = 100,
+    the row blocks for long rows)."""
     rng = np.random.default_rng(d)
     n = 1037  # not a multiple of any tile
     x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 2, n) if family == "bernoulli" else rng.poisson(2.0, n), jnp.float32)
     offset = jnp.asarray(rng.normal(size=n) * 0.2, jnp.float32)
-    betas = jnp.asarray(rng.normal(size=(8, d)) * 0.5 / np.sqrt(d), jnp.float32)
+    betas = jnp.asarray(rng.normal(size=(num_betas, d)) * 0.5 / np.sqrt(d), jnp.float32)
     for off in (None, offset):
         out = {}
         for name, fn in (("native", lambda b, c, off=off: glm_log_likelihood(x, y, b, c, off, family, kernel="native")),
