@@ -214,3 +214,24 @@ def test_kernel_argument_and_the_fallback_without_native_code():
     value = float(glm_log_likelihood_reference(x50, jnp.ones(50), jnp.ones(3)))
     np.testing.assert_allclose(float(lines[2]), value, rtol=1e-5)  # the XLA pass ran instead
     assert lines[3].startswith("kernel='native' but the native GLM kernel is unavailable")
+
+
+def test_native_kernel_split_across_threads_matches_the_reference():
+    """Enough rows that the kernel splits each problem into chunks shared out over XLA's thread
+    pool; the partial sums are added in a fixed order, so repeated calls agree bit for bit."""
+    rng = np.random.default_rng(11)
+    xs = jnp.asarray(rng.normal(size=(3, 20000, 17)), jnp.float32)
+    ys = jnp.asarray(rng.integers(0, 2, (3, 20000)), jnp.float32)
+    bs = jnp.asarray(rng.normal(size=(3, 8, 17)) * 0.2, jnp.float32)
+
+    def vg(fn):
+        one = jax.value_and_grad(fn)
+        return jax.jit(jax.vmap(lambda x, y, b: jax.vmap(one, in_axes=(0, None, None))(b, x, y)))(xs, ys, bs)
+
+    native = vg(lambda b, x, y: glm_log_likelihood(x, y, b, kernel="native"))
+    again = vg(lambda b, x, y: glm_log_likelihood(x, y, b, kernel="native"))
+    ref = vg(lambda b, x, y: glm_log_likelihood_reference(x, y, b))
+    np.testing.assert_allclose(native[0], ref[0], rtol=2e-6)
+    np.testing.assert_allclose(native[1], ref[1], rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref[1]))))
+    np.testing.assert_array_equal(native[0], again[0])
+    np.testing.assert_array_equal(native[1], again[1])

@@ -10,16 +10,18 @@
 // blocks of rows x samples), phase 2 evaluates l and r (vectorisable exp/log1p below for
 // float32), phase 3 adds R_tile^T X_tile to register-blocked gradient accumulators, while the
 // tile is still in L1. X is read from memory once per call, whatever S. Large problems are
-// split over threads by rows; each thread accumulates in double and the partial sums are
-// added at the end.
+// split into chunks of rows shared out over XLA's CPU thread pool (glm_all below); each chunk
+// accumulates in double and the partial sums are added at the end.
 //
 // Built on first use by advi_jax/_native/__init__.py against the XLA FFI headers that ship
 // with jaxlib, and registered as the CPU FFI targets "advi_jax_glm_f32" and "advi_jax_glm_f64".
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -425,32 +427,79 @@ void run_rows_any(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out)
   }
 }
 
+// Work is split into chunks (rows [row0, row1) of problem g), each accumulated into its own
+// partial sums, and shared out through an atomic counter between the calling thread and tasks
+// scheduled on XLA's own CPU thread pool: no threads are started, and the pool's workers (which
+// would otherwise spin beside ours on a small machine) do the work. The calling thread works
+// too and waits only for chunks already taken, so the call completes even if no scheduled task
+// ever runs; a task that starts late finds no chunks left and returns (it holds the job alive).
+struct Chunk {
+  int64_t g, row0, row1;
+};
+
 template <typename T>
-void glm_pass(const Problem<T>& p, int64_t max_threads, T* value, T* gbeta, T* gc) {
-  // One thread per ~2M units of work (a few hundred microseconds) at least, no more than
-  // max_threads: starting a thread costs tens of microseconds, and on a small machine a second
-  // thread competes with XLA's own workers (measured at N = 1e4, D = 10, S = 8 in aj.fit: two
-  // threads 0.21 ms per step, one thread 0.19 ms).
-  const double work = static_cast<double>(p.n) * static_cast<double>(p.d + 8) * static_cast<double>(p.s);
-  int64_t threads = static_cast<int64_t>(work / (1 << 21));
-  threads = std::max<int64_t>(1, std::min<int64_t>({threads, max_threads, p.n}));
-  std::vector<Partial> parts(threads, Partial(p.s, p.d));
-  std::vector<std::thread> pool;
-  for (int64_t i = 1; i < threads; ++i) {
-    pool.emplace_back([&, i] { run_rows_any<T>(p, p.n * i / threads, p.n * (i + 1) / threads, parts[i]); });
+struct Job {
+  std::vector<Problem<T>> problems;
+  std::vector<Chunk> chunks;
+  std::vector<Partial> parts;  // one per chunk
+  std::atomic<int64_t> next{0}, done{0};
+
+  void work() {
+    const int64_t total = static_cast<int64_t>(chunks.size());
+    for (;;) {
+      const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= total) return;
+      const Chunk& ck = chunks[i];
+      run_rows_any<T>(problems[ck.g], ck.row0, ck.row1, parts[i]);
+      done.fetch_add(1, std::memory_order_acq_rel);
+    }
   }
-  run_rows_any<T>(p, 0, p.n / threads, parts[0]);
-  for (auto& th : pool) th.join();
-  for (int64_t k = 0; k < p.s; ++k) {
-    double v = 0, c = 0;
-    for (auto& part : parts) { v += part.value[k]; c += part.gc[k]; }
-    value[k] = static_cast<T>(v);
-    gc[k] = static_cast<T>(c);
+};
+
+// Units of work: rows x (D + 8) x S. About 2^18 units (tens of microseconds) per chunk at least,
+// so that handing a chunk to another thread costs little against it; at most four chunks per
+// participant for one problem (load balance without many partial sums to add up).
+constexpr double kChunkWork = 1 << 18;
+
+template <typename T>
+void glm_all(ffi::ThreadPool& pool, std::vector<Problem<T>> problems, int64_t max_threads, T* value, T* gbeta,
+             T* gc) {
+  auto job = std::make_shared<Job<T>>();
+  job->problems = std::move(problems);
+  const int64_t G = static_cast<int64_t>(job->problems.size());
+  double total_work = 0;
+  for (const auto& p : job->problems) total_work += static_cast<double>(p.n) * (p.d + 8) * p.s;
+  int64_t participants = static_cast<int64_t>(total_work / kChunkWork);
+  participants = std::max<int64_t>(1, std::min<int64_t>({participants, max_threads, pool.num_threads()}));
+  for (int64_t g = 0; g < G; ++g) {
+    const auto& p = job->problems[g];
+    const double work = static_cast<double>(p.n) * (p.d + 8) * p.s;
+    int64_t pieces = participants > 1 ? static_cast<int64_t>(work / kChunkWork) : 1;
+    pieces = std::max<int64_t>(1, std::min<int64_t>({pieces, 4 * participants, std::max<int64_t>(1, p.n / 64)}));
+    for (int64_t i = 0; i < pieces; ++i) job->chunks.push_back({g, p.n * i / pieces, p.n * (i + 1) / pieces});
   }
-  for (int64_t k = 0; k < p.s * p.d; ++k) {
-    double g = 0;
-    for (auto& part : parts) g += part.gbeta[k];
-    gbeta[k] = static_cast<T>(g);
+  const int64_t total = static_cast<int64_t>(job->chunks.size());
+  job->parts.reserve(total);
+  for (const auto& ck : job->chunks) job->parts.emplace_back(job->problems[ck.g].s, job->problems[ck.g].d);
+  participants = std::min(participants, total);
+  for (int64_t i = 1; i < participants; ++i) pool.Schedule([job] { job->work(); });
+  job->work();
+  while (job->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
+  // Partial sums added in chunk order: the result does not depend on which thread ran what.
+  for (int64_t i = 0; i < total;) {
+    const int64_t g = job->chunks[i].g;
+    const auto& p = job->problems[g];
+    std::vector<double> v(p.s, 0.0), c(p.s, 0.0), b(p.s * p.d, 0.0);
+    for (; i < total && job->chunks[i].g == g; ++i) {
+      const Partial& part = job->parts[i];
+      for (int64_t k = 0; k < p.s; ++k) { v[k] += part.value[k]; c[k] += part.gc[k]; }
+      for (int64_t k = 0; k < p.s * p.d; ++k) b[k] += part.gbeta[k];
+    }
+    for (int64_t k = 0; k < p.s; ++k) {
+      value[g * p.s + k] = static_cast<T>(v[k]);
+      gc[g * p.s + k] = static_cast<T>(c[k]);
+    }
+    for (int64_t k = 0; k < p.s * p.d; ++k) gbeta[g * p.s * p.d + k] = static_cast<T>(b[k]);
   }
 }
 
@@ -458,9 +507,9 @@ void glm_pass(const Problem<T>& p, int64_t max_threads, T* value, T* gbeta, T* g
 // c (G, S);
 // results value (G, S), gbeta (G, S, D), gc (G, S).
 template <ffi::DataType DT>
-ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset, ffi::Buffer<DT> lgy,
-                   ffi::Buffer<DT> beta, ffi::Buffer<DT> c, ffi::ResultBuffer<DT> value, ffi::ResultBuffer<DT> gbeta,
-                   ffi::ResultBuffer<DT> gc, int64_t family, int64_t max_threads) {
+ffi::Error GlmImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset,
+                   ffi::Buffer<DT> lgy, ffi::Buffer<DT> beta, ffi::Buffer<DT> c, ffi::ResultBuffer<DT> value,
+                   ffi::ResultBuffer<DT> gbeta, ffi::ResultBuffer<DT> gc, int64_t family, int64_t max_threads) {
   using T = ffi::NativeType<DT>;
   auto xd = x.dimensions();
   auto bd = beta.dimensions();
@@ -471,15 +520,19 @@ ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset,
     return ffi::Error::InvalidArgument("advi_jax_glm: family must be 0 (bernoulli) or 1 (poisson)");
   }
   const int64_t G = xd[0], N = xd[1], D = xd[2], S = bd[1];
+  if (G == 0 || S == 0) return ffi::Error::Success();
   const bool has_offset = offset.element_count() == static_cast<size_t>(G * N) && G * N > 0;
   const bool has_lgy = lgy.element_count() == static_cast<size_t>(G * N) && G * N > 0;
+  std::vector<Problem<T>> problems;
+  problems.reserve(G);
   for (int64_t g = 0; g < G; ++g) {
-    Problem<T> p{x.typed_data() + g * N * D, y.typed_data() + g * N,
-                 has_offset ? offset.typed_data() + g * N : nullptr, has_lgy ? lgy.typed_data() + g * N : nullptr,
-                 beta.typed_data() + g * S * D, c.typed_data() + g * S, N, D, S, family};
-    glm_pass<T>(p, std::max<int64_t>(1, max_threads), value->typed_data() + g * S, gbeta->typed_data() + g * S * D,
-                gc->typed_data() + g * S);
+    problems.push_back({x.typed_data() + g * N * D, y.typed_data() + g * N,
+                        has_offset ? offset.typed_data() + g * N : nullptr,
+                        has_lgy ? lgy.typed_data() + g * N : nullptr, beta.typed_data() + g * S * D,
+                        c.typed_data() + g * S, N, D, S, family});
   }
+  glm_all<T>(pool, std::move(problems), std::max<int64_t>(1, max_threads), value->typed_data(),
+             gbeta->typed_data(), gc->typed_data());
   return ffi::Error::Success();
 }
 
@@ -487,6 +540,7 @@ ffi::Error GlmImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset,
 
 #define ADVI_JAX_BIND(DT)                      \
   ffi::Ffi::Bind()                             \
+      .Ctx<ffi::ThreadPool>()                  \
       .Arg<ffi::Buffer<DT>>()                  \
       .Arg<ffi::Buffer<DT>>()                  \
       .Arg<ffi::Buffer<DT>>()                  \
