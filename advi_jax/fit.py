@@ -854,11 +854,18 @@ def _check_initial_point(model: Model, loc: Array) -> None:
                          "finite there (pass init= a point where it is, or check the model)")
 
 
+@jax.jit
+def _all_finite(x: Array) -> Array:
+    return jnp.all(jnp.isfinite(x))
+
+
 def _check_data(model: Model) -> None:
+    # On device in one fused read: a NumPy isfinite pass over X on the host cost about 0.1 s per
+    # `fit` call at N = 1e6, D = 100. The host copy is made only to count the bad entries.
     for path, leaf in jax.tree_util.tree_leaves_with_path(model.data):
         if isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, jax.core.Tracer):
-            arr = np.asarray(leaf)
-            if np.issubdtype(arr.dtype, np.number) and not np.all(np.isfinite(arr)):
+            if np.issubdtype(leaf.dtype, np.inexact) and not bool(_all_finite(leaf)):
+                arr = np.asarray(leaf)
                 where = jax.tree_util.keystr(path) or "data"
                 raise ValueError(f"model.data{where if where != 'data' else ''} has non-finite entries "
                                  f"({int(np.sum(~np.isfinite(arr)))} of {arr.size}); remove or impute them")

@@ -183,3 +183,19 @@ def test_nonfinite_initial_point_is_reported(key):
     model = aj.Model(lambda p: jnp.log(p["x"] - 5.0), {"x": aj.positive()})
     with pytest.raises(ValueError, match="initial point"):
         aj.fit(model, key=key, progress=False)
+
+
+def test_nonfinite_data_is_reported_before_fitting(key):
+    x = np.ones((50, 3), np.float32)
+    x[7, 1] = np.nan
+    x[9, 2] = np.inf
+    y = np.zeros(50, np.int32)  # integer leaves are not checked (always finite)
+
+    def log_joint(p, data):
+        return -0.5 * jnp.sum(p["b"] ** 2) - 0.5 * jnp.sum((data[0] @ p["b"] - data[1]) ** 2)
+
+    model = aj.Model(log_joint, {"b": aj.real((3,))}, data=(jnp.asarray(x), jnp.asarray(y)))
+    with pytest.raises(ValueError, match=r"model.data\[0\] has non-finite entries \(2 of 150\)"):
+        aj.fit(model, key=key, progress=False)
+    clean = aj.Model(log_joint, {"b": aj.real((3,))}, data=(jnp.asarray(np.nan_to_num(x, posinf=1.0)), jnp.asarray(y)))
+    assert aj.fit(clean, key=key, num_steps=10, progress=False, diagnostics=False).num_steps == 10
