@@ -3,8 +3,9 @@
 One kernel today: the one-read GLM log-likelihood and gradient (`glm_kernel.cc`), used by
 `advi_jax.glm.glm_log_likelihood` on CPU. XLA:CPU runs the row-blocked version of that pass
 at 2.6x the time of one read of X (N = 1e6, D = 100, one draw; its per-block matrix-vector
-products are slow); the kernel does the same arithmetic in one tiled pass over X split across
-cores, at 1.7x (measured on a 2-core machine, see the README).
+products are slow); the kernel does the same arithmetic in one tiled pass over X, shared out
+over XLA's CPU thread pool, at 1.1x (a whole ADVI step, measured on a 2-core machine; see
+benchmarks/PERFORMANCE.md).
 
 The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`)
 against the XLA FFI headers that ship with jaxlib (`jax.ffi.include_dir()`), with
