@@ -39,7 +39,7 @@ def _logistic_model():
         from advi_jax.data import load_dataset
         from advi_jax.models import logistic_regression
     except ImportError:
-        from advi_jax.cli_variance import _own_logistic
+        from advi_jax.cli.variance import _own_logistic
 
         rng = np.random.default_rng(0)
         x = rng.normal(size=(569, 30)) @ (0.3 * rng.normal(size=(30, 30)) + np.eye(30))

@@ -13,9 +13,9 @@ import math
 import sys
 
 _SUBCOMMANDS = (
-    "advi_jax.cli_fit",
-    "advi_jax.vae.cli",
-    "advi_jax.cli_variance",
+    "advi_jax.cli.fit",
+    "advi_jax.cli.vae",
+    "advi_jax.cli.variance",
 )
 
 EPILOG = """examples:

@@ -1,0 +1,22 @@
+"""One file per algorithm, each shaped alike (see `advi_jax.base`).
+
+Every module here exposes:
+
+* `NAME`: the `method=` string of `aj.fit` that selects it;
+* `Options`: a NamedTuple of the method's static settings, with defaults;
+* `FAMILIES`: the family names it can fit ("meanfield", "fullrank", "lowrank");
+* `build(model, family, options) -> VIAlgorithm`;
+* `DEFAULT_NUM_STEPS`: the step budget `aj.fit` uses when the caller gives none.
+
+`METHODS` maps each `NAME` to its module; the driver looks methods up here, so adding an
+algorithm is one new file and one line below.
+"""
+
+from __future__ import annotations
+
+METHODS: dict = {}
+
+
+def register(module) -> None:
+    """Add an algorithm module to `METHODS` under its `NAME`."""
+    METHODS[module.NAME] = module
