@@ -21,6 +21,9 @@ hashable NamedTuple of the method's settings):
   one-shot method (Pathfinder) does all its work in one step and reports `converged=True`.
 * `params(state)`: the family's variational parameters in that state (a pytree the `Family`
   understands), from which the result is built.
+* `extras(state)` (optional, may be None): method-specific outputs computed once from the final
+  state, as a dict of arrays (e.g. DADVI's linear-response covariance and Monte Carlo standard
+  errors); the result exposes them as `result.extras`.
 
 Costs are counted by the algorithm, since only it knows them: `num_grad_evals` is the number of
 gradients of the log density the step evaluated (a value-and-gradient call counts once),
@@ -83,8 +86,10 @@ class VIAlgorithm(NamedTuple):
       init: `(key, loc) -> state`.
       step: `(key, state) -> (state, StepInfo)`.
       params: `state -> ` the family's variational parameters.
+      extras: `state -> dict` of method-specific outputs, or None.
     """
 
     init: Callable[[Array, Array], Any]
     step: Callable[[Array, Any], tuple[Any, StepInfo]]
     params: Callable[[Any], Any]
+    extras: Callable[[Any], dict] | None = None

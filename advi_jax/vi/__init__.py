@@ -6,7 +6,10 @@ Every module here exposes:
 * `Options`: a NamedTuple of the method's static settings, with defaults;
 * `FAMILIES`: the family names it can fit ("meanfield", "fullrank", "lowrank");
 * `build(model, family, options) -> VIAlgorithm`;
-* `DEFAULT_NUM_STEPS`: the step budget `aj.fit` uses when the caller gives none.
+* `DEFAULT_NUM_STEPS`: the step budget `aj.fit` uses when the caller gives none;
+* `WHITEN`: whether the driver may run it in the Laplace-whitened coordinates
+  zeta = mode + L0 u (exact for families closed under affine maps; False for a method that
+  needs the model as given, such as the exact GLM objective).
 
 `METHODS` maps each `NAME` to its module; the driver looks methods up here, so adding an
 algorithm is one new file and one line below.
