@@ -63,7 +63,8 @@ def test_interval_coverage_on_known_case(key):
 def test_fullrank_snr_has_no_nan(key):
     model, _, _ = _diagonal_gaussian()
     params = aj.FullRankGaussian().init(jax.random.key(3), 3, scale=0.5)
-    stats = aj.gradient_variance(model, "fullrank", params, key, num_draws=100, time_repeats=0)
+    stats = aj.gradient_variance(model, "fullrank", params, key, ("stl", "score_baseline"), num_draws=100,
+                                 time_repeats=0)
     for name, s in stats.items():
         assert not np.any(np.isnan(np.asarray(s.snr))), name
         assert not np.any(np.isnan(s.snr_interval)), name

@@ -137,7 +137,7 @@ def amortized_surrogate(estimator: str, decoder: LinearGaussianDecoder, batch: A
 
     def fn(phi, key: Array) -> Array:
         def q_params(p):
-            return batch @ p["A"].T + p["c"], jax.nn.softplus(p["raw_scale"])
+            return batch @ p["A"].T + p["c"][None, :], jax.nn.softplus(p["raw_scale"])
 
         mean, scale = q_params(phi)
         eps = jax.random.normal(key, (batch.shape[0], num_samples, mean.shape[-1]), mean.dtype)
