@@ -29,6 +29,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from advi_jax._types import Array, PyTree, check_positive_int
+from advi_jax.diagnostics import check_key
 from advi_jax.estimators import ESTIMATORS, get_estimator, min_num_samples
 from advi_jax.families import Family, get_family
 from advi_jax.fit import advi, resolve_optimizer
@@ -38,7 +39,6 @@ from advi_jax.gradient_variance.instruments import (
     GradientStats,
     _path_head,
     check_confidence,
-    check_key,
     chunking,
     flat_gradient,
     gradient_stats,

@@ -52,6 +52,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from advi_jax._types import Array, PyTree, check_positive_int
+from advi_jax.diagnostics import check_key
 
 __all__ = ["GradientStats", "gradient_stats", "time_gradient", "student_t_quantile", "CONFIDENCE"]
 
@@ -148,16 +149,6 @@ def student_t_quantile(p: float, dof: int) -> float:
     v = float(dof)
     return (z + (z ** 3 + z) / (4 * v) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * v ** 2)
             + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * v ** 3))
-
-
-def check_key(key: Any, name: str = "key") -> Array:
-    """A single typed PRNG key (raw uint32 (2,) keys are wrapped), else a TypeError naming `name`."""
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-        return key
-    if isinstance(key, (jax.Array, np.ndarray)) and key.shape == (2,) and key.dtype == np.uint32:
-        return jax.random.wrap_key_data(jnp.asarray(key))
-    raise TypeError(f"{name} must be a single PRNG key such as jax.random.key(0), got "
-                    f"{type(key).__name__}{getattr(key, 'shape', '')}")
 
 
 def _path_head(path) -> str:
