@@ -103,3 +103,12 @@ def test_argument_checks(key):
         gradient_stats(lambda p, k: jnp.sum(p), jnp.ones(3), key, confidence=1.5)
     with pytest.raises(TypeError, match="surrogate"):
         gradient_stats("nope", jnp.ones(3), key)
+
+
+def test_deterministic_and_zero_gradients_have_no_nan(key):
+    """A noiseless gradient: variance 0 with interval [0, 0], SNR inf; an all-zero one: SNR 0, median 0."""
+    s = gradient_stats(lambda p, k: jnp.sum(p), jnp.ones(3), key, num_draws=10, time_repeats=0)
+    assert np.all(np.asarray(s.variance) == 0) and np.all(s.variance_interval == 0)
+    assert np.all(np.isinf(np.asarray(s.snr))) and np.all(np.isinf(s.snr_interval)) and np.isinf(s.median_snr)
+    z = gradient_stats(lambda p, k: 0.0 * jnp.sum(p), jnp.ones(3), key, num_draws=10, time_repeats=0)
+    assert not z.active.any() and z.median_snr == 0.0 and not np.any(np.isnan(z.median_snr_interval))

@@ -24,7 +24,7 @@ degrees of freedom.
 
 Coordinates that every draw leaves at exactly zero (e.g. the unused upper triangle of the
 full-rank family's `off_diag`) are "inactive": their SNR is reported as 0 (no signal, no noise,
-never NaN) and they are left out of `median_snr`.
+never NaN) and they are left out of `median_snr` (which is 0 when no coordinate is active).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -118,7 +118,7 @@ class GradientStats(NamedTuple):
 
     @property
     def median_snr(self) -> float:
-        """Median of the per-coordinate SNR over the active coordinates (NaN if none is active)."""
+        """Median of the per-coordinate SNR over the active coordinates (0 if none is active)."""
         return _median_active(np.asarray(self.snr, np.float64), self.active)
 
     def standard_error(self) -> Array:
@@ -276,7 +276,10 @@ def jackknife_interval(theta, theta_loo, t: float, *, log: bool, xp=jnp):
     loo = xp.where(finite, theta_loo, 0.0)
     se = xp.sqrt((num - 1) / num * xp.sum((loo - xp.mean(loo, axis=0, keepdims=True)) ** 2, axis=0))
     se = xp.where(xp.all(finite, axis=0), se, xp.inf)
-    return xp.maximum(theta - t * se, 0.0), theta + t * se, se
+    with np.errstate(invalid="ignore"):  # an infinite statistic keeps [inf, inf]
+        lower = xp.where(xp.isfinite(theta), xp.maximum(theta - t * se, 0.0), theta)
+        upper = xp.where(xp.isfinite(theta), theta + t * se, theta)
+    return lower, upper, se
 
 
 def _snr(mean, m2, n, active, xp):
@@ -289,7 +292,7 @@ def _snr(mean, m2, n, active, xp):
 
 def _median_active(snr: np.ndarray, active: np.ndarray) -> float:
     values = snr[..., np.asarray(active, bool)]
-    return float(np.median(values)) if values.size else float("nan")
+    return float(np.median(values)) if values.size else 0.0  # every draw exactly zero: no signal
 
 
 def summarise(g: GroupMoments, unravel: Callable, masks: dict[str, np.ndarray], seconds: float,
@@ -316,11 +319,8 @@ def summarise(g: GroupMoments, unravel: Callable, masks: dict[str, np.ndarray], 
     snr_loo = _snr(mean_loo, m2_loo, n_loo[:, None], active, np)
     s_lo, s_hi, _ = jackknife_interval(snr, snr_loo, t, log=False, xp=np)
     med = _median_active(snr, active)
-    if np.isfinite(med):
-        med_loo = np.array([_median_active(row, active) for row in snr_loo])
-        m_lo, m_hi, _ = jackknife_interval(np.float64(med), med_loo, t, log=False, xp=np)
-    else:
-        m_lo = m_hi = float("nan")
+    med_loo = np.array([_median_active(row, active) for row in snr_loo])
+    m_lo, m_hi, _ = jackknife_interval(np.float64(med), med_loo, t, log=False, xp=np)
     dtype = jnp.result_type(float)
     mean_j = jnp.asarray(mean, dtype)
     efficiency = float(trace) * seconds if math.isfinite(seconds) else float("nan")
