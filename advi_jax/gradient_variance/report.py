@@ -69,6 +69,8 @@ def variance_table(stats: Mapping[str, GradientStats]) -> list[dict]:
 
 
 def _cell(value: float, lower: float, upper: float) -> str:
+    if math.isnan(value):
+        return "-"
     return f"{value:.4g} [{lower:.3g}, {upper:.3g}]"
 
 
@@ -90,7 +92,7 @@ def format_table(rows: list[dict]) -> str:
                      _cell(r["loc_variance"], r["loc_variance_lower"], r["loc_variance_upper"]),
                      _cell(r["scale_variance"], r["scale_variance_lower"], r["scale_variance_upper"]),
                      _cell(r["median_snr"], r["median_snr_lower"], r["median_snr_upper"]),
-                     f"{r['seconds_per_gradient']:.3g}",
+                     "-" if math.isnan(r["seconds_per_gradient"]) else f"{r['seconds_per_gradient']:.3g}",
                      _cell(r["efficiency"], r["efficiency_lower"], r["efficiency_upper"])])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(("estimator",) + heads)]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
