@@ -12,6 +12,8 @@ import importlib
 import math
 import sys
 
+from advi_jax._extras import MissingExtraError
+
 _SUBCOMMANDS = (
     "advi_jax.cli.fit",
     "advi_jax.cli.vae",
@@ -87,8 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError) as err:
-        print(f"advi-jax {args.command}: error: {err}", file=sys.stderr)
+    except ModuleNotFoundError as err:  # an optional dependency: name the extra that installs it
+        from advi_jax._extras import missing_extra_message
+
+        hint = missing_extra_message(err)
+        if hint is None:
+            raise
+        print(f"advi-jax {args.command}: error: {hint}", file=sys.stderr)
+        return 2
+    except (UsageError, ValueError, OSError, MissingExtraError) as err:  # OSError: unreadable/unwritable paths
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"advi-jax {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"advi-jax {args.command}: interrupted", file=sys.stderr)
