@@ -66,12 +66,24 @@ def frame_to_array(X: Any, feature_names=None) -> tuple[Any, Any]:
         if hasattr(feature_names, "tolist"):
             feature_names = feature_names.tolist()
         return X, feature_names
-    bad = [str(c) for c in X.columns if not (np.issubdtype(X[c].dtype, np.number) or X[c].dtype == bool)]
+    bad = [str(c) for c in X.columns if not _is_numeric(X[c].dtype)]
     if bad:
         raise TypeError(f"X has non-numeric columns {bad}; encode them, or use from_formula(df, 'y ~ ... + C(col)') "
                         "to one-hot code them")
     names = [str(c) for c in X.columns] if feature_names is None else feature_names
     return X.to_numpy(dtype=np.float64, na_value=np.nan), names
+
+
+def _is_numeric(dtype) -> bool:
+    try:
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+        return bool(is_numeric_dtype(dtype) or is_bool_dtype(dtype))
+    except ImportError:  # pragma: no cover - a frame without pandas
+        try:
+            return bool(np.issubdtype(dtype, np.number) or dtype == bool)
+        except TypeError:
+            return False
 
 
 class _FormulaSpec:
