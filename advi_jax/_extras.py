@@ -1,7 +1,7 @@
 """Optional dependencies: import them with an error that names the extra to install.
 
-The core (models, families, fits, diagnostics, the `fit` command) needs only JAX, optax, NumPy,
-matplotlib and tqdm. Other parts need an extra (see docs/packaging.md):
+The core (models, families, fits, diagnostics, predictions, the `fit` command) needs only JAX,
+optax, NumPy, matplotlib and tqdm. Other parts need an extra (see docs/packaging.md):
 
 =================  =======================  =======================================
 extra              packages                  needed for
@@ -10,7 +10,7 @@ extra              packages                  needed for
 `numpyro`          numpyro                   `aj.from_numpyro`
 `formula`          formulaic, pandas         `from_formula`, `advi-jax fit --formula`
 `arviz`            arviz                     `to_arviz`
-`bench`            blackjax                  `python -m benchmarks`
+`bench`            blackjax, numpyro         `python -m benchmarks`
 =================  =======================  =======================================
 
 Example:
@@ -34,7 +34,6 @@ EXTRA_FOR_MODULE = {
     "pandas": "formula",
     "arviz": "arviz",
     "blackjax": "bench",
-    "matplotlib": "plot",
 }
 
 
