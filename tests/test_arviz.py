@@ -94,7 +94,7 @@ def test_numpyro_deterministic_sites_in_posterior():
             numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
 
     m = aj.from_numpyro(model, Y)
-    result = aj.fit(m, key=jax.random.key(0), num_steps=500, progress=False)
+    result = aj.fit(m, key=jax.random.key(0), num_steps=200, progress=False, diagnostics=False)
     idata = to_arviz(result, num_draws=300, key=jax.random.key(3))
     post = idata.posterior
     assert set(post.data_vars) == {"mu", "sigma", "snr"}

@@ -203,3 +203,21 @@ def test_marginals_figure_gives_each_parameter_group_its_own_scale():
     lo, hi = beta_axis.get_xlim()
     assert hi < 0.5 and lo > -0.5  # the intercept's scale does not squeeze the coefficients
     assert (0.016 / (hi - lo)) > 0.02  # each 90% interval spans a visible share of its panel
+
+
+def test_load_features_with_exposure_and_formula_from_npz(tmp_path):
+    import argparse
+
+    from advi_jax.cli.fit import _load
+
+    np.savez(tmp_path / "c.npz", x1=np.array([0.1, 0.5, -0.3, 1.2]), x2=np.array([1.0, 2.0, 3.0, 4.0]),
+             years=np.array([1.0, 2.0, 0.5, 1.5]), claims=np.array([0, 2, 1, 3]))
+    base = dict(model="poisson", data=str(tmp_path / "c.npz"), target="claims", features="x1", exposure="years",
+                formula=None, delimiter=",", dropna=False, prior_scale=1.0)
+    x, y, names, exposure, _ = _load(argparse.Namespace(**base))
+    assert names == ("x1",) and x.shape == (4, 1)  # --features no longer hides the --exposure column
+    np.testing.assert_array_equal(exposure, [1.0, 2.0, 0.5, 1.5])
+    model, *_ = _load(argparse.Namespace(**{**base, "target": None, "features": None,
+                                             "formula": "claims ~ x1 + x2"}))
+    assert model.info.feature_names == ("x1", "x2")
+    np.testing.assert_allclose(model.data["offset"], np.log([1.0, 2.0, 0.5, 1.5]), rtol=1e-6)
