@@ -158,7 +158,8 @@ def test_csv_with_text_column_missing_values_and_semicolons(tmp_path):
     info = json.loads((tmp_path / "res" / "summary.json").read_text())
     assert info["fit"]["num_rows"] == 199 and info["fit"]["feature_names"] == ["a", "b"]
     keep = np.arange(n) != 4
-    np.testing.assert_allclose(info["fit"]["standardization"]["mean"], [a[keep].mean(), b[keep].mean()], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(info["fit"]["standardization"]["mean"], [a[keep].mean(), b[keep].mean()],
+                               rtol=1e-5, atol=1e-5)
     rows = {r["parameter"]: r for r in info["summary"]}
     assert rows["beta[a]"]["mean_data_scale"] == pytest.approx(
         rows["beta[a]"]["mean"] / info["fit"]["standardization"]["sd"][0], rel=1e-6)

@@ -278,7 +278,8 @@ def test_model_needing_concrete_data_gets_clear_error_at_from_numpyro():
         a = numpyro.sample("a", dist.Normal(0.0, 1.0).expand([k]))
         numpyro.sample("y", dist.Normal(a[g], 1.0), obs=y)
 
-    with pytest.raises(ValueError, match=r"grouped uses the value of an array argument.*static.*outside the model") as info:
+    message = r"grouped uses the value of an array argument.*static.*outside the model"
+    with pytest.raises(ValueError, match=message) as info:
         aj.from_numpyro(grouped, g, y)
     assert len(str(info.value).splitlines()) == 1 and "ConcretizationTypeError" in str(info.value)
 

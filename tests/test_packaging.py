@@ -37,7 +37,8 @@ out["formula"] = error_of(lambda: aj.models.from_formula("logistic", {"x": x[:, 
 from advi_jax.interop.arviz import to_arviz
 out["arviz"] = error_of(lambda: to_arviz(result))
 from advi_jax.cli import main
-for name, argv in (("cli_vae", ["vae", "--epochs", "1"]), ("cli_formula", ["fit", "--data", sys.argv[1], "--formula", "y ~ a"])):
+for name, argv in (("cli_vae", ["vae", "--epochs", "1"]),
+                   ("cli_formula", ["fit", "--data", sys.argv[1], "--formula", "y ~ a"])):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(argv)

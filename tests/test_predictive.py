@@ -40,7 +40,8 @@ def test_posterior_predictive_moments_and_new_rows(key):
     xl = np.random.default_rng(1).normal(size=(300, 1))
     logit = aj.models.logistic_regression(xl, (xl[:, 0] > 0) * 1.0)
     p_draws = {"intercept": np.zeros(3000), "beta": np.ones((3000, 1))}
-    y_new = np.asarray(aj.models.posterior_predictive(logit, p_draws, key, np.array([[float(logit.data["x_mean"][0])]])))
+    at_mean = np.array([[float(logit.data["x_mean"][0])]])
+    y_new = np.asarray(aj.models.posterior_predictive(logit, p_draws, key, at_mean))
     assert set(np.unique(y_new)) <= {0.0, 1.0} and abs(y_new.mean() - 0.5) < 5 * np.sqrt(0.25 / 3000)
 
 

@@ -90,7 +90,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=10_000, help="optimisation steps (default 10000)")
     p.add_argument("--samples", type=positive_int, default=1, help="Monte Carlo draws per step (default 1)")
     p.add_argument("--learning-rate", type=positive_float, default=None, help="Adam's step size (default 0.01)")
-    p.add_argument("--prior-scale", type=positive_float, default=2.5, help="sd of the coefficients' Normal prior, on the standardised scale (default 2.5)")
+    p.add_argument("--prior-scale", type=positive_float, default=2.5,
+                   help="sd of the coefficients' Normal prior, on the standardised scale (default 2.5)")
     p.add_argument("--init", choices=("auto", "zero", "laplace", "random"), default="auto",
                    help="starting point: auto (Laplace start for K <= 1000), zero, laplace, random")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -301,16 +302,17 @@ def _write_outputs(out: Path, result, draws, rows, info, check, plots: bool) -> 
     np.savez_compressed(out / "draws.npz", **{k: np.asarray(v) for k, v in draws.items()})
     written.append(out / "draws.npz")
     if plots:
-        from advi_jax.cli import fit_plots
-
-        for name, fig in (("elbo.png", fit_plots.elbo_figure(result)), ("marginals.png", fit_plots.marginals_figure(rows)),
-                          ("predictive_check.png", fit_plots.predictive_check_figure(check))):
-            fig.savefig(out / name, dpi=120)
-            fig.clf()
-            written.append(out / name)
         import matplotlib.pyplot as plt
 
-        plt.close("all")
+        from advi_jax.cli import fit_plots
+
+        figures = (("elbo.png", fit_plots.elbo_figure), ("marginals.png", lambda _: fit_plots.marginals_figure(rows)),
+                   ("predictive_check.png", lambda _: fit_plots.predictive_check_figure(check)))
+        for name, make in figures:
+            fig = make(result)
+            fig.savefig(out / name, dpi=120)
+            plt.close(fig)
+            written.append(out / name)
     return written
 
 
