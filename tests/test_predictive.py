@@ -69,3 +69,17 @@ def test_predictive_check_logistic_and_errors(key):
         aj.models.posterior_predictive(model, draws, 0)
     with pytest.raises(ValueError, match="missing parameters"):
         aj.models.posterior_predictive(model, {"beta": np.zeros((5, 2))}, key)
+
+
+def test_predictive_check_figure_draws_observed_and_replicated(key):
+    from advi_jax.cli.fit_plots import predictive_check_figure
+
+    x, y = _poisson_data(400, True, seed=5)
+    model = aj.models.poisson_regression(x, y)
+    check = aj.models.predictive_check(model, _true_draws(model, 100, 0.5, [0.3, -0.2]), key)
+    fig = predictive_check_figure(check)
+    left, right = fig.get_axes()[:2]
+    bars = [p.get_height() for p in left.patches]
+    np.testing.assert_allclose(bars[:3], [(y == c).mean() for c in range(3)])  # observed count frequencies
+    assert "OVER-DISPERSED" in right.get_title()
+    assert right.get_lines()[-1].get_xdata()[0] == pytest.approx(check.observed["variance / mean"])

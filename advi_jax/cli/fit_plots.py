@@ -136,7 +136,13 @@ def predictive_check_figure(check):
         left.set_ylabel("observed rate")
         left.set_title("calibration", fontsize=9)
     left.legend(fontsize=7) if check.kind == "poisson" else None
-    right.hist(check.replicated[stat], bins=30, color="tab:blue", alpha=0.6, label="replications")
+    values = np.asarray(check.replicated[stat])
+    levels, counts = np.unique(values, return_counts=True)
+    if len(levels) <= 60:  # a discrete statistic (a share of N rows): one bar per attained value
+        width = 0.8 * (np.min(np.diff(levels)) if len(levels) > 1 else 1.0)
+        right.bar(levels, counts, width=width, color="tab:blue", alpha=0.6, label="replications")
+    else:
+        right.hist(values, bins=30, color="tab:blue", alpha=0.6, label="replications")
     right.axvline(check.observed[stat], color="black", lw=2, label=f"observed (p = {check.p_values[stat]:.3f})")
     right.set_xlabel(stat)
     right.set_title(stat + (": OVER-DISPERSED" if check.overdispersed else ""), fontsize=9)
