@@ -35,7 +35,7 @@ EXAMPLES = """examples:
 """
 
 DEFAULT_DATA = {"logistic": "breast_cancer", "poisson": "randhie"}
-PREDICTIVE_DRAWS = 400  # posterior draws behind the predictive check
+PREDICTIVE_DRAWS = 400  # posterior draws behind the predictive check (fewer for tables over 50,000 rows)
 
 
 def at_least_two(text: str) -> int:
@@ -359,7 +359,9 @@ def run(args) -> int:
     ordered = {k: draws[k] for k in model.names}
     lines = [result.summary(key, args.draws, labels)]
     lines += _data_scale(model, {k: draws[k] for k in model.names}, rows, labels)
-    subset = {k: v[:PREDICTIVE_DRAWS] for k, v in ordered.items()}
+    # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
+    num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
+    subset = {k: v[:num_check] for k, v in ordered.items()}
     check = aj.models.predictive_check(model, subset, jax.random.key(args.seed + 2))
     lines += ["", check.message]
     print("\n".join(lines))
