@@ -107,3 +107,21 @@ def test_bad_num_draws(bad, err, conjugate_result):
     result = conjugate_result
     with pytest.raises(err, match="num_draws"):
         to_arviz(result, num_draws=bad)
+
+
+def test_formula_model_names_are_coordinates():
+    pd = pytest.importorskip("pandas", reason="formulas need the formula extra")
+    pytest.importorskip("formulaic", reason="formulas need the formula extra")
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.normal(size=50), "g": rng.choice(["a", "b", "c"], 50)})
+    df["y"] = (df.x > 0).astype(float)
+    model = aj.models.logistic_regression.from_formula(df, "y ~ x + C(g)")
+    family = aj.MeanFieldGaussian()
+    params = family.init(jax.random.key(0), model.dim)
+    result = SimpleNamespace(model=model, family=family, params=params, elbo=np.zeros(3), khat=0.1, iw_elbo=-1.0,
+                             iw_elbo_se=0.01, num_gradient_evals=3, estimator="reparam", verdict="good")
+    idata = to_arviz(result, num_draws=20, key=jax.random.key(1))
+    assert list(idata.posterior["feature"].values) == ["x", "C(g)[T.b]", "C(g)[T.c]"]
+    assert idata.posterior["beta"].shape == (1, 20, 3)
