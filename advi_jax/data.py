@@ -7,7 +7,10 @@ Three kinds of data:
   `"breast_cancer"` (logistic regression, 569 x 30) and `"randhie"` (Poisson regression,
   20190 x 9).
 * The user's own tables (`load_csv`, `load_npz`), checked eagerly: every problem raises a
-  `ValueError` that names the file, the column and, for bad values, the row.
+  `ValueError` that names the file, the column and, for bad values, the row. Only the target
+  and the selected features must be numeric; missing values are an error naming columns and
+  rows unless `dropna=True` (which says how many rows it dropped); a CSV that looks separated
+  by another delimiter gets an error suggesting it.
 * Larger files that are not shipped (MNIST and friends): `find_data_file` looks in
   `$ADVI_JAX_DATA`, then the user cache folder (`$XDG_CACHE_HOME/advi_jax`, by default
   `~/.cache/advi_jax`), then `../shared/data` beside the repository checkout, and checks the

@@ -222,3 +222,15 @@ def test_load_features_with_exposure_and_formula_from_npz(tmp_path):
                                              "formula": "claims ~ x1 + x2"}))
     assert model.info.feature_names == ("x1", "x2")
     np.testing.assert_allclose(model.data["offset"], np.log([1.0, 2.0, 0.5, 1.5]), rtol=1e-6)
+
+
+def test_tsv_files_default_to_tab_delimiter(tmp_path):
+    import argparse
+
+    from advi_jax.cli.fit import _load
+
+    (tmp_path / "t.tsv").write_text("a\tb\ty\n1\t2\t0\n2\t1\t1\n3\t5\t0\n")
+    ns = argparse.Namespace(model="logistic", data=str(tmp_path / "t.tsv"), target="y", features=None,
+                            exposure=None, formula=None, delimiter=",", dropna=False, prior_scale=2.5)
+    x, y, names, _, _ = _load(ns)
+    assert names == ("a", "b") and x.shape == (3, 2)

@@ -68,7 +68,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", choices=("logistic", "poisson"), default="logistic",
                    help="likelihood: logistic (0/1 target) or poisson (count target) (default: logistic)")
     p.add_argument("--data", metavar="FILE",
-                   help="a .csv (header row) or .npz file; default: the bundled dataset for --model")
+                   help="a .csv/.tsv (header row) or .npz file; default: the bundled dataset for --model")
     p.add_argument("--target", metavar="COLUMN", help="target column of --data (required with --data, "
                    "unless --formula names it)")
     p.add_argument("--features", metavar="A,B,...", help="feature columns (default: all other columns); columns "
@@ -77,7 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "\"y ~ x1 + C(x2) + x1:x3\" (C() one-hot codes a text column, a:b is an interaction, - 1 drops "
                    "the intercept); replaces --target/--features; needs the formula extra")
     p.add_argument("--delimiter", default=",", metavar="CHAR", help="CSV field separator: one character or 'tab' "
-                   "(default ',')")
+                   "(default ',', or tab for a .tsv file)")
     p.add_argument("--dropna", action="store_true", help="drop rows with missing values in the used columns "
                    "(default: stop with an error naming the rows and columns)")
     p.add_argument("--exposure", metavar="COLUMN", help="poisson only: exposure column (offset log exposure)")
@@ -190,6 +190,8 @@ def _load(args):
     path = Path(args.data)
     if path.suffix.lower() not in (".npz", ".csv", ".txt", ".tsv"):
         raise UsageError(f"--data must be a .csv or .npz file, got {str(path)!r}")
+    if path.suffix.lower() == ".tsv" and args.delimiter == ",":
+        args.delimiter = "tab"  # a .tsv file is tab-separated unless --delimiter says otherwise
     if args.formula:
         data_module._check_file(path)
         return _load_formula(args, path), None, None, None, str(path)
