@@ -16,6 +16,7 @@ _SUBCOMMANDS = (
     "advi_jax.cli.fit",
     "advi_jax.cli.vae",
     "advi_jax.cli.variance",
+    "advi_jax.cli.build",
 )
 
 EPILOG = """examples:
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="{fit,vae,variance}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{fit,vae,variance,build}")
     for module_name in _SUBCOMMANDS:
         try:
             module = importlib.import_module(module_name)
