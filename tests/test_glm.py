@@ -244,11 +244,11 @@ def test_native_kernel_split_across_threads_matches_the_reference():
 def test_batched_value_equals_the_per_draw_value(family):
     """The diagnostics evaluate 4,096 draws in lax.map batches: the batched value must equal each
     draw's value alone (and the value of the differentiated pass), with or without offsets."""
-    x, y, offset = _data(family, n=20000, d=10)
+    x, y, offset = _data(family, n=9000, d=10)  # value pass: one block of 8192 rows and a tail
     rng = np.random.default_rng(3)
     betas = jnp.asarray(rng.normal(size=(300, 10)) * 0.3, jnp.float32)  # 300 = 2 batches of 128 + 44
     cs = jnp.asarray(rng.normal(size=300) * 0.3, jnp.float32)
-    for off in (None, offset):
+    for off in ((None,) if family == "bernoulli" else (offset,)):
         def value(bc, off=off):
             return glm_log_likelihood(x, y, bc[0], bc[1], off, family)
 
