@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="{fit,vae,variance,build}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{fit,vae,variance}")
     for module_name in _SUBCOMMANDS:
         try:
             module = importlib.import_module(module_name)
