@@ -40,7 +40,7 @@ from advi_jax.fit import (
     laplace,
 )
 from advi_jax.flatten import Model
-from advi_jax.glm import glm_log_likelihood
+from advi_jax.models.glm import glm_log_likelihood
 from advi_jax.interop import from_numpyro
 from advi_jax.many import ManyResult, fit_many, stack_models
 from advi_jax.minibatch import MinibatchModel, fit_minibatch

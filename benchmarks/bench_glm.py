@@ -6,9 +6,14 @@ in a second, transposed read of X; ``blocked`` calls `aj.glm_log_likelihood`, wh
 value and gradient in one pass over row blocks. Timed: `aj.fit` per step (its second call,
 which compiles nothing), for each of `--samples` draws per step.
 
+`--diagnostics` times instead what the default importance diagnostics (4,096 draws of q, their
+log density evaluated without a gradient) add to `aj.fit(model, num_steps=2000)`: the ready
+`aj.models.logistic_regression` against a hand-written log joint of the same model.
+
 Usage:
   python -m benchmarks.bench_glm                     # N = 100,000, D = 100
   python -m benchmarks.bench_glm --n 1000000 --d 10
+  python -m benchmarks.bench_glm --diagnostics --n 100000 --d 10
 """
 
 from __future__ import annotations
@@ -56,6 +61,38 @@ def per_step(log_joint, data, d, steps, samples):
     return (time.perf_counter() - start) / steps, result
 
 
+def diagnostics_cost(n, d, steps):
+    """Rows: seconds of `aj.fit` with diagnostics off and on (the second of two calls each)."""
+    from advi_jax.models.glm import build_kernel
+
+    build_kernel()
+    x, y = logistic_data(n, d)
+    ready = aj.models.logistic_regression(x, y)
+
+    def hand(params, data):
+        xs, ys = data
+        z = (2.0 * ys - 1.0) * (xs @ params["beta"] + params["intercept"])
+        return (jnp.sum(jnp.minimum(z, 0.0) - jnp.log1p(jnp.exp(-jnp.abs(z))))
+                - 0.5 * jnp.sum((params["beta"] / 2.5) ** 2) - 0.5 * (params["intercept"] / 10.0) ** 2)
+
+    handwritten = aj.Model(hand, {"beta": aj.real((d,)), "intercept": aj.real()},
+                           data=(jnp.asarray(ready.data["x"]), jnp.asarray(ready.data["y"])))
+    rows = []
+    for name, model in (("ready logistic_regression", ready), ("hand-written log joint", handwritten)):
+        seconds = {}
+        for diagnostics in (False, True, False, True):  # the second call of each is timed
+            start = time.perf_counter()
+            result = aj.fit(model, key=jax.random.key(0), num_steps=steps, progress=False, diagnostics=diagnostics)
+            jax.block_until_ready(result.params)
+            seconds[diagnostics] = time.perf_counter() - start
+        cost = seconds[True] - seconds[False]
+        rows.append({"model": name, "N": n, "D": d, "steps": result.num_steps, "fit s": seconds[False],
+                     "fit + diagnostics s": seconds[True], "diagnostics s": cost,
+                     "diagnostics / fit": cost / seconds[False]})
+        print(rows[-1], file=sys.stderr)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
@@ -63,8 +100,17 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--samples", default="1,8")
     parser.add_argument("--block-size", type=int, default=1024)
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="time the default diagnostics of aj.fit (2000 steps) instead of steps")
     parser.add_argument("--out", default="benchmarks/results/bench_glm.json")
     args = parser.parse_args(argv)
+    if args.diagnostics:
+        rows = diagnostics_cost(args.n, args.d, 2000)
+        table = markdown_table(rows, list(rows[0]))
+        print(table)
+        write_json(args.out, {"benchmark": "bench_glm --diagnostics", "versions": versions(), "machine": machine(),
+                              "args": vars(args), "rows": rows, "markdown": table})
+        return
     x, y = logistic_data(args.n, args.d)
     data = (jnp.asarray(x), jnp.asarray(y))
     rows = []

@@ -1,4 +1,5 @@
-"""The one-read blocked GLM log-likelihood against the plain autodiff reference."""
+"""The one-read GLM log-likelihood (advi_jax/models/glm.py) against the plain autodiff reference, and
+the native kernel's build: ahead of need, never while tracing, warnings on, failures explained."""
 
 import os
 
@@ -7,11 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advi_jax.glm import (
+from advi_jax.models import _native
+from advi_jax.models.glm import (
+    build_kernel,
     default_block_size,
     glm_log_likelihood,
     glm_log_likelihood_reference,
+    kernel_status,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _native_kernel_built():
+    """Wait for the background build started at import (tests that use kernel='native' need it)."""
+    build_kernel()
 
 
 def _data(family, n=1037, d=6, seed=0):
@@ -89,9 +99,7 @@ def test_bad_input_is_named():
     assert default_block_size(100) == 8192 and default_block_size(10_000) == 256
 
 
-# ---- the native CPU kernel (advi_jax/_native/glm_kernel.cc) -----------------------------------
-
-from advi_jax import _native
+# ---- the native CPU kernel (advi_jax/models/_native/glm_kernel.cc) ----------------------------
 
 
 def test_native_kernel_builds_on_this_machine():
@@ -191,8 +199,8 @@ def test_kernel_argument_and_the_fallback_without_native_code():
     import sys
 
     code = ("import jax.numpy as jnp, numpy as np\n"
-            "from advi_jax import _native\n"
-            "from advi_jax.glm import glm_log_likelihood as f\n"
+            "from advi_jax.models import _native\n"
+            "from advi_jax.models.glm import glm_log_likelihood as f\n"
             "x = jnp.asarray(np.random.default_rng(0).normal(size=(50, 3)), jnp.float32)\n"
             "print(_native.available())\nprint(_native.reason())\n"
             "print(float(f(x, jnp.ones(50), jnp.ones(3))))\n"
@@ -227,3 +235,187 @@ def test_native_kernel_split_across_threads_matches_the_reference():
     np.testing.assert_allclose(native[1], ref[1], rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref[1]))))
     np.testing.assert_array_equal(native[0], again[0])
     np.testing.assert_array_equal(native[1], again[1])
+
+
+# ---- the value without gradient: batched draws (the importance diagnostics) -------------------
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "poisson"])
+def test_batched_value_equals_the_per_draw_value(family):
+    """The diagnostics evaluate 4,096 draws in lax.map batches: the batched value must equal each
+    draw's value alone (and the value of the differentiated pass), with or without offsets."""
+    x, y, offset = _data(family, n=9000, d=10)  # value pass: one block of 8192 rows and a tail
+    rng = np.random.default_rng(3)
+    betas = jnp.asarray(rng.normal(size=(300, 10)) * 0.3, jnp.float32)  # 300 = 2 batches of 128 + 44
+    cs = jnp.asarray(rng.normal(size=300) * 0.3, jnp.float32)
+    for off in ((None,) if family == "bernoulli" else (offset,)):
+        def value(bc, off=off):
+            return glm_log_likelihood(x, y, bc[0], bc[1], off, family)
+
+        batched = jax.jit(lambda b, c: jax.lax.map(value, (b, c), batch_size=128))(betas, cs)
+        single = jax.jit(value)
+        per_draw = np.array([float(single((betas[i], cs[i]))) for i in range(0, 300, 23)])
+        reference = np.array([float(glm_log_likelihood_reference(x, y, betas[i], cs[i], off, family))
+                              for i in range(0, 300, 23)])
+        differentiated = jax.jit(jax.vmap(jax.value_and_grad(lambda b, c, off=off: glm_log_likelihood(
+            x, y, b, c, off, family))))(betas[::23], cs[::23])[0]
+        scale = float(np.max(np.abs(reference)))
+        np.testing.assert_allclose(np.asarray(batched)[::23], per_draw, rtol=2e-6, atol=2e-6 * scale)
+        np.testing.assert_allclose(per_draw, reference, rtol=2e-6, atol=2e-6 * scale)
+        np.testing.assert_allclose(differentiated, per_draw, rtol=2e-6, atol=2e-6 * scale)
+
+
+def test_value_without_gradient_is_a_matrix_product_not_the_kernel():
+    """Under vmap without a gradient, the value is X_b @ B (one product for the batch) and never
+    the kernel's value-and-gradient pass; with a gradient, the kernel runs."""
+    x, y, _ = _data("bernoulli", n=5000, d=10)
+    betas = jnp.zeros((256, 10))
+    value_jaxpr = str(jax.make_jaxpr(jax.vmap(lambda b: glm_log_likelihood(x, y, b)))(betas))
+    assert "ffi_call" not in value_jaxpr
+    assert "dot_general" in value_jaxpr
+    grad_jaxpr = str(jax.make_jaxpr(jax.vmap(jax.grad(lambda b: glm_log_likelihood(x, y, b))))(betas))
+    assert "ffi_call" in grad_jaxpr
+
+
+# ---- building the native kernel: ahead of need, warnings on, failures explained ----------------
+
+
+def test_kernel_compiles_with_warnings_on_and_without_a_warning():
+    """-Wall -Wextra, no -w; the compiler's output for the library in use is kept, and must be
+    empty: a change to glm_kernel.cc that adds a warning changes the cache key, is rebuilt, and
+    fails here."""
+    assert {"-Wall", "-Wextra"} <= set(_native.FLAGS) and "-w" not in _native.FLAGS
+    assert kernel_status()[0] == "ready"
+    log = _native.build_log()
+    assert log is not None, "the build log of the library in use is missing"
+    assert log.strip() == "", f"compiling glm_kernel.cc printed warnings:\n{log}"
+
+
+def test_cache_key_hashes_jaxlib_version_compiler_and_flags(monkeypatch):
+    command = _native._command("/usr/bin/c++")
+    target = _native._target(command)
+    assert _native._target(command) == target
+    assert _native._target([*command, "-DX"]) != target
+    assert _native._target(["/usr/bin/clang++", *command[1:]]) != target
+    monkeypatch.setattr(_native, "_jaxlib_version", lambda: "0.0.0-other")
+    assert _native._target(command) != target
+
+
+_FAKE_COMPILER = """#!/bin/sh
+case "$*" in *--version*) echo "fakecc 1.0"; exit 0;; esac
+while [ ! -f "$FAKE_CC_GO" ]; do sleep 0.05; done
+echo "glm_kernel.cc:1:1: error: FAKE COMPILER FAILURE" >&2
+exit 1
+"""
+
+_BACKGROUND_BUILD = """
+import json, os, warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import jax, jax.numpy as jnp
+    import advi_jax as aj
+    from advi_jax.models import _native, glm
+    out = {"after_import": _native.status()}
+    x = jnp.asarray(jnp.arange(192.0).reshape(64, 3) / 100); y = (jnp.arange(64) % 2).astype(jnp.float32)
+    f = lambda b: aj.glm_log_likelihood(x, y, b)
+    out["jaxpr"] = str(jax.make_jaxpr(jax.value_and_grad(f))(jnp.zeros(3)))
+    out["grad"] = [float(v) for v in jax.jit(jax.grad(f))(jnp.ones(3))]
+    out["ref"] = [float(v) for v in jax.grad(lambda b: glm.glm_log_likelihood_reference(x, y, b))(jnp.ones(3))]
+    out["while_tracing"] = _native.status()
+try:
+    aj.glm_log_likelihood(x, y, jnp.zeros(3), kernel="native")
+except RuntimeError as err:
+    out["native_error"] = str(err)
+out["warnings"] = [str(w.message) for w in caught]
+open(os.environ["FAKE_CC_GO"], "w").close()
+out["built"] = glm.build_kernel(timeout=120)
+out["status"] = glm.kernel_status()
+out["cache"] = sorted(os.listdir(os.environ["ADVI_JAX_CACHE_DIR"]))
+print(json.dumps(out))
+"""
+
+
+def _run_python(code, env):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_background_build_is_never_waited_for_and_a_failure_shows_the_compiler_output(tmp_path):
+    """A cache without the kernel: import starts the build and returns; a model traced meanwhile
+    takes the XLA pass (one warning), correct; the compile fails and its output is in the reason;
+    scratch folders of dead builds are removed, live ones kept."""
+    import json
+    import time
+
+    from advi_jax.models._native._builder import tmp_prefix
+
+    cache, cc = tmp_path / "cache", tmp_path / "fakecc"
+    cc.write_text(_FAKE_COMPILER)
+    cc.chmod(0o755)
+    cache.mkdir()
+    dead = cache / (tmp_prefix(999_999_999) + "x")  # a pid above Linux's maximum: never alive
+    live = cache / (tmp_prefix(os.getpid()) + "y")
+    old, fresh = cache / "tmpold", cache / "tmpfresh"
+    for folder in (dead, live, old, fresh):
+        folder.mkdir()
+    os.utime(old, (time.time() - 2 * _native.STALE_AFTER_S,) * 2)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CXX=str(cc), ADVI_JAX_CACHE_DIR=str(cache),
+               FAKE_CC_GO=str(tmp_path / "go"))
+    env.pop("ADVI_JAX_NATIVE", None)
+    out = json.loads(_run_python(_BACKGROUND_BUILD, env).splitlines()[-1])
+    assert out["after_import"] == "building" and out["while_tracing"] == "building"
+    assert "ffi_call" not in out["jaxpr"]
+    np.testing.assert_allclose(out["grad"], out["ref"], rtol=1e-5)
+    building = [w for w in out["warnings"] if "still being built" in w]
+    assert len(building) == 1 and "python -m advi_jax build" in building[0], out["warnings"]
+    assert "unavailable" in out["native_error"] and "build_kernel" in out["native_error"]
+    assert out["built"] is False
+    state, detail = out["status"]
+    assert state == "failed" and "FAKE COMPILER FAILURE" in detail and str(cc) in detail, detail
+    assert [n for n in out["cache"] if n.startswith("tmp")] == sorted([live.name, fresh.name]), out["cache"]
+
+
+def test_unwritable_cache_is_named_as_the_cache_folder(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", ADVI_JAX_CACHE_DIR=str(blocker / "cache"))
+    env.pop("ADVI_JAX_NATIVE", None)
+    code = ("import warnings\nwarnings.simplefilter('always')\nfrom advi_jax.models import glm\n"
+            "print(glm.kernel_status())\nprint(glm.build_kernel())\n")
+    lines = _run_python(code, env).splitlines()
+    assert "'failed'" in lines[0] and "cache folder" in lines[0] and str(blocker / "cache") in lines[0], lines
+    assert lines[1] == "False"
+
+
+def test_a_build_killed_midway_leaves_a_folder_that_is_removed(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cc = tmp_path / "fakecc"
+    cc.write_text(_FAKE_COMPILER)
+    cc.chmod(0o755)
+    cache = tmp_path / "cache"
+    spec = json.dumps({"command": [str(cc)], "source": str(tmp_path / "k.cc"), "target": str(cache / "k.so")})
+    env = dict(os.environ, FAKE_CC_GO=str(tmp_path / "never"))
+    proc = subprocess.Popen([sys.executable, str(_native._BUILDER), spec], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            scratch = list(cache.glob("tmp*")) if cache.exists() else []
+            if scratch:
+                break
+            time.sleep(0.05)
+        assert len(scratch) == 1, "the builder made no scratch folder"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the builder and its compiler, as kill -9 would
+        proc.wait()
+    assert scratch[0].exists()
+    assert _native.remove_stale(cache) == scratch
+    assert not scratch[0].exists()

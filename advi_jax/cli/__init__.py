@@ -18,6 +18,7 @@ _SUBCOMMANDS = (
     "advi_jax.cli.fit",
     "advi_jax.cli.vae",
     "advi_jax.cli.variance",
+    "advi_jax.cli.build",
 )
 
 EPILOG = """examples:

@@ -47,7 +47,7 @@ import numpy as np
 
 from advi_jax._types import Array, ArrayLike
 from advi_jax.flatten import Model
-from advi_jax.glm import glm_log_likelihood
+from advi_jax.models.glm import glm_log_likelihood
 from advi_jax.supports import positive, real
 
 __all__ = [

@@ -4,7 +4,7 @@
 //   eta        = X[g, i] . beta[g, s] + c[g, s] (+ offset[g, i])
 //   value[g,s] = sum_i l(y[g, i], eta)   (Poisson: the data-only log y! comes in as lgy, per datum)
 //   gbeta[g,s] = sum_i r_i X[g, i],  gc[g,s] = sum_i r_i,   r_i = dl/deta
-// with l, r as in advi_jax/glm.py ("bernoulli": logit link, "poisson": log link).
+// with l, r as in advi_jax/models/glm.py ("bernoulli": logit link, "poisson": log link).
 //
 // Rows are processed in tiles small enough for L1: phase 1 forms eta for the tile (register
 // blocks of rows x samples), phase 2 evaluates l and r (vectorisable exp/log1p below for
@@ -13,7 +13,7 @@
 // split into chunks of rows shared out over XLA's CPU thread pool (glm_all below); each chunk
 // accumulates in double and the partial sums are added at the end.
 //
-// Built on first use by advi_jax/_native/__init__.py against the XLA FFI headers that ship
+// Built on first use by advi_jax/models/_native/__init__.py against the XLA FFI headers that ship
 // with jaxlib, and registered as the CPU FFI targets "advi_jax_glm_f32" and "advi_jax_glm_f64".
 
 #include <algorithm>
@@ -57,13 +57,10 @@ inline typename Vec<T, VB>::type load(const T* p) {
   return v;
 }
 
-// Horizontal sum: x86 reductions where the target has them, otherwise by halving.
+// Horizontal sum: by halving down to 32 bytes, then an AVX shuffle (float) or a short loop.
+// (Not _mm512_reduce_add_*: GCC 12's versions trip -Wmaybe-uninitialized inside its own headers.)
 template <typename T, int VB>
 inline T hsum(typename Vec<T, VB>::type v) {
-#if defined(__AVX512F__)
-  if constexpr (VB == 64 && std::is_same_v<T, float>) return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
-  if constexpr (VB == 64 && std::is_same_v<T, double>) return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
-#endif
 #if defined(__AVX__)
   if constexpr (VB == 32 && std::is_same_v<T, float>) {
     const __m256 x = reinterpret_cast<__m256>(v);

@@ -16,10 +16,20 @@ Per-datum forms (stable for any eta):
     s = 2y - 1; r = y - sigmoid(eta).
   * "poisson" (log link): l = y eta - exp(eta) - log(y!); r = y - exp(eta).
 
-On CPU the pass runs, by default, in a native kernel (`advi_jax/_native/glm_kernel.cc`,
-compiled on first use and called through `jax.ffi`): the same one read of X, tiled for L1 and
-split across cores. On other platforms, or without a C++ compiler, the XLA loop runs; both
-give the same numbers to float rounding (tested). `kernel="xla"` forces the XLA loop.
+On CPU the pass runs, by default, in a native kernel (`advi_jax/models/_native/glm_kernel.cc`,
+called through `jax.ffi`): the same one read of X, tiled for L1 and split across cores. It is
+built ahead of need, never on the clock of a fit: importing this module starts a background
+build when the cache lacks it, and `build_kernel()` (or `python -m advi_jax build`) waits for
+it. Until it is ready, or on other platforms, or without a C++ compiler, the XLA loop runs
+(and a warning says so once); both give the same numbers to float rounding (tested). Which
+pass a call takes is decided when `glm_log_likelihood` is called, before anything is traced
+into the kernel. `kernel="xla"` forces the XLA loop.
+
+Value without gradient (e.g. the importance diagnostics' 4,096 draws of q, evaluated in
+batches under `lax.map`): the kernel's pass computes the gradient as well, which is wasted
+there, so the undifferentiated value is an XLA pass over row blocks that computes the value
+only; under `jax.vmap` over S coefficient vectors its block product is one matrix product
+X_b @ B (one read of X for the whole batch).
 
 `glm_log_likelihood_reference` is the plain autodiff version, kept as the reference both
 passes are tested against.
@@ -28,16 +38,18 @@ passes are tested against.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
-from advi_jax import _native
+from advi_jax.models import _native
 from advi_jax._types import Array, ArrayLike
 
-__all__ = ["glm_log_likelihood", "glm_log_likelihood_reference", "GLM_FAMILIES", "default_block_size"]
+__all__ = ["glm_log_likelihood", "glm_log_likelihood_reference", "GLM_FAMILIES", "build_kernel", "default_block_size",
+           "kernel_status"]
 
 GLM_FAMILIES = ("bernoulli", "poisson")
 KERNELS = ("auto", "native", "xla")
@@ -123,6 +135,44 @@ def _blocked_pass(x, y, beta, intercept, offset, family, block_size):
         v, gb, gc, _ = block_terms(x[start:], y[start:], ob)
         value, g_beta, g_c = value + v, g_beta + gb, g_c + gc
     return value, g_beta, g_c
+
+
+VALUE_BLOCK_ROWS = 8192  # rows per block of the value-only pass (bounds the (rows, S) block of eta under vmap)
+
+
+def _value_pass(x, y, beta, intercept, offset, family, block_size):
+    """The value alone, in row blocks: sum_b sum l(y_b, X_b beta + c (+ offset_b)).
+
+    Under `jax.vmap` over S coefficient vectors each block's product becomes X_b @ B, so one
+    read of X serves the whole batch and no gradient is formed.
+    """
+    n = x.shape[0]
+    dtype = jnp.result_type(x, beta)
+    block_size = min(block_size, VALUE_BLOCK_ROWS)
+    num_blocks, tail = divmod(n, block_size)
+
+    def block_value(xb, yb, ob):
+        eta = xb @ beta + intercept
+        if ob is not None:
+            eta = eta + ob
+        return jnp.sum(_pointwise(family, yb, eta)[0])
+
+    def body(i, value):
+        start = i * block_size
+        xb = jax.lax.dynamic_slice_in_dim(x, start, block_size)
+        yb = jax.lax.dynamic_slice_in_dim(y, start, block_size)
+        ob = None if offset is None else jax.lax.dynamic_slice_in_dim(offset, start, block_size)
+        return value + block_value(xb, yb, ob)
+
+    value = jnp.zeros((), dtype)
+    if num_blocks == 1 and not tail:
+        return block_value(x, y, offset)
+    if num_blocks:
+        value = jax.lax.fori_loop(0, num_blocks, body, value)
+    if tail:
+        start = num_blocks * block_size
+        value = value + block_value(x[start:], y[start:], None if offset is None else offset[start:])
+    return value
 
 
 # ---- the native pass ----------------------------------------------------------------------
@@ -221,7 +271,9 @@ def _pass(x, y, beta, intercept, offset, family, block_size, kernel):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _glm(x, y, beta, intercept, offset, family, block_size, kernel):
-    return _pass(x, y, beta, intercept, offset, family, block_size, kernel)[0]
+    # Not differentiated: the value alone (no gradient formed, a matrix product under vmap).
+    del kernel
+    return _value_pass(x, y, beta, intercept, offset, family, block_size)
 
 
 def _glm_fwd(x, y, beta, intercept, offset, family, block_size, kernel):
@@ -261,17 +313,14 @@ def glm_log_likelihood(x: ArrayLike, y: ArrayLike, beta: ArrayLike, intercept: A
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from advi_jax.glm import glm_log_likelihood
+      >>> from advi_jax.models.glm import glm_log_likelihood
       >>> x = jnp.ones((10, 3)); y = jnp.ones(10)
       >>> g = jax.grad(lambda b: glm_log_likelihood(x, y, b))(jnp.zeros(3))
     """
     _check(x, y, beta, family)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel != "xla" and not _native.available():
-        if kernel == "native":
-            raise RuntimeError(f"kernel='native' but the native GLM kernel is unavailable: {_native.reason()}")
-        kernel = "xla"
+    kernel = _choose_kernel(kernel)
     block_size = default_block_size(jnp.shape(x)[1]) if block_size is None else int(block_size)
     if block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size}")
@@ -281,3 +330,71 @@ def glm_log_likelihood(x: ArrayLike, y: ArrayLike, beta: ArrayLike, intercept: A
     intercept = jnp.asarray(intercept, dtype)
     offset = None if offset is None else jnp.asarray(offset, dtype)
     return _glm(x, y, jnp.asarray(beta, dtype), intercept, offset, family, block_size, kernel)
+
+
+# ---- building the native kernel ahead of need -----------------------------------------------
+
+_warned: set = set()
+
+
+def _choose_kernel(kernel: str) -> str:
+    """"native" or "xla" for this call, from the kernel's state now: never builds, never waits."""
+    if kernel == "xla":
+        return "xla"
+    state = _native.start()  # no-op after the first call
+    if state == "ready":
+        return "native"
+    if kernel == "native":
+        hint = " (wait for it with advi_jax.models.glm.build_kernel())" if state == "building" else ""
+        raise RuntimeError(f"kernel='native' but the native GLM kernel is unavailable: {_native.reason()}{hint}")
+    if state not in _warned and state != "disabled":
+        _warned.add(state)
+        if state == "building":
+            message = ("advi_jax: the native GLM kernel is still being built in the background, so this model uses "
+                       "the XLA pass (same numbers, slower per step on CPU); build it ahead of time with "
+                       "`python -m advi_jax build`")
+        else:
+            message = f"advi_jax: native CPU kernels unavailable, using the XLA path ({_native.reason()})"
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return "xla"
+
+
+def build_kernel(timeout: float | None = None) -> bool:
+    """Build (or load from the cache) the native GLM kernel now, waiting up to `timeout` seconds.
+
+    Importing this module already starts a background build when the cache lacks the kernel;
+    this waits for it (what `python -m advi_jax build` runs). Calls traced after it returns
+    True take the native kernel on CPU.
+
+    Args:
+      timeout: seconds to wait at most; None waits for the build to finish.
+
+    Returns:
+      Whether the kernel is ready. When False, `kernel_status()` says why (including the
+      compiler's output when it failed).
+
+    Example:
+      >>> from advi_jax.models.glm import build_kernel, kernel_status
+      >>> ok = build_kernel()  # doctest: +SKIP
+    """
+    if timeout is not None and not (timeout >= 0):
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
+    return _native.build(timeout)
+
+
+def kernel_status() -> tuple[str, str]:
+    """(state, detail) of the native GLM kernel, without building or waiting.
+
+    Returns:
+      state: "ready", "building", "failed" or "disabled" (`ADVI_JAX_NATIVE=0`); detail: the
+      library's path when ready, otherwise why not (a failed compile includes its output).
+
+    Example:
+      >>> from advi_jax.models.glm import kernel_status
+      >>> state, detail = kernel_status()
+    """
+    state = _native.start()
+    return state, (str(_native.library_path()) if state == "ready" else _native.reason())
+
+
+_native.start()  # load from the cache, or build in the background: never on a fit's clock
