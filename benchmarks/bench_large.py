@@ -68,7 +68,7 @@ def blocked_log_joint(params, data):
 
 def plain_log_joint(params, data):
     x, y = data
-    return -0.5 * jnp.sum(params["beta"] ** 2) + aj.glm.glm_log_likelihood_reference(x, y, params["beta"])
+    return -0.5 * jnp.sum(params["beta"] ** 2) + aj.models.glm.glm_log_likelihood_reference(x, y, params["beta"])
 
 
 def ours_step_time(log_joint, x, y, samples, steps):
@@ -129,7 +129,7 @@ def numpyro_step_time(x, y, samples, steps, subsample_size=None, marginal=True):
 def ours_epoch_time(x, y, batch):
     mb = aj.MinibatchModel(
         log_prior=lambda p: -0.5 * jnp.sum(p["beta"] ** 2),
-        log_likelihood=lambda p, b: aj.glm.glm_log_likelihood_reference(b[0], b[1], p["beta"]),
+        log_likelihood=lambda p, b: aj.models.glm.glm_log_likelihood_reference(b[0], b[1], p["beta"]),
         support={"beta": aj.real((D,))}, data=(x, y))
     kwargs = dict(batch_size=batch, num_epochs=1, optimizer=optax.adam(LR), check=False)
     aj.fit_minibatch(mb, key=jax.random.key(0), **kwargs)

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.unavailable = {}  # sub-command -> the ModuleNotFoundError of its missing extra
-    subparsers = parser.add_subparsers(dest="command", metavar="{fit,vae,variance}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{fit,vae,variance,build}")
     for module_name in _SUBCOMMANDS:
         try:
             module = importlib.import_module(module_name)

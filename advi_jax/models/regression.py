@@ -16,7 +16,7 @@ Priors (all parameters are real except `tau`):
   `tau ~ HalfNormal(prior_scale)` (support `aj.positive()`) and `beta_d | tau ~ Normal(0, tau)`
   (centred parameterisation: with few data points the posterior can be funnel-shaped).
 
-Likelihoods, computed by `advi_jax.glm.glm_log_likelihood`, which reads X once per gradient
+Likelihoods, computed by `advi_jax.models.glm.glm_log_likelihood`, which reads X once per gradient
 (value and gradient in one blocked pass), in forms that stay finite for any finite `eta`:
 
 * logistic: `log p(y | eta) = y * eta - softplus(eta)`, with `softplus(eta) = logaddexp(0, eta)`
