@@ -323,13 +323,13 @@ def test_cli_writes_outputs(tmp_path, mnist_like_dir):
     proc = _run(["-m", "advi_jax", "vae", "--epochs", "2", "--batch-size", "50", "--latent", "2",
                  "--hidden", "16", "--data-dir", str(mnist_like_dir), "--out", str(out)])
     assert proc.returncode == 0, proc.stderr
-    assert "test log-likelihood (IWAE bound, K=100)" in proc.stdout and "(100 images;" in proc.stdout
-    assert "evaluating (K=100)" in proc.stderr and "100/100" in proc.stderr  # the evaluation's progress bar
+    assert "test log-likelihood (IWAE bound, K=50)" in proc.stdout and "(100 images;" in proc.stdout
+    assert "evaluating (K=50)" in proc.stderr and "100/100" in proc.stderr  # the evaluation's progress bar
     for name in ("checkpoint.npz", "metrics.json", "loss.png", "reconstructions.png", "prior_samples.png",
                  "latent_space.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 500, name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["eval_k"] == 100 and metrics["num_test"] == 100 and metrics["data_file"].endswith("mnist.npz")
+    assert metrics["eval_k"] == 50 and metrics["num_test"] == 100 and metrics["data_file"].endswith("mnist.npz")
     assert metrics["test_elbo"] < metrics["test_log_likelihood"] < 0 and len(metrics["train_loss"]) == 2
 
 
@@ -339,10 +339,10 @@ def test_cli_evaluation_defaults_and_paper_setting():
     from advi_jax.cli.vae import _eval_settings
 
     parser = build_parser()
-    assert _eval_settings(parser.parse_args(["vae"])) == (1000, 100)
+    assert _eval_settings(parser.parse_args(["vae"])) == (1000, 50)
     assert _eval_settings(parser.parse_args(["vae", "--paper-eval"])) == ("all", 5000)
     assert _eval_settings(parser.parse_args(["vae", "--paper-eval", "--eval-k", "50"])) == ("all", 50)
-    assert _eval_settings(parser.parse_args(["vae", "--test-subset", "all"])) == ("all", 100)
+    assert _eval_settings(parser.parse_args(["vae", "--test-subset", "all"])) == ("all", 50)
 
 
 def test_cli_help_shows_every_default():
@@ -357,7 +357,7 @@ def test_cli_help_shows_every_default():
             assert "default" in formatter._get_help_string(action), action.option_strings
     text = sub.format_help()
     assert "(default: 1000; all with --paper-eval)" in " ".join(text.split())
-    assert "--paper-eval" in text and "(default: 50)" in text
+    assert "--paper-eval" in text and "(default: 50;" in text and "(default: 50)" in text  # --eval-k, --latent
 
 
 def _one_line_error(capsys) -> str:

@@ -14,7 +14,7 @@ Example:
 
 from advi_jax.data import MNIST, data_search_dirs, find_data_file, load_mnist
 from advi_jax.sharding import data_mesh
-from advi_jax.vae.evaluate import Bounds, evaluate_bounds, evaluate_elbo, log_likelihood
+from advi_jax.vae.evaluate import Bounds, compile_bounds, evaluate_bounds, evaluate_elbo, log_likelihood
 from advi_jax.vae.modules import (
     ConvDecoder,
     ConvEncoder,
@@ -66,6 +66,7 @@ __all__ = [
     "TrainState",
     "VAEConfig",
     "build_vae",
+    "compile_bounds",
     "data_mesh",
     "data_search_dirs",
     "evaluate_bounds",
