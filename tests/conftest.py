@@ -44,7 +44,8 @@ def require_data_file(filename: str) -> Path:
     try:
         return find_data_file(filename)
     except DataFileNotFound:
-        missing_data(f"data file {filename} not found in {[str(d) for d in data_search_dirs()]}")
+        pass
+    missing_data(f"data file {filename} not found in {[str(d) for d in data_search_dirs()]}")
 
 
 @pytest.fixture
