@@ -275,6 +275,16 @@ def test_resume_gives_identical_params(key, tmp_path):
     assert state.epoch == 3 and config == TINY and meta["objective"] == "elbo"
 
 
+def test_truncated_checkpoint_error_names_the_file(key, tmp_path):
+    x = _binary_data(key, n=100, d=20)
+    train(TINY, x, key=key, epochs=1, batch_size=50, out_dir=tmp_path, progress=False)
+    path = tmp_path / "checkpoint.npz"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match=r"checkpoint\.npz: not a readable VAE checkpoint"):
+        train(TINY, x, key=key, epochs=2, batch_size=50, out_dir=tmp_path, resume=True, progress=False)
+
+
 def _nan_after(num_steps):
     """An optimizer that is plain SGD until `num_steps` updates, then writes NaN."""
 

@@ -265,11 +265,22 @@ def load_checkpoint(path: str | os.PathLike, optimizer: optax.GradientTransforma
 
     Returns:
       `(state, graphdef, config, meta, history)`.
+
+    Raises:
+      ValueError: naming the file, when it is truncated, corrupt, not a checkpoint, or written
+        for another model or optimizer.
     """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as arrays:
+    try:
+        arrays = np.load(path, allow_pickle=False)
         config = VAEConfig.from_json(str(arrays["config"]))
         meta = json.loads(str(arrays["meta"]))
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # BadZipFile, EOFError, KeyError, ...: truncated, corrupt or another file
+        raise ValueError(f"{path}: not a readable VAE checkpoint ({type(err).__name__}: {err}); delete it to "
+                         "start afresh") from None
+    with arrays:
         graphdef, template = nnx.split(build_vae(config, jax.random.key(0)), nnx.Param)
         params = _restore(template, arrays, "params", path)
         opt_state = _restore(optimizer.init(template), arrays, "opt_state", path) if optimizer else None
