@@ -64,7 +64,8 @@ from advi_jax.supports import (
     unit_interval,
     upper_bounded,
 )
-from advi_jax.variance import GradientStats, VarianceTrace, gradient_variance, track_gradient_variance
+from advi_jax import gradient_variance  # the package, callable as gradient_variance(...)
+from advi_jax.gradient_variance import GradientStats, VarianceTrace, track_gradient_variance
 
 __version__ = "0.1.0"
 

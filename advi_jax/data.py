@@ -7,12 +7,17 @@ Three kinds of data:
   `"breast_cancer"` (logistic regression, 569 x 30) and `"randhie"` (Poisson regression,
   20190 x 9).
 * The user's own tables (`load_csv`, `load_npz`), checked eagerly: every problem raises a
-  `ValueError` that names the file, the column and, for bad values, the row.
-* Larger files that are not shipped (MNIST and friends): `find_data_file` looks in
-  `$ADVI_JAX_DATA`, then the user cache folder (`$XDG_CACHE_HOME/advi_jax`, by default
-  `~/.cache/advi_jax`), then `../shared/data` beside the repository checkout, and checks the
-  file's sha256. Nothing is ever downloaded: a missing file raises an error that lists the
-  folders searched and says where to put it.
+  `ValueError` that names the file, the column and, for bad values, the row. Only the target
+  and the selected features must be numeric; missing values are an error naming columns and
+  rows unless `dropna=True` (which says how many rows it dropped); a CSV that looks separated
+  by another delimiter gets an error suggesting it.
+* Larger files that are not shipped (MNIST and friends), from `advi_jax.data_files` and
+  re-exported here: `find_data_file` and `load_mnist` look in `$ADVI_JAX_DATA`, then the user
+  cache folder (`$XDG_CACHE_HOME/advi_jax`, by default `~/.cache/advi_jax`), then
+  `../shared/data` beside the repository checkout; `find_data_file` checks the file's sha256 and
+  `load_mnist` the arrays' keys, shapes, dtypes and ranges (so a user's own copy works). Nothing
+  is ever downloaded: a missing file raises an error that lists the folders searched, says
+  where to put it and, for MNIST, where to get it and in what format.
 
 All loaders return NumPy arrays (float64 features); models convert them to JAX arrays.
 
@@ -26,12 +31,13 @@ Example:
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import warnings
+import zipfile
+import zlib
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -47,6 +53,11 @@ __all__ = [
     "load_dataset",
     "load_mnist",
     "load_npz",
+    "MNIST",
+    "MNIST_NAMES",
+    "MissingValuesWarning",
+    "missing_value_report",
+    "parse_delimiter",
 ]
 
 MIN_ROWS = 2
@@ -79,16 +90,6 @@ BUNDLED_DATASETS: dict[str, dict[str, str]] = {
         "description": "RAND Health Insurance Experiment (via statsmodels); y = outpatient MD visits",
     },
 }
-
-# Larger files looked up by `find_data_file`: filename -> sha256 of the file.
-DATA_FILES: dict[str, str] = {
-    "mnist.npz": "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64",
-    "fashion_mnist.npz": "5b6d2c4c694a91887af8ab7d039c04f80af3c29378d731c93a538d2e831aa469",
-    "binarized_mnist.npz": "3af50c40abac16f6b963d6bbb3ab35254cefcef7c09428ffb2a2237985ccce64",
-    "german_credit_numeric.npz": "f256ef74fbe6ecae1718805370b50dd9f3ebd7ca64c1edc46bca789009b305b9",
-    "wells.npz": "a73a9c37c8dd33576bae6b12c1630a49f401b1d3dc61812cccbe06ac80656e17",
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # Checks shared by every loader
@@ -129,34 +130,81 @@ def check_target(y: np.ndarray, kind: str | None, source: str = "target") -> np.
     return y
 
 
-def _finalise(columns: dict[str, np.ndarray], target: str, features, kind, source: str) -> Dataset:
+class MissingValuesWarning(UserWarning):
+    """Rows with missing values were dropped (`dropna=True`); the message says how many."""
+
+
+def _rows_text(rows: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return shown + (f", ... ({rows.size} rows)" if rows.size > limit else "")
+
+
+def missing_value_report(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> tuple[np.ndarray, str]:
+    """Find the rows with a missing (NaN) value in any of `names` and describe them.
+
+    Args:
+      columns: column name -> (N,) float values (NaN marks a missing cell).
+      names: the columns to check.
+
+    Returns:
+      `(rows, text)`: the sorted row indices (0-based, data rows after any header) with a
+      missing value, and a description naming each affected column and its first rows.
+    """
+    parts, bad_rows = [], np.zeros(0, dtype=int)
+    for name in names:
+        rows = np.flatnonzero(np.isnan(np.asarray(columns[name], dtype=np.float64)))
+        if rows.size:
+            parts.append(f"{name!r} in rows {_rows_text(rows)}")
+            bad_rows = np.union1d(bad_rows, rows)
+    return bad_rows, "; ".join(parts)
+
+
+def _finalise(columns: dict[str, np.ndarray], target: str, features, kind, source: str,
+              dropna: bool = False) -> Dataset:
     """Pick target and features from named float columns, check values, and build a Dataset."""
-    if target not in columns:
-        raise ValueError(f"{source}: target column {target!r} not found; available columns: {list(columns)}")
+    features = _select(list(columns), target, features, source)
+    n = len(columns[target])
+    used = features + [target]
+    bad_rows, text = missing_value_report(columns, used)
+    if bad_rows.size:
+        if not dropna:
+            raise ValueError(f"{source}: missing values (NaN or empty cells) in {bad_rows.size} of {n} rows: {text} "
+                             "(rows numbered from 0 after the header); drop those rows with dropna=True "
+                             "(advi-jax fit --dropna) or impute them")
+        keep = np.setdiff1d(np.arange(n), bad_rows)
+        columns = {c: np.asarray(columns[c])[keep] for c in used}
+        warnings.warn(f"{source}: dropped {bad_rows.size} of {n} rows with missing values ({text}); "
+                      f"{keep.size} rows remain", MissingValuesWarning, stacklevel=3)
+        n = keep.size
+    if n < MIN_ROWS:
+        raise ValueError(f"{source}: too few rows: {n} (need at least {MIN_ROWS})")
+    for name in used:
+        col = columns[name]
+        bad = np.flatnonzero(~np.isfinite(col))
+        if bad.size:
+            raise ValueError(f"{source}: column {name!r} has an infinite value at row {bad[0]} "
+                             f"({bad.size} bad rows in that column); drop or fix them first")
+    y = check_target(columns[target], kind, f"{source}: target column {target!r}")
+    x = np.column_stack([columns[c] for c in features]).astype(np.float64)
+    return Dataset(x, y, tuple(features))
+
+
+def _select(available: list[str], target: str, features, source: str) -> list[str]:
+    """The feature columns to use: checked against the available ones and the target."""
+    if target not in available:
+        raise ValueError(f"{source}: target column {target!r} not found; available columns: {available}")
     if features is None:
-        features = [c for c in columns if c != target]
+        features = [c for c in available if c != target]
     else:
         features = [features] if isinstance(features, str) else list(features)
-        missing = [c for c in features if c not in columns]
+        missing = [c for c in features if c not in available]
         if missing:
-            raise ValueError(f"{source}: feature columns {missing} not found; available columns: {list(columns)}")
+            raise ValueError(f"{source}: feature columns {missing} not found; available columns: {available}")
         if target in features:
             raise ValueError(f"{source}: the target {target!r} is also listed among the features")
     if not features:
         raise ValueError(f"{source}: no feature columns besides the target {target!r}")
-    n = len(columns[target])
-    if n < MIN_ROWS:
-        raise ValueError(f"{source}: too few rows: {n} (need at least {MIN_ROWS})")
-    for name in features + [target]:
-        col = columns[name]
-        bad = np.flatnonzero(~np.isfinite(col))
-        if bad.size:
-            what = "NaN/missing" if np.isnan(col[bad[0]]) else "infinite"
-            raise ValueError(f"{source}: column {name!r} has a {what} value at row {bad[0]} "
-                             f"({bad.size} bad rows in that column); drop or impute them first")
-    y = check_target(columns[target], kind, f"{source}: target column {target!r}")
-    x = np.column_stack([columns[c] for c in features]).astype(np.float64)
-    return Dataset(x, y, tuple(features))
+    return features
 
 
 def _check_file(path) -> Path:
@@ -173,37 +221,82 @@ def _check_file(path) -> Path:
 _MISSING = {"", "na", "nan", "null", "none", "n/a"}
 
 
-def load_csv(path, target: str, *, features=None, kind: str | None = None, delimiter: str = ",") -> Dataset:
+_DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
+
+
+def parse_delimiter(text: str) -> str:
+    """A field separator from its spelling: one character, or "tab" / "\\t" for a tab.
+
+    Raises:
+      ValueError: for anything longer than one character (other than the tab spellings).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"delimiter must be a one-character string, got {type(text).__name__}")
+    if text.lower() in ("tab", "\\t", "\t"):
+        return "\t"
+    if len(text) != 1 or text in ('"', "\n", "\r"):
+        raise ValueError(f"delimiter must be one character (or 'tab'), got {text!r}")
+    return text
+
+
+def _delimiter_hint(header_line: str, delimiter: str) -> str | None:
+    """A suggested delimiter when the header reads as one column but splits on another separator."""
+    for candidate in (";", "\t", "|", ","):
+        if candidate != delimiter and header_line.count(candidate) >= 1:
+            return candidate
+    return None
+
+
+def load_csv(path, target: str, *, features=None, kind: str | None = None, delimiter: str = ",",
+             dropna: bool = False) -> Dataset:
     """Load a CSV file with a header row into features and a target.
 
-    Empty cells and NA/NaN spellings are read as missing, which is an error (there is no
-    silent imputation).
+    Only the target and the selected feature columns need to be numeric: other columns (ids,
+    free text) are ignored when `features` leaves them out. Empty cells and NA/NaN spellings
+    are missing values: an error naming the columns and rows, unless `dropna=True`, which
+    drops those rows (only missing values in the used columns count) and says how many in a
+    `MissingValuesWarning`.
 
     Args:
       path: the CSV file.
       target: name of the target column.
       features: names of the feature columns (default: every other column, in file order).
       kind: "logistic" (target must be 0/1), "poisson" (non-negative integer target) or None.
-      delimiter: the field separator.
+      delimiter: the field separator (one character; "tab" for tabs).
+      dropna: drop rows with a missing value in the target or a feature instead of failing.
 
     Returns:
       `Dataset(x (N, D) float64, y (N,) float64, feature_names)`.
 
     Raises:
       ValueError: missing file, no header, ragged rows, missing target or feature columns
-        (listing those available), non-numeric columns (named), NaN/inf values (column and
-        row), a target unfit for `kind`, or fewer than 2 rows.
+        (listing those available), a header that looks separated by another delimiter
+        (suggesting it), non-numeric used columns (named), missing values (columns and rows),
+        inf values, a target unfit for `kind`, or fewer than 2 rows.
 
     Example:
       >>> x, y, names = load_csv("visits.csv", target="visits", kind="poisson")  # doctest: +SKIP
     """
     path = _check_file(path)
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle, delimiter=delimiter))
+    delimiter = parse_delimiter(delimiter)
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle, delimiter=delimiter))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text CSV file ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV file ({err})") from None
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise ValueError(f"{path}: the file is empty (expected a header row and data rows)")
     header = [h.strip() for h in rows[0]]
+    if len(header) == 1 and target not in header:
+        hint = _delimiter_hint(rows[0][0], delimiter)
+        if hint is not None:
+            raise ValueError(f"{path}: the header {rows[0][0]!r} reads as one column with delimiter "
+                             f"{_DELIMITER_NAMES.get(delimiter, repr(delimiter))}; it looks "
+                             f"{_DELIMITER_NAMES.get(hint, repr(hint))}-separated: pass delimiter={hint!r} "
+                             f"(advi-jax fit --delimiter {'tab' if hint == chr(9) else repr(hint)})")
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})
         raise ValueError(f"{path}: duplicate column names {dup}")
@@ -211,9 +304,12 @@ def load_csv(path, target: str, *, features=None, kind: str | None = None, delim
     for i, r in enumerate(body):
         if len(r) != len(header):
             raise ValueError(f"{path}: data row {i} (line {i + 2}) has {len(r)} fields, the header has {len(header)}")
+    used = _select(header, target, features, str(path)) + [target]
     columns: dict[str, np.ndarray] = {}
     non_numeric: dict[str, str] = {}
     for j, name in enumerate(header):
+        if name not in used:
+            continue
         values = np.empty(len(body))
         for i, r in enumerate(body):
             cell = r[j].strip()
@@ -228,12 +324,15 @@ def load_csv(path, target: str, *, features=None, kind: str | None = None, delim
         columns[name] = values
     if non_numeric:
         details = "; ".join(f"{k!r} first at {v}" for k, v in non_numeric.items())
-        raise ValueError(f"{path}: non-numeric columns {list(non_numeric)} ({details}); "
-                         "encode them as numbers (e.g. one-hot) or leave them out with features=")
-    return _finalise(columns, target, features, kind, str(path))
+        raise ValueError(f"{path}: non-numeric columns {list(non_numeric)} ({details}); encode them as numbers "
+                         "(e.g. one-hot, or a formula with C(column)) or leave them out with features=")
+    return _finalise(columns, target, features, kind, str(path), dropna=dropna)
 
 
-def load_npz(path, target: str, *, features=None, kind: str | None = None) -> Dataset:
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
+def load_npz(path, target: str, *, features=None, kind: str | None = None, dropna: bool = False) -> Dataset:
     """Load a NumPy `.npz` table into features and a target (never unpickles).
 
     Each 1-D array of length N is a column named by its key. A 2-D array `a` of shape (N, D)
@@ -245,20 +344,22 @@ def load_npz(path, target: str, *, features=None, kind: str | None = None) -> Da
       target: key of the target column.
       features: names of the feature columns (default: every other column).
       kind: "logistic", "poisson" or None, as in `load_csv`.
+      dropna: drop rows with a missing (NaN) value in a used column, as in `load_csv`.
 
     Returns:
       `Dataset(x (N, D) float64, y (N,) float64, feature_names)`.
 
     Raises:
-      ValueError: as `load_csv`, plus arrays of unequal length or with more than 2 dims.
+      ValueError: as `load_csv`, plus a truncated or corrupt file (named), arrays of unequal
+        length or with more than 2 dims.
     """
     path = _check_file(path)
     try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as err:  # not a zip, or object arrays
-        raise ValueError(f"{path}: not a readable .npz file without pickle ({err})") from None
-    with archive:
-        arrays = {k: archive[k] for k in archive.files}
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except _NPZ_ERRORS as err:  # not a zip, truncated, corrupt members, or object arrays
+        raise ValueError(f"{path}: not a readable .npz file (truncated or corrupt, or holds pickled objects): "
+                         f"{type(err).__name__}: {err}") from None
     names_array = arrays.pop("feature_names", None)
     columns: dict[str, np.ndarray] = {}
     non_numeric, lengths = [], {}
@@ -278,11 +379,14 @@ def load_npz(path, target: str, *, features=None, kind: str | None = None) -> Da
         else:
             raise ValueError(f"{path}: array {key!r} has shape {a.shape}; expected 1-D columns or a 2-D (N, D) block")
         lengths[key] = a.shape[0]
-    if non_numeric:
-        raise ValueError(f"{path}: non-numeric arrays {non_numeric}; store numbers only (encode categories)")
+    used = set(_select(list(columns) + non_numeric, target, features, str(path)) + [target])
+    bad_types = [k for k in non_numeric if k in used]
+    if bad_types:
+        raise ValueError(f"{path}: non-numeric arrays {bad_types}; store numbers only (encode categories) "
+                         "or leave them out with features=")
     if len(set(lengths.values())) > 1:
         raise ValueError(f"{path}: arrays have different numbers of rows: {lengths}")
-    return _finalise(columns, target, features, kind, str(path))
+    return _finalise(columns, target, features, kind, str(path), dropna=dropna)
 
 
 def load_dataset(name: str) -> Dataset:
@@ -307,302 +411,15 @@ def load_dataset(name: str) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------
-# Larger files: search path + sha256
+# Larger files (MNIST and friends): searched, checked and loaded by advi_jax.data_files
 # ---------------------------------------------------------------------------------------------
 
-
-def _checkout_root(package_dir: str | os.PathLike | None = None) -> Path:
-    """The repository checkout holding this package (the main checkout for a git worktree).
-
-    Args:
-      package_dir: the folder of the `advi_jax` package (default: this file's folder).
-
-    Returns:
-      The checkout's root. In a git worktree `.git` is a file naming
-      `<main>/.git/worktrees/<name>`, and the main checkout `<main>` is returned, because that is
-      where a `shared/` folder sits beside the project; otherwise the package's parent folder.
-    """
-    repo = Path(package_dir if package_dir is not None else Path(__file__).resolve().parent).parent
-    git = repo / ".git"
-    if git.is_file():  # a worktree: ".git" names <main>/.git/worktrees/<name>
-        text = git.read_text().strip()
-        if text.startswith("gitdir:"):
-            gitdir = Path(text.split(":", 1)[1].strip())
-            if not gitdir.is_absolute():
-                gitdir = (repo / gitdir).resolve()
-            common = gitdir / "commondir"
-            common_dir = (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir.parents[1]
-            return common_dir.parent
-    return repo
-
-
-def data_search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The folders `find_data_file` and `load_mnist` search, in order.
-
-    1. `data_dir`, when given;
-    2. `$ADVI_JAX_DATA` when set;
-    3. the user cache folder `$XDG_CACHE_HOME/advi_jax` (default `~/.cache/advi_jax`);
-    4. `shared/data` beside the repository checkout (`<repo>/../shared/data`; for a git worktree,
-       beside the main checkout), when present.
-
-    Args:
-      data_dir: a folder searched first.
-
-    Returns:
-      The folders, whether or not they exist (except the last, listed only when present).
-
-    Example:
-      >>> from advi_jax import data
-      >>> data.data_search_dirs("/tmp/mine")[0]
-      PosixPath('/tmp/mine')
-    """
-    dirs = []
-    if data_dir is not None:
-        dirs.append(Path(data_dir).expanduser())
-    env = os.environ.get("ADVI_JAX_DATA")
-    if env:
-        dirs.append(Path(env).expanduser())
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    dirs.append(Path(cache).expanduser() / "advi_jax")
-    shared = _checkout_root().parent / "shared" / "data"
-    if shared.is_dir():
-        dirs.append(shared)
-    return dirs
-
-
-class DataFileNotFound(FileNotFoundError, ValueError):
-    """No search folder holds a usable copy of a data file (missing, wrong sha256, or bad content)."""
-
-
-_VERIFIED: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256(path: Path) -> str:
-    stat = path.stat()
-    cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if cache_key not in _VERIFIED:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _VERIFIED[cache_key] = digest.hexdigest()
-    return _VERIFIED[cache_key]
-
-
-_SAVE_SNIPPET = "np.savez_compressed('{file}', x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)"
-_GREY_FORMAT = ("Format: a NumPy .npz with x_train (60000, 28, 28) uint8 0..255, y_train (60000,) integer labels "
-                "0..9, x_test (10000, 28, 28) uint8, y_test (10000,). Any copy of the arrays works (the content is "
-                "checked, not the file's hash)")
-
-# What each larger file holds and where a user can get the arrays (advi_jax never downloads).
-_FILE_FORMATS: dict[str, str] = {
-    "mnist.npz": (
-        _GREY_FORMAT + ", e.g. from the four IDX files of the MNIST database, keras.datasets.mnist.load_data() "
-        "or torchvision.datasets.MNIST(root, download=True) (.data, .targets), saved with "
-        + _SAVE_SNIPPET.format(file="mnist.npz") + "."),
-    "fashion_mnist.npz": (
-        _GREY_FORMAT + " (Zalando's Fashion-MNIST: labels are clothing classes), e.g. from the IDX files of "
-        "the fashion-mnist repository, keras.datasets.fashion_mnist.load_data() or "
-        "torchvision.datasets.FashionMNIST, saved with " + _SAVE_SNIPPET.format(file="fashion_mnist.npz") + "."),
-    "binarized_mnist.npz": (
-        "Format: a NumPy .npz with x_train (50000, 28, 28), x_valid (10000, 28, 28) and x_test (10000, 28, 28), "
-        "uint8 or bool in {0, 1}, no labels: the fixed binarisation of Larochelle & Murray (2011), "
-        "distributed as binarized_mnist_{train,valid,test}.amat text files (one row of 784 0/1 values per "
-        "image; np.loadtxt(...).reshape(-1, 28, 28) reads one) and in tensorflow_datasets as "
-        "'binarized_mnist'; save with np.savez_compressed('binarized_mnist.npz', x_train=..., x_valid=..., "
-        "x_test=...)."),
-}
-
-
-def _not_found_message(filename: str, searched: list[str], rejected: list[str]) -> str:
-    message = f"data file {filename!r} not found; searched: {searched}."
-    if rejected:
-        message += f" Copies found but not usable: {rejected}."
-    first = searched[0] if searched else "~/.cache/advi_jax"
-    message += (f" Put {filename} in one of these folders (e.g. {first}), or set ADVI_JAX_DATA to the folder "
-                "that holds it; advi_jax does not download it.")
-    if filename in _FILE_FORMATS:
-        message += " " + _FILE_FORMATS[filename]
-    return message
-
-
-def find_data_file(filename: str, sha256: str | None = None, data_dir: str | os.PathLike | None = None) -> Path:
-    """Find a data file in the search folders and check its sha256. Never downloads.
-
-    Args:
-      filename: e.g. "german_credit_numeric.npz".
-      sha256: expected hex digest; defaults to the one recorded in `DATA_FILES` (if any).
-        Pass "" to skip the check. (`load_mnist` checks the arrays' content instead, so that a
-        user's own copy of MNIST works.)
-      data_dir: a folder searched first.
-
-    Returns:
-      The path of the first copy whose hash matches.
-
-    Raises:
-      DataFileNotFound (a FileNotFoundError and a ValueError): no folder has a matching copy;
-        the message lists the folders searched, any copies with a wrong hash, how to provide the
-        file and, for the known files, what it must contain.
-
-    Example:
-      >>> from advi_jax import data
-      >>> path = data.find_data_file("wells.npz")  # doctest: +SKIP
-    """
-    if sha256 is None:
-        sha256 = DATA_FILES.get(filename, "")
-    searched, wrong = [], []
-    for folder in data_search_dirs(data_dir):
-        candidate = folder / filename
-        searched.append(str(folder))
-        if not candidate.is_file():
-            continue
-        if not sha256 or _sha256(candidate) == sha256.lower():
-            return candidate
-        wrong.append(f"{candidate} (wrong sha256 {_sha256(candidate)}, expected {sha256})")
-    raise DataFileNotFound(_not_found_message(filename, searched, wrong))
-
-
-class MNIST(NamedTuple):
-    """An MNIST-style image set, images flattened to 784 features.
-
-    Attributes:
-      x_train: (N, 784) float32; grey levels scaled to [0, 1], or {0, 1} for "binarized_mnist".
-      y_train: (N,) int32 labels 0..9, or None for "binarized_mnist" (no labels).
-      x_test: (M, 784) float32.
-      y_test: (M,) int32 labels, or None.
-      binarized: True when the images are already fixed {0, 1} draws.
-      x_valid: (V, 784) float32 validation images of "binarized_mnist"; None for the others.
-      path: the file the arrays were read from.
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray | None
-    x_test: np.ndarray
-    y_test: np.ndarray | None
-    binarized: bool
-    x_valid: np.ndarray | None = None
-    path: Path | None = None
-
-
-__all__ += ["MNIST", "MNIST_NAMES"]
-
-_MNIST_SPLITS = {
-    "mnist": ("train", "test"),
-    "fashion_mnist": ("train", "test"),
-    "binarized_mnist": ("train", "valid", "test"),
-}
-MNIST_NAMES = tuple(_MNIST_SPLITS)
-
-
-def _read_mnist(path: Path, name: str, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Read and check the arrays of `splits` from an MNIST-style .npz; raise ValueError naming the file."""
-    binarized = name == "binarized_mnist"
-    keys = [f"x_{s}" for s in splits] + ([] if binarized else [f"y_{s}" for s in splits])
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            files = sorted(archive.files)
-            arrays = {k: archive[k] for k in keys if k in files}
-    except Exception as err:  # BadZipFile, EOFError, zlib.error, OSError, ...: truncated or corrupt
-        raise ValueError(f"{path}: not a readable .npz file (truncated or corrupt? {type(err).__name__}: "
-                         f"{err}); copy it again") from None
-    missing = [k for k in keys if k not in arrays]
-    if missing:
-        raise ValueError(f"{path}: missing arrays {missing} (the file has {files})")
-    for split in splits:
-        x = arrays[f"x_{split}"]
-        if not (x.ndim == 3 and x.shape[1:] == (28, 28)) and not (x.ndim == 2 and x.shape[1] == 784):
-            raise ValueError(f"{path}: x_{split} has shape {x.shape}; expected (N, 28, 28) or (N, 784) images")
-        if x.shape[0] < 1:
-            raise ValueError(f"{path}: x_{split} holds no images")
-        if binarized:
-            if not (x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer)):
-                raise ValueError(f"{path}: x_{split} has dtype {x.dtype}; expected uint8 or bool values in {{0, 1}}")
-            if x.min() < 0 or x.max() > 1:
-                raise ValueError(f"{path}: x_{split} has values in [{x.min()}, {x.max()}]; expected {{0, 1}} "
-                                 "(binarized_mnist is the fixed binarisation; grey levels belong in mnist.npz)")
-            continue
-        if x.dtype != np.uint8:
-            hint = (" (grey levels in [0, 1]? save (x * 255).round().astype(np.uint8))"
-                    if np.issubdtype(x.dtype, np.floating) else "")
-            raise ValueError(f"{path}: x_{split} has dtype {x.dtype}; expected uint8 grey levels 0..255{hint}")
-        y = arrays[f"y_{split}"]
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"{path}: y_{split} has shape {y.shape}; expected ({x.shape[0]},), one label per image")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{path}: y_{split} has dtype {y.dtype}; expected integer class labels 0..9")
-        if y.min() < 0 or y.max() > 9:
-            raise ValueError(f"{path}: y_{split} has labels in [{y.min()}, {y.max()}]; expected 0..9")
-    return arrays
-
-
-def load_mnist(name: str = "mnist", split: str | None = None, *,
-               data_dir: str | os.PathLike | None = None) -> MNIST | tuple[np.ndarray, np.ndarray | None]:
-    """Load an MNIST-style image set: "mnist", "fashion_mnist" or "binarized_mnist". Never downloads.
-
-    The file `<name>.npz` is looked up in `data_search_dirs(data_dir)` (`data_dir`,
-    `$ADVI_JAX_DATA`, `~/.cache/advi_jax`, `shared/data` beside the checkout). Its content is
-    checked, not its hash, so the same arrays saved by the user from any source work: keys
-    `x_train`, `x_test` (and `y_train`, `y_test`; `x_valid` for binarized_mnist), images (N, 28, 28)
-    or (N, 784) uint8 0..255 ({0, 1} for binarized_mnist), labels integers 0..9 with one per
-    image. A copy that fails the checks (or cannot be read) is skipped with a warning naming it
-    and the reason, and the next folder is tried.
-
-    Args:
-      name: "mnist", "fashion_mnist" or "binarized_mnist" (Larochelle & Murray's fixed
-        binarisation: 50000/10000/10000 images, no labels).
-      split: None (default) for every split as an `MNIST`; or "train", "test" ("valid" too for
-        binarized_mnist) for that split's `(x, y)` only.
-      data_dir: a folder searched first.
-
-    Returns:
-      An `MNIST` (x_train, y_train, x_test, y_test, binarized, x_valid, path) with images as
-      (N, 784) float32 in [0, 1] and labels (N,) int32 (None for binarized_mnist); with `split`,
-      the tuple `(x, y)` of that split.
-
-    Raises:
-      ValueError: unknown name or split.
-      DataFileNotFound (a FileNotFoundError and a ValueError): no usable copy; the message lists
-        the folders searched, every rejected copy with its reason, where to get the arrays and in
-        what format.
-
-    Example:
-      >>> from advi_jax import data
-      >>> mnist = data.load_mnist("mnist")  # doctest: +SKIP
-      >>> mnist.x_train.shape, mnist.y_test[:3]  # doctest: +SKIP
-      ((60000, 784), array([7, 2, 1], dtype=int32))
-    """
-    if name not in _MNIST_SPLITS:
-        raise ValueError(f"name must be one of {list(_MNIST_SPLITS)}, got {name!r}")
-    if split is not None and split not in _MNIST_SPLITS[name]:
-        raise ValueError(f"split for {name} must be None or one of {_MNIST_SPLITS[name]}, got {split!r}")
-    filename = f"{name}.npz"
-    splits = _MNIST_SPLITS[name] if split is None else (split,)
-    searched, rejected = [], []
-    for folder in data_search_dirs(data_dir):
-        searched.append(str(folder))
-        candidate = folder / filename
-        if not candidate.is_file():
-            continue
-        try:
-            arrays = _read_mnist(candidate, name, splits)
-        except ValueError as err:
-            rejected.append(str(err))
-            continue
-        if rejected:
-            warnings.warn(f"skipped unusable copies of {filename}: {rejected}; using {candidate}", stacklevel=2)
-        break
-    else:
-        raise DataFileNotFound(_not_found_message(filename, searched, rejected))
-
-    def images(s: str) -> np.ndarray:
-        x = arrays[f"x_{s}"]
-        x = x.reshape(x.shape[0], 784).astype(np.float32)
-        return x if name == "binarized_mnist" else x / np.float32(255.0)
-
-    def labels(s: str) -> np.ndarray | None:
-        return arrays[f"y_{s}"].astype(np.int32) if f"y_{s}" in arrays else None
-
-    if split is not None:
-        return images(split), labels(split)
-    return MNIST(images("train"), labels("train"), images("test"), labels("test"), name == "binarized_mnist",
-                 images("valid") if "valid" in splits else None, candidate)
+from advi_jax.data_files import (  # noqa: E402  (re-exported: aj.data.load_mnist, ...)
+    DATA_FILES,
+    MNIST,
+    MNIST_NAMES,
+    DataFileNotFound,
+    data_search_dirs,
+    find_data_file,
+    load_mnist,
+)

@@ -26,6 +26,37 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# The suite compares against NumPyro and blackjax: the `bench` extra installs them.
+BENCH_MODULES = ("blackjax", "numpyro")
+
+
+def missing_bench_modules() -> list[str]:
+    """The packages of the `bench` extra that are not installed."""
+    import importlib.util
+
+    missing = []
+    for name in BENCH_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken install, or sys.modules[name] = None
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def _bench_extra_message(names) -> str:
+    from advi_jax._extras import DISTRIBUTION
+
+    return (f"python -m benchmarks needs {', '.join(names)} (the peers it compares against), not installed: "
+            f"pip install '{DISTRIBUTION}[bench]' (from a checkout: pip install -e '.[bench]')")
+
+
+_missing = missing_bench_modules()
+if _missing and __name__ == "__main__":
+    print(f"error: {_bench_extra_message(_missing)}", file=sys.stderr)
+    sys.exit(2)
+
 from benchmarks import accuracy, bench_fit  # noqa: E402
 from benchmarks.common import machine, versions, write_json  # noqa: E402
 

@@ -13,7 +13,10 @@ import numpy as np
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("advi_jax", "jax", "jaxlib", "numpyro", "blackjax", "optax", "flax"):
+    import advi_jax
+
+    out["advi_jax"] = advi_jax.__version__
+    for name in ("jax", "jaxlib", "numpyro", "blackjax", "optax", "flax"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

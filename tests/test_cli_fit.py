@@ -23,7 +23,7 @@ def test_default_run_fits_the_bundled_logistic_regression(tmp_path):
     out = proc.stdout
     assert "beta[worst_texture]" in out and "intercept" in out and "PSIS k-hat" in out
     folder = tmp_path / "advi_jax_out" / "fit"
-    for name in ("summary.csv", "summary.json", "draws.npz", "elbo.png", "marginals.png"):
+    for name in ("summary.csv", "summary.json", "draws.npz", "elbo.png", "marginals.png", "predictive_check.png"):
         assert (folder / name).stat().st_size > 0, name
     info = json.loads((folder / "summary.json").read_text())
     assert info["fit"]["num_rows"] == 569 and info["fit"]["family"] == "fullrank"
@@ -35,6 +35,12 @@ def test_default_run_fits_the_bundled_logistic_regression(tmp_path):
     # worst_texture is the clearest predictor of malignancy: its 90% interval excludes zero
     row = next(r for r in info["summary"] if r["parameter"] == "beta[worst_texture]")
     assert row["5%"] > 0
+    # the data-scale coefficient is the standardised one divided by the feature's sd
+    j = info["fit"]["feature_names"].index("worst_texture")
+    sd = info["fit"]["standardization"]["sd"][j]
+    assert abs(row["mean_data_scale"] - row["mean"] / sd) < 1e-6 * abs(row["mean"] / sd) + 1e-9
+    assert info["fit"]["priors"]["beta"]["scale"] == 2.5 and "On the data's own scale" in out
+    assert "posterior predictive check: share of ones" in out
 
 
 def test_csv_run_with_exposure(tmp_path):
@@ -73,17 +79,158 @@ BAD_INPUTS = [
     (["fit", "--data", "{f}"], "a,y\n1,0\n2,1\n", "--target"),
     (["fit", "--steps", "0"], None, "--steps"),
     (["fit", "--family", "gaussian"], None, "--family"),
+    (["fit", "--draws", "1"], None, "at least 2 draws"),
+    (["fit", "--data", "{f}", "--target", "y"], "a;b;y\n1;2;0\n2;3;1\n3;1;0\n", "--delimiter ';'"),
+    (["fit", "--data", "{f}", "--target", "y"], "a,b,y\n1,2,0\n,3,1\n3,,0\n4,1,1\n", "--dropna"),
+    (["fit", "--data", "{f}", "--target", "y", "--delimiter", "ab"], "a,y\n1,0\n2,1\n", "delimiter"),
+    (["fit", "--data", "{f}", "--formula", "y ~ a", "--target", "y"], "a,y\n1,0\n2,1\n", "--formula"),
+    (["fit", "--data", "{f}", "--formula", "y ~ a + nope"], "a,y\n1,0\n2,1\n3,0\n", "nope"),
+    (["fit", "--data", "{f}", "--formula", "y ~ a"], "a,y\n1,0\nNA,1\n3,0\n", "--dropna"),
+    (["fit", "--data", "{f}", "--formula", "y ~ a"], "a;y\n1;0\n2;1\n3;0\n", "--delimiter ';'"),
 ]
 
 
+def _main_in_process(args, capsys):
+    """Run `advi-jax ARGS` in this process (bad input fails before any fit: no subprocess needed)."""
+    from advi_jax.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as stop:  # argparse errors
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, content, needle", BAD_INPUTS)
-def test_bad_input_exits_2_with_one_line(args, content, needle, tmp_path):
+def test_bad_input_exits_2_with_one_line(args, content, needle, tmp_path, monkeypatch, capsys):
     if content is not None:
         name = _write(tmp_path / "data.csv", content)
         args = [a.replace("{f}", name) for a in args]
-    proc = _run(args, cwd=tmp_path)
-    assert proc.returncode == 2
-    message = proc.stderr.strip()
-    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    monkeypatch.chdir(tmp_path)
+    code, err = _main_in_process(args, capsys)  # an uncaught exception (a traceback) fails the test here
+    assert code == 2
+    message = err.strip()
+    assert len(message.splitlines()) == 1, message
     assert needle in message, message
     assert not (tmp_path / "advi_jax_out").exists()
+
+
+def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path):
+    _write(tmp_path / "data.csv", "a,b,y\n1,red,0\n2,blue,1\n3,red,0\n")
+    proc = _run(["fit", "--data", "data.csv", "--target", "y"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "'b'" in proc.stderr
+
+
+def test_out_under_a_regular_file_is_refused_before_fitting(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    proc = _run(["fit", "--out", "notes.txt/results"], cwd=tmp_path)
+    assert proc.returncode == 2
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+    assert "notes.txt" in message and "is a file" in message
+    assert "regression on" not in proc.stderr  # refused before the fit started
+
+
+def test_truncated_npz_exits_2_naming_the_file(tmp_path, monkeypatch, capsys):
+    np.savez_compressed(tmp_path / "full.npz", a=np.arange(500.0), y=np.arange(500) % 2)
+    blob = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(blob[: len(blob) // 2])
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--formula", "y ~ a"]):
+        code, err = _main_in_process(["fit", "--data", "cut.npz", *(extra or ["--target", "y"])], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "cut.npz" in err and "truncated" in err
+
+
+def test_csv_with_text_column_missing_values_and_semicolons(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 200
+    a, b = rng.normal(5.0, 2.0, n), rng.normal(size=n)
+    y = rng.binomial(1, 1 / (1 + np.exp(-(0.4 * (a - 5) - 0.8 * b))))
+    lines = ["id;a;b;y"] + [f"p{i};{u:.4f};{v:.4f};{w}" for i, (u, v, w) in enumerate(zip(a, b, y))]
+    lines[5] = "p4;;0.1;1"  # a missing value in a used column
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    proc = _run(["fit", "--data", "t.csv", "--delimiter", ";", "--target", "y", "--features", "a,b", "--dropna",
+                 "--steps", "400", "--draws", "300", "--out", "res", "--no-plots"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped 1 of 200 rows with missing values ('a' in rows 4)" in proc.stderr
+    info = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert info["fit"]["num_rows"] == 199 and info["fit"]["feature_names"] == ["a", "b"]
+    keep = np.arange(n) != 4
+    np.testing.assert_allclose(info["fit"]["standardization"]["mean"], [a[keep].mean(), b[keep].mean()],
+                               rtol=1e-5, atol=1e-5)
+    rows = {r["parameter"]: r for r in info["summary"]}
+    assert rows["beta[a]"]["mean_data_scale"] == pytest.approx(
+        rows["beta[a]"]["mean"] / info["fit"]["standardization"]["sd"][0], rel=1e-6)
+    header = (tmp_path / "res" / "summary.csv").read_text().splitlines()[0]
+    assert "mean_data_scale" in header
+
+
+def test_formula_run_keeps_design_column_names(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 300
+    x1, g = rng.normal(size=n), rng.choice(["lo", "mid", "hi"], n)
+    eta = 0.2 + 0.7 * x1 + np.where(g == "mid", 0.5, 0.0) + np.where(g == "lo", -0.6, 0.0)
+    y = rng.poisson(np.exp(eta))
+    lines = ["x1,group,visits"] + [f"{u:.4f},{v},{w}" for u, v, w in zip(x1, g, y)]
+    (tmp_path / "v.csv").write_text("\n".join(lines) + "\n")
+    proc = _run(["fit", "--model", "poisson", "--data", "v.csv", "--formula", "visits ~ x1 + C(group)",
+                 "--steps", "400", "--draws", "300", "--out", "res"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert info["fit"]["formula"] == "visits ~ x1 + C(group)"
+    assert info["fit"]["feature_names"] == ["x1", "C(group)[T.lo]", "C(group)[T.mid]"]
+    rows = {r["parameter"]: r for r in info["summary"]}
+    assert "beta[C(group)[T.mid]]" in rows and "beta[C(group)[T.mid]]" in proc.stdout
+    # the data-scale effect of group 'mid' against the reference 'hi' is about 0.5
+    r = rows["beta[C(group)[T.mid]]"]
+    assert abs(r["mean_data_scale"] - 0.5) < 4 * r["sd_data_scale"] + 0.05
+    assert not info["fit"]["predictive_check"]["overdispersed"]
+    assert (tmp_path / "res" / "predictive_check.png").stat().st_size > 0
+
+
+def test_marginals_figure_gives_each_parameter_group_its_own_scale():
+    from advi_jax.cli.fit_plots import marginals_figure
+
+    rows = [{"parameter": "intercept", "mean": 1.0, "5%": 0.99, "50%": 1.0, "95%": 1.01}]
+    rows += [{"parameter": f"beta[x{j}]", "mean": m, "5%": m - 0.008, "50%": m, "95%": m + 0.008}
+             for j, m in enumerate((-0.2, 0.05, 0.2))]
+    fig = marginals_figure(rows)
+    axes = fig.get_axes()
+    assert len(axes) == 2
+    intercept_axis, beta_axis = axes
+    assert [t.get_text() for t in intercept_axis.get_yticklabels()] == ["intercept"]
+    lo, hi = beta_axis.get_xlim()
+    assert hi < 0.5 and lo > -0.5  # the intercept's scale does not squeeze the coefficients
+    assert (0.016 / (hi - lo)) > 0.02  # each 90% interval spans a visible share of its panel
+
+
+def test_load_features_with_exposure_and_formula_from_npz(tmp_path):
+    import argparse
+
+    from advi_jax.cli.fit import _load
+
+    np.savez(tmp_path / "c.npz", x1=np.array([0.1, 0.5, -0.3, 1.2]), x2=np.array([1.0, 2.0, 3.0, 4.0]),
+             years=np.array([1.0, 2.0, 0.5, 1.5]), claims=np.array([0, 2, 1, 3]))
+    base = dict(model="poisson", data=str(tmp_path / "c.npz"), target="claims", features="x1", exposure="years",
+                formula=None, delimiter=",", dropna=False, prior_scale=1.0)
+    x, y, names, exposure, _ = _load(argparse.Namespace(**base))
+    assert names == ("x1",) and x.shape == (4, 1)  # --features no longer hides the --exposure column
+    np.testing.assert_array_equal(exposure, [1.0, 2.0, 0.5, 1.5])
+    model, *_ = _load(argparse.Namespace(**{**base, "target": None, "features": None,
+                                             "formula": "claims ~ x1 + x2"}))
+    assert model.info.feature_names == ("x1", "x2")
+    np.testing.assert_allclose(model.data["offset"], np.log([1.0, 2.0, 0.5, 1.5]), rtol=1e-6)
+
+
+def test_tsv_files_default_to_tab_delimiter(tmp_path):
+    import argparse
+
+    from advi_jax.cli.fit import _load
+
+    (tmp_path / "t.tsv").write_text("a\tb\ty\n1\t2\t0\n2\t1\t1\n3\t5\t0\n")
+    ns = argparse.Namespace(model="logistic", data=str(tmp_path / "t.tsv"), target="y", features=None,
+                            exposure=None, formula=None, delimiter=",", dropna=False, prior_scale=2.5)
+    x, y, names, _, _ = _load(ns)
+    assert names == ("a", "b") and x.shape == (3, 2)

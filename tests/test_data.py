@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advi_jax import data
+from advi_jax import data, data_files
 
 from conftest import require_data_file
 from fixtures.mnist_like import make_mnist_like
@@ -67,8 +67,10 @@ def test_load_csv_ok(tmp_path):
     [
         ("a,y\n1,0\n2,1\n", {"target": "z"}, r"target column 'z' not found; available columns: \['a', 'y'\]"),
         ("a,c,y\n1,x,0\n2,u,1\n", {"target": "y"}, r"non-numeric columns \['c'\]"),
-        ("a,y\n1,0\n,1\n", {"target": "y"}, r"column 'a' has a NaN/missing value at row 1"),
-        ("a,y\n1,0\ninf,1\n", {"target": "y"}, r"column 'a' has a infinite value at row 1"),
+        ("a,y\n1,0\n,1\n", {"target": "y"}, r"missing values .* in 1 of 2 rows: 'a' in rows 1 .*dropna=True"),
+        ("a,y\n1,0\ninf,1\n", {"target": "y"}, r"column 'a' has an infinite value at row 1"),
+        ("a;b;y\n1;2;0\n2;3;1\n", {"target": "y"}, r"looks ';'-separated: pass delimiter=';'.*--delimiter ';'"),
+        ("a,y\n1,0\n2,1\n", {"target": "y", "delimiter": "::"}, r"delimiter must be one character"),
         ("a,y\n1,0\n2,2\n", {"target": "y", "kind": "logistic"}, r"must be 0 or 1.*row 1 is 2"),
         ("a,y\n1,0\n2,1.5\n", {"target": "y", "kind": "poisson"}, r"non-negative integer.*row 1 is 1.5"),
         ("a,y\n1,0\n2,-1\n", {"target": "y", "kind": "poisson"}, r"non-negative integer.*row 1 is -1"),
@@ -81,6 +83,47 @@ def test_load_csv_errors(tmp_path, text, kwargs, match):
     p = _write_csv(tmp_path, text)
     with pytest.raises(ValueError, match=match):
         data.load_csv(p, **kwargs)
+
+
+def test_load_csv_ignores_unselected_string_columns(tmp_path):
+    p = _write_csv(tmp_path, "id,a,city,y\nA1,1,Oslo,0\nB2,2,Rome,1\nC3,3.5,Lima,1\n")
+    x, y, names = data.load_csv(p, target="y", features=["a"], kind="logistic")
+    assert names == ("a",)
+    np.testing.assert_array_equal(x[:, 0], [1, 2, 3.5])
+    with pytest.raises(ValueError, match=r"non-numeric columns \['id', 'city'\]"):
+        data.load_csv(p, target="y")  # all columns selected by default: the strings are named
+
+
+def test_load_csv_missing_values_named_and_dropped(tmp_path):
+    p = _write_csv(tmp_path, "a,b,note,y\n1,2,,0\nNA,3,x,1\n2,,y,1\n4,5,,0\n5,1,,1\n")
+    with pytest.raises(ValueError, match=r"in 2 of 5 rows: 'a' in rows 1; 'b' in rows 2"):
+        data.load_csv(p, target="y", features=["a", "b"])
+    with pytest.warns(data.MissingValuesWarning, match=r"dropped 2 of 5 rows .* 3 rows remain"):
+        x, y, names = data.load_csv(p, target="y", features=["a", "b"], dropna=True)
+    np.testing.assert_array_equal(x, [[1, 2], [4, 5], [5, 1]])
+    np.testing.assert_array_equal(y, [0, 0, 1])
+
+
+def test_load_csv_other_delimiters(tmp_path):
+    p = _write_csv(tmp_path, "a;b;y\n1,5;2;0\n2;3;1\n")
+    with pytest.raises(ValueError, match="non-numeric"):  # "1,5": a decimal comma stays an error
+        data.load_csv(p, target="y", delimiter=";")
+    p = _write_csv(tmp_path, "a\tb\ty\n1\t2\t0\n2\t3\t1\n")
+    with pytest.raises(ValueError, match="tab-separated"):
+        data.load_csv(p, target="y")
+    x, y, names = data.load_csv(p, target="y", delimiter="tab")
+    assert names == ("a", "b") and x.shape == (2, 2)
+
+
+def test_truncated_npz_names_the_file(tmp_path):
+    p = tmp_path / "full.npz"
+    np.savez_compressed(p, a=np.arange(2000.0), y=np.arange(2000) % 2)
+    blob = p.read_bytes()
+    for cut, name in ((len(blob) // 2, "half.npz"), (len(blob) - 30, "tail.npz")):
+        q = tmp_path / name
+        q.write_bytes(blob[:cut])
+        with pytest.raises(ValueError, match=rf"{name}: not a readable .npz file \(truncated or corrupt"):
+            data.load_npz(q, target="y")
 
 
 def test_missing_file(tmp_path):
@@ -105,7 +148,7 @@ def test_load_npz(tmp_path):
         data.load_npz(q, target="y")
     r = tmp_path / "n.npz"
     np.savez(r, a=np.array([1.0, np.nan, 2.0]), y=np.array([0, 1, 1]))
-    with pytest.raises(ValueError, match=r"column 'a' has a NaN/missing value at row 1"):
+    with pytest.raises(ValueError, match=r"missing values .*'a' in rows 1"):
         data.load_npz(r, target="y")
     u = tmp_path / "u.npz"
     np.savez(u, a=np.array([1.0, 2.0, 3.0]), y=np.array([0, 1]))
@@ -138,7 +181,7 @@ def test_load_mnist_real_file_honours_advi_jax_data(monkeypatch, tmp_path):
     """The real mnist.npz (skipped with the reason when absent), found through $ADVI_JAX_DATA."""
     path = require_data_file("mnist.npz")
     monkeypatch.setenv("ADVI_JAX_DATA", str(path.parent))
-    monkeypatch.setattr(data, "_checkout_root", lambda: tmp_path / "elsewhere" / "repo")  # no shared/ fallback
+    monkeypatch.setattr(data_files, "_checkout_root", lambda: tmp_path / "elsewhere" / "repo")  # no shared/ fallback
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     x, y = data.load_mnist("mnist", "test")
     assert x.shape == (10000, 784) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
@@ -155,7 +198,7 @@ def isolated_search(monkeypatch, tmp_path):
     """Only the folders a test names are searched: no cache copy, no shared/ beside the checkout."""
     monkeypatch.delenv("ADVI_JAX_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_checkout_root", lambda: tmp_path / "elsewhere" / "repo")
+    monkeypatch.setattr(data_files, "_checkout_root", lambda: tmp_path / "elsewhere" / "repo")
     return tmp_path
 
 
@@ -242,6 +285,6 @@ def test_shared_data_is_found_beside_a_worktrees_main_checkout(tmp_path):
     worktree = tmp_path / "trees" / "wt"
     (worktree / "advi_jax").mkdir(parents=True)
     (worktree / ".git").write_text(f"gitdir: {main / '.git' / 'worktrees' / 'wt'}\n")
-    assert data._checkout_root(worktree / "advi_jax") == main
-    assert data._checkout_root(main / "advi_jax") == main  # a plain clone: its own root
-    assert data._checkout_root(tmp_path / "site" / "advi_jax") == tmp_path / "site"  # installed, no .git
+    assert data_files._checkout_root(worktree / "advi_jax") == main
+    assert data_files._checkout_root(main / "advi_jax") == main  # a plain clone: its own root
+    assert data_files._checkout_root(tmp_path / "site" / "advi_jax") == tmp_path / "site"  # installed, no .git

@@ -267,3 +267,46 @@ def test_support_from_constraint_table(index):
     value = aj.Model(lambda p: 0.0, {"s": support}).to_constrained(zeta)["s"]
     ok = constraint(value)
     assert bool(jnp.all(ok)), (constraint, value)
+
+
+def test_model_needing_concrete_data_gets_clear_error_at_from_numpyro():
+    g = np.array([0, 1, 2, 1, 0])
+    y = np.array([0.1, 0.5, -0.2, 1.0, 0.3])
+
+    def grouped(g, y):
+        k = int(g.max()) + 1  # a Python int from a data array: fine eagerly, impossible under jit
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0).expand([k]))
+        numpyro.sample("y", dist.Normal(a[g], 1.0), obs=y)
+
+    message = r"grouped uses the value of an array argument.*static.*outside the model"
+    with pytest.raises(ValueError, match=message) as info:
+        aj.from_numpyro(grouped, g, y)
+    assert len(str(info.value).splitlines()) == 1 and "ConcretizationTypeError" in str(info.value)
+
+    def branching(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        if y.sum() > 0:  # Python control flow on data
+            numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match="jnp.where"):
+        aj.from_numpyro(branching, y)
+
+    def grouped_static(g, y, k):
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0).expand([k]))
+        numpyro.sample("y", dist.Normal(a[g], 1.0), obs=y)
+
+    model = aj.from_numpyro(grouped_static, g, y, k=int(g.max()) + 1)  # the documented remedy
+    assert model.dim == 3
+    params = {"a": jnp.array([0.2, -0.1, 0.4])}
+    expected, _ = log_density(grouped_static, (g, y, 3), {}, params)
+    np.testing.assert_allclose(jax.jit(model.log_joint_at)(params), expected, rtol=1e-6)
+
+
+def test_missing_numpyro_names_the_extra(monkeypatch):
+    import sys
+
+    from advi_jax._extras import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "numpyro", None)  # what `import numpyro` sees when it is not installed
+    with pytest.raises(MissingExtraError, match=r"from_numpyro needs numpyro.*\[numpyro\]"):
+        aj.from_numpyro(lambda: None)

@@ -391,12 +391,12 @@ def test_cli_unwritable_out_exits_2_before_training(tmp_path, capsys, monkeypatc
 
 
 def test_cli_missing_data_exits_2_with_where_to_get_it(tmp_path, capsys, monkeypatch):
-    from advi_jax import data
+    from advi_jax import data_files
     from advi_jax.cli import main
 
     monkeypatch.delenv("ADVI_JAX_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_checkout_root", lambda: tmp_path / "elsewhere" / "repo")
+    monkeypatch.setattr(data_files, "_checkout_root", lambda: tmp_path / "elsewhere" / "repo")
     (tmp_path / "empty").mkdir()
     assert main(["vae", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "empty"),
                  "--out", str(tmp_path / "o")]) == 2

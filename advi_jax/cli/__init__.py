@@ -12,6 +12,8 @@ import importlib
 import math
 import sys
 
+from advi_jax._extras import MissingExtraError
+
 _SUBCOMMANDS = (
     "advi_jax.cli.fit",
     "advi_jax.cli.vae",
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.unavailable = {}  # sub-command -> the ModuleNotFoundError of its missing extra
     subparsers = parser.add_subparsers(dest="command", metavar="{fit,vae,variance}")
     for module_name in _SUBCOMMANDS:
         try:
@@ -75,20 +78,51 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name and module_name.startswith(err.name):
                 continue  # sub-command not part of this build
             raise
-        module.add_parser(subparsers)
+        try:
+            module.add_parser(subparsers)
+        except ModuleNotFoundError as err:  # needs an extra (e.g. flax for `vae`): say which when it is run
+            name = module_name.rsplit(".", 1)[-1]
+            _add_unavailable(subparsers, name, err)
+            parser.unavailable[name] = err
     return parser
+
+
+def _add_unavailable(subparsers, name: str, err: ModuleNotFoundError) -> None:
+    """Register a sub-command whose optional dependency is missing: running it names the extra."""
+    from advi_jax._extras import missing_extra_message
+
+    hint = missing_extra_message(err)
+    if hint is None:
+        raise err
+    if name not in subparsers.choices:  # add_parser may have failed after registering the name
+        subparsers.add_parser(name, help=f"(unavailable: {hint})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in parser.unavailable:
+        from advi_jax._extras import missing_extra_message
+
+        print(f"advi-jax {argv[0]}: error: {missing_extra_message(parser.unavailable[argv[0]])}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError) as err:
-        print(f"advi-jax {args.command}: error: {err}", file=sys.stderr)
+    except ModuleNotFoundError as err:  # an optional dependency: name the extra that installs it
+        from advi_jax._extras import missing_extra_message
+
+        hint = missing_extra_message(err)
+        if hint is None:
+            raise
+        print(f"advi-jax {args.command}: error: {hint}", file=sys.stderr)
+        return 2
+    except (UsageError, ValueError, OSError, MissingExtraError) as err:  # OSError: unreadable/unwritable paths
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"advi-jax {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"advi-jax {args.command}: interrupted", file=sys.stderr)

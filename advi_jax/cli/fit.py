@@ -1,10 +1,13 @@
 """The `advi-jax fit` sub-command: Bayesian logistic or Poisson regression by ADVI.
 
 With no arguments it fits Bayesian logistic regression to the bundled breast-cancer data
-(569 tumours, 30 standardised features) and prints the posterior summary. Outputs in `--out`
-(default `advi_jax_out/fit`): `summary.csv`, `summary.json` (summary plus the fit's settings and
-diagnostics), `draws.npz` (constrained posterior draws), `elbo.png` (the ELBO trace) and
-`marginals.png` (the marginal posteriors).
+(569 tumours, 30 features) and prints the posterior summary: coefficients per standard
+deviation of each feature (the scale the priors are set on) and, below, per unit of each
+feature (the data's own scale), then a posterior predictive check. Outputs in `--out`
+(default `advi_jax_out/fit`, checked before the fit starts): `summary.csv`, `summary.json`
+(both scales, the standardisation constants, the priors, the fit's settings, diagnostics and
+the predictive check), `draws.npz` (constrained posterior draws), `elbo.png` (the ELBO trace),
+`marginals.png` (one panel per parameter group) and `predictive_check.png`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from advi_jax.cli import UsageError, positive_float, positive_int
@@ -20,13 +25,25 @@ from advi_jax.cli import UsageError, positive_float, positive_int
 EXAMPLES = """examples:
   advi-jax fit                                           # logistic regression, bundled breast-cancer data
   advi-jax fit --model poisson                           # Poisson regression, bundled RAND HIE doctor visits
-  advi-jax fit --family fullrank --steps 20000 --samples 4
+  advi-jax fit --family meanfield --steps 20000 --samples 4
   advi-jax fit --data patients.csv --target died         # your CSV (header row; other columns = features)
+  advi-jax fit --data patients.csv --target died --features age,dose --dropna
+  advi-jax fit --data patients.csv --formula "died ~ age + C(ward) + age:dose"
+  advi-jax fit --data european.csv --delimiter ';' --target y
   advi-jax fit --model poisson --data claims.npz --target claims --exposure years
   advi-jax fit --float64 --seed 3 --out results/ --quiet
 """
 
 DEFAULT_DATA = {"logistic": "breast_cancer", "poisson": "randhie"}
+PREDICTIVE_DRAWS = 400  # posterior draws behind the predictive check (fewer for tables over 50,000 rows)
+
+
+def at_least_two(text: str) -> int:
+    """argparse type: an int >= 2 (a posterior sd needs two draws)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"need at least 2 draws to estimate a posterior sd, got {text!r}")
+    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,29 +55,48 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "fit",
         help="fit a Bayesian logistic or Poisson regression by ADVI (bundled data by default)",
         description="Fit a Bayesian logistic or Poisson regression by ADVI and print the posterior summary. "
-        "Features are standardised; coefficients have Normal(0, --prior-scale) priors.",
+        "Features are standardised; coefficients have Normal(0, --prior-scale) priors on that scale and "
+        "the intercept Normal(0, 10). The summary shows coefficients per standard deviation of each feature "
+        "and per unit of it (the data's own scale), then a posterior predictive check (for Poisson fits, "
+        "whether the data are over-dispersed). Writes summary.csv, summary.json (both scales, the "
+        "standardisation constants, the priors, settings and diagnostics), draws.npz, elbo.png, "
+        "marginals.png and predictive_check.png to --out, which is checked before the fit starts. "
+        "Bad input exits with status 2 and a one-line message.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", choices=("logistic", "poisson"), default="logistic",
                    help="likelihood: logistic (0/1 target) or poisson (count target) (default: logistic)")
     p.add_argument("--data", metavar="FILE",
-                   help="a .csv (header row) or .npz file; default: the bundled dataset for --model")
-    p.add_argument("--target", metavar="COLUMN", help="target column of --data (required with --data)")
-    p.add_argument("--features", metavar="A,B,...", help="feature columns (default: all other columns)")
+                   help="a .csv/.tsv (header row) or .npz file; default: the bundled dataset for --model")
+    p.add_argument("--target", metavar="COLUMN", help="target column of --data (required with --data, "
+                   "unless --formula names it)")
+    p.add_argument("--features", metavar="A,B,...", help="feature columns (default: all other columns); columns "
+                   "left out may hold text")
+    p.add_argument("--formula", metavar="'Y ~ TERMS'", help="Wilkinson formula through formulaic, e.g. "
+                   "\"y ~ x1 + C(x2) + x1:x3\" (C() one-hot codes a text column, a:b is an interaction, - 1 drops "
+                   "the intercept); replaces --target/--features; needs the formula extra")
+    p.add_argument("--delimiter", default=",", metavar="CHAR", help="CSV field separator: one character or 'tab' "
+                   "(default ',', or tab for a .tsv file)")
+    p.add_argument("--dropna", action="store_true", help="drop rows with missing values in the used columns "
+                   "(default: stop with an error naming the rows and columns)")
     p.add_argument("--exposure", metavar="COLUMN", help="poisson only: exposure column (offset log exposure)")
     p.add_argument("--family", choices=sorted(FAMILIES), default="fullrank",
                    help="variational family (default fullrank: regression posteriors are correlated, and with "
-                   "K in the tens full-rank costs little; meanfield is faster but k-hat usually flags it)")
+                   "K in the tens full-rank costs little; meanfield is faster but k-hat usually flags it). "
+                   "This differs on purpose from aj.fit's meanfield default, which must also scale to models "
+                   "with thousands of parameters where a K x K factor is too costly")
     p.add_argument("--estimator", choices=sorted(ESTIMATORS), default="reparam", help="gradient estimator")
     p.add_argument("--steps", type=positive_int, default=10_000, help="optimisation steps (default 10000)")
     p.add_argument("--samples", type=positive_int, default=1, help="Monte Carlo draws per step (default 1)")
     p.add_argument("--learning-rate", type=positive_float, default=None, help="Adam's step size (default 0.01)")
-    p.add_argument("--prior-scale", type=positive_float, default=2.5, help="sd of the coefficients' prior")
+    p.add_argument("--prior-scale", type=positive_float, default=2.5,
+                   help="sd of the coefficients' Normal prior, on the standardised scale (default 2.5)")
     p.add_argument("--init", choices=("auto", "zero", "laplace", "random"), default="auto",
                    help="starting point: auto (Laplace start for K <= 1000), zero, laplace, random")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--draws", type=positive_int, default=4000, help="posterior draws saved and summarised")
+    p.add_argument("--draws", type=at_least_two, default=4000, help="posterior draws saved and summarised "
+                   "(at least 2; default 4000)")
     p.add_argument("--float64", action="store_true", help="compute in float64")
     p.add_argument("--out", default="advi_jax_out/fit", metavar="DIR", help="output folder (default advi_jax_out/fit)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
@@ -69,33 +105,113 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _split_columns(text: str | None) -> list[str] | None:
+    return [f.strip() for f in text.split(",") if f.strip()] if text else None
+
+
+def check_out_dir(out: Path) -> Path:
+    """Check that the output folder exists or can be created, without creating it.
+
+    Raises:
+      UsageError: `out` is a file, sits under a file, or its nearest existing folder is not
+        writable.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} exists and is not a folder")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {str(out)!r} cannot be created: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {str(out)!r} cannot be created: no write permission in {str(parent)!r}")
+    return out
+
+
+def _read_frame(path: Path, delimiter: str):
+    """A pandas DataFrame of a CSV or .npz table (for --formula)."""
+    from advi_jax import data as data_module
+    from advi_jax._extras import require
+
+    pd = require("pandas", purpose="--formula")
+    if path.suffix.lower() == ".npz":
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except data_module._NPZ_ERRORS as err:
+            raise UsageError(f"{path}: not a readable .npz file (truncated or corrupt, or holds pickled objects): "
+                             f"{type(err).__name__}: {err}") from None
+        bad = [k for k, a in arrays.items() if a.ndim != 1]
+        if bad:
+            raise UsageError(f"{path}: --formula needs 1-D arrays (one per column); {bad} are not")
+        try:
+            return pd.DataFrame(arrays)
+        except ValueError as err:
+            raise UsageError(f"{path}: {err}") from None
+    try:
+        return pd.read_csv(path, sep=delimiter, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: not a readable CSV file ({str(err).strip().splitlines()[0]})") from None
+
+
+def _load_formula(args, path: Path):
+    import advi_jax as aj
+    from advi_jax import data as data_module
+
+    if args.target or args.features:
+        raise UsageError("--formula names the target and the features: leave out --target and --features")
+    frame = _read_frame(path, data_module.parse_delimiter(args.delimiter))
+    if frame.shape[1] == 1 and path.suffix.lower() != ".npz":
+        hint = data_module._delimiter_hint(str(frame.columns[0]), data_module.parse_delimiter(args.delimiter))
+        if hint is not None:
+            raise UsageError(f"{path}: the header {str(frame.columns[0])!r} reads as one column; it looks "
+                             f"{'tab' if hint == chr(9) else repr(hint)}-separated: pass --delimiter "
+                             f"{'tab' if hint == chr(9) else repr(hint)}")
+    if args.exposure and args.model != "poisson":
+        raise UsageError("--exposure applies to --model poisson only")
+    extra = {"exposure": args.exposure} if args.exposure else {}
+    return aj.models.from_formula(args.model, frame, args.formula, dropna=args.dropna,
+                                  prior_scale=args.prior_scale, **extra)
+
+
 def _load(args):
+    """The model's inputs: (x, y, names, exposure, source), or a ready formula model as x."""
     from advi_jax import data as data_module
 
     if args.data is None:
-        if args.target or args.features or args.exposure:
-            raise UsageError("--target, --features and --exposure need --data FILE")
+        if args.target or args.features or args.exposure or args.formula:
+            raise UsageError("--target, --features, --formula and --exposure need --data FILE")
         name = DEFAULT_DATA[args.model]
         x, y, names = data_module.load_dataset(name)
         return x, y, names, None, f"bundled:{name}"
-    if not args.target:
-        raise UsageError("--data needs --target COLUMN (the column to predict)")
     path = Path(args.data)
-    features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
-    exposure = None
+    if path.suffix.lower() not in (".npz", ".csv", ".txt", ".tsv"):
+        raise UsageError(f"--data must be a .csv or .npz file, got {str(path)!r}")
+    if path.suffix.lower() == ".tsv" and args.delimiter == ",":
+        args.delimiter = "tab"  # a .tsv file is tab-separated unless --delimiter says otherwise
+    if args.formula:
+        data_module._check_file(path)
+        return _load_formula(args, path), None, None, None, str(path)
+    if not args.target:
+        raise UsageError("--data needs --target COLUMN (the column to predict) or --formula 'y ~ ...'")
+    features = _split_columns(args.features)
     if args.exposure:
         if args.model != "poisson":
             raise UsageError("--exposure applies to --model poisson only")
         if features is not None and args.exposure in features:
             raise UsageError(f"--exposure column {args.exposure!r} is also listed in --features")
+    load_features = features + [args.exposure] if (features is not None and args.exposure) else features
     if path.suffix.lower() == ".npz":
-        loader = data_module.load_npz
-    elif path.suffix.lower() in (".csv", ".txt"):
-        loader = data_module.load_csv
+        dataset = data_module.load_npz(path, target=args.target, features=load_features, kind=args.model,
+                                       dropna=args.dropna)
     else:
-        raise UsageError(f"--data must be a .csv or .npz file, got {str(path)!r}")
-    dataset = loader(path, target=args.target, features=features, kind=args.model)
+        dataset = data_module.load_csv(path, target=args.target, features=load_features, kind=args.model,
+                                       delimiter=args.delimiter, dropna=args.dropna)
     x, y, names = dataset
+    exposure = None
     if args.exposure:
         if args.exposure not in names:
             raise UsageError(f"--exposure column {args.exposure!r} not found; columns: {', '.join(names)}")
@@ -103,18 +219,84 @@ def _load(args):
         exposure = x[:, j]
         keep = [i for i in range(len(names)) if i != j]
         x, names = x[:, keep], tuple(names[i] for i in keep)
+        if not names:
+            raise UsageError("no feature columns left besides --target and --exposure")
     return x, y, names, exposure, str(path)
 
 
-def _write_outputs(out: Path, result, draws, rows, info, plots: bool) -> list[Path]:
+def _quantile_rows(draws: dict, labels: dict) -> dict[str, dict]:
+    import numpy as np
+
+    out = {}
+    for name, value in draws.items():
+        flat = np.asarray(value, dtype=np.float64).reshape(len(value), -1)
+        names = labels.get(name)
+        for j in range(flat.shape[1]):
+            label = f"{name}[{names[j]}]" if names is not None else name
+            col = flat[:, j]
+            q5, q50, q95 = np.quantile(col, [0.05, 0.5, 0.95])
+            out[label] = {"mean": float(col.mean()), "sd": float(col.std(ddof=1)), "5%": float(q5),
+                          "50%": float(q50), "95%": float(q95)}
+    return out
+
+
+def _data_scale(model, draws, rows, labels) -> list[str]:
+    """Add the data-scale columns to `rows` (in place) and return the printable table."""
+    import advi_jax as aj
+
+    original = aj.models.coefficients_on_original_scale(model, draws)
+    original = {k: original[k] for k in model.names if k in original}  # intercept first, as above
+    table = _quantile_rows(original, labels)
+    cols = ["mean", "sd", "5%", "50%", "95%"]
+    for r in rows:
+        values = table.get(r["parameter"])
+        for c in cols:
+            r[f"{c}_data_scale"] = values[c] if values else None
+    width = max(len("parameter"), *(len(k) for k in table))
+    lines = ["", "On the data's own scale (per unit of each feature; the table above is per standard deviation):",
+             f"{'parameter':<{width}} " + " ".join(f"{c:>10}" for c in cols)]
+    for name, values in table.items():
+        lines.append(f"{name:<{width}} " + " ".join(f"{values[c]:>10.4g}" for c in cols))
+    return lines
+
+
+def _model_record(model) -> dict:
+    """The standardisation constants and the priors, for summary.json."""
+    import numpy as np
+
+    info = model.info
+    priors = {}
+    if info.intercept:
+        priors["intercept"] = {"distribution": "Normal", "loc": 0.0, "scale": info.intercept_scale}
+    if info.hierarchical_scale:
+        priors["tau"] = {"distribution": "HalfNormal", "scale": info.prior_scale}
+        priors["beta"] = {"distribution": "Normal", "loc": 0.0, "scale": "tau",
+                          "applies_to": "coefficients of the standardised features"}
+    else:
+        priors["beta"] = {"distribution": "Normal", "loc": 0.0, "scale": info.prior_scale,
+                          "applies_to": "coefficients of the standardised features"}
+    return {
+        "feature_names": list(info.feature_names),
+        "standardization": {
+            "formula": "x_standardised = (x - mean) / sd (constant columns keep sd = 1)",
+            "mean": [float(v) for v in np.asarray(model.data["x_mean"])],
+            "sd": [float(v) for v in np.asarray(model.data["x_scale"])],
+        },
+        "priors": priors,
+        "formula": getattr(model, "formula", None),
+    }
+
+
+def _write_outputs(out: Path, result, draws, rows, info, check, plots: bool) -> list[Path]:
     import numpy as np
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
     written.append(out / "summary.csv")
     with open(out / "summary.json", "w") as handle:
         json.dump({"fit": info, "summary": rows}, handle, indent=2)
@@ -122,60 +304,21 @@ def _write_outputs(out: Path, result, draws, rows, info, plots: bool) -> list[Pa
     np.savez_compressed(out / "draws.npz", **{k: np.asarray(v) for k, v in draws.items()})
     written.append(out / "draws.npz")
     if plots:
-        written.extend(_plots(out, result, rows))
+        import matplotlib.pyplot as plt
+
+        from advi_jax.cli import fit_plots
+
+        figures = (("elbo.png", fit_plots.elbo_figure), ("marginals.png", lambda _: fit_plots.marginals_figure(rows)),
+                   ("predictive_check.png", lambda _: fit_plots.predictive_check_figure(check)))
+        for name, make in figures:
+            fig = make(result)
+            fig.savefig(out / name, dpi=120)
+            plt.close(fig)
+            written.append(out / name)
     return written
 
 
-def _plots(out: Path, result, rows) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    elbo = np.asarray(result.elbo, float)
-    steps = np.arange(1, len(elbo) + 1)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, elbo, lw=0.5, alpha=0.35, color="tab:blue", label="per-step estimate")
-    window = max(1, len(elbo) // 100)
-    if len(elbo) >= window > 1:
-        smooth = np.convolve(np.nan_to_num(elbo, nan=np.nanmean(elbo)), np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, color="tab:blue", lw=1.8, label=f"moving mean ({window} steps)")
-    finite = elbo[np.isfinite(elbo)]
-    if finite.size:
-        tail = finite[len(finite) // 10:]
-        lo, hi = np.percentile(tail, 1), np.max(tail)
-        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
-    ax.set_xlabel("step")
-    ax.set_ylabel("ELBO")
-    ax.set_title(f"ADVI ({result.family.name}, {result.estimator}): ELBO trace")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "elbo.png", dpi=120)
-    plt.close(fig)
-
-    labels = [r["parameter"] for r in rows]
-    mean = np.array([r["mean"] for r in rows])
-    lo, mid, hi = (np.array([r[q] for r in rows]) for q in ("5%", "50%", "95%"))
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2))
-    y = np.arange(len(rows))[::-1]
-    ax.hlines(y, lo, hi, color="tab:blue", lw=2, label="90% interval")
-    ax.plot(mean, y, "o", color="black", ms=3.5, label="mean")
-    ax.axvline(0.0, color="grey", lw=0.8, ls="--")
-    ax.set_yticks(y)
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.set_xlabel("value (coefficients on the standardised-feature scale)")
-    ax.set_title("Marginal posteriors (ADVI)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "marginals.png", dpi=120)
-    plt.close(fig)
-    return [out / "elbo.png", out / "marginals.png"]
-
-
 def run(args) -> int:
-    import warnings
-
     import jax
 
     if args.float64:
@@ -183,16 +326,27 @@ def run(args) -> int:
     import numpy as np
 
     import advi_jax as aj
+    from advi_jax.data import MissingValuesWarning
 
-    x, y, names, exposure, source = _load(args)
-    if args.model == "logistic":
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MissingValuesWarning)
+        x, y, names, exposure, source = _load(args)
+    for w in caught:
+        if issubclass(w.category, MissingValuesWarning):
+            print(f"advi-jax fit: {w.message}", file=sys.stderr)
+    out = check_out_dir(Path(args.out))
+    if isinstance(x, aj.models.RegressionModel):
+        model = x
+    elif args.model == "logistic":
         model = aj.models.logistic_regression(x, y, prior_scale=args.prior_scale, feature_names=names)
     else:
         model = aj.models.poisson_regression(x, y, exposure=exposure, prior_scale=args.prior_scale,
                                              feature_names=names)
+    num_rows, num_features = (int(s) for s in model.data["x"].shape)
     init = None if args.init == "zero" else args.init
     if not args.quiet:
-        print(f"advi-jax fit: {args.model} regression on {source} (N={x.shape[0]}, D={x.shape[1]}), "
+        what = f" ({model.formula})" if getattr(model, "formula", None) else ""
+        print(f"advi-jax fit: {args.model} regression{what} on {source} (N={num_rows}, D={num_features}), "
               f"family={args.family}, {args.steps} steps", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", aj.DiagnosticWarning)  # the verdict is printed below
@@ -205,16 +359,27 @@ def run(args) -> int:
     rows = result.summary_rows(key, args.draws, labels)
     draws = {k: np.asarray(v) for k, v in result.sample(key, args.draws).items()}
     ordered = {k: draws[k] for k in model.names}
-    print(result.summary(key, args.draws, labels))
+    lines = [result.summary(key, args.draws, labels)]
+    lines += _data_scale(model, {k: draws[k] for k in model.names}, rows, labels)
+    # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
+    num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
+    subset = {k: v[:num_check] for k, v in ordered.items()}
+    check = aj.models.predictive_check(model, subset, jax.random.key(args.seed + 2))
+    lines += ["", check.message]
+    print("\n".join(lines))
     info = {
-        "model": args.model, "data": source, "num_rows": int(x.shape[0]), "num_features": int(x.shape[1]),
+        "model": args.model, "data": source, "num_rows": num_rows, "num_features": num_features,
         "family": args.family, "estimator": args.estimator, "num_steps": result.num_steps,
         "num_samples": args.samples, "seed": args.seed, "float64": bool(args.float64),
         "elbo_final": float(np.nanmean(result.elbo[-100:])), "khat": result.khat, "verdict": result.verdict,
         "iw_elbo": result.iw_elbo, "iw_elbo_se": result.iw_elbo_se, "stop_reason": result.stop_reason,
         "init": result.init_method, "seconds": result.seconds,
+        **_model_record(model),
+        "predictive_check": {"observed": check.observed, "p_values": check.p_values,
+                             "overdispersed": check.overdispersed, "message": check.message,
+                             "num_draws": int(len(check.y_rep))},
     }
-    written = _write_outputs(Path(args.out), result, ordered, rows, info, not args.no_plots)
+    written = _write_outputs(out, result, ordered, rows, info, check, not args.no_plots)
     if not args.quiet:
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0

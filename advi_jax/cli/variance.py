@@ -1,14 +1,18 @@
-"""`advi-jax variance`: a gradient-estimator variance table and plots.
+"""`advi-jax variance`: a gradient-estimator variance table and plots, each estimate with its interval.
 
-By default: Bayesian logistic regression on the bundled breast-cancer data (standardised
-features), a short ADVI fit, then at the fitted variational parameters `--draws` independent
-gradient draws of every estimator (`advi_jax.variance.gradient_variance`), and the variance of
-each estimator recorded along a second fit (`track_gradient_variance`). Prints one row per
-estimator and writes to `--out`:
+A thin layer over `advi_jax.gradient_variance`. By default: Bayesian logistic regression on the
+bundled breast-cancer data, a short ADVI fit during which every estimator's variance is recorded
+(`track_gradient_variance`), then `--draws` gradient draws of every estimator at the fitted
+parameters (`gradient_variance`). Prints the table and writes to `--out`:
 
-* `variance_table.csv` and `variance.json` (the table, the settings, library versions);
-* `variance_by_estimator.png`: the variance trace per estimator (log-scale bars);
-* `variance_along_fit.png`: the variance trace of each estimator along the fit (log-scale lines).
+* `variance_table.csv` and `variance.json` (the table with 95% jackknife intervals, the
+  settings, library versions);
+* `variance_by_estimator.png` (`plot_variance_bars`), `variance_snr.png` (`plot_snr`) and
+  `variance_along_fit.png` (`plot_variance_along_fit`, intervals as bands).
+
+Every error a user can cause (an unknown estimator, too few samples for one, a missing file or
+column, an --out folder that cannot be written) exits with status 2 and one line, before any
+computation.
 """
 
 from __future__ import annotations
@@ -18,44 +22,59 @@ import csv
 import json
 import os
 import platform
+import tempfile
 from typing import Any
 
 import numpy as np
 
-from advi_jax.cli import UsageError
+from advi_jax.cli import UsageError, positive_int
 
 MODELS = ("logistic", "poisson", "gaussian")
-TABLE_COLUMNS = ("estimator", "variance_trace", "loc_variance", "scale_variance", "median_snr",
-                 "seconds_per_gradient", "efficiency")
+
+EXAMPLES = """examples:
+  advi-jax variance                                       # logistic regression, bundled data
+  advi-jax variance --model poisson --family fullrank     # Poisson regression, bundled randhie data
+  advi-jax variance --model poisson --data claims.csv --target claims --exposure years
+  advi-jax variance --estimators reparam,stl --samples 1 --draws 2000
+"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `variance` sub-command."""
-    from advi_jax.variance import DEFAULT_ESTIMATORS
+    from advi_jax.estimators import ESTIMATORS
 
     parser = subparsers.add_parser(
         "variance",
         help="gradient-estimator variance table and plots",
         description="Measure the variance, signal-to-noise ratio and cost of each ELBO gradient estimator "
-                    "at the parameters of a short fit, and along a fit.",
+                    "(with 95% intervals) along a short fit and at its final parameters.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", choices=MODELS, default="logistic",
-                        help="logistic (default) or poisson regression, or a correlated Gaussian target")
-    parser.add_argument("--data", default=None,
-                        help="CSV file of features and target (default: bundled breast_cancer for logistic, "
+                        help="logistic or poisson regression, or a correlated 10-D Gaussian target (default logistic)")
+    parser.add_argument("--data", default=None, metavar="FILE",
+                        help="CSV or .npz file of features and target (default: bundled breast_cancer for logistic, "
                              "randhie for poisson)")
-    parser.add_argument("--target", default=None, help="name of the target column in --data")
-    parser.add_argument("--family", choices=("meanfield", "fullrank"), default="meanfield")
-    parser.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
-                        help="comma-separated estimator names (default: all)")
-    parser.add_argument("--draws", type=int, default=1000, help="gradient draws per estimator (default 1000)")
-    parser.add_argument("--samples", type=int, default=2,
-                        help="Monte Carlo samples inside each gradient (default 2; score_baseline needs >= 2)")
-    parser.add_argument("--steps", type=int, default=1000, help="ADVI steps of the fits (default 1000)")
-    parser.add_argument("--track-draws", type=int, default=100,
-                        help="gradient draws per estimator at each record along the fit (default 100)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="advi_jax_out/variance", help="output folder for the table and figures")
+    parser.add_argument("--target", default=None, metavar="COLUMN", help="the target column of --data")
+    parser.add_argument("--exposure", default=None, metavar="COLUMN",
+                        help="poisson only: exposure column of --data (enters as offset log exposure, "
+                             "not as a feature)")
+    parser.add_argument("--family", choices=("meanfield", "fullrank"), default="meanfield",
+                        help="variational family (default meanfield)")
+    parser.add_argument("--estimators", default=",".join(ESTIMATORS),
+                        help=f"comma-separated estimator names (default: all: {','.join(ESTIMATORS)})")
+    parser.add_argument("--draws", type=positive_int, default=1000,
+                        help="gradient draws per estimator at the fitted q (>= 2, default 1000)")
+    parser.add_argument("--samples", type=positive_int, default=None,
+                        help="Monte Carlo samples inside each gradient, shared by all estimators (default: the "
+                             "smallest count all accept: 2 with score_baseline, else 1)")
+    parser.add_argument("--steps", type=positive_int, default=1000, help="ADVI steps of the fit (default 1000)")
+    parser.add_argument("--track-draws", type=positive_int, default=100,
+                        help="gradient draws per estimator at each record along the fit (>= 2, default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", default="advi_jax_out/variance", metavar="DIR",
+                        help="output folder (default advi_jax_out/variance)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     parser.set_defaults(func=run)
     return parser
@@ -65,37 +84,53 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 # Data and model
 
 
-def _load_data(args) -> tuple[np.ndarray, np.ndarray, str]:
+def _load_data(args) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
     from advi_jax.data import load_csv, load_dataset, load_npz
 
-    kind = args.model
     if args.data is None:
-        if args.target is not None:
-            raise UsageError("--target needs --data")
-        name = "breast_cancer" if kind == "logistic" else "randhie"
+        if args.target is not None or args.exposure is not None:
+            raise UsageError("--target and --exposure need --data FILE")
+        name = "breast_cancer" if args.model == "logistic" else "randhie"
         x, y, _ = load_dataset(name)
-        return np.asarray(x, np.float64), np.asarray(y, np.float64), name
+        return np.asarray(x, np.float64), np.asarray(y, np.float64), None, name
     if args.target is None:
-        raise UsageError("--data needs --target (the name of the target column)")
-    loader = load_npz if str(args.data).lower().endswith(".npz") else load_csv
-    x, y, _ = loader(args.data, args.target, kind=kind)
-    return x, y, os.path.basename(args.data)
+        raise UsageError("--data needs --target COLUMN (the column to predict)")
+    if not os.path.isfile(args.data):
+        raise UsageError(f"--data file {args.data!r} not found")
+    suffix = os.path.splitext(str(args.data))[1].lower()
+    if suffix not in (".csv", ".txt", ".npz"):
+        raise UsageError(f"--data must be a .csv or .npz file, got {args.data!r}")
+    loader = load_npz if suffix == ".npz" else load_csv
+    x, y, names = loader(args.data, args.target, kind=args.model)
+    exposure = None
+    if args.exposure is not None:
+        if args.exposure not in names:
+            raise UsageError(f"--exposure column {args.exposure!r} not found; columns: {', '.join(names)}")
+        j = list(names).index(args.exposure)
+        exposure = np.asarray(x[:, j], np.float64)
+        if not np.all(exposure > 0):
+            raise UsageError(f"--exposure column {args.exposure!r} must be positive; row {int(np.argmin(exposure > 0))} "
+                             f"has {exposure[np.argmin(exposure > 0)]}")
+        x = np.delete(np.asarray(x), j, axis=1)
+    return np.asarray(x, np.float64), np.asarray(y, np.float64), exposure, os.path.basename(args.data)
 
 
 def _gaussian_target(dim: int = 10):
-    """A correlated Gaussian target N(m, S) on R^dim (S with correlation 0.5 and scales 0.5..2)."""
+    """A correlated Gaussian target N(m, S) on R^dim (correlation 0.5, scales 0.5..2)."""
     import jax.numpy as jnp
 
     import advi_jax as aj
 
     scales = np.geomspace(0.5, 2.0, dim)
-    corr = 0.5 * np.ones((dim, dim)) + 0.5 * np.eye(dim)
-    precision = jnp.asarray(np.linalg.inv(corr * np.outer(scales, scales)))
+    cov = (0.5 * np.ones((dim, dim)) + 0.5 * np.eye(dim)) * np.outer(scales, scales)
+    chol = jnp.asarray(np.linalg.cholesky(cov))
     mean = jnp.asarray(np.linspace(-1.0, 1.0, dim))
 
     def log_joint(params):
-        d = params["x"] - mean
-        return -0.5 * d @ precision @ d
+        import jax.scipy.linalg as jsl
+
+        white = jsl.solve_triangular(chol, params["x"] - mean, lower=True)
+        return -0.5 * white @ white
 
     return aj.Model(log_joint, {"x": aj.real((dim,))})
 
@@ -103,81 +138,56 @@ def _gaussian_target(dim: int = 10):
 def build_model(args) -> tuple[Any, str]:
     """The model named by `--model` on `--data` (or the bundled default) and a label for it."""
     if args.model == "gaussian":
-        if args.data is not None or args.target is not None:
-            raise UsageError("--model gaussian takes no --data/--target")
         return _gaussian_target(), "correlated Gaussian target (dim 10)"
-    x, y, label = _load_data(args)
+    x, y, exposure, label = _load_data(args)
     from advi_jax import models
 
-    build = models.logistic_regression if args.model == "logistic" else models.poisson_regression
-    return build(x, y), f"{args.model} regression on {label}"
+    if args.model == "logistic":
+        return models.logistic_regression(x, y), f"logistic regression on {label}"
+    suffix = f", exposure {args.exposure}" if exposure is not None else ""
+    return models.poisson_regression(x, y, exposure=exposure), f"poisson regression on {label}{suffix}"
 
 
 # ----------------------------------------------------------------------------------------------
-# Output
+# Checks (all before any computation)
 
 
-def _rows(stats) -> list[dict]:
-    return [{"estimator": name, "variance_trace": float(s.variance_trace), "loc_variance": s.loc_variance,
-             "scale_variance": s.scale_variance, "median_snr": s.median_snr,
-             "seconds_per_gradient": s.seconds_per_gradient, "efficiency": s.efficiency}
-            for name, s in stats.items()]
+def _check_args(args) -> tuple[tuple[str, ...], int]:
+    from advi_jax.estimators import ESTIMATORS
+    from advi_jax.gradient_variance import resolve_num_samples
+
+    names = tuple(n.strip() for n in args.estimators.split(",") if n.strip())
+    if not names:
+        raise UsageError(f"--estimators is empty; choose from {','.join(ESTIMATORS)}")
+    unknown = [n for n in names if n not in ESTIMATORS]
+    if unknown:
+        raise UsageError(f"unknown estimator(s) {','.join(unknown)}; choose from {','.join(ESTIMATORS)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--estimators lists a name twice: {args.estimators}")
+    if args.draws < 2:
+        raise UsageError(f"--draws must be >= 2, got {args.draws}")
+    if args.track_draws < 2:
+        raise UsageError(f"--track-draws must be >= 2, got {args.track_draws}")
+    if args.model != "poisson" and args.exposure is not None:
+        raise UsageError("--exposure applies to --model poisson only")
+    if args.model == "gaussian" and (args.data is not None or args.target is not None):
+        raise UsageError("--model gaussian takes no --data/--target")
+    try:
+        samples = resolve_num_samples(args.samples, names, "--samples")
+    except ValueError as err:
+        raise UsageError(str(err).replace("(or None) ", "")) from None
+    _check_out(args.out)
+    return names, samples
 
 
-def format_table(rows: list[dict]) -> str:
-    """The rows as an aligned text table."""
-    width = max(len("estimator"), *(len(r["estimator"]) for r in rows))
-    heads = ("variance", "loc var", "scale var", "median SNR", "s/gradient", "efficiency")
-    lines = [f"{'estimator':<{width}} " + " ".join(f"{h:>11}" for h in heads)]
-    for r in rows:
-        values = [r[c] for c in TABLE_COLUMNS[1:]]
-        lines.append(f"{r['estimator']:<{width}} " + " ".join(f"{v:>11.4g}" for v in values))
-    return "\n".join(lines)
-
-
-def plot_variance_bars(rows: list[dict], path: str, title: str) -> None:
-    """Log-scale bar chart of the variance trace per estimator (loc and scale parts beside it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r["estimator"] for r in rows]
-    position = np.arange(len(names))
-    floor = np.finfo(np.float32).tiny
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for offset, column, label in ((-0.27, "variance_trace", "total"), (0.0, "loc_variance", "loc"),
-                                  (0.27, "scale_variance", "scale")):
-        ax.bar(position + offset, [max(r[column], floor) for r in rows], width=0.27, label=label)
-    ax.set_yscale("log")
-    ax.set_xticks(position, names, rotation=20)
-    ax.set_ylabel("trace of gradient covariance")
-    ax.set_title(title, fontsize=10)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_variance_along_fit(trace, path: str, title: str) -> None:
-    """Log-scale lines of each estimator's variance trace against the optimisation step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.asarray(trace.steps)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, values in trace.variance_trace.items():
-        ax.plot(steps, np.maximum(np.asarray(values), np.finfo(np.float32).tiny), marker=".", label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("ADVI step")
-    ax.set_ylabel("trace of gradient covariance")
-    ax.set_title(title, fontsize=10)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _check_out(out: str) -> None:
+    """Create `out` and prove it writable, or raise a one-line UsageError."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise UsageError(f"--out folder {out!r} cannot be created or written: {err.strerror or err}") from None
 
 
 def _versions() -> dict[str, str]:
@@ -193,67 +203,47 @@ def _versions() -> dict[str, str]:
 # The command
 
 
-def _check_args(args) -> tuple[str, ...]:
-    from advi_jax.estimators import ESTIMATORS, min_num_samples
-
-    names = tuple(n.strip() for n in args.estimators.split(",") if n.strip())
-    if not names:
-        raise UsageError(f"--estimators is empty; choose from {','.join(ESTIMATORS)}")
-    unknown = [n for n in names if n not in ESTIMATORS]
-    if unknown:
-        raise UsageError(f"unknown estimator(s) {','.join(unknown)}; choose from {','.join(ESTIMATORS)}")
-    if args.draws < 2:
-        raise UsageError(f"--draws must be >= 2, got {args.draws}")
-    if args.track_draws < 2:
-        raise UsageError(f"--track-draws must be >= 2, got {args.track_draws}")
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    need = max(min_num_samples(n) for n in names)
-    if args.samples < need:
-        raise UsageError(f"--samples must be >= {need} for these estimators, got {args.samples}")
-    return names
-
-
 def run(args) -> int:
     """Run `advi-jax variance`; returns the exit status."""
-    names = _check_args(args)
+    names, samples = _check_args(args)
     model, label = build_model(args)
 
     import jax
 
-    from advi_jax.variance import gradient_variance, track_gradient_variance
+    from advi_jax import gradient_variance as gv
 
     say = (lambda *a: None) if args.quiet else print  # noqa: E731
-    key = jax.random.key(args.seed)
-    measure_key, track_key = jax.random.split(key)
+    measure_key, track_key = jax.random.split(jax.random.key(args.seed))
+    every = max(1, args.steps // 20)
     say(f"{label}: {args.family} family, dim {model.dim}; fitting {args.steps} steps "
-        f"(gradient variance recorded every {max(1, args.steps // 20)} steps) ...")
+        f"(gradient variance recorded every {every} steps) ...")
     # The tracked fit is the short fit: the table is measured at its final parameters.
-    trace = track_gradient_variance(model, args.family, track_key, args.steps, every=max(1, args.steps // 20),
-                                    estimators=names, num_draws=args.track_draws, num_samples=args.samples)
-    stats = gradient_variance(model, args.family, trace.params, measure_key, names, args.draws, args.samples)
-    rows = _rows(stats)
-    say(f"\ngradient variance at the fitted q ({args.draws} draws, {args.samples} samples per gradient):")
-    say(format_table(rows))
+    trace = gv.track_gradient_variance(model, args.family, track_key, args.steps, every=every, estimators=names,
+                                       num_draws=args.track_draws, num_samples=samples)
+    stats = gv.gradient_variance(model, args.family, trace.params, measure_key, names, args.draws, samples)
+    rows = gv.variance_table(stats)
+    say(f"\ngradient variance at the fitted q ({args.draws} draws, {samples} samples per gradient):")
+    say(gv.format_table(rows))
 
-    os.makedirs(args.out, exist_ok=True)
     table_path = os.path.join(args.out, "variance_table.csv")
     with open(table_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=gv.TABLE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    along = {name: np.asarray(v).tolist() for name, v in trace.variance_trace.items()}
-    record = {"model": label, "family": args.family, "dim": model.dim, "draws": args.draws,
-              "samples": args.samples, "steps": args.steps, "seed": args.seed, "table": rows,
-              "along_fit": {"steps": np.asarray(trace.steps).tolist(), "variance_trace": along,
+    along = {name: {"variance_trace": np.asarray(v).tolist(),
+                    "lower": np.asarray(trace.variance_trace_interval[name][0]).tolist(),
+                    "upper": np.asarray(trace.variance_trace_interval[name][1]).tolist()}
+             for name, v in trace.variance_trace.items()}
+    record = {"model": label, "family": args.family, "dim": model.dim, "draws": args.draws, "samples": samples,
+              "steps": args.steps, "seed": args.seed, "confidence": gv.CONFIDENCE, "table": rows,
+              "along_fit": {"steps": np.asarray(trace.steps).tolist(), "estimators": along,
                             "draws": args.track_draws},
               "versions": _versions()}
     with open(os.path.join(args.out, "variance.json"), "w") as handle:
-        json.dump(record, handle, indent=2)
-    title = f"{label}, {args.family}, {args.samples} samples/gradient"
-    bars = os.path.join(args.out, "variance_by_estimator.png")
-    lines = os.path.join(args.out, "variance_along_fit.png")
-    plot_variance_bars(rows, bars, title)
-    plot_variance_along_fit(trace, lines, title)
-    say(f"\nwrote {table_path}, {bars}, {lines}")
+        json.dump(record, handle, indent=2, default=float)
+    title = f"{label}, {args.family}, {samples} samples/gradient"
+    paths = [gv.plot_variance_bars(stats, os.path.join(args.out, "variance_by_estimator.png"), title),
+             gv.plot_snr(stats, os.path.join(args.out, "variance_snr.png"), title),
+             gv.plot_variance_along_fit(trace, os.path.join(args.out, "variance_along_fit.png"), title)]
+    say(f"\nwrote {table_path}, " + ", ".join(paths))
     return 0

@@ -78,14 +78,41 @@ __all__ = ["NumPyroModel", "from_numpyro", "numpyro_deterministics", "support_fr
 
 
 def _import_numpyro():
-    try:
-        import numpyro  # noqa: F401
-        from numpyro import handlers
-        from numpyro.distributions import constraints
-        from numpyro.infer.util import log_density
-    except ImportError:  # pragma: no cover - numpyro is a dependency
-        raise ImportError("from_numpyro needs numpyro: pip install numpyro") from None
+    from advi_jax._extras import require
+
+    require("numpyro", purpose="from_numpyro")  # MissingExtraError naming the `numpyro` extra
+    from numpyro import handlers
+    from numpyro.distributions import constraints
+    from numpyro.infer.util import log_density
+
     return handlers, constraints, log_density
+
+
+_TRACER_ERRORS = tuple(getattr(jax.errors, name) for name in (
+    "ConcretizationTypeError", "TracerIntegerConversionError", "TracerBoolConversionError",
+    "TracerArrayConversionError") if hasattr(jax.errors, name))
+
+
+def _check_traceable(model_fn: Callable, log_joint: Callable, params: dict, data: list) -> None:
+    """Trace the log joint once with abstract params and data, as `fit` will under `jit`.
+
+    A model that turns a data array or a parameter into a Python value (`int(y.max())`,
+    `if x > 0:`, `np.asarray(x)`) works in the eager first trace but fails under `jit`; this
+    raises a short `ValueError` with the remedy instead of JAX's long traceback at `fit`.
+    """
+    abstract = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)),
+                                      (params, data))
+    try:
+        jax.eval_shape(log_joint, *abstract)
+    except _TRACER_ERRORS as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        name = getattr(model_fn, "__name__", "the model")
+        raise ValueError(
+            f"{name} uses the value of an array argument or a parameter as a Python value (int(...), float(...), "
+            f"bool(...), an `if` on an array, or np.asarray), which cannot work when fit compiles the model with "
+            f"jax.jit ({type(err).__name__}: {first}). Array arguments are data and are traced: pass such values "
+            "as separate Python ints/floats (they stay static, e.g. from_numpyro(model, y, num_groups=int(g.max()) "
+            "+ 1)) or compute them outside the model; use jnp.where instead of `if` on values") from None
 
 
 def _structured(name: str, site: str, constraint, event_size: int, batch_shape: tuple[int, ...]) -> Support:
@@ -316,7 +343,10 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
 
     Raises:
       ValueError: a discrete latent site, an unsupported constraint, a `numpyro.param` site,
-        a subsampled plate, or a model with no latent sites; the message names the site.
+        a subsampled plate, or a model with no latent sites (the message names the site); or
+        a model that needs the concrete value of an array argument (`int(y.max())`) and so
+        cannot be compiled: pass such values as static Python arguments instead.
+      MissingExtraError: numpyro is not installed (the `numpyro` extra).
 
     Example:
       >>> import numpyro, numpyro.distributions as dist, advi_jax as aj
@@ -362,5 +392,7 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         support[name] = support_from_constraint(fn.support, value_shape, len(fn.event_shape), site=name)
     if not support:
         raise ValueError("the NumPyro model has no latent sample sites (every site is observed); nothing to infer")
-    return NumPyroModel(_make_log_joint(model_fn, arguments), support, arguments.data, model_fn, arguments,
+    log_joint = _make_log_joint(model_fn, arguments)
+    _check_traceable(model_fn, log_joint, {name: tr[name]["value"] for name in support}, arguments.data)
+    return NumPyroModel(log_joint, support, arguments.data, model_fn, arguments,
                         tuple(deterministic), tuple(observed))

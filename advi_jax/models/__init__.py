@@ -1,5 +1,8 @@
 """Ready models: Bayesian logistic and Poisson regression, with posterior predictive helpers.
 
+Build them from arrays, from pandas DataFrames (column names kept) or from a Wilkinson formula
+(`logistic_regression.from_formula(df, "y ~ x1 + C(x2)")`, needs the `formula` extra).
+
 Example:
   >>> from advi_jax.models import logistic_regression, predict
 """
@@ -15,15 +18,22 @@ from advi_jax.models.regression import (
     poisson_regression,
     predict,
 )
+from advi_jax.models.formula import FormulaRegressionModel, from_formula  # noqa: E402 (attaches .from_formula)
+from advi_jax.models.predictive import PredictiveCheck, posterior_predictive, predictive_check  # noqa: E402
 
 __all__ = [
+    "FormulaRegressionModel",
     "Prediction",
+    "PredictiveCheck",
     "RegressionInfo",
     "RegressionModel",
     "coefficients_on_original_scale",
+    "from_formula",
     "linear_predictor",
     "logistic_regression",
     "parameter_labels",
     "poisson_regression",
+    "posterior_predictive",
     "predict",
+    "predictive_check",
 ]

@@ -209,6 +209,15 @@ def _offset(exposure, offset, n: int, name_exposure="exposure", name_offset="off
     return None
 
 
+def _frame_input(X, feature_names):
+    """A pandas DataFrame's values and column names (see `advi_jax.models.formula.frame_to_array`)."""
+    if not hasattr(X, "columns"):
+        return X, feature_names
+    from advi_jax.models.formula import frame_to_array
+
+    return frame_to_array(X, feature_names)
+
+
 def _feature_names(feature_names, num_features: int) -> tuple[str, ...]:
     if feature_names is None:
         return tuple(f"x{j}" for j in range(num_features))
@@ -311,7 +320,9 @@ def logistic_regression(
     stable likelihood.
 
     Args:
-      X: (N, D) features, finite.
+      X: (N, D) features, finite; a pandas DataFrame's column names become the feature names
+        (for categorical columns and interactions use `logistic_regression.from_formula(df,
+        "y ~ x1 + C(x2)")`).
       y: (N,) labels in {0, 1}.
       prior_scale: sd of the Normal prior on each coefficient (on the standardised scale when
         `standardize=True`); with `hierarchical_scale=True`, the scale of the half-normal prior
@@ -335,6 +346,7 @@ def logistic_regression(
       >>> logistic_regression(x, y).dim
       4
     """
+    X, feature_names = _frame_input(X, feature_names)
     return _build("logistic", X, y, prior_scale=prior_scale, intercept=intercept, intercept_scale=intercept_scale,
                   standardize=standardize, hierarchical_scale=hierarchical_scale, feature_names=feature_names)
 
@@ -381,6 +393,7 @@ def poisson_regression(
       >>> sorted(model.data)
       ['offset', 'x', 'x_mean', 'x_scale', 'y']
     """
+    X, feature_names = _frame_input(X, feature_names)
     x_checked = _check_x(X)
     off = _offset(exposure, offset, x_checked.shape[0])
     return _build("poisson", x_checked, y, prior_scale=prior_scale, intercept=intercept,
@@ -432,6 +445,9 @@ def linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike], X_n
     """
     info = _check_model(model)
     draws, _ = _check_draws(model, draws)
+    if hasattr(X_new, "columns") and hasattr(model, "design_matrix"):
+        X_new = model.design_matrix(X_new)  # a DataFrame of new rows through the model's formula
+    X_new, _ = _frame_input(X_new, None)
     x = _check_x(X_new, "X_new", num_features=len(info.feature_names))
     off = _offset(exposure, offset, x.shape[0])
     if off is not None and info.kind != "poisson":

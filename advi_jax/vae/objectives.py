@@ -51,18 +51,48 @@ from advi_jax._types import Array, PyTree
 from advi_jax.families import Family, get_family
 
 __all__ = [
+    "AMORTIZED_ESTIMATORS",
     "ESTIMATORS",
     "AmortizedFamily",
     "LossMetrics",
     "Objective",
+    "bound_surrogate",
     "log_weights",
     "make_loss",
     "parse_objective",
+    "per_example_bound",
     "standard_normal_log_prob",
 ]
 
+AMORTIZED_ESTIMATORS: dict[str, str] = {
+    "reparam": "pathwise through z = loc(x) + L(x) eps, every term differentiated (as "
+               "advi_jax.estimators 'reparam'; with kl='mc' as 'reparam_mc_entropy')",
+    "stl": "pathwise with q's parameters held fixed inside log q (as advi_jax.estimators 'stl'; "
+           "biased for iwae-K, K > 1)",
+    "score": "score function with the draws held fixed (as advi_jax.estimators 'score'); for "
+             "iwae-K it adds the bound's explicit dependence on q, which has nonzero mean for K > 1",
+    "dreg": "doubly reparameterised (Tucker et al. 2019), iwae-K only: unbiased, zero variance at "
+            "the exact posterior",
+}
+"""The VAE-side estimator registry: the names of `advi_jax.estimators.ESTIMATORS` that apply to an
+amortized bound, with the same meanings, plus "dreg" (which needs the importance-weighted bound)."""
+
 ESTIMATORS = ("reparam", "stl", "dreg")
+"""The estimators `make_loss` trains with (a subset of `AMORTIZED_ESTIMATORS`)."""
+
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _check_registry() -> None:
+    from advi_jax.estimators import ESTIMATORS as CORE
+
+    shared = set(AMORTIZED_ESTIMATORS) - {"dreg"}
+    missing = shared - set(CORE)
+    if missing or not set(ESTIMATORS) <= set(AMORTIZED_ESTIMATORS):
+        raise ImportError(f"VAE estimator names {sorted(missing)} are not in advi_jax.estimators.ESTIMATORS")
+
+
+_check_registry()
 
 
 def _stop(tree):
@@ -203,6 +233,68 @@ def _scale_cotangent(z: Array, scale: Array) -> Array:
     return z_stop + scale[..., None] * (z - z_stop)
 
 
+def bound_surrogate(log_weight_fn: Callable[[Array, bool], Array], z: Array, kind: str, estimator: str,
+                    log_q_fn: Callable[[Array], Array] | None = None) -> Array:
+    """Per-data-point surrogate of an ELBO or IWAE-K bound whose gradient is `estimator`.
+
+    The one implementation of the amortized estimators (the VAE's objectives and the variance
+    studies of `advi_jax.gradient_variance` both call it). With K draws `z` (B, K, L)
+    reparameterised from the parameters and `log w_k = log_weight_fn(z, stop_q)`:
+
+    * reparam: the bound as written; stl: the same with q's parameters stopped in log q;
+    * dreg (iwae only): z's cotangent is scaled by the stopped normalised weights w~_k, so the
+      encoder gets sum_k w~_k^2 d log w_k / dz dz/dphi and the decoder sum_k w~_k grad log w_k;
+    * score: z held fixed; elbo: mean_k stop(log w_k) log q(z_k); iwae:
+      stop(bound) sum_k log q(z_k) + bound(z fixed).
+
+    Args:
+      log_weight_fn: `(z, stop_q) -> (B, K)` log-weights log p(x, z) - log q(z | x), with q's
+        parameters held fixed inside log q when `stop_q`.
+      z: (B, K, L) reparameterised draws.
+      kind: "elbo" (mean of log w over K) or "iwae" (log mean of w).
+      estimator: a name in `AMORTIZED_ESTIMATORS`.
+      log_q_fn: `z -> (B, K)` log q(z | x) (needed for "score").
+
+    Returns:
+      (B,) surrogate whose value is the bound (the score surrogate's value is the bound too).
+
+    Raises:
+      ValueError: an unknown estimator or kind, dreg with kind "elbo", score without log_q_fn.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> z = jnp.zeros((2, 3, 1))
+      >>> bound_surrogate(lambda z, stop_q: -jnp.sum(z ** 2, -1), z, "iwae", "dreg").shape
+      (2,)
+    """
+    if estimator not in AMORTIZED_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {list(AMORTIZED_ESTIMATORS)}, got {estimator!r}")
+    if kind not in ("elbo", "iwae"):
+        raise ValueError(f"kind must be 'elbo' or 'iwae', got {kind!r}")
+    if estimator == "dreg" and kind != "iwae":
+        raise ValueError("estimator 'dreg' applies to iwae-K bounds")
+    log_k = math.log(z.shape[1])
+
+    def reduce(log_w):
+        return jnp.mean(log_w, axis=1) if kind == "elbo" else jax.nn.logsumexp(log_w, axis=1) - log_k
+
+    if estimator == "score":
+        if log_q_fn is None:
+            raise ValueError("estimator 'score' needs log_q_fn")
+        z = jax.lax.stop_gradient(z)
+        log_q = log_q_fn(z)
+        if kind == "elbo":
+            log_w = log_weight_fn(z, True)  # z fixed and q stopped: carries the decoder's gradient only
+            score = jax.lax.stop_gradient(log_w) * (log_q - jax.lax.stop_gradient(log_q))
+            return jnp.mean(log_w, axis=1) + jnp.mean(score, axis=1)
+        bound = reduce(log_weight_fn(z, False))
+        return bound + jax.lax.stop_gradient(bound) * jnp.sum(log_q - jax.lax.stop_gradient(log_q), axis=1)
+    if estimator == "dreg":
+        weights = jax.nn.softmax(jax.lax.stop_gradient(log_weight_fn(jax.lax.stop_gradient(z), True)), axis=1)
+        z = _scale_cotangent(z, weights)
+    return reduce(log_weight_fn(z, estimator in ("stl", "dreg")))
+
+
 def per_example_bound(vae, key: Array, x: Array, objective: Objective) -> tuple[Array, Array]:
     """Surrogate and bound for each data point.
 
@@ -218,20 +310,12 @@ def per_example_bound(vae, key: Array, x: Array, objective: Objective) -> tuple[
     family = AmortizedFamily(get_family(vae.config.family))
     q_params = vae.encoder(x)
     z = family.sample(q_params, key, objective.num_samples)
-    if objective.kind == "elbo":
-        if objective.kl == "analytic":
-            rec = jnp.mean(vae.decoder.log_prob(z, x[:, None, :]), axis=1)
-            bound = rec - family.kl_to_standard_normal(q_params)
-        else:
-            bound = jnp.mean(log_weights(vae, q_params, z, x, stop_q=objective.estimator == "stl"), axis=1)
+    if objective.kind == "elbo" and objective.kl == "analytic":
+        rec = jnp.mean(vae.decoder.log_prob(z, x[:, None, :]), axis=1)
+        bound = rec - family.kl_to_standard_normal(q_params)
         return bound, bound
-    log_k = math.log(objective.num_samples)
-    if objective.estimator == "dreg":
-        weights = jax.nn.softmax(jax.lax.stop_gradient(
-            log_weights(vae, q_params, jax.lax.stop_gradient(z), x)), axis=1)
-        z = _scale_cotangent(z, weights)
-    log_w = log_weights(vae, q_params, z, x, stop_q=objective.estimator in ("stl", "dreg"))
-    bound = jax.nn.logsumexp(log_w, axis=1) - log_k
+    bound = bound_surrogate(lambda zz, stop_q: log_weights(vae, q_params, zz, x, stop_q=stop_q), z,
+                            objective.kind, objective.estimator, lambda zz: family.log_prob(q_params, zz))
     return bound, bound
 
 

@@ -1,0 +1,154 @@
+"""Posterior predictive draws of y and a posterior predictive check for the ready GLMs.
+
+`posterior_predictive` draws replicated outcomes `y_rep ~ p(y | eta)` at every posterior draw,
+for new rows or for the training rows. `predictive_check` compares the training data with
+replications under a few test statistics (the share of ones for logistic models; the mean,
+the variance-to-mean ratio and the share of zeros for Poisson models) and reports, for each,
+the posterior predictive p-value `P(T(y_rep) >= T(y))`. A Poisson fit whose observed
+variance-to-mean ratio exceeds (almost) every replication is over-dispersed: its intervals are
+too narrow, and a negative-binomial likelihood is the usual remedy.
+
+Example:
+  >>> import jax, numpy as np, advi_jax as aj
+  >>> rng = np.random.default_rng(0); x = rng.normal(size=(200, 1))
+  >>> model = aj.models.poisson_regression(x, rng.poisson(np.exp(0.5 * x[:, 0])))
+  >>> draws = {"intercept": np.zeros(50), "beta": np.full((50, 1), 0.5)}
+  >>> aj.models.posterior_predictive(model, draws, jax.random.key(0)).shape
+  (50, 200)
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advi_jax._types import Array, ArrayLike
+from advi_jax.models.regression import RegressionModel, _check_draws, _check_model, linear_predictor
+
+__all__ = ["PredictiveCheck", "posterior_predictive", "predictive_check"]
+
+#: the p-value below which a Poisson fit's variance-to-mean ratio is called over-dispersed
+OVERDISPERSION_P = 0.01
+
+
+def _training_eta(model: RegressionModel, draws: Mapping[str, Array]) -> Array:
+    eta = draws["beta"] @ model.data["x"].T
+    if model.info.intercept:
+        eta = eta + draws["intercept"][:, None]
+    if "offset" in model.data:
+        eta = eta + model.data["offset"][None, :]
+    return eta
+
+
+def _sample_y(kind: str, eta: Array, key: Array) -> Array:
+    if kind == "logistic":
+        return jax.random.bernoulli(key, jax.nn.sigmoid(eta)).astype(eta.dtype)
+    if kind == "poisson":
+        return jax.random.poisson(key, jnp.exp(eta), dtype=jnp.int32).astype(eta.dtype)
+    raise ValueError(f"posterior predictive draws are implemented for logistic and poisson models, got {kind!r}")
+
+
+def posterior_predictive(model: RegressionModel, draws: Mapping[str, ArrayLike], key: Array,
+                         X_new: ArrayLike | None = None, *, exposure: ArrayLike | None = None,
+                         offset: ArrayLike | None = None) -> Array:
+    """Draws of y from the posterior predictive distribution, one per posterior draw and row.
+
+    Args:
+      model: a `RegressionModel` (logistic or Poisson).
+      draws: constrained posterior draws with a leading axis S (e.g. `result.sample(key, S)`).
+      key: PRNG key for the outcome noise.
+      X_new: (M, D) new features on the original scale (or a DataFrame for formula models);
+        None replicates the training rows (with their offsets).
+      exposure, offset: Poisson only, for the new rows.
+
+    Returns:
+      (S, M) replicated outcomes: 0/1 for logistic models, counts for Poisson models.
+
+    Raises:
+      TypeError: `model` is not a regression model or `key` is not a PRNG key.
+      ValueError: draws of the wrong shape, or new rows the model rejects.
+    """
+    info = _check_model(model)
+    if not isinstance(key, jax.Array):
+        raise TypeError("key must be a JAX PRNG key, e.g. jax.random.key(0)")
+    if X_new is None:
+        if exposure is not None or offset is not None:
+            raise ValueError("exposure/offset apply to X_new; the training rows use the model's own offsets")
+        checked, _ = _check_draws(model, draws)
+        eta = _training_eta(model, checked)
+    else:
+        eta = linear_predictor(model, draws, X_new, exposure=exposure, offset=offset)
+    return _sample_y(info.kind, eta, key)
+
+
+class PredictiveCheck(NamedTuple):
+    """Observed test statistics against their posterior predictive replications.
+
+    Attributes:
+      kind: "logistic" or "poisson".
+      observed: statistic name -> value on the data.
+      replicated: statistic name -> (S,) values on the replications.
+      p_values: statistic name -> P(T(y_rep) >= T(y)) (with half the ties).
+      overdispersed: Poisson: whether the variance-to-mean ratio p-value is below 0.01.
+      message: a one-paragraph reading of the check.
+      y: (N,) the observed outcomes.
+      y_rep: (S, N) the replicated outcomes.
+    """
+
+    kind: str
+    observed: dict
+    replicated: dict
+    p_values: dict
+    overdispersed: bool
+    message: str
+    y: np.ndarray
+    y_rep: np.ndarray
+
+
+def _statistics(kind: str, y: np.ndarray) -> dict[str, np.ndarray]:
+    y = np.atleast_2d(y)
+    if kind == "logistic":
+        return {"share of ones": y.mean(axis=-1)}
+    mean = y.mean(axis=-1)
+    var = y.var(axis=-1, ddof=1)
+    return {"mean": mean, "variance / mean": var / np.maximum(mean, 1e-12), "share of zeros": (y == 0).mean(axis=-1)}
+
+
+def predictive_check(model: RegressionModel, draws: Mapping[str, ArrayLike], key: Array) -> PredictiveCheck:
+    """A posterior predictive check of the training data (see the module docstring).
+
+    Args:
+      model: a logistic or Poisson `RegressionModel`.
+      draws: constrained posterior draws with a leading axis S (a few hundred suffice).
+      key: PRNG key.
+
+    Returns:
+      A `PredictiveCheck`; for Poisson models `overdispersed` flags a variance-to-mean ratio
+      beyond the replications, and `message` then points to a negative-binomial model.
+
+    Example:
+      >>> check = predictive_check(model, result.sample(key, 400), key)  # doctest: +SKIP
+      >>> check.overdispersed, check.message  # doctest: +SKIP
+    """
+    info = _check_model(model)
+    y_rep = np.asarray(posterior_predictive(model, draws, key))
+    y = np.asarray(model.data["y"], dtype=np.float64)
+    obs = {k: float(v[0]) for k, v in _statistics(info.kind, y).items()}
+    rep = _statistics(info.kind, y_rep)
+    p_values = {k: float(np.mean(rep[k] > obs[k]) + 0.5 * np.mean(rep[k] == obs[k])) for k in obs}
+    overdispersed = bool(info.kind == "poisson" and p_values["variance / mean"] < OVERDISPERSION_P)
+    parts = []
+    for k in obs:
+        lo, hi = np.quantile(rep[k], [0.05, 0.95])
+        parts.append(f"{k}: observed {obs[k]:.4g}, replicated 90% interval [{lo:.4g}, {hi:.4g}], p = {p_values[k]:.3f}")
+    message = "posterior predictive check: " + "; ".join(parts) + "."
+    if overdispersed:
+        message += (f" The data are over-dispersed for a Poisson model (variance / mean {obs['variance / mean']:.3g} "
+                    f"against at most {rep['variance / mean'].max():.3g} in {len(y_rep)} replications): its "
+                    "intervals are too narrow. Use a negative-binomial model (aj.models.negative_binomial_regression; "
+                    "advi-jax fit --model negbin) or add the missing predictors.")
+    return PredictiveCheck(info.kind, obs, {k: np.asarray(v) for k, v in rep.items()}, p_values, overdispersed,
+                           message, y, y_rep)
