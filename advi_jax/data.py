@@ -11,11 +11,13 @@ Three kinds of data:
   and the selected features must be numeric; missing values are an error naming columns and
   rows unless `dropna=True` (which says how many rows it dropped); a CSV that looks separated
   by another delimiter gets an error suggesting it.
-* Larger files that are not shipped (MNIST and friends): `find_data_file` looks in
-  `$ADVI_JAX_DATA`, then the user cache folder (`$XDG_CACHE_HOME/advi_jax`, by default
-  `~/.cache/advi_jax`), then `../shared/data` beside the repository checkout, and checks the
-  file's sha256. Nothing is ever downloaded: a missing file raises an error that lists the
-  folders searched and says where to put it.
+* Larger files that are not shipped (MNIST and friends), from `advi_jax.data_files` and
+  re-exported here: `find_data_file` and `load_mnist` look in `$ADVI_JAX_DATA`, then the user
+  cache folder (`$XDG_CACHE_HOME/advi_jax`, by default `~/.cache/advi_jax`), then
+  `../shared/data` beside the repository checkout; `find_data_file` checks the file's sha256 and
+  `load_mnist` the arrays' keys, shapes, dtypes and ranges (so a user's own copy works). Nothing
+  is ever downloaded: a missing file raises an error that lists the folders searched, says
+  where to put it and, for MNIST, where to get it and in what format.
 
 All loaders return NumPy arrays (float64 features); models convert them to JAX arrays.
 
@@ -29,8 +31,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import hashlib
-import math
 import os
 import warnings
 import zipfile
@@ -53,6 +53,8 @@ __all__ = [
     "load_dataset",
     "load_mnist",
     "load_npz",
+    "MNIST",
+    "MNIST_NAMES",
     "MissingValuesWarning",
     "missing_value_report",
     "parse_delimiter",
@@ -88,16 +90,6 @@ BUNDLED_DATASETS: dict[str, dict[str, str]] = {
         "description": "RAND Health Insurance Experiment (via statsmodels); y = outpatient MD visits",
     },
 }
-
-# Larger files looked up by `find_data_file`: filename -> sha256 of the file.
-DATA_FILES: dict[str, str] = {
-    "mnist.npz": "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64",
-    "fashion_mnist.npz": "5b6d2c4c694a91887af8ab7d039c04f80af3c29378d731c93a538d2e831aa469",
-    "binarized_mnist.npz": "3af50c40abac16f6b963d6bbb3ab35254cefcef7c09428ffb2a2237985ccce64",
-    "german_credit_numeric.npz": "f256ef74fbe6ecae1718805370b50dd9f3ebd7ca64c1edc46bca789009b305b9",
-    "wells.npz": "a73a9c37c8dd33576bae6b12c1630a49f401b1d3dc61812cccbe06ac80656e17",
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # Checks shared by every loader
@@ -419,134 +411,15 @@ def load_dataset(name: str) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------
-# Larger files: search path + sha256
+# Larger files (MNIST and friends): searched, checked and loaded by advi_jax.data_files
 # ---------------------------------------------------------------------------------------------
 
-
-def _checkout_root() -> Path:
-    """The repository checkout holding this package (the main checkout for a git worktree)."""
-    repo = Path(__file__).resolve().parent.parent
-    git = repo / ".git"
-    if git.is_file():  # a worktree: ".git" names <main>/.git/worktrees/<name>
-        text = git.read_text().strip()
-        if text.startswith("gitdir:"):
-            gitdir = Path(text.split(":", 1)[1].strip())
-            if not gitdir.is_absolute():
-                gitdir = (repo / gitdir).resolve()
-            common = gitdir / "commondir"
-            common_dir = (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir.parents[1]
-            return common_dir.parent
-    return repo
-
-
-def data_search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The folders `find_data_file` searches, in order.
-
-    1. `data_dir`, when given;
-    2. `$ADVI_JAX_DATA` when set;
-    3. the user cache folder `$XDG_CACHE_HOME/advi_jax` (default `~/.cache/advi_jax`);
-    4. `shared/data` beside the repository checkout (`<repo>/../shared/data`; for a git worktree,
-       beside the main checkout), when present.
-    """
-    dirs = []
-    if data_dir is not None:
-        dirs.append(Path(data_dir).expanduser())
-    env = os.environ.get("ADVI_JAX_DATA")
-    if env:
-        dirs.append(Path(env).expanduser())
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    dirs.append(Path(cache).expanduser() / "advi_jax")
-    shared = _checkout_root().parent / "shared" / "data"
-    if shared.is_dir():
-        dirs.append(shared)
-    return dirs
-
-
-class DataFileNotFound(FileNotFoundError, ValueError):
-    """No search folder holds a copy of a data file with the expected sha256."""
-
-
-_VERIFIED: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256(path: Path) -> str:
-    stat = path.stat()
-    cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if cache_key not in _VERIFIED:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _VERIFIED[cache_key] = digest.hexdigest()
-    return _VERIFIED[cache_key]
-
-
-def find_data_file(filename: str, sha256: str | None = None, data_dir: str | os.PathLike | None = None) -> Path:
-    """Find a data file in the search folders and check its sha256. Never downloads.
-
-    Args:
-      filename: e.g. "mnist.npz".
-      sha256: expected hex digest; defaults to the one recorded in `DATA_FILES` (if any).
-        Pass "" to skip the check.
-      data_dir: a folder searched first.
-
-    Returns:
-      The path of the first copy whose hash matches.
-
-    Raises:
-      DataFileNotFound (a FileNotFoundError and a ValueError): no folder has a matching copy;
-        the message lists the folders searched, any copies with a wrong hash, and how to
-        provide the file.
-    """
-    if sha256 is None:
-        sha256 = DATA_FILES.get(filename, "")
-    searched, wrong = [], []
-    for folder in data_search_dirs(data_dir):
-        candidate = folder / filename
-        searched.append(str(folder))
-        if not candidate.is_file():
-            continue
-        if not sha256 or _sha256(candidate) == sha256.lower():
-            return candidate
-        wrong.append(f"{candidate} (sha256 {_sha256(candidate)})")
-    message = f"data file {filename!r} not found; searched: {searched}."
-    if wrong:
-        message += f" Copies with the wrong sha256 (expected {sha256}): {wrong}."
-    message += (f" Put {filename} in one of these folders, or set ADVI_JAX_DATA to the folder that holds it "
-                "(advi_jax does not download it).")
-    raise DataFileNotFound(message)
-
-
-_MNIST_SPLITS = {
-    "mnist": ("train", "test"),
-    "fashion_mnist": ("train", "test"),
-    "binarized_mnist": ("train", "valid", "test"),
-}
-
-
-def load_mnist(name: str = "mnist", split: str = "train") -> tuple[np.ndarray, np.ndarray | None]:
-    """Load an MNIST-style image set found by `find_data_file`.
-
-    Args:
-      name: "mnist", "fashion_mnist" or "binarized_mnist".
-      split: "train" or "test" ("valid" too for binarized_mnist).
-
-    Returns:
-      `(x, y)`: x of shape (N, 784), float32 in [0, 1] ({0, 1} for binarized_mnist); y of shape
-      (N,) int32 class labels, or None for binarized_mnist (which has no labels).
-
-    Raises:
-      ValueError: unknown name or split, or the file is missing (see `find_data_file`).
-    """
-    if name not in _MNIST_SPLITS:
-        raise ValueError(f"unknown image set {name!r}; choose one of {sorted(_MNIST_SPLITS)}")
-    if split not in _MNIST_SPLITS[name]:
-        raise ValueError(f"split for {name} must be one of {_MNIST_SPLITS[name]}, got {split!r}")
-    path = find_data_file(f"{name}.npz")
-    with np.load(path, allow_pickle=False) as archive:
-        images = archive[f"x_{split}"]
-        labels = archive[f"y_{split}"].astype(np.int32) if f"y_{split}" in archive.files else None
-    x = images.reshape(images.shape[0], math.prod(images.shape[1:])).astype(np.float32)
-    if name != "binarized_mnist":
-        x = x / np.float32(255.0)
-    return x, labels
+from advi_jax.data_files import (  # noqa: E402  (re-exported: aj.data.load_mnist, ...)
+    DATA_FILES,
+    MNIST,
+    MNIST_NAMES,
+    DataFileNotFound,
+    data_search_dirs,
+    find_data_file,
+    load_mnist,
+)

@@ -49,10 +49,36 @@ M = TypeVar("M")
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D `Mesh` with axis "data" over `devices` (default: all of `jax.devices()`)."""
+    """A 1-D `Mesh` with axis "data": the one mesh of every data-parallel path in advi_jax.
+
+    `shard_data`, `aj.fit_minibatch(mesh=...)` and the VAE trainer (`advi_jax.vae.train(mesh=...)`)
+    all take it.
+
+    Args:
+      devices: the devices to spread the data over (default: `jax.devices()`, every device of
+        every process; in a single process these are the local devices).
+
+    Returns:
+      `Mesh(devices, ("data",))`.
+
+    Raises:
+      ValueError: an empty device list.
+      TypeError: an entry that is not a `jax.Device`.
+
+    Example:
+      >>> import jax, advi_jax as aj
+      >>> aj.data_mesh().axis_names
+      ('data',)
+      >>> aj.data_mesh(jax.devices()[:1]).size
+      1
+    """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("devices must be a non-empty list of jax devices")
+    bad = [d for d in devices if not isinstance(d, jax.Device)]
+    if bad:
+        raise TypeError(f"devices must be jax devices (e.g. jax.devices()[:2]), got {type(bad[0]).__name__} "
+                        f"{bad[0]!r}")
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 

@@ -1,15 +1,16 @@
 """Tests for advi_jax.data: bundled sets, CSV/NPZ loaders and their errors, the data-file search."""
 
 import hashlib
-import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from advi_jax import data
+from advi_jax import data, data_files
 
-from conftest import SHARED_DATA
+from conftest import require_data_file
+from fixtures.mnist_like import make_mnist_like
 
 DATASETS_DIR = Path(data.__file__).parent / "datasets"
 
@@ -176,11 +177,114 @@ def test_find_data_file_search_order_and_hash(tmp_path, monkeypatch):
         data.find_data_file("f.bin", digest)
 
 
-def test_load_mnist_from_shared(monkeypatch):
-    assert os.path.isdir(SHARED_DATA), f"the shared datasets folder {SHARED_DATA} must sit beside the checkout"
-    monkeypatch.setenv("ADVI_JAX_DATA", SHARED_DATA)
+def test_load_mnist_real_file_honours_advi_jax_data(monkeypatch, tmp_path):
+    """The real mnist.npz (skipped with the reason when absent), found through $ADVI_JAX_DATA."""
+    path = require_data_file("mnist.npz")
+    monkeypatch.setenv("ADVI_JAX_DATA", str(path.parent))
+    monkeypatch.setattr(data_files, "_checkout_root", lambda: tmp_path / "elsewhere" / "repo")  # no shared/ fallback
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     x, y = data.load_mnist("mnist", "test")
     assert x.shape == (10000, 784) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     np.testing.assert_array_equal(np.bincount(y), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+    mnist = data.load_mnist("mnist")
+    assert mnist.x_train.shape == (60000, 784) and mnist.path == path
+    np.testing.assert_allclose(mnist.x_train.mean(), 0.13066, atol=1e-4)
     with pytest.raises(ValueError, match="split"):
         data.load_mnist("mnist", "valid")
+
+
+@pytest.fixture
+def isolated_search(monkeypatch, tmp_path):
+    """Only the folders a test names are searched: no cache copy, no shared/ beside the checkout."""
+    monkeypatch.delenv("ADVI_JAX_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_files, "_checkout_root", lambda: tmp_path / "elsewhere" / "repo")
+    return tmp_path
+
+
+def test_load_mnist_accepts_users_own_arrays(isolated_search, mnist_like_dir, monkeypatch):
+    """Any copy with the right keys, shapes, dtypes and ranges loads (content checked, not the hash)."""
+    monkeypatch.setenv("ADVI_JAX_DATA", str(mnist_like_dir))
+    raw = np.load(mnist_like_dir / "mnist.npz")
+    mnist = data.load_mnist("mnist")
+    assert isinstance(mnist, data.MNIST) and mnist.path == mnist_like_dir / "mnist.npz"
+    assert mnist.x_train.shape == (300, 784) and mnist.x_test.shape == (100, 784) and not mnist.binarized
+    np.testing.assert_array_equal(mnist.x_train, raw["x_train"].reshape(300, 784) / np.float32(255))
+    np.testing.assert_array_equal(mnist.y_test, raw["y_test"]) and mnist.y_test.dtype == np.int32
+    x, y = data.load_mnist("mnist", "test")
+    np.testing.assert_array_equal(x, mnist.x_test)
+    fashion = data.load_mnist("fashion_mnist")
+    assert fashion.x_train.shape == (300, 784) and not np.array_equal(fashion.x_train, mnist.x_train)
+    binarized = data.load_mnist("binarized_mnist")
+    assert binarized.binarized and binarized.y_train is None and binarized.x_valid.shape == (100, 784)
+    assert set(np.unique(binarized.x_train)) == {0.0, 1.0}
+    # flattened (N, 784) images work as well as (N, 28, 28)
+    arrays = {k: (v.reshape(len(v), 784) if k.startswith("x") else v) for k, v in raw.items()}
+    np.savez(isolated_search / "mnist.npz", **arrays)
+    np.testing.assert_array_equal(data.load_mnist("mnist", data_dir=isolated_search).x_train, mnist.x_train)
+
+
+def _bad_copies():
+    good = make_mnist_like(20, 10)
+    yield "float", {**good, "x_train": good["x_train"] / 255.0}, r"x_train has dtype float64; expected uint8.*255"
+    yield "shape", {**good, "x_test": good["x_test"][:, :27]}, r"x_test has shape \(10, 27, 28\)"
+    yield "labels", {**good, "y_train": good["y_train"] + 5}, r"y_train has labels in \[5, 14\]"
+    yield "count", {**good, "y_test": good["y_test"][:9]}, r"y_test has shape \(9,\); expected \(10,\)"
+    yield "missing", {k: v for k, v in good.items() if k != "y_test"}, r"missing arrays \['y_test'\]"
+
+
+@pytest.mark.parametrize("what, arrays, match", list(_bad_copies()), ids=[c[0] for c in _bad_copies()])
+def test_load_mnist_names_the_bad_file_and_the_problem(isolated_search, what, arrays, match):
+    np.savez(isolated_search / "mnist.npz", **arrays)
+    with pytest.raises(data.DataFileNotFound, match=match) as info:
+        data.load_mnist("mnist", data_dir=isolated_search)
+    assert str(isolated_search / "mnist.npz") in str(info.value)
+
+
+def test_truncated_npz_error_names_the_file(isolated_search, mnist_like_dir):
+    blob = (mnist_like_dir / "mnist.npz").read_bytes()
+    (isolated_search / "mnist.npz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(data.DataFileNotFound, match=r"mnist\.npz: not a readable \.npz file \(truncated") as info:
+        data.load_mnist("mnist", data_dir=isolated_search)
+    assert str(isolated_search / "mnist.npz") in str(info.value)
+
+
+def test_bad_copy_is_skipped_with_a_warning(isolated_search, mnist_like_dir, monkeypatch):
+    (isolated_search / "mnist.npz").write_bytes(b"not a zip file")
+    monkeypatch.setenv("ADVI_JAX_DATA", str(mnist_like_dir))
+    with pytest.warns(UserWarning, match=r"skipped unusable copies of mnist\.npz.*not a readable"):
+        mnist = data.load_mnist("mnist", data_dir=isolated_search)
+    assert mnist.path == mnist_like_dir / "mnist.npz"
+
+
+@pytest.mark.parametrize("name", data.MNIST_NAMES)
+def test_missing_mnist_says_where_to_get_it_and_the_format(isolated_search, name):
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_mnist(name, data_dir=isolated_search / "mine")
+    message = str(info.value)
+    assert f"data file '{name}.npz' not found" in message and str(isolated_search / "mine") in message
+    assert "ADVI_JAX_DATA" in message and "does not download" in message
+    assert "uint8" in message and "28, 28)" in message and "np.savez_compressed" in message
+    assert ("x_valid" in message) == (name == "binarized_mnist")
+    assert "\n" not in message
+
+
+def test_load_mnist_rejects_unknown_names(isolated_search):
+    with pytest.raises(ValueError, match=r"name must be one of \['mnist', 'fashion_mnist', 'binarized_mnist'\]"):
+        data.load_mnist("kmnist")
+    with pytest.raises(ValueError, match=r"split for mnist must be None or one of"):
+        data.load_mnist("mnist", "valid")
+
+
+def test_shared_data_is_found_beside_a_worktrees_main_checkout(tmp_path):
+    """A git worktree's `.git` file points into <main>/.git/worktrees/<name>: shared/ sits beside <main>."""
+    main = tmp_path / "main"
+    (main / ".git" / "worktrees" / "wt").mkdir(parents=True)
+    (main / ".git" / "worktrees" / "wt" / "commondir").write_text("../..\n")
+    (main / "advi_jax").mkdir()
+    worktree = tmp_path / "trees" / "wt"
+    (worktree / "advi_jax").mkdir(parents=True)
+    (worktree / ".git").write_text(f"gitdir: {main / '.git' / 'worktrees' / 'wt'}\n")
+    assert data_files._checkout_root(worktree / "advi_jax") == main
+    assert data_files._checkout_root(main / "advi_jax") == main  # a plain clone: its own root
+    assert data_files._checkout_root(tmp_path / "site" / "advi_jax") == tmp_path / "site"  # installed, no .git

@@ -1,5 +1,7 @@
 """Tests for advi_jax.vae: modules, objectives, evaluation, training, CLI, resume, data parallel."""
 
+import argparse
+import json
 import math
 import os
 import subprocess
@@ -14,6 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
+import advi_jax as aj
 from advi_jax.families import FullRankGaussian, FullRankParams, MeanFieldGaussian, MeanFieldParams
 from advi_jax.vae import (
     AmortizedFamily,
@@ -30,6 +33,8 @@ from advi_jax.vae import (
     per_example_bound,
     train,
 )
+
+from conftest import require_data_file
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = VAEConfig(latent=3, hidden=(16,))
@@ -174,11 +179,85 @@ def test_missing_data_file_lists_folders(tmp_path):
 
 @pytest.mark.slow
 def test_training_on_mnist_subset_reduces_loss(key):
-    data = load_mnist()  # from ../shared/data beside the checkout (or $ADVI_JAX_DATA)
+    require_data_file("mnist.npz")  # the real file: skipped with the reason when absent
+    data = load_mnist()
     config = VAEConfig(latent=8, hidden=(64,))
     result = train(config, data.x_train[:1000], key=key, epochs=10, batch_size=50, progress=False)
     history = result.history  # 10 epochs x 20 steps = 200 steps
     assert len(history) == 10 and history[-1] < history[0] - 150, history
+
+
+def test_training_on_the_shipped_fixture_reduces_loss(key, mnist_like_dir):
+    """The MNIST path end to end on the small set that ships with the tests (runs everywhere)."""
+    data = load_mnist("mnist", data_dir=mnist_like_dir)
+    config = VAEConfig(latent=4, hidden=(32,))
+    result = train(config, data.x_train, key=key, epochs=6, batch_size=50, progress=False)
+    assert len(result.history) == 6 and result.history[-1] < result.history[0] - 100, result.history
+    assert result.step_losses.shape == (6 * 6,) and np.all(np.isfinite(result.step_losses))
+    np.testing.assert_allclose(result.step_losses.reshape(6, 6).mean(1), result.history, rtol=1e-5)
+    bounds = aj.vae.evaluate_bounds(result.graphdef, result.state.params, data.x_test > 0.5,
+                                    jax.random.fold_in(key, 1), num_samples=20)
+    assert bounds.elbo.shape == (100,) and np.all(bounds.elbo <= bounds.log_likelihood + 1e-3)
+
+
+def test_one_load_mnist_and_one_data_mesh():
+    import importlib.util
+
+    import advi_jax.vae as vae_module
+
+    assert vae_module.load_mnist is aj.data.load_mnist and vae_module.MNIST is aj.data.MNIST
+    assert vae_module.data_mesh is aj.data_mesh
+    assert importlib.util.find_spec("advi_jax.vae.data") is None
+    mesh = aj.data_mesh(jax.devices()[:1])
+    assert mesh.axis_names == ("data",) and mesh.size == 1
+    with pytest.raises(TypeError, match="devices must be jax devices"):
+        aj.data_mesh(["cpu"])
+    with pytest.raises(ValueError, match="non-empty"):
+        aj.data_mesh([])
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """Fail the test if `train` gets as far as building the network (the checks come first)."""
+    train_module = sys.modules["advi_jax.vae.train"]  # (the package's `train` attribute is the function)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("train built the network before rejecting its input")
+
+    monkeypatch.setattr(train_module, "build_vae", refuse)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(x=255.0), ValueError, r"x_train must lie in \[0, 1\].*values in \[0, 255\].*divide by 255"),
+    (dict(x=-0.5), ValueError, r"x_train must lie in \[0, 1\].*values in \[-0.5, "),
+    (dict(x=np.nan), ValueError, r"x_train has a non-finite value nan at row 3, column 5"),
+    (dict(epochs=0), ValueError, r"epochs must be an int >= 1, got 0"),
+    (dict(epochs=2.0), TypeError, r"epochs must be an int >= 1, got float 2.0"),
+    (dict(key=0), TypeError, r"key must be a single PRNG key such as jax.random.key\(0\), got int"),
+    (dict(batch_size=0), ValueError, r"batch_size must be an int >= 1, got 0"),
+], ids=["0..255", "negative", "nan", "epochs=0", "float epochs", "int key", "batch_size=0"])
+def test_train_rejects_bad_input_before_compiling(key, no_compile, change, error, match):
+    x = _binary_data(key, n=40, d=20)
+    if change.get("x") == 255.0:
+        x = x * 255.0  # pixel values as stored in mnist.npz
+    elif "x" in change:
+        x = x.copy()
+        x[3, 5] = change["x"]
+    kwargs = dict(key=change.get("key", key), epochs=change.get("epochs", 1),
+                  batch_size=change.get("batch_size", 10), progress=False)
+    with pytest.raises(error, match=match):
+        train(TINY, x, **kwargs)
+
+
+def test_gaussian_decoder_accepts_unbounded_data_but_not_nan(key, no_compile):
+    config = VAEConfig(latent=2, data_dim=20, hidden=(8,), likelihood="gaussian")
+    x = np.asarray(jax.random.normal(key, (40, 20)), np.float32) * 50.0
+    x[0, 0] = np.inf
+    with pytest.raises(ValueError, match="non-finite value inf at row 0, column 0"):
+        train(config, x, key=key, epochs=1, batch_size=10, binarize=False, progress=False)
+    x[0, 0] = 0.0
+    with pytest.raises(AssertionError, match="built the network"):  # past the checks
+        train(config, x, key=key, epochs=1, batch_size=10, binarize=False, progress=False)
 
 
 def test_resume_gives_identical_params(key, tmp_path):
@@ -188,10 +267,22 @@ def test_resume_gives_identical_params(key, tmp_path):
     train(TINY, x, epochs=1, out_dir=tmp_path / "split", **kwargs)  # "interrupted" after one epoch
     resumed = train(TINY, x, epochs=3, out_dir=tmp_path / "split", resume=True, **kwargs)
     assert resumed.history == full.history
+    np.testing.assert_array_equal(resumed.step_losses, full.step_losses)
+    assert full.step_losses.shape == (3 * 4,)
     for a, b in zip(jax.tree_util.tree_leaves(full.state.params), jax.tree_util.tree_leaves(resumed.state.params)):
         np.testing.assert_array_equal(a, b)
     state, _, config, meta, _ = load_checkpoint(tmp_path / "split" / "checkpoint.npz", optax.adam(1e-3))
     assert state.epoch == 3 and config == TINY and meta["objective"] == "elbo"
+
+
+def test_truncated_checkpoint_error_names_the_file(key, tmp_path):
+    x = _binary_data(key, n=100, d=20)
+    train(TINY, x, key=key, epochs=1, batch_size=50, out_dir=tmp_path, progress=False)
+    path = tmp_path / "checkpoint.npz"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match=r"checkpoint\.npz: not a readable VAE checkpoint"):
+        train(TINY, x, key=key, epochs=2, batch_size=50, out_dir=tmp_path, resume=True, progress=False)
 
 
 def _nan_after(num_steps):
@@ -236,16 +327,91 @@ def _run(code_or_args, env_extra=None, timeout=240):
                           text=True, timeout=timeout)
 
 
-@pytest.mark.slow
-def test_cli_writes_outputs(tmp_path):
+def test_cli_writes_outputs(tmp_path, mnist_like_dir):
+    """On the shipped fixture: default evaluation settings, a progress bar, and every output file."""
     out = tmp_path / "run"
-    proc = _run(["-m", "advi_jax", "vae", "--train-subset", "200", "--test-subset", "20", "--epochs", "1",
-                 "--batch-size", "50", "--latent", "2", "--hidden", "16", "--eval-k", "10",
-                 "--out", str(out), "--no-progress"])
+    proc = _run(["-m", "advi_jax", "vae", "--epochs", "2", "--batch-size", "50", "--latent", "2",
+                 "--hidden", "16", "--data-dir", str(mnist_like_dir), "--out", str(out)])
     assert proc.returncode == 0, proc.stderr
-    assert "test log-likelihood (K=10)" in proc.stdout
-    for name in ("checkpoint.npz", "metrics.json", "reconstructions.png", "prior_samples.png", "latent_space.png"):
-        assert (out / name).is_file(), name
+    assert "test log-likelihood (IWAE bound, K=50)" in proc.stdout and "(100 images;" in proc.stdout
+    assert "evaluating (K=50)" in proc.stderr and "100/100" in proc.stderr  # the evaluation's progress bar
+    for name in ("checkpoint.npz", "metrics.json", "loss.png", "reconstructions.png", "prior_samples.png",
+                 "latent_space.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 500, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_k"] == 50 and metrics["num_test"] == 100 and metrics["data_file"].endswith("mnist.npz")
+    assert metrics["test_elbo"] < metrics["test_log_likelihood"] < 0 and len(metrics["train_loss"]) == 2
+
+
+def test_cli_evaluation_defaults_and_paper_setting():
+    """Defaults cost a few per cent of one epoch; --paper-eval is Burda et al.'s K=5000 on every image."""
+    from advi_jax.cli import build_parser
+    from advi_jax.cli.vae import _eval_settings
+
+    parser = build_parser()
+    assert _eval_settings(parser.parse_args(["vae"])) == (1000, 50)
+    assert _eval_settings(parser.parse_args(["vae", "--paper-eval"])) == ("all", 5000)
+    assert _eval_settings(parser.parse_args(["vae", "--paper-eval", "--eval-k", "50"])) == ("all", 50)
+    assert _eval_settings(parser.parse_args(["vae", "--test-subset", "all"])) == ("all", 50)
+
+
+def test_cli_help_shows_every_default():
+    from advi_jax.cli import build_parser
+    from advi_jax.cli.vae import _HelpFormatter
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["vae"]
+    formatter = _HelpFormatter("advi-jax vae")
+    for action in sub._actions:
+        if action.option_strings and action.nargs != 0:  # every option that takes a value
+            assert "default" in formatter._get_help_string(action), action.option_strings
+    text = sub.format_help()
+    assert "(default: 1000; all with --paper-eval)" in " ".join(text.split())
+    assert "--paper-eval" in text and "(default: 50;" in text and "(default: 50)" in text  # --eval-k, --latent
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_unwritable_out_exits_2_before_training(tmp_path, capsys, monkeypatch, mnist_like_dir):
+    from advi_jax.cli import main
+
+    train_module = sys.modules["advi_jax.vae.train"]
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("trained before checking --out"))
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(["vae", "--out", str(blocker / "run"), "--data-dir", str(mnist_like_dir)]) == 2
+    err = _one_line_error(capsys)
+    assert f"--out '{blocker / 'run'}'" in err and "a file is in the way" in err
+    assert main(["vae", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "--data-dir" in _one_line_error(capsys)
+
+
+def test_cli_missing_data_exits_2_with_where_to_get_it(tmp_path, capsys, monkeypatch):
+    from advi_jax import data_files
+    from advi_jax.cli import main
+
+    monkeypatch.delenv("ADVI_JAX_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_files, "_checkout_root", lambda: tmp_path / "elsewhere" / "repo")
+    (tmp_path / "empty").mkdir()
+    assert main(["vae", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = _one_line_error(capsys)
+    assert "'fashion_mnist.npz' not found" in err and "uint8" in err and "ADVI_JAX_DATA" in err
+
+
+def test_loss_curve_figure(tmp_path):
+    from advi_jax.vae import plots
+
+    losses = 100 + 400 * np.exp(-np.arange(60) / 10.0) + np.random.default_rng(0).normal(0, 2, 60)
+    plots.plot_loss_curve(losses, tmp_path / "loss.png", steps_per_epoch=20, test_elbo=-110.0)
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no finite loss"):
+        plots.plot_loss_curve([np.nan], tmp_path / "bad.png")
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """Variational autoencoders: the amortized case of ADVI (Flax NNX modules, objectives, training).
 
-Import as `import advi_jax.vae` (it needs flax; the core of advi_jax does not).
+Import as `import advi_jax.vae` (it needs flax; the core of advi_jax does not). `load_mnist`,
+`find_data_file` and `data_search_dirs` are `advi_jax.data`'s and `data_mesh` is
+`advi_jax.data_mesh`, re-exported here for convenience (one implementation of each).
 
 Example:
   >>> import jax
@@ -10,8 +12,9 @@ Example:
   >>> result = vae.train(config, x, key=jax.random.key(1), epochs=1, batch_size=50, progress=False)
 """
 
-from advi_jax.vae.data import MNIST, data_search_dirs, find_data_file, load_mnist
-from advi_jax.vae.evaluate import evaluate_elbo, log_likelihood
+from advi_jax.data import MNIST, data_search_dirs, find_data_file, load_mnist
+from advi_jax.sharding import data_mesh
+from advi_jax.vae.evaluate import Bounds, compile_bounds, evaluate_bounds, evaluate_elbo, log_likelihood
 from advi_jax.vae.modules import (
     ConvDecoder,
     ConvEncoder,
@@ -38,7 +41,6 @@ from advi_jax.vae.train import (
     NonFiniteLossError,
     TrainResult,
     TrainState,
-    data_mesh,
     load_checkpoint,
     make_train_epoch,
     make_train_step,
@@ -51,6 +53,7 @@ __all__ = [
     "MNIST",
     "VAE",
     "AmortizedFamily",
+    "Bounds",
     "ConvDecoder",
     "ConvEncoder",
     "GaussianOutput",
@@ -63,8 +66,10 @@ __all__ = [
     "TrainState",
     "VAEConfig",
     "build_vae",
+    "compile_bounds",
     "data_mesh",
     "data_search_dirs",
+    "evaluate_bounds",
     "evaluate_elbo",
     "find_data_file",
     "likelihood_log_prob",

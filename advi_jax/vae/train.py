@@ -7,7 +7,8 @@ after each epoch stores the parameters, the optimizer state, the number of compl
 the training key, so resuming continues with exactly the keys an uninterrupted run would use
 and gives identical parameters.
 
-Data parallelism: with a `jax.sharding.Mesh` over all local devices (axis "data"), the
+Data parallelism: with a `jax.sharding.Mesh` over the devices (axis "data"; `advi_jax.data_mesh()`,
+the same mesh `aj.fit_minibatch` takes; one process), the
 training set and parameters are replicated, every minibatch is constrained to be sharded over
 the batch axis, and XLA inserts the gradient all-reduce. The loss is a batch mean, so the result
 equals single-device training up to floating-point summation order.
@@ -32,6 +33,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from advi_jax._types import Array, PyTree
+from advi_jax.diagnostics import check_key
+from advi_jax.sharding import data_mesh
 from advi_jax.vae.modules import VAEConfig, build_vae
 from advi_jax.vae.objectives import Objective, make_loss
 
@@ -40,7 +43,6 @@ __all__ = [
     "NonFiniteLossError",
     "TrainResult",
     "TrainState",
-    "data_mesh",
     "load_checkpoint",
     "make_train_epoch",
     "make_train_step",
@@ -78,11 +80,14 @@ class TrainResult(NamedTuple):
       state: the final `TrainState`.
       graphdef: the VAE graph definition (`nnx.merge(graphdef, state.params)` rebuilds it).
       history: per-epoch mean training loss (nats per image), all epochs including resumed ones.
+      step_losses: (steps,) float32 loss of every training step, all epochs including resumed
+        ones (checkpoints store it too); `plots.plot_loss_curve` draws it.
     """
 
     state: TrainState
     graphdef: nnx.GraphDef
     history: list[float]
+    step_losses: np.ndarray | None = None
 
 
 def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, *, jit: bool = True):
@@ -103,12 +108,6 @@ def make_train_step(loss: Callable, optimizer: optax.GradientTransformation, *, 
         return optax.apply_updates(params, updates), opt_state, metrics
 
     return jax.jit(train_step) if jit else train_step
-
-
-def data_mesh(devices=None) -> Mesh:
-    """A 1-D mesh with axis "data" over `devices` (default: all local devices)."""
-    devices = jax.local_devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), ("data",))
 
 
 def _progress_callback(bar):
@@ -191,16 +190,35 @@ def _cached_epoch(graphdef, objective, optimizer, batch_size, binarize, mesh):
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def _saved_step_losses(path: Path) -> np.ndarray:
+    """The per-step losses stored in a checkpoint (empty for checkpoints written before they were)."""
+    with np.load(path, allow_pickle=False) as arrays:
+        return arrays["step_losses"] if "step_losses" in arrays.files else np.zeros(0, np.float32)
+
+
 def _leaves(tree) -> list[np.ndarray]:
     return [np.asarray(jax.device_get(x)) for x in jax.tree_util.tree_leaves(tree)]
 
 
 def save_checkpoint(path: str | os.PathLike, state: TrainState, config: VAEConfig, *,
-                    meta: dict | None = None, history: list[float] | None = None) -> Path:
+                    meta: dict | None = None, history: list[float] | None = None,
+                    step_losses: np.ndarray | None = None) -> Path:
     """Write a pickle-free npz checkpoint atomically (a temporary file, then rename).
 
     Stored: the config (JSON), `meta` (JSON: objective, batch size, ...), the epoch, the raw key
-    data, the per-epoch loss history and the leaves of params and optimizer state in tree order.
+    data, the per-epoch loss history, the per-step losses and the leaves of params and optimizer
+    state in tree order.
+
+    Args:
+      path: the npz file to write (its folder is created).
+      state: the `TrainState`.
+      config: the `VAEConfig`.
+      meta: JSON-serialisable settings checked on resume.
+      history: per-epoch mean losses.
+      step_losses: per-step losses.
+
+    Returns:
+      `path` as a `Path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +228,7 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState, config: VAEConfi
         "epoch": np.array(int(state.epoch), np.int64),
         "key": np.asarray(jax.random.key_data(state.key)),
         "history": np.asarray(history or [], np.float64),
+        "step_losses": np.asarray(step_losses if step_losses is not None else [], np.float32),
     }
     for i, leaf in enumerate(_leaves(state.params)):
         arrays[f"params/{i}"] = leaf
@@ -246,11 +265,22 @@ def load_checkpoint(path: str | os.PathLike, optimizer: optax.GradientTransforma
 
     Returns:
       `(state, graphdef, config, meta, history)`.
+
+    Raises:
+      ValueError: naming the file, when it is truncated, corrupt, not a checkpoint, or written
+        for another model or optimizer.
     """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as arrays:
+    try:
+        arrays = np.load(path, allow_pickle=False)
         config = VAEConfig.from_json(str(arrays["config"]))
         meta = json.loads(str(arrays["meta"]))
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # BadZipFile, EOFError, KeyError, ...: truncated, corrupt or another file
+        raise ValueError(f"{path}: not a readable VAE checkpoint ({type(err).__name__}: {err}); delete it to "
+                         "start afresh") from None
+    with arrays:
         graphdef, template = nnx.split(build_vae(config, jax.random.key(0)), nnx.Param)
         params = _restore(template, arrays, "params", path)
         opt_state = _restore(optimizer.init(template), arrays, "opt_state", path) if optimizer else None
@@ -266,6 +296,47 @@ def load_checkpoint(path: str | os.PathLike, optimizer: optax.GradientTransforma
 _DEFAULT_OPTIMIZER = optax.adam(1e-3)
 
 
+def _check_int(value, name: str, minimum: int = 1) -> int:
+    """An int >= minimum (bools and floats refused), or a TypeError/ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_train_data(x_train, config: VAEConfig, binarize: bool) -> np.ndarray:
+    """x_train as (N, D) float32, checked on the host before anything is compiled.
+
+    Every value must be finite; for a Bernoulli decoder (and for dynamic binarisation) every
+    value must lie in [0, 1], the probability of a pixel being on. Raises ValueError naming the
+    first bad row and value.
+    """
+    try:
+        x = np.asarray(x_train, np.float32)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"x_train must be a numeric (N, {config.data_dim}) array, got {type(x_train).__name__}: "
+                        f"{err}") from None
+    if x.ndim != 2 or x.shape[1] != config.data_dim:
+        raise ValueError(f"x_train must have shape (N, {config.data_dim}), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("x_train holds no rows")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"x_train has a non-finite value {x[row, col]} at row {row}, column {col} "
+                         f"({int(bad.sum())} values in all); drop or impute them first")
+    if binarize or config.likelihood == "bernoulli":
+        low, high = float(x.min()), float(x.max())
+        if low < 0.0 or high > 1.0:
+            why = "dynamic binarisation draws Bernoulli(x)" if binarize else "the Bernoulli decoder models x"
+            hint = " (pixel values 0..255? divide by 255)" if high > 1.0 and high <= 255.0 and low >= 0.0 else ""
+            row = int(np.argwhere((x < 0.0) | (x > 1.0))[0, 0])
+            raise ValueError(f"x_train must lie in [0, 1] ({why}), got values in [{low:g}, {high:g}], first "
+                             f"outside at row {row}{hint}")
+    return x
+
+
 def train(config: VAEConfig, x_train, *, key: Array, epochs: int, batch_size: int = 100,
           objective: Objective | None = None, optimizer: optax.GradientTransformation | None = None,
           binarize: bool = True, out_dir: str | os.PathLike | None = None, resume: bool = False,
@@ -275,9 +346,10 @@ def train(config: VAEConfig, x_train, *, key: Array, epochs: int, batch_size: in
 
     Args:
       config: the `VAEConfig`.
-      x_train: (N, D) training data (intensities in [0, 1] when `binarize`).
-      key: PRNG key; split into an initialisation key and the training key.
-      epochs: total number of epochs.
+      x_train: (N, D) finite training data; in [0, 1] (pixel-on probabilities) for a Bernoulli
+        decoder or when `binarize`.
+      key: PRNG key (`jax.random.key(seed)`); split into an initialisation key and the training key.
+      epochs: total number of epochs (an int >= 1).
       batch_size: B (N >= B; the last partial batch of each shuffled epoch is dropped).
       objective: default `Objective()` (the single-sample ELBO with analytic KL).
       optimizer: default `optax.adam(1e-3)`.
@@ -292,15 +364,19 @@ def train(config: VAEConfig, x_train, *, key: Array, epochs: int, batch_size: in
       A `TrainResult`.
 
     Raises:
-      ValueError: bad sizes, or a checkpoint written for another config.
+      TypeError: `key` is not a PRNG key, or `epochs` / `batch_size` is not an int.
+      ValueError: (before anything is compiled) `epochs` < 1, bad sizes, non-finite data, data
+        outside [0, 1] for a Bernoulli decoder (e.g. 0..255 pixel values), or a checkpoint
+        written for another config.
       NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
     """
     objective = objective or Objective()
     optimizer = optimizer or _DEFAULT_OPTIMIZER
-    x_train = np.asarray(x_train, np.float32)
-    if x_train.ndim != 2 or x_train.shape[1] != config.data_dim:
-        raise ValueError(f"x_train must have shape (N, {config.data_dim}), got {x_train.shape}")
-    if batch_size < 1 or batch_size > x_train.shape[0]:
+    key = check_key(key)
+    epochs = _check_int(epochs, "epochs")
+    batch_size = _check_int(batch_size, "batch_size")
+    x_train = _check_train_data(x_train, config, binarize)
+    if batch_size > x_train.shape[0]:
         raise ValueError(f"batch_size must be between 1 and the number of training images "
                          f"({x_train.shape[0]}), got {batch_size}")
     if mesh is not None and batch_size % mesh.size:
@@ -310,8 +386,10 @@ def train(config: VAEConfig, x_train, *, key: Array, epochs: int, batch_size: in
 
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     history: list[float] = []
+    step_losses = [np.zeros(0, np.float32)]
     if resume and ckpt_path is not None and ckpt_path.is_file():
         state, graphdef, saved_config, saved_meta, history = load_checkpoint(ckpt_path, optimizer)
+        step_losses = [_saved_step_losses(ckpt_path)]
         if saved_config != config:
             raise ValueError(f"cannot resume: {ckpt_path} was written for {saved_config}, not {config}")
         if saved_meta != meta:
@@ -361,16 +439,18 @@ def train(config: VAEConfig, x_train, *, key: Array, epochs: int, batch_size: in
             params, opt_state = new_params, new_opt_state
             mean_loss = float(np.mean(losses))
             history.append(mean_loss)
+            step_losses.append(losses.astype(np.float32))
             state = TrainState(params, opt_state, epoch + 1, state.key)
             if bar is not None:
                 bar.n = num_batches
                 bar.set_postfix_str(f"loss {mean_loss:.2f}")
                 bar.refresh()
             if ckpt_path is not None:
-                save_checkpoint(ckpt_path, state, config, meta=meta, history=history)
+                save_checkpoint(ckpt_path, state, config, meta=meta, history=history,
+                                step_losses=np.concatenate(step_losses))
             if on_epoch is not None:
                 on_epoch(epoch + 1, mean_loss)
     finally:
         if bar is not None:
             bar.close()
-    return TrainResult(state, graphdef, history)
+    return TrainResult(state, graphdef, history, np.concatenate(step_losses))
