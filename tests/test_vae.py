@@ -468,7 +468,7 @@ def test_encoder_gradient_variance_on_a_trained_vae():
     from flax import nnx
 
     from advi_jax.vae import VAEConfig, build_vae
-    from advi_jax.vae.variance import encoder_gradient_variance
+    from advi_jax.gradient_variance.amortized import encoder_gradient_variance
 
     vae = build_vae(VAEConfig(latent=4, hidden=(32,)), jax.random.key(0))
     graphdef, params = nnx.split(vae, nnx.Param)
