@@ -15,9 +15,9 @@ per-fit diagnostics; indexing it gives a `Result`.
 Diagnostics and non-finite draws: `diagnose` draws S times from q and evaluates the log density
 at every draw. A draw where it is NaN or -inf is q's mass outside the posterior's support (or
 where the model is broken); it is never dropped. Its share is `Diagnostics.nonfinite_share`; the
-plain ELBO over the draws is then -inf or NaN (`Diagnostics.elbo`), a NaN log ratio makes PSIS
-report k-hat = inf, and any such mass turns the verdict to "unreliable" (at least 1 in 1,000
-draws) or caps it at "ok" (fewer), with a warning from the fit.
+plain ELBO over the draws is then -inf or NaN (`Diagnostics.elbo`); a share of at least
+`NONFINITE_UNRELIABLE` (1 in 1,000 draws) makes k-hat +inf and the verdict "unreliable", a
+smaller non-zero share caps the verdict at "ok"; the fit warns in both cases.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Diagnostics(NamedTuple):
     """Importance diagnostics of q against the model (floats, or arrays with a leading B axis).
 
     Attributes:
-      khat: PSIS k-hat of log p - log q (inf when a log p is NaN).
+      khat: PSIS k-hat of log p - log q (+inf when `nonfinite_share` >= NONFINITE_UNRELIABLE).
       iw_elbo, iw_elbo_se: importance-weighted ELBO and its Monte Carlo standard error.
       elbo: the plain ELBO mean(log p - log q) over ALL the draws (-inf/NaN if any is).
       ess, psis_ess: importance effective sample sizes, raw and Pareto-smoothed.
@@ -79,7 +79,10 @@ draws_and_log_ratios = jax.jit(log_ratios, static_argnames=("family", "num_draws
 def _core(ratios: Array) -> tuple:
     d = _diag._diagnostics_core(ratios)
     share = jnp.mean(~jnp.isfinite(ratios) & ~jnp.isposinf(ratios))
-    return d.khat, d.iw_elbo, d.iw_elbo_se, d.elbo, d.ess, d.psis_ess, share
+    # q's mass where log p is NaN or -inf counts against the fit: k-hat over the other draws alone
+    # would describe a different q, so it is +inf once that mass reaches NONFINITE_UNRELIABLE.
+    khat = jnp.where(share >= NONFINITE_UNRELIABLE, jnp.inf, d.khat)
+    return khat, d.iw_elbo, d.iw_elbo_se, d.elbo, d.ess, d.psis_ess, share
 
 
 @functools.partial(jax.jit, static_argnames=("family", "num_draws", "batched"))
