@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from advi_jax.optim import DEFAULT_LEARNING_RATE, default_optimizer
 __all__ = [
     "check_key", "check_positive_int", "check_number", "check_flag", "check_estimator", "check_loop_args",
     "resolve_learning_rate", "resolve_optimizer", "initial_loc", "check_log_joint_shape", "check_initial_point",
-    "check_data", "estimator_name", "INIT_OPTIONS",
+    "check_data", "estimator_name", "INIT_OPTIONS", "CommonArgs", "common_args", "check_callback",
 ]
 
 INIT_OPTIONS = "None, 'random', 'laplace', a dict of constrained values, or a (K,) vector in R^K"
@@ -176,6 +176,33 @@ def check_data(data: Any, name: str = "model.data") -> None:
                 where = jax.tree_util.keystr(path)
                 raise ValueError(f"{name}{where} has non-finite entries "
                                  f"({int(np.sum(~np.isfinite(arr)))} of {arr.size}); remove or impute them")
+
+
+class CommonArgs(NamedTuple):
+    """The arguments every fit entry point shares, checked (see `common_args`)."""
+
+    key: Array
+    family: Any
+    estimator: Any
+    num_samples: int
+    tol_rel_obj: float | None
+    callback: Callable | None
+
+
+def common_args(key: Any, family: Any, estimator: Any, num_samples: Any, tol_rel_obj: Any, callback: Any,
+                **flags: Any) -> CommonArgs:
+    """Check what `fit`, `fit_many` and `fit_minibatch` share: the key, the family, the estimator
+    with its draws, `tol_rel_obj`, the `callback` and the boolean `flags` (by name)."""
+    from advi_jax.families import get_family
+
+    key = check_key(key)
+    family = get_family(family)
+    estimator, num_samples = check_estimator(estimator, num_samples)
+    if tol_rel_obj is not None:
+        tol_rel_obj = check_number(tol_rel_obj, "tol_rel_obj")
+    for name, flag in flags.items():
+        check_flag(flag, name)
+    return CommonArgs(key, family, estimator, num_samples, tol_rel_obj, check_callback(callback))
 
 
 def check_callback(callback: Any) -> Callable | None:

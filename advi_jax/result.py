@@ -235,10 +235,10 @@ class Result:
 
     Example:
       >>> import jax, jax.numpy as jnp, advi_jax as aj
-      >>> model = aj.Model(lambda p: -0.5 * jnp.sum((p["x"] - 1.0) ** 2), {"x": aj.real((2,))})
-      >>> result = aj.fit(model, key=jax.random.key(0), num_steps=2000, progress=False)
-      >>> result.mean()["x"].round(1)
-      Array([1., 1.], dtype=float32)
+      >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((3,))})
+      >>> result = aj.fit(model, key=jax.random.key(1), num_steps=500, num_samples=2, progress=False)
+      >>> result.num_grad_evals, result.report.method
+      (1000, 'advi')
     """
 
     model: Any
@@ -428,8 +428,8 @@ class Result:
                      f"{r.seconds:.2f} s (start {r.start_seconds:.2f}, compile {r.compile_seconds:.2f}, "
                      f"run {r.run_seconds:.2f}, diagnostics {r.diagnostics_seconds:.2f})")
         if r.runaway:
-            lines.append(f"warning: parameters {list(r.runaway)} (flat index in R^K) kept running away while the "
-                         "ELBO rose: the posterior may be improper (e.g. separable data with a flat prior)")
+            lines.append(f"warning: parameters {list(r.runaway)} (flat index in R^K) ran away while the ELBO kept "
+                         "rising: the posterior may be improper (e.g. separable data with a flat prior)")
         lines.extend(self.diagnostics_lines())
         return "\n".join(lines)
 

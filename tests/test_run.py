@@ -134,3 +134,24 @@ def test_minibatch_diagnostics_budget_is_bounded(key, monkeypatch):
 def test_stop_reasons_come_from_one_table():
     assert aj.run.STOP_REASONS[0] == "reached num_steps"
     assert {-2, -1, 0, 1, 2, 3, 4} <= set(aj.run.STOP_REASONS)
+
+
+def test_runaway_parameters_of_an_improper_posterior_are_reported(key):
+    x = jnp.array([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0])
+    y = (x > 0).astype(jnp.float32)  # separable; a flat prior: no posterior mode
+
+    def log_joint(params, data, prior_sd=None):
+        z = params["beta"][0] * data[0]
+        return jnp.sum(data[1] * z - jax.nn.softplus(z))
+
+    flat = aj.Model(log_joint, {"beta": aj.real((1,))}, data=(x, y))
+    with pytest.warns(aj.DiagnosticWarning, match="ran away"):
+        bad = aj.fit(flat, key=key, init=None, progress=False, diagnostics=False)
+    assert bad.runaway == (0,) and "improper" in bad.summary()
+
+    def proper(params, data):
+        return log_joint(params, data) - 0.5 * jnp.sum(params["beta"] ** 2)
+
+    good = aj.fit(aj.Model(proper, {"beta": aj.real((1,))}, data=(x, y)), key=key, init=None, progress=False,
+                  diagnostics=False)
+    assert good.runaway == ()

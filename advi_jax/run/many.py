@@ -48,7 +48,6 @@ import optax
 from advi_jax import checks
 from advi_jax._types import Array, check_positive_int, common_leading_size
 from advi_jax.base import Family
-from advi_jax.families import get_family
 from advi_jax.flatten import Model
 from advi_jax.result import ManyResult, diagnose
 from advi_jax.run import driver
@@ -199,7 +198,9 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
         batched = True
     if not isinstance(model, Model):
         raise TypeError(f"model must be an aj.Model or a list of them, got {type(model).__name__}")
-    key = checks.check_key(key)
+    key, family_obj, estimator, num_samples, tol_rel_obj, callback = checks.common_args(
+        key, family, estimator, num_samples, tol_rel_obj, callback, check=check, progress=progress,
+        diagnostics=diagnostics, warn=warn)
     if batched:
         size = _batch_size_of(model)
         if num_fits is not None and check_positive_int(num_fits, "num_fits") != size:
@@ -209,18 +210,11 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
         raise ValueError("pass num_fits=B for B restarts of one model, or batched=True (or a list of models) "
                          "for one fit per dataset")
     num_fits = check_positive_int(num_fits, "num_fits")
-    family_obj = get_family(family)
-    estimator, num_samples = checks.check_estimator(estimator, num_samples)
     num_steps = check_positive_int(num_steps, "num_steps")
     eval_every, window, chunk_size, max_consecutive_nonfinite = checks.check_loop_args(
         eval_every, window, chunk_size, max_consecutive_nonfinite)
-    if tol_rel_obj is not None:
-        tol_rel_obj = checks.check_number(tol_rel_obj, "tol_rel_obj")
     init_scale = checks.check_number(init_scale, "init_scale")
     num_diagnostic_draws = check_positive_int(num_diagnostic_draws, "num_diagnostic_draws", 100)
-    for flag, name in ((check, "check"), (progress, "progress"), (diagnostics, "diagnostics"), (warn, "warn")):
-        checks.check_flag(flag, name)
-    callback = checks.check_callback(callback)
     module, method_name, _ = resolve_method(method, model, family_obj, estimator=estimator,
                                             num_samples=num_samples, optimizer=optimizer)
     if module is _advi:

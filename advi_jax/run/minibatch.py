@@ -74,7 +74,6 @@ import optax
 from advi_jax import checks
 from advi_jax._types import Array, check_positive_int
 from advi_jax.base import Family
-from advi_jax.families import get_family
 from advi_jax.flatten import MinibatchModel, Model
 from advi_jax.result import Report, Result, diagnose_ratios
 from advi_jax.run import driver
@@ -194,20 +193,15 @@ def fit_minibatch(model: MinibatchModel, *, key: Array, batch_size: int, num_epo
     began = time.perf_counter()
     if not isinstance(model, MinibatchModel):
         raise TypeError(f"model must be an aj.MinibatchModel, got {type(model).__name__} (use aj.fit for a Model)")
-    key = checks.check_key(key)
-    family_obj = get_family(family)
-    estimator, num_samples = checks.check_estimator(estimator, num_samples)
+    key, family_obj, estimator, num_samples, tol_rel_obj, callback = checks.common_args(
+        key, family, estimator, num_samples, tol_rel_obj, callback, check=check, progress=progress,
+        diagnostics=diagnostics, warn=warn)
     batch_size = check_positive_int(batch_size, "batch_size")
     num_epochs = check_positive_int(num_epochs, "num_epochs")
     chunk_batches = check_positive_int(chunk_batches, "chunk_batches")
     eval_every, window, _, max_consecutive_nonfinite = checks.check_loop_args(eval_every, window, 1,
                                                                              max_consecutive_nonfinite)
     num_diagnostic_draws = check_positive_int(num_diagnostic_draws, "num_diagnostic_draws", 100)
-    if tol_rel_obj is not None:
-        tol_rel_obj = checks.check_number(tol_rel_obj, "tol_rel_obj")
-    for flag, name in ((check, "check"), (progress, "progress"), (diagnostics, "diagnostics"), (warn, "warn")):
-        checks.check_flag(flag, name)
-    callback = checks.check_callback(callback)
     n = model.data_size
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the number of data {n}")
