@@ -117,11 +117,21 @@ def diagnose_ratios(ratios: Array) -> Diagnostics:
     return _to_diagnostics(jax.jit(_core)(ratios), int(ratios.shape[0]))
 
 
-def verdict(diagnostics: Diagnostics | None, missing: str = "not computed") -> str:
-    """The verdict in plain words: k-hat's reading, downgraded by q's mass where log p is not finite."""
+_ADVICE = "try family='fullrank', a reparameterisation, or MCMC"
+
+
+def verdict(diagnostics: Diagnostics | None, missing: str = "not computed", family: str | None = None) -> str:
+    """The verdict in plain words: k-hat's reading, downgraded by q's mass where log p is not finite.
+
+    The advice fits the fit: a full-rank fit is not told to try `family='fullrank'`.
+    """
     if diagnostics is None:
         return missing
     text = _diag.khat_verdict(diagnostics.khat, diagnostics.num_draws)
+    if family == "fullrank":
+        text = text.replace(_ADVICE, "the Gaussian family is too narrow here: try a non-centred "
+                                     "parameterisation for hierarchical models, more draws per step (num_samples), "
+                                     "or MCMC")
     share = diagnostics.nonfinite_share
     if share > 0:
         where = (f"q puts {100 * share:.3g}% of its mass where the log density is NaN or -inf "
@@ -356,7 +366,7 @@ class Result:
     @property
     def verdict(self) -> str:
         """The diagnostics' verdict in plain words (k-hat and q's mass where log p is not finite)."""
-        return verdict(self.report.diagnostics, self.report.diagnostics_note)
+        return verdict(self.report.diagnostics, self.report.diagnostics_note, self.family.name)
 
     def summary_rows(self, key: Array | None = None, num_draws: int = 4000,
                      labels: Mapping[str, Any] | None = None) -> list[dict]:

@@ -92,3 +92,12 @@ def test_estimator_records():
 
     assert REGISTRY["score_baseline"].min_num_samples == 2 and REGISTRY["reparam"].fn is aj.ESTIMATORS["reparam"]
     assert all(isinstance(e, aj.base.Estimator) for e in REGISTRY.values())
+
+
+def test_the_khat_advice_fits_the_family():
+    from advi_jax.result import Diagnostics, verdict
+
+    bad = Diagnostics(1.2, 0.0, 0.1, 0.0, 10.0, 10.0, 0.0, 4096)
+    assert "family='fullrank'" in verdict(bad, family="meanfield")
+    full = verdict(bad, family="fullrank")
+    assert "family='fullrank'" not in full and "non-centred" in full
