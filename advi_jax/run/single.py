@@ -187,8 +187,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
       >>> import jax, jax.numpy as jnp, advi_jax as aj
       >>> model = aj.Model(lambda p: -0.5 * jnp.sum((p["x"] - 1.0) ** 2), {"x": aj.real((2,))})
       >>> result = aj.fit(model, key=jax.random.key(0), num_steps=2000, progress=False)
-      >>> result.mean()["x"].round(1)
-      Array([1., 1.], dtype=float32)
+      >>> bool(jnp.all(jnp.abs(result.mean()["x"] - 1.0) < 0.2))
+      True
       >>> bool(result.khat < 0.5)
       True
     """
