@@ -4,7 +4,7 @@ Why NNX (not Linen): NNX modules are ordinary Python objects whose parameters ar
 once into a plain pytree (`graphdef, params = nnx.split(vae, nnx.Param)`) and merged back inside
 a pure function (`nnx.merge(graphdef, params)`), so the rest of advi_jax -- optax, `jax.jit`,
 `jax.lax.scan`, `NamedSharding` placement and the npz checkpoint -- sees only an ordinary pytree
-of arrays, the same way it sees the variational parameters of `advi_jax.fit`. Linen would work
+of arrays, the same way it sees the variational parameters of `aj.fit`. Linen would work
 too, but its `init`/`apply` split and `variables` dictionaries add a second convention for no gain
 here, and flax's documentation steers new code to NNX. The modules hold no `nnx.Rngs` after
 construction: every random draw (the encoder's reparameterised samples) takes a key at call time,

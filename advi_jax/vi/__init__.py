@@ -23,3 +23,11 @@ METHODS: dict = {}
 def register(module) -> None:
     """Add an algorithm module to `METHODS` under its `NAME`."""
     METHODS[module.NAME] = module
+
+
+from advi_jax.vi import advi as _advi  # noqa: E402
+
+register(_advi)
+from advi_jax.vi import laplace as _laplace  # noqa: E402
+
+register(_laplace)
