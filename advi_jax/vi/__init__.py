@@ -23,3 +23,6 @@ METHODS: dict = {}
 def register(module) -> None:
     """Add an algorithm module to `METHODS` under its `NAME`."""
     METHODS[module.NAME] = module
+
+from advi_jax.vi import pathfinder as _pathfinder  # noqa: E402
+register(_pathfinder)
