@@ -26,3 +26,6 @@ def register(module) -> None:
 
 from advi_jax.vi import pathfinder as _pathfinder  # noqa: E402
 register(_pathfinder)
+
+from advi_jax.vi import dadvi as _dadvi  # noqa: E402
+register(_dadvi)
