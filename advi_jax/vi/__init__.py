@@ -29,3 +29,6 @@ register(_pathfinder)
 
 from advi_jax.vi import dadvi as _dadvi  # noqa: E402
 register(_dadvi)
+
+from advi_jax.vi import bam as _bam  # noqa: E402
+register(_bam)
