@@ -128,6 +128,8 @@ def test_bad_input():
         dadvi.build(model, aj.LowRankGaussian(rank=1), dadvi.Options())
     with pytest.raises(ValueError, match="num_draws > K"):
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=4, moment_match=True))
+    with pytest.raises(ValueError, match="unbounded"):
+        dadvi.build(model, aj.FullRankGaussian(), dadvi.Options(num_draws=4))
     with pytest.raises(ValueError, match="lr_solver"):
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(lr_solver="qr"))
     with pytest.raises(ValueError, match="num_draws"):

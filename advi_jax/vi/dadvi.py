@@ -78,7 +78,7 @@ class Options(NamedTuple):
     """DADVI settings (static).
 
     Attributes:
-      num_draws: N, the fixed draws.
+      num_draws: N, the fixed draws; a fullrank fit needs N > K.
       moment_match: centre and whiten the draws (needs N > K); see the module docstring.
       init_scale: the starting standard deviation of q.
       initial_radius: the first trust-region radius (in the packed parameters).
@@ -224,6 +224,11 @@ def _check(family: Any, options: Any, dim: int) -> None:
     check_positive_int(options.max_cg, "options.max_cg")
     if not isinstance(options.moment_match, bool):
         raise TypeError(f"options.moment_match must be a bool, got {options.moment_match!r}")
+    if family.name == "fullrank" and options.num_draws <= dim:
+        # Directions of L orthogonal to the draws' span leave log p unchanged while log det L
+        # grows: the fixed-draw objective has no minimum.
+        raise ValueError(f"a fullrank DADVI fit needs num_draws > K = {dim} (else the fixed-draw objective "
+                         f"is unbounded below), got num_draws={options.num_draws}")
     if options.moment_match and options.num_draws <= dim:
         raise ValueError(f"options.moment_match needs num_draws > K = {dim}, got num_draws={options.num_draws}")
     for name in ("init_scale", "initial_radius", "max_radius", "gtol", "xtol", "lr_cg_tol"):
