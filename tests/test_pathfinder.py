@@ -33,7 +33,7 @@ class _Gauss:
 
 def test_registered():
     assert METHODS["pathfinder"] is pathfinder
-    assert pathfinder.DEFAULT_NUM_STEPS == 1 and pathfinder.WHITEN is True
+    assert pathfinder.DEFAULT_NUM_STEPS == 1 and pathfinder.WHITEN is False
     hash(pathfinder.Options())
 
 

@@ -1,6 +1,5 @@
 """Scale features: fit_many (batched datasets / restarts), minibatch ADVI, sharding, low-rank family."""
 
-import importlib
 import os
 import subprocess
 import sys
@@ -15,8 +14,6 @@ from jax.scipy.stats import multivariate_normal
 
 import advi_jax as aj
 
-many_module = importlib.import_module("advi_jax.many")
-minibatch_module = importlib.import_module("advi_jax.minibatch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -179,10 +176,10 @@ def test_fit_many_compiles_once(key):
     models = _normal_mean_models(4)
     opt = optax.adam(0.01)
     aj.fit_many(models, key=key, num_steps=300, optimizer=opt, chunk_size=100)
-    size = many_module._run_many_chunk._cache_size()
+    size = aj.run.num_traces()
     other = [aj.Model(_normal_mean_log_joint, _MU_SUPPORT, data=m.data + 1.0) for m in models]
     aj.fit_many(other, key=jax.random.fold_in(key, 1), num_steps=500, optimizer=opt, chunk_size=100)
-    assert many_module._run_many_chunk._cache_size() == size
+    assert aj.run.num_traces() == size
 
 
 def test_fit_many_rejects_bad_arguments(key):
@@ -262,10 +259,10 @@ def test_minibatch_compiles_once_and_checks_arguments(key):
     model = aj.MinibatchModel(_log_prior, _log_likelihood, _BETA, data=DATA)
     opt = optax.adam(0.01)
     aj.fit_minibatch(model, key=key, batch_size=100, num_epochs=2, optimizer=opt)
-    size = minibatch_module._epoch_on_device._cache_size()
+    size = aj.run.num_traces()
     other = aj.MinibatchModel(_log_prior, _log_likelihood, _BETA, data=(DATA[0], DATA[1] + 1.0))
     aj.fit_minibatch(other, key=jax.random.fold_in(key, 1), batch_size=100, num_epochs=3, optimizer=opt)
-    assert minibatch_module._epoch_on_device._cache_size() == size
+    assert aj.run.num_traces() == size
     with pytest.raises(ValueError, match="per-datum"):
         bad = aj.MinibatchModel(_log_prior, lambda p, b: jnp.zeros((2, 3)), _BETA, data=DATA)
         aj.fit_minibatch(bad, key=key, batch_size=10, num_epochs=1)

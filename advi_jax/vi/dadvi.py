@@ -69,7 +69,9 @@ __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build"
 NAME = "dadvi"
 FAMILIES = ("meanfield", "fullrank")
 DEFAULT_NUM_STEPS = 200
-WHITEN = True
+# Its extras (linear-response covariance, MC errors) are in the coordinates it ran in, so it
+# runs on the model as given (the Newton steps are affine invariant in the mean anyway).
+WHITEN = False
 
 _SOLVERS = ("auto", "cg", "dense")
 

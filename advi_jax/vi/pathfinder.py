@@ -66,7 +66,9 @@ __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build"
 NAME = "pathfinder"
 FAMILIES = ("meanfield", "fullrank")
 DEFAULT_NUM_STEPS = 1
-WHITEN = True
+# Pathfinder is itself a cheap start (it finds the mode on its way), and its extras (draws)
+# are in the coordinates it ran in: it runs on the model as given.
+WHITEN = False
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
