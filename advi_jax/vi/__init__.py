@@ -31,3 +31,9 @@ register(_advi)
 from advi_jax.vi import laplace as _laplace  # noqa: E402
 
 register(_laplace)
+from advi_jax.vi import pathfinder as _pathfinder  # noqa: E402
+register(_pathfinder)
+from advi_jax.vi import dadvi as _dadvi  # noqa: E402
+register(_dadvi)
+from advi_jax.vi import bam as _bam  # noqa: E402
+register(_bam)

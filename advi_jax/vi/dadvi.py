@@ -1,0 +1,347 @@
+"""DADVI: deterministic ADVI with trust-region Newton-CG, linear-response covariances and MC errors.
+
+Giordano, Ingram & Broderick (2024). A fixed set of N standard-normal draws Z makes the
+(negative) ELBO a deterministic function of the packed variational parameters eta,
+
+    F(eta) = -(1/N) sum_n log p(T_eta(z_n)) - H(q_eta),
+
+which is minimised by a trust-region Newton method whose subproblem is solved by Steihaug-Toint
+truncated conjugate gradients, with Hessian-vector products as `jvp` of `grad` (never a dense
+Hessian). Each `step` is one trust-region iteration; it reports `converged` when the accepted
+Newton step is below `xtol` (max-norm) or the gradient below `gtol`, or the radius collapses.
+
+At the optimum, `extras(state)` gives, computed once (their cost is `extras["lr_grad_evals"]`):
+
+* `lr_covariance` (K, K): the linear-response covariance of zeta (LRVB), the zeta-mean block of
+  H^{-1}, H the Hessian of F; for a Gaussian posterior it is exact even for mean-field q, whose
+  own covariance is not. Solved by batched CG with Hessian-vector products (`lr_solver="cg"`)
+  or by a dense Hessian built from one HVP per parameter and a Cholesky solve (`"dense"`).
+* `lr_sd` (K,): its square-rooted diagonal.
+* `mc_se` (K,): the sandwich estimate of the Monte Carlo standard error of the posterior means
+  due to the fixed draws, sqrt(diag(W S W^T) / N), with W the mean rows of H^{-1} and S the
+  sample covariance of the per-draw gradients of F (valid for iid draws, `moment_match=False`).
+
+Doubling the number of draws until `mc_se` is small is left to the caller (the driver): refit
+with `Options(num_draws=2 N)`; every quantity above is per fit.
+
+`moment_match=True` centres and whitens the fixed draws (needs N > K): the draws' sample mean is
+then 0 and their sample covariance I, so for a Gaussian target (quadratic log p) F equals the
+exact negative ELBO and DADVI is exact for any N; for other targets it removes the first two
+moments' Monte Carlo error. Its `mc_se` is not a valid error estimate (the draws are not iid).
+
+Costs: a value-and-gradient of F is N gradients, an HVP 2N.
+
+Example:
+  >>> import jax, jax.numpy as jnp, advi_jax as aj
+  >>> from advi_jax.vi import dadvi
+  >>> class Gauss:
+  ...     dim = 2
+  ...     def log_density(self, z):
+  ...         return -0.5 * jnp.sum((z - 1.0) ** 2)
+  >>> algo = dadvi.build(Gauss(), aj.MeanFieldGaussian(), dadvi.Options(moment_match=True))
+  >>> state = algo.init(jax.random.key(0), jnp.zeros(2))
+  >>> for i in range(20):
+  ...     state, info = algo.step(jax.random.key(i), state)
+  >>> bool(info.converged), jnp.round(algo.params(state).loc, 4).tolist()
+  (True, [1.0, 1.0])
+
+References:
+  Giordano, Ingram & Broderick (2024), Black box variational inference with a deterministic
+  objective: faster, more accurate, and even more black box, JMLR 25(18).
+  Steihaug (1983), The conjugate gradient method and trust regions in large scale optimization,
+  SIAM J. Numer. Anal. 20(3).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from advi_jax._types import Array, check_positive_int
+from advi_jax.base import VIAlgorithm, step_info
+from advi_jax.families import Family, FullRankParams, MeanFieldParams
+
+__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build"]
+
+NAME = "dadvi"
+FAMILIES = ("meanfield", "fullrank")
+DEFAULT_NUM_STEPS = 200
+# Its extras (linear-response covariance, MC errors) are in the coordinates it ran in, so it
+# runs on the model as given (the Newton steps are affine invariant in the mean anyway).
+WHITEN = False
+
+_SOLVERS = ("auto", "cg", "dense")
+
+
+class Options(NamedTuple):
+    """DADVI settings (static).
+
+    Attributes:
+      num_draws: N, the fixed draws; a fullrank fit needs N > K.
+      moment_match: centre and whiten the draws (needs N > K); see the module docstring.
+      init_scale: the starting standard deviation of q.
+      initial_radius: the first trust-region radius (in the packed parameters).
+      max_radius: the largest radius.
+      max_cg: CG iterations per trust-region subproblem (capped at the number of parameters).
+      gtol: converged when max |grad F| < gtol.
+      xtol: converged when an accepted step has max |step| < xtol.
+      lr_solver: "cg" (matrix-free, for large K), "dense" (Hessian from HVP columns) or "auto"
+        (dense up to 256 parameters).
+      lr_cg_tol: relative residual at which the linear-response CG solves stop.
+    """
+
+    num_draws: int = 30
+    moment_match: bool = False
+    init_scale: float = 0.1
+    initial_radius: float = 1.0
+    max_radius: float = 100.0
+    max_cg: int = 200
+    gtol: float = 1e-6
+    xtol: float = 1e-6
+    lr_solver: str = "auto"
+    lr_cg_tol: float = 1e-6
+
+
+class State(NamedTuple):
+    eta: Array  # packed parameters
+    value: Array  # F(eta)
+    grad: Array
+    radius: Array
+    draws: Array  # (N, K)
+    converged: Array
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing the family's parameters into one vector (no redundant entries, so H is nonsingular)
+
+
+def _packer(family: Family, k: int):
+    if family.name == "meanfield":
+        def pack(p):
+            return jnp.concatenate([p.loc, p.raw_scale])
+
+        def unpack(v):
+            return MeanFieldParams(v[:k], v[k:])
+
+        return pack, unpack, 2 * k
+    rows, cols = jnp.tril_indices(k, -1)
+
+    def pack(p):
+        return jnp.concatenate([p.loc, p.raw_diag, p.off_diag[rows, cols]])
+
+    def unpack(v):
+        off = jnp.zeros((k, k), v.dtype).at[rows, cols].set(v[2 * k:])
+        return FullRankParams(v[:k], v[k:2 * k], off)
+
+    return pack, unpack, 2 * k + k * (k - 1) // 2
+
+
+def _moment_match(draws: Array) -> Array:
+    """Centre the (N, K) draws and whiten them to sample covariance I (divisor N)."""
+    centred = draws - jnp.mean(draws, axis=0, keepdims=True)
+    cov = centred.T @ centred / draws.shape[0]
+    chol = jnp.linalg.cholesky(cov)
+    return jax.scipy.linalg.solve_triangular(chol, centred.T, lower=True).T
+
+
+# ----------------------------------------------------------------------------------------------
+# Trust-region subproblem
+
+
+def _steihaug(hvp, g: Array, radius: Array, tol: Array, max_iter: int):
+    """Steihaug-Toint CG for min g.p + p.Hp/2 s.t. |p| <= radius; returns (p, r = g + Hp, iters)."""
+
+    def to_boundary(p, d):
+        pd, dd, pp = jnp.dot(p, d), jnp.dot(d, d), jnp.dot(p, p)
+        disc = jnp.sqrt(jnp.maximum(pd * pd + dd * (radius * radius - pp), 0.0))
+        return (-pd + disc) / jnp.maximum(dd, jnp.finfo(g.dtype).tiny)
+
+    def cond(c):
+        return ~c[-2] & (c[-1] < max_iter)
+
+    def body(c):
+        p, r, d, _, n = c
+        hd = hvp(d)
+        dhd = jnp.dot(d, hd)
+        rr = jnp.dot(r, r)
+        a = rr / jnp.where(dhd > 0, dhd, 1.0)
+        p_next = p + a * d
+        outside = (dhd <= 0) | (jnp.linalg.norm(p_next) >= radius)
+        tau = to_boundary(p, d)
+        p_edge, r_edge = p + tau * d, r + tau * hd
+        r_next = r + a * hd
+        small = jnp.linalg.norm(r_next) < tol
+        beta = jnp.dot(r_next, r_next) / jnp.maximum(rr, jnp.finfo(g.dtype).tiny)
+        p_new = jnp.where(outside, p_edge, p_next)
+        r_new = jnp.where(outside, r_edge, r_next)
+        d_new = -r_next + beta * d
+        return p_new, r_new, d_new, outside | small, n + 1
+
+    zero = jnp.zeros_like(g)
+    init = (zero, g, -g, jnp.linalg.norm(g) < tol, jnp.asarray(0, jnp.int32))
+    p, r, _, _, n = jax.lax.while_loop(cond, body, init)
+    return p, r, n
+
+
+def _batched_cg(hvp, rhs: Array, tol: float, max_iter: int):
+    """Solve H X = rhs (rows of `rhs` are right-hand sides) by CG, all columns at once."""
+    hvp_rows = jax.vmap(hvp)
+    norm0 = jnp.linalg.norm(rhs, axis=1)
+
+    def cond(c):
+        _, r, _, _, n = c
+        return (n < max_iter) & jnp.any(jnp.linalg.norm(r, axis=1) > tol * norm0)
+
+    def body(c):
+        x, r, d, rr, n = c
+        hd = hvp_rows(d)
+        dhd = jnp.sum(d * hd, axis=1)
+        live = rr > (tol * norm0) ** 2
+        a = jnp.where(live & (dhd > 0), rr / jnp.where(dhd > 0, dhd, 1.0), 0.0)
+        x = x + a[:, None] * d
+        r = r - a[:, None] * hd
+        rr_new = jnp.sum(r * r, axis=1)
+        beta = rr_new / jnp.maximum(rr, jnp.finfo(rhs.dtype).tiny)
+        d = r + beta[:, None] * d
+        return x, r, d, rr_new, n + 1
+
+    init = (jnp.zeros_like(rhs), rhs, rhs, jnp.sum(rhs * rhs, axis=1), jnp.asarray(0, jnp.int32))
+    x, _, _, _, n = jax.lax.while_loop(cond, body, init)
+    return x, n
+
+
+# ----------------------------------------------------------------------------------------------
+# The algorithm
+
+
+def _check(family: Any, options: Any, dim: int) -> None:
+    if not isinstance(family, Family) or family.name not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES} (a Family object), got {family!r}")
+    if not isinstance(options, Options):
+        raise TypeError(f"options must be a dadvi.Options, got {type(options).__name__}")
+    check_positive_int(options.num_draws, "options.num_draws", 2)
+    check_positive_int(options.max_cg, "options.max_cg")
+    if not isinstance(options.moment_match, bool):
+        raise TypeError(f"options.moment_match must be a bool, got {options.moment_match!r}")
+    if family.name == "fullrank" and options.num_draws <= dim:
+        # Directions of L orthogonal to the draws' span leave log p unchanged while log det L
+        # grows: the fixed-draw objective has no minimum.
+        raise ValueError(f"a fullrank DADVI fit needs num_draws > K = {dim} (else the fixed-draw objective "
+                         f"is unbounded below), got num_draws={options.num_draws}")
+    if options.moment_match and options.num_draws <= dim:
+        raise ValueError(f"options.moment_match needs num_draws > K = {dim}, got num_draws={options.num_draws}")
+    for name in ("init_scale", "initial_radius", "max_radius", "gtol", "xtol", "lr_cg_tol"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"options.{name} must be a finite number > 0, got {value!r}")
+    if options.lr_solver not in _SOLVERS:
+        raise ValueError(f"options.lr_solver must be one of {_SOLVERS}, got {options.lr_solver!r}")
+
+
+def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
+    """DADVI as a `VIAlgorithm` (one trust-region Newton-CG iteration per `step`).
+
+    Args:
+      model: anything with `dim` and `log_density(zeta)` on R^K.
+      family: `MeanFieldGaussian` or `FullRankGaussian`.
+      options: `Options`.
+
+    Returns:
+      `VIAlgorithm`; `extras(state)` gives `lr_covariance`, `lr_sd`, `mc_se`, `objective`
+      (the fixed-draw negative ELBO), `num_draws` and `lr_grad_evals` (see the module docstring).
+
+    Raises:
+      ValueError / TypeError: for a family it cannot fit or malformed options.
+    """
+    k = model.dim
+    _check(family, options, k)
+    n = options.num_draws
+    pack, unpack, num_params = _packer(family, k)
+    max_cg = min(options.max_cg, num_params)
+    solver = options.lr_solver
+    if solver == "auto":
+        solver = "dense" if num_params <= 256 else "cg"
+    logp_batch = jax.vmap(model.log_density)
+
+    def per_draw(eta, z):
+        # The n-th term of F, so that F = mean over draws (entropy shared).
+        params = unpack(eta)
+        return -model.log_density(family.sample_standard(params, z)) - family.entropy(params)
+
+    def objective(eta, draws):
+        params = unpack(eta)
+        value = -jnp.mean(logp_batch(family.sample_standard(params, draws))) - family.entropy(params)
+        return jnp.where(jnp.isnan(value), jnp.inf, value)
+
+    value_and_grad = jax.value_and_grad(objective)
+
+    def hvp_at(eta, draws):
+        grad = jax.grad(objective)
+        return lambda v: jax.jvp(lambda e: grad(e, draws), (eta,), (v,))[1]
+
+    def init(key: Array, loc: Array) -> State:
+        loc = jnp.asarray(loc)
+        draws = jax.random.normal(key, (n, k), loc.dtype)
+        if options.moment_match:
+            draws = _moment_match(draws)
+        eta = pack(family.init(key, k, loc=loc, scale=options.init_scale, dtype=loc.dtype))
+        value, grad = value_and_grad(eta, draws)
+        radius = jnp.asarray(options.initial_radius, loc.dtype)
+        return State(eta, value, grad, radius, draws, jnp.asarray(False))
+
+    def step(key: Array, state: State):
+        del key  # deterministic
+        g = state.grad
+        gnorm = jnp.linalg.norm(g)
+        tol = jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm
+        p, r, cg_iters = _steihaug(hvp_at(state.eta, state.draws), g, state.radius, tol, max_cg)
+        predicted = -0.5 * jnp.dot(p, g + r)  # -(g.p + p.Hp/2), with r = g + Hp
+        eta_new = state.eta + p
+        value_new, grad_new = value_and_grad(eta_new, state.draws)
+        finite = jnp.isfinite(value_new) & jnp.all(jnp.isfinite(grad_new))
+        actual = state.value - value_new
+        rho = jnp.where(finite & (predicted > 0), actual / jnp.where(predicted > 0, predicted, 1.0), -jnp.inf)
+        accept = rho > 1e-4
+        pnorm = jnp.linalg.norm(p)
+        radius = jnp.where(rho < 0.25, 0.25 * pnorm,
+                           jnp.where((rho > 0.75) & (pnorm >= 0.99 * state.radius),
+                                     jnp.minimum(2.0 * state.radius, options.max_radius), state.radius))
+        eta = jnp.where(accept, eta_new, state.eta)
+        value = jnp.where(accept, value_new, state.value)
+        grad = jnp.where(accept, grad_new, state.grad)
+        step_small = accept & (jnp.max(jnp.abs(p)) < options.xtol)
+        converged = step_small | (jnp.max(jnp.abs(grad)) < options.gtol) | (radius < options.xtol)
+        new = State(eta, value, grad, radius, state.draws, converged)
+        cost = n * (1 + 2 * cg_iters)
+        return new, step_info(-value, jnp.isfinite(value), cost, 0, converged)
+
+    def params(state: State):
+        return unpack(state.eta)
+
+    def extras(state: State) -> dict:
+        hvp = hvp_at(state.eta, state.draws)
+        dtype = state.eta.dtype
+        basis = jnp.eye(num_params, dtype=dtype)[:k]  # the loc rows: d E_q[zeta] / d eta
+        if solver == "dense":
+            hess = jax.vmap(hvp)(jnp.eye(num_params, dtype=dtype))
+            hess = 0.5 * (hess + hess.T)
+            chol = jnp.linalg.cholesky(hess)
+            rows = jax.scipy.linalg.cho_solve((chol, True), basis.T).T  # (K, P) = rows of H^{-1}
+            cost = 2 * n * num_params
+        else:
+            rows, iters = _batched_cg(hvp, basis, options.lr_cg_tol, 4 * num_params)
+            cost = 2 * n * k * iters
+        lr_cov = rows[:, :k]
+        lr_cov = 0.5 * (lr_cov + lr_cov.T)
+        grads = jax.vmap(jax.grad(per_draw), in_axes=(None, 0))(state.eta, state.draws)  # (N, P)
+        centred = grads - jnp.mean(grads, axis=0, keepdims=True)
+        proj = centred @ rows.T  # (N, K)
+        mc_var = jnp.sum(proj * proj, axis=0) / (n - 1) / n
+        return {"lr_covariance": lr_cov, "lr_sd": jnp.sqrt(jnp.maximum(jnp.diagonal(lr_cov), 0.0)),
+                "mc_se": jnp.sqrt(mc_var), "objective": state.value,
+                "num_draws": jnp.asarray(n, jnp.int32), "lr_grad_evals": jnp.asarray(cost + n, jnp.int32)}
+
+    return VIAlgorithm(init, step, params, extras)

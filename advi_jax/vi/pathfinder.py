@@ -1,0 +1,491 @@
+"""Pathfinder: Gaussian approximations along an L-BFGS path, the best by ELBO (one-shot).
+
+Zhang, Carpenter, Gelman & Vehtari (2022). L-BFGS maximises log p from the start; at every
+accepted iterate x_l the L-BFGS history gives an inverse-Hessian estimate in the compact form
+of Byrd, Nocedal & Schnabel (1994),
+
+    H_l = diag(alpha) + beta gamma beta^T,  beta = [diag(alpha) Y, S]  (K x 2m),
+    gamma = [[0, -R^{-1}], [-R^{-T}, R^{-T} (D + Y^T diag(alpha) Y) R^{-1}]],
+
+with S, Y the last m position / gradient differences (of -log p), R the upper triangle of
+S^T Y, D its diagonal, and alpha a diagonal inverse-Hessian estimate updated with every pair
+(Gilbert & Lemarechal 1989). The Gaussian q_l = N(x_l + H_l grad log p(x_l), H_l) is sampled in
+O(K m) through a thin QR of diag(alpha)^{-1/2} beta (Zhang et al., Alg. 4); its ELBO is estimated
+with `num_elbo_draws` draws (log densities only) and the best q_l over the path is kept, on the
+fly, so the path itself is never stored.
+
+Multi-path (`num_paths > 1`): independent paths from `loc` and from `loc + U(-r, r)^K` jitter,
+vmapped. The result's Gaussian is the best path's (by ELBO); `extras` holds `num_draws` draws
+resampled by Pareto-smoothed importance weights from the pooled draws of all paths, with the
+equal-weight mixture of the paths' Gaussians as the proposal density, and the k-hat of those
+weights.
+
+The family is only the form of the answer: "fullrank" gets the dense Cholesky factor of H at
+the best iterate, "meanfield" its diagonal (the marginal variances).
+
+Costs: every value-and-gradient of log p (the start and every line-search trial) is one gradient
+evaluation; ELBO and resampling draws are log-density evaluations.
+
+Example:
+  >>> import jax, jax.numpy as jnp, advi_jax as aj
+  >>> from advi_jax.vi import pathfinder
+  >>> class Gauss:
+  ...     dim = 2
+  ...     def log_density(self, z):
+  ...         return -0.5 * jnp.sum((z - 1.0) ** 2 / jnp.array([1.0, 4.0]))
+  >>> algo = pathfinder.build(Gauss(), aj.FullRankGaussian(), pathfinder.Options())
+  >>> state, info = algo.step(jax.random.key(1), algo.init(jax.random.key(0), jnp.zeros(2)))
+  >>> bool(info.converged), jnp.round(algo.params(state).loc, 1).tolist()
+  (True, [1.0, 1.0])
+
+References:
+  Zhang, Carpenter, Gelman & Vehtari (2022), Pathfinder: parallel quasi-Newton variational
+  inference, JMLR 23(306).
+  Byrd, Nocedal & Schnabel (1994), Representations of quasi-Newton matrices and their use in
+  limited memory methods, Math. Programming 63.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+from jax.scipy.special import logsumexp
+
+from advi_jax._types import Array, check_positive_int
+from advi_jax.base import VIAlgorithm, step_info
+from advi_jax.diagnostics import _psis_core
+from advi_jax.families import Family, FullRankParams, MeanFieldParams, _softplus_inverse
+
+__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "Approximation",
+           "lbfgs_path", "PathResult"]
+
+NAME = "pathfinder"
+FAMILIES = ("meanfield", "fullrank")
+DEFAULT_NUM_STEPS = 1
+# Pathfinder is itself a cheap start (it finds the mode on its way), and its extras (draws)
+# are in the coordinates it ran in: it runs on the model as given.
+WHITEN = False
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class Options(NamedTuple):
+    """Pathfinder settings (static).
+
+    Attributes:
+      num_paths: independent L-BFGS paths (vmapped); the first starts at `loc`.
+      max_iters: L-BFGS iterations per path.
+      history: m, the L-BFGS memory (pairs kept).
+      num_elbo_draws: draws per ELBO estimate at each iterate.
+      num_draws: draws returned in `extras["draws"]` (multi-path only), and drawn per path
+        before resampling.
+      init_radius: the other paths start at loc + U(-init_radius, init_radius).
+      ftol: stop when the relative change of log p falls below max(ftol, 4 eps(dtype)).
+      gtol: stop when max |grad log p| falls below gtol.
+      max_line_search: trials per line search.
+      elbo_penalty: iterates are ranked by ELBO estimate minus `elbo_penalty` standard errors
+        (0 is the paper's rule). The maximum of noisy estimates favours lucky draws: an iterate
+        whose q is slightly off has a noisy log p - log q and can out-score the exact q, whose
+        log ratio is constant; one standard error of penalty removes most of that bias.
+      wolfe_c2: the strong Wolfe curvature constant, |f'(t)| <= c2 |f'(0)| along the search
+        direction. 0.9 (the quasi-Newton standard) usually accepts the first trial; a small value
+        (e.g. 1e-3) makes each line search nearly exact, which costs about one more gradient per
+        iteration but makes the directions conjugate, so on a Gaussian target with K <= history
+        the inverse Hessian, hence q, is exact (BFGS's quadratic termination).
+    """
+
+    num_paths: int = 1
+    max_iters: int = 1000
+    history: int = 6
+    num_elbo_draws: int = 10
+    num_draws: int = 1000
+    init_radius: float = 2.0
+    ftol: float = 1e-10
+    gtol: float = 1e-8
+    max_line_search: int = 30
+    wolfe_c2: float = 0.9
+    elbo_penalty: float = 1.0
+
+
+class Approximation(NamedTuple):
+    """A Pathfinder Gaussian N(mu, Sigma), Sigma = A A^T, A = diag(sqrt(alpha)) (I + Q (L - I) Q^T).
+
+    Attributes:
+      mu: (K,) mean.
+      alpha: (K,) diagonal inverse-Hessian estimate.
+      q: (K, r) orthonormal columns, r = min(K, 2m).
+      chol: (r, r) lower-triangular L.
+    """
+
+    mu: Array
+    alpha: Array
+    q: Array
+    chol: Array
+
+
+class PathResult(NamedTuple):
+    """What one path returns: its best approximation and costs."""
+
+    elbo: Array
+    approx: Approximation
+    num_iters: Array
+    num_grad_evals: Array
+    num_logp_evals: Array
+
+
+class State(NamedTuple):
+    starts: Array  # (P, K)
+    elbo: Array  # (P,)
+    approx: Approximation  # leading axis P
+    num_iters: Array  # (P,)
+    draws: Array  # (num_draws, K) or (0, K)
+    khat: Array
+
+
+# ----------------------------------------------------------------------------------------------
+# The Gaussian of one iterate
+
+
+def _approximation(x: Array, grad: Array, s: Array, y: Array, valid: Array, alpha: Array) -> Approximation:
+    """The Gaussian at x from the (m, K) histories s, y of -log p and its gradient `grad` of -log p."""
+    m, k = s.shape
+    dtype = x.dtype
+    sy = s @ y.T  # (m, m), [i, j] = s_i . y_j
+    r_mat = jnp.triu(sy) + jnp.diag(jnp.where(valid, 0.0, 1.0).astype(dtype))
+    d_mat = jnp.diag(jnp.diagonal(sy))
+    ya = y * alpha[None, :]  # rows: diag(alpha) y_i
+    r_inv = solve_triangular(r_mat, jnp.eye(m, dtype=dtype), lower=False)
+    lower_right = r_inv.T @ (d_mat + ya @ y.T) @ r_inv
+    zeros = jnp.zeros((m, m), dtype)
+    gamma = jnp.block([[zeros, -r_inv], [-r_inv.T, lower_right]])
+    beta = jnp.concatenate([ya.T, s.T], axis=1)  # (K, 2m)
+    mu = x - (alpha * grad + beta @ (gamma @ (beta.T @ grad)))
+    q, r_q = jnp.linalg.qr(beta / jnp.sqrt(alpha)[:, None])
+    middle = jnp.eye(q.shape[1], dtype=dtype) + r_q @ gamma @ r_q.T
+    chol = jnp.linalg.cholesky(0.5 * (middle + middle.T))
+    return Approximation(mu, alpha, q, chol)
+
+
+def _sample(approx: Approximation, noise: Array) -> Array:
+    """Map (N, K) standard normals to draws mu + A u."""
+    chol_minus = approx.chol - jnp.eye(approx.chol.shape[0], dtype=noise.dtype)
+    white = noise + ((noise @ approx.q) @ chol_minus.T) @ approx.q.T
+    return approx.mu[None, :] + jnp.sqrt(approx.alpha)[None, :] * white
+
+
+def _log_norm(approx: Approximation) -> Array:
+    k = approx.mu.shape[0]
+    return (0.5 * jnp.sum(jnp.log(approx.alpha)) + jnp.sum(jnp.log(jnp.diagonal(approx.chol)))
+            + 0.5 * k * _LOG_2PI)
+
+
+def _log_prob(approx: Approximation, zeta: Array) -> Array:
+    """log q(zeta) for (N, K) zeta, through A^{-1} = (I + Q (L^{-1} - I) Q^T) diag(alpha)^{-1/2}."""
+    w = (zeta - approx.mu[None, :]) / jnp.sqrt(approx.alpha)[None, :]
+    v = w @ approx.q  # (N, r)
+    v_solved = solve_triangular(approx.chol, v.T, lower=True).T  # v L^{-T}
+    u = w + (v_solved - v) @ approx.q.T
+    return -0.5 * jnp.sum(u * u, axis=-1) - _log_norm(approx)
+
+
+def _covariance_factor(approx: Approximation) -> Array:
+    """(K, K) A with A A^T = Sigma (dense; not triangular)."""
+    r = approx.chol.shape[0]
+    middle = approx.q @ (approx.chol - jnp.eye(r, dtype=approx.mu.dtype)) @ approx.q.T
+    return jnp.sqrt(approx.alpha)[:, None] * (jnp.eye(approx.mu.shape[0], dtype=approx.mu.dtype) + middle)
+
+
+def _variance(approx: Approximation) -> Array:
+    """(K,) marginal variances of the approximation, in O(K r^2)."""
+    r = approx.chol.shape[0]
+    inner = approx.chol @ approx.chol.T - jnp.eye(r, dtype=approx.mu.dtype)
+    return approx.alpha * (1.0 + jnp.sum((approx.q @ inner) * approx.q, axis=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# L-BFGS
+
+
+def _two_loop(grad: Array, s: Array, y: Array, valid: Array) -> Array:
+    """H grad by the L-BFGS two-loop recursion (newest pair last, invalid pairs skipped)."""
+    m = s.shape[0]
+    sy = jnp.sum(s * y, axis=1)
+    rho = jnp.where(valid, 1.0 / jnp.where(valid, sy, 1.0), 0.0)
+
+    def backward(q, i):
+        a = rho[i] * jnp.dot(s[i], q)
+        return q - a * y[i], a
+
+    q, a_rev = jax.lax.scan(backward, grad, jnp.arange(m - 1, -1, -1))
+    a = a_rev[::-1]
+    yy = jnp.sum(y[-1] * y[-1])
+    gnorm = jnp.sqrt(jnp.sum(grad * grad))
+    first = jnp.minimum(1.0, 1.0 / jnp.maximum(gnorm, jnp.finfo(grad.dtype).tiny))
+    h0 = jnp.where(valid[-1], sy[-1] / jnp.where(valid[-1], yy, 1.0), first)
+    r = h0 * q
+
+    def forward(r, i):
+        b = rho[i] * jnp.dot(y[i], r)
+        return r + s[i] * (a[i] - b), None
+
+    r, _ = jax.lax.scan(forward, r, jnp.arange(m))
+    return r
+
+
+def _update_alpha(alpha: Array, s: Array, y: Array) -> Array:
+    """Gilbert-Lemarechal diagonal inverse-Hessian update with the pair (s, y)."""
+    a = jnp.sum(y * alpha * y)
+    b = jnp.sum(y * s)
+    c = jnp.sum(s * s / alpha)
+    inv = a / (b * alpha) + y * y / b - a * s * s / (b * c * alpha * alpha)
+    new = 1.0 / inv
+    ok = jnp.all(jnp.isfinite(new) & (new > 0))
+    return jnp.where(ok, new, alpha)
+
+
+def _line_search(value_and_grad, x, f, g, d, c1, c2, max_trials):
+    """Strong Wolfe line search on f = -log p along d: bracketing with secant steps.
+
+    The next trial is the zero of the secant of the directional derivative through the bracket
+    ends (safeguarded; bisection when the derivative is not increasing), so on a quadratic the
+    second trial is the exact minimiser along d. Trials start at t = 1.
+
+    Returns (found, x_new, f_new, g_new, trials): `found` is False when no Armijo point was
+    met; a point meeting Armijo but not the curvature condition is returned after `max_trials`.
+    """
+    slope = jnp.dot(g, d)
+    dtype = x.dtype
+    inf = jnp.asarray(jnp.inf, dtype)
+
+    def cond(c):
+        return ~c[0] & (c[-1] < max_trials)
+
+    def body(c):
+        _, t, lo, dlo, hi, dhi, _, _, _, x_lo, f_lo, g_lo, n = c
+        x_t = x + t * d
+        f_t, g_t = value_and_grad(x_t)
+        d_t = jnp.dot(g_t, d)
+        finite = jnp.isfinite(f_t) & jnp.all(jnp.isfinite(g_t))
+        armijo = finite & (f_t <= f + c1 * t * slope)
+        done = armijo & (jnp.abs(d_t) <= -c2 * slope)
+        # New bracket: [lo, hi] with f'(lo) < 0; hi is where Armijo failed or f' turned positive.
+        to_hi = ~armijo | (d_t > 0)
+        lo_new = jnp.where(to_hi, lo, t)
+        dlo_new = jnp.where(to_hi, dlo, d_t)
+        hi_new = jnp.where(to_hi, t, hi)
+        dhi_new = jnp.where(to_hi, jnp.where(finite, d_t, -inf), dhi)
+        bracketed = jnp.isfinite(hi_new)
+        denom = dhi_new - dlo_new
+        secant = lo_new - dlo_new * (hi_new - lo_new) / jnp.where(denom > 0, denom, 1.0)
+        width = hi_new - lo_new
+        inside = jnp.clip(secant, lo_new + 0.01 * width, hi_new - 0.01 * width)
+        t_in = jnp.where((denom > 0) & (dhi_new > 0) & jnp.isfinite(secant), inside, lo_new + 0.5 * width)
+        # Not bracketed yet: extrapolate by the secant through (lo_prev, t), within [1.5 t, 10 t].
+        grow = d_t - dlo
+        extra = t - d_t * (t - lo) / jnp.where(grow > 0, grow, 1.0)
+        t_out = jnp.where((grow > 0) & jnp.isfinite(extra), jnp.clip(extra, 1.5 * t, 10.0 * t), 4.0 * t)
+        t_new = jnp.where(bracketed, t_in, t_out)
+        x_lo = jnp.where(armijo & ~to_hi, x_t, x_lo)
+        f_lo = jnp.where(armijo & ~to_hi, f_t, f_lo)
+        g_lo = jnp.where(armijo & ~to_hi, g_t, g_lo)
+        return done, t_new, lo_new, dlo_new, hi_new, dhi_new, x_t, f_t, g_t, x_lo, f_lo, g_lo, n + 1
+
+    one = jnp.asarray(1.0, dtype)
+    zero = jnp.asarray(0.0, dtype)
+    init = (jnp.asarray(False), one, zero, slope, inf, inf, x, f, g, x, f, g, jnp.asarray(0, jnp.int32))
+    out = jax.lax.while_loop(cond, body, init)
+    found_wolfe, _, lo, _, _, _, x_t, f_t, g_t, x_lo, f_lo, g_lo, n = out
+    found = found_wolfe | (lo > 0)
+    x_new = jnp.where(found_wolfe, x_t, x_lo)
+    f_new = jnp.where(found_wolfe, f_t, f_lo)
+    g_new = jnp.where(found_wolfe, g_t, g_lo)
+    return found & (slope < 0), x_new, f_new, g_new, n
+
+
+def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResult:
+    """Run one Pathfinder path from x0 and return its best Gaussian (by estimated ELBO).
+
+    Args:
+      log_density: (K,) -> scalar log p.
+      x0: (K,) start.
+      key: PRNG key for the ELBO draws.
+      options: `Options`.
+
+    Returns:
+      `PathResult` with the best ELBO, its `Approximation`, the iterations and the costs.
+    """
+    k = x0.shape[0]
+    m = options.history
+    dtype = x0.dtype
+    eps = jnp.finfo(dtype).eps
+    ftol = max(float(options.ftol), 4.0 * float(eps))
+    value_and_grad = jax.value_and_grad(lambda z: -log_density(z))
+    logp_batch = jax.vmap(log_density)
+
+    def elbo_of(approx, key):
+        noise = jax.random.normal(key, (options.num_elbo_draws, k), dtype)
+        z = _sample(approx, noise)
+        ratio = logp_batch(z) + 0.5 * jnp.sum(noise * noise, axis=1) + _log_norm(approx)
+        elbo = jnp.mean(ratio)
+        stderr = jnp.std(ratio) / math.sqrt(options.num_elbo_draws)
+        ok = jnp.isfinite(elbo) & jnp.isfinite(stderr)
+        return jnp.where(ok, elbo, -jnp.inf), jnp.where(ok, elbo - options.elbo_penalty * stderr, -jnp.inf)
+
+    f0, g0 = value_and_grad(x0)
+    empty = jnp.zeros((m, k), dtype)
+    ones = jnp.ones((k,), dtype)
+    start_approx = Approximation(x0, ones, jnp.zeros((k, min(k, 2 * m)), dtype),
+                                 jnp.eye(min(k, 2 * m), dtype=dtype))
+
+    def cond(c):
+        return ~c["done"] & (c["it"] < options.max_iters)
+
+    def body(c):
+        valid = jnp.arange(m) >= m - c["n_valid"]
+        d = -_two_loop(c["g"], c["s"], c["y"], valid)
+        d = jnp.where(jnp.dot(d, c["g"]) < 0, d, -c["g"])
+        found, x_new, f_new, g_new, trials = _line_search(
+            value_and_grad, c["x"], c["f"], c["g"], d, 1e-4, options.wolfe_c2, options.max_line_search)
+        s_new, y_new = x_new - c["x"], g_new - c["g"]
+        sy, yy = jnp.dot(s_new, y_new), jnp.dot(y_new, y_new)
+        accept = found & (sy > eps * yy) & (sy > 0)
+        s_hist = jnp.where(accept, jnp.roll(c["s"], -1, axis=0).at[-1].set(s_new), c["s"])
+        y_hist = jnp.where(accept, jnp.roll(c["y"], -1, axis=0).at[-1].set(y_new), c["y"])
+        n_valid = jnp.where(accept, jnp.minimum(c["n_valid"] + 1, m), c["n_valid"])
+        alpha = jnp.where(accept, _update_alpha(c["alpha"], s_new, y_new), c["alpha"])
+        valid = jnp.arange(m) >= m - n_valid
+        approx = _approximation(x_new, g_new, s_hist, y_hist, valid, alpha)
+        key, sub = jax.random.split(c["key"])
+        elbo, score = elbo_of(approx, sub)
+        elbo, score = jnp.where(found, elbo, -jnp.inf), jnp.where(found, score, -jnp.inf)
+        better = score > c["best_score"]
+        best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), approx, c["best"])
+        rel = jnp.abs(f_new - c["f"]) / jnp.maximum(jnp.maximum(jnp.abs(f_new), jnp.abs(c["f"])), 1.0)
+        small_grad = jnp.max(jnp.abs(g_new)) < options.gtol
+        done = ~found | (rel < ftol) | small_grad
+        x = jnp.where(found, x_new, c["x"])
+        return dict(x=x, f=jnp.where(found, f_new, c["f"]), g=jnp.where(found, g_new, c["g"]),
+                    s=s_hist, y=y_hist, n_valid=n_valid, alpha=alpha, key=key,
+                    best_elbo=jnp.where(better, elbo, c["best_elbo"]), best_score=jnp.maximum(score, c["best_score"]), best=best, it=c["it"] + 1, done=done,
+                    grads=c["grads"] + trials, logps=c["logps"] + options.num_elbo_draws)
+
+    init = dict(x=x0, f=f0, g=g0, s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
+                key=key, best_elbo=jnp.asarray(-jnp.inf, dtype), best_score=jnp.asarray(-jnp.inf, dtype), best=start_approx,
+                it=jnp.asarray(0, jnp.int32), done=~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))),
+                grads=jnp.asarray(1, jnp.int32), logps=jnp.asarray(0, jnp.int32))
+    out = jax.lax.while_loop(cond, body, init)
+    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The algorithm
+
+
+def _check_options(options: Any) -> Options:
+    if not isinstance(options, Options):
+        raise TypeError(f"options must be a pathfinder.Options, got {type(options).__name__}")
+    for name in ("num_paths", "max_iters", "history", "num_elbo_draws", "num_draws", "max_line_search"):
+        check_positive_int(getattr(options, name), f"options.{name}")
+    for name in ("init_radius", "ftol", "gtol", "wolfe_c2", "elbo_penalty"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"options.{name} must be a finite number >= 0, got {value!r}")
+    if not 1e-4 < options.wolfe_c2 < 1.0:
+        raise ValueError(f"options.wolfe_c2 must lie in (1e-4, 1), got {options.wolfe_c2!r}")
+    return options
+
+
+def _check_family(family: Any) -> Family:
+    if not isinstance(family, Family) or family.name not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES} (a Family object), got {family!r}")
+    return family
+
+
+def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
+    """Pathfinder as a one-shot `VIAlgorithm` (all the work in one `step`, `converged=True`).
+
+    Args:
+      model: anything with `dim` and `log_density(zeta)` on R^K.
+      family: `MeanFieldGaussian` or `FullRankGaussian`; the form of the returned Gaussian.
+      options: `Options`.
+
+    Returns:
+      `VIAlgorithm`; `extras(state)` gives `elbo` (P,) per path, `num_iters` (P,), and with
+      `num_paths > 1` `draws` (num_draws, K) PSIS-resampled across paths and their `khat`.
+
+    Raises:
+      ValueError / TypeError: for a family it cannot fit or malformed options.
+    """
+    family = _check_family(family)
+    options = _check_options(options)
+    num_paths = options.num_paths
+    log_density = model.log_density
+
+    def init(key: Array, loc: Array) -> State:
+        loc = jnp.asarray(loc)
+        k = loc.shape[0]
+        dtype = loc.dtype
+        jitter = jax.random.uniform(key, (num_paths - 1, k), dtype, -options.init_radius, options.init_radius)
+        starts = jnp.concatenate([loc[None, :], loc[None, :] + jitter], axis=0)
+        r = min(k, 2 * options.history)
+        approx = Approximation(starts, jnp.ones((num_paths, k), dtype), jnp.zeros((num_paths, k, r), dtype),
+                               jnp.broadcast_to(jnp.eye(r, dtype=dtype), (num_paths, r, r)))
+        num_draws = options.num_draws if num_paths > 1 else 0
+        return State(starts, jnp.full((num_paths,), -jnp.inf, dtype), approx,
+                     jnp.zeros((num_paths,), jnp.int32), jnp.zeros((num_draws, k), dtype),
+                     jnp.asarray(jnp.nan, dtype))
+
+    def step(key: Array, state: State):
+        path_key, draw_key, pick_key = jax.random.split(key, 3)
+        keys = jax.random.split(path_key, num_paths)
+        paths = jax.vmap(lambda x0, kk: lbfgs_path(log_density, x0, kk, options))(state.starts, keys)
+        grads = jnp.sum(paths.num_grad_evals)
+        logps = jnp.sum(paths.num_logp_evals)
+        draws, khat = state.draws, state.khat
+        if num_paths > 1:
+            draws, khat = _resample(log_density, paths, draw_key, pick_key, options.num_draws)
+            logps = logps + num_paths * options.num_draws
+        best_elbo = jnp.max(paths.elbo)
+        new = State(state.starts, paths.elbo, paths.approx, paths.num_iters, draws, khat)
+        return new, step_info(best_elbo, jnp.isfinite(best_elbo), grads, logps, True)
+
+    def params(state: State):
+        best = jax.tree_util.tree_map(lambda a: a[jnp.argmax(state.elbo)], state.approx)
+        if family.name == "meanfield":
+            sd = jnp.sqrt(_variance(best))
+            return MeanFieldParams(best.mu, _softplus_inverse(jnp.maximum(sd, jnp.finfo(sd.dtype).tiny)))
+        _, r_fac = jnp.linalg.qr(_covariance_factor(best).T)
+        signs = jnp.where(jnp.diagonal(r_fac) < 0, -1.0, 1.0).astype(r_fac.dtype)
+        chol = r_fac.T * signs[None, :]
+        diag = jnp.maximum(jnp.diagonal(chol), jnp.finfo(chol.dtype).tiny)
+        return FullRankParams(best.mu, _softplus_inverse(diag), chol)
+
+    def extras(state: State) -> dict:
+        out = {"elbo": state.elbo, "num_iters": state.num_iters}
+        if num_paths > 1:
+            out.update(draws=state.draws, khat=state.khat)
+        return out
+
+    return VIAlgorithm(init, step, params, extras)
+
+
+def _resample(log_density, paths: PathResult, draw_key, pick_key, num_draws: int):
+    """PSIS resampling of the pooled draws of all paths against their equal-weight mixture."""
+    num_paths, k = paths.approx.mu.shape
+    dtype = paths.approx.mu.dtype
+    noise = jax.random.normal(draw_key, (num_paths, num_draws, k), dtype)
+    draws = jax.vmap(_sample)(paths.approx, noise).reshape(num_paths * num_draws, k)
+    # A path that produced no finite approximation must not enter the mixture.
+    usable = jnp.isfinite(paths.elbo)
+    log_q = jax.vmap(lambda a: _log_prob(a, draws))(paths.approx)  # (P, N)
+    log_q = jnp.where(usable[:, None], log_q, -jnp.inf)
+    log_mix = logsumexp(log_q, axis=0) - jnp.log(jnp.maximum(jnp.sum(usable), 1).astype(dtype))
+    from_usable = jnp.repeat(usable, num_draws)
+    log_ratio = jnp.where(from_usable, jax.vmap(log_density)(draws) - log_mix, -jnp.inf)
+    smoothed = _psis_core(log_ratio, True)
+    index = jax.random.categorical(pick_key, smoothed.log_weights, shape=(num_draws,))
+    return draws[index], smoothed.khat

@@ -1,0 +1,90 @@
+"""Batch-and-Match (advi_jax/vi/bam.py): the closed-form match and exact Gaussian recovery."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import advi_jax as aj
+from advi_jax.vi import METHODS, bam
+from _vi_runner import run
+
+
+class _Gauss:
+    def __init__(self, mean, cov):
+        self.mean, self.prec = mean, np.linalg.inv(cov)
+        self.dim = mean.shape[0]
+
+    def log_density(self, z):
+        d = z - jnp.asarray(self.mean, z.dtype)
+        return -0.5 * d @ (jnp.asarray(self.prec, z.dtype) @ d)
+
+
+def _correlated(k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(k, k))
+    return rng.normal(size=k), a @ a.T / k + 0.5 * np.eye(k)
+
+
+def test_registered():
+    assert METHODS["bam"] is bam and bam.FAMILIES == ("fullrank",)
+    hash(bam.Options())
+
+
+def test_update_solves_the_match_equation():
+    # Sigma' solves Sigma U Sigma + Sigma = V, and mu' is the proximal mean update.
+    rng = np.random.default_rng(2)
+    k, b, lam = 5, 3, 0.7
+    with jax.enable_x64(True):
+        loc = rng.normal(size=k)
+        a = rng.normal(size=(k, k))
+        cov = a @ a.T + np.eye(k)
+        z, g = rng.normal(size=(b, k)), rng.normal(size=(b, k))
+        new_loc, new_cov, chol = bam.bam_update(jnp.asarray(loc), jnp.asarray(cov), jnp.asarray(z), jnp.asarray(g), lam)
+        zbar, gbar = z.mean(0), g.mean(0)
+        u = lam * np.cov(g.T, bias=True) + lam / (1 + lam) * np.outer(gbar, gbar)
+        v = cov + lam * np.cov(z.T, bias=True) + lam / (1 + lam) * np.outer(loc - zbar, loc - zbar)
+        np.testing.assert_allclose(new_cov @ u @ new_cov + new_cov, v, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(new_cov, new_cov.T, atol=1e-12)
+        assert np.all(np.linalg.eigvalsh(np.asarray(new_cov)) > 0)
+        np.testing.assert_allclose(chol @ chol.T, new_cov, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(new_loc, loc / (1 + lam) + lam / (1 + lam) * (new_cov @ gbar + zbar), rtol=1e-9)
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_gaussian_target_recovered(key, batch_size):
+    mean, cov = _correlated()
+    with jax.enable_x64(True):
+        algo = bam.build(_Gauss(mean, cov), aj.FullRankGaussian(), bam.Options(batch_size=batch_size))
+        params, _, totals = run(algo, key, jnp.zeros(4, jnp.float64), 300 // batch_size)
+        np.testing.assert_allclose(params.loc, mean, atol=1e-3)
+        np.testing.assert_allclose(aj.FullRankGaussian().covariance(params), cov, atol=1e-3)
+        assert int(totals["grad_evals"]) == batch_size * (300 // batch_size)
+        assert not bool(totals["info"].converged)
+
+
+def test_float32_and_vmap_over_seeds_equals_loop(key):
+    mean, cov = _correlated(3, seed=1)
+    algo = bam.build(_Gauss(mean, cov), aj.FullRankGaussian(), bam.Options(batch_size=8))
+    keys = jax.random.split(key, 2)
+    loc = jnp.zeros(3)
+    batched = jax.vmap(lambda kk: run(algo, kk, loc, 40)[0])(keys)
+    assert batched.loc.dtype == jnp.float32
+    for i in range(2):
+        single = run(algo, keys[i], loc, 40)[0]
+        np.testing.assert_allclose(batched.loc[i], single.loc, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(batched.loc[0], mean, atol=1e-3)
+    first = jax.tree_util.tree_map(lambda a: a[0], batched)
+    np.testing.assert_allclose(aj.FullRankGaussian().covariance(first), cov, atol=2e-3)
+
+
+def test_bad_input():
+    model = _Gauss(*_correlated())
+    with pytest.raises(ValueError, match="family"):
+        bam.build(model, aj.MeanFieldGaussian(), bam.Options())
+    with pytest.raises(ValueError, match="schedule"):
+        bam.build(model, aj.FullRankGaussian(), bam.Options(schedule="cosine"))
+    with pytest.raises(ValueError, match="learning_rate"):
+        bam.build(model, aj.FullRankGaussian(), bam.Options(learning_rate=-1.0))
+    with pytest.raises(TypeError, match="batch_size"):
+        bam.build(model, aj.FullRankGaussian(), bam.Options(batch_size=None))
