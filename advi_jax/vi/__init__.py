@@ -23,3 +23,7 @@ METHODS: dict = {}
 def register(module) -> None:
     """Add an algorithm module to `METHODS` under its `NAME`."""
     METHODS[module.NAME] = module
+
+from advi_jax.vi import glm_exact as _glm_exact  # noqa: E402
+
+register(_glm_exact)
