@@ -51,9 +51,14 @@ def _params(family, k, seed, scale=0.3):
 def _mc_elbo(model, family, params, key, num_draws=1_000_000, chunk=100_000):
     """Monte Carlo mean and standard error of log p(zeta) - log q(zeta), zeta ~ q."""
     sums, sq = 0.0, 0.0
+
+    @jax.jit
+    def draws(model, params, k):
+        z = family.sample(params, k, chunk)
+        return jax.vmap(model.log_density)(z) - family.log_prob(params, z)
+
     for i in range(num_draws // chunk):
-        z = family.sample(params, jax.random.fold_in(key, i), chunk)
-        v = np.asarray(jax.vmap(model.log_density)(z) - family.log_prob(params, z), np.float64)
+        v = np.asarray(draws(model, params, jax.random.fold_in(key, i)), np.float64)
         sums += v.sum()
         sq += (v * v).sum()
     mean = sums / num_draws
@@ -62,7 +67,7 @@ def _mc_elbo(model, family, params, key, num_draws=1_000_000, chunk=100_000):
 
 @pytest.mark.parametrize("kind,fam", [("logistic", "fullrank"), ("poisson", "meanfield")])
 def test_exact_elbo_equals_monte_carlo(kind, fam, key):
-    model = _logistic() if kind == "logistic" else _poisson()
+    model = _logistic(n=100) if kind == "logistic" else _poisson(n=100)
     family = aj.families.get_family(fam)
     params = _params(family, model.dim, 3, scale=0.3 if kind == "logistic" else 0.05)
     exact = float(G.exact_elbo(model, family, params))
@@ -111,12 +116,13 @@ def test_logistic_quadrature_derivatives_and_extremes():
     mu = jnp.asarray([0.3, -2.0, 80.0, -80.0, 0.0], jnp.float32)
     var = jnp.asarray([0.5, 3.0, 1.0, 1e-12, 0.0], jnp.float32)
     t, w = G.quadrature(32)
-    value, first, curv = G.expected_log_lik("logistic", y, mu, var, t, w)
+    value, first, curv = jax.jit(G.expected_log_lik, static_argnums=0)("logistic", y, mu, var, t, w)
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(first)) and np.all(np.isfinite(curv))
     # first = d psi / d mu and curvature = 2 d psi / d var (autodiff of the value, where var > 0)
     f = lambda m, v: G.expected_log_lik("logistic", y[:2], m, v, t, w)[0].sum()  # noqa: E731
-    np.testing.assert_allclose(jax.grad(f, 0)(mu[:2], var[:2]), first[:2], rtol=1e-5)
-    np.testing.assert_allclose(2 * jax.grad(f, 1)(mu[:2], var[:2]), curv[:2], rtol=1e-4)
+    gm, gv = jax.jit(jax.grad(f, (0, 1)))(mu[:2], var[:2])
+    np.testing.assert_allclose(gm, first[:2], rtol=1e-5)
+    np.testing.assert_allclose(2 * gv, curv[:2], rtol=1e-4)
     # var -> 0: the curvature is -sigmoid'(mu)
     s = jax.nn.sigmoid(mu[4])
     np.testing.assert_allclose(curv[4], -s * (1 - s), rtol=1e-5)
@@ -129,14 +135,15 @@ def test_blocked_pass_equals_autodiff(fam):
     layout = G._layout(model)
     meanfield = fam == "meanfield"
     factor = family.scale(params) if meanfield else family.scale_tril(params)
-    value, g, h = G._pass(layout, model.data, params.loc, factor, meanfield, None, 64)  # 4 blocks, last clamped
+    value, g, h = jax.jit(lambda m, f: G._pass(layout, model.data, m, f, meanfield, None, 64))(params.loc, factor)
     lik = lambda m: G.exact_elbo(model, family, params._replace(loc=m))  # noqa: E731
     prior_prec = 1.0 / jnp.asarray(layout.prior_sd, jnp.float32) ** 2
-    np.testing.assert_allclose(g - prior_prec * params.loc, jax.grad(lik)(params.loc), rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(h + jnp.diag(prior_prec), -jax.hessian(lik)(params.loc), rtol=1e-4, atol=1e-3)
+    grad, hess = jax.jit(lambda m: (jax.grad(lik)(m), jax.hessian(lik)(m)))(params.loc)
+    np.testing.assert_allclose(g - prior_prec * params.loc, grad, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(h + jnp.diag(prior_prec), -hess, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("kind,fam", [("logistic", "fullrank"), ("logistic", "meanfield"), ("poisson", "fullrank")])
+@pytest.mark.parametrize("kind,fam", [("logistic", "fullrank"), ("poisson", "meanfield")])
 def test_optimum_is_stationary_and_beats_advi(kind, fam, key):
     model = _logistic() if kind == "logistic" else _poisson()
     family = aj.families.get_family(fam)
@@ -146,10 +153,10 @@ def test_optimum_is_stationary_and_beats_advi(kind, fam, key):
     np.testing.assert_allclose(float(elbo), float(value), rtol=1e-5)
     # The natural-gradient norm (distance to the optimum in posterior sds) is ~0.
     sd = jnp.sqrt(family.variance(params))
-    grad = jax.grad(lambda m: G.exact_elbo(model, family, params._replace(loc=m)))(params.loc)
+    grad = jax.jit(jax.grad(lambda m: G.exact_elbo(model, family, params._replace(loc=m))))(params.loc)
     assert float(jnp.max(jnp.abs(grad * sd))) < 5e-3  # float32: 0.005 posterior sd
-    # ADVI (stochastic, 3000 steps) lands on a lower exact ELBO.
-    res = aj.fit(model, key=key, family=fam, num_steps=3000, progress=False, diagnostics=False, warn=False)
+    # ADVI (stochastic, 2000 steps) lands on a lower exact ELBO.
+    res = aj.fit(model, key=key, family=fam, num_steps=2000, progress=False, diagnostics=False, warn=False)
     advi = float(G.exact_elbo(model, family, res.params))
     assert float(value) > advi
     assert float(value) - advi < 0.05 * abs(float(value))  # same optimum, roughly
