@@ -28,22 +28,12 @@ from advi_jax.families import (
     MeanFieldGaussian,
     MeanFieldParams,
 )
-from advi_jax.fit import (
-    ADVI,
-    DiagnosticWarning,
-    FitState,
-    LaplaceInfo,
-    Result,
-    StepInfo,
-    advi,
-    fit,
-    laplace,
-)
-from advi_jax.flatten import Model
+from advi_jax.base import Family, FitState, StepInfo, VIAlgorithm
+from advi_jax.flatten import MinibatchModel, Model
 from advi_jax.glm import glm_log_likelihood
 from advi_jax.interop import from_numpyro
-from advi_jax.many import ManyResult, fit_many, stack_models
-from advi_jax.minibatch import MinibatchModel, fit_minibatch
+from advi_jax.result import ManyResult, Result
+from advi_jax.run import DiagnosticWarning, fit, fit_many, fit_minibatch, stack_models
 from advi_jax.sharding import data_mesh, shard_data
 from advi_jax.supports import (
     Support,
@@ -64,6 +54,8 @@ from advi_jax.supports import (
     unit_interval,
     upper_bounded,
 )
+from advi_jax.vi.advi import ADVI, advi
+from advi_jax.vi.laplace import LaplaceInfo, laplace
 from advi_jax.variance import GradientStats, VarianceTrace, gradient_variance, track_gradient_variance
 
 __version__ = "0.1.0"
@@ -73,6 +65,7 @@ __all__ = [
     "DiagnosticWarning",
     "ESTIMATORS",
     "EstimatorInfo",
+    "Family",
     "FitState",
     "FullRankGaussian",
     "FullRankParams",
@@ -90,6 +83,7 @@ __all__ = [
     "Result",
     "StepInfo",
     "Support",
+    "VIAlgorithm",
     "VarianceTrace",
     "advi",
     "bijector_for",

@@ -9,6 +9,11 @@ module may import it. It holds:
 * `StepInfo`: what one step of any algorithm reports to the driver.
 * `VIAlgorithm`: the `(init, step, params)` triple every algorithm file in `advi_jax/vi/`
   returns. The driver (`advi_jax/run/`) owns the loop; an algorithm never does.
+* `Family`: the abstract variational family (required methods marked abstract, capabilities
+  declared as class attributes: `affine_closed`, `params_type`); the concrete Gaussians live in
+  `advi_jax.families`.
+* `Estimator`: a gradient estimator's record in the registry of `advi_jax.estimators`.
+* `FitState`: the state of a stochastic-gradient algorithm (ADVI) over optax.
 
 An algorithm is a function `build(model, family, options) -> VIAlgorithm`, called inside the
 driver's jitted function (so `model`'s data are traced arguments and `options` is a static,
@@ -33,13 +38,16 @@ ELBO of a candidate in a line search). A Hessian-vector product counts as two gr
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
+import abc
+import math
+from typing import Any, Callable, ClassVar, NamedTuple, Protocol, runtime_checkable
 
+import jax
 import jax.numpy as jnp
 
-from advi_jax._types import Array
+from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int, is_concrete
 
-__all__ = ["LogDensity", "StepInfo", "VIAlgorithm", "step_info"]
+__all__ = ["LogDensity", "StepInfo", "VIAlgorithm", "step_info", "Family", "Estimator", "FitState"]
 
 
 @runtime_checkable
@@ -93,3 +101,121 @@ class VIAlgorithm(NamedTuple):
     step: Callable[[Array, Any], tuple[Any, StepInfo]]
     params: Callable[[Any], Any]
     extras: Callable[[Any], dict] | None = None
+
+
+class FitState(NamedTuple):
+    """State of a stochastic-gradient algorithm (ADVI): parameters, optimiser state, counters.
+
+    Attributes:
+      params: the family's variational parameters.
+      opt_state: the optimiser's state.
+      step: number of steps taken (int32 scalar).
+      num_nonfinite: total steps skipped because the ELBO or gradient was not finite.
+      consecutive_nonfinite: skipped steps in a row up to now.
+    """
+
+    params: PyTree
+    opt_state: PyTree
+    step: Array
+    num_nonfinite: Array
+    consecutive_nonfinite: Array
+
+
+class Estimator(NamedTuple):
+    """A gradient estimator as registered in `advi_jax.estimators.REGISTRY`.
+
+    Attributes:
+      name: the `estimator=` string that selects it.
+      fn: `(family, log_density, params, key, num_samples) -> (surrogate, aux)`; `jax.grad` of
+        the surrogate is the estimator, `aux.elbo` the step's ELBO estimate.
+      min_num_samples: the fewest draws per step it accepts (2 for a leave-one-out baseline).
+    """
+
+    name: str
+    fn: Callable
+    min_num_samples: int = 1
+
+
+class Family(abc.ABC):
+    """A variational family on R^K: pure functions of a parameter pytree.
+
+    Subclasses implement the abstract methods and DECLARE what they can do:
+
+    * `affine_closed`: True when the pushforward of q through zeta -> shift + S zeta is again in
+      the family (`transform` implements it). The driver runs a method in Laplace-whitened
+      coordinates only for such families; nothing compares methods to find out.
+    * `params_type`: the NamedTuple of its parameters (its parameter layout).
+
+    `mean(params)` is the only accessor of the location a loop may use (no `.loc`); `sample`
+    and `covariance`/`variance` have generic implementations a family may override.
+    """
+
+    name: str = "family"
+    affine_closed: ClassVar[bool] = False
+    params_type: ClassVar[type | None] = None
+
+    @abc.abstractmethod
+    def init(self, key: Array, dim: int, *, loc: ArrayLike | None = None, scale: float = 0.1, dtype=None):
+        """Parameters of q with mean `loc` (default zeros) and scales `scale`."""
+
+    @abc.abstractmethod
+    def sample_standard(self, params, noise: Array) -> Array:
+        """Map standard-normal `noise` of shape (..., noise dim) to draws of q, shape (..., K)."""
+
+    @abc.abstractmethod
+    def log_prob(self, params, zeta: ArrayLike) -> Array:
+        """log q(zeta) for zeta of shape (..., K); returns shape (...)."""
+
+    @abc.abstractmethod
+    def entropy(self, params) -> Array:
+        """The entropy of q (closed form)."""
+
+    @abc.abstractmethod
+    def scale_tril(self, params) -> Array:
+        """(K, K) a lower-triangular factor of the covariance."""
+
+    def mean(self, params) -> Array:
+        """(K,) mean of q (the declared location accessor; the default reads `params.loc`)."""
+        return params.loc
+
+    def sample(self, params, key: Array, num_samples: int) -> Array:
+        """`num_samples` reparameterised draws, shape (num_samples, K)."""
+        loc = self.mean(params)
+        noise = jax.random.normal(key, (num_samples,) + loc.shape, loc.dtype)
+        return self.sample_standard(params, noise)
+
+    def covariance(self, params) -> Array:
+        """(K, K) covariance of q."""
+        L = self.scale_tril(params)
+        return L @ L.T
+
+    def variance(self, params) -> Array:
+        """(K,) marginal variances."""
+        return jnp.diagonal(self.covariance(params))
+
+    def transform(self, params, shift: Array, scale_tril: Array):
+        """Parameters of the pushforward of q through zeta -> shift + scale_tril @ zeta.
+
+        Only families that declare `affine_closed = True` implement it.
+        """
+        raise TypeError(f"family {self.name!r} does not support affine reparameterisation (init='laplace')")
+
+    def _check_init(self, dim, loc, scale, dtype):
+        dim = check_positive_int(dim, "dim")
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        try:
+            dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(float)
+        except TypeError:
+            raise TypeError(f"dtype must be a float dtype such as jnp.float32, got {dtype!r}") from None
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"dtype must be a float dtype such as jnp.float32, got {dtype}")
+        if loc is None:
+            loc = jnp.zeros((dim,), dtype)
+        else:
+            loc = jnp.asarray(loc, dtype)
+            if loc.shape != (dim,):
+                raise ValueError(f"loc must have shape ({dim},), got {loc.shape}")
+            if is_concrete(loc) and not bool(jnp.all(jnp.isfinite(loc))):
+                raise ValueError(f"loc must be finite, got {loc.tolist()}")
+        return dim, loc, dtype

@@ -313,6 +313,7 @@ def _gpd_quantile(p: Array, k: Array, sigma: Array) -> Array:
 def _psis_core(log_ratios: Array, normalize: bool) -> PSISResult:
     num_draws = log_ratios.shape[0]
     dtype = log_ratios.dtype
+    any_nan = jnp.any(jnp.isnan(log_ratios))
     log_ratios = jnp.where(jnp.isnan(log_ratios), -jnp.inf, log_ratios)
     tail = tail_length(num_draws)
     if tail < _MIN_TAIL or num_draws <= tail:
@@ -346,6 +347,9 @@ def _psis_core(log_ratios: Array, normalize: bool) -> PSISResult:
         smoothed = jnp.empty_like(log_ratios).at[order].set(sorted_lr)
         # Infinite ratios make every estimate meaningless.
         khat = jnp.where(jnp.isposinf(top) | jnp.isneginf(top), jnp.inf, khat)
+    # With NaN ratios present, equal finite ratios do not show that q matches the posterior: never
+    # report the "perfect" k-hat = -inf then (the NaN draws count against q).
+    khat = jnp.where(any_nan & jnp.isneginf(khat), jnp.inf, khat)
     if normalize:
         total = jax.scipy.special.logsumexp(smoothed)
         smoothed = smoothed - jnp.where(jnp.isfinite(total), total, 0.0)
@@ -362,7 +366,9 @@ def psis(log_ratios: ArrayLike, normalize: bool = True) -> PSISResult:
     so it runs under `jax.jit` and `jax.vmap`.
 
     Args:
-      log_ratios: (S,) float log importance ratios; NaN counts as -inf (weight zero). For
+      log_ratios: (S,) float log importance ratios; NaN counts as -inf (weight zero), but with
+        NaN present k-hat is never -inf ("perfect"): it is then +inf. A fit's share of draws
+        with a non-finite log density is judged by `advi_jax.result.diagnose`. For
         S < 25 (a tail under 5 draws) no tail can be fitted: k-hat is +inf and the weights are
         returned unsmoothed.
       normalize: subtract the log-sum-exp so the weights sum to one.

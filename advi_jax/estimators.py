@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from advi_jax._types import Array
-from advi_jax.families import Family
+from advi_jax.base import Estimator, Family
 
-__all__ = ["ESTIMATORS", "EstimatorInfo", "elbo_surrogate", "get_estimator", "min_num_samples"]
+__all__ = ["ESTIMATORS", "REGISTRY", "EstimatorInfo", "elbo_surrogate", "get_estimator", "min_num_samples"]
 
 LogDensity = Callable[[Array], Array]
 
@@ -112,20 +112,24 @@ def score_baseline(family: Family, log_density: LogDensity, params, key: Array, 
     return _with_value(elbo, jnp.mean((f - baseline) * log_q)), EstimatorInfo(elbo)
 
 
-ESTIMATORS: dict[str, Callable] = {
-    "reparam": reparam,
-    "stl": stl,
-    "reparam_mc_entropy": reparam_mc_entropy,
-    "score": score,
-    "score_baseline": score_baseline,
+REGISTRY: dict[str, Estimator] = {
+    e.name: e for e in (
+        Estimator("reparam", reparam),
+        Estimator("stl", stl),
+        Estimator("reparam_mc_entropy", reparam_mc_entropy),
+        Estimator("score", score),
+        Estimator("score_baseline", score_baseline, min_num_samples=2),
+    )
 }
+"""Every estimator as an `advi_jax.base.Estimator` record (name, function, minimum draws)."""
 
-_MIN_SAMPLES = {"score_baseline": 2}
+ESTIMATORS: dict[str, Callable] = {name: e.fn for name, e in REGISTRY.items()}
+"""Name -> function view of `REGISTRY` (the public mapping `aj.ESTIMATORS`)."""
 
 
 def min_num_samples(name: str) -> int:
     """The smallest `num_samples` an estimator accepts."""
-    return _MIN_SAMPLES.get(name, 1)
+    return REGISTRY[name].min_num_samples if name in REGISTRY else 1
 
 
 def get_estimator(name: str | Callable) -> Callable:

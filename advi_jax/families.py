@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from advi_jax._types import Array, ArrayLike, check_positive_int, is_concrete
+from advi_jax._types import Array, ArrayLike, check_positive_int
+from advi_jax.base import Family
 
 __all__ = [
     "Family",
@@ -86,81 +87,13 @@ class FullRankParams(NamedTuple):
     off_diag: Array
 
 
-class Family:
-    """Interface shared by the Gaussian families (all methods are pure)."""
-
-    name: str = "family"
-
-    def init(self, key: Array, dim: int, *, loc: ArrayLike | None = None, scale: float = 0.1,
-             dtype=None):
-        raise TypeError(f"{type(self).__name__} does not define init")
-
-    def _check_init(self, dim, loc, scale, dtype):
-        dim = check_positive_int(dim, "dim")
-        if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-        try:
-            dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(float)
-        except TypeError:
-            raise TypeError(f"dtype must be a float dtype such as jnp.float32, got {dtype!r}") from None
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"dtype must be a float dtype such as jnp.float32, got {dtype}")
-        if loc is None:
-            loc = jnp.zeros((dim,), dtype)
-        else:
-            loc = jnp.asarray(loc, dtype)
-            if loc.shape != (dim,):
-                raise ValueError(f"loc must have shape ({dim},), got {loc.shape}")
-            if is_concrete(loc) and not bool(jnp.all(jnp.isfinite(loc))):
-                raise ValueError(f"loc must be finite, got {loc.tolist()}")
-        return dim, loc, dtype
-
-    def sample_standard(self, params, noise: Array) -> Array:
-        """Map standard-normal `noise` of shape (..., K) to draws of q: loc + L noise."""
-        raise TypeError(f"{type(self).__name__} does not define sample_standard")
-
-    def sample(self, params, key: Array, num_samples: int) -> Array:
-        """`num_samples` reparameterised draws, shape (num_samples, K)."""
-        loc = params.loc
-        noise = jax.random.normal(key, (num_samples,) + loc.shape, loc.dtype)
-        return self.sample_standard(params, noise)
-
-    def log_prob(self, params, zeta: ArrayLike) -> Array:
-        raise TypeError(f"{type(self).__name__} does not define log_prob")
-
-    def entropy(self, params) -> Array:
-        raise TypeError(f"{type(self).__name__} does not define entropy")
-
-    def mean(self, params) -> Array:
-        """(K,) mean of q."""
-        return params.loc
-
-    def covariance(self, params) -> Array:
-        """(K, K) covariance of q."""
-        L = self.scale_tril(params)
-        return L @ L.T
-
-    def scale_tril(self, params) -> Array:
-        raise TypeError(f"{type(self).__name__} does not define scale_tril")
-
-    def variance(self, params) -> Array:
-        """(K,) marginal variances."""
-        return jnp.diagonal(self.covariance(params))
-
-    def transform(self, params, shift: Array, scale_tril: Array):
-        """Parameters of the pushforward of q through zeta -> shift + scale_tril @ zeta.
-
-        Families that stay closed under the map implement it (mean-field: diagonal `scale_tril`
-        only; full-rank: any lower-triangular `scale_tril` with a positive diagonal).
-        """
-        raise TypeError(f"family {self.name!r} does not support affine reparameterisation (init='laplace')")
-
-
 @dataclasses.dataclass(frozen=True)
 class MeanFieldGaussian(Family):
     """q(zeta) = prod_k N(zeta_k | loc_k, softplus(raw_scale_k)^2)."""
 
     name: str = "meanfield"
+    affine_closed: ClassVar[bool] = True
+    params_type: ClassVar[type] = MeanFieldParams
 
     def init(self, key, dim, *, loc=None, scale=0.1, dtype=None) -> MeanFieldParams:
         """Parameters at mean `loc` (default 0) and every scale equal to `scale`.
@@ -210,6 +143,8 @@ class FullRankGaussian(Family):
     """q(zeta) = N(zeta | loc, L L^T) with L lower triangular, diag(L) = softplus(raw_diag)."""
 
     name: str = "fullrank"
+    affine_closed: ClassVar[bool] = True
+    params_type: ClassVar[type] = FullRankParams
 
     def init(self, key, dim, *, loc=None, scale=0.1, dtype=None) -> FullRankParams:
         """Parameters at mean `loc` (default 0) and L = scale * I (`key` unused)."""
@@ -297,10 +232,8 @@ class LowRankGaussian(Family):
     Gradient noise: with one draw per step most of the K r entries of B see gradients that are
     nearly pure noise, and Adam's per-coordinate steps let them wander, which inflates the
     variance of q. The "sticking the landing" estimator (`estimator="stl"`, whose noise vanishes
-    as q approaches the posterior) or more draws per step fix this; on a 2,004-dimensional
-    hierarchical logistic regression (1,500 steps, rank 5; benchmarks/bench_lowrank.py) the final
-    ELBO was -10438 with STL, -10464 with the default reparameterisation estimator, and -10445 for
-    mean-field (one noisy run each, on a shared machine).
+    as q approaches the posterior) or more draws per step fix this (measured in
+    benchmarks/PERFORMANCE.md, "Numbers from docstrings").
 
     Args:
       rank: r >= 1, the number of columns of B (static).
@@ -319,6 +252,7 @@ class LowRankGaussian(Family):
 
     rank: int = 10
     name: str = "lowrank"
+    params_type: ClassVar[type] = LowRankParams
 
     def __post_init__(self):
         check_positive_int(self.rank, "rank")

@@ -17,17 +17,18 @@ makes compilation slow for large data), and `jax.vmap` can map over a batch of d
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax._types import Array, ArrayLike, PyTree
+from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int, common_leading_size
 from advi_jax.bijectors import Joint
 from advi_jax.supports import Support
 
-__all__ = ["Model"]
+__all__ = ["Model", "MinibatchModel"]
 
 
 def _joint(support: Mapping[str, Support]) -> Joint:
@@ -164,3 +165,122 @@ class Model:
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}: {s.name}{list(s.shape)}" for n, s in self.support.items())
         return f"Model(dim={self.dim}, {{{inner}}})"
+
+
+# ----------------------------------------------------------------------------------------------
+# A model with a per-datum likelihood (minibatch fits, `aj.fit_minibatch`)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FullLogJoint:
+    """log_prior(params) + sum log_likelihood(params, data): the full-data log joint."""
+
+    log_prior: Callable
+    log_likelihood: Callable
+
+    def __call__(self, params, data):
+        return self.log_prior(params) + jnp.sum(self.log_likelihood(params, data))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PriorOnly:
+    """log_prior(params), as a log joint without data."""
+
+    log_prior: Callable
+
+    def __call__(self, params):
+        return self.log_prior(params)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScaledLogJoint:
+    """log_prior(params) + scale * sum log_likelihood(params, batch), scale = N / batch_size."""
+
+    log_prior: Callable
+    log_likelihood: Callable
+    scale: float
+
+    def __call__(self, params, batch):
+        return self.log_prior(params) + self.scale * jnp.sum(self.log_likelihood(params, batch))
+
+
+@jax.tree_util.register_pytree_node_class
+class MinibatchModel:
+    """A model with a per-datum likelihood, for minibatch (stochastic) ADVI.
+
+    Args:
+      log_prior: `log_prior(params) -> scalar`, everything but the data terms (constrained params).
+      log_likelihood: `log_likelihood(params, batch) -> (B,)` per-datum log likelihoods, or their
+        scalar sum, where `batch` is `data` with every leaf restricted to B rows.
+      support: dict mapping parameter names to supports, as for `aj.Model`.
+      data: pytree of arrays (numpy or jax), every leaf with the same leading axis N.
+      num_data: the N of the N / B scaling; defaults to the data's leading axis (set it only when
+        `data` is itself a sample standing in for a larger population).
+
+    A `MinibatchModel` is a pytree whose leaves are its data (as for `Model`).
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, advi_jax as aj
+      >>> x, y = np.ones((1000, 3), np.float32), np.zeros(1000, np.float32)
+      >>> mb = aj.MinibatchModel(
+      ...     log_prior=lambda p: -0.5 * jnp.sum(p["beta"] ** 2),
+      ...     log_likelihood=lambda p, b: -0.5 * (b[1] - b[0] @ p["beta"]) ** 2,
+      ...     support={"beta": aj.real((3,))}, data=(x, y))
+      >>> mb.num_data, mb.full_model().dim
+      (1000, 3)
+    """
+
+    def __init__(self, log_prior: Callable, log_likelihood: Callable, support: Mapping[str, Support], data: PyTree,
+                 num_data: int | None = None):
+        if not callable(log_prior) or not callable(log_likelihood):
+            raise TypeError("log_prior and log_likelihood must be callables: log_prior(params) -> scalar, "
+                            "log_likelihood(params, batch) -> (B,) or scalar")
+        n = common_leading_size(data, "data (the data axis N leads every array)")
+        self.log_prior = log_prior
+        self.log_likelihood = log_likelihood
+        self.support = dict(support)
+        self.data = data
+        self.num_data = n if num_data is None else check_positive_int(num_data, "num_data")
+        # Validates the supports (raises as aj.Model does).
+        Model(_FullLogJoint(log_prior, log_likelihood), self.support, data=None)
+
+    def tree_flatten(self):
+        return (self.data,), (self.log_prior, self.log_likelihood, tuple(self.support.items()), self.num_data)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.log_prior, obj.log_likelihood, items, obj.num_data = aux
+        obj.support = dict(items)
+        obj.data = children[0]
+        return obj
+
+    @property
+    def data_size(self) -> int:
+        """The leading axis of the data actually held (usually `num_data`)."""
+        return int(np.shape(jax.tree_util.tree_leaves(self.data)[0])[0])
+
+    @property
+    def dim(self) -> int:
+        """K, the length of the flat unconstrained vector (read from the supports; no data needed)."""
+        return Model(_FullLogJoint(self.log_prior, self.log_likelihood), self.support, data=None).dim
+
+    def prior_model(self) -> Model:
+        """The `Model` of the prior alone, log_prior(params) (its log density has the Jacobian)."""
+        return Model(_PriorOnly(self.log_prior), self.support, data=None)
+
+    def full_model(self) -> Model:
+        """The full-data `Model`: log_prior + sum over all data of log_likelihood (scaled by
+        num_data / data_size when `num_data` was overridden)."""
+        scale = self.num_data / self.data_size
+        joint = (_FullLogJoint(self.log_prior, self.log_likelihood) if scale == 1.0
+                 else _ScaledLogJoint(self.log_prior, self.log_likelihood, scale))
+        return Model(joint, self.support, data=self.data)
+
+    def batch_model(self, batch: PyTree, batch_size: int) -> Model:
+        """The `Model` of one minibatch: log_prior + (num_data / batch_size) sum log_likelihood(batch)."""
+        return Model(_ScaledLogJoint(self.log_prior, self.log_likelihood, self.num_data / batch_size), self.support,
+                     data=batch)
+
+    def __repr__(self) -> str:
+        return f"MinibatchModel(num_data={self.num_data}, dim={self.dim})"

@@ -59,7 +59,8 @@ from jax.flatten_util import ravel_pytree
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.estimators import ESTIMATORS, get_estimator, min_num_samples
 from advi_jax.families import Family, get_family
-from advi_jax.fit import advi, resolve_optimizer
+from advi_jax.checks import resolve_optimizer
+from advi_jax.vi.advi import advi
 from advi_jax.flatten import Model
 
 __all__ = [

@@ -42,7 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import advi_jax as aj  # noqa: E402
-from advi_jax.fit import default_optimizer  # noqa: E402
+from advi_jax.optim import default_optimizer  # noqa: E402
 from benchmarks.common import machine, markdown_table, versions, write_json  # noqa: E402
 from benchmarks.make_references import load_reference  # noqa: E402
 from benchmarks.suite import MODELS, QUICK_MODELS, available_models, flatten_draws  # noqa: E402

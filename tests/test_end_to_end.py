@@ -14,7 +14,7 @@ import advi_jax as aj
 from benchmarks.make_references import load_reference
 from benchmarks.suite import RANDHIE_ROWS
 
-pytestmark = pytest.mark.filterwarnings("ignore::advi_jax.fit.DiagnosticWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::advi_jax.DiagnosticWarning")
 
 
 def _compare(result, reference, key):

@@ -93,3 +93,95 @@ def test_families_jit_and_vmap(key):
     assert ent.shape == (2,)
     draws = jax.jit(jax.vmap(lambda p, k: fam.sample(p, k, 5)))(stacked, jax.random.split(key, 2))
     assert draws.shape == (2, 5, K)
+
+
+# --- LowRankGaussian ------------------------------------------------------------------------------
+
+def _lowrank_params(key, k=6, r=3, spread=1.0):
+    fam = aj.LowRankGaussian(rank=r)
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = fam.init(k1, k, scale=0.5)
+    return fam, params._replace(loc=jax.random.normal(k2, (k,)),
+                                factor=spread * jax.random.normal(k3, (k, r)))
+
+
+def test_lowrank_log_prob_and_entropy_match_the_dense_formulas(key):
+    fam, params = _lowrank_params(key)
+    zeta = jax.random.normal(jax.random.fold_in(key, 1), (7, 6))
+
+    @jax.jit  # one compilation instead of many small eager ones
+    def compare(params, zeta):
+        cov = fam.covariance(params)
+        dense_log_prob = jax.vmap(lambda z: multivariate_normal.logpdf(z, params.loc, cov))(zeta)
+        dense_entropy = 0.5 * jnp.linalg.slogdet(2 * jnp.pi * jnp.e * cov)[1]
+        L = fam.scale_tril(params)
+        return (fam.log_prob(params, zeta), dense_log_prob, fam.entropy(params), dense_entropy,
+                fam.variance(params), jnp.diagonal(cov), L @ L.T, cov, fam.log_prob(params, zeta[0]))
+
+    lp, dense_lp, ent, dense_ent, var, dense_var, llt, cov, one = compare(params, zeta)
+    np.testing.assert_allclose(lp, dense_lp, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ent, dense_ent, rtol=1e-5)
+    np.testing.assert_allclose(var, dense_var, rtol=1e-5)
+    np.testing.assert_allclose(llt, cov, rtol=1e-4, atol=1e-4)
+    assert one.shape == () and np.isclose(one, lp[0], rtol=1e-5)
+
+
+def test_lowrank_samples_and_monte_carlo_entropy(key):
+    fam, params = _lowrank_params(key)
+
+    @jax.jit
+    def moments(params, key):
+        draws = fam.sample(params, key, 100_000)
+        neg = -fam.log_prob(params, draws)
+        return draws.shape, jnp.mean(draws, 0), jnp.cov(draws.T), jnp.mean(neg), jnp.std(neg)
+
+    shape, mean, cov, mc_entropy, sd = moments(params, jax.random.fold_in(key, 2))
+    assert shape == (100_000, 6)
+    np.testing.assert_allclose(mean, params.loc, atol=0.05)
+    np.testing.assert_allclose(cov, fam.covariance(params), atol=0.1, rtol=0.05)
+    assert abs(float(mc_entropy) - float(fam.entropy(params))) < 4 * float(sd) / np.sqrt(100_000)
+
+
+def test_lowrank_is_registered_and_configurable():
+    from advi_jax.families import FAMILIES, get_family
+
+    assert isinstance(get_family("lowrank"), aj.LowRankGaussian) and FAMILIES["lowrank"].rank == 10
+    assert get_family(aj.LowRankGaussian(rank=5)).rank == 5
+    with pytest.raises(ValueError, match="rank"):
+        aj.LowRankGaussian(rank=0)
+
+
+def _hierarchical_logistic(num_groups, per_group, seed=0):
+    """y ~ Bernoulli(logit = alpha[g] + x beta), alpha_g ~ N(0, tau^2), tau ~ half-normal: K = G + 4."""
+    rng = np.random.default_rng(seed)
+    d = 3
+    alpha = rng.normal(0, 1.0, size=num_groups)
+    beta = np.array([0.5, -0.5, 0.25])
+    g = np.repeat(np.arange(num_groups), per_group)
+    x = rng.normal(size=(g.size, d))
+    y = (rng.random(g.size) < 1 / (1 + np.exp(-(alpha[g] + x @ beta)))).astype(np.float32)
+
+    def log_joint(params, data):
+        x, y, g = data
+        z = (2 * y - 1) * (params["alpha"][g] + x @ params["beta"])
+        tau = params["tau"]
+        prior = (-0.5 * jnp.sum(params["beta"] ** 2) - 0.5 * tau**2 - num_groups * jnp.log(tau)
+                 - 0.5 * jnp.sum(params["alpha"] ** 2) / tau**2)
+        return prior + jnp.sum(jnp.minimum(z, 0.0) - jnp.log1p(jnp.exp(-jnp.abs(z))))
+
+    model = aj.Model(log_joint, {"alpha": aj.real((num_groups,)), "beta": aj.real((d,)), "tau": aj.positive()},
+                     data=(jnp.asarray(x, jnp.float32), jnp.asarray(y), jnp.asarray(g, jnp.int32)))
+    return model, alpha, beta
+
+
+def test_lowrank_fit_on_a_hierarchical_model_with_two_thousand_groups(key):
+    model, alpha, beta = _hierarchical_logistic(2000, 10)
+    assert model.dim == 2004
+    result = aj.fit(model, key=key, family=aj.LowRankGaussian(rank=5), num_steps=1500, learning_rate=0.02,
+                    progress=False)
+    assert np.all(np.isfinite(result.elbo))
+    loc = np.asarray(result.family.mean(result.params))
+    assert np.corrcoef(loc[:2000], alpha)[0, 1] > 0.6
+    mean = result.mean()
+    np.testing.assert_allclose(mean["beta"], beta, atol=0.15)
+    assert 0.6 < float(mean["tau"]) < 1.5

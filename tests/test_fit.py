@@ -1,6 +1,5 @@
 """End-to-end ADVI: exact conjugate posteriors, a positive-constrained model, vmap, compile-once."""
 
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,6 @@ import optax
 import pytest
 
 import advi_jax as aj
-fit_module = importlib.import_module("advi_jax.fit")
 
 # --- conjugate Bayesian linear regression: prior N(0, I), noise sd 1 (known) -------------------
 _rng = np.random.default_rng(0)
@@ -87,7 +85,7 @@ def test_positive_constrained_posterior_matches_gamma(key):
 
 def test_vmap_whole_fit_over_eight_seeds(key):
     num_steps = 4000
-    optimizer = fit_module.default_optimizer(0.01, num_steps)
+    optimizer = aj.optim.default_optimizer(0.01, num_steps)
     init, step = aj.advi(LINREG, "fullrank", optimizer=optimizer, num_samples=8)
 
     def run(k):
@@ -118,16 +116,16 @@ def test_fit_compiles_once_across_chunks_and_calls(key):
         return _linreg_log_joint(params, data)
 
     model = aj.Model(log_joint, {"beta": aj.real((D,))}, data=LINREG.data)
-    before = fit_module._run_chunk._cache_size()
+    before = aj.run.num_traces()
     aj.fit(model, key=key, num_steps=2000, chunk_size=250, progress=False)
-    after_first = fit_module._run_chunk._cache_size()
+    after_first = aj.run.num_traces()
     traced_first = len(traces)
     # same model and settings, other key, other data values of the same shape: nothing new compiles
     other = aj.Model(log_joint, model.support, data=(LINREG.data[0] * 2.0, LINREG.data[1]))
     other = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(model), jax.tree_util.tree_leaves(other))
     aj.fit(other, key=jax.random.fold_in(key, 1), num_steps=2000, chunk_size=250, progress=False)
     assert after_first - before == 1  # eight chunks, one compilation
-    assert fit_module._run_chunk._cache_size() == after_first
+    assert aj.run.num_traces() == after_first
     assert len(traces) == traced_first  # the log joint was not traced again
 
 

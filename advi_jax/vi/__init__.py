@@ -24,6 +24,13 @@ def register(module) -> None:
     """Add an algorithm module to `METHODS` under its `NAME`."""
     METHODS[module.NAME] = module
 
+
+from advi_jax.vi import advi as _advi  # noqa: E402
+
+register(_advi)
+from advi_jax.vi import laplace as _laplace  # noqa: E402
+
+register(_laplace)
 from advi_jax.vi import glm_exact as _glm_exact  # noqa: E402
 
 register(_glm_exact)

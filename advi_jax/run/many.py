@@ -1,7 +1,7 @@
 """Many independent ADVI fits in one compiled call: B datasets, or B seeds of one model.
 
-`fit_many` runs the ADVI step of `advi_jax.fit.advi` under `jax.vmap` inside one jitted, masked
-`lax.while_loop`: the loop runs while any fit is still active, and a fit that has reached
+`fit_many` runs a method's step (ADVI by default) under `jax.vmap` in the one driver
+(`advi_jax.run.driver`): one jitted, masked `lax.while_loop`: the loop runs while any fit is still active, and a fit that has reached
 `num_steps`, converged (Stan's relative-ELBO rule, `tol_rel_obj`) or stopped on too many
 non-finite steps keeps its state unchanged from then on (`jnp.where` on a per-fit mask). The
 loop runs in chunks of `chunk_size` steps whose bounds are traced, so a second call with the same
@@ -37,8 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
 from typing import Any, Callable, Sequence
 
@@ -47,26 +45,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advi_jax._types import Array, PyTree, check_positive_int, common_leading_size
-from advi_jax.families import Family, get_family
-from advi_jax.fit import (
-    FitState,
-    Result,
-    _Config,
-    _Convergence,
-    _check_key,
-    _check_number,
-    _init_convergence,
-    _STOP_REASONS,
-    _update_convergence,
-    advi,
-    check_estimator,
-    check_loop_args,
-    resolve_optimizer,
-)
+from advi_jax import checks
+from advi_jax._types import Array, check_positive_int, common_leading_size
+from advi_jax.base import Family
 from advi_jax.flatten import Model
+from advi_jax.result import ManyResult, diagnose
+from advi_jax.run import driver
+from advi_jax.run.single import method_options, resolve_method, run_diagnostics
+from advi_jax.vi import advi as _advi
 
-__all__ = ["ManyResult", "fit_many", "stack_models"]
+__all__ = ["fit_many", "stack_models"]
 
 
 def _support_key(model: Model) -> list:
@@ -118,149 +106,27 @@ def _unbatch(model: Model, i: int) -> Model:
     return jax.tree_util.tree_map(lambda x: x[i], model)
 
 
-def _vmapped_step(cfg: _Config, batched: bool):
-    def one(model, key, state):
-        algorithm = advi(model, cfg.family, optimizer=cfg.optimizer, estimator=cfg.estimator,
-                         num_samples=cfg.num_samples, init_scale=cfg.init_scale)
-        return algorithm.step(key, state)
-
-    return jax.vmap(one, in_axes=(0 if batched else None, 0, 0))
+def _batch_size_of(model: Model) -> int:
+    return common_leading_size(model.data, "batched=True (the Model's data carry a leading batch axis)")
 
 
-def _select_batched(mask: Array, new, old):
-    def pick(a, b):
-        m = jnp.reshape(mask, mask.shape + (1,) * (a.ndim - 1))
-        return jnp.where(m, a, b)
-
-    return jax.tree_util.tree_map(pick, new, old)
+@jax.jit
+def _split_keys(key: Array, indices: Array) -> tuple[Array, Array]:
+    """Fit i: `split(fold_in(key, i))` into its init and run keys, in one compiled call."""
+    return jax.vmap(lambda i: tuple(jax.random.split(jax.random.fold_in(key, i))))(indices)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "batched"))
-def _run_many_chunk(model: Model, state: FitState, conv: _Convergence, keys: Array, stop: Array,
-                    cfg: _Config, batched: bool):
-    """Masked steps of B fits from state.step (B,) until each reaches `stop` or its stop flag."""
-    step_all = _vmapped_step(cfg, batched)
-    update_conv = jax.vmap(functools.partial(_update_convergence, cfg))
-    start = state.step
-    num_fits = start.shape[0]
-    trace = jnp.full((num_fits, cfg.chunk_size), jnp.nan, state.params.loc.dtype)
-
-    def active(st, cv):
-        return (st.step < stop) & (cv.stop_code == 0)
-
-    def cond(carry):
-        st, cv, _ = carry
-        return jnp.any(active(st, cv))
-
-    def body(carry):
-        st, cv, tr = carry
-        live = active(st, cv)
-        step_keys = jax.vmap(jax.random.fold_in)(keys, st.step)
-        st_new, info = step_all(model, step_keys, st)
-        cv_new = update_conv(cv, st_new, info)
-        # A finished fit writes out of bounds (dropped) and keeps its state.
-        index = jnp.where(live, st.step - start, cfg.chunk_size)
-        tr = tr.at[jnp.arange(num_fits), index].set(info.elbo, mode="drop")
-        return _select_batched(live, st_new, st), _select_batched(live, cv_new, cv), tr
-
-    return jax.lax.while_loop(cond, body, (state, conv, trace))
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _init_many(key: Array, locs: Array, cfg: _Config) -> tuple[FitState, _Convergence, Array]:
-    """Per-fit keys (fit i: fold_in(key, i), split into init and run keys), states and stop rules.
-
-    One compiled call: eager `fold_in`/`split` under `vmap` would each compile on their own.
-    """
-
-    def one(i, loc):
-        init_key, run_key = jax.random.split(jax.random.fold_in(key, i))
-        params = cfg.family.init(init_key, loc.shape[0], loc=loc, scale=cfg.init_scale)
-        zero = jnp.zeros((), jnp.int32)
-        state = FitState(params, cfg.optimizer.init(params), zero, zero, zero)
-        return state, _init_convergence(cfg.window, loc.dtype), run_key
-
-    return jax.vmap(one)(jnp.arange(locs.shape[0]), locs)
-
-
-@functools.partial(jax.jit, static_argnames=("batched",))
 def _log_density_many(model: Model, locs: Array, batched: bool) -> Array:
-    return jax.vmap(lambda m, z: m.log_density(z), in_axes=(0 if batched else None, 0))(model, locs)
+    return jax.jit(jax.vmap(checks.log_density_at, in_axes=(0 if batched else None, 0)))(model, locs)
 
 
-@dataclasses.dataclass
-class ManyResult:
-    """The outcome of `fit_many`: B fits with batched parameters and per-fit diagnostics.
-
-    Index it (`many[i]`, a `Result`) or iterate over `many.results`.
-
-    Attributes:
-      model: the (batched when `batched`) `Model`.
-      family: the variational `Family`.
-      params: the variational parameters, every leaf with a leading axis B.
-      elbo: (B, max steps run) per-step ELBO estimates, NaN-padded after each fit's last step.
-      num_steps: (B,) steps each fit ran.
-      num_nonfinite: (B,) steps each fit skipped as non-finite.
-      stop_codes: (B,) 0 reached num_steps, 1/2 converged (mean/median rule), 3 non-finite.
-      stop_reasons: B strings, in words.
-      converged: (B,) whether the relative-ELBO rule stopped the fit.
-      batched: whether fit i used dataset i of the model's batched data.
-      seconds: wall time of the whole call (compilation included).
-    """
-
-    model: Model
-    family: Family
-    params: PyTree
-    elbo: np.ndarray
-    num_steps: np.ndarray
-    num_nonfinite: np.ndarray
-    stop_codes: np.ndarray
-    stop_reasons: list[str]
-    converged: np.ndarray
-    batched: bool
-    seconds: float
-    estimator: str = "reparam"
-    num_samples: int = 1
-
-    def __len__(self) -> int:
-        return int(self.num_steps.shape[0])
-
-    def __getitem__(self, i: int) -> Result:
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"index a ManyResult with an int (use .results for all), got {type(i).__name__}")
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"fit index {i} out of range for {n} fits")
-        i = int(i) % n
-        steps = int(self.num_steps[i])
-        return Result(
-            model=_unbatch(self.model, i) if self.batched else self.model,
-            family=self.family,
-            params=jax.tree_util.tree_map(lambda x: x[i], self.params),
-            elbo=self.elbo[i, :steps],
-            num_steps=steps,
-            num_gradient_evals=steps * self.num_samples,
-            num_nonfinite=int(self.num_nonfinite[i]),
-            converged=bool(self.converged[i]),
-            stop_reason=self.stop_reasons[i],
-            seconds=self.seconds,
-            estimator=self.estimator,
-            num_samples=self.num_samples,
-        )
-
-    @property
-    def results(self) -> list[Result]:
-        """One `Result` per fit (`seconds` is the whole call's wall time in each)."""
-        return [self[i] for i in range(len(self))]
-
-    def means(self) -> Array:
-        """(B, K) means of q in the unconstrained space R^K."""
-        return jax.vmap(self.family.mean)(self.params)
-
-    def __repr__(self) -> str:
-        return (f"ManyResult(num_fits={len(self)}, family={self.family.name}, dim={self.model.dim}, "
-                f"num_steps min/max={int(self.num_steps.min())}/{int(self.num_steps.max())}, "
-                f"converged={int(self.converged.sum())}, seconds={self.seconds:.3g})")
+def _disagreement(family: Family, params) -> float:
+    means = np.asarray(jax.vmap(family.mean)(params))
+    sds = np.sqrt(np.mean(np.asarray(jax.vmap(family.variance)(params)), axis=0))
+    if means.shape[0] < 2:
+        return float("nan")
+    spread = np.max(np.abs(means[:, None, :] - means[None, :, :]), axis=(0, 1))
+    return float(np.max(spread / np.maximum(sds, np.finfo(float).tiny)))
 
 
 def _initial_locs(model: Model, init: Any, num_fits: int, batched: bool, dtype) -> Array:
@@ -287,7 +153,10 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
              optimizer: optax.GradientTransformation | None = None, estimator: str | Callable = "reparam",
              learning_rate: float | None = None, init: Any = None, init_scale: float = 0.1,
              tol_rel_obj: float | None = None, eval_every: int = 100, window: int = 10,
-             max_consecutive_nonfinite: int = 50, chunk_size: int = 1000, check: bool = True) -> ManyResult:
+             max_consecutive_nonfinite: int = 50, chunk_size: int = 1000, check: bool = True,
+             method: str = "advi", progress: bool = False, diagnostics: bool = True,
+             num_diagnostic_draws: int = 4096, warn: bool = False, options: Any = None,
+             callback: Callable | None = None) -> ManyResult:
     """Fit B independent ADVI problems in one compiled, vmapped, masked loop.
 
     Every fit follows exactly the algorithm of `aj.fit` (same step, same stopping rule, same
@@ -309,6 +178,13 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
         fit or a (B, K) array of per-fit starting points in R^K.
       chunk_size: steps per compiled call.
       check: evaluate every fit's log density at its initial point and raise if one is not finite.
+      method: "auto" or a registered method that the driver can vmap (ADVI by default).
+      progress: show a progress bar (steps of the furthest fit).
+      diagnostics: compute per-fit PSIS diagnostics (`num_diagnostic_draws` draws each, one
+        vmapped call); `many[i].khat`, `many.summary()`.
+      warn: warn when any fit's diagnostics say it is unreliable.
+      options: settings of a method other than ADVI.
+      callback: as in `aj.fit`.
 
     Returns:
       A `ManyResult` (index it for per-fit `Result`s).
@@ -316,12 +192,15 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
     Raises:
       TypeError, ValueError: bad arguments, named, before anything is compiled.
     """
+    began = time.perf_counter()
     if isinstance(model, (list, tuple)):
         model = stack_models(model)
         batched = True
     if not isinstance(model, Model):
         raise TypeError(f"model must be an aj.Model or a list of them, got {type(model).__name__}")
-    key = _check_key(key)
+    key, family_obj, estimator, num_samples, tol_rel_obj, callback = checks.common_args(
+        key, family, estimator, num_samples, tol_rel_obj, callback, check=check, progress=progress,
+        diagnostics=diagnostics, warn=warn)
     if batched:
         size = _batch_size_of(model)
         if num_fits is not None and check_positive_int(num_fits, "num_fits") != size:
@@ -331,15 +210,18 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
         raise ValueError("pass num_fits=B for B restarts of one model, or batched=True (or a list of models) "
                          "for one fit per dataset")
     num_fits = check_positive_int(num_fits, "num_fits")
-    family_obj = get_family(family)
-    estimator, num_samples = check_estimator(estimator, num_samples)
     num_steps = check_positive_int(num_steps, "num_steps")
-    eval_every, window, chunk_size, max_consecutive_nonfinite = check_loop_args(
+    eval_every, window, chunk_size, max_consecutive_nonfinite = checks.check_loop_args(
         eval_every, window, chunk_size, max_consecutive_nonfinite)
-    if tol_rel_obj is not None:
-        tol_rel_obj = _check_number(tol_rel_obj, "tol_rel_obj")
-    init_scale = _check_number(init_scale, "init_scale")
-    optimizer = resolve_optimizer(optimizer, learning_rate, num_steps)
+    init_scale = checks.check_number(init_scale, "init_scale")
+    num_diagnostic_draws = check_positive_int(num_diagnostic_draws, "num_diagnostic_draws", 100)
+    module, method_name, _ = resolve_method(method, model, family_obj, estimator=estimator,
+                                            num_samples=num_samples, optimizer=optimizer)
+    if module is _advi:
+        opts = _advi.Options(checks.resolve_optimizer(optimizer, learning_rate, num_steps), estimator, num_samples,
+                             init_scale)
+    else:
+        opts = method_options(module, options)
 
     dtype = jnp.result_type(float)
     locs = _initial_locs(model, init, num_fits, batched, dtype)
@@ -350,37 +232,41 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
             raise ValueError(f"the log density is not finite at the initial point of fits {bad[:10].tolist()}"
                              f"{' ...' if bad.size > 10 else ''}; pass init= points where it is, or check the data")
 
-    cfg = _Config(family_obj, optimizer, estimator, num_samples, float(init_scale), chunk_size, eval_every, window,
-                  float(tol_rel_obj or 0.0), max_consecutive_nonfinite)
-    start_time = time.perf_counter()
-    state, conv, run_keys = _init_many(key, locs, cfg)
-
-    traces = []
-    done = 0
-    while True:
-        stop = min(done + chunk_size, num_steps)
-        state, conv, trace = _run_many_chunk(model, state, conv, run_keys, jnp.asarray(stop, jnp.int32), cfg,
-                                             batched)
-        steps = np.asarray(state.step)
-        codes = np.asarray(conv.stop_code)
-        furthest = int(steps.max())
-        traces.append(np.asarray(trace[:, : furthest - done]))
-        done = stop
-        if done >= num_steps or np.all((codes != 0) | (steps >= num_steps)) or furthest < done:
-            break
-    elbo = np.concatenate(traces, axis=1)[:, : int(steps.max())]
-    return ManyResult(
-        model=model,
-        family=family_obj,
-        params=state.params,
-        elbo=elbo,
-        num_steps=steps,
-        num_nonfinite=np.asarray(state.num_nonfinite),
+    cfg = driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
+                          max_consecutive_nonfinite, num_fits=num_fits, model_batched=batched)
+    try:
+        init_keys, run_keys = _split_keys(key, jnp.arange(num_fits))
+        loop = driver.init_loop(model, init_keys, locs, cfg)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("aj.fit_many was interrupted during start-up, before any fit state existed: "
+                                "nothing to return") from None
+    out = driver.drive(model, loop, run_keys, cfg, num_steps, progress=progress, desc=f"{num_fits} fits",
+                       callback=callback)
+    params = jax.vmap(lambda m, s: module.build(m, family_obj, opts).params(s),
+                      in_axes=(0 if batched else None, 0))(model, out.loop.state)
+    steps = np.asarray(out.loop.step)
+    codes = np.asarray(out.stop_codes)
+    nonfinite = np.asarray(out.loop.num_nonfinite)
+    diag, note, diag_seconds = None, "not computed (fit_many(..., diagnostics=False))", 0.0
+    if diagnostics:
+        diag_keys = jax.random.split(jax.random.fold_in(key, 1), num_fits)
+        diag, note, diag_seconds = run_diagnostics(
+            lambda: diagnose(model, family_obj, params, diag_keys, num_diagnostic_draws, num_fits=num_fits,
+                             batched=batched), bool(np.any(codes < 0)))
+    elbo = out.elbo[:, : int(steps.max())] if out.elbo.shape[1] else out.elbo
+    many = ManyResult(
+        model=model, family=family_obj, params=params, elbo=elbo, num_steps=steps, num_nonfinite=nonfinite,
         stop_codes=codes,
-        stop_reasons=[_STOP_REASONS[int(c)] for c in codes],
-        converged=np.isin(codes, (1, 2)),
-        batched=batched,
-        seconds=time.perf_counter() - start_time,
-        estimator=estimator if isinstance(estimator, str) else getattr(estimator, "__name__", "custom"),
-        num_samples=num_samples,
-    )
+        stop_reasons=[driver.stop_reason(int(c), int(n), max_consecutive_nonfinite) for c, n in zip(codes, nonfinite)],
+        converged=np.isin(codes, (1, 2, 4)), batched=batched, seconds=time.perf_counter() - began,
+        estimator=checks.estimator_name(estimator), num_samples=num_samples,
+        num_grad_evals=np.asarray(out.loop.num_grad_evals), num_logp_evals=np.asarray(out.loop.num_logp_evals),
+        diagnostics=diag, diagnostics_note=note or "not computed (fit_many(..., diagnostics=False))",
+        method=method_name, compile_seconds=out.compile_seconds, run_seconds=out.run_seconds,
+        diagnostics_seconds=diag_seconds, disagreement=float("nan") if batched else _disagreement(family_obj, params))
+    if warn and diag is not None:
+        from advi_jax.run.single import warn_diagnostics
+
+        for i in range(num_fits):
+            warn_diagnostics(many[i], True)
+    return many

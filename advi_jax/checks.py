@@ -1,0 +1,212 @@
+"""Every argument check of the fit entry points, written once.
+
+`fit`, `fit_many` and `fit_minibatch` (and the lower-level builders) call these before anything
+is compiled, so a bad argument is a `TypeError`/`ValueError` naming it, with the expected and
+the actual value, never a traceback from inside a trace.
+
+Example:
+  >>> from advi_jax import checks
+  >>> checks.check_number(0.5, "tol_rel_obj")
+  0.5
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from advi_jax._types import Array, check_positive_int
+from advi_jax.diagnostics import check_key
+from advi_jax.estimators import ESTIMATORS, min_num_samples
+from advi_jax.optim import DEFAULT_LEARNING_RATE, default_optimizer
+
+__all__ = [
+    "check_key", "check_positive_int", "check_number", "check_flag", "check_estimator", "check_loop_args",
+    "resolve_learning_rate", "resolve_optimizer", "initial_loc", "check_log_joint_shape", "check_initial_point",
+    "check_data", "estimator_name", "INIT_OPTIONS", "CommonArgs", "common_args", "check_callback",
+]
+
+INIT_OPTIONS = "None, 'random', 'laplace', a dict of constrained values, or a (K,) vector in R^K"
+
+
+def check_number(value: Any, name: str, *, positive: bool = True) -> float:
+    """`value` as a finite float (positive unless `positive=False`), or an error naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a {'positive ' if positive else ''}finite number, got "
+                        f"{type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name} must be a {'positive ' if positive else ''}finite number, got {value!r}")
+    return value
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """`value` as a bool, or a TypeError naming `name` (no truthy strings or ints)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_estimator(estimator: Any, num_samples: Any) -> tuple[Any, int]:
+    """Validate an estimator (a name in `ESTIMATORS` or a callable) and `num_samples` together.
+
+    Returns:
+      (estimator, num_samples) with `num_samples` an int at least the estimator's minimum.
+    """
+    if isinstance(estimator, str) and estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    if not isinstance(estimator, str) and not callable(estimator):
+        raise TypeError(f"estimator must be one of {sorted(ESTIMATORS)} or a callable, got {type(estimator).__name__}")
+    num_samples = check_positive_int(num_samples, "num_samples")
+    if isinstance(estimator, str) and num_samples < min_num_samples(estimator):
+        raise ValueError(f"estimator {estimator!r} needs num_samples >= {min_num_samples(estimator)}, "
+                         f"got {num_samples}")
+    return estimator, num_samples
+
+
+def estimator_name(estimator: Any) -> str:
+    """The name shown in results: the registry name, or the callable's `__name__`."""
+    return estimator if isinstance(estimator, str) else getattr(estimator, "__name__", "custom")
+
+
+def check_loop_args(eval_every: Any, window: Any, chunk_size: Any,
+                    max_consecutive_nonfinite: Any) -> tuple[int, int, int, int]:
+    """Validate the driver's integer settings; returns them as ints in the same order."""
+    return (check_positive_int(eval_every, "eval_every"), check_positive_int(window, "window"),
+            check_positive_int(chunk_size, "chunk_size"),
+            check_positive_int(max_consecutive_nonfinite, "max_consecutive_nonfinite"))
+
+
+def resolve_learning_rate(learning_rate: Any, optimizer: Any, *, allow_adapt: bool = False) -> tuple[float | None, bool]:
+    """Check `learning_rate` against `optimizer`; returns (learning rate or None, adapt?).
+
+    Raises:
+      ValueError: both given, a non-positive rate, or "adapt" where it is not supported.
+      TypeError: an optimizer that is not an optax GradientTransformation.
+    """
+    adapt = isinstance(learning_rate, str) and learning_rate == "adapt"
+    if isinstance(learning_rate, str) and not (adapt and allow_adapt):
+        expected = "a positive number, None or 'adapt'" if allow_adapt else "a positive number or None"
+        raise ValueError(f"learning_rate must be {expected}, got {learning_rate!r}")
+    if optimizer is not None:
+        if adapt:
+            raise ValueError("learning_rate='adapt' tunes Adam's step size; it cannot be combined with optimizer=")
+        if learning_rate is not None:
+            raise ValueError("pass either optimizer or learning_rate, not both")
+        if not isinstance(optimizer, optax.GradientTransformation):
+            raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+        return None, False
+    if learning_rate is None or adapt:
+        return DEFAULT_LEARNING_RATE, adapt
+    return check_number(learning_rate, "learning_rate"), False
+
+
+def resolve_optimizer(optimizer: Any, learning_rate: Any, num_steps: int | None) -> optax.GradientTransformation:
+    """`optimizer` if given (checked), else `default_optimizer(learning_rate, num_steps)`."""
+    lr, _ = resolve_learning_rate(learning_rate, optimizer)
+    return optimizer if optimizer is not None else default_optimizer(float(lr), num_steps)
+
+
+def initial_loc(model: Any, init: Any, dtype) -> Array:
+    """The (K,) starting location in R^K from `init`: None (zeros), a dict of constrained values,
+    or a (K,) vector; raises naming `init` otherwise."""
+    if init is None:
+        return jnp.zeros((model.dim,), dtype)
+    if isinstance(init, Mapping):
+        try:
+            return jnp.asarray(model.to_unconstrained(init), dtype)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"init: {err}") from None
+    if isinstance(init, (str, bytes)) or not isinstance(init, (jax.Array, np.ndarray, list, tuple)):
+        raise TypeError(f"init must be {INIT_OPTIONS}; got {init!r}")
+    loc = np.asarray(init)
+    if not (np.issubdtype(loc.dtype, np.floating) or np.issubdtype(loc.dtype, np.integer)) or loc.dtype == bool:
+        raise TypeError(f"init must be a real vector, got dtype {loc.dtype}")
+    if loc.shape != (model.dim,):
+        raise ValueError(f"init must be a dict of constrained values or a ({model.dim},) unconstrained vector, "
+                         f"got shape {loc.shape}")
+    if not np.all(np.isfinite(loc)):
+        raise ValueError(f"init has non-finite entries: {loc.tolist()}")
+    return jnp.asarray(loc, dtype)
+
+
+@jax.jit
+def log_density_at(model: Any, zeta: Array) -> Array:
+    """`model.log_density(zeta)`, compiled once per model structure."""
+    return model.log_density(zeta)
+
+
+def check_log_joint_shape(model: Any, dtype) -> None:
+    """Raise if the log density is not a float scalar (by shape only: nothing runs)."""
+    out = jax.eval_shape(log_density_at, model, jax.ShapeDtypeStruct((model.dim,), dtype))
+    if out.shape != ():
+        raise ValueError(f"model.log_joint must return a scalar log density, got shape {out.shape} "
+                         "(sum the per-observation terms)")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"model.log_joint must return a float scalar, got dtype {out.dtype}")
+
+
+def check_initial_point(model: Any, loc: Array, what: str = "the log density") -> None:
+    """Raise a clear error if `model.log_density` is not a finite scalar at `loc`."""
+    check_log_joint_shape(model, loc.dtype)
+    value = log_density_at(model, loc)
+    if not np.isfinite(float(value)):
+        params = model.to_constrained(loc)
+        shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in params.items()}
+        raise ValueError(f"{what} is {float(value)} at the initial point {shown}; the log joint must be "
+                         "finite there (pass init= a point where it is, or check the model)")
+
+
+@jax.jit
+def _all_finite(x: Array) -> Array:
+    return jnp.all(jnp.isfinite(x))
+
+
+def check_data(data: Any, name: str = "model.data") -> None:
+    """Raise if a float leaf of `data` has NaN or inf entries (checked on device, one fused read)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(data):
+        if isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, jax.core.Tracer):
+            if np.issubdtype(leaf.dtype, np.inexact) and not bool(_all_finite(leaf)):
+                arr = np.asarray(leaf)
+                where = jax.tree_util.keystr(path)
+                raise ValueError(f"{name}{where} has non-finite entries "
+                                 f"({int(np.sum(~np.isfinite(arr)))} of {arr.size}); remove or impute them")
+
+
+class CommonArgs(NamedTuple):
+    """The arguments every fit entry point shares, checked (see `common_args`)."""
+
+    key: Array
+    family: Any
+    estimator: Any
+    num_samples: int
+    tol_rel_obj: float | None
+    callback: Callable | None
+
+
+def common_args(key: Any, family: Any, estimator: Any, num_samples: Any, tol_rel_obj: Any, callback: Any,
+                **flags: Any) -> CommonArgs:
+    """Check what `fit`, `fit_many` and `fit_minibatch` share: the key, the family, the estimator
+    with its draws, `tol_rel_obj`, the `callback` and the boolean `flags` (by name)."""
+    from advi_jax.families import get_family
+
+    key = check_key(key)
+    family = get_family(family)
+    estimator, num_samples = check_estimator(estimator, num_samples)
+    if tol_rel_obj is not None:
+        tol_rel_obj = check_number(tol_rel_obj, "tol_rel_obj")
+    for name, flag in flags.items():
+        check_flag(flag, name)
+    return CommonArgs(key, family, estimator, num_samples, tol_rel_obj, check_callback(callback))
+
+
+def check_callback(callback: Any) -> Callable | None:
+    """None or a callable, else a TypeError naming `callback`."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be None or a function of a run.Progress, got {type(callback).__name__}")
+    return callback

@@ -1,0 +1,442 @@
+"""One immutable result: the approximation (model, family, parameters) and the fit's report.
+
+`Result` is built once by a fit pipeline (`advi_jax.run`) and never mutated. It holds
+
+* the approximation: `model`, `family`, `params` (in R^K) with `sample`, `mean`,
+  `psis_expectation`, ... mapping back to the constrained space through the model's bijectors;
+* the report (`Report`): the ELBO trace, the stop reason, the method and why it was chosen, the
+  cost (`num_grad_evals`, `num_logp_evals`, seconds split into start / compile / run /
+  diagnostics), the PSIS diagnostics (`Diagnostics`), the start, and method-specific `extras`.
+  Every report field reads as an attribute of the result (`result.khat`, `result.stop_reason`).
+
+`summary()` is the one formatter. `ManyResult` is the batched result of `fit_many`, with
+per-fit diagnostics; indexing it gives a `Result`.
+
+Diagnostics and non-finite draws: `diagnose` draws S times from q and evaluates the log density
+at every draw. A draw where it is NaN or -inf is q's mass outside the posterior's support (or
+where the model is broken); it is never dropped. Its share is `Diagnostics.nonfinite_share`; the
+plain ELBO over the draws is then -inf or NaN (`Diagnostics.elbo`); a share of at least
+`NONFINITE_UNRELIABLE` (1 in 1,000 draws) makes k-hat +inf and the verdict "unreliable", a
+smaller non-zero share caps the verdict at "ok"; the fit warns in both cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advi_jax import diagnostics as _diag
+from advi_jax._types import Array, PyTree, check_positive_int
+from advi_jax.base import Family
+
+__all__ = ["Diagnostics", "Report", "Result", "ManyResult", "diagnose", "log_ratios", "verdict",
+           "NONFINITE_UNRELIABLE"]
+
+NONFINITE_UNRELIABLE = 1e-3
+"""A share of q's mass (estimated from the diagnostic draws) where the log density is NaN or -inf
+at or above which the verdict is "unreliable"; any smaller non-zero share caps it at "ok"."""
+
+
+class Diagnostics(NamedTuple):
+    """Importance diagnostics of q against the model (floats, or arrays with a leading B axis).
+
+    Attributes:
+      khat: PSIS k-hat of log p - log q (+inf when `nonfinite_share` >= NONFINITE_UNRELIABLE).
+      iw_elbo, iw_elbo_se: importance-weighted ELBO and its Monte Carlo standard error.
+      elbo: the plain ELBO mean(log p - log q) over ALL the draws (-inf/NaN if any is).
+      ess, psis_ess: importance effective sample sizes, raw and Pareto-smoothed.
+      nonfinite_share: the share of the draws where log p is NaN or -inf.
+      num_draws: S.
+    """
+
+    khat: Any
+    iw_elbo: Any
+    iw_elbo_se: Any
+    elbo: Any
+    ess: Any
+    psis_ess: Any
+    nonfinite_share: Any
+    num_draws: int
+
+
+def log_ratios(model: Any, family: Family, params: PyTree, key: Array, num_draws: int,
+               batch_size: int = 256) -> tuple[Array, Array]:
+    """(num_draws, K) draws of q and their log p - log q, evaluated `batch_size` draws at a time."""
+    zeta = family.sample(params, key, num_draws)
+    log_p = jax.lax.map(model.log_density, zeta, batch_size=min(num_draws, batch_size))
+    return zeta, log_p - family.log_prob(params, zeta)
+
+
+draws_and_log_ratios = jax.jit(log_ratios, static_argnames=("family", "num_draws", "batch_size"))
+
+
+def _core(ratios: Array) -> tuple:
+    d = _diag._diagnostics_core(ratios)
+    share = jnp.mean(~jnp.isfinite(ratios) & ~jnp.isposinf(ratios))
+    # q's mass where log p is NaN or -inf counts against the fit: k-hat over the other draws alone
+    # would describe a different q, so it is +inf once that mass reaches NONFINITE_UNRELIABLE.
+    khat = jnp.where(share >= NONFINITE_UNRELIABLE, jnp.inf, d.khat)
+    return khat, d.iw_elbo, d.iw_elbo_se, d.elbo, d.ess, d.psis_ess, share
+
+
+@functools.partial(jax.jit, static_argnames=("family", "num_draws", "batched"))
+def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool | None):
+    def one(m, p, k):
+        return _core(log_ratios(m, family, p, k, num_draws)[1])
+
+    if batched is None:
+        return one(model, params, keys)
+    return jax.vmap(one, in_axes=(0 if batched else None, 0, 0))(model, params, keys)
+
+
+def _to_diagnostics(values, num_draws: int) -> Diagnostics:
+    values = jax.device_get(values)
+    convert = (lambda v: float(v)) if np.ndim(values[0]) == 0 else np.asarray
+    return Diagnostics(*(convert(v) for v in values), num_draws)
+
+
+def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: int = 4096, *,
+             num_fits: int | None = None, batched: bool = False) -> Diagnostics:
+    """PSIS k-hat, IW-ELBO, ESS and the non-finite share from `num_draws` fresh draws of q.
+
+    One jitted call. With `num_fits=B`, `params` leaves and `key` carry a leading B axis and the
+    model's data too when `batched`; every field is then a (B,) array.
+    """
+    flag = None if num_fits is None else bool(batched)
+    return _to_diagnostics(_diagnose(model, family, params, key, num_draws, flag), num_draws)
+
+
+def diagnose_ratios(ratios: Array) -> Diagnostics:
+    """`Diagnostics` from precomputed (S,) log ratios (e.g. the full-data ones of a minibatch fit)."""
+    return _to_diagnostics(jax.jit(_core)(ratios), int(ratios.shape[0]))
+
+
+def verdict(diagnostics: Diagnostics | None, missing: str = "not computed") -> str:
+    """The verdict in plain words: k-hat's reading, downgraded by q's mass where log p is not finite."""
+    if diagnostics is None:
+        return missing
+    text = _diag.khat_verdict(diagnostics.khat, diagnostics.num_draws)
+    share = diagnostics.nonfinite_share
+    if share > 0:
+        where = (f"q puts {100 * share:.3g}% of its mass where the log density is NaN or -inf "
+                 "(outside the model's support or where it breaks)")
+        if share >= NONFINITE_UNRELIABLE or text.startswith("unreliable"):
+            return f"unreliable: {where}; the fit and its ELBO cannot be trusted"
+        if text.startswith("good"):
+            return f"ok at best: {where}"
+    return text
+
+
+def _quantile_table(draws: Mapping[str, np.ndarray], labels: Mapping[str, Any] | None = None,
+                    weights: np.ndarray | None = None) -> list[dict]:
+    rows = []
+    labels = labels or {}
+    for name, value in draws.items():
+        value = np.asarray(value)
+        flat = value.reshape(value.shape[0], -1)
+        shape = value.shape[1:]
+        names = labels.get(name)
+        if names is not None and len(names) != flat.shape[1]:
+            raise ValueError(f"labels[{name!r}] must have {flat.shape[1]} entries, got {len(names)}")
+        for j in range(flat.shape[1]):
+            idx = np.unravel_index(j, shape) if shape else ()
+            if names is not None:
+                label = f"{name}[{names[j]}]" if shape else str(names[j])
+            else:
+                label = name + ("[" + ",".join(str(i) for i in idx) + "]" if shape else "")
+            col = flat[:, j]
+            q5, q50, q95 = np.quantile(col, [0.05, 0.5, 0.95])
+            row = {"parameter": label, "mean": float(col.mean()), "sd": float(col.std(ddof=1)),
+                   "5%": float(q5), "50%": float(q50), "95%": float(q95)}
+            if weights is not None:
+                mean = float(np.sum(weights * col))
+                row["psis_mean"] = mean
+                row["psis_sd"] = float(np.sqrt(max(np.sum(weights * (col - mean) ** 2), 0.0)))
+            rows.append(row)
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What a fit did and what it cost (see `Result`; every field is also an attribute of it).
+
+    Attributes:
+      elbo: (steps run,) per-step ELBO estimates (NaN where a step was skipped).
+      num_steps: steps run.
+      num_grad_evals: gradients of the log density the fit evaluated (summed `StepInfo` counts).
+      num_logp_evals: log-density values evaluated without a gradient.
+      num_nonfinite: steps skipped because the ELBO or gradient was not finite.
+      converged: whether a convergence test (the relative-ELBO rule or the method's) stopped it.
+      stop_reason: why the fit ended, in words.
+      stop_code: the driver's code (`advi_jax.run.STOP_REASONS`).
+      method: the algorithm that ran (`advi_jax.vi.METHODS`); method_reason: why.
+      estimator, num_samples: ADVI's gradient estimator and draws per step (None for others).
+      seconds: wall time of the whole call; start_seconds (checks, the Laplace start, step-size
+        search), compile_seconds, run_seconds, diagnostics_seconds split it.
+      diagnostics: a `Diagnostics`, or None with `diagnostics_note` saying why.
+      learning_rate, adaptation: Adam's step size and the `learning_rate="adapt"` search.
+      init_loc, init_method, init_candidates, init_scores: how the fit started.
+      extras: method-specific outputs (`VIAlgorithm.extras`), a dict.
+      runaway: indices of parameters that ran away while the ELBO rose (empty when none).
+    """
+
+    elbo: np.ndarray
+    num_steps: int
+    num_grad_evals: int
+    num_logp_evals: int
+    num_nonfinite: int
+    converged: bool
+    stop_reason: str
+    stop_code: int = 0
+    method: str = "advi"
+    method_reason: str = "requested"
+    estimator: str | None = "reparam"
+    num_samples: int | None = 1
+    seconds: float = 0.0
+    start_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    run_seconds: float = 0.0
+    diagnostics_seconds: float = 0.0
+    diagnostics: Diagnostics | None = None
+    diagnostics_note: str = "not computed (diagnostics=False)"
+    learning_rate: float | None = None
+    adaptation: dict | None = None
+    init_loc: np.ndarray | None = None
+    init_method: str = "zero"
+    init_candidates: np.ndarray | None = None
+    init_scores: np.ndarray | None = None
+    extras: dict = dataclasses.field(default_factory=dict)
+    runaway: tuple = ()
+
+
+_REPORT_FIELDS = frozenset(f.name for f in dataclasses.fields(Report))
+_DIAGNOSTIC_FIELDS = ("khat", "iw_elbo", "iw_elbo_se", "ess", "psis_ess", "nonfinite_share")
+_RESAMPLE_OPTIONS = (None, "psis")
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """The outcome of `fit` / `fit_minibatch` (and of one fit of `fit_many`).
+
+    Attributes:
+      model: the fitted `Model` (the full-data model for a minibatch fit).
+      family: the variational `Family`.
+      params: the variational parameters (last finite values).
+      report: the `Report`; its fields read as attributes here (`result.elbo`,
+        `result.num_grad_evals`, `result.stop_reason`, ...). Also `num_gradient_evals` (an alias
+        of `num_grad_evals`), `khat`, `iw_elbo`, `iw_elbo_se`, `ess`, `psis_ess`,
+        `nonfinite_share` (NaN without diagnostics) and `num_diagnostic_draws` (0 without).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, advi_jax as aj
+      >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((3,))})
+      >>> result = aj.fit(model, key=jax.random.key(1), num_steps=500, num_samples=2, progress=False)
+      >>> result.num_grad_evals, result.report.method
+      (1000, 'advi')
+    """
+
+    model: Any
+    family: Family
+    params: PyTree
+    report: Report
+
+    def __getattr__(self, name: str):
+        if name in _REPORT_FIELDS:
+            return getattr(object.__getattribute__(self, "report"), name)
+        if name in _DIAGNOSTIC_FIELDS:
+            diag = object.__getattribute__(self, "report").diagnostics
+            return float("nan") if diag is None else getattr(diag, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def num_gradient_evals(self) -> int:
+        """Alias of `num_grad_evals`."""
+        return self.report.num_grad_evals
+
+    @property
+    def num_diagnostic_draws(self) -> int:
+        """Draws of q behind the diagnostics (0 when not computed)."""
+        return 0 if self.report.diagnostics is None else self.report.diagnostics.num_draws
+
+    # ------------------------------------------------------------------ the approximation
+    def sample_unconstrained(self, key: Array, n: int) -> Array:
+        """(n, K) draws of q in R^K."""
+        key = _diag.check_key(key)
+        n = check_positive_int(n, "n")
+        return self.family.sample(self.params, key, n)
+
+    def sample(self, key: Array, n: int, resample: str | None = None,
+               num_proposals: int | None = None) -> dict[str, Array]:
+        """n constrained draws: dict name -> array with leading axis n.
+
+        Args:
+          key: PRNG key.
+          n: number of draws.
+          resample: None for independent draws of q; "psis" for sampling-importance-resampling:
+            `num_proposals` draws of q are weighted by their Pareto-smoothed importance weights
+            and n of them are picked with replacement, which corrects q towards the posterior
+            when k-hat < 0.7 (the picks contain repeats; see `diagnostics.psis_resample`).
+          num_proposals: draws of q to resample from (default max(4 n, 4096)).
+
+        Returns:
+          dict name -> (n, *shape) constrained draws.
+        """
+        key = _diag.check_key(key)
+        n = check_positive_int(n, "n")
+        if resample not in _RESAMPLE_OPTIONS:
+            raise ValueError(f"resample must be one of {list(_RESAMPLE_OPTIONS)}, got {resample!r}")
+        if resample is None:
+            if num_proposals is not None:
+                raise ValueError("num_proposals is only used with resample='psis'")
+            zeta = self.sample_unconstrained(key, n)
+        else:
+            proposals = max(4 * n, 4096) if num_proposals is None else check_positive_int(num_proposals,
+                                                                                          "num_proposals", 25)
+            draw_key, pick_key = jax.random.split(key)
+            zeta, ratios = draws_and_log_ratios(self.model, self.family, self.params, draw_key, proposals)
+            zeta = _diag.psis_resample(pick_key, zeta, ratios, n)
+        return jax.vmap(self.model.to_constrained)(zeta)
+
+    def importance_draws(self, key: Array, n: int = 4096) -> tuple[dict[str, Array], _diag.PSISResult]:
+        """n draws of q (constrained) with their Pareto-smoothed importance weights.
+
+        Returns:
+          (draws, psis_result): draws is dict name -> (n, *shape); `psis_result.log_weights` are
+          the normalised smoothed log weights and `psis_result.khat` the k-hat of these draws.
+        """
+        key = _diag.check_key(key)
+        n = check_positive_int(n, "n", 25)
+        zeta, ratios = draws_and_log_ratios(self.model, self.family, self.params, key, n)
+        return jax.vmap(self.model.to_constrained)(zeta), _diag._psis_core(ratios, True)
+
+    def psis_expectation(self, fn: Callable[[dict[str, Array]], PyTree], key: Array, n: int = 4096) -> PyTree:
+        """PSIS-corrected posterior expectation E_p[fn(params)] from n draws of q.
+
+        `fn` takes one dict of constrained parameters and returns an array or pytree; it is
+        vmapped over the draws and averaged with self-normalised Pareto-smoothed weights.
+        Reliable while k-hat < 0.7 (`importance_draws` gives the k-hat of the draws used).
+
+        Example:
+          >>> second_moment = result.psis_expectation(lambda p: p["x"] ** 2, jax.random.key(1))  # doctest: +SKIP
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be a function of a dict of constrained parameters, got {type(fn).__name__}")
+        draws, smoothed = self.importance_draws(key, n)
+        values = jax.vmap(fn)(draws)
+        weights = jnp.exp(smoothed.log_weights)
+        return jax.tree_util.tree_map(lambda v: jnp.tensordot(weights.astype(v.dtype), v, axes=1)
+                                      if jnp.issubdtype(v.dtype, jnp.floating) else
+                                      jnp.tensordot(weights, v.astype(weights.dtype), axes=1), values)
+
+    def mean(self, key: Array | None = None, num_draws: int = 4000) -> dict[str, Array]:
+        """Posterior means in the constrained space, by Monte Carlo over q.
+
+        The constrained mean of q has no closed form for non-linear bijectors; without a `key`
+        a fixed key (0) is used so repeated calls agree.
+        """
+        key = jax.random.key(0) if key is None else key
+        return {k: jnp.mean(v, axis=0) for k, v in self.sample(key, num_draws).items()}
+
+    def to_arviz(self, *args, **kwargs):
+        """This result as ArviZ `InferenceData` (`advi_jax.interop.arviz.to_arviz(self, ...)`)."""
+        try:
+            from advi_jax.interop.arviz import to_arviz
+        except ImportError as err:
+            raise ImportError("Result.to_arviz needs advi_jax.interop.arviz (and the arviz package): "
+                              f"{err}") from err
+        return to_arviz(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ the report
+    @property
+    def verdict(self) -> str:
+        """The diagnostics' verdict in plain words (k-hat and q's mass where log p is not finite)."""
+        return verdict(self.report.diagnostics, self.report.diagnostics_note)
+
+    def summary_rows(self, key: Array | None = None, num_draws: int = 4000,
+                     labels: Mapping[str, Any] | None = None) -> list[dict]:
+        """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space).
+
+        When the diagnostics say PSIS is reliable (k-hat below the threshold, no non-finite
+        mass) and k-hat >= 0.5, each row also has `psis_mean` and `psis_sd`: the
+        Pareto-smoothed importance-weighted estimates, which correct q towards the posterior.
+        `labels` optionally maps a parameter name to labels of its flattened entries; by
+        default the model's own `labels` (e.g. feature names of the ready GLMs) are used.
+        """
+        key = jax.random.key(0) if key is None else key
+        if labels is None:
+            labels = getattr(self.model, "labels", None)
+        diag = self.report.diagnostics
+        weights = None
+        if (diag is not None and diag.nonfinite_share == 0 and _diag.KHAT_GOOD <= diag.khat
+                < _diag.khat_threshold(diag.num_draws)):
+            draws, smoothed = self.importance_draws(key, max(num_draws, 100))
+            sampled, weights = draws, np.asarray(jnp.exp(smoothed.log_weights))
+        else:
+            sampled = self.sample(key, num_draws)
+        names = list(getattr(self.model, "names", []))
+        order = [k for k in names if k in sampled] + [k for k in sampled if k not in names]
+        return _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels, weights)
+
+    def diagnostics_lines(self) -> list[str]:
+        """The diagnostics part of `summary()`, one string per line."""
+        d = self.report.diagnostics
+        if d is None:
+            return [f"diagnostics: {self.report.diagnostics_note}"]
+        s = d.num_draws
+        lines = [f"PSIS k-hat = {d.khat:.3f} from {s} draws of q: {self.verdict}",
+                 f"importance-weighted ELBO = {d.iw_elbo:.4f} +/- {d.iw_elbo_se:.2g} (Monte Carlo se); "
+                 f"importance ESS = {d.ess:.0f} raw, {d.psis_ess:.0f} Pareto-smoothed, of {s}"]
+        if d.nonfinite_share > 0:
+            lines.append(f"log density NaN or -inf at {100 * d.nonfinite_share:.3g}% of the draws; ELBO over all "
+                         f"the draws = {d.elbo:.4g}")
+        return lines
+
+    def summary(self, key: Array | None = None, num_draws: int = 4000,
+                labels: Mapping[str, Any] | None = None) -> str:
+        """A printable table of the posterior summary, the fit's outcome, its cost and diagnostics."""
+        r = self.report
+        rows = self.summary_rows(key, num_draws, labels)
+        width = max([len("parameter")] + [len(row["parameter"]) for row in rows])
+        cols = ["mean", "sd", "5%", "50%", "95%"] + (["psis_mean", "psis_sd"] if rows and "psis_mean" in rows[0]
+                                                      else [])
+        lines = [f"{'parameter':<{width}} " + " ".join(f"{c:>10}" for c in cols)]
+        for row in rows:
+            lines.append(f"{row['parameter']:<{width}} " + " ".join(f"{row[c]:>10.4g}" for c in cols))
+        if len(cols) > 5:
+            lines.append("(psis_mean, psis_sd: Pareto-smoothed importance-weighted estimates; k-hat < "
+                         f"{_diag.khat_threshold(r.diagnostics.num_draws):.2f} says they are reliable)")
+        tail = np.asarray(r.elbo[-min(len(r.elbo), 100):])
+        bad = int(np.sum(~np.isfinite(tail)))
+        if bad:
+            elbo_text = f"ELBO: {bad} of the last {len(tail)} steps were not finite (no ELBO is reported)"
+        else:
+            elbo_text = f"ELBO (mean of last {len(tail)} steps) = {float(np.mean(tail)) if len(tail) else math.nan:.4f}"
+        lines.append("")
+        lr = "" if r.learning_rate is None else f" learning_rate={r.learning_rate:g}"
+        lr += " (adapted)" if r.adaptation is not None else ""
+        est = "" if r.estimator is None else f" estimator={r.estimator} num_samples={r.num_samples}"
+        lines.append(f"method={r.method} ({r.method_reason}) family={self.family.name}{est} steps={r.num_steps}"
+                     f"{lr} init={r.init_method}")
+        lines.append(f"{elbo_text}; {r.stop_reason}; skipped non-finite steps: {r.num_nonfinite}")
+        lines.append(f"cost: {r.num_grad_evals} gradient and {r.num_logp_evals} log-density evaluations; "
+                     f"{r.seconds:.2f} s (start {r.start_seconds:.2f}, compile {r.compile_seconds:.2f}, "
+                     f"run {r.run_seconds:.2f}, diagnostics {r.diagnostics_seconds:.2f})")
+        if r.runaway:
+            lines.append(f"warning: parameters {list(r.runaway)} (flat index in R^K) ran away while the ELBO kept "
+                         "rising: the posterior may be improper (e.g. separable data with a flat prior)")
+        lines.extend(self.diagnostics_lines())
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"Result(method={self.report.method}, family={self.family.name}, dim={self.model.dim}, "
+                f"num_steps={self.report.num_steps}, converged={self.report.converged}, khat={self.khat:.3g}, "
+                f"stop_reason={self.report.stop_reason!r})")
+
+
+from advi_jax.result_many import ManyResult  # noqa: E402  (re-exported; it builds Results)

@@ -1,0 +1,298 @@
+"""`aj.fit`: options -> start -> algorithm -> loop -> result, over the one driver."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from advi_jax import checks
+from advi_jax.base import Family
+from advi_jax.diagnostics import khat_threshold
+from advi_jax.flatten import Model
+from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
+from advi_jax.result import Report, Result, diagnose
+from advi_jax.run import driver
+from advi_jax.run.choose import choose_method
+from advi_jax.run.start import start as resolve_start
+from advi_jax.vi import METHODS
+from advi_jax.vi import advi as _advi
+from advi_jax.vi import laplace as _laplace
+
+__all__ = ["fit", "DiagnosticWarning", "resolve_method", "method_options", "run_diagnostics", "warn_diagnostics",
+           "runaway_parameters", "elbo_trend", "RUNAWAY_DISTANCE"]
+
+
+class DiagnosticWarning(UserWarning):
+    """Issued by the fits when the diagnostics say the approximation is unreliable."""
+
+
+def resolve_method(method: Any, model: Any, family: Family, **context) -> tuple[Any, str, str]:
+    """(module, name, reason) for `method=` ("auto" goes through `choose_method`)."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be 'auto' or one of {sorted(METHODS)}, got {type(method).__name__}")
+    if method == "auto":
+        name, reason = choose_method(model, family, **context)
+    elif method in METHODS:
+        name, reason = method, "requested"
+    else:
+        raise ValueError(f"method must be 'auto' or one of {sorted(METHODS)}, got {method!r}")
+    module = METHODS[name]
+    if family.name not in module.FAMILIES and type(family).__name__ not in module.FAMILIES:
+        raise ValueError(f"method {name!r} fits the families {list(module.FAMILIES)}, not {family.name!r}")
+    return module, name, reason
+
+
+def method_options(module: Any, options: Any) -> Any:
+    """A method's `Options` from None (defaults), a dict of overrides, or an `Options`."""
+    if options is None:
+        return module.Options()
+    if isinstance(options, module.Options):
+        return options
+    if isinstance(options, dict):
+        unknown = sorted(set(options) - set(module.Options._fields))
+        if unknown:
+            raise ValueError(f"options {unknown} are not settings of method {module.NAME!r}; it has "
+                             f"{list(module.Options._fields)}")
+        return module.Options(**options)
+    raise TypeError(f"options must be None, a dict or {module.NAME}.Options, got {type(options).__name__}")
+
+
+def run_diagnostics(compute: Callable[[], Any], interrupted: bool) -> tuple[Any, str, float]:
+    """Run `compute()` unless a (second) Ctrl-C stops it: (diagnostics or None, note, seconds)."""
+    tick = time.perf_counter()
+    if interrupted:
+        print("advi_jax: interrupted; computing diagnostics (press Ctrl-C again to skip them)", flush=True)
+    try:
+        value = compute()
+    except KeyboardInterrupt:
+        return None, "skipped: interrupted by the user (Ctrl-C during the diagnostics)", time.perf_counter() - tick
+    return value, "", time.perf_counter() - tick
+
+
+def warn_diagnostics(result: Any, warn: bool) -> None:
+    """A `DiagnosticWarning` when k-hat is over its threshold or q has mass where log p is not finite."""
+    d = result.report.diagnostics
+    if not warn or d is None:
+        return
+    if not d.khat < khat_threshold(d.num_draws) or d.nonfinite_share > 0:
+        warnings.warn(f"PSIS k-hat = {d.khat:.2f} (threshold {khat_threshold(d.num_draws):.2f}): {result.verdict}",
+                      DiagnosticWarning, stacklevel=3)
+
+
+def elbo_trend(elbo: np.ndarray) -> float:
+    """t statistic of the least-squares slope of the ELBO trace over its second half (NaN when
+    too short or not finite). Around 0 for a settled fit; large and positive while it still climbs."""
+    half = np.asarray(elbo[len(elbo) // 2:], np.float64)
+    if half.size < 50 or not np.isfinite(half).all():
+        return float("nan")
+    t = np.arange(half.size, dtype=np.float64)
+    slope, intercept = np.polyfit(t, half, 1)
+    resid = half - (slope * t + intercept)
+    se = np.sqrt(np.sum(resid**2) / (half.size - 2) / np.sum((t - t.mean()) ** 2))
+    return float(slope / se) if se > 0 else float("nan")
+
+
+RUNAWAY_DISTANCE = 10.0
+"""How far (in R^K, where the bijectors put typical posteriors within a few units of zero) a
+coordinate's mean must be, and be more than 2 sd from zero, to count as running away."""
+
+
+def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold: float = RUNAWAY_DISTANCE) -> tuple:
+    """Flat indices in R^K of coordinates that ran away while the ELBO kept rising.
+
+    The signal of an improper posterior (separable data with a flat prior): the ELBO still climbs
+    at the end of the run (trend t statistic over the second half > 3, `elbo_trend`; a settled
+    fit gives about N(0, 1)) while some coordinates of q's mean sit beyond `threshold` and more
+    than 2 sd from zero. A proper posterior that needs more steps can show it too; either way
+    the fit has not settled.
+    """
+    if not elbo_trend(elbo) > 3.0:
+        return ()
+    mean = np.asarray(family.mean(params))
+    sd = np.sqrt(np.asarray(family.variance(params)))
+    return tuple(int(i) for i in np.flatnonzero((np.abs(mean) > threshold) & (np.abs(mean) > 2 * sd)))
+
+
+def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: str = "auto",
+        num_steps: int | None = None, num_samples: int = 1, optimizer: optax.GradientTransformation | None = None,
+        estimator: str | Callable = "reparam", learning_rate: float | str | None = None, init: Any = "auto",
+        init_scale: float = 0.1, num_init_draws: int = 10, init_radius: float = 2.0,
+        tol_rel_obj: float | None = None, eval_every: int = 100, window: int = 10,
+        max_consecutive_nonfinite: int = 50, chunk_size: int = 1000, progress: bool = True,
+        check: bool = True, diagnostics: bool = True, num_diagnostic_draws: int = 4096,
+        adapt_iter: int = 200, adapt_learning_rates: tuple[float, ...] = ADAPT_LEARNING_RATES,
+        warn: bool = True, options: Any = None, callback: Callable | None = None) -> Result:
+    """Fit a variational approximation to `model` with a method of `advi_jax.vi.METHODS`.
+
+    The pipeline: check the arguments (`advi_jax.checks`), choose the method (`method="auto"`:
+    `advi_jax.run.choose_method`), resolve the start (`advi_jax.run.start`: the Laplace-whitened
+    start for methods with `WHITEN`), run the method in the one compiled driver
+    (`advi_jax.run.driver`: chunks, stopping rule, non-finite handling, progress bar, Ctrl-C),
+    map the result back, compute the PSIS diagnostics, and build the immutable `Result`.
+
+    Args:
+      model: an `aj.Model`.
+      key: PRNG key (required; no default seed).
+      family: "meanfield", "fullrank", "lowrank", or a `Family`.
+      method: "auto" (default; see `choose_method`), or a registered name ("advi", "laplace", ...).
+      num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI).
+      num_samples: ADVI's Monte Carlo draws per step (static).
+      optimizer: ADVI's optax optimizer; default `default_optimizer(learning_rate, num_steps)`:
+        Adam, constant then cosine-decayed over the second half of the run.
+      estimator: ADVI's gradient estimator name (see `advi_jax.estimators.REGISTRY`) or function.
+      learning_rate: Adam's step size when `optimizer` is None (default 0.01), or "adapt" for a
+        Stan-style step-size search over `adapt_learning_rates` (`vi.advi.adapt_learning_rate`).
+      init: "auto" (the default): "laplace" when K <= 1000, the method has WHITEN and the
+        family is affine-closed, falling back to zero when the Laplace approximation does not
+        exist (`result.init_method` says why); None (zero in R^K); a dict of constrained values;
+        a (K,) vector; "random"; or "laplace" (see `advi_jax.run.start` and `vi.laplace`).
+      init_scale: initial standard deviation of every coordinate of q.
+      num_init_draws: candidate locations for `init="random"`.
+      init_radius: half-width of the box random initial locations are drawn from (Stan: 2).
+      tol_rel_obj: stop when the relative ELBO change falls below this (Stan's rule; None: never).
+      eval_every: steps per ELBO average for the stopping rule.
+      window: relative changes kept for the stopping rule.
+      max_consecutive_nonfinite: stop after this many non-finite steps in a row.
+      chunk_size: the most steps one compiled call runs (static); calls are sized to take about
+        `driver.CALL_SECONDS`, and the progress bar updates after each.
+      progress: show a progress bar with the smoothed ELBO.
+      check: evaluate the log density at the initial point first and raise if it is not finite.
+      diagnostics: after the fit, compute the PSIS k-hat, the importance-weighted ELBO, the
+        importance ESS and the share of q's mass where log p is not finite from
+        `num_diagnostic_draws` draws of q (one jitted call).
+      num_diagnostic_draws: draws of q for the diagnostics (>= 100).
+      adapt_iter: steps per candidate step size with `learning_rate="adapt"`.
+      adapt_learning_rates: the candidate step sizes (positive numbers).
+      warn: issue a `DiagnosticWarning` when the diagnostics say the fit is unreliable.
+      options: settings of a method other than ADVI: its `Options`, or a dict of overrides.
+      callback: called with a `driver.Progress` after every compiled call; raising
+        KeyboardInterrupt there stops the fit as Ctrl-C does.
+
+    Returns:
+      A `Result`. Ctrl-C during the loop returns the last completed state (a second Ctrl-C
+      during the diagnostics skips them); during compilation, the initial state.
+
+    Raises:
+      TypeError, ValueError: bad arguments, named, before anything is compiled; a log joint
+        that is not a finite scalar at the initial point; a failed step-size search.
+      KeyboardInterrupt: Ctrl-C during the start-up, before any fit state exists (with a message).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, advi_jax as aj
+      >>> model = aj.Model(lambda p: -0.5 * jnp.sum((p["x"] - 1.0) ** 2), {"x": aj.real((2,))})
+      >>> result = aj.fit(model, key=jax.random.key(0), num_steps=2000, progress=False)
+      >>> result.mean()["x"].round(1)
+      Array([1., 1.], dtype=float32)
+      >>> bool(result.khat < 0.5)
+      True
+    """
+    began = time.perf_counter()
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an advi_jax Model (aj.Model or aj.from_numpyro), got {type(model).__name__}")
+    key, family_obj, estimator, num_samples, tol_rel_obj, callback = checks.common_args(
+        key, family, estimator, num_samples, tol_rel_obj, callback, progress=progress, check=check,
+        diagnostics=diagnostics, warn=warn)
+    eval_every, window, chunk_size, max_consecutive_nonfinite = checks.check_loop_args(
+        eval_every, window, chunk_size, max_consecutive_nonfinite)
+    num_init_draws = checks.check_positive_int(num_init_draws, "num_init_draws")
+    num_diagnostic_draws = checks.check_positive_int(num_diagnostic_draws, "num_diagnostic_draws", 100)
+    adapt_iter = checks.check_positive_int(adapt_iter, "adapt_iter")
+    init_scale = checks.check_number(init_scale, "init_scale")
+    init_radius = checks.check_number(init_radius, "init_radius")
+    if not isinstance(adapt_learning_rates, (tuple, list)) or not adapt_learning_rates:
+        raise TypeError(f"adapt_learning_rates must be a non-empty tuple of positive numbers, got "
+                        f"{adapt_learning_rates!r}")
+    adapt_learning_rates = tuple(checks.check_number(r, "adapt_learning_rates") for r in adapt_learning_rates)
+    lr, adapt = checks.resolve_learning_rate(learning_rate, optimizer, allow_adapt=True)
+    module, method_name, method_reason = resolve_method(method, model, family_obj, estimator=estimator,
+                                                        num_samples=num_samples, optimizer=optimizer)
+    is_advi = module is _advi
+    if is_advi and options is not None:
+        raise ValueError("options= is for methods other than ADVI; ADVI takes optimizer=, estimator=, num_samples=, "
+                         "learning_rate= and init_scale=")
+    num_steps = module.DEFAULT_NUM_STEPS if num_steps is None else checks.check_positive_int(num_steps, "num_steps")
+    if isinstance(init, str) and init not in ("auto", "random", "laplace"):
+        raise ValueError(f"init must be {checks.INIT_OPTIONS}; got {init!r}")
+    try:
+        checks.check_data(model.data)
+        checks.check_log_joint_shape(model, jnp.result_type(float))
+        begun = resolve_start(model, family_obj, init, key=key, whiten=bool(module.WHITEN), init_scale=init_scale,
+                              num_init_draws=num_init_draws, init_radius=init_radius, check=check)
+        if is_advi:
+            scale = 1.0 if begun.laplace is not None else init_scale
+            opts = _advi.Options(optimizer if optimizer is not None else default_optimizer(float(lr), num_steps),
+                                 estimator, num_samples, scale)
+        else:
+            opts = method_options(module, options)
+        adaptation = None
+        if adapt:
+            lr, adaptation = _choose_learning_rate(begun, family_obj, opts, jax.random.fold_in(key, 2),
+                                                   adapt_learning_rates, adapt_iter)
+            opts = opts._replace(optimizer=default_optimizer(lr, num_steps))
+        cfg = driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
+                              max_consecutive_nonfinite)
+        init_key, run_key = jax.random.split(key)
+        loop = driver.init_loop(begun.run_model, init_key, begun.loc, cfg)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("aj.fit was interrupted during start-up (argument checks, the Laplace start or "
+                                "the step-size search), before any fit state existed: nothing to return") from None
+    start_seconds = time.perf_counter() - began
+
+    out = driver.drive(begun.run_model, loop, run_key, cfg, num_steps, progress=progress, desc=module.NAME.upper(),
+                       callback=callback)
+    code = int(out.stop_codes)
+    algorithm = module.build(begun.run_model, family_obj, opts)
+    params = algorithm.params(out.loop.state)
+    if begun.laplace is not None:
+        params = _laplace.transform(family_obj, params, begun.laplace.mode, begun.laplace.scale_tril)
+    extras = {} if algorithm.extras is None else jax.device_get(algorithm.extras(out.loop.state))
+    num_nonfinite = int(out.loop.num_nonfinite)
+    diag, note, diag_seconds = None, "not computed (diagnostics=False)", 0.0
+    if diagnostics:
+        diag, note, diag_seconds = run_diagnostics(
+            lambda: diagnose(model, family_obj, params, jax.random.fold_in(key, 1), num_diagnostic_draws),
+            code < 0)
+    steps = int(out.loop.step)
+    report = Report(
+        elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals),
+        num_logp_evals=int(out.loop.num_logp_evals), num_nonfinite=num_nonfinite, converged=code in (1, 2, 4),
+        stop_reason=driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite), stop_code=code,
+        method=method_name, method_reason=method_reason,
+        estimator=checks.estimator_name(estimator) if is_advi else None, num_samples=num_samples if is_advi else None,
+        seconds=time.perf_counter() - began, start_seconds=start_seconds, compile_seconds=out.compile_seconds,
+        run_seconds=out.run_seconds, diagnostics_seconds=diag_seconds, diagnostics=diag,
+        diagnostics_note=note or "not computed (diagnostics=False)",
+        learning_rate=float(lr) if (is_advi and optimizer is None) else None, adaptation=adaptation,
+        init_loc=np.asarray(begun.init_loc), init_method=begun.method, init_candidates=begun.candidates,
+        init_scores=begun.scores, extras=dict(extras),
+        runaway=runaway_parameters(family_obj, params, out.elbo) if is_advi else ())
+    result = Result(model, family_obj, params, report)
+    warn_diagnostics(result, warn)
+    if warn and report.runaway:
+        warnings.warn(f"parameters {list(report.runaway)} (flat index in R^K) ran away while the ELBO kept rising: "
+                      "the posterior may be improper (e.g. separable data with a flat prior); add a proper prior",
+                      DiagnosticWarning, stacklevel=2)
+    return result
+
+
+def _choose_learning_rate(begun, family, opts, key, learning_rates, adapt_iter, num_eval_draws: int = 256):
+    rates = jnp.asarray(learning_rates, begun.loc.dtype)
+    initial, elbos, skipped = _advi.adapt_learning_rate(begun.run_model, begun.loc, key, rates, family, opts,
+                                                        adapt_iter, num_eval_draws)
+    initial, elbos, skipped = float(initial), np.asarray(elbos), np.asarray(skipped)
+    usable = np.isfinite(elbos)
+    info = {"learning_rates": tuple(float(r) for r in learning_rates), "elbo": elbos.tolist(),
+            "skipped_steps": skipped.tolist(), "initial_elbo": initial}
+    if not usable.any() or not (np.max(np.where(usable, elbos, -np.inf)) > initial):
+        raise ValueError(f"learning_rate='adapt': every candidate step size {info['learning_rates']} diverged or "
+                         f"failed to improve the initial ELBO {initial:.4g} within adapt_iter={adapt_iter} steps "
+                         f"(ELBOs reached: {elbos.tolist()}); check the model, or pass a smaller learning_rate")
+    best = int(np.argmax(np.where(usable, elbos, -np.inf)))
+    info["learning_rate"] = float(learning_rates[best])
+    return float(learning_rates[best]), info

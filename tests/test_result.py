@@ -1,0 +1,94 @@
+"""The immutable Result, its report and formatter, and honesty about non-finite log densities."""
+
+import dataclasses
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import advi_jax as aj
+
+
+def _gaussian(params):
+    return -0.5 * jnp.sum(params["x"] ** 2)
+
+
+def test_result_is_immutable_and_keeps_its_public_names(key):
+    model = aj.Model(_gaussian, {"x": aj.real((2,))})
+    result = aj.fit(model, key=key, num_steps=300, progress=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.khat = 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.params = None
+    for name in ("elbo", "num_steps", "num_gradient_evals", "num_grad_evals", "num_logp_evals", "num_nonfinite",
+                 "converged", "stop_reason", "seconds", "estimator", "num_samples", "khat", "iw_elbo", "iw_elbo_se",
+                 "ess", "psis_ess", "num_diagnostic_draws", "learning_rate", "adaptation", "init_loc",
+                 "init_method", "init_candidates", "init_scores", "method", "method_reason", "extras",
+                 "compile_seconds", "run_seconds", "diagnostics_seconds", "nonfinite_share"):
+        getattr(result, name)
+    with pytest.raises(AttributeError):
+        result.no_such_field
+    text = result.summary()
+    assert "cost:" in text and "compile" in text and "method=advi" in text
+
+
+def test_to_arviz_names_the_missing_module(key, monkeypatch):
+    model = aj.Model(_gaussian, {"x": aj.real((2,))})
+    result = aj.fit(model, key=key, num_steps=50, progress=False, diagnostics=False)
+    monkeypatch.setitem(sys.modules, "advi_jax.interop.arviz", None)
+    with pytest.raises(ImportError, match="advi_jax.interop.arviz"):
+        result.to_arviz()
+
+
+def test_psis_with_nan_log_ratios_is_never_perfect():
+    # equal finite ratios read as k-hat = -inf ("q matches the posterior's shape"); with NaN
+    # ratios beside them that reading is false
+    r = np.ones(4096, np.float32)
+    r[:100] = np.nan
+    out = aj.psis(jnp.asarray(r))
+    assert out.khat == np.inf and "unreliable" in aj.khat_verdict(out.khat, 4096)
+
+
+def test_a_fit_with_mass_where_the_log_density_is_nan_is_flagged(key):
+    # log density NaN on half the space; the fit starts inside the valid region
+    model = aj.Model(lambda p: jnp.where(p["x"][0] > 0, -0.5 * jnp.sum((p["x"] - 0.5) ** 2), jnp.nan),
+                     {"x": aj.real((2,))})
+    with pytest.warns(aj.DiagnosticWarning):
+        result = aj.fit(model, key=key, num_steps=2000, init={"x": jnp.array([2.0, 0.0])}, progress=False)
+    assert result.nonfinite_share > 0.01
+    assert result.verdict.startswith("unreliable") and "NaN or -inf" in result.verdict
+    assert not result.khat < 0.7
+    assert not np.isfinite(result.report.diagnostics.elbo)  # never an ELBO over the finite draws only
+    assert "NaN or -inf" in result.summary()
+
+
+def test_minus_inf_mass_caps_the_verdict(key):
+    # a truncated Gaussian (log density -inf for x < -3) fitted by an untruncated q: tiny mass there
+    model = aj.Model(lambda p: jnp.where(p["x"][0] > -3.0, -0.5 * jnp.sum(p["x"] ** 2), -jnp.inf),
+                     {"x": aj.real((1,))})
+    result = aj.fit(model, key=key, num_steps=2000, init=None, progress=False, warn=False, num_samples=4)
+    share = result.nonfinite_share
+    assert 0 < share < 0.01
+    assert not result.verdict.startswith("good")
+
+
+def test_family_capabilities_are_declared():
+    assert aj.MeanFieldGaussian.affine_closed and aj.FullRankGaussian.affine_closed
+    assert not aj.LowRankGaussian.affine_closed
+    assert aj.MeanFieldGaussian.params_type is aj.MeanFieldParams
+
+    class Incomplete(aj.Family):
+        def init(self, key, dim, **kw):
+            return None
+
+    with pytest.raises(TypeError):
+        Incomplete()
+
+
+def test_estimator_records():
+    from advi_jax.estimators import REGISTRY
+
+    assert REGISTRY["score_baseline"].min_num_samples == 2 and REGISTRY["reparam"].fn is aj.ESTIMATORS["reparam"]
+    assert all(isinstance(e, aj.base.Estimator) for e in REGISTRY.values())
