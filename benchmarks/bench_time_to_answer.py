@@ -6,7 +6,8 @@ For each kind (logistic, Poisson), N, D and family (mean-field, full-rank), on s
 * `glm_exact`: the exact (quadrature) ELBO with Newton / fixed-point steps
   (`advi_jax.vi.glm_exact`), called as a user would: `aj.fit(model, method="glm_exact")` when the
   driver has `method=`, else the algorithm looped in one jitted `lax.while_loop` (`_run_exact`).
-  Wall time of the first call (compilation included) and of a second call on the same model;
+  Wall time of the first call (compilation included) and of a second call on the same model,
+  with `diagnostics=False` (the k-hat's 4096 draws of log p cost more than the fit at large N);
 * `advi`: `aj.fit(model, method="advi")` (or today's `aj.fit`), its default 10,000 steps;
 * `numpyro`: `SVI(..., AutoNormal / AutoMultivariateNormal, Adam(1e-2), Trace_ELBO()).run` for
   `--numpyro-steps` (10,000) steps on the same standardised features and priors.
@@ -68,7 +69,8 @@ def _has_method() -> bool:
 def fit_exact(model, family, options=glm_exact.Options()):
     """(params, passes) of one user-level glm_exact fit."""
     if _has_method():
-        res = aj.fit(model, key=jax.random.key(0), family=family, method="glm_exact", progress=False)
+        res = aj.fit(model, key=jax.random.key(0), family=family, method="glm_exact", progress=False,
+                     diagnostics=False)
         return jax.block_until_ready(res.params), int(res.num_grad_evals)
     params, steps = _run_exact(model, family, options)
     return jax.block_until_ready(params), int(steps)

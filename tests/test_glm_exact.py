@@ -203,3 +203,12 @@ def test_contract_and_bad_input():
         G.build(logistic_regression(x, y), aj.FullRankGaussian(), G.Options(num_nodes=0))
     with pytest.raises(ValueError, match="tol"):
         G.build(logistic_regression(x, y), aj.FullRankGaussian(), G.Options(tol=-1.0))
+
+
+def test_aj_fit_end_to_end(key):
+    model, family = _logistic(), aj.FullRankGaussian()
+    res = aj.fit(model, key=key, family="fullrank", method="glm_exact", progress=False, diagnostics=False)
+    assert res.report.converged and res.num_grad_evals == res.report.num_steps < 40
+    params, elbo, *_ = run(G, model, family, G.Options())
+    np.testing.assert_allclose(res.params.loc, params.loc, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(float(res.elbo[-1]), float(elbo), rtol=1e-5)
