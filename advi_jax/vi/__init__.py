@@ -37,3 +37,5 @@ from advi_jax.vi import dadvi as _dadvi  # noqa: E402
 register(_dadvi)
 from advi_jax.vi import bam as _bam  # noqa: E402
 register(_bam)
+from advi_jax.vi import glm_exact as _glm_exact  # noqa: E402
+register(_glm_exact)

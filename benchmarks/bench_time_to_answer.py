@@ -1,0 +1,202 @@
+"""Time to answer for Bayesian logistic and Poisson regression: the exact-ELBO method against ADVI and NumPyro.
+
+For each kind (logistic, Poisson), N, D and family (mean-field, full-rank), on synthetic data
+(`benchmarks.common.logistic_data` / `poisson_data`, standard-normal features):
+
+* `glm_exact`: the exact (quadrature) ELBO with Newton / fixed-point steps
+  (`advi_jax.vi.glm_exact`), called as a user would: `aj.fit(model, method="glm_exact")` when the
+  driver has `method=`, else the algorithm looped in one jitted `lax.while_loop` (`_run_exact`).
+  Wall time of the first call (compilation included) and of a second call on the same model,
+  with `diagnostics=False` (the k-hat's 4096 draws of log p cost more than the fit at large N);
+* `advi`: `aj.fit(model, method="advi")` (or today's `aj.fit`), its default 10,000 steps;
+* `numpyro`: `SVI(..., AutoNormal / AutoMultivariateNormal, Adam(1e-2), Trace_ELBO()).run` for
+  `--numpyro-steps` (10,000) steps on the same standardised features and priors.
+
+Error of each against the exact optimum, a float64 `glm_exact` run at tol 1e-12:
+`mean err` = max_k |m_k - m*_k| / sd*_k and `sd err` = max_k |sd_k / sd*_k - 1| over the intercept
+and coefficients. `passes` = passes over X (glm_exact) or steps (the stochastic methods).
+
+Usage:
+  python -m benchmarks.bench_time_to_answer --quick
+  python -m benchmarks.bench_time_to_answer --n 10000,100000 --d 10,100
+  python -m benchmarks.bench_time_to_answer --n 1000000 --d 10 --kinds logistic --families fullrank --skip numpyro,advi
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import os
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import advi_jax as aj  # noqa: E402
+from advi_jax.models import logistic_regression, poisson_regression  # noqa: E402
+from advi_jax.vi import glm_exact  # noqa: E402
+from benchmarks.common import logistic_data, machine, markdown_table, poisson_data, versions, write_json  # noqa: E402
+
+COLUMNS = ["kind", "N", "D", "family", "method", "first s", "second s", "passes", "mean err", "sd err"]
+
+
+@functools.partial(jax.jit, static_argnames=("family", "options", "num_steps"))
+def _run_exact(model, family, options, num_steps=100):
+    """init/step of glm_exact in one while_loop until converged (used when aj.fit has no method=)."""
+    alg = glm_exact.build(model, family, options)
+    state = alg.init(jax.random.key(0), jnp.zeros((model.dim,), model.data["x"].dtype))
+
+    def cond(c):
+        return (c[1] < num_steps) & ~c[2]
+
+    def body(c):
+        state, i, _ = c
+        state, info = alg.step(jax.random.key(0), state)
+        return state, i + 1, info.converged
+
+    state, i, _ = jax.lax.while_loop(cond, body, (state, jnp.int32(0), jnp.bool_(False)))
+    return alg.params(state), i
+
+
+def _has_method() -> bool:
+    return "method" in inspect.signature(aj.fit).parameters
+
+
+def fit_exact(model, family, options=glm_exact.Options()):
+    """(params, passes) of one user-level glm_exact fit."""
+    if _has_method():
+        res = aj.fit(model, key=jax.random.key(0), family=family, method="glm_exact", progress=False,
+                     diagnostics=False)
+        return jax.block_until_ready(res.params), int(res.num_grad_evals)
+    params, steps = _run_exact(model, family, options)
+    return jax.block_until_ready(params), int(steps)
+
+
+def make_model(kind, n, d, seed=0):
+    if kind == "logistic":
+        x, y = logistic_data(n, d, seed)
+        return logistic_regression(x, y)
+    x, y = poisson_data(n, d, seed)
+    return poisson_regression(x, y)
+
+
+def summary(family, params):
+    return np.asarray(params.loc, np.float64), np.sqrt(np.asarray(family.variance(params), np.float64))
+
+
+def errors(mean, sd, ref):
+    m0, s0 = ref
+    return float(np.max(np.abs(mean - m0) / s0)), float(np.max(np.abs(sd / s0 - 1.0)))
+
+
+def reference(kind, n, d, family):
+    with jax.enable_x64(True):
+        model = make_model(kind, n, d)
+        params, _ = _run_exact(model, family, glm_exact.Options(tol=1e-14, rtol=1e-15), num_steps=200)
+        return summary(family, params)
+
+
+def run_numpyro(model, family_name, steps, seed=0):
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import SVI, Trace_ELBO, autoguide
+
+    info, data = model.info, model.data
+    x, y, offset = data["x"], data["y"], data.get("offset")
+
+    def fn(x, y):
+        c = numpyro.sample("intercept", dist.Normal(0.0, info.intercept_scale))
+        beta = numpyro.sample("beta", dist.Normal(jnp.zeros(x.shape[1]), info.prior_scale).to_event(1))
+        eta = c + x @ beta + (0.0 if offset is None else offset)
+        if info.kind == "logistic":
+            numpyro.sample("y", dist.Bernoulli(logits=eta), obs=y)
+        else:
+            numpyro.sample("y", dist.Poisson(jnp.exp(eta)), obs=y)
+
+    guide = (autoguide.AutoNormal if family_name == "meanfield" else autoguide.AutoMultivariateNormal)(fn)
+    svi = SVI(fn, guide, numpyro.optim.Adam(1e-2), Trace_ELBO())
+    start = time.perf_counter()
+    out = svi.run(jax.random.key(seed), steps, x, y, progress_bar=False)
+    params = jax.block_until_ready(out.params)
+    seconds = time.perf_counter() - start
+    if family_name == "meanfield":
+        mean = np.concatenate([np.atleast_1d(params["intercept_auto_loc"]), params["beta_auto_loc"]])
+        sd = np.concatenate([np.atleast_1d(params["intercept_auto_scale"]), params["beta_auto_scale"]])
+    else:
+        unpack = guide._unpack_latent
+        lt = params["auto_scale_tril"]
+        loc, sdv = unpack(params["auto_loc"]), unpack(jnp.sqrt(jnp.sum(lt * lt, axis=1)))
+        mean = np.concatenate([np.atleast_1d(loc["intercept"]), loc["beta"]])
+        sd = np.concatenate([np.atleast_1d(sdv["intercept"]), sdv["beta"]])
+    return seconds, np.asarray(mean, np.float64), np.asarray(sd, np.float64)
+
+
+def run_advi(model, family):
+    kwargs = {"method": "advi"} if _has_method() else {}
+    start = time.perf_counter()
+    res = aj.fit(model, key=jax.random.key(0), family=family, progress=False, diagnostics=False, warn=False, **kwargs)
+    params = jax.block_until_ready(res.params)
+    return time.perf_counter() - start, params, len(res.elbo)
+
+
+def run(kinds, ns, ds, families, skip, numpyro_steps, log=print):
+    rows = []
+    for kind in kinds:
+        for n in ns:
+            for d in ds:
+                model = make_model(kind, n, d)
+                for fam_name in families:
+                    family = aj.families.get_family(fam_name)
+                    ref = reference(kind, n, d, family)
+                    base = {"kind": kind, "N": n, "D": d, "family": fam_name}
+                    t0 = time.perf_counter()
+                    params, passes = fit_exact(model, family)
+                    t1 = time.perf_counter()
+                    params, passes = fit_exact(model, family)
+                    t2 = time.perf_counter()
+                    me, se = errors(*summary(family, params), ref)
+                    rows.append({**base, "method": "glm_exact", "first s": t1 - t0, "second s": t2 - t1,
+                                 "passes": passes, "mean err": me, "sd err": se})
+                    log(rows[-1])
+                    if "advi" not in skip:
+                        seconds, p, steps = run_advi(model, family)
+                        me, se = errors(*summary(family, p), ref)
+                        rows.append({**base, "method": "advi", "first s": seconds, "passes": steps,
+                                     "mean err": me, "sd err": se})
+                        log(rows[-1])
+                    if "numpyro" not in skip:
+                        seconds, mean, sd = run_numpyro(model, fam_name, numpyro_steps)
+                        me, se = errors(mean, sd, ref)
+                        rows.append({**base, "method": "numpyro svi.run", "first s": seconds, "passes": numpyro_steps,
+                                     "mean err": me, "sd err": se})
+                        log(rows[-1])
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="N = 1e4, D = 10 only, 2,000 NumPyro steps")
+    p.add_argument("--kinds", default="logistic,poisson")
+    p.add_argument("--n", default="10000,100000,1000000")
+    p.add_argument("--d", default="10,100")
+    p.add_argument("--families", default="meanfield,fullrank")
+    p.add_argument("--skip", default="", help="comma list of peers to skip: advi,numpyro")
+    p.add_argument("--numpyro-steps", type=int, default=10_000)
+    p.add_argument("--out", default="results/bench_time_to_answer.json")
+    a = p.parse_args(argv)
+    ns, ds = [int(float(v)) for v in a.n.split(",")], [int(v) for v in a.d.split(",")]
+    steps = a.numpyro_steps
+    if a.quick:
+        ns, ds, steps = [10_000], [10], 2000
+    rows = run(a.kinds.split(","), ns, ds, a.families.split(","), set(filter(None, a.skip.split(","))), steps)
+    print(markdown_table(rows, COLUMNS))
+    write_json(a.out, {"rows": rows, "machine": machine(), "versions": versions(),
+                       "load average": os.getloadavg()})
+
+
+if __name__ == "__main__":
+    main()
