@@ -270,6 +270,20 @@ class Result:
         return self.report.num_grad_evals
 
     @property
+    def final_elbo(self) -> float:
+        """The fit's final ELBO: the last value for a deterministic method (`DETERMINISTIC` in its
+        `advi_jax.vi` module), else the mean of the last 100 per-step estimates; NaN when any of
+        those is not finite (an average over the finite ones only would flatter the fit)."""
+        from advi_jax.vi import METHODS
+
+        elbo = np.asarray(self.report.elbo)
+        module = METHODS.get(self.report.method)
+        tail = elbo[-1:] if getattr(module, "DETERMINISTIC", False) else elbo[-min(len(elbo), 100):]
+        if tail.size == 0 or not np.all(np.isfinite(tail)):
+            return float("nan")
+        return float(np.mean(tail))
+
+    @property
     def num_diagnostic_draws(self) -> int:
         """Draws of q behind the diagnostics (0 when not computed)."""
         return 0 if self.report.diagnostics is None else self.report.diagnostics.num_draws
@@ -421,12 +435,17 @@ class Result:
         if len(cols) > 5:
             lines.append("(psis_mean, psis_sd: Pareto-smoothed importance-weighted estimates; k-hat < "
                          f"{_diag.khat_threshold(r.diagnostics.num_draws):.2f} says they are reliable)")
-        tail = np.asarray(r.elbo[-min(len(r.elbo), 100):])
+        from advi_jax.vi import METHODS
+
+        deterministic = getattr(METHODS.get(r.method), "DETERMINISTIC", False)
+        tail = np.asarray(r.elbo[-1:] if deterministic else r.elbo[-min(len(r.elbo), 100):])
         bad = int(np.sum(~np.isfinite(tail)))
         if bad:
             elbo_text = f"ELBO: {bad} of the last {len(tail)} steps were not finite (no ELBO is reported)"
+        elif deterministic:
+            elbo_text = f"ELBO (final objective) = {self.final_elbo:.4f}"
         else:
-            elbo_text = f"ELBO (mean of last {len(tail)} steps) = {float(np.mean(tail)) if len(tail) else math.nan:.4f}"
+            elbo_text = f"ELBO (mean of last {len(tail)} steps) = {self.final_elbo:.4f}"
         lines.append("")
         lr = "" if r.learning_rate is None else f" learning_rate={r.learning_rate:g}"
         lr += " (adapted)" if r.adaptation is not None else ""

@@ -95,8 +95,6 @@ def to_arviz(result, *, num_draws: int = 1000, key: jax.Array | None = None):
     sample_stats = {"lp": lp[None], "log_q": log_q[None], "log_weight": (lp - log_q)[None]}
     dims, coords = _regression_dims(model)
     elbo = np.asarray(result.elbo, dtype=np.float64)
-    tail = elbo[-min(len(elbo), 100):]
-    finite_tail = tail[np.isfinite(tail)]
     attrs = {
         "inference_library": "advi_jax",
         "family": str(getattr(result.family, "name", result.family)),
@@ -107,7 +105,7 @@ def to_arviz(result, *, num_draws: int = 1000, key: jax.Array | None = None):
         "khat_verdict": str(getattr(result, "verdict", "")),
         "iw_elbo": float(result.iw_elbo),
         "iw_elbo_se": float(getattr(result, "iw_elbo_se", float("nan"))),
-        "elbo_final": float(finite_tail.mean()) if finite_tail.size else float("nan"),
+        "elbo_final": float(result.final_elbo),
         "elbo": elbo,
     }
     groups: dict[str, Any] = {"posterior": posterior, "sample_stats": sample_stats}

@@ -211,7 +211,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
     adapt_learning_rates = tuple(checks.check_number(r, "adapt_learning_rates") for r in adapt_learning_rates)
     lr, adapt = checks.resolve_learning_rate(learning_rate, optimizer, allow_adapt=True)
     module, method_name, method_reason = resolve_method(method, model, family_obj, estimator=estimator,
-                                                        num_samples=num_samples, optimizer=optimizer)
+                                                        num_samples=num_samples, optimizer=optimizer,
+                                                        learning_rate=learning_rate)
     is_advi = module is _advi
     if is_advi and options is not None:
         raise ValueError("options= is for methods other than ADVI; ADVI takes optimizer=, estimator=, num_samples=, "

@@ -9,7 +9,9 @@ Every module here exposes:
 * `DEFAULT_NUM_STEPS`: the step budget `aj.fit` uses when the caller gives none;
 * `WHITEN`: whether the driver may run it in the Laplace-whitened coordinates
   zeta = mode + L0 u (exact for families closed under affine maps; False for a method that
-  needs the model as given, such as the exact GLM objective).
+  needs the model as given, such as the exact GLM objective);
+* `DETERMINISTIC`: whether each step's ELBO is the value of a deterministic objective (the
+  result then reports the last one) or a Monte Carlo estimate (the mean of the last steps).
 
 `METHODS` maps each `NAME` to its module; the driver looks methods up here, so adding an
 algorithm is one new file and one line below.

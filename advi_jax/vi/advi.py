@@ -44,6 +44,7 @@ NAME = "advi"
 FAMILIES = ("meanfield", "fullrank", "lowrank")
 DEFAULT_NUM_STEPS = 10_000
 WHITEN = True
+DETERMINISTIC = False  # the ELBO trace is a per-step Monte Carlo estimate: the result reports a mean of the last steps
 _SCORE_ESTIMATORS = ("score", "score_baseline")
 
 

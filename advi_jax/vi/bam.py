@@ -60,6 +60,7 @@ NAME = "bam"
 FAMILIES = ("fullrank",)
 DEFAULT_NUM_STEPS = 500
 WHITEN = True
+DETERMINISTIC = False  # the ELBO trace is a per-step Monte Carlo estimate: the result reports a mean of the last steps
 
 _SCHEDULES = ("decay", "constant")
 _LOG_2PI = math.log(2.0 * math.pi)

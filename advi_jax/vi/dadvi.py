@@ -72,6 +72,7 @@ DEFAULT_NUM_STEPS = 200
 # Its extras (linear-response covariance, MC errors) are in the coordinates it ran in, so it
 # runs on the model as given (the Newton steps are affine invariant in the mean anyway).
 WHITEN = False
+DETERMINISTIC = True  # the ELBO trace is an objective's value, not a noisy estimate: the result reports its last value
 
 _SOLVERS = ("auto", "cg", "dense")
 

@@ -99,6 +99,7 @@ NAME = "glm_exact"
 FAMILIES = ("meanfield", "fullrank")
 DEFAULT_NUM_STEPS = 100
 WHITEN = False
+DETERMINISTIC = True  # the ELBO trace is an objective's value, not a noisy estimate: the result reports its last value
 
 _LOG_2PI = math.log(2.0 * math.pi)
 KINDS = ("logistic", "poisson")
@@ -449,6 +450,17 @@ def _decrement(state: GLMExactState, meanfield: bool) -> Array:
 
 def _softplus_inverse(y: Array) -> Array:
     return y + jnp.log(-jnp.expm1(-y))
+
+
+def supports(model, family: Family) -> bool:
+    """Whether `build(model, family)` applies: a ready logistic or Poisson GLM without
+    `hierarchical_scale`, and a family in `FAMILIES` (what `method="auto"` asks)."""
+    from advi_jax.models.regression import RegressionModel  # models import base; avoid a cycle
+
+    if not isinstance(model, RegressionModel) or not isinstance(family, Family):
+        return False
+    info = model.info
+    return info.kind in KINDS and not info.hierarchical_scale and getattr(family, "name", None) in FAMILIES
 
 
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:

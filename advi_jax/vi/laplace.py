@@ -42,6 +42,7 @@ NAME = "laplace"
 FAMILIES = ("meanfield", "fullrank")
 DEFAULT_NUM_STEPS = 1
 WHITEN = False
+DETERMINISTIC = True  # the ELBO trace is an objective's value, not a noisy estimate: the result reports its last value
 
 
 class Options(NamedTuple):

@@ -69,6 +69,7 @@ DEFAULT_NUM_STEPS = 1
 # Pathfinder is itself a cheap start (it finds the mode on its way), and its extras (draws)
 # are in the coordinates it ran in: it runs on the model as given.
 WHITEN = False
+DETERMINISTIC = True  # the ELBO trace is an objective's value, not a noisy estimate: the result reports its last value
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
