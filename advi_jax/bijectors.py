@@ -145,9 +145,34 @@ def _tiny(dtype) -> Array:
     return jnp.asarray(jnp.finfo(dtype).tiny, dtype)
 
 
+def _log1p(v: Array) -> Array:
+    """log(1 + v) to a few ulps (XLA's CPU `log1p` is off by ~100 ulps in float64 near v = -0.4).
+
+    Uses log(w) v / (w - 1) with w = 1 + v (Goldberg's correction of the rounding in w).
+    """
+    w = 1.0 + v
+    exact = w == 1.0
+    w_safe = jnp.where(exact, 2.0, w)
+    return jnp.where(exact, v, jnp.log(w_safe) * (v / (w_safe - 1.0)))
+
+
 def _log1mexp(x: Array) -> Array:
     """log(1 - exp(-x)) for x > 0, stable at both ends (Maechler 2012)."""
-    return jnp.where(x < jnp.log(2.0), jnp.log(-jnp.expm1(-x)), jnp.log1p(-jnp.exp(-x)))
+    return jnp.where(x < jnp.log(2.0), jnp.log(-jnp.expm1(-x)), _log1p(-jnp.exp(-x)))
+
+
+def _above(bound: Any, dtype) -> Array:
+    """The smallest value of `dtype` strictly above `bound` (the first attainable point inside)."""
+    b = jnp.asarray(bound, dtype)
+    b0 = jax.lax.stop_gradient(b)  # nextafter has no derivative: the step is a constant
+    return b + (jnp.nextafter(b0, jnp.asarray(jnp.inf, dtype)) - b0)
+
+
+def _below(bound: Any, dtype) -> Array:
+    """The largest value of `dtype` strictly below `bound`."""
+    b = jnp.asarray(bound, dtype)
+    b0 = jax.lax.stop_gradient(b)  # nextafter has no derivative: the step is a constant
+    return b + (jnp.nextafter(b0, jnp.asarray(-jnp.inf, dtype)) - b0)
 
 
 @_pytree
@@ -173,7 +198,7 @@ class Exp(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        return jnp.exp(x), _sum(x)
+        return jnp.maximum(jnp.exp(x), _tiny(x.dtype)), _sum(x)
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
@@ -192,7 +217,7 @@ class Softplus(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        y = jnp.logaddexp(x, 0.0)
+        y = jnp.maximum(jnp.logaddexp(x, 0.0), _tiny(x.dtype))
         return y, _sum(jax.nn.log_sigmoid(x))
 
     def inverse_and_log_det(self, y):
@@ -210,13 +235,14 @@ class Sigmoid(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        return jax.nn.sigmoid(x), _sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x))
+        y = jnp.clip(jax.nn.sigmoid(x), _tiny(x.dtype), _below(1.0, x.dtype))
+        return y, _sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x))
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
         tiny = _tiny(y.dtype)
         y = jnp.clip(y, tiny, 1.0 - jnp.finfo(y.dtype).epsneg)
-        x = jnp.log(y) - jnp.log1p(-y)
+        x = jnp.log(y) - _log1p(-y)
         return x, -_sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x))
 
 
@@ -229,7 +255,7 @@ class LowerBound(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        return self.low + jnp.exp(x), _sum(x)
+        return jnp.maximum(self.low + jnp.exp(x), _above(self.low, x.dtype)), _sum(x)
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
@@ -247,7 +273,7 @@ class UpperBound(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        return self.high - jnp.exp(x), _sum(x)
+        return jnp.minimum(self.high - jnp.exp(x), _below(self.high, x.dtype)), _sum(x)
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
@@ -273,6 +299,7 @@ class Interval(Bijector):
         x = _asf(x)
         width = self.high - self.low
         y = jnp.where(x > 0, self.high - width * jax.nn.sigmoid(-x), self.low + width * jax.nn.sigmoid(x))
+        y = jnp.clip(y, _above(self.low, x.dtype), _below(self.high, x.dtype))
         log_det = jnp.log(width) + jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x)
         return y, _sum(jnp.broadcast_to(log_det, x.shape))
 
@@ -422,6 +449,22 @@ def _safe_log(v: Array) -> Array:
     return jnp.log(jnp.maximum(v, _tiny(v.dtype)))
 
 
+def _increasing_sum(first: Array, steps: Array) -> Array:
+    """y_0 = first, y_k = y_{k-1} + steps_k, summed in order, each strictly above the last.
+
+    Summing in order (one rounding per entry) makes `y_k - y_{k-1}` the rounded step itself; a
+    step below half an ulp of y_{k-1} would be absorbed, so y_k is raised to the next float
+    (a rounding fact: the gap can only be read back to an ulp of y, see "Attainable values").
+    """
+
+    def add(prev, step):
+        nxt = jnp.maximum(prev + step, _above(prev, prev.dtype))
+        return nxt, nxt
+
+    _, rest = jax.lax.scan(add, first, steps)
+    return jnp.concatenate([first[None], rest])
+
+
 @_pytree
 class StickBreaking(Bijector):
     """Stan's stick-breaking map from R^{K-1} onto the open simplex of K entries.
@@ -463,7 +506,7 @@ class StickBreaking(Bijector):
         log_z, log_1mz = jax.nn.log_sigmoid(u), jax.nn.log_sigmoid(-u)
         log_r = _exclusive_cumsum(log_1mz)
         log_y = jnp.concatenate([log_r + log_z, jnp.sum(log_1mz, keepdims=True)])
-        return jnp.exp(log_y), jnp.sum(log_z + log_1mz + log_r)
+        return jnp.maximum(jnp.exp(log_y), _tiny(x.dtype)), jnp.sum(log_z + log_1mz + log_r)
 
     def inverse_and_log_det(self, y):
         y = _vector(y, "StickBreaking")
@@ -500,8 +543,7 @@ class Ordered(Bijector):
 
     def forward_and_log_det(self, x):
         x = _vector(x, "Ordered")
-        steps = jnp.concatenate([x[:1], jnp.exp(x[1:])])
-        return jnp.cumsum(steps), jnp.sum(x[1:])
+        return _increasing_sum(x[0], jnp.exp(x[1:])), jnp.sum(x[1:])
 
     def inverse_and_log_det(self, y):
         y = _vector(y, "Ordered")
@@ -530,7 +572,8 @@ class PositiveOrdered(Bijector):
 
     def forward_and_log_det(self, x):
         x = _vector(x, "PositiveOrdered")
-        return jnp.cumsum(jnp.exp(x)), jnp.sum(x)
+        steps = jnp.exp(x)
+        return _increasing_sum(jnp.maximum(steps[0], _tiny(x.dtype)), steps[1:]), jnp.sum(x)
 
     def inverse_and_log_det(self, y):
         y = _vector(y, "PositiveOrdered")
@@ -599,7 +642,9 @@ def _corr_cholesky_forward(x: Array) -> tuple[Array, Array, Array]:
     log_rem = _exclusive_cumsum(log_1mz2)  # log of the squared stick left before column j
     scale = jnp.exp(0.5 * log_rem)
     eye = jnp.eye(k, dtype=bool)
-    chol = jnp.where(strict, jnp.tanh(big_x) * scale, jnp.where(eye, scale, 0.0))
+    # the diagonal is floored at the smallest normal: exp(0.5 log r) underflows for |x| in the
+    # tens (float32) or hundreds (float64), and a zero diagonal is outside the support
+    chol = jnp.where(strict, jnp.tanh(big_x) * scale, jnp.where(eye, jnp.maximum(scale, _tiny(x.dtype)), 0.0))
     log_det = jnp.sum(jnp.where(strict, log_1mz2 + 0.5 * log_rem, 0.0))
     return chol, log_det, 0.5 * jnp.diagonal(log_rem)
 
@@ -622,6 +667,81 @@ def _corr_cholesky_inverse(chol: Array) -> tuple[Array, Array, Array]:
     fwd = jnp.sum(jnp.where(strict, log_rem_next - 0.5 * log_rem, 0.0))
     log_diag = 0.5 * _safe_log(jnp.diagonal(sq))
     return big_x[rows, cols], -fwd, log_diag
+
+
+PD_MARGIN_ULPS = 4.0
+
+
+def pd_margin(k: int, dtype) -> float:
+    """gamma(K, dtype) = 4 K eps: the shrinkage that keeps `CorrMatrix`/`CovMatrix` outputs PD.
+
+    The matrix forms return `(1 - gamma) L L^T + gamma diag(L L^T)` (off-diagonal entries scaled by
+    `1 - gamma`, a change of a few ulps per entry): its correlation matrix has every eigenvalue
+    above gamma minus the rounding of the product (at most ~K eps), so a Cholesky factorisation
+    succeeds for every finite input, even where L L^T itself is singular to working precision.
+    """
+    return float(PD_MARGIN_ULPS * k * np.finfo(np.dtype(dtype)).eps)
+
+
+def _cpc_cholesky(corr: Array) -> tuple[Array, Array, Array, Array]:
+    """Cholesky factor of a correlation matrix through its canonical partial correlations.
+
+    Column by column (j = 0..K-1), for rows i > j:
+
+        z_ij = (C_ij - sum_{k<j} L_ik L_jk) / (L_jj sqrt(r_ij)),   L_ij = z_ij sqrt(r_ij),
+        log r_i,j+1 = log r_ij + log(1 - z_ij) + log(1 + z_ij),     L_jj = sqrt(r_jj),
+
+    i.e. the usual Cholesky recursion, but with the squared stick `r` kept as a product in log
+    space (never `1 - sum of squares`, which cancels for nearly singular C) and every z clipped
+    into (-1, 1), so the result is finite for any finite symmetric input with unit diagonal,
+    singular or slightly indefinite ones included. Only the lower triangle of `corr` is read.
+
+    Returns:
+      (z, strict lower part of L, log r (log L_jj^2 per row), log|det J| of `CorrCholesky` at
+      the recovered point).
+    """
+    k = corr.shape[0]
+    dtype = corr.dtype
+    idx = jnp.arange(k)
+    edge, tiny = _below(1.0, dtype), _tiny(dtype)
+
+    def column(j, carry):
+        low, z, log_rem, log_det = carry
+        num = corr[:, j] - low @ low[j]
+        denom = jnp.maximum(jnp.exp(0.5 * (log_rem[j] + log_rem)), tiny)
+        below = idx > j
+        zj = jnp.where(below, jnp.clip(num / denom, -edge, edge), 0.0)
+        log_1mz2 = _log1p(-zj) + _log1p(zj)
+        low = low.at[:, j].set(zj * jnp.exp(0.5 * log_rem))
+        z = z.at[:, j].set(zj)
+        log_det = log_det + jnp.sum(jnp.where(below, log_1mz2 + 0.5 * log_rem, 0.0))
+        return low, z, log_rem + log_1mz2, log_det
+
+    zeros = jnp.zeros((k, k), dtype)
+    init = (zeros, zeros, jnp.zeros((k,), dtype), jnp.zeros((), dtype))
+    low, z, log_rem, log_det = jax.lax.fori_loop(0, k, column, init)
+    return z, low, log_rem, log_det
+
+
+def _atanh(z: Array) -> Array:
+    return 0.5 * (_log1p(z) - _log1p(-z))
+
+
+def _gram(chol: Array, gamma: float) -> Array:
+    """L L^T with off-diagonal entries scaled by (1 - gamma), exactly symmetric (lower mirrored)."""
+    k = chol.shape[0]
+    strict = jnp.asarray(np.tril(np.ones((k, k), bool), -1))
+    gram = chol @ chol.T
+    off = jnp.where(strict, gram, 0.0) * (1.0 - gamma)
+    return off + off.T, jnp.diagonal(gram)
+
+
+def _unshrink(corr: Array, gamma: float) -> Array:
+    """Undo `_gram`'s scaling on the (symmetrised) lower triangle; unit diagonal."""
+    k = corr.shape[0]
+    strict = jnp.asarray(np.tril(np.ones((k, k), bool), -1))
+    sym = 0.5 * (corr + corr.T)
+    return jnp.where(strict, sym / (1.0 - gamma), jnp.eye(k, dtype=corr.dtype))
 
 
 @_pytree
@@ -684,17 +804,22 @@ class CorrMatrix(Bijector):
     def forward_and_log_det(self, x):
         chol, log_det, log_diag = _corr_cholesky_forward(_vector(x, "CorrMatrix"))
         k = chol.shape[0]
-        corr = chol @ chol.T
-        corr = jnp.where(jnp.eye(k, dtype=bool), 1.0, 0.5 * (corr + corr.T))
+        gamma = pd_margin(k, chol.dtype)
+        off, _ = _gram(chol, gamma)
+        corr = off + jnp.eye(k, dtype=chol.dtype)
         power = jnp.arange(k - 1, -1, -1).astype(chol.dtype)
-        return corr, log_det + jnp.sum(power * log_diag)
+        shrink = 0.5 * k * (k - 1) * math.log1p(-gamma)
+        return corr, log_det + jnp.sum(power * log_diag) + shrink
 
     def inverse_and_log_det(self, y):
         corr = _square(y, "CorrMatrix")
         k = corr.shape[0]
-        x, log_det, log_diag = _corr_cholesky_inverse(jnp.linalg.cholesky(corr))
+        gamma = pd_margin(k, corr.dtype)
+        z, _, log_rem, chol_log_det = _cpc_cholesky(_unshrink(corr, gamma))
+        rows, cols = np.tril_indices(k, -1)
         power = jnp.arange(k - 1, -1, -1).astype(corr.dtype)
-        return x, log_det - jnp.sum(power * log_diag)
+        shrink = 0.5 * k * (k - 1) * math.log1p(-gamma)
+        return _atanh(z[rows, cols]), -(chol_log_det + jnp.sum(power * 0.5 * log_rem) + shrink)
 
     forward_shape = CorrCholesky.forward_shape
     inverse_shape = CorrCholesky.inverse_shape
@@ -769,16 +894,26 @@ class CovMatrix(Bijector):
     def forward_and_log_det(self, x):
         chol, diag = _cholesky_cov_forward(_vector(x, "CovMatrix"))
         k = chol.shape[0]
-        cov = chol @ chol.T
+        gamma = pd_margin(k, chol.dtype)
+        off, variances = _gram(chol, gamma)
         power = jnp.arange(k + 1, 1, -1).astype(chol.dtype)
-        return 0.5 * (cov + cov.T), k * math.log(2.0) + jnp.sum(power * diag)
+        shrink = 0.5 * k * (k - 1) * math.log1p(-gamma)
+        return off + jnp.diag(variances), k * math.log(2.0) + jnp.sum(power * diag) + shrink
 
     def inverse_and_log_det(self, y):
         cov = _square(y, "CovMatrix")
         k = cov.shape[0]
-        x, log_diag = _cholesky_cov_inverse(jnp.linalg.cholesky(cov))
+        gamma = pd_margin(k, cov.dtype)
+        log_sd = 0.5 * _safe_log(jnp.diagonal(cov))
+        sd = jnp.exp(log_sd)
+        corr = (cov / sd[:, None]) / sd[None, :]
+        _, low, log_rem, _ = _cpc_cholesky(_unshrink(corr, gamma))
+        log_diag = log_sd + 0.5 * log_rem  # log L_jj, in log space (never log of a cancelled sum)
+        rows, cols = np.tril_indices(k)
+        x = jnp.where(jnp.asarray(rows == cols), log_diag[rows], (sd[:, None] * low)[rows, cols])
         power = jnp.arange(k + 1, 1, -1).astype(cov.dtype)
-        return x, -(k * math.log(2.0) + jnp.sum(power * log_diag))
+        shrink = 0.5 * k * (k - 1) * math.log1p(-gamma)
+        return x, -(k * math.log(2.0) + jnp.sum(power * log_diag) + shrink)
 
     forward_shape = CholeskyCov.forward_shape
     inverse_shape = CholeskyCov.inverse_shape

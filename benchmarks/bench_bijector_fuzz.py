@@ -271,8 +271,15 @@ LOG_DET_REL = {"float32": 2e-4, "float64": 1e-9}  # inverse vs forward log-det, 
 JACOBIAN_RANGE = {"float32": 3.0, "float64": 8.0}  # |x| of the jacobian subset
 
 
-def run_row(row: Row, dtype: str, num: int, seed: int = 0, num_jacobian: int = 64) -> dict:
+def rows_for(dtype: str) -> dict[str, Row]:
+    """The catalogue built in `dtype` (bounds and constants take the precision of the run)."""
+    with jax.enable_x64(dtype == "float64"):
+        return {r.name: r for r in catalogue()}
+
+
+def run_row(name: str, dtype: str, num: int, seed: int = 0, num_jacobian: int = 64) -> dict:
     """Fuzz one row in one precision; returns counts of failures by kind and the worst errors."""
+    row = rows_for(dtype)[name]
     extreme = EXTREME[dtype]
     u = float(np.finfo(dtype).eps) / 2
     x_np = inputs(row.shape, num, extreme, seed).astype(dtype)
@@ -347,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             parts, left, chunk_id = [], args.cases, 0
             while left > 0:
                 n = min(args.chunk, left)
-                parts.append(run_row(row, dtype, n, args.seed + 1000 * chunk_id,
+                parts.append(run_row(row.name, dtype, n, args.seed + 1000 * chunk_id,
                                      args.jacobian if chunk_id == 0 else 0))
                 left -= n
                 chunk_id += 1
