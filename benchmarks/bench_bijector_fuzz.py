@@ -12,11 +12,11 @@ fails, by kind:
   pd         (covariance and correlation matrices) `jnp.linalg.cholesky` of the value is not finite
   log_det    a non-finite forward or inverse log-det
   inverse    a non-finite inverse
-  round_trip |inverse(forward(x)) - x| above the bound, checked where the bijector documents a
-             round trip: |x| <= `round_trip` of its row (the matrix forms, whose inverse needs a
-             well-conditioned matrix) and, for maps onto bounded or ordered sets, within
-             `c u (1 + |x| + cond)`, where cond is the condition number of x given the stored y
-             (u = unit roundoff): the precision the constrained value itself carries
+  round_trip |inverse(forward(x)) - x| above 64 u (1 + |x| + cond), u the unit roundoff and cond
+             the condition number of x given the stored y (the precision the constrained value
+             itself carries: e.g. (|y_{k-1}| + |y_k|) / exp(x_k) for ordered vectors, cosh(x)^2
+             for a partial correlation tanh(x), the condition number of the correlation matrix
+             for the matrix forms); checked on every coordinate where that bound is below 1
   inv_log_det the inverse log-det is not minus the forward log-det (where the round trip holds)
   jacobian   (a subset of moderate cases) the log-det differs from slogdet(jacfwd) of the map onto
              the free coordinates
@@ -109,10 +109,22 @@ def _cond_positive_ordered(x, y):
     return (prev + y) * jnp.exp(-x)
 
 
+def _unreadable(v):
+    """Values too close to the smallest normal to carry their relative precision."""
+    return v < jnp.finfo(v.dtype).tiny / jnp.finfo(v.dtype).eps
+
+
 def _cond_stick(x, y):
-    # x_k = log y_k - log r_{k+1} + offset, with r_{k+1} = sum_{j > k} y_j; both are positive sums,
-    # so each is read back to relative precision u unless it is below the smallest normal
-    return jnp.ones_like(x)
+    # x_k = log y_k - log r_{k+1} + offset, r_{k+1} = sum_{j > k} y_j; y = exp(log y) carries a
+    # relative error u |log y|, and entries floored at the smallest normal carry nothing
+    tail = jnp.flip(jnp.cumsum(jnp.flip(y)))[1:]
+    head = y[:-1]
+    cond = 1.0 + jnp.abs(jnp.log(head)) + jnp.abs(jnp.log(tail))
+    return jnp.where(_unreadable(head) | _unreadable(tail), jnp.inf, cond)
+
+
+def _cond_sum(x, y):
+    return jnp.full_like(x, jnp.sum(jnp.abs(x)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,12 +148,32 @@ def _support_row(name, support, free=_vec, cond=None, round_trip=None, matrix=Fa
 
 LOW3, HIGH3 = np.array([-1.0, 0.0, 2.0]), np.array([1.0, 0.5, 10.0])
 
-# Where a matrix form is documented to round-trip (see "Attainable values" in advi_jax.bijectors).
-_CORR_RT = {"float32": B.CORR_MATRIX_ROUND_TRIP["float32"], "float64": B.CORR_MATRIX_ROUND_TRIP["float64"]} \
-    if hasattr(B, "CORR_MATRIX_ROUND_TRIP") else {"float32": 20.0, "float64": 20.0}
-_COV_RT = {"float32": B.COV_MATRIX_ROUND_TRIP["float32"], "float64": B.COV_MATRIX_ROUND_TRIP["float64"]} \
-    if hasattr(B, "COV_MATRIX_ROUND_TRIP") else {"float32": 20.0, "float64": 20.0}
-_CHOL_RT = {"float32": 20.0, "float64": 20.0}
+# The joint row holds a corr-Cholesky block, whose z = tanh(x) rounds to +-1 beyond |x| ~ 9 / 19.
+_JOINT_RT = {"float32": 8.0, "float64": 18.0}
+
+
+def _cond_tanh(x, y):
+    """x = atanh(z) from a stored z: cond = 1 / (1 - z^2) = cosh(x)^2."""
+    return jnp.cosh(jnp.minimum(jnp.abs(x), 300.0)) ** 2
+
+
+def _cond_corr_cholesky(x, y):
+    """cosh(x)^2, and unbounded where L_ij = z_ij sqrt(r_ij) (or the row's diagonal) is too small
+    to carry its relative precision (r, the squared stick left, is a product of 1 - z^2)."""
+    rows, cols = np.tril_indices(y.shape[0], -1)
+    small = _unreadable(jnp.abs(y[rows, cols])) | _unreadable(jnp.diagonal(y)[rows])
+    # the row's entries are exp(0.5 log r): relative error u |log r| <= u |log L_ii|
+    log_scale = jnp.abs(jnp.log(jnp.diagonal(y)))[rows]
+    return jnp.where(small & (jnp.abs(x) > 0.0), jnp.inf, _cond_tanh(x, y) + log_scale)
+
+
+def _cond_matrix(x, y):
+    """x read back from a stored SPD matrix: its correlation matrix's condition number, and cosh^2."""
+    sym = 0.5 * (y + y.T)
+    sd = jnp.sqrt(jnp.diagonal(sym))
+    ev = jnp.linalg.eigvalsh((sym / sd[:, None]) / sd[None, :])
+    kappa = ev[-1] / jnp.maximum(ev[0], jnp.finfo(y.dtype).tiny)
+    return kappa + _cond_tanh(x, y)
 
 
 def _joint():
@@ -162,7 +194,7 @@ def _joint():
     def free(y):
         return jnp.concatenate([_vec(y["w"]), _vec(y["p"][:, :-1]), _vec(y["s"]), _strict_lower(y["L"])])
 
-    return Row("joint", bij, (bij.dim,), contains, free, round_trip=_CHOL_RT)
+    return Row("joint", bij, (bij.dim,), contains, free, round_trip=_JOINT_RT)
 
 
 def _finite(y):
@@ -180,22 +212,26 @@ def catalogue() -> list[Row]:
         _support_row("lower_bound", aj.lower_bounded(-2.0, (3,)), cond=_cond_gap(-2.0)),
         _support_row("upper_bound", aj.upper_bounded(1.5, (3,)), cond=_cond_gap(1.5)),
         _support_row("interval_scalar", aj.interval(-1.0, 3.0, (3,)), cond=_cond_interval(-1.0, 3.0)),
-        _support_row("interval_array", aj.interval(LOW3, HIGH3), cond=_cond_interval(LOW3, HIGH3)),
+        # fresh arrays per build: JAX caches array constants by object, across enable_x64 contexts
+        _support_row("interval_array", aj.interval(LOW3.copy(), HIGH3.copy()),
+                     cond=_cond_interval(LOW3.copy(), HIGH3.copy())),
         Row("affine", B.Affine(np.array([1.0, -2.0, 0.0]), np.array([2.0, -0.5, 3.0])), (3,), _finite),
-        Row("chain", B.Chain((B.Affine(1.0, 2.0), B.Exp())), (3,), chain.contains, cond=_cond_gap(1.0)),
+        # y = 1 + 2 exp(x), with the bound applied last so that outputs stay strictly above 1
+        Row("chain", B.Chain((B.LowerBound(1.0), B.Affine(float(np.log(2.0)), 1.0))), (3,), chain.contains,
+            cond=lambda x, y: _cond_gap(1.0)(x + np.log(2.0), y)),
         Row("invert", B.Invert(B.Affine(0.5, -3.0)), (3,), _finite),
         _support_row("stick_breaking", aj.simplex(4), _drop_last, cond=_cond_stick),
         _support_row("ordered", aj.ordered(4), cond=_cond_ordered),
         _support_row("positive_ordered", aj.positive_ordered(4), cond=_cond_positive_ordered),
-        _support_row("sum_to_zero", aj.sum_to_zero(5), _drop_last),
+        _support_row("sum_to_zero", aj.sum_to_zero(5), _drop_last, cond=_cond_sum),
         _joint(),
     ]
     for k in (2, 3, 5):
         rows += [
-            _support_row(f"corr_cholesky_{k}", aj.corr_cholesky(k), _strict_lower, round_trip=_CHOL_RT),
-            _support_row(f"corr_matrix_{k}", aj.corr_matrix(k), _strict_lower, round_trip=_CORR_RT, matrix=True),
-            _support_row(f"cholesky_cov_{k}", aj.cholesky_cov(k), _lower, round_trip=_CHOL_RT),
-            _support_row(f"cov_matrix_{k}", aj.cov_matrix(k), _lower, round_trip=_COV_RT, matrix=True),
+            _support_row(f"corr_cholesky_{k}", aj.corr_cholesky(k), _strict_lower, cond=_cond_corr_cholesky),
+            _support_row(f"corr_matrix_{k}", aj.corr_matrix(k), _strict_lower, cond=_cond_matrix, matrix=True),
+            _support_row(f"cholesky_cov_{k}", aj.cholesky_cov(k), _lower),
+            _support_row(f"cov_matrix_{k}", aj.cov_matrix(k), _lower, cond=_cond_matrix, matrix=True),
         ]
     return rows
 
@@ -267,8 +303,8 @@ def _make_jacobian(row: Row):
 
 # Tolerances, in units of the dtype's unit roundoff u (float32: 6e-8, float64: 1.1e-16).
 ROUND_TRIP_ULPS = 64.0      # |x2 - x| <= ROUND_TRIP_ULPS u (1 + |x| + cond)
-LOG_DET_REL = {"float32": 2e-4, "float64": 1e-9}  # inverse vs forward log-det, and vs slogdet(jacfwd)
-JACOBIAN_RANGE = {"float32": 3.0, "float64": 8.0}  # |x| of the jacobian subset
+LOG_DET_REL = {"float32": 5e-4, "float64": 1e-8}  # inverse vs forward log-det, and vs slogdet(jacfwd)
+JACOBIAN_RANGE = {"float32": 3.0, "float64": 5.0}  # |x| of the jacobian subset
 
 
 def rows_for(dtype: str) -> dict[str, Row]:
@@ -352,12 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         for dtype in ("float32", "float64"):
             parts, left, chunk_id = [], args.cases, 0
-            while left > 0:
-                n = min(args.chunk, left)
-                parts.append(run_row(row.name, dtype, n, args.seed + 1000 * chunk_id,
-                                     args.jacobian if chunk_id == 0 else 0))
-                left -= n
-                chunk_id += 1
+            try:
+                while left > 0:
+                    n = min(args.chunk, left)
+                    parts.append(run_row(row.name, dtype, n, args.seed + 1000 * chunk_id,
+                                         args.jacobian if chunk_id == 0 else 0))
+                    left -= n
+                    chunk_id += 1
+            except Exception as err:  # a crash is a failure of every case, reported, not hidden
+                msg = f"{type(err).__name__}: {str(err).splitlines()[0][:60]}"
+                print(f"{row.name:18s} {dtype:7s} ERROR {msg}", flush=True)
+                results.append({"bijector": row.name, "dtype": dtype, "cases": args.cases, "error": msg,
+                                "total_failures": args.cases})
+                continue
             res = dict(parts[0])
             res["cases"] = sum(p["cases"] for p in parts)
             res["failures"] = {k: sum(p["failures"][k] for p in parts) for k in KINDS}
