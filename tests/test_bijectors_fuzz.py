@@ -45,8 +45,9 @@ def test_fuzz(name, dtype):
     res = fuzz.run_row(name, dtype, CASES, seed=7, num_jacobian=16)
     assert res["cases"] == CASES and res["jacobian_cases"] == 16
     assert res["total_failures"] == 0, (name, dtype, res["failures"])
-    # the round trip was actually checked on most coordinates (nothing silently skipped)
-    assert res["checked_coordinates"] >= 0.5 * res["coordinates"], res
+    # the round trip was checked wherever the stored value determines x (a fifth or more of the
+    # coordinates even for saturating maps at |x| up to 300: nothing silently skipped)
+    assert res["checked_coordinates"] >= 0.2 * res["coordinates"], res
 
 
 def test_inputs_reach_the_extremes():
