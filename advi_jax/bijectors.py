@@ -674,9 +674,12 @@ def _corr_cholesky_inverse(chol: Array) -> tuple[Array, Array, Array]:
     # log of the squared stick left before column j, summed in log space: squares of entries
     # below ~1e-154 (float64) would underflow and lose the row's tail
     log_abs = _safe_log(jnp.abs(chol))
-    log_sq = jnp.where(lower, 2.0 * log_abs, -jnp.inf)
+    # masked entries get a finite log far below any square of a normal number (an -inf would
+    # turn the derivative of the log-sum-exp into NaN)
+    far = 4.0 * jnp.log(_tiny(chol.dtype))
+    log_sq = jnp.where(lower, 2.0 * log_abs, far)
     log_rem = jax.lax.cumlogsumexp(log_sq, axis=1, reverse=True)
-    log_rem_next = jnp.concatenate([log_rem[:, 1:], jnp.full((k, 1), -jnp.inf, chol.dtype)], axis=1)
+    log_rem_next = jnp.concatenate([log_rem[:, 1:], jnp.full((k, 1), far, chol.dtype)], axis=1)
     log_rem = jnp.where(strict, log_rem, 0.0)
     log_rem_next = jnp.where(strict, log_rem_next, 0.0)
     # atanh(|L| / sqrt(rem)) = log(sqrt(rem) + |L|) - 0.5 log(rem - L^2), no cancellation
