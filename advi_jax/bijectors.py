@@ -549,6 +549,12 @@ class Ordered(Bijector):
     log|det J| = sum_{k >= 2} x_k (the Jacobian is lower triangular). The inverse is
     `x_1 = y_1`, `x_k = log(y_k - y_{k-1})`. Shapes: `(K,) <-> (K,)`.
 
+    The sum runs in order, one rounding per entry, and an entry that rounding would make equal
+    to its predecessor (a step below half an ulp of y_{k-1}) is raised to the next float, so the
+    output is strictly increasing for every finite x. The round trip is limited by y itself:
+    the step exp(x_k) is stored inside y_k, so x_k reads back to u (|y_{k-1}| + |y_k|) / exp(x_k)
+    (x = (5, -5) in float32: 2e-3), which the inverse attains; no formula can do better.
+
     Example:
       >>> import jax.numpy as jnp
       >>> Ordered().forward(jnp.array([1.0, 0.0, 0.0]))
@@ -576,7 +582,8 @@ class Ordered(Bijector):
 class PositiveOrdered(Bijector):
     """R^K onto increasing positive vectors: y_k = sum_{j <= k} exp(x_j).
 
-    log|det J| = sum_k x_k. Shapes: `(K,) <-> (K,)`.
+    log|det J| = sum_k x_k. Shapes: `(K,) <-> (K,)`. Summed in order and kept strictly
+    increasing and positive, with the round-trip precision of `Ordered`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -815,8 +822,16 @@ class CorrMatrix(Bijector):
 
         log|det J| = log|det J_CorrCholesky| + sum_j (K - 1 - j) log L_jj   (j = 0..K-1).
 
-    The output is symmetrised and its diagonal set to exactly 1. The inverse takes a Cholesky
-    factorisation. Shapes: `(K(K-1)/2,) <-> (K, K)`.
+    The output is `(1 - g) L L^T + g I` with g = `pd_margin(K)` = 4 K eps (its off-diagonal
+    entries are those of L L^T scaled by 1 - g: a few ulps), built from the lower triangle and
+    mirrored, with a unit diagonal: it keeps a Cholesky factorisation for every finite x, also
+    where L L^T is singular to working precision (float32 from |x| ~ 2, float64 from ~ 5 for
+    K >= 4); the log-det includes the constant K(K-1)/2 log(1 - g). The inverse undoes the
+    scaling and factorises through canonical partial correlations (the Cholesky recursion with
+    the remaining stick kept as a product in log space, each correlation clipped into (-1, 1)),
+    so it is finite for any symmetric matrix with unit diagonal, even singular or slightly
+    indefinite ones; it recovers x to about u (1 + |x| + cond(C)) (see "Attainable values").
+    Shapes: `(K(K-1)/2,) <-> (K, K)`.
     """
 
     name = "corr_matrix"
@@ -901,9 +916,12 @@ class CovMatrix(Bijector):
     row-major order dS_ij / dL_ij = L_jj (i > j) and dS_jj / dL_jj = 2 L_jj, so with
     log L_jj = x_jj,
 
-        log|det J| = K log 2 + sum_j (K - j + 1) x_jj    (j = 0..K-1).
+        log|det J| = K log 2 + sum_j (K - j + 1) x_jj + K(K-1)/2 log(1 - g)    (j = 0..K-1),
 
-    The inverse takes a Cholesky factorisation. Shapes: `(K(K+1)/2,) <-> (K, K)`.
+    the last term from the off-diagonal scaling by 1 - g, g = `pd_margin(K)` (see `CorrMatrix`:
+    the output keeps a Cholesky factorisation for every finite x). The inverse scales S to unit
+    diagonal and factorises it as `CorrMatrix` does, so it never returns NaN, with
+    log L_jj = log sqrt(S_jj) + 0.5 log r_j formed in log space. Shapes: `(K(K+1)/2,) <-> (K, K)`.
 
     References:
       Stan Reference Manual, "Covariance matrices".
