@@ -295,7 +295,7 @@ def _make_checker(row: Row):
 # Tolerances, in units of the dtype's unit roundoff u (float32: 6e-8, float64: 1.1e-16).
 ROUND_TRIP_ULPS = 64.0      # |x2 - x| <= ROUND_TRIP_ULPS u (1 + |x| + cond)
 LOG_DET_REL = {"float32": 5e-4, "float64": 1e-8}  # inverse vs forward log-det, and vs slogdet(jacfwd)
-JACOBIAN_RANGE = {"float32": 3.0, "float64": 5.0}  # |x| of the jacobian subset
+JACOBIAN_RANGE = {"float32": 2.0, "float64": 5.0}  # |x| of the jacobian subset
 MODERATE = 1.0  # events with max |x| <= MODERATE must have every round trip checked
 
 
@@ -372,17 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=25_000, help="cases per jitted call")
     parser.add_argument("--jacobian", type=int, default=256, help="jacobian cases per chunk of --chunk cases")
     parser.add_argument("--only", nargs="*", default=None, help="row names to run")
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "float64"], help="precisions to run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bijector_fuzz.json"))
     args = parser.parse_args(argv)
     from benchmarks.common import machine, versions, write_json
 
-    rows = [r for r in catalogue() if args.only is None or r.name in args.only]
+    # names only, built in float64: building the catalogue in float32 first made the float64
+    # run of corr_matrix_4 at 25,000 cases hang in XLA (jax 0.10.2, CPU); see the report
+    rows = [r for r in rows_for("float64").values() if args.only is None or r.name in args.only]
     results = []
     header = f"{'bijector':18s} {'dtype':7s} {'cases':>7s} {'failed':>6s}  {'failures by kind':34s} {'rt err':>8s} {'ld err':>8s} {'jac err':>8s} {'s':>5s}"
     print(header)
     for row in rows:
-        for dtype in ("float32", "float64"):
+        for dtype in args.dtypes:
             parts, left, chunk_id = [], args.cases, 0
             try:
                 while left > 0:
