@@ -31,6 +31,22 @@ accumulate in log space (`log_sigmoid`, `softplus`, cumulative sums of logs) so 
 log-dets stay finite for inputs of size 30 in float32 and 300 in float64; inverses use
 reverse cumulative sums (never `1 - partial sum`) and no explicit matrix inverse.
 
+Attainable values. Every forward output of a finite input is a member of the *open* support
+(what `Support.contains` checks): a value that rounding would put on a bound is kept one float
+inside it (`LowerBound`, `UpperBound`, `Interval`, `Sigmoid`), an ordered entry that would
+equal its predecessor is raised to the next float, positive entries and Cholesky diagonals are
+floored at the smallest normal, and `CorrMatrix`/`CovMatrix` scale their off-diagonal entries by
+`1 - pd_margin(K)` (4 K eps, a few ulps) so that a Cholesky factorisation of the output exists
+for every finite input, even where L L^T is singular to working precision. These are rounding
+facts: where they act, the input cannot be read back. The round trip `inverse(forward(x))`
+recovers x to about `u (1 + |x| + cond)` (u the unit roundoff), cond being the condition number
+of x given the stored value: 1 for `Exp`, `(|y_{k-1}| + |y_k|) / exp(x_k)` for `Ordered` (so
+x = (5, -5) in float32 reads back to ~2e-3: the step is stored inside y_2, whatever the
+formula), cosh(x)^2 for a partial correlation, and the condition number of the correlation
+matrix for the matrix forms (their inverses never return NaN, but a nearly singular matrix
+determines x only loosely: for K = 5 and corner inputs, to ~1e-5 at |x| <= 1 in float32 and
+~1e-11 at |x| <= 2 in float64). `benchmarks/bench_bijector_fuzz.py` measures all of this.
+
 Unit vectors are deliberately left out. The sphere is not diffeomorphic to any R^k, so no
 bijector exists; Stan's `unit_vector` over-parameterises with x in R^K, y = x / |x| and adds
 `-0.5 |x|^2` to the target so that |x| has a proper distribution. That "log-det" is a prior on
@@ -145,9 +161,34 @@ def _tiny(dtype) -> Array:
     return jnp.asarray(jnp.finfo(dtype).tiny, dtype)
 
 
+def _log1p(v: Array) -> Array:
+    """log(1 + v) to a few ulps (XLA's CPU `log1p` is off by ~100 ulps in float64 near v = -0.4).
+
+    Uses log(w) v / (w - 1) with w = 1 + v (Goldberg's correction of the rounding in w).
+    """
+    w = 1.0 + v
+    exact = w == 1.0
+    w_safe = jnp.where(exact, 2.0, w)
+    return jnp.where(exact, v, jnp.log(w_safe) * (v / (w_safe - 1.0)))
+
+
 def _log1mexp(x: Array) -> Array:
     """log(1 - exp(-x)) for x > 0, stable at both ends (Maechler 2012)."""
-    return jnp.where(x < jnp.log(2.0), jnp.log(-jnp.expm1(-x)), jnp.log1p(-jnp.exp(-x)))
+    return jnp.where(x < jnp.log(2.0), jnp.log(-jnp.expm1(-x)), _log1p(-jnp.exp(-x)))
+
+
+def _above(bound: Any, dtype) -> Array:
+    """The smallest value of `dtype` strictly above `bound` (the first attainable point inside)."""
+    b = jnp.asarray(bound, dtype)
+    b0 = jax.lax.stop_gradient(b)  # nextafter has no derivative: the step is a constant
+    return b + (jnp.nextafter(b0, jnp.asarray(jnp.inf, dtype)) - b0)
+
+
+def _below(bound: Any, dtype) -> Array:
+    """The largest value of `dtype` strictly below `bound`."""
+    b = jnp.asarray(bound, dtype)
+    b0 = jax.lax.stop_gradient(b)  # nextafter has no derivative: the step is a constant
+    return b + (jnp.nextafter(b0, jnp.asarray(-jnp.inf, dtype)) - b0)
 
 
 @_pytree
@@ -173,7 +214,7 @@ class Exp(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        return jnp.exp(x), _sum(x)
+        return jnp.maximum(jnp.exp(x), _tiny(x.dtype)), _sum(x)
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
@@ -192,7 +233,7 @@ class Softplus(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        y = jnp.logaddexp(x, 0.0)
+        y = jnp.maximum(jnp.logaddexp(x, 0.0), _tiny(x.dtype))
         return y, _sum(jax.nn.log_sigmoid(x))
 
     def inverse_and_log_det(self, y):
@@ -210,13 +251,14 @@ class Sigmoid(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        return jax.nn.sigmoid(x), _sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x))
+        y = jnp.clip(jax.nn.sigmoid(x), _tiny(x.dtype), _below(1.0, x.dtype))
+        return y, _sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x))
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
         tiny = _tiny(y.dtype)
         y = jnp.clip(y, tiny, 1.0 - jnp.finfo(y.dtype).epsneg)
-        x = jnp.log(y) - jnp.log1p(-y)
+        x = jnp.log(y) - _log1p(-y)
         return x, -_sum(jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x))
 
 
@@ -229,7 +271,7 @@ class LowerBound(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        return self.low + jnp.exp(x), _sum(x)
+        return jnp.maximum(self.low + jnp.exp(x), _above(self.low, x.dtype)), _sum(x)
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
@@ -247,7 +289,7 @@ class UpperBound(Bijector):
 
     def forward_and_log_det(self, x):
         x = _asf(x)
-        return self.high - jnp.exp(x), _sum(x)
+        return jnp.minimum(self.high - jnp.exp(x), _below(self.high, x.dtype)), _sum(x)
 
     def inverse_and_log_det(self, y):
         y = _asf(y)
@@ -273,6 +315,7 @@ class Interval(Bijector):
         x = _asf(x)
         width = self.high - self.low
         y = jnp.where(x > 0, self.high - width * jax.nn.sigmoid(-x), self.low + width * jax.nn.sigmoid(x))
+        y = jnp.clip(y, _above(self.low, x.dtype), _below(self.high, x.dtype))
         log_det = jnp.log(width) + jax.nn.log_sigmoid(x) + jax.nn.log_sigmoid(-x)
         return y, _sum(jnp.broadcast_to(log_det, x.shape))
 
@@ -422,6 +465,22 @@ def _safe_log(v: Array) -> Array:
     return jnp.log(jnp.maximum(v, _tiny(v.dtype)))
 
 
+def _increasing_sum(first: Array, steps: Array) -> Array:
+    """y_0 = first, y_k = y_{k-1} + steps_k, summed in order, each strictly above the last.
+
+    Summing in order (one rounding per entry) makes `y_k - y_{k-1}` the rounded step itself; a
+    step below half an ulp of y_{k-1} would be absorbed, so y_k is raised to the next float
+    (a rounding fact: the gap can only be read back to an ulp of y, see "Attainable values").
+    """
+
+    def add(prev, step):
+        nxt = jnp.maximum(prev + step, _above(prev, prev.dtype))
+        return nxt, nxt
+
+    _, rest = jax.lax.scan(add, first, steps)
+    return jnp.concatenate([first[None], rest])
+
+
 @_pytree
 class StickBreaking(Bijector):
     """Stan's stick-breaking map from R^{K-1} onto the open simplex of K entries.
@@ -463,7 +522,7 @@ class StickBreaking(Bijector):
         log_z, log_1mz = jax.nn.log_sigmoid(u), jax.nn.log_sigmoid(-u)
         log_r = _exclusive_cumsum(log_1mz)
         log_y = jnp.concatenate([log_r + log_z, jnp.sum(log_1mz, keepdims=True)])
-        return jnp.exp(log_y), jnp.sum(log_z + log_1mz + log_r)
+        return jnp.maximum(jnp.exp(log_y), _tiny(x.dtype)), jnp.sum(log_z + log_1mz + log_r)
 
     def inverse_and_log_det(self, y):
         y = _vector(y, "StickBreaking")
@@ -490,6 +549,12 @@ class Ordered(Bijector):
     log|det J| = sum_{k >= 2} x_k (the Jacobian is lower triangular). The inverse is
     `x_1 = y_1`, `x_k = log(y_k - y_{k-1})`. Shapes: `(K,) <-> (K,)`.
 
+    The sum runs in order, one rounding per entry, and an entry that rounding would make equal
+    to its predecessor (a step below half an ulp of y_{k-1}) is raised to the next float, so the
+    output is strictly increasing for every finite x. The round trip is limited by y itself:
+    the step exp(x_k) is stored inside y_k, so x_k reads back to u (|y_{k-1}| + |y_k|) / exp(x_k)
+    (x = (5, -5) in float32: 2e-3), which the inverse attains; no formula can do better.
+
     Example:
       >>> import jax.numpy as jnp
       >>> Ordered().forward(jnp.array([1.0, 0.0, 0.0]))
@@ -500,8 +565,7 @@ class Ordered(Bijector):
 
     def forward_and_log_det(self, x):
         x = _vector(x, "Ordered")
-        steps = jnp.concatenate([x[:1], jnp.exp(x[1:])])
-        return jnp.cumsum(steps), jnp.sum(x[1:])
+        return _increasing_sum(x[0], jnp.exp(x[1:])), jnp.sum(x[1:])
 
     def inverse_and_log_det(self, y):
         y = _vector(y, "Ordered")
@@ -518,7 +582,8 @@ class Ordered(Bijector):
 class PositiveOrdered(Bijector):
     """R^K onto increasing positive vectors: y_k = sum_{j <= k} exp(x_j).
 
-    log|det J| = sum_k x_k. Shapes: `(K,) <-> (K,)`.
+    log|det J| = sum_k x_k. Shapes: `(K,) <-> (K,)`. Summed in order and kept strictly
+    increasing and positive, with the round-trip precision of `Ordered`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -530,7 +595,8 @@ class PositiveOrdered(Bijector):
 
     def forward_and_log_det(self, x):
         x = _vector(x, "PositiveOrdered")
-        return jnp.cumsum(jnp.exp(x)), jnp.sum(x)
+        steps = jnp.exp(x)
+        return _increasing_sum(jnp.maximum(steps[0], _tiny(x.dtype)), steps[1:]), jnp.sum(x)
 
     def inverse_and_log_det(self, y):
         y = _vector(y, "PositiveOrdered")
@@ -599,7 +665,9 @@ def _corr_cholesky_forward(x: Array) -> tuple[Array, Array, Array]:
     log_rem = _exclusive_cumsum(log_1mz2)  # log of the squared stick left before column j
     scale = jnp.exp(0.5 * log_rem)
     eye = jnp.eye(k, dtype=bool)
-    chol = jnp.where(strict, jnp.tanh(big_x) * scale, jnp.where(eye, scale, 0.0))
+    # the diagonal is floored at the smallest normal: exp(0.5 log r) underflows for |x| in the
+    # tens (float32) or hundreds (float64), and a zero diagonal is outside the support
+    chol = jnp.where(strict, jnp.tanh(big_x) * scale, jnp.where(eye, jnp.maximum(scale, _tiny(x.dtype)), 0.0))
     log_det = jnp.sum(jnp.where(strict, log_1mz2 + 0.5 * log_rem, 0.0))
     return chol, log_det, 0.5 * jnp.diagonal(log_rem)
 
@@ -610,18 +678,97 @@ def _corr_cholesky_inverse(chol: Array) -> tuple[Array, Array, Array]:
     rows, cols = np.tril_indices(k, -1)
     lower = jnp.asarray(np.tril(np.ones((k, k), bool)))
     strict = jnp.asarray(np.tril(np.ones((k, k), bool), -1))
-    sq = jnp.where(lower, chol * chol, 0.0)
-    rem = _reverse_cumsum(sq)  # sum_{j' >= j} L_ij'^2: the stick left before column j
-    rem_next = jnp.concatenate([rem[:, 1:], jnp.zeros((k, 1), chol.dtype)], axis=1)
-    rem = jnp.where(strict, rem, 1.0)
-    rem_next = jnp.where(strict, rem_next, 1.0)
-    log_rem, log_rem_next = _safe_log(rem), _safe_log(rem_next)
-    a = jnp.abs(chol)
+    # log of the squared stick left before column j, summed in log space: squares of entries
+    # below ~1e-154 (float64) would underflow and lose the row's tail
+    log_abs = _safe_log(jnp.abs(chol))
+    # masked entries get a finite log far below any square of a normal number (an -inf would
+    # turn the derivative of the log-sum-exp into NaN)
+    far = 4.0 * jnp.log(_tiny(chol.dtype))
+    log_sq = jnp.where(lower, 2.0 * log_abs, far)
+    log_rem = jax.lax.cumlogsumexp(log_sq, axis=1, reverse=True)
+    log_rem_next = jnp.concatenate([log_rem[:, 1:], jnp.full((k, 1), far, chol.dtype)], axis=1)
+    log_rem = jnp.where(strict, log_rem, 0.0)
+    log_rem_next = jnp.where(strict, log_rem_next, 0.0)
     # atanh(|L| / sqrt(rem)) = log(sqrt(rem) + |L|) - 0.5 log(rem - L^2), no cancellation
-    big_x = jnp.where(strict, jnp.sign(chol) * (_safe_log(jnp.sqrt(rem) + a) - 0.5 * log_rem_next), 0.0)
+    big_x = jnp.where(strict, jnp.sign(chol) * (jnp.logaddexp(0.5 * log_rem, log_abs) - 0.5 * log_rem_next), 0.0)
     fwd = jnp.sum(jnp.where(strict, log_rem_next - 0.5 * log_rem, 0.0))
-    log_diag = 0.5 * _safe_log(jnp.diagonal(sq))
+    log_diag = jnp.diagonal(log_abs)
     return big_x[rows, cols], -fwd, log_diag
+
+
+PD_MARGIN_ULPS = 4.0
+
+
+def pd_margin(k: int, dtype) -> float:
+    """gamma(K, dtype) = 4 K eps: the shrinkage that keeps `CorrMatrix`/`CovMatrix` outputs PD.
+
+    The matrix forms return `(1 - gamma) L L^T + gamma diag(L L^T)` (off-diagonal entries scaled by
+    `1 - gamma`, a change of a few ulps per entry): its correlation matrix has every eigenvalue
+    above gamma minus the rounding of the product (at most ~K eps), so a Cholesky factorisation
+    succeeds for every finite input, even where L L^T itself is singular to working precision.
+    """
+    return float(PD_MARGIN_ULPS * k * np.finfo(np.dtype(dtype)).eps)
+
+
+def _cpc_cholesky(corr: Array) -> tuple[Array, Array, Array, Array]:
+    """Cholesky factor of a correlation matrix through its canonical partial correlations.
+
+    Column by column (j = 0..K-1), for rows i > j:
+
+        z_ij = (C_ij - sum_{k<j} L_ik L_jk) / (L_jj sqrt(r_ij)),   L_ij = z_ij sqrt(r_ij),
+        log r_i,j+1 = log r_ij + log(1 - z_ij) + log(1 + z_ij),     L_jj = sqrt(r_jj),
+
+    i.e. the usual Cholesky recursion, but with the squared stick `r` kept as a product in log
+    space (never `1 - sum of squares`, which cancels for nearly singular C) and every z clipped
+    into (-1, 1), so the result is finite for any finite symmetric input with unit diagonal,
+    singular or slightly indefinite ones included. Only the lower triangle of `corr` is read.
+
+    Returns:
+      (z, strict lower part of L, log r (log L_jj^2 per row), log|det J| of `CorrCholesky` at
+      the recovered point).
+    """
+    k = corr.shape[0]
+    dtype = corr.dtype
+    idx = jnp.arange(k)
+    edge, tiny = _below(1.0, dtype), _tiny(dtype)
+
+    def column(j, carry):
+        low, z, log_rem, log_det = carry
+        num = corr[:, j] - low @ low[j]
+        denom = jnp.maximum(jnp.exp(0.5 * (log_rem[j] + log_rem)), tiny)
+        below = idx > j
+        zj = jnp.where(below, jnp.clip(num / denom, -edge, edge), 0.0)
+        log_1mz2 = _log1p(-zj) + _log1p(zj)
+        low = low.at[:, j].set(zj * jnp.exp(0.5 * log_rem))
+        z = z.at[:, j].set(zj)
+        log_det = log_det + jnp.sum(jnp.where(below, log_1mz2 + 0.5 * log_rem, 0.0))
+        return low, z, log_rem + log_1mz2, log_det
+
+    zeros = jnp.zeros((k, k), dtype)
+    init = (zeros, zeros, jnp.zeros((k,), dtype), jnp.zeros((), dtype))
+    low, z, log_rem, log_det = jax.lax.fori_loop(0, k, column, init)
+    return z, low, log_rem, log_det
+
+
+def _atanh(z: Array) -> Array:
+    return 0.5 * (_log1p(z) - _log1p(-z))
+
+
+def _gram(chol: Array, gamma: float) -> Array:
+    """L L^T with off-diagonal entries scaled by (1 - gamma), exactly symmetric (lower mirrored)."""
+    k = chol.shape[0]
+    strict = jnp.asarray(np.tril(np.ones((k, k), bool), -1))
+    gram = chol @ chol.T
+    off = jnp.where(strict, gram, 0.0) * (1.0 - gamma)
+    return off + off.T, jnp.diagonal(gram)
+
+
+def _unshrink(corr: Array, gamma: float) -> Array:
+    """Undo `_gram`'s scaling on the (symmetrised) lower triangle; unit diagonal."""
+    k = corr.shape[0]
+    strict = jnp.asarray(np.tril(np.ones((k, k), bool), -1))
+    sym = 0.5 * (corr + corr.T)
+    return jnp.where(strict, sym / (1.0 - gamma), jnp.eye(k, dtype=corr.dtype))
 
 
 @_pytree
@@ -675,8 +822,16 @@ class CorrMatrix(Bijector):
 
         log|det J| = log|det J_CorrCholesky| + sum_j (K - 1 - j) log L_jj   (j = 0..K-1).
 
-    The output is symmetrised and its diagonal set to exactly 1. The inverse takes a Cholesky
-    factorisation. Shapes: `(K(K-1)/2,) <-> (K, K)`.
+    The output is `(1 - g) L L^T + g I` with g = `pd_margin(K)` = 4 K eps (its off-diagonal
+    entries are those of L L^T scaled by 1 - g: a few ulps), built from the lower triangle and
+    mirrored, with a unit diagonal: it keeps a Cholesky factorisation for every finite x, also
+    where L L^T is singular to working precision (float32 from |x| ~ 2, float64 from ~ 5 for
+    K >= 4); the log-det includes the constant K(K-1)/2 log(1 - g). The inverse undoes the
+    scaling and factorises through canonical partial correlations (the Cholesky recursion with
+    the remaining stick kept as a product in log space, each correlation clipped into (-1, 1)),
+    so it is finite for any symmetric matrix with unit diagonal, even singular or slightly
+    indefinite ones; it recovers x to about u (1 + |x| + cond(C)) (see "Attainable values").
+    Shapes: `(K(K-1)/2,) <-> (K, K)`.
     """
 
     name = "corr_matrix"
@@ -684,17 +839,22 @@ class CorrMatrix(Bijector):
     def forward_and_log_det(self, x):
         chol, log_det, log_diag = _corr_cholesky_forward(_vector(x, "CorrMatrix"))
         k = chol.shape[0]
-        corr = chol @ chol.T
-        corr = jnp.where(jnp.eye(k, dtype=bool), 1.0, 0.5 * (corr + corr.T))
+        gamma = pd_margin(k, chol.dtype)
+        off, _ = _gram(chol, gamma)
+        corr = off + jnp.eye(k, dtype=chol.dtype)
         power = jnp.arange(k - 1, -1, -1).astype(chol.dtype)
-        return corr, log_det + jnp.sum(power * log_diag)
+        shrink = 0.5 * k * (k - 1) * math.log1p(-gamma)
+        return corr, log_det + jnp.sum(power * log_diag) + shrink
 
     def inverse_and_log_det(self, y):
         corr = _square(y, "CorrMatrix")
         k = corr.shape[0]
-        x, log_det, log_diag = _corr_cholesky_inverse(jnp.linalg.cholesky(corr))
+        gamma = pd_margin(k, corr.dtype)
+        z, _, log_rem, chol_log_det = _cpc_cholesky(_unshrink(corr, gamma))
+        rows, cols = np.tril_indices(k, -1)
         power = jnp.arange(k - 1, -1, -1).astype(corr.dtype)
-        return x, log_det - jnp.sum(power * log_diag)
+        shrink = 0.5 * k * (k - 1) * math.log1p(-gamma)
+        return _atanh(z[rows, cols]), -(chol_log_det + jnp.sum(power * 0.5 * log_rem) + shrink)
 
     forward_shape = CorrCholesky.forward_shape
     inverse_shape = CorrCholesky.inverse_shape
@@ -756,9 +916,12 @@ class CovMatrix(Bijector):
     row-major order dS_ij / dL_ij = L_jj (i > j) and dS_jj / dL_jj = 2 L_jj, so with
     log L_jj = x_jj,
 
-        log|det J| = K log 2 + sum_j (K - j + 1) x_jj    (j = 0..K-1).
+        log|det J| = K log 2 + sum_j (K - j + 1) x_jj + K(K-1)/2 log(1 - g)    (j = 0..K-1),
 
-    The inverse takes a Cholesky factorisation. Shapes: `(K(K+1)/2,) <-> (K, K)`.
+    the last term from the off-diagonal scaling by 1 - g, g = `pd_margin(K)` (see `CorrMatrix`:
+    the output keeps a Cholesky factorisation for every finite x). The inverse scales S to unit
+    diagonal and factorises it as `CorrMatrix` does, so it never returns NaN, with
+    log L_jj = log sqrt(S_jj) + 0.5 log r_j formed in log space. Shapes: `(K(K+1)/2,) <-> (K, K)`.
 
     References:
       Stan Reference Manual, "Covariance matrices".
@@ -769,16 +932,26 @@ class CovMatrix(Bijector):
     def forward_and_log_det(self, x):
         chol, diag = _cholesky_cov_forward(_vector(x, "CovMatrix"))
         k = chol.shape[0]
-        cov = chol @ chol.T
+        gamma = pd_margin(k, chol.dtype)
+        off, variances = _gram(chol, gamma)
         power = jnp.arange(k + 1, 1, -1).astype(chol.dtype)
-        return 0.5 * (cov + cov.T), k * math.log(2.0) + jnp.sum(power * diag)
+        shrink = 0.5 * k * (k - 1) * math.log1p(-gamma)
+        return off + jnp.diag(variances), k * math.log(2.0) + jnp.sum(power * diag) + shrink
 
     def inverse_and_log_det(self, y):
         cov = _square(y, "CovMatrix")
         k = cov.shape[0]
-        x, log_diag = _cholesky_cov_inverse(jnp.linalg.cholesky(cov))
+        gamma = pd_margin(k, cov.dtype)
+        log_sd = 0.5 * _safe_log(jnp.diagonal(cov))
+        sd = jnp.exp(log_sd)
+        corr = (cov / sd[:, None]) / sd[None, :]
+        _, low, log_rem, _ = _cpc_cholesky(_unshrink(corr, gamma))
+        log_diag = log_sd + 0.5 * log_rem  # log L_jj, in log space (never log of a cancelled sum)
+        rows, cols = np.tril_indices(k)
+        x = jnp.where(jnp.asarray(rows == cols), log_diag[rows], (sd[:, None] * low)[rows, cols])
         power = jnp.arange(k + 1, 1, -1).astype(cov.dtype)
-        return x, -(k * math.log(2.0) + jnp.sum(power * log_diag))
+        shrink = 0.5 * k * (k - 1) * math.log1p(-gamma)
+        return x, -(k * math.log(2.0) + jnp.sum(power * log_diag) + shrink)
 
     forward_shape = CholeskyCov.forward_shape
     inverse_shape = CholeskyCov.inverse_shape

@@ -14,11 +14,16 @@ Example:
   >>> aj.simplex(3, batch_shape=(2,)).shape
   (2, 3)
 
-Membership checks (`Support.contains`) allow a floating-point slack of `sqrt(eps)` of the
-value's dtype (about 3e-4 in float32, 1.5e-8 in float64), relative to the entries' scale, for
-equalities such as "sums to 1", "is symmetric" or "rows have unit norm"; strict inequalities
-that the inverse needs (positive entries of an ordered increment, a positive diagonal, a
-positive-definite matrix) are checked strictly.
+Membership checks (`Support.contains`) test the open set: a bound, an ordering, a positive
+diagonal or positive definiteness is checked strictly, and equalities such as "sums to 1",
+"is symmetric" or "rows have unit norm" allow a floating-point slack of `sqrt(eps)` of the
+value's dtype (about 3e-4 in float32, 1.5e-8 in float64), relative to the entries' scale. The
+simplex is the exception: its entries are checked `>= 0` (a face of the simplex is a valid
+point for `StickBreaking.inverse`). Every value the default bijector's `forward` returns for a
+finite input is a member: bounded outputs are kept at least one float inside their bounds (see
+"Attainable values" in `advi_jax.bijectors`), and positive definiteness means "has a Cholesky
+factorisation in the value's precision" (that of the matrix scaled to unit diagonal, so the
+test does not depend on the scale of the variances).
 """
 
 from __future__ import annotations
@@ -211,13 +216,13 @@ def interval(low: ArrayLike, high: ArrayLike, shape: Any = None) -> Support:
         f"interval({low}, {high})",
         _bounds_shape(shape, low, high),
         bij.Interval(low, high),
-        lambda v: (v >= low) & (v <= high),
+        lambda v: (v > low) & (v < high),
     )
 
 
 def unit_interval(shape: Any = ()) -> Support:
     """(0, 1)^shape through the logistic sigmoid."""
-    return _elementwise("unit_interval", shape, bij.Sigmoid(), lambda v: (v >= 0) & (v <= 1))
+    return _elementwise("unit_interval", shape, bij.Sigmoid(), lambda v: (v > 0) & (v < 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,8 +329,12 @@ def _in_corr_cholesky(m):
 
 
 def _positive_definite(m):
+    """A Cholesky factorisation of the symmetric part, scaled to unit diagonal, exists (finite)."""
     sym = 0.5 * (m + m.T)
-    return jnp.all(jnp.linalg.eigvalsh(sym) > 0)
+    diag = jnp.diagonal(sym)
+    sd = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    chol = jnp.linalg.cholesky((sym / sd[:, None]) / sd[None, :])
+    return jnp.all(diag > 0) & jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.diagonal(chol) > 0)
 
 
 def _is_symmetric(m, tol):
