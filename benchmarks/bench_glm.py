@@ -82,7 +82,8 @@ def diagnostics_cost(n, d, steps):
         seconds = {}
         for diagnostics in (False, True, False, True):  # the second call of each is timed
             start = time.perf_counter()
-            result = aj.fit(model, key=jax.random.key(0), num_steps=steps, progress=False, diagnostics=diagnostics)
+            result = aj.fit(model, key=jax.random.key(0), method="advi", num_steps=steps, progress=False,
+                            diagnostics=diagnostics)
             jax.block_until_ready(result.params)
             seconds[diagnostics] = time.perf_counter() - start
         cost = seconds[True] - seconds[False]
