@@ -32,6 +32,7 @@ from numpyro.infer import MCMC, NUTS  # noqa: E402
 
 from benchmarks.common import versions  # noqa: E402
 from benchmarks.suite import SuiteModel, available_models, eight_schools_noncentered, flatten_draws  # noqa: E402
+from benchmarks.suite_more import neals_funnel_noncentered, radon_noncentered  # noqa: E402
 
 REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "references")
 RHAT_BOUND = 1.01
@@ -51,8 +52,27 @@ def _centered_from_noncentered(samples):
 # target_accept_prob=0.99 in our run) and under-explores small tau; the non-centred model is the
 # same joint distribution of (mu, tau, theta) with theta = mu + tau * theta_tilde, and NUTS
 # samples it without divergences, so the centred reference is computed from its draws.
-DERIVED = {"eight_schools_centered": (eight_schools_noncentered, _centered_from_noncentered,
-                                      "NUTS on the non-centred model, theta = mu + tau * theta_tilde")}
+def _radon_centered_from_noncentered(samples, log_radon, floor, county, log_uranium):
+    out = {k: v for k, v in samples.items() if k != "a_tilde"}
+    g = samples["gamma"]
+    out["a"] = (g[..., :1] + g[..., 1:] * np.asarray(log_uranium, np.float64)
+                + samples["sigma_a"][..., None] * samples["a_tilde"])
+    return out
+
+
+def _funnel_from_noncentered(samples, dim):
+    return {"v": samples["v"], "x": np.exp(samples["v"][..., None] / 2) * samples["x_tilde"]}
+
+
+# Same pattern for the radon intercepts (a_j = g0 + g1 u_j + sigma_a a_tilde_j) and Neal's funnel
+# (x = exp(v / 2) x_tilde, where NUTS on the centred funnel cannot reach the neck). The transform
+# receives the draws and the model's arguments.
+DERIVED = {"eight_schools_centered": (eight_schools_noncentered, lambda s, *args: _centered_from_noncentered(s),
+                                      "NUTS on the non-centred model, theta = mu + tau * theta_tilde"),
+           "radon_centered": (radon_noncentered, _radon_centered_from_noncentered,
+                              "NUTS on the non-centred model, a = g0 + g1 u + sigma_a a_tilde"),
+           "neals_funnel": (neals_funnel_noncentered, _funnel_from_noncentered,
+                            "NUTS on the non-centred funnel, x = exp(v / 2) x_tilde")}
 
 
 def reference_path(name: str) -> str:
@@ -70,7 +90,7 @@ def load_reference(name: str) -> dict | None:
 
 def run_nuts(name, suite_model, *, chains: int, warmup: int, draws: int, seed: int) -> dict:
     target_accept = TARGET_ACCEPT.get(name, 0.9)
-    transform, how = (lambda samples: samples), "NumPyro NUTS, float64"
+    transform, how = (lambda samples, *args: samples), "NumPyro NUTS, float64"
     if name in DERIVED:
         sample_fn, transform, how = DERIVED[name]
         suite_model = SuiteModel(sample_fn, suite_model.args, suite_model.note)
@@ -81,7 +101,7 @@ def run_nuts(name, suite_model, *, chains: int, warmup: int, draws: int, seed: i
                 progress_bar=False)
     start = time.perf_counter()
     mcmc.run(jax.random.key(seed), *suite_model.args, extra_fields=("diverging",))
-    samples = transform(jax.device_get(mcmc.get_samples(group_by_chain=True)))  # site -> (chains, draws, *shape)
+    samples = transform(jax.device_get(mcmc.get_samples(group_by_chain=True)), *suite_model.args)  # site -> (chains, draws, *shape)
     seconds = time.perf_counter() - start
     divergences = int(np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"]).sum())
     params = {}

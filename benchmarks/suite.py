@@ -18,6 +18,7 @@ are lazy so that a missing data file only removes its own models (`available_mod
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import numpyro
 import numpyro.distributions as dist
 
 import advi_jax as aj
+from benchmarks.suite_more import BUILDERS
 
 
 class SuiteModel(NamedTuple):
@@ -214,6 +216,9 @@ MODELS: dict[str, Callable[[], SuiteModel]] = {
     "dirichlet_multinomial": _dirichlet_multinomial,
     "lkj_mvn": _lkj,
 }
+# The second set (benchmarks.suite_more): hierarchical radon in both parameterisations, births,
+# Neal's funnel, a badly scaled GLM, a free mixture, stochastic volatility and GARCH.
+MODELS.update({name: functools.partial(build, SuiteModel) for name, build in BUILDERS.items()})
 
 QUICK_MODELS = ("breast_cancer_logistic", "eight_schools_noncentered", "mixture_weights", "lkj_mvn")
 
