@@ -226,7 +226,7 @@ MODELS.update({name: functools.partial(build, SuiteModel) for name, build in BUI
 # Models whose NUTS reference has not been computed yet (benchmarks.accuracy skips them with a
 # message; the test checks this list against benchmarks/references/).
 NO_REFERENCE_YET: tuple[str, ...] = ("radon_varying_slopes", "births_lognormal_ts",
-                                     "births_poisson_state", "neals_funnel", "wells_badly_scaled",
+                                     "births_poisson_state",
                                      "gaussian_mixture", "stochastic_volatility", "garch11")
 
 QUICK_MODELS = ("breast_cancer_logistic", "eight_schools_noncentered", "mixture_weights", "lkj_mvn")
