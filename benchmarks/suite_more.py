@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions.transforms import OrderedTransform
+from numpyro.distributions.transforms import AffineTransform, OrderedTransform
 
 import advi_jax as aj
 
@@ -168,19 +168,21 @@ def gaussian_mixture(y):
 
 
 def stochastic_volatility(returns):
-    """Stochastic volatility, non-centred (K = T + 3).
+    """Stochastic volatility, non-centred (K = T + 3), with Stan's user-guide priors.
 
     h_t = mu + phi (h_{t-1} - mu) + sigma z_t with the stationary start h_1 = mu + sigma z_1 / sqrt(1 - phi^2);
-    returns_t ~ N(0, exp(h_t / 2)); mu ~ N(0, 10), phi ~ Beta(20, 1.5), sigma ~ HalfNormal(1), z_t ~ N(0, 1).
-    The AR(1) filter is the lower-triangular matrix phi^(t - s) (no scan).
+    returns_t ~ N(0, exp(h_t / 2)); mu ~ N(0, 10), (phi + 1) / 2 ~ Beta(20, 1.5), sigma ~ HalfNormal(1),
+    z_t ~ N(0, 1). The AR(1) filter is the lower-triangular matrix phi^(t - s) (no scan).
     """
     t = returns.shape[0]
     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
-    phi = numpyro.sample("phi", dist.Beta(20.0, 1.5))
+    phi = numpyro.sample("phi", dist.TransformedDistribution(dist.Beta(20.0, 1.5), AffineTransform(-1.0, 2.0)))
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     z = numpyro.sample("z", dist.Normal(jnp.zeros(t), 1.0).to_event(1))
     lag = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]
-    filt = jnp.where(lag >= 0, phi ** jnp.maximum(lag, 0).astype(z.dtype), 0.0)
+    power = jnp.maximum(lag, 0).astype(z.dtype)
+    sign = jnp.where(lag % 2 == 0, 1.0, jnp.sign(phi))  # phi^k for phi < 0 without a NaN from a float power
+    filt = jnp.where(lag >= 0, sign * jnp.abs(phi) ** power, 0.0)
     shocks = sigma * z.at[0].divide(jnp.sqrt(1.0 - phi**2))
     h = mu + filt @ shocks
     numpyro.sample("y", dist.Normal(jnp.zeros(t), jnp.exp(h / 2)).to_event(1), obs=returns)
@@ -285,16 +287,16 @@ def build_mixture(suite_model):
                                               "400 points")
 
 
-SV_T = 100
+SV_T = 150
 
 
 def simulate_sv(seed: int = 41, t: int = SV_T) -> np.ndarray:
-    """Returns from the stochastic-volatility model: mu = -1, phi = 0.95, sigma = 0.25 (fixed seed)."""
+    """Returns from the stochastic-volatility model: mu = -1, phi = 0.9, sigma = 0.3 (fixed seed)."""
     rng = np.random.default_rng(seed)
     h = np.empty(t)
-    h[0] = -1.0 + 0.25 / np.sqrt(1 - 0.95**2) * rng.normal()
+    h[0] = -1.0 + 0.3 / np.sqrt(1 - 0.9**2) * rng.normal()
     for i in range(1, t):
-        h[i] = -1.0 + 0.95 * (h[i - 1] + 1.0) + 0.25 * rng.normal()
+        h[i] = -1.0 + 0.9 * (h[i - 1] + 1.0) + 0.3 * rng.normal()
     return (np.exp(h / 2) * rng.normal(size=t)).astype(np.float32)
 
 
