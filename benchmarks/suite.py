@@ -225,7 +225,7 @@ MODELS.update({name: functools.partial(build, SuiteModel) for name, build in BUI
 
 # Models whose NUTS reference has not been computed yet (benchmarks.accuracy skips them with a
 # message; the test checks this list against benchmarks/references/).
-NO_REFERENCE_YET: tuple[str, ...] = ("radon_varying_slopes", "births_lognormal_ts",
+NO_REFERENCE_YET: tuple[str, ...] = ("births_lognormal_ts",
                                      "births_poisson_state",
                                      "gaussian_mixture", "stochastic_volatility", "garch11")
 
