@@ -183,7 +183,7 @@ def stochastic_volatility(returns):
     power = jnp.maximum(lag, 0).astype(z.dtype)
     sign = jnp.where(lag % 2 == 0, 1.0, jnp.sign(phi))  # phi^k for phi < 0 without a NaN from a float power
     filt = jnp.where(lag >= 0, sign * jnp.abs(phi) ** power, 0.0)
-    shocks = sigma * z.at[0].divide(jnp.sqrt(1.0 - phi**2))
+    shocks = sigma * z.at[0].divide(jnp.sqrt(jnp.maximum(1.0 - phi**2, 1e-12)))  # phi == 1 only by rounding
     h = mu + filt @ shocks
     numpyro.sample("y", dist.Normal(jnp.zeros(t), jnp.exp(h / 2)).to_event(1), obs=returns)
 
