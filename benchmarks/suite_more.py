@@ -190,12 +190,16 @@ def stochastic_volatility(returns):
 def garch11(returns, sigma1):
     """GARCH(1, 1): r_t ~ N(mu, s_t), s_t^2 = alpha0 + alpha1 (r_{t-1} - mu)^2 + beta1 s_{t-1}^2, s_1 = sigma1.
 
-    mu ~ N(0, 1), alpha0 ~ HalfNormal(1), alpha1 ~ U(0, 1), beta1 ~ U(0, 1 - alpha1) (stationarity).
+    Stationarity alpha1 + beta1 < 1 through static supports: persistence = alpha1 + beta1 ~ U(0, 1) and
+    arch_share = alpha1 / persistence ~ U(0, 1); mu ~ N(0, 1), alpha0 ~ HalfNormal(1). (A support that
+    depends on another parameter, beta1 ~ U(0, 1 - alpha1), is frozen at trace time by
+    `aj.from_numpyro`, so it would not give NUTS and advi_jax the same log joint.)
     """
     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
     alpha0 = numpyro.sample("alpha0", dist.HalfNormal(1.0))
-    alpha1 = numpyro.sample("alpha1", dist.Uniform(0.0, 1.0))
-    beta1 = numpyro.sample("beta1", dist.Uniform(0.0, 1.0 - alpha1))
+    persistence = numpyro.sample("persistence", dist.Uniform(0.0, 1.0))
+    share = numpyro.sample("arch_share", dist.Uniform(0.0, 1.0))
+    alpha1, beta1 = persistence * share, persistence * (1.0 - share)
 
     def step(var, r_prev):
         var = (alpha0 + alpha1 * (r_prev - mu) ** 2 + beta1 * var).astype(var.dtype)
