@@ -85,7 +85,8 @@ def compute_family_limit(name: str, suite_model: SuiteModel, *, steps: int, draw
         "elbo": float(gap.mean()),
         "elbo_se": float(gap.std() / np.sqrt(gap.size)),
         "elbo_nonfinite_draws": int((~finite).sum()),
-        "elbo_drift": float(np.nanmean(trace[-tenth:]) - np.nanmean(trace[-2 * tenth:-tenth])) if len(trace) >= 2 else None,
+        "elbo_drift": (float(np.nanmean(trace[-tenth:]) - np.nanmean(trace[-2 * tenth:-tenth]))
+                       if len(trace) >= 2 else None),
         "khat": float(result.khat),
         "num_steps_run": int(result.num_steps),
         "stop_reason": result.stop_reason,
