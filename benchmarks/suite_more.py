@@ -184,7 +184,8 @@ def stochastic_volatility(returns):
     filt = jnp.where(lag >= 0, sign * jnp.abs(phi) ** power, 0.0)
     shocks = sigma * z.at[0].divide(jnp.sqrt(jnp.maximum(1.0 - phi**2, 1e-12)))  # phi == 1 only by rounding
     h = mu + filt @ shocks
-    numpyro.sample("y", dist.Normal(jnp.zeros(t), jnp.exp(h / 2)).to_event(1), obs=returns)
+    # |h| > 200 only at absurd prior draws (NumPyro's model trace): clipped so the scale stays finite.
+    numpyro.sample("y", dist.Normal(jnp.zeros(t), jnp.exp(jnp.clip(h, -200.0, 200.0) / 2)).to_event(1), obs=returns)
 
 
 def garch11(returns, sigma1):
