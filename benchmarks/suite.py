@@ -225,7 +225,7 @@ MODELS.update({name: functools.partial(build, SuiteModel) for name, build in BUI
 
 # Models whose NUTS reference has not been computed yet (benchmarks.accuracy skips them with a
 # message; the test checks this list against benchmarks/references/).
-NO_REFERENCE_YET: tuple[str, ...] = ("stochastic_volatility",)
+NO_REFERENCE_YET: tuple[str, ...] = ()
 
 QUICK_MODELS = ("breast_cancer_logistic", "eight_schools_noncentered", "mixture_weights", "lkj_mvn")
 
