@@ -143,6 +143,18 @@ def verdict(diagnostics: Diagnostics | None, missing: str = "not computed", fami
     return text
 
 
+def _default_labels(model: Any) -> Mapping[str, Any] | None:
+    """Labels for the summary: the model's own `labels`, or a ready GLM's feature names."""
+    labels = getattr(model, "labels", None)
+    if labels is not None:
+        return labels
+    from advi_jax.models.regression import RegressionModel, parameter_labels  # models sit above result
+
+    if isinstance(model, RegressionModel):  # vectors get their feature names; scalars keep their own name
+        return {k: v for k, v in parameter_labels(model).items() if k == "beta"}
+    return None
+
+
 def _quantile_table(draws: Mapping[str, np.ndarray], labels: Mapping[str, Any] | None = None,
                     weights: np.ndarray | None = None) -> list[dict]:
     rows = []
@@ -394,7 +406,7 @@ class Result:
         """
         key = jax.random.key(0) if key is None else key
         if labels is None:
-            labels = getattr(self.model, "labels", None)
+            labels = _default_labels(self.model)
         diag = self.report.diagnostics
         weights = None
         if (diag is not None and diag.nonfinite_share == 0 and _diag.KHAT_GOOD <= diag.khat
@@ -403,6 +415,9 @@ class Result:
             sampled, weights = draws, np.asarray(jnp.exp(smoothed.log_weights))
         else:
             sampled = self.sample(key, num_draws)
+        with_deterministics = getattr(self.model, "with_deterministics", None)
+        if callable(with_deterministics):  # numpyro.deterministic sites of from_numpyro models
+            sampled = with_deterministics(sampled)
         names = list(getattr(self.model, "names", []))
         order = [k for k in names if k in sampled] + [k for k in sampled if k not in names]
         return _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels, weights)

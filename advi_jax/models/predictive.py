@@ -148,7 +148,8 @@ def predictive_check(model: RegressionModel, draws: Mapping[str, ArrayLike], key
     if overdispersed:
         message += (f" The data are over-dispersed for a Poisson model (variance / mean {obs['variance / mean']:.3g} "
                     f"against at most {rep['variance / mean'].max():.3g} in {len(y_rep)} replications): its "
-                    "intervals are too narrow. Use a negative-binomial model (aj.models.negative_binomial_regression; "
-                    "advi-jax fit --model negbin) or add the missing predictors.")
+                    "intervals are too narrow. Use a negative-binomial likelihood (e.g. numpyro.distributions."
+                    "NegativeBinomial2 in a NumPyro model fitted through aj.from_numpyro) or add the missing "
+                    "predictors.")
     return PredictiveCheck(info.kind, obs, {k: np.asarray(v) for k, v in rep.items()}, p_values, overdispersed,
                            message, y, y_rep)

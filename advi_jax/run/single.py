@@ -139,8 +139,12 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
     Args:
       model: an `aj.Model`.
       key: PRNG key (required; no default seed).
-      family: "meanfield", "fullrank", "lowrank", or a `Family`.
-      method: "auto" (default; see `choose_method`), or a registered name ("advi", "laplace", ...).
+      family: "meanfield" (default), "fullrank", "lowrank", or a `Family`. Mean-field is the
+        default because `fit` must scale to models with thousands of parameters, where a K x K
+        factor is costly; `advi-jax fit` defaults to full-rank because a regression posterior is
+        correlated and K is in the tens there.
+      method: "auto" (default; see `choose_method`: "glm_exact" for a ready GLM, else "advi"),
+        or a registered name ("advi", "glm_exact", "pathfinder", "dadvi", "bam", "laplace").
       num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI).
       num_samples: ADVI's Monte Carlo draws per step (static).
       optimizer: ADVI's optax optimizer; default `default_optimizer(learning_rate, num_steps)`:
