@@ -156,7 +156,9 @@ def test_optimum_is_stationary_and_beats_advi(kind, fam, key):
     grad = jax.jit(jax.grad(lambda m: G.exact_elbo(model, family, params._replace(loc=m))))(params.loc)
     assert float(jnp.max(jnp.abs(grad * sd))) < 5e-3  # float32: 0.005 posterior sd
     # ADVI (stochastic, 2000 steps) lands on a lower exact ELBO.
-    res = aj.fit(model, key=key, family=fam, num_steps=2000, progress=False, diagnostics=False, warn=False)
+    res = aj.fit(model, key=key, family=fam, method="advi", num_steps=2000, progress=False, diagnostics=False,
+                 warn=False)
+    assert res.method == "advi"
     advi = float(G.exact_elbo(model, family, res.params))
     assert float(value) > advi
     assert float(value) - advi < 0.05 * abs(float(value))  # same optimum, roughly
