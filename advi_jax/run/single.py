@@ -115,6 +115,8 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
     if not elbo_trend(elbo) > 3.0:
         return ()
     mean = np.asarray(family.mean(params))
+    if not np.any(np.abs(mean) > threshold):  # the usual case: no eager variance computation
+        return ()
     sd = np.sqrt(np.asarray(family.variance(params)))
     return tuple(int(i) for i in np.flatnonzero((np.abs(mean) > threshold) & (np.abs(mean) > 2 * sd)))
 
