@@ -101,3 +101,26 @@ def test_the_khat_advice_fits_the_family():
     assert "family='fullrank'" in verdict(bad, family="meanfield")
     full = verdict(bad, family="fullrank")
     assert "family='fullrank'" not in full and "non-centred" in full
+
+
+def test_summary_names_features_and_shows_deterministic_sites(key):
+    numpyro = pytest.importorskip("numpyro")
+    dist = numpyro.distributions
+    x = np.random.default_rng(0).normal(size=(120, 2))
+    y = (x[:, 0] + 0.3 * np.random.default_rng(1).normal(size=120) > 0).astype(float)
+    glm = aj.models.logistic_regression(x, y, feature_names=["dose", "age"])
+    text = aj.fit(glm, key=key, progress=False, warn=False).summary()
+    assert "beta[dose]" in text and "beta[age]" in text and "beta[0]" not in text
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        numpyro.deterministic("twice_mu", 2.0 * mu)
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    data = jnp.asarray([1.0, 2.0, 3.0, 2.0])
+    result = aj.fit(aj.from_numpyro(model, data), key=key, num_steps=1500, progress=False, warn=False)
+    rows = {row["parameter"]: row for row in result.summary_rows(jax.random.key(3), 4000)}
+    assert "twice_mu" in rows and "twice_mu" in result.summary()
+    np.testing.assert_allclose(rows["twice_mu"]["mean"], 2 * rows["mu"]["mean"], rtol=1e-5)
+    # posterior of mu: N(sum(y) / (n + 1/100), 1 / (n + 1/100)); the summary's sd is q's
+    np.testing.assert_allclose(rows["mu"]["mean"], 8.0 / 4.01, atol=0.1)
