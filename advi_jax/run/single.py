@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import time
 import warnings
 from typing import Any, Callable
@@ -30,6 +32,14 @@ __all__ = ["fit", "DiagnosticWarning", "resolve_method", "method_options", "run_
 
 class DiagnosticWarning(UserWarning):
     """Issued by the fits when the diagnostics say the approximation is unreliable."""
+
+
+@functools.partial(jax.jit, static_argnames=("module", "family", "options"))
+def finish(model: Any, state: Any, module: Any, family: Family, options: Any) -> tuple[Any, dict]:
+    """The family's parameters and the method's extras from the final state, in one compiled call
+    (evaluated op by op they cost a dispatch per operation: 0.7 s for glm_exact's extras)."""
+    algorithm = module.build(model, family, options)
+    return algorithm.params(state), ({} if algorithm.extras is None else algorithm.extras(state))
 
 
 def resolve_method(method: Any, model: Any, family: Family, **context) -> tuple[Any, str, str]:
@@ -254,11 +264,10 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
     out = driver.drive(begun.run_model, loop, run_key, cfg, num_steps, progress=progress, desc=module.NAME.upper(),
                        callback=callback)
     code = int(out.stop_codes)
-    algorithm = module.build(begun.run_model, family_obj, opts)
-    params = algorithm.params(out.loop.state)
+    params, extras = finish(begun.run_model, out.loop.state, module, family_obj, opts)
     if begun.laplace is not None:
         params = _laplace.transform(family_obj, params, begun.laplace.mode, begun.laplace.scale_tril)
-    extras = {} if algorithm.extras is None else jax.device_get(algorithm.extras(out.loop.state))
+    extras = jax.device_get(extras)
     num_nonfinite = int(out.loop.num_nonfinite)
     diag, note, diag_seconds = None, "not computed (diagnostics=False)", 0.0
     if diagnostics:
