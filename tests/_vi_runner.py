@@ -1,9 +1,11 @@
-"""A minimal jitted runner for `VIAlgorithm`s in tests (the package's driver lives in advi_jax/run/)."""
+"""Test helpers for `VIAlgorithm`s: a minimal jitted runner (the package's driver lives in
+advi_jax/run/) and a correlated Gaussian target."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def run(algo, key, loc, max_steps: int):
@@ -31,3 +33,22 @@ def run(algo, key, loc, max_steps: int):
         return algo.params(state), state, dict(grad_evals=grads, logp_evals=logps, steps=n, info=info)
 
     return jax.jit(go)(key, loc)
+
+
+class Gauss:
+    """A Gaussian target on R^K (what an aj.Model offers an algorithm: dim and log_density)."""
+
+    def __init__(self, mean, cov):
+        self.mean, self.prec = mean, np.linalg.inv(cov)
+        self.dim = mean.shape[0]
+
+    def log_density(self, z):
+        d = z - jnp.asarray(self.mean, z.dtype)
+        return -0.5 * d @ (jnp.asarray(self.prec, z.dtype) @ d)
+
+
+def correlated(k=4, seed=0):
+    """A random mean and a well-conditioned correlated covariance in k dimensions."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(k, k))
+    return rng.normal(size=k), a @ a.T / k + 0.5 * np.eye(k)

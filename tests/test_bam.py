@@ -7,23 +7,9 @@ import pytest
 
 import advi_jax as aj
 from advi_jax.vi import METHODS, bam
+from _vi_runner import Gauss as _Gauss
+from _vi_runner import correlated as _correlated
 from _vi_runner import run
-
-
-class _Gauss:
-    def __init__(self, mean, cov):
-        self.mean, self.prec = mean, np.linalg.inv(cov)
-        self.dim = mean.shape[0]
-
-    def log_density(self, z):
-        d = z - jnp.asarray(self.mean, z.dtype)
-        return -0.5 * d @ (jnp.asarray(self.prec, z.dtype) @ d)
-
-
-def _correlated(k=4, seed=0):
-    rng = np.random.default_rng(seed)
-    a = rng.normal(size=(k, k))
-    return rng.normal(size=k), a @ a.T / k + 0.5 * np.eye(k)
 
 
 def test_registered():

@@ -19,9 +19,18 @@ from advi_jax.models import logistic_regression, poisson_regression
 from advi_jax.vi import METHODS, glm_exact as G
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _glm_runner import run  # noqa: E402
+from _vi_runner import run as _run_algorithm  # noqa: E402
 
 REFS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "references")
+
+
+def run(module, model, family, options, num_steps=100):
+    """(params, last elbo, steps, gradient evaluations, converged) of `module` from zero."""
+    algo = module.build(model, family, options)
+    loc = jnp.zeros((model.dim,), model.data["x"].dtype)
+    params, _, totals = _run_algorithm(algo, jax.random.key(0), loc, num_steps)
+    info = totals["info"]
+    return params, info.elbo, totals["steps"], totals["grad_evals"], info.converged
 
 
 def _logistic(n=300, d=3, seed=0):

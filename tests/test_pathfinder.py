@@ -7,28 +7,15 @@ import pytest
 
 import advi_jax as aj
 from advi_jax.vi import METHODS, pathfinder
+from _vi_runner import Gauss as _Gauss
+from _vi_runner import correlated
 from _vi_runner import run
 
 K = 5
 
 
 def _gaussian(seed=0, k=K):
-    rng = np.random.default_rng(seed)
-    a = rng.normal(size=(k, k))
-    cov = a @ a.T / k + 0.5 * np.eye(k)
-    return rng.normal(size=k), cov
-
-
-class _Gauss:
-    """A correlated Gaussian target on R^K (what an aj.Model offers: dim and log_density)."""
-
-    def __init__(self, mean, cov):
-        self.mean, self.prec = mean, np.linalg.inv(cov)
-        self.dim = mean.shape[0]
-
-    def log_density(self, z):
-        d = z - jnp.asarray(self.mean, z.dtype)
-        return -0.5 * d @ (jnp.asarray(self.prec, z.dtype) @ d)
+    return correlated(k, seed)
 
 
 def test_registered():
