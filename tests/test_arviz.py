@@ -121,7 +121,8 @@ def test_formula_model_names_are_coordinates():
     family = aj.MeanFieldGaussian()
     params = family.init(jax.random.key(0), model.dim)
     result = SimpleNamespace(model=model, family=family, params=params, elbo=np.zeros(3), khat=0.1, iw_elbo=-1.0,
-                             iw_elbo_se=0.01, num_gradient_evals=3, estimator="reparam", verdict="good")
+                             iw_elbo_se=0.01, num_gradient_evals=3, estimator="reparam", verdict="good",
+                             final_elbo=0.0)
     idata = to_arviz(result, num_draws=20, key=jax.random.key(1))
     assert list(idata.posterior["feature"].values) == ["x", "C(g)[T.b]", "C(g)[T.c]"]
     assert idata.posterior["beta"].shape == (1, 20, 3)

@@ -105,7 +105,7 @@ def to_arviz(result, *, num_draws: int = 1000, key: jax.Array | None = None):
         "khat_verdict": str(getattr(result, "verdict", "")),
         "iw_elbo": float(result.iw_elbo),
         "iw_elbo_se": float(getattr(result, "iw_elbo_se", float("nan"))),
-        "elbo_final": _final_elbo(result, elbo),
+        "elbo_final": float(result.final_elbo),
         "elbo": elbo,
     }
     groups: dict[str, Any] = {"posterior": posterior, "sample_stats": sample_stats}
@@ -116,11 +116,3 @@ def to_arviz(result, *, num_draws: int = 1000, key: jax.Array | None = None):
         idata[group].attrs.update(attrs)
     return idata
 
-
-def _final_elbo(result, elbo: np.ndarray) -> float:
-    """`result.final_elbo` when the result has it, else the mean of the last 100 finite-or-not steps."""
-    final = getattr(result, "final_elbo", None)
-    if final is not None:
-        return float(final)
-    tail = elbo[-min(len(elbo), 100):]
-    return float(np.mean(tail)) if tail.size and np.all(np.isfinite(tail)) else float("nan")
