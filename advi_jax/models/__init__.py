@@ -18,17 +18,25 @@ from advi_jax.models.regression import (
     poisson_regression,
     predict,
 )
+from advi_jax.models.grouped import (  # noqa: E402
+    GroupedRegressionModel,
+    grouped_logistic_regression,
+    grouped_poisson_regression,
+)
 from advi_jax.models.formula import FormulaRegressionModel, from_formula  # noqa: E402 (attaches .from_formula)
 from advi_jax.models.predictive import PredictiveCheck, posterior_predictive, predictive_check  # noqa: E402
 
 __all__ = [
     "FormulaRegressionModel",
+    "GroupedRegressionModel",
     "Prediction",
     "PredictiveCheck",
     "RegressionInfo",
     "RegressionModel",
     "coefficients_on_original_scale",
     "from_formula",
+    "grouped_logistic_regression",
+    "grouped_poisson_regression",
     "linear_predictor",
     "logistic_regression",
     "parameter_labels",

@@ -45,11 +45,12 @@ def choose_method(model: Any, family: Family, *, estimator: Any = "reparam", num
     advi_settings = [name for name, value, default in (
         ("estimator", estimator, "reparam"), ("num_samples", num_samples, 1), ("optimizer", optimizer, None),
         ("learning_rate", learning_rate, None)) if not (value is default or value == default)]
-    glm = METHODS.get("glm_exact")
-    if glm is not None and not minibatch and glm.supports(model, family):
-        if not advi_settings:
-            return "glm_exact", ("auto: a ready GLM, so the exact (closed-form / quadrature) ELBO and Newton steps "
-                                 "reach the family's optimum in a few passes over X")
-        return "advi", (f"auto: ADVI because {', '.join(advi_settings)} was given (ADVI settings); "
-                        "method='glm_exact' is the faster exact fit of this model")
+    for exact in ("glm_exact", "glm_grouped"):  # the exact-ELBO methods, each says what it covers
+        glm = METHODS.get(exact)
+        if glm is not None and not minibatch and glm.supports(model, family):
+            if not advi_settings:
+                return exact, ("auto: a ready GLM, so the exact (closed-form / quadrature) ELBO and Newton steps "
+                               "reach the family's optimum in a few passes over X")
+            return "advi", (f"auto: ADVI because {', '.join(advi_settings)} was given (ADVI settings); "
+                            f"method={exact!r} is the faster exact fit of this model")
     return "advi", "auto: ADVI runs every family, estimator and data size"

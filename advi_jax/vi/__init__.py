@@ -41,3 +41,5 @@ from advi_jax.vi import bam as _bam  # noqa: E402
 register(_bam)
 from advi_jax.vi import glm_exact as _glm_exact  # noqa: E402
 register(_glm_exact)
+from advi_jax.vi import glm_grouped as _glm_grouped  # noqa: E402
+register(_glm_grouped)
