@@ -178,7 +178,7 @@ def test_aj_fit_auto_routes_and_labels(key):
     names = np.array(["CA", "NY", "TX"])[rng.integers(0, 3, 90)]
     m2 = grouped_poisson_regression(rng.normal(size=(90, 1)), rng.poisson(2.0, 90), group=names)
     assert m2.info.group_names == ("CA", "NY", "TX") and m2.labels["u"] == ("CA", "NY", "TX")
-    text = str(aj.fit(m2, key=key, progress=False).summary())
+    text = str(aj.fit(m2, key=key, progress=False, warn=False).summary())
     assert "u[NY]" in text and "tau" in text
 
 
@@ -225,4 +225,6 @@ def test_births_grouped_poisson_matches_nuts():
     res = aj.fit(model, key=jax.random.key(0), family="fullrank", progress=False, diagnostics=False)
     assert res.method == "glm_grouped" and res.report.converged
     err = compare_to_reference(model, res, ref)
-    assert err["max_mean_error_sd"] <= 0.1 and err["mean_sd_ratio_error"] <= 0.05, err
+    # Measured: 0.016 sd / 0.022 mean (0.030 max) sd error; the targets are 0.05 / 5%.
+    assert err["max_mean_error_sd"] <= 0.05 and err["max_sd_ratio_error"] <= 0.05, err
+    assert ref["rhat_ok"] and ref["max_rhat"] <= 1.01 and ref["settings"]["chains"] == 4

@@ -31,6 +31,7 @@ EXAMPLES = """examples:
   advi-jax fit --data patients.csv --formula "died ~ age + C(ward) + age:dose"
   advi-jax fit --data european.csv --delimiter ';' --target y
   advi-jax fit --model poisson --data claims.npz --target claims --exposure years
+  advi-jax fit --model poisson --data births.csv --target births --group state   # varying intercept per state
   advi-jax fit --float64 --seed 3 --out results/ --quiet
 """
 
@@ -82,6 +83,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dropna", action="store_true", help="drop rows with missing values in the used columns "
                    "(default: stop with an error naming the rows and columns)")
     p.add_argument("--exposure", metavar="COLUMN", help="poisson only: exposure column (offset log exposure)")
+    p.add_argument("--group", metavar="COLUMN", help="a varying intercept per value of COLUMN (text or integer "
+                   "labels): y ~ features + (1 | COLUMN), group sd tau ~ HalfNormal(1); needs --data and --target")
     p.add_argument("--family", choices=sorted(FAMILIES), default="fullrank",
                    help="variational family (default fullrank: regression posteriors are correlated, and with "
                    "K in the tens full-rank costs little; meanfield is faster but k-hat usually flags it). "
@@ -335,6 +338,10 @@ def run(args) -> int:
     import advi_jax as aj
     from advi_jax.data import MissingValuesWarning
 
+    if getattr(args, "group", None):
+        from advi_jax.cli.fit_grouped import run_grouped
+
+        return run_grouped(args, check_out_dir(Path(args.out)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingValuesWarning)
         x, y, names, exposure, source = _load(args)
