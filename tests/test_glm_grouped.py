@@ -228,3 +228,38 @@ def test_births_grouped_poisson_matches_nuts():
     # Measured: 0.016 sd / 0.022 mean (0.030 max) sd error; the targets are 0.05 / 5%.
     assert err["max_mean_error_sd"] <= 0.05 and err["max_sd_ratio_error"] <= 0.05, err
     assert ref["rhat_ok"] and ref["max_rhat"] <= 1.01 and ref["settings"]["chains"] == 4
+
+
+def test_cli_fit_group(tmp_path, capsys):
+    from advi_jax.cli import main
+
+    rng = np.random.default_rng(5)
+    n, names = 240, np.array(["north", "south", "east", "west", "centre", "isles"])
+    g = rng.integers(0, 6, n)
+    x = rng.normal(size=n)
+    y = rng.poisson(np.exp(1.5 + 0.3 * x + np.linspace(-1.2, 1.2, 6)[g]))
+    lines = ["x,region,y"] + [f"{x[i]:.4f},{names[g[i]]},{y[i]}" for i in range(n)]
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code = main(["fit", "--model", "poisson", "--data", str(path), "--target", "y", "--group", "region",
+                 "--out", str(out), "--quiet", "--no-plots", "--draws", "500"])
+    text = capsys.readouterr().out
+    assert code == 0 and "u[west]" in text and "tau" in text and "method=glm_grouped" in text
+    summary = json.load(open(out / "summary.json"))
+    assert summary["fit"]["num_groups"] == 6 and summary["fit"]["feature_names"] == ["x"]
+    rows = {r["parameter"]: r for r in summary["summary"]}
+    # The effects are ordered as simulated (west > ... > north in the linspace above).
+    order = [names[j] for j in range(6)]
+    means = [rows[f"u[{nm}]"]["mean"] for nm in order]
+    assert np.all(np.diff(means) > 0), means
+    # Bad input: a missing group column, and --group with --formula, exit 2 with a message.
+    for extra, needle in ((["--group", "nope"], "nope"), (["--group", "region", "--formula", "y ~ x"], "--formula")):
+        args = ["fit", "--model", "poisson", "--data", str(path), "--out", str(out), "--quiet"] + extra
+        if "--formula" not in extra:
+            args += ["--target", "y"]
+        try:
+            code = main(args)
+        except SystemExit as stop:
+            code = stop.code
+        assert code == 2 and needle in capsys.readouterr().err
