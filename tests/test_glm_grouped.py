@@ -151,13 +151,14 @@ def test_optimum_matches_long_advi_fit(key):
     model, _ = _simulate("poisson", n=300, g=8, tau=0.5, seed=3)
     family = aj.FullRankGaussian()
     params, info, _ = run(model, family)
-    res = aj.fit(model, key=key, family="fullrank", method="advi", num_steps=20_000, num_samples=4,
+    res = aj.fit(model, key=key, family="fullrank", method="advi", num_steps=10_000, num_samples=4,
                  progress=False, diagnostics=False, warn=False)
     sd = np.sqrt(np.asarray(family.variance(params)))
     sd_advi = np.sqrt(np.asarray(family.variance(res.params)))
     err = np.abs(np.asarray(res.params.loc) - np.asarray(params.loc)) / sd
-    assert err.max() < 0.15, err
-    assert np.max(np.abs(sd_advi / sd - 1)) < 0.15, sd_advi / sd
+    # Measured: 0.023 sd in the means and 2.3% in the sds (0.011 / 1.3% after 20,000 steps).
+    assert err.max() < 0.1, err
+    assert np.max(np.abs(sd_advi / sd - 1)) < 0.1, sd_advi / sd
     # The exact method's ELBO is the higher one (it is the family's optimum).
     assert float(GG.exact_elbo(model, family, params)) >= float(GG.exact_elbo(model, family, res.params)) - 1e-3
 
@@ -178,7 +179,7 @@ def test_aj_fit_auto_routes_and_labels(key):
     names = np.array(["CA", "NY", "TX"])[rng.integers(0, 3, 90)]
     m2 = grouped_poisson_regression(rng.normal(size=(90, 1)), rng.poisson(2.0, 90), group=names)
     assert m2.info.group_names == ("CA", "NY", "TX") and m2.labels["u"] == ("CA", "NY", "TX")
-    text = str(aj.fit(m2, key=key, progress=False, warn=False).summary())
+    text = str(aj.fit(m2, key=key, progress=False, diagnostics=False).summary())
     assert "u[NY]" in text and "tau" in text
 
 
