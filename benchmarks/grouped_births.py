@@ -17,9 +17,13 @@ intercept ~ N(0, 10), coefficients ~ N(0, 1). K = 1 + 17 + 51 + 1 = 70.
   reference sds (max and mean over the 70 scalars) and |sd / reference sd - 1| (mean and max),
   from 100,000 draws of each approximation (constrained space, so `tau` is compared as tau).
 
+* `--scaling`: `aj.fit` time to answer on simulated data (N = 1e5, D = 10, G = 100, K = 112),
+  logistic and Poisson, full-rank and mean-field.
+
 Usage:
-  python -m benchmarks.grouped_births --reference      # ~2-4 minutes on 2 cores
+  python -m benchmarks.grouped_births --reference      # ~3 minutes on 2 cores
   python -m benchmarks.grouped_births                  # the comparison table
+  python -m benchmarks.grouped_births --scaling
 """
 
 from __future__ import annotations
@@ -189,13 +193,42 @@ def compare(repeats: int = 2) -> list[dict]:
     return rows
 
 
+def scaling(n: int = 100_000, d: int = 10, g: int = 100, repeats: int = 2) -> list[dict]:
+    """Time to answer of `aj.fit` (auto -> glm_grouped) on simulated data: N rows, D features, G groups."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d))
+    group = rng.integers(0, g, n)
+    eta = 0.2 + x @ rng.normal(0, 0.3, d) + rng.normal(0, 0.5, g)[group]
+    models = {"logistic": aj.models.grouped_logistic_regression(
+                  x, (rng.uniform(size=n) < 1 / (1 + np.exp(-eta))).astype(float), group=group),
+              "poisson": aj.models.grouped_poisson_regression(x, rng.poisson(np.exp(eta)), group=group)}
+    rows = []
+    for kind, model in models.items():
+        for family in ("fullrank", "meanfield"):
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                res = aj.fit(model, key=jax.random.key(0), family=family, progress=False, diagnostics=False)
+                jax.block_until_ready(res.params)
+                times.append(time.perf_counter() - t0)
+            rows.append({"kind": kind, "family": family, "first s": times[0], "later s": min(times[1:]),
+                         "steps": res.report.num_steps, "converged": res.report.converged})
+            print(f"{kind:9s} {family:9s} N={n} D={d} G={g} (K={model.dim}): first {times[0]:6.2f} s, "
+                  f"later {min(times[1:]):6.3f} s, {res.report.num_steps} passes, converged={res.report.converged}",
+                  flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", action="store_true", help="compute and store the NUTS reference")
+    parser.add_argument("--scaling", action="store_true", help="simulated N = 1e5, D = 10, G = 100 timings instead")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     if args.reference:
         make_reference()
+    elif args.scaling:
+        scaling(repeats=args.repeats)
     else:
         compare(args.repeats)
 

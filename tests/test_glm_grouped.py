@@ -17,7 +17,7 @@ import pytest
 import advi_jax as aj
 from advi_jax.families import FullRankParams, MeanFieldParams
 from advi_jax.models import grouped_logistic_regression, grouped_poisson_regression, logistic_regression
-from advi_jax.models.grouped import encode_groups
+from advi_jax.models.grouped import GroupedRegressionModel, encode_groups
 from advi_jax.run import choose_method
 from advi_jax.vi import METHODS, glm_grouped as GG
 
@@ -206,6 +206,12 @@ def test_contract_and_bad_input():
         grouped_logistic_regression(x, y, group=good, group_names=["a", "b"])
     with pytest.raises(ValueError, match="group_scale"):
         grouped_logistic_regression(x, y, group=good, group_scale=0.0)
+    # group= on the plain constructors builds the grouped model.
+    m = aj.models.poisson_regression(x, np.arange(20) % 4, group=good, exposure=np.ones(20))
+    assert isinstance(m, GroupedRegressionModel) and m.num_groups == 3 and "offset" in m.data
+    assert isinstance(logistic_regression(x, y, group=good), GroupedRegressionModel)
+    with pytest.raises(ValueError, match="hierarchical_scale"):
+        logistic_regression(x, y, group=good, hierarchical_scale=True)
     codes, names = encode_groups(good.astype(float), 20, num_groups=5)
     assert codes.dtype == np.int32 and names == ("0", "1", "2", "3", "4")
     with pytest.raises(TypeError, match="varying-intercept"):

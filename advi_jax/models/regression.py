@@ -302,6 +302,17 @@ def _build(kind, x, y, *, prior_scale, intercept, intercept_scale, standardize, 
     return RegressionModel(_make_log_joint(info), support, data, info)
 
 
+def _grouped(kind, X, y, group, hierarchical_scale, **kwargs):
+    """`group=` of the ready GLMs: the varying-intercept model of `advi_jax.models.grouped`."""
+    if hierarchical_scale:
+        raise ValueError("group= and hierarchical_scale=True do not combine: the grouped model's scale is the "
+                         "group sd tau (see advi_jax.models.grouped)")
+    from advi_jax.models import grouped  # grouped imports this module
+
+    build = grouped.grouped_logistic_regression if kind == "logistic" else grouped.grouped_poisson_regression
+    return build(X, y, group=group, **kwargs)
+
+
 def logistic_regression(
     X: ArrayLike,
     y: ArrayLike,
@@ -312,6 +323,7 @@ def logistic_regression(
     standardize: bool = True,
     hierarchical_scale: bool = False,
     feature_names: Sequence[str] | None = None,
+    group: Any = None,
 ) -> RegressionModel:
     """Bayesian logistic regression, `y_n ~ Bernoulli(sigmoid(eta_n))`.
 
@@ -332,9 +344,12 @@ def logistic_regression(
       standardize: centre and scale each column of X (statistics kept in `model.data`).
       hierarchical_scale: learn a shared coefficient scale `tau`.
       feature_names: D names for labels (default `x0, x1, ...`).
+      group: optional (N,) group codes or labels: a varying intercept per group, i.e.
+        `advi_jax.models.grouped_logistic_regression(X, y, group=group, ...)` (see there).
 
     Returns:
-      A `RegressionModel` (an `aj.Model`) with `data = {x, y, x_mean, x_scale}`.
+      A `RegressionModel` (an `aj.Model`) with `data = {x, y, x_mean, x_scale}`, or with
+      `group=` a `GroupedRegressionModel`.
 
     Raises:
       ValueError: X not 2-D or with NaN/inf, y of the wrong length or not 0/1, non-positive
@@ -346,6 +361,9 @@ def logistic_regression(
       >>> logistic_regression(x, y).dim
       4
     """
+    if group is not None:
+        return _grouped("logistic", X, y, group, hierarchical_scale, prior_scale=prior_scale, intercept=intercept,
+                        intercept_scale=intercept_scale, standardize=standardize, feature_names=feature_names)
     X, feature_names = _frame_input(X, feature_names)
     return _build("logistic", X, y, prior_scale=prior_scale, intercept=intercept, intercept_scale=intercept_scale,
                   standardize=standardize, hierarchical_scale=hierarchical_scale, feature_names=feature_names)
@@ -363,6 +381,7 @@ def poisson_regression(
     standardize: bool = True,
     hierarchical_scale: bool = False,
     feature_names: Sequence[str] | None = None,
+    group: Any = None,
 ) -> RegressionModel:
     """Bayesian Poisson regression with a log link, `y_n ~ Poisson(exp(eta_n))`.
 
@@ -378,6 +397,8 @@ def poisson_regression(
         the half-normal prior on `tau` when `hierarchical_scale=True`.
       intercept, intercept_scale, standardize, hierarchical_scale, feature_names: as in
         `logistic_regression`.
+      group: optional (N,) group codes or labels: a varying intercept per group
+        (`advi_jax.models.grouped_poisson_regression`).
 
     Returns:
       A `RegressionModel` with `data = {x, y, x_mean, x_scale}` (+ `offset`).
@@ -393,6 +414,10 @@ def poisson_regression(
       >>> sorted(model.data)
       ['offset', 'x', 'x_mean', 'x_scale', 'y']
     """
+    if group is not None:
+        return _grouped("poisson", X, y, group, hierarchical_scale, exposure=exposure, offset=offset,
+                        prior_scale=prior_scale, intercept=intercept, intercept_scale=intercept_scale,
+                        standardize=standardize, feature_names=feature_names)
     X, feature_names = _frame_input(X, feature_names)
     x_checked = _check_x(X)
     off = _offset(exposure, offset, x_checked.shape[0])

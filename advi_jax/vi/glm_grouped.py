@@ -29,14 +29,17 @@ S^{-1} = H. Each step proposes the damped natural-gradient (Bayesian learning ru
 with A = P' (full-rank) or (1 - rho) diag(p) + rho H (mean-field); rho = 1 is a Newton step in m
 and the fixed-point precision. Unlike a plain GLM, H need not be positive definite away from the
 optimum (the (u, tau) funnel is not log-concave): a proposal whose P' or A is not positive
-definite, or whose ELBO is lower, is rejected and rho quartered; after an acceptance rho doubles
+definite, or whose ELBO is lower (a drop within float rounding is accepted only when the
+decrement fell), is rejected and rho quartered; after an acceptance rho doubles
 (at most 1). Convergence as in `glm_exact`: the natural-metric decrement g' P^{-1} g +
 ||L'(H - P) L||_F^2 / 2 below `tol`, a full step changing the ELBO by less than `rtol` relative
 with the decrement below 1e3 `tol`, or rho below `min_rho`, or (the float32 rounding floor) no
 new best decrement for `patience` steps while it is below `floor`.
 
 Cost per step: O(N (D+1)^2) for the pass (G does not enter it beyond the gathers and the
-per-group sums) and O(K^3), K = D + G + 2, for two Cholesky factorisations.
+per-group sums) and O(K^3), K = D + G + 2, for two Cholesky factorisations and a triangular
+inverse (`_tri_inv_lower`). A start from zero typically takes 10-35 steps (simulated data, the
+births data with 51 states: 21); few groups (G < 5, tau weakly identified) take more.
 
 Example:
   >>> import numpy as np, jax, advi_jax as aj
