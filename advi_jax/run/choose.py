@@ -20,7 +20,8 @@ def choose_method(model: Any, family: Family, *, estimator: Any = "reparam", num
        settings of the caller's: `"glm_exact"`. Its ELBO is exact (closed form or quadrature)
        and it reaches the family's optimum in a few passes over X (benchmarks/
        bench_time_to_answer.py: 4-6 passes, errors below 1e-3 posterior sd, where 10,000 ADVI
-       steps end 0.03-0.06 sd away).
+       steps end 0.03-0.06 sd away). A varying-intercept GLM (`group=`) goes the same way to
+       `"glm_grouped"` (each exact method's `supports` says what it covers).
     2. Otherwise `"advi"`: the one method that runs every family, every estimator, any model
        and minibatches. A caller who passes `estimator=`, `num_samples=`, `optimizer=` or
        `learning_rate=` asked for ADVI's settings, so ADVI runs (nothing is silently dropped).
