@@ -406,11 +406,12 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         # A lower ELBO within rounding (slack) is accepted only when the decrement fell too: in
         # float32 the full step can otherwise drift away from the optimum by sub-rounding steps.
         slack = 8.0 * eps * jnp.abs(state.elbo)
-        closer = _decrement(new, meanfield) <= _decrement(state, meanfield)
+        dec_new, dec_old = _decrement(new, meanfield), _decrement(state, meanfield)
+        closer = dec_new <= dec_old
         accept = ok & ((elbo >= state.elbo) | ((elbo >= state.elbo - slack) & closer) | ~jnp.isfinite(state.elbo))
         kept = state._replace(rho=rho / 4.0)
         nxt = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, kept)
-        decrement = _decrement(nxt, meanfield)
+        decrement = jnp.where(accept, dec_new, dec_old)
         better = accept & (decrement < state.best)
         nxt = nxt._replace(best=jnp.where(better, decrement, state.best),
                            since=jnp.where(better, 0, state.since + 1))
