@@ -486,15 +486,16 @@ class Result:
         return verdict(self.report.diagnostics, self.report.diagnostics_note, self.family.name)
 
     def summary_rows(self, key: Array | None = None, num_draws: int = 4000,
-                     labels: Mapping[str, Any] | None = None) -> list[dict]:
+                     labels: Mapping[str, Any] | None = None, *,
+                     reuse_diagnostic_draws: bool | None = None) -> list[dict]:
         """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space).
 
         When the diagnostics say PSIS is reliable (k-hat below the threshold, no non-finite
         mass) and k-hat >= 0.5, each row also has `psis_mean` and `psis_sd`: the
         Pareto-smoothed importance-weighted estimates, which correct q towards the posterior.
-        With `key=None` these reuse the diagnostics' own draws and log ratios (`num_draws` is
-        then the diagnostics' S, and no log density is evaluated again); with a key, `num_draws`
-        fresh draws. `labels` optionally maps a parameter name to labels of its flattened
+        With `reuse_diagnostic_draws` (default: when `key` is None) these reuse the diagnostics'
+        own draws and log ratios (`num_draws` is then the diagnostics' S, and no log density is
+        evaluated again); otherwise `num_draws` fresh draws. `labels` optionally maps a parameter name to labels of its flattened
         entries; by default the model's own `labels` (e.g. feature names of the ready GLMs).
         """
         if labels is None:
@@ -504,14 +505,15 @@ class Result:
         if (diag is not None and diag.nonfinite_share == 0 and _diag.KHAT_GOOD <= diag.khat
                 < _diag.khat_threshold(diag.num_draws)):
             stored = self.report.diagnostic_sample
-            if key is None and stored is not None:
+            reuse = key is None if reuse_diagnostic_draws is None else bool(reuse_diagnostic_draws)
+            if reuse and stored is not None:
                 draw_key, ratios = stored
                 sampled = constrained_draws(self.model, self.family, self.params, draw_key, int(len(ratios)))
                 smoothed = _diag._psis_core(jnp.asarray(ratios), True)
             else:
                 sampled, smoothed = self.importance_draws(jax.random.key(0) if key is None else key,
                                                           max(num_draws, 100))
-            weights = np.asarray(jnp.exp(smoothed.log_weights))
+            weights = np.exp(np.asarray(smoothed.log_weights, np.float64))
         else:
             sampled = self.sample(jax.random.key(0) if key is None else key, num_draws)
         with_deterministics = getattr(self.model, "with_deterministics", None)

@@ -249,9 +249,11 @@ def _quantile_rows(draws: dict, labels: dict) -> dict[str, dict]:
 
 def _data_scale(model, draws, rows, labels) -> list[str]:
     """Add the data-scale columns to `rows` (in place) and return the printable table."""
+    import jax
+
     import advi_jax as aj
 
-    original = aj.models.coefficients_on_original_scale(model, draws)
+    original = jax.jit(aj.models.coefficients_on_original_scale)(model, draws)  # one compile, not one per op
     original = {k: original[k] for k in model.names if k in original}  # intercept first, as above
     table = _quantile_rows(original, labels)
     cols = ["mean", "sd", "5%", "50%", "95%"]
@@ -311,8 +313,6 @@ def _write_outputs(out: Path, result, draws, rows, info, check, plots: bool) -> 
     np.savez_compressed(out / "draws.npz", **{k: np.asarray(v) for k, v in draws.items()})
     written.append(out / "draws.npz")
     if plots:
-        import matplotlib.pyplot as plt
-
         from advi_jax.cli import fit_plots
 
         figures = (("elbo.png", fit_plots.elbo_figure), ("marginals.png", lambda _: fit_plots.marginals_figure(rows)),
@@ -320,7 +320,6 @@ def _write_outputs(out: Path, result, draws, rows, info, check, plots: bool) -> 
         for name, make in figures:
             fig = make(result)
             fig.savefig(out / name, dpi=120)
-            plt.close(fig)
             written.append(out / name)
     return written
 
@@ -364,10 +363,11 @@ def run(args) -> int:
     key = jax.random.key(args.seed + 1)
     labels = aj.models.parameter_labels(model)
     labels = {k: v for k, v in labels.items() if k != "intercept"}
-    rows = result.summary_rows(key, args.draws, labels)
     draws = {k: np.asarray(v) for k, v in result.sample(key, args.draws).items()}
+    # the PSIS columns (when k-hat asks for them) reuse the diagnostics' draws and log ratios
+    rows = result.summary_rows(key, args.draws, labels, reuse_diagnostic_draws=True)
     ordered = {k: draws[k] for k in model.names}
-    lines = [result.summary(key, args.draws, labels)]
+    lines = [result.summary(labels=labels, rows=rows)]
     lines += _data_scale(model, {k: draws[k] for k in model.names}, rows, labels)
     # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
     num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
