@@ -98,12 +98,13 @@ def data_size(model: Any) -> int:
 def diagnostic_draw_budget(num_logp_evals: int, num_grad_evals: int, data_entries: int) -> int:
     """The number of diagnostic draws for `num_diagnostic_draws="auto"`: about a fifth of the fit.
 
-    `S = clip(2^floor(log2(max(0.2 E, W / V))), 256, 4096)` with E = `num_logp_evals` +
+    `S = clip(2^round(log2(max(0.2 E, W / V))), 256, 4096)` (the power of two nearest the budget,
+    within a factor sqrt(2) of it) with E = `num_logp_evals` +
     `GRADIENT_COST` x `num_grad_evals` (the fit's cost in log-density evaluations), V the data
     entries one log-density evaluation reads and W = `DIAGNOSTIC_FREE_WORK`. So a 10,000-step
     ADVI fit gets 4,096 draws (each of its steps evaluated the log density and its gradient at
     least once); a few-pass method (`glm_exact`, 5-20 passes over X) gets the floor, 256, once
-    the data are large (V > 2^19 entries, e.g. N = 50,000 rows of 10 features), and 4,096 on
+    the data are large (V > 370,000 entries, e.g. N = 35,000 rows of 10 features), and 4,096 on
     small data, where draws cost nothing next to compiling. Powers of two keep the number of
     distinct compiled diagnostic functions small (at most five per model shape).
 
@@ -121,7 +122,7 @@ def diagnostic_draw_budget(num_logp_evals: int, num_grad_evals: int, data_entrie
     cost = DIAGNOSTIC_FRACTION * (int(num_logp_evals) + GRADIENT_COST * int(num_grad_evals))
     free = DIAGNOSTIC_FREE_WORK / max(int(data_entries), 1)
     want = max(cost, free, 1.0)
-    draws = 2 ** int(math.floor(math.log2(want)))
+    draws = 2 ** int(round(math.log2(want)))
     return int(min(max(draws, DIAGNOSTIC_DRAWS_MIN), DIAGNOSTIC_DRAWS_MAX))
 
 
