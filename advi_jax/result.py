@@ -207,16 +207,18 @@ def diagnose_with_ratios(model: Any, family: Family, params: PyTree, key: Array,
 
 
 def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: int = 4096, *,
-             num_fits: int | None = None, batched: bool = False) -> Diagnostics:
+             num_fits: int | None = None, batched: bool = False,
+             return_ratios: bool = False) -> Diagnostics | tuple[Diagnostics, np.ndarray]:
     """PSIS k-hat, IW-ELBO, ESS and the non-finite share from `num_draws` fresh draws of q.
 
     One fit: one compiled call for the draws and log ratios, PSIS on the host
-    (`diagnose_with_ratios`). With `num_fits=B`, `params` leaves and `key` carry a leading B
-    axis and the model's data too when `batched`; every field is then a (B,) array, all in one
-    compiled call.
+    (`diagnose_with_ratios`; with `return_ratios`, also the (S,) log ratios). With
+    `num_fits=B`, `params` leaves and `key` carry a leading B axis and the model's data too
+    when `batched`; every field is then a (B,) array, all in one compiled call.
     """
     if num_fits is None:
-        return diagnose_with_ratios(model, family, params, key, num_draws)[0]
+        both = diagnose_with_ratios(model, family, params, key, num_draws)
+        return both if return_ratios else both[0]
     return _to_diagnostics(_diagnose(model, family, params, key, num_draws, bool(batched)), num_draws)
 
 

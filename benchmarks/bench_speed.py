@@ -76,7 +76,7 @@ def run_cli(tree: Path, cold: bool) -> dict:
 
 
 def run_large(tree: Path, n: int, d: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", LARGE, str(n), str(d)], cwd=str(Path(__file__).parent.parent),
+    proc = subprocess.run([sys.executable, "-c", LARGE, str(n), str(d)], cwd=str(tree),  # "" on sys.path is cwd
                           env=_env(tree), capture_output=True, text=True, timeout=900)
     line = next((line for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
     if line is None:

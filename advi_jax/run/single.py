@@ -18,7 +18,7 @@ from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
-from advi_jax.result import Report, Result, data_size, diagnose_with_ratios, diagnostic_draw_budget
+from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget
 from advi_jax.run import driver
 from advi_jax.run.choose import choose_method
 from advi_jax.run.start import start as resolve_start
@@ -285,7 +285,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
                                                           data_size(model))
         diag_key = jax.random.fold_in(key, 1)
         both, note, diag_seconds = run_diagnostics(
-            lambda: diagnose_with_ratios(model, family_obj, params, diag_key, num_diagnostic_draws), code < 0)
+            lambda: diagnose(model, family_obj, params, diag_key, num_diagnostic_draws, return_ratios=True),
+            code < 0)
         if both is not None:
             diag, diag_sample = both[0], (diag_key, both[1])
     steps = int(out.loop.step)
