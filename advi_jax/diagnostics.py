@@ -69,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int
+from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int, is_concrete
 
 __all__ = [
     "KHAT_GOOD",
@@ -266,9 +266,14 @@ def gpd_fit(exceedances: ArrayLike, prior_weight: float = 10.0) -> tuple[Array, 
       bounded limit) and +inf when the fit fails numerically.
     """
     x = jnp.asarray(exceedances)
-    n = x.shape[0]
-    if x.ndim != 1 or n < _MIN_TAIL:
+    if x.ndim != 1 or x.shape[0] < _MIN_TAIL:
         raise ValueError(f"exceedances must be 1-d with at least {_MIN_TAIL} entries, got shape {x.shape}")
+    return _on_host_when_concrete(lambda xp, v: _gpd_fit_core(v, prior_weight, xp), x)
+
+
+def _gpd_fit_core(x, prior_weight: float, xp) -> tuple:
+    """`gpd_fit` on validated exceedances, in the array module `xp` (jax.numpy or numpy)."""
+    n = x.shape[0]
     dtype = x.dtype
     m = 30 + int(math.floor(math.sqrt(n)))
     x_max = x[-1]
@@ -276,84 +281,127 @@ def gpd_fit(exceedances: ArrayLike, prior_weight: float = 10.0) -> tuple[Array, 
     # All exceedances zero: the tail is a point mass (constant ratios, q proportional to p), the
     # limit k -> -inf. Ties at the threshold (quartile zero) fall back to the mean exceedance.
     degenerate = ~(x_max > 0)
-    safe_max = jnp.where(degenerate, 1.0, x_max)
-    safe_quartile = jnp.where(x_quartile > 0, x_quartile, jnp.mean(x))
-    safe_quartile = jnp.where(degenerate, 1.0, safe_quartile)
-    j = jnp.arange(1, m + 1, dtype=dtype)
-    theta = 1.0 / safe_max + (1.0 - jnp.sqrt(m / (j - 0.5))) / (3.0 * safe_quartile)
-
-    def profile(t):
-        k = jnp.mean(jnp.log1p(-t * x))  # the shape maximising the likelihood at theta = t
-        return n * (jnp.log(-t / k) - k - 1.0)
-
-    log_lik = jax.vmap(profile)(theta)
-    log_lik = jnp.where(jnp.isfinite(log_lik), log_lik, -jnp.inf)
-    weights = jax.nn.softmax(log_lik)
-    theta_hat = jnp.sum(weights * theta)
-    k = jnp.mean(jnp.log1p(-theta_hat * x))
+    safe_max = xp.where(degenerate, 1.0, x_max)
+    safe_quartile = xp.where(x_quartile > 0, x_quartile, xp.mean(x))
+    safe_quartile = xp.where(degenerate, 1.0, safe_quartile)
+    j = xp.arange(1, m + 1, dtype=dtype)
+    theta = (1.0 / safe_max + (1.0 - xp.sqrt(m / (j - 0.5))) / (3.0 * safe_quartile)).astype(dtype)
+    # the shape maximising the likelihood at each theta, and the profile log-likelihood there
+    k_grid = xp.mean(xp.log1p(-theta[:, None] * x[None, :]), axis=1)
+    log_lik = n * (xp.log(-theta / k_grid) - k_grid - 1.0)
+    log_lik = xp.where(xp.isfinite(log_lik), log_lik, -xp.inf)
+    weights = xp.exp(log_lik - xp.max(log_lik))  # softmax (NaN when every value is -inf, as jax's)
+    weights = weights / xp.sum(weights)
+    theta_hat = xp.sum(weights * theta)
+    k = xp.mean(xp.log1p(-theta_hat * x))
     sigma = -k / theta_hat
     k = (n * k + 0.5 * prior_weight) / (n + prior_weight)
-    k = jnp.where(jnp.isnan(k), jnp.inf, k)
-    k = jnp.where(degenerate, -jnp.inf, k)
-    return k.astype(dtype), sigma.astype(dtype)
+    k = xp.where(xp.isnan(k), xp.inf, k)
+    k = xp.where(degenerate, -xp.inf, k)
+    return xp.asarray(k).astype(dtype), xp.asarray(sigma).astype(dtype)
 
 
-def _gpd_quantile(p: Array, k: Array, sigma: Array) -> Array:
+def _gpd_quantile(p: Array, k: Array, sigma: Array, xp=jnp) -> Array:
     """F^{-1}(p) = sigma / k ((1 - p)^(-k) - 1), and -sigma log(1 - p) as k -> 0."""
-    small = jnp.abs(k) < 1e-8
-    safe_k = jnp.where(small, 1.0, k)
-    general = sigma / safe_k * jnp.expm1(-safe_k * jnp.log1p(-p))
-    return jnp.where(small, -sigma * jnp.log1p(-p), general)
+    small = xp.abs(k) < 1e-8
+    safe_k = xp.where(small, 1.0, k)
+    general = sigma / safe_k * xp.expm1(-safe_k * xp.log1p(-p))
+    return xp.where(small, -sigma * xp.log1p(-p), general)
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the arithmetic runs: the cores below are written once against an array module `xp`.
+# Under tracing (jit, vmap: fit_many's batched diagnostics, pathfinder) they run in jax.numpy;
+# on concrete arrays they run in NumPy on the host, which costs microseconds for S <= 1e5 and
+# compiles nothing (evaluated op by op in jax, one PSIS costs ~100 small compilations on a
+# first call; jitted, about a second of XLA compilation per distinct S).
+
+
+def _on_host_when_concrete(fn, *arrays):
+    """`fn(xp, *arrays)` in NumPy when every array is concrete (results back as jax arrays of the
+    input dtype), else in jax.numpy."""
+    if not is_concrete(arrays):
+        return fn(jnp, *arrays)
+    dtype = arrays[0].dtype
+    with np.errstate(all="ignore"):
+        out = fn(np, *(np.asarray(a) for a in arrays))
+
+    def back(v):
+        v = np.asarray(v)
+        return jnp.asarray(v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v)
+
+    return jax.tree_util.tree_map(back, out)
+
+
+def _logsumexp(x, xp):
+    top = xp.max(x)
+    shift = xp.where(xp.isfinite(top), top, 0.0)
+    return xp.log(xp.sum(xp.exp(x - shift))) + shift
+
+
+def _argsort(x, xp):
+    return np.argsort(x, kind="stable") if xp is np else jnp.argsort(x)
+
+
+def _unsort(order, values, xp):
+    """The inverse of `values = original[order]`."""
+    if xp is np:
+        out = np.empty_like(values)
+        out[order] = values
+        return out
+    return jnp.empty_like(values).at[order].set(values)
 
 
 # ----------------------------------------------------------------------------------------------
 # PSIS
 
 
-def _psis_core(log_ratios: Array, normalize: bool) -> PSISResult:
+def _psis_core(log_ratios: Array, normalize: bool, xp=None) -> PSISResult:
+    if xp is None:
+        return PSISResult(*_on_host_when_concrete(lambda m, r: tuple(_psis_core(r, normalize, m)), log_ratios))
     num_draws = log_ratios.shape[0]
     dtype = log_ratios.dtype
-    any_nan = jnp.any(jnp.isnan(log_ratios))
-    log_ratios = jnp.where(jnp.isnan(log_ratios), -jnp.inf, log_ratios)
+    any_nan = xp.any(xp.isnan(log_ratios))
+    log_ratios = xp.where(xp.isnan(log_ratios), -xp.inf, log_ratios).astype(dtype)
     tail = tail_length(num_draws)
     if tail < _MIN_TAIL or num_draws <= tail:
         # Too few draws for a tail fit: return the raw weights and an infinite k-hat.
-        khat = jnp.full((), jnp.inf, dtype)
-        sigma = jnp.full((), jnp.nan, dtype)
+        khat = xp.full((), xp.inf, dtype)
+        sigma = xp.full((), xp.nan, dtype)
         smoothed = log_ratios
     else:
-        order = jnp.argsort(log_ratios)
+        order = _argsort(log_ratios, xp)
         sorted_lr = log_ratios[order]
         top = sorted_lr[-1]
-        shift = jnp.where(jnp.isfinite(top), top, 0.0)
+        shift = xp.where(xp.isfinite(top), top, 0.0)
         threshold = sorted_lr[num_draws - tail - 1]
         # Exceedances in units of exp(top): exp(r - top) - exp(u - top), in [0, 1].
-        threshold_weight = jnp.exp(threshold - shift)
-        exceed = jnp.exp(sorted_lr[num_draws - tail:] - shift) - threshold_weight
-        exceed = jnp.maximum(jnp.where(jnp.isfinite(exceed), exceed, 0.0), 0.0)
-        khat, sigma = gpd_fit(exceed)
+        threshold_weight = xp.exp(threshold - shift)
+        exceed = xp.exp(sorted_lr[num_draws - tail:] - shift) - threshold_weight
+        exceed = xp.maximum(xp.where(xp.isfinite(exceed), exceed, 0.0), 0.0).astype(dtype)
+        khat, sigma = _gpd_fit_core(exceed, 10.0, xp)
         # A tail ratio above the threshold whose exceedance underflows to zero means the weights
         # span more than the dtype's range (exp(r - max) == exp(u - max)): far heavier than
         # any fitted k could show, and a GPD fit on the underflowed values is meaningless.
         tail_lr = sorted_lr[num_draws - tail:]
-        underflow = jnp.any((tail_lr > threshold) & (exceed <= 0))
-        khat = jnp.where(underflow, jnp.inf, khat)
-        probs = (jnp.arange(1, tail + 1, dtype=dtype) - 0.5) / tail
-        smoothed_tail = jnp.log(threshold_weight + _gpd_quantile(probs, khat, sigma)) + shift
-        smoothed_tail = jnp.minimum(smoothed_tail, top)
-        usable = ~jnp.isnan(khat) & ~jnp.isposinf(khat) & jnp.all(jnp.isfinite(smoothed_tail))
-        new_tail = jnp.where(usable, smoothed_tail, sorted_lr[num_draws - tail:])
-        sorted_lr = sorted_lr.at[num_draws - tail:].set(new_tail)
-        smoothed = jnp.empty_like(log_ratios).at[order].set(sorted_lr)
+        underflow = xp.any((tail_lr > threshold) & (exceed <= 0))
+        khat = xp.where(underflow, xp.inf, khat)
+        probs = (xp.arange(1, tail + 1, dtype=dtype) - 0.5) / tail
+        smoothed_tail = xp.log(threshold_weight + _gpd_quantile(probs, khat, sigma, xp)) + shift
+        smoothed_tail = xp.minimum(smoothed_tail, top)
+        usable = ~xp.isnan(khat) & ~xp.isposinf(khat) & xp.all(xp.isfinite(smoothed_tail))
+        new_tail = xp.where(usable, smoothed_tail, tail_lr).astype(dtype)
+        sorted_lr = xp.concatenate([sorted_lr[:num_draws - tail], new_tail])
+        smoothed = _unsort(order, sorted_lr, xp)
         # Infinite ratios make every estimate meaningless.
-        khat = jnp.where(jnp.isposinf(top) | jnp.isneginf(top), jnp.inf, khat)
+        khat = xp.where(xp.isposinf(top) | xp.isneginf(top), xp.inf, khat)
     # With NaN ratios present, equal finite ratios do not show that q matches the posterior: never
     # report the "perfect" k-hat = -inf then (the NaN draws count against q).
-    khat = jnp.where(any_nan & jnp.isneginf(khat), jnp.inf, khat)
+    khat = xp.where(any_nan & xp.isneginf(khat), xp.inf, khat)
     if normalize:
-        total = jax.scipy.special.logsumexp(smoothed)
-        smoothed = smoothed - jnp.where(jnp.isfinite(total), total, 0.0)
-    return PSISResult(smoothed, khat, sigma)
+        total = _logsumexp(smoothed, xp)
+        smoothed = smoothed - xp.where(xp.isfinite(total), total, 0.0)
+    return PSISResult(smoothed.astype(dtype), xp.asarray(khat).astype(dtype), xp.asarray(sigma).astype(dtype))
 
 
 def psis(log_ratios: ArrayLike, normalize: bool = True) -> PSISResult:
@@ -409,19 +457,19 @@ def iw_elbo(log_ratios: ArrayLike) -> tuple[Array, Array]:
       (iw_elbo, se), scalars.
     """
     log_ratios = _check_log_ratios(log_ratios, min_size=2)
-    return _iw_elbo_core(log_ratios)
+    return _on_host_when_concrete(_iw_elbo_core_xp, log_ratios)
 
 
-def _iw_elbo_core(log_ratios: Array) -> tuple[Array, Array]:
-    r = jnp.where(jnp.isnan(log_ratios), -jnp.inf, log_ratios)
+def _iw_elbo_core(log_ratios: Array, xp=jnp) -> tuple[Array, Array]:
+    r = xp.where(xp.isnan(log_ratios), -xp.inf, log_ratios)
     num_draws = r.shape[0]
-    top = jnp.max(r)
-    shift = jnp.where(jnp.isfinite(top), top, 0.0)
-    w = jnp.exp(r - shift)
-    mean_w = jnp.mean(w)
-    value = jnp.log(mean_w) + shift
-    sd_w = jnp.std(w, ddof=1)
-    se = sd_w / (jnp.sqrt(jnp.asarray(num_draws, r.dtype)) * mean_w)
+    top = xp.max(r)
+    shift = xp.where(xp.isfinite(top), top, 0.0)
+    w = xp.exp(r - shift)
+    mean_w = xp.mean(w)
+    value = xp.log(mean_w) + shift
+    sd_w = xp.std(w, ddof=1)
+    se = sd_w / (xp.sqrt(xp.asarray(num_draws, r.dtype)) * mean_w)
     return value, se
 
 
@@ -438,33 +486,39 @@ def importance_ess(log_weights: ArrayLike) -> Array:
       Scalar ESS.
     """
     log_weights = _check_log_ratios(log_weights, "log_weights")
-    return _ess_core(log_weights)
+    return _on_host_when_concrete(lambda xp, w: _ess_core(w, xp), log_weights)
 
 
-def _ess_core(log_weights: Array) -> Array:
-    lw = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
-    lw = lw - jax.scipy.special.logsumexp(lw)
-    return 1.0 / jnp.sum(jnp.exp(2.0 * lw))
+def _iw_elbo_core_xp(xp, log_ratios):
+    return _iw_elbo_core(log_ratios, xp)
 
 
-def _diagnostics_core(log_ratios: Array) -> ImportanceDiagnostics:
+def _ess_core(log_weights: Array, xp=jnp) -> Array:
+    lw = xp.where(xp.isnan(log_weights), -xp.inf, log_weights)
+    lw = lw - _logsumexp(lw, xp)
+    return 1.0 / xp.sum(xp.exp(2.0 * lw))
+
+
+def _diagnostics_core(log_ratios: Array, xp=None) -> ImportanceDiagnostics:
+    if xp is None:
+        return ImportanceDiagnostics(*_on_host_when_concrete(lambda m, r: tuple(_diagnostics_core(r, m)), log_ratios))
     num_draws = log_ratios.shape[0]
-    finite = jnp.isfinite(log_ratios)
-    smoothed = _psis_core(log_ratios, True)
-    value, se = _iw_elbo_core(log_ratios)
-    n = jnp.asarray(num_draws, log_ratios.dtype)
+    finite = xp.isfinite(log_ratios)
+    smoothed = _psis_core(log_ratios, True, xp)
+    value, se = _iw_elbo_core(log_ratios, xp)
+    n = xp.asarray(num_draws, log_ratios.dtype)
     # The plain ELBO is -inf as soon as one draw has log p = -inf; that is the honest value.
-    elbo = jnp.mean(jnp.where(jnp.isnan(log_ratios), -jnp.inf, log_ratios))
-    elbo_se = jnp.std(log_ratios, ddof=1) / jnp.sqrt(n)
+    elbo = xp.mean(xp.where(xp.isnan(log_ratios), -xp.inf, log_ratios))
+    elbo_se = xp.std(log_ratios, ddof=1) / xp.sqrt(n)
     return ImportanceDiagnostics(
         khat=smoothed.khat,
         iw_elbo=value,
         iw_elbo_se=se,
         elbo=elbo,
         elbo_se=elbo_se,
-        ess=_ess_core(log_ratios),
-        psis_ess=_ess_core(smoothed.log_weights),
-        num_nonfinite=jnp.sum(~finite).astype(jnp.int32),
+        ess=_ess_core(log_ratios, xp),
+        psis_ess=_ess_core(smoothed.log_weights, xp),
+        num_nonfinite=xp.sum(~finite).astype(xp.int32),
     )
 
 

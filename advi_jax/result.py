@@ -35,8 +35,9 @@ from advi_jax import diagnostics as _diag
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.base import Family
 
-__all__ = ["Diagnostics", "Report", "Result", "ManyResult", "diagnose", "log_ratios", "verdict",
-           "NONFINITE_UNRELIABLE"]
+__all__ = ["Diagnostics", "Report", "Result", "ManyResult", "diagnose", "diagnose_with_ratios", "log_ratios",
+           "verdict", "diagnostic_draw_budget", "data_size", "constrained_draws", "NONFINITE_UNRELIABLE",
+           "DIAGNOSTIC_DRAWS_MIN", "DIAGNOSTIC_DRAWS_MAX"]
 
 NONFINITE_UNRELIABLE = 1e-3
 """A share of q's mass (estimated from the diagnostic draws) where the log density is NaN or -inf
@@ -65,10 +66,90 @@ class Diagnostics(NamedTuple):
     num_draws: int
 
 
+DIAGNOSTIC_DRAWS_MIN = 256
+"""The fewest diagnostic draws the automatic budget takes. PSIS fits its tail to
+M = min(S / 5, 3 sqrt(S)) = 48 ratios there and can certify k < `khat_threshold(256)` = 0.58;
+k-hat's own sampling sd is about 0.2 at 256 draws, 0.15 at 1,000 and 0.1 at 2,000 (measured
+on the breast-cancer full-rank fit, k around 0.5): ask for more (`num_diagnostic_draws=4096`)
+when the verdict matters more than the seconds."""
+
+DIAGNOSTIC_DRAWS_MAX = 4096
+"""The most diagnostic draws the automatic budget takes (k-hat's threshold is 0.7 from 2,154)."""
+
+DIAGNOSTIC_FRACTION = 0.2
+"""The automatic budget's share of the fit's cost, in log-density evaluations."""
+
+GRADIENT_COST = 2
+"""A gradient evaluation counted as this many log-density evaluations (reverse mode)."""
+
+DIAGNOSTIC_FREE_WORK = 2 ** 27
+"""Diagnostic draws x data entries that count as free: one evaluation of a log density reads its
+data, so S draws cost about S x (entries of `model.data`); below this product (about a tenth of
+a second of matrix products on one CPU core) the draws are not what a fit's diagnostics spend
+their time on (compilation and dispatch are), and the full `DIAGNOSTIC_DRAWS_MAX` is taken."""
+
+
+def data_size(model: Any) -> int:
+    """Entries of the model's data pytree (`model.data`; 0 when the data are closed over)."""
+    leaves = jax.tree_util.tree_leaves(getattr(model, "data", None))
+    return int(sum(int(np.size(leaf)) for leaf in leaves if hasattr(leaf, "shape")))
+
+
+def diagnostic_draw_budget(num_logp_evals: int, num_grad_evals: int, data_entries: int) -> int:
+    """The number of diagnostic draws for `num_diagnostic_draws="auto"`: about a fifth of the fit.
+
+    `S = clip(2^round(log2(max(0.2 E, W / V))), 256, 4096)` (the power of two nearest the budget,
+    within a factor sqrt(2) of it) with E = `num_logp_evals` +
+    `GRADIENT_COST` x `num_grad_evals` (the fit's cost in log-density evaluations), V the data
+    entries one log-density evaluation reads and W = `DIAGNOSTIC_FREE_WORK`. So a 10,000-step
+    ADVI fit gets 4,096 draws (each of its steps evaluated the log density and its gradient at
+    least once); a few-pass method (`glm_exact`, 5-20 passes over X) gets the floor, 256, once
+    the data are large (V > 370,000 entries, e.g. N = 35,000 rows of 10 features), and 4,096 on
+    small data, where draws cost nothing next to compiling. Powers of two keep the number of
+    distinct compiled diagnostic functions small (at most five per model shape).
+
+    Args:
+      num_logp_evals, num_grad_evals: the fit's evaluation counts (`Report` fields).
+      data_entries: V (`data_size(model)`); 0 (data closed over) counts as small data.
+
+    Returns:
+      S, a power of two in [DIAGNOSTIC_DRAWS_MIN, DIAGNOSTIC_DRAWS_MAX].
+
+    Example:
+      >>> diagnostic_draw_budget(0, 10_000, 11_000_000), diagnostic_draw_budget(0, 20, 11_000_000)
+      (4096, 256)
+    """
+    cost = DIAGNOSTIC_FRACTION * (int(num_logp_evals) + GRADIENT_COST * int(num_grad_evals))
+    free = DIAGNOSTIC_FREE_WORK / max(int(data_entries), 1)
+    want = max(cost, free, 1.0)
+    draws = 2 ** int(round(math.log2(want)))
+    return int(min(max(draws, DIAGNOSTIC_DRAWS_MIN), DIAGNOSTIC_DRAWS_MAX))
+
+
+_GOLDEN = 0x9E3779B9
+
+
+def sampling_key(key: Array) -> Array:
+    """The key the result's own draws of q are made with: an "rbg" key (XLA's RngBitGenerator)
+    holding a threefry key's bits (other keys are kept as they are).
+
+    Compiling threefry for a batch of draws takes 2-5x as long on CPU as RngBitGenerator
+    (measured: 2.3-2.9 s against 0.5 s on a loaded 2-core machine), and the diagnostics, the
+    summary and `Result.sample` each compile one such sampler on first use. The streams are
+    deterministic for a given key and jax version (not across versions, and not equal to
+    `family.sample(params, key, n)` with the threefry key itself).
+    """
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+        return key
+    data = jax.random.key_data(key)
+    return jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(_GOLDEN)]), impl="rbg")
+
+
 def log_ratios(model: Any, family: Family, params: PyTree, key: Array, num_draws: int,
                batch_size: int = 256) -> tuple[Array, Array]:
-    """(num_draws, K) draws of q and their log p - log q, evaluated `batch_size` draws at a time."""
-    zeta = family.sample(params, key, num_draws)
+    """(num_draws, K) draws of q (made with `sampling_key(key)`) and their log p - log q,
+    evaluated `batch_size` draws at a time."""
+    zeta = family.sample(params, sampling_key(key), num_draws)
     log_p = jax.lax.map(model.log_density, zeta, batch_size=min(num_draws, batch_size))
     return zeta, log_p - family.log_prob(params, zeta)
 
@@ -76,22 +157,32 @@ def log_ratios(model: Any, family: Family, params: PyTree, key: Array, num_draws
 draws_and_log_ratios = jax.jit(log_ratios, static_argnames=("family", "num_draws", "batch_size"))
 
 
-def _core(ratios: Array) -> tuple:
-    d = _diag._diagnostics_core(ratios)
-    share = jnp.mean(~jnp.isfinite(ratios) & ~jnp.isposinf(ratios))
+@functools.partial(jax.jit, static_argnames=("family", "num_draws"))
+def constrained_draws(model: Any, family: Family, params: PyTree, key: Array, num_draws: int) -> dict[str, Array]:
+    """`num_draws` draws of q mapped to the constrained space, in one compiled call (op by op,
+    the bijectors cost a dispatch per operation and a compilation each on first use)."""
+    return jax.vmap(model.to_constrained)(family.sample(params, sampling_key(key), num_draws))
+
+
+@jax.jit
+def _constrain(model: Any, zeta: Array) -> dict[str, Array]:
+    return jax.vmap(model.to_constrained)(zeta)
+
+
+def _core(ratios: Array, xp=jnp) -> tuple:
+    d = _diag._diagnostics_core(ratios, xp)
+    share = xp.mean(~xp.isfinite(ratios) & ~xp.isposinf(ratios))
     # q's mass where log p is NaN or -inf counts against the fit: k-hat over the other draws alone
     # would describe a different q, so it is +inf once that mass reaches NONFINITE_UNRELIABLE.
-    khat = jnp.where(share >= NONFINITE_UNRELIABLE, jnp.inf, d.khat)
+    khat = xp.where(share >= NONFINITE_UNRELIABLE, xp.inf, d.khat)
     return khat, d.iw_elbo, d.iw_elbo_se, d.elbo, d.ess, d.psis_ess, share
 
 
 @functools.partial(jax.jit, static_argnames=("family", "num_draws", "batched"))
-def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool | None):
+def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool):
     def one(m, p, k):
         return _core(log_ratios(m, family, p, k, num_draws)[1])
 
-    if batched is None:
-        return one(model, params, keys)
     return jax.vmap(one, in_axes=(0 if batched else None, 0, 0))(model, params, keys)
 
 
@@ -101,20 +192,39 @@ def _to_diagnostics(values, num_draws: int) -> Diagnostics:
     return Diagnostics(*(convert(v) for v in values), num_draws)
 
 
+def diagnose_with_ratios(model: Any, family: Family, params: PyTree, key: Array,
+                         num_draws: int = 4096) -> tuple[Diagnostics, np.ndarray]:
+    """`diagnose` of one fit, also returning the (S,) log ratios (NumPy) of its draws.
+
+    The draws and their log ratios are one compiled call (`draws_and_log_ratios`, cached per
+    model structure, family and S: a second fit of the same shape compiles nothing); PSIS runs
+    on the host in NumPy (`advi_jax.diagnostics`), which compiles nothing either.
+    """
+    _, ratios = draws_and_log_ratios(model, family, params, key, num_draws)
+    ratios = np.asarray(jax.device_get(ratios))
+    values = _diag._on_host_when_concrete(lambda xp, r: _core(r, xp), ratios)
+    return _to_diagnostics(values, num_draws), ratios
+
+
 def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: int = 4096, *,
-             num_fits: int | None = None, batched: bool = False) -> Diagnostics:
+             num_fits: int | None = None, batched: bool = False,
+             return_ratios: bool = False) -> Diagnostics | tuple[Diagnostics, np.ndarray]:
     """PSIS k-hat, IW-ELBO, ESS and the non-finite share from `num_draws` fresh draws of q.
 
-    One jitted call. With `num_fits=B`, `params` leaves and `key` carry a leading B axis and the
-    model's data too when `batched`; every field is then a (B,) array.
+    One fit: one compiled call for the draws and log ratios, PSIS on the host
+    (`diagnose_with_ratios`; with `return_ratios`, also the (S,) log ratios). With
+    `num_fits=B`, `params` leaves and `key` carry a leading B axis and the model's data too
+    when `batched`; every field is then a (B,) array, all in one compiled call.
     """
-    flag = None if num_fits is None else bool(batched)
-    return _to_diagnostics(_diagnose(model, family, params, key, num_draws, flag), num_draws)
+    if num_fits is None:
+        both = diagnose_with_ratios(model, family, params, key, num_draws)
+        return both if return_ratios else both[0]
+    return _to_diagnostics(_diagnose(model, family, params, key, num_draws, bool(batched)), num_draws)
 
 
 def diagnose_ratios(ratios: Array) -> Diagnostics:
     """`Diagnostics` from precomputed (S,) log ratios (e.g. the full-data ones of a minibatch fit)."""
-    return _to_diagnostics(jax.jit(_core)(ratios), int(ratios.shape[0]))
+    return _to_diagnostics(_diag._on_host_when_concrete(lambda xp, r: _core(r, xp), ratios), int(ratios.shape[0]))
 
 
 _ADVICE = "try family='fullrank', a reparameterisation, or MCMC"
@@ -202,6 +312,9 @@ class Report:
       seconds: wall time of the whole call; start_seconds (checks, the Laplace start, step-size
         search), compile_seconds, run_seconds, diagnostics_seconds split it.
       diagnostics: a `Diagnostics`, or None with `diagnostics_note` saying why.
+      diagnostic_sample: (key, log_ratios) of the diagnostic draws, or None: the draws are
+        `family.sample(params, key, S)` and `log_ratios` their (S,) log p - log q (NumPy);
+        `summary_rows` reuses them instead of evaluating the log density again.
       learning_rate, adaptation: Adam's step size and the `learning_rate="adapt"` search.
       init_loc, init_method, init_candidates, init_scores: how the fit started.
       extras: method-specific outputs (`VIAlgorithm.extras`), a dict.
@@ -235,6 +348,7 @@ class Report:
     init_scores: np.ndarray | None = None
     extras: dict = dataclasses.field(default_factory=dict)
     runaway: tuple = ()
+    diagnostic_sample: tuple | None = dataclasses.field(default=None, repr=False)
 
 
 _REPORT_FIELDS = frozenset(f.name for f in dataclasses.fields(Report))
@@ -305,7 +419,7 @@ class Result:
         """(n, K) draws of q in R^K."""
         key = _diag.check_key(key)
         n = check_positive_int(n, "n")
-        return self.family.sample(self.params, key, n)
+        return self.family.sample(self.params, sampling_key(key), n)
 
     def sample(self, key: Array, n: int, resample: str | None = None,
                num_proposals: int | None = None) -> dict[str, Array]:
@@ -330,14 +444,14 @@ class Result:
         if resample is None:
             if num_proposals is not None:
                 raise ValueError("num_proposals is only used with resample='psis'")
-            zeta = self.sample_unconstrained(key, n)
+            return constrained_draws(self.model, self.family, self.params, key, n)
         else:
             proposals = max(4 * n, 4096) if num_proposals is None else check_positive_int(num_proposals,
                                                                                           "num_proposals", 25)
             draw_key, pick_key = jax.random.split(key)
             zeta, ratios = draws_and_log_ratios(self.model, self.family, self.params, draw_key, proposals)
             zeta = _diag.psis_resample(pick_key, zeta, ratios, n)
-        return jax.vmap(self.model.to_constrained)(zeta)
+        return _constrain(self.model, zeta)
 
     def importance_draws(self, key: Array, n: int = 4096) -> tuple[dict[str, Array], _diag.PSISResult]:
         """n draws of q (constrained) with their Pareto-smoothed importance weights.
@@ -349,7 +463,7 @@ class Result:
         key = _diag.check_key(key)
         n = check_positive_int(n, "n", 25)
         zeta, ratios = draws_and_log_ratios(self.model, self.family, self.params, key, n)
-        return jax.vmap(self.model.to_constrained)(zeta), _diag._psis_core(ratios, True)
+        return _constrain(self.model, zeta), _diag._psis_core(ratios, True)
 
     def psis_expectation(self, fn: Callable[[dict[str, Array]], PyTree], key: Array, n: int = 4096) -> PyTree:
         """PSIS-corrected posterior expectation E_p[fn(params)] from n draws of q.
@@ -395,26 +509,36 @@ class Result:
         return verdict(self.report.diagnostics, self.report.diagnostics_note, self.family.name)
 
     def summary_rows(self, key: Array | None = None, num_draws: int = 4000,
-                     labels: Mapping[str, Any] | None = None) -> list[dict]:
+                     labels: Mapping[str, Any] | None = None, *,
+                     reuse_diagnostic_draws: bool | None = None) -> list[dict]:
         """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space).
 
         When the diagnostics say PSIS is reliable (k-hat below the threshold, no non-finite
         mass) and k-hat >= 0.5, each row also has `psis_mean` and `psis_sd`: the
         Pareto-smoothed importance-weighted estimates, which correct q towards the posterior.
-        `labels` optionally maps a parameter name to labels of its flattened entries; by
-        default the model's own `labels` (e.g. feature names of the ready GLMs) are used.
+        With `reuse_diagnostic_draws` (default: when `key` is None) these reuse the diagnostics'
+        own draws and log ratios (`num_draws` is then the diagnostics' S, and no log density is
+        evaluated again); otherwise `num_draws` fresh draws. `labels` optionally maps a parameter name to labels of its flattened
+        entries; by default the model's own `labels` (e.g. feature names of the ready GLMs).
         """
-        key = jax.random.key(0) if key is None else key
         if labels is None:
             labels = _default_labels(self.model)
         diag = self.report.diagnostics
         weights = None
         if (diag is not None and diag.nonfinite_share == 0 and _diag.KHAT_GOOD <= diag.khat
                 < _diag.khat_threshold(diag.num_draws)):
-            draws, smoothed = self.importance_draws(key, max(num_draws, 100))
-            sampled, weights = draws, np.asarray(jnp.exp(smoothed.log_weights))
+            stored = self.report.diagnostic_sample
+            reuse = key is None if reuse_diagnostic_draws is None else bool(reuse_diagnostic_draws)
+            if reuse and stored is not None:
+                draw_key, ratios = stored
+                sampled = constrained_draws(self.model, self.family, self.params, draw_key, int(len(ratios)))
+                smoothed = _diag._psis_core(jnp.asarray(ratios), True)
+            else:
+                sampled, smoothed = self.importance_draws(jax.random.key(0) if key is None else key,
+                                                          max(num_draws, 100))
+            weights = np.exp(np.asarray(smoothed.log_weights, np.float64))
         else:
-            sampled = self.sample(key, num_draws)
+            sampled = self.sample(jax.random.key(0) if key is None else key, num_draws)
         with_deterministics = getattr(self.model, "with_deterministics", None)
         if callable(with_deterministics):  # numpyro.deterministic sites of from_numpyro models
             sampled = with_deterministics(sampled)
@@ -437,10 +561,12 @@ class Result:
         return lines
 
     def summary(self, key: Array | None = None, num_draws: int = 4000,
-                labels: Mapping[str, Any] | None = None) -> str:
-        """A printable table of the posterior summary, the fit's outcome, its cost and diagnostics."""
+                labels: Mapping[str, Any] | None = None, rows: list[dict] | None = None) -> str:
+        """A printable table of the posterior summary, the fit's outcome, its cost and diagnostics.
+
+        `rows` are `summary_rows(key, num_draws, labels)` when already computed (not recomputed)."""
         r = self.report
-        rows = self.summary_rows(key, num_draws, labels)
+        rows = self.summary_rows(key, num_draws, labels) if rows is None else rows
         width = max([len("parameter")] + [len(row["parameter"]) for row in rows])
         cols = ["mean", "sd", "5%", "50%", "95%"] + (["psis_mean", "psis_sd"] if rows and "psis_mean" in rows[0]
                                                       else [])

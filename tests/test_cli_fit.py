@@ -29,7 +29,7 @@ def test_default_run_fits_the_bundled_logistic_regression(tmp_path):
     assert info["fit"]["num_rows"] == 569 and info["fit"]["family"] == "fullrank"
     assert len(info["summary"]) == 31
     draws = np.load(folder / "draws.npz")
-    assert draws["beta"].shape == (4000, 30)
+    assert draws["beta"].shape == (4096, 30)
     # the full-rank default is trustworthy on this data: PSIS k-hat below 0.7
     assert info["fit"]["khat"] < 0.7
     # worst_texture is the clearest predictor of malignancy: its 90% interval excludes zero

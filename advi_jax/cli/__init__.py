@@ -3,14 +3,29 @@
 Each sub-command lives in its own module exposing `add_parser(subparsers)` (which registers the
 sub-command and sets `func` on its parser) so the jobs stay independent. Bad input exits with
 status 2 and a one-line message, never a traceback.
+
+Compilation cache: run as a command (`advi-jax ...`, `python -m advi_jax ...`), the compiled
+XLA programs are kept in JAX's persistent compilation cache, in a folder of the advi_jax cache
+(`$ADVI_JAX_CACHE_DIR`, else `$XDG_CACHE_HOME/advi_jax`, else `~/.cache/advi_jax`) named after
+the jax version and this machine's CPU (its architecture and instruction-set flags), so a second
+run on data of the same shape loads them instead of compiling (most of a small fit's time).
+Entries are keyed by JAX on the program, the compiler options and the backend; the folder is
+pruned to `COMPILATION_CACHE_BYTES` (oldest first) when a command starts. Set
+`ADVI_JAX_COMPILATION_CACHE=0` to turn it off; a `JAX_COMPILATION_CACHE_DIR` you set is used
+as it is. A read error (e.g. an entry truncated by a killed process) costs a warning and a
+compilation, never a wrong result. `main(argv)` called from Python leaves JAX's settings alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import math
+import os
+import platform
 import sys
+from pathlib import Path
 
 from advi_jax._extras import MissingExtraError
 
@@ -63,7 +78,10 @@ def positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `advi-jax` parser. With `only` (a sub-command's name) only that sub-command's module is
+    imported and registered in full; the others get a bare entry (importing `vae` loads flax,
+    which a `fit` run does not need)."""
     parser = _Parser(
         prog="advi-jax",
         description="Automatic-differentiation variational inference in JAX.",
@@ -73,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.unavailable = {}  # sub-command -> the ModuleNotFoundError of its missing extra
     subparsers = parser.add_subparsers(dest="command", metavar="{fit,vae,variance,build}")
     for module_name in _SUBCOMMANDS:
+        if only is not None and module_name.rsplit(".", 1)[-1] != only:
+            subparsers.add_parser(module_name.rsplit(".", 1)[-1])
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
@@ -99,9 +120,75 @@ def _add_unavailable(subparsers, name: str, err: ModuleNotFoundError) -> None:
         subparsers.add_parser(name, help=f"(unavailable: {hint})")
 
 
+COMPILATION_CACHE_VARIABLE = "ADVI_JAX_COMPILATION_CACHE"
+COMPILATION_CACHE_BYTES = 512 * 2 ** 20
+
+
+def _machine_tag() -> str:
+    """A short hash of the CPU architecture and instruction-set flags (compiled CPU code uses them)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    text = "|".join((platform.machine(), platform.processor(), flags.strip()))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _prune(folder: Path, limit: int) -> None:
+    """Remove the oldest files until the folder holds at most half of `limit` bytes (when over it)."""
+    try:
+        files = [(e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(folder) if e.is_file()]
+    except OSError:
+        return
+    total = sum(size for _, size, _ in files)
+    if total <= limit:
+        return
+    for _, size, path in sorted(files):
+        if total <= limit // 2:
+            break
+        try:
+            os.remove(path)
+            total -= size
+        except OSError:
+            pass
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache for this process (see the module docstring).
+
+    Returns:
+      The cache folder, or None when it is off (`ADVI_JAX_COMPILATION_CACHE=0`), set by the user
+      (`JAX_COMPILATION_CACHE_DIR`), or the folder cannot be written.
+    """
+    if os.environ.get(COMPILATION_CACHE_VARIABLE, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        return None
+    from advi_jax.models._native import cache_dir
+
+    folder = cache_dir() / f"xla-{jax.__version__}-{_machine_tag()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return None
+    except OSError:
+        return None
+    _prune(folder, COMPILATION_CACHE_BYTES)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return str(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:  # a command-line run (not a call from Python): keep compiled programs between runs
+        enable_compilation_cache()
     argv = sys.argv[1:] if argv is None else list(argv)
+    names = {m.rsplit(".", 1)[-1] for m in _SUBCOMMANDS}
+    parser = build_parser(argv[0] if argv and argv[0] in names else None)
     if argv and argv[0] in parser.unavailable:
         from advi_jax._extras import missing_extra_message
 

@@ -43,6 +43,12 @@ def _training_eta(model: RegressionModel, draws: Mapping[str, Array]) -> Array:
     return eta
 
 
+@jax.jit
+def _replicate_training(model: RegressionModel, draws: Mapping[str, Array], key: Array) -> Array:
+    """y_rep at the training rows in one compiled call (op by op, each operation compiles once)."""
+    return _sample_y(model.info.kind, _training_eta(model, draws), key)
+
+
 def _sample_y(kind: str, eta: Array, key: Array) -> Array:
     if kind == "logistic":
         return jax.random.bernoulli(key, jax.nn.sigmoid(eta)).astype(eta.dtype)
@@ -78,6 +84,8 @@ def posterior_predictive(model: RegressionModel, draws: Mapping[str, ArrayLike],
         if exposure is not None or offset is not None:
             raise ValueError("exposure/offset apply to X_new; the training rows use the model's own offsets")
         checked, _ = _check_draws(model, draws)
+        if info.kind in ("logistic", "poisson"):
+            return _replicate_training(model, checked, key)
         eta = _training_eta(model, checked)
     else:
         eta = linear_predictor(model, draws, X_new, exposure=exposure, offset=offset)

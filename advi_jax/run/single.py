@@ -18,7 +18,7 @@ from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
-from advi_jax.result import Report, Result, diagnose
+from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget
 from advi_jax.run import driver
 from advi_jax.run.choose import choose_method
 from advi_jax.run.start import start as resolve_start
@@ -137,7 +137,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
         init_scale: float = 0.1, num_init_draws: int = 10, init_radius: float = 2.0,
         tol_rel_obj: float | None = None, eval_every: int = 100, window: int = 10,
         max_consecutive_nonfinite: int = 50, chunk_size: int = 1000, progress: bool = True,
-        check: bool = True, diagnostics: bool = True, num_diagnostic_draws: int = 4096,
+        check: bool = True, diagnostics: bool = True, num_diagnostic_draws: int | str = "auto",
         adapt_iter: int = 200, adapt_learning_rates: tuple[float, ...] = ADAPT_LEARNING_RATES,
         warn: bool = True, options: Any = None, callback: Callable | None = None) -> Result:
     """Fit a variational approximation to `model` with a method of `advi_jax.vi.METHODS`.
@@ -181,8 +181,13 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
       check: evaluate the log density at the initial point first and raise if it is not finite.
       diagnostics: after the fit, compute the PSIS k-hat, the importance-weighted ELBO, the
         importance ESS and the share of q's mass where log p is not finite from
-        `num_diagnostic_draws` draws of q (one jitted call).
-      num_diagnostic_draws: draws of q for the diagnostics (>= 100).
+        `num_diagnostic_draws` draws of q (one jitted call for the draws, PSIS on the host);
+        their seconds are `result.diagnostics_seconds`.
+      num_diagnostic_draws: draws of q for the diagnostics: "auto" (default) for a budget of
+        about a fifth of the fit's cost, 256 to 4,096 draws
+        (`advi_jax.result.diagnostic_draw_budget`: 4,096 on small data or after a long
+        stochastic fit, 256 for a few-pass fit on large data, where k-hat can only certify
+        k < 0.58 and has a sampling sd of about 0.2), or an int >= 100 for exactly that many.
       adapt_iter: steps per candidate step size with `learning_rate="adapt"`.
       adapt_learning_rates: the candidate step sizes (positive numbers).
       warn: issue a `DiagnosticWarning` when the diagnostics say the fit is unreliable.
@@ -217,7 +222,11 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
     eval_every, window, chunk_size, max_consecutive_nonfinite = checks.check_loop_args(
         eval_every, window, chunk_size, max_consecutive_nonfinite)
     num_init_draws = checks.check_positive_int(num_init_draws, "num_init_draws")
-    num_diagnostic_draws = checks.check_positive_int(num_diagnostic_draws, "num_diagnostic_draws", 100)
+    if isinstance(num_diagnostic_draws, str):
+        if num_diagnostic_draws != "auto":
+            raise ValueError(f"num_diagnostic_draws must be 'auto' or an int >= 100, got {num_diagnostic_draws!r}")
+    else:
+        num_diagnostic_draws = checks.check_positive_int(num_diagnostic_draws, "num_diagnostic_draws", 100)
     adapt_iter = checks.check_positive_int(adapt_iter, "adapt_iter")
     init_scale = checks.check_number(init_scale, "init_scale")
     init_radius = checks.check_number(init_radius, "init_radius")
@@ -269,11 +278,17 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
         params = _laplace.transform(family_obj, params, begun.laplace.mode, begun.laplace.scale_tril)
     extras = jax.device_get(extras)
     num_nonfinite = int(out.loop.num_nonfinite)
-    diag, note, diag_seconds = None, "not computed (diagnostics=False)", 0.0
+    diag, note, diag_seconds, diag_sample = None, "not computed (diagnostics=False)", 0.0, None
     if diagnostics:
-        diag, note, diag_seconds = run_diagnostics(
-            lambda: diagnose(model, family_obj, params, jax.random.fold_in(key, 1), num_diagnostic_draws),
+        if num_diagnostic_draws == "auto":
+            num_diagnostic_draws = diagnostic_draw_budget(int(out.loop.num_logp_evals), int(out.loop.num_grad_evals),
+                                                          data_size(model))
+        diag_key = jax.random.fold_in(key, 1)
+        both, note, diag_seconds = run_diagnostics(
+            lambda: diagnose(model, family_obj, params, diag_key, num_diagnostic_draws, return_ratios=True),
             code < 0)
+        if both is not None:
+            diag, diag_sample = both[0], (diag_key, both[1])
     steps = int(out.loop.step)
     report = Report(
         elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals),
@@ -287,7 +302,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
         learning_rate=float(lr) if (is_advi and optimizer is None) else None, adaptation=adaptation,
         init_loc=np.asarray(begun.init_loc), init_method=begun.method, init_candidates=begun.candidates,
         init_scores=begun.scores, extras=dict(extras),
-        runaway=runaway_parameters(family_obj, params, out.elbo) if is_advi else ())
+        runaway=runaway_parameters(family_obj, params, out.elbo) if is_advi else (), diagnostic_sample=diag_sample)
     result = Result(model, family_obj, params, report)
     warn_diagnostics(result, warn)
     if warn and report.runaway:

@@ -1,0 +1,119 @@
+"""Wall time of `advi-jax fit` (bundled data) and of `aj.fit` at N = 1e6, for two checkouts, alternated.
+
+Each measurement runs in a fresh Python process (start-up and compilation included, as a user
+meets them), so two source trees can be compared in one run on a shared machine: the runs
+alternate between `--before` and `--after` and repeat `--repeats` times; report ranges.
+
+* `cli`: `python -m advi_jax fit --quiet --out TMP` on the bundled breast-cancer data (full
+  rank, the default). For a tree with the persistent compilation cache the first run starts from
+  an empty cache folder (a first run on a machine) and the second reuses it.
+* `large`: logistic regression, N = 1e6, D = 10 (and `--d` more), full-rank, `aj.fit` with its
+  defaults (diagnostics on): first call (compilation included) and second call, with the
+  report's split (start / compile / run / diagnostics) and the diagnostic draws.
+
+Usage:
+  python -m benchmarks.bench_speed --before /work/main --after . --repeats 2
+  python -m benchmarks.bench_speed --after . --what large --d 10,100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LARGE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import jax, numpy as np
+import advi_jax as aj
+from benchmarks.common import logistic_data
+n, d = int(sys.argv[1]), int(sys.argv[2])
+x, y = logistic_data(n, d, 0)
+model = aj.models.logistic_regression(x, y)
+out = {"import_and_data_s": time.perf_counter() - t0}
+for call in ("first", "second"):
+    t = time.perf_counter()
+    r = aj.fit(model, key=jax.random.key(0), family="fullrank", progress=False, warn=False)
+    jax.block_until_ready(r.params)
+    rp = r.report
+    out[call] = {"wall": time.perf_counter() - t, "start": rp.start_seconds, "compile": rp.compile_seconds,
+                 "run": rp.run_seconds, "diagnostics": rp.diagnostics_seconds,
+                 "draws": int(rp.diagnostics.num_draws) if rp.diagnostics is not None else 0,
+                 "method": rp.method, "passes": int(rp.num_grad_evals), "khat": float(r.khat)}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _env(tree: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree), JAX_PLATFORMS="cpu")
+    return env
+
+
+def _cache_folders() -> list[Path]:
+    base = Path(os.environ.get("ADVI_JAX_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME")
+                                                             or Path.home() / ".cache") / "advi_jax")
+    return sorted(base.glob("xla-*")) if base.exists() else []
+
+
+def run_cli(tree: Path, cold: bool) -> dict:
+    if cold:
+        for folder in _cache_folders():
+            shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "advi_jax", "fit", "--quiet", "--out", tmp], cwd=tmp,
+                              env=_env(tree), capture_output=True, text=True, timeout=600)
+        wall = time.perf_counter() - start
+    cost = next((line for line in proc.stdout.splitlines() if line.startswith("cost:")), "")
+    return {"wall": wall, "rc": proc.returncode, "cost": cost.split("; ", 1)[-1]}
+
+
+def run_large(tree: Path, n: int, d: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", LARGE, str(n), str(d)], cwd=str(tree),  # "" on sys.path is cwd
+                          env=_env(tree), capture_output=True, text=True, timeout=900)
+    line = next((line for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
+    if line is None:
+        return {"error": proc.stderr[-2000:]}
+    return json.loads(line[len("RESULT "):])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--before", type=Path, default=None, help="a checkout to compare with (e.g. main)")
+    p.add_argument("--after", type=Path, default=Path("."), help="this checkout")
+    p.add_argument("--what", default="cli,large")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--n", type=float, default=1e6)
+    p.add_argument("--d", default="10")
+    p.add_argument("--out", default="results/bench_speed.json")
+    a = p.parse_args(argv)
+    trees = [("before", a.before.resolve())] if a.before else []
+    trees.append(("after", a.after.resolve()))
+    what = set(a.what.split(","))
+    rows = []
+    for rep in range(a.repeats):
+        for label, tree in trees:
+            if "cli" in what:
+                for run in ("cold", "warm"):
+                    row = {"tree": label, "repeat": rep, "what": f"cli {run}", **run_cli(tree, run == "cold")}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            if "large" in what:
+                for d in (int(v) for v in a.d.split(",")):
+                    row = {"tree": label, "repeat": rep, "what": f"large N={int(a.n)} D={d}",
+                           **run_large(tree, int(a.n), d)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"rows": rows, "load average": os.getloadavg()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
