@@ -91,6 +91,7 @@ from jax.scipy.special import gammaln
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankParams, MeanFieldParams
+from advi_jax.vi import _glm_lik
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo",
            "expected_log_lik", "quadrature"]
@@ -102,7 +103,7 @@ WHITEN = False
 DETERMINISTIC = True  # the ELBO trace is an objective's value, not a noisy estimate: the result reports its last value
 
 _LOG_2PI = math.log(2.0 * math.pi)
-KINDS = ("logistic", "poisson")
+KINDS = ("logistic", "poisson", "probit", "negbin")
 
 
 class Options(NamedTuple):
@@ -163,7 +164,8 @@ def expected_log_lik(kind: str, y: Array, mu: Array, var: Array, nodes: Array, w
     rounding (the fixed point of the optimiser is the stationary point of the objective).
 
     Args:
-      kind: "logistic" (Gauss-Hermite with symmetric `nodes`, `weights`) or "poisson" (closed form).
+      kind: "logistic" or "probit" (Gauss-Hermite with symmetric `nodes`, `weights`) or "poisson"
+        (closed form). (The negative binomial needs the dispersion's moments too: see `_glm_lik`.)
       y, mu, var: arrays of one shape; var >= 0.
       nodes, weights: from `quadrature` (ignored for Poisson).
 
@@ -173,6 +175,8 @@ def expected_log_lik(kind: str, y: Array, mu: Array, var: Array, nodes: Array, w
     if kind == "poisson":
         rate = jnp.exp(mu + 0.5 * var)
         return y * mu - rate - gammaln(y + 1.0), y - rate, -rate
+    if kind == "probit":
+        return _glm_lik.probit_expect(y, mu, var, nodes, weights)
     sd = jnp.sqrt(var)
     return _logistic_plain(y, mu, sd, nodes, weights)
 
@@ -228,6 +232,8 @@ def expected_log_lik_auto(kind: str, y: Array, mu: Array, var: Array, num_nodes:
       As `expected_log_lik`.
     """
     dtype = mu.dtype
+    if kind == "probit":
+        return _glm_lik.probit_expect_auto(y, mu, var, num_nodes)
     if kind == "poisson" or num_nodes is not None:
         return expected_log_lik(kind, y, mu, var, *quadrature(num_nodes or 1, dtype))
     sd_max = jnp.sqrt(jnp.max(var))
@@ -245,7 +251,8 @@ class _Layout(NamedTuple):
     kind: str
     intercept: bool
     num_features: int
-    prior_sd: tuple  # (K,) prior sds, static
+    prior_sd: tuple  # prior sds of the Gaussian coordinates (intercept, beta), static
+    dispersion: float | None = None  # negative binomial: the dispersion prior's scale (omega = log phi last)
 
 
 def _layout(model) -> _Layout:
@@ -262,14 +269,17 @@ def _layout(model) -> _Layout:
                          "Gaussian-linear); fit this model with method='advi'")
     d = len(info.feature_names)
     sds = ((info.intercept_scale,) if info.intercept else ()) + (info.prior_scale,) * d
-    return _Layout(info.kind, info.intercept, d, sds)
+    dispersion = info.dispersion_scale if info.kind == "negbin" else None
+    return _Layout(info.kind, info.intercept, d, sds, dispersion)
 
 
 def _split(layout: _Layout, vec: Array) -> tuple[Array, Array]:
     """(intercept part (scalar or 0), beta part (D,)) of a (K,) vector (or rows of a (K, ...) array)."""
+    start = int(layout.intercept)
+    beta = vec[start:start + layout.num_features]
     if layout.intercept:
-        return vec[0], vec[1:]
-    return jnp.zeros(vec.shape[1:], vec.dtype), vec
+        return vec[0], beta
+    return jnp.zeros(vec.shape[1:], vec.dtype), beta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +305,11 @@ def _moments(layout, x, offset, m, cov_factor, meanfield):
 
 def _prior_and_entropy(layout, m, var_diag, log_det_sd):
     prior_sd = jnp.asarray(layout.prior_sd, m.dtype)
-    k = m.shape[0]
-    prior = jnp.sum(-0.5 * (m * m + var_diag) / prior_sd**2 - jnp.log(prior_sd)) - 0.5 * k * _LOG_2PI
+    k, kg = m.shape[0], len(layout.prior_sd)
+    mg, vg = m[:kg], var_diag[:kg]
+    prior = jnp.sum(-0.5 * (mg * mg + vg) / prior_sd**2 - jnp.log(prior_sd)) - 0.5 * kg * _LOG_2PI
+    if layout.dispersion is not None:
+        prior = prior + _glm_lik.dispersion_prior(m[-1], var_diag[-1], layout.dispersion)[0]
     entropy = log_det_sd + 0.5 * k * (1.0 + _LOG_2PI)
     return prior + entropy
 
@@ -336,8 +349,11 @@ def exact_elbo(model, family: Family, params, num_nodes: int | None = None) -> A
         L = family.scale_tril(params)
         factor, var_diag = L, jnp.sum(L * L, axis=1)
         log_det_sd = jnp.sum(jnp.log(jnp.diagonal(L)))
-    mu, var = _moments(layout, x, data.get("offset"), params.loc, factor, meanfield)
-    value, _, _ = expected_log_lik_auto(layout.kind, y, mu, var, num_nodes)
+    if layout.kind == "negbin":
+        value = _glm_lik.negbin_value(layout, x, y, data.get("offset"), params.loc, factor, meanfield, num_nodes)
+    else:
+        mu, var = _moments(layout, x, data.get("offset"), params.loc, factor, meanfield)
+        value, _, _ = expected_log_lik_auto(layout.kind, y, mu, var, num_nodes)
     return jnp.sum(value) + _prior_and_entropy(layout, params.loc, var_diag, log_det_sd)
 
 
@@ -494,18 +510,24 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     if options.num_nodes is not None:
         quadrature(options.num_nodes)  # validates
     block = _block_size(layout, options)
-    prior_prec = 1.0 / jnp.square(jnp.asarray(layout.prior_sd, dtype))
+    negbin = layout.dispersion is not None
+    prior_prec = 1.0 / jnp.square(jnp.asarray(layout.prior_sd + ((math.inf,) if negbin else ()), dtype))
     eps = float(jnp.finfo(dtype).eps)
 
     def evaluate(m, precision):
         factor = _cov_factor(precision, meanfield)
-        value, g, h = _pass(layout, data, m, factor, meanfield, options.num_nodes, block)
+        lik_pass = _glm_lik.negbin_pass if negbin else _pass
+        value, g, h = lik_pass(layout, data, m, factor, meanfield, options.num_nodes, block)
         if meanfield:
             var_diag, log_det_sd = factor * factor, jnp.sum(jnp.log(factor))
         else:
             var_diag, log_det_sd = jnp.sum(factor * factor, axis=1), jnp.sum(jnp.log(jnp.diagonal(factor)))
         elbo = value + _prior_and_entropy(layout, m, var_diag, log_det_sd)
-        return factor, elbo, g - prior_prec * m, h + jnp.diag(prior_prec)
+        g, h = g - prior_prec * m, h + jnp.diag(prior_prec)
+        if negbin:  # the dispersion prior, and a positive-definite curvature (not log-concave: see _glm_lik)
+            _, dg, dh = _glm_lik.dispersion_prior(m[-1], var_diag[-1], layout.dispersion)
+            g, h = g.at[-1].add(dg), _glm_lik.pd_fix(h.at[-1, -1].add(dh))
+        return factor, elbo, g, h
 
     def init(key, loc):
         del key
