@@ -5,10 +5,11 @@ derivative is E[l'] (l' = s phi(z) / Phi(z), the inverse Mills ratio from exp(lo
 the curvature 2 d psi / d v is the exact derivative of the quadrature value, sum_{t_j > 0} w_j t_j
 [l'(mu + sd t_j) - l'(mu - sd t_j)] / sd, for sd > `PROBIT_SD_SWITCH`, and sum_j w_j l''(eta_j) below
 (the two agree to the rule's error there, and the difference quotient would lose digits). The
-rule is chosen by the largest sd in a block, `PROBIT_NODE_TIERS` (measured against a 200-node
-rule, float64, worst mean over [-8, 8]: 8 nodes err 3e-9 at sd 0.5; 16 err 2e-7 at sd 2;
-32 err 1e-5 at sd 6; 64 err 3e-6 at sd 16: log Phi is smoother than softplus (it is
-asymptotically quadratic, which the rule integrates exactly), so fewer nodes suffice).
+rule is chosen by the largest sd in a block, `PROBIT_NODE_TIERS`, the logistic tiers: measured
+against a 200-node rule (float64, worst over means in [-8, 8] and y in {0, 1}), 8 nodes err 9e-10
+at sd 0.5 and 3e-6 at sd 1; 32 nodes 1.4e-7 at sd 2 and 2e-3 at sd 6; 128 nodes 3e-8 at sd 4,
+8e-5 at sd 8 and 4e-3 at sd 16 (as for softplus, the error grows with the sd: log Phi bends over a
+unit-wide region that the nodes' spacing must resolve).
 
 Negative binomial (NB2, `advi_jax.models.glm_more`). With omega = log phi (the model's last flat
 coordinate) and u = eta - omega, the per-row log-likelihood is
@@ -24,9 +25,10 @@ E[e^omega f(u)] = e^{m_w + v_w / 2} E[f(u')], u' ~ N(mu_i - m_w + Cov(u, omega),
 
 two one-dimensional softplus expectations (the logistic rule of `glm_exact`, with its node tiers
 and its stable curvature as F's derivative) and one expectation over omega alone
-(`OMEGA_NODES`-point Gauss-Hermite; D is analytic and slowly varying in omega: measured against a
-200-node rule, float64, y in 0..300, m_w in [-3, 5]: error <= 1e-9 at sd(omega) 0.5 and 2e-6 at sd 2
-with 16 nodes; the posterior sd of log phi is ~0.1 or less with N in the hundreds). v_u and
+(Gauss-Hermite with `OMEGA_NODE_TIERS` by sd(omega): measured against a 200-node rule, float64, y in
+0..300, m_w in [-3, 5], the error is at the betaln rounding floor (~1e-7) with 8 nodes up to sd 0.5
+(6e-5 at sd 1), and with 32 nodes up to sd 2 (1.2e-6; 16 nodes give 5e-4 there); the posterior sd
+of log phi is ~0.1 or less once N is in the hundreds, so large fits take the 8-node rule). v_u and
 Cov(u, omega) are formed from the factor directly (no cancellation of v_i + v_w - 2 c_i).
 
 The expectations of the gradient and Hessian of l in (eta, omega), which the Newton / fixed-point
@@ -53,8 +55,8 @@ from jax.scipy.special import gammaln, log_ndtr
 from advi_jax._types import Array
 from advi_jax.models.glm_more import log_rising_ratio
 
-OMEGA_NODES = 16
-PROBIT_NODE_TIERS = ((0.5, 8), (2.0, 16), (6.0, 32), (math.inf, 64))
+OMEGA_NODE_TIERS = ((0.5, 8), (math.inf, 32))
+PROBIT_NODE_TIERS = ((0.5, 8), (2.0, 32), (math.inf, 128))
 PROBIT_SD_SWITCH = 0.05
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -164,9 +166,14 @@ def negbin_psi(y, mu, m_w, v, c, v_w, v_u, c_uw, num_nodes=None):
     c_uw = _pin(c_uw, c - v_w)
     d = mu - m_w
     f1, f2 = _softplus_mean(jnp.stack([d, d + c_uw]), jnp.stack([v_u, v_u]), num_nodes)  # one rule, one copy
-    t, w = quadrature(OMEGA_NODES, mu.dtype)
-    omega = m_w[..., None] + jnp.sqrt(v_w)[..., None] * t
-    e_d = jnp.sum(w * log_rising_ratio(y[..., None], jnp.exp(omega)), axis=-1)
+
+    def expect_d(num):
+        t, w = quadrature(num, mu.dtype)
+        omega = m_w[..., None] + jnp.sqrt(v_w)[..., None] * t
+        return jnp.sum(w * log_rising_ratio(y[..., None], jnp.exp(omega)), axis=-1)
+
+    tier = (jnp.sqrt(jnp.max(v_w)) > OMEGA_NODE_TIERS[0][0]).astype(jnp.int32)
+    e_d = jax.lax.switch(tier, [lambda n=n: expect_d(n) for _, n in OMEGA_NODE_TIERS])
     return e_d - gammaln(y + 1.0) + y * mu - y * f1 - jnp.exp(m_w + 0.5 * v_w) * f2
 
 
