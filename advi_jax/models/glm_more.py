@@ -60,7 +60,11 @@ def log_rising_ratio(y: ArrayLike, phi: ArrayLike) -> Array:
     """
     y = jnp.asarray(y)
     safe_y = jnp.maximum(y, 1.0)
-    d = gammaln(safe_y) - betaln(safe_y, phi) - safe_y * jnp.log(phi)
+    # phi >> y^2 (betaln loses digits near float max): D = y (y - 1) / (2 phi) + O(y^3 / phi^2).
+    huge = phi > 1e4 * jnp.square(safe_y + 1.0)
+    safe_phi = jnp.where(huge, 1.0, phi)
+    d = gammaln(safe_y) - betaln(safe_y, safe_phi) - safe_y * jnp.log(safe_phi)
+    d = jnp.where(huge, 0.5 * safe_y * (safe_y - 1.0) / phi, d)
     return jnp.where(y > 0, d, 0.0)
 
 
