@@ -91,13 +91,13 @@ from jax.scipy.special import gammaln
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankParams, MeanFieldParams
-from advi_jax.vi import _glm_lik
+from advi_jax.vi import _glm_lik, _glm_lowrank
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo",
            "expected_log_lik", "quadrature"]
 
 NAME = "glm_exact"
-FAMILIES = ("meanfield", "fullrank")
+FAMILIES = ("meanfield", "fullrank", "lowrank")  # lowrank: L-BFGS by autodiff (_glm_lowrank)
 DEFAULT_NUM_STEPS = 100
 WHITEN = False
 DETERMINISTIC = True  # the ELBO trace is an objective's value, not a noisy estimate: the result reports its last value
@@ -339,9 +339,15 @@ def exact_elbo(model, family: Family, params, num_nodes: int | None = None) -> A
       True
     """
     layout = _layout(model)
-    meanfield = _family_kind(family) == "meanfield"
+    kind = _family_kind(family)
+    meanfield = kind == "meanfield"
     data = model.data
     x, y = data["x"], data["y"]
+    if kind == "lowrank":
+        d = family.diag_scale(params)
+        value = _glm_lowrank.lowrank_likelihood(layout, data, params.loc, d, params.factor, num_nodes)
+        var_diag = d * d + jnp.sum(params.factor * params.factor, axis=1)
+        return value + _prior_and_entropy(layout, params.loc, var_diag, 0.5 * family._log_det(params)[0])
     if meanfield:
         sd = family.scale(params)
         factor, var_diag, log_det_sd = sd, sd * sd, jnp.sum(jnp.log(sd))
@@ -509,6 +515,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     k = model.dim
     if options.num_nodes is not None:
         quadrature(options.num_nodes)  # validates
+    if not meanfield and family.name == "lowrank":
+        return _glm_lowrank.build(layout, model, family, options, _prior_and_entropy)
     block = _block_size(layout, options)
     negbin = layout.dispersion is not None
     prior_prec = 1.0 / jnp.square(jnp.asarray(layout.prior_sd + ((math.inf,) if negbin else ()), dtype))
