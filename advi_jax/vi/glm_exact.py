@@ -61,8 +61,12 @@ relative in the sds in float64, and by <= 4.5e-3 sds in float32 (float32 roundin
 nodes gave 1.4e-2 / 2.8e-3 sds. On well-identified data (simulated, N = 2000, D = 5) 8 nodes
 already agree with 200 to rounding. Poisson's expectation is closed form.
 
-Coverage: logistic and Poisson (offset / exposure) ready models with fixed prior scales,
-families "meanfield" and "fullrank". Models with `hierarchical_scale=True` (tau > 0) are not
+Coverage: logistic, probit, Poisson and negative-binomial (both with offset / exposure) ready
+models with fixed prior scales, families "meanfield", "fullrank" and "lowrank". Probit and the
+negative binomial (q joint over the coefficients and log phi; two tilted softplus expectations and
+a rule over log phi per row; a saddle-free curvature, the likelihood not being log-concave) are in
+`_glm_lik`, with their measured node counts; "lowrank" (L-BFGS on this objective by autodiff, the
+fixed point above having no closed-form low-rank projection) is in `_glm_lowrank`. Models with `hierarchical_scale=True` (tau > 0) are not
 covered (their prior is not Gaussian in beta and the fixed point above need not be positive
 definite): `build` raises a ValueError naming the option; fit them with `method="advi"`.
 
@@ -318,8 +322,8 @@ def exact_elbo(model, family: Family, params, num_nodes: int | None = None) -> A
     """The exact ELBO of a ready GLM under the family's `params` (differentiable in `params`).
 
     Args:
-      model: a logistic or Poisson `RegressionModel` (no hierarchical scale).
-      family: `MeanFieldGaussian()` or `FullRankGaussian()`.
+      model: a logistic, probit, Poisson or negative-binomial `RegressionModel` (no hierarchical scale).
+      family: `MeanFieldGaussian()`, `FullRankGaussian()` or `LowRankGaussian(rank)`.
       params: the family's parameters over the model's flat zeta.
       num_nodes: Gauss-Hermite nodes (logistic only), None for the adaptive rule.
 
@@ -475,7 +479,7 @@ def _softplus_inverse(y: Array) -> Array:
 
 
 def supports(model, family: Family) -> bool:
-    """Whether `build(model, family)` applies: a ready logistic or Poisson GLM without
+    """Whether `build(model, family)` applies: a ready logistic / probit / Poisson / NB GLM without
     `hierarchical_scale`, and a family in `FAMILIES` (what `method="auto"` asks)."""
     from advi_jax.models.regression import RegressionModel  # models import base; avoid a cycle
 
@@ -489,8 +493,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     """The exact-ELBO algorithm for a ready GLM (see the module docstring).
 
     Args:
-      model: a logistic or Poisson `RegressionModel` without a hierarchical scale.
-      family: `MeanFieldGaussian()` or `FullRankGaussian()`.
+      model: a logistic, probit, Poisson or negative-binomial `RegressionModel` without a hierarchical scale.
+      family: `MeanFieldGaussian()`, `FullRankGaussian()` or `LowRankGaussian(rank)`.
       options: `Options`.
 
     Returns:
