@@ -28,7 +28,8 @@ def errors(model, ref, result, family, labels):
     fam = aj.families.get_family(family)
     mean = np.asarray(result.params.loc, np.float64)
     sd = np.sqrt(np.asarray(fam.variance(result.params), np.float64))
-    e = np.abs([((mean[k] - ref["params"][lab]["mean"]) / ref["params"][lab]["sd"], sd[k] / ref["params"][lab]["sd"] - 1)
+    entries = {**ref["params"], **ref.get("derived", {})}  # log phi is a derived (deterministic) site
+    e = np.abs([((mean[k] - entries[lab]["mean"]) / entries[lab]["sd"], sd[k] / entries[lab]["sd"] - 1)
                 for k, lab in enumerate(labels)])
     return e[:, 0].max(), e[:, 0].mean(), e[:, 1].max(), e[:, 1].mean()
 

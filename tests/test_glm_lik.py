@@ -168,8 +168,9 @@ def _compare_to_nuts(model, family, ref, labels):
     fam = aj.families.get_family(family)
     mean = np.asarray(res.params.loc, np.float64)
     sd = np.sqrt(np.asarray(fam.variance(res.params), np.float64))
-    err = np.asarray([((mean[k] - ref["params"][lab]["mean"]) / ref["params"][lab]["sd"],
-                       sd[k] / ref["params"][lab]["sd"] - 1.0) for k, lab in enumerate(labels)])
+    entries = {**ref["params"], **ref.get("derived", {})}  # log phi is a derived (deterministic) site
+    err = np.asarray([((mean[k] - entries[lab]["mean"]) / entries[lab]["sd"],
+                       sd[k] / entries[lab]["sd"] - 1.0) for k, lab in enumerate(labels)])
     return np.abs(err)
 
 
