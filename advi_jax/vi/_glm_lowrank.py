@@ -15,10 +15,13 @@ objective: X is read in the forward and the backward pass (the XLA path, not the
 pass of the full-rank update; no native kernel). `num_grad_evals` counts the value-and-gradient
 evaluations of the iteration (1 + line-search steps). B starts from the family's small random
 factor (at B = 0 the gradient in B vanishes: a saddle). Convergence: the ELBO changed by less than
-`max(rtol, 10 eps)` relative and the gradient's largest entry is below 1e3 `tol` (or 1e-2 in
-float32: L-BFGS on a float32 objective stalls at its rounding), or the line search made no
-progress twice. Measured: with rank >= K - 1 (which represents every covariance: S = lambda_min I
-+ B B') the optimum matches the full-rank one (tests/test_glm_lowrank.py).
+`max(rtol, 10 eps)` relative and the gradient's largest entry is below max(1e3 `tol`, 1e-3) (1e-2
+in float32: L-BFGS on a float32 objective stalls at its rounding), or the ELBO stopped changing
+twice. Measured: with rank >= K - 1 (which represents every covariance: S = lambda_min I + B B')
+the optimum matches the full-rank one (tests/test_glm_lowrank.py: means within 0.002 sd, sds 0.4%);
+but L-BFGS is slower than the full-rank Newton / fixed-point update: 20-50 iterations (~2 gradient
+evaluations each) in float32 on K = 5, and a few hundred in float64 on a negative binomial with
+rank 2 (after 100 iterations the ELBO was 1.3e-3 below its limit), so pass a larger `num_steps`.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
     dtype = data["x"].dtype
     k, r = model.dim, family.rank
     eps = float(jnp.finfo(dtype).eps)
-    gtol = 1e3 * options.tol if dtype == jnp.float64 else max(1e3 * options.tol, 1e-2)
+    gtol = max(1e3 * options.tol, 1e-3 if dtype == jnp.float64 else 1e-2)
 
     def unflatten(theta):
         return LowRankParams(theta[:k], theta[k:2 * k], theta[2 * k:].reshape(k, r))
