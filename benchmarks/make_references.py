@@ -100,6 +100,12 @@ def load_reference(name: str) -> dict | None:
         return json.load(f)
 
 
+def _deterministic_sites(suite_model) -> set:
+    """Names of the model's `numpyro.deterministic` sites (summarised apart from the parameters)."""
+    trace = numpyro.handlers.trace(numpyro.handlers.seed(suite_model.fn, rng_seed=0)).get_trace(*suite_model.args)
+    return {name for name, site in trace.items() if site["type"] == "deterministic"}
+
+
 def run_nuts(name, suite_model, *, chains: int, warmup: int, draws: int, seed: int) -> dict:
     target_accept = TARGET_ACCEPT.get(name, 0.9)
     transform, how = (lambda samples, *args: samples), "NumPyro NUTS, float64"
@@ -124,6 +130,11 @@ def run_nuts(name, suite_model, *, chains: int, warmup: int, draws: int, seed: i
         params[label] = {"mean": float(x.mean()), "sd": sd,
                          "rhat": float("nan") if constant else float(split_gelman_rubin(x)),
                          "ess": float("nan") if constant else float(effective_sample_size(x))}
+    # Deterministic sites (e.g. log phi of the negative binomial) are recorded under "derived", so
+    # that "params" holds exactly the model's sampled parameters.
+    det = _deterministic_sites(suite_model) if name not in DERIVED else set()
+    derived = {k: v for k, v in params.items() if k.split("[")[0] in det}
+    params = {k: v for k, v in params.items() if k not in derived}
     rhats = [p["rhat"] for p in params.values() if np.isfinite(p["rhat"])]
     esses = [p["ess"] for p in params.values() if np.isfinite(p["ess"])]
     return {
@@ -139,6 +150,7 @@ def run_nuts(name, suite_model, *, chains: int, warmup: int, draws: int, seed: i
         "seconds": seconds,
         "versions": versions(),
         "params": params,
+        **({"derived": derived} if derived else {}),
     }
 
 

@@ -39,6 +39,26 @@ RADON_FILE = os.path.join(os.path.dirname(__file__), "data", "radon_mn.npz")
 # ---------------------------------------------------------------------------------------------
 
 
+def negbin_glm(x, y, offset):
+    """NB2 regression (mean exp(a + x . beta + offset), dispersion phi); a ~ N(0, 10), beta_d ~ N(0, 1),
+    1 / sqrt(phi) ~ Exponential(1) (the prior of `aj.models.negbin_regression`); `log_phi` recorded."""
+    d = x.shape[1]
+    a = numpyro.sample("intercept", dist.Normal(0.0, 10.0))
+    beta = numpyro.sample("beta", dist.Normal(jnp.zeros(d), 1.0).to_event(1))
+    kappa = numpyro.sample("kappa", dist.Exponential(1.0))
+    phi = numpyro.deterministic("phi", kappa ** -2.0)
+    numpyro.deterministic("log_phi", -2.0 * jnp.log(kappa))
+    numpyro.sample("y", dist.NegativeBinomial2(jnp.exp(a + x @ beta + offset), phi), obs=y)
+
+
+def probit_glm(x, y):
+    """y_n ~ Bernoulli(Phi(a + x_n . beta)); a ~ N(0, 10), beta_d ~ N(0, 2.5) (`aj.models.probit_regression`)."""
+    d = x.shape[1]
+    a = numpyro.sample("intercept", dist.Normal(0.0, 10.0))
+    beta = numpyro.sample("beta", dist.Normal(jnp.zeros(d), 2.5).to_event(1))
+    numpyro.sample("y", dist.Bernoulli(probs=jax.scipy.stats.norm.cdf(a + x @ beta)), obs=y)
+
+
 def radon_centered(log_radon, floor, county, log_uranium):
     """Varying intercepts with a county-level predictor (Gelman & Hill 12.6), centred.
 
@@ -268,6 +288,28 @@ def build_births_poisson(suite_model):
                        "+ weekday")
 
 
+NEGBIN_ROWS = 2000
+
+
+def build_randhie_negbin(suite_model):
+    from benchmarks.suite import _standardize
+
+    ds = aj.data.load_dataset("randhie")
+    x, y = ds.x[:NEGBIN_ROWS], ds.y[:NEGBIN_ROWS]
+    return suite_model(negbin_glm, (_standardize(x), np.asarray(y, np.float32), np.zeros(NEGBIN_ROWS, np.float32)),
+                       f"negative-binomial GLM, bundled randhie doctor visits (first {NEGBIN_ROWS} rows x 9, "
+                       "standardised; over-dispersed: variance / mean 7.7)")
+
+
+def build_wells_probit(suite_model):
+    from benchmarks.suite import _standardize
+
+    w = np.load(aj.data.find_data_file("wells.npz"), allow_pickle=False)
+    x = np.column_stack([w["dist"] / 100.0, w["arsenic"], w["educ"] / 4.0, w["assoc"]])
+    return suite_model(probit_glm, (_standardize(x), w["switched"].astype(np.float32)),
+                       "probit GLM, arsenic wells (3020 x 4, standardised)")
+
+
 FUNNEL_DIM = 10
 
 
@@ -330,4 +372,6 @@ BUILDERS = {
     "gaussian_mixture": build_mixture,
     "stochastic_volatility": build_sv,
     "garch11": build_garch,
+    "randhie_negbin": build_randhie_negbin,
+    "wells_probit": build_wells_probit,
 }

@@ -234,3 +234,24 @@ def test_tsv_files_default_to_tab_delimiter(tmp_path):
                             exposure=None, formula=None, delimiter=",", dropna=False, prior_scale=2.5)
     x, y, names, _, _ = _load(ns)
     assert names == ("a", "b") and x.shape == (3, 2)
+
+
+def test_negbin_run_learns_the_dispersion(tmp_path):
+    rng = np.random.default_rng(5)
+    n, phi = 400, 1.5
+    x1 = rng.normal(size=n)
+    years = rng.uniform(0.5, 3.0, n)
+    mu = years * np.exp(0.4 + 0.6 * x1)
+    counts = rng.negative_binomial(phi, phi / (phi + mu))
+    lines = ["x1,years,claims"] + [f"{a:.5f},{c:.4f},{d}" for a, c, d in zip(x1, years, counts)]
+    (tmp_path / "claims.csv").write_text("\n".join(lines) + "\n")
+    proc = _run(["fit", "--model", "negbin", "--data", "claims.csv", "--target", "claims", "--exposure", "years",
+                 "--out", "res", "--quiet", "--no-plots", "--draws", "2000"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "res" / "summary.json").read_text())
+    rows = {r["parameter"]: r for r in info["summary"]}
+    assert set(rows) == {"intercept", "beta[x1]", "phi"} and info["fit"]["method"] == "glm_exact"
+    assert rows["phi"]["5%"] < phi < rows["phi"]["95%"] or abs(rows["phi"]["mean"] - phi) < 3 * rows["phi"]["sd"]
+    assert info["fit"]["priors"]["phi"]["mean"] == 1.0
+    # the NB fit absorbs the over-dispersion a Poisson fit of the same counts is flagged for
+    assert not info["fit"]["predictive_check"]["overdispersed"]

@@ -4,6 +4,7 @@ Checks against Monte Carlo (1e6 draws, within standard errors), autodiff, closed
 optimum's stationarity, an ADVI fit, and NumPyro NUTS references.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -201,13 +202,13 @@ def test_fullrank_matches_nuts_references():
 
 def test_contract_and_bad_input():
     assert METHODS["glm_exact"] is G
-    assert G.FAMILIES == ("meanfield", "fullrank") and G.WHITEN is False
+    assert G.FAMILIES == ("meanfield", "fullrank", "lowrank") and G.WHITEN is False
     x = np.random.default_rng(0).normal(size=(20, 2))
     y = (x[:, 0] > 0) * 1.0
     with pytest.raises(ValueError, match="hierarchical_scale"):
         G.build(logistic_regression(x, y, hierarchical_scale=True), aj.FullRankGaussian(), G.Options())
     with pytest.raises(ValueError, match="families"):
-        G.build(logistic_regression(x, y), aj.LowRankGaussian(rank=1), G.Options())
+        G.build(logistic_regression(x, y), dataclasses.replace(aj.MeanFieldGaussian(), name="other"), G.Options())
     with pytest.raises(TypeError, match="ready GLMs"):
         G.build(aj.Model(lambda p: -jnp.sum(p["a"] ** 2), {"a": aj.real((2,))}), aj.FullRankGaussian(), G.Options())
     with pytest.raises(ValueError, match="num_nodes"):

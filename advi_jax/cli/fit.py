@@ -1,4 +1,4 @@
-"""The `advi-jax fit` sub-command: Bayesian logistic or Poisson regression by ADVI.
+"""The `advi-jax fit` sub-command: Bayesian logistic, probit, Poisson or negative-binomial regression.
 
 With no arguments it fits Bayesian logistic regression to the bundled breast-cancer data
 (569 tumours, 30 features) and prints the posterior summary: coefficients per standard
@@ -25,6 +25,8 @@ from advi_jax.cli import UsageError, positive_float, positive_int
 EXAMPLES = """examples:
   advi-jax fit                                           # logistic regression, bundled breast-cancer data
   advi-jax fit --model poisson                           # Poisson regression, bundled RAND HIE doctor visits
+  advi-jax fit --model negbin                            # the same counts, negative binomial (over-dispersed)
+  advi-jax fit --model probit                            # probit regression, bundled breast-cancer data
   advi-jax fit --family meanfield --steps 20000 --samples 4
   advi-jax fit --data patients.csv --target died         # your CSV (header row; other columns = features)
   advi-jax fit --data patients.csv --target died --features age,dose --dropna
@@ -35,7 +37,10 @@ EXAMPLES = """examples:
   advi-jax fit --float64 --seed 3 --out results/ --quiet
 """
 
-DEFAULT_DATA = {"logistic": "breast_cancer", "poisson": "randhie"}
+DEFAULT_DATA = {"logistic": "breast_cancer", "poisson": "randhie", "probit": "breast_cancer", "negbin": "randhie"}
+MODELS = ("logistic", "poisson", "probit", "negbin")
+COUNT_MODELS = ("poisson", "negbin")  # count targets; they take --exposure
+TARGET_KIND = {"logistic": "logistic", "probit": "logistic", "poisson": "poisson", "negbin": "poisson"}
 PREDICTIVE_DRAWS = 400  # posterior draws behind the predictive check (fewer for tables over 50,000 rows)
 
 
@@ -55,8 +60,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "fit",
-        help="fit a Bayesian logistic or Poisson regression (bundled data by default)",
-        description="Fit a Bayesian logistic or Poisson regression by ADVI and print the posterior summary. "
+        help="fit a Bayesian logistic, probit, Poisson or negative-binomial regression (bundled data by default)",
+        description="Fit a Bayesian logistic, probit, Poisson or negative-binomial regression and print the "
+        "posterior summary. "
         "Features are standardised; coefficients have Normal(0, --prior-scale) priors on that scale and "
         "the intercept Normal(0, 10). The summary shows coefficients per standard deviation of each feature "
         "and per unit of it (the data's own scale), then a posterior predictive check (for Poisson fits, "
@@ -67,8 +73,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", choices=("logistic", "poisson"), default="logistic",
-                   help="likelihood: logistic (0/1 target) or poisson (count target) (default: logistic)")
+    p.add_argument("--model", choices=MODELS, default="logistic",
+                   help="likelihood: logistic or probit (0/1 target), poisson or negbin (count target; negbin is "
+                   "the negative binomial with a learned dispersion phi, prior 1/sqrt(phi) ~ Exponential(1), for "
+                   "counts more variable than Poisson allows, which the predictive check of a poisson fit flags) "
+                   "(default: logistic)")
     p.add_argument("--data", metavar="FILE",
                    help="a .csv/.tsv (header row) or .npz file; default: the bundled dataset for --model")
     p.add_argument("--target", metavar="COLUMN", help="target column of --data (required with --data, "
@@ -82,7 +91,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "(default ',', or tab for a .tsv file)")
     p.add_argument("--dropna", action="store_true", help="drop rows with missing values in the used columns "
                    "(default: stop with an error naming the rows and columns)")
-    p.add_argument("--exposure", metavar="COLUMN", help="poisson only: exposure column (offset log exposure)")
+    p.add_argument("--exposure", metavar="COLUMN", help="poisson / negbin only: exposure column (offset log exposure)")
     p.add_argument("--group", metavar="COLUMN", help="a varying intercept per value of COLUMN (text or integer "
                    "labels): y ~ features + (1 | COLUMN), group sd tau ~ HalfNormal(1); needs --data and --target")
     p.add_argument("--family", choices=sorted(FAMILIES), default="fullrank",
@@ -180,8 +189,8 @@ def _load_formula(args, path: Path):
             raise UsageError(f"{path}: the header {str(frame.columns[0])!r} reads as one column; it looks "
                              f"{'tab' if hint == chr(9) else repr(hint)}-separated: pass --delimiter "
                              f"{'tab' if hint == chr(9) else repr(hint)}")
-    if args.exposure and args.model != "poisson":
-        raise UsageError("--exposure applies to --model poisson only")
+    if args.exposure and args.model not in COUNT_MODELS:
+        raise UsageError("--exposure applies to --model poisson or negbin only")
     extra = {"exposure": args.exposure} if args.exposure else {}
     return aj.models.from_formula(args.model, frame, args.formula, dropna=args.dropna,
                                   prior_scale=args.prior_scale, **extra)
@@ -209,16 +218,16 @@ def _load(args):
         raise UsageError("--data needs --target COLUMN (the column to predict) or --formula 'y ~ ...'")
     features = _split_columns(args.features)
     if args.exposure:
-        if args.model != "poisson":
-            raise UsageError("--exposure applies to --model poisson only")
+        if args.model not in COUNT_MODELS:
+            raise UsageError("--exposure applies to --model poisson or negbin only")
         if features is not None and args.exposure in features:
             raise UsageError(f"--exposure column {args.exposure!r} is also listed in --features")
     load_features = features + [args.exposure] if (features is not None and args.exposure) else features
     if path.suffix.lower() == ".npz":
-        dataset = data_module.load_npz(path, target=args.target, features=load_features, kind=args.model,
+        dataset = data_module.load_npz(path, target=args.target, features=load_features, kind=TARGET_KIND[args.model],
                                        dropna=args.dropna)
     else:
-        dataset = data_module.load_csv(path, target=args.target, features=load_features, kind=args.model,
+        dataset = data_module.load_csv(path, target=args.target, features=load_features, kind=TARGET_KIND[args.model],
                                        delimiter=args.delimiter, dropna=args.dropna)
     x, y, names = dataset
     exposure = None
@@ -287,6 +296,9 @@ def _model_record(model) -> dict:
     else:
         priors["beta"] = {"distribution": "Normal", "loc": 0.0, "scale": info.prior_scale,
                           "applies_to": "coefficients of the standardised features"}
+    if info.kind == "negbin":
+        priors["phi"] = {"distribution": "1/sqrt(phi) ~ Exponential", "mean": info.dispersion_scale,
+                         "applies_to": "the dispersion: variance = mean + mean^2 / phi"}
     return {
         "feature_names": list(info.feature_names),
         "standardization": {
@@ -351,11 +363,12 @@ def run(args) -> int:
     out = check_out_dir(Path(args.out))
     if isinstance(x, aj.models.RegressionModel):
         model = x
-    elif args.model == "logistic":
-        model = aj.models.logistic_regression(x, y, prior_scale=args.prior_scale, feature_names=names)
+    elif args.model in ("logistic", "probit"):
+        build = getattr(aj.models, f"{args.model}_regression")
+        model = build(x, y, prior_scale=args.prior_scale, feature_names=names)
     else:
-        model = aj.models.poisson_regression(x, y, exposure=exposure, prior_scale=args.prior_scale,
-                                             feature_names=names)
+        build = getattr(aj.models, f"{args.model}_regression")
+        model = build(x, y, exposure=exposure, prior_scale=args.prior_scale, feature_names=names)
     num_rows, num_features = (int(s) for s in model.data["x"].shape)
     init = None if args.init == "zero" else args.init
     if not args.quiet:

@@ -98,6 +98,8 @@ def load_grouped_model(args):
         raise UsageError(f"--group column {group!r} is also listed in --features")
     if features is None:
         features = [c for c in header if c not in (args.target, group, args.exposure)]
+    if args.model not in ("logistic", "poisson"):
+        raise UsageError(f"--group works with --model logistic or poisson, not {args.model!r}")
     if args.exposure and args.model != "poisson":
         raise UsageError("--exposure applies to --model poisson only")
     load = features + ([args.exposure] if args.exposure else [])

@@ -110,7 +110,7 @@ def predictive_check_figure(check):
     fig = _figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
     y, y_rep = np.asarray(check.y), np.asarray(check.y_rep)
-    if check.kind == "poisson":
+    if check.kind in ("poisson", "negbin"):
         top = int(min(max(np.quantile(y, 0.99), 3), 40))
         counts = np.arange(top + 1)
         observed = np.array([(y == c).mean() for c in counts])
@@ -136,7 +136,7 @@ def predictive_check_figure(check):
         left.set_xlabel("predicted P(y = 1) (decile means)")
         left.set_ylabel("observed rate")
         left.set_title("calibration", fontsize=9)
-    left.legend(fontsize=7) if check.kind == "poisson" else None
+    left.legend(fontsize=7) if check.kind in ("poisson", "negbin") else None
     values = np.asarray(check.replicated[stat])
     levels, counts = np.unique(values, return_counts=True)
     if len(levels) <= 60:  # a discrete statistic (a share of N rows): one bar per attained value

@@ -1,4 +1,4 @@
-"""Ready models: Bayesian logistic and Poisson regression, with posterior predictive helpers.
+"""Ready models: Bayesian logistic, Poisson, probit and negative-binomial regression, with posterior predictive helpers.
 
 Build them from arrays, from pandas DataFrames (column names kept) or from a Wilkinson formula
 (`logistic_regression.from_formula(df, "y ~ x1 + C(x2)")`, needs the `formula` extra).
@@ -14,9 +14,11 @@ from advi_jax.models.regression import (
     coefficients_on_original_scale,
     linear_predictor,
     logistic_regression,
+    negbin_regression,
     parameter_labels,
     poisson_regression,
     predict,
+    probit_regression,
 )
 from advi_jax.models.grouped import (  # noqa: E402
     GroupedRegressionModel,
@@ -39,9 +41,11 @@ __all__ = [
     "grouped_poisson_regression",
     "linear_predictor",
     "logistic_regression",
+    "negbin_regression",
     "parameter_labels",
     "poisson_regression",
     "posterior_predictive",
     "predict",
     "predictive_check",
+    "probit_regression",
 ]

@@ -154,10 +154,10 @@ def from_formula(kind: str, data, formula: str, *, exposure=None, offset=None, d
     """A ready regression model from a data frame and a Wilkinson formula.
 
     Args:
-      kind: "logistic" or "poisson" (any `<kind>_regression` builder of `aj.models`).
+      kind: "logistic", "poisson", "probit" or "negbin" (any `<kind>_regression` builder of `aj.models`).
       data: a pandas DataFrame (or a dict of equal-length columns).
       formula: e.g. `"y ~ x1 + C(x2) + x1:x3"`; the left side is the target column.
-      exposure, offset: Poisson only: a column name of `data` or an (N,) array.
+      exposure, offset: Poisson / negative binomial only: a column name of `data` or an (N,) array.
       dropna: drop rows with a missing value in a column the formula (or the exposure) uses,
         instead of failing; says how many in a `MissingValuesWarning`.
       **kwargs: passed to the builder (`prior_scale`, `standardize`, ...). The intercept is
@@ -242,5 +242,5 @@ def _attach(kind: str):
     return method
 
 
-for _kind in ("logistic", "poisson"):
+for _kind in ("logistic", "poisson", "probit", "negbin"):
     setattr(getattr(_regression, f"{_kind}_regression"), "from_formula", _attach(_kind))

@@ -6,7 +6,8 @@ replications under a few test statistics (the share of ones for logistic models;
 the variance-to-mean ratio and the share of zeros for Poisson models) and reports, for each,
 the posterior predictive p-value `P(T(y_rep) >= T(y))`. A Poisson fit whose observed
 variance-to-mean ratio exceeds (almost) every replication is over-dispersed: its intervals are
-too narrow, and a negative-binomial likelihood is the usual remedy.
+too narrow, and a negative-binomial likelihood (`aj.models.negbin_regression`) is the usual remedy.
+Probit models are checked as logistic ones, negative-binomial models as Poisson ones.
 
 Example:
   >>> import jax, numpy as np, advi_jax as aj
@@ -46,15 +47,24 @@ def _training_eta(model: RegressionModel, draws: Mapping[str, Array]) -> Array:
 @jax.jit
 def _replicate_training(model: RegressionModel, draws: Mapping[str, Array], key: Array) -> Array:
     """y_rep at the training rows in one compiled call (op by op, each operation compiles once)."""
-    return _sample_y(model.info.kind, _training_eta(model, draws), key)
+    phi = draws["phi"] if model.info.kind == "negbin" else None
+    return _sample_y(model.info.kind, _training_eta(model, draws), key, phi)
 
 
-def _sample_y(kind: str, eta: Array, key: Array) -> Array:
+def _sample_y(kind: str, eta: Array, key: Array, phi: Array | None = None) -> Array:
     if kind == "logistic":
         return jax.random.bernoulli(key, jax.nn.sigmoid(eta)).astype(eta.dtype)
+    if kind == "probit":
+        return jax.random.bernoulli(key, jax.scipy.special.ndtr(eta)).astype(eta.dtype)
     if kind == "poisson":
         return jax.random.poisson(key, jnp.exp(eta), dtype=jnp.int32).astype(eta.dtype)
-    raise ValueError(f"posterior predictive draws are implemented for logistic and poisson models, got {kind!r}")
+    if kind == "negbin":  # gamma-Poisson mixture: rate ~ Gamma(phi, phi / mu)
+        k1, k2 = jax.random.split(key)
+        phi = jnp.asarray(phi, eta.dtype)[:, None]
+        rate = jax.random.gamma(k1, jnp.broadcast_to(phi, eta.shape), dtype=eta.dtype) * jnp.exp(eta) / phi
+        return jax.random.poisson(k2, rate, dtype=jnp.int32).astype(eta.dtype)
+    raise ValueError(f"posterior predictive draws are implemented for logistic, probit, poisson and negbin models, "
+                     f"got {kind!r}")
 
 
 def posterior_predictive(model: RegressionModel, draws: Mapping[str, ArrayLike], key: Array,
@@ -68,10 +78,11 @@ def posterior_predictive(model: RegressionModel, draws: Mapping[str, ArrayLike],
       key: PRNG key for the outcome noise.
       X_new: (M, D) new features on the original scale (or a DataFrame for formula models);
         None replicates the training rows (with their offsets).
-      exposure, offset: Poisson only, for the new rows.
+      exposure, offset: Poisson / negative binomial only, for the new rows.
 
     Returns:
-      (S, M) replicated outcomes: 0/1 for logistic models, counts for Poisson models.
+      (S, M) replicated outcomes: 0/1 for logistic and probit models, counts for Poisson and
+      negative-binomial models (the latter with the draws' dispersion `phi`).
 
     Raises:
       TypeError: `model` is not a regression model or `key` is not a PRNG key.
@@ -84,19 +95,17 @@ def posterior_predictive(model: RegressionModel, draws: Mapping[str, ArrayLike],
         if exposure is not None or offset is not None:
             raise ValueError("exposure/offset apply to X_new; the training rows use the model's own offsets")
         checked, _ = _check_draws(model, draws)
-        if info.kind in ("logistic", "poisson"):
-            return _replicate_training(model, checked, key)
-        eta = _training_eta(model, checked)
-    else:
-        eta = linear_predictor(model, draws, X_new, exposure=exposure, offset=offset)
-    return _sample_y(info.kind, eta, key)
+        return _replicate_training(model, checked, key)
+    eta = linear_predictor(model, draws, X_new, exposure=exposure, offset=offset)
+    phi = jnp.asarray(draws["phi"]) if info.kind == "negbin" else None
+    return _sample_y(info.kind, eta, key, phi)
 
 
 class PredictiveCheck(NamedTuple):
     """Observed test statistics against their posterior predictive replications.
 
     Attributes:
-      kind: "logistic" or "poisson".
+      kind: "logistic", "probit", "poisson" or "negbin".
       observed: statistic name -> value on the data.
       replicated: statistic name -> (S,) values on the replications.
       p_values: statistic name -> P(T(y_rep) >= T(y)) (with half the ties).
@@ -118,7 +127,7 @@ class PredictiveCheck(NamedTuple):
 
 def _statistics(kind: str, y: np.ndarray) -> dict[str, np.ndarray]:
     y = np.atleast_2d(y)
-    if kind == "logistic":
+    if kind in ("logistic", "probit"):
         return {"share of ones": y.mean(axis=-1)}
     mean = y.mean(axis=-1)
     var = y.var(axis=-1, ddof=1)
@@ -156,8 +165,7 @@ def predictive_check(model: RegressionModel, draws: Mapping[str, ArrayLike], key
     if overdispersed:
         message += (f" The data are over-dispersed for a Poisson model (variance / mean {obs['variance / mean']:.3g} "
                     f"against at most {rep['variance / mean'].max():.3g} in {len(y_rep)} replications): its "
-                    "intervals are too narrow. Use a negative-binomial likelihood (e.g. numpyro.distributions."
-                    "NegativeBinomial2 in a NumPyro model fitted through aj.from_numpyro) or add the missing "
-                    "predictors.")
+                    "intervals are too narrow. Use the negative-binomial model aj.models.negbin_regression (same "
+                    "arguments, a learned dispersion; advi-jax fit --model negbin) or add the missing predictors.")
     return PredictiveCheck(info.kind, obs, {k: np.asarray(v) for k, v in rep.items()}, p_values, overdispersed,
                            message, y, y_rep)

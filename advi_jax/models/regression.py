@@ -1,4 +1,7 @@
-"""Ready generalised linear models: Bayesian logistic and Poisson regression.
+"""Ready generalised linear models: Bayesian logistic, Poisson, probit and negative-binomial regression.
+
+(`probit_regression` and `negbin_regression` are built in `advi_jax.models.regression_more` on
+the same machinery and re-exported here.)
 
 Both build an `aj.Model` whose arrays travel as `data=` (so jitted fits take them as
 arguments). The linear predictor is
@@ -9,12 +12,13 @@ where `m`, `s` are the column means and standard deviations of the training feat
 `standardize=True` (constant columns keep `s_d = 1`) and `m = 0, s = 1` otherwise. They are
 recorded in `model.data` so that `predict` applies the same transform to new features.
 
-Priors (all parameters are real except `tau`):
+Priors (all parameters are real except `tau` and the negative-binomial dispersion `phi`):
 
 * `intercept ~ Normal(0, intercept_scale)` (only when `intercept=True`);
 * `beta_d ~ Normal(0, prior_scale)` independently, or, with `hierarchical_scale=True`,
   `tau ~ HalfNormal(prior_scale)` (support `aj.positive()`) and `beta_d | tau ~ Normal(0, tau)`
-  (centred parameterisation: with few data points the posterior can be funnel-shaped).
+  (centred parameterisation: with few data points the posterior can be funnel-shaped);
+* negative binomial only: `1 / sqrt(phi) ~ Exponential(mean dispersion_scale)` (see `negbin_regression`).
 
 Likelihoods, computed by `advi_jax.models.glm.glm_log_likelihood`, which reads X once per gradient
 (value and gradient in one blocked pass), in forms that stay finite for any finite `eta`:
@@ -48,6 +52,7 @@ import numpy as np
 from advi_jax._types import Array, ArrayLike
 from advi_jax.flatten import Model
 from advi_jax.models.glm import glm_log_likelihood
+from advi_jax.models.glm_more import glm_more_log_likelihood
 from advi_jax.supports import positive, real
 
 __all__ = [
@@ -57,12 +62,16 @@ __all__ = [
     "coefficients_on_original_scale",
     "linear_predictor",
     "logistic_regression",
+    "negbin_regression",
     "parameter_labels",
     "poisson_regression",
     "predict",
+    "probit_regression",
 ]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+BINARY_KINDS = ("logistic", "probit")
+COUNT_KINDS = ("poisson", "negbin")  # the kinds that take an exposure / offset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,14 +79,16 @@ class RegressionInfo:
     """Static description of a regression model (hashable; part of the model's pytree metadata).
 
     Attributes:
-      kind: "logistic" or "poisson".
+      kind: "logistic", "poisson", "probit" or "negbin".
       feature_names: one name per column of X.
       intercept: whether the model has an intercept.
       standardize: whether features were centred and scaled.
       hierarchical_scale: whether the coefficient scale `tau` is a parameter.
       prior_scale: prior sd of the coefficients (or the half-normal scale of `tau`).
       intercept_scale: prior sd of the intercept.
-      has_offset: whether the (Poisson) model has an offset / exposure.
+      has_offset: whether the (Poisson / negative-binomial) model has an offset / exposure.
+      dispersion_scale: negative binomial only: the scale of the exponential prior on
+        1 / sqrt(phi) (see `negbin_regression`).
     """
 
     kind: str
@@ -88,6 +99,7 @@ class RegressionInfo:
     prior_scale: float
     intercept_scale: float
     has_offset: bool = False
+    dispersion_scale: float = 1.0
 
 
 @jax.tree_util.register_pytree_node_class
@@ -182,15 +194,15 @@ def _check_vector(v: ArrayLike, name: str, n: int) -> np.ndarray:
 
 def _check_y(y: ArrayLike, n: int, kind: str) -> np.ndarray:
     y = _check_vector(y, "y", n)
-    if kind == "logistic":
+    if kind in BINARY_KINDS:
         bad = np.flatnonzero((y != 0) & (y != 1))
         if bad.size:
-            raise ValueError(f"y must contain only 0 and 1 for logistic regression; y[{bad[0]}] = {y[bad[0]]:g} "
+            raise ValueError(f"y must contain only 0 and 1 for {kind} regression; y[{bad[0]}] = {y[bad[0]]:g} "
                              f"({bad.size} entries in all). Recode the two classes as 0/1.")
     else:
         bad = np.flatnonzero((y < 0) | (y != np.round(y)))
         if bad.size:
-            raise ValueError(f"y must contain non-negative integer counts for Poisson regression; "
+            raise ValueError(f"y must contain non-negative integer counts for {kind} regression; "
                              f"y[{bad[0]}] = {y[bad[0]]:g} ({bad.size} entries in all)")
     return y
 
@@ -247,16 +259,31 @@ def _log_prior(params: Mapping[str, Array], info: RegressionInfo) -> Array:
         total = jnp.sum(_normal_logpdf(beta, info.prior_scale))
     if info.intercept:
         total = total + _normal_logpdf(params["intercept"], info.intercept_scale)
+    if info.kind == "negbin":
+        total = total + dispersion_log_prior(params["phi"], info.dispersion_scale)
     return total
 
 
+def dispersion_log_prior(phi: Array, scale: float) -> Array:
+    """log density of phi when kappa = 1 / sqrt(phi) ~ Exponential(mean `scale`).
+
+    log p(phi) = -log(scale) - kappa / scale - log 2 - 1.5 log(phi) (the Jacobian of kappa(phi)).
+    """
+    log_phi = jnp.log(phi)
+    return -math.log(scale) - jnp.exp(-0.5 * log_phi) / scale - math.log(2.0) - 1.5 * log_phi
+
+
 def _make_log_joint_uncached(info: RegressionInfo):
-    family = "bernoulli" if info.kind == "logistic" else "poisson"
+    family = {"logistic": "bernoulli", "poisson": "poisson"}.get(info.kind, info.kind)
 
     def log_joint(params: Mapping[str, Array], data: Mapping[str, Array]) -> Array:
         intercept = params["intercept"] if info.intercept else 0.0
-        log_lik = glm_log_likelihood(data["x"], data["y"], params["beta"], intercept, data.get("offset"),
-                                     family=family)
+        if family in ("probit", "negbin"):  # the XLA path (the native kernel is logistic / Poisson only)
+            log_lik = glm_more_log_likelihood(data["x"], data["y"], params["beta"], intercept, data.get("offset"),
+                                              family, params.get("phi"))
+        else:
+            log_lik = glm_log_likelihood(data["x"], data["y"], params["beta"], intercept, data.get("offset"),
+                                         family=family)
         return _log_prior(params, info) + log_lik
 
     log_joint.__doc__ = f"Log joint of the {info.kind} regression (params constrained; data from model.data)."
@@ -269,7 +296,7 @@ _make_log_joint = functools.lru_cache(maxsize=None)(_make_log_joint_uncached)
 
 
 def _build(kind, x, y, *, prior_scale, intercept, intercept_scale, standardize, hierarchical_scale,
-           feature_names, offset=None) -> RegressionModel:
+           feature_names, offset=None, dispersion_scale=1.0) -> RegressionModel:
     x = _check_x(x)
     n, d = x.shape
     y = _check_y(y, n, kind)
@@ -282,8 +309,9 @@ def _build(kind, x, y, *, prior_scale, intercept, intercept_scale, standardize, 
         scale = np.where(scale > 0, scale, 1.0)  # constant columns are only centred
     else:
         mean, scale = np.zeros(d), np.ones(d)
+    dispersion_scale = _check_scale(dispersion_scale, "dispersion_scale")
     info = RegressionInfo(kind, names, bool(intercept), bool(standardize), bool(hierarchical_scale),
-                          prior_scale, intercept_scale, offset is not None)
+                          prior_scale, intercept_scale, offset is not None, dispersion_scale)
     dtype = jnp.result_type(float)
     data = {
         "x": jnp.asarray((x - mean) / scale, dtype),
@@ -299,6 +327,8 @@ def _build(kind, x, y, *, prior_scale, intercept, intercept_scale, standardize, 
     support["beta"] = real((d,))
     if hierarchical_scale:
         support["tau"] = positive()
+    if kind == "negbin":
+        support["phi"] = positive()  # exp bijector: the flat coordinate is log(phi)
     return RegressionModel(_make_log_joint(info), support, data, info)
 
 
@@ -433,7 +463,8 @@ def poisson_regression(
 
 def _check_model(model) -> RegressionInfo:
     if not isinstance(model, RegressionModel):
-        raise TypeError("model must come from logistic_regression or poisson_regression, "
+        raise TypeError("model must come from logistic_regression, poisson_regression, probit_regression or "
+                        "negbin_regression, "
                         f"got {type(model).__name__}")
     return model.info
 
@@ -475,8 +506,8 @@ def linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike], X_n
     X_new, _ = _frame_input(X_new, None)
     x = _check_x(X_new, "X_new", num_features=len(info.feature_names))
     off = _offset(exposure, offset, x.shape[0])
-    if off is not None and info.kind != "poisson":
-        raise ValueError("exposure/offset apply only to Poisson models")
+    if off is not None and info.kind not in COUNT_KINDS:
+        raise ValueError("exposure/offset apply only to Poisson and negative-binomial models")
     dtype = model.data["x"].dtype
     xs = (jnp.asarray(x, dtype) - model.data["x_mean"][None, :]) / model.data["x_scale"][None, :]
     eta = draws["beta"] @ xs.T  # (S, M)
@@ -503,7 +534,7 @@ def predict(model: RegressionModel, draws: Mapping[str, ArrayLike], X_new: Array
 
     Returns:
       `Prediction(mean (M,), quantiles (Q, M), levels (Q,), draws (S, M))` of P(y = 1) for
-      logistic models, or of the Poisson mean `exp(eta)` for Poisson models.
+      logistic and probit models, or of the mean `exp(eta)` for Poisson and negative-binomial models.
 
     Example:
       >>> import numpy as np, jax.numpy as jnp
@@ -517,7 +548,13 @@ def predict(model: RegressionModel, draws: Mapping[str, ArrayLike], X_new: Array
     if levels_arr.size == 0 or np.any((levels_arr < 0) | (levels_arr > 1)):
         raise ValueError(f"levels must be quantile levels in [0, 1], got {levels!r}")
     eta = linear_predictor(model, draws, X_new, exposure=exposure, offset=offset)
-    values = jax.nn.sigmoid(eta) if model.info.kind == "logistic" else jnp.exp(eta)
+    kind = model.info.kind
+    if kind == "logistic":
+        values = jax.nn.sigmoid(eta)
+    elif kind == "probit":
+        values = jax.scipy.special.ndtr(eta)
+    else:
+        values = jnp.exp(eta)
     lv = jnp.asarray(levels_arr, values.dtype)
     return Prediction(jnp.mean(values, axis=0), jnp.quantile(values, lv, axis=0), lv, values)
 
@@ -561,3 +598,6 @@ def parameter_labels(model: RegressionModel) -> dict[str, tuple[str, ...]]:
         else:
             out[name] = (name,)
     return out
+
+
+from advi_jax.models.regression_more import negbin_regression, probit_regression  # noqa: E402 (built on _build)

@@ -61,8 +61,12 @@ relative in the sds in float64, and by <= 4.5e-3 sds in float32 (float32 roundin
 nodes gave 1.4e-2 / 2.8e-3 sds. On well-identified data (simulated, N = 2000, D = 5) 8 nodes
 already agree with 200 to rounding. Poisson's expectation is closed form.
 
-Coverage: logistic and Poisson (offset / exposure) ready models with fixed prior scales,
-families "meanfield" and "fullrank". Models with `hierarchical_scale=True` (tau > 0) are not
+Coverage: logistic, probit, Poisson and negative-binomial (both with offset / exposure) ready
+models with fixed prior scales, families "meanfield", "fullrank" and "lowrank". Probit and the
+negative binomial (q joint over the coefficients and log phi; two tilted softplus expectations and
+a rule over log phi per row; a saddle-free curvature, the likelihood not being log-concave) are in
+`_glm_lik`, with their measured node counts; "lowrank" (L-BFGS on this objective by autodiff, the
+fixed point above having no closed-form low-rank projection) is in `_glm_lowrank`. Models with `hierarchical_scale=True` (tau > 0) are not
 covered (their prior is not Gaussian in beta and the fixed point above need not be positive
 definite): `build` raises a ValueError naming the option; fit them with `method="advi"`.
 
@@ -91,18 +95,19 @@ from jax.scipy.special import gammaln
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankParams, MeanFieldParams
+from advi_jax.vi import _glm_lik, _glm_lowrank
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo",
            "expected_log_lik", "quadrature"]
 
 NAME = "glm_exact"
-FAMILIES = ("meanfield", "fullrank")
+FAMILIES = ("meanfield", "fullrank", "lowrank")  # lowrank: L-BFGS by autodiff (_glm_lowrank)
 DEFAULT_NUM_STEPS = 100
 WHITEN = False
 DETERMINISTIC = True  # the ELBO trace is an objective's value, not a noisy estimate: the result reports its last value
 
 _LOG_2PI = math.log(2.0 * math.pi)
-KINDS = ("logistic", "poisson")
+KINDS = ("logistic", "poisson", "probit", "negbin")
 
 
 class Options(NamedTuple):
@@ -163,7 +168,8 @@ def expected_log_lik(kind: str, y: Array, mu: Array, var: Array, nodes: Array, w
     rounding (the fixed point of the optimiser is the stationary point of the objective).
 
     Args:
-      kind: "logistic" (Gauss-Hermite with symmetric `nodes`, `weights`) or "poisson" (closed form).
+      kind: "logistic" or "probit" (Gauss-Hermite with symmetric `nodes`, `weights`) or "poisson"
+        (closed form). (The negative binomial needs the dispersion's moments too: see `_glm_lik`.)
       y, mu, var: arrays of one shape; var >= 0.
       nodes, weights: from `quadrature` (ignored for Poisson).
 
@@ -173,6 +179,8 @@ def expected_log_lik(kind: str, y: Array, mu: Array, var: Array, nodes: Array, w
     if kind == "poisson":
         rate = jnp.exp(mu + 0.5 * var)
         return y * mu - rate - gammaln(y + 1.0), y - rate, -rate
+    if kind == "probit":
+        return _glm_lik.probit_expect(y, mu, var, nodes, weights)
     sd = jnp.sqrt(var)
     return _logistic_plain(y, mu, sd, nodes, weights)
 
@@ -228,6 +236,8 @@ def expected_log_lik_auto(kind: str, y: Array, mu: Array, var: Array, num_nodes:
       As `expected_log_lik`.
     """
     dtype = mu.dtype
+    if kind == "probit":
+        return _glm_lik.probit_expect_auto(y, mu, var, num_nodes)
     if kind == "poisson" or num_nodes is not None:
         return expected_log_lik(kind, y, mu, var, *quadrature(num_nodes or 1, dtype))
     sd_max = jnp.sqrt(jnp.max(var))
@@ -245,7 +255,8 @@ class _Layout(NamedTuple):
     kind: str
     intercept: bool
     num_features: int
-    prior_sd: tuple  # (K,) prior sds, static
+    prior_sd: tuple  # prior sds of the Gaussian coordinates (intercept, beta), static
+    dispersion: float | None = None  # negative binomial: the dispersion prior's scale (omega = log phi last)
 
 
 def _layout(model) -> _Layout:
@@ -262,14 +273,17 @@ def _layout(model) -> _Layout:
                          "Gaussian-linear); fit this model with method='advi'")
     d = len(info.feature_names)
     sds = ((info.intercept_scale,) if info.intercept else ()) + (info.prior_scale,) * d
-    return _Layout(info.kind, info.intercept, d, sds)
+    dispersion = info.dispersion_scale if info.kind == "negbin" else None
+    return _Layout(info.kind, info.intercept, d, sds, dispersion)
 
 
 def _split(layout: _Layout, vec: Array) -> tuple[Array, Array]:
     """(intercept part (scalar or 0), beta part (D,)) of a (K,) vector (or rows of a (K, ...) array)."""
+    start = int(layout.intercept)
+    beta = vec[start:start + layout.num_features]
     if layout.intercept:
-        return vec[0], vec[1:]
-    return jnp.zeros(vec.shape[1:], vec.dtype), vec
+        return vec[0], beta
+    return jnp.zeros(vec.shape[1:], vec.dtype), beta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +309,11 @@ def _moments(layout, x, offset, m, cov_factor, meanfield):
 
 def _prior_and_entropy(layout, m, var_diag, log_det_sd):
     prior_sd = jnp.asarray(layout.prior_sd, m.dtype)
-    k = m.shape[0]
-    prior = jnp.sum(-0.5 * (m * m + var_diag) / prior_sd**2 - jnp.log(prior_sd)) - 0.5 * k * _LOG_2PI
+    k, kg = m.shape[0], len(layout.prior_sd)
+    mg, vg = m[:kg], var_diag[:kg]
+    prior = jnp.sum(-0.5 * (mg * mg + vg) / prior_sd**2 - jnp.log(prior_sd)) - 0.5 * kg * _LOG_2PI
+    if layout.dispersion is not None:
+        prior = prior + _glm_lik.dispersion_prior(m[-1], var_diag[-1], layout.dispersion)[0]
     entropy = log_det_sd + 0.5 * k * (1.0 + _LOG_2PI)
     return prior + entropy
 
@@ -305,8 +322,8 @@ def exact_elbo(model, family: Family, params, num_nodes: int | None = None) -> A
     """The exact ELBO of a ready GLM under the family's `params` (differentiable in `params`).
 
     Args:
-      model: a logistic or Poisson `RegressionModel` (no hierarchical scale).
-      family: `MeanFieldGaussian()` or `FullRankGaussian()`.
+      model: a logistic, probit, Poisson or negative-binomial `RegressionModel` (no hierarchical scale).
+      family: `MeanFieldGaussian()`, `FullRankGaussian()` or `LowRankGaussian(rank)`.
       params: the family's parameters over the model's flat zeta.
       num_nodes: Gauss-Hermite nodes (logistic only), None for the adaptive rule.
 
@@ -326,9 +343,15 @@ def exact_elbo(model, family: Family, params, num_nodes: int | None = None) -> A
       True
     """
     layout = _layout(model)
-    meanfield = _family_kind(family) == "meanfield"
+    kind = _family_kind(family)
+    meanfield = kind == "meanfield"
     data = model.data
     x, y = data["x"], data["y"]
+    if kind == "lowrank":
+        d = family.diag_scale(params)
+        value = _glm_lowrank.lowrank_likelihood(layout, data, params.loc, d, params.factor, num_nodes)
+        var_diag = d * d + jnp.sum(params.factor * params.factor, axis=1)
+        return value + _prior_and_entropy(layout, params.loc, var_diag, 0.5 * family._log_det(params)[0])
     if meanfield:
         sd = family.scale(params)
         factor, var_diag, log_det_sd = sd, sd * sd, jnp.sum(jnp.log(sd))
@@ -336,8 +359,11 @@ def exact_elbo(model, family: Family, params, num_nodes: int | None = None) -> A
         L = family.scale_tril(params)
         factor, var_diag = L, jnp.sum(L * L, axis=1)
         log_det_sd = jnp.sum(jnp.log(jnp.diagonal(L)))
-    mu, var = _moments(layout, x, data.get("offset"), params.loc, factor, meanfield)
-    value, _, _ = expected_log_lik_auto(layout.kind, y, mu, var, num_nodes)
+    if layout.kind == "negbin":
+        value = _glm_lik.negbin_value(layout, x, y, data.get("offset"), params.loc, factor, meanfield, num_nodes)
+    else:
+        mu, var = _moments(layout, x, data.get("offset"), params.loc, factor, meanfield)
+        value, _, _ = expected_log_lik_auto(layout.kind, y, mu, var, num_nodes)
     return jnp.sum(value) + _prior_and_entropy(layout, params.loc, var_diag, log_det_sd)
 
 
@@ -453,7 +479,7 @@ def _softplus_inverse(y: Array) -> Array:
 
 
 def supports(model, family: Family) -> bool:
-    """Whether `build(model, family)` applies: a ready logistic or Poisson GLM without
+    """Whether `build(model, family)` applies: a ready logistic / probit / Poisson / NB GLM without
     `hierarchical_scale`, and a family in `FAMILIES` (what `method="auto"` asks)."""
     from advi_jax.models.regression import RegressionModel  # models import base; avoid a cycle
 
@@ -467,8 +493,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     """The exact-ELBO algorithm for a ready GLM (see the module docstring).
 
     Args:
-      model: a logistic or Poisson `RegressionModel` without a hierarchical scale.
-      family: `MeanFieldGaussian()` or `FullRankGaussian()`.
+      model: a logistic, probit, Poisson or negative-binomial `RegressionModel` without a hierarchical scale.
+      family: `MeanFieldGaussian()`, `FullRankGaussian()` or `LowRankGaussian(rank)`.
       options: `Options`.
 
     Returns:
@@ -493,19 +519,27 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     k = model.dim
     if options.num_nodes is not None:
         quadrature(options.num_nodes)  # validates
+    if not meanfield and family.name == "lowrank":
+        return _glm_lowrank.build(layout, model, family, options, _prior_and_entropy)
     block = _block_size(layout, options)
-    prior_prec = 1.0 / jnp.square(jnp.asarray(layout.prior_sd, dtype))
+    negbin = layout.dispersion is not None
+    prior_prec = 1.0 / jnp.square(jnp.asarray(layout.prior_sd + ((math.inf,) if negbin else ()), dtype))
     eps = float(jnp.finfo(dtype).eps)
 
     def evaluate(m, precision):
         factor = _cov_factor(precision, meanfield)
-        value, g, h = _pass(layout, data, m, factor, meanfield, options.num_nodes, block)
+        lik_pass = _glm_lik.negbin_pass if negbin else _pass
+        value, g, h = lik_pass(layout, data, m, factor, meanfield, options.num_nodes, block)
         if meanfield:
             var_diag, log_det_sd = factor * factor, jnp.sum(jnp.log(factor))
         else:
             var_diag, log_det_sd = jnp.sum(factor * factor, axis=1), jnp.sum(jnp.log(jnp.diagonal(factor)))
         elbo = value + _prior_and_entropy(layout, m, var_diag, log_det_sd)
-        return factor, elbo, g - prior_prec * m, h + jnp.diag(prior_prec)
+        g, h = g - prior_prec * m, h + jnp.diag(prior_prec)
+        if negbin:  # the dispersion prior, and a positive-definite curvature (not log-concave: see _glm_lik)
+            _, dg, dh = _glm_lik.dispersion_prior(m[-1], var_diag[-1], layout.dispersion)
+            g, h = g.at[-1].add(dg), _glm_lik.pd_fix(h.at[-1, -1].add(dh))
+        return factor, elbo, g, h
 
     def init(key, loc):
         del key

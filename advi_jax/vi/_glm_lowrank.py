@@ -1,0 +1,131 @@
+"""Low-rank q for `glm_exact` (`family="lowrank"`): L-BFGS on the exact ELBO, by autodiff.
+
+q(zeta) = N(m, D + B B'), D = diag(d^2), B (K, r) (`advi_jax.families.LowRankGaussian`). Each linear
+predictor eta_i = x~_i' zeta has variance v_i = (x~_i o x~_i) . d^2 + ||B' x~_i||^2 (the diagonal
+part from X o X, the low-rank part from one (N, D) x (D, r) product), so the exact ELBO of
+`glm_exact` (closed form / quadrature, any ready kind, the negative binomial's (eta, log phi)
+moments included: Var(u_i) = (x o x) . d_beta^2 + d_c^2 + d_w^2 + ||B' x~_i - b_w||^2, formed without
+cancellation) is available in O(N D r) per evaluation, with the entropy from the matrix determinant
+lemma (`LowRankGaussian.entropy`).
+
+Optimiser. For low-rank q the natural-gradient fixed point S^{-1} = H of the full-rank update has
+no closed-form projection onto D + B B', so one `step` is one L-BFGS iteration (optax, zoom line
+search) on -ELBO over (m, softplus^{-1}(d), B), with gradients by autodiff of the deterministic
+objective: X is read in the forward and the backward pass (the XLA path, not the one-read blocked
+pass of the full-rank update; no native kernel). `num_grad_evals` counts the value-and-gradient
+evaluations of the iteration (1 + line-search steps). B starts from the family's small random
+factor (at B = 0 the gradient in B vanishes: a saddle). Convergence: the ELBO changed by less than
+`max(rtol, 10 eps)` relative and the gradient's largest entry is below max(1e3 `tol`, 1e-3) (1e-2
+in float32: L-BFGS on a float32 objective stalls at its rounding), or the ELBO stopped changing
+twice. Measured: with rank >= K - 1 (which represents every covariance: S = lambda_min I + B B')
+the optimum matches the full-rank one (tests/test_glm_lowrank.py: means within 0.002 sd, sds 0.4%);
+but L-BFGS is slower than the full-rank Newton / fixed-point update: 20-50 iterations (~2 gradient
+evaluations each) in float32 on K = 5, and a few hundred in float64 on a negative binomial with
+rank 2 (after 100 iterations the ELBO was 1.3e-3 below its limit), so pass a larger `num_steps`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from advi_jax._types import Array
+from advi_jax.base import VIAlgorithm, step_info
+from advi_jax.families import LowRankParams
+
+
+def lowrank_likelihood(layout, data, m: Array, d: Array, b: Array, num_nodes=None) -> Array:
+    """sum_i E_q[l_i] for q = N(m, diag(d^2) + b b') (plain XLA, differentiable)."""
+    from advi_jax.vi import _glm_lik
+    from advi_jax.vi.glm_exact import _split, expected_log_lik_auto
+
+    x, y, offset = data["x"], data["y"], data.get("offset")
+    mc, mb = _split(layout, m)
+    dc, db = _split(layout, d)
+    bc, bb = _split(layout, b)
+    mu = x @ mb + mc
+    if offset is not None:
+        mu = mu + offset
+    z = x @ bb + bc[None, :] if layout.intercept else x @ bb  # (N, r): B' x~_i
+    diag = (x * x) @ (db * db) + dc * dc
+    v = diag + jnp.sum(z * z, axis=-1)
+    if layout.dispersion is None:
+        return jnp.sum(expected_log_lik_auto(layout.kind, y, mu, v, num_nodes)[0])
+    b_w, d_w = b[-1], d[-1]
+    v_w = d_w * d_w + jnp.sum(b_w * b_w)
+    z_u = z - b_w[None, :]
+    c = z @ b_w
+    v_u = diag + d_w * d_w + jnp.sum(z_u * z_u, axis=-1)
+    c_uw = z_u @ b_w - d_w * d_w
+    full = jnp.ones_like(mu)
+    return jnp.sum(_glm_lik.negbin_psi(y, mu, m[-1] * full, v, c, v_w * full, v_u, c_uw, num_nodes))
+
+
+class LowRankState(NamedTuple):
+    """L-BFGS state over the flat (m, raw_diag, B) and the last two objective values."""
+
+    theta: Array
+    opt_state: optax.OptState
+    elbo: Array
+    previous: Array
+    stalls: Array
+
+
+def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
+    """The low-rank exact-ELBO algorithm (see the module docstring); called by `glm_exact.build`."""
+    data = model.data
+    dtype = data["x"].dtype
+    k, r = model.dim, family.rank
+    eps = float(jnp.finfo(dtype).eps)
+    gtol = max(1e3 * options.tol, 1e-3 if dtype == jnp.float64 else 1e-2)
+
+    def unflatten(theta):
+        return LowRankParams(theta[:k], theta[k:2 * k], theta[2 * k:].reshape(k, r))
+
+    def objective(theta):
+        p = unflatten(theta)
+        d = family.diag_scale(p)
+        lik = lowrank_likelihood(layout, data, p.loc, d, p.factor, options.num_nodes)
+        var_diag = d * d + jnp.sum(p.factor * p.factor, axis=1)
+        # prior_and_entropy adds the Gaussian entropy given log det sd; the low-rank log det comes
+        # from the determinant lemma: 0.5 log det S = sum log d + sum log diag M.
+        log_det_sd = 0.5 * family._log_det(p)[0]
+        return -(lik + prior_and_entropy(layout, p.loc, var_diag, log_det_sd))
+
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def init(key, loc):
+        p = family.init(key, k, loc=jnp.asarray(loc, dtype), scale=options.init_scale, dtype=dtype)
+        theta = jnp.concatenate([p.loc, p.raw_diag, p.factor.reshape(-1)])
+        inf = jnp.asarray(-jnp.inf, dtype)
+        return LowRankState(theta, solver.init(theta), inf, inf, jnp.zeros((), jnp.int32))
+
+    def step(key, state: LowRankState):
+        del key
+        value, grad = value_and_grad(state.theta, state=state.opt_state)
+        updates, opt_state = solver.update(grad, state.opt_state, state.theta, value=value, grad=grad,
+                                           value_fn=objective)
+        theta = state.theta + updates
+        new_value = optax.tree_utils.tree_get(opt_state, "value")
+        searches = optax.tree_utils.tree_get(opt_state, "num_linesearch_steps")
+        elbo = -new_value
+        ok = jnp.isfinite(elbo) & jnp.all(jnp.isfinite(theta))
+        change = jnp.abs(elbo + value) / (1.0 + jnp.abs(elbo))
+        stalls = jnp.where(change <= eps, state.stalls + 1, 0)
+        small = (change <= max(options.rtol, 10 * eps)) & (jnp.max(jnp.abs(grad)) <= gtol)
+        nxt = LowRankState(jnp.where(ok, theta, state.theta), opt_state, jnp.where(ok, elbo, state.elbo),
+                           -value, stalls)
+        converged = ok & (small | (stalls >= 2))
+        return nxt, step_info(nxt.elbo, ok, 1 + searches, 0, converged)
+
+    def params(state: LowRankState):
+        return unflatten(state.theta)
+
+    def extras(state: LowRankState) -> dict:
+        return {"grad_max": jnp.max(jnp.abs(jax.grad(objective)(state.theta)))}
+
+    return VIAlgorithm(init, step, params, extras)
