@@ -20,7 +20,8 @@ from advi_jax.flatten import Model
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
 from advi_jax.result import Report, Result, diagnose
 from advi_jax.run import driver
-from advi_jax.run.choose import choose_method
+from advi_jax.run.choose import choose, choose_family, choose_method
+from advi_jax.run.start import INIT_STRINGS
 from advi_jax.run.start import start as resolve_start
 from advi_jax.vi import METHODS
 from advi_jax.vi import advi as _advi
@@ -48,6 +49,7 @@ def resolve_method(method: Any, model: Any, family: Family, **context) -> tuple[
         raise TypeError(f"method must be 'auto' or one of {sorted(METHODS)}, got {type(method).__name__}")
     if method == "auto":
         name, reason = choose_method(model, family, **context)
+        reason = f"auto: {reason}"
     elif method in METHODS:
         name, reason = method, "requested"
     else:
@@ -131,7 +133,7 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
     return tuple(int(i) for i in np.flatnonzero((np.abs(mean) > threshold) & (np.abs(mean) > 2 * sd)))
 
 
-def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: str = "auto",
+def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = "auto",
         num_steps: int | None = None, num_samples: int = 1, optimizer: optax.GradientTransformation | None = None,
         estimator: str | Callable = "reparam", learning_rate: float | str | None = None, init: Any = "auto",
         init_scale: float = 0.1, num_init_draws: int = 10, init_radius: float = 2.0,
@@ -212,8 +214,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
     if not isinstance(model, Model):
         raise TypeError(f"model must be an advi_jax Model (aj.Model or aj.from_numpyro), got {type(model).__name__}")
     key, family_obj, estimator, num_samples, tol_rel_obj, callback = checks.common_args(
-        key, family, estimator, num_samples, tol_rel_obj, callback, progress=progress, check=check,
-        diagnostics=diagnostics, warn=warn)
+        key, choose_family(model, family)[0], estimator, num_samples, tol_rel_obj, callback, progress=progress,
+        check=check, diagnostics=diagnostics, warn=warn)
     eval_every, window, chunk_size, max_consecutive_nonfinite = checks.check_loop_args(
         eval_every, window, chunk_size, max_consecutive_nonfinite)
     num_init_draws = checks.check_positive_int(num_init_draws, "num_init_draws")
@@ -226,23 +228,28 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
                         f"{adapt_learning_rates!r}")
     adapt_learning_rates = tuple(checks.check_number(r, "adapt_learning_rates") for r in adapt_learning_rates)
     lr, adapt = checks.resolve_learning_rate(learning_rate, optimizer, allow_adapt=True)
-    module, method_name, method_reason = resolve_method(method, model, family_obj, estimator=estimator,
-                                                        num_samples=num_samples, optimizer=optimizer,
-                                                        learning_rate=learning_rate)
+    plan = choose(model, family, method, init=init, num_steps=num_steps, estimator=estimator, num_samples=num_samples,
+                  optimizer=optimizer, learning_rate=learning_rate)
+    module, method_name, _ = resolve_method(plan.method, model, family_obj)
+    method_reason, init, estimator, num_samples = plan.reason, plan.init, plan.estimator, plan.num_samples
+    num_steps = plan.num_steps
     is_advi = module is _advi
     if is_advi and options is not None:
         raise ValueError("options= is for methods other than ADVI; ADVI takes optimizer=, estimator=, num_samples=, "
                          "learning_rate= and init_scale=")
     num_steps = module.DEFAULT_NUM_STEPS if num_steps is None else checks.check_positive_int(num_steps, "num_steps")
-    if isinstance(init, str) and init not in ("auto", "random", "laplace"):
+    if isinstance(init, str) and init not in INIT_STRINGS:
         raise ValueError(f"init must be {checks.INIT_OPTIONS}; got {init!r}")
+    if isinstance(init, str) and init == "bam" and family_obj.name != "fullrank":
+        raise ValueError(f"init='bam' needs family='fullrank' (Batch-and-Match fits a full covariance), got "
+                         f"{family_obj.name!r}")
     try:
         checks.check_data(model.data)
         checks.check_log_joint_shape(model, jnp.result_type(float))
         begun = resolve_start(model, family_obj, init, key=key, whiten=bool(module.WHITEN), init_scale=init_scale,
                               num_init_draws=num_init_draws, init_radius=init_radius, check=check)
         if is_advi:
-            scale = 1.0 if begun.laplace is not None else init_scale
+            scale = 1.0 if begun.whitening is not None else init_scale
             opts = _advi.Options(optimizer if optimizer is not None else default_optimizer(float(lr), num_steps),
                                  estimator, num_samples, scale)
         else:
@@ -265,8 +272,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
                        callback=callback)
     code = int(out.stop_codes)
     params, extras = finish(begun.run_model, out.loop.state, module, family_obj, opts)
-    if begun.laplace is not None:
-        params = _laplace.transform(family_obj, params, begun.laplace.mode, begun.laplace.scale_tril)
+    if begun.whitening is not None:
+        params = _laplace.transform(family_obj, params, *begun.whitening)
     extras = jax.device_get(extras)
     num_nonfinite = int(out.loop.num_nonfinite)
     diag, note, diag_seconds = None, "not computed (diagnostics=False)", 0.0
@@ -276,8 +283,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
             code < 0)
     steps = int(out.loop.step)
     report = Report(
-        elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals),
-        num_logp_evals=int(out.loop.num_logp_evals), num_nonfinite=num_nonfinite, converged=code in (1, 2, 4),
+        elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals,
+        num_logp_evals=int(out.loop.num_logp_evals) + begun.num_logp_evals, num_nonfinite=num_nonfinite, converged=code in (1, 2, 4),
         stop_reason=driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite), stop_code=code,
         method=method_name, method_reason=method_reason,
         estimator=checks.estimator_name(estimator) if is_advi else None, num_samples=num_samples if is_advi else None,
