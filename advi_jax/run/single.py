@@ -274,7 +274,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     params, extras = finish(begun.run_model, out.loop.state, module, family_obj, opts)
     if begun.whitening is not None:
         params = _laplace.transform(family_obj, params, *begun.whitening)
-    extras = jax.device_get(extras)
+    extras = dict(jax.device_get(extras))
+    if begun.num_grad_evals:  # the start's share of num_grad_evals (Laplace, Pathfinder, BaM)
+        extras["start_grad_evals"] = begun.num_grad_evals
     num_nonfinite = int(out.loop.num_nonfinite)
     diag, note, diag_seconds = None, "not computed (diagnostics=False)", 0.0
     if diagnostics:
