@@ -144,8 +144,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         warn: bool = True, options: Any = None, callback: Callable | None = None) -> Result:
     """Fit a variational approximation to `model` with a method of `advi_jax.vi.METHODS`.
 
-    The pipeline: check the arguments (`advi_jax.checks`), choose the method (`method="auto"`:
-    `advi_jax.run.choose_method`), resolve the start (`advi_jax.run.start`: the Laplace-whitened
+    The pipeline: check the arguments (`advi_jax.checks`), choose the family and the method
+    (`family="auto"`, `method="auto"`: `advi_jax.run.choose`), resolve the start (`advi_jax.run.start`: the Laplace-whitened
     start for methods with `WHITEN`), run the method in the one compiled driver
     (`advi_jax.run.driver`: chunks, stopping rule, non-finite handling, progress bar, Ctrl-C),
     map the result back, compute the PSIS diagnostics, and build the immutable `Result`.
@@ -153,23 +153,31 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     Args:
       model: an `aj.Model`.
       key: PRNG key (required; no default seed).
-      family: "meanfield" (default), "fullrank", "lowrank", or a `Family`. Mean-field is the
-        default because `fit` must scale to models with thousands of parameters, where a K x K
-        factor is costly; `advi-jax fit` defaults to full-rank because a regression posterior is
-        correlated and K is in the tens there.
-      method: "auto" (default; see `choose_method`: "glm_exact" for a ready GLM, else "advi"),
-        or a registered name ("advi", "glm_exact", "pathfinder", "dadvi", "bam", "laplace").
-      num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI).
+      family: "auto" (default), "meanfield", "fullrank", "lowrank", or a `Family`. "auto" is
+        full-rank for K <= `advi_jax.run.choose.FULLRANK_MAX_DIM` (200), mean-field above
+        (`choose_family`); `result.method_reason` says which and why.
+      method: "auto" (default; `advi_jax.run.choose`): "glm_exact" for a ready GLM; for another
+        model with the full-rank family and no ADVI settings given, ADVI with the STL estimator,
+        8 draws x 300 steps, from the `init="bam"` start (Pathfinder, then Batch-and-Match,
+        each kept only where it raises the ELBO; about 4,000 gradients in all); else "advi" with
+        the settings given. Or a registered name ("advi", "glm_exact", "pathfinder", "dadvi",
+        "bam", "laplace").
+      num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI;
+        300 for the full-rank ADVI of `method="auto"`).
       num_samples: ADVI's Monte Carlo draws per step (static).
       optimizer: ADVI's optax optimizer; default `default_optimizer(learning_rate, num_steps)`:
         Adam, constant then cosine-decayed over the second half of the run.
       estimator: ADVI's gradient estimator name (see `advi_jax.estimators.REGISTRY`) or function.
       learning_rate: Adam's step size when `optimizer` is None (default 0.01), or "adapt" for a
         Stan-style step-size search over `adapt_learning_rates` (`vi.advi.adapt_learning_rate`).
-      init: "auto" (the default): "laplace" when K <= 1000, the method has WHITEN and the
-        family is affine-closed, falling back to zero when the Laplace approximation does not
-        exist (`result.init_method` says why); None (zero in R^K); a dict of constrained values;
-        a (K,) vector; "random"; or "laplace" (see `advi_jax.run.start` and `vi.laplace`).
+      init: "auto" (the default): "bam" for the full-rank ADVI of `method="auto"`; otherwise
+        "laplace" when K <= 1000, the method has WHITEN and the family is affine-closed, falling
+        back to zero when the Laplace approximation does not exist (`result.init_method` says
+        why); None (zero in R^K); a dict of constrained values; a (K,) vector; "random";
+        "laplace"; "pathfinder" (whitened by one Pathfinder path's best Gaussian, or an
+        isotropic Gaussian at the start when its ELBO is higher); or "bam" (full-rank only:
+        "pathfinder", then 100 Batch-and-Match steps when they raise the ELBO). See
+        `advi_jax.run.start`; the start's gradients count in `num_grad_evals`.
       init_scale: initial standard deviation of every coordinate of q.
       num_init_draws: candidate locations for `init="random"`.
       init_radius: half-width of the box random initial locations are drawn from (Stan: 2).
@@ -204,8 +212,10 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     Example:
       >>> import jax, jax.numpy as jnp, advi_jax as aj
       >>> model = aj.Model(lambda p: -0.5 * jnp.sum((p["x"] - 1.0) ** 2), {"x": aj.real((2,))})
-      >>> result = aj.fit(model, key=jax.random.key(0), num_steps=2000, progress=False)
-      >>> bool(jnp.all(jnp.abs(result.mean()["x"] - 1.0) < 0.2))
+      >>> result = aj.fit(model, key=jax.random.key(0), progress=False)
+      >>> result.method, result.family.name
+      ('advi', 'fullrank')
+      >>> bool(jnp.all(jnp.abs(result.mean()["x"] - 1.0) < 0.05))
       True
       >>> bool(result.khat < 0.5)
       True
