@@ -33,7 +33,8 @@ def test_method_auto_follows_its_docstring():
     plan = policy.choose(model, "auto", "auto")
     auto = policy.AUTO_ADVI
     assert (plan.method, plan.family.name, plan.init, plan.num_steps, plan.num_samples, plan.estimator) == (
-        "advi", "fullrank", auto.init, auto.num_steps, auto.num_samples, auto.estimator)
+        "advi", "fullrank", auto.init, 300, auto.num_samples, auto.estimator)
+    assert [auto.num_steps(k) for k in (3, 15, 50, 200)] == [300, 300, 1000, 3000]
     assert plan.reason.startswith("auto: family fullrank: K=3") and "Batch-and-Match" in plan.reason
     # The caller's settings win: a step budget, a start, or ADVI settings (then ADVI as given).
     assert policy.choose(model, "auto", "auto", num_steps=50, init=None)[3:5] == (None, 50)

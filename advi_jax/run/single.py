@@ -145,7 +145,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     """Fit a variational approximation to `model` with a method of `advi_jax.vi.METHODS`.
 
     The pipeline: check the arguments (`advi_jax.checks`), choose the family and the method
-    (`family="auto"`, `method="auto"`: `advi_jax.run.choose`), resolve the start (`advi_jax.run.start`: the Laplace-whitened
+    (`family="auto"`, `method="auto"`: `advi_jax.run.choose`), resolve the start
+    (`advi_jax.run.start`: the Laplace-whitened
     start for methods with `WHITEN`), run the method in the one compiled driver
     (`advi_jax.run.driver`: chunks, stopping rule, non-finite handling, progress bar, Ctrl-C),
     map the result back, compute the PSIS diagnostics, and build the immutable `Result`.
@@ -158,12 +159,12 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         (`choose_family`); `result.method_reason` says which and why.
       method: "auto" (default; `advi_jax.run.choose`): "glm_exact" for a ready GLM; for another
         model with the full-rank family and no ADVI settings given, ADVI with the STL estimator,
-        8 draws x 300 steps, from the `init="bam"` start (Pathfinder, then Batch-and-Match,
-        each kept only where it raises the ELBO; about 4,000 gradients in all); else "advi" with
+        8 draws x clip(20 K, 300, 3000) steps, from the `init="bam"` start (Pathfinder, then Batch-and-Match,
+        each kept only where it raises the ELBO; about 4,000 gradients for K <= 15); else "advi" with
         the settings given. Or a registered name ("advi", "glm_exact", "pathfinder", "dadvi",
         "bam", "laplace").
       num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI;
-        300 for the full-rank ADVI of `method="auto"`).
+        clip(20 K, 300, 3000) for the full-rank ADVI of `method="auto"`).
       num_samples: ADVI's Monte Carlo draws per step (static).
       optimizer: ADVI's optax optimizer; default `default_optimizer(learning_rate, num_steps)`:
         Adam, constant then cosine-decayed over the second half of the run.
@@ -296,7 +297,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     steps = int(out.loop.step)
     report = Report(
         elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals,
-        num_logp_evals=int(out.loop.num_logp_evals) + begun.num_logp_evals, num_nonfinite=num_nonfinite, converged=code in (1, 2, 4),
+        num_logp_evals=int(out.loop.num_logp_evals) + begun.num_logp_evals, num_nonfinite=num_nonfinite,
+        converged=code in (1, 2, 4),
         stop_reason=driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite), stop_code=code,
         method=method_name, method_reason=method_reason,
         estimator=checks.estimator_name(estimator) if is_advi else None, num_samples=num_samples if is_advi else None,

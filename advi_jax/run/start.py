@@ -236,7 +236,8 @@ def _bam_steps(run_model: Any, key: Array, num_steps: int, batch_size: int):
         return state, bad + (~info.finite).astype(jnp.int32)
 
     state, bad = jax.lax.fori_loop(0, num_steps, body, (state, jnp.zeros((), jnp.int32)))
-    noise = jax.random.normal(jax.random.fold_in(key, num_steps + 1), (_START_ELBO_DRAWS, run_model.dim), state.loc.dtype)
+    noise = jax.random.normal(jax.random.fold_in(key, num_steps + 1), (_START_ELBO_DRAWS, run_model.dim),
+                              state.loc.dtype)
     base = run_model.base
     before = _elbo_common(base, noise, run_model.shift, run_model.scale_tril)
     # zeta = shift + S (loc + L u): the composed factor S L is lower triangular.
