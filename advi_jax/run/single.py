@@ -146,8 +146,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
 
     The pipeline: check the arguments (`advi_jax.checks`), choose the family and the method
     (`family="auto"`, `method="auto"`: `advi_jax.run.choose`), resolve the start
-    (`advi_jax.run.start`: the Laplace-whitened
-    start for methods with `WHITEN`), run the method in the one compiled driver
+    (`advi_jax.run.start`: a Pathfinder/BaM- or Laplace-whitened start for methods with
+    `WHITEN`), run the method in the one compiled driver
     (`advi_jax.run.driver`: chunks, stopping rule, non-finite handling, progress bar, Ctrl-C),
     map the result back, compute the PSIS diagnostics, and build the immutable `Result`.
 
