@@ -31,7 +31,7 @@ __all__ = [
     "check_data", "estimator_name", "INIT_OPTIONS", "CommonArgs", "common_args", "check_callback",
 ]
 
-INIT_OPTIONS = "None, 'random', 'laplace', a dict of constrained values, or a (K,) vector in R^K"
+INIT_OPTIONS = "None, 'auto', 'random', 'laplace', 'pathfinder', a dict of constrained values, or a (K,) vector in R^K"
 
 
 def check_number(value: Any, name: str, *, positive: bool = True) -> float:

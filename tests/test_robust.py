@@ -52,12 +52,12 @@ def test_poisson_with_huge_counts_and_features_finishes_finite():
     model = aj.Model(log_joint, {"beta": aj.real((2,))}, data=(jnp.asarray(X, jnp.float32), jnp.asarray(y)))
     # The default start (Laplace approximation, whitened coordinates) puts the step sizes on the
     # posterior's scale (~1e-9 here): the fit recovers the coefficients without a skipped step.
-    good = _fit(model, num_steps=1000)
+    good = _fit(model, family="meanfield", num_steps=1000)
     assert good.init_method == "laplace" and good.num_nonfinite == 0
     np.testing.assert_allclose(np.asarray(good.family.mean(good.params)) * 1e6, [6.9, 6.9], atol=0.01)
     # From zero, steps of any usual size overflow exp(eta): they are skipped and reported, the
     # fit stops with the last finite parameters, and the diagnostics say not to trust it.
-    result = _fit(model, num_steps=1000, init=None)
+    result = _fit(model, family="meanfield", num_steps=1000, init=None)
     assert _all_finite(result.params)
     assert result.num_nonfinite > 0
     assert str(result.num_nonfinite) in result.stop_reason
@@ -103,7 +103,7 @@ def _normal_model(mean=1.5, sd=0.5):
 
 
 def test_step_size_search_picks_the_best_candidate_and_fits():
-    result = _fit(_normal_model(), num_steps=1000, learning_rate="adapt", adapt_iter=100)
+    result = _fit(_normal_model(), family="meanfield", num_steps=1000, learning_rate="adapt", adapt_iter=100)
     info = result.adaptation
     assert result.learning_rate == info["learning_rate"] in info["learning_rates"]
     assert info["elbo"][info["learning_rates"].index(result.learning_rate)] == max(info["elbo"])
@@ -152,7 +152,7 @@ def test_float64_fit_keeps_float64():
 
 
 def test_result_diagnostics_and_psis_methods():
-    result = _fit(_normal_model(), num_steps=2000)
+    result = _fit(_normal_model(), family="meanfield", num_steps=2000)
     assert result.khat < 0.5
     assert result.num_diagnostic_draws == 2000
     assert 0 < result.psis_ess <= 2000 and 0 < result.ess <= 2000
@@ -262,6 +262,6 @@ def test_auto_init_falls_back_on_a_funnel_with_no_mode():
     with pytest.raises(ValueError, match="init='laplace'"):
         aj.laplace(model)
     with pytest.warns(aj.DiagnosticWarning):
-        result = aj.fit(model, key=jax.random.key(0), num_steps=2000, progress=False)
+        result = aj.fit(model, key=jax.random.key(0), family="meanfield", num_steps=2000, progress=False)
     assert result.init_method.startswith("zero (no Laplace start")
     assert float(result.mean()["tau"]) > 0.1 and result.khat > 0.7

@@ -146,12 +146,12 @@ def test_runaway_parameters_of_an_improper_posterior_are_reported(key):
 
     flat = aj.Model(log_joint, {"beta": aj.real((1,))}, data=(x, y))
     with pytest.warns(aj.DiagnosticWarning, match="ran away"):
-        bad = aj.fit(flat, key=key, init=None, progress=False, diagnostics=False)
+        bad = aj.fit(flat, key=key, family="meanfield", init=None, progress=False, diagnostics=False)
     assert bad.runaway == (0,) and "improper" in bad.summary()
 
     def proper(params, data):
         return log_joint(params, data) - 0.5 * jnp.sum(params["beta"] ** 2)
 
-    good = aj.fit(aj.Model(proper, {"beta": aj.real((1,))}, data=(x, y)), key=key, init=None, progress=False,
-                  diagnostics=False)
+    good = aj.fit(aj.Model(proper, {"beta": aj.real((1,))}, data=(x, y)), key=key, family="meanfield", init=None,
+                  progress=False, diagnostics=False)
     assert good.runaway == ()

@@ -2,8 +2,9 @@
 
 * `driver`: `run_chunk` (the compiled, chunked loop), `drive` (progress, Ctrl-C, callback),
   `STOP_REASONS` (the one table of stop codes), `num_traces` (compile-once check).
-* `start`: where a fit starts (zero, user, random, Laplace-whitened).
-* `choose`: `choose_method`, the policy of `method="auto"`.
+* `start`: where a fit starts (zero, user, random, Laplace-, Pathfinder- or BaM-whitened).
+* `choose`: `choose`, `choose_family`, `choose_method`: the policy of `family="auto"` and
+  `method="auto"`.
 * `single`, `many`, `minibatch`: `fit`, `fit_many`, `fit_minibatch` as pipelines:
   options -> start -> algorithm -> loop -> result.
 """

@@ -1,30 +1,112 @@
-"""`method="auto"`: the one place that decides which algorithm a fit runs, and says why."""
+"""`family="auto"` and `method="auto"`: the one place that decides what a fit runs, and says why.
+
+The policy was chosen from measurements on the accuracy suite (`benchmarks/bench_auto.py`,
+recorded in benchmarks/PERFORMANCE.md), against each posterior's full-rank family limit:
+
+* Family: full-rank when K <= `FULLRANK_MAX_DIM`, else mean-field. A full-rank Gaussian is the
+  family whose optimum the suite's posteriors are measured against (hierarchical and regression
+  posteriors are correlated; mean-field misses them by its own family error), and at K <= 200
+  its O(K^2) draws and BaM's O(K^3) eigendecompositions cost less per step than the gradients.
+* Method, for a general model and the full-rank family: ADVI (`AUTO_ADVI`: the STL estimator,
+  8 draws per step, clip(20 K, 300, 3000) steps) from the `init="bam"`
+  start: the best-ELBO Gaussian of one Pathfinder path (or an isotropic Gaussian at the start
+  when the path is degenerate, as down a funnel's neck), refined by 100 Batch-and-Match steps
+  when they raise the ELBO. BaM's affine-invariant updates fix the scale (a badly scaled GLM,
+  where ADVI from Pathfinder's Gaussian ends 6 sd off), and ADVI in the coordinates whitened by
+  that Gaussian reaches the ELBO's own optimum (BaM's fixed point is a score-divergence optimum,
+  0.2-0.7 sd from it on breast cancer and Neal's funnel). About 4,000 gradients for K <= 15.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from advi_jax.base import Family
+from advi_jax.families import get_family
 
-__all__ = ["choose_method"]
+__all__ = ["choose_method", "choose_family", "choose", "Plan", "FULLRANK_MAX_DIM", "AUTO_ADVI"]
+
+FULLRANK_MAX_DIM = 200
+"""`family="auto"` fits the full-rank Gaussian up to this K, the mean-field one above it."""
+
+
+class _AutoAdvi(NamedTuple):
+    init: str = "bam"
+    min_steps: int = 300
+    steps_per_dim: int = 20
+    max_steps: int = 3000
+    num_samples: int = 8
+    estimator: str = "stl"
+
+    def num_steps(self, dim: int) -> int:
+        """clip(20 K, 300, 3000): measured on radon (K = 90), 300 steps end 1.5 sd from the
+        family limit, 1,000 steps 0.44, 2,000 steps 0.07; K <= 15 needs no more than 300."""
+        return int(min(self.max_steps, max(self.min_steps, self.steps_per_dim * int(dim))))
+
+
+AUTO_ADVI = _AutoAdvi()
+"""The settings `method="auto"` gives ADVI for a general model with the full-rank family."""
+
+
+class Plan(NamedTuple):
+    """What `aj.fit` runs.
+
+    Attributes:
+      method: a name in `advi_jax.vi.METHODS`.
+      family: the `Family`.
+      reason: why, in words (family and method), for the result and `summary()`.
+      init, num_steps, num_samples, estimator: the settings to run with (the caller's, or the
+        policy's where the caller left the default).
+    """
+
+    method: str
+    family: Family
+    reason: str
+    init: Any
+    num_steps: int | None
+    num_samples: int
+    estimator: Any
+
+
+def choose_family(model: Any, family: Any) -> tuple[Family, str]:
+    """`family="auto"` resolved by K (`FULLRANK_MAX_DIM`); any other value passes through `get_family`.
+
+    Returns:
+      (Family, reason); the reason is "" for a family the caller named.
+
+    Example:
+      >>> import jax.numpy as jnp, advi_jax as aj
+      >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((3,))})
+      >>> choose_family(model, "auto")[0].name
+      'fullrank'
+    """
+    if isinstance(family, str) and family == "auto":
+        k = int(model.dim)
+        if k <= FULLRANK_MAX_DIM:
+            return get_family("fullrank"), f"family fullrank: K={k} <= {FULLRANK_MAX_DIM} (family='auto')"
+        return get_family("meanfield"), f"family meanfield: K={k} > {FULLRANK_MAX_DIM} (family='auto')"
+    return get_family(family), ""
 
 
 def choose_method(model: Any, family: Family, *, estimator: Any = "reparam", num_samples: int = 1,
                   optimizer: Any = None, learning_rate: Any = None, minibatch: bool = False) -> tuple[str, str]:
-    """The method `aj.fit(method="auto")` runs, and the reason in words.
+    """The method `method="auto"` runs for a resolved family, and the reason in words.
 
     The policy, in order:
 
     1. A ready GLM (`aj.models.logistic_regression` / `poisson_regression` without
-       `hierarchical_scale`) with a mean-field or full-rank family, full data and no ADVI
-       settings of the caller's: `"glm_exact"`. Its ELBO is exact (closed form or quadrature)
-       and it reaches the family's optimum in a few passes over X (benchmarks/
-       bench_time_to_answer.py: 4-6 passes, errors below 1e-3 posterior sd, where 10,000 ADVI
-       steps end 0.03-0.06 sd away). A varying-intercept GLM (`group=`) goes the same way to
-       `"glm_grouped"` (each exact method's `supports` says what it covers).
-    2. Otherwise `"advi"`: the one method that runs every family, every estimator, any model
-       and minibatches. A caller who passes `estimator=`, `num_samples=`, `optimizer=` or
-       `learning_rate=` asked for ADVI's settings, so ADVI runs (nothing is silently dropped).
+       `hierarchical_scale`) with a family glm_exact fits, full data and no ADVI settings of the
+       caller's: `"glm_exact"`. Its ELBO is exact (closed form or quadrature) and it reaches the
+       family's optimum in a few passes over X (benchmarks/bench_time_to_answer.py).
+    2. Otherwise `"advi"`: for the full-rank family with full data and no ADVI settings of the
+       caller's, with `AUTO_ADVI`'s settings from the Pathfinder -> BaM start (`aj.fit` applies
+       them; see the module docstring); else with the caller's settings (a caller who passes
+       `estimator=`, `num_samples=`, `optimizer=` or `learning_rate=` asked for ADVI's settings,
+       so they are used as given), which is also what runs the mean-field and low-rank families,
+       any estimator and minibatches.
+
+    A varying-intercept GLM (`group=`) goes the way of 1. to `"glm_grouped"` (each exact
+    method's `supports` says what it covers).
 
     Args:
       model: the model.
@@ -43,15 +125,61 @@ def choose_method(model: Any, family: Family, *, estimator: Any = "reparam", num
     """
     from advi_jax.vi import METHODS
 
-    advi_settings = [name for name, value, default in (
-        ("estimator", estimator, "reparam"), ("num_samples", num_samples, 1), ("optimizer", optimizer, None),
-        ("learning_rate", learning_rate, None)) if not (value is default or value == default)]
+    advi_settings = _advi_settings(estimator, num_samples, optimizer, learning_rate)
     for exact in ("glm_exact", "glm_grouped"):  # the exact-ELBO methods, each says what it covers
         glm = METHODS.get(exact)
         if glm is not None and not minibatch and glm.supports(model, family):
             if not advi_settings:
-                return exact, ("auto: a ready GLM, so the exact (closed-form / quadrature) ELBO and Newton steps "
-                               "reach the family's optimum in a few passes over X")
-            return "advi", (f"auto: ADVI because {', '.join(advi_settings)} was given (ADVI settings); "
+                return exact, ("a ready GLM, so the exact (closed-form / quadrature) ELBO and second-order "
+                               "steps reach the family's optimum in a few passes over X")
+            return "advi", (f"ADVI because {', '.join(advi_settings)} was given (ADVI settings); "
                             f"method={exact!r} is the faster exact fit of this model")
-    return "advi", "auto: ADVI runs every family, estimator and data size"
+    if advi_settings:
+        return "advi", f"ADVI because {', '.join(advi_settings)} was given (ADVI settings)"
+    if family.name == "fullrank" and not minibatch:
+        return "advi", (f"ADVI (STL, {AUTO_ADVI.num_samples} draws x {AUTO_ADVI.num_steps(model.dim)} steps) from a "
+                        "Pathfinder -> Batch-and-Match start: BaM fixes the scale affine-invariantly, ADVI then "
+                        "reaches the ELBO's optimum")
+    return "advi", "ADVI runs every family, estimator and data size"
+
+
+def choose(model: Any, family: Any, method: Any, *, init: Any = "auto", num_steps: int | None = None,
+           estimator: Any = "reparam", num_samples: int = 1, optimizer: Any = None,
+           learning_rate: Any = None) -> Plan:
+    """The `Plan` of `aj.fit`: the family (`choose_family`), the method (`choose_method` for
+    `method="auto"`), and the settings, the caller's wherever the caller gave them.
+
+    Raises:
+      ValueError, TypeError: an unknown family or method.
+
+    Example:
+      >>> import jax.numpy as jnp, advi_jax as aj
+      >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((3,))})
+      >>> plan = choose(model, "auto", "auto")
+      >>> plan.method, plan.family.name, plan.init, plan.estimator
+      ('advi', 'fullrank', 'bam', 'stl')
+    """
+    family_obj, family_reason = choose_family(model, family)
+    if not isinstance(method, str) or method != "auto":
+        reason = "requested" + (f"; {family_reason}" if family_reason else "")
+        return Plan(method, family_obj, reason, init, num_steps, num_samples, estimator)
+    name, why = choose_method(model, family_obj, estimator=estimator, num_samples=num_samples, optimizer=optimizer,
+                              learning_rate=learning_rate)
+    reason = "auto: " + (f"{family_reason}; " if family_reason else "") + why
+    auto_advi = (name == "advi" and family_obj.name == "fullrank"
+                 and not _advi_settings(estimator, num_samples, optimizer, learning_rate))
+    if not auto_advi:
+        return Plan(name, family_obj, reason, init, num_steps, num_samples, estimator)
+    return Plan(name, family_obj, reason, AUTO_ADVI.init if _is_auto(init) else init,
+                AUTO_ADVI.num_steps(model.dim) if num_steps is None else num_steps, AUTO_ADVI.num_samples,
+                AUTO_ADVI.estimator)
+
+
+def _is_auto(init: Any) -> bool:
+    return isinstance(init, str) and init == "auto"
+
+
+def _advi_settings(estimator: Any, num_samples: Any, optimizer: Any, learning_rate: Any) -> list[str]:
+    return [name for name, value, default in (
+        ("estimator", estimator, "reparam"), ("num_samples", num_samples, 1), ("optimizer", optimizer, None),
+        ("learning_rate", learning_rate, None)) if not (value is default or value == default)]

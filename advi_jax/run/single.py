@@ -20,7 +20,8 @@ from advi_jax.flatten import Model
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
 from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget
 from advi_jax.run import driver
-from advi_jax.run.choose import choose_method
+from advi_jax.run.choose import choose, choose_family, choose_method
+from advi_jax.run.start import INIT_STRINGS
 from advi_jax.run.start import start as resolve_start
 from advi_jax.vi import METHODS
 from advi_jax.vi import advi as _advi
@@ -48,6 +49,7 @@ def resolve_method(method: Any, model: Any, family: Family, **context) -> tuple[
         raise TypeError(f"method must be 'auto' or one of {sorted(METHODS)}, got {type(method).__name__}")
     if method == "auto":
         name, reason = choose_method(model, family, **context)
+        reason = f"auto: {reason}"
     elif method in METHODS:
         name, reason = method, "requested"
     else:
@@ -131,7 +133,7 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
     return tuple(int(i) for i in np.flatnonzero((np.abs(mean) > threshold) & (np.abs(mean) > 2 * sd)))
 
 
-def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: str = "auto",
+def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = "auto",
         num_steps: int | None = None, num_samples: int = 1, optimizer: optax.GradientTransformation | None = None,
         estimator: str | Callable = "reparam", learning_rate: float | str | None = None, init: Any = "auto",
         init_scale: float = 0.1, num_init_draws: int = 10, init_radius: float = 2.0,
@@ -142,32 +144,41 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
         warn: bool = True, options: Any = None, callback: Callable | None = None) -> Result:
     """Fit a variational approximation to `model` with a method of `advi_jax.vi.METHODS`.
 
-    The pipeline: check the arguments (`advi_jax.checks`), choose the method (`method="auto"`:
-    `advi_jax.run.choose_method`), resolve the start (`advi_jax.run.start`: the Laplace-whitened
-    start for methods with `WHITEN`), run the method in the one compiled driver
+    The pipeline: check the arguments (`advi_jax.checks`), choose the family and the method
+    (`family="auto"`, `method="auto"`: `advi_jax.run.choose`), resolve the start
+    (`advi_jax.run.start`: a Pathfinder/BaM- or Laplace-whitened start for methods with
+    `WHITEN`), run the method in the one compiled driver
     (`advi_jax.run.driver`: chunks, stopping rule, non-finite handling, progress bar, Ctrl-C),
     map the result back, compute the PSIS diagnostics, and build the immutable `Result`.
 
     Args:
       model: an `aj.Model`.
       key: PRNG key (required; no default seed).
-      family: "meanfield" (default), "fullrank", "lowrank", or a `Family`. Mean-field is the
-        default because `fit` must scale to models with thousands of parameters, where a K x K
-        factor is costly; `advi-jax fit` defaults to full-rank because a regression posterior is
-        correlated and K is in the tens there.
-      method: "auto" (default; see `choose_method`: "glm_exact" for a ready GLM, else "advi"),
-        or a registered name ("advi", "glm_exact", "pathfinder", "dadvi", "bam", "laplace").
-      num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI).
+      family: "auto" (default), "meanfield", "fullrank", "lowrank", or a `Family`. "auto" is
+        full-rank for K <= `advi_jax.run.choose.FULLRANK_MAX_DIM` (200), mean-field above
+        (`choose_family`); `result.method_reason` says which and why.
+      method: "auto" (default; `advi_jax.run.choose`): "glm_exact" for a ready GLM; for another
+        model with the full-rank family and no ADVI settings given, ADVI with the STL estimator,
+        8 draws x clip(20 K, 300, 3000) steps, from the `init="bam"` start (Pathfinder, then Batch-and-Match,
+        each kept only where it raises the ELBO; about 4,000 gradients for K <= 15); else "advi" with
+        the settings given. Or a registered name ("advi", "glm_exact", "pathfinder", "dadvi",
+        "bam", "laplace").
+      num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI;
+        clip(20 K, 300, 3000) for the full-rank ADVI of `method="auto"`).
       num_samples: ADVI's Monte Carlo draws per step (static).
       optimizer: ADVI's optax optimizer; default `default_optimizer(learning_rate, num_steps)`:
         Adam, constant then cosine-decayed over the second half of the run.
       estimator: ADVI's gradient estimator name (see `advi_jax.estimators.REGISTRY`) or function.
       learning_rate: Adam's step size when `optimizer` is None (default 0.01), or "adapt" for a
         Stan-style step-size search over `adapt_learning_rates` (`vi.advi.adapt_learning_rate`).
-      init: "auto" (the default): "laplace" when K <= 1000, the method has WHITEN and the
-        family is affine-closed, falling back to zero when the Laplace approximation does not
-        exist (`result.init_method` says why); None (zero in R^K); a dict of constrained values;
-        a (K,) vector; "random"; or "laplace" (see `advi_jax.run.start` and `vi.laplace`).
+      init: "auto" (the default): "bam" for the full-rank ADVI of `method="auto"`; otherwise
+        "laplace" when K <= 1000, the method has WHITEN and the family is affine-closed, falling
+        back to zero when the Laplace approximation does not exist (`result.init_method` says
+        why); None (zero in R^K); a dict of constrained values; a (K,) vector; "random";
+        "laplace"; "pathfinder" (whitened by one Pathfinder path's best Gaussian, or an
+        isotropic Gaussian at the start when its ELBO is higher); or "bam" (full-rank only:
+        "pathfinder", then 100 Batch-and-Match steps when they raise the ELBO). See
+        `advi_jax.run.start`; the start's gradients count in `num_grad_evals`.
       init_scale: initial standard deviation of every coordinate of q.
       num_init_draws: candidate locations for `init="random"`.
       init_radius: half-width of the box random initial locations are drawn from (Stan: 2).
@@ -207,8 +218,10 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
     Example:
       >>> import jax, jax.numpy as jnp, advi_jax as aj
       >>> model = aj.Model(lambda p: -0.5 * jnp.sum((p["x"] - 1.0) ** 2), {"x": aj.real((2,))})
-      >>> result = aj.fit(model, key=jax.random.key(0), num_steps=2000, progress=False)
-      >>> bool(jnp.all(jnp.abs(result.mean()["x"] - 1.0) < 0.2))
+      >>> result = aj.fit(model, key=jax.random.key(0), progress=False)
+      >>> result.method, result.family.name
+      ('advi', 'fullrank')
+      >>> bool(jnp.all(jnp.abs(result.mean()["x"] - 1.0) < 0.05))
       True
       >>> bool(result.khat < 0.5)
       True
@@ -217,8 +230,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
     if not isinstance(model, Model):
         raise TypeError(f"model must be an advi_jax Model (aj.Model or aj.from_numpyro), got {type(model).__name__}")
     key, family_obj, estimator, num_samples, tol_rel_obj, callback = checks.common_args(
-        key, family, estimator, num_samples, tol_rel_obj, callback, progress=progress, check=check,
-        diagnostics=diagnostics, warn=warn)
+        key, choose_family(model, family)[0], estimator, num_samples, tol_rel_obj, callback, progress=progress,
+        check=check, diagnostics=diagnostics, warn=warn)
     eval_every, window, chunk_size, max_consecutive_nonfinite = checks.check_loop_args(
         eval_every, window, chunk_size, max_consecutive_nonfinite)
     num_init_draws = checks.check_positive_int(num_init_draws, "num_init_draws")
@@ -235,23 +248,28 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
                         f"{adapt_learning_rates!r}")
     adapt_learning_rates = tuple(checks.check_number(r, "adapt_learning_rates") for r in adapt_learning_rates)
     lr, adapt = checks.resolve_learning_rate(learning_rate, optimizer, allow_adapt=True)
-    module, method_name, method_reason = resolve_method(method, model, family_obj, estimator=estimator,
-                                                        num_samples=num_samples, optimizer=optimizer,
-                                                        learning_rate=learning_rate)
+    plan = choose(model, family, method, init=init, num_steps=num_steps, estimator=estimator, num_samples=num_samples,
+                  optimizer=optimizer, learning_rate=learning_rate)
+    module, method_name, _ = resolve_method(plan.method, model, family_obj)
+    method_reason, init, estimator, num_samples = plan.reason, plan.init, plan.estimator, plan.num_samples
+    num_steps = plan.num_steps
     is_advi = module is _advi
     if is_advi and options is not None:
         raise ValueError("options= is for methods other than ADVI; ADVI takes optimizer=, estimator=, num_samples=, "
                          "learning_rate= and init_scale=")
     num_steps = module.DEFAULT_NUM_STEPS if num_steps is None else checks.check_positive_int(num_steps, "num_steps")
-    if isinstance(init, str) and init not in ("auto", "random", "laplace"):
+    if isinstance(init, str) and init not in INIT_STRINGS:
         raise ValueError(f"init must be {checks.INIT_OPTIONS}; got {init!r}")
+    if isinstance(init, str) and init == "bam" and family_obj.name != "fullrank":
+        raise ValueError(f"init='bam' needs family='fullrank' (Batch-and-Match fits a full covariance), got "
+                         f"{family_obj.name!r}")
     try:
         checks.check_data(model.data)
         checks.check_log_joint_shape(model, jnp.result_type(float))
         begun = resolve_start(model, family_obj, init, key=key, whiten=bool(module.WHITEN), init_scale=init_scale,
                               num_init_draws=num_init_draws, init_radius=init_radius, check=check)
         if is_advi:
-            scale = 1.0 if begun.laplace is not None else init_scale
+            scale = 1.0 if begun.whitening is not None else init_scale
             opts = _advi.Options(optimizer if optimizer is not None else default_optimizer(float(lr), num_steps),
                                  estimator, num_samples, scale)
         else:
@@ -274,9 +292,11 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
                        callback=callback)
     code = int(out.stop_codes)
     params, extras = finish(begun.run_model, out.loop.state, module, family_obj, opts)
-    if begun.laplace is not None:
-        params = _laplace.transform(family_obj, params, begun.laplace.mode, begun.laplace.scale_tril)
-    extras = jax.device_get(extras)
+    if begun.whitening is not None:
+        params = _laplace.transform(family_obj, params, *begun.whitening)
+    extras = dict(jax.device_get(extras))
+    if begun.num_grad_evals:  # the start's share of num_grad_evals (Laplace, Pathfinder, BaM)
+        extras["start_grad_evals"] = begun.num_grad_evals
     num_nonfinite = int(out.loop.num_nonfinite)
     diag, note, diag_seconds, diag_sample = None, "not computed (diagnostics=False)", 0.0, None
     if diagnostics:
@@ -291,8 +311,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "meanfield", method: s
             diag, diag_sample = both[0], (diag_key, both[1])
     steps = int(out.loop.step)
     report = Report(
-        elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals),
-        num_logp_evals=int(out.loop.num_logp_evals), num_nonfinite=num_nonfinite, converged=code in (1, 2, 4),
+        elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals,
+        num_logp_evals=int(out.loop.num_logp_evals) + begun.num_logp_evals, num_nonfinite=num_nonfinite,
+        converged=code in (1, 2, 4),
         stop_reason=driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite), stop_code=code,
         method=method_name, method_reason=method_reason,
         estimator=checks.estimator_name(estimator) if is_advi else None, num_samples=num_samples if is_advi else None,

@@ -47,6 +47,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -61,7 +62,7 @@ from advi_jax.diagnostics import _psis_core
 from advi_jax.families import Family, FullRankParams, MeanFieldParams, _softplus_inverse
 
 __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "Approximation",
-           "lbfgs_path", "PathResult"]
+           "lbfgs_path", "PathResult", "StartGaussian", "start_gaussian"]
 
 NAME = "pathfinder"
 FAMILIES = ("meanfield", "fullrank")
@@ -383,6 +384,77 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
 
 
 # ----------------------------------------------------------------------------------------------
+# Pathfinder as a start
+
+
+class StartGaussian(NamedTuple):
+    """One path's best Gaussian, as a start for another method.
+
+    Attributes:
+      mean: (K,) its mean.
+      scale_tril: (K, K) lower-triangular factor of its covariance (positive diagonal), or the
+        diagonal of the marginal sds for `diagonal=True`.
+      elbo: its ELBO estimate (-inf when the path found no finite approximation).
+      num_iters, num_grad_evals, num_logp_evals: the path's costs.
+    """
+
+    mean: Array
+    scale_tril: Array
+    elbo: Array
+    num_iters: Array
+    num_grad_evals: Array
+    num_logp_evals: Array
+
+
+def _lower_factor(approx: Approximation) -> Array:
+    """Lower-triangular L with L L^T = Sigma (positive diagonal), from a QR of A^T."""
+    _, r_fac = jnp.linalg.qr(_covariance_factor(approx).T)
+    signs = jnp.where(jnp.diagonal(r_fac) < 0, -1.0, 1.0).astype(r_fac.dtype)
+    return r_fac.T * signs[None, :]
+
+
+def start_gaussian(model: Any, loc: Array, key: Array, options: Options = Options(),
+                   diagonal: bool = False) -> StartGaussian:
+    """Run one Pathfinder path from `loc` and return its best Gaussian as (mean, factor).
+
+    The cheap start of `aj.fit(method="auto")` (`advi_jax.run.start`): the best-ELBO Gaussian on
+    the L-BFGS path has the posterior's location and rough scale even where the log density
+    has no mode (a funnel), where the Laplace start has none.
+
+    Args:
+      model: anything with `dim` and `log_density` (a pytree, so it is a jit argument).
+      loc: (K,) where the path starts.
+      key: PRNG key for the ELBO draws.
+      options: `Options` (`num_paths` is ignored: one path).
+      diagonal: return the diagonal factor diag(marginal sds) instead of the full one.
+
+    Returns:
+      A `StartGaussian`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, advi_jax as aj
+      >>> from advi_jax.vi import pathfinder
+      >>> model = aj.Model(lambda p: -0.5 * jnp.sum((p["x"] - 1.0) ** 2 / 4.0), {"x": aj.real((2,))})
+      >>> g = pathfinder.start_gaussian(model, jnp.zeros(2), jax.random.key(0))
+      >>> jnp.round(g.mean, 2).tolist(), jnp.round(jnp.diagonal(g.scale_tril), 1).tolist()
+      ([1.0, 1.0], [2.0, 2.0])
+    """
+    options = _check_options(options)
+    return _start_gaussian(model, jnp.asarray(loc), key, options, bool(diagonal))
+
+
+@functools.partial(jax.jit, static_argnames=("options", "diagonal"))
+def _start_gaussian(model, loc, key, options, diagonal):
+    path = lbfgs_path(model.log_density, loc, key, options)
+    if diagonal:
+        factor = jnp.diag(jnp.sqrt(_variance(path.approx)))
+    else:
+        factor = _lower_factor(path.approx)
+    return StartGaussian(path.approx.mu, factor, path.elbo, path.num_iters, path.num_grad_evals,
+                         path.num_logp_evals)
+
+
+# ----------------------------------------------------------------------------------------------
 # The algorithm
 
 
@@ -459,9 +531,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         if family.name == "meanfield":
             sd = jnp.sqrt(_variance(best))
             return MeanFieldParams(best.mu, _softplus_inverse(jnp.maximum(sd, jnp.finfo(sd.dtype).tiny)))
-        _, r_fac = jnp.linalg.qr(_covariance_factor(best).T)
-        signs = jnp.where(jnp.diagonal(r_fac) < 0, -1.0, 1.0).astype(r_fac.dtype)
-        chol = r_fac.T * signs[None, :]
+        chol = _lower_factor(best)
         diag = jnp.maximum(jnp.diagonal(chol), jnp.finfo(chol.dtype).tiny)
         return FullRankParams(best.mu, _softplus_inverse(diag), chol)
 

@@ -1,0 +1,110 @@
+"""The default `aj.fit` (family="auto", method="auto"): the policy of `advi_jax.run.choose`, its
+accuracy on a correlated non-Gaussian posterior against the stored full-rank family limit, and its
+warning where the Gaussian family is poor."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import advi_jax as aj
+from advi_jax.run import choose as policy
+
+
+def _gauss(k):
+    return aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((k,))})
+
+
+def test_family_auto_is_fullrank_up_to_the_threshold_then_meanfield():
+    k = policy.FULLRANK_MAX_DIM
+    assert policy.choose_family(_gauss(k), "auto")[0].name == "fullrank"
+    family, reason = policy.choose_family(_gauss(k + 1), "auto")
+    assert family.name == "meanfield" and f"K={k + 1}" in reason
+    assert policy.choose_family(_gauss(3), "meanfield") == (aj.MeanFieldGaussian(), "")
+    with pytest.raises(ValueError, match="family"):
+        policy.choose_family(_gauss(3), "diagonal")
+
+
+def test_method_auto_follows_its_docstring():
+    model = _gauss(3)
+    plan = policy.choose(model, "auto", "auto")
+    auto = policy.AUTO_ADVI
+    assert (plan.method, plan.family.name, plan.init, plan.num_steps, plan.num_samples, plan.estimator) == (
+        "advi", "fullrank", auto.init, 300, auto.num_samples, auto.estimator)
+    assert [auto.num_steps(k) for k in (3, 15, 50, 200)] == [300, 300, 1000, 3000]
+    assert plan.reason.startswith("auto: family fullrank: K=3") and "Batch-and-Match" in plan.reason
+    # The caller's settings win: a step budget, a start, or ADVI settings (then ADVI as given).
+    assert policy.choose(model, "auto", "auto", num_steps=50, init=None)[3:5] == (None, 50)
+    given = policy.choose(model, "auto", "auto", num_samples=4)
+    assert (given.method, given.init, given.num_samples, given.estimator) == ("advi", "auto", 4, "reparam")
+    assert "num_samples was given" in given.reason
+    # Mean-field (named, or K over the threshold): ADVI with fit's own defaults, no BaM start.
+    for family, k in (("meanfield", 3), ("auto", policy.FULLRANK_MAX_DIM + 1)):
+        plan = policy.choose(_gauss(k), family, "auto")
+        assert (plan.method, plan.family.name, plan.init, plan.num_steps) == ("advi", "meanfield", "auto", None)
+    # A named method runs as named; the family reason is kept.
+    plan = policy.choose(model, "auto", "pathfinder")
+    assert plan.method == "pathfinder" and plan.reason.startswith("requested; family fullrank")
+
+
+def test_method_auto_picks_glm_exact_for_a_ready_glm():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 2)).astype(np.float32)
+    glm = aj.models.logistic_regression(x, (x[:, 0] > 0).astype(np.float32))
+    plan = policy.choose(glm, "auto", "auto")
+    assert plan.method == "glm_exact" and plan.family.name == "fullrank" and plan.init == "auto"
+
+
+def _eight_schools():
+    numpyro = pytest.importorskip("numpyro")
+    dist = pytest.importorskip("numpyro.distributions")
+    y = jnp.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    sigma = jnp.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+    def model(y, sigma):  # the suite's non-centred eight schools (benchmarks/suite.py)
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+        with numpyro.plate("schools", 8):
+            theta_tilde = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
+            numpyro.sample("y", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
+
+    return aj.from_numpyro(model, y, sigma)
+
+
+LIMIT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "references", "family_limit",
+                     "eight_schools_noncentered.json")
+
+
+def test_default_fit_reaches_the_fullrank_family_limit_of_non_centred_eight_schools(key):
+    with open(LIMIT) as f:
+        limit = json.load(f)["params"]  # the full-rank optimum: 20,000 steps x 16 draws, float64
+    result = aj.fit(_eight_schools(), key=key, progress=False)
+    assert result.method == "advi" and result.family.name == "fullrank" and "auto: family fullrank" in \
+        result.method_reason
+    assert result.num_grad_evals <= 5000 and result.khat < 0.7
+    zeta = result.sample_unconstrained(jax.random.key(1), 8192)
+    zeta = jnp.concatenate([zeta, 2 * result.family.mean(result.params)[None] - zeta])  # antithetic pairs
+    draws = jax.vmap(result.model.to_constrained)(zeta)
+    flat = {"mu": draws["mu"], "tau": draws["tau"], **{f"theta_tilde[{i}]": draws["theta_tilde"][:, i]
+                                                       for i in range(8)}}
+    # Measured (benchmarks/bench_auto.py): 0.06 sd; a mean-field fit or a fit stopped early is off
+    # by more than 0.15 sd, and ADVI from Pathfinder's Gaussian alone by 1.2 sd.
+    for label, target in limit.items():
+        x = np.asarray(flat[label], np.float64)
+        assert abs(x.mean() - target["mean"]) < 0.15 * target["sd"], label
+        assert abs(np.log(x.std() / target["sd"])) < 0.1, label
+
+
+def test_default_fit_warns_where_the_gaussian_is_poor(key):
+    # A bivariate Cauchy (Student t, 1 degree of freedom): no Gaussian has its tails, the
+    # importance weights p/q are heavy-tailed, and the fit must say so.
+    def log_joint(p):
+        return -1.5 * jnp.log1p(jnp.sum(p["x"] ** 2))
+
+    model = aj.Model(log_joint, {"x": aj.real((2,))})
+    with pytest.warns(aj.DiagnosticWarning, match="k-hat"):
+        result = aj.fit(model, key=key, progress=False)
+    assert result.khat > 0.7 and "unreliable" in result.verdict and "auto:" in result.summary()
