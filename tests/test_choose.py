@@ -80,11 +80,14 @@ LIMIT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "references"
 
 def test_default_fit_reaches_the_fullrank_family_limit_of_non_centred_eight_schools(key):
     with open(LIMIT) as f:
-        limit = json.load(f)["params"]  # the full-rank optimum: 20,000 steps x 16 draws, float64
+        stored = json.load(f)  # the full-rank optimum: 20,000 steps x 16 draws, float64
+    limit = stored["params"]
     result = aj.fit(_eight_schools(), key=key, progress=False)
     assert result.method == "advi" and result.family.name == "fullrank" and "auto: family fullrank" in \
         result.method_reason
-    assert result.num_grad_evals <= 5000 and result.khat < 0.7
+    # k-hat of the family's optimum itself is 0.58 here; k-hat from 4,096 draws has an sd of ~0.07,
+    # and a fit that missed the optimum gives k-hat > 1
+    assert result.num_grad_evals <= 5000 and result.khat < stored["khat"] + 0.25
     zeta = result.sample_unconstrained(jax.random.key(1), 8192)
     zeta = jnp.concatenate([zeta, 2 * result.family.mean(result.params)[None] - zeta])  # antithetic pairs
     draws = jax.vmap(result.model.to_constrained)(zeta)
