@@ -37,7 +37,7 @@ def test_meanfield_reaches_the_fixed_draw_optimum(key):
     with jax.enable_x64(True):
         algo = dadvi.build(_Gauss(m, np.diag(s**2)), aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=None))
         params, state, totals = run(algo, key, jnp.zeros(3, jnp.float64), 100)
-        z = np.asarray(state.draws)
+        z = np.asarray(state.draws).reshape(-1, 3)
         sigma = s / z.std(0)
         np.testing.assert_allclose(aj.MeanFieldGaussian().scale(params), sigma, rtol=1e-6)
         np.testing.assert_allclose(params.loc, m - sigma * z.mean(0), rtol=1e-6, atol=1e-8)

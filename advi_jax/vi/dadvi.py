@@ -14,14 +14,17 @@ gradient below `gtol`, or the radius collapses.
 
 **Draw doubling** (`mc_tol`, `max_doublings`). The optimum of F is random through Z. When the
 Newton phase ends with M draws, one `step` estimates the Monte Carlo standard error of q's means
-by the sandwich formula (below) and compares the largest over coordinates, relative to q's sd,
-with `mc_tol`. Above it, M doubles: the first M draws are kept, M new ones join (all draws live in
-one (M_max, K) buffer drawn at `init`), and the Newton phase restarts warm from the previous
+by the sandwich formula (below) and compares the largest over coordinates, relative to the
+posterior sd, with `mc_tol`. Above it, M doubles: the first M draws are kept, M new ones join (all draws live in
+one buffer of M_max = num_draws * 2**max_doublings draws made at `init`), and the Newton phase restarts warm from the previous
 optimum. It stops when the error is below `mc_tol` or after `max_doublings` doublings;
-`extras["draws_reason"]` says which (`DRAWS_REASONS`, `describe`). The levels M, 2M, 4M, ... are
-the static branches of one `lax.switch`, so a fit compiles once whatever M it ends at. (Under
-`vmap` a switch with a per-fit index evaluates every branch: vmapped fits with doubling pay every
-level's step; vmap fixed-draw fits, `mc_tol=None`, instead.)
+`extras["draws_reason"]` says which (`DRAWS_REASONS`, `describe`). The objective, its gradient and
+its Hessian-vector products are sums over chunks of `num_draws` draws in a `fori_loop` whose trip
+count (2**doublings) is data, so a fit compiles once whatever M it ends at, and a step at M draws
+costs M, not M_max. The error is relative to the linear-response sds (the posterior sd estimate;
+a mean-field q's own sds are too small and would ask for needless doublings). (Under `vmap` the
+switch between a Newton step and a check evaluates both for every fit: vmapped fits with doubling
+pay a check every step; vmap fixed-draw fits, `mc_tol=None`, instead.)
 
 At the optimum, `extras(state)` gives:
 
@@ -33,7 +36,7 @@ At the optimum, `extras(state)` gives:
 * `mc_se` (K,): the sandwich estimate of the Monte Carlo standard error of the posterior means
   due to the fixed draws, sqrt(diag(W S W^T) / M), with W the mean rows of H^{-1} and S the
   sample covariance of the per-draw gradients of F (valid for iid draws, `moment_match=False`).
-* `mc_rel_error`: max_k mc_se_k / sd_k, with sd q's standard deviations; `num_draws` (the final
+* `mc_rel_error`: max_k mc_se_k / sd_k, with sd_k the linear-response sd; `num_draws` (the final
   M), `num_doublings`, `draws_reason` (a code of `DRAWS_REASONS`), `objective` (the fixed-draw
   negative ELBO) and `lr_grad_evals` (what `extras` itself evaluated: 0 when the last check's
   values, made at the final state, are reused).
@@ -158,7 +161,7 @@ class State(NamedTuple):
     value: Array  # F(eta) with the current level's draws
     grad: Array
     radius: Array
-    draws: Array  # (M_max, K): level i uses the first num_draws * 2**i rows
+    draws: Array  # (2**max_doublings, num_draws, K): after i doublings the first 2**i chunks
     converged: Array  # done: the Newton phase ended and (with doubling) the MC check passed or gave up
     level: Array  # int32, doublings so far
     checking: Array  # the Newton phase at this level ended; the next step is the MC check
@@ -321,8 +324,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     k = model.dim
     _check(family, options, k)
     doubling = options.mc_tol is not None and not options.moment_match
-    num_levels = options.max_doublings + 1 if doubling else 1
-    sizes = [options.num_draws * 2**i for i in range(num_levels)]
+    max_level = options.max_doublings if doubling else 0
+    chunk = options.num_draws  # level i runs over the first 2**i chunks of the draw buffer
     fixed_reason = 3 if options.mc_tol is None else 4
     pack, unpack, num_params = _packer(family, k)
     max_cg = min(options.max_cg, num_params)
@@ -331,26 +334,40 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         solver = "dense" if num_params <= 256 else "cg"
     logp_batch = jax.vmap(model.log_density)
 
-    def per_draw(eta, z):
-        # The m-th term of F, so that F = mean over draws (entropy shared).
-        params = unpack(eta)
-        return -model.log_density(family.sample_standard(params, z)) - family.entropy(params)
-
-    def objective(eta, draws):
-        params = unpack(eta)
-        value = -jnp.mean(logp_batch(family.sample_standard(params, draws))) - family.entropy(params)
+    def neg_logp_sum(eta, z):
+        """-sum over a chunk's draws z (chunk, K) of log p(T_eta(z)), NaN as +inf."""
+        value = -jnp.sum(logp_batch(family.sample_standard(unpack(eta), z)))
         return jnp.where(jnp.isnan(value), jnp.inf, value)
 
-    value_and_grad = jax.value_and_grad(objective)
+    def neg_entropy(eta):
+        return -family.entropy(unpack(eta))
 
-    def hvp_at(eta, draws):
-        grad = jax.grad(objective)
-        return lambda v: jax.jvp(lambda e: grad(e, draws), (eta,), (v,))[1]
+    def over_chunks(fn, draws, level, init):
+        """Sum fn(chunk) over the level's 2**level chunks: one compiled body whatever M is."""
+        return jax.lax.fori_loop(0, 2**level, lambda i, acc: jax.tree.map(jnp.add, acc, fn(draws[i])), init)
 
-    def sandwich(eta, draws):
-        """(lr_cov, mc_se, cost) at eta with these draws (see the module docstring)."""
-        m = draws.shape[0]
-        hvp = hvp_at(eta, draws)
+    def value_and_grad(eta, draws, level):
+        m = chunk * 2**level
+        zero = (jnp.zeros((), eta.dtype), jnp.zeros_like(eta))
+        value, grad = over_chunks(lambda z: jax.value_and_grad(neg_logp_sum)(eta, z), draws, level, zero)
+        h_value, h_grad = jax.value_and_grad(neg_entropy)(eta)
+        return value / m + h_value, grad / m + h_grad
+
+    def hvp_at(eta, draws, level):
+        m = chunk * 2**level
+        grad_chunk = jax.grad(neg_logp_sum)
+
+        def hvp(v):
+            hv = over_chunks(lambda z: jax.jvp(lambda e: grad_chunk(e, z), (eta,), (v,))[1], draws, level,
+                             jnp.zeros_like(eta))
+            return hv / m + jax.jvp(jax.grad(neg_entropy), (eta,), (v,))[1]
+
+        return hvp
+
+    def sandwich(eta, grad, draws, level):
+        """(lr_cov, mc_se, cost) at eta with the level's draws (see the module docstring)."""
+        m = chunk * 2**level
+        hvp = hvp_at(eta, draws, level)
         dtype = eta.dtype
         basis = jnp.eye(num_params, dtype=dtype)[:k]  # the loc rows: d E_q[zeta] / d eta
         if solver == "dense":
@@ -364,41 +381,52 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
             cost = 2 * m * k * iters
         lr_cov = rows[:, :k]
         lr_cov = 0.5 * (lr_cov + lr_cov.T)
-        grads = jax.vmap(jax.grad(per_draw), in_axes=(None, 0))(eta, draws)  # (M, P)
-        centred = grads - jnp.mean(grads, axis=0, keepdims=True)
-        proj = centred @ rows.T  # (M, K)
-        mc_var = jnp.sum(proj * proj, axis=0) / (m - 1) / m
+        # The per-draw gradients of F (each draw's -grad log p, plus the shared entropy gradient),
+        # projected on W = rows and centred on their mean, which is grad F itself.
+        centre = (grad - jax.grad(neg_entropy)(eta)) @ rows.T
+        per_draw = jax.vmap(jax.grad(lambda e, z: neg_logp_sum(e, z[None])), in_axes=(None, 0))
+
+        def squares(z):
+            proj = per_draw(eta, z) @ rows.T - centre[None, :]  # (chunk, K)
+            return jnp.sum(proj * proj, axis=0)
+
+        mc_var = over_chunks(squares, draws, level, jnp.zeros((k,), dtype)) / (m - 1) / m
         return lr_cov, jnp.sqrt(mc_var), jnp.asarray(cost + m, jnp.int32)
 
     def init(key: Array, loc: Array) -> State:
         loc = jnp.asarray(loc)
-        draws = jax.random.normal(key, (sizes[-1], k), loc.dtype)
+        draws = jax.random.normal(key, (chunk * 2**max_level, k), loc.dtype)
         if options.moment_match:
             draws = _moment_match(draws)
+        draws = draws.reshape(2**max_level, chunk, k)
         eta = pack(family.init(key, k, loc=loc, scale=options.init_scale, dtype=loc.dtype))
-        value, grad = value_and_grad(eta, draws[:sizes[0]])
-        radius = jnp.asarray(options.initial_radius, loc.dtype)
         int0 = jnp.asarray(0, jnp.int32)
+        value, grad = value_and_grad(eta, draws, int0)
+        radius = jnp.asarray(options.initial_radius, loc.dtype)
         return State(eta, value, grad, radius, draws, jnp.asarray(False), int0, jnp.asarray(False), int0,
                      jnp.full((k,), jnp.inf, loc.dtype), jnp.zeros((k, k), loc.dtype), jnp.asarray(jnp.inf, loc.dtype))
 
-    def newton(m: int, state: State):
-        draws = state.draws[:m]
+    def newton(state: State):
+        level = state.level
         g = state.grad
         gnorm = jnp.linalg.norm(g)
         tol = jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm
-        p, r, cg_iters = _steihaug(hvp_at(state.eta, draws), g, state.radius, tol, max_cg)
+        p, r, cg_iters = _steihaug(hvp_at(state.eta, state.draws, level), g, state.radius, tol, max_cg)
         predicted = -0.5 * jnp.dot(p, g + r)  # -(g.p + p.Hp/2), with r = g + Hp
         eta_new = state.eta + p
-        value_new, grad_new = value_and_grad(eta_new, draws)
+        value_new, grad_new = value_and_grad(eta_new, state.draws, level)
         finite = jnp.isfinite(value_new) & jnp.all(jnp.isfinite(grad_new))
         actual = state.value - value_new
         rho = jnp.where(finite & (predicted > 0), actual / jnp.where(predicted > 0, predicted, 1.0), -jnp.inf)
-        accept = rho > 1e-4
+        # Near the optimum the predicted decrease falls below the rounding of F, and rho is noise:
+        # there a step is judged by the gradient it leads to (Newton's own convergence).
+        tiny = predicted <= 16 * jnp.finfo(g.dtype).eps * (1.0 + jnp.abs(state.value))
+        accept = jnp.where(tiny, finite & (jnp.linalg.norm(grad_new) <= gnorm), rho > 1e-4)
         pnorm = jnp.linalg.norm(p)
-        radius = jnp.where(rho < 0.25, 0.25 * pnorm,
-                           jnp.where((rho > 0.75) & (pnorm >= 0.99 * state.radius),
-                                     jnp.minimum(2.0 * state.radius, options.max_radius), state.radius))
+        radius = jnp.where(tiny & accept, state.radius,
+                           jnp.where(rho < 0.25, 0.25 * pnorm,
+                                     jnp.where((rho > 0.75) & (pnorm >= 0.99 * state.radius),
+                                               jnp.minimum(2.0 * state.radius, options.max_radius), state.radius)))
         eta = jnp.where(accept, eta_new, state.eta)
         value = jnp.where(accept, value_new, state.value)
         grad = jnp.where(accept, grad_new, state.grad)
@@ -411,65 +439,66 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
             new = state._replace(eta=eta, value=value, grad=grad, radius=radius, converged=ended,
                                  reason=jnp.where(ended, fixed_reason, 0).astype(jnp.int32))
             done = ended
-        return new, step_info(-value, jnp.isfinite(value), m * (1 + 2 * cg_iters), 0, done)
+        cost = chunk * 2**level * (1 + 2 * cg_iters)
+        return new, step_info(-value, jnp.isfinite(value), cost, 0, done)
 
-    def check(level: int, state: State):
-        m = sizes[level]
-        lr_cov, mc_se, cost = sandwich(state.eta, state.draws[:m])
-        sd = jnp.sqrt(family.variance(unpack(state.eta)))
-        rel = jnp.max(mc_se / sd)
+    def check(state: State):
+        level = state.level
+        lr_cov, mc_se, cost = sandwich(state.eta, state.grad, state.draws, level)
+        rel = _relative_error(mc_se, lr_cov, family.variance(unpack(state.eta)))
         ok = rel <= options.mc_tol
-        last = level == num_levels - 1
-        new = state._replace(checking=jnp.asarray(False), mc_se=mc_se, lr_cov=lr_cov, mc_rel=rel)
-        if last:
-            new = new._replace(converged=jnp.asarray(True), reason=jnp.where(ok, 1, 2).astype(jnp.int32))
-            return new, step_info(-state.value, jnp.isfinite(state.value), cost, 0, True)
-        m2 = sizes[level + 1]
+        last = level >= max_level
+        done = ok | last
+        grow = ~done
 
         def double(s):
-            value, grad = value_and_grad(s.eta, s.draws[:m2])
-            return value, grad
+            return value_and_grad(s.eta, s.draws, s.level + 1)
 
-        value, grad = jax.lax.cond(ok, lambda s: (s.value, s.grad), double, new)
-        new = new._replace(value=value, grad=grad, converged=ok, reason=jnp.where(ok, 1, 0).astype(jnp.int32),
-                           level=jnp.where(ok, level, level + 1).astype(jnp.int32),
-                           radius=jnp.where(ok, state.radius, jnp.maximum(state.radius, options.initial_radius)))
-        cost = cost + jnp.where(ok, 0, m2).astype(jnp.int32)
-        return new, step_info(-value, jnp.isfinite(value), cost, 0, ok)
+        value, grad = jax.lax.cond(grow, double, lambda s: (s.value, s.grad), state)
+        new = state._replace(value=value, grad=grad, checking=jnp.asarray(False), converged=done,
+                             level=jnp.where(grow, level + 1, level).astype(jnp.int32),
+                             reason=jnp.where(ok, 1, jnp.where(last, 2, 0)).astype(jnp.int32),
+                             radius=jnp.where(grow, jnp.maximum(state.radius, options.initial_radius), state.radius),
+                             mc_se=mc_se, lr_cov=lr_cov, mc_rel=rel)
+        cost = cost + jnp.where(grow, chunk * 2 ** (level + 1), 0).astype(jnp.int32)
+        return new, step_info(-value, jnp.isfinite(value), cost, 0, done)
 
     def finished(state: State):
         return state, step_info(-state.value, jnp.isfinite(state.value), 0, 0, True)
 
-    branches = [lambda s, m=m: newton(m, s) for m in sizes]
-    if doubling:
-        branches += [lambda s, i=i: check(i, s) for i in range(num_levels)]
-    branches.append(finished)
-
     def step(key: Array, state: State):
         del key  # deterministic
-        index = state.level + jnp.where(state.checking, num_levels, 0) if doubling else state.level
-        index = jnp.where(state.converged, len(branches) - 1, index)
-        return jax.lax.switch(index, branches, state)
+        if not doubling:
+            return jax.lax.cond(state.converged, finished, newton, state)
+        index = jnp.where(state.converged, 2, jnp.where(state.checking, 1, 0))
+        return jax.lax.switch(index, [newton, check, finished], state)
 
     def params(state: State):
         return unpack(state.eta)
 
     def extras(state: State) -> dict:
-        def fresh(m):
-            return lambda s: sandwich(s.eta, s.draws[:m])
+        def fresh(s):
+            return sandwich(s.eta, s.grad, s.draws, s.level)
 
         def stored(s):
             return s.lr_cov, s.mc_se, jnp.asarray(0, jnp.int32)
 
-        reuse = (state.reason == 1) | (state.reason == 2)
-        index = jnp.where(reuse, num_levels, state.level)
-        lr_cov, mc_se, cost = jax.lax.switch(index, [fresh(m) for m in sizes] + [stored], state)
-        sd = jnp.sqrt(family.variance(unpack(state.eta)))
-        num_draws = jnp.asarray(sizes, jnp.int32)[state.level]
+        reuse = (state.reason == 1) | (state.reason == 2)  # the last check was made at this state
+        lr_cov, mc_se, cost = jax.lax.cond(reuse, stored, fresh, state)
+        variance = family.variance(unpack(state.eta))
         return {"lr_covariance": lr_cov, "lr_sd": jnp.sqrt(jnp.maximum(jnp.diagonal(lr_cov), 0.0)),
-                "mc_se": mc_se, "mc_rel_error": jnp.max(mc_se / sd), "objective": state.value,
-                "num_draws": num_draws, "num_doublings": state.level, "draws_reason": state.reason,
+                "mc_se": mc_se, "mc_rel_error": _relative_error(mc_se, lr_cov, variance), "objective": state.value,
+                "num_draws": (chunk * 2**state.level).astype(jnp.int32), "num_doublings": state.level,
+                "draws_reason": state.reason,
                 "mc_tol": jnp.asarray(jnp.nan if options.mc_tol is None else options.mc_tol, state.value.dtype),
                 "lr_grad_evals": cost}
 
     return VIAlgorithm(init, step, params, extras)
+
+
+def _relative_error(mc_se: Array, lr_cov: Array, q_variance: Array) -> Array:
+    """max_k mc_se_k / sd_k, sd_k the linear-response sd (the posterior sd estimate; a mean-field
+    q's own sds are too small), or q's where the LR variance is not positive and finite."""
+    lr_var = jnp.diagonal(lr_cov)
+    var = jnp.where(jnp.isfinite(lr_var) & (lr_var > 0), lr_var, q_variance)
+    return jnp.max(mc_se / jnp.sqrt(var))
