@@ -120,3 +120,106 @@ def test_bad_input():
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(lr_solver="qr"))
     with pytest.raises(ValueError, match="num_draws"):
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Draw doubling
+
+
+def _fit_many(algo, keys, loc, max_steps=200):
+    """vmap of the test runner over keys: (loc, extras, grad evals, converged), one compile."""
+    def fit(kk):
+        params, state, totals = run(algo, kk, loc, max_steps)
+        return params.loc, algo.extras(state), totals["grad_evals"], totals["info"].converged
+    return jax.jit(jax.vmap(fit))(keys)
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def test_doubling_reduces_the_mc_error_and_says_why_it_stopped(x64):
+    model = _logistic()
+    keys = jax.random.split(jax.random.key(3), 4)
+    loc = jnp.zeros(model.dim, jnp.float64)
+    fixed = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=None)), keys, loc)
+    assert bool(jnp.all(fixed[3])) and np.all(np.asarray(fixed[1]["draws_reason"]) == 3)
+    m8 = np.asarray(fixed[1]["mc_rel_error"])
+    # An unreachable tolerance: doubles twice (at once: the predicted M is far beyond), to M = 32,
+    # and says it gave up.
+    tight = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=1e-4,
+                                                                               max_doublings=2)), keys, loc)
+    ex = tight[1]
+    assert bool(jnp.all(tight[3]))
+    np.testing.assert_array_equal(ex["draws_reason"], 2)
+    np.testing.assert_array_equal(ex["num_draws"], 32)
+    np.testing.assert_array_equal(ex["num_doublings"], 2)
+    # The MC error shrinks like 1/sqrt(M): 4x the draws, about half the error.
+    ratio = np.asarray(ex["mc_rel_error"]) / m8
+    assert np.all((ratio > 0.25) & (ratio < 0.85)), ratio
+    assert np.mean(ratio) < 0.7
+    # A tolerance met at once: no doubling; the check's cost is counted (M per-draw gradients plus
+    # 2M per HVP column of the dense Hessian, P = 2K parameters) on top of the fixed-draw fit's.
+    loose = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=10.0)), keys, loc)
+    np.testing.assert_array_equal(loose[1]["draws_reason"], 1)
+    np.testing.assert_array_equal(loose[1]["num_draws"], 8)
+    np.testing.assert_allclose(loose[0], fixed[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(loose[2]) - np.asarray(fixed[2]), 8 + 2 * 8 * 2 * model.dim)
+    np.testing.assert_array_equal(loose[1]["lr_grad_evals"], 0)  # extras reuse the check at the final state
+    # A tolerance in between: stops as soon as it is met, with the error below it.
+    tol = float(np.max(m8)) * 0.6
+    mid = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=tol)), keys, loc)
+    ex = mid[1]
+    np.testing.assert_array_equal(ex["draws_reason"], 1)
+    assert np.all(np.asarray(ex["mc_rel_error"]) <= tol) and np.all(np.asarray(ex["num_doublings"]) >= 1)
+
+
+def test_fullrank_doubled_fit_is_the_fixed_draw_optimum_of_all_its_draws(key):
+    # Gaussian target, no moment matching: the fixed-draw optimum is closed form in the draws
+    # actually used, mu = m - L zbar and L S L^T = Sigma (S the draws' covariance, divisor M).
+    # After the doublings the fit must sit there for the M it ended at (the chunked sums and the
+    # warm restarts are right), and its mean error must be within a few of its MC standard errors.
+    mean, cov = _correlated()
+    family = aj.FullRankGaussian()
+    with jax.enable_x64(True):
+        algo = dadvi.build(_Gauss(mean, cov), family, dadvi.Options(num_draws=8, mc_tol=0.15, max_doublings=5))
+        params, state, totals = run(algo, key, jnp.zeros(4, jnp.float64), 200)
+        ex = jax.jit(algo.extras)(state)
+        assert bool(totals["info"].converged) and int(ex["draws_reason"]) == 1 and int(ex["num_doublings"]) >= 1
+        m = int(ex["num_draws"])
+        z = np.asarray(state.draws).reshape(-1, 4)[:m]
+        chol = np.asarray(family.scale_tril(params))
+        zbar = z.mean(0)
+        s = (z - zbar).T @ (z - zbar) / m
+        np.testing.assert_allclose(params.loc, mean - chol @ zbar, atol=1e-7)
+        np.testing.assert_allclose(chol @ s @ chol.T, cov, atol=1e-7)
+        err = np.abs(np.asarray(params.loc) - mean)
+        assert np.all(err < 5 * np.asarray(ex["mc_se"])), (err, ex["mc_se"])
+
+
+def test_doubled_answer_is_closer_to_the_long_run_optimum():
+    # A non-Gaussian target (logistic regression, 60 rows): the reference is the fixed-draw
+    # optimum with 1,024 draws (MC error about 0.03 sd); fits that start at M = 8 and double to
+    # M = 128 must be closer to it, over four seeds, than the M = 8 fits of the same seeds.
+    model = _logistic(seed=2)
+    loc = jnp.zeros(model.dim)
+    keys = jax.random.split(jax.random.key(11), 4)
+    with jax.enable_x64(True):
+        loc = jnp.zeros(model.dim, jnp.float64)
+        ref_loc, ref_ex, _, ref_conv = _fit_many(
+            dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=1024, mc_tol=None)),
+            jax.random.key(99)[None], loc)
+        assert bool(ref_conv[0])
+        sd = np.asarray(ref_ex["lr_sd"][0])
+        fixed = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=None)), keys, loc)
+        doubled = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(),
+                                        dadvi.Options(num_draws=8, mc_tol=1e-3, max_doublings=4)), keys, loc)
+        np.testing.assert_array_equal(doubled[1]["num_draws"], 128)
+        err_fixed = np.sqrt(np.mean(((np.asarray(fixed[0]) - np.asarray(ref_loc)) / sd) ** 2))
+        err_doubled = np.sqrt(np.mean(((np.asarray(doubled[0]) - np.asarray(ref_loc)) / sd) ** 2))
+        assert err_doubled < 0.6 * err_fixed, (err_doubled, err_fixed)
+        # and the MC error estimate of the doubled fits matches their actual error, within 2x
+        est = np.sqrt(np.mean((np.asarray(doubled[1]["mc_se"]) / sd) ** 2))
+        assert 0.5 < est / err_doubled < 2.0, (est, err_doubled)
