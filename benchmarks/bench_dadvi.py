@@ -44,7 +44,8 @@ def _constrained(model, zeta) -> dict:
     return flatten_draws(jax.device_get(jax.vmap(model.to_constrained)(jnp.asarray(zeta))))
 
 
-def run_config(model, family: str, options: dadvi.Options, seed: int, num_steps: int) -> tuple[dict, dict]:
+def run_config(model, family: str, options: dadvi.Options, seed: int, num_steps: int,
+               num_draws: int = NUM_DRAWS) -> tuple[dict, dict]:
     """One DADVI fit; (draws by label for q and, for mean-field, the LR sds; cost and draws report)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # k-hat is reported
@@ -57,10 +58,10 @@ def run_config(model, family: str, options: dadvi.Options, seed: int, num_steps:
             "grad evals": int(result.num_grad_evals), "lr grad evals": int(ex["lr_grad_evals"]),
             "steps": int(result.num_steps), "seconds": seconds, "compile s": float(result.report.compile_seconds),
             "khat": float(result.khat), "stop": result.stop_reason}
-    draws = {"q": _constrained(model, result.sample_unconstrained(jax.random.key(seed + 1), NUM_DRAWS))}
+    draws = {"q": _constrained(model, result.sample_unconstrained(jax.random.key(seed + 1), num_draws))}
     if family == "meanfield":
         loc = np.asarray(result.family.mean(result.params))
-        noise = np.asarray(jax.random.normal(jax.random.key(seed + 2), (NUM_DRAWS, model.dim)))
+        noise = np.asarray(jax.random.normal(jax.random.key(seed + 2), (num_draws, model.dim)))
         draws["LR"] = _constrained(model, loc[None, :] + noise * np.asarray(ex["lr_sd"])[None, :])
     return draws, info
 
@@ -72,8 +73,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mc-tol", type=float, default=dadvi.Options().mc_tol)
     parser.add_argument("--max-doublings", type=int, default=dadvi.Options().max_doublings)
-    parser.add_argument("--fr-draws", type=int, default=None, help="full-rank starting M (default max(30, K + 10))")
+    parser.add_argument("--fr-draws", type=int, default=None, help="full-rank starting M (default max(30, 2K): near M = K the fixed-draw objective is ill-conditioned)")
     parser.add_argument("--num-steps", type=int, default=400)
+    parser.add_argument("--moment-draws", type=int, default=NUM_DRAWS,
+                        help="draws of q the moments are computed from (MC error sd / sqrt of it)")
     parser.add_argument("--x64", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -89,12 +92,12 @@ def main(argv=None) -> list[dict]:
         configs = {
             "mf_fixed": ("meanfield", dadvi.Options(mc_tol=None)),
             "mf": ("meanfield", dadvi.Options(mc_tol=args.mc_tol, max_doublings=args.max_doublings)),
-            "fr": ("fullrank", dadvi.Options(num_draws=args.fr_draws or max(30, k + 10), mc_tol=args.mc_tol,
+            "fr": ("fullrank", dadvi.Options(num_draws=args.fr_draws or max(30, 2 * k), mc_tol=args.mc_tol,
                                              max_doublings=args.max_doublings)),
         }
         for config in args.configs.split(","):
             family, options = configs[config]
-            draws, info = run_config(model, family, options, args.seed, args.num_steps)
+            draws, info = run_config(model, family, options, args.seed, args.num_steps, args.moment_draws)
             for which, d in draws.items():
                 nuts = compare(d, reference)
                 row = {"model": name, "K": k, "config": config, "sds": which,
