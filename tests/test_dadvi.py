@@ -140,7 +140,7 @@ def x64():
         yield
 
 
-def test_doubling_reduces_the_mc_error_and_says_why_it_stopped(x64):
+def test_doubling_reduces_the_mc_error_gets_closer_and_says_why_it_stopped(x64):
     model = _logistic()
     keys = jax.random.split(jax.random.key(3), 4)
     loc = jnp.zeros(model.dim, jnp.float64)
@@ -160,6 +160,19 @@ def test_doubling_reduces_the_mc_error_and_says_why_it_stopped(x64):
     ratio = np.asarray(ex["mc_rel_error"]) / m8
     assert np.all((ratio > 0.25) & (ratio < 0.85)), ratio
     assert np.mean(ratio) < 0.7
+    # The doubled answer is closer to the long-run one: the reference is the fixed-draw optimum
+    # with 1,024 draws (MC error about 0.03 sd); 4x the draws should halve the distance to it.
+    ref_loc, ref_ex, _, ref_conv = _fit_many(
+        dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=1024, mc_tol=None)),
+        jax.random.key(99)[None], loc)
+    assert bool(ref_conv[0])
+    sd = np.asarray(ref_ex["lr_sd"][0])
+    err_fixed = np.sqrt(np.mean(((np.asarray(fixed[0]) - np.asarray(ref_loc)) / sd) ** 2))
+    err_doubled = np.sqrt(np.mean(((np.asarray(tight[0]) - np.asarray(ref_loc)) / sd) ** 2))
+    assert err_doubled < 0.75 * err_fixed, (err_doubled, err_fixed)
+    # and the doubled fits' MC error estimate matches their actual error within 2x
+    est = np.sqrt(np.mean((np.asarray(ex["mc_se"]) / sd) ** 2))
+    assert 0.5 < est / err_doubled < 2.0, (est, err_doubled)
     # A tolerance met at once: no doubling; the check's cost is counted (M per-draw gradients plus
     # 2M per HVP column of the dense Hessian, P = 2K parameters) on top of the fixed-draw fit's.
     loose = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=10.0)), keys, loc)
@@ -197,29 +210,3 @@ def test_fullrank_doubled_fit_is_the_fixed_draw_optimum_of_all_its_draws(key):
         np.testing.assert_allclose(chol @ s @ chol.T, cov, atol=1e-7)
         err = np.abs(np.asarray(params.loc) - mean)
         assert np.all(err < 5 * np.asarray(ex["mc_se"])), (err, ex["mc_se"])
-
-
-def test_doubled_answer_is_closer_to_the_long_run_optimum():
-    # A non-Gaussian target (logistic regression, 60 rows): the reference is the fixed-draw
-    # optimum with 1,024 draws (MC error about 0.03 sd); fits that start at M = 8 and double to
-    # M = 128 must be closer to it, over four seeds, than the M = 8 fits of the same seeds.
-    model = _logistic(seed=2)
-    loc = jnp.zeros(model.dim)
-    keys = jax.random.split(jax.random.key(11), 4)
-    with jax.enable_x64(True):
-        loc = jnp.zeros(model.dim, jnp.float64)
-        ref_loc, ref_ex, _, ref_conv = _fit_many(
-            dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=1024, mc_tol=None)),
-            jax.random.key(99)[None], loc)
-        assert bool(ref_conv[0])
-        sd = np.asarray(ref_ex["lr_sd"][0])
-        fixed = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=None)), keys, loc)
-        doubled = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(),
-                                        dadvi.Options(num_draws=8, mc_tol=1e-3, max_doublings=4)), keys, loc)
-        np.testing.assert_array_equal(doubled[1]["num_draws"], 128)
-        err_fixed = np.sqrt(np.mean(((np.asarray(fixed[0]) - np.asarray(ref_loc)) / sd) ** 2))
-        err_doubled = np.sqrt(np.mean(((np.asarray(doubled[0]) - np.asarray(ref_loc)) / sd) ** 2))
-        assert err_doubled < 0.6 * err_fixed, (err_doubled, err_fixed)
-        # and the MC error estimate of the doubled fits matches their actual error, within 2x
-        est = np.sqrt(np.mean((np.asarray(doubled[1]["mc_se"]) / sd) ** 2))
-        assert 0.5 < est / err_doubled < 2.0, (est, err_doubled)
