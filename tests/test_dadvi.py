@@ -120,6 +120,12 @@ def test_bad_input():
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(lr_solver="qr"))
     with pytest.raises(ValueError, match="num_draws"):
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=1))
+    for bad in (0.0, -0.1, float("nan"), True, "0.05"):
+        with pytest.raises(ValueError, match="mc_tol"):
+            dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(mc_tol=bad))
+    for bad in (-1, 11, 2.0, True):
+        with pytest.raises(ValueError, match="max_doublings"):
+            dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(max_doublings=bad))
 
 
 # ----------------------------------------------------------------------------------------------
