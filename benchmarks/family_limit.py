@@ -38,6 +38,7 @@ import advi_jax as aj  # noqa: E402
 from benchmarks.common import versions  # noqa: E402
 from benchmarks.suite import SuiteModel, available_models, flatten_draws  # noqa: E402
 
+CHUNK = 1024  # draws per vectorised log-density call when summarising q
 FAMILY_LIMIT_DIR = os.path.join(os.path.dirname(__file__), "references", "family_limit")
 
 
@@ -63,12 +64,14 @@ def compute_family_limit(name: str, suite_model: SuiteModel, *, steps: int, draw
         result = aj.fit(model, key=jax.random.key(seed), family="fullrank", num_steps=steps, num_samples=draws,
                         init=None if init == "zero" else init, tol_rel_obj=None, progress=False, num_diagnostic_draws=4096)
     u = result.sample_unconstrained(jax.random.key(seed + 1), moment_draws)
-    log_p = jax.vmap(model.log_density)(u)
+    # In chunks: a log density with a T x T intermediate (stochastic volatility's AR filter) over
+    # 32768 draws at once needs tens of GB.
+    log_p = jax.lax.map(model.log_density, u, batch_size=CHUNK)
     log_q = result.family.log_prob(result.params, u)
     gap = np.asarray(log_p - log_q, np.float64)
     finite = np.isfinite(gap)  # log p can overflow far in q's tails; counted, and left out of the ELBO
     gap = gap[finite]
-    constrained = jax.device_get(jax.vmap(model.to_constrained)(u))
+    constrained = jax.device_get(jax.lax.map(model.to_constrained, u, batch_size=CHUNK))
     params = {}
     for label, x in flatten_draws(constrained).items():
         x = np.asarray(x, np.float64)

@@ -35,9 +35,9 @@ def test_meanfield_reaches_the_fixed_draw_optimum(key):
     # mu_k = m_k - sigma_k zbar_k and sigma_k = s_k / sd_N(z_k).
     m, s = np.array([1.0, -2.0, 0.5]), np.array([0.5, 2.0, 1.0])
     with jax.enable_x64(True):
-        algo = dadvi.build(_Gauss(m, np.diag(s**2)), aj.MeanFieldGaussian(), dadvi.Options(num_draws=8))
+        algo = dadvi.build(_Gauss(m, np.diag(s**2)), aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=None))
         params, state, totals = run(algo, key, jnp.zeros(3, jnp.float64), 100)
-        z = np.asarray(state.draws)
+        z = np.asarray(state.draws).reshape(-1, 3)
         sigma = s / z.std(0)
         np.testing.assert_allclose(aj.MeanFieldGaussian().scale(params), sigma, rtol=1e-6)
         np.testing.assert_allclose(params.loc, m - sigma * z.mean(0), rtol=1e-6, atol=1e-8)
@@ -57,7 +57,7 @@ def test_linear_response_equals_exact_posterior_covariance(key):
     mean = cov @ (x.T @ y)
     with jax.enable_x64(True):
         for moment_match, rtol in ((True, 1e-6), (False, 0.25)):
-            opts = dadvi.Options(num_draws=10, moment_match=moment_match)
+            opts = dadvi.Options(num_draws=10, moment_match=moment_match, mc_tol=None)
             algo = dadvi.build(_Gauss(mean, cov), aj.MeanFieldGaussian(), opts)
             params, state, _ = run(algo, key, jnp.zeros(k, jnp.float64), 100)
             extras = jax.jit(algo.extras)(state)
@@ -79,7 +79,7 @@ def _logistic(n=60, seed=0):
 
 def test_mc_error_matches_spread_over_seeds_and_vmap_equals_loop():
     model = _logistic()
-    algo = dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=10))
+    algo = dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=10, mc_tol=None))
     keys = jax.random.split(jax.random.key(7), 48)
     loc = jnp.zeros(model.dim)
 
@@ -120,3 +120,99 @@ def test_bad_input():
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(lr_solver="qr"))
     with pytest.raises(ValueError, match="num_draws"):
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=1))
+    for bad in (0.0, -0.1, float("nan"), True, "0.05"):
+        with pytest.raises(ValueError, match="mc_tol"):
+            dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(mc_tol=bad))
+    for bad in (-1, 11, 2.0, True):
+        with pytest.raises(ValueError, match="max_doublings"):
+            dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(max_doublings=bad))
+
+
+# ----------------------------------------------------------------------------------------------
+# Draw doubling
+
+
+def _fit_many(algo, keys, loc, max_steps=200):
+    """vmap of the test runner over keys: (loc, extras, grad evals, converged), one compile."""
+    def fit(kk):
+        params, state, totals = run(algo, kk, loc, max_steps)
+        return params.loc, algo.extras(state), totals["grad_evals"], totals["info"].converged
+    return jax.jit(jax.vmap(fit))(keys)
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def test_doubling_reduces_the_mc_error_gets_closer_and_says_why_it_stopped(x64):
+    model = _logistic()
+    keys = jax.random.split(jax.random.key(3), 4)
+    loc = jnp.zeros(model.dim, jnp.float64)
+    fixed = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=None)), keys, loc)
+    assert bool(jnp.all(fixed[3])) and np.all(np.asarray(fixed[1]["draws_reason"]) == 3)
+    m8 = np.asarray(fixed[1]["mc_rel_error"])
+    # An unreachable tolerance: doubles twice (at once: the predicted M is far beyond), to M = 32,
+    # and says it gave up.
+    tight = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=1e-4,
+                                                                               max_doublings=2)), keys, loc)
+    ex = tight[1]
+    assert bool(jnp.all(tight[3]))
+    np.testing.assert_array_equal(ex["draws_reason"], 2)
+    np.testing.assert_array_equal(ex["num_draws"], 32)
+    np.testing.assert_array_equal(ex["num_doublings"], 2)
+    # The MC error shrinks like 1/sqrt(M): 4x the draws, about half the error.
+    ratio = np.asarray(ex["mc_rel_error"]) / m8
+    assert np.all((ratio > 0.25) & (ratio < 0.85)), ratio
+    assert np.mean(ratio) < 0.7
+    # The doubled answer is closer to the long-run one: the reference is the fixed-draw optimum
+    # with 1,024 draws (MC error about 0.03 sd); 4x the draws should halve the distance to it.
+    ref_loc, ref_ex, _, ref_conv = _fit_many(
+        dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=1024, mc_tol=None)),
+        jax.random.key(99)[None], loc)
+    assert bool(ref_conv[0])
+    sd = np.asarray(ref_ex["lr_sd"][0])
+    err_fixed = np.sqrt(np.mean(((np.asarray(fixed[0]) - np.asarray(ref_loc)) / sd) ** 2))
+    err_doubled = np.sqrt(np.mean(((np.asarray(tight[0]) - np.asarray(ref_loc)) / sd) ** 2))
+    assert err_doubled < 0.75 * err_fixed, (err_doubled, err_fixed)
+    # and the doubled fits' MC error estimate matches their actual error within 2x
+    est = np.sqrt(np.mean((np.asarray(ex["mc_se"]) / sd) ** 2))
+    assert 0.5 < est / err_doubled < 2.0, (est, err_doubled)
+    # A tolerance met at once: no doubling; the check's cost is counted (M per-draw gradients plus
+    # 2M per HVP column of the dense Hessian, P = 2K parameters) on top of the fixed-draw fit's.
+    loose = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=10.0)), keys, loc)
+    np.testing.assert_array_equal(loose[1]["draws_reason"], 1)
+    np.testing.assert_array_equal(loose[1]["num_draws"], 8)
+    np.testing.assert_allclose(loose[0], fixed[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(loose[2]) - np.asarray(fixed[2]), 8 + 2 * 8 * 2 * model.dim)
+    np.testing.assert_array_equal(loose[1]["lr_grad_evals"], 0)  # extras reuse the check at the final state
+    # A tolerance in between: stops as soon as it is met, with the error below it.
+    tol = float(np.max(m8)) * 0.6
+    mid = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=tol)), keys, loc)
+    ex = mid[1]
+    np.testing.assert_array_equal(ex["draws_reason"], 1)
+    assert np.all(np.asarray(ex["mc_rel_error"]) <= tol) and np.all(np.asarray(ex["num_doublings"]) >= 1)
+
+
+def test_fullrank_doubled_fit_is_the_fixed_draw_optimum_of_all_its_draws(key):
+    # Gaussian target, no moment matching: the fixed-draw optimum is closed form in the draws
+    # actually used, mu = m - L zbar and L S L^T = Sigma (S the draws' covariance, divisor M).
+    # After the doublings the fit must sit there for the M it ended at (the chunked sums and the
+    # warm restarts are right), and its mean error must be within a few of its MC standard errors.
+    mean, cov = _correlated()
+    family = aj.FullRankGaussian()
+    with jax.enable_x64(True):
+        algo = dadvi.build(_Gauss(mean, cov), family, dadvi.Options(num_draws=8, mc_tol=0.15, max_doublings=5))
+        params, state, totals = run(algo, key, jnp.zeros(4, jnp.float64), 200)
+        ex = jax.jit(algo.extras)(state)
+        assert bool(totals["info"].converged) and int(ex["draws_reason"]) == 1 and int(ex["num_doublings"]) >= 1
+        m = int(ex["num_draws"])
+        z = np.asarray(state.draws).reshape(-1, 4)[:m]
+        chol = np.asarray(family.scale_tril(params))
+        zbar = z.mean(0)
+        s = (z - zbar).T @ (z - zbar) / m
+        np.testing.assert_allclose(params.loc, mean - chol @ zbar, atol=1e-7)
+        np.testing.assert_allclose(chol @ s @ chol.T, cov, atol=1e-7)
+        err = np.abs(np.asarray(params.loc) - mean)
+        assert np.all(err < 5 * np.asarray(ex["mc_se"])), (err, ex["mc_se"])
