@@ -45,7 +45,13 @@ x = (5, -5) in float32 reads back to ~2e-3: the step is stored inside y_2, whate
 formula), cosh(x)^2 for a partial correlation, and the condition number of the correlation
 matrix for the matrix forms (their inverses never return NaN, but a nearly singular matrix
 determines x only loosely: for K = 5 and corner inputs, to ~1e-5 at |x| <= 1 in float32 and
-~1e-11 at |x| <= 2 in float64). `benchmarks/bench_bijector_fuzz.py` measures all of this.
+~1e-11 at |x| <= 2 in float64). For `CovMatrix` that condition number kappa(C) multiplies a
+cancellation factor: S_ij is stored to u (|L| |L|^T)_ij, and L_ij is what is left of S_ij after
+the products of the row's other entries are taken off, so x_ij is carried only to about
+u kappa(C) (|L| |L|^T)_ij / L_jj (a small x_ij in a row with an entry near 300 in float64
+reads back to ~1e-13, not ~1e-16). No inverse can do better from the stored matrix; use
+`CholeskyCov` where the factor itself is wanted. `benchmarks/bench_bijector_fuzz.py` measures
+all of this.
 
 Unit vectors are deliberately left out. The sphere is not diffeomorphic to any R^k, so no
 bijector exists; Stan's `unit_vector` over-parameterises with x in R^K, y = x / |x| and adds

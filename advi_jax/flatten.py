@@ -139,6 +139,11 @@ class Model:
           ValueError: a missing or unknown name, a wrong shape, or (for concrete values) a value
             outside its support.
         """
+        self._check_params(params)
+        return self.bijector.inverse({name: params[name] for name in self.support})
+
+    def _check_params(self, params: Mapping[str, ArrayLike]) -> None:
+        """Raise unless `params` has exactly the model's names, their shapes and (concrete) values in support."""
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be a dict of constrained values, got {type(params).__name__}")
         missing = [n for n in self.support if n not in params]
@@ -151,7 +156,6 @@ class Model:
             if np.shape(value) != s.shape:
                 raise ValueError(f"{name!r} must have shape {s.shape} for support {s.name}, got {np.shape(value)}")
             s.check(value, name)
-        return self.bijector.inverse({name: params[name] for name in self.support})
 
     def log_joint_at(self, params: Mapping[str, Array]) -> Array:
         """The user's log joint at constrained `params` (passes `data` when the model has it)."""

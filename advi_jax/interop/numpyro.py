@@ -36,6 +36,17 @@ constants); every other argument (ints, floats, strings, None, functions) stays 
 model that needs a concrete array value (say `int(y.max())` as a shape) should receive that
 value as a separate Python scalar argument.
 
+Supports that depend on other parameters (or on the data), such as `beta ~ Uniform(0, 1 - alpha)`
+or `x ~ TruncatedNormal(0, 1, low=mu)`, are found when the model is built (by following the
+bounds back through the traced model) and are not frozen at the values seen then: for these
+sites `to_constrained`, `log_density` and `to_unconstrained` run the model and map each site
+through the interval / lower / upper bound bijector built from the bounds its distribution has
+at the current values of its parents, with that map's log-det (as NumPyro's own potential
+energy does with `biject_to(site["fn"].support)`); the model's `dependent_names` lists them and
+their `support` entry (named e.g. `interval(bounds depend on other values)`) only fixes the shape
+and layout.
+Models without such sites take the plain `aj.Model` path.
+
 Deterministic sites (`numpyro.deterministic`) are not parameters. Compute them with
 `model.deterministics(params)` for one set of constrained values or
 `model.with_deterministics(draws)` for draws with a leading axis, e.g.
@@ -69,8 +80,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advi_jax import bijectors as _bij
 from advi_jax import supports as _supports
-from advi_jax._types import Array
+from advi_jax._types import Array, ArrayLike, is_concrete
 from advi_jax.flatten import Model
 from advi_jax.supports import Support
 
@@ -237,25 +249,107 @@ class NumPyroModel(Model):
       model_fn: the NumPyro model function.
       deterministic_names: names of the `numpyro.deterministic` sites.
       observed_names: names of observed sample sites (including `numpyro.factor` sites).
+      dependent_names: latent sites whose support bounds depend on other parameters or on the
+        data; they are transformed with the bounds computed at each evaluation.
     """
 
     def __init__(self, log_joint, support, data, model_fn, arguments: _Arguments,
-                 deterministic_names: tuple[str, ...], observed_names: tuple[str, ...]):
+                 deterministic_names: tuple[str, ...], observed_names: tuple[str, ...],
+                 dependent_names: tuple[str, ...] = ()):
         super().__init__(log_joint, support, data=data)
         self.model_fn = model_fn
         self._arguments = arguments
         self.deterministic_names = deterministic_names
         self.observed_names = observed_names
+        self.dependent_names = tuple(dependent_names)
 
     def tree_flatten(self):
         children, aux = super().tree_flatten()
-        return children, (aux, self.model_fn, self._arguments, self.deterministic_names, self.observed_names)
+        return children, (aux, self.model_fn, self._arguments, self.deterministic_names, self.observed_names,
+                          self.dependent_names)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = super().tree_unflatten(aux[0], children)
-        obj.model_fn, obj._arguments, obj.deterministic_names, obj.observed_names = aux[1:]
+        (obj.model_fn, obj._arguments, obj.deterministic_names, obj.observed_names,
+         obj.dependent_names) = aux[1:]
         return obj
+
+    def _run(self, substitute_fn) -> dict:
+        """Trace the model once with latent values given by `substitute_fn(site)`."""
+        handlers, _, _ = _import_numpyro()
+        args, kwargs = self.model_args()
+        fn = handlers.seed(handlers.substitute(self.model_fn, substitute_fn=substitute_fn), rng_seed=0)
+        with jax.numpy_rank_promotion("allow"):
+            return handlers.trace(fn).get_trace(*args, **kwargs)
+
+    def _latent(self, site: dict) -> bool:
+        return site["type"] == "sample" and not site.get("is_observed") and site["name"] in self.support
+
+    def to_constrained_and_log_det(self, zeta: ArrayLike) -> tuple[dict[str, Array], Array]:
+        """(constrained params, log|det J|) for one flat (K,) vector.
+
+        With dependent supports the map is triangular: each site is mapped, in the model's order,
+        with the bounds its distribution has at its parents' constrained values, and the log-det
+        is the sum of the sites' own log-dets (the Jacobian is block lower triangular).
+        """
+        if not self.dependent_names:
+            return super().to_constrained_and_log_det(zeta)
+        pieces = self.bijector.split(self._check_zeta(zeta))
+        blocks = {n: (b, batch) for n, b, batch, _, _, _ in self.bijector._blocks()}
+        values, log_dets = {}, []
+
+        def substitute_fn(site):
+            if not self._latent(site):
+                return None
+            name = site["name"]
+            if name in self.dependent_names:
+                b, batch = _dependent_bijector(site["fn"].support, self.support[name].shape), ()
+            else:
+                b, batch = blocks[name]
+            value, log_det = _bij._batched(b.forward_and_log_det, len(batch))(pieces[name])
+            values[name] = value
+            log_dets.append(jnp.sum(log_det))
+            return value
+
+        self._run(substitute_fn)
+        dtype = pieces[self.names[0]].dtype
+        return {n: values[n] for n in self.names}, sum(log_dets, jnp.zeros((), dtype))
+
+    def to_unconstrained(self, params: Mapping[str, ArrayLike]) -> Array:
+        """Map a dict of constrained parameters to the flat (K,) vector (see `aj.Model.to_unconstrained`).
+
+        Raises:
+          ValueError: a missing or unknown name, a wrong shape, or (for concrete values) a value
+            outside its support, for a dependent site the support at the other values in `params`.
+        """
+        if not self.dependent_names:
+            return super().to_unconstrained(params)
+        self._check_params(params)
+        pieces = {}
+
+        def substitute_fn(site):
+            if not self._latent(site):
+                return None
+            name = site["name"]
+            value = jnp.asarray(params[name])
+            if name in self.dependent_names:
+                support = site["fn"].support
+                with jax.numpy_rank_promotion("allow"):
+                    inside = support(value)
+                if is_concrete(inside) and not np.all(np.asarray(inside)):
+                    bad = int(np.argmin(np.asarray(inside).reshape(-1)))
+                    raise ValueError(f"{name!r} is outside its support {support} at the other values in params "
+                                     f"(first offending flat index {bad})")
+                pieces[name] = _dependent_bijector(support, self.support[name].shape).inverse(value)
+            else:
+                b, batch = blocks[name]
+                pieces[name] = _bij._batched(b.inverse, len(batch))(value)
+            return value
+
+        blocks = {n: (b, batch) for n, b, batch, _, _, _ in self.bijector._blocks()}
+        self._run(substitute_fn)
+        return jnp.concatenate([jnp.reshape(pieces[n], (-1,)) for n in self.names])
 
     def model_args(self) -> tuple[tuple, dict]:
         """The `(args, kwargs)` the model function is called with (arrays taken from `data`)."""
@@ -312,6 +406,97 @@ def _make_log_joint(model_fn: Callable, arguments: _Arguments):
 
     log_joint.__doc__ = f"NumPyro log density of {getattr(model_fn, '__name__', 'model')} at constrained params."
     return log_joint
+
+
+# ---------------------------------------------------------------------------------------------
+# Supports whose bounds depend on other parameters (or on the data)
+# ---------------------------------------------------------------------------------------------
+
+
+def _base_constraint(constraint):
+    _, c, _ = _import_numpyro()
+    while isinstance(constraint, c._IndependentConstraint):
+        constraint = constraint.base_constraint
+    return constraint
+
+
+def _bounds(constraint) -> tuple:
+    """The bounds of an interval / greater_than / less_than constraint (empty for any other)."""
+    _, c, _ = _import_numpyro()
+    constraint = _base_constraint(constraint)
+    if isinstance(constraint, c._SoftplusPositive):
+        return ()
+    if isinstance(constraint, c._Interval):
+        return (constraint.lower_bound, constraint.upper_bound)
+    if isinstance(constraint, c._GreaterThan):
+        return (constraint.lower_bound,)
+    if isinstance(constraint, c._LessThan):
+        return (constraint.upper_bound,)
+    return ()
+
+
+def _dependent_bijector(constraint, shape: tuple[int, ...]) -> _bij.Bijector:
+    """The elementwise bijector onto `constraint` with its current (possibly traced) bounds."""
+    _, c, _ = _import_numpyro()
+    constraint = _base_constraint(constraint)
+    bound = lambda b: jnp.broadcast_to(jnp.asarray(b), shape)  # noqa: E731
+    if isinstance(constraint, c._Interval):
+        return _bij.Interval(bound(constraint.lower_bound), bound(constraint.upper_bound))
+    if isinstance(constraint, c._GreaterThan):
+        return _bij.LowerBound(bound(constraint.lower_bound))
+    return _bij.UpperBound(bound(constraint.upper_bound))
+
+
+def _literal_type():
+    try:
+        from jax.extend.core import Literal
+    except ImportError:  # older jax
+        from jax.core import Literal
+    return Literal
+
+
+def _depends_on_inputs(jaxpr) -> list[bool]:
+    """For each output of a jaxpr, whether it depends on any input (a conservative data-flow walk)."""
+    literal = _literal_type()
+    reached = set(jaxpr.invars)
+
+    def hit(v):
+        return not isinstance(v, literal) and v in reached
+
+    for eqn in jaxpr.eqns:
+        if any(hit(v) for v in eqn.invars):
+            reached.update(eqn.outvars)
+    return [hit(v) for v in jaxpr.outvars]
+
+
+def _dependent_sites(model_fn: Callable, arguments: _Arguments, params: dict, candidates: list[str]) -> tuple:
+    """The candidate sites whose support bounds depend on the latent values or on the data arrays."""
+    if not candidates:
+        return ()
+    handlers, _, _ = _import_numpyro()
+
+    def bounds(params, data):
+        args, kwargs = arguments.rebuild(data)
+        fn = handlers.seed(handlers.substitute(model_fn, data=params), rng_seed=0)
+        with jax.numpy_rank_promotion("allow"):
+            tr = handlers.trace(fn).get_trace(*args, **kwargs)
+        return [[jnp.asarray(b) for b in _bounds(tr[name]["fn"].support)] for name in candidates]
+
+    closed = jax.make_jaxpr(bounds)(params, arguments.data)
+    flags = iter(_depends_on_inputs(closed.jaxpr))
+    shapes = jax.eval_shape(bounds, params, arguments.data)
+    return tuple(name for name, site_bounds in zip(candidates, shapes)
+                 if any([next(flags) for _ in site_bounds]))
+
+
+def _dependent_support(support: Support, constraint) -> Support:
+    """`support`'s shape and layout under a name saying its bounds move; membership is checked by the model."""
+    _, c, _ = _import_numpyro()
+    constraint = _base_constraint(constraint)
+    kind = ("interval" if isinstance(constraint, c._Interval) else
+            "lower_bounded" if isinstance(constraint, c._GreaterThan) else "upper_bounded")
+    return Support(f"{kind}(bounds depend on other values)", support.event_shape, support.batch_shape,
+                   support.bijector, lambda v: jnp.all(jnp.isfinite(v)))
 
 
 def _feasible_value(site: dict):
@@ -393,6 +578,10 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
     if not support:
         raise ValueError("the NumPyro model has no latent sample sites (every site is observed); nothing to infer")
     log_joint = _make_log_joint(model_fn, arguments)
-    _check_traceable(model_fn, log_joint, {name: tr[name]["value"] for name in support}, arguments.data)
+    values = {name: tr[name]["value"] for name in support}
+    _check_traceable(model_fn, log_joint, values, arguments.data)
+    dependent = _dependent_sites(model_fn, arguments, values, [n for n in support if _bounds(tr[n]["fn"].support)])
+    for name in dependent:
+        support[name] = _dependent_support(support[name], tr[name]["fn"].support)
     return NumPyroModel(log_joint, support, arguments.data, model_fn, arguments,
-                        tuple(deterministic), tuple(observed))
+                        tuple(deterministic), tuple(observed), dependent)
