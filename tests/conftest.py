@@ -13,14 +13,6 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# The suite is dominated by XLA compilation (hundreds of small jitted programs), not by running
-# them: LLVM's optimisation level 0 made A/B runs of test files 15-25% faster on a lightly loaded
-# machine (~40% under heavy load), NUTS-reference and VAE-training tests included. Floating-point semantics do not change
-# (no fast-math). Subprocess tests inherit it; an explicit level in XLA_FLAGS is kept.
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402

@@ -90,7 +90,7 @@ def test_score_variance_much_larger_on_logistic(key):
 
     x, y, _ = load_dataset("breast_cancer")
     model = logistic_regression(x, y)
-    result = aj.fit(model, key=key, num_steps=300, progress=False, diagnostics=False)
+    result = aj.fit(model, key=key, family="meanfield", num_steps=300, progress=False, diagnostics=False)
     stats = aj.gradient_variance(model, "meanfield", result.params, key, ("reparam", "score"), num_draws=200,
                                  time_repeats=3)
     # the factor's lower limit: score's lower limit over reparam's upper limit

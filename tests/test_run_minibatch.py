@@ -11,7 +11,6 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import FAST_COMPILE_FLAG  # noqa: E402
 import advi_jax as aj
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +97,7 @@ def test_minibatch_compiles_once_and_checks_arguments(key):
 
 _SHARDING_SCRIPT = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 " + os.environ.get("FAST_COMPILE", "")
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, jax.numpy as jnp, numpy as np, advi_jax as aj
     assert jax.device_count() == 4, jax.devices()
@@ -162,7 +161,6 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 def test_sharded_data_give_the_same_elbo_gradient_and_fit_on_four_devices():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["FAST_COMPILE"] = FAST_COMPILE_FLAG  # conftest's compile-time setting, kept in the subprocess
     out = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0 and "SHARDING OK" in out.stdout, out.stdout + out.stderr[-4000:]
