@@ -64,3 +64,15 @@ def mnist_like_dir(tmp_path_factory) -> Path:
 def tolerance(dtype) -> float:
     """A relative tolerance suited to `dtype`."""
     return 1e-5 if jax.numpy.dtype(dtype) == jax.numpy.float64 else 2e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's in-memory caches of traced and compiled programs after each test module.
+
+    The suite compiles thousands of programs in one process; keeping all of them alive grew the
+    process until a late compilation crashed (seen twice, each time ~95% through a full run, in
+    a test that passes alone). Each module's programs are its own, so little is recompiled.
+    """
+    yield
+    jax.clear_caches()

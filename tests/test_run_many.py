@@ -45,7 +45,7 @@ def test_fit_many_fit_i_is_aj_fit_with_key_fold_in_i(key, batched):
     """Each fit follows aj.fit exactly, with its own stopping step (tol_rel_obj)."""
     models = _normal_mean_models(3)
     opt = optax.adam(0.01)
-    kwargs = dict(num_steps=1500, optimizer=opt, tol_rel_obj=0.01, eval_every=50, window=3)
+    kwargs = dict(num_steps=1500, optimizer=opt, tol_rel_obj=0.01, eval_every=50, window=3, family="meanfield")
     if batched:
         many = aj.fit_many(models, key=key, chunk_size=400, **kwargs)
     else:
