@@ -38,7 +38,7 @@ new best decrement for `patience` steps while it is below `floor`.
 
 Cost per step: O(N (D+1)^2) for the pass (G does not enter it beyond the gathers and the
 per-group sums) and O(K^3), K = D + G + 2, for two Cholesky factorisations and a triangular
-inverse (`_tri_inv_lower`). A start from zero typically takes 10-35 steps (simulated data, the
+inverse (`glm_exact._tri_inv_lower`). A start from zero typically takes 10-35 steps (simulated data, the
 births data with 51 states: 21); few groups (G < 5, tau weakly identified) take more.
 
 Example:
@@ -62,8 +62,8 @@ from jax.scipy.linalg import cho_solve
 
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
-from advi_jax.families import Family, FullRankParams, MeanFieldParams
-from advi_jax.vi.glm_exact import _softplus_inverse, expected_log_lik_auto, quadrature
+from advi_jax.families import Family
+from advi_jax.vi.glm_exact import _cov_factor, expected_log_lik_auto, family_params, quadrature
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo", "supports",
            "moments_and_curvature"]
@@ -210,33 +210,6 @@ def _prior(layout, m, S):
 
 def _entropy(log_det_sd, k: int):
     return log_det_sd + 0.5 * k * (1.0 + _LOG_2PI)
-
-
-def _tri_inv_lower(L: Array) -> Array:
-    """Inverse of a lower-triangular matrix by forward substitution, one row per loop iteration.
-
-    Row i of X = L^{-1} is (e_i - L[i, :i] X[:i]) / L[i, i]: K vector-matrix products in a
-    `fori_loop` (K^3 flops, one small loop body to compile). Used instead of a triangular solve
-    with a K x K right-hand side, which on CPU goes to a multithreaded BLAS trsm that ran 100x
-    slower (36 ms at K = 70) on a loaded machine.
-    """
-    k = L.shape[0]
-    cols = jnp.arange(k)
-    eye = jnp.eye(k, dtype=L.dtype)
-
-    def row(i, X):
-        li = jnp.where(cols < i, L[i], 0.0)
-        return X.at[i].set((eye[i] - li @ X) / L[i, i])
-
-    return jax.lax.fori_loop(0, k, row, jnp.zeros_like(L))
-
-
-def _cov_factor(precision: Array, meanfield: bool) -> Array:
-    """Mean-field: sds 1/sqrt(p). Full-rank: lower L with L L' = P^{-1} (reversal trick)."""
-    if meanfield:
-        return jax.lax.rsqrt(precision)
-    flipped = jnp.linalg.cholesky(precision[::-1, ::-1])  # J P J = U U', U lower
-    return _tri_inv_lower(flipped).T[::-1, ::-1]  # J U^{-T} J, lower
 
 
 def _covariance(family_kind: str, factor: Array) -> tuple[Array, Array]:
@@ -422,10 +395,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         return nxt, step_info(nxt.elbo, jnp.isfinite(nxt.elbo), 1, 0, converged)
 
     def params(state: GroupedState):
-        if meanfield:
-            return MeanFieldParams(state.loc, _softplus_inverse(state.factor))
-        L = state.factor
-        return FullRankParams(state.loc, _softplus_inverse(jnp.diagonal(L)), L)
+        return family_params(state.loc, state.factor, meanfield)
 
     def extras(state: GroupedState) -> dict:
         return {"decrement": _decrement(state, meanfield), "rho": state.rho}
