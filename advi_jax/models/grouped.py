@@ -41,10 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from advi_jax._types import Array, ArrayLike
-from advi_jax.flatten import Model
 from advi_jax.models.glm import _pointwise
 from advi_jax.models.regression import (_check_scale, _check_x, _check_y, _feature_names, _frame_input,
-                                        _normal_logpdf, _offset)
+                                        _ModelWithInfo, _normal_logpdf, _offset)
 from advi_jax.supports import positive, real
 
 __all__ = ["GroupedInfo", "GroupedRegressionModel", "grouped_logistic_regression", "grouped_poisson_regression",
@@ -79,7 +78,7 @@ class GroupedInfo:
 
 
 @jax.tree_util.register_pytree_node_class
-class GroupedRegressionModel(Model):
+class GroupedRegressionModel(_ModelWithInfo):
     """An `aj.Model` of a varying-intercept GLM with its `GroupedInfo` (`model.info`).
 
     `model.data` holds `x` (N, D) transformed features, `y` (N,), `group` (N,) int32 codes,
@@ -87,20 +86,6 @@ class GroupedRegressionModel(Model):
     the order of the flat vector: `intercept` (when present), `beta` (D,), `u` (G,), `tau`.
     `model.labels` names the entries of `beta` and `u` for summaries.
     """
-
-    def __init__(self, log_joint, support, data, info: GroupedInfo):
-        super().__init__(log_joint, support, data=data)
-        self.info = info
-
-    def tree_flatten(self):
-        children, aux = super().tree_flatten()
-        return children, (aux, self.info)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        obj = super().tree_unflatten(aux[0], children)
-        obj.info = aux[1]
-        return obj
 
     @property
     def num_groups(self) -> int:

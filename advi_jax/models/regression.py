@@ -102,15 +102,10 @@ class RegressionInfo:
     dispersion_scale: float = 1.0
 
 
-@jax.tree_util.register_pytree_node_class
-class RegressionModel(Model):
-    """An `aj.Model` that also carries a `RegressionInfo` (`model.info`) for predictions and labels.
+class _ModelWithInfo(Model):
+    """An `aj.Model` that also carries a static description (`model.info`) through jit and vmap."""
 
-    `model.data` is a dict with `x` (N, D) transformed features, `y` (N,), `x_mean` (D,),
-    `x_scale` (D,) and, for Poisson models with an exposure or offset, `offset` (N,).
-    """
-
-    def __init__(self, log_joint, support, data, info: RegressionInfo):
+    def __init__(self, log_joint, support, data, info: Any):
         super().__init__(log_joint, support, data=data)
         self.info = info
 
@@ -123,6 +118,15 @@ class RegressionModel(Model):
         obj = super().tree_unflatten(aux[0], children)
         obj.info = aux[1]
         return obj
+
+
+@jax.tree_util.register_pytree_node_class
+class RegressionModel(_ModelWithInfo):
+    """An `aj.Model` that also carries a `RegressionInfo` (`model.info`) for predictions and labels.
+
+    `model.data` is a dict with `x` (N, D) transformed features, `y` (N,), `x_mean` (D,),
+    `x_scale` (D,) and, for Poisson models with an exposure or offset, `offset` (N,).
+    """
 
     def __repr__(self) -> str:
         return f"{self.info.kind.capitalize()}Regression" + super().__repr__()[len("Model"):]
