@@ -266,7 +266,7 @@ def jackknife_interval(theta, theta_loo, t: float, *, log: bool, xp=jnp):
     num = theta_loo.shape[0]
     if log:
         tiny = xp.finfo(xp.result_type(theta)).tiny
-        lt, lt_loo = xp.log(xp.maximum(theta, tiny)), xp.log(xp.maximum(theta_loo, tiny))
+        lt_loo = xp.log(xp.maximum(theta_loo, tiny))
         se_log = xp.sqrt((num - 1) / num * xp.sum((lt_loo - xp.mean(lt_loo, axis=0, keepdims=True)) ** 2, axis=0))
         se = theta * se_log
         lower = xp.where(theta > 0, theta * xp.exp(-t * se_log), 0.0)

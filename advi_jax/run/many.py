@@ -106,10 +106,6 @@ def _unbatch(model: Model, i: int) -> Model:
     return jax.tree_util.tree_map(lambda x: x[i], model)
 
 
-def _batch_size_of(model: Model) -> int:
-    return common_leading_size(model.data, "batched=True (the Model's data carry a leading batch axis)")
-
-
 @jax.jit
 def _split_keys(key: Array, indices: Array) -> tuple[Array, Array]:
     """Fit i: `split(fold_in(key, i))` into its init and run keys, in one compiled call."""

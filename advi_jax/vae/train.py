@@ -34,7 +34,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from advi_jax._types import Array, PyTree
 from advi_jax.diagnostics import check_key
-from advi_jax.sharding import data_mesh
 from advi_jax.vae.modules import VAEConfig, build_vae
 from advi_jax.vae.objectives import Objective, make_loss
 
