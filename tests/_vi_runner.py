@@ -52,3 +52,22 @@ def correlated(k=4, seed=0):
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(k, k))
     return rng.normal(size=k), a @ a.T / k + 0.5 * np.eye(k)
+
+
+def mc_elbo(model, family, params, key, num_draws=1_000_000, chunk=100_000):
+    """Monte Carlo mean and standard error of log p(zeta) - log q(zeta), zeta ~ q (float64 sums).
+
+    The reference the exact-ELBO methods' objectives are tested against.
+    """
+    @jax.jit
+    def draws(model, params, k):
+        z = family.sample(params, k, chunk)
+        return jax.vmap(model.log_density)(z) - family.log_prob(params, z)
+
+    sums, sq = 0.0, 0.0
+    for i in range(num_draws // chunk):
+        v = np.asarray(draws(model, params, jax.random.fold_in(key, i)), np.float64)
+        sums += v.sum()
+        sq += (v * v).sum()
+    mean = sums / num_draws
+    return mean, np.sqrt((sq / num_draws - mean**2) / num_draws)

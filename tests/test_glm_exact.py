@@ -20,7 +20,7 @@ from advi_jax.models import logistic_regression, poisson_regression
 from advi_jax.vi import METHODS, glm_exact as G
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _vi_runner import run as _run_algorithm  # noqa: E402
+from _vi_runner import mc_elbo, run as _run_algorithm  # noqa: E402
 
 REFS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "references")
 
@@ -58,30 +58,13 @@ def _params(family, k, seed, scale=0.3):
     return FullRankParams(loc, raw, jnp.asarray(np.tril(rng.normal(size=(k, k)) * 0.1, -1), jnp.float32))
 
 
-def _mc_elbo(model, family, params, key, num_draws=1_000_000, chunk=100_000):
-    """Monte Carlo mean and standard error of log p(zeta) - log q(zeta), zeta ~ q."""
-    sums, sq = 0.0, 0.0
-
-    @jax.jit
-    def draws(model, params, k):
-        z = family.sample(params, k, chunk)
-        return jax.vmap(model.log_density)(z) - family.log_prob(params, z)
-
-    for i in range(num_draws // chunk):
-        v = np.asarray(draws(model, params, jax.random.fold_in(key, i)), np.float64)
-        sums += v.sum()
-        sq += (v * v).sum()
-    mean = sums / num_draws
-    return mean, np.sqrt((sq / num_draws - mean**2) / num_draws)
-
-
 @pytest.mark.parametrize("kind,fam", [("logistic", "fullrank"), ("poisson", "meanfield")])
 def test_exact_elbo_equals_monte_carlo(kind, fam, key):
     model = _logistic(n=100) if kind == "logistic" else _poisson(n=100)
     family = aj.families.get_family(fam)
     params = _params(family, model.dim, 3, scale=0.3 if kind == "logistic" else 0.05)
     exact = float(G.exact_elbo(model, family, params))
-    mean, se = _mc_elbo(model, family, params, key)
+    mean, se = mc_elbo(model, family, params, key)
     assert abs(exact - mean) < 4 * se + 1e-6 * abs(mean), (exact, mean, se)
     # And the test has power: a slightly different q is many standard errors away.
     moved = params._replace(loc=params.loc + 0.05)

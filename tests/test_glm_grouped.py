@@ -22,7 +22,7 @@ from advi_jax.run import choose_method
 from advi_jax.vi import METHODS, glm_grouped as GG
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _vi_runner import run as _run_algorithm  # noqa: E402
+from _vi_runner import mc_elbo, run as _run_algorithm  # noqa: E402
 from conftest import require_data_file  # noqa: E402
 
 REFS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "references")
@@ -52,23 +52,6 @@ def _params(family, k, seed, scale=0.2):
     return FullRankParams(loc, raw, jnp.asarray(np.tril(rng.normal(size=(k, k)) * 0.08, -1), jnp.float32))
 
 
-def _mc_elbo(model, family, params, key, num_draws=1_000_000, chunk=100_000):
-    """Monte Carlo mean and standard error of log p(zeta) - log q(zeta), zeta ~ q."""
-    sums, sq = 0.0, 0.0
-
-    @jax.jit
-    def draws(model, params, k):
-        z = family.sample(params, k, chunk)
-        return jax.vmap(model.log_density)(z) - family.log_prob(params, z)
-
-    for i in range(num_draws // chunk):
-        v = np.asarray(draws(model, params, jax.random.fold_in(key, i)), np.float64)
-        sums += v.sum()
-        sq += (v * v).sum()
-    mean = sums / num_draws
-    return mean, np.sqrt((sq / num_draws - mean**2) / num_draws)
-
-
 def run(model, family, options=GG.Options(), num_steps=200):
     algo = GG.build(model, family, options)
     params, _, totals = _run_algorithm(algo, jax.random.key(0), jnp.zeros((model.dim,), jnp.float32), num_steps)
@@ -83,7 +66,7 @@ def test_exact_elbo_equals_monte_carlo(kind, fam, key):
     if fam == "fullrank":  # correlate log tau with every u (the E[u^2 e^{-2s}] cross term)
         params = params._replace(off_diag=params.off_diag.at[-1, :-1].set(0.15))
     exact = float(GG.exact_elbo(model, family, params))
-    mean, se = _mc_elbo(model, family, params, key)
+    mean, se = mc_elbo(model, family, params, key)
     assert abs(exact - mean) < 4 * se + 1e-6 * abs(mean), (exact, mean, se)
     # Power: a slightly different q (a larger log-tau sd) is many standard errors away.
     k = model.dim - 1

@@ -19,6 +19,7 @@ from advi_jax.families import FullRankParams, MeanFieldParams
 from advi_jax.models import negbin_regression, probit_regression
 from advi_jax.vi import _glm_lik as L
 from advi_jax.vi import glm_exact as G
+from _vi_runner import mc_elbo  # noqa: E402
 
 REFS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "references")
 
@@ -46,25 +47,13 @@ def _params(family, k, seed, scale=0.2):
     return FullRankParams(loc, raw, jnp.asarray(np.tril(rng.normal(size=(k, k)) * 0.1, -1), jnp.float32))
 
 
-def _mc_elbo(model, family, params, key, num_draws=1_000_000, chunk=100_000):
-    """Monte Carlo mean and standard error of log p(zeta) - log q(zeta), zeta ~ q (float64 sums)."""
-    @jax.jit
-    def draws(model, params, k):
-        z = family.sample(params, k, chunk)
-        return jax.vmap(model.log_density)(z) - family.log_prob(params, z)
-
-    v = np.concatenate([np.asarray(draws(model, params, jax.random.fold_in(key, i)), np.float64)
-                        for i in range(num_draws // chunk)])
-    return v.mean(), v.std() / np.sqrt(v.size)
-
-
 @pytest.mark.parametrize("kind,fam", [("negbin", "fullrank"), ("probit", "fullrank")])
 def test_exact_elbo_equals_monte_carlo(kind, fam, key):
     model = _negbin() if kind == "negbin" else _probit()
     family = aj.families.get_family(fam)
     params = _params(family, model.dim, 3, scale=0.15 if kind == "negbin" else 0.4)
     exact = float(G.exact_elbo(model, family, params))
-    mean, se = _mc_elbo(model, family, params, key)
+    mean, se = mc_elbo(model, family, params, key)
     # float32 log densities: allow their rounding (1e-6 relative) on top of 4 standard errors
     assert abs(exact - mean) < 4 * se + 1e-6 * abs(mean), (exact, mean, se)
     moved = params._replace(loc=params.loc.at[-1].add(0.05))  # the dispersion / last coefficient
