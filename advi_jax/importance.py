@@ -10,9 +10,9 @@ noise, and PSIS fits a tail to it. So the ratios are computed *centred* at the m
     r_s = shift + centred_s,    shift = log p(m) - log q(m),
     centred_s = [log p(zeta_s) - log p(m)] - [log q(zeta_s) - log q(m)],
 
-with the first bracket from `model.log_density_relative(zeta, m)` when the model has one (the
-ready logistic and Poisson GLMs: a per-row difference whose rounding scales with the difference,
-`advi_jax.models.relative`), else as the plain difference (no worse than before). The centred
+with the first bracket and log p(m) from `model.log_density_relative(zeta, m)` when the model
+has one (the ready logistic and Poisson GLMs: a sum of per-row differences, `advi_jax.models.relative`;
+it returns (log p(zeta) - log p(m), log p(m))), else plainly (no worse than before). The centred
 ratios and the shift are returned separately so that the shift's magnitude never rounds the
 centred values again; the host adds them in float64. All of it is one compiled program per
 model structure, family and S (`draws_and_log_ratios`).
@@ -64,9 +64,9 @@ def centred_log_ratios(model, family: Family, params: PyTree, key: Array, num_dr
         log_p = jax.lax.map(model.log_density, zeta, batch_size=batch)
         return zeta, log_p - family.log_prob(params, zeta), jnp.zeros((), zeta.dtype)
     ref = jax.lax.stop_gradient(family.mean(params))
-    log_p_rel = jax.lax.map(lambda z: relative(z, ref), zeta, batch_size=batch)
+    log_p_rel, log_p_ref = jax.lax.map(lambda z: relative(z, ref), zeta, batch_size=batch)
     log_q = family.log_prob(params, jnp.concatenate([ref[None], zeta]))
-    return zeta, log_p_rel - (log_q[1:] - log_q[0]), model.log_density(ref) - log_q[0]
+    return zeta, log_p_rel - (log_q[1:] - log_q[0]), log_p_ref[0] - log_q[0]
 
 
 def log_ratios(model, family: Family, params: PyTree, key: Array, num_draws: int,

@@ -164,7 +164,9 @@ def _row_block_sum(block_value, x, y, offset, block_size):
         ob = None if offset is None else jax.lax.dynamic_slice_in_dim(offset, start, block_size)
         return add(carry, block_value(xb, yb, ob))
 
-    zero = jnp.zeros((), jnp.result_type(x, y))
+    shape = jax.eval_shape(block_value, x[:block_size], y[:block_size],
+                           None if offset is None else offset[:block_size])
+    zero = jnp.zeros(shape.shape, shape.dtype)
     carry = (zero, zero)
     if num_blocks:
         carry = jax.lax.fori_loop(0, num_blocks, body, carry)
@@ -189,20 +191,6 @@ def _value_pass(x, y, beta, intercept, offset, family, block_size):
     return _row_block_sum(block_value, x, y, offset, min(block_size, VALUE_BLOCK_ROWS))
 
 
-def _pointwise_difference(family: str, y: Array, eta_ref: Array, delta: Array) -> Array:
-    """l(y, eta_ref + delta) - l(y, eta_ref) per row.
-
-    Each row's difference carries a rounding of about eps x |l_i| (~1e-7 in float32), not
-    eps x |sum_i l_i| as the difference of two sums does; summed over N rows with random signs
-    that is ~eps sqrt(N) (measured at N = 1e6, float32: 3e-5, against a spread of 1.3e-3 of the
-    log ratios of a near-exact fit). The second term does not depend on the draw (computed once
-    per row under vmap), so a (draw, row) costs what the value pass costs. (Forms whose error is
-    proportional to |delta| — expm1 / log1p, or a cumulant series — were 3-4x slower on XLA:CPU
-    and were not needed at these sizes.)
-    """
-    return _pointwise(family, y, eta_ref + delta)[0] - _pointwise(family, y, eta_ref)[0]
-
-
 def glm_log_likelihood_difference(x: ArrayLike, y: ArrayLike, beta: ArrayLike, intercept: ArrayLike,
                                   beta_ref: ArrayLike, intercept_ref: ArrayLike, offset: ArrayLike | None = None,
                                   family: str = "bernoulli", block_size: int | None = None) -> Array:
@@ -212,9 +200,13 @@ def glm_log_likelihood_difference(x: ArrayLike, y: ArrayLike, beta: ArrayLike, i
     eps x |log-likelihood| (with N = 1e6 rows in float32: |sum| ~ 1e5-1e6, rounding ~ 0.01-0.1),
     which swamps a difference of order 1e-3 (the spread of the importance log ratios of a
     near-exact fit at large N). Here the rows' differences l_i(eta_ref_i + delta_i) - l_i(eta_ref_i),
-    delta_i = x_i . (beta - beta_ref) + (c - c_ref), are summed (`_pointwise_difference`: a
-    rounding of ~eps sqrt(N) instead of eps |sum|), in blocks with a compensated carry across
-    blocks. Value only (no gradient); under `jax.vmap` over coefficient vectors each
+    delta_i = x_i . (beta - beta_ref) + (c - c_ref), are summed, in blocks with a compensated
+    carry across blocks: each row's difference is rounded by ~eps |l_i| (~1e-7), so the sum by
+    ~eps sqrt(N) instead of eps |sum| (measured at N = 1e6, float32: 3e-5, against a spread of
+    1.3e-3 of the log ratios of a near-exact fit). The reference terms do not depend on the draw
+    (computed once per row under vmap), so a (draw, row) costs what the value pass costs. (Forms
+    with an error proportional to |delta| -- expm1 / log1p, a cumulant series -- were 3-4x slower
+    on XLA:CPU and were not needed at these sizes.) Value only (no gradient); under `jax.vmap` over coefficient vectors each
     block's product is one matrix product, as in the value pass.
 
     Args:
@@ -223,13 +215,14 @@ def glm_log_likelihood_difference(x: ArrayLike, y: ArrayLike, beta: ArrayLike, i
       beta_ref, intercept_ref: the reference coefficients (e.g. the mean of q).
 
     Returns:
-      Scalar sum_i [l_i(beta, intercept) - l_i(beta_ref, intercept_ref)].
+      (difference, reference): the scalar sum_i [l_i(beta, intercept) - l_i(beta_ref, intercept_ref)]
+      and the plain sum_i l_i(beta_ref, intercept_ref), a by-product (its terms are formed anyway).
 
     Example:
       >>> import jax.numpy as jnp
       >>> from advi_jax.models.glm import glm_log_likelihood_difference
       >>> x = jnp.ones((10, 3)); y = jnp.ones(10)
-      >>> d = glm_log_likelihood_difference(x, y, jnp.full(3, 1e-3), 0.0, jnp.zeros(3), 0.0)
+      >>> d, at_ref = glm_log_likelihood_difference(x, y, jnp.full(3, 1e-3), 0.0, jnp.zeros(3), 0.0)
     """
     _check(x, y, beta, family)
     _check(x, y, beta_ref, family)
@@ -245,9 +238,12 @@ def glm_log_likelihood_difference(x: ArrayLike, y: ArrayLike, beta: ArrayLike, i
         eta_ref = xb @ beta_ref + intercept_ref
         if ob is not None:
             eta_ref = eta_ref + ob
-        return jnp.sum(_pointwise_difference(family, yb, eta_ref, xb @ step + step_c))
+        at_ref = _pointwise(family, yb, eta_ref)[0]
+        delta = xb @ step + step_c
+        return jnp.stack([jnp.sum(_pointwise(family, yb, eta_ref + delta)[0] - at_ref), jnp.sum(at_ref)])
 
-    return _row_block_sum(block_value, x, jnp.asarray(y, dtype), offset, min(block_size, VALUE_BLOCK_ROWS))
+    both = _row_block_sum(block_value, x, jnp.asarray(y, dtype), offset, min(block_size, VALUE_BLOCK_ROWS))
+    return both[0], both[1]
 
 
 # ---- the native pass ----------------------------------------------------------------------

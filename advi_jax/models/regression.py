@@ -131,8 +131,8 @@ class RegressionModel(_ModelWithInfo):
     def __repr__(self) -> str:
         return f"{self.info.kind.capitalize()}Regression" + super().__repr__()[len("Model"):]
 
-    def log_density_relative(self, zeta: ArrayLike, zeta_ref: ArrayLike) -> Array:
-        """log p(zeta) - log p(zeta_ref), rounded to the size of the difference (`models.relative`)."""
+    def log_density_relative(self, zeta: ArrayLike, zeta_ref: ArrayLike) -> tuple[Array, Array]:
+        """(log p(zeta) - log p(zeta_ref), log p(zeta_ref)), the first accurate (`models.relative`)."""
         from advi_jax.models.relative import log_density_relative  # it imports this module
 
         return log_density_relative(self, zeta, zeta_ref)

@@ -24,31 +24,34 @@ ACCURATE_KINDS = {"logistic": "bernoulli", "poisson": "poisson"}
 """The regression kinds with a per-row difference (the others are plain differences)."""
 
 
-def log_density_relative(model: RegressionModel, zeta: ArrayLike, zeta_ref: ArrayLike) -> Array:
-    """`model.log_density(zeta) - model.log_density(zeta_ref)`, its rounding proportional to the difference.
+def log_density_relative(model: RegressionModel, zeta: ArrayLike, zeta_ref: ArrayLike) -> tuple[Array, Array]:
+    """(`model.log_density(zeta) - model.log_density(zeta_ref)`, `model.log_density(zeta_ref)`), the first
+    without the rounding of |log p|.
 
     Args:
       model: a ready GLM (`logistic_regression`, `poisson_regression`, ...).
       zeta, zeta_ref: (K,) points in R^K (vmap for batches of `zeta`).
 
     Returns:
-      The scalar difference; for kinds outside `ACCURATE_KINDS` (probit, negative binomial) the
-      plain difference of the two log densities.
+      (difference, log p(zeta_ref)), scalars (the second a by-product of the first); for kinds
+      outside `ACCURATE_KINDS` (probit, negative binomial) the plain difference.
 
     Example:
       >>> import numpy as np, jax.numpy as jnp, advi_jax as aj
       >>> x = np.random.default_rng(0).normal(size=(50, 2)); y = (x[:, 0] > 0).astype(float)
       >>> model = aj.models.logistic_regression(x, y)
-      >>> d = log_density_relative(model, jnp.full(3, 0.01), jnp.zeros(3))
+      >>> d, at_ref = log_density_relative(model, jnp.full(3, 0.01), jnp.zeros(3))
     """
     info = model.info
     if info.kind not in ACCURATE_KINDS:
-        return model.log_density(zeta) - model.log_density(zeta_ref)
+        at_ref = model.log_density(zeta_ref)
+        return model.log_density(zeta) - at_ref, at_ref
     params, log_det = model.to_constrained_and_log_det(zeta)
     ref, log_det_ref = model.to_constrained_and_log_det(zeta_ref)
     data = model.data
     intercept = params["intercept"] if info.intercept else 0.0
     intercept_ref = ref["intercept"] if info.intercept else 0.0
-    log_lik = glm_log_likelihood_difference(data["x"], data["y"], params["beta"], intercept, ref["beta"], intercept_ref,
+    log_lik, log_lik_ref = glm_log_likelihood_difference(data["x"], data["y"], params["beta"], intercept, ref["beta"], intercept_ref,
                                             data.get("offset"), ACCURATE_KINDS[info.kind])
-    return (log_det - log_det_ref) + (_log_prior(params, info) - _log_prior(ref, info)) + log_lik
+    prior_ref = _log_prior(ref, info) + log_det_ref
+    return (log_det + _log_prior(params, info) - prior_ref) + log_lik, prior_ref + log_lik_ref
