@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advi_jax import diagnostics as _diag
+from advi_jax.importance import centred_log_ratios, draws_and_log_ratios, log_ratios, sampling_key
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.base import Family
 
@@ -126,37 +127,6 @@ def diagnostic_draw_budget(num_logp_evals: int, num_grad_evals: int, data_entrie
     return int(min(max(draws, DIAGNOSTIC_DRAWS_MIN), DIAGNOSTIC_DRAWS_MAX))
 
 
-_GOLDEN = 0x9E3779B9
-
-
-def sampling_key(key: Array) -> Array:
-    """The key the result's own draws of q are made with: an "rbg" key (XLA's RngBitGenerator)
-    holding a threefry key's bits (other keys are kept as they are).
-
-    Compiling threefry for a batch of draws takes 2-5x as long on CPU as RngBitGenerator
-    (measured: 2.3-2.9 s against 0.5 s on a loaded 2-core machine), and the diagnostics, the
-    summary and `Result.sample` each compile one such sampler on first use. The streams are
-    deterministic for a given key and jax version (not across versions, and not equal to
-    `family.sample(params, key, n)` with the threefry key itself).
-    """
-    if str(jax.random.key_impl(key)) != "threefry2x32":
-        return key
-    data = jax.random.key_data(key)
-    return jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(_GOLDEN)]), impl="rbg")
-
-
-def log_ratios(model: Any, family: Family, params: PyTree, key: Array, num_draws: int,
-               batch_size: int = 256) -> tuple[Array, Array]:
-    """(num_draws, K) draws of q (made with `sampling_key(key)`) and their log p - log q,
-    evaluated `batch_size` draws at a time."""
-    zeta = family.sample(params, sampling_key(key), num_draws)
-    log_p = jax.lax.map(model.log_density, zeta, batch_size=min(num_draws, batch_size))
-    return zeta, log_p - family.log_prob(params, zeta)
-
-
-draws_and_log_ratios = jax.jit(log_ratios, static_argnames=("family", "num_draws", "batch_size"))
-
-
 @functools.partial(jax.jit, static_argnames=("family", "num_draws"))
 def constrained_draws(model: Any, family: Family, params: PyTree, key: Array, num_draws: int) -> dict[str, Array]:
     """`num_draws` draws of q mapped to the constrained space, in one compiled call (op by op,
@@ -169,19 +139,21 @@ def _constrain(model: Any, zeta: Array) -> dict[str, Array]:
     return jax.vmap(model.to_constrained)(zeta)
 
 
-def _core(ratios: Array, xp=jnp) -> tuple:
+def _core(ratios: Array, shift=0.0, xp=jnp) -> tuple:
+    """The diagnostics of log ratios `shift + ratios` (k-hat, ESS and the share read `ratios` alone)."""
     d = _diag._diagnostics_core(ratios, xp)
     share = xp.mean(~xp.isfinite(ratios) & ~xp.isposinf(ratios))
     # q's mass where log p is NaN or -inf counts against the fit: k-hat over the other draws alone
     # would describe a different q, so it is +inf once that mass reaches NONFINITE_UNRELIABLE.
     khat = xp.where(share >= NONFINITE_UNRELIABLE, xp.inf, d.khat)
-    return khat, d.iw_elbo, d.iw_elbo_se, d.elbo, d.ess, d.psis_ess, share
+    return khat, d.iw_elbo + shift, d.iw_elbo_se, d.elbo + shift, d.ess, d.psis_ess, share
 
 
 @functools.partial(jax.jit, static_argnames=("family", "num_draws", "batched"))
 def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool):
     def one(m, p, k):
-        return _core(log_ratios(m, family, p, k, num_draws)[1])
+        _, centred, shift = centred_log_ratios(m, family, p, k, num_draws)
+        return _core(centred, shift)
 
     return jax.vmap(one, in_axes=(0 if batched else None, 0, 0))(model, params, keys)
 
@@ -194,16 +166,17 @@ def _to_diagnostics(values, num_draws: int) -> Diagnostics:
 
 def diagnose_with_ratios(model: Any, family: Family, params: PyTree, key: Array,
                          num_draws: int = 4096) -> tuple[Diagnostics, np.ndarray]:
-    """`diagnose` of one fit, also returning the (S,) log ratios (NumPy) of its draws.
+    """`diagnose` of one fit, also returning the (S,) log ratios (NumPy float64) of its draws.
 
-    The draws and their log ratios are one compiled call (`draws_and_log_ratios`, cached per
-    model structure, family and S: a second fit of the same shape compiles nothing); PSIS runs
-    on the host in NumPy (`advi_jax.diagnostics`), which compiles nothing either.
+    The draws and their centred log ratios are one compiled call (`draws_and_log_ratios`, cached
+    per model structure, family and S: a second fit of the same shape compiles nothing); PSIS runs
+    on the host in NumPy float64 (`advi_jax.diagnostics`), which compiles nothing either.
     """
-    _, ratios = draws_and_log_ratios(model, family, params, key, num_draws)
-    ratios = np.asarray(jax.device_get(ratios))
-    values = _diag._on_host_when_concrete(lambda xp, r: _core(r, xp), ratios)
-    return _to_diagnostics(values, num_draws), ratios
+    _, centred, shift = draws_and_log_ratios(model, family, params, key, num_draws)
+    centred, shift = jax.device_get((centred, shift))
+    centred, shift = np.asarray(centred, np.float64), float(shift)
+    values = _diag._on_host_when_concrete(lambda xp, r: _core(r, shift, xp), centred)
+    return _to_diagnostics(values, num_draws), centred + shift
 
 
 def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: int = 4096, *,
@@ -224,7 +197,8 @@ def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: 
 
 def diagnose_ratios(ratios: Array) -> Diagnostics:
     """`Diagnostics` from precomputed (S,) log ratios (e.g. the full-data ones of a minibatch fit)."""
-    return _to_diagnostics(_diag._on_host_when_concrete(lambda xp, r: _core(r, xp), ratios), int(ratios.shape[0]))
+    return _to_diagnostics(_diag._on_host_when_concrete(lambda xp, r: _core(r, 0.0, xp), ratios),
+                           int(ratios.shape[0]))
 
 
 _ADVICE = "try family='fullrank', a reparameterisation, or MCMC"
@@ -449,8 +423,8 @@ class Result:
             proposals = max(4 * n, 4096) if num_proposals is None else check_positive_int(num_proposals,
                                                                                           "num_proposals", 25)
             draw_key, pick_key = jax.random.split(key)
-            zeta, ratios = draws_and_log_ratios(self.model, self.family, self.params, draw_key, proposals)
-            zeta = _diag.psis_resample(pick_key, zeta, ratios, n)
+            zeta, ratios, _ = draws_and_log_ratios(self.model, self.family, self.params, draw_key, proposals)
+            zeta = _diag.psis_resample(pick_key, zeta, ratios, n)  # PSIS weights ignore the shift
         return _constrain(self.model, zeta)
 
     def importance_draws(self, key: Array, n: int = 4096) -> tuple[dict[str, Array], _diag.PSISResult]:
@@ -462,8 +436,8 @@ class Result:
         """
         key = _diag.check_key(key)
         n = check_positive_int(n, "n", 25)
-        zeta, ratios = draws_and_log_ratios(self.model, self.family, self.params, key, n)
-        return _constrain(self.model, zeta), _diag._psis_core(ratios, True)
+        zeta, ratios, _ = draws_and_log_ratios(self.model, self.family, self.params, key, n)
+        return _constrain(self.model, zeta), _diag._psis_core(ratios, True)  # normalised: the shift drops out
 
     def psis_expectation(self, fn: Callable[[dict[str, Array]], PyTree], key: Array, n: int = 4096) -> PyTree:
         """PSIS-corrected posterior expectation E_p[fn(params)] from n draws of q.
@@ -532,7 +506,7 @@ class Result:
             if reuse and stored is not None:
                 draw_key, ratios = stored
                 sampled = constrained_draws(self.model, self.family, self.params, draw_key, int(len(ratios)))
-                smoothed = _diag._psis_core(jnp.asarray(ratios), True)
+                smoothed = _diag._psis_core(np.asarray(ratios), True)  # float64 on the host
             else:
                 sampled, smoothed = self.importance_draws(jax.random.key(0) if key is None else key,
                                                           max(num_draws, 100))

@@ -131,6 +131,12 @@ class RegressionModel(_ModelWithInfo):
     def __repr__(self) -> str:
         return f"{self.info.kind.capitalize()}Regression" + super().__repr__()[len("Model"):]
 
+    def log_density_relative(self, zeta: ArrayLike, zeta_ref: ArrayLike) -> tuple[Array, Array]:
+        """(log p(zeta) - log p(zeta_ref), log p(zeta_ref)), the first accurate (`models.relative`)."""
+        from advi_jax.models.relative import log_density_relative  # it imports this module
+
+        return log_density_relative(self, zeta, zeta_ref)
+
 
 class Prediction(NamedTuple):
     """Posterior predictive summary of a probability or rate for each new row.
