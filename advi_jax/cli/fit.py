@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from advi_jax.cli import UsageError, positive_float, positive_int
+from advi_jax.cli import UsageError, fast_compile_for_small_data, positive_float, positive_int
 
 EXAMPLES = """examples:
   advi-jax fit                                           # logistic regression, bundled breast-cancer data
@@ -361,6 +361,8 @@ def run(args) -> int:
         if issubclass(w.category, MissingValuesWarning):
             print(f"advi-jax fit: {w.message}", file=sys.stderr)
     out = check_out_dir(Path(args.out))
+    if isinstance(x, np.ndarray):
+        fast_compile_for_small_data(x.shape[0], x.shape[1] + 1)
     if isinstance(x, aj.models.RegressionModel):
         model = x
     elif args.model in ("logistic", "probit"):
