@@ -377,6 +377,10 @@ def run(args) -> int:
         what = f" ({model.formula})" if getattr(model, "formula", None) else ""
         print(f"advi-jax fit: {args.model} regression{what} on {source} (N={num_rows}, D={num_features}), "
               f"family={args.family}, method={args.method}", file=sys.stderr)
+    if not args.no_plots:  # matplotlib's import overlaps the fit's compilation
+        from advi_jax.cli import fit_plots
+
+        fit_plots.prefetch()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", aj.DiagnosticWarning)  # the verdict is printed below
         result = aj.fit(model, key=jax.random.key(args.seed), family=args.family, method=args.method,
