@@ -151,25 +151,40 @@ def _tier_table(tiers: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t_tab, w_tab, np.asarray([p // PAIRS_PER_CHUNK for p in pairs], np.int32)
 
 
-def _logistic_tiered(y, mu, var):
-    """(psi, d psi / d mu, 2 d psi / d var) of the logistic likelihood with the rule of `NODE_TIERS`
-    chosen by the largest sd in `var`: one loop over chunks of node pairs (module docstring)."""
+def _paired_sums(tiers, mu, var, pair_terms, num_terms):
+    """sum_j w_j pair_terms(t_j, a_j, b_j) over the positive nodes t_j of the rule of `tiers` chosen by
+    the largest sd in `var` (a, b = mu +- sd t_j): one loop over chunks of pairs, one compiled body.
+
+    `pair_terms(t, sdt, a, b)` returns `num_terms` arrays of shape (..., PAIRS_PER_CHUNK).
+    """
     dtype = mu.dtype
-    t_tab, w_tab, n_chunks = _tier_table(NODE_TIERS)
+    t_tab, w_tab, n_chunks = _tier_table(tiers)
     sd = jnp.sqrt(var)
-    bounds = jnp.asarray([b for b, _ in NODE_TIERS[:-1]], dtype)
+    bounds = jnp.asarray([b for b, _ in tiers[:-1]], dtype)
     tier = jnp.sum(bounds < jnp.max(sd)).astype(jnp.int32)
     t_all, w_all = jnp.asarray(t_tab, dtype)[tier], jnp.asarray(w_tab, dtype)[tier]
     mu_, sd_ = mu[..., None], sd[..., None]
-    abs_mu = jnp.abs(mu_)
+    lift = (1,) * jnp.ndim(mu) + (PAIRS_PER_CHUNK,)
+
+    def chunk(c, acc):
+        t, w = jnp.reshape(t_all[c], lift), jnp.reshape(w_all[c], lift)
+        sdt = sd_ * t
+        terms = pair_terms(t, sdt, mu_ + sdt, mu_ - sdt)
+        return tuple(u + jnp.sum(w * v, axis=-1) for u, v in zip(acc, terms))
+
+    zero = jnp.zeros_like(mu)
+    return jax.lax.fori_loop(0, jnp.asarray(n_chunks)[tier], chunk, (zero,) * num_terms)
+
+
+def _logistic_tiered(y, mu, var):
+    """(psi, d psi / d mu, 2 d psi / d var) of the logistic likelihood with the rule of `NODE_TIERS`
+    chosen by the largest sd in `var`: one loop over chunks of node pairs (module docstring)."""
+    sd_ = jnp.sqrt(var)[..., None]
+    abs_mu = jnp.abs(mu)[..., None]
     positive = sd_ > 0
     inv_sd = 1.0 / jnp.where(positive, sd_, 1.0)
 
-    def chunk(c, acc):
-        lift = (1,) * jnp.ndim(mu) + (PAIRS_PER_CHUNK,)
-        t, w = jnp.reshape(t_all[c], lift), jnp.reshape(w_all[c], lift)
-        sdt = sd_ * t
-        a, b = mu_ + sdt, mu_ - sdt
+    def pair_terms(t, sdt, a, b):
         ea, eb = jnp.exp(-jnp.abs(a)), jnp.exp(-jnp.abs(b))
         ra, rb = 1.0 / (1.0 + ea), 1.0 / (1.0 + eb)
         # softplus(a) + softplus(b) = max(a, 0) + max(b, 0) + log((1 + ea)(1 + eb)), one log1p for the pair
@@ -179,28 +194,47 @@ def _logistic_tiered(y, mu, var):
         # exp(sd t - s) is e^{-min(|a|, |b|)} = max(ea, eb) when a, b share a sign (|mu| >= sd t), else 1.
         lead = jnp.where(abs_mu >= sdt, jnp.maximum(ea, eb), 1.0)
         ratio = jnp.where(positive, -jnp.expm1(-2.0 * sdt) * inv_sd, 2.0 * t)  # (1 - e^{-2 sd t}) / sd
-        diff = lead * ratio * (ra * rb)
-        return (acc[0] + jnp.sum(w * softplus, axis=-1), acc[1] + jnp.sum(w * sig, axis=-1),
-                acc[2] + jnp.sum(w * t * diff, axis=-1))
+        return softplus, sig, t * lead * ratio * (ra * rb)
 
-    zero = jnp.zeros_like(mu)
-    sp, sg, cv = jax.lax.fori_loop(0, jnp.asarray(n_chunks)[tier], chunk, (zero, zero, zero))
+    sp, sg, cv = _paired_sums(NODE_TIERS, mu, var, pair_terms, 3)
     return y * mu - sp, y - sg, -cv
 
 
-@jax.custom_jvp
-def _logistic_auto(y, mu, var):
-    return _logistic_tiered(y, mu, var)
+def _probit_tiered(y, mu, var):
+    """`_glm_lik.probit_expect` with the rule of `_glm_lik.PROBIT_NODE_TIERS` chosen by the largest sd:
+    the same pairs loop; per pair the derivatives at a and b serve the value, the first derivative,
+    the difference quotient and the Stein form of the curvature (two evaluations per pair)."""
+    s = (2.0 * y - 1.0)[..., None]
+    sd = jnp.sqrt(var)
+    switch = sd > _glm_lik.PROBIT_SD_SWITCH
+
+    def pair_terms(t, sdt, a, b):
+        la, fa, ha = _glm_lik._probit_derivs(s, a)
+        lb, fb, hb = _glm_lik._probit_derivs(s, b)
+        return la + lb, fa + fb, t * (fa - fb), ha + hb
+
+    value, first, quotient, stein = _paired_sums(_glm_lik.PROBIT_NODE_TIERS, mu, var, pair_terms, 4)
+    return value, first, jnp.where(switch, quotient / jnp.where(switch, sd, 1.0), stein)
 
 
-@_logistic_auto.defjvp
-def _logistic_auto_jvp(primals, tangents):
+def _tiered(kind, y, mu, var):
+    return _probit_tiered(y, mu, var) if kind == "probit" else _logistic_tiered(y, mu, var)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _auto(kind, y, mu, var):
+    return _tiered(kind, y, mu, var)
+
+
+@_auto.defjvp
+def _auto_jvp(kind, primals, tangents):
     y, mu, var = primals
     dy, dmu, dvar = tangents
-    (value, first, curv), (_, d_first, d_curv) = jax.jvp(lambda m, v: _logistic_tiered(y, m, v), (mu, var),
+    (value, first, curv), (_, d_first, d_curv) = jax.jvp(lambda m, v: _tiered(kind, y, m, v), (mu, var),
                                                            (dmu, dvar))
-    # d psi = (d psi / d mu) dmu + (d psi / d var) dvar + mu dy: the rule's exact derivatives.
-    d_value = first * dmu + 0.5 * curv * dvar + mu * dy
+    # d psi = (d psi / d mu) dmu + (d psi / d var) dvar (+ d psi / dy dy): the rule's exact derivatives.
+    # d psi / dy: logistic mu; probit (y enters through the sign s = 2y - 1) has no derivative in y.
+    d_value = first * dmu + 0.5 * curv * dvar + (mu * dy if kind == "logistic" else 0.0)
     return (value, first, curv), (d_value, d_first, d_curv)
 
 
@@ -219,9 +253,7 @@ def expected_log_lik_auto(kind: str, y: Array, mu: Array, var: Array, num_nodes:
       >>> psi, d_mu, d2_var = expected_log_lik_auto("logistic", jnp.ones(3), jnp.zeros(3), jnp.full(3, 4.0))
     """
     dtype = mu.dtype
-    if kind == "probit":
-        return _glm_lik.probit_expect_auto(y, mu, var, num_nodes)
     if kind == "poisson" or num_nodes is not None:
         return expected_log_lik(kind, y, mu, var, *quadrature(num_nodes or 1, dtype))
     y = jnp.asarray(y, dtype)
-    return _logistic_auto(jnp.broadcast_to(y, jnp.shape(mu)), mu, var)
+    return _auto(kind, jnp.broadcast_to(y, jnp.shape(mu)), mu, var)
