@@ -15,8 +15,8 @@ For each kind (logistic, Poisson), N, D and family (mean-field, full-rank), on s
 Projected peers (`--project-from-n`, default 1e6). Each step of ADVI or of `svi.run` reads X, so
 10,000 steps at N = 1e6 take tens of minutes. For N >= `--project-from-n` the peers run fewer
 steps and the reported time is a PROJECTION of 10,000 steps, never a measurement:
-`svi.run` is run for `--timed-steps` k (default 200) and 2k steps (two calls, each compiling its
-program once), the per-step time is (T(2k) - T(k)) / k and the projection T(k) + (10,000 - k) x
+`svi.run` is run for `--timed-steps` k (default 200) and 2k steps (two calls after an untimed
+2-step warm-up, each compiling its program once), the per-step time is (T(2k) - T(k)) / k and the projection T(k) + (10,000 - k) x
 per-step (compile and start-up measured, the remaining steps extrapolated; NaN when timing noise
 makes T(2k) <= T(k)); ADVI is one 2k-step `aj.fit`, projected as its wall time minus its compiled
 loop's seconds plus 10,000 x the loop's seconds per step (`report.run_seconds`). Such rows say
@@ -172,6 +172,7 @@ def projected(run_k, k, total=PEER_STEPS):
     Returns (projected seconds, the 2k-step run's output, a label for the table); NaN seconds when
     T(2k) <= T(k) (timing noise larger than k steps: use a larger --timed-steps).
     """
+    run_k(2)  # warm-up, not timed: one-time costs (the peer's imports and caches) would bias T(k)
     t_k, _ = run_k(k)
     t_2k, out = run_k(2 * k)
     if not t_2k > t_k:
