@@ -14,6 +14,11 @@ alternate between `--before` and `--after` and repeat `--repeats` times; report 
 Usage:
   python -m benchmarks.bench_speed --before /work/main --after . --repeats 2
   python -m benchmarks.bench_speed --after . --what large --d 10,100
+  python -m benchmarks.bench_speed --after . --what cli-nocache,large,large-nodiag --d 10,100 --repeats 3
+
+Each row has wall and CPU seconds (`cpu`: the child's user + system time for `cli`, the process
+time of each `aj.fit` call for `large`); CPU time suffers far less than wall time from other
+jobs on a shared machine.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,19 +40,21 @@ t0 = time.perf_counter()
 import jax, numpy as np
 import advi_jax as aj
 from benchmarks.common import logistic_data
-n, d = int(sys.argv[1]), int(sys.argv[2])
+n, d, diagnostics = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 x, y = logistic_data(n, d, 0)
 model = aj.models.logistic_regression(x, y)
 out = {"import_and_data_s": time.perf_counter() - t0}
 for call in ("first", "second"):
-    t = time.perf_counter()
-    r = aj.fit(model, key=jax.random.key(0), family="fullrank", progress=False, warn=False)
+    t, c = time.perf_counter(), time.process_time()
+    r = aj.fit(model, key=jax.random.key(0), family="fullrank", progress=False, warn=False, diagnostics=diagnostics)
     jax.block_until_ready(r.params)
     rp = r.report
-    out[call] = {"wall": time.perf_counter() - t, "start": rp.start_seconds, "compile": rp.compile_seconds,
+    out[call] = {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "start": rp.start_seconds,
+                 "compile": rp.compile_seconds,
                  "run": rp.run_seconds, "diagnostics": rp.diagnostics_seconds,
                  "draws": int(rp.diagnostics.num_draws) if rp.diagnostics is not None else 0,
-                 "method": rp.method, "passes": int(rp.num_grad_evals), "khat": float(r.khat)}
+                 "method": rp.method, "passes": int(rp.num_grad_evals),
+                 "khat": float(r.khat) if rp.diagnostics is not None else None}
 print("RESULT " + json.dumps(out))
 """
 
@@ -62,21 +70,37 @@ def _cache_folders() -> list[Path]:
     return sorted(base.glob("xla-*")) if base.exists() else []
 
 
-def run_cli(tree: Path, cold: bool) -> dict:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_cli(tree: Path, cold: bool, no_cache: bool = False) -> dict:
+    """One `advi-jax fit` in a fresh process: wall and CPU seconds (CPU suffers less from a loaded machine).
+
+    `cold` empties the persistent compilation cache first; `no_cache` turns it off
+    (`ADVI_JAX_COMPILATION_CACHE=0`: every program compiled, as on a first run).
+    """
     if cold:
         for folder in _cache_folders():
             shutil.rmtree(folder, ignore_errors=True)
+    env = _env(tree)
+    if no_cache:
+        env["ADVI_JAX_COMPILATION_CACHE"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
+        cpu = _children_cpu()
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "advi_jax", "fit", "--quiet", "--out", tmp], cwd=tmp,
-                              env=_env(tree), capture_output=True, text=True, timeout=600)
+                              env=env, capture_output=True, text=True, timeout=600)
         wall = time.perf_counter() - start
+        cpu = _children_cpu() - cpu
     cost = next((line for line in proc.stdout.splitlines() if line.startswith("cost:")), "")
-    return {"wall": wall, "rc": proc.returncode, "cost": cost.split("; ", 1)[-1]}
+    return {"wall": wall, "cpu": cpu, "rc": proc.returncode, "cost": cost.split("; ", 1)[-1]}
 
 
-def run_large(tree: Path, n: int, d: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", LARGE, str(n), str(d)], cwd=str(tree),  # "" on sys.path is cwd
+def run_large(tree: Path, n: int, d: int, diagnostics: bool = True) -> dict:
+    proc = subprocess.run([sys.executable, "-c", LARGE, str(n), str(d), str(int(diagnostics))],
+                          cwd=str(tree),  # "" on sys.path is cwd
                           env=_env(tree), capture_output=True, text=True, timeout=900)
     line = next((line for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
     if line is None:
@@ -88,7 +112,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--before", type=Path, default=None, help="a checkout to compare with (e.g. main)")
     p.add_argument("--after", type=Path, default=Path("."), help="this checkout")
-    p.add_argument("--what", default="cli,large")
+    p.add_argument("--what", default="cli,large", help="comma list of: cli (cold, then warm cache), "
+                   "cli-nocache (ADVI_JAX_COMPILATION_CACHE=0), large (aj.fit at --n, --d, diagnostics on), "
+                   "large-nodiag (the same, diagnostics=False)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--n", type=float, default=1e6)
     p.add_argument("--d", default="10")
@@ -105,10 +131,16 @@ def main(argv=None):
                     row = {"tree": label, "repeat": rep, "what": f"cli {run}", **run_cli(tree, run == "cold")}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-            if "large" in what:
+            if "cli-nocache" in what:
+                row = {"tree": label, "repeat": rep, "what": "cli no cache", **run_cli(tree, False, True)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            for kind in ("large", "large-nodiag"):
+                if kind not in what:
+                    continue
                 for d in (int(v) for v in a.d.split(",")):
-                    row = {"tree": label, "repeat": rep, "what": f"large N={int(a.n)} D={d}",
-                           **run_large(tree, int(a.n), d)}
+                    row = {"tree": label, "repeat": rep, "what": f"{kind} N={int(a.n)} D={d}",
+                           **run_large(tree, int(a.n), d, kind == "large")}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,21 @@ For each kind (logistic, Poisson), N, D and family (mean-field, full-rank), on s
 * `numpyro`: `SVI(..., AutoNormal / AutoMultivariateNormal, Adam(1e-2), Trace_ELBO()).run` for
   `--numpyro-steps` (10,000) steps on the same standardised features and priors.
 
+Projected peers (`--project-from-n`, default 1e6). Each step of ADVI or of `svi.run` reads X, so
+10,000 steps at N = 1e6 take tens of minutes. For N >= `--project-from-n` the peers run fewer
+steps and the reported time is a PROJECTION of 10,000 steps, never a measurement:
+`svi.run` is run for `--timed-steps` k (default 200) and 2k steps (two calls after an untimed
+2-step warm-up, each compiling its program once), the per-step time is (T(2k) - T(k)) / k and the projection T(k) + (10,000 - k) x
+per-step (compile and start-up measured, the remaining steps extrapolated; NaN when timing noise
+makes T(2k) <= T(k)); ADVI is one 2k-step `aj.fit`, projected as its wall time minus its compiled
+loop's seconds plus 10,000 x the loop's seconds per step (`report.run_seconds`). Such rows say
+`timing = projected from ...`, and their errors are those after 2k steps (not 10,000): a
+10,000-step run would be more accurate, so they are not a peer's best error. Rows of measured
+runs say `timing = measured`.
+
+`ratio` = the peer's (measured or projected) seconds / `glm_exact`'s first call (compilation
+included, as a user meets it) in the same cell.
+
 Error of each against the exact optimum, a float64 `glm_exact` run at tol 1e-12:
 `mean err` = max_k |m_k - m*_k| / sd*_k and `sd err` = max_k |sd_k / sd*_k - 1| over the intercept
 and coefficients. `passes` = passes over X (glm_exact) or steps (the stochastic methods).
@@ -20,6 +35,7 @@ Usage:
   python -m benchmarks.bench_time_to_answer --quick
   python -m benchmarks.bench_time_to_answer --n 10000,100000 --d 10,100
   python -m benchmarks.bench_time_to_answer --n 1000000 --d 10 --kinds logistic --families fullrank --skip numpyro,advi
+  python -m benchmarks.bench_time_to_answer            # the full grid (N = 1e6 peers projected from 200 / 400 steps)
 """
 
 from __future__ import annotations
@@ -41,7 +57,9 @@ from advi_jax.models import logistic_regression, poisson_regression  # noqa: E40
 from advi_jax.vi import glm_exact  # noqa: E402
 from benchmarks.common import logistic_data, machine, markdown_table, poisson_data, versions, write_json  # noqa: E402
 
-COLUMNS = ["kind", "N", "D", "family", "method", "first s", "second s", "passes", "mean err", "sd err"]
+COLUMNS = ["kind", "N", "D", "family", "method", "first s", "second s", "passes", "timing", "mean err", "sd err",
+           "ratio"]
+PEER_STEPS = 10_000
 
 
 @functools.partial(jax.jit, static_argnames=("family", "options", "num_steps"))
@@ -101,6 +119,7 @@ def reference(kind, n, d, family):
 
 
 def run_numpyro(model, family_name, steps, seed=0):
+    """(seconds, mean, sd) of one `svi.run` of `steps` steps (compilation included)."""
     import numpyro
     import numpyro.distributions as dist
     from numpyro.infer import SVI, Trace_ELBO, autoguide
@@ -135,15 +154,43 @@ def run_numpyro(model, family_name, steps, seed=0):
     return seconds, np.asarray(mean, np.float64), np.asarray(sd, np.float64)
 
 
-def run_advi(model, family):
+def run_advi(model, family, steps=None):
+    """(seconds, params, steps, loop seconds) of one `aj.fit(method="advi")` (its default 10,000 steps,
+    or `steps`); loop seconds = the report's `run_seconds` (the compiled loop, no compilation)."""
     kwargs = {"method": "advi"} if _has_method() else {}
+    if steps is not None:
+        kwargs["num_steps"] = steps
     start = time.perf_counter()
     res = aj.fit(model, key=jax.random.key(0), family=family, progress=False, diagnostics=False, warn=False, **kwargs)
     params = jax.block_until_ready(res.params)
-    return time.perf_counter() - start, params, len(res.elbo)
+    return time.perf_counter() - start, params, len(res.elbo), res.report.run_seconds
 
 
-def run(kinds, ns, ds, families, skip, numpyro_steps, log=print):
+def projected(run_k, k, total=PEER_STEPS):
+    """Time `run_k(k)` and `run_k(2 k)`; project `total` steps as T(k) + (total - k) (T(2k) - T(k)) / k.
+
+    Returns (projected seconds, the 2k-step run's output, a label for the table); NaN seconds when
+    T(2k) <= T(k) (timing noise larger than k steps: use a larger --timed-steps).
+    """
+    run_k(2)  # warm-up, not timed: one-time costs (the peer's imports and caches) would bias T(k)
+    t_k, _ = run_k(k)
+    t_2k, out = run_k(2 * k)
+    if not t_2k > t_k:
+        return float("nan"), out, f"projection failed: T({2 * k})={t_2k:.3g} s <= T({k})={t_k:.3g} s (noise)"
+    per_step = (t_2k - t_k) / k
+    return t_k + (total - k) * per_step, out, f"projected from {k}, {2 * k} steps ({per_step * 1e3:.3g} ms/step)"
+
+
+def projected_advi(model, family, k, total=PEER_STEPS):
+    """ADVI's `total` steps projected from one k-step fit: its whole wall time minus the loop's
+    measured seconds, plus that loop's seconds per step x `total` (the report times the loop alone)."""
+    seconds, params, steps, loop = run_advi(model, family, k)
+    per_step = loop / steps
+    return (seconds - loop + total * per_step, params, steps,
+            f"projected from {steps} steps ({per_step * 1e3:.3g} ms/step of the compiled loop)")
+
+
+def run(kinds, ns, ds, families, skip, numpyro_steps, project_from_n=10**6, timed_steps=200, log=print):
     rows = []
     for kind in kinds:
         for n in ns:
@@ -159,20 +206,32 @@ def run(kinds, ns, ds, families, skip, numpyro_steps, log=print):
                     params, passes = fit_exact(model, family)
                     t2 = time.perf_counter()
                     me, se = errors(*summary(family, params), ref)
-                    rows.append({**base, "method": "glm_exact", "first s": t1 - t0, "second s": t2 - t1,
-                                 "passes": passes, "mean err": me, "sd err": se})
+                    first = t1 - t0
+                    rows.append({**base, "method": "glm_exact", "first s": first, "second s": t2 - t1,
+                                 "passes": passes, "timing": "measured", "mean err": me, "sd err": se})
                     log(rows[-1])
+                    project = n >= project_from_n
                     if "advi" not in skip:
-                        seconds, p, steps = run_advi(model, family)
+                        if project:
+                            seconds, p, steps, timing = projected_advi(model, family, 2 * timed_steps)
+                        else:
+                            (seconds, p, steps, _), timing = run_advi(model, family), "measured"
                         me, se = errors(*summary(family, p), ref)
-                        rows.append({**base, "method": "advi", "first s": seconds, "passes": steps,
-                                     "mean err": me, "sd err": se})
+                        rows.append({**base, "method": "advi", "first s": seconds, "passes": steps, "timing": timing,
+                                     "mean err": me, "sd err": se, "ratio": seconds / first})
                         log(rows[-1])
                     if "numpyro" not in skip:
-                        seconds, mean, sd = run_numpyro(model, fam_name, numpyro_steps)
+                        if project:
+                            seconds, (_, mean, sd), timing = projected(
+                                lambda s: (lambda r: (r[0], r))(run_numpyro(model, fam_name, s)), timed_steps,
+                                numpyro_steps)
+                            steps = 2 * timed_steps
+                        else:
+                            (seconds, mean, sd), timing = run_numpyro(model, fam_name, numpyro_steps), "measured"
+                            steps = numpyro_steps
                         me, se = errors(mean, sd, ref)
-                        rows.append({**base, "method": "numpyro svi.run", "first s": seconds, "passes": numpyro_steps,
-                                     "mean err": me, "sd err": se})
+                        rows.append({**base, "method": "numpyro svi.run", "first s": seconds, "passes": steps,
+                                     "timing": timing, "mean err": me, "sd err": se, "ratio": seconds / first})
                         log(rows[-1])
     return rows
 
@@ -186,14 +245,23 @@ def main(argv=None):
     p.add_argument("--families", default="meanfield,fullrank")
     p.add_argument("--skip", default="", help="comma list of peers to skip: advi,numpyro")
     p.add_argument("--numpyro-steps", type=int, default=10_000)
+    p.add_argument("--project-from-n", type=float, default=1e6,
+                   help="from this N on, time the peers for --timed-steps and twice that, and project "
+                   "10,000 steps (reported as projected, never as measured)")
+    p.add_argument("--timed-steps", type=int, default=200, help="k of the projection (k and 2k steps are run)")
     p.add_argument("--out", default="results/bench_time_to_answer.json")
     a = p.parse_args(argv)
     ns, ds = [int(float(v)) for v in a.n.split(",")], [int(v) for v in a.d.split(",")]
     steps = a.numpyro_steps
     if a.quick:
         ns, ds, steps = [10_000], [10], 2000
-    rows = run(a.kinds.split(","), ns, ds, a.families.split(","), set(filter(None, a.skip.split(","))), steps)
+    rows = run(a.kinds.split(","), ns, ds, a.families.split(","), set(filter(None, a.skip.split(","))), steps,
+               int(a.project_from_n), a.timed_steps)
     print(markdown_table(rows, COLUMNS))
+    print(f"\nratio = peer seconds / glm_exact first call (compilation included). Rows with timing 'projected' "
+          f"extrapolate {steps:,} steps and were NOT run that long: svi.run from runs of k and 2k steps, ADVI from "
+          f"one 2k-step fit (its compiled loop's seconds per step x 10,000, plus its compilation and start); their "
+          f"errors are after 2k steps. Load average {os.getloadavg()[0]:.1f} at the end.")
     write_json(a.out, {"rows": rows, "machine": machine(), "versions": versions(),
                        "load average": os.getloadavg()})
 

@@ -14,6 +14,15 @@ pruned to `COMPILATION_CACHE_BYTES` (oldest first) when a command starts. Set
 `ADVI_JAX_COMPILATION_CACHE=0` to turn it off; a `JAX_COMPILATION_CACHE_DIR` you set is used
 as it is. A read error (e.g. an entry truncated by a killed process) costs a warning and a
 compilation, never a wrong result. `main(argv)` called from Python leaves JAX's settings alone.
+
+Small data, cheaper compilation: on a table of at most `FAST_COMPILE_ENTRIES` numbers (rows x
+(features + 1)), compiling is almost all of a command's cost and running the programs almost
+none, so a command-line `fit` asks XLA for its lowest backend optimisation level
+(`--xla_backend_optimization_level=0` in `XLA_FLAGS`, set before JAX starts its backend): about a
+third less compile time on the bundled breast-cancer data, while its programs run a few times
+slower (milliseconds there). Larger tables keep XLA's default (on the 20,190-row bundled counts
+the cheaper level made the command slower overall). An `XLA_FLAGS` that already sets the level,
+or `ADVI_JAX_FAST_COMPILE=0`, leaves it alone.
 """
 
 from __future__ import annotations
@@ -183,8 +192,42 @@ def enable_compilation_cache() -> str | None:
     return str(folder)
 
 
+FAST_COMPILE_ENTRIES = 2 ** 15
+FAST_COMPILE_VARIABLE = "ADVI_JAX_FAST_COMPILE"
+_command_line = False
+
+
+def fast_compile_for_small_data(num_rows: int, num_columns: int) -> bool:
+    """On a command-line run, ask XLA for cheap compilation when the data are small (module docstring).
+
+    Must run before JAX's backend starts (the flag is read once); otherwise, or when the table is
+    larger than `FAST_COMPILE_ENTRIES` numbers, or on a call from Python, it changes nothing.
+
+    Args:
+      num_rows, num_columns: the shape of the table the command will fit.
+
+    Returns:
+      Whether the flag was set.
+    """
+    if not _command_line or num_rows * num_columns > FAST_COMPILE_ENTRIES:
+        return False
+    if os.environ.get(FAST_COMPILE_VARIABLE, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" in flags:
+        return False
+    from jax._src import xla_bridge
+
+    if getattr(xla_bridge, "_backends", None):  # the backend has started: the flag would be ignored
+        return False
+    os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _command_line
     if argv is None:  # a command-line run (not a call from Python): keep compiled programs between runs
+        _command_line = True
         enable_compilation_cache()
     argv = sys.argv[1:] if argv is None else list(argv)
     names = {m.rsplit(".", 1)[-1] for m in _SUBCOMMANDS}

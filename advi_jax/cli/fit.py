@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from advi_jax.cli import UsageError, positive_float, positive_int
+from advi_jax.cli import UsageError, fast_compile_for_small_data, positive_float, positive_int
 
 EXAMPLES = """examples:
   advi-jax fit                                           # logistic regression, bundled breast-cancer data
@@ -361,6 +361,8 @@ def run(args) -> int:
         if issubclass(w.category, MissingValuesWarning):
             print(f"advi-jax fit: {w.message}", file=sys.stderr)
     out = check_out_dir(Path(args.out))
+    if isinstance(x, np.ndarray):
+        fast_compile_for_small_data(x.shape[0], x.shape[1] + 1)
     if isinstance(x, aj.models.RegressionModel):
         model = x
     elif args.model in ("logistic", "probit"):
@@ -375,6 +377,10 @@ def run(args) -> int:
         what = f" ({model.formula})" if getattr(model, "formula", None) else ""
         print(f"advi-jax fit: {args.model} regression{what} on {source} (N={num_rows}, D={num_features}), "
               f"family={args.family}, method={args.method}", file=sys.stderr)
+    if not args.no_plots:  # matplotlib's import overlaps the fit's compilation
+        from advi_jax.cli import fit_plots
+
+        fit_plots.prefetch()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", aj.DiagnosticWarning)  # the verdict is printed below
         result = aj.fit(model, key=jax.random.key(args.seed), family=args.family, method=args.method,

@@ -106,16 +106,11 @@ def probit_expect(y: Array, mu: Array, var: Array, nodes: Array, weights: Array)
 
 
 def probit_expect_auto(y, mu, var, num_nodes):
-    """`probit_expect` with the rule from `PROBIT_NODE_TIERS` by the largest sd (or `num_nodes` fixed)."""
-    from advi_jax.vi.glm_exact import quadrature
+    """`probit_expect` with the rule from `PROBIT_NODE_TIERS` by the largest sd (or `num_nodes` fixed):
+    `glm_exact.expected_log_lik_auto("probit", ...)` (one compiled loop over the tiers' node pairs)."""
+    from advi_jax.vi._glm_quad import expected_log_lik_auto
 
-    dtype = mu.dtype
-    if num_nodes is not None:
-        return probit_expect(y, mu, var, *quadrature(num_nodes, dtype))
-    sd_max = jnp.sqrt(jnp.max(var))
-    index = jnp.sum(jnp.asarray([b for b, _ in PROBIT_NODE_TIERS[:-1]], dtype) < sd_max)
-    branches = [lambda n=n: probit_expect(y, mu, var, *quadrature(n, dtype)) for _, n in PROBIT_NODE_TIERS]
-    return jax.lax.switch(index, branches)
+    return expected_log_lik_auto("probit", y, mu, var, num_nodes)
 
 
 # ---------------------------------------------------------------------------------------------

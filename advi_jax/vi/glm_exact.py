@@ -88,17 +88,16 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.linalg import cho_solve
-from jax.scipy.special import gammaln
 
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankParams, MeanFieldParams
 from advi_jax.vi import _glm_lik, _glm_lowrank
+from advi_jax.vi._glm_quad import NODE_TIERS, expected_log_lik, expected_log_lik_auto, quadrature
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo",
-           "expected_log_lik", "quadrature"]
+           "expected_log_lik", "expected_log_lik_auto", "quadrature", "NODE_TIERS"]
 
 NAME = "glm_exact"
 FAMILIES = ("meanfield", "fullrank", "lowrank")  # lowrank: L-BFGS by autodiff (_glm_lowrank)
@@ -131,119 +130,6 @@ class Options(NamedTuple):
     max_rho: float = 1.0
     init_scale: float = 0.1
     block_size: int | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# One-dimensional expectations
-# ---------------------------------------------------------------------------------------------
-
-
-def quadrature(num_nodes: int, dtype=jnp.float32) -> tuple[Array, Array]:
-    """Probabilists' Gauss-Hermite nodes and weights for E[f(t)], t ~ N(0, 1) (weights sum to 1).
-
-    Args:
-      num_nodes: number of nodes (>= 1).
-      dtype: float dtype of the returned arrays.
-
-    Returns:
-      (nodes (n,), weights (n,)) with E[f(t)] ~= sum_j weights_j f(nodes_j).
-
-    Example:
-      >>> t, w = quadrature(8, jnp.float64)
-      >>> float(jnp.sum(w * t ** 2))  # doctest: +ELLIPSIS
-      1.0...
-    """
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, (int, np.integer)) or not 1 <= num_nodes <= 200:
-        raise ValueError(f"num_nodes must be an int in [1, 200] (numpy's rule overflows beyond), got {num_nodes!r}")
-    t, w = np.polynomial.hermite_e.hermegauss(int(num_nodes))
-    return jnp.asarray(t, dtype), jnp.asarray(w / math.sqrt(2.0 * math.pi), dtype)
-
-
-def expected_log_lik(kind: str, y: Array, mu: Array, var: Array, nodes: Array, weights: Array,
-                     ) -> tuple[Array, Array, Array]:
-    """psi = E[l(y, eta)] for eta ~ N(mu, var), elementwise, with d psi / d mu and 2 d psi / d var.
-
-    For an exact Gaussian expectation 2 d psi / d var = E[l''] (Price's theorem); here it is the
-    exact derivative of the quadrature value, so the objective and its derivatives agree to
-    rounding (the fixed point of the optimiser is the stationary point of the objective).
-
-    Args:
-      kind: "logistic" or "probit" (Gauss-Hermite with symmetric `nodes`, `weights`) or "poisson"
-        (closed form). (The negative binomial needs the dispersion's moments too: see `_glm_lik`.)
-      y, mu, var: arrays of one shape; var >= 0.
-      nodes, weights: from `quadrature` (ignored for Poisson).
-
-    Returns:
-      (psi, d psi / d mu, 2 d psi / d var), each of the shape of `mu`.
-    """
-    if kind == "poisson":
-        rate = jnp.exp(mu + 0.5 * var)
-        return y * mu - rate - gammaln(y + 1.0), y - rate, -rate
-    if kind == "probit":
-        return _glm_lik.probit_expect(y, mu, var, nodes, weights)
-    sd = jnp.sqrt(var)
-    return _logistic_plain(y, mu, sd, nodes, weights)
-
-
-
-
-def _lift_nodes(mu, nodes, weights):
-    lift = (1,) * jnp.ndim(mu) + (-1,)
-    return jnp.reshape(nodes, lift), jnp.reshape(weights, lift)
-
-
-def _logistic_plain(y, mu, sd, nodes, weights):
-    """Gauss-Hermite on l = y eta - softplus(eta) directly (accurate while sd is not large)."""
-    n = nodes.shape[0]
-    t_pos, w_pos = _lift_nodes(mu, nodes[n - n // 2:], weights[n - n // 2:])
-    t, w = _lift_nodes(mu, nodes, weights)
-    eta = mu[..., None] + sd[..., None] * t  # (..., n)
-    # softplus as max + log1p; sigmoid from one exponential (no log(1 - p)).
-    e = jnp.exp(-jnp.abs(eta))
-    softplus = jnp.maximum(eta, 0.0) + jnp.log1p(e)
-    sig = jnp.where(eta >= 0, 1.0, e) / (1.0 + e)
-    value = y * mu - jnp.sum(w * softplus, axis=-1)
-    first = y - jnp.sum(w * sig, axis=-1)
-    # 2 d/dvar sum_j w_j l(mu + sd t_j) = -sum_{t_j > 0} w_j t_j [sig(a_j) - sig(b_j)] / sd with
-    # a, b = mu +- sd t_j, and sig(a) - sig(b) = -exp(sd t - s) expm1(-2 sd t) / ((1 + e^-|a|)(1 + e^-|b|)),
-    # s = (|a| + |b|) / 2 >= sd t: no cancellation as sd -> 0 and no overflow for large |mu|.
-    sdt = sd[..., None] * t_pos
-    a, b = mu[..., None] + sdt, mu[..., None] - sdt
-    s = 0.5 * (jnp.abs(a) + jnp.abs(b))
-    denom = (1.0 + jnp.exp(-jnp.abs(a))) * (1.0 + jnp.exp(-jnp.abs(b)))
-    safe_sd = jnp.where(sd > 0, sd, 1.0)[..., None]
-    ratio = jnp.where(sd[..., None] > 0, -jnp.expm1(-2.0 * sdt) / safe_sd, 2.0 * t_pos)  # (1 - e^{-2 sd t}) / sd
-    curvature = -jnp.sum(w_pos * t_pos * jnp.exp(sdt - s) * ratio / denom, axis=-1)
-    return value, first, curvature
-
-
-# Gauss-Hermite rule by the largest sd of eta in a block: (sd bound, nodes); see the module
-# docstring for the measured errors. Few tiers keep compile time down (each tier is one more
-# copy of the block code): 8 nodes up to sd 0.5 (error 2e-10; the large-N case, where the pass
-# is dominated by the quadrature), 32 up to sd 2, else 128.
-NODE_TIERS = ((0.5, 8), (2.0, 32), (math.inf, 128))
-
-
-def expected_log_lik_auto(kind: str, y: Array, mu: Array, var: Array, num_nodes: int | None = None
-                          ) -> tuple[Array, Array, Array]:
-    """`expected_log_lik` with the rule chosen by `NODE_TIERS` from max sd (or `num_nodes` fixed).
-
-    Args:
-      kind, y, mu, var: as `expected_log_lik`.
-      num_nodes: a fixed number of nodes, or None for the adaptive rule.
-
-    Returns:
-      As `expected_log_lik`.
-    """
-    dtype = mu.dtype
-    if kind == "probit":
-        return _glm_lik.probit_expect_auto(y, mu, var, num_nodes)
-    if kind == "poisson" or num_nodes is not None:
-        return expected_log_lik(kind, y, mu, var, *quadrature(num_nodes or 1, dtype))
-    sd_max = jnp.sqrt(jnp.max(var))
-    index = jnp.sum(jnp.asarray([b for b, _ in NODE_TIERS[:-1]], dtype) < sd_max)
-    branches = [lambda n=n: expected_log_lik(kind, y, mu, var, *quadrature(n, dtype)) for _, n in NODE_TIERS]
-    return jax.lax.switch(index, branches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +326,9 @@ class GLMExactState(NamedTuple):
       grad: (K,) dELBO/dm there.
       hess: (K, K) H = -E_q[hess log p] there (the fixed-point precision).
       rho: damping of the next proposal.
+      hess_chol: (K, K) lower Cholesky factor of `hess` (one factorisation per pass, used by the
+        next Newton step and by the decrement).
+      decrement: the natural-metric decrement at this state (`_decrement`; inf before the first pass).
     """
 
     loc: Array
@@ -449,6 +338,8 @@ class GLMExactState(NamedTuple):
     grad: Array
     hess: Array
     rho: Array
+    hess_chol: Array
+    decrement: Array
 
 
 def _tri_inv_lower(L: Array) -> Array:
@@ -478,15 +369,14 @@ def _cov_factor(precision: Array, meanfield: bool) -> Array:
     return _tri_inv_lower(flipped).T[::-1, ::-1]  # J U^{-T} J, lower
 
 
-def _decrement(state: GLMExactState, meanfield: bool) -> Array:
+def _decrement(grad: Array, hess: Array, hess_chol: Array, precision: Array, factor: Array, meanfield: bool
+               ) -> Array:
     """g' H^{-1} g + ||L'(H - P) L||_F^2 / 2 (mean-field: sum (H_kk - p_k)^2 / p_k^2 / 2)."""
-    chol = jnp.linalg.cholesky(state.hess)
-    newton = jnp.sum(state.grad * cho_solve((chol, True), state.grad))
+    newton = jnp.sum(grad * cho_solve((hess_chol, True), grad))
     if meanfield:
-        resid = jnp.sum(jnp.square(jnp.diagonal(state.hess) / state.precision - 1.0))
+        resid = jnp.sum(jnp.square(jnp.diagonal(hess) / precision - 1.0))
     else:
-        L = state.factor
-        resid = jnp.sum(jnp.square(L.T @ (state.hess - state.precision) @ L))
+        resid = jnp.sum(jnp.square(factor.T @ (hess - precision) @ factor))
     return newton + 0.5 * resid
 
 
@@ -568,27 +458,32 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         del key
         m = jnp.asarray(loc, dtype)
         p0 = jnp.full((k,), 1.0 / options.init_scale**2, dtype)
+        sd0 = jnp.full((k,), options.init_scale, dtype)
         precision = p0 if meanfield else jnp.diag(p0)
+        factor = sd0 if meanfield else jnp.diag(sd0)  # P^{-1/2} of a diagonal P: no factorisation to compile
         # No pass yet: the first step's proposal is the start itself (g = 0, H = P).
-        return GLMExactState(m, precision, _cov_factor(precision, meanfield), jnp.asarray(-jnp.inf, dtype),
-                             jnp.zeros((k,), dtype), jnp.diag(p0), jnp.asarray(1.0, dtype))
+        return GLMExactState(m, precision, factor, jnp.asarray(-jnp.inf, dtype), jnp.zeros((k,), dtype),
+                             jnp.diag(p0), jnp.asarray(1.0, dtype), jnp.diag(1.0 / sd0),
+                             jnp.asarray(jnp.inf, dtype))
 
     def step(key, state: GLMExactState):
         del key
         rho = state.rho
         target = jnp.diagonal(state.hess) if meanfield else state.hess
         precision = (1.0 - rho) * state.precision + rho * target
-        chol = jnp.linalg.cholesky(state.hess)
-        m = state.loc + jnp.minimum(rho, 1.0) * cho_solve((chol, True), state.grad)
+        m = state.loc + jnp.minimum(rho, 1.0) * cho_solve((state.hess_chol, True), state.grad)
         factor, elbo, g, h = evaluate(m, precision)
+        h_chol = jnp.linalg.cholesky(h)
         slack = 8.0 * eps * jnp.abs(state.elbo)
-        ok = jnp.isfinite(elbo) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(factor))
+        ok = (jnp.isfinite(elbo) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(factor))
+              & jnp.all(jnp.isfinite(h_chol)))
         accept = ok & ((elbo >= state.elbo - slack) | ~jnp.isfinite(state.elbo))
         change = jnp.abs(elbo - state.elbo) / (jnp.abs(elbo) + 1.0)
-        new = GLMExactState(m, precision, factor, elbo, g, h, jnp.minimum(options.max_rho, 2.0 * rho))
+        new = GLMExactState(m, precision, factor, elbo, g, h, jnp.minimum(options.max_rho, 2.0 * rho), h_chol,
+                            _decrement(g, h, h_chol, precision, factor, meanfield))
         kept = state._replace(rho=rho / 4.0)
         nxt = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, kept)
-        decrement = _decrement(nxt, meanfield)
+        decrement = nxt.decrement
         small = decrement <= options.tol
         # The ELBO-change test alone is blind to the covariance at large N (a 1% error in the sds
         # moves an ELBO of 1e6 by ~1e-3, below float32 resolution), so it also needs a decrement
@@ -602,6 +497,6 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         return family_params(state.loc, state.factor, meanfield)
 
     def extras(state: GLMExactState) -> dict:
-        return {"decrement": _decrement(state, meanfield), "rho": state.rho}
+        return {"decrement": state.decrement, "rho": state.rho}
 
     return VIAlgorithm(init, step, params, extras)
