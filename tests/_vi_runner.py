@@ -8,12 +8,26 @@ import jax.numpy as jnp
 import numpy as np
 
 
+_COMPILED: dict = {}  # (algo, max_steps) -> the jitted runner: a second run of one algo compiles nothing
+
+
 def run(algo, key, loc, max_steps: int):
     """init, then step until `converged` or `max_steps`; returns (params, state, totals).
 
     totals: dict of the summed grad / logp evaluations, the steps taken and the last StepInfo.
+    The jitted runner is kept per (algo, max_steps), so calling it again (another key, or a loop
+    checked against a vmap) reuses the compiled program.
     """
+    compiled = _COMPILED.get((algo, max_steps))
+    if compiled is None:
+        compiled = jax.jit(_runner(algo, max_steps))
+        if len(_COMPILED) >= 16:  # keep a few: each holds its algorithm (and model data) alive
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[(algo, max_steps)] = compiled
+    return compiled(key, loc)
 
+
+def _runner(algo, max_steps: int):
     def go(key, loc):
         init_key, loop_key = jax.random.split(key)
         state = algo.init(init_key, loc)
@@ -32,7 +46,7 @@ def run(algo, key, loc, max_steps: int):
         state, info, n, grads, logps = jax.lax.while_loop(cond, body, c)
         return algo.params(state), state, dict(grad_evals=grads, logp_evals=logps, steps=n, info=info)
 
-    return jax.jit(go)(key, loc)
+    return go
 
 
 class Gauss:
