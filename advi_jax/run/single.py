@@ -271,7 +271,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         if is_advi:
             scale = 1.0 if begun.whitening is not None else init_scale
             opts = _advi.Options(optimizer if optimizer is not None else default_optimizer(float(lr), num_steps),
-                                 estimator, num_samples, scale)
+                                 estimator, num_samples, scale, plan.stop)
         else:
             opts = method_options(module, options)
         adaptation = None
