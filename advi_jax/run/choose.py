@@ -8,7 +8,7 @@ recorded in benchmarks/PERFORMANCE.md), against each posterior's full-rank famil
   posteriors are correlated; mean-field misses them by its own family error), and at K <= 200
   its O(K^2) draws and BaM's O(K^3) eigendecompositions cost less per step than the gradients.
 * Method, for a general model and the full-rank family: ADVI (`AUTO_ADVI`: the STL estimator,
-  8 draws per step) from the `init="bam"` start: the best-ELBO Gaussian of one Pathfinder path
+  4 draws per step) from the `init="bam"` start: the best-ELBO Gaussian of one Pathfinder path
   (or an isotropic Gaussian at the start when the path is degenerate, as down a funnel's neck),
   refined by 100 Batch-and-Match steps when they raise the ELBO. BaM's affine-invariant updates
   fix the scale (a badly scaled GLM, where ADVI from Pathfinder's Gaussian ends 6 sd off), and
@@ -39,7 +39,7 @@ FULLRANK_MAX_DIM = 200
 class _AutoAdvi(NamedTuple):
     init: str = "bam"
     max_grad_evals: int = 48_000
-    num_samples: int = 8
+    num_samples: int = 4
     estimator: str = "stl"
     stop: AutoStop = AutoStop()
 

@@ -65,8 +65,8 @@ class AutoStop(NamedTuple):
     learning_rate: float = 0.01
     batch_steps: int = 25
     num_slots: int = 32
-    min_batches: int = 8
-    tol_mcse: float = 0.015
+    min_batches: int = 16
+    tol_mcse: float = 0.012
     tol_drift: float = 0.05
     max_halvings: int = 0
     tol_change: float = 0.04
@@ -273,3 +273,27 @@ def averaged_extras(family: Family, stop: AutoStop):
                 "auto_stop_batch_steps": state.batch_steps}
 
     return extras
+
+
+def describe_stop(reason: str, code: int, extras: dict, num_steps: int) -> str:
+    """The driver's stop reason with what the stopping rule saw last (for `Result.stop_reason`).
+
+    Args:
+      reason: the driver's reason for `code`.
+      code: the driver's stop code (4: the rule passed; 0: the cap `num_steps` was reached).
+      extras: the fit's extras (`averaged_extras`).
+      num_steps: the cap.
+
+    Returns:
+      The reason in words.
+    """
+    if "auto_stop_mcse" not in extras:
+        return reason
+    seen = (f"MCSE {float(extras['auto_stop_mcse']):.3g}, drift {float(extras['auto_stop_drift']):.3g}, distance "
+            f"{float(extras['auto_stop_distance']):.3g} sd of q, step size {float(extras['auto_stop_learning_rate']):.3g}")
+    if code == 4:
+        return f"converged: ADVI's averaged iterates passed its stopping rule ({seen})"
+    if code == 0:
+        return (f"reached num_steps ({num_steps}, the cap) before ADVI's stopping rule passed (last test: {seen}); "
+                "the average of the later iterates is returned")
+    return reason
