@@ -79,7 +79,11 @@ CANDIDATES: dict[str, dict] = {
     "pathfinder 4 paths": dict(family="fullrank", method="pathfinder", options={"num_paths": 4}),
     "advi mf (old default)": dict(family="meanfield", method="advi"),
 }
-PEERS = ("svi", "blackjax pathfinder")
+PEERS = ("svi", "blackjax pathfinder", "blackjax fullrank", "blackjax meanfield")
+BLACKJAX_VI_STEPS = 2000
+"""Steps of Blackjax's `fullrank_vi` / `meanfield_vi` peers (8 STL draws each, advi_jax's default Adam
+schedule, from its own N(0, I) start): 16,000 gradients, the order of the default's budget on the hard
+posteriors."""
 
 
 def against_limit(draws: dict, limit: dict, reference: dict) -> dict:
@@ -121,7 +125,8 @@ def run_fit(model, kwargs: dict, seed: int) -> dict:
     draws = flatten_draws(jax.device_get(jax.vmap(model.to_constrained)(zeta)))
     return {"draws": draws, "elbo": elbo_of(model, zeta, log_q), "khat": float(result.khat),
             "grad evals": int(result.num_grad_evals), "first s": first, "second s": second,
-            "ran": f"{result.report.method}/{result.family.name}/{result.init_method.split(' (')[0]}"}
+            "ran": (f"{result.report.method}/{result.family.name}/{result.init_method.split(' (')[0]}/"
+                    f"{result.num_steps} steps/{result.stop_reason.split(':')[0]}")}
 
 
 def run_svi(suite_model, model, steps: int, seed: int) -> dict:
@@ -178,6 +183,48 @@ def run_blackjax_pathfinder(model, seed: int) -> dict:
             "grad evals": -1, "first s": first, "second s": second, "ran": "blackjax pathfinder maxiter=30"}
 
 
+def run_blackjax_vi(model, seed: int, kind: str, steps: int = BLACKJAX_VI_STEPS, draws: int = 8) -> dict:
+    import blackjax
+    from blackjax.vi.fullrank_vi import _unflatten_cholesky
+
+    from advi_jax.optim import default_optimizer
+
+    k = model.dim
+    algorithm = (blackjax.fullrank_vi if kind == "fullrank" else blackjax.meanfield_vi)(
+        model.log_density, default_optimizer(0.01, steps), num_samples=draws)
+
+    @jax.jit
+    def go(key):
+        state = algorithm.init(jnp.zeros(k))
+
+        def body(st, i):
+            return algorithm.step(jax.random.fold_in(key, i), st)[0], None
+
+        state, _ = jax.lax.scan(body, state, jnp.arange(steps))
+        if kind == "fullrank":
+            chol = _unflatten_cholesky(state.chol_params, k)
+        else:
+            chol = jnp.diag(jnp.exp(state.rho))
+        return state.mu, chol
+
+    tick = time.perf_counter()
+    mu, chol = jax.block_until_ready(go(jax.random.key(seed)))
+    first = time.perf_counter() - tick
+    tick = time.perf_counter()
+    jax.block_until_ready(go(jax.random.key(seed + 100)))
+    second = time.perf_counter() - tick
+    fam = aj.FullRankGaussian()
+    params = fam.params_type(mu, jnp.log(jnp.expm1(jnp.diagonal(chol))), chol)
+    zeta = antithetic(fam.sample(params, jax.random.key(seed + 2), NUM_DRAWS // 2), mu)
+    log_q = fam.log_prob(params, zeta)
+    log_p = np.asarray(jax.vmap(model.log_density)(zeta), np.float64)
+    gap = log_p - np.asarray(log_q, np.float64)
+    draws_c = flatten_draws(jax.device_get(jax.vmap(model.to_constrained)(zeta)))
+    return {"draws": draws_c, "elbo": float(np.mean(gap[np.isfinite(gap)])), "khat": float(aj.psis(gap).khat),
+            "grad evals": steps * draws, "first s": first, "second s": second,
+            "ran": f"blackjax {kind}_vi {steps} x {draws}"}
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=None, help=f"comma-separated, from {sorted(MODELS)}")
@@ -200,6 +247,8 @@ def main(argv=None) -> list[dict]:
                     out = run_svi(suite_model, model, args.svi_steps, args.seed)
                 elif cand == "blackjax pathfinder":
                     out = run_blackjax_pathfinder(model, args.seed)
+                elif cand in ("blackjax fullrank", "blackjax meanfield"):
+                    out = run_blackjax_vi(model, args.seed, cand.split()[1])
                 else:
                     out = run_fit(model, CANDIDATES[cand], args.seed)
             except Exception as err:  # noqa: BLE001 - one failing candidate must not end the run

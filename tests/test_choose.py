@@ -32,14 +32,16 @@ def test_method_auto_follows_its_docstring():
     model = _gauss(3)
     plan = policy.choose(model, "auto", "auto")
     auto = policy.AUTO_ADVI
-    assert (plan.method, plan.family.name, plan.init, plan.num_steps, plan.num_samples, plan.estimator) == (
-        "advi", "fullrank", auto.init, 300, auto.num_samples, auto.estimator)
-    assert [auto.num_steps(k) for k in (3, 15, 50, 200)] == [300, 300, 1000, 3000]
+    assert (plan.method, plan.family.name, plan.init, plan.num_steps, plan.num_samples, plan.estimator, plan.stop) == (
+        "advi", "fullrank", auto.init, auto.max_grad_evals // auto.num_samples, auto.num_samples, auto.estimator,
+        auto.stop)
+    assert plan.stop is not None and plan.stop.max_halvings >= 0  # ADVI's own stopping rule; num_steps a cap
     assert plan.reason.startswith("auto: family fullrank: K=3") and "Batch-and-Match" in plan.reason
     # The caller's settings win: a step budget, a start, or ADVI settings (then ADVI as given).
     assert policy.choose(model, "auto", "auto", num_steps=50, init=None)[3:5] == (None, 50)
     given = policy.choose(model, "auto", "auto", num_samples=4)
-    assert (given.method, given.init, given.num_samples, given.estimator) == ("advi", "auto", 4, "reparam")
+    assert (given.method, given.init, given.num_samples, given.estimator, given.stop) == (
+        "advi", "auto", 4, "reparam", None)
     assert "num_samples was given" in given.reason
     # Mean-field (named, or K over the threshold): ADVI with fit's own defaults, no BaM start.
     for family, k in (("meanfield", 3), ("auto", policy.FULLRANK_MAX_DIM + 1)):

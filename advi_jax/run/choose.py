@@ -8,13 +8,18 @@ recorded in benchmarks/PERFORMANCE.md), against each posterior's full-rank famil
   posteriors are correlated; mean-field misses them by its own family error), and at K <= 200
   its O(K^2) draws and BaM's O(K^3) eigendecompositions cost less per step than the gradients.
 * Method, for a general model and the full-rank family: ADVI (`AUTO_ADVI`: the STL estimator,
-  8 draws per step, clip(20 K, 300, 3000) steps) from the `init="bam"`
-  start: the best-ELBO Gaussian of one Pathfinder path (or an isotropic Gaussian at the start
-  when the path is degenerate, as down a funnel's neck), refined by 100 Batch-and-Match steps
-  when they raise the ELBO. BaM's affine-invariant updates fix the scale (a badly scaled GLM,
-  where ADVI from Pathfinder's Gaussian ends 6 sd off), and ADVI in the coordinates whitened by
-  that Gaussian reaches the ELBO's own optimum (BaM's fixed point is a score-divergence optimum,
-  0.2-0.7 sd from it on breast cancer and Neal's funnel). About 4,000 gradients for K <= 15.
+  4 draws per step) from the `init="bam"` start: the best-ELBO Gaussian of one Pathfinder path
+  (or an isotropic Gaussian at the start when the path is degenerate, as down a funnel's neck),
+  refined by 100 Batch-and-Match steps when they raise the ELBO. BaM's affine-invariant updates
+  fix the scale (a badly scaled GLM, where ADVI from Pathfinder's Gaussian ends 6 sd off), and
+  ADVI in the coordinates whitened by that Gaussian reaches the ELBO's own optimum (BaM's fixed
+  point is a score-divergence optimum, 0.2-0.7 sd from it on breast cancer and Neal's funnel).
+* When ADVI stops: not after a fixed budget (a fixed 300 steps left radon, K = 90, 1.5 sd from
+  the family limit; 2,000 steps reach it; the easy posteriors need fewer than 300), but by its
+  own test (`advi_jax.vi.advi.AutoStop`, Dhaka et al. 2020, Welandawe et al. 2024): constant-step
+  Adam, the average of the later half of its iterates, stopped when that average's Monte Carlo
+  standard error, its drift and its estimated distance from the optimum (the averaged natural
+  gradient of the mean) are small in q's own sds. `AUTO_ADVI.max_grad_evals` caps it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, NamedTuple
 
 from advi_jax.base import Family
 from advi_jax.families import get_family
+from advi_jax.vi._advi_averaged import AutoStop
 
 __all__ = ["choose_method", "choose_family", "choose", "Plan", "FULLRANK_MAX_DIM", "AUTO_ADVI"]
 
@@ -32,16 +38,15 @@ FULLRANK_MAX_DIM = 200
 
 class _AutoAdvi(NamedTuple):
     init: str = "bam"
-    min_steps: int = 300
-    steps_per_dim: int = 20
-    max_steps: int = 3000
-    num_samples: int = 8
+    max_grad_evals: int = 48_000
+    num_samples: int = 4
     estimator: str = "stl"
+    stop: AutoStop = AutoStop()
 
     def num_steps(self, dim: int) -> int:
-        """clip(20 K, 300, 3000): measured on radon (K = 90), 300 steps end 1.5 sd from the
-        family limit, 1,000 steps 0.44, 2,000 steps 0.07; K <= 15 needs no more than 300."""
-        return int(min(self.max_steps, max(self.min_steps, self.steps_per_dim * int(dim))))
+        """The hard cap on ADVI's steps (the rule `stop` ends the run before it, where it can):
+        `max_grad_evals` gradients."""
+        return int(self.max_grad_evals // self.num_samples)
 
 
 AUTO_ADVI = _AutoAdvi()
@@ -57,6 +62,7 @@ class Plan(NamedTuple):
       reason: why, in words (family and method), for the result and `summary()`.
       init, num_steps, num_samples, estimator: the settings to run with (the caller's, or the
         policy's where the caller left the default).
+      stop: ADVI's `AutoStop` (its own stopping rule, `num_steps` then a cap), or None.
     """
 
     method: str
@@ -66,6 +72,7 @@ class Plan(NamedTuple):
     num_steps: int | None
     num_samples: int
     estimator: Any
+    stop: Any = None
 
 
 def choose_family(model: Any, family: Any) -> tuple[Family, str]:
@@ -137,9 +144,10 @@ def choose_method(model: Any, family: Family, *, estimator: Any = "reparam", num
     if advi_settings:
         return "advi", f"ADVI because {', '.join(advi_settings)} was given (ADVI settings)"
     if family.name == "fullrank" and not minibatch:
-        return "advi", (f"ADVI (STL, {AUTO_ADVI.num_samples} draws x {AUTO_ADVI.num_steps(model.dim)} steps) from a "
-                        "Pathfinder -> Batch-and-Match start: BaM fixes the scale affine-invariantly, ADVI then "
-                        "reaches the ELBO's optimum")
+        return "advi", (f"ADVI (STL, {AUTO_ADVI.num_samples} draws, constant-step Adam with iterate averaging, "
+                        "stopped by its own MCSE / drift / distance test, at most "
+                        f"{AUTO_ADVI.num_steps(model.dim)} steps) from a Pathfinder -> Batch-and-Match start: BaM fixes "
+                        "the scale affine-invariantly, ADVI then reaches the ELBO's optimum")
     return "advi", "ADVI runs every family, estimator and data size"
 
 
@@ -172,7 +180,7 @@ def choose(model: Any, family: Any, method: Any, *, init: Any = "auto", num_step
         return Plan(name, family_obj, reason, init, num_steps, num_samples, estimator)
     return Plan(name, family_obj, reason, AUTO_ADVI.init if _is_auto(init) else init,
                 AUTO_ADVI.num_steps(model.dim) if num_steps is None else num_steps, AUTO_ADVI.num_samples,
-                AUTO_ADVI.estimator)
+                AUTO_ADVI.estimator, AUTO_ADVI.stop)
 
 
 def _is_auto(init: Any) -> bool:

@@ -18,6 +18,7 @@ from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
+from advi_jax.vi._advi_averaged import describe_stop
 from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget
 from advi_jax.run import driver
 from advi_jax.run.choose import choose, choose_family, choose_method
@@ -271,7 +272,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         if is_advi:
             scale = 1.0 if begun.whitening is not None else init_scale
             opts = _advi.Options(optimizer if optimizer is not None else default_optimizer(float(lr), num_steps),
-                                 estimator, num_samples, scale)
+                                 estimator, num_samples, scale, plan.stop)
         else:
             opts = method_options(module, options)
         adaptation = None
@@ -314,7 +315,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals,
         num_logp_evals=int(out.loop.num_logp_evals) + begun.num_logp_evals, num_nonfinite=num_nonfinite,
         converged=code in (1, 2, 4),
-        stop_reason=driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite), stop_code=code,
+        stop_reason=describe_stop(driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite), code, extras,
+                                  num_steps), stop_code=code,
         method=method_name, method_reason=method_reason,
         estimator=checks.estimator_name(estimator) if is_advi else None, num_samples=num_samples if is_advi else None,
         seconds=time.perf_counter() - began, start_seconds=start_seconds, compile_seconds=out.compile_seconds,

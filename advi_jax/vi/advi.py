@@ -37,8 +37,8 @@ from advi_jax.estimators import get_estimator
 from advi_jax.families import get_family
 from advi_jax.optim import default_optimizer
 
-__all__ = ["ADVI", "Options", "advi", "build", "elbo_estimate", "adapt_learning_rate", "NAME", "FAMILIES",
-           "DEFAULT_NUM_STEPS", "WHITEN"]
+__all__ = ["ADVI", "Options", "AutoStop", "advi", "advi_averaged", "build", "elbo_estimate", "adapt_learning_rate",
+           "NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN"]
 
 NAME = "advi"
 FAMILIES = ("meanfield", "fullrank", "lowrank")
@@ -55,6 +55,7 @@ class Options(NamedTuple):
     estimator: Any = "reparam"
     num_samples: int = 1
     init_scale: float = 0.1
+    stop: Any = None  # None: a fixed step budget with `optimizer`; an `AutoStop`: `advi_averaged` (optimizer unused)
 
 
 class ADVI(NamedTuple):
@@ -126,7 +127,12 @@ def advi(model: LogDensity, family: str | Family = "meanfield", *, optimizer: op
 
 
 def build(model: LogDensity, family: Family, options: Options) -> VIAlgorithm:
-    """ADVI as a `VIAlgorithm` for the driver (see `advi_jax.base`)."""
+    """ADVI as a `VIAlgorithm` for the driver (see `advi_jax.base`); with `options.stop` the
+    averaged, self-stopping variant (`advi_averaged`)."""
+    if options.stop is not None:
+        pair = advi_averaged(model, family, stop=options.stop, estimator=options.estimator,
+                             num_samples=options.num_samples, init_scale=options.init_scale)
+        return VIAlgorithm(pair.init, pair.step, averaged_params(family), averaged_extras(family, options.stop))
     pair = advi(model, family, optimizer=options.optimizer, estimator=options.estimator,
                 num_samples=options.num_samples, init_scale=options.init_scale)
     return VIAlgorithm(pair.init, pair.step, lambda state: state.params)
@@ -168,3 +174,6 @@ def adapt_learning_rate(model: LogDensity, loc: Array, key: Array, learning_rate
     initial = elbo_estimate(model, family, start, eval_key, num_eval_draws)
     elbos, skipped = jax.vmap(run)(learning_rates)
     return initial, elbos, skipped
+
+
+from advi_jax.vi._advi_averaged import AutoStop, advi_averaged, averaged_extras, averaged_params  # noqa: E402

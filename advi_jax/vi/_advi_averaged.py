@@ -1,0 +1,299 @@
+"""ADVI that decides when to stop: constant-step Adam, iterate averaging, batch-means MCSE.
+
+The default `aj.fit` of a general model (`advi_jax.run.choose`) runs ADVI in coordinates
+whitened by its start, where a fixed step budget is either wasted (the start is already at the
+optimum) or too short (a hierarchical posterior whose start is sd's away). This variant decides
+from its own iterates, after Dhaka, Catalina, Andersen, Magnusson, Huggins & Vehtari (2020,
+"Robust, accurate stochastic optimization for variational inference") and Welandawe, Andersen,
+Vehtari & Huggins (2024, "A framework for improving the reliability of black-box variational
+inference", RABVI):
+
+* Adam with a CONSTANT step size: its iterates reach a stationary jitter around (near) the
+  optimum, whose mean is estimated by averaging them (Polyak-Ruppert), not by decaying the step.
+* The iterates are summarised in batch means (a fixed number of slots; when they are full,
+  neighbouring batches merge and the batch length doubles, so the batches stay long compared
+  with the iterates' autocorrelation however long the run). The average is that of the LATER
+  HALF of the batches, so the transient before stationarity is discarded, however long it was.
+* After every batch, the average's Monte Carlo standard error (the spread of the batch means
+  over sqrt(batches)) and its drift (the later quarter's mean minus the earlier quarter's) are
+  measured in q's own units: each coordinate's mean in sds of q, each sd as a log ratio. The
+  phase has converged when, over every coordinate, MCSE < `tol_mcse` and |drift| < `tol_drift`:
+  a run still travelling (the drift) or too noisy to tell (the MCSE) goes on.
+* RABVI's check of the step size's own bias: a converged phase restarts from its average with
+  half the step size (`max_halvings` times at most); the fit stops when two successive averages
+  agree within `tol_change` (in the same units), or when the halvings are spent.
+
+Everything runs inside the step (one compile; the tests happen only when a batch completes,
+under `lax.cond`), and the step's `StepInfo.converged` reports the outcome, which is how the
+driver stops it (`advi_jax.run.driver`). Its `num_steps` is only a hard cap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from advi_jax._types import Array, ArrayLike
+from advi_jax.base import Family, FitState, LogDensity, step_info
+from advi_jax.estimators import get_estimator
+from advi_jax.families import get_family
+
+__all__ = ["AutoStop", "AveragedState", "advi_averaged", "averaged_params", "averaged_extras"]
+
+
+class AutoStop(NamedTuple):
+    """Settings of the averaged, self-stopping ADVI (static, hashable).
+
+    Attributes:
+      learning_rate: Adam's constant step size in the first phase.
+      batch_steps: steps per batch mean at the start of a phase (doubles when the slots fill).
+      num_slots: batch means kept (even); when full, neighbours merge pairwise.
+      min_batches: batches before the first test (the average then spans half of them).
+      tol_mcse: the largest MCSE of the average allowed, in sd of q (means) or log sd (sds).
+      tol_drift: the largest drift of the average allowed, in the same units.
+      max_halvings: how often the step size is halved to check its bias (0: never).
+      tol_change: successive phases' averages must agree within this (same units).
+      tol_distance: the largest estimated distance of the average's mean from the optimum, in
+        sd of q (the averaged natural gradient of the mean, see the module docstring), less
+        twice its MCSE (the test asks whether the distance is SIGNIFICANTLY above it).
+    """
+
+    learning_rate: float = 0.01
+    batch_steps: int = 25
+    num_slots: int = 32
+    min_batches: int = 16
+    tol_mcse: float = 0.012
+    tol_drift: float = 0.05
+    max_halvings: int = 0
+    tol_change: float = 0.04
+    tol_distance: float = 0.03
+
+
+class AveragedState(NamedTuple):
+    """The averaged ADVI's state: the plain ADVI `FitState` plus the averaging and the tests."""
+
+    fit: FitState
+    lr: Array
+    batch_steps: Array  # steps per batch in this phase (doubles on merging)
+    cur_sum: Array  # (P,) sum of the flat parameters over the current batch
+    cur_count: Array
+    cur_newton: Array  # (K,) sum over the batch of the Newton steps of the mean, in sd of q
+    slots: Array  # (num_slots, P) batch means
+    newton: Array  # (num_slots, K) batch means of the Newton steps
+    num_batches: Array  # filled slots
+    previous: Array  # (2K,) summary of the last phase's average; NaN before the first halving
+    halvings: Array
+    mcse: Array  # the last test's largest MCSE (q's units)
+    drift: Array  # the last test's largest |drift|
+    distance: Array  # the last test's largest estimated distance of the average's mean from the optimum
+    distance_mcse: Array  # its largest MCSE
+    change: Array  # the largest change between the last two phases' averages (NaN: no halving yet)
+    converged: Array
+
+
+def _tail(n: Array, m: int) -> tuple[Array, Array, Array]:
+    """Masks over the slots: the later half of the n filled batches, and its first and last quarters."""
+    idx = jnp.arange(m)
+    lo = n // 2
+    h = n - lo
+    q = jnp.maximum(h // 2, 1)
+    tail = (idx >= lo) & (idx < n)
+    first = (idx >= lo) & (idx < lo + q)
+    last = (idx >= n - q) & (idx < n)
+    return tail, first, last
+
+
+def _masked_mean(x: Array, mask: Array) -> Array:
+    w = mask.astype(x.dtype)
+    return jnp.tensordot(w, x, axes=1) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop: AutoStop = AutoStop(),
+                  estimator: Any = "stl", num_samples: int = 8, init_scale: float = 1.0):
+    """Build the averaged ADVI `(init, step)` pair (see the module docstring).
+
+    Args:
+      model: anything with `dim` and `log_density` (typically a whitened view of a model).
+      family: an affine-closed family name or `Family` (means and sds are read through it).
+      stop: the `AutoStop` settings.
+      estimator: a gradient estimator name or function.
+      num_samples: draws of q per step.
+      init_scale: initial scale of q.
+
+    Returns:
+      An `advi_jax.vi.advi.ADVI(init, step)`; `averaged_params(family)(state)` is the fit.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, advi_jax as aj
+      >>> from advi_jax.vi.advi import advi_averaged
+      >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((2,))})
+      >>> init, step = advi_averaged(model, "fullrank")
+      >>> state, info = jax.jit(step)(jax.random.key(1), init(jax.random.key(0)))
+    """
+    from advi_jax.vi.advi import ADVI, _SCORE_ESTIMATORS, _tree_all_finite
+
+    family = get_family(family)
+    adam = optax.scale_by_adam()
+    estimator_fn = get_estimator(estimator)
+    score = isinstance(estimator, str) and estimator in _SCORE_ESTIMATORS
+    m = int(stop.num_slots)
+    summarise = _summary(family)
+
+    def init(key: Array, loc: ArrayLike | None = None) -> AveragedState:
+        params = family.init(key, model.dim, loc=loc, scale=init_scale)
+        flat, _ = ravel_pytree(params)
+        zero = jnp.zeros((), jnp.int32)
+        nan = jnp.full((), jnp.nan, flat.dtype)
+        return AveragedState(FitState(params, adam.init(params), zero, zero, zero),
+                             jnp.asarray(stop.learning_rate, flat.dtype), jnp.asarray(stop.batch_steps, jnp.int32),
+                             jnp.zeros_like(flat), zero, jnp.zeros((model.dim,), flat.dtype),
+                             jnp.zeros((m,) + flat.shape, flat.dtype), jnp.zeros((m, model.dim), flat.dtype), zero,
+                             jnp.full((2 * model.dim,), jnp.nan, flat.dtype), zero, nan, nan, nan, nan, nan,
+                             jnp.zeros((), bool))
+
+    def loss(params, key):
+        surrogate, aux = estimator_fn(family, model.log_density, params, key, num_samples)
+        return -surrogate, aux
+
+    def close_batch(st: AveragedState) -> AveragedState:
+        flat, unravel = ravel_pytree(st.fit.params)
+        count = st.cur_count.astype(flat.dtype)
+        slots = st.slots.at[st.num_batches].set(st.cur_sum / count)
+        newton = st.newton.at[st.num_batches].set(st.cur_newton / count)
+        n = st.num_batches + 1
+        tail, first, last = _tail(n, m)
+        average = _masked_mean(slots, tail)
+        mean, sd = summarise(unravel(average))
+        per_batch = jax.vmap(lambda x: summarise(unravel(x)))(slots)
+        s = jnp.concatenate([per_batch[0] / sd[None, :], jnp.log(per_batch[1])], axis=1)  # (m, 2K) in q's units
+        h = jnp.sum(tail).astype(flat.dtype)
+        centred = jnp.where(tail[:, None], s - _masked_mean(s, tail)[None, :], 0.0)
+        mcse = jnp.max(jnp.sqrt(jnp.sum(centred ** 2, axis=0) / jnp.maximum(h - 1.0, 1.0) / h))
+        drift = jnp.max(jnp.abs(_masked_mean(s, last) - _masked_mean(s, first)))
+        # The averaged Newton step of the mean: its size is the average's distance from the optimum.
+        step_mean = _masked_mean(newton, tail)
+        step_centred = jnp.where(tail[:, None], newton - step_mean[None, :], 0.0)
+        step_se = jnp.sqrt(jnp.sum(step_centred ** 2, axis=0) / jnp.maximum(h - 1.0, 1.0) / h)
+        step_mcse = jnp.max(step_se)
+        distance = jnp.max(jnp.abs(step_mean))
+        excess = jnp.max(jnp.abs(step_mean) - 2.0 * step_se)
+        ok = ((n >= stop.min_batches) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
+              & (excess < stop.tol_distance))
+        summary = jnp.concatenate([mean, jnp.log(sd)])
+        prev_mean, prev_log_sd = st.previous[:model.dim], st.previous[model.dim:]
+        change = jnp.max(jnp.concatenate([jnp.abs(prev_mean - mean) / sd, jnp.abs(prev_log_sd - jnp.log(sd))]))
+        agreed = jnp.isfinite(change) & (change < stop.tol_change)
+        done = ok & (agreed | (st.halvings >= stop.max_halvings))
+        restart = ok & ~done
+        # A full set of slots merges pairwise: half as many batches, each twice as long.
+        full = n >= m
+        merged = jnp.concatenate([0.5 * (slots[0::2] + slots[1::2]), jnp.zeros_like(slots[: m // 2])])
+        slots = jnp.where(full, merged, slots)
+        newton = jnp.where(full, jnp.concatenate([0.5 * (newton[0::2] + newton[1::2]),
+                                                  jnp.zeros_like(newton[: m // 2])]), newton)
+        n = jnp.where(full, m // 2, n)
+        batch_steps = jnp.where(full, 2 * st.batch_steps, st.batch_steps)
+        # A new phase restarts from the average with half the step size, its slots empty.
+        fit = st.fit._replace(params=jax.tree_util.tree_map(lambda new, old: jnp.where(restart, new, old),
+                                                            unravel(average), st.fit.params))
+        return st._replace(
+            fit=fit, lr=jnp.where(restart, 0.5 * st.lr, st.lr),
+            batch_steps=jnp.where(restart, jnp.asarray(stop.batch_steps, jnp.int32), batch_steps),
+            cur_sum=jnp.zeros_like(st.cur_sum), cur_count=jnp.zeros_like(st.cur_count),
+            cur_newton=jnp.zeros_like(st.cur_newton), slots=slots, newton=newton, distance=distance, distance_mcse=step_mcse,
+            num_batches=jnp.where(restart, 0, n), previous=jnp.where(restart, summary, st.previous),
+            halvings=st.halvings + restart.astype(jnp.int32), mcse=mcse, drift=drift,
+            change=jnp.where(ok & jnp.isfinite(change), change, st.change), converged=done)
+
+    def step(key: Array, state: AveragedState) -> tuple[AveragedState, Any]:
+        fit = state.fit
+        (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(fit.params, key)
+        finite = jnp.isfinite(aux.elbo) & _tree_all_finite(grads)
+
+        def apply(_):
+            updates, opt_state = adam.update(grads, fit.opt_state, fit.params)
+            return jax.tree_util.tree_map(lambda p, u: p - state.lr * u, fit.params, updates), opt_state
+
+        def keep(_):
+            return fit.params, fit.opt_state
+
+        params, opt_state = jax.lax.cond(finite, apply, keep, None)
+        bad = (~finite).astype(jnp.int32)
+        fit = FitState(params, opt_state, fit.step + 1, fit.num_nonfinite + bad, (fit.consecutive_nonfinite + bad) * bad)
+        flat, _ = ravel_pytree(params)
+        # Newton step of the mean, Sigma_q grad_mean ELBO (the natural gradient; at the ELBO's optimum
+        # Sigma_q^-1 = E_q[-Hessian of log p]), in sd of q; zero for a skipped step.
+        scale = family.scale_tril(state.fit.params)
+        sd = jnp.sqrt(jnp.sum(scale ** 2, axis=1))
+        step_of_mean = jnp.where(finite, scale @ (scale.T @ -grads.loc) / sd, 0.0)
+        new = state._replace(fit=fit, cur_sum=state.cur_sum + flat, cur_count=state.cur_count + 1,
+                             cur_newton=state.cur_newton + step_of_mean)
+        new = jax.lax.cond(new.cur_count >= new.batch_steps, close_batch, lambda st: st, new)
+        grads_used, logp_used = (0, num_samples) if score else (num_samples, 0)
+        return new, step_info(aux.elbo, finite, grads_used, logp_used, new.converged)
+
+    return ADVI(init, step)
+
+
+def _summary(family: Family):
+    """params -> (mean, sd) of q, each (K,)."""
+
+    def summary(params):
+        return family.mean(params), jnp.sqrt(family.variance(params))
+
+    return summary
+
+
+def averaged_params(family: Family):
+    """state -> the fit: the average of the later half of the current phase's batches (the
+    phase's start, i.e. the previous phase's average, before its first batch)."""
+
+    def params(state: AveragedState):
+        flat, unravel = ravel_pytree(state.fit.params)
+        m = state.slots.shape[0]
+        tail, _, _ = _tail(state.num_batches, m)
+        average = _masked_mean(state.slots, tail)
+        return unravel(jnp.where(state.num_batches > 0, average, flat))
+
+    return params
+
+
+def averaged_extras(family: Family, stop: AutoStop):
+    """state -> what the stopping rule saw: its last MCSE and drift, the step size, the halvings."""
+
+    def extras(state: AveragedState) -> dict:
+        return {"auto_stop_converged": state.converged, "auto_stop_mcse": state.mcse,
+                "auto_stop_drift": state.drift, "auto_stop_distance": state.distance,
+                "auto_stop_distance_mcse": state.distance_mcse, "auto_stop_change": state.change,
+                "auto_stop_learning_rate": state.lr, "auto_stop_halvings": state.halvings,
+                "auto_stop_batch_steps": state.batch_steps}
+
+    return extras
+
+
+def describe_stop(reason: str, code: int, extras: dict, num_steps: int) -> str:
+    """The driver's stop reason with what the stopping rule saw last (for `Result.stop_reason`).
+
+    Args:
+      reason: the driver's reason for `code`.
+      code: the driver's stop code (4: the rule passed; 0: the cap `num_steps` was reached).
+      extras: the fit's extras (`averaged_extras`).
+      num_steps: the cap.
+
+    Returns:
+      The reason in words.
+    """
+    if "auto_stop_mcse" not in extras:
+        return reason
+    seen = (f"MCSE {float(extras['auto_stop_mcse']):.3g}, drift {float(extras['auto_stop_drift']):.3g}, distance "
+            f"{float(extras['auto_stop_distance']):.3g} sd of q, step size {float(extras['auto_stop_learning_rate']):.3g}")
+    if code == 4:
+        return f"converged: ADVI's averaged iterates passed its stopping rule ({seen})"
+    if code == 0:
+        return (f"reached num_steps ({num_steps}, the cap) before ADVI's stopping rule passed (last test: {seen}); "
+                "the average of the later iterates is returned")
+    return reason

@@ -1,0 +1,87 @@
+"""The averaged, self-stopping ADVI of the default fit (`advi_jax.vi._advi_averaged`): it stops by
+its own test once the average is at the optimum, runs longer when it is not, recompiles nothing,
+and vmaps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import advi_jax as aj
+from advi_jax.run import choose as policy
+from advi_jax.vi.advi import AutoStop, advi_averaged
+
+COV = np.array([[2.0, 0.6, 0.1], [0.6, 1.0, -0.3], [0.1, -0.3, 0.5]])
+MEAN = np.array([5.0, -3.0, 0.5])
+
+
+def _gaussian():
+    precision = jnp.asarray(np.linalg.inv(COV), jnp.float32)
+    mean = jnp.asarray(MEAN, jnp.float32)
+    return aj.Model(lambda p: -0.5 * (p["x"] - mean) @ precision @ (p["x"] - mean), {"x": aj.real((3,))})
+
+
+def _errors(result):
+    """max |mean error| / sd and max |log sd ratio| against the exact Gaussian (the family's optimum)."""
+    sd = np.sqrt(np.diag(COV))
+    mean = np.asarray(result.family.mean(result.params))
+    cov = np.asarray(result.family.covariance(result.params))
+    return np.max(np.abs(mean - MEAN) / sd), np.max(np.abs(np.log(np.sqrt(np.diag(cov)) / sd)))
+
+
+def test_stops_early_at_the_exact_optimum_of_a_gaussian_and_recompiles_nothing(key):
+    model = _gaussian()
+    result = aj.fit(model, key=key, progress=False, diagnostics=False)
+    cap = policy.AUTO_ADVI.num_steps(model.dim)
+    # The Pathfinder -> BaM start is at the optimum already: the first test (after `min_batches`) passes.
+    first_test = AutoStop().min_batches * AutoStop().batch_steps
+    assert result.stop_code == 4 and result.converged and result.num_steps == first_test < cap, result.stop_reason
+    assert result.extras["auto_stop_converged"] and result.extras["auto_stop_mcse"] < AutoStop().tol_mcse
+    assert "passed its stopping rule" in result.stop_reason
+    mean_err, log_sd_err = _errors(result)
+    assert mean_err < 0.01 and log_sd_err < 0.01, (mean_err, log_sd_err)
+    # The cost says what ran: the start's gradients plus 8 per step.
+    assert result.num_grad_evals == result.extras["start_grad_evals"] + 4 * result.num_steps
+    traces = aj.run.num_traces()
+    again = aj.fit(model, key=jax.random.fold_in(key, 1), progress=False, diagnostics=False)
+    assert aj.run.num_traces() == traces and again.converged
+
+
+def test_runs_longer_from_a_poor_start_reaches_the_optimum_and_a_cap_says_so(key):
+    # From zero with q's scales at 0.1 (no whitening), 2-5 sd from the mean and 10x too narrow:
+    # the drift and distance tests keep it going until the average has arrived.
+    model = _gaussian()
+    far = aj.fit(model, key=key, progress=False, init=None, diagnostics=False)
+    first_test = AutoStop().min_batches * AutoStop().batch_steps
+    assert far.converged and far.num_steps >= 2 * first_test, far.num_steps
+    mean_err, log_sd_err = _errors(far)
+    assert mean_err < 0.03 and log_sd_err < 0.03, (mean_err, log_sd_err)
+    # Stopped by the cap instead (the same compiled loop): it says so.
+    capped = aj.fit(model, key=key, progress=False, init=None, num_steps=150, diagnostics=False)
+    assert capped.stop_code == 0 and not capped.converged and capped.num_steps == 150
+    assert not capped.extras["auto_stop_converged"] and "the cap" in capped.stop_reason
+
+
+def test_vmap_over_keys_equals_a_loop():
+    model = _gaussian()
+    init, step = advi_averaged(model, "fullrank", stop=AutoStop(batch_steps=5, min_batches=4), num_samples=4)
+
+    def run(key):
+        state = init(key, jnp.zeros(3))
+        state, _ = jax.lax.scan(lambda s, i: (step(jax.random.fold_in(key, i), s)[0], None), state, jnp.arange(60))
+        return state.slots, state.mcse, state.num_batches
+
+    keys = jax.random.split(jax.random.key(3), 2)
+    batched = jax.jit(jax.vmap(run))(keys)
+    for i in range(2):
+        single = jax.jit(run)(keys[i])
+        for a, b in zip(jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(batched)):
+            np.testing.assert_allclose(np.asarray(b)[i], np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+def test_explicit_advi_settings_run_plain_advi_with_their_budget(key):
+    model = _gaussian()
+    plan = policy.choose(model, "auto", "auto", num_samples=4)
+    assert plan.stop is None
+    result = aj.fit(model, key=key, progress=False, method="advi", family="fullrank", num_steps=120, num_samples=2,
+                    diagnostics=False)
+    assert result.num_steps == 120 and result.stop_code == 0 and "auto_stop_mcse" not in result.extras
