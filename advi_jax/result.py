@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advi_jax import compile_options
 from advi_jax import diagnostics as _diag
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.base import Family
@@ -154,7 +155,7 @@ def log_ratios(model: Any, family: Family, params: PyTree, key: Array, num_draws
     return zeta, log_p - family.log_prob(params, zeta)
 
 
-draws_and_log_ratios = jax.jit(log_ratios, static_argnames=("family", "num_draws", "batch_size"))
+draws_and_log_ratios = compile_options.jit(log_ratios, static_argnames=("family", "num_draws", "batch_size"))
 
 
 @functools.partial(jax.jit, static_argnames=("family", "num_draws"))

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advi_jax import compile_options
 from advi_jax._types import Array
 from advi_jax.base import Family, StepInfo
 
@@ -202,7 +203,7 @@ def _select(mask: Array, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@compile_options.jit(static_argnames=("cfg",))
 def init_loop(model: Any, keys: Array, locs: Array, cfg: Settings) -> LoopState:
     """The initial `LoopState`: `method.build(...).init(key, loc)` and zero counters.
 
@@ -220,7 +221,7 @@ def init_loop(model: Any, keys: Array, locs: Array, cfg: Settings) -> LoopState:
     return jax.vmap(one, in_axes=(0 if cfg.model_batched else None, 0, 0))(model, keys, locs)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@compile_options.jit(static_argnames=("cfg",))
 def run_chunk(model: Any, loop: LoopState, keys: Array, stop: Array, inputs: Any, cfg: Settings):
     """Run steps until each fit reaches `stop` or its stop flag; returns (loop, trace).
 

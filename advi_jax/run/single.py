@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advi_jax import checks
+from advi_jax import checks, compile_options
 from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
@@ -35,7 +35,7 @@ class DiagnosticWarning(UserWarning):
     """Issued by the fits when the diagnostics say the approximation is unreliable."""
 
 
-@functools.partial(jax.jit, static_argnames=("module", "family", "options"))
+@compile_options.jit(static_argnames=("module", "family", "options"))
 def finish(model: Any, state: Any, module: Any, family: Family, options: Any) -> tuple[Any, dict]:
     """The family's parameters and the method's extras from the final state, in one compiled call
     (evaluated op by op they cost a dispatch per operation: 0.7 s for glm_exact's extras)."""

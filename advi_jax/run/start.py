@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advi_jax import compile_options
 from advi_jax._types import Array
 from advi_jax.base import Family
 from advi_jax.checks import INIT_OPTIONS, check_initial_point, initial_loc
@@ -202,7 +203,7 @@ def _elbo_common(model: Any, noise: Array, mean: Array, factor: Array) -> Array:
     return jnp.where(jnp.isfinite(value), value, -jnp.inf)
 
 
-@functools.partial(jax.jit, static_argnames=("diagonal", "init_scale"))
+@compile_options.jit(static_argnames=("diagonal", "init_scale"))
 def _start_candidates(model: Any, loc: Array, key: Array, diagonal: bool, init_scale: float):
     """One Pathfinder path's best Gaussian, and the ELBOs (same draws) of it, N(loc, I) and N(loc, s^2 I)."""
     found = _pathfinder.start_gaussian(model, loc, key, _PATHFINDER_START, diagonal=diagonal)
@@ -223,7 +224,7 @@ class BamStart(NamedTuple):
     num_nonfinite: Array
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "batch_size"))
+@compile_options.jit(model_arg="run_model", static_argnames=("num_steps", "batch_size"))
 def _bam_steps(run_model: Any, key: Array, num_steps: int, batch_size: int):
     """BaM from N(0, I) in the start's whitened coordinates; its Gaussian in R^K, the ELBOs (same
     draws) of the start's and BaM's Gaussians, and the count of non-finite BaM steps."""
