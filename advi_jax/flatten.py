@@ -162,13 +162,23 @@ class Model:
         return self.log_joint(params) if self.data is None else self.log_joint(params, self.data)
 
     def log_density(self, zeta: ArrayLike) -> Array:
-        """log p(x, T^{-1}(zeta)) + log|det J_{T^{-1}}(zeta)| for one flat (K,) vector (vmap for batches)."""
-        params, log_det = self.to_constrained_and_log_det(zeta)
-        return self.log_joint_at(params) + log_det
+        """log p(x, T^{-1}(zeta)) + log|det J_{T^{-1}}(zeta)| for one flat (K,) vector (vmap for batches).
+
+        Evaluated through one jitted function (`_log_density`): a program that calls the log
+        density in several places (a line search, ELBO draws, a gradient) traces the user's log
+        joint once, and vmap and grad transform that trace instead of tracing it again.
+        """
+        return _log_density(self, self._check_zeta(zeta))
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}: {s.name}{list(s.shape)}" for n, s in self.support.items())
         return f"Model(dim={self.dim}, {{{inner}}})"
+
+
+@jax.jit
+def _log_density(model: Model, zeta: Array) -> Array:
+    params, log_det = model.to_constrained_and_log_det(zeta)
+    return model.log_joint_at(params) + log_det
 
 
 # ----------------------------------------------------------------------------------------------
