@@ -110,16 +110,23 @@ def _child_advi(name: str, mode: str) -> dict:
     import jax
 
     jax.config.update("jax_log_compiles", True)
-    import advi_jax as aj
-    from advi_jax import compile_options
+    import contextlib
 
+    import advi_jax as aj
+
+    try:
+        from advi_jax import compile_options
+    except ImportError:  # a version before advi_jax.compile_options: XLA's defaults
+        compile_options = None
     fn, args = _build(name)
     model = aj.from_numpyro(fn, *args)
     log = _CompileLog()
     log.take()
     out = {"system": "advi_jax", "model": name, "mode": mode, "K": int(model.dim),
-           "data_entries": compile_options.num_entries(model)}
-    with compile_options.forced(None if mode == "auto" else mode):
+           "data_entries": sum(int(getattr(x, "size", 0)) for x in jax.tree_util.tree_leaves(model))}
+    forced = contextlib.nullcontext() if compile_options is None else compile_options.forced(
+        None if mode == "auto" else mode)
+    with forced:
         for call in (0, 1):
             wall, cpu = time.perf_counter(), time.process_time()
             result = aj.fit(model, key=jax.random.key(call), progress=False)
@@ -130,7 +137,8 @@ def _child_advi(name: str, mode: str) -> dict:
                                   "run": round(result.run_seconds, 3),
                                   "diagnostics": round(result.diagnostics_seconds, 3)}
     out.update(khat=round(float(result.khat), 3), grads=int(result.num_grad_evals), init=result.init_method,
-               fast=compile_options.fast_compile(model) if mode == "auto" else mode == "fast")
+               fast=(None if compile_options is None else compile_options.fast_compile(model)) if mode == "auto"
+               else mode == "fast")
     return out
 
 

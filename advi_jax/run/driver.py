@@ -313,7 +313,7 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
       An `Outcome`; `compile_seconds` is the first (zero-step) call, which only compiles.
     """
     batched = cfg.num_fits is not None
-    stop0 = jnp.asarray(0, jnp.int32)
+    stop0 = np.int32(0)  # numpy scalars: jnp.asarray(0, jnp.int32) would compile a conversion
     compiling = True
     bar = None
     traces: list[np.ndarray] = []
@@ -345,7 +345,7 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
             else:
                 chunk_inputs, stop = None, min(done + per_call, num_steps)
             tick = time.perf_counter()
-            new_loop, trace = run_chunk(model, loop, keys, jnp.asarray(stop, jnp.int32), chunk_inputs, cfg)
+            new_loop, trace = run_chunk(model, loop, keys, np.int32(stop), chunk_inputs, cfg)
             if inputs is not None:
                 current = next(inputs, None)  # issued before the result is read: transfer overlaps compute
             steps, new_codes, skipped, trace = jax.device_get(
