@@ -10,10 +10,21 @@ while the data are small and a lot once they are large.
 
 The rule (`fast_compile`): on CPU, compile with `FAST_OPTIONS` when the model's arrays (its data
 and any arrays it carries, e.g. a whitening factor) hold at most `FAST_MAX_ENTRIES` numbers;
-otherwise use XLA's defaults. `FAST_MAX_ENTRIES` was measured with
-`benchmarks/bench_first_call.py` (see benchmarks/PERFORMANCE.md): below it the slower code adds
-less to a default fit than the faster compile saves. On GPU/TPU the defaults are always used (the
-options are CPU settings).
+otherwise use XLA's defaults. On GPU/TPU the defaults are always used (the options are CPU
+settings). Measured on a loaded 2-core machine (`benchmarks/bench_first_call.py`, and per
+gradient of 8 draws inside a compiled loop):
+
+* compile: the default fit's programs take 3-4x less CPU time to compile (eight schools: 3.3 s
+  of process CPU for the whole first call against 11-12 s; a logistic regression alike);
+* run: a gradient costs 1.5-15 ns more per data entry (breast cancer, 17,600 entries: about
+  +25 us; the badly scaled wells GLM, 18,100: +50-110 us; radon, 2,800 entries with gathers:
+  +40 us; a 20,000 x 10 logistic regression: +530 us, 10x).
+
+A default fit evaluates the log density or its gradient 10,000-25,000 times (start, ADVI,
+diagnostics), so the slower code costs about 15k x 3 ns x entries, against a compile saving of
+several seconds: the two meet near 100,000 entries; `FAST_MAX_ENTRIES` = 50,000 keeps the
+slower code to about a second at most. A second call of a fast-compiled fit is that much slower
+than a fully optimised one (eight schools: 0.03-0.06 s against 0.02 s).
 
 `jit` is `jax.jit` with that choice made per call from the model argument: it holds two jitted
 versions of the function (each with its own cache), so the choice never recompiles a program.
@@ -41,7 +52,7 @@ __all__ = ["FAST_OPTIONS", "FAST_MAX_ENTRIES", "fast_compile", "jit", "forced"]
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 """XLA options of a fast compile (CPU): no LLVM optimisation, the classic fusion emitter."""
 
-FAST_MAX_ENTRIES = 100_000
+FAST_MAX_ENTRIES = 50_000
 """The most numbers a model's arrays may hold for `fast_compile` to choose `FAST_OPTIONS`."""
 
 _FORCED: list[str | None] = [None]
