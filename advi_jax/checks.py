@@ -144,7 +144,8 @@ def log_density_at(model: Any, zeta: Array) -> Array:
 
 def check_log_joint_shape(model: Any, dtype) -> None:
     """Raise if the log density is not a float scalar (by shape only: nothing runs)."""
-    out = jax.eval_shape(log_density_at, model, jax.ShapeDtypeStruct((model.dim,), dtype))
+    fn = getattr(model, "log_density_uncached", model.log_density)  # a trace of its own (see flatten.Model)
+    out = jax.eval_shape(lambda z: fn(z), jax.ShapeDtypeStruct((model.dim,), dtype))
     if out.shape != ():
         raise ValueError(f"model.log_joint must return a scalar log density, got shape {out.shape} "
                          "(sum the per-observation terms)")

@@ -170,6 +170,12 @@ class Model:
         """
         return _log_density(self, self._check_zeta(zeta))
 
+    def log_density_uncached(self, zeta: ArrayLike) -> Array:
+        """`log_density` traced afresh (not through the cached jitted function); the start-up shape
+        check uses it, so a later compilation traces the user's log joint again."""
+        params, log_det = self.to_constrained_and_log_det(zeta)
+        return self.log_joint_at(params) + log_det
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}: {s.name}{list(s.shape)}" for n, s in self.support.items())
         return f"Model(dim={self.dim}, {{{inner}}})"
@@ -177,8 +183,7 @@ class Model:
 
 @jax.jit
 def _log_density(model: Model, zeta: Array) -> Array:
-    params, log_det = model.to_constrained_and_log_det(zeta)
-    return model.log_joint_at(params) + log_det
+    return model.log_density_uncached(zeta)
 
 
 # ----------------------------------------------------------------------------------------------
