@@ -21,10 +21,12 @@ gradient of 8 draws inside a compiled loop):
   +40 us; a 20,000 x 10 logistic regression: +530 us, 10x).
 
 A default fit evaluates the log density or its gradient 10,000-25,000 times (start, ADVI,
-diagnostics), so the slower code costs about 15k x 3 ns x entries, against a compile saving of
-several seconds: the two meet near 100,000 entries; `FAST_MAX_ENTRIES` = 50,000 keeps the
-slower code to about a second at most. A second call of a fast-compiled fit is that much slower
-than a fully optimised one (eight schools: 0.03-0.06 s against 0.02 s).
+diagnostics), so the slower code costs about 15k x 3 ns x entries per call of `aj.fit`, against
+a compile saving of several seconds on the first call only: for one fit the two meet near
+100,000 entries, but every later fit of the same shapes pays the slower code again (measured,
+loaded machine, second call: breast cancer 0.14 -> 1.9 s, badly scaled wells 0.33 -> 5.0 s).
+`FAST_MAX_ENTRIES` = 5,000 keeps the second call's extra cost near 0.2 s (eight schools:
+0.02 -> 0.03-0.14 s; radon, 2,842 entries, compiles fast) and leaves larger data fully optimised.
 
 `jit` is `jax.jit` with that choice made per call from the model argument: it holds two jitted
 versions of the function (each with its own cache), so the choice never recompiles a program.
@@ -52,7 +54,7 @@ __all__ = ["FAST_OPTIONS", "FAST_MAX_ENTRIES", "fast_compile", "jit", "forced"]
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 """XLA options of a fast compile (CPU): no LLVM optimisation, the classic fusion emitter."""
 
-FAST_MAX_ENTRIES = 50_000
+FAST_MAX_ENTRIES = 5_000
 """The most numbers a model's arrays may hold for `fast_compile` to choose `FAST_OPTIONS`."""
 
 _FORCED: list[str | None] = [None]
