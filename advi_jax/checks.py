@@ -142,10 +142,16 @@ def log_density_at(model: Any, zeta: Array) -> Array:
     return model.log_density(zeta)
 
 
+@jax.jit
+def _log_density_for_shape(model: Any, zeta: Array) -> Array:
+    """The log density traced apart from `model.log_density`'s own cached trace (see
+    `flatten.Model.log_density_uncached`), once per model structure."""
+    return getattr(model, "log_density_uncached", model.log_density)(zeta)
+
+
 def check_log_joint_shape(model: Any, dtype) -> None:
     """Raise if the log density is not a float scalar (by shape only: nothing runs)."""
-    fn = getattr(model, "log_density_uncached", model.log_density)  # a trace of its own (see flatten.Model)
-    out = jax.eval_shape(lambda z: fn(z), jax.ShapeDtypeStruct((model.dim,), dtype))
+    out = jax.eval_shape(_log_density_for_shape, model, jax.ShapeDtypeStruct((model.dim,), dtype))
     if out.shape != ():
         raise ValueError(f"model.log_joint must return a scalar log density, got shape {out.shape} "
                          "(sum the per-observation terms)")
