@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from advi_jax import compile_options
 from advi_jax._types import Array, check_positive_int
 from advi_jax.diagnostics import check_key
 from advi_jax.estimators import ESTIMATORS, min_num_samples
@@ -116,7 +117,7 @@ def initial_loc(model: Any, init: Any, dtype) -> Array:
     """The (K,) starting location in R^K from `init`: None (zeros), a dict of constrained values,
     or a (K,) vector; raises naming `init` otherwise."""
     if init is None:
-        return jnp.zeros((model.dim,), dtype)
+        return jax.device_put(np.zeros((model.dim,), dtype))  # a transfer: jnp.zeros / jnp.asarray compile one
     if isinstance(init, Mapping):
         try:
             return jnp.asarray(model.to_unconstrained(init), dtype)
@@ -141,9 +142,16 @@ def log_density_at(model: Any, zeta: Array) -> Array:
     return model.log_density(zeta)
 
 
+@jax.jit
+def _log_density_for_shape(model: Any, zeta: Array) -> Array:
+    """The log density traced apart from `model.log_density`'s own cached trace (see
+    `flatten.Model.log_density_uncached`), once per model structure."""
+    return getattr(model, "log_density_uncached", model.log_density)(zeta)
+
+
 def check_log_joint_shape(model: Any, dtype) -> None:
     """Raise if the log density is not a float scalar (by shape only: nothing runs)."""
-    out = jax.eval_shape(log_density_at, model, jax.ShapeDtypeStruct((model.dim,), dtype))
+    out = jax.eval_shape(_log_density_for_shape, model, jax.ShapeDtypeStruct((model.dim,), dtype))
     if out.shape != ():
         raise ValueError(f"model.log_joint must return a scalar log density, got shape {out.shape} "
                          "(sum the per-observation terms)")
@@ -151,10 +159,12 @@ def check_log_joint_shape(model: Any, dtype) -> None:
         raise TypeError(f"model.log_joint must return a float scalar, got dtype {out.dtype}")
 
 
-def check_initial_point(model: Any, loc: Array, what: str = "the log density") -> None:
-    """Raise a clear error if `model.log_density` is not a finite scalar at `loc`."""
-    check_log_joint_shape(model, loc.dtype)
-    value = log_density_at(model, loc)
+def check_initial_point(model: Any, loc: Array, what: str = "the log density", value: Any = None) -> None:
+    """Raise a clear error if `model.log_density` is not a finite scalar at `loc` (`value`: the
+    log density there when the caller has already evaluated it)."""
+    if value is None:
+        check_log_joint_shape(model, loc.dtype)
+        value = log_density_at(model, loc)
     if not np.isfinite(float(value)):
         params = model.to_constrained(loc)
         shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in params.items()}
@@ -162,20 +172,22 @@ def check_initial_point(model: Any, loc: Array, what: str = "the log density") -
                          "finite there (pass init= a point where it is, or check the model)")
 
 
-@jax.jit
+@compile_options.jit(model_arg="leaves")
 def _all_finite(leaves: list) -> list:
     return [jnp.all(jnp.isfinite(x)) for x in leaves]
 
 
 def check_data(data: Any, name: str = "model.data") -> None:
-    """Raise if a float leaf of `data` has NaN or inf entries (checked on device: one compiled call
-    for all the leaves, one fused read of each)."""
+    """Raise if a float leaf of `data` has NaN or inf entries (NumPy arrays checked on the host;
+    device arrays on device, in one compiled call for all of them, one fused read of each)."""
     found = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(data)
              if isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, jax.core.Tracer)
              and np.issubdtype(leaf.dtype, np.inexact)]
-    if not found:
-        return
-    for (path, leaf), ok in zip(found, jax.device_get(_all_finite([leaf for _, leaf in found]))):
+    on_device = [leaf for _, leaf in found if isinstance(leaf, jax.Array)]
+    device_ok = iter(jax.device_get(_all_finite(on_device)) if on_device else ())
+    checked = [bool(next(device_ok)) if isinstance(leaf, jax.Array) else bool(np.isfinite(leaf).all())
+               for _, leaf in found]
+    for (path, leaf), ok in zip(found, checked):
         if not bool(ok):
             arr = np.asarray(leaf)
             where = jax.tree_util.keystr(path)

@@ -162,13 +162,28 @@ class Model:
         return self.log_joint(params) if self.data is None else self.log_joint(params, self.data)
 
     def log_density(self, zeta: ArrayLike) -> Array:
-        """log p(x, T^{-1}(zeta)) + log|det J_{T^{-1}}(zeta)| for one flat (K,) vector (vmap for batches)."""
+        """log p(x, T^{-1}(zeta)) + log|det J_{T^{-1}}(zeta)| for one flat (K,) vector (vmap for batches).
+
+        Evaluated through one jitted function (`_log_density`): a program that calls the log
+        density in several places (a line search, ELBO draws, a gradient) traces the user's log
+        joint once, and vmap and grad transform that trace instead of tracing it again.
+        """
+        return _log_density(self, self._check_zeta(zeta))
+
+    def log_density_uncached(self, zeta: ArrayLike) -> Array:
+        """`log_density` traced afresh (not through the cached jitted function); the start-up shape
+        check uses it, so a later compilation traces the user's log joint again."""
         params, log_det = self.to_constrained_and_log_det(zeta)
         return self.log_joint_at(params) + log_det
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}: {s.name}{list(s.shape)}" for n, s in self.support.items())
         return f"Model(dim={self.dim}, {{{inner}}})"
+
+
+@jax.jit
+def _log_density(model: Model, zeta: Array) -> Array:
+    return model.log_density_uncached(zeta)
 
 
 # ----------------------------------------------------------------------------------------------

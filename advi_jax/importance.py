@@ -23,6 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from advi_jax import compile_options
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
 
@@ -77,5 +78,5 @@ def log_ratios(model, family: Family, params: PyTree, key: Array, num_draws: int
     return zeta, shift + centred
 
 
-draws_and_log_ratios = jax.jit(centred_log_ratios, static_argnames=("family", "num_draws", "batch_size"))
+draws_and_log_ratios = compile_options.jit(centred_log_ratios, static_argnames=("family", "num_draws", "batch_size"))
 """`centred_log_ratios`, compiled once per model structure, family and S."""

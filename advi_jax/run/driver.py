@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advi_jax import compile_options
 from advi_jax._types import Array
 from advi_jax.base import Family, StepInfo
 
@@ -202,7 +203,7 @@ def _select(mask: Array, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@compile_options.jit(static_argnames=("cfg",))
 def init_loop(model: Any, keys: Array, locs: Array, cfg: Settings) -> LoopState:
     """The initial `LoopState`: `method.build(...).init(key, loc)` and zero counters.
 
@@ -220,7 +221,7 @@ def init_loop(model: Any, keys: Array, locs: Array, cfg: Settings) -> LoopState:
     return jax.vmap(one, in_axes=(0 if cfg.model_batched else None, 0, 0))(model, keys, locs)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@compile_options.jit(static_argnames=("cfg",))
 def run_chunk(model: Any, loop: LoopState, keys: Array, stop: Array, inputs: Any, cfg: Settings):
     """Run steps until each fit reaches `stop` or its stop flag; returns (loop, trace).
 
@@ -312,7 +313,7 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
       An `Outcome`; `compile_seconds` is the first (zero-step) call, which only compiles.
     """
     batched = cfg.num_fits is not None
-    stop0 = jnp.asarray(0, jnp.int32)
+    stop0 = np.int32(0)  # numpy scalars: jnp.asarray(0, jnp.int32) would compile a conversion
     compiling = True
     bar = None
     traces: list[np.ndarray] = []
@@ -344,7 +345,7 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
             else:
                 chunk_inputs, stop = None, min(done + per_call, num_steps)
             tick = time.perf_counter()
-            new_loop, trace = run_chunk(model, loop, keys, jnp.asarray(stop, jnp.int32), chunk_inputs, cfg)
+            new_loop, trace = run_chunk(model, loop, keys, np.int32(stop), chunk_inputs, cfg)
             if inputs is not None:
                 current = next(inputs, None)  # issued before the result is read: transfer overlaps compute
             steps, new_codes, skipped, trace = jax.device_get(

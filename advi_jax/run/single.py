@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advi_jax import checks
+from advi_jax import checks, compile_options
 from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
@@ -36,12 +36,20 @@ class DiagnosticWarning(UserWarning):
     """Issued by the fits when the diagnostics say the approximation is unreliable."""
 
 
-@functools.partial(jax.jit, static_argnames=("module", "family", "options"))
+@compile_options.jit(static_argnames=("module", "family", "options"))
 def finish(model: Any, state: Any, module: Any, family: Family, options: Any) -> tuple[Any, dict]:
     """The family's parameters and the method's extras from the final state, in one compiled call
     (evaluated op by op they cost a dispatch per operation: 0.7 s for glm_exact's extras)."""
     algorithm = module.build(model, family, options)
     return algorithm.params(state), ({} if algorithm.extras is None else algorithm.extras(state))
+
+
+@compile_options.jit(model_arg=None)
+def _fit_keys(key: Any) -> tuple[Any, Any, Any]:
+    """(init, run, diagnostics) keys: `split(key)` and `fold_in(key, 1)` in one compiled call (eagerly,
+    each key operation compiles a program of its own)."""
+    init_key, run_key = jax.random.split(key)
+    return init_key, run_key, jax.random.fold_in(key, 1)
 
 
 def resolve_method(method: Any, model: Any, family: Family, **context) -> tuple[Any, str, str]:
@@ -282,7 +290,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
             opts = opts._replace(optimizer=default_optimizer(lr, num_steps))
         cfg = driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                               max_consecutive_nonfinite)
-        init_key, run_key = jax.random.split(key)
+        init_key, run_key, diag_key = _fit_keys(key)
         loop = driver.init_loop(begun.run_model, init_key, begun.loc, cfg)
     except KeyboardInterrupt:
         raise KeyboardInterrupt("aj.fit was interrupted during start-up (argument checks, the Laplace start or "
@@ -304,7 +312,6 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         if num_diagnostic_draws == "auto":
             num_diagnostic_draws = diagnostic_draw_budget(int(out.loop.num_logp_evals), int(out.loop.num_grad_evals),
                                                           data_size(model))
-        diag_key = jax.random.fold_in(key, 1)
         both, note, diag_seconds = run_diagnostics(
             lambda: diagnose(model, family_obj, params, diag_key, num_diagnostic_draws, return_ratios=True),
             code < 0)

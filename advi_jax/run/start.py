@@ -14,16 +14,16 @@ funnel) and costs tens of gradients instead of the Laplace start's 2K for the He
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advi_jax import compile_options
 from advi_jax._types import Array
 from advi_jax.base import Family
-from advi_jax.checks import INIT_OPTIONS, check_initial_point, initial_loc
+from advi_jax.checks import INIT_OPTIONS, check_initial_point, check_log_joint_shape, initial_loc
 from advi_jax.families import FullRankGaussian
 from advi_jax.vi import bam as _bam
 from advi_jax.vi import laplace as _laplace
@@ -90,7 +90,7 @@ class Start(NamedTuple):
         return int(self.pathfinder.num_logp_evals) if self.pathfinder is not None else 0
 
 
-@functools.partial(jax.jit, static_argnames=("family", "scale", "num_init_draws", "num_eval_draws"))
+@compile_options.jit(static_argnames=("family", "scale", "num_init_draws", "num_eval_draws"))
 def random_init(model: Any, key: Array, radius: Array, family: Family, scale: float, num_init_draws: int,
                 num_eval_draws: int = 64):
     """Uniform(-radius, radius)^K candidate locations and the ELBO of q centred at each."""
@@ -138,11 +138,13 @@ def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, in
     else:
         loc = initial_loc(model, None if is_str else init, dtype)
         method = "zero" if init is None or is_str else "user"
+    if is_str and init in ("pathfinder", "bam") and whiten:
+        if check:
+            check_log_joint_shape(model, loc.dtype)
+        return _pathfinder_start(model, family, loc, key, init_scale, candidates, scores,
+                                 BAM_START_STEPS if init == "bam" else 0, check=check)
     if check:
         check_initial_point(model, loc)
-    if is_str and init in ("pathfinder", "bam") and whiten:
-        begun = _pathfinder_start(model, family, loc, key, init_scale, candidates, scores)
-        return _bam_start(begun, key) if init == "bam" and begun.pathfinder is not None else begun
     if not laplace_init:
         return Start(model, loc, loc, method, None, candidates, scores)
     try:
@@ -156,79 +158,60 @@ def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, in
                  info, candidates, scores)
 
 
-def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_scale: float, candidates,
-                      scores) -> Start:
-    """Whiten by the best by ELBO (the same draws for each) of: the best Gaussian of one
-    Pathfinder path from `loc` (its diagonal for mean-field), N(loc, I) and N(loc, init_scale^2 I).
-
-    Along a funnel (a density unbounded as a scale goes to zero) L-BFGS runs down the neck and
-    every Gaussian on its path is degenerate; an isotropic Gaussian at the start is then the
-    better start (the ELBO says so). Zero (with the reason) when none is finite.
-    """
-    found, elbos = _start_candidates(model, loc, jax.random.fold_in(key, 5), family.name != "fullrank",
-                                     float(init_scale))
-    elbos = np.asarray(elbos, np.float64)
-    factor_ok = (np.all(np.isfinite(np.asarray(found.mean))) and np.all(np.isfinite(np.asarray(found.scale_tril)))
-                 and np.all(np.asarray(jnp.diagonal(found.scale_tril)) > 0))
-    if not factor_ok:
-        elbos[0] = -np.inf
-    best = int(np.argmax(np.where(np.isfinite(elbos), elbos, -np.inf)))
-    if not np.isfinite(elbos[best]):
-        return Start(model, loc, loc, "zero (no Pathfinder start: no finite Gaussian on the L-BFGS path)", None,
-                     candidates, scores)
-    if best > 0:
-        scale = 1.0 if best == 1 else float(init_scale)
-        found = found._replace(mean=loc, scale_tril=scale * jnp.eye(loc.shape[0], dtype=loc.dtype),
-                               elbo=jnp.asarray(elbos[best], loc.dtype))
-        method = (f"N(start, {scale:g}^2 I) (its ELBO {elbos[best]:.4g} beat the Pathfinder Gaussian's "
-                  f"{elbos[0]:.4g})")
-    else:
-        method = "pathfinder"
-    return Start(_laplace.Whitened(model, found.mean, found.scale_tril), jnp.zeros_like(loc), found.mean, method,
-                 None, candidates, scores, found)
-
-
 _START_ELBO_DRAWS = 64
 _PATHFINDER_START = _pathfinder.Options(max_iters=200)
 """A start needs the region, not the mode to machine precision: at most 200 L-BFGS iterations
 (down a funnel's neck L-BFGS otherwise runs its 1000 iterations, ~3,000 gradients, for nothing)."""
 
 
-def _elbo_common(model: Any, noise: Array, mean: Array, factor: Array) -> Array:
-    """ELBO of N(mean, factor factor^T) (factor triangular) from the given standard-normal draws."""
-    z = mean[None, :] + noise @ factor.T
-    value = (jnp.mean(jax.vmap(model.log_density)(z)) + jnp.sum(jnp.log(jnp.abs(jnp.diagonal(factor))))
-             + 0.5 * mean.shape[0] * (1.0 + jnp.log(2.0 * jnp.pi)))
-    return jnp.where(jnp.isfinite(value), value, -jnp.inf)
-
-
-@functools.partial(jax.jit, static_argnames=("diagonal", "init_scale"))
-def _start_candidates(model: Any, loc: Array, key: Array, diagonal: bool, init_scale: float):
-    """One Pathfinder path's best Gaussian, and the ELBOs (same draws) of it, N(loc, I) and N(loc, s^2 I)."""
-    found = _pathfinder.start_gaussian(model, loc, key, _PATHFINDER_START, diagonal=diagonal)
-    noise = jax.random.normal(jax.random.fold_in(key, 1), (_START_ELBO_DRAWS, loc.shape[0]), loc.dtype)
-    eye = jnp.eye(loc.shape[0], dtype=loc.dtype)
-    elbos = jnp.stack([_elbo_common(model, noise, found.mean, found.scale_tril), _elbo_common(model, noise, loc, eye),
-                       _elbo_common(model, noise, loc, init_scale * eye)])
-    return found, elbos
-
-
 class BamStart(NamedTuple):
     """The Gaussian Batch-and-Match reached from a Pathfinder start (in R^K) and its cost."""
 
-    mean: Array
+    mean: Array | None
     scale_tril: Array
     num_steps: int
     num_grad_evals: int
-    num_nonfinite: Array
+    num_nonfinite: int
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "batch_size"))
-def _bam_steps(run_model: Any, key: Array, num_steps: int, batch_size: int):
-    """BaM from N(0, I) in the start's whitened coordinates; its Gaussian in R^K, the ELBOs (same
-    draws) of the start's and BaM's Gaussians, and the count of non-finite BaM steps."""
+class _Found(NamedTuple):
+    """What the start program returns (see `_start_program`)."""
+
+    path: _pathfinder.StartGaussian  # the path's costs; its mean, factor and ELBO replaced by the chosen one's
+    elbos: Array  # (3,) the path's Gaussian (-inf when unusable), N(loc, I), N(loc, s^2 I): the same draws
+    best: Array  # index of the highest finite of them
+    mean: Array  # (K,) the chosen Gaussian
+    factor: Array  # (K, K) its lower-triangular factor
+    start_log_density: Array  # log p(loc), for the initial-point check
+    whitened_loc: Array  # (K,) zeros: the start in the chosen Gaussian's coordinates
+    bam_mean: Array  # (K,) BaM's Gaussian in R^K (NaN when BaM did not run)
+    bam_factor: Array  # (K, K)
+    bam_elbos: Array  # (2,) ELBOs of the chosen and BaM's Gaussians on common draws
+    bam_nonfinite: Array  # BaM steps skipped as non-finite
+
+
+def _elbos(model: Any, noise: Array, means: Array, factors: Array) -> Array:
+    """ELBOs of N(means[j], factors[j] factors[j]^T) (triangular factors) from the same draws.
+
+    One vmapped call of the log density over all (J x S) draws, so the program holds one copy of
+    the model for all J Gaussians.
+    """
+    z = means[:, None, :] + jnp.einsum("sk,jlk->jsl", noise, factors)
+    num, size = z.shape[0], z.shape[1]
+    log_p = jax.vmap(model.log_density)(z.reshape(num * size, -1)).reshape(num, size)
+    entropy = (jnp.sum(jnp.log(jnp.abs(jnp.diagonal(factors, axis1=1, axis2=2))), axis=1)
+               + 0.5 * means.shape[1] * (1.0 + jnp.log(2.0 * jnp.pi)))
+    value = jnp.mean(log_p, axis=1) + entropy
+    return jnp.where(jnp.isfinite(value), value, -jnp.inf)
+
+
+def _bam_refine(model: Any, mean: Array, factor: Array, key: Array, num_steps: int, batch_size: int):
+    """`num_steps` BaM steps from N(0, I) in the coordinates whitened by N(mean, factor factor^T);
+    BaM's Gaussian in R^K, the ELBOs (same fresh draws) of the start's and BaM's Gaussians, and
+    the count of non-finite BaM steps."""
+    run_model = _laplace.Whitened(model, mean, factor)
     algorithm = _bam.build(run_model, FullRankGaussian(), _bam.Options(batch_size=batch_size))
-    state = algorithm.init(key, jnp.zeros((run_model.dim,), run_model.shift.dtype))
+    state = algorithm.init(key, jnp.zeros_like(mean))
 
     def body(i, carry):
         state, bad = carry
@@ -236,32 +219,86 @@ def _bam_steps(run_model: Any, key: Array, num_steps: int, batch_size: int):
         return state, bad + (~info.finite).astype(jnp.int32)
 
     state, bad = jax.lax.fori_loop(0, num_steps, body, (state, jnp.zeros((), jnp.int32)))
-    noise = jax.random.normal(jax.random.fold_in(key, num_steps + 1), (_START_ELBO_DRAWS, run_model.dim),
-                              state.loc.dtype)
-    base = run_model.base
-    before = _elbo_common(base, noise, run_model.shift, run_model.scale_tril)
-    # zeta = shift + S (loc + L u): the composed factor S L is lower triangular.
-    mean, factor = run_model.shift + run_model.scale_tril @ state.loc, run_model.scale_tril @ state.chol
-    return mean, factor, before, _elbo_common(base, noise, mean, factor), bad
+    noise = jax.random.normal(jax.random.fold_in(key, num_steps + 1), (_START_ELBO_DRAWS, mean.shape[0]), mean.dtype)
+    # zeta = mean + S (loc + L u): the composed factor S L is lower triangular.
+    new_mean, new_factor = mean + factor @ state.loc, factor @ state.chol
+    elbos = _elbos(model, noise, jnp.stack([mean, new_mean]), jnp.stack([factor, new_factor]))
+    return new_mean, new_factor, elbos, bad
 
 
-def _bam_start(begun: Start, key: Array, num_steps: int = BAM_START_STEPS, batch_size: int = 16) -> Start:
-    """Refine a Pathfinder start by `num_steps` Batch-and-Match steps in its whitened coordinates.
+@compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size"))
+def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scale: float, bam_steps: int,
+                   batch_size: int) -> _Found:
+    """The whole Pathfinder (-> BaM) start in one compiled program (one compilation, no host
+    round trips between its stages, no eager operations around it)."""
+    k, dtype = loc.shape[0], loc.dtype
+    path_key = jax.random.fold_in(key, 5)
+    found, log_p0 = _pathfinder.path_gaussian(model, loc, path_key, _PATHFINDER_START, diagonal=diagonal)
+    noise = jax.random.normal(jax.random.fold_in(path_key, 1), (_START_ELBO_DRAWS, k), dtype)
+    eye = jnp.eye(k, dtype=dtype)
+    elbos = _elbos(model, noise, jnp.stack([found.mean, loc, loc]),
+                   jnp.stack([found.scale_tril, eye, init_scale * eye]))
+    usable = (jnp.all(jnp.isfinite(found.mean)) & jnp.all(jnp.isfinite(found.scale_tril))
+              & jnp.all(jnp.diagonal(found.scale_tril) > 0))
+    elbos = elbos.at[0].set(jnp.where(usable, elbos[0], -jnp.inf))
+    best = jnp.argmax(elbos)
+    mean = jnp.where(best == 0, found.mean, loc)
+    factor = jnp.where(best == 0, found.scale_tril, jnp.where(best == 1, 1.0, init_scale) * eye)
+    nan = jnp.full((k,), jnp.nan, dtype)
+    bam = (nan, jnp.full((k, k), jnp.nan, dtype), jnp.full((2,), -jnp.inf, dtype), jnp.zeros((), jnp.int32))
+    if bam_steps:
+        bam = jax.lax.cond(jnp.isfinite(elbos[best]),
+                           lambda: _bam_refine(model, mean, factor, jax.random.fold_in(key, 6), bam_steps, batch_size),
+                           lambda: bam)
+    chosen = found._replace(mean=mean, scale_tril=factor, elbo=jnp.where(best == 0, found.elbo, elbos[best]))
+    return _Found(chosen, elbos, best, mean, factor, log_p0, jnp.zeros_like(loc), *bam)
+
+
+def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_scale: float, candidates,
+                      scores, bam_steps: int = 0, batch_size: int = 16, check: bool = True) -> Start:
+    """Whiten by the best by ELBO (the same draws for each) of: the best Gaussian of one
+    Pathfinder path from `loc` (its diagonal for mean-field), N(loc, I) and N(loc, init_scale^2 I);
+    then, with `bam_steps`, refine it by Batch-and-Match steps in its whitened coordinates.
+
+    Along a funnel (a density unbounded as a scale goes to zero) L-BFGS runs down the neck and
+    every Gaussian on its path is degenerate; an isotropic Gaussian at the start is then the
+    better start (the ELBO says so). Zero (with the reason) when none is finite.
 
     BaM's closed-form updates are affine invariant, so they correct a start whose covariance is
     off by orders of magnitude (badly scaled predictors) in a few steps, where a gradient method
     in the whitened coordinates would need thousands. BaM's fixed point minimises a score-based
     divergence, not the KL of the ELBO (on a funnel it is too narrow), so its Gaussian replaces
     the start only when its ELBO is higher (the same draws for both).
+
+    Everything runs in one compiled program (`_start_program`); the log density at `loc` it
+    returns serves the initial-point check (`check`).
     """
-    mean, factor, before, after, bad = _bam_steps(begun.run_model, jax.random.fold_in(key, 6), num_steps, batch_size)
-    before, after = float(before), float(after)
-    info = BamStart(mean, factor, num_steps, num_steps * batch_size, bad)
-    finite = (np.all(np.isfinite(np.asarray(mean))) and np.all(np.isfinite(np.asarray(factor)))
-              and np.all(np.asarray(jnp.diagonal(factor)) > 0))
-    if not (finite and after > before):
-        kept = begun.method.split(" (")[0]
-        return begun._replace(method=f"{kept}, not BaM (BaM's ELBO {after:.4g} <= {before:.4g})",
+    out = _start_program(model, loc, key, family.name != "fullrank", float(init_scale), int(bam_steps),
+                         int(batch_size))
+    elbos, best, log_p0, bam_elbos, bad, grads, logps = jax.device_get(
+        (out.elbos, out.best, out.start_log_density, out.bam_elbos, out.bam_nonfinite, out.path.num_grad_evals,
+         out.path.num_logp_evals))
+    if check:
+        check_initial_point(model, loc, value=log_p0)
+    elbos, best = np.asarray(elbos, np.float64), int(best)
+    if not np.isfinite(elbos[best]):
+        return Start(model, loc, loc, "zero (no Pathfinder start: no finite Gaussian on the L-BFGS path)", None,
+                     candidates, scores)
+    found = out.path._replace(num_grad_evals=int(grads), num_logp_evals=int(logps))
+    if best > 0:
+        scale = 1.0 if best == 1 else float(init_scale)
+        method = (f"N(start, {scale:g}^2 I) (its ELBO {elbos[best]:.4g} beat the Pathfinder Gaussian's "
+                  f"{elbos[0]:.4g})")
+    else:
+        method = "pathfinder"
+    begun = Start(_laplace.Whitened(model, out.mean, out.factor), out.whitened_loc, out.mean, method, None,
+                  candidates, scores, found)
+    if not bam_steps:
+        return begun
+    before, after = (float(v) for v in bam_elbos)
+    info = BamStart(out.bam_mean, out.bam_factor, bam_steps, bam_steps * batch_size, int(bad))
+    if not after > before:  # also when BaM's Gaussian is not finite (its ELBO is -inf or NaN)
+        return begun._replace(method=f"{method.split(' (')[0]}, not BaM (BaM's ELBO {after:.4g} <= {before:.4g})",
                               bam=info._replace(mean=None))
-    return begun._replace(run_model=_laplace.Whitened(begun.run_model.base, mean, factor), init_loc=mean,
-                          method=f"bam from {begun.method.split(' (')[0]}", bam=info)
+    return begun._replace(run_model=_laplace.Whitened(model, out.bam_mean, out.bam_factor), init_loc=out.bam_mean,
+                          method=f"bam from {method.split(' (')[0]}", bam=info)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from advi_jax import compile_options
 from advi_jax._types import Array, ArrayLike, check_positive_int
 from advi_jax.base import Family, LogDensity, VIAlgorithm, step_info
 from advi_jax.checks import initial_loc
@@ -165,7 +166,7 @@ def _find_mode(model: LogDensity, loc: Array, max_iter: int, full: bool) -> Lapl
 _find_mode_jit = jax.jit(_find_mode, static_argnames=("max_iter", "full"))
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@compile_options.jit(model_arg=None, static_argnums=0)
 def transform(family: Family, params, shift: Array, scale_tril: Array):
     """`family.transform(params, shift, scale_tril)`, compiled (maps a whitened fit back)."""
     return family.transform(params, shift, scale_tril)

@@ -47,7 +47,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -56,13 +55,14 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
+from advi_jax import compile_options
 from advi_jax._types import Array, check_positive_int
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.diagnostics import _psis_core
 from advi_jax.families import Family, FullRankParams, MeanFieldParams, _softplus_inverse
 
 __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "Approximation",
-           "lbfgs_path", "PathResult", "StartGaussian", "start_gaussian"]
+           "lbfgs_path", "PathResult", "StartGaussian", "start_gaussian", "path_gaussian"]
 
 NAME = "pathfinder"
 FAMILIES = ("meanfield", "fullrank")
@@ -130,13 +130,14 @@ class Approximation(NamedTuple):
 
 
 class PathResult(NamedTuple):
-    """What one path returns: its best approximation and costs."""
+    """What one path returns: its best approximation, its costs, and log p at its start."""
 
     elbo: Array
     approx: Approximation
     num_iters: Array
     num_grad_evals: Array
     num_logp_evals: Array
+    start_log_density: Array
 
 
 class State(NamedTuple):
@@ -318,7 +319,8 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
       options: `Options`.
 
     Returns:
-      `PathResult` with the best ELBO, its `Approximation`, the iterations and the costs.
+      `PathResult` with the best ELBO, its `Approximation`, the iterations, the costs and
+      log p(x0).
     """
     k = x0.shape[0]
     m = options.history
@@ -380,7 +382,7 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
                 it=jnp.asarray(0, jnp.int32), done=~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))),
                 grads=jnp.asarray(1, jnp.int32), logps=jnp.asarray(0, jnp.int32))
     out = jax.lax.while_loop(cond, body, init)
-    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"])
+    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -f0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,15 +445,22 @@ def start_gaussian(model: Any, loc: Array, key: Array, options: Options = Option
     return _start_gaussian(model, jnp.asarray(loc), key, options, bool(diagonal))
 
 
-@functools.partial(jax.jit, static_argnames=("options", "diagonal"))
-def _start_gaussian(model, loc, key, options, diagonal):
+def path_gaussian(model: Any, loc: Array, key: Array, options: Options,
+                  diagonal: bool = False) -> tuple[StartGaussian, Array]:
+    """`start_gaussian` unjitted, for use inside another program: (StartGaussian, log p(loc))."""
     path = lbfgs_path(model.log_density, loc, key, options)
     if diagonal:
         factor = jnp.diag(jnp.sqrt(_variance(path.approx)))
     else:
         factor = _lower_factor(path.approx)
-    return StartGaussian(path.approx.mu, factor, path.elbo, path.num_iters, path.num_grad_evals,
-                         path.num_logp_evals)
+    found = StartGaussian(path.approx.mu, factor, path.elbo, path.num_iters, path.num_grad_evals,
+                          path.num_logp_evals)
+    return found, path.start_log_density
+
+
+@compile_options.jit(static_argnames=("options", "diagonal"))
+def _start_gaussian(model, loc, key, options, diagonal):
+    return path_gaussian(model, loc, key, options, diagonal)[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,156 @@
+"""The Pathfinder -> BaM start (advi_jax/run/start.py) and the compile options (advi_jax/compile_options.py)."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import advi_jax as aj
+from advi_jax import compile_options
+from advi_jax.run import start as start_module
+
+_MEAN = np.array([1.0, -2.0, 0.5])
+_CHOL = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [-0.5, 0.3, 2.0]])
+_COV = _CHOL @ _CHOL.T
+
+
+def _gaussian_model():
+    precision = jnp.asarray(np.linalg.inv(_COV), jnp.float32)
+    mean = jnp.asarray(_MEAN, jnp.float32)
+
+    def log_joint(p, data):
+        d = p["x"] - data["mean"]
+        return -0.5 * d @ data["precision"] @ d
+
+    return aj.Model(log_joint, {"x": aj.real((3,))}, data={"mean": mean, "precision": precision})
+
+
+def _start(model, init, key=0, check=True):
+    return start_module.start(model, aj.FullRankGaussian(), init, key=jax.random.key(key), whiten=True,
+                              init_scale=0.1, num_init_draws=10, init_radius=2.0, check=check)
+
+
+@pytest.mark.parametrize("init", ["pathfinder", "bam"])
+def test_start_whitens_by_the_exact_gaussian(init):
+    # On a Gaussian target both starts find its mean and covariance: the whitened coordinates
+    # are then the standard normal's (a wrong factor or mean would miss by O(1)).
+    begun = _start(_gaussian_model(), init)
+    # Pathfinder is exact here (K <= its history), so BaM's Gaussian, exact too, may or may not
+    # beat it on the ELBO's Monte Carlo noise; either way both must be the target.
+    assert begun.method.startswith(("bam from", "pathfinder, not BaM") if init == "bam" else "pathfinder"), begun.method
+    gaussians = [begun.whitening]
+    if init == "bam":
+        gaussians.append((begun.bam.mean if begun.bam.mean is not None else begun.bam.scale_tril[:, 0] * np.nan,
+                          begun.bam.scale_tril))
+    sd = np.sqrt(np.diag(_COV))
+    for shift, factor in gaussians:
+        shift, factor = np.asarray(shift, np.float64), np.asarray(factor, np.float64)
+        if not np.all(np.isfinite(shift)):  # BaM's Gaussian was not kept: only its factor is reported
+            shift = _MEAN
+        np.testing.assert_allclose(shift, _MEAN, atol=0.1 * sd.min())
+        np.testing.assert_allclose(factor @ factor.T, _COV, atol=0.15 * _COV.max())
+        assert np.allclose(factor, np.tril(factor)) and np.all(np.diag(factor) > 0)
+    np.testing.assert_allclose(np.asarray(begun.loc), 0.0)
+    expected = begun.pathfinder.num_grad_evals + (1600 if init == "bam" else 0)
+    assert begun.num_grad_evals == expected and 2 < begun.pathfinder.num_grad_evals < 200
+
+
+def test_bam_start_compiles_one_program_once():
+    model = _gaussian_model()
+    _start(model, "bam", key=1)
+    size = start_module._start_program._cache_size()
+    again = _start(model, "bam", key=2)
+    assert start_module._start_program._cache_size() == size
+    assert again.bam is not None
+
+
+def test_start_raises_where_the_log_density_is_not_finite_at_the_initial_point():
+    # log(x) at x = 0: -inf. The start program's own log p(loc) serves the check.
+    model = aj.Model(lambda p: jnp.log(p["x"][0]) - 0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((2,))})
+    with pytest.raises(ValueError, match=r"the log density is -inf at the initial point"):
+        _start(model, "bam")
+
+
+def test_funnel_start_falls_back_to_an_isotropic_gaussian_or_keeps_a_finite_one():
+    # Neal's funnel has no mode: the start is finite whichever Gaussian wins, and says which.
+    def log_joint(p):
+        v, x = p["v"], p["x"]
+        return -v**2 / 18.0 - jnp.sum(x**2) * 0.5 * jnp.exp(-v) - 0.5 * x.shape[0] * v
+
+    model = aj.Model(log_joint, {"v": aj.real(), "x": aj.real((4,))})
+    begun = _start(model, "bam")
+    shift, factor = begun.whitening
+    assert np.all(np.isfinite(np.asarray(shift))) and np.all(np.isfinite(np.asarray(factor)))
+    assert begun.method.split(" (")[0] in ("pathfinder", "N(start, 1^2 I)", "N(start, 0.1^2 I)",
+                                           "bam from pathfinder", "bam from N(start, 1^2 I)",
+                                           "bam from N(start, 0.1^2 I)") or "not BaM" in begun.method
+
+
+def test_fast_compile_rule():
+    small = _gaussian_model()
+    large = aj.Model(lambda p, d: -0.5 * jnp.sum((d - p["m"]) ** 2), {"m": aj.real()},
+                     data=np.zeros(compile_options.FAST_MAX_ENTRIES + 1, np.float32))
+    on_cpu = jax.default_backend() == "cpu"
+    assert compile_options.fast_compile(small) is on_cpu
+    assert compile_options.fast_compile(large) is False
+    assert compile_options.fast_compile(None) is on_cpu
+    with compile_options.forced("full"):
+        assert compile_options.fast_compile(small) is False
+    with compile_options.forced("fast"):
+        assert compile_options.fast_compile(large) is on_cpu
+    with pytest.raises(ValueError, match="mode must be"):
+        with compile_options.forced("quick"):
+            pass
+
+
+def test_sized_jit_runs_the_same_function_under_either_options():
+    @compile_options.jit(static_argnames=("n",))
+    def log_densities(model, z, n):
+        return jax.vmap(model.log_density)(z[:n])
+
+    model = _gaussian_model()
+    z = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
+    with compile_options.forced("full"):
+        full = log_densities(model, z, n=4)
+    with compile_options.forced("fast"):
+        fast = log_densities(model, z, n=4)
+    d = np.asarray(z[:4], np.float64) - _MEAN
+    exact = -0.5 * np.einsum("ni,ij,nj->n", d, np.linalg.inv(_COV), d)
+    np.testing.assert_allclose(full, exact, rtol=1e-4)
+    np.testing.assert_allclose(fast, exact, rtol=1e-4)
+    assert log_densities._cache_size() == (2 if jax.default_backend() == "cpu" else 1)
+    with pytest.raises(ValueError, match="model_arg 'data' is not a parameter"):
+        compile_options.jit(lambda model, z: z, model_arg="data")
+
+
+class _Count(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.names = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Finished XLA compilation of"):
+            self.names.append(message.split("of ", 1)[1].split(" in ")[0])
+
+
+def test_default_fit_compiles_a_handful_of_programs():
+    # Every eager jnp operation on the first call compiles a program of its own (20-100 ms each);
+    # the default fit of a general model compiles its few programs and nothing else.
+    model = aj.Model(lambda p: -0.5 * jnp.sum((p["x"] - 1.0) ** 2) - 2.0 * p["s"] + jnp.log(p["s"]),
+                     {"x": aj.real((2,)), "s": aj.positive()})
+    count = _Count()
+    loggers = [logging.getLogger(n) for n in ("jax._src.interpreters.pxla", "jax._src.dispatch")]
+    for logger in loggers:
+        logger.addHandler(count)
+    try:
+        with jax.log_compiles(True):
+            result = aj.fit(model, key=jax.random.key(3), progress=False)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(count)
+    assert result.init_method.startswith(("bam from", "pathfinder", "N(start"))
+    assert len(count.names) <= 9, count.names
+    assert sum(name.startswith("jit(_start_program") for name in count.names) <= 1
