@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax import compile_options
 from advi_jax import diagnostics as _diag
 from advi_jax.importance import centred_log_ratios, draws_and_log_ratios, log_ratios, sampling_key
 from advi_jax._types import Array, PyTree, check_positive_int
