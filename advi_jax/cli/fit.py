@@ -335,7 +335,7 @@ def _write_outputs(out: Path, result, draws, rows, info, check, plots: bool) -> 
                    ("predictive_check.png", lambda _: fit_plots.predictive_check_figure(check)))
         for name, make in figures:
             fig = make(result)
-            fig.savefig(out / name, dpi=120)
+            fit_plots.save(fig, out / name)
             written.append(out / name)
     return written
 

@@ -182,13 +182,10 @@ def run_grouped(args, out: Path) -> int:
                        "tau": {"distribution": "HalfNormal", "scale": model.info.group_scale}}}
     written = _write_outputs(out, result, {k: draws[k] for k in model.names}, rows, info, None, False)
     if not args.no_plots:
-        import matplotlib.pyplot as plt
-
         from advi_jax.cli import fit_plots
 
         for name, fig in (("elbo.png", fit_plots.elbo_figure(result)), ("marginals.png", fit_plots.marginals_figure(rows))):
-            fig.savefig(out / name, dpi=120)
-            plt.close(fig)
+            fit_plots.save(fig, out / name)
             written.append(out / name)
     if not args.quiet:
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
