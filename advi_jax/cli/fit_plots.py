@@ -27,9 +27,14 @@ def prefetch() -> threading.Thread:
     the GIL), so on a machine with a second core it costs the command almost no wall time.
     A later import in the main thread finds the modules, or waits for the import in progress.
     """
+    global _prefetch_thread
     thread = threading.Thread(target=_import_matplotlib, name="advi_jax-prefetch-matplotlib", daemon=True)
     thread.start()
+    _prefetch_thread = thread
     return thread
+
+
+_prefetch_thread: threading.Thread | None = None
 
 
 def _import_matplotlib() -> None:
@@ -53,6 +58,9 @@ def _figure(**kwargs):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    thread = _prefetch_thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join()  # matplotlib is not thread-safe: its warm-up draw finishes before ours start
     kwargs.setdefault("dpi", DPI)
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
