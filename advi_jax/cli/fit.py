@@ -395,7 +395,7 @@ def run(args) -> int:
     if reuse:  # the diagnostics' own draws (and log ratios): nothing new to compile or evaluate
         key = stored[0]
     draws = {k: np.asarray(v) for k, v in result.sample(key, args.draws).items()}
-    rows = result.summary_rows(key, args.draws, labels, reuse_diagnostic_draws=reuse)
+    rows = result.summary_rows(key, args.draws, labels, reuse_diagnostic_draws=reuse, draws=draws)
     ordered = {k: draws[k] for k in model.names}
     lines = [result.summary(labels=labels, rows=rows)]
     lines += _data_scale(model, {k: draws[k] for k in model.names}, rows, labels)

@@ -165,9 +165,9 @@ def run_grouped(args, out: Path) -> int:
                         learning_rate=args.learning_rate, init=init, progress=not args.quiet)
     key = jax.random.key(args.seed + 1)
     labels = model.labels
-    rows = result.summary_rows(key, args.draws, labels)
     draws = {k: np.asarray(v) for k, v in result.sample(key, args.draws).items()}
-    lines = [result.summary(key, args.draws, labels)] + _data_scale_lines(model, draws)
+    rows = result.summary_rows(key, args.draws, labels, draws=draws)
+    lines = [result.summary(labels=labels, rows=rows)] + _data_scale_lines(model, draws)
     print("\n".join(lines))
     info = {"model": f"grouped {args.model}", "data": source, "group": args.group, "num_groups": model.num_groups,
             "group_names": list(model.info.group_names), "num_rows": num_rows, "num_features": num_features,
