@@ -484,7 +484,8 @@ class Result:
 
     def summary_rows(self, key: Array | None = None, num_draws: int = 4000,
                      labels: Mapping[str, Any] | None = None, *,
-                     reuse_diagnostic_draws: bool | None = None) -> list[dict]:
+                     reuse_diagnostic_draws: bool | None = None,
+                     draws: Mapping[str, Any] | None = None) -> list[dict]:
         """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space).
 
         When the diagnostics say PSIS is reliable (k-hat below the threshold, no non-finite
@@ -494,6 +495,9 @@ class Result:
         own draws and log ratios (`num_draws` is then the diagnostics' S, and no log density is
         evaluated again); otherwise `num_draws` fresh draws. `labels` optionally maps a parameter name to labels of its flattened
         entries; by default the model's own `labels` (e.g. feature names of the ready GLMs).
+        `draws`: `sample(key, num_draws)` when the caller already made it (reusing the diagnostic
+        draws, `key` is then `report.diagnostic_sample[0]`): used instead of drawing the same
+        draws again; ignored where the summary takes fresh importance draws.
         """
         if labels is None:
             labels = _default_labels(self.model)
@@ -505,14 +509,15 @@ class Result:
             reuse = key is None if reuse_diagnostic_draws is None else bool(reuse_diagnostic_draws)
             if reuse and stored is not None:
                 draw_key, ratios = stored
-                sampled = constrained_draws(self.model, self.family, self.params, draw_key, int(len(ratios)))
+                sampled = (constrained_draws(self.model, self.family, self.params, draw_key, int(len(ratios)))
+                           if draws is None else draws)
                 smoothed = _diag._psis_core(np.asarray(ratios), True)  # float64 on the host
             else:
                 sampled, smoothed = self.importance_draws(jax.random.key(0) if key is None else key,
                                                           max(num_draws, 100))
             weights = np.exp(np.asarray(smoothed.log_weights, np.float64))
         else:
-            sampled = self.sample(jax.random.key(0) if key is None else key, num_draws)
+            sampled = self.sample(jax.random.key(0) if key is None else key, num_draws) if draws is None else draws
         with_deterministics = getattr(self.model, "with_deterministics", None)
         if callable(with_deterministics):  # numpyro.deterministic sites of from_numpyro models
             sampled = with_deterministics(sampled)

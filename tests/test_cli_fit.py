@@ -280,3 +280,20 @@ def test_negbin_run_learns_the_dispersion(tmp_path):
     assert info["fit"]["priors"]["phi"]["mean"] == 1.0
     # the NB fit absorbs the over-dispersion a Poisson fit of the same counts is flagged for
     assert not info["fit"]["predictive_check"]["overdispersed"]
+
+
+def test_summary_rows_use_the_draws_the_caller_already_made():
+    import jax
+
+    import advi_jax as aj
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = (rng.random(200) < 1 / (1 + np.exp(-x @ np.array([1.0, -0.5, 0.0])))).astype(float)
+    result = aj.fit(aj.models.logistic_regression(x, y), key=jax.random.key(0), family="fullrank", diagnostics=False)
+    key = jax.random.key(1)
+    draws = {k: np.asarray(v) for k, v in result.sample(key, 500).items()}
+    given = result.summary_rows(key, 500, draws=draws)
+    assert given == result.summary_rows(key, 500)  # the same draws as drawing them again
+    shifted = result.summary_rows(key, 500, draws={k: v + 1.0 for k, v in draws.items()})
+    assert [r["mean"] for r in shifted] == pytest.approx([r["mean"] + 1.0 for r in given], abs=1e-5)

@@ -259,13 +259,38 @@ def _quantile_rows(draws: dict, labels: dict) -> dict[str, dict]:
     return out
 
 
-def _data_scale(model, draws, rows, labels) -> list[str]:
-    """Add the data-scale columns to `rows` (in place) and return the printable table."""
-    import jax
+_DRAWS_PROGRAM = None
 
-    import advi_jax as aj
 
-    original = jax.jit(aj.models.coefficients_on_original_scale)(model, draws)  # one compile, not one per op
+def _draws_on_both_scales(result, key, num_draws: int) -> tuple[dict, dict]:
+    """`result.sample(key, num_draws)` and the coefficients per unit of each feature
+    (`coefficients_on_original_scale`) of those draws, in one compiled program (one compilation,
+    not two: compiling is most of a small fit's command time)."""
+    global _DRAWS_PROGRAM
+    if _DRAWS_PROGRAM is None:
+        import functools
+
+        import jax
+
+        from advi_jax.models import coefficients_on_original_scale
+        from advi_jax.result import constrained_draws
+
+        @functools.partial(jax.jit, static_argnames=("family", "num_draws"))
+        def draws_on_both_scales(model, family, params, key, num_draws):
+            draws = constrained_draws(model, family, params, key, num_draws)
+            return draws, coefficients_on_original_scale(model, draws)
+
+        _DRAWS_PROGRAM = draws_on_both_scales
+    from advi_jax.diagnostics import check_key
+
+    return _DRAWS_PROGRAM(result.model, result.family, result.params, check_key(key), num_draws)
+
+
+def _data_scale(model, original, rows, labels) -> list[str]:
+    """Add the data-scale columns to `rows` (in place) and return the printable table.
+
+    Args:
+      original: `coefficients_on_original_scale` of the draws behind `rows`."""
     original = {k: original[k] for k in model.names if k in original}  # intercept first, as above
     table = _quantile_rows(original, labels)
     cols = ["mean", "sd", "5%", "50%", "95%"]
@@ -335,7 +360,7 @@ def _write_outputs(out: Path, result, draws, rows, info, check, plots: bool) -> 
                    ("predictive_check.png", lambda _: fit_plots.predictive_check_figure(check)))
         for name, make in figures:
             fig = make(result)
-            fig.savefig(out / name, dpi=120)
+            fit_plots.save(fig, out / name)
             written.append(out / name)
     return written
 
@@ -394,11 +419,12 @@ def run(args) -> int:
     reuse = stored is not None and len(stored[1]) == args.draws
     if reuse:  # the diagnostics' own draws (and log ratios): nothing new to compile or evaluate
         key = stored[0]
-    draws = {k: np.asarray(v) for k, v in result.sample(key, args.draws).items()}
-    rows = result.summary_rows(key, args.draws, labels, reuse_diagnostic_draws=reuse)
+    draws, original = _draws_on_both_scales(result, key, args.draws)
+    draws = {k: np.asarray(v) for k, v in draws.items()}
+    rows = result.summary_rows(key, args.draws, labels, reuse_diagnostic_draws=reuse, draws=draws)
     ordered = {k: draws[k] for k in model.names}
     lines = [result.summary(labels=labels, rows=rows)]
-    lines += _data_scale(model, {k: draws[k] for k in model.names}, rows, labels)
+    lines += _data_scale(model, original, rows, labels)
     # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
     num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
     subset = {k: v[:num_check] for k, v in ordered.items()}

@@ -165,9 +165,9 @@ def run_grouped(args, out: Path) -> int:
                         learning_rate=args.learning_rate, init=init, progress=not args.quiet)
     key = jax.random.key(args.seed + 1)
     labels = model.labels
-    rows = result.summary_rows(key, args.draws, labels)
     draws = {k: np.asarray(v) for k, v in result.sample(key, args.draws).items()}
-    lines = [result.summary(key, args.draws, labels)] + _data_scale_lines(model, draws)
+    rows = result.summary_rows(key, args.draws, labels, draws=draws)
+    lines = [result.summary(labels=labels, rows=rows)] + _data_scale_lines(model, draws)
     print("\n".join(lines))
     info = {"model": f"grouped {args.model}", "data": source, "group": args.group, "num_groups": model.num_groups,
             "group_names": list(model.info.group_names), "num_rows": num_rows, "num_features": num_features,
@@ -182,13 +182,10 @@ def run_grouped(args, out: Path) -> int:
                        "tau": {"distribution": "HalfNormal", "scale": model.info.group_scale}}}
     written = _write_outputs(out, result, {k: draws[k] for k in model.names}, rows, info, None, False)
     if not args.no_plots:
-        import matplotlib.pyplot as plt
-
         from advi_jax.cli import fit_plots
 
         for name, fig in (("elbo.png", fit_plots.elbo_figure(result)), ("marginals.png", fit_plots.marginals_figure(rows))):
-            fig.savefig(out / name, dpi=120)
-            plt.close(fig)
+            fit_plots.save(fig, out / name)
             written.append(out / name)
     if not args.quiet:
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)

@@ -1,8 +1,14 @@
 """Figures written by `advi-jax fit`: the ELBO trace, the marginal posteriors (one panel per
 parameter group, each on its own scale) and the posterior predictive check.
 
-Each function returns a matplotlib Figure (the caller saves and closes it), so tests can
+Each function returns a matplotlib Figure (the caller saves it with `save`), so tests can
 inspect the axes.
+
+Cost: the figures are a third of a small fit's command time if drawn carelessly. Margins are
+set from the content (label lengths, inches) instead of `tight_layout`, which lays out every
+text twice more; the Figure is made at the dpi it is saved at, so the text metrics measured
+while drawing are reused by the save; PNGs are written at zlib level 1 (a few % larger files,
+about a fifth less save time).
 """
 
 from __future__ import annotations
@@ -21,17 +27,29 @@ def prefetch() -> threading.Thread:
     the GIL), so on a machine with a second core it costs the command almost no wall time.
     A later import in the main thread finds the modules, or waits for the import in progress.
     """
+    global _prefetch_thread
     thread = threading.Thread(target=_import_matplotlib, name="advi_jax-prefetch-matplotlib", daemon=True)
     thread.start()
+    _prefetch_thread = thread
     return thread
+
+
+_prefetch_thread: threading.Thread | None = None
 
 
 def _import_matplotlib() -> None:
     try:
         for name in ("matplotlib.figure", "matplotlib.backends.backend_agg"):
             importlib.import_module(name)
+        # load the font and fill matplotlib's font caches while XLA compiles, not at the end
+        fig = _figure(figsize=(1, 1))
+        fig.text(0.5, 0.5, "0.1 ELBO", fontsize=7)
+        fig.canvas.draw()
     except Exception:  # noqa: BLE001 - the figures' own import reports any problem
         pass
+
+
+DPI = 120
 
 
 def _figure(**kwargs):
@@ -40,9 +58,30 @@ def _figure(**kwargs):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    thread = _prefetch_thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join()  # matplotlib is not thread-safe: its warm-up draw finishes before ours start
+    kwargs.setdefault("dpi", DPI)
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig
+
+
+def save(fig, path) -> None:
+    """Write `fig` as a PNG at its own dpi (reusing its text metrics), zlib level 1.
+
+    Args:
+      fig: a Figure from this module.
+      path: the .png file to write.
+    """
+    fig.savefig(path, dpi="figure", pil_kwargs={"compress_level": 1})
+
+
+def _margins(fig, left: float, right: float, bottom: float, top: float, **kwargs) -> None:
+    """Set the subplot margins in inches (a fixed layout: no text measuring, unlike tight_layout)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        **kwargs)
 
 
 def elbo_figure(result):
@@ -51,8 +90,11 @@ def elbo_figure(result):
     steps = np.arange(1, len(elbo) + 1)
     fig = _figure(figsize=(7, 4))
     ax = fig.subplots()
-    ax.plot(steps, elbo, lw=0.5, alpha=0.35, color="tab:blue", label="per-step estimate")
     window = max(1, len(elbo) // 100)
+    if window > 1:
+        ax.plot(steps, elbo, lw=0.5, alpha=0.35, color="tab:blue", label="per-step estimate")
+    else:  # few steps (e.g. a Newton fit): each one visible
+        ax.plot(steps, elbo, "o-", lw=1.2, ms=3, color="tab:blue", label="per-step value")
     if len(elbo) >= window > 1:
         smooth = np.convolve(np.nan_to_num(elbo, nan=np.nanmean(elbo)), np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1:], smooth, color="tab:blue", lw=1.8, label=f"moving mean ({window} steps)")
@@ -63,9 +105,10 @@ def elbo_figure(result):
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
     ax.set_xlabel("step")
     ax.set_ylabel("ELBO")
-    ax.set_title(f"ADVI ({result.family.name}, {result.estimator}): ELBO trace")
+    what = ", ".join(str(v) for v in (result.family.name, result.estimator) if v is not None)
+    ax.set_title(f"{getattr(result, 'method', None) or 'ADVI'} ({what}): ELBO trace")
     ax.legend(loc="lower right")
-    fig.tight_layout()
+    _margins(fig, left=0.95, right=0.2, bottom=0.55, top=0.4)
     return fig
 
 
@@ -95,10 +138,21 @@ def marginals_figure(rows: list[dict]):
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(_group(r["parameter"]), []).append(r)
-    heights = [len(g) + 1.2 for g in groups.values()]
-    fig = _figure(figsize=(7, 0.28 * sum(heights) + 0.8))
-    axes = fig.subplots(len(groups), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, (name, group) in zip(axes[:, 0], groups.items()):
+    # a fixed layout in inches, top down: the suptitle, then per group its title, its rows, its x ticks
+    top_in, title_in, ticks_in, row_in = 0.4, 0.25, 0.3, 0.28
+    panel_in = [row_in * (len(g) + 0.6) for g in groups.values()]
+    height = top_in + sum(title_in + h + ticks_in for h in panel_in) + 0.1
+    width = 7.0
+    longest = max(len(r["parameter"]) for r in rows)
+    left_in = min(0.25 + 0.058 * longest, 0.45 * width)  # 7-point labels: ~0.058 in per character
+    fig = _figure(figsize=(width, height))
+    axes = []
+    y_in = height - top_in
+    for h in panel_in:
+        y_in -= title_in + h
+        axes.append(fig.add_axes((left_in / width, y_in / height, (width - left_in - 0.25) / width, h / height)))
+        y_in -= ticks_in
+    for ax, (name, group) in zip(axes, groups.items()):
         y = np.arange(len(group))[::-1]
         mean = np.array([r["mean"] for r in group])
         lo = np.array([r["5%"] for r in group])
@@ -116,10 +170,9 @@ def marginals_figure(rows: list[dict]):
         ax.set_ylim(-0.7, len(group) - 0.3)
         ax.set_title(_GROUP_TITLES.get(name, name), fontsize=9, loc="left")
         ax.tick_params(axis="x", labelsize=7)
-    legend_axis = axes[list(groups).index("beta"), 0] if "beta" in groups else axes[-1, 0]
+    legend_axis = axes[list(groups).index("beta")] if "beta" in groups else axes[-1]
     legend_axis.legend(loc="best", fontsize=7)
-    fig.suptitle("Marginal posteriors (ADVI), each panel on its own scale", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle("Marginal posteriors (ADVI), each panel on its own scale", fontsize=10, y=1 - 0.12 / height)
     return fig
 
 
@@ -173,5 +226,5 @@ def predictive_check_figure(check):
     right.set_title(stat + (": OVER-DISPERSED" if check.overdispersed else ""), fontsize=9)
     right.legend(fontsize=7)
     fig.suptitle("Posterior predictive check", fontsize=10)
-    fig.tight_layout()
+    _margins(fig, left=0.75, right=0.2, bottom=0.55, top=0.6, wspace=0.22)
     return fig
