@@ -291,9 +291,13 @@ def describe_stop(reason: str, code: int, extras: dict, num_steps: int) -> str:
         return reason
     seen = (f"MCSE {float(extras['auto_stop_mcse']):.3g}, drift {float(extras['auto_stop_drift']):.3g}, distance "
             f"{float(extras['auto_stop_distance']):.3g} sd of q, step size {float(extras['auto_stop_learning_rate']):.3g}")
+    from advi_jax.run.driver import STOP_REASONS
+
+    # the driver's reason starts with its fixed words for the code; what follows (the count of
+    # skipped non-finite steps) is kept after ours
     if code == 4:
-        return f"converged: ADVI's averaged iterates passed its stopping rule ({seen})"
+        return f"converged: ADVI's averaged iterates passed its stopping rule ({seen})" + reason[len(STOP_REASONS[4]):]
     if code == 0:
         return (f"reached num_steps ({num_steps}, the cap) before ADVI's stopping rule passed (last test: {seen}); "
-                "the average of the later iterates is returned")
+                "the average of the later iterates is returned" + reason[len("reached num_steps"):])
     return reason
