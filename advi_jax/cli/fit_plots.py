@@ -172,7 +172,7 @@ def marginals_figure(rows: list[dict]):
         ax.tick_params(axis="x", labelsize=7)
     legend_axis = axes[list(groups).index("beta")] if "beta" in groups else axes[-1]
     legend_axis.legend(loc="best", fontsize=7)
-    fig.suptitle("Marginal posteriors (ADVI), each panel on its own scale", fontsize=10, y=1 - 0.12 / height)
+    fig.suptitle("Marginal posteriors (the fitted q), each panel on its own scale", fontsize=10, y=1 - 0.12 / height)
     return fig
 
 
