@@ -72,9 +72,13 @@ def test_a_poor_fit_still_warns_through_the_accurate_path():
     res = aj.fit(_logistic(20_000, 4, rho=0.99), key=jax.random.key(0), family="meanfield", method="glm_exact",
                  progress=False, warn=False)
     assert res.khat > 0.7 and res.verdict.startswith("unreliable")
-    with pytest.warns(UserWarning, match="k-hat"):
+    with pytest.warns(UserWarning, match="k-hat") as caught:
         aj.fit(_logistic(20_000, 4, rho=0.99), key=jax.random.key(0), family="meanfield", method="glm_exact",
                progress=False)
+    # the warning gives the spread of the ratios k-hat was read from (the same draws as `res`'s)
+    ratios = np.asarray(res.report.diagnostic_sample[1], np.float64)
+    message = next(str(w.message) for w in caught if "k-hat" in str(w.message))
+    assert f"log p - log q has sd {np.std(ratios[np.isfinite(ratios)]):.3g}" in message, message
 
 
 @pytest.mark.parametrize("family", ["bernoulli", "poisson"])

@@ -101,8 +101,20 @@ def warn_diagnostics(result: Any, warn: bool) -> None:
     if not warn or d is None:
         return
     if not d.khat < khat_threshold(d.num_draws) or d.nonfinite_share > 0:
-        warnings.warn(f"PSIS k-hat = {d.khat:.2f} (threshold {khat_threshold(d.num_draws):.2f}): {result.verdict}",
-                      DiagnosticWarning, stacklevel=3)
+        warnings.warn(f"PSIS k-hat = {d.khat:.2f} (threshold {khat_threshold(d.num_draws):.2f}){_spread(result)}: "
+                      f"{result.verdict}", DiagnosticWarning, stacklevel=3)
+
+
+def _spread(result: Any) -> str:
+    """How much log p - log q varies over the diagnostic draws, for the warning: k-hat reads only the
+    shape of the ratios' upper tail, so a tiny spread (a q close to p over its bulk, with a tail
+    heavier than q's) and a wide one (q misses mass) give the same k-hat; the number tells them apart."""
+    sample = result.report.diagnostic_sample
+    if sample is None:
+        return ""
+    ratios = np.asarray(sample[1], np.float64)
+    ratios = ratios[np.isfinite(ratios)]
+    return f"; log p - log q has sd {np.std(ratios):.3g} over the finite draws" if ratios.size > 1 else ""
 
 
 def elbo_trend(elbo: np.ndarray) -> float:
