@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import time
 import warnings
 from typing import Any, Callable
@@ -17,7 +16,6 @@ from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
-from advi_jax.vi._advi_averaged import describe_stop
 from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget
 from advi_jax.run import driver
 from advi_jax.run.choose import choose, choose_family, choose_method
@@ -329,12 +327,14 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         if both is not None:
             diag, diag_sample = both[0], (diag_key, both[1])
     steps = int(out.loop.step)
+    stop_reason = driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite)
+    if hasattr(module, "describe_stop"):  # a method's own words for its stop (`advi_jax.vi`)
+        stop_reason = module.describe_stop(stop_reason, code, extras, num_steps)
     report = Report(
         elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals,
         num_logp_evals=int(out.loop.num_logp_evals) + begun.num_logp_evals, num_nonfinite=num_nonfinite,
         converged=code in (1, 2, 4),
-        stop_reason=describe_stop(driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite), code, extras,
-                                  num_steps), stop_code=code,
+        stop_reason=stop_reason, stop_code=code,
         method=method_name, method_reason=method_reason,
         estimator=checks.estimator_name(estimator) if is_advi else None, num_samples=num_samples if is_advi else None,
         seconds=time.perf_counter() - began, start_seconds=start_seconds, compile_seconds=out.compile_seconds,

@@ -11,7 +11,9 @@ Every module here exposes:
   zeta = mode + L0 u (exact for families closed under affine maps; False for a method that
   needs the model as given, such as the exact GLM objective);
 * `DETERMINISTIC`: whether each step's ELBO is the value of a deterministic objective (the
-  result then reports the last one) or a Monte Carlo estimate (the mean of the last steps).
+  result then reports the last one) or a Monte Carlo estimate (the mean of the last steps);
+* optionally `describe_stop(reason, code, extras, num_steps) -> str`: the method's own words for
+  why the fit stopped (the driver's `reason` for `code`, with what the method's test saw).
 
 `METHODS` maps each `NAME` to its module; the driver looks methods up here, so adding an
 algorithm is one new file and one line below.

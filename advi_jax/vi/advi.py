@@ -38,7 +38,7 @@ from advi_jax.families import get_family
 from advi_jax.optim import default_optimizer
 
 __all__ = ["ADVI", "Options", "AutoStop", "advi", "advi_averaged", "build", "elbo_estimate", "adapt_learning_rate",
-           "NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN"]
+           "NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "describe_stop"]
 
 NAME = "advi"
 FAMILIES = ("meanfield", "fullrank", "lowrank")
@@ -176,4 +176,5 @@ def adapt_learning_rate(model: LogDensity, loc: Array, key: Array, learning_rate
     return initial, elbos, skipped
 
 
-from advi_jax.vi._advi_averaged import AutoStop, advi_averaged, averaged_extras, averaged_params  # noqa: E402
+from advi_jax.vi._advi_averaged import (AutoStop, advi_averaged, averaged_extras, averaged_params,  # noqa: E402
+                                        describe_stop)
