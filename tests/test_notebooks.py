@@ -23,13 +23,19 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DATA_FILES = {"vae_mnist.ipynb": "mnist.npz"}  # notebook -> the data file it loads
 TIMEOUT = 900  # seconds for one notebook, all of them running at once
 
+# Each kernel talks over Unix sockets in its own temporary folder: kernels started side by side
+# over TCP can race for the same free port ("Address already in use", seen on a 2-core CI run).
+# The start-up wait is generous because the kernels start while the others compile.
 _RUNNER = """
-import sys
+import os, sys, tempfile
 import nbclient, nbformat
+from jupyter_client.manager import KernelManager
 path = sys.argv[1]
 notebook = nbformat.read(path, as_version=4)
-nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                        resources={"metadata": {"path": sys.argv[2]}}).execute()
+with tempfile.TemporaryDirectory() as folder:
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(folder, "kernel"))
+    nbclient.NotebookClient(notebook, km=km, timeout=600, startup_timeout=300,
+                            resources={"metadata": {"path": sys.argv[2]}}).execute()
 print("NOTEBOOK OK")
 """
 
