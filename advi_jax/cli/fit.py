@@ -259,31 +259,40 @@ def _quantile_rows(draws: dict, labels: dict) -> dict[str, dict]:
     return out
 
 
-_DRAWS_PROGRAM = None
+_POSTERIOR_PROGRAM = None
 
 
-def _draws_on_both_scales(result, key, num_draws: int) -> tuple[dict, dict]:
-    """`result.sample(key, num_draws)` and the coefficients per unit of each feature
-    (`coefficients_on_original_scale`) of those draws, in one compiled program (one compilation,
-    not two: compiling is most of a small fit's command time)."""
-    global _DRAWS_PROGRAM
-    if _DRAWS_PROGRAM is None:
+def _posterior_outputs(result, key, num_draws: int, check_key, num_check: int) -> tuple[dict, dict, object]:
+    """Everything the command computes from the fitted q, in one compiled program (one compilation,
+    not three: compiling is most of a small fit's command time).
+
+    Returns:
+      (draws, original, y_rep): `result.sample(key, num_draws)`; the coefficients per unit of each
+      feature of those draws (`coefficients_on_original_scale`); and the replications of the
+      training outcomes at the first `num_check` draws with `check_key` (`posterior_predictive`,
+      the input of `check_replications`). Each equals what the separate calls give, bit for bit.
+    """
+    global _POSTERIOR_PROGRAM
+    if _POSTERIOR_PROGRAM is None:
         import functools
 
         import jax
 
         from advi_jax.models import coefficients_on_original_scale
+        from advi_jax.models.predictive import _replicate_training
         from advi_jax.result import constrained_draws
 
-        @functools.partial(jax.jit, static_argnames=("family", "num_draws"))
-        def draws_on_both_scales(model, family, params, key, num_draws):
+        @functools.partial(jax.jit, static_argnames=("family", "num_draws", "num_check"))
+        def posterior_outputs(model, family, params, key, check_key, num_draws, num_check):
             draws = constrained_draws(model, family, params, key, num_draws)
-            return draws, coefficients_on_original_scale(model, draws)
+            subset = {k: draws[k][:num_check] for k in model.names}
+            return draws, coefficients_on_original_scale(model, draws), _replicate_training(model, subset, check_key)
 
-        _DRAWS_PROGRAM = draws_on_both_scales
-    from advi_jax.diagnostics import check_key
+        _POSTERIOR_PROGRAM = posterior_outputs
+    from advi_jax.diagnostics import check_key as checked
 
-    return _DRAWS_PROGRAM(result.model, result.family, result.params, check_key(key), num_draws)
+    return _POSTERIOR_PROGRAM(result.model, result.family, result.params, checked(key), checked(check_key),
+                              num_draws, min(num_check, num_draws))
 
 
 def _data_scale(model, original, rows, labels) -> list[str]:
@@ -374,6 +383,7 @@ def run(args) -> int:
 
     import advi_jax as aj
     from advi_jax.data import MissingValuesWarning
+    from advi_jax.models.predictive import check_replications
 
     if getattr(args, "group", None):
         from advi_jax.cli.fit_grouped import run_grouped
@@ -419,16 +429,15 @@ def run(args) -> int:
     reuse = stored is not None and len(stored[1]) == args.draws
     if reuse:  # the diagnostics' own draws (and log ratios): nothing new to compile or evaluate
         key = stored[0]
-    draws, original = _draws_on_both_scales(result, key, args.draws)
+    # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
+    num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
+    draws, original, y_rep = _posterior_outputs(result, key, args.draws, jax.random.key(args.seed + 2), num_check)
     draws = {k: np.asarray(v) for k, v in draws.items()}
     rows = result.summary_rows(key, args.draws, labels, reuse_diagnostic_draws=reuse, draws=draws)
     ordered = {k: draws[k] for k in model.names}
     lines = [result.summary(labels=labels, rows=rows)]
     lines += _data_scale(model, original, rows, labels)
-    # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
-    num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
-    subset = {k: v[:num_check] for k, v in ordered.items()}
-    check = aj.models.predictive_check(model, subset, jax.random.key(args.seed + 2))
+    check = check_replications(model, y_rep)
     lines += ["", check.message]
     print("\n".join(lines))
     info = {

@@ -29,7 +29,7 @@ import numpy as np
 from advi_jax._types import Array, ArrayLike
 from advi_jax.models.regression import RegressionModel, _check_draws, _check_model, linear_predictor
 
-__all__ = ["PredictiveCheck", "posterior_predictive", "predictive_check"]
+__all__ = ["PredictiveCheck", "check_replications", "posterior_predictive", "predictive_check"]
 
 #: the p-value below which a Poisson fit's variance-to-mean ratio is called over-dispersed
 OVERDISPERSION_P = 0.01
@@ -150,9 +150,31 @@ def predictive_check(model: RegressionModel, draws: Mapping[str, ArrayLike], key
       >>> check = predictive_check(model, result.sample(key, 400), key)  # doctest: +SKIP
       >>> check.overdispersed, check.message  # doctest: +SKIP
     """
+    _check_model(model)
+    return check_replications(model, posterior_predictive(model, draws, key))
+
+
+def check_replications(model: RegressionModel, y_rep: ArrayLike) -> PredictiveCheck:
+    """`predictive_check` from replications already drawn (`posterior_predictive` of the training rows).
+
+    Args:
+      model: a logistic or Poisson `RegressionModel`.
+      y_rep: (S, N) replicated training outcomes.
+
+    Returns:
+      The `PredictiveCheck` of `predictive_check`.
+
+    Raises:
+      ValueError: `y_rep` is not (S, N) for the model's N training rows.
+
+    Example:
+      >>> check = check_replications(model, posterior_predictive(model, draws, key))  # doctest: +SKIP
+    """
     info = _check_model(model)
-    y_rep = np.asarray(posterior_predictive(model, draws, key))
+    y_rep = np.asarray(y_rep)
     y = np.asarray(model.data["y"], dtype=np.float64)
+    if y_rep.ndim != 2 or y_rep.shape[1] != y.shape[0]:
+        raise ValueError(f"y_rep must have shape (num_draws, {y.shape[0]}), got {y_rep.shape}")
     obs = {k: float(v[0]) for k, v in _statistics(info.kind, y).items()}
     rep = _statistics(info.kind, y_rep)
     p_values = {k: float(np.mean(rep[k] > obs[k]) + 0.5 * np.mean(rep[k] == obs[k])) for k in obs}
