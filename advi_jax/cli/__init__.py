@@ -224,6 +224,11 @@ def fast_compile_for_small_data(num_rows: int, num_columns: int) -> bool:
     return True
 
 
+def command_line() -> bool:
+    """Whether this is a command-line run (`main()` with no argv), not a call of `main(argv)` from Python."""
+    return _command_line
+
+
 def main(argv: list[str] | None = None) -> int:
     global _command_line
     if argv is None:  # a command-line run (not a call from Python): keep compiled programs between runs

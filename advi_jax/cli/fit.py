@@ -124,6 +124,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def prng_key(seed: int):
+    """`jax.random.key(seed)`, without compiling JAX's seeding program for the default (threefry) keys.
+
+    A threefry key of a seed in [0, 2^31) holds the words (0, seed) (`jax.random.key` compiles a
+    program that computes them: a twentieth of a second, most of it compilation, on a small fit's
+    command line). Other seeds and key implementations go through `jax.random.key`.
+
+    Example:
+      >>> import jax
+      >>> (jax.random.key_data(prng_key(7)) == jax.random.key_data(jax.random.key(7))).all()  # doctest: +SKIP
+    """
+    import jax
+    import numpy as np
+
+    if 0 <= seed < 2 ** 31 and str(jax.config.jax_default_prng_impl) == "threefry2x32":
+        return jax.random.wrap_key_data(np.array([0, seed], np.uint32), impl="threefry2x32")
+    return jax.random.key(seed)
+
+
 def _split_columns(text: str | None) -> list[str] | None:
     return [f.strip() for f in text.split(",") if f.strip()] if text else None
 
@@ -262,16 +281,8 @@ def _quantile_rows(draws: dict, labels: dict) -> dict[str, dict]:
 _POSTERIOR_PROGRAM = None
 
 
-def _posterior_outputs(result, key, num_draws: int, check_key, num_check: int) -> tuple[dict, dict, object]:
-    """Everything the command computes from the fitted q, in one compiled program (one compilation,
-    not three: compiling is most of a small fit's command time).
-
-    Returns:
-      (draws, original, y_rep): `result.sample(key, num_draws)`; the coefficients per unit of each
-      feature of those draws (`coefficients_on_original_scale`); and the replications of the
-      training outcomes at the first `num_check` draws with `check_key` (`posterior_predictive`,
-      the input of `check_replications`). Each equals what the separate calls give, bit for bit.
-    """
+def _posterior_program():
+    """The jitted program of `_posterior_outputs` (made once)."""
     global _POSTERIOR_PROGRAM
     if _POSTERIOR_PROGRAM is None:
         import functools
@@ -289,10 +300,23 @@ def _posterior_outputs(result, key, num_draws: int, check_key, num_check: int) -
             return draws, coefficients_on_original_scale(model, draws), _replicate_training(model, subset, check_key)
 
         _POSTERIOR_PROGRAM = posterior_outputs
+    return _POSTERIOR_PROGRAM
+
+
+def _posterior_outputs(result, key, num_draws: int, check_key, num_check: int) -> tuple[dict, dict, object]:
+    """Everything the command computes from the fitted q, in one compiled program (one compilation,
+    not three: compiling is most of a small fit's command time).
+
+    Returns:
+      (draws, original, y_rep): `result.sample(key, num_draws)`; the coefficients per unit of each
+      feature of those draws (`coefficients_on_original_scale`); and the replications of the
+      training outcomes at the first `num_check` draws with `check_key` (`posterior_predictive`,
+      the input of `check_replications`). Each equals what the separate calls give, bit for bit.
+    """
     from advi_jax.diagnostics import check_key as checked
 
-    return _POSTERIOR_PROGRAM(result.model, result.family, result.params, checked(key), checked(check_key),
-                              num_draws, min(num_check, num_draws))
+    return _posterior_program()(result.model, result.family, result.params, checked(key), checked(check_key),
+                                num_draws, min(num_check, num_draws))
 
 
 def _data_scale(model, original, rows, labels) -> list[str]:
@@ -345,7 +369,8 @@ def _model_record(model) -> dict:
     }
 
 
-def _write_outputs(out: Path, result, draws, rows, info, check, plots: bool) -> list[Path]:
+def _write_outputs(out: Path, draws, rows, info) -> list[Path]:
+    """Write summary.csv, summary.json and draws.npz to `out` (created if needed); return their paths."""
     import numpy as np
 
     out.mkdir(parents=True, exist_ok=True)
@@ -362,16 +387,18 @@ def _write_outputs(out: Path, result, draws, rows, info, check, plots: bool) -> 
     # uncompressed: posterior draws are noise to zlib (458 KB against 500 KB) and compressing took 0.15 s
     np.savez(out / "draws.npz", **{k: np.asarray(v) for k, v in draws.items()})
     written.append(out / "draws.npz")
-    if plots:
-        from advi_jax.cli import fit_plots
-
-        figures = (("elbo.png", fit_plots.elbo_figure), ("marginals.png", lambda _: fit_plots.marginals_figure(rows)),
-                   ("predictive_check.png", lambda _: fit_plots.predictive_check_figure(check)))
-        for name, make in figures:
-            fig = make(result)
-            fit_plots.save(fig, out / name)
-            written.append(out / name)
     return written
+
+
+def start_figures(args, out: Path):
+    """The `FigureJobs` of this run (None with --no-plots): on a command-line run, the figure
+    process starts now, so that its imports overlap the fit (`advi_jax.cli.figures`)."""
+    if args.no_plots:
+        return None
+    from advi_jax.cli import command_line
+    from advi_jax.cli.figures import FigureJobs
+
+    return FigureJobs.start(out, separate=command_line())
 
 
 def run(args) -> int:
@@ -383,7 +410,6 @@ def run(args) -> int:
 
     import advi_jax as aj
     from advi_jax.data import MissingValuesWarning
-    from advi_jax.models.predictive import check_replications
 
     if getattr(args, "group", None):
         from advi_jax.cli.fit_grouped import run_grouped
@@ -412,32 +438,60 @@ def run(args) -> int:
         what = f" ({model.formula})" if getattr(model, "formula", None) else ""
         print(f"advi-jax fit: {args.model} regression{what} on {source} (N={num_rows}, D={num_features}), "
               f"family={args.family}, method={args.method}", file=sys.stderr)
-    if not args.no_plots:  # matplotlib's import overlaps the fit's compilation
-        from advi_jax.cli import fit_plots
+    figures = start_figures(args, out)
+    try:
+        written = _fit_and_write(args, model, source, out, init, figures)
+    finally:
+        if figures is not None:
+            figures.close()
+    if not args.quiet:
+        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
 
-        fit_plots.prefetch()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", aj.DiagnosticWarning)  # the verdict is printed below
-        result = aj.fit(model, key=jax.random.key(args.seed), family=args.family, method=args.method,
-                        num_steps=args.steps,
-                        num_samples=args.samples, estimator=args.estimator, learning_rate=args.learning_rate,
-                        init=init, progress=not args.quiet)
-    key = jax.random.key(args.seed + 1)
+
+def _fit_and_write(args, model, source: str, out: Path, init, figures) -> list[Path]:
+    """Fit `model`, print the summary and write the outputs (and `figures`, unless None)."""
+    import numpy as np
+
+    import advi_jax as aj
+    from advi_jax.cli import warmup
+    from advi_jax.cli.figures import check_payload, elbo_payload
+    from advi_jax.models.predictive import check_replications
+
+    num_rows, num_features = (int(s) for s in model.data["x"].shape)
+    # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
+    num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
+    from advi_jax.families import get_family
+
+    warm = warmup.start(model, get_family(args.family), _posterior_program(), args.draws, num_check)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", aj.DiagnosticWarning)  # the verdict is printed below
+            result = aj.fit(model, key=prng_key(args.seed), family=args.family, method=args.method,
+                            num_steps=args.steps, num_samples=args.samples, estimator=args.estimator,
+                            learning_rate=args.learning_rate, init=init, progress=not args.quiet)
+    finally:
+        warm.join()  # compiled by now (it started with the fit); a compilation must not outlive the command
+    if figures is not None:
+        figures.add("elbo.png", "elbo", elbo_payload(result))
+    key = prng_key(args.seed + 1)
     labels = aj.models.parameter_labels(model)
     labels = {k: v for k, v in labels.items() if k != "intercept"}
     stored = result.report.diagnostic_sample
     reuse = stored is not None and len(stored[1]) == args.draws
     if reuse:  # the diagnostics' own draws (and log ratios): nothing new to compile or evaluate
         key = stored[0]
-    # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
-    num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
-    draws, original, y_rep = _posterior_outputs(result, key, args.draws, jax.random.key(args.seed + 2), num_check)
+    draws, original, y_rep = _posterior_outputs(result, key, args.draws, prng_key(args.seed + 2), num_check)
     draws = {k: np.asarray(v) for k, v in draws.items()}
     rows = result.summary_rows(key, args.draws, labels, reuse_diagnostic_draws=reuse, draws=draws)
     ordered = {k: draws[k] for k in model.names}
     lines = [result.summary(labels=labels, rows=rows)]
     lines += _data_scale(model, original, rows, labels)
+    if figures is not None:
+        figures.add("marginals.png", "marginals", rows)
     check = check_replications(model, y_rep)
+    if figures is not None:
+        figures.add("predictive_check.png", "predictive", check_payload(check))
     lines += ["", check.message]
     print("\n".join(lines))
     info = {
@@ -453,7 +507,5 @@ def run(args) -> int:
                              "overdispersed": check.overdispersed, "message": check.message,
                              "num_draws": int(len(check.y_rep))},
     }
-    written = _write_outputs(out, result, ordered, rows, info, check, not args.no_plots)
-    if not args.quiet:
-        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
-    return 0
+    written = _write_outputs(out, ordered, rows, info)
+    return written + (figures.finish() if figures is not None else [])

@@ -145,11 +145,7 @@ def _data_scale_lines(model, draws) -> list[str]:
 
 def run_grouped(args, out: Path) -> int:
     """Fit, print and write the outputs of a grouped model (see the module docstring)."""
-    import jax
-    import numpy as np
-
-    import advi_jax as aj
-    from advi_jax.cli.fit import _write_outputs
+    from advi_jax.cli.fit import start_figures
 
     model, source = load_grouped_model(args)
     num_rows, num_features = (int(s) for s in model.data["x"].shape)
@@ -157,17 +153,41 @@ def run_grouped(args, out: Path) -> int:
         print(f"advi-jax fit: grouped {args.model} regression on {source} (N={num_rows}, D={num_features}, "
               f"{model.num_groups} groups of {args.group!r}), family={args.family}, method={args.method}",
               file=sys.stderr)
+    figures = start_figures(args, out)
+    try:
+        written = _fit_and_write_grouped(args, model, source, out, figures)
+    finally:
+        if figures is not None:
+            figures.close()
+    if not args.quiet:
+        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+def _fit_and_write_grouped(args, model, source: str, out: Path, figures) -> list[Path]:
+    """Fit the grouped `model`, print the summary and write the outputs (and `figures`, unless None)."""
+    import numpy as np
+
+    import advi_jax as aj
+    from advi_jax.cli.figures import elbo_payload
+    from advi_jax.cli.fit import _write_outputs, prng_key
+
+    num_rows, num_features = (int(s) for s in model.data["x"].shape)
     init = None if args.init == "zero" else args.init
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", aj.DiagnosticWarning)  # the verdict is printed below
-        result = aj.fit(model, key=jax.random.key(args.seed), family=args.family, method=args.method,
+        result = aj.fit(model, key=prng_key(args.seed), family=args.family, method=args.method,
                         num_steps=args.steps, num_samples=args.samples, estimator=args.estimator,
                         learning_rate=args.learning_rate, init=init, progress=not args.quiet)
-    key = jax.random.key(args.seed + 1)
+    if figures is not None:
+        figures.add("elbo.png", "elbo", elbo_payload(result))
+    key = prng_key(args.seed + 1)
     labels = model.labels
     draws = {k: np.asarray(v) for k, v in result.sample(key, args.draws).items()}
     rows = result.summary_rows(key, args.draws, labels, draws=draws)
     lines = [result.summary(labels=labels, rows=rows)] + _data_scale_lines(model, draws)
+    if figures is not None:
+        figures.add("marginals.png", "marginals", rows)
     print("\n".join(lines))
     info = {"model": f"grouped {args.model}", "data": source, "group": args.group, "num_groups": model.num_groups,
             "group_names": list(model.info.group_names), "num_rows": num_rows, "num_features": num_features,
@@ -180,13 +200,5 @@ def run_grouped(args, out: Path) -> int:
                        "beta": {"distribution": "Normal", "loc": 0.0, "scale": model.info.prior_scale},
                        "u": {"distribution": "Normal", "loc": 0.0, "scale": "tau"},
                        "tau": {"distribution": "HalfNormal", "scale": model.info.group_scale}}}
-    written = _write_outputs(out, result, {k: draws[k] for k in model.names}, rows, info, None, False)
-    if not args.no_plots:
-        from advi_jax.cli import fit_plots
-
-        for name, fig in (("elbo.png", fit_plots.elbo_figure(result)), ("marginals.png", fit_plots.marginals_figure(rows))):
-            fit_plots.save(fig, out / name)
-            written.append(out / name)
-    if not args.quiet:
-        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
-    return 0
+    written = _write_outputs(out, {k: draws[k] for k in model.names}, rows, info)
+    return written + (figures.finish() if figures is not None else [])

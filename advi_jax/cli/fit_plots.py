@@ -228,3 +228,40 @@ def predictive_check_figure(check):
     fig.suptitle("Posterior predictive check", fontsize=10)
     _margins(fig, left=0.75, right=0.2, bottom=0.55, top=0.6, wspace=0.22)
     return fig
+
+
+MAKERS = {"elbo": "elbo_figure", "marginals": "marginals_figure", "predictive": "predictive_check_figure"}
+"""Figure kinds of a `FigureJobs` job: kind -> the function of this module that draws it."""
+
+
+def serve(jobs, replies) -> int:
+    """The figure process's loop (`advi_jax.cli.figures`): draw and write each job it is sent.
+
+    Imports matplotlib and loads the font first (while the command fits), then reads pickled
+    `(kind, path, payload)` jobs from `jobs` until end of file, draws `MAKERS[kind](payload)` and
+    saves it at `path`. The first failure is written to `replies` as one line,
+    `error<TAB>oserror|other<TAB>TypeName<TAB>message`, and ends the loop.
+
+    Args:
+      jobs: a binary stream of pickled jobs.
+      replies: a text stream for the error line.
+
+    Returns:
+      The exit status: 0, or 1 after a failure.
+    """
+    import pickle
+
+    _import_matplotlib()
+    while True:
+        try:
+            kind, path, payload = pickle.load(jobs)
+        except EOFError:
+            return 0
+        try:
+            save(globals()[MAKERS[kind]](payload), path)
+        except Exception as err:  # noqa: BLE001 - reported to the command, which raises it
+            kind = "oserror" if isinstance(err, OSError) else "other"
+            message = " ".join(str(err).split())
+            replies.write(f"error\t{kind}\t{type(err).__name__}\t{message}\n")
+            replies.flush()
+            return 1

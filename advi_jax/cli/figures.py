@@ -1,0 +1,156 @@
+"""The figures of `advi-jax fit`, drawn by a second Python process while the command works.
+
+Drawing and writing the three PNGs is about 0.4 s of Python after everything else is done, and
+importing matplotlib another 0.3-0.5 s, which a thread can only overlap with XLA's compilation
+(both hold the GIL). On a command-line run (`advi-jax fit`, not `main(argv)` from Python),
+`FigureJobs.start` therefore starts a small Python process before the fit (it imports NumPy
+and matplotlib and loads the font while the command imports JAX and fits; the command itself
+never imports matplotlib), and each figure is sent to it as soon as its numbers exist: the ELBO
+trace after the fit, the marginals after the summary, the predictive check after the check.
+`finish` waits for the last one. The files are the same as drawn in the command's own process
+(the same functions of `fit_plots`, the same dpi and compression).
+
+Elsewhere (a call from Python, no usable interpreter or no matplotlib), the same object draws
+the figures in this process at `finish`, as before, with matplotlib imported in the background
+(`fit_plots.prefetch`). A figure that cannot be written raises the same `OSError` (message and
+all) in either case.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+from advi_jax.cli import fit_plots
+
+# The figure process runs fit_plots.py as a file (importing the package would import JAX). It ignores
+# Ctrl-C: the first one stops the fit early and the command goes on to write its outputs; after a
+# second one the command ends, and the process with it (its jobs reach end of file, or `close` kills it).
+_CHILD = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import runpy, sys; "
+          "sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+          "sys.exit(runpy.run_path(sys.argv[1], run_name='advi_jax_figures')['serve'](sys.stdin.buffer, sys.stdout))")
+
+
+def elbo_payload(result) -> types.SimpleNamespace:
+    """What `fit_plots.elbo_figure` reads of a `Result`, as plain picklable values."""
+    import numpy as np
+
+    return types.SimpleNamespace(elbo=np.asarray(result.elbo), family=types.SimpleNamespace(name=result.family.name),
+                                 estimator=result.estimator, method=getattr(result, "method", None))
+
+
+def check_payload(check) -> types.SimpleNamespace:
+    """A `PredictiveCheck` as a namespace of the same fields (the figure process does not import advi_jax)."""
+    return types.SimpleNamespace(**check._asdict())
+
+
+class FigureJobs:
+    """Figures to write: in a second process (`start(separate=True)`) or in this one at `finish`.
+
+    Example:
+      >>> jobs = FigureJobs.start(Path("out"), separate=False)  # doctest: +SKIP
+      >>> jobs.add("marginals.png", "marginals", rows); written = jobs.finish()  # doctest: +SKIP
+    """
+
+    def __init__(self, out: Path, process: subprocess.Popen | None):
+        self.out = Path(out)
+        self.process = process
+        self.paths: list[Path] = []
+        self._local: list[tuple[str, Path, object]] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._sender: threading.Thread | None = None
+        self._send_error: BaseException | None = None
+        if process is not None:  # pickles go through a thread: a large one must not block the command
+            self._sender = threading.Thread(target=self._send, name="advi_jax-figure-jobs", daemon=True)
+            self._sender.start()
+
+    @classmethod
+    def start(cls, out: Path, separate: bool) -> "FigureJobs":
+        """Figures for the folder `out`; with `separate`, start the figure process now (if possible).
+
+        Args:
+          out: the output folder (created at the first `add`).
+          separate: draw in a second process (a command-line run) rather than in this one.
+        """
+        process = None
+        if separate and sys.executable and importlib.util.find_spec("matplotlib") is not None:
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", _CHILD, fit_plots.__file__], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, close_fds=True)
+            except OSError:
+                process = None
+        if process is None:
+            fit_plots.prefetch()  # matplotlib's import overlaps the fit's compilation
+        return cls(out, process)
+
+    def add(self, name: str, kind: str, payload) -> None:
+        """Queue the figure `kind` (a key of `fit_plots.MAKERS`) of `payload`, to be written as `out/name`."""
+        path = self.out / name
+        self.paths.append(path)
+        if self.process is None:
+            self._local.append((kind, path, payload))
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._queue.put(pickle.dumps((kind, str(path), payload), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _send(self) -> None:
+        stdin = self.process.stdin
+        try:
+            while (job := self._queue.get()) is not None:
+                stdin.write(job)
+                stdin.flush()
+        except (BrokenPipeError, OSError) as err:  # the process ended early: `finish` reports why
+            self._send_error = err
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def finish(self) -> list[Path]:
+        """Write (or wait for) every figure added; return their paths in the order added.
+
+        Raises:
+          OSError: a figure could not be written (the message of the underlying error).
+          RuntimeError: the figure process failed otherwise.
+        """
+        if self.process is None:
+            for kind, path, payload in self._local:
+                fit_plots.save(getattr(fit_plots, fit_plots.MAKERS[kind])(payload), path)
+            self._local.clear()
+            return list(self.paths)
+        self._queue.put(None)
+        self._sender.join()
+        reply = self.process.stdout.read().decode(errors="replace")
+        status = self.process.wait()
+        self.process.stdout.close()
+        self.process = None
+        line = next((x for x in reply.splitlines() if x.startswith("error\t")), None)
+        if line is not None:
+            _, kind, name, message = (line.split("\t", 3) + ["", "", ""])[:4]
+            if kind == "oserror":
+                raise OSError(message)
+            raise RuntimeError(f"drawing the figures failed: {name}: {message}")
+        if status != 0:
+            raise RuntimeError(f"the figure process ended with status {status}"
+                               + (f" ({self._send_error})" if self._send_error else ""))
+        return list(self.paths)
+
+    def close(self) -> None:
+        """Stop the figure process if `finish` was not reached (an error or Ctrl-C in the command)."""
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        process.kill()
+        self._queue.put(None)
+        process.wait()
+        if self._sender is not None:
+            self._sender.join(timeout=5)
+        process.stdout.close()

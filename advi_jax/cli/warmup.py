@@ -1,0 +1,77 @@
+"""Compile, beside the fit, the programs `advi-jax fit` runs after it.
+
+On small data a command's time is mostly XLA compiling its programs one after another, each
+waiting for the last, on one core. Two of them do not depend on the fit's numbers, only on
+shapes known before it starts: the diagnostics' draws and log ratios (`aj.fit`'s
+`draws_and_log_ratios`) and the command's own draws / data-scale coefficients / predictive
+replications (`fit._posterior_outputs`). `start` compiles both in a background thread from
+abstract arguments (`jax.ShapeDtypeStruct`s of the fitted parameters and keys), while the main
+thread traces and compiles the fit's own programs; the later calls then find them compiled
+(the same cache that `jax.jit(...).lower(...).compile()` fills). XLA compiles without holding
+Python's GIL, so on a machine with a second core this takes the two compilations off the
+command's critical path. Nothing is computed in the background, so the results are the same;
+if the guesses about a call's arguments are wrong (a future change of the fit), the later call
+just compiles as before (`tests/test_cli_fit.py` checks that they hit).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+
+def _diagnostic_draws(model: Any) -> int | None:
+    """The diagnostics' S for a fit of `model` with `num_diagnostic_draws="auto"`, when it does not
+    depend on the fit's cost (the data are small enough for the maximum), else None."""
+    from advi_jax.result import DIAGNOSTIC_DRAWS_MAX, data_size, diagnostic_draw_budget
+
+    num = diagnostic_draw_budget(0, 0, data_size(model))
+    return num if num == DIAGNOSTIC_DRAWS_MAX else None
+
+
+def abstract_params(model: Any, family: Any) -> Any:
+    """`ShapeDtypeStruct`s of the fitted parameters of `family` over `model` (as `aj.fit` returns them)."""
+    import jax
+    import jax.numpy as jnp
+
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return jax.eval_shape(lambda k: family.init(k, model.dim, dtype=jnp.result_type(float)), key)
+
+
+def start(model: Any, family: Any, posterior_program: Callable, num_draws: int, num_check: int,
+          diagnostics: bool = True) -> threading.Thread:
+    """Compile the fit's diagnostics program (when `diagnostics` and its S is known) and
+    `posterior_program(model, family, params, key, check_key, num_draws, num_check)` in a thread.
+
+    Args:
+      model: the model about to be fitted.
+      family: its `Family` object.
+      posterior_program: the jitted function of `fit._posterior_outputs`.
+      num_draws, num_check: its static arguments.
+      diagnostics: whether the fit computes diagnostics.
+
+    Returns:
+      The started thread (join it before the command returns: a compilation still running in a
+      daemon thread at interpreter exit can crash it). Any error in it is ignored: the program is
+      then compiled when it is called, as without a warm-up.
+    """
+    thread = threading.Thread(target=_compile, args=(model, family, posterior_program, num_draws, num_check,
+                                                     diagnostics), name="advi_jax-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
+def _compile(model, family, posterior_program, num_draws, num_check, diagnostics) -> None:
+    try:
+        import jax
+
+        from advi_jax.result import draws_and_log_ratios
+
+        params = abstract_params(model, family)
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        num_diag = _diagnostic_draws(model) if diagnostics else None
+        if num_diag is not None:
+            draws_and_log_ratios.lower(model, family, params, key, num_diag).compile()
+        posterior_program.lower(model, family, params, key, key, num_draws, min(num_check, num_draws)).compile()
+    except Exception:  # noqa: BLE001 - best effort: the call compiles it otherwise
+        pass
