@@ -122,6 +122,8 @@ class FigureJobs:
           RuntimeError: the figure process failed otherwise.
         """
         if self.process is None:
+            if self._local:
+                self.out.mkdir(parents=True, exist_ok=True)
             for kind, path, payload in self._local:
                 fit_plots.save(getattr(fit_plots, fit_plots.MAKERS[kind])(payload), path)
             self._local.clear()
