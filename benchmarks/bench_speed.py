@@ -7,6 +7,11 @@ alternate between `--before` and `--after` and repeat `--repeats` times; report 
 * `cli`: `python -m advi_jax fit --quiet --out TMP` on the bundled breast-cancer data (full
   rank, the default). For a tree with the persistent compilation cache the first run starts from
   an empty cache folder (a first run on a machine) and the second reuses it.
+* `cli-split`: the same command (with the compilation cache off, then warm), with its CPU time
+  split into the main thread's, the whole process's (XLA compiles in threads of its own) and
+  its child processes' (the figure process): on a loaded machine, where wall time mostly
+  measures the load, the main thread's CPU plus the compilations it waits for is what a quiet
+  machine's wall time follows.
 * `large`: logistic regression, N = 1e6, D = 10 (and `--d` more), full-rank, `aj.fit` with its
   defaults (diagnostics on): first call (compilation included) and second call, with the
   report's split (start / compile / run / diagnostics) and the diagnostic draws.
@@ -59,6 +64,20 @@ print("RESULT " + json.dumps(out))
 """
 
 
+# `advi-jax fit` as a command line (`main()` reads sys.argv), then where its CPU time went: the main
+# thread (what a quiet machine waits for, besides compilations), the whole process (XLA compiles in
+# threads of its own) and its children (the figure process)
+CLI_SPLIT = r"""
+import os, resource, sys, time
+w0 = time.perf_counter()
+sys.argv = ["advi-jax", "fit", "--quiet", "--out", sys.argv[1]]
+from advi_jax.cli import main
+rc = main()
+ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("RESULT", rc, time.perf_counter() - w0, time.thread_time(), time.process_time(), ch.ru_utime + ch.ru_stime)
+"""
+
+
 def _env(tree: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree), JAX_PLATFORMS="cpu")
     return env
@@ -98,6 +117,23 @@ def run_cli(tree: Path, cold: bool, no_cache: bool = False) -> dict:
     return {"wall": wall, "cpu": cpu, "rc": proc.returncode, "cost": cost.split("; ", 1)[-1]}
 
 
+def run_cli_split(tree: Path, no_cache: bool) -> dict:
+    """One `advi-jax fit` in a fresh process, with its CPU time split: the main thread, the process
+    (main thread + XLA's compile threads + background threads) and its child processes."""
+    env = _env(tree)
+    if no_cache:
+        env["ADVI_JAX_COMPILATION_CACHE"] = "0"
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([sys.executable, "-c", CLI_SPLIT, tmp], cwd=tmp, env=env, capture_output=True,
+                              text=True, timeout=600)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        return {"error": proc.stderr[-2000:]}
+    rc, wall, main_thread, process, children = line.split()[1:]
+    return {"wall": float(wall), "main_thread_cpu": float(main_thread), "process_cpu": float(process),
+            "children_cpu": float(children), "rc": int(rc)}
+
+
 def run_large(tree: Path, n: int, d: int, diagnostics: bool = True) -> dict:
     proc = subprocess.run([sys.executable, "-c", LARGE, str(n), str(d), str(int(diagnostics))],
                           cwd=str(tree),  # "" on sys.path is cwd
@@ -113,7 +149,9 @@ def main(argv=None):
     p.add_argument("--before", type=Path, default=None, help="a checkout to compare with (e.g. main)")
     p.add_argument("--after", type=Path, default=Path("."), help="this checkout")
     p.add_argument("--what", default="cli,large", help="comma list of: cli (cold, then warm cache), "
-                   "cli-nocache (ADVI_JAX_COMPILATION_CACHE=0), large (aj.fit at --n, --d, diagnostics on), "
+                   "cli-nocache (ADVI_JAX_COMPILATION_CACHE=0), cli-split (no cache, then warm: the main "
+                   "thread's, the process's and the child processes' CPU seconds), "
+                   "large (aj.fit at --n, --d, diagnostics on), "
                    "large-nodiag (the same, diagnostics=False)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--n", type=float, default=1e6)
@@ -135,6 +173,12 @@ def main(argv=None):
                 row = {"tree": label, "repeat": rep, "what": "cli no cache", **run_cli(tree, False, True)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            if "cli-split" in what:
+                for run in ("no cache", "warm"):
+                    row = {"tree": label, "repeat": rep, "what": f"cli split {run}",
+                           **run_cli_split(tree, run == "no cache")}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
             for kind in ("large", "large-nodiag"):
                 if kind not in what:
                     continue
