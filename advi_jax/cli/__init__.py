@@ -23,6 +23,12 @@ third less compile time on the bundled breast-cancer data, while its programs ru
 slower (milliseconds there). Larger tables keep XLA's default (on the 20,190-row bundled counts
 the cheaper level made the command slower overall). An `XLA_FLAGS` that already sets the level,
 or `ADVI_JAX_FAST_COMPILE=0`, leaves it alone.
+
+Work beside the fit (`fit`): the programs run after the fit (the diagnostics' draws, the
+command's draws and predictive replications) are compiled in a background thread while the fit
+compiles its own (`advi_jax.cli.warmup`), and on a command-line run the figures are drawn by a
+second Python process as their numbers arrive (`advi_jax.cli.figures`), so the command itself
+never imports matplotlib. Both leave every output as it was.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ Cost: the figures are a third of a small fit's command time if drawn carelessly.
 set from the content (label lengths, inches) instead of `tight_layout`, which lays out every
 text twice more; the Figure is made at the dpi it is saved at, so the text metrics measured
 while drawing are reused by the save; PNGs are written at zlib level 1 (a few % larger files,
-about a fifth less save time).
+about a fifth less save time). On a command line the figures are drawn by a second Python
+process that runs this file (`serve`; `advi_jax.cli.figures`), so this module imports nothing
+of advi_jax (or JAX) at its top.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import numpy as np
 def prefetch() -> threading.Thread:
     """Import matplotlib's Figure and Agg canvas in a background thread, and return the thread.
 
-    Importing matplotlib is about half a second of Python that the figures wait for at the end
-    of `advi-jax fit`; started before the fit, it runs while XLA compiles (compilation releases
-    the GIL), so on a machine with a second core it costs the command almost no wall time.
+    Importing matplotlib is about half a second of Python that the figures wait for when they
+    are drawn in the command's own process (`figures.FigureJobs` without a figure process);
+    started before the fit, it runs while XLA compiles (compilation releases the GIL).
     A later import in the main thread finds the modules, or waits for the import in progress.
     """
     global _prefetch_thread
