@@ -12,6 +12,9 @@ alternate between `--before` and `--after` and repeat `--repeats` times; report 
   its child processes' (the figure process): on a loaded machine, where wall time mostly
   measures the load, the main thread's CPU plus the compilations it waits for is what a quiet
   machine's wall time follows.
+* `cli-chain` (the `--after` tree only): CPU seconds of the command's background compilation
+  (`advi_jax.cli.warmup`) and of `aj.fit` after it, against `aj.fit` alone: what the warm-up
+  takes off the fit's path onto a second core.
 * `large`: logistic regression, N = 1e6, D = 10 (and `--d` more), full-rank, `aj.fit` with its
   defaults (diagnostics on): first call (compilation included) and second call, with the
   report's split (start / compile / run / diagnostics) and the diagnostic draws.
@@ -78,6 +81,27 @@ print("RESULT", rc, time.perf_counter() - w0, time.thread_time(), time.process_t
 """
 
 
+# The CPU seconds of the command's background compilation (`advi_jax.cli.warmup`) and of the fit
+# it takes off the fit's path, run one after the other in one process (no compilation cache)
+CLI_CHAIN = r"""
+import os, sys, time
+os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # as the command sets it for this table
+import advi_jax as aj
+from advi_jax.cli import warmup
+from advi_jax.cli.fit import _posterior_program, prng_key
+from advi_jax.families import get_family
+x, y, names = aj.data.load_dataset("breast_cancer")
+model = aj.models.logistic_regression(x, y, feature_names=names)
+key = prng_key(0)
+c0 = time.process_time()
+if sys.argv[1] == "1":
+    warmup._compile(model, get_family("fullrank"), _posterior_program(), 4096, 400, True)
+c1 = time.process_time()
+aj.fit(model, key=key, family="fullrank", progress=False, warn=False)
+print("RESULT", c1 - c0, time.process_time() - c1)
+"""
+
+
 def _env(tree: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree), JAX_PLATFORMS="cpu")
     return env
@@ -134,6 +158,18 @@ def run_cli_split(tree: Path, no_cache: bool) -> dict:
             "children_cpu": float(children), "rc": int(rc)}
 
 
+def run_cli_chain(tree: Path, warm_up: bool) -> dict:
+    """CPU seconds of the warm-up's compilations and of `aj.fit` (diagnostics on) after them."""
+    env = dict(_env(tree), ADVI_JAX_COMPILATION_CACHE="0")
+    proc = subprocess.run([sys.executable, "-c", CLI_CHAIN, str(int(warm_up))], cwd=str(tree), env=env,
+                          capture_output=True, text=True, timeout=600)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        return {"error": proc.stderr[-2000:]}
+    warm, fit = (float(v) for v in line.split()[1:])
+    return {"warm_up_cpu": warm, "fit_cpu": fit}
+
+
 def run_large(tree: Path, n: int, d: int, diagnostics: bool = True) -> dict:
     proc = subprocess.run([sys.executable, "-c", LARGE, str(n), str(d), str(int(diagnostics))],
                           cwd=str(tree),  # "" on sys.path is cwd
@@ -150,7 +186,9 @@ def main(argv=None):
     p.add_argument("--after", type=Path, default=Path("."), help="this checkout")
     p.add_argument("--what", default="cli,large", help="comma list of: cli (cold, then warm cache), "
                    "cli-nocache (ADVI_JAX_COMPILATION_CACHE=0), cli-split (no cache, then warm: the main "
-                   "thread's, the process's and the child processes' CPU seconds), "
+                   "thread's, the process's and the child processes' CPU seconds), cli-chain (--after only: "
+                   "CPU seconds of the command's background compilation and of the fit after it, against "
+                   "the fit alone), "
                    "large (aj.fit at --n, --d, diagnostics on), "
                    "large-nodiag (the same, diagnostics=False)")
     p.add_argument("--repeats", type=int, default=2)
@@ -177,6 +215,12 @@ def main(argv=None):
                 for run in ("no cache", "warm"):
                     row = {"tree": label, "repeat": rep, "what": f"cli split {run}",
                            **run_cli_split(tree, run == "no cache")}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            if "cli-chain" in what and label == "after":
+                for warm_up in (True, False):
+                    row = {"tree": label, "repeat": rep, "what": f"cli chain warm-up={warm_up}",
+                           **run_cli_chain(tree, warm_up)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             for kind in ("large", "large-nodiag"):
