@@ -66,6 +66,20 @@ def test_figure_process_reports_an_unwritable_file_as_the_oserror(tmp_path):
     jobs.close()
 
 
+def test_a_failed_figure_process_leaves_the_figures_to_this_process(tmp_path, monkeypatch, capsys):
+    from advi_jax.cli import figures
+
+    monkeypatch.setattr(figures, "_CHILD", "import sys; sys.exit(3)")  # a process that dies at once
+    result, rows, _ = _figure_inputs()
+    jobs = figures.FigureJobs.start(tmp_path, separate=True)
+    jobs.add("elbo.png", "elbo", figures.elbo_payload(result))
+    jobs.add("marginals.png", "marginals", rows)
+    written = jobs.finish()
+    assert "figure process failed (it ended with status 3" in capsys.readouterr().err
+    assert [p.name for p in written] == ["elbo.png", "marginals.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
 def test_close_before_finish_ends_the_figure_process(tmp_path):
     from advi_jax.cli.figures import FigureJobs
 

@@ -13,7 +13,8 @@ trace after the fit, the marginals after the summary, the predictive check after
 Elsewhere (a call from Python, no usable interpreter or no matplotlib), the same object draws
 the figures in this process at `finish`, as before, with matplotlib imported in the background
 (`fit_plots.prefetch`). A figure that cannot be written raises the same `OSError` (message and
-all) in either case.
+all) in either case; a figure process that fails otherwise (it crashed, or Python would not
+start) costs a note on stderr and the figures are drawn in the command's process.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class FigureJobs:
         self.out = Path(out)
         self.process = process
         self.paths: list[Path] = []
-        self._local: list[tuple[str, Path, object]] = []
+        self._jobs: list[tuple[str, Path, object]] = []
         self._queue: queue.Queue = queue.Queue()
         self._sender: threading.Thread | None = None
         self._send_error: BaseException | None = None
@@ -79,7 +80,8 @@ class FigureJobs:
           separate: draw in a second process (a command-line run) rather than in this one.
         """
         process = None
-        if separate and sys.executable and importlib.util.find_spec("matplotlib") is not None:
+        if (separate and sys.executable and not getattr(sys, "frozen", False)
+                and importlib.util.find_spec("matplotlib") is not None):
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-c", _CHILD, fit_plots.__file__], stdin=subprocess.PIPE,
@@ -94,8 +96,8 @@ class FigureJobs:
         """Queue the figure `kind` (a key of `fit_plots.MAKERS`) of `payload`, to be written as `out/name`."""
         path = self.out / name
         self.paths.append(path)
+        self._jobs.append((kind, path, payload))
         if self.process is None:
-            self._local.append((kind, path, payload))
             return
         self.out.mkdir(parents=True, exist_ok=True)
         self._queue.put(pickle.dumps((kind, str(path), payload), protocol=pickle.HIGHEST_PROTOCOL))
@@ -117,17 +119,15 @@ class FigureJobs:
     def finish(self) -> list[Path]:
         """Write (or wait for) every figure added; return their paths in the order added.
 
+        If the figure process fails otherwise than by a file it cannot write (it crashed, or
+        could not start Python), the figures are drawn in this process instead, after a note on
+        stderr.
+
         Raises:
           OSError: a figure could not be written (the message of the underlying error).
-          RuntimeError: the figure process failed otherwise.
         """
         if self.process is None:
-            if self._local:
-                self.out.mkdir(parents=True, exist_ok=True)
-            for kind, path, payload in self._local:
-                fit_plots.save(getattr(fit_plots, fit_plots.MAKERS[kind])(payload), path)
-            self._local.clear()
-            return list(self.paths)
+            return self._draw_here()
         self._queue.put(None)
         self._sender.join()
         reply = self.process.stdout.read().decode(errors="replace")
@@ -139,10 +139,20 @@ class FigureJobs:
             _, kind, name, message = (line.split("\t", 3) + ["", "", ""])[:4]
             if kind == "oserror":
                 raise OSError(message)
-            raise RuntimeError(f"drawing the figures failed: {name}: {message}")
-        if status != 0:
-            raise RuntimeError(f"the figure process ended with status {status}"
-                               + (f" ({self._send_error})" if self._send_error else ""))
+            why = f"{name}: {message}"
+        elif status != 0:
+            why = f"it ended with status {status}" + (f" ({self._send_error})" if self._send_error else "")
+        else:
+            return list(self.paths)
+        print(f"advi-jax: the figure process failed ({why}); drawing the figures here", file=sys.stderr)
+        return self._draw_here()
+
+    def _draw_here(self) -> list[Path]:
+        if self._jobs:
+            self.out.mkdir(parents=True, exist_ok=True)
+        for kind, path, payload in self._jobs:
+            fit_plots.save(getattr(fit_plots, fit_plots.MAKERS[kind])(payload), path)
+        self._jobs.clear()
         return list(self.paths)
 
     def close(self) -> None:
