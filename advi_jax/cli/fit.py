@@ -461,9 +461,7 @@ def _fit_and_write(args, model, source: str, out: Path, init, figures) -> list[P
     num_rows, num_features = (int(s) for s in model.data["x"].shape)
     # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
     num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
-    from advi_jax.families import get_family
-
-    warm = warmup.start(model, get_family(args.family), _posterior_program(), args.draws, num_check)
+    warm = warmup.start(model, args.family, _posterior_program(), args.draws, num_check)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", aj.DiagnosticWarning)  # the verdict is printed below

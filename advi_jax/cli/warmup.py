@@ -45,7 +45,8 @@ def start(model: Any, family: Any, posterior_program: Callable, num_draws: int, 
 
     Args:
       model: the model about to be fitted.
-      family: its `Family` object.
+      family: its family (a name or a `Family`; one `get_family` does not resolve, e.g. "auto",
+        skips the warm-up).
       posterior_program: the jitted function of `fit._posterior_outputs`.
       num_draws, num_check: its static arguments.
       diagnostics: whether the fit computes diagnostics.
@@ -65,8 +66,10 @@ def _compile(model, family, posterior_program, num_draws, num_check, diagnostics
     try:
         import jax
 
+        from advi_jax.families import get_family
         from advi_jax.result import draws_and_log_ratios
 
+        family = get_family(family)
         params = abstract_params(model, family)
         key = jax.eval_shape(lambda: jax.random.key(0))
         num_diag = _diagnostic_draws(model) if diagnostics else None
