@@ -36,10 +36,7 @@ import contextlib
 import threading
 from typing import Any, Callable, Iterator
 
-import jax
-import numpy as np
-
-__all__ = ["Ahead", "disabled", "enabled", "abstract"]
+__all__ = ["Ahead", "disabled", "enabled"]
 
 _ENABLED = [True]
 
@@ -58,17 +55,6 @@ def disabled() -> Iterator[None]:
 def enabled() -> bool:
     """Whether fits compile their later programs ahead on a background thread (see `disabled`)."""
     return _ENABLED[0]
-
-
-def abstract(tree: Any) -> Any:
-    """The pytree with every array leaf replaced by its `jax.ShapeDtypeStruct` (others kept)."""
-
-    def one(leaf):
-        if isinstance(leaf, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)):
-            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, weak_type=getattr(leaf, "weak_type", False))
-        return leaf
-
-    return jax.tree_util.tree_map(one, tree)
 
 
 class Ahead:
