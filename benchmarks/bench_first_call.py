@@ -7,9 +7,11 @@ nothing; the model is built and its data loaded before the clock starts):
   first call and second call (another key, same shapes: nothing compiles). `--modes` runs it
   with the compiler options chosen by `advi_jax.compile_options` ("auto", the default rule),
   forced to XLA's defaults ("full") or forced to the fast options ("fast"), or "serial": "auto"
-  with every program compiled on the calling thread (`advi_jax.run.ahead.disabled`). Each row lists the
-  XLA compile seconds of every compiled program (from JAX's compile log), the number of
-  compiles, the seconds spent tracing and lowering to MLIR, and the process CPU time;
+  with every program compiled on the calling thread (`advi_jax.run.ahead.disabled`; the
+  background compile overlaps the start's only where the process gets two cores: on a loaded
+  machine "serial" and "auto" take alike). Each row lists the XLA compile seconds of every
+  compiled program (from JAX's compile log), the number of compiles, the seconds spent tracing
+  and lowering to MLIR, and the process CPU time;
 * `numpyro`: `SVI(model, AutoMultivariateNormal(model), Adam(0.01), Trace_ELBO()).run` for
   `--numpyro-steps` (10,000) steps, first and second call (`progress_bar=False`).
 
