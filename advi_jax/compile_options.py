@@ -51,12 +51,8 @@ import numpy as np
 
 __all__ = ["FAST_OPTIONS", "FAST_MAX_ENTRIES", "fast_compile", "jit", "forced"]
 
-FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                "xla_cpu_parallel_codegen_split_count": 1}
-"""XLA options of a fast compile (CPU): no LLVM optimisation, the classic fusion emitter, and the
-LLVM module compiled whole (XLA's default splits it for parallel code generation, which at level 0
-costs 10% more CPU time than it saves: eight schools' first call, 2.63-2.72 s of process CPU time
-against 2.92-3.17 s, the same numbers out; with XLA's full optimisation splitting does not matter)."""
+FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+"""XLA options of a fast compile (CPU): no LLVM optimisation, the classic fusion emitter."""
 
 FAST_MAX_ENTRIES = 5_000
 """The most numbers a model's arrays may hold for `fast_compile` to choose `FAST_OPTIONS`."""
