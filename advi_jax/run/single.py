@@ -297,8 +297,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     try:
         checks.check_data(model.data)
         checks.check_log_joint_shape(model, jnp.result_type(float))
-        if _ahead.enabled() and not adapt:
-            whitened = _whitened_start(model, family_obj, init, bool(module.WHITEN))
+        whitened = _whitened_start(model, family_obj, init, bool(module.WHITEN))
+        if _ahead.enabled() and not adapt and compile_options.fast_compile(_run_model_shape(model, whitened)):
             ahead = _compile_ahead(model, family_obj, module, settings(options_for(whitened)), key, whitened,
                                    num_diagnostic_draws if diagnostics else None)
         begun = resolve_start(model, family_obj, init, key=key, whiten=bool(module.WHITEN), init_scale=init_scale,
@@ -388,16 +388,29 @@ def _whitened_start(model: Any, family: Family, init: Any, whiten: bool) -> bool
     return init in ("laplace", "pathfinder", "bam") or (init == "auto" and model.dim <= AUTO_LAPLACE_MAX_DIM)
 
 
+def _run_model_shape(model: Any, whitened: bool) -> Any:
+    """The run model the start will give, with abstract (`jax.ShapeDtypeStruct`) whitening arrays."""
+    if not whitened:
+        return model
+    dtype, k = jnp.result_type(float), int(model.dim)
+    return _laplace.Whitened(model, jax.ShapeDtypeStruct((k,), dtype), jax.ShapeDtypeStruct((k, k), dtype))
+
+
 def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings, key: Any, whitened: bool,
                    num_diagnostic_draws: int | str | None) -> _ahead.Ahead:
     """Compile the fit's programs after the start on a background thread (`advi_jax.run.ahead`),
     from abstract arguments of the shapes the start will give (a `Whitened` run model when
     `whitened`). The diagnostics' program only when its number of draws is known now (given, or
-    `DIAGNOSTIC_DRAWS_MAX` whatever the fit's cost; None: no diagnostics)."""
+    `DIAGNOSTIC_DRAWS_MAX` whatever the fit's cost; None: no diagnostics).
+
+    `aj.fit` uses it only when the loop compiles with `compile_options.FAST_OPTIONS` (on one
+    thread): XLA's fully optimising compile already spreads over the cores (breast cancer: 9.8-10 s
+    of CPU time in a 6.1-6.2 s first call), so on two cores a second thread then gains no wall
+    time and costs 1-1.5 s more CPU time (benchmarks/PERFORMANCE.md)."""
+    run_model = _run_model_shape(model, whitened)
     dtype = jnp.result_type(float)
     k = int(model.dim)
     vector, matrix = jax.ShapeDtypeStruct((k,), dtype), jax.ShapeDtypeStruct((k, k), dtype)
-    run_model = _laplace.Whitened(model, vector, matrix) if whitened else model
     if num_diagnostic_draws == "auto":
         draws = diagnostic_draw_budget(0, 0, data_size(model))
         num_diagnostic_draws = draws if draws == DIAGNOSTIC_DRAWS_MAX else None
