@@ -1,7 +1,6 @@
 """`aj.fit` compiles its later programs on a background thread (`advi_jax.run.ahead`): each exactly
 once, and the fit's numbers are those of the same fit compiled on the calling thread."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
