@@ -1,6 +1,7 @@
 """`aj.fit` compiles its later programs on a background thread (`advi_jax.run.ahead`): each exactly
 once, and the fit's numbers are those of the same fit compiled on the calling thread."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -73,3 +74,11 @@ def test_ahead_runs_jobs_in_order_and_passes_an_interrupt_to_the_waiting_thread(
     quiet = ahead.Ahead([("a", failing), ("b", lambda done: done.update(b=2))])
     assert quiet.wait("b") is None  # the thread ended at the error; nothing raised here
 
+
+
+def test_background_compile_follows_the_callers_x64_mode(key):
+    before = _sizes()
+    with jax.enable_x64(True):  # a thread-local setting: the thread must compile in the caller's mode
+        result = aj.fit(_make_model(), key=key, progress=False, warn=False)
+    assert result.params.loc.dtype == jnp.float64 and np.isfinite(result.khat)
+    assert {name: size - before[name] for name, size in _sizes().items()} == {name: 1 for name in PROGRAMS}

@@ -40,6 +40,8 @@ import contextlib
 import threading
 from typing import Any, Callable, Iterator
 
+import jax
+
 __all__ = ["Ahead", "disabled", "enabled"]
 
 _ENABLED = [True]
@@ -68,10 +70,13 @@ class Ahead:
       jobs: (name, job) pairs; `job(done)` gets the dict of earlier jobs' results (by name) and
         stores its own result in it under its name (the later jobs read the abstract outputs of
         the earlier ones from it).
+      x64: run the jobs under `jax.enable_x64(x64)` (a thread-local setting: pass the caller's),
+        or None to leave the thread's as it is.
     """
 
-    def __init__(self, jobs: list[tuple[str, Callable[[dict], Any]]]):
+    def __init__(self, jobs: list[tuple[str, Callable[[dict], Any]]], x64: bool | None = None):
         self._jobs = list(jobs)
+        self._x64 = x64
         self._done: dict[str, Any] = {}
         self._events = {name: threading.Event() for name, _ in self._jobs}
         self._go = threading.Event()
@@ -83,12 +88,8 @@ class Ahead:
     def _work(self) -> None:
         self._go.wait()
         try:
-            for name, job in self._jobs:
-                if self._cancelled:
-                    break
-                job(self._done)
-                self._done.setdefault(name, None)
-                self._events[name].set()
+            with contextlib.nullcontext() if self._x64 is None else jax.enable_x64(self._x64):
+                self._run_jobs()
         except KeyboardInterrupt:  # raised by the user's code while tracing: the waiting call raises it
             self._interrupted = True
         except Exception:  # noqa: BLE001 - the fit's own call raises it again, with its message
@@ -96,6 +97,14 @@ class Ahead:
         finally:
             for event in self._events.values():
                 event.set()
+
+    def _run_jobs(self) -> None:
+        for name, job in self._jobs:
+            if self._cancelled:
+                break
+            job(self._done)
+            self._done.setdefault(name, None)
+            self._events[name].set()
 
     def release(self) -> None:
         """Let the thread start (call it once the main thread's own tracing is done)."""

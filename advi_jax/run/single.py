@@ -420,6 +420,8 @@ def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings
         num_diagnostic_draws = draws if draws == DIAGNOSTIC_DRAWS_MAX else None
 
     def keys(done):
+        if jnp.result_type(float) != dtype:  # jax.enable_x64 is thread-local: the thread runs in the caller's mode
+            raise RuntimeError("the background thread's float type differs from the fit's")
         lowered = _fit_keys.lower(key)
         lowered.compile()
         done["keys"] = lowered.out_info
@@ -451,7 +453,7 @@ def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings
         jobs.append(("transform", transform))
     if num_diagnostic_draws is not None:
         jobs.append(("diagnostics", diagnostics))
-    return _ahead.Ahead(jobs)
+    return _ahead.Ahead(jobs, x64=dtype == jnp.float64)
 
 
 def _wait(ahead: _ahead.Ahead | None, name: str) -> None:
