@@ -73,6 +73,9 @@ def test_ahead_runs_jobs_in_order_and_passes_an_interrupt_to_the_waiting_thread(
         runner.wait("c")
     quiet = ahead.Ahead([("a", failing), ("b", lambda done: done.update(b=2))])
     assert quiet.wait("b") is None  # the thread ended at the error; nothing raised here
+    never = ahead.Ahead([("a", lambda done: done.update(a=1))])
+    never.close()  # cancelled before it began: the job never runs, and the thread has ended
+    assert not never._thread.is_alive() and never.wait("a") is None
 
 
 

@@ -130,3 +130,9 @@ class Ahead:
         """Stop after the job that is running (the fit raised or ended early)."""
         self._cancelled = True
         self._go.set()
+
+    def close(self) -> None:
+        """`cancel`, then wait for the thread to end, so that no compile outlives the fit (an
+        interpreter that exits while a daemon thread is inside XLA may crash on the way out)."""
+        self.cancel()
+        self._thread.join()

@@ -297,7 +297,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         return driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                                max_consecutive_nonfinite)
 
-    ahead = None
+    ahead = wrong = None
     try:
         checks.check_data(model.data)
         checks.check_log_joint_shape(model, jnp.result_type(float))
@@ -310,7 +310,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
                               on_lowered=None if ahead is None else ahead.release)
         if ahead is not None and (begun.whitening is not None) != whitened:  # guessed wrong: compile here
             ahead.cancel()
-            ahead = None
+            wrong, ahead = ahead, None
         elif ahead is not None:
             ahead.release()
         opts = options_for(begun.whitening is not None)
@@ -325,8 +325,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         _wait(ahead, "init_loop")
         loop = driver.init_loop(begun.run_model, init_key, begun.loc, cfg)
     except BaseException as err:
-        if ahead is not None:
-            ahead.cancel()
+        for thread in (ahead, wrong):
+            if thread is not None:
+                thread.close()
         if not isinstance(err, KeyboardInterrupt):
             raise
         raise KeyboardInterrupt("aj.fit was interrupted during start-up (argument checks, the Laplace start or "
@@ -356,8 +357,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
             code < 0)
         if both is not None:
             diag, diag_sample = both[0], (diag_key, both[1])
-    if ahead is not None:
-        ahead.cancel()  # done by now, unless the fit stopped early
+    for thread in (ahead, wrong):
+        if thread is not None:
+            thread.close()  # done by now, unless the fit stopped early or the guess was wrong
     steps = int(out.loop.step)
     stop_reason = driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite)
     if hasattr(module, "describe_stop"):  # a method's own words for its stop (`advi_jax.vi`)
