@@ -6,9 +6,12 @@ nothing; the model is built and its data loaded before the clock starts):
 * `advi_jax`: `aj.fit(model, key=..., progress=False)` with every default (`method="auto"`),
   first call and second call (another key, same shapes: nothing compiles). `--modes` runs it
   with the compiler options chosen by `advi_jax.compile_options` ("auto", the default rule),
-  forced to XLA's defaults ("full") or forced to the fast options ("fast"). Each row lists the
-  XLA compile seconds of every compiled program (from JAX's compile log), the number of
-  compiles, the seconds spent tracing and lowering to MLIR, and the process CPU time;
+  forced to XLA's defaults ("full") or forced to the fast options ("fast"), or "serial": "auto"
+  with every program compiled on the calling thread (`advi_jax.run.ahead.disabled`; the
+  background compile overlaps the start's only where the process gets two cores: on a loaded
+  machine "serial" and "auto" take alike). Each row lists the XLA compile seconds of every
+  compiled program (from JAX's compile log), the number of compiles, the seconds spent tracing
+  and lowering to MLIR, and the process CPU time;
 * `numpyro`: `SVI(model, AutoMultivariateNormal(model), Adam(0.01), Trace_ELBO()).run` for
   `--numpyro-steps` (10,000) steps, first and second call (`progress_bar=False`).
 
@@ -18,6 +21,7 @@ the machine's load average is printed with each round.
 Usage:
   python -m benchmarks.bench_first_call
   python -m benchmarks.bench_first_call --models eight_schools_noncentered --modes auto,full --repeat 3
+  python -m benchmarks.bench_first_call --modes serial,auto --repeat 3
   python -m benchmarks.bench_first_call --synthetic 1000x10,100000x10 --modes fast,full --skip numpyro
 """
 
@@ -125,8 +129,13 @@ def _child_advi(name: str, mode: str) -> dict:
     out = {"system": "advi_jax", "model": name, "mode": mode, "K": int(model.dim),
            "data_entries": sum(int(getattr(x, "size", 0)) for x in jax.tree_util.tree_leaves(model))}
     forced = contextlib.nullcontext() if compile_options is None else compile_options.forced(
-        None if mode == "auto" else mode)
-    with forced:
+        None if mode in ("auto", "serial") else mode)
+    try:
+        from advi_jax.run import ahead
+    except ImportError:  # a version before advi_jax.run.ahead: everything compiles on the calling thread
+        ahead = None
+    serial = ahead.disabled() if (mode == "serial" and ahead is not None) else contextlib.nullcontext()
+    with forced, serial:
         for call in (0, 1):
             wall, cpu = time.perf_counter(), time.process_time()
             result = aj.fit(model, key=jax.random.key(call), progress=False)
@@ -137,8 +146,8 @@ def _child_advi(name: str, mode: str) -> dict:
                                   "run": round(result.run_seconds, 3),
                                   "diagnostics": round(result.diagnostics_seconds, 3)}
     out.update(khat=round(float(result.khat), 3), grads=int(result.num_grad_evals), init=result.init_method,
-               fast=(None if compile_options is None else compile_options.fast_compile(model)) if mode == "auto"
-               else mode == "fast")
+               fast=(None if compile_options is None else compile_options.fast_compile(model))
+               if mode in ("auto", "serial") else mode == "fast")
     return out
 
 
@@ -188,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument("--synthetic", default="", help="logistic regressions NxD, e.g. 1000x10,100000x10")
-    parser.add_argument("--modes", default="auto", help="comma list of auto, full, fast")
+    parser.add_argument("--modes", default="auto", help="comma list of auto, full, fast, serial (auto without "
+                        "the background compile of advi_jax.run.ahead)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--numpyro-steps", type=int, default=10_000)
     parser.add_argument("--skip", default="", help="'numpyro' to skip the peer")

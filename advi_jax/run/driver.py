@@ -292,7 +292,8 @@ def _recent_elbo(trace: np.ndarray) -> float:
 
 def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: int, *,
           inputs: Iterator[tuple[Any, int]] | None = None, progress: bool = False, desc: str = "fit",
-          callback: Callable[[Progress], Any] | None = None) -> Outcome:
+          callback: Callable[[Progress], Any] | None = None,
+          before_compile: Callable[[], Any] | None = None) -> Outcome:
     """Run the loop from `loop` until `num_steps`, every fit's stop flag, or a KeyboardInterrupt.
 
     Args:
@@ -308,6 +309,9 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
       desc: the bar's label.
       callback: called with a `Progress` after every call; a KeyboardInterrupt it raises stops
         the run as Ctrl-C does.
+      before_compile: called first, as part of the compilation (a Ctrl-C there returns the
+        initial state): `aj.fit` waits there for the loop its background thread compiles
+        (`advi_jax.run.ahead`).
 
     Returns:
       An `Outcome`; `compile_seconds` is the first (zero-step) call, which only compiles.
@@ -326,6 +330,8 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
         # A zero-step call: compiles (or finds the compiled loop) and runs nothing, so the
         # compile time is measured apart from the run time.
         tick = time.perf_counter()
+        if before_compile is not None:
+            before_compile()
         jax.block_until_ready(run_chunk(model, loop, keys, stop0, first[0] if first is not None else None, cfg))
         compile_seconds = time.perf_counter() - tick
         compiling = False

@@ -15,11 +15,13 @@ from advi_jax import checks, compile_options
 from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
+from advi_jax.importance import draws_and_log_ratios
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
-from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget
+from advi_jax.result import DIAGNOSTIC_DRAWS_MAX, Report, Result, data_size, diagnose, diagnostic_draw_budget
+from advi_jax.run import ahead as _ahead
 from advi_jax.run import driver
 from advi_jax.run.choose import choose, choose_family, choose_method
-from advi_jax.run.start import INIT_STRINGS
+from advi_jax.run.start import AUTO_LAPLACE_MAX_DIM, INIT_STRINGS
 from advi_jax.run.start import start as resolve_start
 from advi_jax.vi import METHODS
 from advi_jax.vi import advi as _advi
@@ -167,7 +169,10 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     (`advi_jax.run.start`: a Pathfinder/BaM- or Laplace-whitened start for methods with
     `WHITEN`), run the method in the one compiled driver
     (`advi_jax.run.driver`: chunks, stopping rule, non-finite handling, progress bar, Ctrl-C),
-    map the result back, compute the PSIS diagnostics, and build the immutable `Result`.
+    map the result back, compute the PSIS diagnostics, and build the immutable `Result`. Where
+    the loop compiles with the fast options (small data), the loop's, the diagnostics' and the
+    small programs compile on a second thread while the start compiles (`advi_jax.run.ahead`;
+    the numbers are the same as compiled one after another).
 
     Args:
       model: an `aj.Model`.
@@ -281,36 +286,61 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     if isinstance(init, str) and init == "bam" and family_obj.name != "fullrank":
         raise ValueError(f"init='bam' needs family='fullrank' (Batch-and-Match fits a full covariance), got "
                          f"{family_obj.name!r}")
+
+    def options_for(whitened: bool) -> Any:
+        if not is_advi:
+            return method_options(module, options)
+        return _advi.Options(optimizer if optimizer is not None else default_optimizer(float(lr), num_steps),
+                             estimator, num_samples, 1.0 if whitened else init_scale, plan.stop)
+
+    def settings(opts: Any) -> driver.Settings:
+        return driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
+                               max_consecutive_nonfinite)
+
+    ahead = wrong = None
     try:
         checks.check_data(model.data)
         checks.check_log_joint_shape(model, jnp.result_type(float))
+        whitened = _whitened_start(model, family_obj, init, bool(module.WHITEN))
+        if _ahead.enabled() and not adapt and compile_options.fast_compile(_run_model_shape(model, whitened)):
+            ahead = _compile_ahead(model, family_obj, module, settings(options_for(whitened)), key, whitened,
+                                   num_diagnostic_draws if diagnostics else None)
         begun = resolve_start(model, family_obj, init, key=key, whiten=bool(module.WHITEN), init_scale=init_scale,
-                              num_init_draws=num_init_draws, init_radius=init_radius, check=check)
-        if is_advi:
-            scale = 1.0 if begun.whitening is not None else init_scale
-            opts = _advi.Options(optimizer if optimizer is not None else default_optimizer(float(lr), num_steps),
-                                 estimator, num_samples, scale, plan.stop)
-        else:
-            opts = method_options(module, options)
+                              num_init_draws=num_init_draws, init_radius=init_radius, check=check,
+                              on_lowered=None if ahead is None else ahead.release)
+        if ahead is not None and (begun.whitening is not None) != whitened:  # guessed wrong: compile here
+            ahead.cancel()
+            wrong, ahead = ahead, None
+        elif ahead is not None:
+            ahead.release()
+        opts = options_for(begun.whitening is not None)
         adaptation = None
         if adapt:
             lr, adaptation = _choose_learning_rate(begun, family_obj, opts, jax.random.fold_in(key, 2),
                                                    adapt_learning_rates, adapt_iter)
             opts = opts._replace(optimizer=default_optimizer(lr, num_steps))
-        cfg = driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
-                              max_consecutive_nonfinite)
+        cfg = settings(opts)
+        _wait(ahead, "keys")
         init_key, run_key, diag_key = _fit_keys(key)
+        _wait(ahead, "init_loop")
         loop = driver.init_loop(begun.run_model, init_key, begun.loc, cfg)
-    except KeyboardInterrupt:
+    except BaseException as err:
+        for thread in (ahead, wrong):
+            if thread is not None:
+                thread.close()
+        if not isinstance(err, KeyboardInterrupt):
+            raise
         raise KeyboardInterrupt("aj.fit was interrupted during start-up (argument checks, the Laplace start or "
                                 "the step-size search), before any fit state existed: nothing to return") from None
     start_seconds = time.perf_counter() - began
 
     out = driver.drive(begun.run_model, loop, run_key, cfg, num_steps, progress=progress, desc=module.NAME.upper(),
-                       callback=callback)
+                       callback=callback, before_compile=lambda: _wait(ahead, "run_chunk"))
     code = int(out.stop_codes)
+    _wait(ahead, "finish")
     params, extras = finish(begun.run_model, out.loop.state, module, family_obj, opts)
     if begun.whitening is not None:
+        _wait(ahead, "transform")
         params = _laplace.transform(family_obj, params, *begun.whitening)
     extras = dict(jax.device_get(extras))
     if begun.num_grad_evals:  # the start's share of num_grad_evals (Laplace, Pathfinder, BaM)
@@ -321,11 +351,15 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         if num_diagnostic_draws == "auto":
             num_diagnostic_draws = diagnostic_draw_budget(int(out.loop.num_logp_evals), int(out.loop.num_grad_evals),
                                                           data_size(model))
+        _wait(ahead, "diagnostics")
         both, note, diag_seconds = run_diagnostics(
             lambda: diagnose(model, family_obj, params, diag_key, num_diagnostic_draws, return_ratios=True),
             code < 0)
         if both is not None:
             diag, diag_sample = both[0], (diag_key, both[1])
+    for thread in (ahead, wrong):
+        if thread is not None:
+            thread.close()  # done by now, unless the fit stopped early or the guess was wrong
     steps = int(out.loop.step)
     stop_reason = driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite)
     if hasattr(module, "describe_stop"):  # a method's own words for its stop (`advi_jax.vi`)
@@ -351,6 +385,82 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
                       "the posterior may be improper (e.g. separable data with a flat prior); add a proper prior",
                       DiagnosticWarning, stacklevel=2)
     return result
+
+
+def _whitened_start(model: Any, family: Family, init: Any, whiten: bool) -> bool:
+    """Whether `resolve_start` will (barring a fallback to zero) run the method in whitened coordinates."""
+    if not (whiten and family.affine_closed and isinstance(init, str)):
+        return False
+    return init in ("laplace", "pathfinder", "bam") or (init == "auto" and model.dim <= AUTO_LAPLACE_MAX_DIM)
+
+
+def _run_model_shape(model: Any, whitened: bool) -> Any:
+    """The run model the start will give, with abstract (`jax.ShapeDtypeStruct`) whitening arrays."""
+    if not whitened:
+        return model
+    dtype, k = jnp.result_type(float), int(model.dim)
+    return _laplace.Whitened(model, jax.ShapeDtypeStruct((k,), dtype), jax.ShapeDtypeStruct((k, k), dtype))
+
+
+def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings, key: Any, whitened: bool,
+                   num_diagnostic_draws: int | str | None) -> _ahead.Ahead:
+    """Compile the fit's programs after the start on a background thread (`advi_jax.run.ahead`),
+    from abstract arguments of the shapes the start will give (a `Whitened` run model when
+    `whitened`). The diagnostics' program only when its number of draws is known now (given, or
+    `DIAGNOSTIC_DRAWS_MAX` whatever the fit's cost; None: no diagnostics).
+
+    `aj.fit` uses it only when the loop compiles with `compile_options.FAST_OPTIONS` (on one
+    thread): XLA's fully optimising compile already spreads over the cores (breast cancer: 9.8-10 s
+    of CPU time in a 6.1-6.2 s first call), so on two cores a second thread then gains no wall
+    time and costs 1-1.5 s more CPU time (benchmarks/PERFORMANCE.md)."""
+    run_model = _run_model_shape(model, whitened)
+    dtype = jnp.result_type(float)
+    k = int(model.dim)
+    vector, matrix = jax.ShapeDtypeStruct((k,), dtype), jax.ShapeDtypeStruct((k, k), dtype)
+    if num_diagnostic_draws == "auto":
+        draws = diagnostic_draw_budget(0, 0, data_size(model))
+        num_diagnostic_draws = draws if draws == DIAGNOSTIC_DRAWS_MAX else None
+
+    def keys(done):
+        if jnp.result_type(float) != dtype:  # jax.enable_x64 is thread-local: the thread runs in the caller's mode
+            raise RuntimeError("the background thread's float type differs from the fit's")
+        lowered = _fit_keys.lower(key)
+        lowered.compile()
+        done["keys"] = lowered.out_info
+
+    def init_loop(done):
+        lowered = driver.init_loop.lower(run_model, done["keys"][0], vector, cfg)
+        lowered.compile()
+        done["init_loop"] = lowered.out_info
+
+    def run_chunk(done):
+        driver.run_chunk.lower(run_model, done["init_loop"], done["keys"][1], jax.ShapeDtypeStruct((), np.int32),
+                               None, cfg).compile()
+
+    def finish_(done):
+        lowered = finish.lower(run_model, done["init_loop"].state, module, family, cfg.options)
+        lowered.compile()
+        done["finish"] = done["params"] = lowered.out_info[0]
+
+    def transform(done):
+        lowered = _laplace.transform.lower(family, done["params"], vector, matrix)
+        lowered.compile()
+        done["params"] = lowered.out_info
+
+    def diagnostics(done):
+        draws_and_log_ratios.lower(model, family, done["params"], done["keys"][2], num_diagnostic_draws).compile()
+
+    jobs = [("keys", keys), ("init_loop", init_loop), ("run_chunk", run_chunk), ("finish", finish_)]
+    if whitened:
+        jobs.append(("transform", transform))
+    if num_diagnostic_draws is not None:
+        jobs.append(("diagnostics", diagnostics))
+    return _ahead.Ahead(jobs, x64=dtype == jnp.float64)
+
+
+def _wait(ahead: _ahead.Ahead | None, name: str) -> None:
+    if ahead is not None:
+        ahead.wait(name)
 
 
 def _choose_learning_rate(begun, family, opts, key, learning_rates, adapt_iter, num_eval_draws: int = 256):

@@ -14,7 +14,7 @@ funnel) and costs tens of gradients instead of the Laplace start's 2K for the He
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -106,8 +106,12 @@ def random_init(model: Any, key: Array, radius: Array, family: Family, scale: fl
 
 
 def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, init_scale: float,
-          num_init_draws: int, init_radius: float, check: bool) -> Start:
+          num_init_draws: int, init_radius: float, check: bool, on_lowered: Callable[[], Any] | None = None) -> Start:
     """Resolve `init` into a `Start` (see the module docstring).
+
+    `on_lowered` (if given) is called once the start's own program has been traced and lowered,
+    before it compiles (`aj.fit` then lets a background thread trace the fit's later programs,
+    `advi_jax.run.ahead`), or at once for a start without a program of its own.
 
     Raises:
       ValueError, TypeError: a bad `init`; `init="laplace"` where it cannot run; a log density
@@ -142,7 +146,9 @@ def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, in
         if check:
             check_log_joint_shape(model, loc.dtype)
         return _pathfinder_start(model, family, loc, key, init_scale, candidates, scores,
-                                 BAM_START_STEPS if init == "bam" else 0, check=check)
+                                 BAM_START_STEPS if init == "bam" else 0, check=check, on_lowered=on_lowered)
+    if on_lowered is not None:
+        on_lowered()
     if check:
         check_initial_point(model, loc)
     if not laplace_init:
@@ -255,7 +261,8 @@ def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scal
 
 
 def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_scale: float, candidates,
-                      scores, bam_steps: int = 0, batch_size: int = 16, check: bool = True) -> Start:
+                      scores, bam_steps: int = 0, batch_size: int = 16, check: bool = True,
+                      on_lowered: Callable[[], Any] | None = None) -> Start:
     """Whiten by the best by ELBO (the same draws for each) of: the best Gaussian of one
     Pathfinder path from `loc` (its diagonal for mean-field), N(loc, I) and N(loc, init_scale^2 I);
     then, with `bam_steps`, refine it by Batch-and-Match steps in its whitened coordinates.
@@ -273,8 +280,11 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
     Everything runs in one compiled program (`_start_program`); the log density at `loc` it
     returns serves the initial-point check (`check`).
     """
-    out = _start_program(model, loc, key, family.name != "fullrank", float(init_scale), int(bam_steps),
-                         int(batch_size))
+    args = (model, loc, key, family.name != "fullrank", float(init_scale), int(bam_steps), int(batch_size))
+    if on_lowered is not None:
+        _start_program.lower(*args)  # traced and lowered once: the call below finds it in JAX's caches
+        on_lowered()
+    out = _start_program(*args)
     elbos, best, log_p0, bam_elbos, bad, grads, logps = jax.device_get(
         (out.elbos, out.best, out.start_log_density, out.bam_elbos, out.bam_nonfinite, out.path.num_grad_evals,
          out.path.num_logp_evals))

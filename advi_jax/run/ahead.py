@@ -1,0 +1,138 @@
+"""Compile a fit's later programs on a background thread while its start compiles.
+
+A first call of `aj.fit` on a small model spends most of its time compiling: the start
+(`advi_jax.run.start._start_program`), then the driver's loop (`driver.init_loop`,
+`driver.run_chunk`), `single.finish`, `laplace.transform` and the diagnostics' draws
+(`importance.draws_and_log_ratios`), one after the other. The shapes and static settings of the
+later programs are known before the start runs (the run model is the model, or a `Whitened`
+view of it with a (K,) shift and a (K, K) factor), so they can be traced, lowered and compiled
+from abstract arguments (`jax.ShapeDtypeStruct`) on a second thread. XLA compiles without
+holding Python's GIL, so on a machine with two or more cores the later programs compile while
+the start compiles. JAX caches what `jit(f).lower(...).compile()` builds, and the fit's own
+later call of `f` with concrete arguments of the same shapes finds it: nothing compiles twice,
+and the numbers are the same as without the thread (the same programs run on the same inputs).
+
+The background thread waits until the main thread has traced and lowered the start (`release`),
+so the two threads' Python work (tracing and lowering, which hold the GIL) does not interleave
+with it. The main thread waits (`wait(name)`) for a program before it calls it, so a call never
+compiles a program the thread is compiling. A guess that turns out wrong (the start fell back
+to zero, so the run model is the plain model) costs the thread's CPU time, never a wrong result:
+the fit's call then compiles its own program as it would without the thread. An error on the
+thread (which the fit's own call would raise again, with its message) ends the thread quietly.
+
+`aj.fit` uses the thread where the loop compiles with `compile_options.FAST_OPTIONS`, which XLA
+compiles on one thread; its fully optimising compile already spreads over the cores, so a
+second thread there gains no wall time on two cores. Measured (benchmarks/PERFORMANCE.md, two
+cores): eight schools' first call 1.37-1.40 s against 1.98-2.06 s compiled on one thread.
+`disabled()` turns the thread off (benchmarks and tests compare the two).
+
+Example:
+  >>> from advi_jax.run.ahead import Ahead
+  >>> ahead = Ahead([("double", lambda done: done.update(double=2 * 21))])
+  >>> ahead.release()
+  >>> ahead.wait("double")
+  42
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Iterator
+
+import jax
+
+__all__ = ["Ahead", "disabled", "enabled"]
+
+_ENABLED = [True]
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block, fits compile everything on the calling thread, one program after another."""
+    before = _ENABLED[0]
+    _ENABLED[0] = False
+    try:
+        yield
+    finally:
+        _ENABLED[0] = before
+
+
+def enabled() -> bool:
+    """Whether fits compile their later programs ahead on a background thread (see `disabled`)."""
+    return _ENABLED[0]
+
+
+class Ahead:
+    """Runs `jobs` in order on a daemon thread once `release()` is called.
+
+    Args:
+      jobs: (name, job) pairs; `job(done)` gets the dict of earlier jobs' results (by name) and
+        stores its own result in it under its name (the later jobs read the abstract outputs of
+        the earlier ones from it).
+      x64: run the jobs under `jax.enable_x64(x64)` (a thread-local setting: pass the caller's),
+        or None to leave the thread's as it is.
+    """
+
+    def __init__(self, jobs: list[tuple[str, Callable[[dict], Any]]], x64: bool | None = None):
+        self._jobs = list(jobs)
+        self._x64 = x64
+        self._done: dict[str, Any] = {}
+        self._events = {name: threading.Event() for name, _ in self._jobs}
+        self._go = threading.Event()
+        self._cancelled = False
+        self._interrupted = False
+        self._thread = threading.Thread(target=self._work, name="advi_jax-compile-ahead", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        self._go.wait()
+        try:
+            with contextlib.nullcontext() if self._x64 is None else jax.enable_x64(self._x64):
+                self._run_jobs()
+        except KeyboardInterrupt:  # raised by the user's code while tracing: the waiting call raises it
+            self._interrupted = True
+        except Exception:  # noqa: BLE001 - the fit's own call raises it again, with its message
+            pass
+        finally:
+            for event in self._events.values():
+                event.set()
+
+    def _run_jobs(self) -> None:
+        for name, job in self._jobs:
+            if self._cancelled:
+                break
+            job(self._done)
+            self._done.setdefault(name, None)
+            self._events[name].set()
+
+    def release(self) -> None:
+        """Let the thread start (call it once the main thread's own tracing is done)."""
+        self._go.set()
+
+    def wait(self, name: str) -> Any:
+        """Wait until job `name` is done (or the thread ended early); its result, or None.
+
+        Raises:
+          KeyboardInterrupt: the thread's tracing was interrupted (as the calling thread's own
+            tracing would have been) before job `name` was done.
+        """
+        self._go.set()
+        event = self._events.get(name)
+        if event is not None:
+            event.wait()
+        if self._interrupted and name not in self._done:
+            self._interrupted = False
+            raise KeyboardInterrupt
+        return self._done.get(name)
+
+    def cancel(self) -> None:
+        """Stop after the job that is running (the fit raised or ended early)."""
+        self._cancelled = True
+        self._go.set()
+
+    def close(self) -> None:
+        """`cancel`, then wait for the thread to end, so that no compile outlives the fit (an
+        interpreter that exits while a daemon thread is inside XLA may crash on the way out)."""
+        self.cancel()
+        self._thread.join()

@@ -1,0 +1,87 @@
+"""`aj.fit` compiles its later programs on a background thread (`advi_jax.run.ahead`): each exactly
+once, and the fit's numbers are those of the same fit compiled on the calling thread."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import advi_jax as aj
+from advi_jax import importance
+from advi_jax.run import ahead, driver, single
+from advi_jax.vi import laplace
+
+Y = jnp.asarray(np.random.default_rng(3).normal(0.5, 2.0, size=(40,)), jnp.float32)
+SUPPORT = {"mu": aj.real(), "sigma": aj.positive(), "z": aj.real((2,))}
+
+
+def _make_model():
+    """A fresh log joint (a new function, so nothing compiled for another test is reused)."""
+
+    def log_joint(p, y):
+        prior = -0.5 * p["mu"] ** 2 - 0.5 * p["sigma"] ** 2 - 0.5 * jnp.sum((p["z"] - 1.0) ** 2)
+        return prior + jnp.sum(-0.5 * ((y - p["mu"]) / p["sigma"]) ** 2 - jnp.log(p["sigma"]))
+
+    return aj.Model(log_joint, SUPPORT, data=Y)
+
+
+PROGRAMS = {"run_chunk": driver.run_chunk, "init_loop": driver.init_loop, "finish": single.finish,
+            "transform": laplace.transform, "diagnostics": importance.draws_and_log_ratios}
+
+
+def _sizes():
+    return {name: program._cache_size() for name, program in PROGRAMS.items()}
+
+
+def test_background_compile_compiles_each_program_once_and_changes_no_number(key):
+    before = _sizes()
+    traces = aj.run.num_traces()
+    threaded = aj.fit(_make_model(), key=key, progress=False, warn=False)
+    grown = {name: size - before[name] for name, size in _sizes().items()}
+    assert grown == {name: 1 for name in PROGRAMS}, grown  # a shape guessed wrong would compile twice
+    assert aj.run.num_traces() == traces + 1
+    assert threaded.init_method.startswith("bam") and threaded.compile_seconds < threaded.start_seconds
+
+    with ahead.disabled():
+        assert not ahead.enabled()
+        serial = aj.fit(_make_model(), key=key, progress=False, warn=False)
+    assert ahead.enabled()
+    assert threaded.num_steps == serial.num_steps and threaded.stop_reason == serial.stop_reason
+    np.testing.assert_array_equal(np.asarray(threaded.params.loc), np.asarray(serial.params.loc))
+    np.testing.assert_array_equal(np.asarray(threaded.params.off_diag), np.asarray(serial.params.off_diag))
+    np.testing.assert_array_equal(threaded.elbo, serial.elbo)
+    assert threaded.khat == serial.khat and threaded.iw_elbo == serial.iw_elbo
+
+
+def test_ahead_runs_jobs_in_order_and_passes_an_interrupt_to_the_waiting_thread():
+    order = []
+    jobs = [("a", lambda done: (order.append("a"), done.update(a=1))),
+            ("b", lambda done: order.append(("b", done["a"] + 1)))]
+    runner = ahead.Ahead(jobs)
+    assert runner.wait("a") == 1 and runner.wait("b") is None and order == ["a", ("b", 2)]
+
+    def interrupted(done):
+        raise KeyboardInterrupt
+
+    def failing(done):
+        raise ValueError("the fit's own call raises this again")
+
+    runner = ahead.Ahead([("a", lambda done: done.update(a=1)), ("b", interrupted), ("c", lambda done: None)])
+    runner.release()
+    assert runner.wait("a") == 1
+    with pytest.raises(KeyboardInterrupt):
+        runner.wait("c")
+    quiet = ahead.Ahead([("a", failing), ("b", lambda done: done.update(b=2))])
+    assert quiet.wait("b") is None  # the thread ended at the error; nothing raised here
+    never = ahead.Ahead([("a", lambda done: done.update(a=1))])
+    never.close()  # cancelled before it began: the job never runs, and the thread has ended
+    assert not never._thread.is_alive() and never.wait("a") is None
+
+
+
+def test_background_compile_follows_the_callers_x64_mode(key):
+    before = _sizes()
+    with jax.enable_x64(True):  # a thread-local setting: the thread must compile in the caller's mode
+        result = aj.fit(_make_model(), key=key, progress=False, warn=False)
+    assert result.params.loc.dtype == jnp.float64 and np.isfinite(result.khat)
+    assert {name: size - before[name] for name, size in _sizes().items()} == {name: 1 for name in PROGRAMS}
