@@ -127,6 +127,22 @@ def diagnostic_draw_budget(num_logp_evals: int, num_grad_evals: int, data_entrie
     return int(min(max(draws, DIAGNOSTIC_DRAWS_MIN), DIAGNOSTIC_DRAWS_MAX))
 
 
+def known_diagnostic_draws(model: Any, num_diagnostic_draws: int | str | None = "auto") -> int | None:
+    """The diagnostics' number of draws when it is known before the fit (so their program can be
+    compiled ahead): `num_diagnostic_draws` itself when given as a number, DIAGNOSTIC_DRAWS_MAX
+    under "auto" when the data are small enough that the fit's cost cannot lower it, else None
+    (also for None: no diagnostics).
+
+    Example:
+      >>> known_diagnostic_draws(None, 512), known_diagnostic_draws(None, None)
+      (512, None)
+    """
+    if num_diagnostic_draws is None or not isinstance(num_diagnostic_draws, str):
+        return num_diagnostic_draws
+    num = diagnostic_draw_budget(0, 0, data_size(model))
+    return num if num == DIAGNOSTIC_DRAWS_MAX else None
+
+
 @functools.partial(jax.jit, static_argnames=("family", "num_draws"))
 def constrained_draws(model: Any, family: Family, params: PyTree, key: Array, num_draws: int) -> dict[str, Array]:
     """`num_draws` draws of q mapped to the constrained space, in one compiled call (op by op,
@@ -347,8 +363,8 @@ class Result:
       >>> import jax, jax.numpy as jnp, advi_jax as aj
       >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((3,))})
       >>> result = aj.fit(model, key=jax.random.key(1), num_steps=500, num_samples=2, progress=False)
-      >>> result.num_grad_evals, result.report.method
-      (1000, 'advi')
+      >>> result.num_grad_evals, result.report.method  # 500 steps x 2 draws, and the start's 9
+      (1009, 'advi')
     """
 
     model: Any

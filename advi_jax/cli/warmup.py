@@ -20,15 +20,6 @@ import threading
 from typing import Any, Callable
 
 
-def _diagnostic_draws(model: Any) -> int | None:
-    """The diagnostics' S for a fit of `model` with `num_diagnostic_draws="auto"`, when it does not
-    depend on the fit's cost (the data are small enough for the maximum), else None."""
-    from advi_jax.result import DIAGNOSTIC_DRAWS_MAX, data_size, diagnostic_draw_budget
-
-    num = diagnostic_draw_budget(0, 0, data_size(model))
-    return num if num == DIAGNOSTIC_DRAWS_MAX else None
-
-
 def abstract_params(model: Any, family: Any) -> Any:
     """`ShapeDtypeStruct`s of the fitted parameters of `family` over `model` (as `aj.fit` returns them)."""
     import jax
@@ -67,12 +58,12 @@ def _compile(model, family, posterior_program, num_draws, num_check, diagnostics
         import jax
 
         from advi_jax.families import get_family
-        from advi_jax.result import draws_and_log_ratios
+        from advi_jax.result import draws_and_log_ratios, known_diagnostic_draws
 
         family = get_family(family)
         params = abstract_params(model, family)
         key = jax.eval_shape(lambda: jax.random.key(0))
-        num_diag = _diagnostic_draws(model) if diagnostics else None
+        num_diag = known_diagnostic_draws(model) if diagnostics else None
         if num_diag is not None:
             draws_and_log_ratios.lower(model, family, params, key, num_diag).compile()
         posterior_program.lower(model, family, params, key, key, num_draws, min(num_check, num_draws)).compile()

@@ -257,7 +257,7 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
         converged=np.isin(codes, (1, 2, 4)), batched=batched, seconds=time.perf_counter() - began,
         estimator=checks.estimator_name(estimator), num_samples=num_samples,
         num_grad_evals=np.asarray(out.loop.num_grad_evals), num_logp_evals=np.asarray(out.loop.num_logp_evals),
-        diagnostics=diag, diagnostics_note=note or "not computed (fit_many(..., diagnostics=False))",
+        diagnostics=diag, diagnostics_note=note or ("" if diag is not None else "not computed (fit_many(..., diagnostics=False))"),
         method=method_name, compile_seconds=out.compile_seconds, run_seconds=out.run_seconds,
         diagnostics_seconds=diag_seconds, disagreement=float("nan") if batched else _disagreement(family_obj, params))
     if warn and diag is not None:

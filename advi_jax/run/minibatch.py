@@ -286,7 +286,7 @@ def fit_minibatch(model: MinibatchModel, *, key: Array, batch_size: int, num_epo
         method="advi", method_reason="minibatch ADVI", estimator=checks.estimator_name(estimator),
         num_samples=num_samples, seconds=time.perf_counter() - began, start_seconds=start_seconds,
         compile_seconds=out.compile_seconds, run_seconds=out.run_seconds, diagnostics_seconds=diag_seconds,
-        diagnostics=diag, diagnostics_note=note or "not computed (diagnostics=False)",
+        diagnostics=diag, diagnostics_note=note or ("" if diag is not None else "not computed (diagnostics=False)"),
         learning_rate=None, init_loc=np.asarray(loc), init_method="zero" if init is None else "user")
     result = Result(full, family_obj, params, report)
     warn_diagnostics(result, warn)

@@ -17,7 +17,7 @@ from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
 from advi_jax.importance import draws_and_log_ratios
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
-from advi_jax.result import DIAGNOSTIC_DRAWS_MAX, Report, Result, data_size, diagnose, diagnostic_draw_budget
+from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget, known_diagnostic_draws
 from advi_jax.run import ahead as _ahead
 from advi_jax.run import driver
 from advi_jax.run.choose import choose, choose_family, choose_method
@@ -373,7 +373,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         estimator=checks.estimator_name(estimator) if is_advi else None, num_samples=num_samples if is_advi else None,
         seconds=time.perf_counter() - began, start_seconds=start_seconds, compile_seconds=out.compile_seconds,
         run_seconds=out.run_seconds, diagnostics_seconds=diag_seconds, diagnostics=diag,
-        diagnostics_note=note or "not computed (diagnostics=False)",
+        diagnostics_note=note or ("" if diag is not None else "not computed (diagnostics=False)"),
         learning_rate=float(lr) if (is_advi and optimizer is None) else None, adaptation=adaptation,
         init_loc=np.asarray(begun.init_loc), init_method=begun.method, init_candidates=begun.candidates,
         init_scores=begun.scores, extras=dict(extras),
@@ -417,9 +417,7 @@ def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings
     dtype = jnp.result_type(float)
     k = int(model.dim)
     vector, matrix = jax.ShapeDtypeStruct((k,), dtype), jax.ShapeDtypeStruct((k, k), dtype)
-    if num_diagnostic_draws == "auto":
-        draws = diagnostic_draw_budget(0, 0, data_size(model))
-        num_diagnostic_draws = draws if draws == DIAGNOSTIC_DRAWS_MAX else None
+    num_diagnostic_draws = known_diagnostic_draws(model, num_diagnostic_draws)
 
     def keys(done):
         if jnp.result_type(float) != dtype:  # jax.enable_x64 is thread-local: the thread runs in the caller's mode
