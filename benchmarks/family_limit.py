@@ -115,7 +115,7 @@ def _newton_iteration(model, draws: int):
     def iterate(key, mu, L, rho):
         eps = jax.random.normal(key, (draws // 2, mu.shape[0]), mu.dtype)
         eps = jnp.concatenate([eps, -eps])  # antithetic: the linear part of grad cancels in E[grad]
-        g = jax.lax.map(grad, mu + eps @ L.T, batch_size=CHUNK)
+        g = jax.lax.map(grad, mu[None, :] + eps @ L.T, batch_size=CHUNK)
         ok = jnp.all(jnp.isfinite(g), axis=1)
         w = ok.astype(mu.dtype) / jnp.sum(ok)
         g = jnp.where(ok[:, None], g, 0.0)
@@ -142,7 +142,7 @@ def _newton_iteration(model, draws: int):
     return iterate
 
 
-def newton_limit(model, seed: int, iters: int, draws: int, log=print):
+def newton_limit(model, seed: int, iters: int, draws: int, log=print, start=None):
     """The full-rank family's optimum by the variational Newton fixed point (module docstring).
 
     Args:
@@ -151,17 +151,22 @@ def newton_limit(model, seed: int, iters: int, draws: int, log=print):
       iters: iterations (damped, rho = 0.5); the later half is averaged.
       draws: draws of q per iteration (antithetic pairs).
       log: where the per-iteration progress goes.
+      start: (mean, L) to start from; None: the default `aj.fit`'s q.
 
     Returns:
       (mean (K,), L (K, K), info dict with `mean_mcse` (K,) in sd of q and the start's fit).
     """
     import jax.numpy as jnp
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        start = aj.fit(model, key=jax.random.key(seed), family="fullrank", progress=False, num_diagnostic_draws=256)
-    mu = jnp.asarray(start.family.mean(start.params), jnp.float64)
-    L = jnp.asarray(start.family.scale_tril(start.params), jnp.float64)
+    if start is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = aj.fit(model, key=jax.random.key(seed), family="fullrank", progress=False,
+                           num_diagnostic_draws=256)
+        mu, L = start.family.mean(start.params), start.family.scale_tril(start.params)
+    else:
+        mu, L = start
+    mu, L = jnp.asarray(mu, float), jnp.asarray(L, float)  # float64 where enabled
     iterate = _newton_iteration(model, draws)
     key = jax.random.key(seed + 7)
     damped = iters // 2
@@ -169,15 +174,17 @@ def newton_limit(model, seed: int, iters: int, draws: int, log=print):
     mus, precs = [], []
     for i in range(iters):
         key, sub = jax.random.split(key)
-        new_mu, new_L, prec, good = iterate(sub, mu, L, jnp.asarray(rho, jnp.float64))
+        new_mu, new_L, prec, good = iterate(sub, mu, L, jnp.asarray(rho, mu.dtype))
         sd = jnp.sqrt(jnp.sum(L ** 2, axis=1))
-        step = float(jnp.max(jnp.abs(new_mu - mu) / sd))
+        moved = jnp.abs(new_mu - mu) / sd
+        step, worst = float(jnp.max(moved)), int(jnp.argmax(moved))
         log_sd = float(jnp.max(jnp.abs(jnp.log(jnp.sqrt(jnp.sum(new_L ** 2, axis=1)) / sd))))
         mu, L = new_mu, new_L
         if i >= damped:
             mus.append(np.asarray(mu))
             precs.append(np.asarray(prec))
-        log(f"  newton {i:3d} rho {rho:.1f} |dmu| {step:.4f} sd, |dlog sd| {log_sd:.4f}, precision PD {bool(good)}")
+        log(f"  newton {i:3d} |dmu| {step:.4f} sd (coordinate {worst}: {float(mu[worst]):.5f}), "
+            f"|dlog sd| {log_sd:.4f}, precision PD {bool(good)}")
     mus = np.stack(mus)
     prec = np.mean(np.stack(precs), axis=0)
     cov = np.linalg.inv(0.5 * (prec + prec.T))
@@ -214,9 +221,9 @@ def compute_newton_limit(name: str, suite_model: SuiteModel, *, iters: int, draw
     tick = time.perf_counter()
     mu, L, info = newton_limit(model, seed, iters, draws)
     seconds = time.perf_counter() - tick
-    eps = jax.random.normal(jax.random.key(seed + 1), (moment_draws // 2, mu.shape[0]), jnp.float64)
+    eps = jax.random.normal(jax.random.key(seed + 1), (moment_draws // 2, mu.shape[0]), mu.dtype)
     eps = jnp.concatenate([eps, -eps])  # antithetic: exact means for the affinely mapped scalars
-    u = mu + eps @ L.T
+    u = mu[None, :] + eps @ L.T
     log_q = (-0.5 * jnp.sum(eps ** 2, axis=1) - jnp.sum(jnp.log(jnp.diag(L)))
              - 0.5 * mu.shape[0] * jnp.log(2 * jnp.pi))
     out = _moments(model, u, log_q)
@@ -226,14 +233,14 @@ def compute_newton_limit(name: str, suite_model: SuiteModel, *, iters: int, draw
         "note": suite_model.note,
         "method": ("advi_jax full-rank Gaussian, variational Newton fixed point (family_limit --newton: "
                    "E_q[grad] = 0, -E_q[Hessian] = Sigma^-1, Stein's-lemma Hessian), float64"),
-        "settings": {"family": "fullrank", "newton_iters": iters, "newton_draws": draws,
+        "settings": {"family": "fullrank", "newton_iters": iters, "newton_draws": draws, "num_samples": draws,
                      "moment_draws": moment_draws, "seed": seed, "init": "the default aj.fit"},
         "dim": int(model.dim),
         **{k: out[k] for k in ("elbo", "elbo_se", "elbo_nonfinite_draws", "khat")},
         "mean_mcse_max": float(np.max(mcse)),
         "mean_mcse_median": float(np.median(mcse)),
-        "start_grad_evals": int(info["start"].num_grad_evals),
-        "num_grad_evals": int(info["start"].num_grad_evals) + iters * draws,
+        "start_grad_evals": int(getattr(info["start"], "num_grad_evals", 0)),
+        "num_grad_evals": int(getattr(info["start"], "num_grad_evals", 0)) + iters * draws,
         "stop_reason": f"{iters} iterations, the later {iters - iters // 2} averaged",
         "seconds": seconds,
         "versions": versions(),
