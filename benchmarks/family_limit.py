@@ -50,8 +50,8 @@ the limit, as `benchmarks.bench_auto` measures) and does not replace it; `--out-
 new limits to another folder.
 
 Usage:
-  python -m benchmarks.family_limit --models radon_noncentered --newton --newton-iters 96 --seed 5 --check
-  python -m benchmarks.family_limit --models radon_noncentered --newton --newton-iters 96 --seed 4  # stores it
+  python -m benchmarks.family_limit --models radon_noncentered --newton --seed 5 --check
+  python -m benchmarks.family_limit --models radon_noncentered --newton --seed 4      # stores it
   python -m benchmarks.family_limit --models radon_noncentered,neals_funnel
   python -m benchmarks.family_limit --models radon_centered --averaged --draws 16 --steps 20000 --keep-best
   python -m benchmarks.family_limit --steps 50000 --draws 32           # every model
@@ -335,7 +335,7 @@ def main(argv=None):
     parser.add_argument("--skip-existing", action="store_true", help="keep family limits already stored")
     parser.add_argument("--newton", action="store_true",
                         help="the variational Newton fixed point, independent of ADVI (module docstring)")
-    parser.add_argument("--newton-iters", type=int, default=16, help="--newton: iterations (the later half averaged)")
+    parser.add_argument("--newton-iters", type=int, default=96, help="--newton: iterations (the later half averaged)")
     parser.add_argument("--newton-draws", type=int, default=65536, help="--newton: draws per iteration")
     parser.add_argument("--out-dir", default=None, help="write the limits here instead of the references")
     parser.add_argument("--check", action="store_true",
