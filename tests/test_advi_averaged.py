@@ -85,3 +85,22 @@ def test_explicit_advi_settings_run_plain_advi_with_their_budget(key):
     result = aj.fit(model, key=key, progress=False, method="advi", family="fullrank", num_steps=120, num_samples=2,
                     diagnostics=False)
     assert result.num_steps == 120 and result.stop_code == 0 and "auto_stop_mcse" not in result.extras
+
+
+def test_the_rule_stops_where_it_did_pinned():
+    """A pin of the stopping rule (fails for any change to its statistics or thresholds; update the
+    numbers when the rule is changed on purpose): from zero with q's scales at 0.1 on the 3-D
+    Gaussian, key 0, the rule last failed at the batch ending at step 2,900 (drift 0.056 > 0.05)
+    and passed at 3,000 (MCSE 0.0074, drift 0.040, distance 0.020 sd of q)."""
+    model = _gaussian()
+    fits = {n: aj.fit(model, key=jax.random.key(0), progress=False, init=None, diagnostics=False, num_steps=n)
+            for n in (2999, None)}
+    before, after = fits[2999].extras, fits[None].extras
+    assert fits[2999].stop_code == 0 and not before["auto_stop_converged"]
+    assert fits[None].stop_code == 4 and fits[None].num_steps == 3000
+    stop = AutoStop()
+    assert before["auto_stop_drift"] > stop.tol_drift and before["auto_stop_mcse"] < stop.tol_mcse
+    np.testing.assert_allclose([float(before[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance")],
+                               [0.010266, 0.056122, 0.028493], rtol=0.02)
+    np.testing.assert_allclose([float(after[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance")],
+                               [0.007404, 0.039566, 0.019862], rtol=0.02)
