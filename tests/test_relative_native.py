@@ -30,7 +30,8 @@ def _exact(x, y, betas, cs, ref, c_ref, offset, family):
     with jax.enable_x64(True):
         f64 = lambda a: jnp.asarray(np.asarray(a, np.float64))  # noqa: E731
         off = None if offset is None else f64(offset)
-        fn = jax.vmap(lambda b, c: glm_log_likelihood_difference(f64(x), f64(y), b, c, f64(ref), f64(c_ref), off, family))
+        fn = jax.vmap(lambda b, c: glm_log_likelihood_difference(f64(x), f64(y), b, c, f64(ref), f64(c_ref), off,
+                                                                 family))
         return np.asarray(fn(f64(betas), f64(cs))[0])
 
 
@@ -62,8 +63,9 @@ def test_series_path_is_far_more_accurate_than_the_plain_per_row_difference():
     ref = jnp.asarray(0.1 * rng.normal(size=10), jnp.float32)
     betas = ref[None, :] + jnp.asarray(3e-3 * rng.normal(size=(64, 10)), jnp.float32)
     cs = jnp.full(64, -0.5, jnp.float32)
-    got = np.asarray(jax.jit(jax.vmap(lambda b, c: likelihood_difference(x, y, b, c, ref, -0.5)))(betas, cs)[0])
-    plain = np.asarray(jax.jit(jax.vmap(lambda b, c: glm_log_likelihood_difference(x, y, b, c, ref, -0.5)))(betas, cs)[0])
+    native = jax.jit(jax.vmap(lambda b, c: likelihood_difference(x, y, b, c, ref, -0.5)))
+    xla = jax.jit(jax.vmap(lambda b, c: glm_log_likelihood_difference(x, y, b, c, ref, -0.5)))
+    got, plain = np.asarray(native(betas, cs)[0]), np.asarray(xla(betas, cs)[0])
     exact = _exact(x, y, betas, cs, ref, -0.5, None, "bernoulli")
     # measured: 7e-7 against 1e-5 (spread ~25)
     assert np.std(got - exact) < 0.2 * np.std(plain - exact)
@@ -79,9 +81,11 @@ def test_float64_and_unbatched_calls_match_the_plain_difference(family):
             beta = ref + step * jnp.array([1.0, 0.5, -2.0])
             plain = (glm_log_likelihood(x64, y64, beta, 0.1 + step, off64, family)
                      - glm_log_likelihood(x64, y64, ref, 0.1, off64, family))
-            got, at_ref = jax.jit(lambda b: likelihood_difference(x64, y64, b, 0.1 + step, ref, 0.1, off64, family))(beta)
+            fn = jax.jit(lambda b, step=step: likelihood_difference(x64, y64, b, 0.1 + step, ref, 0.1, off64, family))
+            got, at_ref = fn(beta)
             assert float(got) == pytest.approx(float(plain), rel=1e-9, abs=1e-9)
-            assert float(at_ref) == pytest.approx(float(glm_log_likelihood(x64, y64, ref, 0.1, off64, family)), rel=1e-12)
+            at_ref_plain = glm_log_likelihood(x64, y64, ref, 0.1, off64, family)
+            assert float(at_ref) == pytest.approx(float(at_ref_plain), rel=1e-12)
 
 
 def test_vmapped_references_and_nested_batches():
@@ -93,7 +97,10 @@ def test_vmapped_references_and_nested_batches():
         return jax.vmap(lambda b: likelihood_difference(x, y, b, 0.0, ref, 0.0))(bs)
 
     got = jax.jit(jax.vmap(per_fit))(refs, betas)
-    want = jax.vmap(lambda r, bs: jax.vmap(lambda b: glm_log_likelihood_difference(x, y, b, 0.0, r, 0.0))(bs))(refs, betas)
+    def per_fit_xla(ref, bs):
+        return jax.vmap(lambda b: glm_log_likelihood_difference(x, y, b, 0.0, ref, 0.0))(bs)
+
+    want = jax.vmap(per_fit_xla)(refs, betas)
     np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-4, atol=2e-4)
     np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-6)
 

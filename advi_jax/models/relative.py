@@ -108,7 +108,8 @@ def _native_difference(x, y, beta, intercept, beta_ref, intercept_ref, offset, f
     off = jnp.zeros((0,), dtype) if offset is None else offset
     lgy = gammaln(y + 1.0) if family == "poisson" else jnp.zeros((0,), dtype)
     ref = jnp.concatenate([beta_ref, intercept_ref[None]])
-    diff, at_ref = _difference_call(family)(x, y, off, lgy, ref, (beta - beta_ref)[None], (intercept - intercept_ref)[None])
+    step, step_c = (beta - beta_ref)[None], (intercept - intercept_ref)[None]
+    diff, at_ref = _difference_call(family)(x, y, off, lgy, ref, step, step_c)
     return diff[0], at_ref[0]
 
 

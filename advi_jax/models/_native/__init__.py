@@ -43,8 +43,8 @@ import jax
 
 from advi_jax.models._native._builder import tmp_prefix
 
-__all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "FLAGS", "available", "build", "build_log", "cache_dir", "library_path", "num_threads",
-           "reason", "remove_stale", "start", "status"]
+__all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "FLAGS", "available", "build", "build_log", "cache_dir", "library_path",
+           "num_threads", "reason", "remove_stale", "start", "status"]
 
 _SOURCE = Path(__file__).with_name("glm_kernel.cc")
 _BUILDER = Path(__file__).with_name("_builder.py")
