@@ -113,3 +113,21 @@ def test_extreme_steps_are_never_nan():
                                            family=family)
             assert not np.isnan(float(got))
             assert np.isfinite(float(got)) or (family == "poisson" and float(got) == -np.inf)
+
+
+def test_a_vmapped_batch_of_datasets():
+    rng = np.random.default_rng(7)
+    xs = jnp.asarray(rng.normal(size=(2, 500, 3)), jnp.float32)
+    ys = jnp.asarray(rng.random((2, 500)) < 0.5, jnp.float32)
+    steps = jnp.asarray(0.01 * rng.normal(size=(2, 16, 3)), jnp.float32)
+    ref = jnp.zeros(3, jnp.float32)
+
+    def run(fn):
+        def per_dataset(x, y, bs):
+            return jax.vmap(lambda b: fn(x, y, b, 0.0, ref, 0.0))(bs)
+
+        return jax.jit(jax.vmap(per_dataset))(xs, ys, steps)
+
+    got, want = run(likelihood_difference), run(glm_log_likelihood_difference)
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-6)
