@@ -1,7 +1,9 @@
 """Private to `advi_jax.models.glm`: the native CPU GLM kernel, built ahead of need.
 
 One kernel: the one-read GLM log-likelihood and gradient (`glm_kernel.cc`), used by
-`advi_jax.models.glm.glm_log_likelihood` on CPU and called from XLA through `jax.ffi`.
+`advi_jax.models.glm.glm_log_likelihood` on CPU and called from XLA through `jax.ffi`; its second
+entry point (`GLM_DIFF_TARGETS`) gives the value differences from a reference for many steps in
+one read of X (`advi_jax.models.relative`, the importance diagnostics of the ready GLMs).
 
 Building. The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/
 `clang++`) against the XLA FFI headers that ship with jaxlib (`jax.ffi.include_dir()`, as
@@ -41,13 +43,15 @@ import jax
 
 from advi_jax.models._native._builder import tmp_prefix
 
-__all__ = ["GLM_TARGETS", "FLAGS", "available", "build", "build_log", "cache_dir", "library_path", "num_threads",
-           "reason", "remove_stale", "start", "status"]
+__all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "FLAGS", "available", "build", "build_log", "cache_dir", "library_path",
+           "num_threads", "reason", "remove_stale", "start", "status"]
 
 _SOURCE = Path(__file__).with_name("glm_kernel.cc")
 _BUILDER = Path(__file__).with_name("_builder.py")
 GLM_TARGETS = {"float32": "advi_jax_glm_f32", "float64": "advi_jax_glm_f64"}
 _SYMBOLS = {"float32": "AdviJaxGlmF32", "float64": "AdviJaxGlmF64"}
+GLM_DIFF_TARGETS = {"float32": "advi_jax_glm_diff_f32", "float64": "advi_jax_glm_diff_f64"}
+_DIFF_SYMBOLS = {"float32": "AdviJaxGlmDiffF32", "float64": "AdviJaxGlmDiffF64"}
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC", "-Wall",
          "-Wextra")
 STALE_AFTER_S = 3600.0  # a scratch folder whose owner cannot be checked is stale after an hour
@@ -192,8 +196,9 @@ def _fail(why: str) -> None:
 
 def _load(path: Path) -> None:
     lib = ctypes.CDLL(str(path))
-    for dtype, target in GLM_TARGETS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, _SYMBOLS[dtype])), platform="cpu")
+    for targets, symbols in ((GLM_TARGETS, _SYMBOLS), (GLM_DIFF_TARGETS, _DIFF_SYMBOLS)):
+        for dtype, target in targets.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbols[dtype])), platform="cpu")
     _state.update(status="ready", reason="", path=path, lib=lib)
 
 

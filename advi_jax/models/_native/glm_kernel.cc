@@ -15,6 +15,10 @@
 //
 // Built on first use by advi_jax/models/_native/__init__.py against the XLA FFI headers that ship
 // with jaxlib, and registered as the CPU FFI targets "advi_jax_glm_f32" and "advi_jax_glm_f64".
+//
+// A second entry point, "advi_jax_glm_diff_f32" / "_f64", evaluates value differences
+// sum_i [l(eta_ref_i + delta_si) - l(eta_ref_i)] for S steps from one reference in one read of X
+// (phases 1 and 2 only; the importance diagnostics' log ratios, advi_jax/models/relative.py).
 
 #include <algorithm>
 #include <atomic>
@@ -150,6 +154,11 @@ struct Problem {
   const T* c;       // (S,)
   int64_t n, d, s;
   int64_t family;
+  // Difference mode (advi_jax_glm_diff_*): when set, (D + 1,) reference coefficients (beta_ref, c_ref);
+  // beta, c are then steps from the reference, and the kernel returns value[s] = sum_i
+  // [l(eta_ref_i + delta_si) - l(eta_ref_i)] with delta_si = X_i . beta[s] + c[s], and in gc[s] the
+  // plain sum_i l(eta_ref_i) (the same for every s). No gradient.
+  const T* ref = nullptr;
 };
 
 struct Partial {
@@ -289,7 +298,8 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
   int64_t tile = (12 * 1024) / row_bytes;
   if (by_samples) tile = std::max<int64_t>(tile, std::min<int64_t>(64, (28 * 1024) / row_bytes));
   tile = std::max<int64_t>(16, std::min<int64_t>(512, tile / 16 * 16));
-  std::vector<T> eta(S * tile), resid(S * tile), gpad(S * nc * W);
+  std::vector<T> eta(S * tile), resid(p.ref ? 0 : S * tile), gpad(p.ref ? 0 : S * nc * W);
+  std::vector<T> eref(p.ref ? tile : 0), bref(p.ref ? tile : 0), coef(p.ref ? 7 * tile : 0);
   std::vector<double> gsum(S * nc * W, 0.0), vsum(S, 0.0), csum(S, 0.0);
 
   // Phase 1 over rows [ta, tb) of the tile at xt: eta for every sample.
@@ -343,6 +353,101 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
     const T* yt = p.y + i0;
     const T* ot = p.offset ? p.offset + i0 : nullptr;
     const T* lt = p.lgy ? p.lgy + i0 : nullptr;
+    if (p.ref) {
+      // Difference mode: the reference's terms once per row, then per sample the rows' differences
+      // l(eta_ref + delta) - l(eta_ref), so each row's rounding scales with its own terms, never with |sum l|.
+      // float32: where every |delta| of the tile is at most kSeriesBound, the difference is the Taylor
+      // series in delta to order 7 with per-row coefficients (Bernoulli: y delta minus the cumulant series
+      // of softplus, kappa_1..7 of Bernoulli(sigmoid(eta_ref)); Poisson: (y - mu) delta - mu (delta^2/2! + ...
+      // + delta^7/7!)): truncation below 4e-10 |delta| (the series converge within |delta| < pi), rounding
+      // relative to the difference itself, and a few multiply-adds instead of an exp and a log1p.
+      // Otherwise (and in float64) the exact form: Bernoulli l as the plain pass forms it (a well-predicted
+      // row's terms are tiny), Poisson y delta - (exp(eta_ref + delta) - exp(eta_ref)).
+      constexpr bool kSeries = std::is_same_v<T, float>;
+      constexpr T kSeriesBound = T(0.25);
+      T refsum = 0;
+      for (int64_t t = 0; t < nt; ++t) {
+        const T* xr = xt + t * d;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t k = 0; k < d; ++k) acc += xr[k] * p.ref[k];
+        eref[t] = ot ? acc + p.ref[d] + ot[t] : acc + p.ref[d];
+      }
+      T* cf[7];
+      for (int k = 0; k < 7; ++k) cf[k] = coef.data() + k * tile;
+      if (p.family == kBernoulli) {
+#pragma omp simd reduction(+ : refsum)
+        for (int64_t t = 0; t < nt; ++t) {
+          const T et = eref[t], yi = yt[t];
+          const T e = exp_nonpos<T>(-std::fabs(et));
+          const T z = (T(2) * yi - T(1)) * et;
+          const T l = (z < T(0) ? z : T(0)) - log1p_01<T>(e);
+          bref[t] = l;
+          refsum += l;
+          if constexpr (kSeries) {
+            const T inv = T(1) / (T(1) + e);
+            const T pr = (et >= T(0) ? T(1) : e) * inv, qr = (et >= T(0) ? e : T(1)) * inv;
+            const T w = pr * qr, k3 = w * (qr - pr);
+            cf[0][t] = yi * qr - (T(1) - yi) * pr;
+            cf[1][t] = -w * T(0.5);
+            cf[2][t] = -k3 * T(1.0 / 6);
+            cf[3][t] = -w * (T(1) - T(6) * w) * T(1.0 / 24);
+            cf[4][t] = -k3 * (T(1) - T(12) * w) * T(1.0 / 120);
+            cf[5][t] = -w * (T(1) - T(30) * w + T(120) * w * w) * T(1.0 / 720);
+            cf[6][t] = -k3 * (T(1) - T(60) * w + T(360) * w * w) * T(1.0 / 5040);
+          }
+        }
+      } else {
+#pragma omp simd reduction(+ : refsum)
+        for (int64_t t = 0; t < nt; ++t) {
+          const T mean = exp_any<T>(eref[t]);
+          bref[t] = mean;
+          refsum += yt[t] * eref[t] - mean - (lt ? lt[t] : T(0));
+          if constexpr (kSeries) {
+            cf[0][t] = yt[t] - mean;
+            cf[1][t] = -mean * T(0.5);
+            cf[2][t] = -mean * T(1.0 / 6);
+            cf[3][t] = -mean * T(1.0 / 24);
+            cf[4][t] = -mean * T(1.0 / 120);
+            cf[5][t] = -mean * T(1.0 / 720);
+            cf[6][t] = -mean * T(1.0 / 5040);
+          }
+        }
+      }
+      for (int64_t s = 0; s < S; ++s) {
+        const T* es = eta.data() + s * tile;
+        T v = 0, widest = 0;
+        if constexpr (kSeries) {
+#pragma omp simd reduction(+ : v) reduction(max : widest)
+          for (int64_t t = 0; t < nt; ++t) {
+            const T dl = es[t];
+            const T poly = cf[5][t] + dl * cf[6][t];
+            const T q4 = cf[3][t] + dl * (cf[4][t] + dl * poly);
+            v += dl * (cf[0][t] + dl * (cf[1][t] + dl * (cf[2][t] + dl * q4)));
+            const T a = std::fabs(dl);
+            widest = a > widest ? a : widest;
+          }
+        }
+        if (!kSeries || !(widest <= kSeriesBound)) {
+          v = 0;
+          if (p.family == kBernoulli) {
+#pragma omp simd reduction(+ : v)
+            for (int64_t t = 0; t < nt; ++t) {
+              const T et = eref[t] + es[t];
+              const T e = exp_nonpos<T>(-std::fabs(et));
+              const T z = (T(2) * yt[t] - T(1)) * et;
+              v += ((z < T(0) ? z : T(0)) - log1p_01<T>(e)) - bref[t];
+            }
+          } else {
+#pragma omp simd reduction(+ : v)
+            for (int64_t t = 0; t < nt; ++t) v += yt[t] * es[t] - (exp_any<T>(eref[t] + es[t]) - bref[t]);
+          }
+        }
+        vsum[s] += static_cast<double>(v);
+        csum[s] += static_cast<double>(refsum);
+      }
+      continue;
+    }
     for (int64_t s = 0; s < S; ++s) {
       T* es = eta.data() + s * tile;
       T* rs = resid.data() + s * tile;
@@ -496,7 +601,8 @@ void glm_all(ffi::ThreadPool& pool, std::vector<Problem<T>> problems, int64_t ma
       value[g * p.s + k] = static_cast<T>(v[k]);
       gc[g * p.s + k] = static_cast<T>(c[k]);
     }
-    for (int64_t k = 0; k < p.s * p.d; ++k) gbeta[g * p.s * p.d + k] = static_cast<T>(b[k]);
+    if (gbeta)
+      for (int64_t k = 0; k < p.s * p.d; ++k) gbeta[g * p.s * p.d + k] = static_cast<T>(b[k]);
   }
 }
 
@@ -533,6 +639,41 @@ ffi::Error GlmImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> y, f
   return ffi::Error::Success();
 }
 
+// Difference mode (see Problem::ref). Shapes: x (N, D), y (N,), offset (N,) or (0,), lgy (N,) or (0,),
+// ref (D + 1,) = (beta_ref, c_ref), step (S, D), step_c (S,); results diff (S,) and at_ref (S,) (every
+// entry sum_i l(eta_ref_i)). X is read once for all S steps.
+template <ffi::DataType DT>
+ffi::Error GlmDiffImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> y, ffi::Buffer<DT> offset,
+                       ffi::Buffer<DT> lgy, ffi::Buffer<DT> ref, ffi::Buffer<DT> step, ffi::Buffer<DT> step_c,
+                       ffi::ResultBuffer<DT> diff, ffi::ResultBuffer<DT> at_ref, int64_t family, int64_t max_threads) {
+  using T = ffi::NativeType<DT>;
+  auto xd = x.dimensions();
+  auto sd = step.dimensions();
+  if (xd.size() != 2 || sd.size() != 2 || sd[1] != xd[1] || ref.element_count() != static_cast<size_t>(xd[1] + 1) ||
+      step_c.element_count() != static_cast<size_t>(sd[0])) {
+    return ffi::Error::InvalidArgument("advi_jax_glm_diff: expected x (N, D), ref (D + 1,), step (S, D), step_c (S,)");
+  }
+  if (family != kBernoulli && family != kPoisson) {
+    return ffi::Error::InvalidArgument("advi_jax_glm_diff: family must be 0 (bernoulli) or 1 (poisson)");
+  }
+  const int64_t N = xd[0], D = xd[1], S = sd[0];
+  if (S == 0) return ffi::Error::Success();
+  if (N == 0) {
+    std::fill(diff->typed_data(), diff->typed_data() + S, T(0));
+    std::fill(at_ref->typed_data(), at_ref->typed_data() + S, T(0));
+    return ffi::Error::Success();
+  }
+  const bool has_offset = offset.element_count() == static_cast<size_t>(N);
+  const bool has_lgy = lgy.element_count() == static_cast<size_t>(N);
+  std::vector<Problem<T>> problems;
+  problems.push_back({x.typed_data(), y.typed_data(), has_offset ? offset.typed_data() : nullptr,
+                      has_lgy ? lgy.typed_data() : nullptr, step.typed_data(), step_c.typed_data(), N, D, S, family,
+                      ref.typed_data()});
+  glm_all<T>(pool, std::move(problems), std::max<int64_t>(1, max_threads), diff->typed_data(), nullptr,
+             at_ref->typed_data());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define ADVI_JAX_BIND(DT)                      \
@@ -552,3 +693,23 @@ ffi::Error GlmImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> y, f
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxGlmF32, GlmImpl<ffi::DataType::F32>, ADVI_JAX_BIND(ffi::DataType::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxGlmF64, GlmImpl<ffi::DataType::F64>, ADVI_JAX_BIND(ffi::DataType::F64));
+
+#define ADVI_JAX_BIND_DIFF(DT)                 \
+  ffi::Ffi::Bind()                             \
+      .Ctx<ffi::ThreadPool>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Arg<ffi::Buffer<DT>>()                  \
+      .Ret<ffi::Buffer<DT>>()                  \
+      .Ret<ffi::Buffer<DT>>()                  \
+      .Attr<int64_t>("family")                 \
+      .Attr<int64_t>("max_threads")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxGlmDiffF32, GlmDiffImpl<ffi::DataType::F32>,
+                              ADVI_JAX_BIND_DIFF(ffi::DataType::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxGlmDiffF64, GlmDiffImpl<ffi::DataType::F64>,
+                              ADVI_JAX_BIND_DIFF(ffi::DataType::F64));
