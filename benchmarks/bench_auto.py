@@ -126,7 +126,9 @@ def run_fit(model, kwargs: dict, seed: int) -> dict:
     return {"draws": draws, "elbo": elbo_of(model, zeta, log_q), "khat": float(result.khat),
             "grad evals": int(result.num_grad_evals), "first s": first, "second s": second,
             "ran": (f"{result.report.method}/{result.family.name}/{result.init_method.split(' (')[0]}/"
-                    f"{result.num_steps} steps/{result.stop_reason.split(':')[0]}")}
+                    f"{result.num_steps} steps/{result.stop_reason.split(':')[0]}"
+                    + (f"/halving moved {float(result.report.extras['auto_stop_change']):.3f}"
+                       if "auto_stop_change" in result.report.extras else ""))}
 
 
 def run_svi(suite_model, model, steps: int, seed: int) -> dict:

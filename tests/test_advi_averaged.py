@@ -5,9 +5,11 @@ and vmaps."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import advi_jax as aj
 from advi_jax.run import choose as policy
+from advi_jax.vi._advi_averaged import BIAS_WARNING, stop_warning
 from advi_jax.vi.advi import AutoStop, advi_averaged
 
 COV = np.array([[2.0, 0.6, 0.1], [0.6, 1.0, -0.3], [0.1, -0.3, 0.5]])
@@ -32,9 +34,12 @@ def test_stops_early_at_the_exact_optimum_of_a_gaussian_and_recompiles_nothing(k
     model = _gaussian()
     result = aj.fit(model, key=key, progress=False, diagnostics=False)
     cap = policy.AUTO_ADVI.num_steps(model.dim)
-    # The Pathfinder -> BaM start is at the optimum already: the first test (after `min_batches`) passes.
-    first_test = AutoStop().min_batches * AutoStop().batch_steps
-    assert result.stop_code == 4 and result.converged and result.num_steps == first_test < cap, result.stop_reason
+    # The Pathfinder -> BaM start is at the optimum already: the first test (after `min_batches`)
+    # passes, and so does the first test after the step size's one halving.
+    stop = AutoStop()
+    first_tests = (stop.min_batches + stop.min_batches_halved) * stop.batch_steps
+    assert result.stop_code == 4 and result.converged and result.num_steps == first_tests < cap, result.stop_reason
+    assert result.extras["auto_stop_halvings"] == 1 and result.extras["auto_stop_change"] < 0.01
     assert result.extras["auto_stop_converged"] and result.extras["auto_stop_mcse"] < AutoStop().tol_mcse
     assert "passed its stopping rule" in result.stop_reason
     mean_err, log_sd_err = _errors(result)
@@ -56,9 +61,21 @@ def test_runs_longer_from_a_poor_start_reaches_the_optimum_and_a_cap_says_so(key
     mean_err, log_sd_err = _errors(far)
     assert mean_err < 0.03 and log_sd_err < 0.03, (mean_err, log_sd_err)
     # Stopped by the cap instead (the same compiled loop): it says so.
-    capped = aj.fit(model, key=key, progress=False, init=None, num_steps=150, diagnostics=False)
+    with pytest.warns(aj.DiagnosticWarning, match="did not pass within its cap of 150 steps"):
+        capped = aj.fit(model, key=key, progress=False, init=None, num_steps=150, diagnostics=False)
     assert capped.stop_code == 0 and not capped.converged and capped.num_steps == 150
     assert not capped.extras["auto_stop_converged"] and "the cap" in capped.stop_reason
+
+
+def test_a_halving_that_moves_q_far_warns_and_one_that_does_not_is_silent():
+    """The step-size halving's change is RABVI's estimate of the bias left at the smaller step:
+    over BIAS_WARNING it warns, with the number; under it, or before any halving, it does not."""
+    seen = {"auto_stop_mcse": 0.01, "auto_stop_drift": 0.02, "auto_stop_halvings": 1}
+    assert stop_warning(4, dict(seen, auto_stop_change=0.8 * BIAS_WARNING), 1000) is None
+    said = stop_warning(4, dict(seen, auto_stop_change=0.07), 1000)
+    assert said is not None and "moved q by 0.070 sd" in said
+    assert stop_warning(4, dict(seen, auto_stop_halvings=0, auto_stop_change=float("nan")), 1000) is None
+    assert stop_warning(4, {}, 1000) is None and stop_warning(0, {}, 1000) is None  # not the averaged ADVI
 
 
 def test_vmap_over_keys_equals_a_loop():
@@ -90,17 +107,20 @@ def test_explicit_advi_settings_run_plain_advi_with_their_budget(key):
 def test_the_rule_stops_where_it_did_pinned():
     """A pin of the stopping rule (fails for any change to its statistics or thresholds; update the
     numbers when the rule is changed on purpose): from zero with q's scales at 0.1 on the 3-D
-    Gaussian, key 0, the rule last failed at the batch ending at step 2,900 (drift 0.056 > 0.05)
-    and passed at 3,000 (MCSE 0.0074, drift 0.040, distance 0.020 sd of q)."""
+    Gaussian, key 0, the rule last failed at the batch ending at step 2,900 (drift 0.056 > 0.05),
+    passed at 3,000, so that the step size was halved, and passed again 8 batches later, at 3,200
+    (MCSE 0.00075, drift 0.0023, distance 0.012 sd of q)."""
     model = _gaussian()
-    fits = {n: aj.fit(model, key=jax.random.key(0), progress=False, init=None, diagnostics=False, num_steps=n)
-            for n in (2999, None)}
+    with pytest.warns(aj.DiagnosticWarning, match="cap"):
+        fits = {n: aj.fit(model, key=jax.random.key(0), progress=False, init=None, diagnostics=False, num_steps=n)
+                for n in (2999, 3199, None)}
     before, after = fits[2999].extras, fits[None].extras
-    assert fits[2999].stop_code == 0 and not before["auto_stop_converged"]
-    assert fits[None].stop_code == 4 and fits[None].num_steps == 3000
+    assert fits[2999].stop_code == 0 and not before["auto_stop_converged"] and before["auto_stop_halvings"] == 0
+    assert fits[3199].stop_code == 0 and fits[3199].extras["auto_stop_halvings"] == 1
+    assert fits[None].stop_code == 4 and fits[None].num_steps == 3200
     stop = AutoStop()
     assert before["auto_stop_drift"] > stop.tol_drift and before["auto_stop_mcse"] < stop.tol_mcse
     np.testing.assert_allclose([float(before[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance")],
                                [0.010266, 0.056122, 0.028493], rtol=0.02)
     np.testing.assert_allclose([float(after[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance")],
-                               [0.007404, 0.039566, 0.019862], rtol=0.02)
+                               [0.000746, 0.00231, 0.0116], rtol=0.02)

@@ -380,6 +380,10 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         runaway=runaway_parameters(family_obj, params, out.elbo) if is_advi else (), diagnostic_sample=diag_sample)
     result = Result(model, family_obj, params, report)
     warn_diagnostics(result, warn)
+    if warn and hasattr(module, "stop_warning"):  # what a method's own stop test must say (`advi_jax.vi`)
+        said = module.stop_warning(code, extras, num_steps)
+        if said:
+            warnings.warn(said, DiagnosticWarning, stacklevel=2)
     if warn and report.runaway:
         warnings.warn(f"parameters {list(report.runaway)} (flat index in R^K) ran away while the ELBO kept rising: "
                       "the posterior may be improper (e.g. separable data with a flat prior); add a proper prior",

@@ -14,6 +14,8 @@ Every module here exposes:
   result then reports the last one) or a Monte Carlo estimate (the mean of the last steps);
 * optionally `describe_stop(reason, code, extras, num_steps) -> str`: the method's own words for
   why the fit stopped (the driver's `reason` for `code`, with what the method's test saw).
+* optionally `stop_warning(code, extras, num_steps) -> str | None`: what the user must be warned
+  of about that stop (a `DiagnosticWarning`; e.g. a cap reached before the method's own test passed).
 
 `METHODS` maps each `NAME` to its module; the driver looks methods up here, so adding an
 algorithm is one new file and one line below.

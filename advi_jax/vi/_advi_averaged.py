@@ -42,7 +42,8 @@ from advi_jax.base import Family, FitState, LogDensity, step_info
 from advi_jax.estimators import get_estimator
 from advi_jax.families import get_family
 
-__all__ = ["AutoStop", "AveragedState", "advi_averaged", "averaged_params", "averaged_extras"]
+__all__ = ["AutoStop", "AveragedState", "advi_averaged", "averaged_params", "averaged_extras", "describe_stop",
+           "stop_warning"]
 
 
 class AutoStop(NamedTuple):
@@ -53,6 +54,8 @@ class AutoStop(NamedTuple):
       batch_steps: steps per batch mean at the start of a phase (doubles when the slots fill).
       num_slots: batch means kept (even); when full, neighbours merge pairwise.
       min_batches: batches before the first test (the average then spans half of them).
+      min_batches_halved: the same in a phase after a halving (it starts from the last average,
+        already near stationarity).
       tol_mcse: the largest MCSE of the average allowed, in sd of q (means) or log sd (sds).
       tol_drift: the largest drift of the average allowed, in the same units.
       max_halvings: how often the step size is halved to check its bias (0: never).
@@ -66,9 +69,10 @@ class AutoStop(NamedTuple):
     batch_steps: int = 25
     num_slots: int = 32
     min_batches: int = 16
+    min_batches_halved: int = 8
     tol_mcse: float = 0.012
     tol_drift: float = 0.05
-    max_halvings: int = 0
+    max_halvings: int = 1
     tol_change: float = 0.04
     tol_distance: float = 0.03
 
@@ -181,7 +185,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         step_mcse = jnp.max(step_se)
         distance = jnp.max(jnp.abs(step_mean))
         excess = jnp.max(jnp.abs(step_mean) - 2.0 * step_se)
-        ok = ((n >= stop.min_batches) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
+        need = jnp.where(st.halvings > 0, stop.min_batches_halved, stop.min_batches)
+        ok = ((n >= need) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
               & (excess < stop.tol_distance))
         summary = jnp.concatenate([mean, jnp.log(sd)])
         prev_mean, prev_log_sd = st.previous[:model.dim], st.previous[model.dim:]
@@ -301,3 +306,41 @@ def describe_stop(reason: str, code: int, extras: dict, num_steps: int) -> str:
         return (f"reached num_steps ({num_steps}, the cap) before ADVI's stopping rule passed (last test: {seen}); "
                 "the average of the later iterates is returned" + reason[len("reached num_steps"):])
     return reason
+
+
+def stop_warning(code: int, extras: dict, num_steps: int) -> str | None:
+    """What a user must be told about the averaged ADVI's stop (a `DiagnosticWarning`), or None.
+
+    Two cases: the cap `num_steps` came before the rule passed (the returned average may be short
+    of the optimum), and a halving of the step size that moved q by more than `BIAS_WARNING` in
+    q's units (the constant step's bias is proportional to the step: if halving it moved q by d,
+    what remains at the smaller step is about d too, RABVI's reading).
+
+    Args:
+      code: the driver's stop code (0: the cap was reached).
+      extras: the fit's extras (`averaged_extras`).
+      num_steps: the cap.
+
+    Returns:
+      The warning's text, or None.
+
+    Example:
+      >>> stop_warning(4, {"auto_stop_mcse": 0.01, "auto_stop_halvings": 1, "auto_stop_change": 0.02}, 100) is None
+      True
+    """
+    if "auto_stop_mcse" not in extras:
+        return None
+    if code == 0:
+        return (f"ADVI's stopping rule did not pass within its cap of {num_steps} steps (last test: MCSE "
+                f"{float(extras['auto_stop_mcse']):.3g}, drift {float(extras['auto_stop_drift']):.3g} sd of q): the "
+                "average of the later iterates may be short of the Gaussian optimum")
+    change = float(extras.get("auto_stop_change", float("nan")))
+    if int(extras.get("auto_stop_halvings", 0)) > 0 and change > BIAS_WARNING:
+        return (f"halving ADVI's step size moved q by {change:.3f} sd (means in sd of q, sds as log ratios): the "
+                f"constant step's bias may leave the fit about that far from the Gaussian optimum (more than "
+                f"{BIAS_WARNING}); fit again with method='advi' and a smaller learning_rate, or more num_steps")
+    return None
+
+
+BIAS_WARNING = 0.05
+"""`stop_warning`'s threshold on the change a halving of the step size made (q's units)."""

@@ -38,7 +38,8 @@ from advi_jax.families import get_family
 from advi_jax.optim import default_optimizer
 
 __all__ = ["ADVI", "Options", "AutoStop", "advi", "advi_averaged", "build", "elbo_estimate", "adapt_learning_rate",
-           "NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "describe_stop"]
+           "NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "describe_stop",
+           "stop_warning"]
 
 NAME = "advi"
 FAMILIES = ("meanfield", "fullrank", "lowrank")
@@ -177,4 +178,4 @@ def adapt_learning_rate(model: LogDensity, loc: Array, key: Array, learning_rate
 
 
 from advi_jax.vi._advi_averaged import (AutoStop, advi_averaged, averaged_extras, averaged_params,  # noqa: E402
-                                        describe_stop)
+                                        describe_stop, stop_warning)
