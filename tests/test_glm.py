@@ -145,14 +145,18 @@ def test_native_kernel_under_nested_vmap_and_second_derivatives():
         one = jax.grad(lambda b, x, y: glm_log_likelihood(x, y, b, kernel=kernel))
         return jax.vmap(lambda x, y, b: jax.vmap(one, in_axes=(0, None, None))(b, x, y))(xs, ys, bs)
 
-    np.testing.assert_allclose(grads("native"), grads("xla"), rtol=1e-4, atol=1e-4)
-
     def per_response(kernel):  # one X, a batch of responses
         return jax.vmap(jax.grad(lambda b, y: glm_log_likelihood(xs[0], y, b, kernel=kernel)))(bs[:, 0], ys)
 
-    np.testing.assert_allclose(per_response("native"), per_response("xla"), rtol=1e-4, atol=1e-4)
-    hessian = jax.hessian(lambda b: glm_log_likelihood(xs[0], ys[0], b, kernel="native"))(bs[0, 0])
-    hessian_ref = jax.hessian(lambda b: glm_log_likelihood_reference(xs[0], ys[0], b))(bs[0, 0])
+    @jax.jit
+    def everything():  # one compiled program instead of op-by-op evaluation of each transform
+        return ((grads("native"), grads("xla")), (per_response("native"), per_response("xla")),
+                (jax.hessian(lambda b: glm_log_likelihood(xs[0], ys[0], b, kernel="native"))(bs[0, 0]),
+                 jax.hessian(lambda b: glm_log_likelihood_reference(xs[0], ys[0], b))(bs[0, 0])))
+
+    nested, responses, (hessian, hessian_ref) = everything()
+    np.testing.assert_allclose(*nested, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(*responses, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(hessian, hessian_ref, rtol=1e-4, atol=1e-3)
 
 
@@ -162,30 +166,32 @@ def test_native_kernel_float64_and_extreme_predictors():
         x = jnp.asarray(rng.normal(size=(500, 20)))
         y = jnp.asarray(rng.integers(0, 2, 500), jnp.float64)
         b = jnp.asarray(rng.normal(size=20))
-        g = jax.grad(lambda b: glm_log_likelihood(x, y, b, kernel="native"))(b)
-        g_ref = jax.grad(lambda b: glm_log_likelihood_reference(x, y, b))(b)
+        g = jax.jit(jax.grad(lambda b: glm_log_likelihood(x, y, b, kernel="native")))(b)
+        g_ref = jax.jit(jax.grad(lambda b: glm_log_likelihood_reference(x, y, b)))(b)
         assert g.dtype == jnp.float64
         np.testing.assert_allclose(g, g_ref, rtol=1e-10)
         # 8 coefficient vectors on 800-byte rows: two groups of 4 float64 lanes across samples,
         # 32-row tiles with the next tile prefetched
         x100 = jnp.asarray(rng.normal(size=(500, 100)))
         b8 = jnp.asarray(rng.normal(size=(8, 100)) * 0.1)
-        vg = jax.vmap(jax.value_and_grad(lambda b: glm_log_likelihood(x100, y, b, kernel="native")))(b8)
-        vg_ref = jax.vmap(jax.value_and_grad(lambda b: glm_log_likelihood_reference(x100, y, b)))(b8)
+        vg = jax.jit(jax.vmap(jax.value_and_grad(lambda b: glm_log_likelihood(x100, y, b, kernel="native"))))(b8)
+        vg_ref = jax.jit(jax.vmap(jax.value_and_grad(lambda b: glm_log_likelihood_reference(x100, y, b))))(b8)
         np.testing.assert_allclose(vg[0], vg_ref[0], rtol=1e-10)
         np.testing.assert_allclose(vg[1], vg_ref[1], rtol=1e-9, atol=1e-10)
         # float32 X with float64 coefficients: mixed dtypes take the XLA pass instead of failing
         x32 = x.astype(jnp.float32)
-        g_mixed = jax.grad(lambda b: glm_log_likelihood(x32, y, b, kernel="native"))(b)
-        g_mixed_ref = jax.grad(lambda b: glm_log_likelihood_reference(x32, y, b))(b)
+        g_mixed = jax.jit(jax.grad(lambda b: glm_log_likelihood(x32, y, b, kernel="native")))(b)
+        g_mixed_ref = jax.jit(jax.grad(lambda b: glm_log_likelihood_reference(x32, y, b)))(b)
         assert g_mixed.dtype == jnp.float64
         np.testing.assert_allclose(g_mixed, g_mixed_ref, rtol=1e-6)
     x = jnp.ones((40, 16)) * jnp.where(jnp.arange(40)[:, None] % 2 == 0, 1.0, -1.0)
     y = (jnp.arange(40) % 3 == 0).astype(jnp.float32)
+    native = jax.jit(jax.value_and_grad(lambda b: glm_log_likelihood(x, y, b, kernel="native")))
+    reference = jax.jit(jax.value_and_grad(lambda b: glm_log_likelihood_reference(x, y, b)))
     for scale in (-10.0, 10.0):  # eta = +-160
         beta = jnp.full((16,), scale)
-        v, g = jax.value_and_grad(lambda b: glm_log_likelihood(x, y, b, kernel="native"))(beta)
-        v_ref, g_ref = jax.value_and_grad(lambda b: glm_log_likelihood_reference(x, y, b))(beta)
+        v, g = native(beta)
+        v_ref, g_ref = reference(beta)
         assert np.isfinite(v) and np.all(np.isfinite(g))
         np.testing.assert_allclose(v, v_ref, rtol=1e-6)
         np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)

@@ -67,30 +67,33 @@ def test_negbin_pass_equals_autodiff_of_the_exact_objective(fam):
     layout = G._layout(model)
     meanfield = fam == "meanfield"
     factor = family.scale(params) if meanfield else family.scale_tril(params)
-    value, g, h = jax.jit(lambda m, f: L.negbin_pass(layout, model.data, m, f, meanfield, None, 64))(params.loc, factor)
+    x, y, offset = model.data["x"], model.data["y"], model.data["offset"]
 
-    def lik(m):  # the expected log-likelihood alone
-        return L.negbin_value(layout, model.data["x"], model.data["y"], model.data["offset"], m, factor, meanfield)
+    def lik(m, f):  # the expected log-likelihood alone
+        return L.negbin_value(layout, x, y, offset, m, f, meanfield)
 
-    v_ref, grad = jax.jit(lambda m: (lik(m), jax.grad(lik)(m)))(params.loc)
+    @jax.jit
+    def both(m, f):
+        # The pass under test and every autodiff reference in one program: one compilation (the
+        # hessian's program contains the value and gradient, which XLA shares) instead of five.
+        out = L.negbin_pass(layout, model.data, m, f, meanfield, None, 64)
+        # Price: d E_q[l] / d sd_k = sd_k E[hess]_kk (mean-field); d E_q[l] / d L = E[hess] L (full rank)
+        ref = (lik(m, f), jax.grad(lik)(m, f), jax.grad(lik, 1)(m, f))
+        return out, ref + ((jax.hessian(lik)(m, f),) if meanfield else ())
+
+    (value, g, h), (v_ref, grad, d_factor, *hess) = both(params.loc, factor)
     np.testing.assert_allclose(value, v_ref, rtol=1e-5)
     np.testing.assert_allclose(g, grad, rtol=1e-4, atol=1e-3)
     if meanfield:
         # d^2 E_q[l] / dm^2 = E_q[hess l] (Bonnet): the pass's -E[hess] from the moment derivatives
-        hess = jax.jit(jax.hessian(lik))(params.loc)
-        np.testing.assert_allclose(h, -hess, rtol=2e-4, atol=2e-3)
+        np.testing.assert_allclose(h, -hess[0], rtol=2e-4, atol=2e-3)
         # ... and the covariance derivative (Price): d E_q[l] / d sd_k = sd_k E[hess]_kk, a check
         # that the variance derivatives (v, c, v_w) are wired right.
-        sd = family.scale(params)
-        d_sd = jax.grad(lambda s: L.negbin_value(layout, model.data["x"], model.data["y"], model.data["offset"],
-                                                 params.loc, s, True))(sd)
-        np.testing.assert_allclose(d_sd, -sd * jnp.diagonal(h), rtol=2e-4, atol=2e-3)
+        np.testing.assert_allclose(d_factor, -factor * jnp.diagonal(h), rtol=2e-4, atol=2e-3)
     else:
         # Price with a full covariance S = L L': d E_q[l] / d L = E[hess] L (lower triangle), which
         # exercises the cross-covariance c_i = Cov(eta_i, omega) and the stable Var(u), Cov(u, omega).
-        d_l = jax.jit(jax.grad(lambda f: L.negbin_value(layout, model.data["x"], model.data["y"],
-                                                        model.data["offset"], params.loc, f, False)))(factor)
-        np.testing.assert_allclose(jnp.tril(d_l), jnp.tril(-h @ factor), rtol=2e-4, atol=2e-3)
+        np.testing.assert_allclose(jnp.tril(d_factor), jnp.tril(-h @ factor), rtol=2e-4, atol=2e-3)
 
 
 def test_probit_quadrature_derivatives_and_extremes():

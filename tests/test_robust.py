@@ -1,6 +1,7 @@
 """Robust fitting: stress models with honest k-hat, the non-finite skip, step-size search,
 random init, float64, and errors for bad models."""
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +100,9 @@ def test_consecutive_nonfinite_stop_keeps_last_finite_params():
     assert _all_finite(result.params)
 
 
+@functools.lru_cache(maxsize=None)
 def _normal_model(mean=1.5, sd=0.5):
+    """One model object per (mean, sd): fits of it with the same settings reuse compiled programs."""
     return aj.Model(lambda p: jnp.sum(jax.scipy.stats.norm.logpdf(p["x"], mean, sd)), {"x": aj.real((2,))})
 
 
