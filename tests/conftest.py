@@ -76,3 +76,24 @@ def _release_compiled_programs():
     """
     yield
     jax.clear_caches()
+
+
+def _notebook_module(session):
+    for item in session.items:
+        if item.path.name == "test_notebooks.py":
+            return item.module
+    return None
+
+
+def pytest_collection_finish(session):
+    """Start the notebook runs now, when their tests are selected (tests/test_notebooks.py)."""
+    module = _notebook_module(session)
+    if module is not None and not session.config.option.collectonly:
+        module.start_runs()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No notebook run outlives the session (e.g. after -x stopped it before their module)."""
+    module = _notebook_module(session)
+    if module is not None:
+        module.stop_runs()
