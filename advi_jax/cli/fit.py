@@ -462,12 +462,16 @@ def _fit_and_write(args, model, source: str, out: Path, init, figures) -> list[P
     # y_rep holds (draws, rows) values: cap it at ~2e7 entries (80 MB) for large tables
     num_check = max(20, min(PREDICTIVE_DRAWS, 20_000_000 // max(num_rows, 1)))
     warm = warmup.start(model, args.family, _posterior_program(), args.draws, num_check)
+    from advi_jax import compile_options
+
+    cheap = "--xla_backend_optimization_level=0" in os.environ.get("XLA_FLAGS", "")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", aj.DiagnosticWarning)  # the verdict is printed below
-            result = aj.fit(model, key=prng_key(args.seed), family=args.family, method=args.method,
-                            num_steps=args.steps, num_samples=args.samples, estimator=args.estimator,
-                            learning_rate=args.learning_rate, init=init, progress=not args.quiet)
+            with compile_options.forced("fast" if cheap else None):
+                result = aj.fit(model, key=prng_key(args.seed), family=args.family, method=args.method,
+                                num_steps=args.steps, num_samples=args.samples, estimator=args.estimator,
+                                learning_rate=args.learning_rate, init=init, progress=not args.quiet)
     finally:
         warm.join()  # compiled by now (it started with the fit); a compilation must not outlive the command
     if figures is not None:
