@@ -203,6 +203,8 @@ def _moments(model, u, log_q) -> dict:
     """ELBO (log p - log q over the draws u), k-hat and the constrained means and sds."""
     from advi_jax.diagnostics import psis
 
+    # In chunks: a log density with a T x T intermediate (stochastic volatility's AR filter) over
+    # 32768 draws at once needs tens of GB.
     log_p = jax.lax.map(model.log_density, u, batch_size=CHUNK)
     gap = np.asarray(log_p - log_q, np.float64)
     finite = np.isfinite(gap)  # log p can overflow far in q's tails; counted, and left out of the ELBO
@@ -282,18 +284,7 @@ def compute_family_limit(name: str, suite_model: SuiteModel, *, steps: int, draw
                             init=None if init == "zero" else init, tol_rel_obj=None, progress=False,
                             num_diagnostic_draws=4096)
     u = result.sample_unconstrained(jax.random.key(seed + 1), moment_draws)
-    # In chunks: a log density with a T x T intermediate (stochastic volatility's AR filter) over
-    # 32768 draws at once needs tens of GB.
-    log_p = jax.lax.map(model.log_density, u, batch_size=CHUNK)
-    log_q = result.family.log_prob(result.params, u)
-    gap = np.asarray(log_p - log_q, np.float64)
-    finite = np.isfinite(gap)  # log p can overflow far in q's tails; counted, and left out of the ELBO
-    gap = gap[finite]
-    constrained = jax.device_get(jax.lax.map(model.to_constrained, u, batch_size=CHUNK))
-    params = {}
-    for label, x in flatten_draws(constrained).items():
-        x = np.asarray(x, np.float64)
-        params[label] = {"mean": float(x.mean()), "sd": float(x.std())}
+    moments = _moments(model, u, result.family.log_prob(result.params, u))
     trace = np.asarray(result.elbo, np.float64)
     tenth = max(len(trace) // 10, 1)
     return {
@@ -305,9 +296,7 @@ def compute_family_limit(name: str, suite_model: SuiteModel, *, steps: int, draw
         "settings": {"family": "fullrank", "num_steps": steps, "num_samples": draws, "moment_draws": moment_draws,
                      "seed": seed, "init": "bam" if averaged else init, "tol_rel_obj": None, "averaged": averaged},
         "dim": int(model.dim),
-        "elbo": float(gap.mean()),
-        "elbo_se": float(gap.std() / np.sqrt(gap.size)),
-        "elbo_nonfinite_draws": int((~finite).sum()),
+        **{k: moments[k] for k in ("elbo", "elbo_se", "elbo_nonfinite_draws")},
         "elbo_drift": (float(np.nanmean(trace[-tenth:]) - np.nanmean(trace[-2 * tenth:-tenth]))
                        if len(trace) >= 2 else None),
         "khat": float(result.khat),
@@ -315,7 +304,7 @@ def compute_family_limit(name: str, suite_model: SuiteModel, *, steps: int, draw
         "stop_reason": result.stop_reason,
         "seconds": float(result.seconds),
         "versions": versions(),
-        "params": params,
+        "params": moments["params"],
     }
 
 

@@ -438,9 +438,15 @@ def run(args) -> int:
         what = f" ({model.formula})" if getattr(model, "formula", None) else ""
         print(f"advi-jax fit: {args.model} regression{what} on {source} (N={num_rows}, D={num_features}), "
               f"family={args.family}, method={args.method}", file=sys.stderr)
+    return write_with_figures(args, out, lambda figures: _fit_and_write(args, model, source, out, init, figures))
+
+
+def write_with_figures(args, out: Path, write) -> int:
+    """`write(figures)` -> the paths written, with this run's figures (`start_figures`) closed
+    after it however it ends; says what was written. The command's exit status, 0."""
     figures = start_figures(args, out)
     try:
-        written = _fit_and_write(args, model, source, out, init, figures)
+        written = write(figures)
     finally:
         if figures is not None:
             figures.close()

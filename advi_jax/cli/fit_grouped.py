@@ -145,7 +145,7 @@ def _data_scale_lines(model, draws) -> list[str]:
 
 def run_grouped(args, out: Path) -> int:
     """Fit, print and write the outputs of a grouped model (see the module docstring)."""
-    from advi_jax.cli.fit import start_figures
+    from advi_jax.cli.fit import write_with_figures
 
     model, source = load_grouped_model(args)
     num_rows, num_features = (int(s) for s in model.data["x"].shape)
@@ -153,15 +153,7 @@ def run_grouped(args, out: Path) -> int:
         print(f"advi-jax fit: grouped {args.model} regression on {source} (N={num_rows}, D={num_features}, "
               f"{model.num_groups} groups of {args.group!r}), family={args.family}, method={args.method}",
               file=sys.stderr)
-    figures = start_figures(args, out)
-    try:
-        written = _fit_and_write_grouped(args, model, source, out, figures)
-    finally:
-        if figures is not None:
-            figures.close()
-    if not args.quiet:
-        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
-    return 0
+    return write_with_figures(args, out, lambda figures: _fit_and_write_grouped(args, model, source, out, figures))
 
 
 def _fit_and_write_grouped(args, model, source: str, out: Path, figures) -> list[Path]:
