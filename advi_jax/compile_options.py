@@ -49,13 +49,22 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-__all__ = ["FAST_OPTIONS", "FAST_MAX_ENTRIES", "fast_compile", "jit", "forced"]
+__all__ = ["FAST_OPTIONS", "FAST_MAX_ENTRIES", "FAST_MAX_WORK", "DEFAULT_EVALS", "fast_compile", "jit", "forced"]
 
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 """XLA options of a fast compile (CPU): no LLVM optimisation, the classic fusion emitter."""
 
 FAST_MAX_ENTRIES = 5_000
-"""The most numbers a model's arrays may hold for `fast_compile` to choose `FAST_OPTIONS`."""
+"""The most numbers a model's arrays may hold for `fast_compile` to choose `FAST_OPTIONS` for a
+program whose number of evaluations is not known (`DEFAULT_EVALS`)."""
+
+FAST_MAX_WORK = 100_000_000
+"""The most (array entries x log-density evaluations) a program may do for `fast_compile` to choose
+`FAST_OPTIONS`: at the measured 1.5-15 ns per entry and evaluation that the fast code costs
+more, at most about 0.2-1.5 s of run time, against 2-3 s of CPU time its full compile costs more."""
+
+DEFAULT_EVALS = FAST_MAX_WORK // FAST_MAX_ENTRIES
+"""Evaluations assumed for a program that does not say (20,000: a default fit's count)."""
 
 _FORCED: list[str | None] = [None]
 
@@ -89,34 +98,41 @@ def num_entries(tree: Any) -> int:
     return int(sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "shape")))
 
 
-def fast_compile(model: Any = None) -> bool:
-    """Whether programs over `model` compile with `FAST_OPTIONS` (see the module docstring).
+def fast_compile(model: Any = None, evals: int | None = None) -> bool:
+    """Whether a program over `model` compiles with `FAST_OPTIONS` (see the module docstring).
 
     Args:
       model: the model (any pytree; its array leaves are counted), or None for a program without
         one (bookkeeping of size O(K^2), always fast on CPU).
+      evals: how many times (at most) the program evaluates the model's log density or its
+        gradient, or None when unknown (`DEFAULT_EVALS`).
 
     Returns:
-      True on CPU when the model's arrays hold at most `FAST_MAX_ENTRIES` numbers (or a mode is
-      `forced`); False otherwise.
+      True on CPU when entries x evals <= `FAST_MAX_WORK` (with `DEFAULT_EVALS`: the model's arrays
+      hold at most `FAST_MAX_ENTRIES` numbers), or a mode is `forced`; False otherwise.
     """
     if _FORCED[0] is not None:
         return _FORCED[0] == "fast" and _on_cpu()
     if not _on_cpu():
         return False
-    return model is None or num_entries(model) <= FAST_MAX_ENTRIES
+    if evals is not None and evals < 0:
+        raise ValueError(f"evals must be None or >= 0, got {evals}")
+    return model is None or num_entries(model) * (DEFAULT_EVALS if evals is None else max(int(evals), 1)) \
+        <= FAST_MAX_WORK
 
 
 class _SizedJit:
     """Two jitted versions of one function; each call picks one by `fast_compile(model argument)`."""
 
-    def __init__(self, fun: Callable, model_arg: str | None, jit_kwargs: dict):
+    def __init__(self, fun: Callable, model_arg: str | None, jit_kwargs: dict, mode: Callable | None = None):
         self.full = jax.jit(fun, **jit_kwargs)
         self.fast = jax.jit(fun, compiler_options=dict(FAST_OPTIONS), **jit_kwargs)
         self._model_arg = model_arg
+        self._mode = mode
+        self._signature = inspect.signature(fun)
         self._index = None
         if model_arg is not None:
-            names = list(inspect.signature(fun).parameters)
+            names = list(self._signature.parameters)
             if model_arg not in names:
                 raise ValueError(f"model_arg {model_arg!r} is not a parameter of {fun.__name__}: {names}")
             self._index = names.index(model_arg)
@@ -129,7 +145,15 @@ class _SizedJit:
             model = args[self._index]
         else:
             model = kwargs.get(self._model_arg)
-        return self.fast if fast_compile(model) else self.full
+        if self._mode is None:
+            return self.fast if fast_compile(model) else self.full
+        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        chosen = self._mode(model, bound)
+        if isinstance(chosen, str) and _FORCED[0] is None:  # the caller's decision ("fast" / "full")
+            fast = chosen == "fast" and _on_cpu()
+        else:  # a number of evaluations (or None): by the rule (or the forced mode)
+            fast = fast_compile(model, None if isinstance(chosen, str) else chosen)
+        return self.fast if fast else self.full
 
     def __call__(self, *args, **kwargs):
         return self._pick(args, kwargs)(*args, **kwargs)
@@ -145,13 +169,17 @@ class _SizedJit:
         return self if obj is None else functools.partial(self, obj)
 
 
-def jit(fun: Callable | None = None, *, model_arg: str | None = "model", **jit_kwargs) -> Any:
+def jit(fun: Callable | None = None, *, model_arg: str | None = "model", mode: Callable | None = None,
+        **jit_kwargs) -> Any:
     """`jax.jit(fun, **jit_kwargs)`, compiled with `FAST_OPTIONS` when `fast_compile(model)` says so.
 
     Args:
       fun: the function (or None, to use `jit(...)` as a decorator factory).
       model_arg: the name of `fun`'s parameter holding the model (its arrays decide), or None for
         a program without one (always fast on CPU).
+      mode: None (`fast_compile(model)`), or `mode(model, arguments)` (the call's arguments by
+        name) returning the program's number of log-density evaluations for
+        `fast_compile(model, evals)` (None: unknown), or the decision itself, "fast" or "full".
       **jit_kwargs: passed to `jax.jit` (`static_argnames`, `static_argnums`, ...).
 
     Returns:
@@ -167,5 +195,5 @@ def jit(fun: Callable | None = None, *, model_arg: str | None = "model", **jit_k
       [2.0, 2.0]
     """
     if fun is None:
-        return lambda f: _SizedJit(f, model_arg, jit_kwargs)
-    return _SizedJit(fun, model_arg, jit_kwargs)
+        return lambda f: _SizedJit(f, model_arg, jit_kwargs, mode)
+    return _SizedJit(fun, model_arg, jit_kwargs, mode)
