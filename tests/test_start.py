@@ -101,6 +101,8 @@ def test_fast_compile_rule():
         assert compile_options.fast_compile(small) is False
     with compile_options.forced("fast"):
         assert compile_options.fast_compile(large) is on_cpu
+    with compile_options.forced("mid"):
+        assert compile_options.compile_mode(small) == ("mid" if on_cpu else "full")
     with pytest.raises(ValueError, match="mode must be"):
         with compile_options.forced("quick"):
             pass
@@ -137,6 +139,8 @@ def test_fast_compile_by_the_programs_evaluations():
     assert compile_options.fast_compile(model) is False  # > FAST_MAX_ENTRIES, evals unknown
     assert compile_options.fast_compile(model, work // entries) is on_cpu
     assert compile_options.fast_compile(model, work // entries + 1) is False
+    assert compile_options.compile_mode(model, work // entries + 1) == ("mid" if on_cpu else "full")
+    assert compile_options.compile_mode(model) == "full"  # "mid" only for a program that gives its evaluations
     assert compile_options.fast_compile(model, 0) is on_cpu
     with pytest.raises(ValueError, match="evals must be"):
         compile_options.fast_compile(model, -1)
@@ -146,7 +150,7 @@ def test_fast_compile_by_the_programs_evaluations():
     args = (model, loc, key, False, 0.1, start_module.BAM_START_STEPS, start_module.BAM_START_BATCH)
     assert program._pick(args, {}) is (program.fast if on_cpu else program.full)
     big = aj.Model(model.log_joint, {"m": aj.real()}, data=np.zeros(10 * entries, np.float32))
-    assert program._pick((big,) + args[1:], {}) is program.full
+    assert program._pick((big,) + args[1:], {}) is (program.mid if on_cpu else program.full)
     with compile_options.forced("fast"):
         assert program._pick((big,) + args[1:], {}) is (program.fast if on_cpu else program.full)
 
@@ -159,13 +163,17 @@ def test_sized_jit_mode_picks_by_evaluations_or_by_decision():
     model = _gaussian_model()
     z = jnp.ones(2)
     on_cpu = jax.default_backend() == "cpu"
-    for how, fast in (("fast", on_cpu), ("full", False), (0, on_cpu), (None, on_cpu),
-                      (compile_options.FAST_MAX_WORK + 1, False)):
+    entries = compile_options.num_entries(model)
+    for how, want in (("fast", "fast"), ("mid", "mid"), ("full", "full"), (0, "fast"), (None, "fast"),
+                      (compile_options.FAST_MAX_WORK // entries + 1, "mid"),
+                      (compile_options.MID_MAX_WORK // entries + 1, "full")):
         version = twice._pick((model, z), {"how": how})
-        assert version is (twice.fast if fast else twice.full), how
+        assert version is getattr(twice, want if on_cpu else "full"), how
     with compile_options.forced("full"):  # a forced mode wins over the program's decision
         assert twice._pick((model, z), {"how": "fast"}) is twice.full
-    np.testing.assert_allclose(twice(model, z, how="full"), twice(model, z, how="fast"))
+    values = [twice(model, z, how=how) for how in ("full", "mid", "fast")]
+    np.testing.assert_allclose(values[0], values[1])
+    np.testing.assert_allclose(values[0], values[2])
 
 
 def test_fit_compiles_the_loop_by_its_step_budget():

@@ -95,7 +95,7 @@ class Settings(NamedTuple):
     inputs: str | None = None  # None, "indices" (gather from model.data) or "batches" (given)
     batch_size: int = 0  # minibatch size with inputs
     batch_sharding: Any = None
-    compile: str | None = None  # "fast" / "full": the loop's XLA options (`compile_options`); None: by data size
+    compile: str | None = None  # "fast" / "mid" / "full": the loop's XLA options (`compile_options`); None: by size
 
 
 class Convergence(NamedTuple):

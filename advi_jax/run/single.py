@@ -297,7 +297,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     def settings(opts: Any, run_model: Any) -> driver.Settings:
         # The loop's compiler options from its most evaluations (ADVI: num_steps x num_samples).
         evals = num_steps * num_samples if is_advi else None
-        mode = "fast" if compile_options.fast_compile(run_model, evals) else "full"
+        mode = compile_options.compile_mode(run_model, evals)
         return driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                                max_consecutive_nonfinite, compile=mode)
 
