@@ -1,4 +1,4 @@
-"""XLA compiler options by problem size: compile small problems fast, optimise large ones fully.
+"""XLA compiler options by problem size and work: compile small programs fast, optimise large ones fully.
 
 On CPU a fit of a small model spends almost all its first call compiling: XLA's optimising
 backend (LLVM at -O2-like settings, the MLIR fusion emitters) takes seconds for programs whose
@@ -8,25 +8,38 @@ faster; the code it produces runs slower (unvectorised elementwise loops; matrix
 factorisations call the same library kernels), which costs nothing next to the compile time
 while the data are small and a lot once they are large.
 
-The rule (`fast_compile`): on CPU, compile with `FAST_OPTIONS` when the model's arrays (its data
-and any arrays it carries, e.g. a whitening factor) hold at most `FAST_MAX_ENTRIES` numbers;
-otherwise use XLA's defaults. On GPU/TPU the defaults are always used (the options are CPU
-settings). Measured on a loaded 2-core machine (`benchmarks/bench_first_call.py`, and per
-gradient of 8 draws inside a compiled loop):
+The rule (`fast_compile`), per compiled program: on CPU, compile with `FAST_OPTIONS` when the
+model's arrays (its data and any arrays it carries, e.g. a whitening factor) times the most
+log-density (gradient) evaluations the program makes is at most `FAST_MAX_WORK` (1e8);
+otherwise use XLA's defaults. A program that does not say how many it makes is counted at
+`DEFAULT_EVALS` (20,000: the rule is then at most `FAST_MAX_ENTRIES` = 5,000 entries, as before
+the count existed). On GPU/TPU the defaults are always used (the options are CPU settings).
+The counts the default fit's programs give (`jit(..., mode=...)`):
 
-* compile: the default fit's programs take 3-4x less CPU time to compile (eight schools: 3.3 s
-  of process CPU for the whole first call against 11-12 s; a logistic regression alike);
-* run: a gradient costs 1.5-15 ns more per data entry (breast cancer, 17,600 entries: about
-  +25 us; the badly scaled wells GLM, 18,100: +50-110 us; radon, 2,800 entries with gathers:
-  +40 us; a 20,000 x 10 logistic regression: +530 us, 10x).
+* the start program (`advi_jax.run.start._start_program`): at most about 2,300 (Pathfinder's
+  200 L-BFGS iterations, 100 BaM steps of 16 draws, 5 x 64 draws of ELBO): fast up to ~43,000
+  entries;
+* the loop (`driver.run_chunk`, `init_loop`): `aj.fit` decides from ADVI's step budget,
+  `num_steps x num_samples` (the default's cap 12,000 x 4: fast up to ~2,100 entries of the run
+  model, which holds the whitening factor's K^2); other methods: unknown (the size rule);
+* the diagnostics' draws (`importance.draws_and_log_ratios`): their number of draws;
+* ADVI's `single.finish` (no evaluation) and the key and bookkeeping programs: always fast.
 
-A default fit evaluates the log density or its gradient 10,000-25,000 times (start, ADVI,
-diagnostics), so the slower code costs about 15k x 3 ns x entries per call of `aj.fit`, against
-a compile saving of several seconds on the first call only: for one fit the two meet near
-100,000 entries, but every later fit of the same shapes pays the slower code again (measured,
-loaded machine, second call: breast cancer 0.14 -> 1.9 s, badly scaled wells 0.33 -> 5.0 s).
-`FAST_MAX_ENTRIES` = 5,000 keeps the second call's extra cost near 0.2 s (eight schools:
-0.02 -> 0.03-0.14 s; radon, 2,842 entries, compiles fast) and leaves larger data fully optimised.
+Measured on a loaded 2-core machine (`benchmarks/bench_first_call.py`; compile as process CPU
+time, run per call of the program):
+
+* compile: 3-6x less CPU time (the start program: breast cancer 1.1-1.4 s against 6.3-7.0 s,
+  wells 1.2 against 4.9 s; the loop: 0.5-0.8 s against 3.4-3.6 s);
+* run: a log-density gradient costs 1.5-16 ns more per data entry, most where the model
+  evaluates many transcendental functions (breast cancer's start program, 17,600 entries: 44 ->
+  121 ms; the badly scaled wells GLM's, 18,100 entries: 124 -> 785 ms; the loop per step of 4
+  draws: breast cancer 44-49 -> 165-181 us, wells 53 -> 317 us, radon (K = 90, its 8,100 entries
+  of whitening factor) 97-106 -> 627-684 us).
+
+So 1e8 entry-evaluations cost at most about 0.15-1.6 s more run time, against 2-5 s of CPU time
+saved on the first call; every later call of the same shapes pays the slower code again (the
+start program of breast cancer / wells: +0.08 / +0.66 s per call), which is why the loop, whose
+budget is 20x the start's, keeps the full optimisation above a few thousand entries.
 
 `jit` is `jax.jit` with that choice made per call from the model argument: it holds two jitted
 versions of the function (each with its own cache), so the choice never recompiles a program.
@@ -49,28 +62,48 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-__all__ = ["FAST_OPTIONS", "FAST_MAX_ENTRIES", "fast_compile", "jit", "forced"]
+__all__ = ["FAST_OPTIONS", "MID_OPTIONS", "FAST_MAX_ENTRIES", "FAST_MAX_WORK", "MID_MAX_WORK", "DEFAULT_EVALS",
+           "fast_compile", "compile_mode", "jit", "forced"]
 
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 """XLA options of a fast compile (CPU): no LLVM optimisation, the classic fusion emitter."""
 
 FAST_MAX_ENTRIES = 5_000
-"""The most numbers a model's arrays may hold for `fast_compile` to choose `FAST_OPTIONS`."""
+"""The most numbers a model's arrays may hold for `fast_compile` to choose `FAST_OPTIONS` for a
+program whose number of evaluations is not known (`DEFAULT_EVALS`)."""
+
+FAST_MAX_WORK = 100_000_000
+"""The most (array entries x log-density evaluations) a program may do for `fast_compile` to choose
+`FAST_OPTIONS`: at the measured 1.5-15 ns per entry and evaluation that the fast code costs
+more, at most about 0.2-1.5 s of run time, against 2-3 s of CPU time its full compile costs more."""
+
+DEFAULT_EVALS = FAST_MAX_WORK // FAST_MAX_ENTRIES
+"""Evaluations assumed for a program that does not say (20,000: a default fit's count)."""
+
+MID_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+"""XLA options of a "mid" compile (CPU): full LLVM optimisation with the classic fusion emitter.
+Measured: 25-35% less compile CPU time than XLA's defaults and the same numbers bit for bit (the
+default fit's start program on three models, its loop on two); the code runs 0-40% slower."""
+
+MID_MAX_WORK = 1_000_000_000
+"""The most (entries x evaluations) for `MID_OPTIONS` (a program whose evaluations are known and
+above `FAST_MAX_WORK`): at the measured 0.1-0.7 ns per entry and evaluation the mid code costs
+more, at most 0.1-0.7 s, against the 0.7-2.2 s of compile CPU time it saves."""
 
 _FORCED: list[str | None] = [None]
 
 
 @contextlib.contextmanager
 def forced(mode: str | None) -> Iterator[None]:
-    """Within the block, compile every `jit` program "fast" or "full" whatever the size (None: by the rule).
+    """Within the block, compile every `jit` program "fast", "mid" or "full" whatever the size (None: by the rule).
 
     For benchmarks and tests that compare the two. Programs already compiled in a mode stay cached.
 
     Raises:
-      ValueError: a mode other than "fast", "full" or None.
+      ValueError: a mode other than "fast", "mid", "full" or None.
     """
-    if mode not in ("fast", "full", None):
-        raise ValueError(f"mode must be 'fast', 'full' or None, got {mode!r}")
+    if mode not in ("fast", "mid", "full", None):
+        raise ValueError(f"mode must be 'fast', 'mid', 'full' or None, got {mode!r}")
     before = _FORCED[0]
     _FORCED[0] = mode
     try:
@@ -89,34 +122,58 @@ def num_entries(tree: Any) -> int:
     return int(sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "shape")))
 
 
-def fast_compile(model: Any = None) -> bool:
-    """Whether programs over `model` compile with `FAST_OPTIONS` (see the module docstring).
+def fast_compile(model: Any = None, evals: int | None = None) -> bool:
+    """Whether a program over `model` compiles with `FAST_OPTIONS` (see the module docstring).
 
     Args:
       model: the model (any pytree; its array leaves are counted), or None for a program without
         one (bookkeeping of size O(K^2), always fast on CPU).
+      evals: how many times (at most) the program evaluates the model's log density or its
+        gradient, or None when unknown (`DEFAULT_EVALS`).
 
     Returns:
-      True on CPU when the model's arrays hold at most `FAST_MAX_ENTRIES` numbers (or a mode is
-      `forced`); False otherwise.
+      True on CPU when entries x evals <= `FAST_MAX_WORK` (with `DEFAULT_EVALS`: the model's arrays
+      hold at most `FAST_MAX_ENTRIES` numbers), or a mode is `forced`; False otherwise.
     """
-    if _FORCED[0] is not None:
-        return _FORCED[0] == "fast" and _on_cpu()
+    return compile_mode(model, evals) == "fast"
+
+
+def compile_mode(model: Any = None, evals: int | None = None) -> str:
+    """"fast" (`FAST_OPTIONS`), "mid" (`MID_OPTIONS`) or "full" (XLA's defaults) for a program over
+    `model` making at most `evals` evaluations (see `fast_compile`; "mid" only where `evals` is
+    given and entries x evals <= `MID_MAX_WORK`). Off CPU always "full"; a `forced` mode wins.
+
+    Raises:
+      ValueError: negative `evals`.
+    """
+    if evals is not None and evals < 0:
+        raise ValueError(f"evals must be None or >= 0, got {evals}")
     if not _on_cpu():
-        return False
-    return model is None or num_entries(model) <= FAST_MAX_ENTRIES
+        return "full"
+    if _FORCED[0] is not None:
+        return _FORCED[0]
+    if model is None:
+        return "fast"
+    work = num_entries(model) * (DEFAULT_EVALS if evals is None else max(int(evals), 1))
+    if work <= FAST_MAX_WORK:
+        return "fast"
+    return "mid" if evals is not None and work <= MID_MAX_WORK else "full"
 
 
 class _SizedJit:
-    """Two jitted versions of one function; each call picks one by `fast_compile(model argument)`."""
+    """Three jitted versions of one function; each call picks one by `compile_mode` (the model argument,
+    and the program's evaluations where `mode` gives them)."""
 
-    def __init__(self, fun: Callable, model_arg: str | None, jit_kwargs: dict):
+    def __init__(self, fun: Callable, model_arg: str | None, jit_kwargs: dict, mode: Callable | None = None):
         self.full = jax.jit(fun, **jit_kwargs)
         self.fast = jax.jit(fun, compiler_options=dict(FAST_OPTIONS), **jit_kwargs)
+        self.mid = jax.jit(fun, compiler_options=dict(MID_OPTIONS), **jit_kwargs)
         self._model_arg = model_arg
+        self._mode = mode
+        self._signature = inspect.signature(fun)
         self._index = None
         if model_arg is not None:
-            names = list(inspect.signature(fun).parameters)
+            names = list(self._signature.parameters)
             if model_arg not in names:
                 raise ValueError(f"model_arg {model_arg!r} is not a parameter of {fun.__name__}: {names}")
             self._index = names.index(model_arg)
@@ -129,7 +186,15 @@ class _SizedJit:
             model = args[self._index]
         else:
             model = kwargs.get(self._model_arg)
-        return self.fast if fast_compile(model) else self.full
+        if self._mode is None:
+            mode = compile_mode(model)
+        else:
+            chosen = self._mode(model, self._signature.bind_partial(*args, **kwargs).arguments)
+            if isinstance(chosen, str) and _FORCED[0] is None:  # the caller's decision
+                mode = chosen if _on_cpu() else "full"
+            else:  # a number of evaluations (or None): by the rule (or the forced mode)
+                mode = compile_mode(model, None if isinstance(chosen, str) else chosen)
+        return {"fast": self.fast, "mid": self.mid}.get(mode, self.full)
 
     def __call__(self, *args, **kwargs):
         return self._pick(args, kwargs)(*args, **kwargs)
@@ -139,19 +204,23 @@ class _SizedJit:
         return self._pick(args, kwargs).lower(*args, **kwargs)
 
     def _cache_size(self) -> int:
-        return self.full._cache_size() + self.fast._cache_size()
+        return self.full._cache_size() + self.fast._cache_size() + self.mid._cache_size()
 
     def __get__(self, obj, objtype=None):  # usable as a method, like a jitted function
         return self if obj is None else functools.partial(self, obj)
 
 
-def jit(fun: Callable | None = None, *, model_arg: str | None = "model", **jit_kwargs) -> Any:
+def jit(fun: Callable | None = None, *, model_arg: str | None = "model", mode: Callable | None = None,
+        **jit_kwargs) -> Any:
     """`jax.jit(fun, **jit_kwargs)`, compiled with `FAST_OPTIONS` when `fast_compile(model)` says so.
 
     Args:
       fun: the function (or None, to use `jit(...)` as a decorator factory).
       model_arg: the name of `fun`'s parameter holding the model (its arrays decide), or None for
         a program without one (always fast on CPU).
+      mode: None (`fast_compile(model)`), or `mode(model, arguments)` (the call's arguments by
+        name) returning the program's number of log-density evaluations for
+        `compile_mode(model, evals)` (None: unknown), or the decision itself, "fast", "mid" or "full".
       **jit_kwargs: passed to `jax.jit` (`static_argnames`, `static_argnums`, ...).
 
     Returns:
@@ -167,5 +236,5 @@ def jit(fun: Callable | None = None, *, model_arg: str | None = "model", **jit_k
       [2.0, 2.0]
     """
     if fun is None:
-        return lambda f: _SizedJit(f, model_arg, jit_kwargs)
-    return _SizedJit(fun, model_arg, jit_kwargs)
+        return lambda f: _SizedJit(f, model_arg, jit_kwargs, mode)
+    return _SizedJit(fun, model_arg, jit_kwargs, mode)

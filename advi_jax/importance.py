@@ -78,5 +78,6 @@ def log_ratios(model, family: Family, params: PyTree, key: Array, num_draws: int
     return zeta, shift + centred
 
 
-draws_and_log_ratios = compile_options.jit(centred_log_ratios, static_argnames=("family", "num_draws", "batch_size"))
+draws_and_log_ratios = compile_options.jit(centred_log_ratios, static_argnames=("family", "num_draws", "batch_size"),
+                                           mode=lambda model, args: args["num_draws"])
 """`centred_log_ratios`, compiled once per model structure, family and S."""

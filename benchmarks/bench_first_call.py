@@ -9,7 +9,8 @@ nothing; the model is built and its data loaded before the clock starts):
   forced to XLA's defaults ("full") or forced to the fast options ("fast"), or "serial": "auto"
   with every program compiled on the calling thread (`advi_jax.run.ahead.disabled`; the
   background compile overlaps the start's only where the process gets two cores: on a loaded
-  machine "serial" and "auto" take alike). Each row lists the XLA compile seconds of every
+  machine "serial" and "auto" take alike). `fast=` says which of the start, loop and
+  diagnostics programs compiled with the fast options. Each row lists the XLA compile seconds of every
   compiled program (from JAX's compile log), the number of compiles, the seconds spent tracing
   and lowering to MLIR, and the process CPU time;
 * `numpyro`: `SVI(model, AutoMultivariateNormal(model), Adam(0.01), Trace_ELBO()).run` for
@@ -146,9 +147,22 @@ def _child_advi(name: str, mode: str) -> dict:
                                   "run": round(result.run_seconds, 3),
                                   "diagnostics": round(result.diagnostics_seconds, 3)}
     out.update(khat=round(float(result.khat), 3), grads=int(result.num_grad_evals), init=result.init_method,
-               fast=(None if compile_options is None else compile_options.fast_compile(model))
-               if mode in ("auto", "serial") else mode == "fast")
+               fast=_fast_programs())
     return out
+
+
+def _fast_programs() -> str:
+    """Which of the fit's main programs compiled with the fast options ("start+diag", "all", "none")."""
+    try:
+        from advi_jax import importance
+        from advi_jax.run import driver
+        from advi_jax.run import start as start_module
+        programs = {"start": start_module._start_program, "loop": driver.run_chunk,
+                    "diag": importance.draws_and_log_ratios}
+        fast = [name for name, program in programs.items() if program.fast._cache_size()]
+    except (ImportError, AttributeError):  # a version without per-program options
+        return "?"
+    return "all" if len(fast) == 3 else "+".join(fast) or "none"
 
 
 def _child_numpyro(name: str, steps: int) -> dict:

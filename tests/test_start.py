@@ -9,6 +9,7 @@ import pytest
 
 import advi_jax as aj
 from advi_jax import compile_options
+from advi_jax.run import driver
 from advi_jax.run import start as start_module
 
 _MEAN = np.array([1.0, -2.0, 0.5])
@@ -100,6 +101,8 @@ def test_fast_compile_rule():
         assert compile_options.fast_compile(small) is False
     with compile_options.forced("fast"):
         assert compile_options.fast_compile(large) is on_cpu
+    with compile_options.forced("mid"):
+        assert compile_options.compile_mode(small) == ("mid" if on_cpu else "full")
     with pytest.raises(ValueError, match="mode must be"):
         with compile_options.forced("quick"):
             pass
@@ -123,6 +126,66 @@ def test_sized_jit_runs_the_same_function_under_either_options():
     assert log_densities._cache_size() == (2 if jax.default_backend() == "cpu" else 1)
     with pytest.raises(ValueError, match="model_arg 'data' is not a parameter"):
         compile_options.jit(lambda model, z: z, model_arg="data")
+
+
+def test_fast_compile_by_the_programs_evaluations():
+    """entries x evals <= FAST_MAX_WORK; unknown evals keep the size rule; the start program (a fixed
+    ~2,300 evaluations) compiles fast on data the loop (up to num_steps x num_samples) compiles fully."""
+    entries = 10_000
+    model = aj.Model(lambda p, d: -0.5 * jnp.sum((d - p["m"]) ** 2), {"m": aj.real()},
+                     data=np.zeros(entries, np.float32))
+    on_cpu = jax.default_backend() == "cpu"
+    work = compile_options.FAST_MAX_WORK
+    assert compile_options.fast_compile(model) is False  # > FAST_MAX_ENTRIES, evals unknown
+    assert compile_options.fast_compile(model, work // entries) is on_cpu
+    assert compile_options.fast_compile(model, work // entries + 1) is False
+    assert compile_options.compile_mode(model, work // entries + 1) == ("mid" if on_cpu else "full")
+    assert compile_options.compile_mode(model) == "full"  # "mid" only for a program that gives its evaluations
+    assert compile_options.fast_compile(model, 0) is on_cpu
+    with pytest.raises(ValueError, match="evals must be"):
+        compile_options.fast_compile(model, -1)
+    assert start_module.start_evals(start_module.BAM_START_STEPS, start_module.BAM_START_BATCH) < work // entries
+    loc, key = jnp.zeros(1), jax.random.key(0)
+    program = start_module._start_program
+    args = (model, loc, key, False, 0.1, start_module.BAM_START_STEPS, start_module.BAM_START_BATCH)
+    assert program._pick(args, {}) is (program.fast if on_cpu else program.full)
+    big = aj.Model(model.log_joint, {"m": aj.real()}, data=np.zeros(10 * entries, np.float32))
+    assert program._pick((big,) + args[1:], {}) is (program.mid if on_cpu else program.full)
+    with compile_options.forced("fast"):
+        assert program._pick((big,) + args[1:], {}) is (program.fast if on_cpu else program.full)
+
+
+def test_sized_jit_mode_picks_by_evaluations_or_by_decision():
+    @compile_options.jit(static_argnames=("how",), mode=lambda model, args: args["how"])
+    def twice(model, z, how):
+        return 2 * z + jnp.sum(model.data["mean"])
+
+    model = _gaussian_model()
+    z = jnp.ones(2)
+    on_cpu = jax.default_backend() == "cpu"
+    entries = compile_options.num_entries(model)
+    for how, want in (("fast", "fast"), ("mid", "mid"), ("full", "full"), (0, "fast"), (None, "fast"),
+                      (compile_options.FAST_MAX_WORK // entries + 1, "mid"),
+                      (compile_options.MID_MAX_WORK // entries + 1, "full")):
+        version = twice._pick((model, z), {"how": how})
+        assert version is getattr(twice, want if on_cpu else "full"), how
+    with compile_options.forced("full"):  # a forced mode wins over the program's decision
+        assert twice._pick((model, z), {"how": "fast"}) is twice.full
+    values = [twice(model, z, how=how) for how in ("full", "mid", "fast")]
+    np.testing.assert_allclose(values[0], values[1])
+    np.testing.assert_allclose(values[0], values[2])
+
+
+def test_fit_compiles_the_loop_by_its_step_budget():
+    """A short ADVI run over 10,000 data entries compiles its loop fast (entries x steps is small)."""
+    model = aj.Model(lambda p, d: -0.5 * jnp.sum((d - p["m"]) ** 2) / d.shape[0], {"m": aj.real()},
+                     data=np.linspace(-1.0, 1.0, 10_000, dtype=np.float32))
+    before = (driver.run_chunk.fast._cache_size(), driver.run_chunk.full._cache_size())
+    result = aj.fit(model, key=jax.random.key(0), method="advi", num_steps=50, progress=False, diagnostics=False,
+                    init=None)
+    grown = (driver.run_chunk.fast._cache_size() - before[0], driver.run_chunk.full._cache_size() - before[1])
+    assert grown == ((1, 0) if jax.default_backend() == "cpu" else (0, 1))
+    assert result.num_steps == 50
 
 
 class _Count(logging.Handler):

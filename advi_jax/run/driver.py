@@ -95,6 +95,7 @@ class Settings(NamedTuple):
     inputs: str | None = None  # None, "indices" (gather from model.data) or "batches" (given)
     batch_size: int = 0  # minibatch size with inputs
     batch_sharding: Any = None
+    compile: str | None = None  # "fast" / "mid" / "full": the loop's XLA options (`compile_options`); None: by size
 
 
 class Convergence(NamedTuple):
@@ -203,7 +204,7 @@ def _select(mask: Array, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
-@compile_options.jit(static_argnames=("cfg",))
+@compile_options.jit(static_argnames=("cfg",), mode=lambda model, args: args["cfg"].compile)
 def init_loop(model: Any, keys: Array, locs: Array, cfg: Settings) -> LoopState:
     """The initial `LoopState`: `method.build(...).init(key, loc)` and zero counters.
 
@@ -221,7 +222,7 @@ def init_loop(model: Any, keys: Array, locs: Array, cfg: Settings) -> LoopState:
     return jax.vmap(one, in_axes=(0 if cfg.model_batched else None, 0, 0))(model, keys, locs)
 
 
-@compile_options.jit(static_argnames=("cfg",))
+@compile_options.jit(static_argnames=("cfg",), mode=lambda model, args: args["cfg"].compile)
 def run_chunk(model: Any, loop: LoopState, keys: Array, stop: Array, inputs: Any, cfg: Settings):
     """Run steps until each fit reaches `stop` or its stop flag; returns (loop, trace).
 

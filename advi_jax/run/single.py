@@ -35,7 +35,8 @@ class DiagnosticWarning(UserWarning):
     """Issued by the fits when the diagnostics say the approximation is unreliable."""
 
 
-@compile_options.jit(static_argnames=("module", "family", "options"))
+@compile_options.jit(static_argnames=("module", "family", "options"),
+                     mode=lambda model, args: 0 if args["module"] is _advi else None)
 def finish(model: Any, state: Any, module: Any, family: Family, options: Any) -> tuple[Any, dict]:
     """The family's parameters and the method's extras from the final state, in one compiled call
     (evaluated op by op they cost a dispatch per operation: 0.7 s for glm_exact's extras)."""
@@ -169,10 +170,12 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     (`advi_jax.run.start`: a Pathfinder/BaM- or Laplace-whitened start for methods with
     `WHITEN`), run the method in the one compiled driver
     (`advi_jax.run.driver`: chunks, stopping rule, non-finite handling, progress bar, Ctrl-C),
-    map the result back, compute the PSIS diagnostics, and build the immutable `Result`. Where
-    the loop compiles with the fast options (small data), the loop's, the diagnostics' and the
-    small programs compile on a second thread while the start compiles (`advi_jax.run.ahead`;
-    the numbers are the same as compiled one after another).
+    map the result back, compute the PSIS diagnostics, and build the immutable `Result`. Each
+    program's XLA options follow its data size times its most log-density evaluations
+    (`advi_jax.compile_options`: the start's ~2,300, the loop's `num_steps x num_samples`, the
+    diagnostics' draws). Where the loop compiles with the fast options, the loop's, the
+    diagnostics' and the small programs compile on a second thread while the start compiles
+    (`advi_jax.run.ahead`; the numbers are the same as compiled one after another).
 
     Args:
       model: an `aj.Model`.
@@ -293,17 +296,21 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         return _advi.Options(optimizer if optimizer is not None else default_optimizer(float(lr), num_steps),
                              estimator, num_samples, 1.0 if whitened else init_scale, plan.stop)
 
-    def settings(opts: Any) -> driver.Settings:
+    def settings(opts: Any, run_model: Any) -> driver.Settings:
+        # The loop's compiler options from its most evaluations (ADVI: num_steps x num_samples).
+        evals = num_steps * num_samples if is_advi else None
+        mode = compile_options.compile_mode(run_model, evals)
         return driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
-                               max_consecutive_nonfinite)
+                               max_consecutive_nonfinite, compile=mode)
 
     ahead = wrong = None
     try:
         checks.check_data(model.data)
         checks.check_log_joint_shape(model, jnp.result_type(float))
         whitened = _whitened_start(model, family_obj, init, bool(module.WHITEN))
-        if _ahead.enabled() and not adapt and compile_options.fast_compile(_run_model_shape(model, whitened)):
-            ahead = _compile_ahead(model, family_obj, module, settings(options_for(whitened)), key, whitened,
+        guess = settings(options_for(whitened), _run_model_shape(model, whitened))
+        if _ahead.enabled() and not adapt and guess.compile == "fast":
+            ahead = _compile_ahead(model, family_obj, module, guess, key, whitened,
                                    num_diagnostic_draws if diagnostics else None)
         begun = resolve_start(model, family_obj, init, key=key, whiten=bool(module.WHITEN), init_scale=init_scale,
                               num_init_draws=num_init_draws, init_radius=init_radius, check=check,
@@ -319,7 +326,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
             lr, adaptation = _choose_learning_rate(begun, family_obj, opts, jax.random.fold_in(key, 2),
                                                    adapt_learning_rates, adapt_iter)
             opts = opts._replace(optimizer=default_optimizer(lr, num_steps))
-        cfg = settings(opts)
+        cfg = settings(opts, begun.run_model)
         _wait(ahead, "keys")
         init_key, run_key, diag_key = _fit_keys(key)
         _wait(ahead, "init_loop")

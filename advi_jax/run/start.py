@@ -35,7 +35,10 @@ __all__ = ["Start", "AUTO_LAPLACE_MAX_DIM", "INIT_STRINGS", "start", "random_ini
 INIT_STRINGS = ("auto", "random", "laplace", "pathfinder", "bam")
 
 BAM_START_STEPS = 100
-"""Batch-and-Match steps of `init="bam"` (16 draws each, the decaying schedule)."""
+"""Batch-and-Match steps of `init="bam"` (`BAM_START_BATCH` draws each, the decaying schedule)."""
+
+BAM_START_BATCH = 16
+"""Draws per Batch-and-Match step of `init="bam"`."""
 
 AUTO_LAPLACE_MAX_DIM = 1000
 """With `init="auto"` (the default), models with K <= this start from the Laplace approximation
@@ -232,7 +235,16 @@ def _bam_refine(model: Any, mean: Array, factor: Array, key: Array, num_steps: i
     return new_mean, new_factor, elbos, bad
 
 
-@compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size"))
+def start_evals(bam_steps: int, batch_size: int) -> int:
+    """The most log-density (gradient) evaluations of the start program (`_start_program`): the
+    Pathfinder path (L-BFGS iterations with about two evaluations each), BaM's batches and the
+    ELBOs of the five Gaussians compared. It decides the program's compiler options
+    (`compile_options.fast_compile`)."""
+    return 2 * _PATHFINDER_START.max_iters + bam_steps * batch_size + 5 * _START_ELBO_DRAWS
+
+
+@compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size"),
+                     mode=lambda model, args: start_evals(args["bam_steps"], args["batch_size"]))
 def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scale: float, bam_steps: int,
                    batch_size: int) -> _Found:
     """The whole Pathfinder (-> BaM) start in one compiled program (one compilation, no host
@@ -261,7 +273,7 @@ def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scal
 
 
 def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_scale: float, candidates,
-                      scores, bam_steps: int = 0, batch_size: int = 16, check: bool = True,
+                      scores, bam_steps: int = 0, batch_size: int = BAM_START_BATCH, check: bool = True,
                       on_lowered: Callable[[], Any] | None = None) -> Start:
     """Whiten by the best by ELBO (the same draws for each) of: the best Gaussian of one
     Pathfinder path from `loc` (its diagonal for mean-field), N(loc, I) and N(loc, init_scale^2 I);
