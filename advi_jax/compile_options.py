@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-__all__ = ["FAST_OPTIONS", "FAST_MAX_ENTRIES", "fast_compile", "jit", "forced"]
+__all__ = ["FAST_OPTIONS", "FAST_MAX_ENTRIES", "fast_compile", "full_options", "jit", "forced"]
 
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 """XLA options of a fast compile (CPU): no LLVM optimisation, the classic fusion emitter."""
@@ -107,12 +107,22 @@ def fast_compile(model: Any = None) -> bool:
     return model is None or num_entries(model) <= FAST_MAX_ENTRIES
 
 
+def full_options(model: Any = None) -> dict | None:
+    """The XLA options of a full (not `fast_compile`) CPU compile over `model`: its class's
+    `full_compile_options` if it names any (e.g. `models.regression.RegressionModel`), else None
+    (XLA's defaults; always None off CPU)."""
+    options = getattr(type(model), "full_compile_options", None) if model is not None else None
+    return dict(options) if options and _on_cpu() else None
+
+
 class _SizedJit:
-    """Two jitted versions of one function; each call picks one by `fast_compile(model argument)`."""
+    """Jitted versions of one function; each call picks one by `fast_compile(model argument)` (and,
+    for a full compile, the model's `full_options`)."""
 
     def __init__(self, fun: Callable, model_arg: str | None, jit_kwargs: dict):
         self.full = jax.jit(fun, **jit_kwargs)
         self.fast = jax.jit(fun, compiler_options=dict(FAST_OPTIONS), **jit_kwargs)
+        self._fun, self._jit_kwargs, self._tuned = fun, jit_kwargs, {}
         self._model_arg = model_arg
         self._index = None
         if model_arg is not None:
@@ -129,7 +139,15 @@ class _SizedJit:
             model = args[self._index]
         else:
             model = kwargs.get(self._model_arg)
-        return self.fast if fast_compile(model) else self.full
+        if fast_compile(model):
+            return self.fast
+        options = full_options(model)
+        if options is None:
+            return self.full
+        key = tuple(sorted(options.items()))
+        if key not in self._tuned:  # setdefault: two threads asking at once get the same jitted version
+            self._tuned.setdefault(key, jax.jit(self._fun, compiler_options=options, **self._jit_kwargs))
+        return self._tuned[key]
 
     def __call__(self, *args, **kwargs):
         return self._pick(args, kwargs)(*args, **kwargs)
@@ -139,7 +157,7 @@ class _SizedJit:
         return self._pick(args, kwargs).lower(*args, **kwargs)
 
     def _cache_size(self) -> int:
-        return self.full._cache_size() + self.fast._cache_size()
+        return self.full._cache_size() + self.fast._cache_size() + sum(f._cache_size() for f in self._tuned.values())
 
     def __get__(self, obj, objtype=None):  # usable as a method, like a jitted function
         return self if obj is None else functools.partial(self, obj)
