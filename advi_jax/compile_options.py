@@ -30,6 +30,10 @@ loaded machine, second call: breast cancer 0.14 -> 1.9 s, badly scaled wells 0.3
 
 `jit` is `jax.jit` with that choice made per call from the model argument: it holds two jitted
 versions of the function (each with its own cache), so the choice never recompiles a program.
+A model class may also name XLA options for its full compiles (`full_options`: a class attribute
+`full_compile_options`, used on CPU only), which get a jitted version of their own; the ready GLMs
+(`models.regression.RegressionModel`) ask for the classic fusion emitter, which halves the CPU
+time of their full compiles at N = 1e6 with the same run time.
 
 Example:
   >>> import jax.numpy as jnp, advi_jax as aj
