@@ -137,10 +137,15 @@ def initial_loc(model: Any, init: Any, dtype) -> Array:
     return jnp.asarray(loc, dtype)
 
 
-@compile_options.jit
+@jax.jit
 def log_density_at(model: Any, zeta: Array) -> Array:
-    """`model.log_density(zeta)`, compiled once per model structure (with `compile_options`' choice)."""
+    """`model.log_density(zeta)`, compiled once per model structure (also usable inside jit / vmap)."""
     return model.log_density(zeta)
+
+
+_log_density_top = compile_options.jit(log_density_at.__wrapped__)
+"""`log_density_at` compiled with `compile_options`' choice, for calls at the top level only (XLA
+options cannot be given to a jit nested in another): the initial-point check."""
 
 
 @jax.jit
@@ -165,7 +170,7 @@ def check_initial_point(model: Any, loc: Array, what: str = "the log density", v
     log density there when the caller has already evaluated it)."""
     if value is None:
         check_log_joint_shape(model, loc.dtype)
-        value = log_density_at(model, loc)
+        value = _log_density_top(model, loc)
     if not np.isfinite(float(value)):
         params = model.to_constrained(loc)
         shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in params.items()}
