@@ -326,9 +326,9 @@ def _on_host_when_concrete(fn, *arrays):
     with np.errstate(all="ignore"):
         out = fn(np, *(np.asarray(a) for a in arrays))
 
-    def back(v):
+    def back(v):  # a transfer (jnp.asarray of a NumPy value compiles a program per shape and dtype)
         v = np.asarray(v)
-        return jnp.asarray(v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v)
+        return jax.device_put(v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v)
 
     return jax.tree_util.tree_map(back, out)
 

@@ -66,3 +66,19 @@ def test_initial_point_and_data_checks():
     nan_model = aj.Model(lambda p: jnp.nan * jnp.sum(p["x"]), {"x": aj.real((2,))})
     with pytest.raises(ValueError, match="initial point"):
         checks.check_initial_point(nan_model, jnp.zeros(2))
+
+
+def test_check_data_reads_device_arrays_once(monkeypatch):
+    """A non-finite entry of a jax.Array is found (read on the host on CPU, in chunks); a jax.Array
+    found finite is not read again, a new array is."""
+    x = jax.device_put(np.arange(3000, dtype=np.float32).reshape(1000, 3))
+    bad = x.at[777, 2].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"model.data\['b'\] has non-finite entries \(1 of 3000\)"):
+        checks.check_data({"a": x, "b": bad})
+    assert not checks._host_all_finite(np.asarray(bad), chunk=512)  # the inf sits in a later chunk
+    checks.check_data({"a": x})
+    monkeypatch.setattr(checks, "_host_all_finite", lambda *a, **k: pytest.fail("read again"))
+    monkeypatch.setattr(checks, "_all_finite", lambda *a, **k: pytest.fail("read again"))
+    checks.check_data({"a": x})  # remembered: nothing read
+    with pytest.raises(BaseException, match="read again"):
+        checks.check_data({"a": x + 1.0})  # another array is read

@@ -207,3 +207,32 @@ def test_aj_fit_end_to_end(key):
     params, elbo, *_ = run(G, model, family, G.Options())
     np.testing.assert_allclose(res.params.loc, params.loc, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(float(res.elbo[-1]), float(elbo), rtol=1e-5)
+
+
+def test_ready_glm_full_compiles_use_its_compile_options():
+    """A ready GLM too large for the fast options compiles "mid" (its class's `full_compile_mode`: the
+    classic fusion emitter on CPU) where a plain model compiles "full", with the numbers of XLA's defaults."""
+    from advi_jax import compile_options
+
+    model = _logistic(n=3000, d=4)  # 15,000 data entries > FAST_MAX_ENTRIES: a full compile
+    plain = aj.Model(lambda p: -0.5 * jnp.sum(p["m"] ** 2), {"m": aj.real((3,))})
+    on_cpu = jax.default_backend() == "cpu"
+    assert compile_options.fast_compile(model) is False
+    assert compile_options.compile_mode(model) == ("mid" if on_cpu else "full")
+    big_plain = aj.Model(lambda p, data: -0.5 * jnp.sum(p["m"] ** 2) + 0.0 * data.sum(), {"m": aj.real((3,))},
+                         data=jnp.ones(15_000))
+    assert compile_options.compile_mode(big_plain) == "full"
+
+    @compile_options.jit
+    def log_density(model, z):
+        return jax.vmap(model.log_density)(z)
+
+    z = jnp.asarray(np.random.default_rng(1).normal(size=(4, model.dim)), jnp.float32)
+    value = log_density(model, z)
+    reference = jax.jit(jax.vmap(model.log_density))(z)  # XLA's default options
+    np.testing.assert_allclose(value, reference, rtol=1e-6)
+    assert log_density._cache_size() == 1
+    assert log_density.full._cache_size() == (0 if on_cpu else 1)  # the mid version compiled it
+    assert log_density.mid._cache_size() == (1 if on_cpu else 0)
+    log_density(model, z + 1.0)  # same shapes: no new compilation
+    assert log_density._cache_size() == 1

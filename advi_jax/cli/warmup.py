@@ -30,7 +30,7 @@ def abstract_params(model: Any, family: Any) -> Any:
 
 
 def start(model: Any, family: Any, posterior_program: Callable, num_draws: int, num_check: int,
-          diagnostics: bool = True) -> threading.Thread:
+          diagnostics: bool = True, fast: bool = False) -> threading.Thread:
     """Compile the fit's diagnostics program (when `diagnostics` and its S is known) and
     `posterior_program(model, family, params, key, check_key, num_draws, num_check)` in a thread.
 
@@ -41,6 +41,9 @@ def start(model: Any, family: Any, posterior_program: Callable, num_draws: int, 
       posterior_program: the jitted function of `fit._posterior_outputs`.
       num_draws, num_check: its static arguments.
       diagnostics: whether the fit computes diagnostics.
+      fast: the fit runs under `compile_options.forced("fast")`: compile the diagnostics' program
+        with `FAST_OPTIONS` (chosen here, not by the fit's `forced` block, which this thread may
+        enter before or after the fit does).
 
     Returns:
       The started thread (join it before the command returns: a compilation still running in a
@@ -48,12 +51,12 @@ def start(model: Any, family: Any, posterior_program: Callable, num_draws: int, 
       then compiled when it is called, as without a warm-up.
     """
     thread = threading.Thread(target=_compile, args=(model, family, posterior_program, num_draws, num_check,
-                                                     diagnostics), name="advi_jax-warmup", daemon=True)
+                                                     diagnostics, fast), name="advi_jax-warmup", daemon=True)
     thread.start()
     return thread
 
 
-def _compile(model, family, posterior_program, num_draws, num_check, diagnostics) -> None:
+def _compile(model, family, posterior_program, num_draws, num_check, diagnostics, fast=False) -> None:
     try:
         import jax
 
@@ -65,7 +68,8 @@ def _compile(model, family, posterior_program, num_draws, num_check, diagnostics
         key = jax.eval_shape(lambda: jax.random.key(0))
         num_diag = known_diagnostic_draws(model) if diagnostics else None
         if num_diag is not None:
-            draws_and_log_ratios.lower(model, family, params, key, num_diag).compile()
+            program = draws_and_log_ratios.fast if fast else draws_and_log_ratios
+            program.lower(model, family, params, key, num_diag).compile()
         posterior_program.lower(model, family, params, key, key, num_draws, min(num_check, num_draws)).compile()
     except Exception:  # noqa: BLE001 - best effort: the call compiles it otherwise
         pass
