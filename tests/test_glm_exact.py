@@ -215,7 +215,6 @@ def test_ready_glm_full_compiles_use_its_compile_options():
     from advi_jax import compile_options
 
     model = _logistic(n=3000, d=4)  # 15,000 data entries > FAST_MAX_ENTRIES: a full compile
-    plain = aj.Model(lambda p: -0.5 * jnp.sum(p["m"] ** 2), {"m": aj.real((3,))})
     on_cpu = jax.default_backend() == "cpu"
     assert compile_options.fast_compile(model) is False
     assert compile_options.compile_mode(model) == ("mid" if on_cpu else "full")
