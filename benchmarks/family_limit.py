@@ -109,27 +109,119 @@ def _fit_averaged(model, seed: int, steps: int, draws: int):
         choose.AUTO_ADVI = saved
 
 
-def _newton_iteration(model, draws: int):
-    """One Gaussian variational Newton fixed-point iteration (module docstring), jitted."""
+def stochastic_volatility_scan(returns):
+    """`suite_more.stochastic_volatility` with its AR(1) filter as a scan: the same sites, priors and log joint.
+
+    The suite's model builds the T x T matrix phi^(t - s) (T^2 powers and their derivatives per
+    gradient, ~1.6 ms at T = 150); h_t - mu = phi (h_{t-1} - mu) + shock_t is the same sum, ~3 us
+    per gradient vectorised. `limit_model` checks the two log densities and gradients agree before
+    this one is used; the stored moments and ELBO are always computed with the suite's own model.
+    """
     import jax.numpy as jnp
-    from jax.scipy.linalg import solve_triangular
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions.transforms import AffineTransform
+
+    t = returns.shape[0]
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    phi = numpyro.sample("phi", dist.TransformedDistribution(dist.Beta(20.0, 1.5), AffineTransform(-1.0, 2.0)))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    z = numpyro.sample("z", dist.Normal(jnp.zeros(t), 1.0).to_event(1))
+    shocks = sigma * z.at[0].divide(jnp.sqrt(jnp.maximum(1.0 - phi**2, 1e-12)))
+
+    def step(x, shock):
+        x = phi * x + shock
+        return x, x
+
+    _, x = jax.lax.scan(step, jnp.zeros((), shocks.dtype), shocks)
+    h = mu + x
+    numpyro.sample("y", dist.Normal(jnp.zeros(t), jnp.exp(jnp.clip(h, -200.0, 200.0) / 2)).to_event(1), obs=returns)
+
+
+FAST_EQUIVALENTS = {"stochastic_volatility": stochastic_volatility_scan}
+"""Suite models with a faster, mathematically identical log joint for the Newton iterations' gradients."""
+
+
+def limit_model(name: str, suite_model: SuiteModel, check_draws: int = 256):
+    """(the suite's model, the model whose gradients the Newton iterations use: a checked fast equivalent or it).
+
+    Raises:
+      ValueError: when a fast equivalent's log density or gradient differs from the suite model's
+        (relative 1e-9 of its largest entry, point by point) at `check_draws` standard-normal points.
+    """
+    import jax.numpy as jnp
+
+    model = aj.from_numpyro(suite_model.fn, *suite_model.args)
+    if name not in FAST_EQUIVALENTS:
+        return model, model
+    fast = aj.from_numpyro(FAST_EQUIVALENTS[name], *suite_model.args)
+    u = jax.random.normal(jax.random.key(123), (check_draws, model.dim), jnp.float64)
+    both = [jax.jit(jax.vmap(jax.value_and_grad(m.log_density)))(u) for m in (model, fast)]
+    for a, b in zip(*both):  # the log densities, then the gradients
+        a, b = np.asarray(a).reshape(check_draws, -1), np.asarray(b).reshape(check_draws, -1)
+        ok = np.all(np.isfinite(a), axis=1)
+        scale = np.maximum(np.max(np.abs(a[ok]), axis=1, keepdims=True), 1.0)  # per point
+        if not np.array_equal(ok, np.all(np.isfinite(b), axis=1)) or np.any(np.abs(a[ok] - b[ok]) > 1e-9 * scale):
+            raise ValueError(f"{name}: the fast equivalent's log density differs from the suite model's")
+    return model, fast
+
+
+def _grad_batch(model, candidates=(1, 16, 128, 1024)) -> int:
+    """The fastest `lax.map` batch size for vectorised gradients of `model` (a gather-heavy
+    log density's batched scatter is ~12x slower than one draw at a time on CPU: births_lognormal_ts)."""
+    import jax.numpy as jnp
+
+    u = 0.1 * jax.random.normal(jax.random.key(0), (1024, model.dim), jnp.float64)
+    best, best_time = candidates[0], np.inf
+    for batch in candidates:
+        fn = jax.jit(lambda x, b=batch: jax.lax.map(jax.grad(model.log_density), x, batch_size=b))
+        fn(u).block_until_ready()
+        tick = time.perf_counter()
+        fn(u).block_until_ready()
+        if time.perf_counter() - tick < best_time:
+            best, best_time = batch, time.perf_counter() - tick
+    return best
+
+
+def _antithetic(key, draws: int, dim: int, dtype):
+    import jax.numpy as jnp
+
+    eps = jax.random.normal(key, (draws // 2, dim), dtype)
+    return jnp.concatenate([eps, -eps])  # the linear part of grad cancels in E[grad]; exact means of affine maps
+
+
+def _stein_moments(model, batch: int):
+    """(mean grad, Stein's E[grad eps^T] = E[Hessian] L) over the draws mu + L eps, jitted; non-finite gradients dropped."""
+    import jax.numpy as jnp
 
     grad = jax.grad(model.log_density)
 
     @jax.jit
-    def iterate(key, mu, L, rho):
-        eps = jax.random.normal(key, (draws // 2, mu.shape[0]), mu.dtype)
-        eps = jnp.concatenate([eps, -eps])  # antithetic: the linear part of grad cancels in E[grad]
-        g = jax.lax.map(grad, mu[None, :] + eps @ L.T, batch_size=CHUNK)
+    def moments(eps, mu, L):
+        g = jax.lax.map(grad, mu[None, :] + eps @ L.T, batch_size=batch)
         ok = jnp.all(jnp.isfinite(g), axis=1)
         w = ok.astype(mu.dtype) / jnp.sum(ok)
         g = jnp.where(ok[:, None], g, 0.0)
-        mean_grad = w @ g
         # Stein: E[grad eps^T] = E[Hessian] L. Estimated as the regression of grad on eps (the
         # draws' own second moment in place of I), which is exact for a Gaussian target.
         cross = (g * w[:, None]).T @ eps
         second = (eps * w[:, None]).T @ eps
         stein = jax.scipy.linalg.solve(second, cross.T, assume_a="pos").T
+        return w @ g, stein
+
+    return moments
+
+
+def _newton_iteration(model, draws: int, batch: int = CHUNK):
+    """One Gaussian variational Newton fixed-point iteration (module docstring) from the draws eps, jitted."""
+    import jax.numpy as jnp
+    from jax.scipy.linalg import solve_triangular
+
+    moments = _stein_moments(model, batch)
+
+    @jax.jit
+    def iterate(eps, mu, L, rho):
+        mean_grad, stein = moments(eps, mu, L)
         hess = solve_triangular(L, stein.T, trans="T", lower=True).T  # stein L^-1
         target = -0.5 * (hess + hess.T)
         eye = jnp.eye(mu.shape[0], dtype=mu.dtype)
@@ -147,19 +239,28 @@ def _newton_iteration(model, draws: int):
     return iterate
 
 
-def newton_limit(model, seed: int, iters: int, draws: int, log=print, start=None):
+def newton_limit(model, seed: int, iters: int, draws: int, log=print, start=None, *, fixed_draws: bool = False,
+                 rho: float = 0.5, tol: float = 0.0, batch: int = CHUNK):
     """The full-rank family's optimum by the variational Newton fixed point (module docstring).
 
     Args:
       model: an `aj.Model` (float64 enabled).
       seed: PRNG seed (the default fit's start and every iteration's draws).
-      iters: iterations (damped, rho = 0.5); the later half is averaged.
+      iters: iterations; with fresh draws the later half is averaged, with fixed draws at most this many.
       draws: draws of q per iteration (antithetic pairs).
       log: where the per-iteration progress goes.
       start: (mean, L) to start from; None: the default `aj.fit`'s q.
+      fixed_draws: one set of draws for every iteration (common random numbers): the iteration is
+        then deterministic, converges to the fixed point of its sample average (Monte Carlo error
+        of one draw set, not of the iterates' spread) and is stopped once no coordinate's mean moves
+        more than `tol` sd of q and no sd more than `tol` in log; the last iterate is returned.
+      rho: the damping (1: the undamped Newton step; with fixed draws there is no noise to damp).
+      tol: `fixed_draws`' stopping tolerance.
+      batch: draws per vectorised gradient call (`_grad_batch`).
 
     Returns:
-      (mean (K,), L (K, K), info dict with `mean_mcse` (K,) in sd of q and the start's fit).
+      (mean (K,), L (K, K), info dict with `mean_mcse` (K,) in sd of q (fresh draws only), the
+      start's fit, and `iterations` run).
     """
     import jax.numpy as jnp
 
@@ -172,14 +273,17 @@ def newton_limit(model, seed: int, iters: int, draws: int, log=print, start=None
     else:
         mu, L = start
     mu, L = jnp.asarray(mu, float), jnp.asarray(L, float)  # float64 where enabled
-    iterate = _newton_iteration(model, draws)
+    iterate = _newton_iteration(model, draws, batch)
+    draw = jax.jit(lambda k: _antithetic(k, draws, mu.shape[0], mu.dtype))
     key = jax.random.key(seed + 7)
+    eps = draw(key) if fixed_draws else None
     damped = iters // 2
-    rho = 0.5
     mus, precs = [], []
     for i in range(iters):
-        key, sub = jax.random.split(key)
-        new_mu, new_L, prec, good = iterate(sub, mu, L, jnp.asarray(rho, mu.dtype))
+        if not fixed_draws:
+            key, sub = jax.random.split(key)
+            eps = draw(sub)
+        new_mu, new_L, prec, good = iterate(eps, mu, L, jnp.asarray(rho, mu.dtype))
         sd = jnp.sqrt(jnp.sum(L ** 2, axis=1))
         moved = jnp.abs(new_mu - mu) / sd
         step, worst = float(jnp.max(moved)), int(jnp.argmax(moved))
@@ -188,15 +292,37 @@ def newton_limit(model, seed: int, iters: int, draws: int, log=print, start=None
         if i >= damped:
             mus.append(np.asarray(mu))
             precs.append(np.asarray(prec))
-        log(f"  newton {i:3d} |dmu| {step:.4f} sd (coordinate {worst}: {float(mu[worst]):.5f}), "
-            f"|dlog sd| {log_sd:.4f}, precision PD {bool(good)}")
+        log(f"  newton {i:3d} |dmu| {step:.2e} sd (coordinate {worst}: {float(mu[worst]):.5f}), "
+            f"|dlog sd| {log_sd:.2e}, precision PD {bool(good)}")
+        if fixed_draws and bool(good) and max(step, log_sd) < tol:
+            break
+    if fixed_draws:
+        return mu, L, {"mean_mcse": None, "start": start, "iterations": i + 1}
     mus = np.stack(mus)
     prec = np.mean(np.stack(precs), axis=0)
     cov = np.linalg.inv(0.5 * (prec + prec.T))
     L = np.linalg.cholesky(0.5 * (cov + cov.T))
     sd = np.sqrt(np.diag(cov))
     mcse = mus.std(axis=0, ddof=1) / np.sqrt(len(mus)) * np.sqrt((2.0 - rho) / rho) / sd
-    return jnp.asarray(mus.mean(axis=0)), jnp.asarray(L), {"mean_mcse": mcse, "start": start}
+    return jnp.asarray(mus.mean(axis=0)), jnp.asarray(L), {"mean_mcse": mcse, "start": start, "iterations": iters}
+
+
+def stationarity(model, mu, L, eps, batch: int = CHUNK) -> dict:
+    """How far (mu, L L^T) is from the family's stationarity conditions, over the draws mu + L eps.
+
+    `mean_step`: max over coordinates of |Sigma E_q[grad]| / sd of q (the mean's Newton step; 0 at
+    the optimum); `precision_residual`: the largest |eigenvalue| of L^T (-E_q[Hessian]) L - I
+    (Stein's estimate; 0 at the optimum), and the max |diagonal| of it (`precision_residual_diag`).
+    """
+    import jax.numpy as jnp
+
+    mean_grad, stein = _stein_moments(model, batch)(eps, jnp.asarray(mu), jnp.asarray(L))
+    sd = jnp.sqrt(jnp.sum(L ** 2, axis=1))
+    r = -L.T @ stein
+    r = 0.5 * (r + r.T) - jnp.eye(mu.shape[0], dtype=mu.dtype)
+    return {"mean_step": float(jnp.max(jnp.abs(L @ (L.T @ mean_grad)) / sd)),
+            "precision_residual": float(jnp.max(jnp.abs(jnp.linalg.eigvalsh(r)))),
+            "precision_residual_diag": float(jnp.max(jnp.abs(jnp.diag(r))))}
 
 
 def _moments(model, u, log_q) -> dict:
@@ -219,40 +345,92 @@ def _moments(model, u, log_q) -> dict:
             "elbo_nonfinite_draws": int((~finite).sum()), "khat": khat, "params": params}
 
 
-def compute_newton_limit(name: str, suite_model: SuiteModel, *, iters: int, draws: int, moment_draws: int,
-                         seed: int) -> dict:
-    """`--newton`: the family limit by the variational Newton fixed point, summarised like the others."""
+def _gaussian_draws(mu, L, eps):
+    """The draws mu + L eps of q and their log q."""
     import jax.numpy as jnp
 
-    model = aj.from_numpyro(suite_model.fn, *suite_model.args)
-    tick = time.perf_counter()
-    mu, L, info = newton_limit(model, seed, iters, draws)
-    seconds = time.perf_counter() - tick
-    eps = jax.random.normal(jax.random.key(seed + 1), (moment_draws // 2, mu.shape[0]), mu.dtype)
-    eps = jnp.concatenate([eps, -eps])  # antithetic: exact means for the affinely mapped scalars
-    u = mu[None, :] + eps @ L.T
     log_q = (-0.5 * jnp.sum(eps ** 2, axis=1) - jnp.sum(jnp.log(jnp.diag(L)))
              - 0.5 * mu.shape[0] * jnp.log(2 * jnp.pi))
-    out = _moments(model, u, log_q)
+    return mu[None, :] + eps @ L.T, log_q
+
+
+def compute_newton_limit(name: str, suite_model: SuiteModel, *, iters: int, draws: int, moment_draws: int,
+                         seed: int, fixed_draws: bool = False, rho: float = 0.5, tol: float = 0.0,
+                         start: tuple | None = None, start_note: str = "the default aj.fit") -> tuple[dict, tuple]:
+    """`--newton`: the family limit by the variational Newton fixed point, summarised like the others.
+
+    Returns (the summary, (mu, L) of q in the unconstrained space).
+    """
+    import jax.numpy as jnp
+
+    model, fast = limit_model(name, suite_model)
+    batch = _grad_batch(fast)
+    tick = time.perf_counter()
+    mu, L, info = newton_limit(fast, seed, iters, draws, start=start, fixed_draws=fixed_draws, rho=rho, tol=tol,
+                               batch=batch)
+    seconds = time.perf_counter() - tick
+    eps = _antithetic(jax.random.key(seed + 1), moment_draws, mu.shape[0], mu.dtype)
+    out = _moments(model, *_gaussian_draws(mu, L, eps))
+    residual = stationarity(fast, mu, L, eps, batch)
     mcse = info["mean_mcse"]
+    start_grads = int(getattr(info["start"], "num_grad_evals", 0))
+    run = info["iterations"]
     return {
         "model": name,
         "note": suite_model.note,
         "method": ("advi_jax full-rank Gaussian, variational Newton fixed point (family_limit --newton: "
-                   "E_q[grad] = 0, -E_q[Hessian] = Sigma^-1, Stein's-lemma Hessian), float64"),
+                   "E_q[grad] = 0, -E_q[Hessian] = Sigma^-1, Stein's-lemma Hessian), float64"
+                   + (", one fixed draw set (common random numbers)" if fixed_draws else "")),
         "settings": {"family": "fullrank", "newton_iters": iters, "newton_draws": draws, "num_samples": draws,
-                     "moment_draws": moment_draws, "seed": seed, "init": "the default aj.fit"},
+                     "fixed_draws": fixed_draws, "rho": rho, "tol": tol, "moment_draws": moment_draws,
+                     "seed": seed, "init": start_note,
+                     "gradient_model": FAST_EQUIVALENTS[name].__name__ if name in FAST_EQUIVALENTS else "the suite's"},
         "dim": int(model.dim),
         **{k: out[k] for k in ("elbo", "elbo_se", "elbo_nonfinite_draws", "khat")},
-        "mean_mcse_max": float(np.max(mcse)),
-        "mean_mcse_median": float(np.median(mcse)),
-        "start_grad_evals": int(getattr(info["start"], "num_grad_evals", 0)),
-        "num_grad_evals": int(getattr(info["start"], "num_grad_evals", 0)) + iters * draws,
-        "stop_reason": f"{iters} iterations, the later {iters - iters // 2} averaged",
+        "mean_mcse_max": float(np.max(mcse)) if mcse is not None else None,
+        "mean_mcse_median": float(np.median(mcse)) if mcse is not None else None,
+        "stationarity": {**residual, "draws": moment_draws, "seed": seed + 1},
+        "start_grad_evals": start_grads,
+        "num_grad_evals": start_grads + run * draws,
+        "stop_reason": (f"{run} iterations on one draw set (tol {tol})" if fixed_draws else
+                        f"{iters} iterations, the later {iters - iters // 2} averaged"),
         "seconds": seconds,
         "versions": versions(),
         "params": out["params"],
-    }
+    }, (mu, L)
+
+
+def compare_candidates(name: str, suite_model: SuiteModel, paths: list[str], draws: int, seed: int) -> None:
+    """Print each saved q's ELBO on ONE set of antithetic draws (common random numbers: the pairwise
+    ELBO difference's standard error is that of the per-draw differences), its stationarity residuals,
+    and the pairwise distances in the constrained moments (max |dmean| / sd_NUTS, max |log sd ratio|)."""
+    import jax.numpy as jnp
+
+    from benchmarks.make_references import load_reference
+
+    model, fast = limit_model(name, suite_model)
+    batch = _grad_batch(fast)
+    reference = load_reference(name)
+    rows = {}
+    for path in paths:
+        q = np.load(path)
+        mu, L = jnp.asarray(q["mu"], jnp.float64), jnp.asarray(q["L"], jnp.float64)
+        eps = _antithetic(jax.random.key(seed), draws, mu.shape[0], mu.dtype)
+        u, log_q = _gaussian_draws(mu, L, eps)
+        gap = np.asarray(jax.lax.map(model.log_density, u, batch_size=CHUNK) - log_q, np.float64)
+        rows[path] = {"gap": gap, "moments": _moments(model, u, log_q), "res": stationarity(fast, mu, L, eps, batch)}
+        r = rows[path]
+        print(f"{path}: ELBO {r['moments']['elbo']:.4f} +- {r['moments']['elbo_se']:.4f}, "
+              f"khat {r['moments']['khat']:.2f}, stationarity {r['res']}", flush=True)
+    for i, a in enumerate(paths):
+        for b in paths[i + 1:]:
+            d = rows[a]["gap"] - rows[b]["gap"]
+            d = d[np.isfinite(d)]
+            pa, pb = rows[a]["moments"]["params"], rows[b]["moments"]["params"]
+            log_sd = max(abs(np.log(pa[k]["sd"] / pb[k]["sd"])) for k in pa if pa[k]["sd"] > 1e-8)
+            print(f"{a} - {b}: ELBO {d.mean():+.5f} +- {d.std() / np.sqrt(d.size):.5f}; "
+                  f"{limit_distance(rows[a]['moments'], rows[b]['moments'], reference)}, "
+                  f"max |log sd ratio| {log_sd:.4f}", flush=True)
 
 
 def limit_distance(new: dict, old: dict, reference: dict | None) -> dict:
@@ -272,15 +450,18 @@ def limit_distance(new: dict, old: dict, reference: dict | None) -> dict:
 
 
 def compute_family_limit(name: str, suite_model: SuiteModel, *, steps: int, draws: int, moment_draws: int,
-                         seed: int, init: str = "auto", averaged: bool = False) -> dict:
-    """Fit the full-rank family for a long time with many draws per step; summarise q in the constrained space."""
-    model = aj.from_numpyro(suite_model.fn, *suite_model.args)
+                         seed: int, init: str = "auto", averaged: bool = False) -> tuple[dict, tuple]:
+    """Fit the full-rank family for a long time with many draws per step; summarise q in the constrained space.
+
+    Returns (the summary, (mu, L) of q in the unconstrained space).
+    """
+    model, fast = limit_model(name, suite_model)  # fitted on the fast equivalent, summarised on the suite's model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # k-hat is recorded below
         if averaged:
-            result = _fit_averaged(model, seed, steps, draws)
+            result = _fit_averaged(fast, seed, steps, draws)
         else:
-            result = aj.fit(model, key=jax.random.key(seed), family="fullrank", num_steps=steps, num_samples=draws,
+            result = aj.fit(fast, key=jax.random.key(seed), family="fullrank", num_steps=steps, num_samples=draws,
                             init=None if init == "zero" else init, tol_rel_obj=None, progress=False,
                             num_diagnostic_draws=4096)
     u = result.sample_unconstrained(jax.random.key(seed + 1), moment_draws)
@@ -305,7 +486,7 @@ def compute_family_limit(name: str, suite_model: SuiteModel, *, steps: int, draw
         "seconds": float(result.seconds),
         "versions": versions(),
         "params": moments["params"],
-    }
+    }, (result.family.mean(result.params), result.family.scale_tril(result.params))
 
 
 def main(argv=None):
@@ -326,6 +507,14 @@ def main(argv=None):
                         help="the variational Newton fixed point, independent of ADVI (module docstring)")
     parser.add_argument("--newton-iters", type=int, default=96, help="--newton: iterations (the later half averaged)")
     parser.add_argument("--newton-draws", type=int, default=65536, help="--newton: draws per iteration")
+    parser.add_argument("--fixed-draws", action="store_true",
+                        help="--newton: one draw set for every iteration, stopped at --tol (newton_limit)")
+    parser.add_argument("--rho", type=float, default=0.5, help="--newton: damping (1 = undamped)")
+    parser.add_argument("--tol", type=float, default=1e-6, help="--newton --fixed-draws: stop when no step exceeds it")
+    parser.add_argument("--start", default=None, help="--newton: start from the q saved (--save-q) in this .npz")
+    parser.add_argument("--save-q", default=None, help="save the limit's unconstrained q (mu, L) to this .npz")
+    parser.add_argument("--compare", default=None,
+                        help="comma-separated --save-q files: ELBOs on common draws, residuals, distances")
     parser.add_argument("--out-dir", default=None, help="write the limits here instead of the references")
     parser.add_argument("--check", action="store_true",
                         help="print the distance of the new limit from the stored one; write nothing")
@@ -335,14 +524,24 @@ def main(argv=None):
     for name, suite_model in available_models(args.models.split(",") if args.models else None).items():
         if args.skip_existing and os.path.exists(family_limit_path(name)):
             continue
+        if args.compare:
+            compare_candidates(name, suite_model, args.compare.split(","), args.moment_draws, args.seed)
+            continue
         start = time.perf_counter()
         if args.newton:
-            out = compute_newton_limit(name, suite_model, iters=args.newton_iters, draws=args.newton_draws,
-                                       moment_draws=args.moment_draws, seed=args.seed)
+            q0, note = None, "the default aj.fit"
+            if args.start:
+                q0, note = tuple(np.load(args.start)[k] for k in ("mu", "L")), f"q of {os.path.basename(args.start)}"
+            out, q = compute_newton_limit(name, suite_model, iters=args.newton_iters, draws=args.newton_draws,
+                                          moment_draws=args.moment_draws, seed=args.seed,
+                                          fixed_draws=args.fixed_draws, rho=args.rho, tol=args.tol,
+                                          start=q0, start_note=note)
         else:
-            out = compute_family_limit(name, suite_model, steps=args.steps, draws=args.draws,
-                                       moment_draws=args.moment_draws, seed=args.seed, init=args.init,
-                                       averaged=args.averaged)
+            out, q = compute_family_limit(name, suite_model, steps=args.steps, draws=args.draws,
+                                          moment_draws=args.moment_draws, seed=args.seed, init=args.init,
+                                          averaged=args.averaged)
+        if args.save_q:
+            np.savez(args.save_q, mu=np.asarray(q[0]), L=np.asarray(q[1]))
         stored = load_family_limit(name)
         if args.out_dir:
             os.makedirs(args.out_dir, exist_ok=True)
@@ -354,7 +553,8 @@ def main(argv=None):
             dist = limit_distance(out, stored, load_reference(name)) if stored is not None else None
             print(f"{name}: new ELBO {out['elbo']:.3f} +- {out['elbo_se']:.3f} (stored "
                   f"{stored['elbo'] if stored else float('nan'):.3f}), k-hat {out['khat']:.2f}, "
-                  f"MCSE of the means max {out.get('mean_mcse_max', float('nan')):.4f} sd; "
+                  f"MCSE of the means max {out.get('mean_mcse_max') or float('nan'):.4f} sd, "
+                  f"stationarity {out.get('stationarity')}; "
                   f"from the stored limit: {dist}; {time.perf_counter() - start:.0f} s", flush=True)
             continue
         if args.keep_best and stored is not None and stored["elbo"] >= out["elbo"]:
