@@ -44,7 +44,8 @@ converges only linearly (radon's log sigma_a: ~0.9 per iteration, flat after ~40
 for hierarchical posteriors and two `--seed`s (different starts and draws) to confirm. No
 Adam, no step size, no Monte Carlo bias from a constant step (the averaged ADVI's iterates carry
 one of order the step size). Where -E_q[Hessian] is not positive definite (far from a mode of a
-non-log-concave target) the damped phase keeps the previous precision for that iteration.
+non-log-concave target, or heavy-tailed gradients) the iteration is skipped (mean and precision
+kept; moving the mean by the old covariance there diverged on stochastic_volatility).
 `--newton --fixed-draws` solves the same conditions with ONE set of `--newton-draws` antithetic
 draws for every iteration (common random numbers): the map is deterministic, so its fixed point
 (the sample-average conditions' solution) is found to `--tol` by Anderson acceleration (mixing

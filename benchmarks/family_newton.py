@@ -145,7 +145,10 @@ def _newton_iteration(model, draws: int, batch: int = CHUNK):
         # Sigma = C^-T C^-1; its Cholesky factor from that of the reversed precision
         cov = jax.scipy.linalg.cho_solve((C, True), eye)
         new_L = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-        new_mu = mu + rho * cov @ mean_grad
+        # A target that is not positive definite (q far from the optimum of a non-log-concave
+        # target, or heavy-tailed gradients: stochastic volatility) skips the iteration: moving the
+        # mean by the old covariance there diverged (SV, seed 4, from iteration 30).
+        new_mu = jnp.where(good, mu + rho * cov @ mean_grad, mu)
         return new_mu, new_L, jnp.where(good, new_prec, prec), good
 
     return iterate
@@ -159,7 +162,8 @@ def _fixed_point(iterate, eps, mu, L, iters: int, tol: float, beta: float, log, 
     (births_lognormal_ts' log tau_w: ~0.9 per iteration at beta 0.5) and diverges undamped (the
     same direction oscillates, T's eigenvalue below -1); Anderson's mixing of the last `depth`
     residuals (Walker & Ni 2011) converges on both. A mix whose precision is not positive definite
-    restarts the history with the plain damped step. Stops when no residual exceeds `tol`.
+    restarts the history with the plain damped step. Stops when no residual exceeds `tol`; raises
+    RuntimeError where the target precision itself is not positive definite.
     """
     import jax.numpy as jnp
 
@@ -185,7 +189,10 @@ def _fixed_point(iterate, eps, mu, L, iters: int, tol: float, beta: float, log, 
         res_mu, res_prec = float(np.max(np.abs(g[:k]))), float(np.max(np.abs(g[k:])))
         log(f"  fixed point {i:3d} residual: mean {res_mu:.2e} sd, precision {res_prec:.2e}, "
             f"target PD {bool(good)}, history {len(xs)}")
-        if bool(good) and max(res_mu, res_prec) < tol:
+        if not bool(good):  # deterministic: the same draws would give the same indefinite target
+            raise RuntimeError(f"fixed point iteration {i}: -E_q[Hessian] over the draw set is not positive "
+                               "definite; start nearer the optimum (--start) or use more draws")
+        if max(res_mu, res_prec) < tol:
             break
         xs, gs = (xs + [x])[-depth - 1:], (gs + [g])[-depth - 1:]
         new = x + beta * g
