@@ -44,7 +44,24 @@ converges only linearly (radon's log sigma_a: ~0.9 per iteration, flat after ~40
 for hierarchical posteriors and two `--seed`s (different starts and draws) to confirm. No
 Adam, no step size, no Monte Carlo bias from a constant step (the averaged ADVI's iterates carry
 one of order the step size). Where -E_q[Hessian] is not positive definite (far from a mode of a
-non-log-concave target) the damped phase keeps the previous precision for that iteration.
+non-log-concave target, or heavy-tailed gradients) the iteration is skipped (mean and precision
+kept; moving the mean by the old covariance there diverged on stochastic_volatility).
+`--newton --fixed-draws` solves the same conditions with ONE set of `--newton-draws` antithetic
+draws for every iteration (common random numbers): the map is deterministic, so its fixed point
+(the sample-average conditions' solution) is found to `--tol` by Anderson acceleration (mixing
+`--rho`) in 10-20 iterations where the damped fresh-draw iteration needs ~100; its error is the
+one draw set's Monte Carlo error (run two `--seed`s, or compare on fresh draws). Each Newton limit
+stores its `stationarity` residuals on the `--moment-draws` summary draws (the mean's Newton step
+in sd of q, and the largest |eigenvalue| of L^T (-E_q[Hessian]) L - I; both carry that draw
+set's own noise, ~0.01 and ~sqrt(K / draws) at 32,768 draws). `--save-q FILE.npz` keeps a limit's
+q (mu, L; unconstrained), `--start FILE.npz` starts Newton from it, and `--compare A.npz,B.npz`
+evaluates saved q's on one common set of `--moment-draws` draws: ELBOs, the pairwise ELBO
+difference with the standard error of the per-draw differences (a 0.02 sd shift of one mean
+costs ~2e-4 nats, resolvable at ~10^5 draws), the residuals and the pairwise distances.
+Gradients go through the fastest `lax.map` batch for the model (`_grad_batch`), and through a
+mathematically identical, faster form of the log joint where one exists (`FAST_EQUIVALENTS`,
+checked against the suite's model before use); the stored moments and ELBOs are always those of
+the suite's own model.
 `--check` prints the new limit's distance from the stored one (max |dmean| / sd of NUTS and of
 the limit, as `benchmarks.bench_auto` measures) and does not replace it; `--out-dir` writes the
 new limits to another folder.
@@ -52,6 +69,10 @@ new limits to another folder.
 Usage:
   python -m benchmarks.family_limit --models radon_noncentered --newton --seed 5 --check
   python -m benchmarks.family_limit --models radon_noncentered --newton --seed 4      # stores it
+  python -m benchmarks.family_limit --models births_lognormal_ts --newton --fixed-draws --newton-draws 262144 \
+      --tol 1e-4 --newton-iters 40 --seed 12 --save-q /tmp/b12.npz
+  python -m benchmarks.family_limit --models births_lognormal_ts --compare /tmp/b4.npz,/tmp/b12.npz \
+      --moment-draws 131072 --seed 11
   python -m benchmarks.family_limit --models radon_noncentered,neals_funnel
   python -m benchmarks.family_limit --models radon_centered --averaged --draws 16 --steps 20000 --keep-best
   python -m benchmarks.family_limit --steps 50000 --draws 32           # every model
@@ -72,9 +93,10 @@ import numpy as np  # noqa: E402
 
 import advi_jax as aj  # noqa: E402
 from benchmarks.common import versions  # noqa: E402
+from benchmarks.family_newton import (CHUNK, FAST_EQUIVALENTS, _antithetic,  # noqa: E402,F401
+                                      _gaussian_draws, _grad_batch, limit_model, newton_limit, stationarity)
 from benchmarks.suite import SuiteModel, available_models, flatten_draws  # noqa: E402
 
-CHUNK = 1024  # draws per vectorised log-density call when summarising q
 FAMILY_LIMIT_DIR = os.path.join(os.path.dirname(__file__), "references", "family_limit")
 
 
@@ -109,96 +131,6 @@ def _fit_averaged(model, seed: int, steps: int, draws: int):
         choose.AUTO_ADVI = saved
 
 
-def _newton_iteration(model, draws: int):
-    """One Gaussian variational Newton fixed-point iteration (module docstring), jitted."""
-    import jax.numpy as jnp
-    from jax.scipy.linalg import solve_triangular
-
-    grad = jax.grad(model.log_density)
-
-    @jax.jit
-    def iterate(key, mu, L, rho):
-        eps = jax.random.normal(key, (draws // 2, mu.shape[0]), mu.dtype)
-        eps = jnp.concatenate([eps, -eps])  # antithetic: the linear part of grad cancels in E[grad]
-        g = jax.lax.map(grad, mu[None, :] + eps @ L.T, batch_size=CHUNK)
-        ok = jnp.all(jnp.isfinite(g), axis=1)
-        w = ok.astype(mu.dtype) / jnp.sum(ok)
-        g = jnp.where(ok[:, None], g, 0.0)
-        mean_grad = w @ g
-        # Stein: E[grad eps^T] = E[Hessian] L. Estimated as the regression of grad on eps (the
-        # draws' own second moment in place of I), which is exact for a Gaussian target.
-        cross = (g * w[:, None]).T @ eps
-        second = (eps * w[:, None]).T @ eps
-        stein = jax.scipy.linalg.solve(second, cross.T, assume_a="pos").T
-        hess = solve_triangular(L, stein.T, trans="T", lower=True).T  # stein L^-1
-        target = -0.5 * (hess + hess.T)
-        eye = jnp.eye(mu.shape[0], dtype=mu.dtype)
-        prec = jax.scipy.linalg.cho_solve((L, True), eye)
-        new_prec = (1.0 - rho) * prec + rho * target
-        C = jnp.linalg.cholesky(new_prec)
-        good = jnp.all(jnp.isfinite(C))
-        C = jnp.where(good, C, jnp.linalg.cholesky(prec))
-        # Sigma = C^-T C^-1; its Cholesky factor from that of the reversed precision
-        cov = jax.scipy.linalg.cho_solve((C, True), eye)
-        new_L = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-        new_mu = mu + rho * cov @ mean_grad
-        return new_mu, new_L, jnp.where(good, new_prec, prec), good
-
-    return iterate
-
-
-def newton_limit(model, seed: int, iters: int, draws: int, log=print, start=None):
-    """The full-rank family's optimum by the variational Newton fixed point (module docstring).
-
-    Args:
-      model: an `aj.Model` (float64 enabled).
-      seed: PRNG seed (the default fit's start and every iteration's draws).
-      iters: iterations (damped, rho = 0.5); the later half is averaged.
-      draws: draws of q per iteration (antithetic pairs).
-      log: where the per-iteration progress goes.
-      start: (mean, L) to start from; None: the default `aj.fit`'s q.
-
-    Returns:
-      (mean (K,), L (K, K), info dict with `mean_mcse` (K,) in sd of q and the start's fit).
-    """
-    import jax.numpy as jnp
-
-    if start is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            start = aj.fit(model, key=jax.random.key(seed), family="fullrank", progress=False,
-                           num_diagnostic_draws=256)
-        mu, L = start.family.mean(start.params), start.family.scale_tril(start.params)
-    else:
-        mu, L = start
-    mu, L = jnp.asarray(mu, float), jnp.asarray(L, float)  # float64 where enabled
-    iterate = _newton_iteration(model, draws)
-    key = jax.random.key(seed + 7)
-    damped = iters // 2
-    rho = 0.5
-    mus, precs = [], []
-    for i in range(iters):
-        key, sub = jax.random.split(key)
-        new_mu, new_L, prec, good = iterate(sub, mu, L, jnp.asarray(rho, mu.dtype))
-        sd = jnp.sqrt(jnp.sum(L ** 2, axis=1))
-        moved = jnp.abs(new_mu - mu) / sd
-        step, worst = float(jnp.max(moved)), int(jnp.argmax(moved))
-        log_sd = float(jnp.max(jnp.abs(jnp.log(jnp.sqrt(jnp.sum(new_L ** 2, axis=1)) / sd))))
-        mu, L = new_mu, new_L
-        if i >= damped:
-            mus.append(np.asarray(mu))
-            precs.append(np.asarray(prec))
-        log(f"  newton {i:3d} |dmu| {step:.4f} sd (coordinate {worst}: {float(mu[worst]):.5f}), "
-            f"|dlog sd| {log_sd:.4f}, precision PD {bool(good)}")
-    mus = np.stack(mus)
-    prec = np.mean(np.stack(precs), axis=0)
-    cov = np.linalg.inv(0.5 * (prec + prec.T))
-    L = np.linalg.cholesky(0.5 * (cov + cov.T))
-    sd = np.sqrt(np.diag(cov))
-    mcse = mus.std(axis=0, ddof=1) / np.sqrt(len(mus)) * np.sqrt((2.0 - rho) / rho) / sd
-    return jnp.asarray(mus.mean(axis=0)), jnp.asarray(L), {"mean_mcse": mcse, "start": start}
-
-
 def _moments(model, u, log_q) -> dict:
     """ELBO (log p - log q over the draws u), k-hat and the constrained means and sds."""
     from advi_jax.diagnostics import psis
@@ -220,39 +152,80 @@ def _moments(model, u, log_q) -> dict:
 
 
 def compute_newton_limit(name: str, suite_model: SuiteModel, *, iters: int, draws: int, moment_draws: int,
-                         seed: int) -> dict:
-    """`--newton`: the family limit by the variational Newton fixed point, summarised like the others."""
-    import jax.numpy as jnp
+                         seed: int, fixed_draws: bool = False, rho: float = 0.5, tol: float = 0.0,
+                         start: tuple | None = None, start_note: str = "the default aj.fit") -> tuple[dict, tuple]:
+    """`--newton`: the family limit by the variational Newton fixed point, summarised like the others.
 
-    model = aj.from_numpyro(suite_model.fn, *suite_model.args)
+    Returns (the summary, (mu, L) of q in the unconstrained space).
+    """
+    model, fast = limit_model(name, suite_model)
+    batch = _grad_batch(fast)
     tick = time.perf_counter()
-    mu, L, info = newton_limit(model, seed, iters, draws)
+    mu, L, info = newton_limit(fast, seed, iters, draws, start=start, fixed_draws=fixed_draws, rho=rho, tol=tol,
+                               batch=batch)
     seconds = time.perf_counter() - tick
-    eps = jax.random.normal(jax.random.key(seed + 1), (moment_draws // 2, mu.shape[0]), mu.dtype)
-    eps = jnp.concatenate([eps, -eps])  # antithetic: exact means for the affinely mapped scalars
-    u = mu[None, :] + eps @ L.T
-    log_q = (-0.5 * jnp.sum(eps ** 2, axis=1) - jnp.sum(jnp.log(jnp.diag(L)))
-             - 0.5 * mu.shape[0] * jnp.log(2 * jnp.pi))
-    out = _moments(model, u, log_q)
+    eps = _antithetic(jax.random.key(seed + 1), moment_draws, mu.shape[0], mu.dtype)
+    out = _moments(model, *_gaussian_draws(mu, L, eps))
+    residual = stationarity(fast, mu, L, eps, batch)
     mcse = info["mean_mcse"]
+    start_grads = int(getattr(info["start"], "num_grad_evals", 0))
+    run = info["iterations"]
     return {
         "model": name,
         "note": suite_model.note,
         "method": ("advi_jax full-rank Gaussian, variational Newton fixed point (family_limit --newton: "
-                   "E_q[grad] = 0, -E_q[Hessian] = Sigma^-1, Stein's-lemma Hessian), float64"),
+                   "E_q[grad] = 0, -E_q[Hessian] = Sigma^-1, Stein's-lemma Hessian), float64"
+                   + (", one fixed draw set (common random numbers)" if fixed_draws else "")),
         "settings": {"family": "fullrank", "newton_iters": iters, "newton_draws": draws, "num_samples": draws,
-                     "moment_draws": moment_draws, "seed": seed, "init": "the default aj.fit"},
+                     "fixed_draws": fixed_draws, "rho": rho, "tol": tol, "moment_draws": moment_draws,
+                     "seed": seed, "init": start_note,
+                     "gradient_model": FAST_EQUIVALENTS[name].__name__ if name in FAST_EQUIVALENTS else "the suite's"},
         "dim": int(model.dim),
         **{k: out[k] for k in ("elbo", "elbo_se", "elbo_nonfinite_draws", "khat")},
-        "mean_mcse_max": float(np.max(mcse)),
-        "mean_mcse_median": float(np.median(mcse)),
-        "start_grad_evals": int(getattr(info["start"], "num_grad_evals", 0)),
-        "num_grad_evals": int(getattr(info["start"], "num_grad_evals", 0)) + iters * draws,
-        "stop_reason": f"{iters} iterations, the later {iters - iters // 2} averaged",
+        "mean_mcse_max": float(np.max(mcse)) if mcse is not None else None,
+        "mean_mcse_median": float(np.median(mcse)) if mcse is not None else None,
+        "stationarity": {**residual, "draws": moment_draws, "seed": seed + 1},
+        "start_grad_evals": start_grads,
+        "num_grad_evals": start_grads + run * draws,
+        "stop_reason": (f"{run} iterations on one draw set (tol {tol})" if fixed_draws else
+                        f"{iters} iterations, the later {iters - iters // 2} averaged"),
         "seconds": seconds,
         "versions": versions(),
         "params": out["params"],
-    }
+    }, (mu, L)
+
+
+def compare_candidates(name: str, suite_model: SuiteModel, paths: list[str], draws: int, seed: int) -> None:
+    """Print each saved q's ELBO on ONE set of antithetic draws (common random numbers: the pairwise
+    ELBO difference's standard error is that of the per-draw differences), its stationarity residuals,
+    and the pairwise distances in the constrained moments (max |dmean| / sd_NUTS, max |log sd ratio|)."""
+    import jax.numpy as jnp
+
+    from benchmarks.make_references import load_reference
+
+    model, fast = limit_model(name, suite_model)
+    batch = _grad_batch(fast)
+    reference = load_reference(name)
+    rows = {}
+    for path in paths:
+        q = np.load(path)
+        mu, L = jnp.asarray(q["mu"], jnp.float64), jnp.asarray(q["L"], jnp.float64)
+        eps = _antithetic(jax.random.key(seed), draws, mu.shape[0], mu.dtype)
+        u, log_q = _gaussian_draws(mu, L, eps)
+        gap = np.asarray(jax.lax.map(model.log_density, u, batch_size=CHUNK) - log_q, np.float64)
+        rows[path] = {"gap": gap, "moments": _moments(model, u, log_q), "res": stationarity(fast, mu, L, eps, batch)}
+        r = rows[path]
+        print(f"{path}: ELBO {r['moments']['elbo']:.4f} +- {r['moments']['elbo_se']:.4f}, "
+              f"khat {r['moments']['khat']:.2f}, stationarity {r['res']}", flush=True)
+    for i, a in enumerate(paths):
+        for b in paths[i + 1:]:
+            d = rows[a]["gap"] - rows[b]["gap"]
+            d = d[np.isfinite(d)]
+            pa, pb = rows[a]["moments"]["params"], rows[b]["moments"]["params"]
+            log_sd = max(abs(np.log(pa[k]["sd"] / pb[k]["sd"])) for k in pa if pa[k]["sd"] > 1e-8)
+            print(f"{a} - {b}: ELBO {d.mean():+.5f} +- {d.std() / np.sqrt(d.size):.5f}; "
+                  f"{limit_distance(rows[a]['moments'], rows[b]['moments'], reference)}, "
+                  f"max |log sd ratio| {log_sd:.4f}", flush=True)
 
 
 def limit_distance(new: dict, old: dict, reference: dict | None) -> dict:
@@ -272,15 +245,18 @@ def limit_distance(new: dict, old: dict, reference: dict | None) -> dict:
 
 
 def compute_family_limit(name: str, suite_model: SuiteModel, *, steps: int, draws: int, moment_draws: int,
-                         seed: int, init: str = "auto", averaged: bool = False) -> dict:
-    """Fit the full-rank family for a long time with many draws per step; summarise q in the constrained space."""
-    model = aj.from_numpyro(suite_model.fn, *suite_model.args)
+                         seed: int, init: str = "auto", averaged: bool = False) -> tuple[dict, tuple]:
+    """Fit the full-rank family for a long time with many draws per step; summarise q in the constrained space.
+
+    Returns (the summary, (mu, L) of q in the unconstrained space).
+    """
+    model, fast = limit_model(name, suite_model)  # fitted on the fast equivalent, summarised on the suite's model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # k-hat is recorded below
         if averaged:
-            result = _fit_averaged(model, seed, steps, draws)
+            result = _fit_averaged(fast, seed, steps, draws)
         else:
-            result = aj.fit(model, key=jax.random.key(seed), family="fullrank", num_steps=steps, num_samples=draws,
+            result = aj.fit(fast, key=jax.random.key(seed), family="fullrank", num_steps=steps, num_samples=draws,
                             init=None if init == "zero" else init, tol_rel_obj=None, progress=False,
                             num_diagnostic_draws=4096)
     u = result.sample_unconstrained(jax.random.key(seed + 1), moment_draws)
@@ -305,7 +281,7 @@ def compute_family_limit(name: str, suite_model: SuiteModel, *, steps: int, draw
         "seconds": float(result.seconds),
         "versions": versions(),
         "params": moments["params"],
-    }
+    }, (result.family.mean(result.params), result.family.scale_tril(result.params))
 
 
 def main(argv=None):
@@ -326,6 +302,14 @@ def main(argv=None):
                         help="the variational Newton fixed point, independent of ADVI (module docstring)")
     parser.add_argument("--newton-iters", type=int, default=96, help="--newton: iterations (the later half averaged)")
     parser.add_argument("--newton-draws", type=int, default=65536, help="--newton: draws per iteration")
+    parser.add_argument("--fixed-draws", action="store_true",
+                        help="--newton: one draw set for every iteration, stopped at --tol (newton_limit)")
+    parser.add_argument("--rho", type=float, default=0.5, help="--newton: damping (1 = undamped)")
+    parser.add_argument("--tol", type=float, default=1e-6, help="--newton --fixed-draws: stop when no step exceeds it")
+    parser.add_argument("--start", default=None, help="--newton: start from the q saved (--save-q) in this .npz")
+    parser.add_argument("--save-q", default=None, help="save the limit's unconstrained q (mu, L) to this .npz")
+    parser.add_argument("--compare", default=None,
+                        help="comma-separated --save-q files: ELBOs on common draws, residuals, distances")
     parser.add_argument("--out-dir", default=None, help="write the limits here instead of the references")
     parser.add_argument("--check", action="store_true",
                         help="print the distance of the new limit from the stored one; write nothing")
@@ -335,14 +319,24 @@ def main(argv=None):
     for name, suite_model in available_models(args.models.split(",") if args.models else None).items():
         if args.skip_existing and os.path.exists(family_limit_path(name)):
             continue
+        if args.compare:
+            compare_candidates(name, suite_model, args.compare.split(","), args.moment_draws, args.seed)
+            continue
         start = time.perf_counter()
         if args.newton:
-            out = compute_newton_limit(name, suite_model, iters=args.newton_iters, draws=args.newton_draws,
-                                       moment_draws=args.moment_draws, seed=args.seed)
+            q0, note = None, "the default aj.fit"
+            if args.start:
+                q0, note = tuple(np.load(args.start)[k] for k in ("mu", "L")), f"q of {os.path.basename(args.start)}"
+            out, q = compute_newton_limit(name, suite_model, iters=args.newton_iters, draws=args.newton_draws,
+                                          moment_draws=args.moment_draws, seed=args.seed,
+                                          fixed_draws=args.fixed_draws, rho=args.rho, tol=args.tol,
+                                          start=q0, start_note=note)
         else:
-            out = compute_family_limit(name, suite_model, steps=args.steps, draws=args.draws,
-                                       moment_draws=args.moment_draws, seed=args.seed, init=args.init,
-                                       averaged=args.averaged)
+            out, q = compute_family_limit(name, suite_model, steps=args.steps, draws=args.draws,
+                                          moment_draws=args.moment_draws, seed=args.seed, init=args.init,
+                                          averaged=args.averaged)
+        if args.save_q:
+            np.savez(args.save_q, mu=np.asarray(q[0]), L=np.asarray(q[1]))
         stored = load_family_limit(name)
         if args.out_dir:
             os.makedirs(args.out_dir, exist_ok=True)
@@ -354,7 +348,8 @@ def main(argv=None):
             dist = limit_distance(out, stored, load_reference(name)) if stored is not None else None
             print(f"{name}: new ELBO {out['elbo']:.3f} +- {out['elbo_se']:.3f} (stored "
                   f"{stored['elbo'] if stored else float('nan'):.3f}), k-hat {out['khat']:.2f}, "
-                  f"MCSE of the means max {out.get('mean_mcse_max', float('nan')):.4f} sd; "
+                  f"MCSE of the means max {out.get('mean_mcse_max') or float('nan'):.4f} sd, "
+                  f"stationarity {out.get('stationarity')}; "
                   f"from the stored limit: {dist}; {time.perf_counter() - start:.0f} s", flush=True)
             continue
         if args.keep_best and stored is not None and stored["elbo"] >= out["elbo"]:

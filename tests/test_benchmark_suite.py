@@ -99,3 +99,60 @@ def test_newton_family_limit_solves_the_gaussian_family_stationarity_conditions(
     np.testing.assert_allclose(np.asarray(mu), 0.0, atol=0.02)
     np.testing.assert_allclose(np.asarray(L @ L.T), np.eye(2) / np.sqrt(3.0), atol=0.02)
     assert np.all(info["mean_mcse"] < 0.02)
+
+
+def test_newton_with_fixed_draws_is_exact_on_a_gaussian_and_its_residuals_vanish_only_at_the_optimum():
+    """`--newton --fixed-draws` (one draw set, undamped, stopped at a tolerance) solves the sample
+    conditions exactly on a Gaussian target (the Stein regression is exact there for any draws);
+    `stationarity` is ~0 at the answer and reports a moved mean / a scaled covariance."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.family_limit import _antithetic, newton_limit, stationarity
+
+    with jax.enable_x64(True):
+        cov = np.array([[2.0, 0.6, 0.1], [0.6, 1.0, -0.3], [0.1, -0.3, 0.5]])
+        mean = np.array([5.0, -3.0, 0.5])
+        precision = jnp.asarray(np.linalg.inv(cov))
+        gauss = aj.Model(lambda p: -0.5 * (p["x"] - mean) @ precision @ (p["x"] - mean), {"x": aj.real((3,))})
+        mu, L, info = newton_limit(gauss, seed=0, iters=50, draws=64, log=lambda _: None,
+                                   start=(jnp.zeros(3), jnp.eye(3)), fixed_draws=True, rho=1.0, tol=1e-10)
+        assert info["iterations"] < 50
+        np.testing.assert_allclose(np.asarray(mu), mean, atol=1e-8)
+        np.testing.assert_allclose(np.asarray(L @ L.T), cov, atol=1e-8)
+        eps = _antithetic(jax.random.key(3), 256, 3, jnp.float64)
+        at = stationarity(gauss, mu, L, eps)
+        assert at["mean_step"] < 1e-8 and at["precision_residual"] < 1e-8
+        moved = stationarity(gauss, mu + jnp.sqrt(jnp.diag(L @ L.T)) * jnp.array([0.1, 0.0, 0.0]), L, eps)
+        assert moved["mean_step"] == pytest.approx(0.1, rel=1e-6)
+        scaled = stationarity(gauss, mu, 1.1 * L, eps)  # L^T Sigma^-1 L - I = 1.21 - 1
+        assert scaled["precision_residual"] == pytest.approx(0.21, rel=1e-6)
+
+
+def test_fast_equivalent_log_density_is_checked_against_the_suite_model(monkeypatch):
+    """A fast equivalent is used only after its log joint and gradient match the suite model's: an
+    identical one passes, one that differs by 1e-6 in the log joint is refused. (Every family_limit
+    run makes the same check of stochastic_volatility's scan form; compiling the suite's T x T form
+    takes ~10 s, too long for the default suite.)"""
+    import jax
+    import numpyro
+    import numpyro.distributions as dist
+
+    from benchmarks import family_limit
+    from benchmarks.suite import SuiteModel
+
+    def normal(y):
+        numpyro.sample("y", dist.Normal(numpyro.sample("m", dist.Normal(0.0, 1.0)), 1.0), obs=y)
+
+    def shifted(y):
+        normal(y)
+        numpyro.factor("extra", 1e-6 * (1.0 + y[0] ** 2))
+
+    with jax.enable_x64(True):
+        toy = SuiteModel(normal, (np.array([0.5, -1.0]),), "toy")
+        monkeypatch.setitem(family_limit.FAST_EQUIVALENTS, "toy", normal)
+        model, fast = family_limit.limit_model("toy", toy, check_draws=8)  # the model itself passes
+        assert fast is not model and fast.dim == model.dim == 1
+        monkeypatch.setitem(family_limit.FAST_EQUIVALENTS, "toy", shifted)
+        with pytest.raises(ValueError, match="differs"):
+            family_limit.limit_model("toy", toy, check_draws=8)
