@@ -46,6 +46,10 @@ __all__ = ["AutoStop", "AveragedState", "advi_averaged", "averaged_params", "ave
            "stop_warning"]
 
 
+BIAS_WARNING = 0.05
+"""`stop_warning`'s threshold on the change a halving of the step size made (q's units)."""
+
+
 class AutoStop(NamedTuple):
     """Settings of the averaged, self-stopping ADVI (static, hashable).
 
@@ -63,6 +67,11 @@ class AutoStop(NamedTuple):
       tol_distance: the largest estimated distance of the average's mean from the optimum, in
         sd of q (the averaged natural gradient of the mean, see the module docstring), less
         twice its MCSE (the test asks whether the distance is SIGNIFICANTLY above it).
+      keep_batch_steps: a phase after a halving keeps the batch length of the previous phase's
+        passing test (else it restarts at `batch_steps`): see the module docstring.
+      confirm_factor: when the last halving's change exceeds `BIAS_WARNING` (a warning would be
+        issued), that phase runs on, to at most this many times its minimum length, before the
+        change is final (a short phase's average is noisy: see the module docstring).
     """
 
     learning_rate: float = 0.01
@@ -75,6 +84,8 @@ class AutoStop(NamedTuple):
     max_halvings: int = 1
     tol_change: float = 0.04
     tol_distance: float = 0.03
+    keep_batch_steps: bool = True
+    confirm_factor: int = 4
 
 
 class AveragedState(NamedTuple):
@@ -96,6 +107,11 @@ class AveragedState(NamedTuple):
     distance: Array  # the last test's largest estimated distance of the average's mean from the optimum
     distance_mcse: Array  # its largest MCSE
     change: Array  # the largest change between the last two phases' averages (NaN: no halving yet)
+    previous_se: Array  # (2K,) the MCSE of the last phase's average, per coordinate (q's units)
+    change_se: Array  # the standard error of the change at its largest coordinate
+    change_mean: Array  # the largest change of a mean (in sd of q)
+    phase_batch_steps: Array  # the batch length this phase started with
+    confirming: Array  # this phase runs on to confirm a change over BIAS_WARNING
     converged: Array
 
 
@@ -157,7 +173,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
                              jnp.zeros_like(flat), zero, jnp.zeros((model.dim,), flat.dtype),
                              jnp.zeros((m,) + flat.shape, flat.dtype), jnp.zeros((m, model.dim), flat.dtype), zero,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), zero, nan, nan, nan, nan, nan,
-                             jnp.zeros((), bool))
+                             jnp.full((2 * model.dim,), jnp.nan, flat.dtype), nan, nan,
+                             jnp.asarray(stop.batch_steps, jnp.int32), jnp.zeros((), bool), jnp.zeros((), bool))
 
     def loss(params, key):
         surrogate, aux = estimator_fn(family, model.log_density, params, key, num_samples)
@@ -176,7 +193,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         s = jnp.concatenate([per_batch[0] / sd[None, :], jnp.log(per_batch[1])], axis=1)  # (m, 2K) in q's units
         h = jnp.sum(tail).astype(flat.dtype)
         centred = jnp.where(tail[:, None], s - _masked_mean(s, tail)[None, :], 0.0)
-        mcse = jnp.max(jnp.sqrt(jnp.sum(centred ** 2, axis=0) / jnp.maximum(h - 1.0, 1.0) / h))
+        se = jnp.sqrt(jnp.sum(centred ** 2, axis=0) / jnp.maximum(h - 1.0, 1.0) / h)  # (2K,)
+        mcse = jnp.max(se)
         drift = jnp.max(jnp.abs(_masked_mean(s, last) - _masked_mean(s, first)))
         # The averaged Newton step of the mean: its size is the average's distance from the optimum.
         step_mean = _masked_mean(newton, tail)
@@ -190,10 +208,20 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
               & (excess < stop.tol_distance))
         summary = jnp.concatenate([mean, jnp.log(sd)])
         prev_mean, prev_log_sd = st.previous[:model.dim], st.previous[model.dim:]
-        change = jnp.max(jnp.concatenate([jnp.abs(prev_mean - mean) / sd, jnp.abs(prev_log_sd - jnp.log(sd))]))
+        changes = jnp.concatenate([jnp.abs(prev_mean - mean) / sd, jnp.abs(prev_log_sd - jnp.log(sd))])
+        change = jnp.max(changes)
+        change_se = jnp.sqrt(st.previous_se ** 2 + se ** 2)[jnp.argmax(changes)]
+        change_mean = jnp.max(changes[:model.dim])
         agreed = jnp.isfinite(change) & (change < stop.tol_change)
-        done = ok & (agreed | (st.halvings >= stop.max_halvings))
-        restart = ok & ~done
+        # A last phase whose change would warn runs on (to `confirm_factor` times its minimum
+        # length) so that the change is not the noise of a short average.
+        # Once running on, it stops early only when the change is back under `tol_change` (hysteresis:
+        # a noisy change that merely dips under BIAS_WARNING does not end it).
+        over = (st.halvings > 0) & jnp.isfinite(change) & (change > jnp.where(st.confirming, stop.tol_change,
+                                                                               BIAS_WARNING))
+        unconfirmed = over & (n * st.batch_steps < stop.confirm_factor * need * st.phase_batch_steps)
+        done = ok & (agreed | ((st.halvings >= stop.max_halvings) & ~unconfirmed))
+        restart = ok & ~done & (st.halvings < stop.max_halvings)
         # A full set of slots merges pairwise: half as many batches, each twice as long.
         full = n >= m
         merged = jnp.concatenate([0.5 * (slots[0::2] + slots[1::2]), jnp.zeros_like(slots[: m // 2])])
@@ -205,14 +233,20 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         # A new phase restarts from the average with half the step size, its slots empty.
         fit = st.fit._replace(params=jax.tree_util.tree_map(lambda new, old: jnp.where(restart, new, old),
                                                             unravel(average), st.fit.params))
+        first_batch = st.batch_steps if stop.keep_batch_steps else jnp.asarray(stop.batch_steps, jnp.int32)
         return st._replace(
             fit=fit, lr=jnp.where(restart, 0.5 * st.lr, st.lr),
-            batch_steps=jnp.where(restart, jnp.asarray(stop.batch_steps, jnp.int32), batch_steps),
+            batch_steps=jnp.where(restart, first_batch, batch_steps),
+            phase_batch_steps=jnp.where(restart, first_batch, st.phase_batch_steps),
+            confirming=~restart & (st.confirming | (ok & unconfirmed)),
             cur_sum=jnp.zeros_like(st.cur_sum), cur_count=jnp.zeros_like(st.cur_count),
             cur_newton=jnp.zeros_like(st.cur_newton), slots=slots, newton=newton, distance=distance, distance_mcse=step_mcse,
             num_batches=jnp.where(restart, 0, n), previous=jnp.where(restart, summary, st.previous),
             halvings=st.halvings + restart.astype(jnp.int32), mcse=mcse, drift=drift,
-            change=jnp.where(ok & jnp.isfinite(change), change, st.change), converged=done)
+            change=jnp.where(ok & jnp.isfinite(change), change, st.change),
+            previous_se=jnp.where(restart, se, st.previous_se),
+            change_se=jnp.where(ok & jnp.isfinite(change), change_se, st.change_se),
+            change_mean=jnp.where(ok & jnp.isfinite(change), change_mean, st.change_mean), converged=done)
 
     def step(key: Array, state: AveragedState) -> tuple[AveragedState, Any]:
         fit = state.fit
@@ -274,6 +308,7 @@ def averaged_extras(family: Family, stop: AutoStop):
         return {"auto_stop_converged": state.converged, "auto_stop_mcse": state.mcse,
                 "auto_stop_drift": state.drift, "auto_stop_distance": state.distance,
                 "auto_stop_distance_mcse": state.distance_mcse, "auto_stop_change": state.change,
+                "auto_stop_change_se": state.change_se, "auto_stop_change_mean": state.change_mean,
                 "auto_stop_learning_rate": state.lr, "auto_stop_halvings": state.halvings,
                 "auto_stop_batch_steps": state.batch_steps}
 
@@ -341,6 +376,3 @@ def stop_warning(code: int, extras: dict, num_steps: int) -> str | None:
                 f"{BIAS_WARNING}); fit again with method='advi' and a smaller learning_rate, or more num_steps")
     return None
 
-
-BIAS_WARNING = 0.05
-"""`stop_warning`'s threshold on the change a halving of the step size made (q's units)."""
