@@ -76,6 +76,10 @@ def test_a_halving_that_moves_q_far_warns_and_one_that_does_not_is_silent():
     assert said is not None and "moved q by 0.070 sd" in said
     assert stop_warning(4, dict(seen, auto_stop_halvings=0, auto_stop_change=float("nan")), 1000) is None
     assert stop_warning(4, {}, 1000) is None and stop_warning(0, {}, 1000) is None  # not the averaged ADVI
+    # The cap during a halved phase still confirming a large change says both.
+    capped = stop_warning(0, dict(seen, auto_stop_change=0.09, auto_stop_confirming=True), 1000)
+    assert "cap of 1000 steps" in capped and "moved q by 0.090 sd" in capped
+    assert "moved q" not in stop_warning(0, dict(seen, auto_stop_change=0.045, auto_stop_confirming=True), 1000)
 
 
 def test_vmap_over_keys_equals_a_loop():

@@ -21,7 +21,25 @@ inference", RABVI):
   a run still travelling (the drift) or too noisy to tell (the MCSE) goes on.
 * RABVI's check of the step size's own bias: a converged phase restarts from its average with
   half the step size (`max_halvings` times at most); the fit stops when two successive averages
-  agree within `tol_change` (in the same units), or when the halvings are spent.
+  agree within `tol_change` (in the same units), or when the halvings are spent. The average of
+  constant-step iterates is biased by O(step size) wherever the ELBO is not quadratic (its
+  gradient AT the iterates averages to zero, not at their average), so the change a halving makes
+  reads the bias left at the smaller step; `stop_warning` warns when it exceeds `BIAS_WARNING`.
+* That reading needs the halved phase to have relaxed to its own stationary mean. Halving the step
+  doubles the iterates' relaxation and autocorrelation times, so a phase after a halving keeps the
+  batch length of the previous phase's passing test (`keep_batch_steps`; that phase's batches were
+  long enough for its MCSE test, the halved phase's must be at least as long) and needs
+  `min_batches_halved` of them. (Restarting at 25-step batches, radon's group-level sd, whose
+  iterates at step 0.01 are autocorrelated over hundreds of steps, moved 10-20% of the way to the
+  halved step's mean in the 200-step minimum phase: the change under-read the bias 3-5 fold, and
+  fits 0.07-0.11 sd from the family limit passed silently; benchmarks/PERFORMANCE.md.)
+* A change over `BIAS_WARNING` is confirmed before it is reported: the halved phase runs on, to
+  at most `confirm_factor` times its minimum length, and stops early only if the change falls back
+  under `tol_change` (hysteresis, so a change that merely dips under the threshold by noise does
+  not end it). A short phase's average carries the noise of few batches in every coordinate, and
+  the largest change over 2K coordinates then exceeds the threshold by noise alone (eight schools:
+  0.065-0.087 after the minimum phase, 0.035-0.039 once confirmed); a real bias persists or grows
+  as the phase relaxes. Only fits whose change would warn pay for it.
 
 Everything runs inside the step (one compile; the tests happen only when a batch completes,
 under `lax.cond`), and the step's `StepInfo.converged` reports the outcome, which is how the
@@ -302,7 +320,10 @@ def averaged_params(family: Family):
 
 
 def averaged_extras(family: Family, stop: AutoStop):
-    """state -> what the stopping rule saw: its last MCSE and drift, the step size, the halvings."""
+    """state -> what the stopping rule saw: its last MCSE and drift, the step size, the halvings,
+    the change the last halving made (`auto_stop_change`, with its standard error at the coordinate
+    of the largest change, `auto_stop_change_se`, and the largest change of a mean alone,
+    `auto_stop_change_mean`), and whether the last phase ran on to confirm it."""
 
     def extras(state: AveragedState) -> dict:
         return {"auto_stop_converged": state.converged, "auto_stop_mcse": state.mcse,
@@ -310,7 +331,7 @@ def averaged_extras(family: Family, stop: AutoStop):
                 "auto_stop_distance_mcse": state.distance_mcse, "auto_stop_change": state.change,
                 "auto_stop_change_se": state.change_se, "auto_stop_change_mean": state.change_mean,
                 "auto_stop_learning_rate": state.lr, "auto_stop_halvings": state.halvings,
-                "auto_stop_batch_steps": state.batch_steps}
+                "auto_stop_batch_steps": state.batch_steps, "auto_stop_confirming": state.confirming}
 
     return extras
 
@@ -347,9 +368,10 @@ def stop_warning(code: int, extras: dict, num_steps: int) -> str | None:
     """What a user must be told about the averaged ADVI's stop (a `DiagnosticWarning`), or None.
 
     Two cases: the cap `num_steps` came before the rule passed (the returned average may be short
-    of the optimum), and a halving of the step size that moved q by more than `BIAS_WARNING` in
-    q's units (the constant step's bias is proportional to the step: if halving it moved q by d,
-    what remains at the smaller step is about d too, RABVI's reading).
+    of the optimum; this includes a halved phase still confirming a large change), and a halving
+    of the step size that moved q by more than `BIAS_WARNING` in q's units, confirmed by the longer
+    phase (`AutoStop.confirm_factor`; the constant step's bias is proportional to the step: if
+    halving it moved q by d, what remains at the smaller step is about d too, RABVI's reading).
 
     Args:
       code: the driver's stop code (0: the cap was reached).
@@ -365,11 +387,14 @@ def stop_warning(code: int, extras: dict, num_steps: int) -> str | None:
     """
     if "auto_stop_mcse" not in extras:
         return None
-    if code == 0:
-        return (f"ADVI's stopping rule did not pass within its cap of {num_steps} steps (last test: MCSE "
-                f"{float(extras['auto_stop_mcse']):.3g}, drift {float(extras['auto_stop_drift']):.3g} sd of q): the "
-                "average of the later iterates may be short of the Gaussian optimum")
     change = float(extras.get("auto_stop_change", float("nan")))
+    if code == 0:
+        confirming = bool(extras.get("auto_stop_confirming", False)) and change > BIAS_WARNING
+        return (f"ADVI's stopping rule did not pass within its cap of {num_steps} steps (last test: MCSE "
+                f"{float(extras['auto_stop_mcse']):.3g}, drift {float(extras['auto_stop_drift']):.3g} sd of q"
+                + (f"; halving the step size had moved q by {change:.3f} sd, more than {BIAS_WARNING}, and the "
+                   "halved phase was still running on to confirm it" if confirming else "")
+                + "): the average of the later iterates may be short of the Gaussian optimum")
     if int(extras.get("auto_stop_halvings", 0)) > 0 and change > BIAS_WARNING:
         return (f"halving ADVI's step size moved q by {change:.3f} sd (means in sd of q, sds as log ratios): the "
                 f"constant step's bias may leave the fit about that far from the Gaussian optimum (more than "
