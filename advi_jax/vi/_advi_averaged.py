@@ -30,9 +30,10 @@ inference", RABVI):
   batch length of the previous phase's passing test (`keep_batch_steps`; that phase's batches were
   long enough for its MCSE test, the halved phase's must be at least as long) and needs
   `min_batches_halved` of them. (Restarting at 25-step batches, radon's group-level sd, whose
-  iterates at step 0.01 are autocorrelated over hundreds of steps, moved 10-20% of the way to the
-  halved step's mean in the 200-step minimum phase: the change under-read the bias 3-5 fold, and
-  fits 0.07-0.11 sd from the family limit passed silently; benchmarks/PERFORMANCE.md.)
+  iterates at step 0.01 are autocorrelated over hundreds of steps, moved 10-15% of the way to the
+  halved step's mean in the 200-step minimum phase; the halved phases reported changes of
+  0.023-0.057 sd where a relaxed one moves 0.09-0.15, and fits 0.07-0.11 sd from the family limit
+  passed silently; benchmarks/PERFORMANCE.md.)
 * A change over `BIAS_WARNING` is confirmed before it is reported: the halved phase runs on, to
   at most `confirm_factor` times its minimum length, and stops early only if the change falls back
   under `tol_change` (hysteresis, so a change that merely dips under the threshold by noise does
