@@ -29,7 +29,10 @@ inference", RABVI):
   doubles the iterates' relaxation and autocorrelation times, so a phase after a halving keeps the
   batch length of the previous phase's passing test (`keep_batch_steps`; that phase's batches were
   long enough for its MCSE test, the halved phase's must be at least as long) and needs
-  `min_batches_halved` of them. (Restarting at 25-step batches, radon's group-level sd, whose
+  `min_batches_halved` of them, and at least `halved_fraction` (a half) of the first phase's
+  length: the average of constant-step iterates has about the same MCSE over the same number of
+  steps whatever the step (Polyak-Ruppert), so a halved phase much shorter than the first is
+  noisier than the first was allowed to be, whatever its own short-batch MCSE says. (Restarting at 25-step batches, radon's group-level sd, whose
   iterates at step 0.01 are autocorrelated over hundreds of steps, moved 10-15% of the way to the
   halved step's mean in the 200-step minimum phase; the halved phases reported changes of
   0.023-0.057 sd where a relaxed one moves 0.09-0.15, and fits 0.07-0.11 sd from the family limit
@@ -88,6 +91,8 @@ class AutoStop(NamedTuple):
         twice its MCSE (the test asks whether the distance is SIGNIFICANTLY above it).
       keep_batch_steps: a phase after a halving keeps the batch length of the previous phase's
         passing test (else it restarts at `batch_steps`): see the module docstring.
+      halved_fraction: a phase after a halving also runs at least this fraction of the previous
+        phase's length (see the module docstring).
       confirm_factor: when the last halving's change exceeds `BIAS_WARNING` (a warning would be
         issued), that phase runs on, to at most this many times its minimum length, before the
         change is final (a short phase's average is noisy: see the module docstring).
@@ -104,6 +109,7 @@ class AutoStop(NamedTuple):
     tol_change: float = 0.04
     tol_distance: float = 0.03
     keep_batch_steps: bool = True
+    halved_fraction: float = 0.5
     confirm_factor: int = 4
 
 
@@ -130,6 +136,7 @@ class AveragedState(NamedTuple):
     change_se: Array  # the standard error of the change at its largest coordinate
     change_mean: Array  # the largest change of a mean (in sd of q)
     phase_batch_steps: Array  # the batch length this phase started with
+    min_phase_steps: Array  # the steps this phase needs before its test can pass
     confirming: Array  # this phase runs on to confirm a change over BIAS_WARNING
     converged: Array
 
@@ -193,7 +200,9 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
                              jnp.zeros((m,) + flat.shape, flat.dtype), jnp.zeros((m, model.dim), flat.dtype), zero,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), zero, nan, nan, nan, nan, nan,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), nan, nan,
-                             jnp.asarray(stop.batch_steps, jnp.int32), jnp.zeros((), bool), jnp.zeros((), bool))
+                             jnp.asarray(stop.batch_steps, jnp.int32),
+                             jnp.asarray(stop.min_batches * stop.batch_steps, jnp.int32), jnp.zeros((), bool),
+                             jnp.zeros((), bool))
 
     def loss(params, key):
         surrogate, aux = estimator_fn(family, model.log_density, params, key, num_samples)
@@ -222,8 +231,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         step_mcse = jnp.max(step_se)
         distance = jnp.max(jnp.abs(step_mean))
         excess = jnp.max(jnp.abs(step_mean) - 2.0 * step_se)
-        need = jnp.where(st.halvings > 0, stop.min_batches_halved, stop.min_batches)
-        ok = ((n >= need) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
+        phase_steps = n * st.batch_steps
+        ok = ((phase_steps >= st.min_phase_steps) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
               & (excess < stop.tol_distance))
         summary = jnp.concatenate([mean, jnp.log(sd)])
         prev_mean, prev_log_sd = st.previous[:model.dim], st.previous[model.dim:]
@@ -238,7 +247,7 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         # a noisy change that merely dips under BIAS_WARNING does not end it).
         over = (st.halvings > 0) & jnp.isfinite(change) & (change > jnp.where(st.confirming, stop.tol_change,
                                                                                BIAS_WARNING))
-        unconfirmed = over & (n * st.batch_steps < stop.confirm_factor * need * st.phase_batch_steps)
+        unconfirmed = over & (phase_steps < stop.confirm_factor * st.min_phase_steps)
         done = ok & (agreed | ((st.halvings >= stop.max_halvings) & ~unconfirmed))
         restart = ok & ~done & (st.halvings < stop.max_halvings)
         # A full set of slots merges pairwise: half as many batches, each twice as long.
@@ -257,6 +266,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
             fit=fit, lr=jnp.where(restart, 0.5 * st.lr, st.lr),
             batch_steps=jnp.where(restart, first_batch, batch_steps),
             phase_batch_steps=jnp.where(restart, first_batch, st.phase_batch_steps),
+            min_phase_steps=jnp.where(restart, jnp.maximum(stop.min_batches_halved * first_batch, jnp.ceil(
+                stop.halved_fraction * phase_steps).astype(jnp.int32)), st.min_phase_steps),
             confirming=~restart & (st.confirming | (ok & unconfirmed)),
             cur_sum=jnp.zeros_like(st.cur_sum), cur_count=jnp.zeros_like(st.cur_count),
             cur_newton=jnp.zeros_like(st.cur_newton), slots=slots, newton=newton, distance=distance, distance_mcse=step_mcse,
