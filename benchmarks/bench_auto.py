@@ -20,8 +20,14 @@ and Blackjax's `pathfinder.approximate` (its default maxiter=30), run in the sam
 The machine these numbers come from is a shared 2-core box: wall times are noisy (compare
 columns of one run, not runs).
 
+Each candidate's `DiagnosticWarning`s are recorded ("warned": k-hat, cap, halving), so a miss of
+the family limit (more than 0.05 sd) can be told from a silent one. `--seeds 0,1,2,3,4` repeats
+every candidate over seeds (the default's stopping rule is random, a miss at one seed may not be
+at another); `--no-second` skips the warm-cache timing call when only accuracy is wanted.
+
 Usage:
   python -m benchmarks.bench_auto --models eight_schools_noncentered,neals_funnel --candidates auto,svi
+  python -m benchmarks.bench_auto --models radon_noncentered --candidates auto --seeds 0,1,2,3,4 --no-second
   python -m benchmarks.bench_auto --out results/bench_auto.json      # every model, every candidate
 """
 
@@ -110,24 +116,45 @@ def elbo_of(model, zeta: np.ndarray, log_q: np.ndarray) -> float:
     return float(np.mean(gap[np.isfinite(gap)]))
 
 
-def run_fit(model, kwargs: dict, seed: int) -> dict:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+def warned_why(caught) -> str:
+    """The fit's `DiagnosticWarning`s in a word each: "k-hat", "cap", "halving", or "other"."""
+    why = []
+    for w in caught:
+        if not issubclass(w.category, aj.DiagnosticWarning):
+            continue
+        text = str(w.message)
+        word = ("k-hat" if text.startswith("PSIS k-hat") else "cap" if "within its cap" in text
+                else "halving" if "halving ADVI's step size" in text else "other")
+        if word not in why:
+            why.append(word)
+    return ",".join(why)
+
+
+def run_fit(model, kwargs: dict, seed: int, second_call: bool = True) -> dict:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         tick = time.perf_counter()
         result = aj.fit(model, key=jax.random.key(seed), progress=False, **kwargs)
         first = time.perf_counter() - tick
-        tick = time.perf_counter()
-        aj.fit(model, key=jax.random.key(seed + 100), progress=False, **kwargs)
-        second = time.perf_counter() - tick
+    second = float("nan")
+    if second_call:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tick = time.perf_counter()
+            aj.fit(model, key=jax.random.key(seed + 100), progress=False, **kwargs)
+            second = time.perf_counter() - tick
     zeta = antithetic(result.sample_unconstrained(jax.random.key(seed + 1), NUM_DRAWS // 2),
                       result.family.mean(result.params))
     log_q = result.family.log_prob(result.params, zeta)
     draws = flatten_draws(jax.device_get(jax.vmap(model.to_constrained)(zeta)))
     return {"draws": draws, "elbo": elbo_of(model, zeta, log_q), "khat": float(result.khat),
             "grad evals": int(result.num_grad_evals), "first s": first, "second s": second,
+            "warned": warned_why(caught),
             "ran": (f"{result.report.method}/{result.family.name}/{result.init_method.split(' (')[0]}/"
                     f"{result.num_steps} steps/{result.stop_reason.split(':')[0]}"
                     + (f"/halving moved {float(result.report.extras['auto_stop_change']):.3f}"
+                       f" (se {float(result.report.extras.get('auto_stop_change_se', np.nan)):.3f}, means "
+                       f"{float(result.report.extras.get('auto_stop_change_mean', np.nan)):.3f})"
                        if "auto_stop_change" in result.report.extras else ""))}
 
 
@@ -233,31 +260,48 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--candidates", default=",".join(list(CANDIDATES) + list(PEERS)))
     parser.add_argument("--svi-steps", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed), e.g. 0,1,2,3,4")
+    parser.add_argument("--no-second", action="store_true",
+                        help="skip the second (warm-cache) call of each aj.fit candidate (accuracy runs)")
+    parser.add_argument("--stop", default="", help="override fields of the default's AutoStop for this run, "
+                        "e.g. max_halvings=2,min_batches_halved=8 (experiments)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     wanted = [c for c in args.candidates.split(",") if c]
     unknown = sorted(set(wanted) - set(CANDIDATES) - set(PEERS))
     if unknown:
         raise SystemExit(f"unknown candidates {unknown}; choose from {list(CANDIDATES) + list(PEERS)}")
+    if args.stop:
+        from advi_jax.run import choose
+
+        fields = {}
+        for item in args.stop.split(","):
+            key, value = item.split("=")
+            default = getattr(choose.AUTO_ADVI.stop, key)
+            fields[key] = type(default)(float(value)) if not isinstance(default, bool) else value == "True"
+        choose.AUTO_ADVI = choose.AUTO_ADVI._replace(stop=choose.AUTO_ADVI.stop._replace(**fields))
+        print(f"AutoStop: {choose.AUTO_ADVI.stop}", flush=True)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     rows = []
     for name, suite_model in available_models(args.models.split(",") if args.models else None).items():
         reference, limit = load_reference(name), load_family_limit(name)
         model = aj.from_numpyro(suite_model.fn, *suite_model.args)
-        for cand in wanted:
+        for cand, seed in ((c, s) for c in wanted for s in seeds):
             try:
                 if cand == "svi":
-                    out = run_svi(suite_model, model, args.svi_steps, args.seed)
+                    out = run_svi(suite_model, model, args.svi_steps, seed)
                 elif cand == "blackjax pathfinder":
-                    out = run_blackjax_pathfinder(model, args.seed)
+                    out = run_blackjax_pathfinder(model, seed)
                 elif cand in ("blackjax fullrank", "blackjax meanfield"):
-                    out = run_blackjax_vi(model, args.seed, cand.split()[1])
+                    out = run_blackjax_vi(model, seed, cand.split()[1])
                 else:
-                    out = run_fit(model, CANDIDATES[cand], args.seed)
+                    out = run_fit(model, CANDIDATES[cand], seed, second_call=not args.no_second)
             except Exception as err:  # noqa: BLE001 - one failing candidate must not end the run
                 print(f"{name:26s} {cand:30s} ERROR {type(err).__name__}: {str(err)[:200]}", flush=True)
-                rows.append({"model": name, "K": model.dim, "candidate": cand, "error": str(err)[:300]})
+                rows.append({"model": name, "K": model.dim, "candidate": cand, "seed": seed, "error": str(err)[:300]})
                 continue
-            row = {"model": name, "K": model.dim, "candidate": cand, "ran": out["ran"]}
+            row = {"model": name, "K": model.dim, "candidate": cand, "seed": seed, "ran": out["ran"],
+                   "warned": out.get("warned", "")}
             row.update(compare(out["draws"], reference))
             if limit is not None:
                 row.update(against_limit(out["draws"], limit, reference))
@@ -266,12 +310,13 @@ def main(argv=None) -> list[dict]:
             rows.append(row)
             lim = (f"limit {row['limit max|dmean|/sd']:6.3f} {row['limit med|log sd|']:6.3f} "
                    f"dELBO {row['elbo - limit']:8.3f}" if limit is not None else "limit   (none)")
-            print(f"{name:26s} {cand:30s} nuts {row['max |mean err| / sd']:6.3f} {row['med |log sd ratio|']:6.3f} "
-                  f"{lim} khat {row['khat']:5.2f} grads {row['grad evals']:6d} "
-                  f"{row['first s']:6.2f}s/{row['second s']:5.2f}s  [{row['ran']}]", flush=True)
+            print(f"{name:26s} {cand:30s} s{seed} nuts {row['max |mean err| / sd']:6.3f} "
+                  f"{row['med |log sd ratio|']:6.3f} {lim} khat {row['khat']:5.2f} grads {row['grad evals']:6d} "
+                  f"{row['first s']:6.2f}s/{row['second s']:5.2f}s warned {row['warned'] or '-'}  [{row['ran']}]",
+                  flush=True)
     if args.out:
-        cols = ["model", "K", "candidate", "max |mean err| / sd", "med |log sd ratio|", "limit max|dmean|/sd",
-                "limit med|log sd|", "elbo - limit", "khat", "grad evals", "first s", "second s", "ran"]
+        cols = ["model", "K", "candidate", "seed", "max |mean err| / sd", "med |log sd ratio|", "limit max|dmean|/sd",
+                "limit med|log sd|", "elbo - limit", "khat", "grad evals", "first s", "second s", "warned", "ran"]
         write_json(args.out, {"rows": rows, "versions": versions(), "machine": machine(),
                               "markdown": markdown_table(rows, cols)})
     return rows

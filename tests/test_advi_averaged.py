@@ -76,6 +76,10 @@ def test_a_halving_that_moves_q_far_warns_and_one_that_does_not_is_silent():
     assert said is not None and "moved q by 0.070 sd" in said
     assert stop_warning(4, dict(seen, auto_stop_halvings=0, auto_stop_change=float("nan")), 1000) is None
     assert stop_warning(4, {}, 1000) is None and stop_warning(0, {}, 1000) is None  # not the averaged ADVI
+    # The cap during a halved phase still confirming a large change says both.
+    capped = stop_warning(0, dict(seen, auto_stop_change=0.09, auto_stop_confirming=True), 1000)
+    assert "cap of 1000 steps" in capped and "moved q by 0.090 sd" in capped
+    assert "moved q" not in stop_warning(0, dict(seen, auto_stop_change=0.045, auto_stop_confirming=True), 1000)
 
 
 def test_vmap_over_keys_equals_a_loop():
@@ -108,19 +112,64 @@ def test_the_rule_stops_where_it_did_pinned():
     """A pin of the stopping rule (fails for any change to its statistics or thresholds; update the
     numbers when the rule is changed on purpose): from zero with q's scales at 0.1 on the 3-D
     Gaussian, key 0, the rule last failed at the batch ending at step 2,900 (drift 0.056 > 0.05),
-    passed at 3,000, so that the step size was halved, and passed again 8 batches later, at 3,200
-    (MCSE 0.00075, drift 0.0023, distance 0.012 sd of q)."""
+    passed at 3,000 with batches of 100 steps, so that the step size was halved; the halved phase
+    keeps the batch length and runs at least half the first phase's 3,000 steps, and passed at
+    its first chance, at 4,500 (MCSE 8.2e-5, drift 3.1e-4, distance 1.9e-4 sd of q; the halving
+    moved q by 0.020)."""
     model = _gaussian()
     with pytest.warns(aj.DiagnosticWarning, match="cap"):
         fits = {n: aj.fit(model, key=jax.random.key(0), progress=False, init=None, diagnostics=False, num_steps=n)
-                for n in (2999, 3199, None)}
+                for n in (2999, 4499, None)}
     before, after = fits[2999].extras, fits[None].extras
     assert fits[2999].stop_code == 0 and not before["auto_stop_converged"] and before["auto_stop_halvings"] == 0
-    assert fits[3199].stop_code == 0 and fits[3199].extras["auto_stop_halvings"] == 1
-    assert fits[None].stop_code == 4 and fits[None].num_steps == 3200
+    assert fits[4499].stop_code == 0 and fits[4499].extras["auto_stop_halvings"] == 1
+    assert fits[None].stop_code == 4 and fits[None].num_steps == 4500
+    assert int(before["auto_stop_batch_steps"]) == int(after["auto_stop_batch_steps"]) == 100
     stop = AutoStop()
     assert before["auto_stop_drift"] > stop.tol_drift and before["auto_stop_mcse"] < stop.tol_mcse
     np.testing.assert_allclose([float(before[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance")],
                                [0.010266, 0.056122, 0.028493], rtol=0.02)
-    np.testing.assert_allclose([float(after[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance")],
-                               [0.000746, 0.00231, 0.0116], rtol=0.02)
+    np.testing.assert_allclose([float(after[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance",
+                                                         "auto_stop_change")],
+                               [8.156e-5, 3.095e-4, 1.877e-4, 0.01960], rtol=0.03)
+
+
+def _skewed():
+    return aj.Model(lambda p: jnp.sum(2.0 * p["x"] - jnp.exp(p["x"])), {"x": aj.real((2,))})
+
+
+def _run_to_stop(stop, num_steps=3000):
+    """The raw averaged ADVI (1 STL draw per step) from zero on `_skewed`, key 0, until its rule passes."""
+    init, step = advi_averaged(_skewed(), "fullrank", stop=stop, num_samples=1, estimator="stl")
+    key = jax.random.key(0)
+
+    def body(state, i):
+        new, _ = step(jax.random.fold_in(key, i), state)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(state.converged, a, b), state, new), state.converged
+
+    state, was_converged = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(num_steps)))(init(key, jnp.zeros(2)))
+    return state, num_steps - int(np.sum(np.asarray(was_converged)))
+
+
+def test_a_halving_change_over_the_warning_threshold_is_confirmed_by_a_longer_phase():
+    """On a skewed target at a large constant step (0.03, one draw), the halved phase's change
+    after its minimum length (8 batches, or half the first phase, the longer) is over
+    BIAS_WARNING: with `confirm_factor=1` the fit stops there; by default (4) the phase runs on
+    to 4 x its minimum length (the change never falls back under `tol_change`), its average
+    relaxes further, and the change it reports is larger (the bias the short phase under-read),
+    over the threshold: the fit warns."""
+    loose = dict(learning_rate=0.03, tol_mcse=0.03, tol_drift=0.1)
+    short, short_steps = _run_to_stop(AutoStop(confirm_factor=1, **loose))
+    long, long_steps = _run_to_stop(AutoStop(**loose))
+    assert AutoStop().confirm_factor == 4
+    assert bool(short.converged) and int(short.halvings) == 1 and not bool(short.confirming)
+    assert float(short.change) > BIAS_WARNING, float(short.change)
+    minimum = int(short.min_phase_steps)
+    phase_one = short_steps - minimum  # it stopped at its first chance
+    assert minimum == max(8 * 25, -(-phase_one // 2)) and int(long.min_phase_steps) == minimum, (phase_one, minimum)
+    assert bool(long.converged) and int(long.halvings) == 1 and bool(long.confirming)
+    assert long_steps == phase_one + 4 * minimum, (short_steps, long_steps)
+    assert float(long.change) > float(short.change) > BIAS_WARNING, (float(short.change), float(long.change))
+    said = stop_warning(4, {"auto_stop_mcse": float(long.mcse), "auto_stop_drift": float(long.drift),
+                            "auto_stop_halvings": int(long.halvings), "auto_stop_change": float(long.change)}, 3000)
+    assert said is not None and "halving ADVI's step size moved q" in said

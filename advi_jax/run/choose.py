@@ -19,7 +19,10 @@ recorded in benchmarks/PERFORMANCE.md), against each posterior's full-rank famil
   own test (`advi_jax.vi.advi.AutoStop`, Dhaka et al. 2020, Welandawe et al. 2024): constant-step
   Adam, the average of the later half of its iterates, stopped when that average's Monte Carlo
   standard error, its drift and its estimated distance from the optimum (the averaged natural
-  gradient of the mean) are small in q's own sds. `AUTO_ADVI.max_grad_evals` caps it.
+  gradient of the mean) are small in q's own sds; then once more at half the step size (RABVI's
+  check of the constant step's bias), in batches as long as the first phase's and for at least
+  half its length, confirming a change over 0.05 sd by a longer halved phase before it warns.
+  `AUTO_ADVI.max_grad_evals` caps it.
 """
 
 from __future__ import annotations

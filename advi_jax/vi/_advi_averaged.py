@@ -21,7 +21,29 @@ inference", RABVI):
   a run still travelling (the drift) or too noisy to tell (the MCSE) goes on.
 * RABVI's check of the step size's own bias: a converged phase restarts from its average with
   half the step size (`max_halvings` times at most); the fit stops when two successive averages
-  agree within `tol_change` (in the same units), or when the halvings are spent.
+  agree within `tol_change` (in the same units), or when the halvings are spent. The average of
+  constant-step iterates is biased by O(step size) wherever the ELBO is not quadratic (its
+  gradient AT the iterates averages to zero, not at their average), so the change a halving makes
+  reads the bias left at the smaller step; `stop_warning` warns when it exceeds `BIAS_WARNING`.
+* That reading needs the halved phase to have relaxed to its own stationary mean. Halving the step
+  doubles the iterates' relaxation and autocorrelation times, so a phase after a halving keeps the
+  batch length of the previous phase's passing test (`keep_batch_steps`; that phase's batches were
+  long enough for its MCSE test, the halved phase's must be at least as long) and needs
+  `min_batches_halved` of them, and at least `halved_fraction` (a half) of the first phase's
+  length: the average of constant-step iterates has about the same MCSE over the same number of
+  steps whatever the step (Polyak-Ruppert), so a halved phase much shorter than the first is
+  noisier than the first was allowed to be, whatever its own short-batch MCSE says. (Restarting at 25-step batches, radon's group-level sd, whose
+  iterates at step 0.01 are autocorrelated over hundreds of steps, moved 10-15% of the way to the
+  halved step's mean in the 200-step minimum phase; the halved phases reported changes of
+  0.023-0.057 sd where a relaxed one moves 0.09-0.15, and fits 0.07-0.11 sd from the family limit
+  passed silently; benchmarks/PERFORMANCE.md.)
+* A change over `BIAS_WARNING` is confirmed before it is reported: the halved phase runs on, to
+  at most `confirm_factor` times its minimum length, and stops early only if the change falls back
+  under `tol_change` (hysteresis, so a change that merely dips under the threshold by noise does
+  not end it). A short phase's average carries the noise of few batches in every coordinate, and
+  the largest change over 2K coordinates then exceeds the threshold by noise alone (eight schools:
+  0.065-0.087 after the minimum phase, 0.035-0.039 once confirmed); a real bias persists or grows
+  as the phase relaxes. Only fits whose change would warn pay for it.
 
 Everything runs inside the step (one compile; the tests happen only when a batch completes,
 under `lax.cond`), and the step's `StepInfo.converged` reports the outcome, which is how the
@@ -46,6 +68,10 @@ __all__ = ["AutoStop", "AveragedState", "advi_averaged", "averaged_params", "ave
            "stop_warning"]
 
 
+BIAS_WARNING = 0.05
+"""`stop_warning`'s threshold on the change a halving of the step size made (q's units)."""
+
+
 class AutoStop(NamedTuple):
     """Settings of the averaged, self-stopping ADVI (static, hashable).
 
@@ -63,6 +89,13 @@ class AutoStop(NamedTuple):
       tol_distance: the largest estimated distance of the average's mean from the optimum, in
         sd of q (the averaged natural gradient of the mean, see the module docstring), less
         twice its MCSE (the test asks whether the distance is SIGNIFICANTLY above it).
+      keep_batch_steps: a phase after a halving keeps the batch length of the previous phase's
+        passing test (else it restarts at `batch_steps`): see the module docstring.
+      halved_fraction: a phase after a halving also runs at least this fraction of the previous
+        phase's length (see the module docstring).
+      confirm_factor: when the last halving's change exceeds `BIAS_WARNING` (a warning would be
+        issued), that phase runs on, to at most this many times its minimum length, before the
+        change is final (a short phase's average is noisy: see the module docstring).
     """
 
     learning_rate: float = 0.01
@@ -75,6 +108,9 @@ class AutoStop(NamedTuple):
     max_halvings: int = 1
     tol_change: float = 0.04
     tol_distance: float = 0.03
+    keep_batch_steps: bool = True
+    halved_fraction: float = 0.5
+    confirm_factor: int = 4
 
 
 class AveragedState(NamedTuple):
@@ -96,6 +132,12 @@ class AveragedState(NamedTuple):
     distance: Array  # the last test's largest estimated distance of the average's mean from the optimum
     distance_mcse: Array  # its largest MCSE
     change: Array  # the largest change between the last two phases' averages (NaN: no halving yet)
+    previous_se: Array  # (2K,) the MCSE of the last phase's average, per coordinate (q's units)
+    change_se: Array  # the standard error of the change at its largest coordinate
+    change_mean: Array  # the largest change of a mean (in sd of q)
+    phase_batch_steps: Array  # the batch length this phase started with
+    min_phase_steps: Array  # the steps this phase needs before its test can pass
+    confirming: Array  # this phase runs on to confirm a change over BIAS_WARNING
     converged: Array
 
 
@@ -157,6 +199,9 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
                              jnp.zeros_like(flat), zero, jnp.zeros((model.dim,), flat.dtype),
                              jnp.zeros((m,) + flat.shape, flat.dtype), jnp.zeros((m, model.dim), flat.dtype), zero,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), zero, nan, nan, nan, nan, nan,
+                             jnp.full((2 * model.dim,), jnp.nan, flat.dtype), nan, nan,
+                             jnp.asarray(stop.batch_steps, jnp.int32),
+                             jnp.asarray(stop.min_batches * stop.batch_steps, jnp.int32), jnp.zeros((), bool),
                              jnp.zeros((), bool))
 
     def loss(params, key):
@@ -176,7 +221,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         s = jnp.concatenate([per_batch[0] / sd[None, :], jnp.log(per_batch[1])], axis=1)  # (m, 2K) in q's units
         h = jnp.sum(tail).astype(flat.dtype)
         centred = jnp.where(tail[:, None], s - _masked_mean(s, tail)[None, :], 0.0)
-        mcse = jnp.max(jnp.sqrt(jnp.sum(centred ** 2, axis=0) / jnp.maximum(h - 1.0, 1.0) / h))
+        se = jnp.sqrt(jnp.sum(centred ** 2, axis=0) / jnp.maximum(h - 1.0, 1.0) / h)  # (2K,)
+        mcse = jnp.max(se)
         drift = jnp.max(jnp.abs(_masked_mean(s, last) - _masked_mean(s, first)))
         # The averaged Newton step of the mean: its size is the average's distance from the optimum.
         step_mean = _masked_mean(newton, tail)
@@ -185,15 +231,25 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         step_mcse = jnp.max(step_se)
         distance = jnp.max(jnp.abs(step_mean))
         excess = jnp.max(jnp.abs(step_mean) - 2.0 * step_se)
-        need = jnp.where(st.halvings > 0, stop.min_batches_halved, stop.min_batches)
-        ok = ((n >= need) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
+        phase_steps = n * st.batch_steps
+        ok = ((phase_steps >= st.min_phase_steps) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
               & (excess < stop.tol_distance))
         summary = jnp.concatenate([mean, jnp.log(sd)])
         prev_mean, prev_log_sd = st.previous[:model.dim], st.previous[model.dim:]
-        change = jnp.max(jnp.concatenate([jnp.abs(prev_mean - mean) / sd, jnp.abs(prev_log_sd - jnp.log(sd))]))
+        changes = jnp.concatenate([jnp.abs(prev_mean - mean) / sd, jnp.abs(prev_log_sd - jnp.log(sd))])
+        change = jnp.max(changes)
+        change_se = jnp.sqrt(st.previous_se ** 2 + se ** 2)[jnp.argmax(changes)]
+        change_mean = jnp.max(changes[:model.dim])
         agreed = jnp.isfinite(change) & (change < stop.tol_change)
-        done = ok & (agreed | (st.halvings >= stop.max_halvings))
-        restart = ok & ~done
+        # A last phase whose change would warn runs on (to `confirm_factor` times its minimum
+        # length) so that the change is not the noise of a short average.
+        # Once running on, it stops early only when the change is back under `tol_change` (hysteresis:
+        # a noisy change that merely dips under BIAS_WARNING does not end it).
+        over = (st.halvings > 0) & jnp.isfinite(change) & (change > jnp.where(st.confirming, stop.tol_change,
+                                                                               BIAS_WARNING))
+        unconfirmed = over & (phase_steps < stop.confirm_factor * st.min_phase_steps)
+        done = ok & (agreed | ((st.halvings >= stop.max_halvings) & ~unconfirmed))
+        restart = ok & ~done & (st.halvings < stop.max_halvings)
         # A full set of slots merges pairwise: half as many batches, each twice as long.
         full = n >= m
         merged = jnp.concatenate([0.5 * (slots[0::2] + slots[1::2]), jnp.zeros_like(slots[: m // 2])])
@@ -205,14 +261,22 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         # A new phase restarts from the average with half the step size, its slots empty.
         fit = st.fit._replace(params=jax.tree_util.tree_map(lambda new, old: jnp.where(restart, new, old),
                                                             unravel(average), st.fit.params))
+        first_batch = st.batch_steps if stop.keep_batch_steps else jnp.asarray(stop.batch_steps, jnp.int32)
         return st._replace(
             fit=fit, lr=jnp.where(restart, 0.5 * st.lr, st.lr),
-            batch_steps=jnp.where(restart, jnp.asarray(stop.batch_steps, jnp.int32), batch_steps),
+            batch_steps=jnp.where(restart, first_batch, batch_steps),
+            phase_batch_steps=jnp.where(restart, first_batch, st.phase_batch_steps),
+            min_phase_steps=jnp.where(restart, jnp.maximum(stop.min_batches_halved * first_batch, jnp.ceil(
+                stop.halved_fraction * phase_steps).astype(jnp.int32)), st.min_phase_steps),
+            confirming=~restart & (st.confirming | (ok & unconfirmed)),
             cur_sum=jnp.zeros_like(st.cur_sum), cur_count=jnp.zeros_like(st.cur_count),
             cur_newton=jnp.zeros_like(st.cur_newton), slots=slots, newton=newton, distance=distance, distance_mcse=step_mcse,
             num_batches=jnp.where(restart, 0, n), previous=jnp.where(restart, summary, st.previous),
             halvings=st.halvings + restart.astype(jnp.int32), mcse=mcse, drift=drift,
-            change=jnp.where(ok & jnp.isfinite(change), change, st.change), converged=done)
+            change=jnp.where(ok & jnp.isfinite(change), change, st.change),
+            previous_se=jnp.where(restart, se, st.previous_se),
+            change_se=jnp.where(ok & jnp.isfinite(change), change_se, st.change_se),
+            change_mean=jnp.where(ok & jnp.isfinite(change), change_mean, st.change_mean), converged=done)
 
     def step(key: Array, state: AveragedState) -> tuple[AveragedState, Any]:
         fit = state.fit
@@ -268,14 +332,18 @@ def averaged_params(family: Family):
 
 
 def averaged_extras(family: Family, stop: AutoStop):
-    """state -> what the stopping rule saw: its last MCSE and drift, the step size, the halvings."""
+    """state -> what the stopping rule saw: its last MCSE and drift, the step size, the halvings,
+    the change the last halving made (`auto_stop_change`, with its standard error at the coordinate
+    of the largest change, `auto_stop_change_se`, and the largest change of a mean alone,
+    `auto_stop_change_mean`), and whether the last phase ran on to confirm it."""
 
     def extras(state: AveragedState) -> dict:
         return {"auto_stop_converged": state.converged, "auto_stop_mcse": state.mcse,
                 "auto_stop_drift": state.drift, "auto_stop_distance": state.distance,
                 "auto_stop_distance_mcse": state.distance_mcse, "auto_stop_change": state.change,
+                "auto_stop_change_se": state.change_se, "auto_stop_change_mean": state.change_mean,
                 "auto_stop_learning_rate": state.lr, "auto_stop_halvings": state.halvings,
-                "auto_stop_batch_steps": state.batch_steps}
+                "auto_stop_batch_steps": state.batch_steps, "auto_stop_confirming": state.confirming}
 
     return extras
 
@@ -312,9 +380,10 @@ def stop_warning(code: int, extras: dict, num_steps: int) -> str | None:
     """What a user must be told about the averaged ADVI's stop (a `DiagnosticWarning`), or None.
 
     Two cases: the cap `num_steps` came before the rule passed (the returned average may be short
-    of the optimum), and a halving of the step size that moved q by more than `BIAS_WARNING` in
-    q's units (the constant step's bias is proportional to the step: if halving it moved q by d,
-    what remains at the smaller step is about d too, RABVI's reading).
+    of the optimum; this includes a halved phase still confirming a large change), and a halving
+    of the step size that moved q by more than `BIAS_WARNING` in q's units, confirmed by the longer
+    phase (`AutoStop.confirm_factor`; the constant step's bias is proportional to the step: if
+    halving it moved q by d, what remains at the smaller step is about d too, RABVI's reading).
 
     Args:
       code: the driver's stop code (0: the cap was reached).
@@ -330,17 +399,17 @@ def stop_warning(code: int, extras: dict, num_steps: int) -> str | None:
     """
     if "auto_stop_mcse" not in extras:
         return None
-    if code == 0:
-        return (f"ADVI's stopping rule did not pass within its cap of {num_steps} steps (last test: MCSE "
-                f"{float(extras['auto_stop_mcse']):.3g}, drift {float(extras['auto_stop_drift']):.3g} sd of q): the "
-                "average of the later iterates may be short of the Gaussian optimum")
     change = float(extras.get("auto_stop_change", float("nan")))
+    if code == 0:
+        confirming = bool(extras.get("auto_stop_confirming", False)) and change > BIAS_WARNING
+        return (f"ADVI's stopping rule did not pass within its cap of {num_steps} steps (last test: MCSE "
+                f"{float(extras['auto_stop_mcse']):.3g}, drift {float(extras['auto_stop_drift']):.3g} sd of q"
+                + (f"; halving the step size had moved q by {change:.3f} sd, more than {BIAS_WARNING}, and the "
+                   "halved phase was still running on to confirm it" if confirming else "")
+                + "): the average of the later iterates may be short of the Gaussian optimum")
     if int(extras.get("auto_stop_halvings", 0)) > 0 and change > BIAS_WARNING:
         return (f"halving ADVI's step size moved q by {change:.3f} sd (means in sd of q, sds as log ratios): the "
                 f"constant step's bias may leave the fit about that far from the Gaussian optimum (more than "
                 f"{BIAS_WARNING}); fit again with method='advi' and a smaller learning_rate, or more num_steps")
     return None
 
-
-BIAS_WARNING = 0.05
-"""`stop_warning`'s threshold on the change a halving of the step size made (q's units)."""
