@@ -47,6 +47,11 @@ if _FAST_XLA:
         os.environ["XLA_FLAGS"] = _user_flags
 
 
+XLA_DEFAULT_OPTIONS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
+"""XLA's own defaults, as per-program `compiler_options` (they override the flags): for the few test
+programs whose run time outweighs their compile time (e.g. the million-draw Monte Carlo references)."""
+
+
 def fast_xla() -> bool:
     """Whether this run compiles with `FAST_XLA_FLAGS` (see above)."""
     return _FAST_XLA
