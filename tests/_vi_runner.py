@@ -3,9 +3,13 @@ advi_jax/run/) and a correlated Gaussian target."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from conftest import XLA_DEFAULT_OPTIONS
 
 
 _COMPILED: dict = {}  # (algo, max_steps) -> the jitted runner: a second run of one algo compiles nothing
@@ -73,7 +77,7 @@ def mc_elbo(model, family, params, key, num_draws=1_000_000, chunk=100_000):
 
     The reference the exact-ELBO methods' objectives are tested against.
     """
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=XLA_DEFAULT_OPTIONS)  # run time >> compile time
     def draws(model, params, k):
         z = family.sample(params, k, chunk)
         return jax.vmap(model.log_density)(z) - family.log_prob(params, z)

@@ -1,5 +1,7 @@
 """glm_exact with a low-rank q (advi_jax.vi._glm_lowrank): exact ELBO vs Monte Carlo, optimum vs full rank."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import advi_jax as aj
 from advi_jax.families import LowRankParams
 from advi_jax.models import logistic_regression, negbin_regression
 from advi_jax.vi import glm_exact as G
+from conftest import XLA_DEFAULT_OPTIONS
 
 
 def _data(n=300, seed=0):
@@ -31,7 +34,7 @@ def test_lowrank_exact_elbo_equals_monte_carlo(kind, key):
                            jnp.full((k,), -2.0, jnp.float32), jnp.asarray(rng.normal(size=(k, 2)) * 0.08, jnp.float32))
     exact = float(G.exact_elbo(model, family, params))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=XLA_DEFAULT_OPTIONS)  # run time >> compile time
     def draws(p, kk):
         z = family.sample(p, kk, 100_000)
         return jax.vmap(model.log_density)(z) - family.log_prob(p, z)

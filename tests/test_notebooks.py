@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 
-from conftest import require_data_file
+from conftest import FAST_XLA_FLAGS, fast_xla, require_data_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -66,6 +66,8 @@ def start_runs() -> dict:
     # The kernels inherit this environment: light mode, CPU, and the checkout on the import path.
     env = dict(os.environ, ADVI_JAX_NOTEBOOK_LIGHT="1", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if fast_xla():  # the kernels compile with the suite's XLA options (tests/conftest.py)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_XLA_FLAGS).strip()
     for path in NOTEBOOKS:
         run_env = dict(env)
         if path.name in DATA_FILES:

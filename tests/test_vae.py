@@ -34,7 +34,7 @@ from advi_jax.vae import (
     train,
 )
 
-from conftest import require_data_file
+from conftest import FAST_XLA_FLAGS, fast_xla, require_data_file
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = VAEConfig(latent=3, hidden=(16,))
@@ -432,7 +432,8 @@ def test_data_parallel_matches_single_device():
         assert len(leaf.sharding.device_set) == 4
         print("ok", one.history, four.history)
     """)
-    proc = _run(["-c", code], {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    flags = "--xla_force_host_platform_device_count=4" + (" " + FAST_XLA_FLAGS if fast_xla() else "")
+    proc = _run(["-c", code], {"XLA_FLAGS": flags})  # the suite's compile options (tests/conftest.py)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ok" in proc.stdout
 
