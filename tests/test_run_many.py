@@ -60,6 +60,24 @@ def test_fit_many_fit_i_is_aj_fit_with_key_fold_in_i(key, batched):
         assert np.all(np.isnan(many.elbo[i, many[i].num_steps:]))
 
 
+def test_fit_many_over_ready_glms_keeps_them_glms(key):
+    """A list of ready GLMs stacks into a ready GLM (not a plain Model), so `method="glm_exact"` runs
+    batched and fit b equals `aj.fit` of model b with the same key (the exact objective has no noise)."""
+    rng = np.random.default_rng(0)
+    models = []
+    for _ in range(3):
+        x = rng.normal(size=(200, 3))
+        models.append(aj.models.logistic_regression(x, (x[:, 0] + rng.normal(size=200) > 0) * 1.0))
+    from advi_jax.run.many import stack_models
+
+    assert type(stack_models(models)) is type(models[0])
+    many = aj.fit_many(models, key=key, method="glm_exact", family="meanfield", progress=False)
+    for b, model in enumerate(models):
+        one = aj.fit(model, key=key, method="glm_exact", family="meanfield", progress=False)
+        np.testing.assert_allclose(many.params.loc[b], one.params.loc, atol=1e-5)
+        np.testing.assert_allclose(many.params.raw_scale[b], one.params.raw_scale, atol=1e-5)
+
+
 def test_fit_many_stops_a_nonfinite_fit_and_finishes_the_others(key):
     models = _normal_mean_models(3)
     bad = models[1].data.at[0, 0].set(jnp.nan)

@@ -69,7 +69,9 @@ def stack_models(models: Sequence[Model]) -> Model:
         supports (names, kinds and shapes; the first model's support objects are kept), and data pytrees of identical structure, shapes and dtypes.
 
     Returns:
-      A `Model` whose data leaves have shape (B, ...) (leaf i of model b at index b); fit it with
+      A `Model` whose data leaves have shape (B, ...) (leaf i of model b at index b), of the models'
+      own class when their pytree metadata agree (B ready GLMs stack into a ready GLM, so
+      `method="glm_exact"` fits them), else a plain `Model`; fit it with
       `fit_many(stacked, key=..., batched=True)` or map over it with `jax.vmap`.
 
     Raises:
@@ -94,8 +96,12 @@ def stack_models(models: Sequence[Model]) -> Model:
         if shapes != first_shapes:
             raise ValueError(f"models[{i}].data leaves have shapes/dtypes {shapes}, models[0] has {first_shapes}; "
                              "pad or bucket datasets to equal shapes to fit them together")
-    data = jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *[m.data for m in models])
-    return Model(first.log_joint, first.support, data=data)
+    def stack(*xs):
+        return jnp.stack([jnp.asarray(x) for x in xs])
+
+    if all(jax.tree_util.tree_structure(m) == jax.tree_util.tree_structure(first) for m in models):
+        return jax.tree_util.tree_map(stack, *models)  # keeps the class (a ready GLM stays one)
+    return Model(first.log_joint, first.support, data=jax.tree_util.tree_map(stack, *[m.data for m in models]))
 
 
 def _batch_size_of(model: Model) -> int:
