@@ -490,7 +490,7 @@ def _fit_and_write(args, model, source: str, out: Path, init, figures) -> list[P
                                 num_steps=args.steps, num_samples=args.samples, estimator=args.estimator,
                                 learning_rate=args.learning_rate, init=init, progress=not args.quiet)
     finally:
-        warm.join()  # compiled by now (it started with the fit); a compilation must not outlive the command
+        warm.close()  # compiled by now (it started with the fit); a compilation must not outlive the command
     if figures is not None:
         figures.add("elbo.png", "elbo", elbo_payload(result))
     key = prng_key(args.seed + 1)

@@ -11,13 +11,15 @@ thread traces and compiles the fit's own programs; the later calls then find the
 Python's GIL, so on a machine with a second core this takes the two compilations off the
 command's critical path. Nothing is computed in the background, so the results are the same;
 if the guesses about a call's arguments are wrong (a future change of the fit), the later call
-just compiles as before (`tests/test_cli_fit.py` checks that they hit).
+just compiles as before (`tests/test_cli_speed.py` checks that they hit). The thread is an
+`advi_jax.run.ahead.Ahead` (the same mechanism `aj.fit` compiles its own later programs with).
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable
+
+from advi_jax.run.ahead import Ahead
 
 
 def abstract_params(model: Any, family: Any) -> Any:
@@ -30,7 +32,7 @@ def abstract_params(model: Any, family: Any) -> Any:
 
 
 def start(model: Any, family: Any, posterior_program: Callable, num_draws: int, num_check: int,
-          diagnostics: bool = True, fast: bool = False) -> threading.Thread:
+          diagnostics: bool = True, fast: bool = False) -> Ahead:
     """Compile the fit's diagnostics program (when `diagnostics` and its S is known) and
     `posterior_program(model, family, params, key, check_key, num_draws, num_check)` in a thread.
 
@@ -46,30 +48,27 @@ def start(model: Any, family: Any, posterior_program: Callable, num_draws: int, 
         enter before or after the fit does).
 
     Returns:
-      The started thread (join it before the command returns: a compilation still running in a
-      daemon thread at interpreter exit can crash it). Any error in it is ignored: the program is
-      then compiled when it is called, as without a warm-up.
+      The started `Ahead` (`close()` it before the command returns: a compilation still running
+      in a daemon thread at interpreter exit can crash it). Any error in it is ignored: the
+      program is then compiled when it is called, as without a warm-up.
     """
-    thread = threading.Thread(target=_compile, args=(model, family, posterior_program, num_draws, num_check,
-                                                     diagnostics, fast), name="advi_jax-warmup", daemon=True)
-    thread.start()
-    return thread
+    ahead = Ahead([("warmup", lambda done: _compile(model, family, posterior_program, num_draws, num_check,
+                                                    diagnostics, fast))], name="advi_jax-warmup")
+    ahead.release()
+    return ahead
 
 
 def _compile(model, family, posterior_program, num_draws, num_check, diagnostics, fast=False) -> None:
-    try:
-        import jax
+    import jax
 
-        from advi_jax.families import get_family
-        from advi_jax.result import draws_and_log_ratios, known_diagnostic_draws
+    from advi_jax.families import get_family
+    from advi_jax.result import draws_and_log_ratios, known_diagnostic_draws
 
-        family = get_family(family)
-        params = abstract_params(model, family)
-        key = jax.eval_shape(lambda: jax.random.key(0))
-        num_diag = known_diagnostic_draws(model) if diagnostics else None
-        if num_diag is not None:
-            program = draws_and_log_ratios.fast if fast else draws_and_log_ratios
-            program.lower(model, family, params, key, num_diag).compile()
-        posterior_program.lower(model, family, params, key, key, num_draws, min(num_check, num_draws)).compile()
-    except Exception:  # noqa: BLE001 - best effort: the call compiles it otherwise
-        pass
+    family = get_family(family)
+    params = abstract_params(model, family)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    num_diag = known_diagnostic_draws(model) if diagnostics else None
+    if num_diag is not None:
+        program = draws_and_log_ratios.fast if fast else draws_and_log_ratios
+        program.lower(model, family, params, key, num_diag).compile()
+    posterior_program.lower(model, family, params, key, key, num_draws, min(num_check, num_draws)).compile()

@@ -72,9 +72,11 @@ class Ahead:
         the earlier ones from it).
       x64: run the jobs under `jax.enable_x64(x64)` (a thread-local setting: pass the caller's),
         or None to leave the thread's as it is.
+      name: the thread's name (as logs show it).
     """
 
-    def __init__(self, jobs: list[tuple[str, Callable[[dict], Any]]], x64: bool | None = None):
+    def __init__(self, jobs: list[tuple[str, Callable[[dict], Any]]], x64: bool | None = None,
+                 name: str = "advi_jax-compile-ahead"):
         self._jobs = list(jobs)
         self._x64 = x64
         self._done: dict[str, Any] = {}
@@ -82,7 +84,7 @@ class Ahead:
         self._go = threading.Event()
         self._cancelled = False
         self._interrupted = False
-        self._thread = threading.Thread(target=self._work, name="advi_jax-compile-ahead", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
