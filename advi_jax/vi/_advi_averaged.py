@@ -135,7 +135,6 @@ class AveragedState(NamedTuple):
     previous_se: Array  # (2K,) the MCSE of the last phase's average, per coordinate (q's units)
     change_se: Array  # the standard error of the change at its largest coordinate
     change_mean: Array  # the largest change of a mean (in sd of q)
-    phase_batch_steps: Array  # the batch length this phase started with
     min_phase_steps: Array  # the steps this phase needs before its test can pass
     confirming: Array  # this phase runs on to confirm a change over BIAS_WARNING
     converged: Array
@@ -200,7 +199,6 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
                              jnp.zeros((m,) + flat.shape, flat.dtype), jnp.zeros((m, model.dim), flat.dtype), zero,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), zero, nan, nan, nan, nan, nan,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), nan, nan,
-                             jnp.asarray(stop.batch_steps, jnp.int32),
                              jnp.asarray(stop.min_batches * stop.batch_steps, jnp.int32), jnp.zeros((), bool),
                              jnp.zeros((), bool))
 
@@ -265,7 +263,6 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         return st._replace(
             fit=fit, lr=jnp.where(restart, 0.5 * st.lr, st.lr),
             batch_steps=jnp.where(restart, first_batch, batch_steps),
-            phase_batch_steps=jnp.where(restart, first_batch, st.phase_batch_steps),
             min_phase_steps=jnp.where(restart, jnp.maximum(stop.min_batches_halved * first_batch, jnp.ceil(
                 stop.halved_fraction * phase_steps).astype(jnp.int32)), st.min_phase_steps),
             confirming=~restart & (st.confirming | (ok & unconfirmed)),
