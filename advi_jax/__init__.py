@@ -7,6 +7,7 @@ Example:
 """
 
 from advi_jax import bijectors, data, models
+from advi_jax.compilation_cache import enable_compilation_cache
 from advi_jax.diagnostics import (
     ImportanceDiagnostics,
     PSISResult,
@@ -97,6 +98,7 @@ __all__ = [
     "data",
     "data_mesh",
     "elbo_surrogate",
+    "enable_compilation_cache",
     "fit",
     "fit_many",
     "fit_minibatch",

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from advi_jax.cli import _prune
+from advi_jax.compilation_cache import _prune
 
 PROBE = ("import jax; from advi_jax.cli import enable_compilation_cache as e; f = e(); "
          "print(f, jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)")
@@ -38,3 +38,42 @@ def test_prune_removes_oldest_files_down_to_half_the_limit(tmp_path):
     assert len(list(tmp_path.iterdir())) == 10
     _prune(tmp_path, 800)  # over: the oldest go until at most 400 bytes remain
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"entry{i}" for i in range(6, 10)]
+
+
+FIT = """
+import sys, jax, jax.numpy as jnp, numpy as np
+import advi_jax as aj
+hits = []
+jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
+folder = aj.enable_compilation_cache(sys.argv[1])
+model = aj.Model(lambda p: -0.5 * jnp.sum((p["x"] - 1.0) ** 2) - 0.5 * jnp.log(p["s"]) ** 2 - jnp.log(p["s"]),
+                 {"x": aj.real((2,)), "s": aj.positive()})
+result = aj.fit(model, key=jax.random.key(0), method="advi", num_steps=200, progress=False)
+print(folder == sys.argv[1], len(hits), repr(np.asarray(result.mean()["x"]).tolist()))
+"""
+
+
+def test_enable_compilation_cache_lets_a_new_process_load_what_an_earlier_one_compiled(tmp_path):
+    """The first process compiles and writes the cache; the second loads (cache hits) and gets the same fit."""
+    folder = str(tmp_path / "xla")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "ADVI_JAX_COMPILATION_CACHE")}
+    env["JAX_PLATFORMS"] = "cpu"
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", FIT, folder], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        runs.append(out.stdout.split(maxsplit=2))
+    (same0, hits0, mean0), (same1, hits1, mean1) = runs
+    assert same0 == same1 == "True"
+    assert int(hits0) == 0 and os.listdir(folder)
+    assert int(hits1) >= 2  # at least the fit's start and loop programs
+    assert mean1 == mean0
+
+
+def test_enable_compilation_cache_rejects_a_bad_size():
+    import pytest
+
+    import advi_jax as aj
+
+    with pytest.raises(TypeError, match="max_bytes"):
+        aj.enable_compilation_cache(max_bytes=0)

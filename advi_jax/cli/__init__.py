@@ -5,15 +5,11 @@ sub-command and sets `func` on its parser) so the jobs stay independent. Bad inp
 status 2 and a one-line message, never a traceback.
 
 Compilation cache: run as a command (`advi-jax ...`, `python -m advi_jax ...`), the compiled
-XLA programs are kept in JAX's persistent compilation cache, in a folder of the advi_jax cache
-(`$ADVI_JAX_CACHE_DIR`, else `$XDG_CACHE_HOME/advi_jax`, else `~/.cache/advi_jax`) named after
-the jax version and this machine's CPU (its architecture and instruction-set flags), so a second
+XLA programs are kept in JAX's persistent compilation cache (`advi_jax.compilation_cache`: a
+folder of the advi_jax cache named after the jax version and this machine's CPU), so a second
 run on data of the same shape loads them instead of compiling (most of a small fit's time).
-Entries are keyed by JAX on the program, the compiler options and the backend; the folder is
-pruned to `COMPILATION_CACHE_BYTES` (oldest first) when a command starts. Set
-`ADVI_JAX_COMPILATION_CACHE=0` to turn it off; a `JAX_COMPILATION_CACHE_DIR` you set is used
-as it is. A read error (e.g. an entry truncated by a killed process) costs a warning and a
-compilation, never a wrong result. `main(argv)` called from Python leaves JAX's settings alone.
+Set `ADVI_JAX_COMPILATION_CACHE=0` to turn it off; a `JAX_COMPILATION_CACHE_DIR` you set is used
+as it is. `main(argv)` called from Python leaves JAX's settings alone.
 
 Small data, cheaper compilation: on a table of at most `FAST_COMPILE_ENTRIES` numbers (rows x
 (features + 1)), compiling is almost all of a command's cost and running the programs almost
@@ -34,15 +30,13 @@ never imports matplotlib. Both leave every output as it was.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import math
 import os
-import platform
 import sys
-from pathlib import Path
 
 from advi_jax._extras import MissingExtraError
+from advi_jax.compilation_cache import enable_compilation_cache
 
 _SUBCOMMANDS = (
     "advi_jax.cli.fit",
@@ -133,69 +127,6 @@ def _add_unavailable(subparsers, name: str, err: ModuleNotFoundError) -> None:
         raise err
     if name not in subparsers.choices:  # add_parser may have failed after registering the name
         subparsers.add_parser(name, help=f"(unavailable: {hint})")
-
-
-COMPILATION_CACHE_VARIABLE = "ADVI_JAX_COMPILATION_CACHE"
-COMPILATION_CACHE_BYTES = 512 * 2 ** 20
-
-
-def _machine_tag() -> str:
-    """A short hash of the CPU architecture and instruction-set flags (compiled CPU code uses them)."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line for line in handle if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
-    text = "|".join((platform.machine(), platform.processor(), flags.strip()))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _prune(folder: Path, limit: int) -> None:
-    """Remove the oldest files until the folder holds at most half of `limit` bytes (when over it)."""
-    try:
-        files = [(e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(folder) if e.is_file()]
-    except OSError:
-        return
-    total = sum(size for _, size, _ in files)
-    if total <= limit:
-        return
-    for _, size, path in sorted(files):
-        if total <= limit // 2:
-            break
-        try:
-            os.remove(path)
-            total -= size
-        except OSError:
-            pass
-
-
-def enable_compilation_cache() -> str | None:
-    """Turn on JAX's persistent compilation cache for this process (see the module docstring).
-
-    Returns:
-      The cache folder, or None when it is off (`ADVI_JAX_COMPILATION_CACHE=0`), set by the user
-      (`JAX_COMPILATION_CACHE_DIR`), or the folder cannot be written.
-    """
-    if os.environ.get(COMPILATION_CACHE_VARIABLE, "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
-    import jax
-
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
-        return None
-    from advi_jax.models._native import cache_dir
-
-    folder = cache_dir() / f"xla-{jax.__version__}-{_machine_tag()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return None
-    except OSError:
-        return None
-    _prune(folder, COMPILATION_CACHE_BYTES)
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return str(folder)
 
 
 FAST_COMPILE_ENTRIES = 2 ** 15
