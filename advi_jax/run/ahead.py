@@ -24,7 +24,7 @@ thread (which the fit's own call would raise again, with its message) ends the t
 `MID_OPTIONS` (`advi_jax.run.single._AHEAD_MODES`): the start program compiles with the fast
 options, on one core, so the loop's compile has the second. Measured (benchmarks/PERFORMANCE.md,
 two cores): eight schools' first call 1.37-1.40 s against 1.98-2.06 s compiled on one thread;
-with a "mid" loop (breast cancer, wells, radon) 0.7-0.9 s shorter.
+with a "mid" loop (breast cancer, wells, radon) 0.5-1.0 s shorter.
 `disabled()` turns the thread off (benchmarks and tests compare the two).
 
 Example:

@@ -429,7 +429,7 @@ def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings
     `aj.fit` uses it when the loop compiles with `compile_options.FAST_OPTIONS` or `MID_OPTIONS`
     (`_AHEAD_MODES`): the start program compiles with the fast options on one thread, so the
     second core is free for the loop's compile, which then ends about when the start has run
-    (breast cancer, wells, radon: the first call 0.7-0.9 s shorter on two cores,
+    (breast cancer, wells, radon: the first call 0.5-1.0 s shorter on two cores,
     benchmarks/PERFORMANCE.md)."""
     run_model = _run_model_shape(model, whitened)
     dtype = jnp.result_type(float)
