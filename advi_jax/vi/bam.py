@@ -17,8 +17,9 @@ W = S F diag(2 / (1 + sqrt(1 + 4 m)))^{1/2}. The positive definite solution is u
 factor gives the same Sigma_{t+1} in exact arithmetic; S is V's lower Cholesky factor (one
 Cholesky and one eigendecomposition per step, where the symmetric root V^{1/2} would cost a
 second eigendecomposition: at K = 90 in float32 on CPU an eigendecomposition takes about 2 ms, a
-Cholesky factorisation 0.025 ms). Pure JAX, no non-symmetric matrix square root, no host callback; the Cholesky
-factor of the result comes from a QR of W^T (no squaring of the condition number).
+Cholesky factorisation 0.025 ms). Pure JAX, no non-symmetric matrix square root, no host
+callback; the Cholesky factor of the result comes from a QR of W^T (no squaring of the condition
+number).
 
 Step size ("learning rate") lam_t = lam_0 / (t + 1) with lam_0 = B K by default (the paper's
 schedule for its Gaussian experiments), or constant (`schedule="constant"`). A step whose update
