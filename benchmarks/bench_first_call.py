@@ -17,13 +17,16 @@ nothing; the model is built and its data loaded before the clock starts):
   `--numpyro-steps` (10,000) steps, first and second call (`progress_bar=False`).
 
 Measurements alternate between systems, `--repeat` rounds, so a loaded machine affects each alike;
-the machine's load average is printed with each round.
+the machine's load average is printed with each round. `--trees` adds checkouts to alternate
+with (e.g. main's, for a before/after comparison): each advi_jax row then runs in a fresh process
+from each checkout in turn (its directory first on PYTHONPATH), labelled with its folder name.
 
 Usage:
   python -m benchmarks.bench_first_call
   python -m benchmarks.bench_first_call --models eight_schools_noncentered --modes auto,full --repeat 3
   python -m benchmarks.bench_first_call --modes serial,auto --repeat 3
   python -m benchmarks.bench_first_call --synthetic 1000x10,100000x10 --modes fast,full --skip numpyro
+  python -m benchmarks.bench_first_call --trees ../main,. --repeat 2 --skip numpyro
 """
 
 from __future__ import annotations
@@ -182,13 +185,20 @@ def _child_numpyro(name: str, steps: int) -> dict:
     return out
 
 
-def _run_child(argv: list[str], timeout: float) -> dict:
+def _run_child(argv: list[str], timeout: float, tree: str = "") -> dict:
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    cwd = None
+    if tree:  # that checkout's advi_jax (and benchmarks) first on the path
+        cwd = os.path.abspath(tree)
+        env["PYTHONPATH"] = os.pathsep.join([cwd] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_first_call", "--child", *argv], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
-            return json.loads(line)
+            row = json.loads(line)
+            if tree:
+                row["tree"] = os.path.basename(cwd)
+            return row
     return {"error": (proc.stderr or proc.stdout)[-800:], "argv": argv}
 
 
@@ -196,7 +206,8 @@ def _show(row: dict) -> str:
     if "error" in row:
         return f"  ERROR {row['argv']}: {row['error']}"
     first, second = row["call0"], row["call1"]
-    text = (f"  {row['system']:8s} {row['model'][:26]:26s} {row['mode'][:20]:20s} first {first['wall']:6.2f} s "
+    system = row["system"] + (f"@{row['tree']}" if "tree" in row else "")
+    text = (f"  {system:8s} {row['model'][:26]:26s} {row['mode'][:20]:20s} first {first['wall']:6.2f} s "
             f"(cpu {first['cpu']:5.2f})  second {second['wall']:6.3f} s")
     if row["system"] == "advi_jax":
         text += (f"  K={row['K']} entries={row['data_entries']} fast={row['fast']}  compiles {first['compiles']} "
@@ -218,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip", default="", help="'numpyro' to skip the peer")
     parser.add_argument("--json", default="", help="write the rows to this file")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--trees", default="", help="comma list of checkouts whose advi_jax to alternate (default: "
+                        "this one's only)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -231,11 +244,12 @@ def main(argv: list[str] | None = None) -> None:
     for round_ in range(args.repeat):
         print(f"round {round_ + 1}/{args.repeat}, load average {os.getloadavg()}", flush=True)
         for name in names:
-            jobs = [["advi", name, mode] for mode in modes]
+            trees = [t for t in args.trees.split(",") if t] or [""]
+            jobs = [(["advi", name, mode], tree) for mode in modes for tree in trees]
             if "numpyro" not in args.skip:
-                jobs.append(["numpyro", name, str(args.numpyro_steps)])
-            for job in jobs:
-                row = _run_child(job, args.timeout)
+                jobs.append((["numpyro", name, str(args.numpyro_steps)], ""))
+            for job, tree in jobs:
+                row = _run_child(job, args.timeout, tree)
                 rows.append(row)
                 print(_show(row), flush=True)
     if args.json:

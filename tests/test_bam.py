@@ -37,6 +37,41 @@ def test_update_solves_the_match_equation():
         np.testing.assert_allclose(new_loc, loc / (1 + lam) + lam / (1 + lam) * (new_cov @ gbar + zbar), rtol=1e-9)
 
 
+def _update_through_symmetric_root(loc, cov, z, g, lam):
+    """The update as first written (V's symmetric root by a second eigendecomposition), for reference."""
+    b = z.shape[0]
+    zbar, gbar = z.mean(0), g.mean(0)
+    zc, gc = z - zbar, g - gbar
+    u = lam * gc.T @ gc / b + lam / (1 + lam) * np.outer(gbar, gbar)
+    v = cov + lam * zc.T @ zc / b + lam / (1 + lam) * np.outer(loc - zbar, loc - zbar)
+    w, q = np.linalg.eigh(v)
+    root = (q * np.sqrt(w)) @ q.T
+    m, f = np.linalg.eigh(root @ u @ root)
+    factor = root @ f * np.sqrt(2 / (1 + np.sqrt(1 + 4 * np.maximum(m, 0))))
+    new_cov = factor @ factor.T
+    return loc / (1 + lam) + lam / (1 + lam) * (new_cov @ gbar + zbar), new_cov
+
+
+@pytest.mark.parametrize("k, b, lam", [(5, 3, 0.7), (30, 16, 480.0), (90, 16, 1440.0 / 7)])
+def test_cholesky_update_equals_the_symmetric_root_update(k, b, lam):
+    # The Cholesky factor of V replaces V's symmetric root: the same Sigma' (the match equation's
+    # unique positive definite solution), to float64 rounding, at BaM's first-step and later lam.
+    rng = np.random.default_rng(k)
+    a = rng.normal(size=(k, k)) / np.sqrt(k)
+    cov = a @ a.T + 0.1 * np.eye(k)
+    loc, z, g = rng.normal(size=k), rng.normal(size=(b, k)), 3.0 * rng.normal(size=(b, k))
+    want_loc, want_cov = _update_through_symmetric_root(loc, cov, z, g, lam)
+    with jax.enable_x64(True):
+        new_loc, new_cov, chol = (np.asarray(x) for x in bam.bam_update(*map(jnp.asarray, (loc, cov, z, g)), lam))
+    np.testing.assert_allclose(new_cov, want_cov, rtol=1e-8, atol=1e-10 * np.abs(want_cov).max())
+    np.testing.assert_allclose(new_loc, want_loc, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(chol @ chol.T, want_cov, rtol=1e-8, atol=1e-10 * np.abs(want_cov).max())
+    if k == 5:  # well conditioned: float32 (the default) agrees to float32 rounding
+        f32 = bam.bam_update(*(jnp.asarray(x, jnp.float32) for x in (loc, cov, z, g)), lam)
+        np.testing.assert_allclose(np.asarray(f32[1], np.float64), want_cov, atol=1e-5 * np.abs(want_cov).max())
+        np.testing.assert_allclose(np.asarray(f32[0], np.float64), want_loc, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch_size", [2, 8])
 def test_gaussian_target_recovered(key, batch_size):
     mean, cov = _correlated()

@@ -53,6 +53,34 @@ def test_background_compile_compiles_each_program_once_and_changes_no_number(key
     assert threaded.khat == serial.khat and threaded.iw_elbo == serial.iw_elbo
 
 
+Y_BIG = jnp.asarray(np.random.default_rng(4).normal(0.5, 2.0, size=(3_000,)), jnp.float32)
+
+
+def test_a_mid_compiled_loop_compiles_on_the_thread_once_and_changes_no_number(key, monkeypatch):
+    # 3,000 data entries: the start and the diagnostics compile fast, the loop (its up to 48,000
+    # evaluations) with MID_OPTIONS; the thread compiles that loop, and the fit's call finds it.
+    def make():
+        def log_joint(p, y):
+            return -0.5 * p["mu"] ** 2 + jnp.sum(-0.5 * (y - p["mu"]) ** 2)
+
+        return aj.Model(log_joint, {"mu": aj.real()}, data=Y_BIG)
+
+    made = []
+    real = single._compile_ahead
+    monkeypatch.setattr(single, "_compile_ahead", lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
+    before = driver.run_chunk.mid._cache_size()
+    threaded = aj.fit(make(), key=key, progress=False, warn=False)
+    assert len(made) == 1 and "run_chunk" in made[0]._done  # the job ran to its end
+    assert driver.run_chunk.mid._cache_size() == before + 1  # compiled once, on the thread, in "mid"
+    with ahead.disabled():
+        serial = aj.fit(make(), key=key, progress=False, warn=False)
+    assert len(made) == 1
+    assert threaded.num_steps == serial.num_steps and threaded.num_grad_evals == serial.num_grad_evals
+    np.testing.assert_array_equal(np.asarray(threaded.params.loc), np.asarray(serial.params.loc))
+    np.testing.assert_array_equal(threaded.elbo, serial.elbo)
+    assert threaded.khat == serial.khat
+
+
 def test_ahead_runs_jobs_in_order_and_passes_an_interrupt_to_the_waiting_thread():
     order = []
     jobs = [("a", lambda done: (order.append("a"), done.update(a=1))),

@@ -20,10 +20,11 @@ to zero, so the run model is the plain model) costs the thread's CPU time, never
 the fit's call then compiles its own program as it would without the thread. An error on the
 thread (which the fit's own call would raise again, with its message) ends the thread quietly.
 
-`aj.fit` uses the thread where the loop compiles with `compile_options.FAST_OPTIONS`, which XLA
-compiles on one thread; its fully optimising compile already spreads over the cores, so a
-second thread there gains no wall time on two cores. Measured (benchmarks/PERFORMANCE.md, two
-cores): eight schools' first call 1.37-1.40 s against 1.98-2.06 s compiled on one thread.
+`aj.fit` uses the thread where the loop compiles with `compile_options.FAST_OPTIONS` or
+`MID_OPTIONS` (`advi_jax.run.single._AHEAD_MODES`): the start program compiles with the fast
+options, on one core, so the loop's compile has the second. Measured (benchmarks/PERFORMANCE.md,
+two cores): eight schools' first call 1.37-1.40 s against 1.98-2.06 s compiled on one thread;
+with a "mid" loop (breast cancer, wells, radon) 0.5-1.0 s shorter.
 `disabled()` turns the thread off (benchmarks and tests compare the two).
 
 Example:

@@ -173,7 +173,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     map the result back, compute the PSIS diagnostics, and build the immutable `Result`. Each
     program's XLA options follow its data size times its most log-density evaluations
     (`advi_jax.compile_options`: the start's ~2,300, the loop's `num_steps x num_samples`, the
-    diagnostics' draws). Where the loop compiles with the fast options, the loop's, the
+    diagnostics' draws). Where the loop compiles with the fast or "mid" options, the loop's, the
     diagnostics' and the small programs compile on a second thread while the start compiles
     (`advi_jax.run.ahead`; the numbers are the same as compiled one after another).
 
@@ -309,7 +309,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         checks.check_log_joint_shape(model, jnp.result_type(float))
         whitened = _whitened_start(model, family_obj, init, bool(module.WHITEN))
         guess = settings(options_for(whitened), _run_model_shape(model, whitened))
-        if _ahead.enabled() and not adapt and guess.compile == "fast":
+        if _ahead.enabled() and not adapt and guess.compile in _AHEAD_MODES:
             ahead = _compile_ahead(model, family_obj, module, guess, key, whitened,
                                    num_diagnostic_draws if diagnostics else None)
         begun = resolve_start(model, family_obj, init, key=key, whiten=bool(module.WHITEN), init_scale=init_scale,
@@ -398,6 +398,12 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     return result
 
 
+_AHEAD_MODES = ("fast", "mid")
+"""The loop's compile modes (`compile_options.compile_mode`) for which `aj.fit` compiles the later
+programs on a background thread while the start compiles (`_compile_ahead`). "full" is left out:
+measured on a loaded machine, its compile gained no wall time there (benchmarks/PERFORMANCE.md)."""
+
+
 def _whitened_start(model: Any, family: Family, init: Any, whiten: bool) -> bool:
     """Whether `resolve_start` will (barring a fallback to zero) run the method in whitened coordinates."""
     if not (whiten and family.affine_closed and isinstance(init, str)):
@@ -420,10 +426,11 @@ def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings
     `whitened`). The diagnostics' program only when its number of draws is known now (given, or
     `DIAGNOSTIC_DRAWS_MAX` whatever the fit's cost; None: no diagnostics).
 
-    `aj.fit` uses it only when the loop compiles with `compile_options.FAST_OPTIONS` (on one
-    thread): XLA's fully optimising compile already spreads over the cores (breast cancer: 9.8-10 s
-    of CPU time in a 6.1-6.2 s first call), so on two cores a second thread then gains no wall
-    time and costs 1-1.5 s more CPU time (benchmarks/PERFORMANCE.md)."""
+    `aj.fit` uses it when the loop compiles with `compile_options.FAST_OPTIONS` or `MID_OPTIONS`
+    (`_AHEAD_MODES`): the start program compiles with the fast options on one thread, so the
+    second core is free for the loop's compile, which then ends about when the start has run
+    (breast cancer, wells, radon: the first call 0.5-1.0 s shorter on two cores,
+    benchmarks/PERFORMANCE.md)."""
     run_model = _run_model_shape(model, whitened)
     dtype = jnp.result_type(float)
     k = int(model.dim)
