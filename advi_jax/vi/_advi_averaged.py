@@ -1,4 +1,13 @@
-"""ADVI that decides when to stop: constant-step Adam, iterate averaging, batch-means MCSE.
+"""ADVI that decides when to stop: constant steps, iterate averaging, batch-means MCSE.
+
+The constant step is Adam's (`AutoStop.preconditioner="adam"`, `AutoStop()`'s default) or the
+Fisher-natural gradient of the full-rank Gaussian in (mean, Cholesky factor) (`"natural"`,
+`advi_jax.vi._natural`; what the default `aj.fit` runs, `advi_jax.run.choose.AUTO_ADVI`, at step
+0.02). Adam divides each coordinate by its gradient's RMS, which along a hierarchical posterior's
+group-level scale is dominated by the gradient noise, so its effective step there is tiny (radon:
+iterates autocorrelated over hundreds of steps, the 48,000-gradient cap reached 0.06-0.64 sd from
+the family limit); the natural step is Newton-like near the optimum whatever the noise
+(benchmarks/PERFORMANCE.md, "The natural-gradient default"). Everything below applies to both.
 
 The default `aj.fit` of a general model (`advi_jax.run.choose`) runs ADVI in coordinates
 whitened by its start, where a fixed step budget is either wasted (the start is already at the
