@@ -383,9 +383,15 @@ def _psis_core(log_ratios: Array, normalize: bool, xp=None) -> PSISResult:
         # A tail ratio above the threshold whose exceedance underflows to zero means the weights
         # span more than the dtype's range (exp(r - max) == exp(u - max)): far heavier than
         # any fitted k could show, and a GPD fit on the underflowed values is meaningless.
+        # (Ratios that differ only by rounding also give zero exceedances, but there exp(r - max) does
+        # not underflow: those are equal ratios, q proportional to p, as an exact fit gives.)
         tail_lr = sorted_lr[num_draws - tail:]
-        underflow = xp.any((tail_lr > threshold) & (exceed <= 0))
+        underflow = xp.any((tail_lr > threshold) & (exceed <= 0) & (xp.exp(tail_lr - shift) <= 0))
         khat = xp.where(underflow, xp.inf, khat)
+        # Tail ratios within rounding of each other (an exact fit: q = p to the dtype's precision) are
+        # equal ratios, the best case, not a GPD fit to rounding noise.
+        rounding = (top - threshold) <= 64 * xp.finfo(dtype).eps * (1.0 + xp.abs(top))
+        khat = xp.where(rounding & xp.isfinite(top), -xp.inf, khat)
         probs = (xp.arange(1, tail + 1, dtype=dtype) - 0.5) / tail
         smoothed_tail = xp.log(threshold_weight + _gpd_quantile(probs, khat, sigma, xp)) + shift
         smoothed_tail = xp.minimum(smoothed_tail, top)

@@ -84,6 +84,12 @@ CANDIDATES: dict[str, dict] = {
     "bam pathfinder 200x16": dict(family="fullrank", method="bam", num_steps=200, init="pathfinder"),
     "pathfinder 4 paths": dict(family="fullrank", method="pathfinder", options={"num_paths": 4}),
     "advi mf (old default)": dict(family="meanfield", method="advi"),
+    # The default with its averaged ADVI's natural-gradient preconditioner at step rho (`_stop`:
+    # fields of `AUTO_ADVI.stop` for this candidate; `advi_jax.vi._natural`).
+    "auto natural 0.02": dict(_stop=dict(preconditioner="natural", learning_rate=0.02)),
+    "auto natural 0.05": dict(_stop=dict(preconditioner="natural", learning_rate=0.05)),
+    "auto natural 0.1": dict(_stop=dict(preconditioner="natural", learning_rate=0.1)),
+    "auto adam": dict(_stop=dict(preconditioner="adam", learning_rate=0.01)),
 }
 PEERS = ("svi", "blackjax pathfinder", "blackjax fullrank", "blackjax meanfield")
 BLACKJAX_VI_STEPS = 2000
@@ -131,6 +137,21 @@ def warned_why(caught) -> str:
 
 
 def run_fit(model, kwargs: dict, seed: int, second_call: bool = True) -> dict:
+    """`aj.fit` with `kwargs`; a `_stop` entry overrides fields of the default's `AutoStop` for this call."""
+    from advi_jax.run import choose
+
+    kwargs = dict(kwargs)
+    fields = kwargs.pop("_stop", None)
+    saved = choose.AUTO_ADVI
+    if fields:
+        choose.AUTO_ADVI = saved._replace(stop=saved.stop._replace(**fields))
+    try:
+        return _run_fit(model, kwargs, seed, second_call)
+    finally:
+        choose.AUTO_ADVI = saved
+
+
+def _run_fit(model, kwargs: dict, seed: int, second_call: bool = True) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tick = time.perf_counter()
@@ -155,7 +176,9 @@ def run_fit(model, kwargs: dict, seed: int, second_call: bool = True) -> dict:
                     + (f"/halving moved {float(result.report.extras['auto_stop_change']):.3f}"
                        f" (se {float(result.report.extras.get('auto_stop_change_se', np.nan)):.3f}, means "
                        f"{float(result.report.extras.get('auto_stop_change_mean', np.nan)):.3f})"
-                       if "auto_stop_change" in result.report.extras else ""))}
+                       if "auto_stop_change" in result.report.extras else "")
+                    + (f"/clipped {int(result.report.extras['auto_stop_clipped_steps'])} steps"
+                       if int(result.report.extras.get("auto_stop_clipped_steps", 0)) else ""))}
 
 
 def run_svi(suite_model, model, steps: int, seed: int) -> dict:

@@ -82,9 +82,11 @@ def test_a_halving_that_moves_q_far_warns_and_one_that_does_not_is_silent():
     assert "moved q" not in stop_warning(0, dict(seen, auto_stop_change=0.045, auto_stop_confirming=True), 1000)
 
 
-def test_vmap_over_keys_equals_a_loop():
+@pytest.mark.parametrize("preconditioner,rate", [("adam", 0.01), ("natural", 0.02)])
+def test_vmap_over_keys_equals_a_loop(preconditioner, rate):
     model = _gaussian()
-    init, step = advi_averaged(model, "fullrank", stop=AutoStop(batch_steps=5, min_batches=4), num_samples=4)
+    init, step = advi_averaged(model, "fullrank", num_samples=4, stop=AutoStop(
+        batch_steps=5, min_batches=4, preconditioner=preconditioner, learning_rate=rate))
 
     def run(key):
         state = init(key, jnp.zeros(3))
@@ -108,14 +110,16 @@ def test_explicit_advi_settings_run_plain_advi_with_their_budget(key):
     assert result.num_steps == 120 and result.stop_code == 0 and "auto_stop_mcse" not in result.extras
 
 
-def test_the_rule_stops_where_it_did_pinned():
-    """A pin of the stopping rule (fails for any change to its statistics or thresholds; update the
-    numbers when the rule is changed on purpose): from zero with q's scales at 0.1 on the 3-D
+def test_the_rule_stops_where_it_did_pinned(monkeypatch):
+    """A pin of the stopping rule with Adam (`AutoStop()`, the default before the natural gradient;
+    fails for any change to its statistics or thresholds; update the numbers when the rule is
+    changed on purpose): from zero with q's scales at 0.1 on the 3-D
     Gaussian, key 0, the rule last failed at the batch ending at step 2,900 (drift 0.056 > 0.05),
     passed at 3,000 with batches of 100 steps, so that the step size was halved; the halved phase
     keeps the batch length and runs at least half the first phase's 3,000 steps, and passed at
     its first chance, at 4,500 (MCSE 8.2e-5, drift 3.1e-4, distance 1.9e-4 sd of q; the halving
     moved q by 0.020)."""
+    monkeypatch.setattr(policy, "AUTO_ADVI", policy.AUTO_ADVI._replace(stop=AutoStop()))
     model = _gaussian()
     with pytest.warns(aj.DiagnosticWarning, match="cap"):
         fits = {n: aj.fit(model, key=jax.random.key(0), progress=False, init=None, diagnostics=False, num_steps=n)
@@ -132,6 +136,33 @@ def test_the_rule_stops_where_it_did_pinned():
     np.testing.assert_allclose([float(after[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance",
                                                          "auto_stop_change")],
                                [8.156e-5, 3.095e-4, 1.877e-4, 0.01960], rtol=0.03)
+
+
+def test_the_natural_default_stops_where_it_did_pinned():
+    """The same pin for the default's natural-gradient preconditioner (step 0.02): the rule last
+    failed at the batch ending at step 850 (MCSE 0.015 > 0.012, drift 0.053 > 0.05), passed at 900
+    with batches of 50 steps (the natural step relaxes ~3x faster than Adam's here: 900 steps vs
+    3,000), so the step was halved; the halved phase runs at least half of 900 steps and passed at
+    its first chance, at 1,350 (MCSE 1.5e-4, drift 5.9e-4, distance 4.5e-4; the halving moved q by
+    0.0086), no step shrunk by the trust region."""
+    assert policy.AUTO_ADVI.stop.preconditioner == "natural" and policy.AUTO_ADVI.stop.learning_rate == 0.02
+    model = _gaussian()
+    with pytest.warns(aj.DiagnosticWarning, match="cap"):
+        fits = {n: aj.fit(model, key=jax.random.key(0), progress=False, init=None, diagnostics=False, num_steps=n)
+                for n in (899, 1349, None)}
+    before, after = fits[899].extras, fits[None].extras
+    assert fits[899].stop_code == 0 and before["auto_stop_halvings"] == 0
+    assert fits[1349].stop_code == 0 and fits[1349].extras["auto_stop_halvings"] == 1
+    assert fits[None].stop_code == 4 and fits[None].num_steps == 1350
+    assert int(before["auto_stop_batch_steps"]) == int(after["auto_stop_batch_steps"]) == 50
+    assert int(after["auto_stop_clipped_steps"]) == 0
+    np.testing.assert_allclose([float(before[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance")],
+                               [0.015047, 0.053045, 0.023966], rtol=0.02)
+    np.testing.assert_allclose([float(after[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance",
+                                                         "auto_stop_change")],
+                               [1.4775e-4, 5.927e-4, 4.465e-4, 0.008586], rtol=0.03)
+    mean_err, log_sd_err = _errors(fits[None])
+    assert mean_err < 0.01 and log_sd_err < 0.01, (mean_err, log_sd_err)
 
 
 def _skewed():

@@ -124,3 +124,17 @@ def test_psis_expectation_corrects_a_shifted_q(key):
     picked = aj.psis_resample(jax.random.key(1), z, r, 4000)
     assert picked.shape == (4000,)
     assert abs(float(jnp.mean(picked)) - 0.3) < 0.08
+
+
+def test_ratios_equal_up_to_rounding_are_the_best_case_and_a_huge_span_is_not():
+    """An exact fit (q = p up to float64 rounding, as the default's natural-gradient ADVI reaches on
+    a Gaussian target) gives log ratios that differ by ~1e-16: their exceedances are zero by
+    rounding, which is the equal-ratio best case (k-hat -inf), not the dtype-range underflow of
+    weights spanning thousands of nats (k-hat +inf)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        r = jnp.asarray(-3.9 + 1e-16 * rng.normal(size=2000))
+        assert float(aj.psis(r).khat) == -np.inf
+        # tail draws above the threshold whose weights underflow against the largest: still +inf
+        huge = jnp.concatenate([jnp.full(1960, -2000.0), jnp.linspace(-1000.0, 0.0, 40)])
+        assert float(aj.psis(huge).khat) == np.inf

@@ -150,7 +150,9 @@ def test_float64_fit_keeps_float64():
         result = aj.fit(_normal_model(), key=jax.random.key(0), num_steps=300, **FIT)
         assert result.params.loc.dtype == jnp.float64
         assert result.elbo.dtype == np.float64
-        assert np.isfinite(result.khat) and np.isfinite(result.iw_elbo)
+        # k-hat may be -inf: the default's natural-gradient ADVI fits this Gaussian exactly, so the
+        # importance ratios are equal to rounding (the best case, `advi_jax.diagnostics.psis`)
+        assert result.khat < 0.5 and np.isfinite(result.iw_elbo)
         draws = result.sample(jax.random.key(1), 10, resample="psis")
         assert draws["x"].dtype == jnp.float64
 

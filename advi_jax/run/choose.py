@@ -17,7 +17,11 @@ recorded in benchmarks/PERFORMANCE.md), against each posterior's full-rank famil
 * When ADVI stops: not after a fixed budget (a fixed 300 steps left radon, K = 90, 1.5 sd from
   the family limit; 2,000 steps reach it; the easy posteriors need fewer than 300), but by its
   own test (`advi_jax.vi.advi.AutoStop`, Dhaka et al. 2020, Welandawe et al. 2024): constant-step
-  Adam, the average of the later half of its iterates, stopped when that average's Monte Carlo
+  natural-gradient ascent (the Fisher-natural gradient of the full-rank Gaussian in (mean, Cholesky
+  factor), step 0.02, antithetic STL draws, `advi_jax.vi._natural`; it reached the family limit of
+  the hierarchical posteriors where Adam's per-coordinate scaling, dominated by the gradient noise,
+  left 0.06-0.64 sd: benchmarks/PERFORMANCE.md), the average of the later half of its iterates,
+  stopped when that average's Monte Carlo
   standard error, its drift and its estimated distance from the optimum (the averaged natural
   gradient of the mean) are small in q's own sds; then once more at half the step size (RABVI's
   check of the constant step's bias), in batches as long as the first phase's and for at least
@@ -44,7 +48,7 @@ class _AutoAdvi(NamedTuple):
     max_grad_evals: int = 48_000
     num_samples: int = 4
     estimator: str = "stl"
-    stop: AutoStop = AutoStop()
+    stop: AutoStop = AutoStop(preconditioner="natural", learning_rate=0.02)
 
     def num_steps(self, dim: int) -> int:
         """The hard cap on ADVI's steps (the rule `stop` ends the run before it, where it can):
@@ -147,7 +151,9 @@ def choose_method(model: Any, family: Family, *, estimator: Any = "reparam", num
     if advi_settings:
         return "advi", f"ADVI because {', '.join(advi_settings)} was given (ADVI settings)"
     if family.name == "fullrank" and not minibatch:
-        return "advi", (f"ADVI (STL, {AUTO_ADVI.num_samples} draws, constant-step Adam with iterate averaging, "
+        step = ("constant-step natural gradient" if AUTO_ADVI.stop.preconditioner == "natural"
+                else "constant-step Adam")
+        return "advi", (f"ADVI (STL, {AUTO_ADVI.num_samples} draws, {step} with iterate averaging, "
                         "stopped by its own MCSE / drift / distance test, at most "
                         f"{AUTO_ADVI.num_steps(model.dim)} steps) from a Pathfinder -> Batch-and-Match start: BaM fixes "
                         "the scale affine-invariantly, ADVI then reaches the ELBO's optimum")

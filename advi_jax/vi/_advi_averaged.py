@@ -1,4 +1,13 @@
-"""ADVI that decides when to stop: constant-step Adam, iterate averaging, batch-means MCSE.
+"""ADVI that decides when to stop: constant steps, iterate averaging, batch-means MCSE.
+
+The constant step is Adam's (`AutoStop.preconditioner="adam"`, `AutoStop()`'s default) or the
+Fisher-natural gradient of the full-rank Gaussian in (mean, Cholesky factor) (`"natural"`,
+`advi_jax.vi._natural`; what the default `aj.fit` runs, `advi_jax.run.choose.AUTO_ADVI`, at step
+0.02). Adam divides each coordinate by its gradient's RMS, which along a hierarchical posterior's
+group-level scale is dominated by the gradient noise, so its effective step there is tiny (radon:
+iterates autocorrelated over hundreds of steps, the 48,000-gradient cap reached 0.06-0.64 sd from
+the family limit); the natural step is Newton-like near the optimum whatever the noise
+(benchmarks/PERFORMANCE.md, "The natural-gradient default"). Everything below applies to both.
 
 The default `aj.fit` of a general model (`advi_jax.run.choose`) runs ADVI in coordinates
 whitened by its start, where a fixed step budget is either wasted (the start is already at the
@@ -62,7 +71,8 @@ from jax.flatten_util import ravel_pytree
 from advi_jax._types import Array, ArrayLike
 from advi_jax.base import Family, FitState, LogDensity, step_info
 from advi_jax.estimators import get_estimator
-from advi_jax.families import get_family
+from advi_jax.families import _softplus_inverse, get_family
+from advi_jax.vi._natural import natural_step
 
 __all__ = ["AutoStop", "AveragedState", "advi_averaged", "averaged_params", "averaged_extras", "describe_stop",
            "stop_warning"]
@@ -96,6 +106,11 @@ class AutoStop(NamedTuple):
       confirm_factor: when the last halving's change exceeds `BIAS_WARNING` (a warning would be
         issued), that phase runs on, to at most this many times its minimum length, before the
         change is final (a short phase's average is noisy: see the module docstring).
+      preconditioner: "adam" (Adam's per-coordinate scaling; `learning_rate` is Adam's step) or
+        "natural" (the Fisher-natural gradient of the full-rank Gaussian in (mean, Cholesky factor),
+        `advi_jax.vi._natural`; `learning_rate` is its step rho, relaxation ~1/rho steps; STL only).
+      max_step: with "natural", the largest length of a step in the Fisher metric (about
+        sqrt(2 KL) between successive q's; a trust region acting far from the optimum).
     """
 
     learning_rate: float = 0.01
@@ -111,6 +126,8 @@ class AutoStop(NamedTuple):
     keep_batch_steps: bool = True
     halved_fraction: float = 0.5
     confirm_factor: int = 4
+    preconditioner: str = "adam"
+    max_step: float = 1.0
 
 
 class AveragedState(NamedTuple):
@@ -138,6 +155,7 @@ class AveragedState(NamedTuple):
     min_phase_steps: Array  # the steps this phase needs before its test can pass
     confirming: Array  # this phase runs on to confirm a change over BIAS_WARNING
     converged: Array
+    clipped_steps: Array  # steps whose natural update was clipped (0 with Adam)
 
 
 def _tail(n: Array, m: int) -> tuple[Array, Array, Array]:
@@ -182,6 +200,14 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
     from advi_jax.vi.advi import ADVI, _SCORE_ESTIMATORS, _tree_all_finite
 
     family = get_family(family)
+    natural = stop.preconditioner == "natural"
+    if stop.preconditioner not in ("adam", "natural"):
+        raise ValueError(f"stop.preconditioner must be 'adam' or 'natural', got {stop.preconditioner!r}")
+    if natural and family.name != "fullrank":
+        raise ValueError(f"stop.preconditioner='natural' needs the fullrank family, got {family.name!r}")
+    if natural and not (isinstance(estimator, str) and estimator == "stl"):
+        raise ValueError(f"stop.preconditioner='natural' computes its own STL gradient: estimator must be 'stl', "
+                         f"got {estimator!r}")
     adam = optax.scale_by_adam()
     estimator_fn = get_estimator(estimator)
     score = isinstance(estimator, str) and estimator in _SCORE_ESTIMATORS
@@ -193,14 +219,14 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         flat, _ = ravel_pytree(params)
         zero = jnp.zeros((), jnp.int32)
         nan = jnp.full((), jnp.nan, flat.dtype)
-        return AveragedState(FitState(params, adam.init(params), zero, zero, zero),
+        return AveragedState(FitState(params, () if natural else adam.init(params), zero, zero, zero),
                              jnp.asarray(stop.learning_rate, flat.dtype), jnp.asarray(stop.batch_steps, jnp.int32),
                              jnp.zeros_like(flat), zero, jnp.zeros((model.dim,), flat.dtype),
                              jnp.zeros((m,) + flat.shape, flat.dtype), jnp.zeros((m, model.dim), flat.dtype), zero,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), zero, nan, nan, nan, nan, nan,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), nan, nan,
                              jnp.asarray(stop.min_batches * stop.batch_steps, jnp.int32), jnp.zeros((), bool),
-                             jnp.zeros((), bool))
+                             jnp.zeros((), bool), zero)
 
     def loss(params, key):
         surrogate, aux = estimator_fn(family, model.log_density, params, key, num_samples)
@@ -275,7 +301,7 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
             change_se=jnp.where(ok & jnp.isfinite(change), change_se, st.change_se),
             change_mean=jnp.where(ok & jnp.isfinite(change), change_mean, st.change_mean), converged=done)
 
-    def step(key: Array, state: AveragedState) -> tuple[AveragedState, Any]:
+    def adam_update(key: Array, state: AveragedState):
         fit = state.fit
         (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(fit.params, key)
         finite = jnp.isfinite(aux.elbo) & _tree_all_finite(grads)
@@ -288,6 +314,21 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
             return fit.params, fit.opt_state
 
         params, opt_state = jax.lax.cond(finite, apply, keep, None)
+        # C^T grad_mean ELBO, for the Newton step of the mean below
+        whitened = family.scale_tril(fit.params).T @ -grads.loc
+        return params, opt_state, aux.elbo, finite, whitened, jnp.zeros((), bool)
+
+    def natural_update(key: Array, state: AveragedState):
+        fit = state.fit
+        scale = family.scale_tril(fit.params)
+        out = natural_step(model.log_density, fit.params.loc, scale, key, num_samples, state.lr, stop.max_step)
+        new = family.params_type(out.loc, _softplus_inverse(jnp.diagonal(out.scale_tril)), out.scale_tril)
+        params = jax.tree_util.tree_map(lambda a, b: jnp.where(out.finite, a, b), new, fit.params)
+        return params, fit.opt_state, out.elbo, out.finite, out.whitened_mean_grad, out.clipped & out.finite
+
+    def step(key: Array, state: AveragedState) -> tuple[AveragedState, Any]:
+        fit = state.fit
+        params, opt_state, elbo, finite, whitened, clipped = (natural_update if natural else adam_update)(key, state)
         bad = (~finite).astype(jnp.int32)
         fit = FitState(params, opt_state, fit.step + 1, fit.num_nonfinite + bad, (fit.consecutive_nonfinite + bad) * bad)
         flat, _ = ravel_pytree(params)
@@ -295,12 +336,13 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         # Sigma_q^-1 = E_q[-Hessian of log p]), in sd of q; zero for a skipped step.
         scale = family.scale_tril(state.fit.params)
         sd = jnp.sqrt(jnp.sum(scale ** 2, axis=1))
-        step_of_mean = jnp.where(finite, scale @ (scale.T @ -grads.loc) / sd, 0.0)
+        step_of_mean = jnp.where(finite, scale @ whitened / sd, 0.0)
         new = state._replace(fit=fit, cur_sum=state.cur_sum + flat, cur_count=state.cur_count + 1,
-                             cur_newton=state.cur_newton + step_of_mean)
+                             cur_newton=state.cur_newton + step_of_mean,
+                             clipped_steps=state.clipped_steps + clipped.astype(jnp.int32))
         new = jax.lax.cond(new.cur_count >= new.batch_steps, close_batch, lambda st: st, new)
         grads_used, logp_used = (0, num_samples) if score else (num_samples, 0)
-        return new, step_info(aux.elbo, finite, grads_used, logp_used, new.converged)
+        return new, step_info(elbo, finite, grads_used, logp_used, new.converged)
 
     return ADVI(init, step)
 
@@ -340,7 +382,8 @@ def averaged_extras(family: Family, stop: AutoStop):
                 "auto_stop_distance_mcse": state.distance_mcse, "auto_stop_change": state.change,
                 "auto_stop_change_se": state.change_se, "auto_stop_change_mean": state.change_mean,
                 "auto_stop_learning_rate": state.lr, "auto_stop_halvings": state.halvings,
-                "auto_stop_batch_steps": state.batch_steps, "auto_stop_confirming": state.confirming}
+                "auto_stop_batch_steps": state.batch_steps, "auto_stop_confirming": state.confirming,
+                "auto_stop_clipped_steps": state.clipped_steps}
 
     return extras
 
