@@ -307,7 +307,8 @@ class Report:
       diagnostic_sample: (key, log_ratios) of the diagnostic draws, or None: the draws are
         `family.sample(params, key, S)` and `log_ratios` their (S,) log p - log q (NumPy);
         `summary_rows` reuses them instead of evaluating the log density again.
-      learning_rate, adaptation: Adam's step size and the `learning_rate="adapt"` search.
+      learning_rate, adaptation: the step size (Adam's, or the averaged default's first step,
+        `AutoStop.learning_rate`) and the `learning_rate="adapt"` search.
       init_loc, init_method, init_candidates, init_scores: how the fit started.
       extras: method-specific outputs (`VIAlgorithm.extras`), a dict.
       runaway: indices of parameters that ran away while the ELBO rose (empty when none).

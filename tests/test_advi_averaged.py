@@ -154,6 +154,7 @@ def test_the_natural_default_stops_where_it_did_pinned():
     assert fits[899].stop_code == 0 and before["auto_stop_halvings"] == 0
     assert fits[1349].stop_code == 0 and fits[1349].extras["auto_stop_halvings"] == 1
     assert fits[None].stop_code == 4 and fits[None].num_steps == 1350
+    assert fits[None].learning_rate == 0.02  # the report names the step the default ran, not Adam's 0.01
     assert int(before["auto_stop_batch_steps"]) == int(after["auto_stop_batch_steps"]) == 50
     assert int(after["auto_stop_clipped_steps"]) == 0
     np.testing.assert_allclose([float(before[k]) for k in ("auto_stop_mcse", "auto_stop_drift", "auto_stop_distance")],

@@ -381,7 +381,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         seconds=time.perf_counter() - began, start_seconds=start_seconds, compile_seconds=out.compile_seconds,
         run_seconds=out.run_seconds, diagnostics_seconds=diag_seconds, diagnostics=diag,
         diagnostics_note=note or ("" if diag is not None else "not computed (diagnostics=False)"),
-        learning_rate=float(lr) if (is_advi and optimizer is None) else None, adaptation=adaptation,
+        # The averaged default's first step size is its stop rule's (`AutoStop.learning_rate`), not Adam's.
+        learning_rate=(float(plan.stop.learning_rate) if getattr(plan, "stop", None) is not None
+                       else float(lr)) if (is_advi and optimizer is None) else None, adaptation=adaptation,
         init_loc=np.asarray(begun.init_loc), init_method=begun.method, init_candidates=begun.candidates,
         init_scores=begun.scores, extras=dict(extras),
         runaway=runaway_parameters(family_obj, params, out.elbo) if is_advi else (), diagnostic_sample=diag_sample)
