@@ -365,8 +365,7 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
             finite = jnp.isfinite(f_t) & jnp.all(jnp.isfinite(g_t))
             return dict(c, f=f_t, g=g_t, f0=f_t, primed=jnp.asarray(True), done=~finite, grads=c["grads"] + trials)
 
-        stepped, primed_only = iterate(c, found, x_new, f_new, g_new, trials), first(c)
-        return jax.tree_util.tree_map(lambda a, b: jax.lax.select(primed, a, b), stepped, primed_only)
+        return jax.lax.cond(primed, lambda c: iterate(c, found, x_new, f_new, g_new, trials), first, c)
 
     def iterate(c, found, x_new, f_new, g_new, trials):
         s_new, y_new = x_new - c["x"], g_new - c["g"]
