@@ -257,9 +257,8 @@ def _line_search(value_and_grad, x, f, g, d, c1, c2, max_trials):
     ends (safeguarded; bisection when the derivative is not increasing), so on a quadratic the
     second trial is the exact minimiser along d. Trials start at t = 1.
 
-    Returns (found, x_new, f_new, g_new, trials, f_last, g_last): `found` is False when no Armijo
-    point was met; a point meeting Armijo but not the curvature condition is returned after
-    `max_trials` (a traced or static int); f_last, g_last are the last trial's value and gradient.
+    Returns (found, x_new, f_new, g_new, trials): `found` is False when no Armijo point was
+    met; a point meeting Armijo but not the curvature condition is returned after `max_trials`.
     """
     slope = jnp.dot(g, d)
     dtype = x.dtype
@@ -307,7 +306,7 @@ def _line_search(value_and_grad, x, f, g, d, c1, c2, max_trials):
     x_new = jnp.where(found_wolfe, x_t, x_lo)
     f_new = jnp.where(found_wolfe, f_t, f_lo)
     g_new = jnp.where(found_wolfe, g_t, g_lo)
-    return found & (slope < 0), x_new, f_new, g_new, n, f_t, g_t
+    return found & (slope < 0), x_new, f_new, g_new, n
 
 
 def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResult:
@@ -340,6 +339,7 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
         ok = jnp.isfinite(elbo) & jnp.isfinite(stderr)
         return jnp.where(ok, elbo, -jnp.inf), jnp.where(ok, elbo - options.elbo_penalty * stderr, -jnp.inf)
 
+    f0, g0 = value_and_grad(x0)
     empty = jnp.zeros((m, k), dtype)
     ones = jnp.ones((k,), dtype)
     start_approx = Approximation(x0, ones, jnp.zeros((k, min(k, 2 * m)), dtype),
@@ -348,26 +348,12 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
     def cond(c):
         return ~c["done"] & (c["it"] < options.max_iters)
 
-    # The log density and its gradient appear once in the compiled program, in the line search:
-    # the first pass of the loop ("priming") evaluates them at x0 as a line search of one trial
-    # along d = 0 (x0 + 1 * 0 = x0), and only records f0, g0.
     def body(c):
-        primed = c["primed"]
         valid = jnp.arange(m) >= m - c["n_valid"]
         d = -_two_loop(c["g"], c["s"], c["y"], valid)
         d = jnp.where(jnp.dot(d, c["g"]) < 0, d, -c["g"])
-        d = jnp.where(primed, d, jnp.zeros_like(d))
-        found, x_new, f_new, g_new, trials, f_t, g_t = _line_search(
-            value_and_grad, c["x"], c["f"], c["g"], d, 1e-4, options.wolfe_c2,
-            jnp.where(primed, options.max_line_search, 1))
-
-        def first(c):
-            finite = jnp.isfinite(f_t) & jnp.all(jnp.isfinite(g_t))
-            return dict(c, f=f_t, g=g_t, f0=f_t, primed=jnp.asarray(True), done=~finite, grads=c["grads"] + trials)
-
-        return jax.lax.cond(primed, lambda c: iterate(c, found, x_new, f_new, g_new, trials), first, c)
-
-    def iterate(c, found, x_new, f_new, g_new, trials):
+        found, x_new, f_new, g_new, trials = _line_search(
+            value_and_grad, c["x"], c["f"], c["g"], d, 1e-4, options.wolfe_c2, options.max_line_search)
         s_new, y_new = x_new - c["x"], g_new - c["g"]
         sy, yy = jnp.dot(s_new, y_new), jnp.dot(y_new, y_new)
         accept = found & (sy > eps * yy) & (sy > 0)
@@ -389,16 +375,14 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
         return dict(x=x, f=jnp.where(found, f_new, c["f"]), g=jnp.where(found, g_new, c["g"]),
                     s=s_hist, y=y_hist, n_valid=n_valid, alpha=alpha, key=key,
                     best_elbo=jnp.where(better, elbo, c["best_elbo"]), best_score=jnp.maximum(score, c["best_score"]), best=best, it=c["it"] + 1, done=done,
-                    grads=c["grads"] + trials, logps=c["logps"] + options.num_elbo_draws, f0=c["f0"],
-                    primed=c["primed"])
+                    grads=c["grads"] + trials, logps=c["logps"] + options.num_elbo_draws)
 
-    inf = jnp.asarray(jnp.inf, dtype)
-    init = dict(x=x0, f=inf, g=jnp.zeros((k,), dtype), f0=inf, primed=jnp.asarray(False), s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
+    init = dict(x=x0, f=f0, g=g0, s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
                 key=key, best_elbo=jnp.asarray(-jnp.inf, dtype), best_score=jnp.asarray(-jnp.inf, dtype), best=start_approx,
-                it=jnp.asarray(0, jnp.int32), done=jnp.asarray(False),
-                grads=jnp.asarray(0, jnp.int32), logps=jnp.asarray(0, jnp.int32))
+                it=jnp.asarray(0, jnp.int32), done=~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))),
+                grads=jnp.asarray(1, jnp.int32), logps=jnp.asarray(0, jnp.int32))
     out = jax.lax.while_loop(cond, body, init)
-    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -out["f0"])
+    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -f0)
 
 
 # ----------------------------------------------------------------------------------------------
