@@ -220,9 +220,10 @@ def test_default_fit_compiles_a_handful_of_programs():
 
 
 def test_start_program_holds_few_copies_of_the_log_density():
-    """Every call site of the log density inlines a copy of it into the start program (its compile
-    time grows with each): at most five (the line search's value and gradient, which also gives
-    log p(loc); Pathfinder's ELBO draws; the candidates' ELBOs; BaM's scores; BaM's ELBO check).
+    """Every call site of the log density inlines a copy of it into the start program: at most six
+    (Pathfinder's value and gradient at the start and in its line search, its ELBO draws; the
+    candidates' ELBOs; BaM's scores; BaM's ELBO check). Merging the first two into one (measured
+    2026-11-29: 6% fewer HLO ops) saved no measurable compile time, so six are allowed, not more.
     The model's lgamma marks each copy (its derivative is digamma; the start itself uses no lgamma)."""
     model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2) + 1e-3 * jnp.sum(jax.lax.lgamma(2.0 + p["x"] ** 2)),
                      {"x": aj.real((3,))})
@@ -230,8 +231,7 @@ def test_start_program_holds_few_copies_of_the_log_density():
             start_module.BAM_START_BATCH)
     text = start_module._start_program.lower(*args).as_text()
     copies = text.count("lgamma")
-    assert 1 <= copies <= 5, copies
+    assert 1 <= copies <= 6, copies
     found = start_module._start_program(*args)
-    # log p(loc) from the line search's first evaluation (lgamma(2) = 0).
-    assert abs(float(found.start_log_density)) < 1e-6
+    assert abs(float(found.start_log_density)) < 1e-6  # lgamma(2) = 0 at loc = 0
     assert int(found.path.num_grad_evals) >= int(found.path.num_iters) + 1
