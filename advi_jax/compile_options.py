@@ -16,9 +16,9 @@ otherwise use XLA's defaults. A program that does not say how many it makes is c
 the count existed). On GPU/TPU the defaults are always used (the options are CPU settings).
 The counts the default fit's programs give (`jit(..., mode=...)`):
 
-* the start program (`advi_jax.run.start._start_program`): at most about 2,300 (Pathfinder's
-  200 L-BFGS iterations, 100 BaM steps of 16 draws, 5 x 64 draws of ELBO): fast up to ~43,000
-  entries;
+* the start program (`advi_jax.run.start._start_program`): at most about 4,300 (Pathfinder's
+  200 L-BFGS iterations of ~2 gradients and 10 ELBO draws, 100 BaM steps of 16 draws, 5 x 64
+  draws of ELBO): fast up to ~23,000 entries;
 * the loop (`driver.run_chunk`, `init_loop`): `aj.fit` decides from ADVI's step budget,
   `num_steps x num_samples` (the default's cap 12,000 x 4: fast up to ~2,100 entries of the run
   model, which holds the whitening factor's K^2); other methods: unknown (the size rule);
@@ -69,8 +69,13 @@ import numpy as np
 __all__ = ["FAST_OPTIONS", "MID_OPTIONS", "FAST_MAX_ENTRIES", "FAST_MAX_WORK", "MID_MAX_WORK", "DEFAULT_EVALS",
            "fast_compile", "compile_mode", "jit", "forced"]
 
-FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-"""XLA options of a fast compile (CPU): no LLVM optimisation, the classic fusion emitter."""
+FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+                "xla_cpu_parallel_codegen_split_count": 1}
+"""XLA options of a fast compile (CPU): no LLVM optimisation, the classic fusion emitter, and the
+LLVM module compiled in one piece. XLA otherwise splits it for parallel codegen on several threads,
+which costs more CPU time in all: the default fit's start program (breast cancer, wells; the same
+executable numbers) 0.78-1.02 against 0.85-1.39 s of compile CPU (loaded 2-core machine,
+2026-11-29), and `aj.fit` compiles its loop on the second core meanwhile (`advi_jax.run.ahead`)."""
 
 FAST_MAX_ENTRIES = 5_000
 """The most numbers a model's arrays may hold for `fast_compile` to choose `FAST_OPTIONS` for a
