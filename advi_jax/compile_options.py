@@ -16,9 +16,9 @@ otherwise use XLA's defaults. A program that does not say how many it makes is c
 the count existed). On GPU/TPU the defaults are always used (the options are CPU settings).
 The counts the default fit's programs give (`jit(..., mode=...)`):
 
-* the start program (`advi_jax.run.start._start_program`): at most about 4,300 (Pathfinder's
-  200 L-BFGS iterations of ~2 gradients and 10 ELBO draws, 100 BaM steps of 16 draws, 5 x 64
-  draws of ELBO): fast up to ~23,000 entries;
+* the start program (`advi_jax.run.start._start_program`): at most about 2,300 (Pathfinder's
+  200 L-BFGS iterations, 100 BaM steps of 16 draws, 5 x 64 draws of ELBO): fast up to ~43,000
+  entries;
 * the loop (`driver.run_chunk`, `init_loop`): `aj.fit` decides from ADVI's step budget,
   `num_steps x num_samples` (the default's cap 12,000 x 4: fast up to ~2,100 entries of the run
   model, which holds the whitening factor's K^2); other methods: unknown (the size rule);

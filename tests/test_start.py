@@ -130,7 +130,7 @@ def test_sized_jit_runs_the_same_function_under_either_options():
 
 def test_fast_compile_by_the_programs_evaluations():
     """entries x evals <= FAST_MAX_WORK; unknown evals keep the size rule; the start program (a fixed
-    ~4,300 evaluations) compiles fast on data the loop (up to num_steps x num_samples) compiles fully."""
+    ~2,300 evaluations) compiles fast on data the loop (up to num_steps x num_samples) compiles fully."""
     entries = 10_000
     model = aj.Model(lambda p, d: -0.5 * jnp.sum((d - p["m"]) ** 2), {"m": aj.real()},
                      data=np.zeros(entries, np.float32))

@@ -172,7 +172,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     (`advi_jax.run.driver`: chunks, stopping rule, non-finite handling, progress bar, Ctrl-C),
     map the result back, compute the PSIS diagnostics, and build the immutable `Result`. Each
     program's XLA options follow its data size times its most log-density evaluations
-    (`advi_jax.compile_options`: the start's ~4,300, the loop's `num_steps x num_samples`, the
+    (`advi_jax.compile_options`: the start's ~2,300, the loop's `num_steps x num_samples`, the
     diagnostics' draws). Where the loop compiles with the fast or "mid" options, the loop's, the
     diagnostics' and the small programs compile on a second thread while the start compiles
     (`advi_jax.run.ahead`; the numbers are the same as compiled one after another).

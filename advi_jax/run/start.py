@@ -237,11 +237,10 @@ def _bam_refine(model: Any, mean: Array, factor: Array, key: Array, num_steps: i
 
 def start_evals(bam_steps: int, batch_size: int) -> int:
     """The most log-density (gradient) evaluations of the start program (`_start_program`): the
-    Pathfinder path (L-BFGS iterations with about two gradients and `num_elbo_draws` log
-    densities each), BaM's batches and the ELBOs of the five Gaussians compared. It decides the
-    program's compiler options (`compile_options.fast_compile`)."""
-    per_iteration = 2 + _PATHFINDER_START.num_elbo_draws
-    return per_iteration * _PATHFINDER_START.max_iters + bam_steps * batch_size + 5 * _START_ELBO_DRAWS
+    Pathfinder path (L-BFGS iterations with about two evaluations each), BaM's batches and the
+    ELBOs of the five Gaussians compared. It decides the program's compiler options
+    (`compile_options.fast_compile`)."""
+    return 2 * _PATHFINDER_START.max_iters + bam_steps * batch_size + 5 * _START_ELBO_DRAWS
 
 
 @compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size"),
