@@ -23,7 +23,7 @@ a Gaussian target u_s is zero-mean linear in eps_s, so with antithetic pairs (ep
 direction has no noise there, and the STL factor direction none at the optimum.
 
 The step C <- C M with M lower triangular, M_ii = exp(rho X_ii), M_ij = rho X_ij (i > j) is the
-natural step to first order and keeps diag(C) > 0 exactly; each coordinate of the mean step (in
+natural step to first order and keeps diag(C) > 0 exactly; the mean moves by C (rho C^T g_m).
 The step is shrunk to a trust region: its length in the Fisher metric, sqrt(|rho C^T g_m|^2 +
 |rho X|^2 with the diagonal counted twice) (about sqrt(2 KL(q_new || q_old))), at most `max_step`.
 That only acts far from the optimum (down a funnel's neck, or where a start is many sds off, a raw
