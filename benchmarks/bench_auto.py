@@ -176,7 +176,7 @@ def _run_fit(model, kwargs: dict, seed: int, second_call: bool = True) -> dict:
                     + (f"/halving moved {float(result.report.extras['auto_stop_change']):.3f}"
                        f" (se {float(result.report.extras.get('auto_stop_change_se', np.nan)):.3f}, means "
                        f"{float(result.report.extras.get('auto_stop_change_mean', np.nan)):.3f})"
-                       if "auto_stop_change" in result.report.extras else "")
+                       if int(result.report.extras.get("auto_stop_halvings", 0)) else "")  # no halving: no change
                     + (f"/clipped {int(result.report.extras['auto_stop_clipped_steps'])} steps"
                        if int(result.report.extras.get("auto_stop_clipped_steps", 0)) else ""))}
 
