@@ -36,7 +36,8 @@ def stochastic_volatility_scan(returns):
 
     t = returns.shape[0]
     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
-    phi = numpyro.sample("phi", dist.TransformedDistribution(dist.Beta(20.0, 1.5), AffineTransform(-1.0, 2.0)))
+    unit = dist.constraints.unit_interval  # phi's support (-1, 1), as in the suite's model
+    phi = numpyro.sample("phi", dist.TransformedDistribution(dist.Beta(20.0, 1.5), AffineTransform(-1.0, 2.0, domain=unit)))
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     z = numpyro.sample("z", dist.Normal(jnp.zeros(t), 1.0).to_event(1))
     shocks = sigma * z.at[0].divide(jnp.sqrt(jnp.maximum(1.0 - phi**2, 1e-12)))

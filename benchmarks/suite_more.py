@@ -191,11 +191,14 @@ def stochastic_volatility(returns):
 
     h_t = mu + phi (h_{t-1} - mu) + sigma z_t with the stationary start h_1 = mu + sigma z_1 / sqrt(1 - phi^2);
     returns_t ~ N(0, exp(h_t / 2)); mu ~ N(0, 10), (phi + 1) / 2 ~ Beta(20, 1.5), sigma ~ HalfNormal(1),
-    z_t ~ N(0, 1). The AR(1) filter is the lower-triangular matrix phi^(t - s) (no scan).
+    z_t ~ N(0, 1). The AR(1) filter is the lower-triangular matrix phi^(t - s) (no scan). The affine map's
+    domain is declared so that phi's support is (-1, 1) (without it NumPyro's support is Real: q then put
+    mass at phi >= 1, where the log density is -inf, and the family limit was not defined).
     """
     t = returns.shape[0]
     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
-    phi = numpyro.sample("phi", dist.TransformedDistribution(dist.Beta(20.0, 1.5), AffineTransform(-1.0, 2.0)))
+    unit = dist.constraints.unit_interval
+    phi = numpyro.sample("phi", dist.TransformedDistribution(dist.Beta(20.0, 1.5), AffineTransform(-1.0, 2.0, domain=unit)))
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     z = numpyro.sample("z", dist.Normal(jnp.zeros(t), 1.0).to_event(1))
     lag = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]
