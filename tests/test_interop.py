@@ -423,3 +423,34 @@ def test_dependent_uniform_fit_matches_exact_answer():
     np.testing.assert_allclose(float(jnp.mean(draws["alpha"])), 0.5, atol=0.04)
     np.testing.assert_allclose(float(jnp.mean(draws["beta"])), 0.25, atol=0.03)
     assert np.all(np.asarray(draws["beta"]) < 1.0 - np.asarray(draws["alpha"]))
+
+
+def test_from_numpyro_warns_when_a_transform_hides_the_base_distributions_bound():
+    """AffineTransform(-1, 2) of a Beta is declared on R by NumPyro (the transform's default domain):
+    the site gets the identity bijector and a warning naming it; with domain=unit_interval it gets
+    the (-1, 1) interval and no warning, as does a transform defined on its base's support (log-Gamma)."""
+    import warnings
+
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions import constraints
+    from numpyro.distributions.transforms import AffineTransform, ExpTransform
+
+    def hidden():
+        numpyro.sample("phi", dist.TransformedDistribution(dist.Beta(20.0, 1.5), AffineTransform(-1.0, 2.0)))
+
+    def declared():
+        numpyro.sample("phi", dist.TransformedDistribution(
+            dist.Beta(20.0, 1.5), AffineTransform(-1.0, 2.0, domain=constraints.unit_interval)))
+        numpyro.sample("log_g", dist.TransformedDistribution(dist.Gamma(2.0, 1.0), ExpTransform().inv))
+        numpyro.sample("shifted", dist.TransformedDistribution(dist.Normal(0.0, 1.0).expand([3]).to_event(1),
+                                                               AffineTransform(1.0, 2.0)))
+
+    with pytest.warns(UserWarning, match=r"site 'phi'.*Beta.*UnitInterval.*domain="):
+        model = aj.from_numpyro(hidden)
+    assert model.support["phi"].name == "real"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model = aj.from_numpyro(declared)
+    assert model.support["phi"].name == "interval(-1.0, 1.0)"
+    assert model.support["log_g"].name == "real" and model.support["shifted"].name == "real"

@@ -47,6 +47,11 @@ their `support` entry (named e.g. `interval(bounds depend on other values)`) onl
 and layout.
 Models without such sites take the plain `aj.Model` path.
 
+A `TransformedDistribution` whose first transform is defined on the whole real line while its
+base distribution is bounded (`AffineTransform(-1, 2)` of a Beta, without `domain=`) is declared
+unbounded by NumPyro itself; `from_numpyro` keeps NumPyro's support and warns, naming the site,
+since q would then put mass where the log density is -inf.
+
 Deterministic sites (`numpyro.deterministic`) are not parameters. Compute them with
 `model.deterministics(params)` for one set of constrained values or
 `model.with_deterministics(draws)` for draws with a leading axis, e.g.
@@ -74,6 +79,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping
 
 import jax
@@ -204,6 +210,32 @@ def support_from_constraint(constraint, shape: tuple[int, ...], event_dim: int =
                      "(supported: real, positive, interval, greater_than, less_than, simplex, ordered_vector, "
                      "positive_ordered_vector, zero_sum, corr_cholesky, corr_matrix, lower_cholesky, "
                      "positive_definite); reparameterise the site with one of these")
+
+
+def _hidden_bound(fn) -> str | None:
+    """The base distribution's support where NumPyro declares a transformed distribution unbounded by mistake.
+
+    `TransformedDistribution(base, transforms)` takes its support from the last transform's
+    codomain, which for a transform whose domain is left at the real line (`AffineTransform(loc,
+    scale)` without `domain=`) is the real line even when `base` is bounded: a Beta shifted to
+    (-1, 1) is declared on all of R, so the fit's Gaussian puts mass where log p is -inf. Returns
+    the base's support in that case (the first transform's domain is the real line, the base's
+    support is not), else None. A transform defined on the base's support (log of a Gamma:
+    `ExpTransform().inv`, whose domain is positive) is not flagged.
+    """
+    transforms = getattr(fn, "transforms", None)
+    base = getattr(fn, "base_dist", None)
+    if not transforms or base is None:
+        return None
+
+    def unbounded(constraint) -> bool:
+        while hasattr(constraint, "base_constraint"):  # independent(c, n)
+            constraint = constraint.base_constraint
+        return type(constraint).__name__ == "_Real"
+
+    if unbounded(fn.support) and unbounded(transforms[0].domain) and not unbounded(base.support):
+        return str(base.support)
+    return None
 
 
 def _bound(value, shape):
@@ -575,6 +607,13 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
                              f"{fn.support}); ADVI needs continuous latent variables: marginalise it out or "
                              "make it observed")
         support[name] = support_from_constraint(fn.support, value_shape, len(fn.event_shape), site=name)
+        hidden = _hidden_bound(fn)
+        if hidden is not None:
+            warnings.warn(f"site {name!r}: NumPyro declares its support as the real line, but its base distribution "
+                          f"({type(fn.base_dist).__name__}) has support {hidden}: the first transform "
+                          f"({type(fn.transforms[0]).__name__}) is defined on all of R, so q will put mass where the "
+                          "log density is -inf. Give the transform the base's domain, e.g. AffineTransform(loc, scale, "
+                          "domain=constraints.unit_interval)", UserWarning, stacklevel=2)
     if not support:
         raise ValueError("the NumPyro model has no latent sample sites (every site is observed); nothing to infer")
     log_joint = _make_log_joint(model_fn, arguments)
