@@ -152,6 +152,11 @@ class FullRankGaussian(Family):
         return FullRankParams(loc, jnp.full((dim,), _softplus_inverse(float(scale)), dtype),
                               jnp.zeros((dim, dim), dtype))
 
+    @staticmethod
+    def from_scale_tril(loc: Array, scale_tril: Array) -> FullRankParams:
+        """The parameters of N(loc, L L^T) for a lower-triangular L with a positive diagonal."""
+        return FullRankParams(loc, _softplus_inverse(jnp.diagonal(scale_tril)), scale_tril)
+
     def scale_tril(self, params: FullRankParams) -> Array:
         """(K, K) lower-triangular Cholesky factor L."""
         return jnp.tril(params.off_diag, -1) + jnp.diag(_softplus(params.raw_diag))
@@ -178,8 +183,7 @@ class FullRankGaussian(Family):
 
     def transform(self, params, shift, scale_tril):
         """Pushforward through zeta -> shift + scale_tril @ zeta: loc' = shift + S loc, L' = S L."""
-        L = scale_tril @ self.scale_tril(params)
-        return FullRankParams(shift + scale_tril @ params.loc, _softplus_inverse(jnp.diagonal(L)), L)
+        return self.from_scale_tril(shift + scale_tril @ params.loc, scale_tril @ self.scale_tril(params))
 
 
 FAMILIES: dict[str, Family] = {"meanfield": MeanFieldGaussian(), "fullrank": FullRankGaussian()}

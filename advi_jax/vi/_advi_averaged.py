@@ -71,7 +71,7 @@ from jax.flatten_util import ravel_pytree
 from advi_jax._types import Array, ArrayLike
 from advi_jax.base import Family, FitState, LogDensity, step_info
 from advi_jax.estimators import get_estimator
-from advi_jax.families import _softplus_inverse, get_family
+from advi_jax.families import get_family
 from advi_jax.vi._natural import natural_step
 
 __all__ = ["AutoStop", "AveragedState", "advi_averaged", "averaged_params", "averaged_extras", "describe_stop",
@@ -322,7 +322,7 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         fit = state.fit
         scale = family.scale_tril(fit.params)
         out = natural_step(model.log_density, fit.params.loc, scale, key, num_samples, state.lr, stop.max_step)
-        new = family.params_type(out.loc, _softplus_inverse(jnp.diagonal(out.scale_tril)), out.scale_tril)
+        new = family.from_scale_tril(out.loc, out.scale_tril)
         params = jax.tree_util.tree_map(lambda a, b: jnp.where(out.finite, a, b), new, fit.params)
         return params, fit.opt_state, out.elbo, out.finite, out.whitened_mean_grad, out.clipped & out.finite
 

@@ -92,7 +92,7 @@ from jax.scipy.linalg import cho_solve
 
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
-from advi_jax.families import Family, FullRankParams, MeanFieldParams
+from advi_jax.families import Family, FullRankGaussian, MeanFieldParams, _softplus_inverse
 from advi_jax.vi import _glm_lik, _glm_lowrank
 from advi_jax.vi._glm_quad import NODE_TIERS, expected_log_lik, expected_log_lik_auto, quadrature
 
@@ -380,15 +380,11 @@ def _decrement(grad: Array, hess: Array, hess_chol: Array, precision: Array, fac
     return newton + 0.5 * resid
 
 
-def _softplus_inverse(y: Array) -> Array:
-    return y + jnp.log(-jnp.expm1(-y))
-
-
 def family_params(loc: Array, factor: Array, meanfield: bool):
     """The family's parameters from a mean and sds (mean-field) or a lower Cholesky factor."""
     if meanfield:
         return MeanFieldParams(loc, _softplus_inverse(factor))
-    return FullRankParams(loc, _softplus_inverse(jnp.diagonal(factor)), factor)
+    return FullRankGaussian.from_scale_tril(loc, factor)
 
 
 def supports(model, family: Family) -> bool:
