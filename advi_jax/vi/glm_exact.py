@@ -93,7 +93,7 @@ from jax.scipy.linalg import cho_solve
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankGaussian, MeanFieldParams, _softplus_inverse
-from advi_jax.vi import _glm_lik, _glm_lowrank
+from advi_jax.vi import _glm_lik, _glm_lowrank, _glm_native
 from advi_jax.vi._glm_quad import NODE_TIERS, expected_log_lik, expected_log_lik_auto, quadrature
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo",
@@ -121,6 +121,9 @@ class Options(NamedTuple):
       max_rho: the largest damping; > 1 over-relaxes the precision update (see the module docstring).
       init_scale: the sd of q in every coordinate at the start.
       block_size: rows of X per block of the pass (None: about 4 MiB of X per block).
+      kernel: "auto" (the native CPU pass of `_glm_native` for logistic and Poisson models when it
+        is built, the XLA pass otherwise), "native" (the same, but raise if it is unavailable) or
+        "xla".
     """
 
     num_nodes: int | None = None
@@ -130,6 +133,7 @@ class Options(NamedTuple):
     max_rho: float = 1.0
     init_scale: float = 0.1
     block_size: int | None = None
+    kernel: str = "auto"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +432,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     k = model.dim
     if options.num_nodes is not None:
         quadrature(options.num_nodes)  # validates
+    if options.kernel not in ("auto", "native", "xla"):
+        raise ValueError(f"options.kernel must be 'auto', 'native' or 'xla', got {options.kernel!r}")
     if not meanfield and family.name == "lowrank":
         return _glm_lowrank.build(layout, model, family, options, _prior_and_entropy)
     block = _block_size(layout, options)
@@ -435,10 +441,16 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     prior_prec = 1.0 / jnp.square(jnp.asarray(layout.prior_sd + ((math.inf,) if negbin else ()), dtype))
     eps = float(jnp.finfo(dtype).eps)
 
+    native = not negbin and _glm_native.covers(layout.kind, dtype, options.num_nodes, options.kernel)
+
     def evaluate(m, precision):
         factor = _cov_factor(precision, meanfield)
-        lik_pass = _glm_lik.negbin_pass if negbin else _pass
-        value, g, h = lik_pass(layout, data, m, factor, meanfield, options.num_nodes, block)
+        if native:
+            value, g, h = _glm_native.native_or_xla(_pass, layout, data, m, factor, meanfield, options.num_nodes,
+                                                    block)
+        else:
+            lik_pass = _glm_lik.negbin_pass if negbin else _pass
+            value, g, h = lik_pass(layout, data, m, factor, meanfield, options.num_nodes, block)
         if meanfield:
             var_diag, log_det_sd = factor * factor, jnp.sum(jnp.log(factor))
         else:

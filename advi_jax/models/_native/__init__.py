@@ -1,9 +1,12 @@
 """Private to `advi_jax.models.glm`: the native CPU GLM kernel, built ahead of need.
 
-One kernel: the one-read GLM log-likelihood and gradient (`glm_kernel.cc`), used by
+Two kernel files in one library (with `glm_simd.h`, their shared vector helpers). `glm_kernel.cc`:
+the one-read GLM log-likelihood and gradient, used by
 `advi_jax.models.glm.glm_log_likelihood` on CPU and called from XLA through `jax.ffi`; its second
 entry point (`GLM_DIFF_TARGETS`) gives the value differences from a reference for many steps in
 one read of X (`advi_jax.models.relative`, the importance diagnostics of the ready GLMs).
+`glm_exact_kernel.cc` (`GLM_EXACT_TARGETS`): one pass of `glm_exact` (the expected log-likelihood
+of a Gaussian q, its gradient in the mean and its expected negative Hessian; `advi_jax.vi.glm_exact`).
 
 Building. The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/
 `clang++`) against the XLA FFI headers that ship with jaxlib (`jax.ffi.include_dir()`, as
@@ -43,15 +46,18 @@ import jax
 
 from advi_jax.models._native._builder import tmp_prefix
 
-__all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "FLAGS", "available", "build", "build_log", "cache_dir", "library_path",
-           "num_threads", "reason", "remove_stale", "start", "status"]
+__all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "GLM_EXACT_TARGETS", "FLAGS", "available", "build", "build_log",
+           "cache_dir", "library_path", "num_threads", "reason", "remove_stale", "start", "status"]
 
-_SOURCE = Path(__file__).with_name("glm_kernel.cc")
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("glm_kernel.cc", "glm_exact_kernel.cc"))
+_HEADERS = (Path(__file__).with_name("glm_simd.h"),)
 _BUILDER = Path(__file__).with_name("_builder.py")
 GLM_TARGETS = {"float32": "advi_jax_glm_f32", "float64": "advi_jax_glm_f64"}
 _SYMBOLS = {"float32": "AdviJaxGlmF32", "float64": "AdviJaxGlmF64"}
 GLM_DIFF_TARGETS = {"float32": "advi_jax_glm_diff_f32", "float64": "advi_jax_glm_diff_f64"}
 _DIFF_SYMBOLS = {"float32": "AdviJaxGlmDiffF32", "float64": "AdviJaxGlmDiffF64"}
+GLM_EXACT_TARGETS = {"float32": "advi_jax_glm_exact_f32", "float64": "advi_jax_glm_exact_f64"}
+_EXACT_SYMBOLS = {"float32": "AdviJaxGlmExactF32", "float64": "AdviJaxGlmExactF64"}
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC", "-Wall",
          "-Wextra")
 STALE_AFTER_S = 3600.0  # a scratch folder whose owner cannot be checked is stale after an hour
@@ -113,10 +119,11 @@ def _command(compiler: str) -> list[str]:
 
 
 def _target(command: list[str]) -> Path:
-    """The cached library's path: hashes the source, the compiler (path and version), its flags,
+    """The cached library's path: hashes the sources and header, the compiler (path and version), its flags,
     jaxlib's version and the CPU."""
     key = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(command).encode(), _compiler_version(command[0]).encode(),
+    parts = [path.read_bytes() for path in _SOURCES + _HEADERS]
+    for part in (*parts, " ".join(command).encode(), _compiler_version(command[0]).encode(),
                  _jaxlib_version().encode(), _cpu_fingerprint().encode()):
         key.update(part)
         key.update(b"\0")
@@ -196,7 +203,8 @@ def _fail(why: str) -> None:
 
 def _load(path: Path) -> None:
     lib = ctypes.CDLL(str(path))
-    for targets, symbols in ((GLM_TARGETS, _SYMBOLS), (GLM_DIFF_TARGETS, _DIFF_SYMBOLS)):
+    for targets, symbols in ((GLM_TARGETS, _SYMBOLS), (GLM_DIFF_TARGETS, _DIFF_SYMBOLS),
+                             (GLM_EXACT_TARGETS, _EXACT_SYMBOLS)):
         for dtype, target in targets.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbols[dtype])), platform="cpu")
     _state.update(status="ready", reason="", path=path, lib=lib)
@@ -217,7 +225,8 @@ def _wait_for_builder(proc: subprocess.Popen, target: Path, command: list[str]) 
         if proc.returncode == 3:
             _fail(output or f"the native-kernel cache folder {target.parent} is not writable")
         else:
-            _fail(f"compiling {_SOURCE.name} failed (exit status {proc.returncode}) with\n  {' '.join(command)}\n"
+            names = " + ".join(path.name for path in _SOURCES)
+            _fail(f"compiling {names} failed (exit status {proc.returncode}) with\n  {' '.join(command)}\n"
                   f"compiler output:\n{output or '(none)'}")
 
 
@@ -256,7 +265,7 @@ def start() -> str:
         if why:
             _fail(why)
             return "failed"
-        spec = json.dumps({"command": command, "source": str(_SOURCE), "target": str(target)})
+        spec = json.dumps({"command": command, "source": [str(path) for path in _SOURCES], "target": str(target)})
         try:
             proc = subprocess.Popen([sys.executable, str(_BUILDER), spec], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,

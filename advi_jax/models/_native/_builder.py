@@ -1,6 +1,7 @@
 """Compile the native GLM kernel into the cache: run as a script, detached from the caller.
 
-`python _builder.py SPEC` where SPEC is JSON {"command": [...], "source": ..., "target": ...}.
+`python _builder.py SPEC` where SPEC is JSON {"command": [...], "source": ..., "target": ...} ("source": one
+path or a list of paths, compiled together into one library).
 Runs in its own session (started by `advi_jax.models._native`) so that it finishes and fills
 the cache even when the process that started it exits first. Imports nothing from advi_jax
 (so it starts in milliseconds and never starts another build).
@@ -38,8 +39,8 @@ def _say(text: str) -> None:
         pass
 
 
-def build(command: list[str], source: str, target: str) -> int:
-    """Compile `source` with `command` into `target` (see the module docstring); an exit status."""
+def build(command: list[str], source: str | list[str], target: str) -> int:
+    """Compile `source` (one file or several) into `target` with `command` (module docstring); an exit status."""
     target_path = Path(target)
     folder = target_path.parent
     try:
@@ -64,8 +65,9 @@ def build(command: list[str], source: str, target: str) -> int:
     try:
         out = tmp / target_path.name
         try:
-            proc = subprocess.run([*command, source, "-o", str(out), "-lpthread"], capture_output=True, text=True,
-                                  check=False)
+            sources = [source] if isinstance(source, str) else list(source)
+            proc = subprocess.run([*command, *sources, "-o", str(out), "-lpthread"], capture_output=True,
+                                  text=True, check=False)
         except OSError as err:
             _say(f"could not run the compiler {command[0]}: {err}\n")
             return 127

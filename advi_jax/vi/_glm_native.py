@@ -1,0 +1,89 @@
+"""`glm_exact`'s pass over X through the native CPU kernel (`advi_jax/models/_native/glm_exact_kernel.cc`).
+
+One FFI call per pass returns what `glm_exact._pass` returns (sum_i E[l_i], the likelihood's
+gradient in the mean (K,) and its expected negative Hessian (K, K)) for the logistic and Poisson
+ready models, mean-field or full-rank q, float32 or float64: the moments mu_i, v_i, the
+quadrature and the sums g and X~' diag(w) X~ in one fused read of X, vectorised across rows and
+shared over XLA's CPU threads. The logistic rule is `_glm_quad.NODE_TIERS` (or a fixed even
+`num_nodes`), passed to the kernel as a table: the same node pairs and formulas as the XLA pass,
+the tier chosen per tile of 32-256 rows by the largest sd there (the XLA pass: per block of
+rows), so the two agree to the rule's measured error bound (both rules are within it of the
+200-node rule). Elsewhere (an accelerator, probit, the negative binomial, an odd fixed node count,
+the kernel not built) `glm_exact` takes its XLA pass; `Options(kernel="xla")` forces it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
+
+from advi_jax.vi._glm_quad import NODE_TIERS, _rule_cached
+
+__all__ = ["KINDS", "covers", "native_or_xla"]
+
+KINDS = ("logistic", "poisson")
+
+
+def covers(kind: str, dtype, num_nodes: int | None, kernel: str) -> bool:
+    """Whether the native pass applies to this model and options, and the kernel is loaded now.
+
+    Never builds or waits; `kernel="native"` raises when the kernel is unavailable (as the GLM
+    models' `kernel="native"` does), `kernel="xla"` is always False.
+    """
+    if kernel == "xla":
+        return False
+    from advi_jax.models import glm as _glm  # models import base; avoid a cycle
+
+    fits = (kind in KINDS and jnp.dtype(dtype) in (jnp.float32, jnp.float64)
+            and (num_nodes is None or num_nodes % 2 == 0))
+    if kernel == "native" and not fits:
+        raise ValueError(f"options.kernel='native' covers kinds {KINDS} in float32 / float64 with an even or "
+                         f"adaptive num_nodes, got kind {kind!r}, dtype {jnp.dtype(dtype).name}, "
+                         f"num_nodes {num_nodes!r}")
+    return fits and _glm._choose_kernel(kernel) == "native"
+
+
+@functools.cache
+def _rule_table(num_nodes: int | None) -> np.ndarray:
+    """(tiers, 2 + 2 P) float64: per tier [sd bound, pairs, positive nodes (P), their weights (P)], zero-padded."""
+    tiers = NODE_TIERS if num_nodes is None else ((math.inf, int(num_nodes)),)
+    most = max(n // 2 for _, n in tiers)
+    table = np.zeros((len(tiers), 2 + 2 * most))
+    for i, (bound, n) in enumerate(tiers):
+        t, w = _rule_cached(n)
+        half = n // 2
+        table[i, 0], table[i, 1] = bound, half
+        table[i, 2:2 + half] = t[n - half:]
+        table[i, 2 + most:2 + most + half] = w[n - half:]
+    return table
+
+
+def _ffi(layout, data, m, factor, meanfield, num_nodes):
+    from advi_jax.models import _native
+
+    x, y, offset = data["x"], data["y"], data.get("offset")
+    dtype = jnp.dtype(x.dtype)
+    k = m.shape[0]
+    empty = jnp.zeros((0,), dtype)
+    y = jnp.asarray(y, dtype)
+    lgy = gammaln(y + 1.0) if layout.kind == "poisson" else empty
+    offset = empty if offset is None else jnp.asarray(offset, dtype)
+    out = (jax.ShapeDtypeStruct((), dtype), jax.ShapeDtypeStruct((k,), dtype), jax.ShapeDtypeStruct((k, k), dtype))
+    call = jax.ffi.ffi_call(_native.GLM_EXACT_TARGETS[dtype.name], out, vmap_method="sequential")
+    return call(x, y, offset, lgy, m.astype(dtype), factor.astype(dtype), jnp.asarray(_rule_table(num_nodes), dtype),
+                kind=np.int64(KINDS.index(layout.kind)), intercept=np.int64(bool(layout.intercept)),
+                meanfield=np.int64(bool(meanfield)), max_threads=np.int64(_native.num_threads()))
+
+
+def native_or_xla(xla_pass, layout, data, m, factor, meanfield, num_nodes, block):
+    """The native pass on CPU, `xla_pass(layout, data, m, factor, meanfield, num_nodes, block)` elsewhere
+    (chosen when lowering); call only where `covers` said True."""
+    return jax.lax.platform_dependent(
+        data, m, factor,
+        cpu=lambda d_, m_, f_: _ffi(layout, d_, m_, f_, meanfield, num_nodes),
+        default=lambda d_, m_, f_: xla_pass(layout, d_, m_, f_, meanfield, num_nodes, block))
