@@ -110,27 +110,33 @@ void exact_rows(const ExactProblem<T>& p, int64_t row0, int64_t row1, ExactParti
     const int64_t nt = std::min(R, row1 - i0);
     // Transpose the tile (rows past nt are zero: they add nothing below).
     const T* xt = p.x + i0 * d;
-    for (int64_t r = 0; r < nt; ++r)
-      for (int64_t j = 0; j < d; ++j) xs[(j + off) * R + r] = xt[r * d + j];
+    for (int64_t j = 0; j < d; ++j) {
+      T* dst = xs + (j + off) * R;
+      const T* src = xt + j;
+#pragma omp simd
+      for (int64_t r = 0; r < nt; ++r) dst[r] = src[r * d];
+    }
     if (nt < R)
       for (int64_t k = 0; k < K; ++k)
         for (int64_t r = nt; r < R; ++r) xs[k * R + r] = T(0);
-    // Means.
+    // Means (and mean-field variances), accumulated in registers per vector of rows.
     for (int64_t r = 0; r < R; ++r) mu[r] = (p.offset && r < nt) ? p.offset[i0 + r] : T(0);
-    for (int64_t k = 0; k < K; ++k) {
-      const T mk = p.m[k];
-#pragma omp simd
-      for (int64_t r = 0; r < R; ++r) mu[r] += mk * xs[k * R + r];
-    }
-    // Variances.
-    if (p.meanfield) {
-      std::fill(var.begin(), var.end(), T(0));
-      for (int64_t k = 0; k < K; ++k) {
-        const T sk = s2[k];
-#pragma omp simd
-        for (int64_t r = 0; r < R; ++r) var[r] += sk * xs[k * R + r] * xs[k * R + r];
+    for (int64_t rv = 0; rv < nv; ++rv) {
+      V am = load<T, kVB>(mu.data() + rv * W), av = V{};
+      if (p.meanfield) {
+        for (int64_t k = 0; k < K; ++k) {
+          const V xk = xc[k * nv + rv];
+          am += p.m[k] * xk;
+          av += s2[k] * (xk * xk);
+        }
+        std::memcpy(var.data() + rv * W, &av, sizeof av);
+      } else {
+        for (int64_t k = 0; k < K; ++k) am += p.m[k] * xc[k * nv + rv];
       }
-    } else {
+      std::memcpy(mu.data() + rv * W, &am, sizeof am);
+    }
+    // Full-rank variances ||L' x~||^2.
+    if (!p.meanfield) {
       for (int64_t rv = 0; rv < nv; rv += 2) {
         V v0 = V{}, v1 = V{};
         for (int64_t j0 = 0; j0 < Kp; j0 += 4) {
