@@ -19,9 +19,9 @@ The counts the default fit's programs give (`jit(..., mode=...)`):
 * the start program (`advi_jax.run.start._start_program`): at most about 2,300 (Pathfinder's
   200 L-BFGS iterations, 100 BaM steps of 16 draws, 5 x 64 draws of ELBO): fast up to ~43,000
   entries;
-* the loop (`driver.run_chunk`, `init_loop`): `aj.fit` decides from ADVI's step budget,
-  `num_steps x num_samples` (the default's cap 12,000 x 4: fast up to ~2,100 entries of the run
-  model, which holds the whitening factor's K^2); other methods: unknown (the size rule);
+* the loop (`driver.run_chunk`, `init_loop`): ADVI's loop where this rule allows fast or "mid"
+  (its step budget `num_steps x num_samples`; the default's cap 12,000 x 4) chooses between the
+  two by its own arithmetic (below); other methods: unknown (the size rule);
 * the diagnostics' draws (`importance.draws_and_log_ratios`): their number of draws;
 * ADVI's `single.finish` (no evaluation) and the key and bookkeeping programs: always fast.
 
@@ -40,6 +40,33 @@ So 1e8 entry-evaluations cost at most about 0.15-1.6 s more run time, against 2-
 saved on the first call; every later call of the same shapes pays the slower code again (the
 start program of breast cancer / wells: +0.08 / +0.66 s per call), which is why the loop, whose
 budget is 20x the start's, keeps the full optimisation above a few thousand entries.
+
+**The arithmetic rule** (`ByCost`, `cost_mode`). Data size is a poor proxy for what the fast
+code costs: a K = 90 hierarchical model with 2,842 data entries spends each step on K x K
+masks and products of the natural-gradient step and the whitening, and a 3,000-row GLM on
+transcendental functions. A program that returns `ByCost(trips, evals)` from its mode function
+(or holds one in a static argument the mode function returns, as the driver's
+`Settings.compile`) is traced once (JAX's own trace, which the chosen version's call then finds
+in JAX's caches) and its jaxpr is read (`arithmetic`, a walk of the equations, 5-40 ms): the
+numbers that elementwise operations, transcendental functions, matrix products and triangular
+solves and factorisations produce, and the operations run, with a `scan` counted by its length
+and the outermost `while` loops by `trips` (the driver's loop: its expected steps,
+`run.single._expected_steps`, half the cap where a stopping rule can end it). It compiles fast
+when the fast code's estimated extra run time (`FAST_EXTRA_SECONDS` per unit) is at most the
+estimated compile CPU time saved (`FAST_SAVED_SECONDS_PER_EQN` per equation); else as the size
+rule says ("mid" where that says fast). The choice is made once per abstract signature.
+
+Calibrated on the default fit's loop of nine suite posteriors (`benchmarks/PERFORMANCE.md`,
+"compile rule"; loaded 2-core machine, each program compiled once per mode in a fresh process,
+run time per step from the fit's own steps): fast minus "mid" run time per step, measured
+(estimated): eight schools, lkj_mvn -2, -1 us (17, 19); garch11 112 (46); breast cancer 172
+(106); german credit 177 (117); births_poisson_state 226 (275); wells_badly_scaled 315 (211);
+radon_noncentered 389 (358); radon_varying_slopes 1,233 (1,149). Compile CPU saved: 0.8-2.0 s
+per loop of 947-1,321 equations (0.7-2.1 ms per equation; the start programs 0.9-2.5 ms, the
+diagnostics' 0.8-2.2 ms; median 1.5 ms). Over 6,000 expected steps the rule compiles the loop
+fast for breast cancer (extra 0.64 s against 1.42 s saved), german credit, garch, eight schools,
+lkj, wells and births (both near the line), and "mid" for the radon models (2.1 s against
+1.7 s; 6.9 s against 1.8 s), where forcing fast made radon's first call 8 s instead of 4.6 s.
 
 `jit` is `jax.jit` with that choice made per call from the model argument: it holds two jitted
 versions of the function (each with its own cache), so the choice never recompiles a program.
@@ -329,7 +356,7 @@ def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None) -> str:
 
     Example:
       >>> from advi_jax import compile_options as co
-      >>> cheap = co.Arithmetic(eqns=1000, elementwise=1e6, transcendental=1e4, dot=1e6, linalg=0.0)
+      >>> cheap = co.Arithmetic(eqns=1000, elementwise=1e6, transcendental=1e4, dot=1e6, linalg=0.0, operations=1e3)
       >>> co.cost_mode(None, cheap) == ("fast" if co._on_cpu() else "full")
       True
     """
