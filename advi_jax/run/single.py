@@ -303,8 +303,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         evals = num_steps * num_samples if is_advi else None
         mode = compile_options.compile_mode(run_model, evals)
         if is_advi and mode in _AHEAD_MODES:
-            mode = compile_options.ByCost(_expected_steps(num_steps, getattr(plan, "stop", None) is not None or bool(tol_rel_obj)),
-                                          evals)
+            can_stop = getattr(plan, "stop", None) is not None or bool(tol_rel_obj)
+            mode = compile_options.ByCost(_expected_steps(num_steps, can_stop), evals)
         return driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                                max_consecutive_nonfinite, compile=mode)
 
