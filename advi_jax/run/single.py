@@ -173,7 +173,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     map the result back, compute the PSIS diagnostics, and build the immutable `Result`. Each
     program's XLA options follow its data size times its most log-density evaluations
     (`advi_jax.compile_options`: the start's ~2,300, the loop's `num_steps x num_samples`, the
-    diagnostics' draws). Where the loop compiles with the fast or "mid" options, the loop's, the
+    diagnostics' draws); where that allows the fast or "mid" options, ADVI's loop chooses between
+    them by its own arithmetic over its expected steps (`compile_options.ByCost`). Where the loop
+    compiles with the fast or "mid" options, the loop's, the
     diagnostics' and the small programs compile on a second thread while the start compiles
     (`advi_jax.run.ahead`; the numbers are the same as compiled one after another).
 
@@ -408,7 +410,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
 
 _AHEAD_MODES = ("fast", "mid")
 """The loop's compile modes (`compile_options.compile_mode`) for which `aj.fit` compiles the later
-programs on a background thread while the start compiles (`_compile_ahead`). "full" is left out:
+programs on a background thread while the start compiles (`_compile_ahead`), as it does for a loop
+that chooses between them by its arithmetic (`compile_options.ByCost`; the thread then reads the
+loop's arithmetic and decides, off the main thread). "full" is left out:
 measured on a loaded machine, its compile gained no wall time there (benchmarks/PERFORMANCE.md)."""
 
 
