@@ -19,9 +19,9 @@ The counts the default fit's programs give (`jit(..., mode=...)`):
 * the start program (`advi_jax.run.start._start_program`): at most about 2,300 (Pathfinder's
   200 L-BFGS iterations, 100 BaM steps of 16 draws, 5 x 64 draws of ELBO): fast up to ~43,000
   entries;
-* the loop (`driver.run_chunk`, `init_loop`): `aj.fit` decides from ADVI's step budget,
-  `num_steps x num_samples` (the default's cap 12,000 x 4: fast up to ~2,100 entries of the run
-  model, which holds the whitening factor's K^2); other methods: unknown (the size rule);
+* the loop (`driver.run_chunk`, `init_loop`): ADVI's loop where this rule allows fast or "mid"
+  (its step budget `num_steps x num_samples`; the default's cap 12,000 x 4) chooses between the
+  two by its own arithmetic (below); other methods: unknown (the size rule);
 * the diagnostics' draws (`importance.draws_and_log_ratios`): their number of draws;
 * ADVI's `single.finish` (no evaluation) and the key and bookkeeping programs: always fast.
 
@@ -40,6 +40,33 @@ So 1e8 entry-evaluations cost at most about 0.15-1.6 s more run time, against 2-
 saved on the first call; every later call of the same shapes pays the slower code again (the
 start program of breast cancer / wells: +0.08 / +0.66 s per call), which is why the loop, whose
 budget is 20x the start's, keeps the full optimisation above a few thousand entries.
+
+**The arithmetic rule** (`ByCost`, `cost_mode`). Data size is a poor proxy for what the fast
+code costs: a K = 90 hierarchical model with 2,842 data entries spends each step on K x K
+masks and products of the natural-gradient step and the whitening, and a 3,000-row GLM on
+transcendental functions. A program that returns `ByCost(trips, evals)` from its mode function
+(or holds one in a static argument the mode function returns, as the driver's
+`Settings.compile`) is traced once (JAX's own trace, which the chosen version's call then finds
+in JAX's caches) and its jaxpr is read (`arithmetic`, a walk of the equations, 5-40 ms): the
+numbers that elementwise operations, transcendental functions, matrix products and triangular
+solves and factorisations produce, and the operations run, with a `scan` counted by its length
+and the outermost `while` loops by `trips` (the driver's loop: its expected steps,
+`run.single._expected_steps`, half the cap where a stopping rule can end it). It compiles fast
+when the fast code's estimated extra run time (`FAST_EXTRA_SECONDS` per unit) is at most the
+estimated compile CPU time saved (`FAST_SAVED_SECONDS_PER_EQN` per equation); else as the size
+rule says ("mid" where that says fast). The choice is made once per abstract signature.
+
+Calibrated on the default fit's loop of nine suite posteriors (`benchmarks/PERFORMANCE.md`,
+"compile rule"; loaded 2-core machine, each program compiled once per mode in a fresh process,
+run time per step from the fit's own steps): fast minus "mid" run time per step, measured
+(estimated): eight schools, lkj_mvn -2, -1 us (17, 19); garch11 112 (46); breast cancer 172
+(106); german credit 177 (117); births_poisson_state 226 (275); wells_badly_scaled 315 (211);
+radon_noncentered 389 (358); radon_varying_slopes 1,233 (1,149). Compile CPU saved: 0.8-2.0 s
+per loop of 947-1,321 equations (0.7-2.1 ms per equation; the start programs 0.9-2.5 ms, the
+diagnostics' 0.8-2.2 ms; median 1.5 ms). Over 6,000 expected steps the rule compiles the loop
+fast for breast cancer (extra 0.64 s against 1.42 s saved), german credit, garch, eight schools,
+lkj, wells and births (both near the line), and "mid" for the radon models (2.1 s against
+1.7 s; 6.9 s against 1.8 s), where forcing fast made radon's first call 8 s instead of 4.6 s.
 
 `jit` is `jax.jit` with that choice made per call from the model argument: it holds two jitted
 versions of the function (each with its own cache), so the choice never recompiles a program.
@@ -61,13 +88,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import numpy as np
 
 __all__ = ["FAST_OPTIONS", "MID_OPTIONS", "FAST_MAX_ENTRIES", "FAST_MAX_WORK", "MID_MAX_WORK", "DEFAULT_EVALS",
-           "fast_compile", "compile_mode", "jit", "forced"]
+           "fast_compile", "compile_mode", "jit", "forced", "ByCost", "Arithmetic", "arithmetic", "cost_mode",
+           "FAST_EXTRA_SECONDS", "FAST_SAVED_SECONDS_PER_EQN"]
 
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
                 "xla_cpu_parallel_codegen_split_count": 1}
@@ -172,6 +200,184 @@ def compile_mode(model: Any = None, evals: int | None = None) -> str:
     return "mid" if getattr(type(model), "full_compile_mode", "full") == "mid" else "full"
 
 
+class ByCost:
+    """A program's request to have `jit` choose its options from its own arithmetic (`cost_mode`).
+
+    Returned by a `jit(..., mode=...)` function, or held by a static argument the mode function
+    reads (the driver's `Settings.compile`). Every `ByCost` equals every other, so the numbers it
+    carries never split JAX's compilation cache: the first call of a program with given shapes
+    decides its options, and later calls with those shapes reuse that program whatever they say.
+
+    Args:
+      trips: how many times (expected) the program's outermost `while` loops run their body (the
+        driver's loop: its expected steps; 1 for a program without such a loop). `scan` and
+        `fori_loop` with static bounds count their own lengths.
+      evals: the program's most log-density evaluations, for the choice between "mid" and
+        "full" where the fast options do not pay (`compile_mode`).
+    """
+
+    __slots__ = ("trips", "evals")
+
+    def __init__(self, trips: float = 1, evals: int | None = None):
+        if not trips >= 0:
+            raise ValueError(f"trips must be >= 0, got {trips}")
+        self.trips, self.evals = float(trips), evals
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ByCost)
+
+    def __hash__(self) -> int:
+        return hash(ByCost)
+
+    def __repr__(self) -> str:
+        return f"ByCost(trips={self.trips:g}, evals={self.evals})"
+
+
+class Arithmetic(NamedTuple):
+    """What a program computes, read from its jaxpr by `arithmetic` (loops counted by their trips).
+
+    Attributes:
+      eqns: the program's equations, each sub-program counted where it is called (what XLA
+        compiles; loop bodies once).
+      elementwise: numbers produced by elementwise operations, reductions, gathers, selects and
+        the like (their largest operand or result).
+      transcendental: numbers produced by exp, log, log1p, tanh, logistic, sin, erf, lgamma,
+        pow, sqrt, ...
+      dot: multiply-adds of matrix products (`dot_general`).
+      linalg: m^2 n for an (m, m) triangular solve of n columns, m^3 for an (m, m) Cholesky,
+        eigendecomposition, LU or QR factorisation (per batch member).
+      operations: operations run (equations other than reshapes, broadcasts, conversions and
+        the like), each counted as often as its loops run it.
+    """
+
+    eqns: int
+    elementwise: float
+    transcendental: float
+    dot: float
+    linalg: float
+    operations: float
+
+
+_TRANSCENDENTAL = frozenset({
+    "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan", "asin", "acos", "atan",
+    "sinh", "cosh", "asinh", "acosh", "atanh", "atan2", "erf", "erfc", "erf_inv", "lgamma", "digamma", "igamma",
+    "igammac", "igamma_grad_a", "random_gamma_grad", "bessel_i0e", "bessel_i1e", "pow", "sqrt", "rsqrt", "cbrt",
+    "polygamma", "zeta", "regularized_incomplete_beta"})
+_FREE = frozenset({"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "convert_element_type", "copy",
+                   "copy_p", "stop_gradient", "iota", "optimization_barrier", "pvary", "bitcast_convert_type"})
+_LINALG = frozenset({"cholesky", "eigh", "lu", "qr", "svd", "householder_product", "geqrf", "schur", "eig"})
+
+
+def _size(var: Any) -> int:
+    shape = getattr(getattr(var, "aval", None), "shape", None)
+    return 1 if shape is None else int(np.prod(shape, dtype=np.int64))
+
+
+def _walk(jaxpr: Any, trips: float, in_while: bool, memo: dict) -> tuple[int, np.ndarray]:
+    """(equations, work per run of `jaxpr` as [elementwise, transcendental, dot, linalg, operations])."""
+    key = (id(jaxpr), in_while)
+    if key in memo:
+        return memo[key]
+    eqns, work = 0, np.zeros(5)
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        eqns += 1
+        if name not in _FREE:
+            work[4] += 1
+        params = eqn.params
+        if name == "scan":
+            n, w = _walk(params["jaxpr"].jaxpr, trips, in_while, memo)
+            eqns, work = eqns + n, work + params["length"] * w
+        elif name == "while":
+            times = 1.0 if in_while else trips
+            for sub in (params["body_jaxpr"], params["cond_jaxpr"]):
+                n, w = _walk(sub.jaxpr, trips, True, memo)
+                eqns, work = eqns + n, work + times * w
+        elif name == "cond":  # the dearest branch runs
+            found = [_walk(b.jaxpr, trips, in_while, memo) for b in params["branches"]]
+            eqns += sum(n for n, _ in found)
+            work = work + np.max([w for _, w in found], axis=0)
+        elif name == "dot_general":
+            (contract, _), _ = params["dimension_numbers"]
+            shape = eqn.invars[0].aval.shape
+            work[2] += _size(eqn.outvars[0]) * float(np.prod([shape[d] for d in contract]))
+        elif name == "triangular_solve":
+            m = eqn.invars[0].aval.shape[-1]
+            work[3] += m * _size(eqn.invars[1])
+        elif name in _LINALG:
+            shape = eqn.invars[0].aval.shape
+            work[3] += float(np.prod(shape[:-2])) * shape[-1] ** 3
+        else:
+            subs = [getattr(v, "jaxpr", v) for v in params.values() if hasattr(getattr(v, "jaxpr", v), "eqns")]
+            if subs:  # jit, custom_jvp_call, custom_vjp_call, remat, closed_call, ...
+                for sub in subs:
+                    n, w = _walk(sub, trips, in_while, memo)
+                    eqns, work = eqns + n, work + w
+            elif name in _TRANSCENDENTAL:
+                work[1] += max(_size(v) for v in eqn.outvars)
+            elif name not in _FREE:
+                work[0] += max([_size(v) for v in eqn.outvars] + [_size(v) for v in eqn.invars])
+    memo[key] = (eqns, work)
+    return eqns, work
+
+
+def arithmetic(closed_jaxpr: Any, trips: float = 1) -> Arithmetic:
+    """The `Arithmetic` of a traced program (`jax.jit(f).trace(...).jaxpr`), its outermost `while`
+    loops run `trips` times (scans their own lengths; a `cond`, its dearest branch).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from advi_jax import compile_options
+      >>> f = lambda x: jax.lax.fori_loop(0, 10, lambda i, c: jnp.exp(c), x)
+      >>> compile_options.arithmetic(jax.jit(f).trace(jnp.ones(3)).jaxpr).transcendental
+      30.0
+    """
+    eqns, work = _walk(getattr(closed_jaxpr, "jaxpr", closed_jaxpr), float(trips), False, {})
+    return Arithmetic(int(eqns), *(float(w) for w in work))
+
+
+FAST_EXTRA_SECONDS = Arithmetic(0, elementwise=5.6e-11, transcendental=7.2e-9, dot=0.0, linalg=5e-11,
+                                operations=3.1e-9)
+"""Seconds of run time the fast options' code costs more than the "mid" code, per unit of each
+kind of `Arithmetic` (see the module docstring for the measurements): unvectorised elementwise
+loops, transcendental functions evaluated without inlining, a fixed cost per operation run;
+matrix products call the same library kernels in both (90 x 90 x 90: 19.9 against 20.4 us), the
+expanded triangular solves and factorisations run about twice as slow (90 x 90: 82 against 47 us)."""
+
+FAST_SAVED_SECONDS_PER_EQN = 1.5e-3
+"""Compile CPU seconds the fast options save against "mid", per equation of the program (the
+median of 27 programs: 0.7-2.5 ms)."""
+
+
+def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None) -> str:
+    """"fast" where the fast options' compile saving exceeds the extra run time of their code, both
+    estimated from `cost` (see the module docstring); else `compile_mode(model, evals)`'s choice
+    ("mid" where that says "fast"). Off CPU always "full"; a `forced` mode wins.
+
+    Example:
+      >>> from advi_jax import compile_options as co
+      >>> cheap = co.Arithmetic(eqns=1000, elementwise=1e6, transcendental=1e4, dot=1e6, linalg=0.0, operations=1e3)
+      >>> co.cost_mode(None, cheap) == ("fast" if co._on_cpu() else "full")
+      True
+    """
+    if not _on_cpu():
+        return "full"
+    if _FORCED[0] is not None:
+        return _FORCED[0]
+    extra = float(np.dot(FAST_EXTRA_SECONDS[1:], cost[1:]))
+    if extra <= FAST_SAVED_SECONDS_PER_EQN * cost.eqns:
+        return "fast"
+    mode = compile_mode(model, evals)
+    return "mid" if mode == "fast" else mode
+
+
+def _leaf_key(leaf: Any) -> Any:
+    shape = getattr(leaf, "shape", None)
+    if shape is None:  # a Python scalar (traced as a weakly typed scalar)
+        return type(leaf)
+    return tuple(shape), str(getattr(leaf, "dtype", "")), bool(getattr(leaf, "weak_type", False))
+
+
 class _SizedJit:
     """Three jitted versions of one function; each call picks one by `compile_mode` (the model argument,
     and the program's evaluations where `mode` gives them)."""
@@ -184,8 +390,13 @@ class _SizedJit:
         self._mode = mode
         self._signature = inspect.signature(fun)
         self._index = None
+        names = list(self._signature.parameters)
+        static = jit_kwargs.get("static_argnames", ())
+        numbers = jit_kwargs.get("static_argnums", ())
+        self._static = frozenset(((static,) if isinstance(static, str) else tuple(static))
+                                 + tuple(names[i] for i in ((numbers,) if isinstance(numbers, int) else numbers)))
+        self._decided: dict = {}  # ByCost decisions by the call's abstract signature
         if model_arg is not None:
-            names = list(self._signature.parameters)
             if model_arg not in names:
                 raise ValueError(f"model_arg {model_arg!r} is not a parameter of {fun.__name__}: {names}")
             self._index = names.index(model_arg)
@@ -201,12 +412,34 @@ class _SizedJit:
         if self._mode is None:
             mode = compile_mode(model)
         else:
-            chosen = self._mode(model, self._signature.bind_partial(*args, **kwargs).arguments)
-            if isinstance(chosen, str) and _FORCED[0] is None:  # the caller's decision
+            arguments = self._signature.bind_partial(*args, **kwargs).arguments
+            chosen = self._mode(model, arguments)
+            if isinstance(chosen, ByCost):
+                mode = self._by_cost(model, chosen, args, kwargs, arguments)
+            elif isinstance(chosen, str) and _FORCED[0] is None:  # the caller's decision
                 mode = chosen if _on_cpu() else "full"
             else:  # a number of evaluations (or None): by the rule (or the forced mode)
                 mode = compile_mode(model, None if isinstance(chosen, str) else chosen)
         return {"fast": self.fast, "mid": self.mid}.get(mode, self.full)
+
+    def _by_cost(self, model: Any, chosen: ByCost, args: tuple, kwargs: dict, arguments: dict) -> str:
+        """`cost_mode` of this call's traced program, decided once per abstract signature (the trace
+        is JAX's own, which the chosen version's call then finds in JAX's caches)."""
+        if not _on_cpu() or _FORCED[0] is not None:
+            return compile_mode(model, chosen.evals)
+        key = []
+        for name, value in arguments.items():
+            if name in self._static:
+                key.append((name, value))
+            else:
+                leaves, tree = jax.tree_util.tree_flatten(value)
+                key.append((name, tree, tuple(_leaf_key(leaf) for leaf in leaves)))
+        key = tuple(key)
+        mode = self._decided.get(key)
+        if mode is None:
+            cost = arithmetic(self.full.trace(*args, **kwargs).jaxpr, chosen.trips)
+            mode = self._decided.setdefault(key, cost_mode(model, cost, chosen.evals))
+        return mode
 
     def __call__(self, *args, **kwargs):
         return self._pick(args, kwargs)(*args, **kwargs)

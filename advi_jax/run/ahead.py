@@ -21,7 +21,9 @@ the fit's call then compiles its own program as it would without the thread. An 
 thread (which the fit's own call would raise again, with its message) ends the thread quietly.
 
 `aj.fit` uses the thread where the loop compiles with `compile_options.FAST_OPTIONS` or
-`MID_OPTIONS` (`advi_jax.run.single._AHEAD_MODES`): the start program compiles with the fast
+`MID_OPTIONS` (`advi_jax.run.single._AHEAD_MODES`), or chooses between them by its own arithmetic
+(`compile_options.ByCost`: the thread traces the loop, reads its arithmetic and compiles the
+chosen version; the fit's call finds that choice and that program): the start program compiles with the fast
 options, on one core, so the loop's compile has the second. Measured (benchmarks/PERFORMANCE.md,
 two cores): eight schools' first call 1.37-1.40 s against 1.98-2.06 s compiled on one thread;
 with a "mid" loop (breast cancer, wells, radon) 0.5-1.0 s shorter.

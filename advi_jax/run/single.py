@@ -173,7 +173,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     map the result back, compute the PSIS diagnostics, and build the immutable `Result`. Each
     program's XLA options follow its data size times its most log-density evaluations
     (`advi_jax.compile_options`: the start's ~2,300, the loop's `num_steps x num_samples`, the
-    diagnostics' draws). Where the loop compiles with the fast or "mid" options, the loop's, the
+    diagnostics' draws); where that allows the fast or "mid" options, ADVI's loop chooses between
+    them by its own arithmetic over its expected steps (`compile_options.ByCost`). Where the loop
+    compiles with the fast or "mid" options, the loop's, the
     diagnostics' and the small programs compile on a second thread while the start compiles
     (`advi_jax.run.ahead`; the numbers are the same as compiled one after another).
 
@@ -297,9 +299,14 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
                              estimator, num_samples, 1.0 if whitened else init_scale, plan.stop)
 
     def settings(opts: Any, run_model: Any) -> driver.Settings:
-        # The loop's compiler options from its most evaluations (ADVI: num_steps x num_samples).
+        # The loop's compiler options from its most evaluations (ADVI: num_steps x num_samples); where
+        # that allows the fast or "mid" options, ADVI's loop chooses between them by its own arithmetic
+        # over its expected steps (`_expected_steps`), on the thread that compiles it.
         evals = num_steps * num_samples if is_advi else None
         mode = compile_options.compile_mode(run_model, evals)
+        if is_advi and mode in _AHEAD_MODES:
+            can_stop = getattr(plan, "stop", None) is not None or bool(tol_rel_obj)
+            mode = compile_options.ByCost(_expected_steps(num_steps, can_stop), evals)
         return driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                                max_consecutive_nonfinite, compile=mode)
 
@@ -309,7 +316,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         checks.check_log_joint_shape(model, jnp.result_type(float))
         whitened = _whitened_start(model, family_obj, init, bool(module.WHITEN))
         guess = settings(options_for(whitened), _run_model_shape(model, whitened))
-        if _ahead.enabled() and not adapt and guess.compile in _AHEAD_MODES:
+        if _ahead.enabled() and not adapt and (guess.compile in _AHEAD_MODES
+                                               or isinstance(guess.compile, compile_options.ByCost)):
             ahead = _compile_ahead(model, family_obj, module, guess, key, whitened,
                                    num_diagnostic_draws if diagnostics else None)
         begun = resolve_start(model, family_obj, init, key=key, whiten=bool(module.WHITEN), init_scale=init_scale,
@@ -402,8 +410,19 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
 
 _AHEAD_MODES = ("fast", "mid")
 """The loop's compile modes (`compile_options.compile_mode`) for which `aj.fit` compiles the later
-programs on a background thread while the start compiles (`_compile_ahead`). "full" is left out:
+programs on a background thread while the start compiles (`_compile_ahead`), as it does for a loop
+that chooses between them by its arithmetic (`compile_options.ByCost`; the thread then reads the
+loop's arithmetic and decides, off the main thread). "full" is left out:
 measured on a loaded machine, its compile gained no wall time there (benchmarks/PERFORMANCE.md)."""
+
+
+def _expected_steps(num_steps: int, can_stop: bool) -> int:
+    """The steps ADVI's loop is expected to run, for its compiler options (`compile_options.ByCost`):
+    all `num_steps` without a stopping rule; with one (the default's `AutoStop`, `tol_rel_obj`),
+    half of them, the mean of a stop anywhere up to the cap. The fast options then pay on average,
+    and at the cap cost at most twice the compile time they saved. (The default's stops on the
+    accuracy suite: a mean of about 0.4 of the cap, 6% to 100%; benchmarks/PERFORMANCE.md.)"""
+    return max(num_steps // 2, 1) if can_stop else num_steps
 
 
 def _whitened_start(model: Any, family: Family, init: Any, whiten: bool) -> bool:

@@ -1,0 +1,81 @@
+"""The compiler options rule by a program's own arithmetic (`compile_options.arithmetic`, `cost_mode`,
+`ByCost`): the counts it reads from a jaxpr, and the choice it makes from them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advi_jax import compile_options as co
+
+ON_CPU = jax.default_backend() == "cpu"
+
+
+def _cost(f, *args, trips=1):
+    return co.arithmetic(jax.jit(f).trace(*args).jaxpr, trips)
+
+
+def test_arithmetic_counts_loops_products_and_solves():
+    scan = _cost(lambda x: jax.lax.fori_loop(0, 10, lambda i, c: jnp.exp(c) + 1.0, x), jnp.ones(3))
+    assert scan.transcendental == 30.0 and scan.elementwise >= 30.0
+    dot = _cost(lambda a, b: a @ b, jnp.ones((2, 3)), jnp.ones((3, 4)))
+    assert dot.dot == 2 * 4 * 3 and dot.transcendental == 0.0
+    # A while loop's body runs `trips` times; a nested one once per outer trip.
+    def nested(x):
+        inner = lambda c: jax.lax.while_loop(lambda d: d[0] < 5.0, lambda d: jnp.log1p(d), c)
+        return jax.lax.while_loop(lambda c: c[0] < 3.0, inner, x)
+    assert _cost(nested, jnp.ones(4), trips=7).transcendental == 7 * 4
+    # cond: the dearer branch; triangular solve: m^2 per column; Cholesky: m^3.
+    branches = _cost(lambda p, x: jax.lax.cond(p, lambda: jnp.sum(jnp.exp(x)), lambda: jnp.sum(x)), True,
+                     jnp.ones(6))
+    assert branches.transcendental == 6.0
+    tri = jnp.tril(jnp.ones((5, 5))) + jnp.eye(5)
+    solve = _cost(lambda a, b: jax.scipy.linalg.solve_triangular(a, b, lower=True), tri, jnp.ones((5, 2)))
+    assert solve.linalg == 5 * 5 * 2
+    assert _cost(jnp.linalg.cholesky, tri @ tri.T).linalg == 5**3
+
+
+def test_cost_mode_weighs_the_compile_saving_against_the_extra_run_time():
+    # A small program run often but cheaply: fast. A K = 300 elementwise-heavy step run 6,000 times:
+    # the fast code's extra run time (~1e6 elementwise numbers a step) exceeds its compile saving.
+    def step(x, m):
+        return jnp.tanh(m @ x) + jnp.where(jnp.tril(m) > 0, m, 0.0).sum(axis=1)
+    small = _cost(lambda x, m: jax.lax.while_loop(lambda c: c[0] < 1e9, lambda c: step(c, m), x),
+                  jnp.ones(5), jnp.ones((5, 5)), trips=6000)
+    large = _cost(lambda x, m: jax.lax.while_loop(lambda c: c[0] < 1e9, lambda c: step(c, m), x),
+                  jnp.ones(300), jnp.ones((300, 300)), trips=6000)
+    assert small.eqns == large.eqns  # the same program: the same compile saving
+    extra_small = float(np.dot(co.FAST_EXTRA_SECONDS[1:], small[1:]))
+    extra_large = float(np.dot(co.FAST_EXTRA_SECONDS[1:], large[1:]))
+    saved = co.FAST_SAVED_SECONDS_PER_EQN * small.eqns
+    assert extra_small < saved < extra_large
+    assert co.cost_mode(None, small) == ("fast" if ON_CPU else "full")
+    assert co.cost_mode(None, large, evals=6000) == ("mid" if ON_CPU else "full")
+    assert co.cost_mode(None, large._replace(eqns=10**9)) == ("fast" if ON_CPU else "full")  # a huge compile pays
+    with co.forced("full"):
+        assert co.cost_mode(None, small) == "full"
+
+
+def test_by_cost_programs_choose_once_from_their_own_arithmetic_and_trace_once():
+    traced = []
+
+    @co.jit(model_arg=None, static_argnames=("work",), mode=lambda model, args: args["work"])
+    def loop(x, m, n, work):
+        traced.append(x.shape)
+        body = lambda c: (jnp.tanh(m @ c[0]) + jnp.where(jnp.tril(m) > 0, m, 0.0).sum(axis=1), c[1] + 1)
+        return jax.lax.while_loop(lambda c: c[1] < n, body, (x, 0))[0]
+
+    assert co.ByCost(5) == co.ByCost(6000) and hash(co.ByCost(5)) == hash(co.ByCost(1, 7))
+    with pytest.raises(ValueError, match="trips"):
+        co.ByCost(-1)
+    small, large = (jnp.ones(5), jnp.ones((5, 5))), (jnp.ones(300), jnp.ones((300, 300)))
+    out = loop(*small, 3, work=co.ByCost(6000))
+    loop(*small, 4, work=co.ByCost(6000))
+    loop(*large, 3, work=co.ByCost(6000, evals=1))
+    loop(*large, 3, work=co.ByCost(1))  # equal to the first ByCost: the decision made stands
+    assert traced == [(5,), (300,)]  # each shape traced once: the decision reuses JAX's trace
+    if ON_CPU:
+        assert loop.fast._cache_size() == 1 and loop.mid._cache_size() == 1  # small fast, large "mid"
+    else:
+        assert loop.full._cache_size() == 2
+    np.testing.assert_allclose(np.asarray(out), np.asarray(loop.full(*small, 3, work=None)), rtol=1e-5)
