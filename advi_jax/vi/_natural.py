@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from advi_jax._types import Array
 
 __all__ = ["natural_gradient", "natural_directions", "phi", "NaturalStep", "natural_step", "antithetic_noise",
-           "square_control"]
+           "square_control", "shrunk_coef"]
 
 _LOG_2PI = 1.8378770664093453
 
@@ -172,6 +172,37 @@ def square_control(u: Array, eps: Array, coef: Array) -> tuple[Array, Array]:
     stat_b = 0.5 * (u.T @ w) / num
     stat_g = ((u * eps).T @ eps) / num * off
     return jnp.mean(u, axis=0) - variate, jnp.stack([stat_b, stat_g])
+
+
+def shrunk_coef(moments: Array, rate: float) -> Array:
+    """The control variate's coefficients from running averages of their per-step estimates, each
+    shrunk towards zero by its own noise (positive-part James-Stein).
+
+    A coefficient b estimated as b^ with standard error s removes variance in proportion to
+    b^2 - (b^ - b)^2 on average, so using it pays only where |b| > s: with K coefficients per
+    coordinate, most of them zero (only some third derivatives are large), the unshrunk estimates
+    add more noise than they remove (births: the group-level scale's even-part variance 2.6 -> 3.5
+    per pair with coefficients from 1,000 pairs). Each is multiplied by max(0, 1 - s^2 / b^2), with s^2
+    the variance of an exponential average of weight `rate` over independent per-step estimates.
+
+    Args:
+      moments: (2, 2, K, K) exponential averages of the per-step estimates (B, G) and of their squares.
+      rate: the averages' weight of each step.
+
+    Returns:
+      (2, K, K) the coefficients (B, G) to use.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> mean = jnp.array([[[1.0]], [[0.01]]])
+      >>> moments = jnp.stack([mean, mean ** 2 + 1.0])  # per-step variance 1
+      >>> [round(float(v), 3) for v in shrunk_coef(moments, 0.01).ravel()]
+      [0.995, 0.0]
+    """
+    mean, square = moments[0], moments[1]
+    var = jnp.maximum(square - mean ** 2, 0.0) * rate / (2.0 - rate)
+    factor = jnp.maximum(1.0 - var / jnp.maximum(mean ** 2, jnp.finfo(mean.dtype).tiny), 0.0)
+    return mean * factor
 
 
 class NaturalStep(NamedTuple):
