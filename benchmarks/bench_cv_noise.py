@@ -9,7 +9,8 @@ natural step (rho 0.02, 4 antithetic draws, no stop, no halving) for `--steps` s
 `--control-rates` value (0: no control variate), records q's mean (in sd of q) and log sd in the start's
 whitened coordinates after every step, discards `--burn` steps, and estimates sigma^2 per coordinate by
 batch means (20 batches). Printed: the largest sigma^2, its coordinate, the steps and gradients it implies
-for MCSE 0.012, and the five largest.
+for MCSE 0.012, the five largest, and the sums over the means and over the log sds (less noisy than
+any one coordinate's estimate).
 
 `--oracle-draws N` replaces the mean direction (or, with `--oracle factor`, the factor direction) by an
 estimate from N extra draws, to tell which direction's noise drives the binding coordinate.
@@ -120,7 +121,8 @@ def main(argv=None) -> None:
                       f"{' oracle ' + args.oracle + ' x' + str(args.oracle_draws) if args.oracle else ''}: "
                       f"max sigma^2/step {v[i]:.3f} at {'mean' if i < k else 'log sd'}[{i % k}], MCSE 0.012 after "
                       f"{need:.0f} averaged steps ({need * num_samples:.0f} gradients); top 5 "
-                      f"{np.round(np.sort(v)[-5:], 3).tolist()}", flush=True)
+                      f"{np.round(np.sort(v)[-5:], 3).tolist()}; sum over means {v[:k].sum():.2f}, over log sds "
+                      f"{v[k:].sum():.2f}", flush=True)
 
 
 if __name__ == "__main__":
