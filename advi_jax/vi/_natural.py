@@ -143,9 +143,10 @@ def square_control(u: Array, eps: Array, coef: Array, pool: bool = False) -> tup
     B_ji = T_jii / 2: a coordinate h whose third derivatives T_hjj along many others are large (a
     hierarchical posterior's group-level scale, along its K group effects) puts its noise in its own
     squares (B's row h) AND in the products eps_h eps_j of every group effect j (G's column h). On
-    radon the two took the antithetic pairs' even-part variance from 1.99 to 0.17 summed over the 90
-    whitened coordinates, and the group-level scale's from 0.77 to 0.06 (benchmarks/PERFORMANCE.md,
-    "hiercost"); a general quadratic (K^3 coefficients) costs more than the gradients at K ~ 100.
+    radon the two (fitted to a hub, the scale's products) took the antithetic pairs' even-part
+    variance from 1.99 to 0.17 summed over the 90 whitened coordinates, and the group-level scale's
+    from 0.77 to 0.06 (benchmarks/PERFORMANCE.md, "hiercost"); a general quadratic has K^3 / 2
+    coefficients, whose estimation noise and cost are too large at K ~ 100.
 
     With `pool`, the two estimates of each T_iij = T_jii (i != j) are averaged before they are
     returned, G_ij <- (G_ij + 2 B_ji) / 2 and B_ji <- G_ij / 2 (Stein's identities give E[u_i eps_i
