@@ -90,6 +90,11 @@ CANDIDATES: dict[str, dict] = {
     "auto natural 0.05": dict(_stop=dict(preconditioner="natural", learning_rate=0.05)),
     "auto natural 0.1": dict(_stop=dict(preconditioner="natural", learning_rate=0.1)),
     "auto adam": dict(_stop=dict(preconditioner="adam", learning_rate=0.01)),
+    # The default with / without the quadratic control variate of the natural step's mean direction
+    # (`AutoStop.control_rate`, `advi_jax.vi._natural.square_control`; hiercost).
+    "auto cv 0.002": dict(_stop=dict(control_rate=0.002)),
+    "auto cv 0.001": dict(_stop=dict(control_rate=0.001)),
+    "auto no cv": dict(_stop=dict(control_rate=0.0)),
 }
 PEERS = ("svi", "blackjax pathfinder", "blackjax fullrank", "blackjax meanfield")
 BLACKJAX_VI_STEPS = 2000

@@ -26,7 +26,13 @@ recorded in benchmarks/PERFORMANCE.md), against each posterior's full-rank famil
   gradient of the mean) are small in q's own sds; then once more at half the step size (RABVI's
   check of the constant step's bias), in batches as long as the first phase's and for at least
   half its length, confirming a change over 0.05 sd by a longer halved phase before it warns.
-  `AUTO_ADVI.max_grad_evals` caps it.
+  `AUTO_ADVI.max_grad_evals` caps it. The natural step's mean direction carries a quadratic control
+  variate (`AutoStop.control_rate=0.002`: coefficients averaged over ~500 steps' draws, pooled by
+  the symmetry of the third derivatives, shrunk by their noise): the MCSE test is bound by that
+  direction's noise on the hierarchical posteriors, and the variate took radon_noncentered and
+  radon_varying_slopes from the cap (~50,000 gradients) to their rule's stop at 16,000-26,000
+  (seeds 0-1), the suite's median from 4,171 to 4,048 gradients (benchmarks/PERFORMANCE.md,
+  "hiercost"; births_lognormal_ts read 0.007 sd further from its limit on average over 4 seeds).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ class _AutoAdvi(NamedTuple):
     max_grad_evals: int = 48_000
     num_samples: int = 4
     estimator: str = "stl"
-    stop: AutoStop = AutoStop(preconditioner="natural", learning_rate=0.02)
+    stop: AutoStop = AutoStop(preconditioner="natural", learning_rate=0.02, control_rate=0.002)
 
     def num_steps(self, dim: int) -> int:
         """The hard cap on ADVI's steps (the rule `stop` ends the run before it, where it can):
