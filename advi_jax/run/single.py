@@ -177,7 +177,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     them by its own arithmetic over its expected steps (`compile_options.ByCost`). Where the loop
     compiles with the fast or "mid" options, the loop's, the
     diagnostics' and the small programs compile on a second thread while the start compiles
-    (`advi_jax.run.ahead`; the numbers are the same as compiled one after another).
+    (`advi_jax.run.ahead`; the numbers are the same as compiled one after another, but for the
+    diagnostics' draws where the thread compiles them with XLA's full options,
+    `importance.compile_ahead`: equal to float32 rounding).
 
     Args:
       model: an `aj.Model`.
