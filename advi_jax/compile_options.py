@@ -24,7 +24,8 @@ The counts the default fit's programs give (`jit(..., mode=...)`):
   two by its own arithmetic (below); other methods: unknown (the size rule);
 * the diagnostics' draws (`importance.draws_and_log_ratios`): their number of draws (compiled on
   a fit's background thread, XLA's full options where the fast code's estimated extra run time
-  is at least 50 ms, `importance.compile_ahead`, pinned for later calls by `_SizedJit.pin`);
+  outweighs a share of their extra compile, `importance.compile_ahead`; pinned for later calls
+  by `_SizedJit.pin`);
 * ADVI's `single.finish` (no evaluation) and the key and bookkeeping programs: always fast.
 
 Measured on a loaded 2-core machine (`benchmarks/bench_first_call.py`; compile as process CPU
