@@ -22,7 +22,10 @@ The counts the default fit's programs give (`jit(..., mode=...)`):
 * the loop (`driver.run_chunk`, `init_loop`): ADVI's loop where this rule allows fast or "mid"
   (its step budget `num_steps x num_samples`; the default's cap 12,000 x 4) chooses between the
   two by its own arithmetic (below); other methods: unknown (the size rule);
-* the diagnostics' draws (`importance.draws_and_log_ratios`): their number of draws;
+* the diagnostics' draws (`importance.draws_and_log_ratios`): their number of draws (compiled on
+  a fit's background thread, XLA's full options where the fast code's estimated extra run time
+  outweighs a share of their extra compile, `importance.compile_ahead`; pinned for later calls
+  by `_SizedJit.pin`);
 * ADVI's `single.finish` (no evaluation) and the key and bookkeeping programs: always fast.
 
 Measured on a loaded 2-core machine (`benchmarks/bench_first_call.py`; compile as process CPU
@@ -396,6 +399,7 @@ class _SizedJit:
         self._static = frozenset(((static,) if isinstance(static, str) else tuple(static))
                                  + tuple(names[i] for i in ((numbers,) if isinstance(numbers, int) else numbers)))
         self._decided: dict = {}  # ByCost decisions by the call's abstract signature
+        self._pinned: dict = {}  # modes set by `pin`, by abstract signature
         if model_arg is not None:
             if model_arg not in names:
                 raise ValueError(f"model_arg {model_arg!r} is not a parameter of {fun.__name__}: {names}")
@@ -403,6 +407,10 @@ class _SizedJit:
         functools.update_wrapper(self, fun)
 
     def _pick(self, args: tuple, kwargs: dict):
+        if self._pinned and _on_cpu() and _FORCED[0] is None:
+            pinned = self._pinned.get(self._abstract_key(self._signature.bind_partial(*args, **kwargs).arguments))
+            if pinned is not None:
+                return {"fast": self.fast, "mid": self.mid}.get(pinned, self.full)
         if self._model_arg is None:
             model = None
         elif self._index < len(args):
@@ -427,6 +435,15 @@ class _SizedJit:
         is JAX's own, which the chosen version's call then finds in JAX's caches)."""
         if not _on_cpu() or _FORCED[0] is not None:
             return compile_mode(model, chosen.evals)
+        key = self._abstract_key(arguments)
+        mode = self._decided.get(key)
+        if mode is None:
+            cost = arithmetic(self.full.trace(*args, **kwargs).jaxpr, chosen.trips)
+            mode = self._decided.setdefault(key, cost_mode(model, cost, chosen.evals))
+        return mode
+
+    def _abstract_key(self, arguments: dict) -> tuple:
+        """The call's abstract signature: static arguments by value, the others by tree, shapes and dtypes."""
         key = []
         for name, value in arguments.items():
             if name in self._static:
@@ -434,12 +451,21 @@ class _SizedJit:
             else:
                 leaves, tree = jax.tree_util.tree_flatten(value)
                 key.append((name, tree, tuple(_leaf_key(leaf) for leaf in leaves)))
-        key = tuple(key)
-        mode = self._decided.get(key)
-        if mode is None:
-            cost = arithmetic(self.full.trace(*args, **kwargs).jaxpr, chosen.trips)
-            mode = self._decided.setdefault(key, cost_mode(model, cost, chosen.evals))
-        return mode
+        return tuple(key)
+
+    def pin(self, mode: str, *args, **kwargs) -> None:
+        """Compile every later call with the abstract signature of `args` (arrays or
+        `jax.ShapeDtypeStruct`s) in `mode` ("fast", "mid" or "full"), whatever the rule says, on CPU
+        and outside a `forced` block. For a program compiled ahead on a background thread
+        (`advi_jax.run.ahead`) with options that pay only because the compile is hidden there: the
+        fit's own call then finds that program. A signature already pinned keeps its first mode.
+
+        Raises:
+          ValueError: a mode other than "fast", "mid" or "full".
+        """
+        if mode not in ("fast", "mid", "full"):
+            raise ValueError(f"mode must be 'fast', 'mid' or 'full', got {mode!r}")
+        self._pinned.setdefault(self._abstract_key(self._signature.bind_partial(*args, **kwargs).arguments), mode)
 
     def __call__(self, *args, **kwargs):
         return self._pick(args, kwargs)(*args, **kwargs)

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from advi_jax import compile_options
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
 
-__all__ = ["sampling_key", "centred_log_ratios", "log_ratios", "draws_and_log_ratios"]
+__all__ = ["sampling_key", "centred_log_ratios", "log_ratios", "draws_and_log_ratios", "compile_ahead",
+           "AHEAD_COMPILE_SHARE", "FULL_EXTRA_COMPILE_SECONDS_PER_EQN"]
 
 _GOLDEN = 0x9E3779B9
 
@@ -81,3 +83,58 @@ def log_ratios(model, family: Family, params: PyTree, key: Array, num_draws: int
 draws_and_log_ratios = compile_options.jit(centred_log_ratios, static_argnames=("family", "num_draws", "batch_size"),
                                            mode=lambda model, args: args["num_draws"])
 """`centred_log_ratios`, compiled once per model structure, family and S."""
+
+
+FULL_EXTRA_COMPILE_SECONDS_PER_EQN = 2.3e-3
+"""Compile CPU seconds XLA's full options cost more than the fast ones, per equation of the
+diagnostics' program (wells_badly_scaled's 222 equations: 0.70 against 0.19 s; loaded 2-core machine)."""
+
+AHEAD_COMPILE_SHARE = 0.25
+"""The share of a compile on a fit's background thread that the fit's wall time pays on a loaded
+two-core machine (the other core is shared with the start's compile and run and with the load):
+the diagnostics compile full on the thread where the fast code's estimated extra run time is at
+least this share of the full options' extra compile CPU (`compile_ahead`)."""
+
+def compile_ahead(model, family: Family, params: PyTree, key: Array, num_draws: int) -> str:
+    """Compile `draws_and_log_ratios` for these (abstract) arguments, on a background thread of a fit.
+
+    There the compile overlaps the fit's start and loop, while the program's run time does not.
+    Where the size rule says "fast" and the fast code's estimated extra run time
+    (`compile_options.arithmetic` of the traced program, priced by `FAST_EXTRA_SECONDS`) is at least
+    `AHEAD_COMPILE_SHARE` of the full options' estimated extra compile CPU
+    (`FULL_EXTRA_COMPILE_SECONDS_PER_EQN` per equation), the program compiles with XLA's full
+    options (the MLIR emitters vectorise the batched log density) and is pinned to them
+    (`_SizedJit.pin`), so the fit's own call, and every later call with these shapes, runs it.
+    Measured (benchmarks/PERFORMANCE.md, "wells' first call"; loaded 2-core machine):
+    wells_badly_scaled's 4,096 draws over 3,020 rows run 0.26-0.8 s a call fast against
+    0.05-0.14 s full, for 0.5 s more compile CPU (estimated 0.19 s against 0.13 s: full, its first
+    call 0.2 s shorter); births_poisson_state's 0.07 against 0.02 s, for 0.7 s more compile CPU
+    (estimated 0.065 against 0.17 s: fast; forced full, its first call was 0.4 s longer). The
+    draws and ratios equal the fast code's to float32 rounding (not bit for bit).
+
+    Args:
+      model, family, params, key, num_draws: as `draws_and_log_ratios` takes them (arrays or
+        `jax.ShapeDtypeStruct`s).
+
+    Returns:
+      The mode it compiled with: "fast", "mid" or "full".
+
+    Example:
+      >>> import jax, jax.numpy as jnp, advi_jax as aj
+      >>> from advi_jax import importance
+      >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((2,))})
+      >>> family = aj.MeanFieldGaussian()
+      >>> params = family.init(jax.random.key(1), 2)
+      >>> importance.compile_ahead(model, family, params, jax.random.key(0), 128) in ("fast", "full")
+      True
+    """
+    args = (model, family, params, key, num_draws)
+    mode = compile_options.compile_mode(model, num_draws)
+    if mode == "fast" and compile_options._on_cpu() and compile_options._FORCED[0] is None:
+        cost = compile_options.arithmetic(draws_and_log_ratios.full.trace(*args).jaxpr)
+        extra = float(np.dot(compile_options.FAST_EXTRA_SECONDS[1:], cost[1:]))
+        if extra >= AHEAD_COMPILE_SHARE * FULL_EXTRA_COMPILE_SECONDS_PER_EQN * cost.eqns:
+            mode = "full"
+            draws_and_log_ratios.pin(mode, *args)
+    draws_and_log_ratios.lower(*args).compile()
+    return mode

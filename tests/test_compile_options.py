@@ -79,3 +79,23 @@ def test_by_cost_programs_choose_once_from_their_own_arithmetic_and_trace_once()
     else:
         assert loop.full._cache_size() == 2
     np.testing.assert_allclose(np.asarray(out), np.asarray(loop.full(*small, 3, work=None)), rtol=1e-5)
+
+
+def test_a_pinned_signature_compiles_in_its_mode_and_others_follow_the_rule():
+    @co.jit(model_arg=None)
+    def double(x, scale):
+        return 2.0 * x * scale
+
+    with pytest.raises(ValueError, match="mode"):
+        double.pin("slow", jnp.ones(3), 1.0)
+    double.pin("full", jax.ShapeDtypeStruct((3,), jnp.float32), 1.0)
+    double.pin("mid", jnp.ones(3), 2.0)  # the same abstract signature: the first pin stands
+    out = double(jnp.arange(3.0), 2.0)
+    double(jnp.ones(4), 2.0)  # another shape: the rule's choice (fast on CPU)
+    np.testing.assert_array_equal(np.asarray(out), [0.0, 4.0, 8.0])
+    if ON_CPU:
+        assert double.full._cache_size() == 1 and double.fast._cache_size() == 1
+        assert double.mid._cache_size() == 0
+        with co.forced("fast"):  # a forced mode wins over a pin
+            double(jnp.ones(3), 2.0)
+        assert double.fast._cache_size() == 2

@@ -15,7 +15,7 @@ from advi_jax import checks, compile_options
 from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
-from advi_jax.importance import draws_and_log_ratios
+from advi_jax import importance
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
 from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget, known_diagnostic_draws
 from advi_jax.run import ahead as _ahead
@@ -177,7 +177,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     them by its own arithmetic over its expected steps (`compile_options.ByCost`). Where the loop
     compiles with the fast or "mid" options, the loop's, the
     diagnostics' and the small programs compile on a second thread while the start compiles
-    (`advi_jax.run.ahead`; the numbers are the same as compiled one after another).
+    (`advi_jax.run.ahead`; the numbers are the same as compiled one after another, but for the
+    diagnostics' draws where the thread compiles them with XLA's full options,
+    `importance.compile_ahead`: equal to float32 rounding).
 
     Args:
       model: an `aj.Model`.
@@ -485,7 +487,8 @@ def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings
         done["params"] = lowered.out_info
 
     def diagnostics(done):
-        draws_and_log_ratios.lower(model, family, done["params"], done["keys"][2], num_diagnostic_draws).compile()
+        done["diagnostics"] = importance.compile_ahead(model, family, done["params"], done["keys"][2],
+                                                       num_diagnostic_draws)
 
     jobs = [("keys", keys), ("init_loop", init_loop), ("run_chunk", run_chunk), ("finish", finish_)]
     if whitened:
