@@ -126,6 +126,13 @@ class AutoStop(NamedTuple):
         the squared-draw control variate of the mean direction (`advi_jax.vi._natural.square_control`;
         an exponential average over ~1/control_rate steps, always of earlier steps' draws, so the
         step's expectation is unchanged); 0: no control variate.
+      transit_growth: the factor the step size grows by while the first phase is in a TRANSIT (a
+        drift that is large and significant after `transit_after` steps; see the module docstring); 1: never.
+      transit_max: the step size grows to at most this multiple of `learning_rate`.
+      transit_after: steps of the first phase before a transit is looked for (fits that stop sooner
+        never see the rule).
+      transit_drift: a transit's drift between the tail's first and last quarters, at least (q's units).
+      transit_z: ... and at least this many of its standard errors (batch means of the tail).
     """
 
     learning_rate: float = 0.01
@@ -144,6 +151,11 @@ class AutoStop(NamedTuple):
     preconditioner: str = "adam"
     max_step: float = 1.0
     control_rate: float = 0.0
+    transit_growth: float = 1.0
+    transit_max: float = 4.0
+    transit_after: int = 2000
+    transit_drift: float = 0.15
+    transit_z: float = 2.0
 
 
 class AveragedState(NamedTuple):
@@ -172,6 +184,7 @@ class AveragedState(NamedTuple):
     confirming: Array  # this phase runs on to confirm a change over BIAS_WARNING
     converged: Array
     clipped_steps: Array  # steps whose natural update was clipped (0 with Adam)
+    transit: Array  # 0: no transit seen yet; 1: in a transit, the step grown; 2: transit over (int32)
     control: Array  # (2, 2, K, K) running averages of the control variate's coefficients and their squares ((0,) unused)
 
 
@@ -229,6 +242,10 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         raise ValueError(f"stop.control_rate must be in [0, 1] and needs preconditioner='natural', got "
                          f"{stop.control_rate!r} with {stop.preconditioner!r}")
     controlled = natural and stop.control_rate > 0
+    if not stop.transit_growth >= 1.0 or not stop.transit_max >= 1.0:
+        raise ValueError(f"stop.transit_growth and stop.transit_max must be >= 1, got {stop.transit_growth!r} and "
+                         f"{stop.transit_max!r}")
+    transiting = stop.transit_growth > 1.0
     adam = optax.scale_by_adam()
     estimator_fn = get_estimator(estimator)
     score = isinstance(estimator, str) and estimator in _SCORE_ESTIMATORS
@@ -247,7 +264,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), zero, nan, nan, nan, nan, nan,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), nan, nan,
                              jnp.asarray(stop.min_batches * stop.batch_steps, jnp.int32), jnp.zeros((), bool),
-                             jnp.zeros((), bool), zero, jnp.zeros((2, 2, model.dim, model.dim) if controlled else (0,), flat.dtype))
+                             jnp.zeros((), bool), zero, zero,
+                             jnp.zeros((2, 2, model.dim, model.dim) if controlled else (0,), flat.dtype))
 
     def loss(params, key):
         surrogate, aux = estimator_fn(family, model.log_density, params, key, num_samples)
@@ -278,7 +296,20 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         excess = jnp.max(jnp.abs(step_mean) - 2.0 * step_se)
         phase_steps = n * st.batch_steps
         ok = ((phase_steps >= st.min_phase_steps) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
-              & (excess < stop.tol_distance))
+              & (excess < stop.tol_distance) & (st.transit != 1))
+        if transiting:
+            d = _masked_mean(s, last) - _masked_mean(s, first)
+            q = jnp.sum(first).astype(flat.dtype)
+            se_d = se * jnp.sqrt(h) * jnp.sqrt(2.0 / q)  # the tail's batch sd, over sqrt(q / 2)
+            moving = jnp.any((jnp.abs(d) > stop.transit_drift) & (jnp.abs(d) > stop.transit_z * se_d))
+            begin = (st.transit == 0) & (st.halvings == 0) & (phase_steps >= stop.transit_after) & moving & ~ok
+            review = (st.transit == 1) & (n >= m)
+            grow = begin | (review & moving)
+            end = review & ~moving
+            new_lr = jnp.where(grow, jnp.minimum(st.lr * stop.transit_growth, stop.transit_max * stop.learning_rate),
+                               jnp.where(end, jnp.asarray(stop.learning_rate, st.lr.dtype), st.lr))
+            reset = grow | end
+            new_transit = jnp.where(grow, 1, jnp.where(end, 2, st.transit)).astype(jnp.int32)
         summary = jnp.concatenate([mean, jnp.log(sd)])
         prev_mean, prev_log_sd = st.previous[:model.dim], st.previous[model.dim:]
         changes = jnp.concatenate([jnp.abs(prev_mean - mean) / sd, jnp.abs(prev_log_sd - jnp.log(sd))])
@@ -307,7 +338,7 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         fit = st.fit._replace(params=jax.tree_util.tree_map(lambda new, old: jnp.where(restart, new, old),
                                                             unravel(average), st.fit.params))
         first_batch = st.batch_steps if stop.keep_batch_steps else jnp.asarray(stop.batch_steps, jnp.int32)
-        return st._replace(
+        out = st._replace(
             fit=fit, lr=jnp.where(restart, 0.5 * st.lr, st.lr),
             batch_steps=jnp.where(restart, first_batch, batch_steps),
             min_phase_steps=jnp.where(restart, jnp.maximum(stop.min_batches_halved * first_batch, jnp.ceil(
@@ -321,6 +352,15 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
             previous_se=jnp.where(restart, se, st.previous_se),
             change_se=jnp.where(ok & jnp.isfinite(change), change_se, st.change_se),
             change_mean=jnp.where(ok & jnp.isfinite(change), change_mean, st.change_mean), converged=done)
+        if transiting:
+            # A transit's step change restarts the window from the current iterate (not the average,
+            # which lags behind): the rule's phase, its batches and its minimum length start over.
+            out = out._replace(lr=new_lr, transit=new_transit,
+                               num_batches=jnp.where(reset, 0, out.num_batches),
+                               batch_steps=jnp.where(reset, stop.batch_steps, out.batch_steps),
+                               min_phase_steps=jnp.where(reset, stop.min_batches * stop.batch_steps,
+                                                         out.min_phase_steps))
+        return out
 
     def adam_update(key: Array, state: AveragedState):
         fit = state.fit
