@@ -184,7 +184,7 @@ class AveragedState(NamedTuple):
     confirming: Array  # this phase runs on to confirm a change over BIAS_WARNING
     converged: Array
     clipped_steps: Array  # steps whose natural update was clipped (0 with Adam)
-    transit: Array  # 0: no transit seen yet; 1: in a transit, the step grown; 2: transit over (int32)
+    transit: Array  # 0: no transit seen yet; 1: in a transit, the step growing; 3: coming back down; 2: over
     control: Array  # (2, 2, K, K) running averages of the control variate's coefficients and their squares ((0,) unused)
 
 
@@ -296,20 +296,25 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         excess = jnp.max(jnp.abs(step_mean) - 2.0 * step_se)
         phase_steps = n * st.batch_steps
         ok = ((phase_steps >= st.min_phase_steps) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
-              & (excess < stop.tol_distance) & (st.transit != 1))
+              & (excess < stop.tol_distance) & ((st.transit == 0) | (st.transit == 2)))
         if transiting:
             d = _masked_mean(s, last) - _masked_mean(s, first)
             q = jnp.sum(first).astype(flat.dtype)
             se_d = se * jnp.sqrt(h) * jnp.sqrt(2.0 / q)  # the tail's batch sd, over sqrt(q / 2)
             moving = jnp.any((jnp.abs(d) > stop.transit_drift) & (jnp.abs(d) > stop.transit_z * se_d))
             begin = (st.transit == 0) & (st.halvings == 0) & (phase_steps >= stop.transit_after) & moving & ~ok
-            review = (st.transit == 1) & (n >= m)
-            grow = begin | (review & moving)
-            end = review & ~moving
-            new_lr = jnp.where(grow, jnp.minimum(st.lr * stop.transit_growth, stop.transit_max * stop.learning_rate),
-                               jnp.where(end, jnp.asarray(stop.learning_rate, st.lr.dtype), st.lr))
-            reset = grow | end
-            new_transit = jnp.where(grow, 1, jnp.where(end, 2, st.transit)).astype(jnp.int32)
+            review = ((st.transit == 1) | (st.transit == 3)) & (n >= m)
+            grow = begin | (review & moving & (st.transit == 1))
+            # Once the drift stops, the step comes back down by the same factor per window (the grown
+            # step's O(rho) bias is left gradually, the iterates following), never to grow again.
+            shrink = review & ~grow
+            base = jnp.asarray(stop.learning_rate, st.lr.dtype)
+            lower = jnp.maximum(st.lr / stop.transit_growth, base)
+            new_lr = jnp.where(grow, jnp.minimum(st.lr * stop.transit_growth, stop.transit_max * base),
+                               jnp.where(shrink, lower, st.lr))
+            reset = grow | shrink
+            new_transit = jnp.where(grow, 1, jnp.where(shrink, jnp.where(lower > base, 3, 2), st.transit))
+            new_transit = new_transit.astype(jnp.int32)
         summary = jnp.concatenate([mean, jnp.log(sd)])
         prev_mean, prev_log_sd = st.previous[:model.dim], st.previous[model.dim:]
         changes = jnp.concatenate([jnp.abs(prev_mean - mean) / sd, jnp.abs(prev_log_sd - jnp.log(sd))])
