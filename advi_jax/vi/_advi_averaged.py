@@ -65,6 +65,21 @@ inference", RABVI):
   radon_noncentered's slowest coordinate 8x (1.51 -> 0.18 per step), so the rule passes at 3,600
   steps where it reached the 12,000-step cap (benchmarks/PERFORMANCE.md, "hiercost").
 
+* A TRANSIT (`AutoStop.transit_growth` > 1; off by default): on a funnel-like posterior the start
+  is far below the optimum along a direction whose natural gradient is small and nearly constant,
+  so the iterates climb it for thousands of steps at a steady pace (neals_funnel: v's mean 0.65 ->
+  3.62 sd of q over the 12,000-step cap), and the later-half average lags the end of the climb. If,
+  after `transit_after` steps of the first phase, the rule's test fails and some coordinate's drift
+  (the tail's later half's mean minus its earlier half's) is over `transit_drift` AND over
+  `transit_z` of its standard errors (from the spread of the tail's batch means, which the trend
+  itself inflates: a pure linear trend over h batches reads only ~0.87 sqrt(h)), the step size
+  grows by `transit_growth` (to at most `transit_max` x `learning_rate`; the trust region
+  `max_step` still bounds each step) and the window restarts from the current iterate. Every full
+  set of slots (`num_slots` batches) it is reviewed: still moving, it grows again; not moving, it
+  comes back down by the same factor per window (the grown step's own O(rho) bias is left
+  gradually), never to grow again, and the rule's normal first phase starts from scratch at
+  `learning_rate`. The rule cannot pass while the step is grown or coming back down.
+
 Everything runs inside the step (one compile; the tests happen only when a batch completes,
 under `lax.cond`), and the step's `StepInfo.converged` reports the outcome, which is how the
 driver stops it (`advi_jax.run.driver`). Its `num_steps` is only a hard cap.
