@@ -98,6 +98,7 @@ CANDIDATES: dict[str, dict] = {
     # The default with the transit rule: the step grows while the first phase drifts far and
     # significantly after 2,000 steps (`AutoStop.transit_growth`; transit).
     "auto transit": dict(_stop=dict(transit_growth=2.0)),
+    "auto transit late": dict(_stop=dict(transit_growth=2.0, transit_after=4000)),
 }
 PEERS = ("svi", "blackjax pathfinder", "blackjax fullrank", "blackjax meanfield")
 BLACKJAX_VI_STEPS = 2000

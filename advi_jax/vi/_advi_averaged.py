@@ -471,7 +471,8 @@ def averaged_extras(family: Family, stop: AutoStop):
     """state -> what the stopping rule saw: its last MCSE and drift, the step size, the halvings,
     the change the last halving made (`auto_stop_change`, with its standard error at the coordinate
     of the largest change, `auto_stop_change_se`, and the largest change of a mean alone,
-    `auto_stop_change_mean`), and whether the last phase ran on to confirm it."""
+    `auto_stop_change_mean`), whether the last phase ran on to confirm it, and the transit rule's
+    state (`auto_stop_transit`: 0 never triggered, 1 grown, 3 coming down, 2 over)."""
 
     def extras(state: AveragedState) -> dict:
         return {"auto_stop_converged": state.converged, "auto_stop_mcse": state.mcse,
@@ -480,7 +481,7 @@ def averaged_extras(family: Family, stop: AutoStop):
                 "auto_stop_change_se": state.change_se, "auto_stop_change_mean": state.change_mean,
                 "auto_stop_learning_rate": state.lr, "auto_stop_halvings": state.halvings,
                 "auto_stop_batch_steps": state.batch_steps, "auto_stop_confirming": state.confirming,
-                "auto_stop_clipped_steps": state.clipped_steps}
+                "auto_stop_clipped_steps": state.clipped_steps, "auto_stop_transit": state.transit}
 
     return extras
 
