@@ -99,6 +99,7 @@ CANDIDATES: dict[str, dict] = {
     # significantly after 2,000 steps (`AutoStop.transit_growth`; transit).
     "auto transit": dict(_stop=dict(transit_growth=2.0)),
     "auto transit late": dict(_stop=dict(transit_growth=2.0, transit_after=4000)),
+    "auto transit strict": dict(_stop=dict(transit_growth=2.0, transit_drift=0.3)),
 }
 PEERS = ("svi", "blackjax pathfinder", "blackjax fullrank", "blackjax meanfield")
 BLACKJAX_VI_STEPS = 2000

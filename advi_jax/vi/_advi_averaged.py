@@ -150,7 +150,7 @@ class AutoStop(NamedTuple):
       transit_max: the step size grows to at most this multiple of `learning_rate`.
       transit_after: steps of the first phase before a transit is looked for (fits that stop sooner
         never see the rule).
-      transit_drift: a transit's drift between the tail's first and last quarters, at least (q's units).
+      transit_drift: a transit's drift (the tail's later half's mean minus its earlier half's) at least (q's units).
       transit_z: ... and at least this many of its standard errors (batch means of the tail).
     """
 
