@@ -95,6 +95,11 @@ CANDIDATES: dict[str, dict] = {
     "auto cv 0.002": dict(_stop=dict(control_rate=0.002)),
     "auto cv 0.001": dict(_stop=dict(control_rate=0.001)),
     "auto no cv": dict(_stop=dict(control_rate=0.0)),
+    # The default with the transit rule: the step grows while the first phase drifts far and
+    # significantly after 2,000 steps (`AutoStop.transit_growth`; transit).
+    "auto transit": dict(_stop=dict(transit_growth=2.0)),
+    "auto transit late": dict(_stop=dict(transit_growth=2.0, transit_after=4000)),
+    "auto transit strict": dict(_stop=dict(transit_growth=2.0, transit_drift=0.3)),
 }
 PEERS = ("svi", "blackjax pathfinder", "blackjax fullrank", "blackjax meanfield")
 BLACKJAX_VI_STEPS = 2000

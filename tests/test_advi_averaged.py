@@ -210,3 +210,61 @@ def test_a_halving_change_over_the_warning_threshold_is_confirmed_by_a_longer_ph
     said = stop_warning(4, {"auto_stop_mcse": float(long.mcse), "auto_stop_drift": float(long.drift),
                             "auto_stop_halvings": int(long.halvings), "auto_stop_change": float(long.change)}, 3000)
     assert said is not None and "halving ADVI's step size moved q" in said
+
+
+def _funnel(v, x):
+    """Neal's funnel with four x's: v ~ N(0, 3^2), x_i ~ N(0, e^v). Its full-rank Gaussian optimum
+    has v's mean at exactly 0 (sd 0.688): the ELBO in (mean m, sd s) of v, with the x's sds at their
+    optimum, is -(m^2 + s^2)/18 - s^2 + log s."""
+    return -v ** 2 / 18.0 - 0.5 * jnp.sum(x ** 2) * jnp.exp(-v) - 0.5 * x.shape[0] * v
+
+
+def _funnel_run(stop, num_steps=6000):
+    """The natural averaged ADVI on `_funnel` from v = -4 (6 sd of q below the optimum) with q's
+    scales at 0.1: per step, (converged, the transit state, the step size, the average's mean of v)."""
+    model = aj.Model(lambda p: _funnel(p["v"], p["x"]), {"v": aj.real(()), "x": aj.real((4,))})
+    family = aj.FullRankGaussian()
+    init, step = advi_averaged(model, family, stop=stop, estimator="stl", num_samples=4, init_scale=0.1)
+    key = jax.random.key(0)
+    from advi_jax.vi._advi_averaged import averaged_params
+
+    def body(state, i):
+        new, _ = step(jax.random.fold_in(key, i), state)
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(state.converged, a, b), state, new)
+        return new, (new.converged, new.transit, new.lr, family.mean(averaged_params(family)(new))[0])
+
+    start = jnp.asarray([-4.0, 0.0, 0.0, 0.0, 0.0])
+    out = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(num_steps)))(init(key, start))[1]
+    return [np.asarray(o) for o in out]
+
+
+def test_the_transit_rule_crosses_a_funnel_faster_and_never_stops_while_moving():
+    """From v = -4 the natural step (0.02) climbs the funnel's neck slowly (its natural gradient is
+    small along v): after 5,000 steps the average is still > 0.5 sd of q short of the optimum 0, and
+    the rule has not passed. With `transit_growth=2` the drift after `transit_after` steps grows the
+    step (to `transit_max` x 0.02) and brings it back down once the drift stops; the rule never
+    passes while the step is grown or coming back down, nor within `halved_fraction` of the steps
+    so far after that. With `transit_max=4` (the option's default) the grown step's O(rho) bias
+    overshoots (v ~0.9 at rho 0.08, ~0.2 at 0.02: 40,000 plain steps from the optimum average
+    0.08-0.25 per 5,000) and the relaxation back is slow: within 6,000 steps the rule honestly does
+    not pass, though the average came within 0.5 sd of q of 0 at least twice as soon. With `transit_max=2` the fit
+    stops by its rule within 8,000 steps, v within 0.6 sd of q of the optimum."""
+    base = AutoStop(preconditioner="natural", learning_rate=0.02, control_rate=0.002)
+    conv, transit, lr, v = _funnel_run(base)
+    assert not conv.any() and np.all(transit == 0) and v[4999] < -0.5 * 0.688, v[4999]
+    assert AutoStop().transit_max == 4.0
+    conv, transit, lr, v = _funnel_run(base._replace(transit_growth=2.0, transit_after=1000))
+    assert np.isclose(lr.max(), 4 * 0.02) and set(np.unique(transit)) == {0, 1, 2, 3}
+    # it crosses to within 0.5 sd of q of the optimum at least 2x sooner (plain: after step 5,000)
+    assert not conv.any() and np.argmax(v > -0.5 * 0.688) < 2500, np.argmax(v > -0.5 * 0.688)
+    conv, transit, lr, v = _funnel_run(base._replace(transit_growth=2.0, transit_max=2.0, transit_after=1000), 8000)
+    assert conv.any(), "the transit rule's fit did not stop by its rule within 8,000 steps"
+    stopped = int(np.argmax(conv))
+    assert abs(v[stopped]) < 0.6 * 0.688, v[stopped]
+    assert np.isclose(lr.max(), 2 * 0.02) and set(np.unique(transit)) == {0, 1, 2}
+    # The rule never passes while the step is grown, nor in the following `halved_fraction` of the run.
+    assert not np.any(conv & ((transit == 1) | (transit == 3)))
+    over = int(np.argmax(transit == 2))
+    assert stopped >= over + AutoStop().halved_fraction * over, (stopped, over)
+    with pytest.raises(ValueError, match="transit_growth"):
+        advi_averaged(_gaussian(), "fullrank", stop=base._replace(transit_growth=0.5))

@@ -65,6 +65,25 @@ inference", RABVI):
   radon_noncentered's slowest coordinate 8x (1.51 -> 0.18 per step), so the rule passes at 3,600
   steps where it reached the 12,000-step cap (benchmarks/PERFORMANCE.md, "hiercost").
 
+* A TRANSIT (`AutoStop.transit_growth` > 1; off by default): on a funnel-like posterior the start
+  is far below the optimum along a direction whose natural gradient is small and nearly constant,
+  so the iterates climb it for thousands of steps at a steady pace (neals_funnel: v's mean 0.65 ->
+  3.62 sd of q over the 12,000-step cap), and the later-half average lags the end of the climb. If,
+  after `transit_after` steps of the first phase, the rule's test fails and some coordinate's drift
+  (the tail's later half's mean minus its earlier half's) is over `transit_drift` AND over
+  `transit_z` of its standard errors (from the spread of the tail's batch means, which the trend
+  itself inflates: a pure linear trend over h batches reads only ~0.87 sqrt(h)), the step size
+  grows by `transit_growth` (to at most `transit_max` x `learning_rate`; the trust region
+  `max_step` still bounds each step) and the window restarts from the current iterate. Every full
+  set of slots (`num_slots` batches) it is reviewed: still moving, it grows again; not moving, it
+  comes back down by the same factor per window (the grown step's own O(rho) bias is left
+  gradually), never to grow again, and the rule's normal first phase starts from scratch at
+  `learning_rate`. The rule cannot pass while the step is grown or coming back down, and that
+  phase runs at least `halved_fraction` of the steps so far: the grown step's bias along the slow
+  direction relaxes on the transit's own time scale, which a short phase's drift test cannot see
+  (eight_schools_centered, seed 1: its rule passed 0.10 sd from the family limit 400 steps after
+  the descent).
+
 Everything runs inside the step (one compile; the tests happen only when a batch completes,
 under `lax.cond`), and the step's `StepInfo.converged` reports the outcome, which is how the
 driver stops it (`advi_jax.run.driver`). Its `num_steps` is only a hard cap.
@@ -126,6 +145,13 @@ class AutoStop(NamedTuple):
         the squared-draw control variate of the mean direction (`advi_jax.vi._natural.square_control`;
         an exponential average over ~1/control_rate steps, always of earlier steps' draws, so the
         step's expectation is unchanged); 0: no control variate.
+      transit_growth: the factor the step size grows by while the first phase is in a TRANSIT (a
+        drift that is large and significant after `transit_after` steps; see the module docstring); 1: never.
+      transit_max: the step size grows to at most this multiple of `learning_rate`.
+      transit_after: steps of the first phase before a transit is looked for (fits that stop sooner
+        never see the rule).
+      transit_drift: a transit's drift (the tail's later half's mean minus its earlier half's) at least (q's units).
+      transit_z: ... and at least this many of its standard errors (batch means of the tail).
     """
 
     learning_rate: float = 0.01
@@ -144,6 +170,11 @@ class AutoStop(NamedTuple):
     preconditioner: str = "adam"
     max_step: float = 1.0
     control_rate: float = 0.0
+    transit_growth: float = 1.0
+    transit_max: float = 4.0
+    transit_after: int = 2000
+    transit_drift: float = 0.15
+    transit_z: float = 2.0
 
 
 class AveragedState(NamedTuple):
@@ -172,6 +203,7 @@ class AveragedState(NamedTuple):
     confirming: Array  # this phase runs on to confirm a change over BIAS_WARNING
     converged: Array
     clipped_steps: Array  # steps whose natural update was clipped (0 with Adam)
+    transit: Array  # 0: no transit seen yet; 1: in a transit, the step growing; 3: coming back down; 2: over
     control: Array  # (2, 2, K, K) running averages of the control variate's coefficients and their squares ((0,) unused)
 
 
@@ -229,6 +261,10 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         raise ValueError(f"stop.control_rate must be in [0, 1] and needs preconditioner='natural', got "
                          f"{stop.control_rate!r} with {stop.preconditioner!r}")
     controlled = natural and stop.control_rate > 0
+    if not stop.transit_growth >= 1.0 or not stop.transit_max >= 1.0:
+        raise ValueError(f"stop.transit_growth and stop.transit_max must be >= 1, got {stop.transit_growth!r} and "
+                         f"{stop.transit_max!r}")
+    transiting = stop.transit_growth > 1.0
     adam = optax.scale_by_adam()
     estimator_fn = get_estimator(estimator)
     score = isinstance(estimator, str) and estimator in _SCORE_ESTIMATORS
@@ -247,7 +283,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), zero, nan, nan, nan, nan, nan,
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), nan, nan,
                              jnp.asarray(stop.min_batches * stop.batch_steps, jnp.int32), jnp.zeros((), bool),
-                             jnp.zeros((), bool), zero, jnp.zeros((2, 2, model.dim, model.dim) if controlled else (0,), flat.dtype))
+                             jnp.zeros((), bool), zero, zero,
+                             jnp.zeros((2, 2, model.dim, model.dim) if controlled else (0,), flat.dtype))
 
     def loss(params, key):
         surrogate, aux = estimator_fn(family, model.log_density, params, key, num_samples)
@@ -278,7 +315,26 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         excess = jnp.max(jnp.abs(step_mean) - 2.0 * step_se)
         phase_steps = n * st.batch_steps
         ok = ((phase_steps >= st.min_phase_steps) & (mcse < stop.tol_mcse) & (drift < stop.tol_drift)
-              & (excess < stop.tol_distance))
+              & (excess < stop.tol_distance) & ((st.transit == 0) | (st.transit == 2)))
+        if transiting:
+            d = _masked_mean(s, last) - _masked_mean(s, first)
+            q = jnp.sum(first).astype(flat.dtype)
+            se_d = se * jnp.sqrt(h) * jnp.sqrt(2.0 / q)  # the tail's batch sd, over sqrt(q / 2)
+            moving = jnp.any((jnp.abs(d) > stop.transit_drift) & (jnp.abs(d) > stop.transit_z * se_d))
+            begin = (st.transit == 0) & (st.halvings == 0) & (phase_steps >= stop.transit_after) & moving & ~ok
+            review = ((st.transit == 1) | (st.transit == 3)) & (n >= m)
+            grow = begin | (review & moving & (st.transit == 1))
+            # Once the drift stops, the step comes back down by the same factor per window (the grown
+            # step's O(rho) bias is left gradually, the iterates following), never to grow again.
+            shrink = review & ~grow
+            base = jnp.asarray(stop.learning_rate, st.lr.dtype)
+            lower = jnp.maximum(st.lr / stop.transit_growth, base)
+            new_lr = jnp.where(grow, jnp.minimum(st.lr * stop.transit_growth, stop.transit_max * base),
+                               jnp.where(shrink, lower, st.lr))
+            reset = grow | shrink
+            new_transit = jnp.where(grow, 1, jnp.where(shrink, jnp.where(lower > base, 3, 2), st.transit))
+            new_transit = new_transit.astype(jnp.int32)
+            end_of_transit = shrink & (new_transit == 2)
         summary = jnp.concatenate([mean, jnp.log(sd)])
         prev_mean, prev_log_sd = st.previous[:model.dim], st.previous[model.dim:]
         changes = jnp.concatenate([jnp.abs(prev_mean - mean) / sd, jnp.abs(prev_log_sd - jnp.log(sd))])
@@ -307,7 +363,7 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         fit = st.fit._replace(params=jax.tree_util.tree_map(lambda new, old: jnp.where(restart, new, old),
                                                             unravel(average), st.fit.params))
         first_batch = st.batch_steps if stop.keep_batch_steps else jnp.asarray(stop.batch_steps, jnp.int32)
-        return st._replace(
+        out = st._replace(
             fit=fit, lr=jnp.where(restart, 0.5 * st.lr, st.lr),
             batch_steps=jnp.where(restart, first_batch, batch_steps),
             min_phase_steps=jnp.where(restart, jnp.maximum(stop.min_batches_halved * first_batch, jnp.ceil(
@@ -321,6 +377,17 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
             previous_se=jnp.where(restart, se, st.previous_se),
             change_se=jnp.where(ok & jnp.isfinite(change), change_se, st.change_se),
             change_mean=jnp.where(ok & jnp.isfinite(change), change_mean, st.change_mean), converged=done)
+        if transiting:
+            # A transit's step change restarts the window from the current iterate (not the average,
+            # which lags behind): the rule's phase, its batches and its minimum length start over.
+            out = out._replace(lr=new_lr, transit=new_transit,
+                               num_batches=jnp.where(reset, 0, out.num_batches),
+                               batch_steps=jnp.where(reset, stop.batch_steps, out.batch_steps),
+                               min_phase_steps=jnp.where(
+                                   end_of_transit, jnp.maximum(stop.min_batches * stop.batch_steps, jnp.ceil(
+                                       stop.halved_fraction * st.fit.step).astype(jnp.int32)),
+                                   jnp.where(reset, stop.min_batches * stop.batch_steps, out.min_phase_steps)))
+        return out
 
     def adam_update(key: Array, state: AveragedState):
         fit = state.fit
@@ -404,7 +471,8 @@ def averaged_extras(family: Family, stop: AutoStop):
     """state -> what the stopping rule saw: its last MCSE and drift, the step size, the halvings,
     the change the last halving made (`auto_stop_change`, with its standard error at the coordinate
     of the largest change, `auto_stop_change_se`, and the largest change of a mean alone,
-    `auto_stop_change_mean`), and whether the last phase ran on to confirm it."""
+    `auto_stop_change_mean`), whether the last phase ran on to confirm it, and the transit rule's
+    state (`auto_stop_transit`: 0 never triggered, 1 grown, 3 coming down, 2 over)."""
 
     def extras(state: AveragedState) -> dict:
         return {"auto_stop_converged": state.converged, "auto_stop_mcse": state.mcse,
@@ -413,7 +481,7 @@ def averaged_extras(family: Family, stop: AutoStop):
                 "auto_stop_change_se": state.change_se, "auto_stop_change_mean": state.change_mean,
                 "auto_stop_learning_rate": state.lr, "auto_stop_halvings": state.halvings,
                 "auto_stop_batch_steps": state.batch_steps, "auto_stop_confirming": state.confirming,
-                "auto_stop_clipped_steps": state.clipped_steps}
+                "auto_stop_clipped_steps": state.clipped_steps, "auto_stop_transit": state.transit}
 
     return extras
 
