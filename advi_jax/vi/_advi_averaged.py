@@ -329,8 +329,7 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
             shrink = review & ~grow
             base = jnp.asarray(stop.learning_rate, st.lr.dtype)
             lower = jnp.maximum(st.lr / stop.transit_growth, base)
-            new_lr = jnp.where(grow, jnp.minimum(st.lr * stop.transit_growth, stop.transit_max * base),
-                               jnp.where(shrink, lower, st.lr))
+            grown = jnp.minimum(st.lr * stop.transit_growth, stop.transit_max * base)
             reset = grow | shrink
             new_transit = jnp.where(grow, 1, jnp.where(shrink, jnp.where(lower > base, 3, 2), st.transit))
             new_transit = new_transit.astype(jnp.int32)
@@ -380,7 +379,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         if transiting:
             # A transit's step change restarts the window from the current iterate (not the average,
             # which lags behind): the rule's phase, its batches and its minimum length start over.
-            out = out._replace(lr=new_lr, transit=new_transit,
+            # Elsewhere the rule's own step (halved at a restart) stands.
+            out = out._replace(lr=jnp.where(grow, grown, jnp.where(shrink, lower, out.lr)), transit=new_transit,
                                num_batches=jnp.where(reset, 0, out.num_batches),
                                batch_steps=jnp.where(reset, stop.batch_steps, out.batch_steps),
                                min_phase_steps=jnp.where(
