@@ -98,7 +98,7 @@ import numpy as np
 
 __all__ = ["FAST_OPTIONS", "MID_OPTIONS", "FAST_MAX_ENTRIES", "FAST_MAX_WORK", "MID_MAX_WORK", "DEFAULT_EVALS",
            "fast_compile", "compile_mode", "jit", "forced", "ByCost", "Arithmetic", "arithmetic", "cost_mode",
-           "FAST_EXTRA_SECONDS", "FAST_SAVED_SECONDS_PER_EQN"]
+           "FAST_EXTRA_SECONDS", "FAST_SAVED_SECONDS_PER_EQN", "fast_extra_seconds"]
 
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
                 "xla_cpu_parallel_codegen_split_count": 1}
@@ -352,6 +352,12 @@ FAST_SAVED_SECONDS_PER_EQN = 1.5e-3
 median of 27 programs: 0.7-2.5 ms)."""
 
 
+def fast_extra_seconds(cost: Arithmetic) -> float:
+    """The fast options' estimated extra run time (seconds) for a program of this `Arithmetic`: each
+    kind of work priced by `FAST_EXTRA_SECONDS`."""
+    return float(np.dot(FAST_EXTRA_SECONDS[1:], cost[1:]))
+
+
 def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None) -> str:
     """"fast" where the fast options' compile saving exceeds the extra run time of their code, both
     estimated from `cost` (see the module docstring); else `compile_mode(model, evals)`'s choice
@@ -367,8 +373,7 @@ def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None) -> str:
         return "full"
     if _FORCED[0] is not None:
         return _FORCED[0]
-    extra = float(np.dot(FAST_EXTRA_SECONDS[1:], cost[1:]))
-    if extra <= FAST_SAVED_SECONDS_PER_EQN * cost.eqns:
+    if fast_extra_seconds(cost) <= FAST_SAVED_SECONDS_PER_EQN * cost.eqns:
         return "fast"
     mode = compile_mode(model, evals)
     return "mid" if mode == "fast" else mode

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from advi_jax import compile_options
 from advi_jax._types import Array, PyTree
@@ -95,6 +94,7 @@ two-core machine (the other core is shared with the start's compile and run and 
 the diagnostics compile full on the thread where the fast code's estimated extra run time is at
 least this share of the full options' extra compile CPU (`compile_ahead`)."""
 
+
 def compile_ahead(model, family: Family, params: PyTree, key: Array, num_draws: int) -> str:
     """Compile `draws_and_log_ratios` for these (abstract) arguments, on a background thread of a fit.
 
@@ -130,10 +130,10 @@ def compile_ahead(model, family: Family, params: PyTree, key: Array, num_draws: 
     """
     args = (model, family, params, key, num_draws)
     mode = compile_options.compile_mode(model, num_draws)
-    if mode == "fast" and compile_options._on_cpu() and compile_options._FORCED[0] is None:
+    if mode == "fast" and compile_options._FORCED[0] is None:  # "fast" only on CPU
         cost = compile_options.arithmetic(draws_and_log_ratios.full.trace(*args).jaxpr)
-        extra = float(np.dot(compile_options.FAST_EXTRA_SECONDS[1:], cost[1:]))
-        if extra >= AHEAD_COMPILE_SHARE * FULL_EXTRA_COMPILE_SECONDS_PER_EQN * cost.eqns:
+        full_extra_compile = FULL_EXTRA_COMPILE_SECONDS_PER_EQN * cost.eqns
+        if compile_options.fast_extra_seconds(cost) >= AHEAD_COMPILE_SHARE * full_extra_compile:
             mode = "full"
             draws_and_log_ratios.pin(mode, *args)
     draws_and_log_ratios.lower(*args).compile()
