@@ -155,8 +155,77 @@ def _log_density_for_shape(model: Any, zeta: Array) -> Array:
     return getattr(model, "log_density_uncached", model.log_density)(zeta)
 
 
+def _ready_glm(model: Any) -> bool:
+    """Whether `model` is a ready GLM (`advi_jax.models.regression.RegressionModel`): its log density
+    is a float scalar by construction, and its data were checked by its constructor."""
+    from advi_jax.models.regression import RegressionModel  # models import this module; avoid a cycle
+
+    return isinstance(model, RegressionModel)
+
+
+def known_finite_at(model: Any, loc: Any) -> bool:
+    """Whether the log density of `model` is known finite at `loc` without evaluating it (no program).
+
+    True for a ready GLM (`_ready_glm`) at loc = 0 (intercept and coefficients zero, every
+    positive parameter at its bijector's value at zero) whose data are finite (`check_data`, run
+    here; free after `aj.fit`'s own, which it remembers) and whose responses lie in the support
+    (counts >= 0; the constructors check it, read again here on the host in case the data were
+    replaced). Every term is then finite: the Normal priors; logistic and probit, y eta -
+    softplus(eta) and log Phi(+-eta); Poisson and the negative binomial, y eta - exp(eta) -
+    lgamma(y + 1) with eta = offset, |offset| below half the float type's log-overflow and a host
+    bound on the sum of the terms' magnitudes far below its largest number. Anything else (another
+    model, a nonzero start, data on another device, offsets that large): False, and the caller
+    evaluates the log density.
+
+    Args:
+      model: any model.
+      loc: (K,) point in R^K.
+
+    Returns:
+      True when the log density is finite at `loc` by construction.
+
+    Raises:
+      ValueError: a ready GLM's data have NaN or inf entries (`check_data`, naming the entry).
+
+    Example:
+      >>> import numpy as np
+      >>> from advi_jax.models import logistic_regression
+      >>> model = logistic_regression(np.eye(3), np.array([0.0, 1.0, 1.0]))
+      >>> known_finite_at(model, np.zeros(model.dim)), known_finite_at(model, np.ones(model.dim))
+      (True, False)
+    """
+    if not _ready_glm(model):
+        return False
+    loc = np.asarray(loc)
+    if loc.shape != (model.dim,) or np.any(loc != 0):
+        return False
+    data = model.data
+    check_data(data)  # raises on NaN / inf (free where `aj.fit` has just checked them: remembered)
+    if model.info.kind in ("poisson", "negbin"):
+        y, offset = data["y"], data.get("offset")
+        if not _in_host_memory(y) or (offset is not None and not _in_host_memory(offset)):
+            return False
+        y = np.asarray(y, np.float64)
+        eta = np.zeros(1) if offset is None else np.asarray(offset, np.float64)
+        if not bool(np.all(y >= 0)) or not bool(np.all(np.abs(eta) < 0.5 * np.log(np.finfo(_y_dtype(data)).max))):
+            return False
+        # A bound on the sum of the terms' magnitudes (lgamma(y + 1) <= y log(y + 1)), so the sum cannot overflow.
+        total = float(np.sum(y * (np.abs(eta) + np.log1p(y) + 1.0)) + np.sum(np.exp(eta)))
+        if not total < 1e-3 * float(np.finfo(_y_dtype(data)).max):
+            return False
+    return True
+
+
+def _y_dtype(data: Any) -> Any:
+    """The float type a ready GLM's log density is computed in (its design's)."""
+    return np.dtype(data["x"].dtype)
+
+
 def check_log_joint_shape(model: Any, dtype) -> None:
-    """Raise if the log density is not a float scalar (by shape only: nothing runs)."""
+    """Raise if the log density is not a float scalar (by shape only: nothing runs; nothing is traced
+    for a ready GLM, whose log density is one by construction)."""
+    if _ready_glm(model):
+        return
     out = jax.eval_shape(_log_density_for_shape, model, jax.ShapeDtypeStruct((model.dim,), dtype))
     if out.shape != ():
         raise ValueError(f"model.log_joint must return a scalar log density, got shape {out.shape} "
@@ -169,6 +238,8 @@ def check_initial_point(model: Any, loc: Array, what: str = "the log density", v
     """Raise a clear error if `model.log_density` is not a finite scalar at `loc` (`value`: the
     log density there when the caller has already evaluated it)."""
     if value is None:
+        if known_finite_at(model, loc):  # a ready GLM at zero: nothing to compile (`known_finite_at`)
+            return
         check_log_joint_shape(model, loc.dtype)
         value = _log_density_top(model, loc)
     if not np.isfinite(float(value)):

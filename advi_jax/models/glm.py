@@ -317,7 +317,10 @@ def _native_pass(x, y, beta, intercept, offset, family):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6))
 def _native_or_blocked(x, y, beta, intercept, offset, family, block_size):
-    """The native pass on CPU, the XLA blocked pass elsewhere (chosen when lowering)."""
+    """The native pass on CPU, the XLA blocked pass elsewhere (chosen when lowering; only the native
+    pass where CPU is the process's only platform)."""
+    if _native.cpu_only():
+        return _native_pass(x, y, beta, intercept, offset, family)
     return jax.lax.platform_dependent(
         x, y, beta, intercept, offset,
         cpu=lambda *a: _native_pass(*a, family),

@@ -97,6 +97,8 @@ def likelihood_difference(x: ArrayLike, y: ArrayLike, beta: ArrayLike, intercept
     beta, beta_ref = jnp.asarray(beta, dtype), jnp.asarray(beta_ref, dtype)
     intercept, intercept_ref = jnp.asarray(intercept, dtype), jnp.asarray(intercept_ref, dtype)
     offset = None if offset is None else jnp.asarray(offset, dtype)
+    if _native.cpu_only():  # nothing but CPU: no other branch to trace
+        return _native_difference(x, y, beta, intercept, beta_ref, intercept_ref, offset, family)
     return jax.lax.platform_dependent(
         x, y, beta, intercept, beta_ref, intercept_ref, offset,
         cpu=lambda *a: _native_difference(*a, family),

@@ -234,8 +234,10 @@ def run_chunk(model: Any, loop: LoopState, keys: Array, stop: Array, inputs: Any
     dtype = loop.conv.running_sum.dtype
     n = cfg.chunk_size
     if cfg.num_fits is None:
-        # The chunk's keys in one vectorised call, cheaper than a scalar fold_in in every step.
-        step_keys = jax.vmap(lambda i: jax.random.fold_in(keys, i))(start + jnp.arange(n, dtype=start.dtype))
+        # The chunk's keys in one vectorised call, cheaper than a scalar fold_in in every step
+        # (none for a method whose step ignores its key, `STEP_KEYS = False`: the run key is passed).
+        step_keys = (jax.vmap(lambda i: jax.random.fold_in(keys, i))(start + jnp.arange(n, dtype=start.dtype))
+                     if getattr(cfg.method, "STEP_KEYS", True) else None)
 
         def cond(carry):
             lp, _ = carry
@@ -243,7 +245,8 @@ def run_chunk(model: Any, loop: LoopState, keys: Array, stop: Array, inputs: Any
 
         def body(carry):
             lp, tr = carry
-            new, elbo = _one_step(cfg, model, inputs, start, step_keys[lp.step - start], lp)
+            key = keys if step_keys is None else step_keys[lp.step - start]
+            new, elbo = _one_step(cfg, model, inputs, start, key, lp)
             return new, tr.at[lp.step - start].set(elbo.astype(dtype))
 
         return jax.lax.while_loop(cond, body, (loop, jnp.full((n,), jnp.nan, dtype)))
@@ -261,7 +264,7 @@ def run_chunk(model: Any, loop: LoopState, keys: Array, stop: Array, inputs: Any
     def body(carry):
         lp, tr = carry
         live = active(lp)
-        step_keys = jax.vmap(jax.random.fold_in)(keys, lp.step)
+        step_keys = jax.vmap(jax.random.fold_in)(keys, lp.step) if getattr(cfg.method, "STEP_KEYS", True) else keys
         new, elbo = step_all(model, inputs, start, step_keys, lp)
         # A finished fit writes out of bounds (dropped) and keeps its state.
         index = jnp.where(live, lp.step - start, n)

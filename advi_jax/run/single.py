@@ -19,7 +19,7 @@ from advi_jax import importance
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
 from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget, known_diagnostic_draws
 from advi_jax.run import ahead as _ahead
-from advi_jax.run import driver
+from advi_jax.run import driver, host_keys
 from advi_jax.run.choose import choose, choose_family, choose_method
 from advi_jax.run.start import AUTO_LAPLACE_MAX_DIM, INIT_STRINGS
 from advi_jax.run.start import start as resolve_start
@@ -35,8 +35,19 @@ class DiagnosticWarning(UserWarning):
     """Issued by the fits when the diagnostics say the approximation is unreliable."""
 
 
-@compile_options.jit(static_argnames=("module", "family", "options"),
-                     mode=lambda model, args: 0 if args["module"] is _advi else None)
+def _finish_mode(model: Any, args: dict) -> Any:
+    """`finish`'s options: ADVI's evaluates nothing (fast); a method with its own loop options
+    (`loop_compile_mode`, `advi_jax.vi`) compiles it as its loop; others by the size rule."""
+    module = args["module"]
+    if module is _advi:
+        return 0
+    own = getattr(module, "loop_compile_mode", None)
+    if own is None or compile_options._FORCED[0] is not None:
+        return None
+    return own(model, args["family"], args["options"], compile_options.compile_mode(model))
+
+
+@compile_options.jit(static_argnames=("module", "family", "options"), mode=_finish_mode)
 def finish(model: Any, state: Any, module: Any, family: Family, options: Any) -> tuple[Any, dict]:
     """The family's parameters and the method's extras from the final state, in one compiled call
     (evaluated op by op they cost a dispatch per operation: 0.7 s for glm_exact's extras)."""
@@ -47,7 +58,8 @@ def finish(model: Any, state: Any, module: Any, family: Family, options: Any) ->
 @compile_options.jit(model_arg=None)
 def _fit_keys(key: Any) -> tuple[Any, Any, Any]:
     """(init, run, diagnostics) keys: `split(key)` and `fold_in(key, 1)` in one compiled call (eagerly,
-    each key operation compiles a program of its own)."""
+    each key operation compiles a program of its own). A threefry key on the CPU takes
+    `host_keys.fit_keys` instead: the same bits, no program."""
     init_key, run_key = jax.random.split(key)
     return init_key, run_key, jax.random.fold_in(key, 1)
 
@@ -306,6 +318,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         # over its expected steps (`_expected_steps`), on the thread that compiles it.
         evals = num_steps * num_samples if is_advi else None
         mode = compile_options.compile_mode(run_model, evals)
+        if hasattr(module, "loop_compile_mode"):  # the method's own choice (`advi_jax.vi`)
+            mode = module.loop_compile_mode(run_model, family_obj, opts, mode)
         if is_advi and mode in _AHEAD_MODES:
             can_stop = getattr(plan, "stop", None) is not None or bool(tol_rel_obj)
             mode = compile_options.ByCost(_expected_steps(num_steps, can_stop), evals)
@@ -338,7 +352,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
             opts = opts._replace(optimizer=default_optimizer(lr, num_steps))
         cfg = settings(opts, begun.run_model)
         _wait(ahead, "keys")
-        init_key, run_key, diag_key = _fit_keys(key)
+        init_key, run_key, diag_key = host_keys.fit_keys(key) or _fit_keys(key)
         _wait(ahead, "init_loop")
         loop = driver.init_loop(begun.run_model, init_key, begun.loc, cfg)
     except BaseException as err:
@@ -463,6 +477,10 @@ def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings
     def keys(done):
         if jnp.result_type(float) != dtype:  # jax.enable_x64 is thread-local: the thread runs in the caller's mode
             raise RuntimeError("the background thread's float type differs from the fit's")
+        host = host_keys.fit_keys(key)  # a threefry key on the CPU: computed on the host, nothing to compile
+        if host is not None:
+            done["keys"] = tuple(jax.ShapeDtypeStruct(k.shape, k.dtype) for k in host)
+            return
         lowered = _fit_keys.lower(key)
         lowered.compile()
         done["keys"] = lowered.out_info

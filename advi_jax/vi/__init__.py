@@ -12,6 +12,11 @@ Every module here exposes:
   needs the model as given, such as the exact GLM objective);
 * `DETERMINISTIC`: whether each step's ELBO is the value of a deterministic objective (the
   result then reports the last one) or a Monte Carlo estimate (the mean of the last steps);
+* optionally `STEP_KEYS = False`: the method's `step` ignores its key, so the driver's loop
+  makes no per-step keys (their hashing is traced, lowered and compiled in every loop program);
+* optionally `loop_compile_mode(model, family, options, mode) -> str`: the XLA options ("fast",
+  "mid", "full"; `advi_jax.compile_options`) of the method's loop programs, given the size
+  rule's `mode` (e.g. "fast" where the step's work is in a native kernel, not in XLA's code);
 * optionally `describe_stop(reason, code, extras, num_steps) -> str`: the method's own words for
   why the fit stopped (the driver's `reason` for `code`, with what the method's test saw).
 * optionally `stop_warning(code, extras, num_steps) -> str | None`: what the user must be warned

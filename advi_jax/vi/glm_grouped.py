@@ -73,6 +73,7 @@ FAMILIES = ("meanfield", "fullrank")
 DEFAULT_NUM_STEPS = 200
 WHITEN = False
 DETERMINISTIC = True
+STEP_KEYS = False  # the steps are deterministic: the driver makes no per-step keys
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

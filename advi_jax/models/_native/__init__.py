@@ -31,6 +31,7 @@ kernel (no build, no use).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -47,7 +48,7 @@ import jax
 from advi_jax.models._native._builder import tmp_prefix
 
 __all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "GLM_EXACT_TARGETS", "FLAGS", "available", "build", "build_log",
-           "cache_dir", "library_path", "num_threads", "reason", "remove_stale", "start", "status"]
+           "cache_dir", "cpu_only", "library_path", "num_threads", "reason", "remove_stale", "start", "status"]
 
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("glm_kernel.cc", "glm_exact_kernel.cc"))
 _HEADERS = (Path(__file__).with_name("glm_simd.h"),)
@@ -73,6 +74,19 @@ def cache_dir() -> Path:
         return Path(os.environ["ADVI_JAX_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "advi_jax"
+
+
+@functools.cache
+def cpu_only() -> bool:
+    """Whether CPU is the only platform this process can run programs on.
+
+    Where it is, the callers of the kernel skip `jax.lax.platform_dependent` (which traces the XLA
+    branch too, on every first call) and call the kernel directly. Backends are initialised once per
+    process (`jax.extend.backend.clear_backends` is not supported here).
+    """
+    import jax.extend.backend
+
+    return set(jax.extend.backend.backends()) == {"cpu"}
 
 
 def _disabled() -> bool:
