@@ -408,21 +408,30 @@ def supports(model, family: Family) -> bool:
     return info.kind in KINDS and not info.hierarchical_scale and getattr(family, "name", None) in FAMILIES
 
 
+FAST_MAX_DIM = 48
+"""The largest K for which `loop_compile_mode` compiles the native-pass loop with the fast options."""
+
+
 def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str:
-    """The loop programs' XLA options: "fast" where every pass runs in the native kernel, else `mode`.
+    """The loop programs' XLA options: "fast" where every pass runs in the native kernel and K is
+    small (K <= `FAST_MAX_DIM`), else `mode`.
 
     With the native pass (`_glm_native.covers`: a logistic or Poisson model, mean-field or
-    full-rank, on CPU) X is read only by the kernel; XLA's own code in the loop is O(K^3) (a
-    Cholesky factor, one triangular inverse and a few K-vectors per step), so the fast options
-    (`compile_options.FAST_OPTIONS`) cost microseconds a step and save most of the loop's compile
-    (N = 1e4, D = 10, full rank: 0.21-0.24 s of "mid" compile against 0.07-0.08 s). `mode` (the
-    size rule's choice, or a `compile_options.forced` one) is kept otherwise, and off CPU.
+    full-rank, on CPU) X is read only by the kernel; XLA's own code in the loop is O(K^3) (Cholesky
+    factors, a triangular inverse and solves, K x K products and selects). With the fast options
+    (`compile_options.FAST_OPTIONS`) that code is unvectorised: at K = 11 it costs no measurable
+    time a call and the loop compiles in 0.07-0.08 s instead of 0.21-0.24 s ("mid"; N = 1e4, full
+    rank); at K = 101 it cost 15-60 ms more per call (6 steps; second call 24 -> 40-90 ms, loaded
+    2-core machine), more than the bench's second calls can spare, and at K = 31 a few ms. So the
+    fast options up to K = 48, where the saved compile (0.13-0.15 s) pays for tens of calls. `mode`
+    (the size rule's choice, or a `compile_options.forced` one) is kept otherwise, and off CPU.
     """
     from advi_jax import compile_options  # compile_options imports nothing of vi; keep vi's imports light
 
     if mode == "fast" or compile_options._FORCED[0] is not None or not compile_options._on_cpu():
         return mode
-    if not supports(model, family) or family.name == "lowrank" or not isinstance(options, Options):
+    if (not supports(model, family) or family.name == "lowrank" or not isinstance(options, Options)
+            or model.dim > FAST_MAX_DIM):
         return mode
     kind = model.info.kind
     if kind == "negbin" or not _glm_native.covers(kind, model.data["x"].dtype, options.num_nodes, options.kernel):
