@@ -205,15 +205,32 @@ def known_finite_at(model: Any, loc: Any) -> bool:
         y, offset = data["y"], data.get("offset")
         if not _in_host_memory(y) or (offset is not None and not _in_host_memory(offset)):
             return False
-        y = np.asarray(y, np.float64)
-        eta = np.zeros(1) if offset is None else np.asarray(offset, np.float64)
-        if not bool(np.all(y >= 0)) or not bool(np.all(np.abs(eta) < 0.5 * np.log(np.finfo(_y_dtype(data)).max))):
+        remembered = _COUNTS_OK.get((id(y), id(offset)))
+        if remembered is not None and remembered[0]() is y and (offset is None or remembered[1]() is offset):
+            return True  # these (immutable) arrays passed before: nothing to read again
+        if not _counts_ok(y, offset, data):
             return False
-        # A bound on the sum of the terms' magnitudes (lgamma(y + 1) <= y log(y + 1)), so the sum cannot overflow.
-        total = float(np.sum(y * (np.abs(eta) + np.log1p(y) + 1.0)) + np.sum(np.exp(eta)))
-        if not total < 1e-3 * float(np.finfo(_y_dtype(data)).max):
-            return False
+        if isinstance(y, jax.Array) and (offset is None or isinstance(offset, jax.Array)):
+            key = (id(y), id(offset))
+            drop = lambda _, key=key: _COUNTS_OK.pop(key, None)  # noqa: E731
+            _COUNTS_OK[key] = (weakref.ref(y, drop), None if offset is None else weakref.ref(offset, drop))
     return True
+
+
+_COUNTS_OK: dict = {}  # (id(y), id(offset)) -> weakrefs of count data `known_finite_at` found in bounds
+
+
+def _counts_ok(y: Any, offset: Any, data: Any) -> bool:
+    """Counts >= 0, |offset| below half the log-overflow, and the sum of the log-likelihood terms'
+    magnitudes at eta = offset far below the float type's largest number (read on the host)."""
+    y = np.asarray(y, np.float64)
+    eta = np.zeros(1) if offset is None else np.asarray(offset, np.float64)
+    dtype = _y_dtype(data)
+    if not bool(np.all(y >= 0)) or not bool(np.all(np.abs(eta) < 0.5 * np.log(np.finfo(dtype).max))):
+        return False
+    # A bound on the sum of the terms' magnitudes (lgamma(y + 1) <= y log(y + 1)), so the sum cannot overflow.
+    total = float(np.sum(y * (np.abs(eta) + np.log1p(y) + 1.0)) + np.sum(np.exp(eta)))
+    return total < 1e-3 * float(np.finfo(dtype).max)
 
 
 def _y_dtype(data: Any) -> Any:

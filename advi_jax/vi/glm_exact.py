@@ -411,6 +411,11 @@ def supports(model, family: Family) -> bool:
 FAST_MAX_DIM = 48
 """The largest K for which `loop_compile_mode` compiles the native-pass loop with the fast options."""
 
+FAST_MAX_POISSON_ROWS = 200_000
+"""The most rows of a Poisson model whose native-pass loop `loop_compile_mode` compiles fast: its
+pass also evaluates lgamma(y + 1) over the rows in XLA's code, which the fast options leave
+unvectorised (N = 1e6, 5 passes: 108 against 70 ms of CPU a call; at 2e5 rows about 8 ms)."""
+
 
 def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str:
     """The loop programs' XLA options: "fast" where every pass runs in the native kernel and K is
@@ -423,7 +428,8 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     time a call and the loop compiles in 0.07-0.08 s instead of 0.21-0.24 s ("mid"; N = 1e4, full
     rank); at K = 101 it cost 15-60 ms more per call (6 steps; second call 24 -> 40-90 ms, loaded
     2-core machine), more than the bench's second calls can spare, and at K = 31 a few ms. So the
-    fast options up to K = 48, where the saved compile (0.13-0.15 s) pays for tens of calls. `mode`
+    fast options up to K = 48, where the saved compile (0.13-0.15 s) pays for tens of calls, and for
+    Poisson up to `FAST_MAX_POISSON_ROWS` rows. `mode`
     (the size rule's choice, or a `compile_options.forced` one) is kept otherwise, and off CPU.
     """
     from advi_jax import compile_options  # compile_options imports nothing of vi; keep vi's imports light
@@ -435,6 +441,8 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
         return mode
     kind = model.info.kind
     if kind == "negbin" or not _glm_native.covers(kind, model.data["x"].dtype, options.num_nodes, options.kernel):
+        return mode
+    if kind == "poisson" and model.data["x"].shape[0] > FAST_MAX_POISSON_ROWS:
         return mode
     return "fast"
 
