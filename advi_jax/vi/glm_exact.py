@@ -411,10 +411,11 @@ def supports(model, family: Family) -> bool:
 FAST_MAX_DIM = 48
 """The largest K for which `loop_compile_mode` compiles the native-pass loop with the fast options."""
 
-FAST_MAX_POISSON_ROWS = 200_000
+FAST_MAX_POISSON_ROWS = 100_000
 """The most rows of a Poisson model whose native-pass loop `loop_compile_mode` compiles fast: its
 pass also evaluates lgamma(y + 1) over the rows in XLA's code, which the fast options leave
-unvectorised (N = 1e6, 5 passes: 108 against 70 ms of CPU a call; at 2e5 rows about 8 ms)."""
+unvectorised (N = 1e6, 5 passes: 108 against 70 ms of CPU a call; N = 1e5, D = 10: the second
+call 8-9 -> 17-18 ms, for a first call 0.41-0.45 -> 0.22-0.30 s; loaded 2-core machine)."""
 
 
 def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str:
