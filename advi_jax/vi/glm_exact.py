@@ -427,10 +427,11 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     factors, a triangular inverse and solves, K x K products and selects). With the fast options
     (`compile_options.FAST_OPTIONS`) that code is unvectorised: at K = 11 it costs no measurable
     time a call and the loop compiles in 0.07-0.08 s instead of 0.21-0.24 s ("mid"; N = 1e4, full
-    rank); at K = 101 it cost 15-60 ms more per call (6 steps; second call 24 -> 40-90 ms, loaded
-    2-core machine), more than the bench's second calls can spare, and at K = 31 a few ms. So the
-    fast options up to K = 48, where the saved compile (0.13-0.15 s) pays for tens of calls, and for
-    Poisson up to `FAST_MAX_POISSON_ROWS` rows. `mode`
+    rank); at K = 101 (N = 1e4, 5 passes) it cost 3 ms of CPU more a call (mean-field 20 against
+    17.5-18.6 ms, full rank 30 against 26-28 ms), 15-20% of the second call that the time-to-answer
+    bench's D = 100 cells measure against `svi.run` (their ratio is the smallest of the grid). So the
+    fast options up to K = 48 (raise `FAST_MAX_DIM` to trade 0.13 s of first call for those ms), and
+    for Poisson up to `FAST_MAX_POISSON_ROWS` rows. `mode`
     (the size rule's choice, or a `compile_options.forced` one) is kept otherwise, and off CPU.
     """
     from advi_jax import compile_options  # compile_options imports nothing of vi; keep vi's imports light
