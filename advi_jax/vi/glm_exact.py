@@ -94,11 +94,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.linalg import cho_solve
 
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankGaussian, MeanFieldParams, _softplus_inverse
-from advi_jax.vi import _glm_lik, _glm_linalg, _glm_lowrank, _glm_native
+from advi_jax.vi import _glm_lik, _glm_lowrank, _glm_native
 from advi_jax.vi._glm_quad import NODE_TIERS, expected_log_lik, expected_log_lik_auto, quadrature
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo",
@@ -382,7 +383,7 @@ def _cov_factor(precision: Array, meanfield: bool) -> Array:
 def _decrement(grad: Array, hess: Array, hess_chol: Array, precision: Array, factor: Array, meanfield: bool
                ) -> Array:
     """g' H^{-1} g + ||L'(H - P) L||_F^2 / 2 (mean-field: sum (H_kk - p_k)^2 / p_k^2 / 2)."""
-    newton = jnp.sum(grad * _glm_linalg.cho_solve(hess_chol, grad, lapack=not meanfield))
+    newton = jnp.sum(grad * cho_solve((hess_chol, True), grad))
     if meanfield:
         resid = jnp.sum(jnp.square(jnp.diagonal(hess) / precision - 1.0))
     else:
@@ -526,10 +527,9 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         rho = state.rho
         target = jnp.diagonal(state.hess) if meanfield else state.hess
         precision = (1.0 - rho) * state.precision + rho * target
-        newton = _glm_linalg.cho_solve(state.hess_chol, state.grad, lapack=not meanfield)
-        m = state.loc + jnp.minimum(rho, 1.0) * newton
+        m = state.loc + jnp.minimum(rho, 1.0) * cho_solve((state.hess_chol, True), state.grad)
         factor, elbo, g, h = evaluate(m, precision)
-        h_chol = _glm_linalg.cholesky(h, lapack=not meanfield)  # mean-field: no LAPACK (`_glm_linalg`)
+        h_chol = jnp.linalg.cholesky(h)
         slack = 8.0 * eps * jnp.abs(state.elbo)
         ok = (jnp.isfinite(elbo) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(factor))
               & jnp.all(jnp.isfinite(h_chol)))
