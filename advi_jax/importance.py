@@ -82,9 +82,10 @@ def log_ratios(model, family: Family, params: PyTree, key: Array, num_draws: int
 def _draws_mode(model, args: dict):
     """The draws' compiler options: by their number (`compile_options.compile_mode`); where that says
     "mid" or "full" for a model class that asks for "mid" (`full_compile_mode`: the ready GLMs, whose
-    draws' log densities run in the native difference kernel, out of XLA's sight), by the traced program's own arithmetic
-    (`compile_options.ByCost`): fast where the fast code's estimated extra run time is below the
-    compile it saves (N = 1e4, D = 10, 1,024 draws: about 0.5 ms against 0.2-0.3 s), else by the number."""
+    draws' log densities run in the native difference kernel, out of XLA's sight), by the traced
+    program's own arithmetic (`compile_options.ByCost`): fast where the fast code's estimated extra
+    run time is below the compile it saves (N = 1e4, D = 10, 1,024 draws: about 0.5 ms against
+    0.2-0.3 s), else by the number."""
     if (getattr(type(model), "full_compile_mode", "full") == "mid"
             and compile_options.compile_mode(model, args["num_draws"]) != "fast"):
         return compile_options.ByCost(1, args["num_draws"])
