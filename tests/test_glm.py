@@ -79,13 +79,18 @@ def test_extreme_linear_predictors_stay_finite():
 
 
 def test_the_design_matrix_is_read_in_one_pass():
-    """The gradient's jaxpr has one loop over blocks holding the only two products with X."""
+    """The XLA pass's gradient jaxpr has one loop over blocks holding the only two products with X
+    (on a CPU-only process the default pass is the native kernel alone: no XLA branch is traced)."""
     x, y, _ = _data("bernoulli", n=4096)
-    jaxpr = jax.make_jaxpr(jax.grad(lambda b: glm_log_likelihood(x, y, b, block_size=512)))(jnp.zeros(6))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda b: glm_log_likelihood(x, y, b, block_size=512, kernel="xla")))(
+        jnp.zeros(6))
     text = str(jaxpr)
     assert text.count("scan[") + text.count("while[") == 1
     assert text.count("dot_general") == 2  # X_b @ beta and r @ X_b, both inside the loop
     assert "transpose" not in text
+    if _native.cpu_only() and _native.available():  # the default pass: the kernel's call alone, nothing else traced
+        text = str(jax.make_jaxpr(jax.grad(lambda b: glm_log_likelihood(x, y, b, block_size=512)))(jnp.zeros(6)))
+        assert "platform_index" not in text and "while[" not in text and "dot_general" not in text
 
 
 def test_bad_input_is_named():
