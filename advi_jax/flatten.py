@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax import _replay
 from advi_jax._types import Array, ArrayLike, PyTree, check_positive_int, common_leading_size
 from advi_jax.bijectors import Joint
 from advi_jax.supports import Support
@@ -184,12 +183,6 @@ class Model:
 
 @jax.jit
 def _log_density(model: Model, zeta: Array) -> Array:
-    # Replayed from the model's jaxpr without dead code or nested jit calls (`advi_jax._replay`):
-    # every program transforms and lowers this body at each call site.
-    return _replay.call(_log_density_uncached, model, zeta)
-
-
-def _log_density_uncached(model: Model, zeta: Array) -> Array:
     return model.log_density_uncached(zeta)
 
 
