@@ -94,3 +94,80 @@ def test_default_fit_runs_a_numpyro_model_twice():
     result = aj.fit(model, key=jax.random.key(1), progress=False)
     assert len(calls) == 2, len(calls)
     assert np.isfinite(float(result.mean()["a"]))
+
+
+class _Compiles:
+    """Counts the XLA programs compiled while it is active (JAX's compile log)."""
+
+    def __enter__(self):
+        import logging
+
+        outer = self
+        self.count = 0
+
+        class Handler(logging.Handler):
+            def emit(self, record):
+                if record.getMessage().startswith("Finished XLA compilation"):
+                    outer.count += 1
+
+        self._handler = Handler(level=logging.DEBUG)
+        self._loggers = [logging.getLogger(n) for n in ("jax._src.interpreters.pxla", "jax._src.dispatch",
+                                                        "jax._src.compiler")]
+        self._levels = [logger.level for logger in self._loggers]
+        for logger in self._loggers:
+            logger.addHandler(self._handler)
+            logger.setLevel(logging.DEBUG)
+        self._log = jax.log_compiles(True)
+        self._log.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._log.__exit__(*exc)
+        for logger, level in zip(self._loggers, self._levels):
+            logger.removeHandler(self._handler)
+            logger.setLevel(level)
+
+
+def _bounded_model(x, y):
+    a = numpyro.sample("a", dist.Normal(0.0, 5.0))
+    beta = numpyro.sample("beta", dist.Normal(0.0, 2.5).expand([x.shape[1]]).to_event(1))
+    nu = numpyro.sample("nu", dist.Uniform(1.0, 30.0))
+    s = numpyro.sample("s", dist.HalfNormal(1.0))
+    with numpyro.plate("n", x.shape[0]):
+        numpyro.sample("y", dist.StudentT(nu, a + x @ beta, s), obs=y)
+
+
+def test_from_numpyro_reads_the_model_without_compiling():
+    """The structure trace runs abstractly: no eager operation, so no XLA program (the eager trace
+    compiled one per operation and shape: 9 to 29 for the suite's models, 0.25-0.9 s)."""
+    x = np.linspace(-1.0, 1.0, 39).reshape(13, 3).astype(np.float32)  # shapes no other test uses
+    y = (x @ np.array([1.0, -0.5, 0.25]) + 0.1 * np.cos(5.0 * np.arange(13))).astype(np.float32)
+    jax.clear_caches()
+    with _Compiles() as compiled:
+        model = aj.from_numpyro(_bounded_model, x, y)
+    assert compiled.count == 0
+    assert model.names == ("a", "beta", "nu", "s") and model.dim == 6
+    assert model.support["nu"].name.startswith("interval") and model.support["s"].name == "positive"
+    assert model.dependent_names == ()
+    zeta = jnp.linspace(-0.5, 0.5, model.dim)
+    params, log_det = model.to_constrained_and_log_det(zeta)
+    assert 1.0 < float(params["nu"]) < 30.0
+    with jax.numpy_rank_promotion("allow"):
+        want = numpyro.infer.util.log_density(_bounded_model, (x, y), {}, params)[0] + log_det
+    np.testing.assert_allclose(model.log_density(zeta), want, rtol=1e-5)
+
+
+def test_from_numpyro_reads_bounds_computed_in_the_model_eagerly():
+    """A latent site whose bounds the model computes (here from another parameter) is read from an
+    eager run, as before: its support follows the other parameter."""
+
+    def model_fn(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        x = numpyro.sample("x", dist.TruncatedNormal(mu, 1.0, low=mu - 1.0))
+        numpyro.sample("y", dist.Normal(x, 1.0), obs=y)
+
+    model = aj.from_numpyro(model_fn, np.array([0.3, 1.1], np.float32))
+    assert model.dependent_names == ("x",)
+    for zeta in (jnp.array([2.0, -3.0]), jnp.array([-2.0, 4.0])):
+        params = model.to_constrained(zeta)
+        assert float(params["x"]) > float(params["mu"]) - 1.0
