@@ -90,6 +90,7 @@ from advi_jax import bijectors as _bij
 from advi_jax import supports as _supports
 from advi_jax._types import Array, ArrayLike, is_concrete
 from advi_jax.flatten import Model
+from advi_jax.interop._numpyro_bounds import _bounds, _dependent_bijector, _dependent_sites, _dependent_support
 from advi_jax.supports import Support
 
 __all__ = ["NumPyroModel", "from_numpyro", "numpyro_deterministics", "support_from_constraint"]
@@ -118,19 +119,70 @@ def _check_traceable(model_fn: Callable, log_joint: Callable, params: dict, data
     `if x > 0:`, `np.asarray(x)`) works in the eager first trace but fails under `jit`; this
     raises a short `ValueError` with the remedy instead of JAX's long traceback at `fit`.
     """
-    abstract = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)),
-                                      (params, data))
+    abstract = jax.tree_util.tree_map(_abstract, (params, data))
     try:
         jax.eval_shape(log_joint, *abstract)
     except _TRACER_ERRORS as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        name = getattr(model_fn, "__name__", "the model")
-        raise ValueError(
-            f"{name} uses the value of an array argument or a parameter as a Python value (int(...), float(...), "
-            f"bool(...), an `if` on an array, or np.asarray), which cannot work when fit compiles the model with "
-            f"jax.jit ({type(err).__name__}: {first}). Array arguments are data and are traced: pass such values "
-            "as separate Python ints/floats (they stay static, e.g. from_numpyro(model, y, num_groups=int(g.max()) "
-            "+ 1)) or compute them outside the model; use jnp.where instead of `if` on values") from None
+        _raise_untraceable(model_fn, err)
+
+
+def _raise_untraceable(model_fn: Callable, err: Exception) -> None:
+    """The short `ValueError` for a model that needs a concrete value of an array argument or parameter."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    name = getattr(model_fn, "__name__", "the model")
+    raise ValueError(
+        f"{name} uses the value of an array argument or a parameter as a Python value (int(...), float(...), "
+        f"bool(...), an `if` on an array, or np.asarray), which cannot work when fit compiles the model with "
+        f"jax.jit ({type(err).__name__}: {first}). Array arguments are data and are traced: pass such values "
+        "as separate Python ints/floats (they stay static, e.g. from_numpyro(model, y, num_groups=int(g.max()) "
+        "+ 1)) or compute them outside the model; use jnp.where instead of `if` on values") from None
+
+
+def _abstract(value) -> jax.ShapeDtypeStruct:
+    """The shape and (canonical) dtype of an array, a tracer or a `jax.ShapeDtypeStruct`."""
+    if isinstance(value, jax.ShapeDtypeStruct):
+        return value
+    return jax.ShapeDtypeStruct(jnp.shape(value), jnp.result_type(value))
+
+
+def _run_structure(model_fn: Callable, args: tuple, kwargs: dict):
+    """The model's trace with each latent site at a feasible value (sampled where the distribution has none)."""
+    handlers, _, _ = _import_numpyro()
+    traced = handlers.seed(handlers.substitute(model_fn, substitute_fn=_feasible_value), rng_seed=0)
+    with jax.numpy_rank_promotion("allow"):  # NumPyro relies on NumPy-style rank promotion
+        return handlers.trace(traced).get_trace(*args, **kwargs)
+
+
+def _structure(model_fn: Callable, arguments: _Arguments):
+    """The model's sites (names, kinds, shapes, distributions), read from an abstract trace.
+
+    The model runs once under `jax.make_jaxpr` with its data abstract, so none of its operations
+    runs eagerly (each eager operation of a model run compiles its own small XLA program: 11 to 32
+    of them, 0.25-1.1 s, for the benchmark suite's models). The trace's values are then tracers, of
+    which only shapes and dtypes are read. Where a latent site's support has bounds computed inside
+    the model (tracers: a TruncatedNormal's `low`, a bound that depends on another parameter), the
+    model runs again eagerly, as before, so the bounds are concrete values.
+    """
+    found = []
+
+    def run(data):
+        args, kwargs = arguments.rebuild(data)
+        found.append(_run_structure(model_fn, args, kwargs))
+        return ()
+
+    try:
+        jax.make_jaxpr(run)(arguments.data)
+    except _TRACER_ERRORS as err:
+        _raise_untraceable(model_fn, err)
+    tr = found[0]
+    traced_bounds = any(isinstance(b, jax.core.Tracer)
+                        for site in tr.values()
+                        if site["type"] == "sample" and not site.get("is_observed")
+                        for b in _bounds(site["fn"].support))
+    if traced_bounds:
+        args, kwargs = arguments.rebuild(arguments.data)
+        tr = _run_structure(model_fn, args, kwargs)
+    return tr
 
 
 def _structured(name: str, site: str, constraint, event_size: int, batch_shape: tuple[int, ...]) -> Support:
@@ -440,97 +492,6 @@ def _make_log_joint(model_fn: Callable, arguments: _Arguments):
     return log_joint
 
 
-# ---------------------------------------------------------------------------------------------
-# Supports whose bounds depend on other parameters (or on the data)
-# ---------------------------------------------------------------------------------------------
-
-
-def _base_constraint(constraint):
-    _, c, _ = _import_numpyro()
-    while isinstance(constraint, c._IndependentConstraint):
-        constraint = constraint.base_constraint
-    return constraint
-
-
-def _bounds(constraint) -> tuple:
-    """The bounds of an interval / greater_than / less_than constraint (empty for any other)."""
-    _, c, _ = _import_numpyro()
-    constraint = _base_constraint(constraint)
-    if isinstance(constraint, c._SoftplusPositive):
-        return ()
-    if isinstance(constraint, c._Interval):
-        return (constraint.lower_bound, constraint.upper_bound)
-    if isinstance(constraint, c._GreaterThan):
-        return (constraint.lower_bound,)
-    if isinstance(constraint, c._LessThan):
-        return (constraint.upper_bound,)
-    return ()
-
-
-def _dependent_bijector(constraint, shape: tuple[int, ...]) -> _bij.Bijector:
-    """The elementwise bijector onto `constraint` with its current (possibly traced) bounds."""
-    _, c, _ = _import_numpyro()
-    constraint = _base_constraint(constraint)
-    bound = lambda b: jnp.broadcast_to(jnp.asarray(b), shape)  # noqa: E731
-    if isinstance(constraint, c._Interval):
-        return _bij.Interval(bound(constraint.lower_bound), bound(constraint.upper_bound))
-    if isinstance(constraint, c._GreaterThan):
-        return _bij.LowerBound(bound(constraint.lower_bound))
-    return _bij.UpperBound(bound(constraint.upper_bound))
-
-
-def _literal_type():
-    try:
-        from jax.extend.core import Literal
-    except ImportError:  # older jax
-        from jax.core import Literal
-    return Literal
-
-
-def _depends_on_inputs(jaxpr) -> list[bool]:
-    """For each output of a jaxpr, whether it depends on any input (a conservative data-flow walk)."""
-    literal = _literal_type()
-    reached = set(jaxpr.invars)
-
-    def hit(v):
-        return not isinstance(v, literal) and v in reached
-
-    for eqn in jaxpr.eqns:
-        if any(hit(v) for v in eqn.invars):
-            reached.update(eqn.outvars)
-    return [hit(v) for v in jaxpr.outvars]
-
-
-def _dependent_sites(model_fn: Callable, arguments: _Arguments, params: dict, candidates: list[str]) -> tuple:
-    """The candidate sites whose support bounds depend on the latent values or on the data arrays."""
-    if not candidates:
-        return ()
-    handlers, _, _ = _import_numpyro()
-
-    def bounds(params, data):
-        args, kwargs = arguments.rebuild(data)
-        fn = handlers.seed(handlers.substitute(model_fn, data=params), rng_seed=0)
-        with jax.numpy_rank_promotion("allow"):
-            tr = handlers.trace(fn).get_trace(*args, **kwargs)
-        return [[jnp.asarray(b) for b in _bounds(tr[name]["fn"].support)] for name in candidates]
-
-    closed = jax.make_jaxpr(bounds)(params, arguments.data)
-    flags = iter(_depends_on_inputs(closed.jaxpr))
-    shapes = jax.eval_shape(bounds, params, arguments.data)
-    return tuple(name for name, site_bounds in zip(candidates, shapes)
-                 if any([next(flags) for _ in site_bounds]))
-
-
-def _dependent_support(support: Support, constraint) -> Support:
-    """`support`'s shape and layout under a name saying its bounds move; membership is checked by the model."""
-    _, c, _ = _import_numpyro()
-    constraint = _base_constraint(constraint)
-    kind = ("interval" if isinstance(constraint, c._Interval) else
-            "lower_bounded" if isinstance(constraint, c._GreaterThan) else "upper_bounded")
-    return Support(f"{kind}(bounds depend on other values)", support.event_shape, support.batch_shape,
-                   support.bijector, lambda v: jnp.all(jnp.isfinite(v)))
-
-
 def _feasible_value(site: dict):
     """A value in the support of a latent site, found without sampling (compiling samplers is slow).
 
@@ -576,9 +537,7 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         raise TypeError(f"model_fn must be a NumPyro model function, got {type(model_fn).__name__}")
     handlers, _, _ = _import_numpyro()
     arguments = _Arguments(args, kwargs)
-    traced = handlers.seed(handlers.substitute(model_fn, substitute_fn=_feasible_value), rng_seed=0)
-    with jax.numpy_rank_promotion("allow"):  # NumPyro relies on NumPy-style rank promotion
-        tr = handlers.trace(traced).get_trace(*args, **kwargs)
+    tr = _structure(model_fn, arguments)
     support: dict[str, Support] = {}
     deterministic, observed = [], []
     for name, site in tr.items():
@@ -617,7 +576,7 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
     if not support:
         raise ValueError("the NumPyro model has no latent sample sites (every site is observed); nothing to infer")
     log_joint = _make_log_joint(model_fn, arguments)
-    values = {name: tr[name]["value"] for name in support}
+    values = {name: _abstract(tr[name]["value"]) for name in support}
     _check_traceable(model_fn, log_joint, values, arguments.data)
     dependent = _dependent_sites(model_fn, arguments, values, [n for n in support if _bounds(tr[n]["fn"].support)])
     for name in dependent:
