@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advi_jax import checks, compile_options
+from advi_jax import blas_threads, checks, compile_options
 from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
@@ -166,6 +166,7 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
     return tuple(int(i) for i in np.flatnonzero((np.abs(mean) > threshold) & (np.abs(mean) > 2 * sd)))
 
 
+@blas_threads.during
 def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = "auto",
         num_steps: int | None = None, num_samples: int = 1, optimizer: optax.GradientTransformation | None = None,
         estimator: str | Callable = "reparam", learning_rate: float | str | None = None, init: Any = "auto",
