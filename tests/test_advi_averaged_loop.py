@@ -117,3 +117,21 @@ def test_the_default_step_traces_one_log_density_and_no_product_per_slot():
     # the loop's size: the step (with its closed batch) stays within a budget of equations
     # (818 at this change for K = 5, against 900; a second copy of the statistics would exceed it)
     assert sum(1 for _ in _eqns(jaxpr.jaxpr)) < 900
+
+
+def test_the_natural_step_draws_are_the_antithetic_noise_bit_for_bit():
+    from advi_jax.vi._natural import _drawn_once, antithetic_noise, natural_step
+
+    key = jax.random.key(3)
+    for num in (4, 5):
+        got = jax.jit(_drawn_once, static_argnums=(1, 2, 3))(key, num, 6, jnp.float32, jnp.asarray(True))
+        np.testing.assert_array_equal(got, antithetic_noise(key, num, 6, jnp.float32))
+    assert not np.any(np.asarray(_drawn_once(key, 4, 6, jnp.float32, jnp.asarray(False))))
+    # the step itself: its ELBO estimate is that of these draws
+    log_density = lambda x: -0.5 * jnp.sum((x - 1.0) ** 2)  # noqa: E731
+    loc, scale = jnp.zeros(6), 0.5 * jnp.eye(6)
+    out = jax.jit(natural_step, static_argnums=(0, 4))(log_density, loc, scale, key, 4, 0.1, 1.0)
+    eps = antithetic_noise(key, 4, 6, jnp.float32)
+    zeta = loc[None, :] + eps @ scale.T
+    log_q = -0.5 * jnp.sum(eps ** 2, axis=1) - jnp.sum(jnp.log(jnp.diagonal(scale))) - 3.0 * jnp.log(2 * jnp.pi)
+    np.testing.assert_allclose(out.elbo, jnp.mean(jax.vmap(log_density)(zeta) - log_q), rtol=1e-5)
