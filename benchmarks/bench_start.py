@@ -32,9 +32,11 @@ from advi_jax.run import start as _start  # noqa: E402
 MODELS = ("eight_schools_noncentered", "breast_cancer_logistic", "wells_badly_scaled", "radon_noncentered",
           "neals_funnel", "eight_schools_centered", "radon_centered", "births_lognormal_ts", "stochastic_volatility")
 
-# name -> (L-BFGS iterations, Pathfinder ELBO draws per iteration, BaM steps, BaM batch, candidates' ELBO draws)
+# name -> (L-BFGS iterations, Pathfinder ELBO draws per iteration, BaM steps, BaM batch, candidates' ELBO draws,
+#          the path's patience (0 when not given))
 VARIANTS = {
     "base": (200, 10, 100, 16, 64),
+    "patience50": (200, 10, 100, 16, 64, 50),
     "iters100": (100, 10, 100, 16, 64),
     "iters50": (50, 10, 100, 16, 64),
     "iters25": (25, 10, 100, 16, 64),
@@ -68,7 +70,8 @@ def measure(name: str, variants: list[str], seeds: list[int], draws: int, calls:
     rows = []
     for vname in variants:
         variant = VARIANTS[vname]
-        budget = _start.StartBudget(path_iters=variant[0], path_elbo_draws=variant[1], elbo_draws=variant[4])
+        budget = _start.StartBudget(path_iters=variant[0], path_elbo_draws=variant[1], elbo_draws=variant[4],
+                                    path_patience=variant[5] if len(variant) > 5 else 0)
         args = dict(diagonal=False, init_scale=0.1, bam_steps=variant[2], batch_size=variant[3], budget=budget)
         t0 = time.perf_counter()
         lowered = _start._start_program.fast.lower(model, loc, jax.random.key(0), **args)

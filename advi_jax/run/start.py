@@ -175,16 +175,22 @@ class StartBudget(NamedTuple):
         not the mode to machine precision (down a funnel's neck L-BFGS otherwise runs its 1000
         iterations, ~3,000 gradients, for nothing).
       path_elbo_draws: Pathfinder's ELBO draws per iteration (log densities, no gradients).
+      path_patience: the path stops once this many iterations found no better Gaussian (measured,
+        `benchmarks/bench_start.py`: the best iterate of radon_centered's path is its 25th, of
+        eight_schools_centered's its 7th-37th, and both ran to 200; where the path's Gaussian
+        keeps improving, births_lognormal_ts' and wells_badly_scaled's best is at 190-200).
       elbo_draws: the draws of each candidate's ELBO (and of BaM's check).
     """
 
     path_iters: int = 200
     path_elbo_draws: int = 10
+    path_patience: int = 50
     elbo_draws: int = 64
 
     def pathfinder_options(self) -> _pathfinder.Options:
         """The Pathfinder `Options` of the start's path."""
-        return _pathfinder.Options(max_iters=self.path_iters, num_elbo_draws=self.path_elbo_draws)
+        return _pathfinder.Options(max_iters=self.path_iters, num_elbo_draws=self.path_elbo_draws,
+                                   patience=self.path_patience)
 
 
 START_BUDGET = StartBudget()

@@ -98,6 +98,9 @@ class Options(NamedTuple):
         (e.g. 1e-3) makes each line search nearly exact, which costs about one more gradient per
         iteration but makes the directions conjugate, so on a Gaussian target with K <= history
         the inverse Hessian, hence q, is exact (BFGS's quadratic termination).
+      patience: stop once this many iterations in a row found no better Gaussian (0: never).
+        Down a funnel's neck the ELBO only falls after its first iterations, and the path would
+        otherwise run to `max_iters` for nothing.
     """
 
     num_paths: int = 1
@@ -111,6 +114,7 @@ class Options(NamedTuple):
     max_line_search: int = 30
     wolfe_c2: float = 0.9
     elbo_penalty: float = 1.0
+    patience: int = 0
 
 
 class Approximation(NamedTuple):
@@ -378,11 +382,14 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
         rel = jnp.abs(f_new - c["f"]) / jnp.maximum(jnp.maximum(jnp.abs(f_new), jnp.abs(c["f"])), 1.0)
         small_grad = jnp.max(jnp.abs(g_new)) < options.gtol
         done = ~found | (rel < ftol) | small_grad
+        best_iter = jnp.where(better, c["it"] + 1, c["best_iter"])
+        if options.patience:
+            done = done | (c["it"] + 1 - best_iter >= options.patience)
         x = jnp.where(found, x_new, c["x"])
         return dict(x=x, f=jnp.where(found, f_new, c["f"]), g=jnp.where(found, g_new, c["g"]),
                     s=s_hist, y=y_hist, n_valid=n_valid, alpha=alpha, key=key,
                     best_elbo=jnp.where(better, elbo, c["best_elbo"]), best_score=jnp.maximum(score, c["best_score"]),
-                    best=best, best_iter=jnp.where(better, c["it"] + 1, c["best_iter"]), it=c["it"] + 1, done=done,
+                    best=best, best_iter=best_iter, it=c["it"] + 1, done=done,
                     grads=c["grads"] + trials, logps=c["logps"] + options.num_elbo_draws)
 
     init = dict(x=x0, f=f0, g=g0, s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
@@ -483,6 +490,8 @@ def _check_options(options: Any) -> Options:
         raise TypeError(f"options must be a pathfinder.Options, got {type(options).__name__}")
     for name in ("num_paths", "max_iters", "history", "num_elbo_draws", "num_draws", "max_line_search"):
         check_positive_int(getattr(options, name), f"options.{name}")
+    if isinstance(options.patience, bool) or not isinstance(options.patience, int) or options.patience < 0:
+        raise ValueError(f"options.patience must be an int >= 0, got {options.patience!r}")
     for name in ("init_radius", "ftol", "gtol", "wolfe_c2", "elbo_penalty"):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
