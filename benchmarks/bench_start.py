@@ -35,16 +35,14 @@ MODELS = ("eight_schools_noncentered", "breast_cancer_logistic", "wells_badly_sc
 # name -> (L-BFGS iterations, Pathfinder ELBO draws per iteration, BaM steps, BaM batch, candidates' ELBO draws,
 #          the path's patience (0 when not given))
 VARIANTS = {
-    "base": (200, 10, 100, 16, 64),
-    "patience50": (200, 10, 100, 16, 64, 50),
-    "iters100": (100, 10, 100, 16, 64),
-    "iters50": (50, 10, 100, 16, 64),
-    "iters25": (25, 10, 100, 16, 64),
-    "pdraws5": (200, 5, 100, 16, 64),
-    "bam50": (200, 10, 50, 16, 64),
-    "bam25": (200, 10, 25, 16, 64),
-    "edraws32": (200, 10, 100, 16, 32),
-    "lean": (50, 5, 100, 16, 32),
+    "base": (200, 10, 100, 16, 64, 50),  # the default fit's (START_BUDGET, BAM_START_STEPS, BAM_START_BATCH)
+    "nopatience": (200, 10, 100, 16, 64),  # main before the path's patience
+    "iters100": (100, 10, 100, 16, 64, 50),
+    "iters50": (50, 10, 100, 16, 64, 50),
+    "pdraws5": (200, 5, 100, 16, 64, 50),
+    "bam50": (200, 10, 50, 16, 64, 50),
+    "bam25": (200, 10, 25, 16, 64, 50),
+    "edraws32": (200, 10, 100, 16, 32, 50),
 }
 
 

@@ -393,8 +393,9 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
                     grads=c["grads"] + trials, logps=c["logps"] + options.num_elbo_draws)
 
     init = dict(x=x0, f=f0, g=g0, s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
-                key=key, best_elbo=jnp.asarray(-jnp.inf, dtype), best_score=jnp.asarray(-jnp.inf, dtype), best=start_approx,
-                best_iter=jnp.asarray(0, jnp.int32), it=jnp.asarray(0, jnp.int32), done=~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))),
+                key=key, best_elbo=jnp.asarray(-jnp.inf, dtype), best_score=jnp.asarray(-jnp.inf, dtype),
+                best=start_approx, best_iter=jnp.asarray(0, jnp.int32), it=jnp.asarray(0, jnp.int32),
+                done=~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))),
                 grads=jnp.asarray(1, jnp.int32), logps=jnp.asarray(0, jnp.int32))
     out = jax.lax.while_loop(cond, body, init)
     return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -f0, out["best_iter"])
