@@ -45,10 +45,13 @@ the posterior:
   the raw weights, `cv = sqrt(S / ESS - 1)` (`ratio_cv`), bounds what they change: by
   Cauchy-Schwarz, for any f the self-normalised importance-weighted mean of f over the draws and
   q's plain mean differ by at most `cv * sd(f)` (sample moments, exactly). Below
-  `NEAR_CONSTANT_CV` = 0.05 the verdict is "good" for any k-hat < 1 (from k = 1 the weights have
-  no finite mean and their sample moments say nothing): q's estimate of every expectation is then
-  within 0.05 of its sd of the importance-corrected one, the suite's own tolerance. Like k-hat,
-  cv sees only where the draws land.
+  `NEAR_CONSTANT_CV` = 0.05 the verdict is "good" for any finite k-hat: q's estimate of every
+  expectation is then within 0.05 of its sd of the importance-corrected one, the suite's own
+  tolerance. Even k-hat >= 1 is then an artefact of the sample, not an infinite mean: the ratios'
+  true mean under q is the posterior's normalising constant, finite wherever q covers p, and in
+  float32 the tail of a nearly Gaussian posterior's log ratios is partly rounding of log p (a 1-D
+  fit with log p ~ -2,000 reads k-hat 0.75 at one key and 2.8 at another). Like k-hat, cv sees
+  only where the draws land: mass that q never reaches is invisible to both.
 
 This module imports only `_types`, so `fit.py` can use it to diagnose every fit: in the
 dependency order of DESIGN.md it sits just above `fit.py`.
@@ -259,8 +262,7 @@ def khat_verdict(khat: float, num_draws: int | None = None, cv: float | None = N
       num_draws: S, the number of draws it came from (tightens the 0.7 bound for S < 2154).
       cv: the relative sd of the raw importance weights (`ratio_cv`), when known: below
         `NEAR_CONSTANT_CV` the weights are nearly constant and the verdict is "good" for any
-        k-hat < 1 (it then reads the shape of a tail too small to change any estimate; from k = 1
-        the weights have no finite mean and their sample moments say nothing).
+        finite k-hat (it then reads the shape of a tail too small to change any estimate).
 
     Returns:
       One sentence: good (k < 0.5, or nearly constant weights), ok (0.5 <= k < threshold), or
@@ -278,7 +280,7 @@ def khat_verdict(khat: float, num_draws: int | None = None, cv: float | None = N
                 "q does not match the posterior")
     if khat < KHAT_GOOD:
         return "good (k-hat < 0.5): q is close to the posterior"
-    if cv is not None and float(cv) < NEAR_CONSTANT_CV and khat < 1.0:
+    if cv is not None and float(cv) < NEAR_CONSTANT_CV:
         return (f"good (the importance weights are nearly constant, relative sd {float(cv):.2g}: q's mean of any "
                 f"quantity is within {float(cv):.2g} of its sd of the importance-corrected one; k-hat {khat:.2f} "
                 "reads only the shape of their narrow upper tail)")
@@ -290,9 +292,9 @@ def khat_verdict(khat: float, num_draws: int | None = None, cv: float | None = N
 
 
 def near_constant(khat: float, ess: float, num_draws: int) -> bool:
-    """True when k-hat < 1 and the raw importance weights' relative sd (`ratio_cv`) is below
+    """True when k-hat is finite and the raw importance weights' relative sd (`ratio_cv`) is below
     `NEAR_CONSTANT_CV`: the verdict is then "good" whatever k-hat reads (`khat_verdict`)."""
-    return float(khat) < 1.0 and ratio_cv(ess, num_draws) < NEAR_CONSTANT_CV
+    return math.isfinite(float(khat)) and ratio_cv(ess, num_draws) < NEAR_CONSTANT_CV
 
 
 # ----------------------------------------------------------------------------------------------

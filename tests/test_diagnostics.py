@@ -154,10 +154,11 @@ def test_nearly_constant_weights_read_good_whatever_khat():
     raw_ess = w.sum() ** 2 / (w ** 2).sum()
     cv = diag.ratio_cv(raw_ess, 4096)
     assert cv == pytest.approx(np.std(w) / np.mean(w), rel=1e-6)
-    assert 0.7 < float(tiny.khat) < 1.0 and cv < 0.03
+    assert float(tiny.khat) > 0.7 and cv < 0.03
     assert aj.khat_verdict(tiny.khat, 4096, cv).startswith("good (the importance weights are nearly constant")
     assert aj.khat_verdict(tiny.khat, 4096).startswith("unreliable")  # without cv: as before
-    assert aj.khat_verdict(1.2, 4096, cv).startswith("unreliable")  # k >= 1: no finite mean, cv says nothing
+    assert aj.khat_verdict(2.8, 4096, cv).startswith("good")  # a sample's artefact: the true mean is finite
+    assert aj.khat_verdict(float("inf"), 4096, cv).startswith("unreliable")  # no estimate at all
     # the same shape at full size: the weights vary, the verdict stays unreliable
     big = _tiny_heavy_tail(0.3)
     wb = np.exp(big - big.max())
