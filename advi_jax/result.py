@@ -227,7 +227,8 @@ def verdict(diagnostics: Diagnostics | None, missing: str = "not computed", fami
     """
     if diagnostics is None:
         return missing
-    text = _diag.khat_verdict(diagnostics.khat, diagnostics.num_draws)
+    text = _diag.khat_verdict(diagnostics.khat, diagnostics.num_draws,
+                              _diag.ratio_cv(diagnostics.ess, diagnostics.num_draws))
     if family == "fullrank":
         text = text.replace(_ADVICE, "the Gaussian family is too narrow here: try a non-centred "
                                      "parameterisation for hierarchical models, more draws per step (num_samples), "

@@ -109,3 +109,21 @@ def test_bad_input():
         bam.build(model, aj.FullRankGaussian(), bam.Options(learning_rate=-1.0))
     with pytest.raises(TypeError, match="batch_size"):
         bam.build(model, aj.FullRankGaussian(), bam.Options(batch_size=None))
+
+
+def test_noise_step_is_the_step_given_its_draws(key):
+    # The start (advi_jax.run.start) runs BaM from draws made all at once: the step from a key
+    # must be the step from that key's draws, and a few of them must move q towards the target.
+    mean, cov = _correlated(4, 1)
+    model = _Gauss(mean, cov)
+    options = bam.Options(batch_size=8)
+    algo = bam.build(model, aj.FullRankGaussian(), options)
+    step = jax.jit(bam.noise_step(model, options))
+    state = keyed = algo.init(key, jnp.zeros(4))
+    for i in range(30):
+        sub = jax.random.fold_in(key, i)
+        keyed, info = algo.step(sub, keyed)
+        state, info2 = step(jax.random.normal(sub, (8, 4)), state)
+        np.testing.assert_allclose(state.chol, keyed.chol, rtol=1e-5, atol=1e-6)
+        assert bool(info2.finite) and float(info2.elbo) == pytest.approx(float(info.elbo), rel=1e-5)
+    np.testing.assert_allclose(state.loc, mean, atol=0.3)

@@ -117,3 +117,57 @@ def test_bad_input():
         pathfinder.build(model, aj.FullRankGaussian(), pathfinder.Options(history=2.5))
     with pytest.raises(ValueError, match="wolfe_c2"):
         pathfinder.build(model, aj.FullRankGaussian(), pathfinder.Options(wolfe_c2=float("nan")))
+
+
+def _centred_schools():
+    """Eight schools, centred: L-BFGS runs down the funnel's neck, where the path's ELBO falls."""
+    y = jnp.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    sigma = jnp.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+    class Schools:
+        dim = 10
+
+        def log_density(self, z):
+            mu, log_tau, theta = z[0], z[1], z[2:]
+            tau = jnp.exp(log_tau)
+            return (-0.5 * (mu / 5.0) ** 2 - jnp.log1p((tau / 5.0) ** 2) + log_tau
+                    - jnp.sum(0.5 * ((theta - mu) / tau) ** 2 + log_tau) - jnp.sum(0.5 * ((y - theta) / sigma) ** 2))
+
+    return Schools()
+
+
+def test_patience_stops_the_path_after_its_best_gaussian(key):
+    model = _centred_schools()
+    x0 = jnp.zeros(10)
+    run_path = jax.jit(lambda o: pathfinder.lbfgs_path(model.log_density, x0, key, o), static_argnums=0)
+    full = run_path(pathfinder.Options(max_iters=200))
+    short = run_path(pathfinder.Options(max_iters=200, patience=20))
+    assert int(full.num_iters) == 200 and int(full.best_iter) < 180, (int(full.num_iters), int(full.best_iter))
+    # It stops exactly `patience` iterations after its best, with the Gaussian the same path cut
+    # there has (the path's ELBO draws are the same), at a fraction of the cost.
+    stop, best = int(short.num_iters), int(short.best_iter)
+    assert 1 <= best and stop == best + 20 and stop < 200
+    cut = run_path(pathfinder.Options(max_iters=stop))
+    assert int(cut.best_iter) == best
+    np.testing.assert_array_equal(short.approx.mu, cut.approx.mu)
+    assert float(short.elbo) == float(cut.elbo) and int(short.num_grad_evals) == int(cut.num_grad_evals)
+    assert int(short.num_grad_evals) < int(full.num_grad_evals)
+    with pytest.raises(ValueError, match="patience"):
+        pathfinder.build(model, aj.FullRankGaussian(), pathfinder.Options(patience=-1))
+
+
+def test_path_from_given_draws_is_the_path_from_its_key(key):
+    # The start passes every iteration's ELBO draws at once; with the draws the key would make,
+    # the path is the same one.
+    mean, cov = _gaussian(3)
+    model = _Gauss(mean, cov)
+    options = pathfinder.Options(max_iters=12, gtol=0.0, ftol=0.0)
+    keyed = pathfinder.lbfgs_path(model.log_density, jnp.zeros(K), key, options)
+    draws, sub_key = [], key
+    for _ in range(options.max_iters):
+        sub_key, sub = jax.random.split(sub_key)
+        draws.append(jax.random.normal(sub, (options.num_elbo_draws, K)))
+    given = pathfinder.lbfgs_path(model.log_density, jnp.zeros(K), jax.random.key(99), options, jnp.stack(draws))
+    assert int(given.num_iters) == int(keyed.num_iters) and int(given.best_iter) == int(keyed.best_iter)
+    np.testing.assert_allclose(given.approx.mu, keyed.approx.mu, rtol=1e-6)
+    assert float(given.elbo) == pytest.approx(float(keyed.elbo), rel=1e-6)

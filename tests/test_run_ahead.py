@@ -98,7 +98,11 @@ def test_a_mid_compiled_loop_compiles_on_the_thread_once_and_changes_no_number(k
     np.testing.assert_array_equal(np.asarray(threaded.params.loc), np.asarray(serial.params.loc))
     np.testing.assert_array_equal(threaded.elbo, serial.elbo)
     # The diagnostics' code differs (full against fast options): their numbers agree to float32 rounding.
-    assert abs(threaded.khat - serial.khat) < 1e-3 and abs(threaded.iw_elbo - serial.iw_elbo) < 1e-3
+    # This posterior is so nearly Gaussian that the log ratios' tail is partly float32 rounding of
+    # log p (~ -1988): k-hat is 0.75 at one key and 2.8 at another (main at d2093f1 too), and at
+    # 2.8 the two codes' roundings move it by 0.3%: k-hat agrees to 1%, relative.
+    assert abs(threaded.khat - serial.khat) < 1e-2 * max(1.0, abs(serial.khat))
+    assert abs(threaded.iw_elbo - serial.iw_elbo) < 1e-3
 
 
 def test_ahead_runs_jobs_in_order_and_passes_an_interrupt_to_the_waiting_thread():

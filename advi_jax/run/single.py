@@ -13,7 +13,7 @@ import optax
 
 from advi_jax import blas_threads, checks, compile_options
 from advi_jax.base import Family
-from advi_jax.diagnostics import khat_threshold
+from advi_jax.diagnostics import khat_threshold, near_constant
 from advi_jax.flatten import Model
 from advi_jax import importance
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
@@ -109,11 +109,12 @@ def run_diagnostics(compute: Callable[[], Any], interrupted: bool) -> tuple[Any,
 
 
 def warn_diagnostics(result: Any, warn: bool) -> None:
-    """A `DiagnosticWarning` when k-hat is over its threshold or q has mass where log p is not finite."""
+    """A `DiagnosticWarning` when k-hat is over its threshold (unless the importance weights are nearly
+    constant: `diagnostics.near_constant`) or q has mass where log p is not finite."""
     d = result.report.diagnostics
     if not warn or d is None:
         return
-    if not d.khat < khat_threshold(d.num_draws) or d.nonfinite_share > 0:
+    if d.nonfinite_share > 0 or not (d.khat < khat_threshold(d.num_draws) or near_constant(d.khat, d.ess, d.num_draws)):
         warnings.warn(f"PSIS k-hat = {d.khat:.2f} (threshold {khat_threshold(d.num_draws):.2f}){_spread(result)}: "
                       f"{result.verdict}", DiagnosticWarning, stacklevel=3)
 

@@ -167,10 +167,33 @@ def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, in
                  info, candidates, scores)
 
 
-_START_ELBO_DRAWS = 64
-_PATHFINDER_START = _pathfinder.Options(max_iters=200)
-"""A start needs the region, not the mode to machine precision: at most 200 L-BFGS iterations
-(down a funnel's neck L-BFGS otherwise runs its 1000 iterations, ~3,000 gradients, for nothing)."""
+class StartBudget(NamedTuple):
+    """The start program's budgets (static; `START_BUDGET` is the default fit's).
+
+    Attributes:
+      path_iters: the most L-BFGS iterations of the Pathfinder path. A start needs the region,
+        not the mode to machine precision (down a funnel's neck L-BFGS otherwise runs its 1000
+        iterations, ~3,000 gradients, for nothing).
+      path_elbo_draws: Pathfinder's ELBO draws per iteration (log densities, no gradients).
+      path_patience: the path stops once this many iterations found no better Gaussian (measured,
+        `benchmarks/bench_start.py`: the best iterate of radon_centered's path is its 25th, of
+        eight_schools_centered's its 7th-37th, and both ran to 200; where the path's Gaussian
+        keeps improving, births_lognormal_ts' and wells_badly_scaled's best is at 190-200).
+      elbo_draws: the draws of each candidate's ELBO (and of BaM's check).
+    """
+
+    path_iters: int = 200
+    path_elbo_draws: int = 10
+    path_patience: int = 50
+    elbo_draws: int = 64
+
+    def pathfinder_options(self) -> _pathfinder.Options:
+        """The Pathfinder `Options` of the start's path."""
+        return _pathfinder.Options(max_iters=self.path_iters, num_elbo_draws=self.path_elbo_draws,
+                                   patience=self.path_patience)
+
+
+START_BUDGET = StartBudget()
 
 
 class BamStart(NamedTuple):
@@ -214,28 +237,29 @@ def _elbos(model: Any, noise: Array, means: Array, factors: Array) -> Array:
     return jnp.where(jnp.isfinite(value), value, -jnp.inf)
 
 
-def _bam_refine(model: Any, mean: Array, factor: Array, key: Array, num_steps: int, batch_size: int):
-    """`num_steps` BaM steps from N(0, I) in the coordinates whitened by N(mean, factor factor^T);
-    BaM's Gaussian in R^K, the ELBOs (same fresh draws) of the start's and BaM's Gaussians, and
-    the count of non-finite BaM steps."""
+def _bam_refine(model: Any, mean: Array, factor: Array, noise: Array, check_noise: Array, batch_size: int):
+    """BaM steps from N(0, I) in the coordinates whitened by N(mean, factor factor^T), one per
+    (batch_size, K) slice of `noise` (num_steps, batch_size, K); BaM's Gaussian in R^K, the ELBOs
+    (on the draws `check_noise`) of the start's and BaM's Gaussians, and the count of non-finite
+    BaM steps."""
     run_model = _laplace.Whitened(model, mean, factor)
-    algorithm = _bam.build(run_model, FullRankGaussian(), _bam.Options(batch_size=batch_size))
-    state = algorithm.init(key, jnp.zeros_like(mean))
+    options = _bam.Options(batch_size=batch_size)
+    state = _bam.build(run_model, FullRankGaussian(), options).init(None, jnp.zeros_like(mean))
+    step = _bam.noise_step(run_model, options)
 
-    def body(i, carry):
+    def body(carry, eps):
         state, bad = carry
-        state, info = algorithm.step(jax.random.fold_in(key, i), state)
-        return state, bad + (~info.finite).astype(jnp.int32)
+        state, info = step(eps, state)
+        return (state, bad + (~info.finite).astype(jnp.int32)), None
 
-    state, bad = jax.lax.fori_loop(0, num_steps, body, (state, jnp.zeros((), jnp.int32)))
-    noise = jax.random.normal(jax.random.fold_in(key, num_steps + 1), (_START_ELBO_DRAWS, mean.shape[0]), mean.dtype)
+    (state, bad), _ = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), noise)
     # zeta = mean + S (loc + L u): the composed factor S L is lower triangular.
     new_mean, new_factor = mean + factor @ state.loc, factor @ state.chol
-    elbos = _elbos(model, noise, jnp.stack([mean, new_mean]), jnp.stack([factor, new_factor]))
+    elbos = _elbos(model, check_noise, jnp.stack([mean, new_mean]), jnp.stack([factor, new_factor]))
     return new_mean, new_factor, elbos, bad
 
 
-def start_evals(bam_steps: int, batch_size: int) -> int:
+def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUDGET) -> int:
     """The most log-density (gradient) evaluations of the start program (`_start_program`): the
     Pathfinder path (L-BFGS iterations with about two evaluations each), BaM's batches and the
     ELBOs of the five Gaussians compared. It decides the program's compiler options
@@ -244,21 +268,30 @@ def start_evals(bam_steps: int, batch_size: int) -> int:
     (about 43,000 data entries) was measured with this count, and counting them would compile the
     start of 23,000-43,000-entry models "mid", 1.3-3.9 s more compile for a run that the fast
     code finishes in about a second."""
-    return 2 * _PATHFINDER_START.max_iters + bam_steps * batch_size + 5 * _START_ELBO_DRAWS
+    return 2 * budget.path_iters + bam_steps * batch_size + 5 * budget.elbo_draws
 
 
-@compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size"),
-                     mode=lambda model, args: start_evals(args["bam_steps"], args["batch_size"]))
+@compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size", "budget"),
+                     mode=lambda model, args: start_evals(args["bam_steps"], args["batch_size"],
+                                                          args.get("budget", START_BUDGET)))
 def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scale: float, bam_steps: int,
-                   batch_size: int) -> _Found:
+                   batch_size: int, budget: StartBudget = START_BUDGET) -> _Found:
     """The whole Pathfinder (-> BaM) start in one compiled program (one compilation, no host
     round trips between its stages, no eager operations around it)."""
     k, dtype = loc.shape[0], loc.dtype
-    path_key = jax.random.fold_in(key, 5)
-    found, log_p0 = _pathfinder.path_gaussian(model, loc, path_key, _PATHFINDER_START, diagonal=diagonal)
-    noise = jax.random.normal(jax.random.fold_in(path_key, 1), (_START_ELBO_DRAWS, k), dtype)
+    # Every standard normal the program uses, from one generator (each random-number call site
+    # costs 20-30 ms of compile): Pathfinder's ELBO draws per iteration, BaM's batches, the
+    # candidates' ELBO draws and BaM's check.
+    path_draws, bam_draws = budget.path_iters * budget.path_elbo_draws, bam_steps * batch_size
+    noise = jax.random.normal(key, (path_draws + bam_draws + 2 * budget.elbo_draws, k), dtype)
+    path_noise = noise[:path_draws].reshape(budget.path_iters, budget.path_elbo_draws, k)
+    bam_noise = noise[path_draws:path_draws + bam_draws].reshape(bam_steps, batch_size, k)
+    elbo_noise = noise[path_draws + bam_draws:path_draws + bam_draws + budget.elbo_draws]
+    check_noise = noise[path_draws + bam_draws + budget.elbo_draws:]
+    found, log_p0 = _pathfinder.path_gaussian(model, loc, key, budget.pathfinder_options(), diagonal=diagonal,
+                                              noise=path_noise)
     eye = jnp.eye(k, dtype=dtype)
-    elbos = _elbos(model, noise, jnp.stack([found.mean, loc, loc]),
+    elbos = _elbos(model, elbo_noise, jnp.stack([found.mean, loc, loc]),
                    jnp.stack([found.scale_tril, eye, init_scale * eye]))
     usable = (jnp.all(jnp.isfinite(found.mean)) & jnp.all(jnp.isfinite(found.scale_tril))
               & jnp.all(jnp.diagonal(found.scale_tril) > 0))
@@ -270,7 +303,7 @@ def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scal
     bam = (nan, jnp.full((k, k), jnp.nan, dtype), jnp.full((2,), -jnp.inf, dtype), jnp.zeros((), jnp.int32))
     if bam_steps:
         bam = jax.lax.cond(jnp.isfinite(elbos[best]),
-                           lambda: _bam_refine(model, mean, factor, jax.random.fold_in(key, 6), bam_steps, batch_size),
+                           lambda: _bam_refine(model, mean, factor, bam_noise, check_noise, batch_size),
                            lambda: bam)
     chosen = found._replace(mean=mean, scale_tril=factor, elbo=jnp.where(best == 0, found.elbo, elbos[best]))
     return _Found(chosen, elbos, best, mean, factor, log_p0, jnp.zeros_like(loc), *bam)

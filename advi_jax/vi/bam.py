@@ -59,7 +59,7 @@ from advi_jax._types import Array, check_positive_int
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankParams, _softplus_inverse
 
-__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "bam_update"]
+__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "bam_update", "noise_step"]
 
 NAME = "bam"
 FAMILIES = ("fullrank",)
@@ -147,6 +147,57 @@ def _check(family: Any, options: Any) -> None:
             raise ValueError(f"options.{name} must be a finite number > 0, got {value!r}")
 
 
+def noise_step(model, options: Options = Options()):
+    """BaM's step given its standard normal draws: `step(noise, state) -> (state, StepInfo)`.
+
+    `build`'s `step` draws `noise` (batch_size, K) from its key and calls this; a caller that
+    draws all its randomness at once (the default fit's start, `advi_jax.run.start`: one random
+    number generator in its program instead of one per loop) passes each step's slice.
+
+    Args:
+      model: anything with `dim` and `log_density(zeta)` on R^K.
+      options: `Options` (not checked here: `build` checks them).
+
+    Returns:
+      The step function; a step whose update is not finite leaves the state as it was
+      (`finite=False` in its info).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, advi_jax as aj
+      >>> from advi_jax.vi import bam
+      >>> class Gauss:
+      ...     dim = 1
+      ...     def log_density(self, z):
+      ...         return -0.5 * jnp.sum(z ** 2)
+      >>> state = bam.build(Gauss(), aj.FullRankGaussian()).init(jax.random.key(0), jnp.ones(1))
+      >>> step = bam.noise_step(Gauss())
+      >>> new, info = step(jnp.array([[-1.0], [1.0]]), state)
+      >>> bool(info.finite), int(new.count)
+      (True, 1)
+    """
+    k = model.dim
+    lam0 = None if options.learning_rate is None else float(options.learning_rate)
+    value_and_grad = jax.vmap(jax.value_and_grad(model.log_density))
+
+    def step(noise: Array, state: State):
+        batch = noise.shape[0]
+        draws = state.loc[None, :] + noise @ state.chol.T
+        logp, scores = value_and_grad(draws)
+        entropy = jnp.sum(jnp.log(jnp.diagonal(state.chol))) + 0.5 * k * (1.0 + _LOG_2PI)
+        elbo = jnp.mean(logp) + entropy
+        t = state.count.astype(state.loc.dtype)
+        rate = float(options.batch_size * k) if lam0 is None else lam0
+        lam = rate / (t + 1.0) if options.schedule == "decay" else jnp.asarray(rate, state.loc.dtype)
+        loc, cov, chol = bam_update(state.loc, state.cov, draws, scores, lam)
+        finite = (jnp.all(jnp.isfinite(loc)) & jnp.all(jnp.isfinite(chol)) & jnp.isfinite(elbo)
+                  & jnp.all(jnp.diagonal(chol) > 0))
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new = State(keep(loc, state.loc), keep(cov, state.cov), keep(chol, state.chol), state.count + 1)
+        return new, step_info(elbo, finite, batch, 0, False)
+
+    return step
+
+
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     """Batch-and-Match as a `VIAlgorithm` (one batch and one closed-form match per `step`).
 
@@ -164,8 +215,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     _check(family, options)
     k = model.dim
     batch = options.batch_size
-    lam0 = float(batch * k) if options.learning_rate is None else float(options.learning_rate)
-    value_and_grad = jax.vmap(jax.value_and_grad(model.log_density))
+    step_noise = noise_step(model, options)
 
     def init(key: Array, loc: Array) -> State:
         del key
@@ -174,19 +224,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         return State(loc, options.init_scale**2 * eye, options.init_scale * eye, jnp.asarray(0, jnp.int32))
 
     def step(key: Array, state: State):
-        noise = jax.random.normal(key, (batch, k), state.loc.dtype)
-        draws = state.loc[None, :] + noise @ state.chol.T
-        logp, scores = value_and_grad(draws)
-        entropy = jnp.sum(jnp.log(jnp.diagonal(state.chol))) + 0.5 * k * (1.0 + _LOG_2PI)
-        elbo = jnp.mean(logp) + entropy
-        t = state.count.astype(state.loc.dtype)
-        lam = lam0 / (t + 1.0) if options.schedule == "decay" else jnp.asarray(lam0, state.loc.dtype)
-        loc, cov, chol = bam_update(state.loc, state.cov, draws, scores, lam)
-        finite = (jnp.all(jnp.isfinite(loc)) & jnp.all(jnp.isfinite(chol)) & jnp.isfinite(elbo)
-                  & jnp.all(jnp.diagonal(chol) > 0))
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new = State(keep(loc, state.loc), keep(cov, state.cov), keep(chol, state.chol), state.count + 1)
-        return new, step_info(elbo, finite, batch, 0, False)
+        return step_noise(jax.random.normal(key, (batch, k), state.loc.dtype), state)
 
     def params(state: State) -> FullRankParams:
         diag = jnp.maximum(jnp.diagonal(state.chol), jnp.finfo(state.chol.dtype).tiny)

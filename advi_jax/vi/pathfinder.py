@@ -98,6 +98,9 @@ class Options(NamedTuple):
         (e.g. 1e-3) makes each line search nearly exact, which costs about one more gradient per
         iteration but makes the directions conjugate, so on a Gaussian target with K <= history
         the inverse Hessian, hence q, is exact (BFGS's quadratic termination).
+      patience: stop once this many iterations in a row found no better Gaussian (0: never).
+        Down a funnel's neck the ELBO only falls after its first iterations, and the path would
+        otherwise run to `max_iters` for nothing.
     """
 
     num_paths: int = 1
@@ -111,6 +114,7 @@ class Options(NamedTuple):
     max_line_search: int = 30
     wolfe_c2: float = 0.9
     elbo_penalty: float = 1.0
+    patience: int = 0
 
 
 class Approximation(NamedTuple):
@@ -138,6 +142,7 @@ class PathResult(NamedTuple):
     num_grad_evals: Array
     num_logp_evals: Array
     start_log_density: Array
+    best_iter: Array = None  # the iteration (1-based) whose Gaussian is the best; 0: none
 
 
 class State(NamedTuple):
@@ -309,7 +314,7 @@ def _line_search(value_and_grad, x, f, g, d, c1, c2, max_trials):
     return found & (slope < 0), x_new, f_new, g_new, n
 
 
-def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResult:
+def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Array | None = None) -> PathResult:
     """Run one Pathfinder path from x0 and return its best Gaussian (by estimated ELBO).
 
     Args:
@@ -317,6 +322,9 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
       x0: (K,) start.
       key: PRNG key for the ELBO draws.
       options: `Options`.
+      noise: None (draw each iteration's ELBO draws from `key`), or the standard normals of
+        every iteration, (max_iters, num_elbo_draws, K): a program that draws all its randomness
+        at once compiles one random number generator instead of one per loop.
 
     Returns:
       `PathResult` with the best ELBO, its `Approximation`, the iterations, the costs and
@@ -330,10 +338,9 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
     value_and_grad = jax.value_and_grad(lambda z: -log_density(z))
     logp_batch = jax.vmap(log_density)
 
-    def elbo_of(approx, key):
-        noise = jax.random.normal(key, (options.num_elbo_draws, k), dtype)
-        z = _sample(approx, noise)
-        ratio = logp_batch(z) + 0.5 * jnp.sum(noise * noise, axis=1) + _log_norm(approx)
+    def elbo_of(approx, eps):
+        z = _sample(approx, eps)
+        ratio = logp_batch(z) + 0.5 * jnp.sum(eps * eps, axis=1) + _log_norm(approx)
         elbo = jnp.mean(ratio)
         stderr = jnp.std(ratio) / math.sqrt(options.num_elbo_draws)
         ok = jnp.isfinite(elbo) & jnp.isfinite(stderr)
@@ -363,26 +370,35 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options) -> PathResu
         alpha = jnp.where(accept, _update_alpha(c["alpha"], s_new, y_new), c["alpha"])
         valid = jnp.arange(m) >= m - n_valid
         approx = _approximation(x_new, g_new, s_hist, y_hist, valid, alpha)
-        key, sub = jax.random.split(c["key"])
-        elbo, score = elbo_of(approx, sub)
+        if noise is None:
+            key, sub = jax.random.split(c["key"])
+            draws = jax.random.normal(sub, (options.num_elbo_draws, k), dtype)
+        else:
+            key, draws = c["key"], jax.lax.dynamic_index_in_dim(noise, c["it"], keepdims=False)
+        elbo, score = elbo_of(approx, draws)
         elbo, score = jnp.where(found, elbo, -jnp.inf), jnp.where(found, score, -jnp.inf)
         better = score > c["best_score"]
         best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), approx, c["best"])
         rel = jnp.abs(f_new - c["f"]) / jnp.maximum(jnp.maximum(jnp.abs(f_new), jnp.abs(c["f"])), 1.0)
         small_grad = jnp.max(jnp.abs(g_new)) < options.gtol
         done = ~found | (rel < ftol) | small_grad
+        best_iter = jnp.where(better, c["it"] + 1, c["best_iter"])
+        if options.patience:
+            done = done | (c["it"] + 1 - best_iter >= options.patience)
         x = jnp.where(found, x_new, c["x"])
         return dict(x=x, f=jnp.where(found, f_new, c["f"]), g=jnp.where(found, g_new, c["g"]),
                     s=s_hist, y=y_hist, n_valid=n_valid, alpha=alpha, key=key,
-                    best_elbo=jnp.where(better, elbo, c["best_elbo"]), best_score=jnp.maximum(score, c["best_score"]), best=best, it=c["it"] + 1, done=done,
+                    best_elbo=jnp.where(better, elbo, c["best_elbo"]), best_score=jnp.maximum(score, c["best_score"]),
+                    best=best, best_iter=best_iter, it=c["it"] + 1, done=done,
                     grads=c["grads"] + trials, logps=c["logps"] + options.num_elbo_draws)
 
     init = dict(x=x0, f=f0, g=g0, s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
-                key=key, best_elbo=jnp.asarray(-jnp.inf, dtype), best_score=jnp.asarray(-jnp.inf, dtype), best=start_approx,
-                it=jnp.asarray(0, jnp.int32), done=~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))),
+                key=key, best_elbo=jnp.asarray(-jnp.inf, dtype), best_score=jnp.asarray(-jnp.inf, dtype),
+                best=start_approx, best_iter=jnp.asarray(0, jnp.int32), it=jnp.asarray(0, jnp.int32),
+                done=~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))),
                 grads=jnp.asarray(1, jnp.int32), logps=jnp.asarray(0, jnp.int32))
     out = jax.lax.while_loop(cond, body, init)
-    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -f0)
+    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -f0, out["best_iter"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,6 +414,7 @@ class StartGaussian(NamedTuple):
         diagonal of the marginal sds for `diagonal=True`.
       elbo: its ELBO estimate (-inf when the path found no finite approximation).
       num_iters, num_grad_evals, num_logp_evals: the path's costs.
+      best_iter: the L-BFGS iteration whose Gaussian this is (0: none was finite).
     """
 
     mean: Array
@@ -406,6 +423,7 @@ class StartGaussian(NamedTuple):
     num_iters: Array
     num_grad_evals: Array
     num_logp_evals: Array
+    best_iter: Array = None
 
 
 def _lower_factor(approx: Approximation) -> Array:
@@ -445,16 +463,17 @@ def start_gaussian(model: Any, loc: Array, key: Array, options: Options = Option
     return _start_gaussian(model, jnp.asarray(loc), key, options, bool(diagonal))
 
 
-def path_gaussian(model: Any, loc: Array, key: Array, options: Options,
-                  diagonal: bool = False) -> tuple[StartGaussian, Array]:
-    """`start_gaussian` unjitted, for use inside another program: (StartGaussian, log p(loc))."""
-    path = lbfgs_path(model.log_density, loc, key, options)
+def path_gaussian(model: Any, loc: Array, key: Array, options: Options, diagonal: bool = False,
+                  noise: Array | None = None) -> tuple[StartGaussian, Array]:
+    """`start_gaussian` unjitted, for use inside another program: (StartGaussian, log p(loc)).
+    `noise`: as in `lbfgs_path`."""
+    path = lbfgs_path(model.log_density, loc, key, options, noise)
     if diagonal:
         factor = jnp.diag(jnp.sqrt(_variance(path.approx)))
     else:
         factor = _lower_factor(path.approx)
     found = StartGaussian(path.approx.mu, factor, path.elbo, path.num_iters, path.num_grad_evals,
-                          path.num_logp_evals)
+                          path.num_logp_evals, path.best_iter)
     return found, path.start_log_density
 
 
@@ -472,6 +491,8 @@ def _check_options(options: Any) -> Options:
         raise TypeError(f"options must be a pathfinder.Options, got {type(options).__name__}")
     for name in ("num_paths", "max_iters", "history", "num_elbo_draws", "num_draws", "max_line_search"):
         check_positive_int(getattr(options, name), f"options.{name}")
+    if isinstance(options.patience, bool) or not isinstance(options.patience, int) or options.patience < 0:
+        raise ValueError(f"options.patience must be an int >= 0, got {options.patience!r}")
     for name in ("init_radius", "ftol", "gtol", "wolfe_c2", "elbo_penalty"):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
