@@ -72,7 +72,11 @@ def _loaded_libraries() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def openblas_libraries() -> tuple[tuple[object, object], ...]:
-    """(get, set) thread-count functions of each OpenBLAS found (loaded here where it was not yet)."""
+    """The OpenBLAS libraries `one_thread` sets (found once per process; loaded here where JAX has not yet).
+
+    Returns:
+      One (get, set) pair of ctypes functions per library: `get()` its thread count, `set(n)` sets it.
+    """
     found, seen = [], set()
     for path in _wheel_libraries() + _loaded_libraries():
         real = os.path.realpath(path)
@@ -117,7 +121,11 @@ def one_thread(dim: int | None = None) -> Iterator[None]:
 
 
 def during(fun):
-    """Decorate a fit function `fun(model, ...)`: its body runs in `one_thread(model.dim)`."""
+    """Decorate a fit function `fun(model, ...)`: its body runs in `one_thread(model.dim)` (`aj.fit` is so decorated).
+
+    Returns:
+      The wrapped function (same signature and docstring).
+    """
 
     @functools.wraps(fun)
     def wrapper(model, *args, **kwargs):
