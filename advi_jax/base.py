@@ -190,8 +190,9 @@ class Family(abc.ABC):
         return L @ L.T
 
     def variance(self, params) -> Array:
-        """(K,) marginal variances."""
-        return jnp.diagonal(self.covariance(params))
+        """(K,) marginal variances: the row sums of L^2 (L = `scale_tril`), the diagonal of L L^T
+        without the (K, K, K) product of forming it."""
+        return jnp.sum(self.scale_tril(params) ** 2, axis=-1)
 
     def transform(self, params, shift: Array, scale_tril: Array):
         """Parameters of the pushforward of q through zeta -> shift + scale_tril @ zeta.

@@ -480,18 +480,11 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
 
 
 def _summary(family: Family):
-    """params -> (mean, sd) of q, each (K,).
-
-    For a family that keeps `Family.variance` (the diagonal of L L^T, e.g. the full-rank
-    Gaussian), the variances are the row sums of L^2: the same numbers without the (K, K, K)
-    product, which `close_batch` otherwise ran for every slot (radon, K = 90: 23 million
-    multiply-adds per closed batch, about a quarter of the loop's run time with its compile).
-    """
-    from_rows = type(family).variance is Family.variance
+    """params -> (mean, sd) of q, each (K,). `close_batch` runs it for every slot, so the variances
+    must not form L L^T (`Family.variance` reads the row sums of L^2; radon, K = 90: a (K, K, K)
+    product was 23 million multiply-adds per closed batch)."""
 
     def summary(params):
-        if from_rows:
-            return family.mean(params), jnp.sqrt(jnp.sum(family.scale_tril(params) ** 2, axis=-1))
         return family.mean(params), jnp.sqrt(family.variance(params))
 
     return summary
