@@ -97,8 +97,8 @@ import jax
 import numpy as np
 
 __all__ = ["FAST_OPTIONS", "MID_OPTIONS", "FAST_MAX_ENTRIES", "FAST_MAX_WORK", "MID_MAX_WORK", "DEFAULT_EVALS",
-           "fast_compile", "compile_mode", "jit", "forced", "ByCost", "Arithmetic", "arithmetic", "cost_mode",
-           "FAST_EXTRA_SECONDS", "FAST_SAVED_SECONDS_PER_EQN", "fast_extra_seconds"]
+           "fast_compile", "compile_mode", "jit", "forced", "forced_mode", "ByCost", "Arithmetic", "arithmetic",
+           "cost_mode", "FAST_EXTRA_SECONDS", "FAST_SAVED_SECONDS_PER_EQN", "fast_extra_seconds"]
 
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
                 "xla_cpu_parallel_codegen_split_count": 1}
@@ -150,6 +150,12 @@ def forced(mode: str | None) -> Iterator[None]:
         yield
     finally:
         _FORCED[0] = before
+
+
+def forced_mode() -> str | None:
+    """The mode a `forced` block imposes ("fast", "mid" or "full"), or None outside one (callers
+    that choose their own options leave the choice to the block there)."""
+    return _FORCED[0]
 
 
 @functools.lru_cache(maxsize=None)

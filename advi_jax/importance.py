@@ -143,7 +143,7 @@ def compile_ahead(model, family: Family, params: PyTree, key: Array, num_draws: 
     """
     args = (model, family, params, key, num_draws)
     mode = compile_options.compile_mode(model, num_draws)
-    if mode == "fast" and compile_options._FORCED[0] is None:  # "fast" only on CPU
+    if mode == "fast" and compile_options.forced_mode() is None:  # "fast" only on CPU
         cost = compile_options.arithmetic(draws_and_log_ratios.full.trace(*args).jaxpr)
         full_extra_compile = FULL_EXTRA_COMPILE_SECONDS_PER_EQN * cost.eqns
         if compile_options.fast_extra_seconds(cost) >= AHEAD_COMPILE_SHARE * full_extra_compile:

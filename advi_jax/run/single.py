@@ -42,7 +42,7 @@ def _finish_mode(model: Any, args: dict) -> Any:
     if module is _advi:
         return 0
     own = getattr(module, "loop_compile_mode", None)
-    if own is None or compile_options._FORCED[0] is not None:
+    if own is None or compile_options.forced_mode() is not None:
         return None
     return own(model, args["family"], args["options"], compile_options.compile_mode(model))
 

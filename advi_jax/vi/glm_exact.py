@@ -437,7 +437,7 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     """
     from advi_jax import compile_options  # compile_options imports nothing of vi; keep vi's imports light
 
-    if mode == "fast" or compile_options._FORCED[0] is not None or not compile_options._on_cpu():
+    if mode == "fast" or compile_options.forced_mode() is not None or not compile_options._on_cpu():
         return mode
     if (not supports(model, family) or family.name == "lowrank" or not isinstance(options, Options)
             or model.dim > FAST_MAX_DIM):
