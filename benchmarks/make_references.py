@@ -28,7 +28,7 @@ numpyro.set_host_device_count(min(4, os.cpu_count() or 1))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin  # noqa: E402
-from numpyro.infer import MCMC, NUTS  # noqa: E402
+from numpyro.infer import MCMC, NUTS, init_to_uniform  # noqa: E402
 
 from benchmarks.common import versions  # noqa: E402
 from benchmarks.suite import SuiteModel, available_models, eight_schools_noncentered, flatten_draws  # noqa: E402
@@ -102,7 +102,10 @@ def load_reference(name: str) -> dict | None:
 
 def _deterministic_sites(suite_model) -> set:
     """Names of the model's `numpyro.deterministic` sites (summarised apart from the parameters)."""
-    trace = numpyro.handlers.trace(numpyro.handlers.seed(suite_model.fn, rng_seed=0)).get_trace(*suite_model.args)
+    # Latent values from NumPyro's own initialiser (uniform in the unconstrained space), as NUTS starts:
+    # an ImproperUniform site has no sampler.
+    fn = numpyro.handlers.substitute(numpyro.handlers.seed(suite_model.fn, rng_seed=0), substitute_fn=init_to_uniform)
+    trace = numpyro.handlers.trace(fn).get_trace(*suite_model.args)
     return {name for name, site in trace.items() if site["type"] == "deterministic"}
 
 
