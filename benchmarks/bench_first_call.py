@@ -30,6 +30,7 @@ Usage:
   python -m benchmarks.bench_first_call --modes auto,cached --skip numpyro   # a script run again
   python -m benchmarks.bench_first_call --synthetic 1000x10,100000x10 --modes fast,full --skip numpyro
   python -m benchmarks.bench_first_call --trees ../main,. --repeat 2 --skip numpyro
+  python -m benchmarks.bench_first_call --models gp_marginal,hier_logistic_nc   # held-out (benchmarks.holdout)
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def _build(name: str):
     match = re.fullmatch(r"logistic_(\d+)x(\d+)", name)
     if match:
         return _synthetic_logistic(int(match.group(1)), int(match.group(2)))
+    from benchmarks.holdout import MODELS as HOLDOUT  # the held-out posteriors (benchmarks.holdout) by name
+
+    if name in HOLDOUT:
+        return HOLDOUT[name]().fn, HOLDOUT[name]().args
     from benchmarks.suite import available_models
 
     found = available_models([name])

@@ -31,8 +31,12 @@ max |log sd ratio| (constrained space, 32,768 antithetic draws of q, as `benchma
 k-hat and the first word of its verdict, the warnings raised, gradient evaluations, the wall
 time of a first and a second call (another key), and what ran (method / family / start / steps /
 stop reason). A row is flagged SILENT when the error is large (max |dmean| / sd > 0.3 or the
-median sd ratio off by more than 30%) and no `DiagnosticWarning` was raised; a crash or a
-non-finite moment is flagged CRASH / NAN.
+median sd ratio off by more than 30%) and no `DiagnosticWarning` was raised, SILENT-1sd when only
+one parameter's sd is off by more than 30% without a warning; a crash or a non-finite moment is
+flagged CRASH / NAN. With the full-rank family limits stored (`--family-limits`: the variational
+Newton fixed point of `benchmarks.family_limit`, in `references/holdout/family_limit/`), each row
+also has the distance from the limit (max |dmean| / sd of NUTS, median |log sd ratio|, and
+ELBO - ELBO(limit)), which separates the optimiser's error from the Gaussian family's.
 
 Usage:
   nice -n 10 python -m benchmarks.holdout --make-references            # NUTS references (minutes)
@@ -58,11 +62,12 @@ import numpyro.distributions as dist  # noqa: E402
 from numpyro.distributions import constraints  # noqa: E402
 
 import advi_jax as aj  # noqa: E402
-from benchmarks.bench_auto import NUM_DRAWS, antithetic, warned_why  # noqa: E402
+from benchmarks.bench_auto import NUM_DRAWS, against_limit, antithetic, elbo_of, warned_why  # noqa: E402
 from benchmarks.common import machine, markdown_table, versions, write_json  # noqa: E402
 from benchmarks.suite import SuiteModel, flatten_draws  # noqa: E402
 
 REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "references", "holdout")
+LIMIT_DIR = os.path.join(REFERENCE_DIR, "family_limit")
 ESS_BOUND = 400.0
 SILENT_MEAN = 0.3
 SILENT_SD = float(np.log(1.3))
@@ -303,12 +308,13 @@ DRAWS = {}
 # ---------------------------------------------------------------------------------------------
 
 
-def reference_path(name: str) -> str:
-    return os.path.join(REFERENCE_DIR, f"{name}.json")
+def reference_path(name: str, folder: str = REFERENCE_DIR) -> str:
+    return os.path.join(folder, f"{name}.json")
 
 
-def load_reference(name: str) -> dict | None:
-    path = reference_path(name)
+def load_reference(name: str, folder: str = REFERENCE_DIR) -> dict | None:
+    """The stored NUTS reference of `name` (or, with `folder=LIMIT_DIR`, its family limit), or None."""
+    path = reference_path(name, folder)
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -331,6 +337,22 @@ def make_references(names, seed: int = 0) -> None:
                 else f"FAILED (R-hat < {RHAT_BOUND}: {ref['rhat_ok']}, ESS >= {ESS_BOUND:.0f}: {ref['ess_ok']})")
         print(f"{name}: {len(ref['params'])} scalars, max R-hat {ref['max_rhat']:.4f}, min ESS {ref['min_ess']:.0f} "
               f"({flag}), {ref['divergences']} divergences, {ref['seconds']:.0f} s", flush=True)
+
+
+def make_family_limits(names, seed: int = 0) -> None:
+    """Full-rank family limits through `benchmarks.family_limit.compute_newton_limit` (float64): the
+    variational Newton fixed point on one set of 65,536 antithetic draws, Anderson-accelerated to 1e-4."""
+    from benchmarks.family_limit import compute_newton_limit
+
+    jax.config.update("jax_enable_x64", True)
+    os.makedirs(LIMIT_DIR, exist_ok=True)
+    for name in names:
+        out, _ = compute_newton_limit(name, MODELS[name](), iters=40, draws=65536, moment_draws=32768, seed=seed,
+                                      fixed_draws=True, tol=1e-4)
+        with open(reference_path(name, LIMIT_DIR), "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"{name}: family limit ELBO {out['elbo']:.3f} +- {out['elbo_se']:.3f}, k-hat {out['khat']:.2f}, "
+              f"{out['stop_reason']}, {out['seconds']:.0f} s", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,8 +395,9 @@ def fit_default(model, seed: int, second_call: bool = True) -> dict:
     zeta = antithetic(result.sample_unconstrained(jax.random.key(seed + 1), NUM_DRAWS // 2),
                       result.family.mean(result.params))
     draws = flatten_draws(jax.device_get(jax.vmap(model.to_constrained)(zeta)))
+    elbo = elbo_of(model, zeta, result.family.log_prob(result.params, zeta))
     other = [str(w.message)[:120] for w in caught if not issubclass(w.category, aj.DiagnosticWarning)]
-    return {"draws": draws, "khat": float(result.khat), "verdict": result.verdict.split(" ")[0].rstrip(":,"),
+    return {"draws": draws, "elbo": elbo, "khat": float(result.khat), "verdict": result.verdict.split(" ")[0].rstrip(":,"),
             "warned": warned_why(caught), "other warnings": other, "grad evals": int(result.num_grad_evals),
             "first s": first, "second s": second,
             "ran": (f"{result.report.method}/{result.family.name}/{result.init_method.split(' (')[0]}/"
@@ -387,15 +410,15 @@ def flag_of(row: dict) -> str:
     if not row["finite"]:
         return "NAN"
     bad = row["max|dmean|/sd"] > SILENT_MEAN or row["med|log sd|"] > SILENT_SD
-    if bad and not row["warned"]:
-        return "SILENT"
-    if bad:
+    one_sd = row["max|log sd|"] > SILENT_SD  # one parameter's sd off by more than 30%
+    if (bad or one_sd) and row["warned"]:
         return "warned"
-    return "ok"
+    return "SILENT" if bad else "SILENT-1sd" if one_sd else "ok"
 
 
-COLUMNS = ["model", "K", "seed", "max|dmean|/sd", "med|log sd|", "max|log sd|", "worst mean", "khat", "verdict",
-           "warned", "grad evals", "first s", "second s", "ran", "flag"]
+COLUMNS = ["model", "K", "seed", "max|dmean|/sd", "med|log sd|", "max|log sd|", "worst mean", "limit max|dmean|/sd",
+           "limit med|log sd|", "elbo - limit", "khat", "verdict", "warned", "grad evals", "first s", "second s",
+           "ran", "flag"]
 
 
 def main(argv=None) -> list[dict]:
@@ -404,6 +427,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--no-second", action="store_true", help="skip the second (warm-cache) call")
     parser.add_argument("--make-references", action="store_true", help="run NUTS and store the references")
+    parser.add_argument("--family-limits", action="store_true",
+                        help="compute and store the full-rank family limits (variational Newton, float64)")
     parser.add_argument("--out", default=None, help="write the rows and a markdown table to this JSON file")
     args = parser.parse_args(argv)
     names = args.models.split(",") if args.models else list(MODELS)
@@ -412,6 +437,9 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"unknown models {unknown}; choose from {list(MODELS)}")
     if args.make_references:
         make_references(names)
+        return []
+    if args.family_limits:
+        make_family_limits(names)
         return []
     rows = []
     for name in names:
@@ -426,6 +454,10 @@ def main(argv=None) -> list[dict]:
             try:
                 out = fit_default(model, seed, second_call=not args.no_second)
                 row.update(errors(out["draws"], reference))
+                limit = load_reference(name, LIMIT_DIR)
+                if limit is not None:
+                    row.update(against_limit(out["draws"], limit, reference))
+                    row["elbo - limit"] = out["elbo"] - limit["elbo"]
                 row.update({k: out[k] for k in ("khat", "verdict", "warned", "other warnings", "grad evals",
                                                 "first s", "second s", "ran")})
             except Exception as err:  # noqa: BLE001 - one failing model must not end the run
@@ -439,7 +471,9 @@ def main(argv=None) -> list[dict]:
                   f"log sd med {row['med|log sd|']:5.3f} max {row['max|log sd|']:5.3f} ({row['worst sd']}) "
                   f"khat {row['khat']:5.2f} {row['verdict']:10s} warned {row['warned'] or '-':8s} "
                   f"grads {row['grad evals']:6d} {row['first s']:5.2f}s/{row['second s']:5.2f}s "
-                  f"[{row['ran']}] {row['flag']}"
+                  + (f"limit {row['limit max|dmean|/sd']:5.3f} {row['limit med|log sd|']:5.3f} "
+                     f"dELBO {row['elbo - limit']:7.3f} " if "elbo - limit" in row else "")
+                  + f"[{row['ran']}] {row['flag']}"
                   + (f" other warnings: {row['other warnings']}" if row["other warnings"] else ""), flush=True)
     table = markdown_table(rows, COLUMNS + (["error"] if any("error" in r for r in rows) else []))
     print(table)
