@@ -28,7 +28,9 @@ checked and printed), stored in `benchmarks/references/holdout/<name>.json` in t
 The runner (`python -m benchmarks.holdout`) fits each model with the default `aj.fit(model, key=...)`
 at the seeds given (default 0, 1) and prints, against NUTS: max |dmean| / sd and the median and
 max |log sd ratio| (constrained space, 32,768 antithetic draws of q, as `benchmarks.bench_auto`),
-k-hat and the first word of its verdict, the warnings raised, gradient evaluations, the wall
+k-hat (with the diagnostics' draws S and the relative sd of the raw importance weights, cv,
+`advi_jax.diagnostics.ratio_cv`: below 0.05 the verdict is "good" whatever k-hat reads) and the
+first word of its verdict, the warnings raised, gradient evaluations, the wall
 time of a first and a second call (another key), and what ran (method / family / start / steps /
 stop reason). A row is flagged SILENT when the error is large (max |dmean| / sd > 0.3 or the
 median sd ratio off by more than 30%) and no `DiagnosticWarning` was raised, SILENT-1sd when only
@@ -62,6 +64,7 @@ import numpyro.distributions as dist  # noqa: E402
 from numpyro.distributions import constraints  # noqa: E402
 
 import advi_jax as aj  # noqa: E402
+from advi_jax.diagnostics import ratio_cv  # noqa: E402
 from benchmarks.bench_auto import NUM_DRAWS, against_limit, antithetic, elbo_of, warned_why  # noqa: E402
 from benchmarks.common import machine, markdown_table, versions, write_json  # noqa: E402
 from benchmarks.suite import SuiteModel, flatten_draws  # noqa: E402
@@ -396,8 +399,10 @@ def fit_default(model, seed: int, second_call: bool = True) -> dict:
                       result.family.mean(result.params))
     draws = flatten_draws(jax.device_get(jax.vmap(model.to_constrained)(zeta)))
     elbo = elbo_of(model, zeta, result.family.log_prob(result.params, zeta))
+    diag = result.report.diagnostics
     other = [str(w.message)[:120] for w in caught if not issubclass(w.category, aj.DiagnosticWarning)]
-    return {"draws": draws, "elbo": elbo, "khat": float(result.khat), "verdict": result.verdict.split(" ")[0].rstrip(":,"),
+    return {"draws": draws, "elbo": elbo, "khat": float(result.khat), "S": int(diag.num_draws),
+            "cv": float(ratio_cv(diag.ess, diag.num_draws)), "verdict": result.verdict.split(" ")[0].rstrip(":,"),
             "warned": warned_why(caught), "other warnings": other, "grad evals": int(result.num_grad_evals),
             "first s": first, "second s": second,
             "ran": (f"{result.report.method}/{result.family.name}/{result.init_method.split(' (')[0]}/"
@@ -417,7 +422,7 @@ def flag_of(row: dict) -> str:
 
 
 COLUMNS = ["model", "K", "seed", "max|dmean|/sd", "med|log sd|", "max|log sd|", "worst mean", "limit max|dmean|/sd",
-           "limit med|log sd|", "elbo - limit", "khat", "verdict", "warned", "grad evals", "first s", "second s",
+           "limit med|log sd|", "elbo - limit", "khat", "cv", "verdict", "warned", "grad evals", "first s", "second s",
            "ran", "flag"]
 
 
@@ -458,7 +463,7 @@ def main(argv=None) -> list[dict]:
                 if limit is not None:
                     row.update(against_limit(out["draws"], limit, reference))
                     row["elbo - limit"] = out["elbo"] - limit["elbo"]
-                row.update({k: out[k] for k in ("khat", "verdict", "warned", "other warnings", "grad evals",
+                row.update({k: out[k] for k in ("khat", "S", "cv", "verdict", "warned", "other warnings", "grad evals",
                                                 "first s", "second s", "ran")})
             except Exception as err:  # noqa: BLE001 - one failing model must not end the run
                 row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
@@ -469,7 +474,7 @@ def main(argv=None) -> list[dict]:
                 continue
             print(f"{name:24s} K={model.dim:3d} s{seed} dmean {row['max|dmean|/sd']:6.3f} ({row['worst mean']}) "
                   f"log sd med {row['med|log sd|']:5.3f} max {row['max|log sd|']:5.3f} ({row['worst sd']}) "
-                  f"khat {row['khat']:5.2f} {row['verdict']:10s} warned {row['warned'] or '-':8s} "
+                  f"khat {row['khat']:5.2f} (S {row['S']}, cv {row['cv']:.3f}) {row['verdict']:10s} warned {row['warned'] or '-':8s} "
                   f"grads {row['grad evals']:6d} {row['first s']:5.2f}s/{row['second s']:5.2f}s "
                   + (f"limit {row['limit max|dmean|/sd']:5.3f} {row['limit med|log sd|']:5.3f} "
                      f"dELBO {row['elbo - limit']:7.3f} " if "elbo - limit" in row else "")
