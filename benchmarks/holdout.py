@@ -409,6 +409,32 @@ def fit_default(model, seed: int, second_call: bool = True) -> dict:
                     f"{result.num_steps} steps/{result.stop_reason.split(':')[0]}")}
 
 
+def khat_noise(name: str, seed: int = 1) -> None:
+    """Print k-hat of one default fit's q over fresh draw sets: S (the diagnostics' draws) and 32,768."""
+    from advi_jax.diagnostics import khat_threshold
+
+    suite_model = MODELS[name]()
+    model = aj.from_numpyro(suite_model.fn, *suite_model.args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = aj.fit(model, key=jax.random.key(seed), progress=False)
+    fam, params, num = result.family, result.params, result.num_diagnostic_draws
+    log_ratio = jax.jit(jax.vmap(lambda z: model.log_density(z) - fam.log_prob(params, z)))
+    print(f"{name}: the fit's k-hat {result.khat:.3f} from S = {num} draws ({result.verdict.split(' ')[0]})")
+    for n, reps in ((num, 20), (32768, 5)):
+        ks, cvs = [], []
+        for i in range(reps):
+            ratios = log_ratio(fam.sample(params, jax.random.key(1000 + i), n))
+            psis = aj.psis(ratios)
+            ks.append(float(psis.khat))
+            w = np.exp(np.asarray(ratios, np.float64) - float(np.max(ratios)))
+            cvs.append(float(w.std() / w.mean()))  # = sqrt(S / ESS - 1), `ratio_cv`
+        ks = np.array(ks)
+        print(f"  S = {n:6d}: k-hat mean {ks.mean():.3f} sd {ks.std():.3f} range {ks.min():.3f}-{ks.max():.3f}, "
+              f"{np.mean(ks >= khat_threshold(n)):.0%} of draw sets at or over the threshold "
+              f"{khat_threshold(n):.3f}; weights' cv {min(cvs):.3f}-{max(cvs):.3f}", flush=True)
+
+
 def flag_of(row: dict) -> str:
     if "error" in row:
         return "CRASH"
@@ -432,6 +458,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--no-second", action="store_true", help="skip the second (warm-cache) call")
     parser.add_argument("--make-references", action="store_true", help="run NUTS and store the references")
+    parser.add_argument("--x64", action="store_true", help="fit with jax_enable_x64 on (a float64 user)")
+    parser.add_argument("--khat-noise", action="store_true",
+                        help="per model: k-hat of the default fit's q (seed 1) over 20 fresh draw sets of the "
+                             "diagnostics' size S and 5 of 32,768 draws (its spread at fixed q)")
     parser.add_argument("--family-limits", action="store_true",
                         help="compute and store the full-rank family limits (variational Newton, float64)")
     parser.add_argument("--out", default=None, help="write the rows and a markdown table to this JSON file")
@@ -445,6 +475,12 @@ def main(argv=None) -> list[dict]:
         return []
     if args.family_limits:
         make_family_limits(names)
+        return []
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    if args.khat_noise:
+        for name in names:
+            khat_noise(name)
         return []
     rows = []
     for name in names:
