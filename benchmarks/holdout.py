@@ -44,6 +44,14 @@ Usage:
   nice -n 10 python -m benchmarks.holdout --make-references            # NUTS references (minutes)
   nice -n 10 python -m benchmarks.holdout                              # the default fit, seeds 0, 1
   python -m benchmarks.holdout --models gp_marginal,ar2_stationary --seeds 0 --no-second
+  nice -n 10 python -m benchmarks.holdout --family-limits                # full-rank family limits (minutes)
+  python -m benchmarks.holdout --khat-noise --models zero_inflated_poisson   # k-hat's spread at fixed q
+  python -m benchmarks.holdout --x64 --seeds 0 --no-second               # a float64 user
+  python -m benchmarks.bench_first_call --models gp_marginal,hier_logistic_nc  # first calls, fresh processes
+
+The runner's "first s" is the first call in this process (the first model's also pays one-time
+costs, a later seed's finds the model's programs compiled); `bench_first_call` measures each first
+call in a fresh process.
 """
 
 from __future__ import annotations
@@ -181,7 +189,8 @@ def logistic_separation(x, y):
 
 
 def beta_binomial_centered(y, n):
-    """theta_j ~ Beta(m kappa, (1 - m) kappa), y_j ~ Binomial(n_j, theta_j); m ~ Beta(1, 1), kappa ~ LogNormal(2.5, 1)."""
+    """theta_j ~ Beta(m kappa, (1 - m) kappa), y_j ~ Binomial(n_j, theta_j); m ~ Beta(1, 1),
+    kappa ~ LogNormal(2.5, 1)."""
     m = numpyro.sample("m", dist.Beta(1.0, 1.0))
     kappa = numpyro.sample("kappa", dist.LogNormal(2.5, 1.0))
     with numpyro.plate("groups", y.shape[0]):
@@ -510,7 +519,8 @@ def main(argv=None) -> list[dict]:
                 continue
             print(f"{name:24s} K={model.dim:3d} s{seed} dmean {row['max|dmean|/sd']:6.3f} ({row['worst mean']}) "
                   f"log sd med {row['med|log sd|']:5.3f} max {row['max|log sd|']:5.3f} ({row['worst sd']}) "
-                  f"khat {row['khat']:5.2f} (S {row['S']}, cv {row['cv']:.3f}) {row['verdict']:10s} warned {row['warned'] or '-':8s} "
+                  f"khat {row['khat']:5.2f} (S {row['S']}, cv {row['cv']:.3f}) {row['verdict']:10s} "
+                  f"warned {row['warned'] or '-':8s} "
                   f"grads {row['grad evals']:6d} {row['first s']:5.2f}s/{row['second s']:5.2f}s "
                   + (f"limit {row['limit max|dmean|/sd']:5.3f} {row['limit med|log sd|']:5.3f} "
                      f"dELBO {row['elbo - limit']:7.3f} " if "elbo - limit" in row else "")
