@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advi_jax.vi import _glm_quad
 from advi_jax.vi._glm_quad import NODE_TIERS, _rule_cached
 
-__all__ = ["KINDS", "covers", "native_or_xla"]
+__all__ = ["KINDS", "covers", "data_constant", "native_or_xla"]
 
 KINDS = ("logistic", "poisson")
 
@@ -98,3 +99,30 @@ def native_or_xla(xla_pass, layout, data, m, factor, meanfield, num_nodes, block
         data, m, factor,
         cpu=lambda d_, m_, f_: _ffi(layout, d_, m_, f_, meanfield, num_nodes),
         default=lambda d_, m_, f_: xla_pass(layout, d_, m_, f_, meanfield, num_nodes, block))
+
+
+def data_constant(kind: str, y, dtype, kernel: str = "auto"):
+    """`_glm_quad.data_constant` (-sum_i lgamma(y_i + 1) for Poisson and the negative binomial, else 0),
+    by the native kernel on CPU where it is loaded (`kernel` as `glm_exact.Options.kernel`).
+
+    The kernel evaluates the sum in double with a vectorised lgamma (about 1 ns a row); XLA's lgamma,
+    in the unvectorised code of the fast compile options that the glm_exact loop programs use at
+    small K, cost 30 ns a row (N = 1e6: 31 ms a fit; N = 1e5: 2.7-3.3 ms, a fifth of a second call).
+    Elsewhere, and with `kernel="xla"`, the XLA sum.
+    """
+    from advi_jax.models import _native
+    from advi_jax.models import glm as _glm  # models import base; avoid a cycle
+
+    dtype = jnp.dtype(dtype)
+    if (kind not in _glm_quad.CONSTANT_KINDS or kernel == "xla" or dtype not in (jnp.float32, jnp.float64)
+            or _glm._choose_kernel("auto") != "native"):
+        return _glm_quad.data_constant(kind, y, dtype)
+
+    def native(y_):
+        call = jax.ffi.ffi_call(_native.LOG_FACTORIAL_TARGETS[dtype.name], jax.ShapeDtypeStruct((), dtype),
+                                vmap_method="sequential")
+        return -call(jnp.ravel(jnp.asarray(y_, dtype)))
+
+    if _native.cpu_only():
+        return native(y)
+    return jax.lax.platform_dependent(y, cpu=native, default=lambda y_: _glm_quad.data_constant(kind, y_, dtype))

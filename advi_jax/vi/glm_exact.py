@@ -10,7 +10,8 @@ one-dimensional Gaussian integrals plus closed-form terms:
 
 * Poisson (log link, with offset / exposure): E[l] = y mu - exp(mu + v/2) - lgamma(y + 1),
   closed form; the data-only -sum_i lgamma(y_i + 1) (also the negative binomial's) is summed once
-  per fit in `init` (`data_constant`, `GLMExactState.constant`) and added to every pass's value,
+  per fit in `init` (`data_constant`; on CPU by the native kernel, `_glm_native.data_constant`;
+  `GLMExactState.constant`) and added to every pass's value,
   not evaluated per row in every pass: the ELBO the steps compare and report is the whole ELBO;
 * logistic: E[l] = E[y eta - softplus(eta)] by Gauss-Hermite quadrature (probabilists' nodes
   t_j, weights w_j / sqrt(2 pi), eta = mu + sqrt(v) t_j), with softplus as logaddexp (no
@@ -527,7 +528,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         # No pass yet: the first step's proposal is the start itself (g = 0, H = P).
         return GLMExactState(m, precision, factor, jnp.asarray(-jnp.inf, dtype), jnp.zeros((k,), dtype),
                              jnp.diag(p0), jnp.asarray(1.0, dtype), jnp.diag(1.0 / sd0),
-                             jnp.asarray(jnp.inf, dtype), data_constant(layout.kind, data["y"], dtype))
+                             jnp.asarray(jnp.inf, dtype),
+                             _glm_native.data_constant(layout.kind, data["y"], dtype, options.kernel))
 
     def step(key, state: GLMExactState):
         del key
