@@ -164,13 +164,20 @@ void exact_rows(const ExactProblem<T>& p, int64_t row0, int64_t row1, ExactParti
     for (int64_t r = nt; r < R; ++r) { mu[r] = T(0); var[r] = T(0); }
     T vsum = 0;
     if (p.kind == kExactPoisson) {
-      const T* lt = p.lgy ? p.lgy + i0 : nullptr;
+      // One vectorised loop (the sum as a simd reduction); the data-only log y! is not here: glm_exact
+      // adds its sum once per fit (advi_jax_log_factorial_sum below), so lgy is normally empty. A
+      // `lt ? lt[r] : 0` inside this loop kept it scalar and made the pass 20% slower at N = 1e6, D = 10.
+      T vp = 0;
+#pragma omp simd reduction(+ : vp)
       for (int64_t r = 0; r < nt; ++r) {
         const T rate = exp_any<T>(mu[r] + T(0.5) * var[r]);
-        vsum += yt[r] * mu[r] - rate - (lt ? lt[r] : T(0));
+        vp += yt[r] * mu[r] - rate;
         first[r] = yt[r] - rate;
         w[r] = rate;
       }
+      if (p.lgy)
+        for (int64_t r = 0; r < nt; ++r) vp -= p.lgy[i0 + r];
+      vsum += vp;
     } else {
       T sd_max = 0;
       for (int64_t r = 0; r < nt; ++r) sd_max = std::max(sd_max, var[r]);
