@@ -420,13 +420,6 @@ def supports(model, family: Family) -> bool:
 FAST_MAX_DIM = 48
 """The largest K for which `loop_compile_mode` compiles the native-pass loop with the fast options."""
 
-FAST_MAX_POISSON_ROWS = 100_000
-"""The most rows of a Poisson model whose native-pass loop `loop_compile_mode` compiles fast: its
-pass also evaluates lgamma(y + 1) over the rows in XLA's code, which the fast options leave
-unvectorised (N = 1e6, 5 passes: 108 against 70 ms of CPU a call; N = 1e5, D = 10: the second
-call 8-9 -> 17-18 ms, for a first call 0.41-0.45 -> 0.22-0.30 s; loaded 2-core machine)."""
-
-
 def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str:
     """The loop programs' XLA options: "fast" where every pass runs in the native kernel and K is
     small (K <= `FAST_MAX_DIM`), else `mode`.
@@ -439,8 +432,11 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     rank); at K = 101 (N = 1e4, 5 passes) it cost 3 ms of CPU more a call (mean-field 20 against
     17.5-18.6 ms, full rank 30 against 26-28 ms), 15-20% of the second call that the time-to-answer
     bench's D = 100 cells measure against `svi.run` (their ratio is the smallest of the grid). So the
-    fast options up to K = 48 (raise `FAST_MAX_DIM` to trade 0.13 s of first call for those ms), and
-    for Poisson up to `FAST_MAX_POISSON_ROWS` rows. `mode`
+    fast options up to K = 48 (raise `FAST_MAX_DIM` to trade 0.13 s of first call for those ms), at any
+    N: Poisson's per-row lgamma(y + 1), which XLA's unvectorised code made cost 30 ns a row, is no
+    longer in the loop (`data_constant`, summed once per fit by the native kernel), so Poisson has no
+    row limit (N = 1e6, D = 10: first call 0.45-0.59 s fast against 0.66-0.79 s "mid" full rank,
+    second call 43-47 against 40-49 ms; loaded 2-core machine). `mode`
     (the size rule's choice, or a `compile_options.forced` one) is kept otherwise, and off CPU.
     """
     from advi_jax import compile_options  # compile_options imports nothing of vi; keep vi's imports light
@@ -452,8 +448,6 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
         return mode
     kind = model.info.kind
     if kind == "negbin" or not _glm_native.covers(kind, model.data["x"].dtype, options.num_nodes, options.kernel):
-        return mode
-    if kind == "poisson" and model.data["x"].shape[0] > FAST_MAX_POISSON_ROWS:
         return mode
     return "fast"
 
