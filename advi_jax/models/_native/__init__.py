@@ -48,7 +48,8 @@ import jax
 
 from advi_jax.models._native._builder import tmp_prefix
 
-__all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "GLM_EXACT_TARGETS", "LOG_FACTORIAL_TARGETS", "FLAGS", "available", "build", "build_log",
+__all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "GLM_EXACT_TARGETS", "LOG_FACTORIAL_TARGETS", "FLAGS", "available",
+           "build", "build_log",
            "cache_dir", "cpu_only", "library_path", "num_threads", "reason", "remove_stale", "start", "status"]
 
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("glm_kernel.cc", "glm_exact_kernel.cc"))

@@ -406,16 +406,19 @@ double log_factorial_sum(const T* y, int64_t n) {
 template <ffi::DataType DT>
 ffi::Error LogFactorialSumImpl(ffi::Buffer<DT> y, ffi::ResultBuffer<DT> out) {
   using T = ffi::NativeType<DT>;
-  out->typed_data()[0] = static_cast<T>(log_factorial_sum<T>(y.typed_data(), static_cast<int64_t>(y.element_count())));
+  const int64_t n = static_cast<int64_t>(y.element_count());
+  out->typed_data()[0] = static_cast<T>(log_factorial_sum<T>(y.typed_data(), n));
   return ffi::Error::Success();
 }
 
 }  // namespace
 
+#define ADVI_JAX_BIND_LOG_FACTORIAL(DT) ffi::Ffi::Bind().Arg<ffi::Buffer<DT>>().Ret<ffi::Buffer<DT>>()
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxLogFactorialSumF32, LogFactorialSumImpl<ffi::DataType::F32>,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::DataType::F32>>().Ret<ffi::Buffer<ffi::DataType::F32>>());
+                              ADVI_JAX_BIND_LOG_FACTORIAL(ffi::DataType::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxLogFactorialSumF64, LogFactorialSumImpl<ffi::DataType::F64>,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::DataType::F64>>().Ret<ffi::Buffer<ffi::DataType::F64>>());
+                              ADVI_JAX_BIND_LOG_FACTORIAL(ffi::DataType::F64));
 
 #define ADVI_JAX_BIND_EXACT(DT)                \
   ffi::Ffi::Bind()                             \
