@@ -344,7 +344,7 @@ ffi::Error GlmExactImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT>
 }
 
 // ---- sum_i lgamma(y_i + 1): glm_exact's data-only constant (Poisson, negative binomial) ----
-// Evaluated once per fit (advi_jax/vi/_glm_native.py, log_factorial_sum), not in every pass; in
+// Evaluated once per fit (advi_jax/vi/_glm_native.py, data_constant), not in every pass; in
 // double whatever T, with a log and a shift that vectorise (XLA's lgamma in the fast compile
 // options' unvectorised code cost 30 ns a row).
 
