@@ -12,7 +12,7 @@ import pytest
 import advi_jax as aj
 from advi_jax.models import _native, logistic_regression, poisson_regression
 from advi_jax.vi import _glm_native, glm_exact as G
-from advi_jax.vi._glm_quad import expected_log_lik_auto
+from advi_jax.vi._glm_quad import data_constant, expected_log_lik_auto
 
 
 def test_the_native_kernel_is_built_here():
@@ -85,7 +85,8 @@ def test_native_adaptive_rule_float32_matches_xla(meanfield, sd):
 @pytest.mark.parametrize("kind", ["logistic", "poisson"])
 def test_native_pass_is_the_derivative_of_the_objective(kind):
     """g = d/dm sum_i psi_i and H = -d^2/dm^2 sum_i psi_i (Bonnet / Price: E[l''] = d^2 psi / d mu^2),
-    by autodiff of the plain objective (XLA moments + the rule), float64."""
+    by autodiff of the plain objective (XLA moments + the rule), float64. The pass's value leaves out
+    the data-only -sum lgamma(y + 1) (Poisson), which `data_constant` restores exactly."""
     with jax.enable_x64(True):
         model = _model(kind, 517, 4, True, kind == "poisson", np.float64)
         m, L, _ = _point(model.dim, jnp.float64, 0.2)
@@ -97,7 +98,7 @@ def test_native_pass_is_the_derivative_of_the_objective(kind):
             return jnp.sum(expected_log_lik_auto(kind, data["y"], mu, var, 32)[0])
 
         value, g, h = jax.jit(lambda m_: _glm_native._ffi(layout, data, m_, L, False, 32))(m)
-        np.testing.assert_allclose(value, objective(m), rtol=1e-11)
+        np.testing.assert_allclose(value + data_constant(kind, data["y"]), objective(m), rtol=1e-11)
         np.testing.assert_allclose(g, jax.grad(objective)(m), rtol=1e-8, atol=1e-9)
         np.testing.assert_allclose(h, -jax.hessian(objective)(m), rtol=1e-6, atol=1e-7)
 
@@ -157,3 +158,26 @@ def test_native_adaptive_rule_is_within_its_error_bound_of_200_nodes(sd):
         np.testing.assert_allclose(adaptive[0], exact[0], rtol=1e-10)
         np.testing.assert_allclose(adaptive[1], exact[1], rtol=0, atol=1e-8 * float(jnp.max(jnp.abs(exact[1]))))
         np.testing.assert_allclose(adaptive[2], exact[2], rtol=0, atol=1e-8 * float(jnp.max(jnp.abs(exact[2]))))
+
+
+def test_native_data_constant_equals_the_sum_of_log_factorials():
+    """The kernel's vectorised sum of lgamma(y + 1) (shift below 16, Stirling above, its own log) equals
+    a float64 sum of math.lgamma over integers and non-integers on both sides of the shift, float64
+    and float32, under jit."""
+    import math
+
+    rng = np.random.default_rng(3)
+    y = np.concatenate([np.arange(0.0, 40.0), rng.poisson(3.0, 3000), rng.uniform(0.0, 40.0, 2000),
+                        [15.999, 16.0, 16.001, 1e5 + 0.25, 1e9]])
+    exact = -math.fsum(math.lgamma(v + 1.0) for v in y)
+    with jax.enable_x64(True):
+        f64 = jax.jit(lambda y_: _glm_native.data_constant("negbin", y_, jnp.float64))(jnp.asarray(y))
+        np.testing.assert_allclose(float(f64), exact, rtol=1e-14)
+        for v in (0.0, 0.5, 15.0, 16.0, 100.5):  # per element too (a shift error would hide in a big sum)
+            one = _glm_native.data_constant("poisson", jnp.asarray([v]), jnp.float64)
+            np.testing.assert_allclose(-float(one), math.lgamma(v + 1.0), rtol=1e-14, atol=1e-14)
+    y32 = y[:-1].astype(np.float32)
+    exact32 = -math.fsum(math.lgamma(float(v) + 1.0) for v in y32)
+    f32 = jax.jit(lambda y_: _glm_native.data_constant("poisson", y_, jnp.float32))(jnp.asarray(y32))
+    np.testing.assert_allclose(float(f32), exact32, rtol=1e-7)
+    assert float(_glm_native.data_constant("logistic", jnp.asarray(y32), jnp.float32)) == 0.0

@@ -164,10 +164,12 @@ def _pin(stable: Array, formal: Array) -> Array:
     return jax.lax.stop_gradient(stable) + (formal - jax.lax.stop_gradient(formal))
 
 
-def negbin_psi(y, mu, m_w, v, c, v_w, v_u, c_uw, num_nodes=None):
+def negbin_psi(y, mu, m_w, v, c, v_w, v_u, c_uw, num_nodes=None, constant=True):
     """Per-row E[l] of the NB2 likelihood (see the module docstring); all arguments per row.
 
     `v_u`, `c_uw` are Var(u) and Cov(u, omega) formed stably; `v`, `c`, `v_w` carry the derivatives.
+    `constant=False` leaves out the data-only -lgamma(y + 1) (`_glm_quad.data_constant`, summed once
+    per fit by `glm_exact`); lgamma(y + phi) and the rest of D(y, phi) depend on the dispersion.
     """
     from advi_jax.vi.glm_exact import quadrature
 
@@ -188,7 +190,8 @@ def negbin_psi(y, mu, m_w, v, c, v_w, v_u, c_uw, num_nodes=None):
     else:
         tier = (jnp.sqrt(jnp.max(v_w)) > OMEGA_NODE_TIERS[0][0]).astype(jnp.int32)
         e_d = jax.lax.switch(tier, [lambda n=n: expect_d(n) for _, n in OMEGA_NODE_TIERS])
-    return e_d - gammaln(y + 1.0) + y * mu - y * f1 - jnp.exp(m_w + 0.5 * v_w) * f2
+    value = e_d + y * mu - y * f1 - jnp.exp(m_w + 0.5 * v_w) * f2
+    return value - gammaln(y + 1.0) if constant else value
 
 
 def negbin_moments(layout, x, offset, m, factor, meanfield):
@@ -220,15 +223,15 @@ def negbin_value(layout, x, y, offset, m, factor, meanfield, num_nodes=None) -> 
 
 
 def negbin_pass(layout, data, m, factor, meanfield, num_nodes, block):
-    """One read of X: (sum E[l], E[grad] (K,), -E[hess] (K, K)) of the NB2 likelihood, omega last."""
+    """One read of X: (sum E[l], E[grad] (K,), -E[hess] (K, K)) of the NB2 likelihood, omega last.
+
+    The value leaves out the data-only -sum lgamma(y + 1) (`_glm_quad.data_constant`), which
+    `glm_exact` adds once per fit."""
     x, y, offset = data["x"], data["y"], data.get("offset")
     n, d = x.shape
     dtype = x.dtype
     block = min(block, n)
     num_blocks = -(-n // block)
-
-    def rows(yb, mu, mw, v, c, vw, v_u, c_uw):
-        return jnp.sum(negbin_psi(yb, mu, mw, v, c, vw, v_u, c_uw, num_nodes))
 
     def body(i, carry):
         start = i * block
@@ -240,9 +243,11 @@ def negbin_pass(layout, data, m, factor, meanfield, num_nodes, block):
         mu, v, c, v_u, c_uw, m_w, v_w = negbin_moments(layout, xb, ob, m, factor, meanfield)
         full = jnp.ones_like(mu)
         # Rows already counted (the clamped last block) get zero weight via `keep` on every term.
-        value, (g_mu, g_mw, g_v, g_c, g_vw) = jax.value_and_grad(
-            lambda *a: jnp.sum(keep * negbin_psi(yb, *a, v_u, c_uw, num_nodes)), argnums=(0, 1, 2, 3, 4))(
-                mu, m_w * full, v, c, v_w * full)
+        def rows(*a):  # the data-only -lgamma(y + 1) is left out (added once per fit by glm_exact)
+            return jnp.sum(keep * negbin_psi(yb, *a, v_u, c_uw, num_nodes, constant=False))
+
+        value, (g_mu, g_mw, g_v, g_c, g_vw) = jax.value_and_grad(rows, argnums=(0, 1, 2, 3, 4))(
+            mu, m_w * full, v, c, v_w * full)
         w_ee, w_ew, w_ww = -2.0 * g_v, -g_c, -2.0 * g_vw
         terms = (value, g_mu @ xb, jnp.sum(g_mu), jnp.sum(g_mw), xb.T @ (w_ee[:, None] * xb), w_ee @ xb,
                  jnp.sum(w_ee), w_ew @ xb, jnp.sum(w_ew), jnp.sum(w_ww))

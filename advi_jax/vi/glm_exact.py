@@ -9,7 +9,10 @@ one-dimensional Gaussian integrals plus closed-form terms:
     ELBO = sum_i E[l(y_i, eta_i)] + E_q[log prior] + H[q],
 
 * Poisson (log link, with offset / exposure): E[l] = y mu - exp(mu + v/2) - lgamma(y + 1),
-  closed form;
+  closed form; the data-only -sum_i lgamma(y_i + 1) (also the negative binomial's) is summed once
+  per fit in `init` (`data_constant`; on CPU by the native kernel, `_glm_native.data_constant`;
+  `GLMExactState.constant`) and added to every pass's value,
+  not evaluated per row in every pass: the ELBO the steps compare and report is the whole ELBO;
 * logistic: E[l] = E[y eta - softplus(eta)] by Gauss-Hermite quadrature (probabilists' nodes
   t_j, weights w_j / sqrt(2 pi), eta = mu + sqrt(v) t_j), with softplus as logaddexp (no
   log(1 - p) is formed);
@@ -100,9 +103,9 @@ from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankGaussian, MeanFieldParams, _softplus_inverse
 from advi_jax.vi import _glm_lik, _glm_lowrank, _glm_native
-from advi_jax.vi._glm_quad import NODE_TIERS, expected_log_lik, expected_log_lik_auto, quadrature
+from advi_jax.vi._glm_quad import NODE_TIERS, data_constant, expected_log_lik, expected_log_lik_auto, quadrature
 
-__all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo",
+__all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "data_constant", "exact_elbo",
            "expected_log_lik", "expected_log_lik_auto", "quadrature", "NODE_TIERS"]
 
 NAME = "glm_exact"
@@ -284,7 +287,8 @@ def _block_size(layout: _Layout, options: Options) -> int:
 
 
 def _pass(layout, data, m, factor, meanfield, num_nodes, block):
-    """Sum over rows of E[l], and the likelihood's gradient (K,) and negative expected Hessian (K, K)."""
+    """Sum over rows of E[l] without its data-only part (`data_constant`, added once per fit by the
+    caller), and the likelihood's gradient (K,) and negative expected Hessian (K, K)."""
     x, y, offset = data["x"], data["y"], data.get("offset")
     n, d = x.shape
     dtype = x.dtype
@@ -303,7 +307,7 @@ def _pass(layout, data, m, factor, meanfield, num_nodes, block):
         ob = None if offset is None else jax.lax.dynamic_slice_in_dim(offset, begin, block)
         keep = (begin + jnp.arange(block) >= start).astype(dtype)
         mu, var = _moments(layout, xb, ob, m, factor, meanfield)
-        value, first, curvature = expected_log_lik_auto(layout.kind, yb, mu, var, num_nodes)
+        value, first, curvature = expected_log_lik_auto(layout.kind, yb, mu, var, num_nodes, constant=False)
         first = first * keep
         w = -curvature * keep
         terms = (jnp.sum(value * keep), first @ xb, jnp.sum(first), xb.T @ (w[:, None] * xb), w @ xb, jnp.sum(w))
@@ -340,6 +344,9 @@ class GLMExactState(NamedTuple):
       hess_chol: (K, K) lower Cholesky factor of `hess` (one factorisation per pass, used by the
         next Newton step and by the decrement).
       decrement: the natural-metric decrement at this state (`_decrement`; inf before the first pass).
+      constant: the likelihood's data-only part, -sum_i lgamma(y_i + 1) for Poisson and the negative
+        binomial (0 otherwise; `data_constant`), summed once in `init`: the passes leave it out and
+        `elbo` adds it, so `elbo` is the whole exact ELBO.
     """
 
     loc: Array
@@ -351,6 +358,7 @@ class GLMExactState(NamedTuple):
     rho: Array
     hess_chol: Array
     decrement: Array
+    constant: Array
 
 
 def _tri_inv_lower(L: Array) -> Array:
@@ -412,13 +420,6 @@ def supports(model, family: Family) -> bool:
 FAST_MAX_DIM = 48
 """The largest K for which `loop_compile_mode` compiles the native-pass loop with the fast options."""
 
-FAST_MAX_POISSON_ROWS = 100_000
-"""The most rows of a Poisson model whose native-pass loop `loop_compile_mode` compiles fast: its
-pass also evaluates lgamma(y + 1) over the rows in XLA's code, which the fast options leave
-unvectorised (N = 1e6, 5 passes: 108 against 70 ms of CPU a call; N = 1e5, D = 10: the second
-call 8-9 -> 17-18 ms, for a first call 0.41-0.45 -> 0.22-0.30 s; loaded 2-core machine)."""
-
-
 def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str:
     """The loop programs' XLA options: "fast" where every pass runs in the native kernel and K is
     small (K <= `FAST_MAX_DIM`), else `mode`.
@@ -431,8 +432,11 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     rank); at K = 101 (N = 1e4, 5 passes) it cost 3 ms of CPU more a call (mean-field 20 against
     17.5-18.6 ms, full rank 30 against 26-28 ms), 15-20% of the second call that the time-to-answer
     bench's D = 100 cells measure against `svi.run` (their ratio is the smallest of the grid). So the
-    fast options up to K = 48 (raise `FAST_MAX_DIM` to trade 0.13 s of first call for those ms), and
-    for Poisson up to `FAST_MAX_POISSON_ROWS` rows. `mode`
+    fast options up to K = 48 (raise `FAST_MAX_DIM` to trade 0.13 s of first call for those ms), at any
+    N: Poisson's per-row lgamma(y + 1), which XLA's unvectorised code made cost 30 ns a row, is no
+    longer in the loop (`data_constant`, summed once per fit by the native kernel), so Poisson has no
+    row limit (N = 1e6, D = 10: first call 0.45-0.59 s fast against 0.66-0.79 s "mid" full rank,
+    second call 43-47 against 40-49 ms; loaded 2-core machine). `mode`
     (the size rule's choice, or a `compile_options.forced` one) is kept otherwise, and off CPU.
     """
     from advi_jax import compile_options  # compile_options imports nothing of vi; keep vi's imports light
@@ -444,8 +448,6 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
         return mode
     kind = model.info.kind
     if kind == "negbin" or not _glm_native.covers(kind, model.data["x"].dtype, options.num_nodes, options.kernel):
-        return mode
-    if kind == "poisson" and model.data["x"].shape[0] > FAST_MAX_POISSON_ROWS:
         return mode
     return "fast"
 
@@ -491,7 +493,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
 
     native = not negbin and _glm_native.covers(layout.kind, dtype, options.num_nodes, options.kernel)
 
-    def evaluate(m, precision):
+    def evaluate(m, precision, constant):
         factor = _cov_factor(precision, meanfield)
         if native:
             value, g, h = _glm_native.native_or_xla(_pass, layout, data, m, factor, meanfield, options.num_nodes,
@@ -503,7 +505,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
             var_diag, log_det_sd = factor * factor, jnp.sum(jnp.log(factor))
         else:
             var_diag, log_det_sd = jnp.sum(factor * factor, axis=1), jnp.sum(jnp.log(jnp.diagonal(factor)))
-        elbo = value + _prior_and_entropy(layout, m, var_diag, log_det_sd)
+        elbo = (value + constant) + _prior_and_entropy(layout, m, var_diag, log_det_sd)
         g, h = g - prior_prec * m, h + jnp.diag(prior_prec)
         if negbin:  # the dispersion prior, and a positive-definite curvature (not log-concave: see _glm_lik)
             _, dg, dh = _glm_lik.dispersion_prior(m[-1], var_diag[-1], layout.dispersion)
@@ -520,7 +522,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         # No pass yet: the first step's proposal is the start itself (g = 0, H = P).
         return GLMExactState(m, precision, factor, jnp.asarray(-jnp.inf, dtype), jnp.zeros((k,), dtype),
                              jnp.diag(p0), jnp.asarray(1.0, dtype), jnp.diag(1.0 / sd0),
-                             jnp.asarray(jnp.inf, dtype))
+                             jnp.asarray(jnp.inf, dtype),
+                             _glm_native.data_constant(layout.kind, data["y"], dtype, options.kernel))
 
     def step(key, state: GLMExactState):
         del key
@@ -528,7 +531,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         target = jnp.diagonal(state.hess) if meanfield else state.hess
         precision = (1.0 - rho) * state.precision + rho * target
         m = state.loc + jnp.minimum(rho, 1.0) * cho_solve((state.hess_chol, True), state.grad)
-        factor, elbo, g, h = evaluate(m, precision)
+        factor, elbo, g, h = evaluate(m, precision, state.constant)
         h_chol = jnp.linalg.cholesky(h)
         slack = 8.0 * eps * jnp.abs(state.elbo)
         ok = (jnp.isfinite(elbo) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(factor))
@@ -536,7 +539,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         accept = ok & ((elbo >= state.elbo - slack) | ~jnp.isfinite(state.elbo))
         change = jnp.abs(elbo - state.elbo) / (jnp.abs(elbo) + 1.0)
         new = GLMExactState(m, precision, factor, elbo, g, h, jnp.minimum(options.max_rho, 2.0 * rho), h_chol,
-                            _decrement(g, h, h_chol, precision, factor, meanfield))
+                            _decrement(g, h, h_chol, precision, factor, meanfield), state.constant)
         kept = state._replace(rho=rho / 4.0)
         nxt = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, kept)
         decrement = nxt.decrement

@@ -6,7 +6,8 @@ the one-read GLM log-likelihood and gradient, used by
 entry point (`GLM_DIFF_TARGETS`) gives the value differences from a reference for many steps in
 one read of X (`advi_jax.models.relative`, the importance diagnostics of the ready GLMs).
 `glm_exact_kernel.cc` (`GLM_EXACT_TARGETS`): one pass of `glm_exact` (the expected log-likelihood
-of a Gaussian q, its gradient in the mean and its expected negative Hessian; `advi_jax.vi.glm_exact`).
+of a Gaussian q, its gradient in the mean and its expected negative Hessian; `advi_jax.vi.glm_exact`),
+and (`LOG_FACTORIAL_TARGETS`) the sum of lgamma(y + 1) that glm_exact adds once per fit.
 
 Building. The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/
 `clang++`) against the XLA FFI headers that ship with jaxlib (`jax.ffi.include_dir()`, as
@@ -47,7 +48,8 @@ import jax
 
 from advi_jax.models._native._builder import tmp_prefix
 
-__all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "GLM_EXACT_TARGETS", "FLAGS", "available", "build", "build_log",
+__all__ = ["GLM_TARGETS", "GLM_DIFF_TARGETS", "GLM_EXACT_TARGETS", "LOG_FACTORIAL_TARGETS", "FLAGS", "available",
+           "build", "build_log",
            "cache_dir", "cpu_only", "library_path", "num_threads", "reason", "remove_stale", "start", "status"]
 
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("glm_kernel.cc", "glm_exact_kernel.cc"))
@@ -59,6 +61,8 @@ GLM_DIFF_TARGETS = {"float32": "advi_jax_glm_diff_f32", "float64": "advi_jax_glm
 _DIFF_SYMBOLS = {"float32": "AdviJaxGlmDiffF32", "float64": "AdviJaxGlmDiffF64"}
 GLM_EXACT_TARGETS = {"float32": "advi_jax_glm_exact_f32", "float64": "advi_jax_glm_exact_f64"}
 _EXACT_SYMBOLS = {"float32": "AdviJaxGlmExactF32", "float64": "AdviJaxGlmExactF64"}
+LOG_FACTORIAL_TARGETS = {"float32": "advi_jax_log_factorial_sum_f32", "float64": "advi_jax_log_factorial_sum_f64"}
+_LOG_FACTORIAL_SYMBOLS = {"float32": "AdviJaxLogFactorialSumF32", "float64": "AdviJaxLogFactorialSumF64"}
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC", "-Wall",
          "-Wextra")
 STALE_AFTER_S = 3600.0  # a scratch folder whose owner cannot be checked is stale after an hour
@@ -218,7 +222,7 @@ def _fail(why: str) -> None:
 def _load(path: Path) -> None:
     lib = ctypes.CDLL(str(path))
     for targets, symbols in ((GLM_TARGETS, _SYMBOLS), (GLM_DIFF_TARGETS, _DIFF_SYMBOLS),
-                             (GLM_EXACT_TARGETS, _EXACT_SYMBOLS)):
+                             (GLM_EXACT_TARGETS, _EXACT_SYMBOLS), (LOG_FACTORIAL_TARGETS, _LOG_FACTORIAL_SYMBOLS)):
         for dtype, target in targets.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbols[dtype])), platform="cpu")
     _state.update(status="ready", reason="", path=path, lib=lib)

@@ -164,13 +164,20 @@ void exact_rows(const ExactProblem<T>& p, int64_t row0, int64_t row1, ExactParti
     for (int64_t r = nt; r < R; ++r) { mu[r] = T(0); var[r] = T(0); }
     T vsum = 0;
     if (p.kind == kExactPoisson) {
-      const T* lt = p.lgy ? p.lgy + i0 : nullptr;
+      // One vectorised loop (the sum as a simd reduction); the data-only log y! is not here: glm_exact
+      // adds its sum once per fit (advi_jax_log_factorial_sum below), so lgy is normally empty. A
+      // `lt ? lt[r] : 0` inside this loop kept it scalar and made the pass 20% slower at N = 1e6, D = 10.
+      T vp = 0;
+#pragma omp simd reduction(+ : vp)
       for (int64_t r = 0; r < nt; ++r) {
         const T rate = exp_any<T>(mu[r] + T(0.5) * var[r]);
-        vsum += yt[r] * mu[r] - rate - (lt ? lt[r] : T(0));
+        vp += yt[r] * mu[r] - rate;
         first[r] = yt[r] - rate;
         w[r] = rate;
       }
+      if (p.lgy)
+        for (int64_t r = 0; r < nt; ++r) vp -= p.lgy[i0 + r];
+      vsum += vp;
     } else {
       T sd_max = 0;
       for (int64_t r = 0; r < nt; ++r) sd_max = std::max(sd_max, var[r]);
@@ -336,7 +343,82 @@ ffi::Error GlmExactImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT>
   return ffi::Error::Success();
 }
 
+// ---- sum_i lgamma(y_i + 1): glm_exact's data-only constant (Poisson, negative binomial) ----
+// Evaluated once per fit (advi_jax/vi/_glm_native.py, data_constant), not in every pass; in
+// double whatever T, with a log and a shift that vectorise (XLA's lgamma in the fast compile
+// options' unvectorised code cost 30 ns a row).
+
+// log(x) for finite x > 0 (not subnormal), double: x = 2^e m, m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716: the series to s^21 (error < 1e-17).
+// The exponent is read as a double by the 2^52 bias trick (no int64 -> double conversion).
+inline double log_pos_d(double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const uint64_t ebits = (bits >> 52) | 0x4330000000000000ULL;  // 2^52 + biased exponent
+  double e;
+  std::memcpy(&e, &ebits, sizeof e);
+  e -= 4503599627370496.0 + 1023.0;
+  const uint64_t mbits = (bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;  // m in [1, 2)
+  double m;
+  std::memcpy(&m, &mbits, sizeof m);
+  const bool big = m > 1.4142135623730951;
+  m = big ? 0.5 * m : m;
+  e = big ? e + 1.0 : e;
+  const double s = (m - 1.0) / (m + 1.0), s2 = s * s;
+  double q = 1.0 / 21.0;
+  q = q * s2 + 1.0 / 19.0;
+  q = q * s2 + 1.0 / 17.0;
+  q = q * s2 + 1.0 / 15.0;
+  q = q * s2 + 1.0 / 13.0;
+  q = q * s2 + 1.0 / 11.0;
+  q = q * s2 + 1.0 / 9.0;
+  q = q * s2 + 1.0 / 7.0;
+  q = q * s2 + 1.0 / 5.0;
+  q = q * s2 + 1.0 / 3.0;
+  q = q * s2 + 1.0;
+  return e * 0.6931471805599453 + 2.0 * s * q;
+}
+
+// lgamma(z) for z >= 1, double: z < 16 is shifted to w = z + 16 (lgamma(z) = lgamma(w) -
+// log(z (z + 1) ... (z + 15))), then Stirling's series to 1 / w^9 (error < 2e-16 at w >= 16).
+inline double lgamma_ge1_d(double z) {
+  const bool small = z < 16.0;
+  double prod = 1.0;
+  ADVI_UNROLL
+  for (int k = 0; k < 16; ++k) prod *= z + k;
+  const double w = small ? z + 16.0 : z;
+  const double r = 1.0 / w, r2 = r * r;
+  const double series = r * (1.0 / 12.0 + r2 * (-1.0 / 360.0 + r2 * (1.0 / 1260.0 + r2 * (-1.0 / 1680.0 +
+                        r2 * (1.0 / 1188.0)))));
+  const double stirling = (w - 0.5) * log_pos_d(w) - w + 0.91893853320467274 + series;
+  return small ? stirling - log_pos_d(prod) : stirling;
+}
+
+template <typename T>
+double log_factorial_sum(const T* y, int64_t n) {
+  double total = 0.0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < n; ++i) total += lgamma_ge1_d(static_cast<double>(y[i]) + 1.0);
+  return total;
+}
+
+// y (N,) with y >= 0 (the ready models' checks); result () = sum_i lgamma(y_i + 1).
+template <ffi::DataType DT>
+ffi::Error LogFactorialSumImpl(ffi::Buffer<DT> y, ffi::ResultBuffer<DT> out) {
+  using T = ffi::NativeType<DT>;
+  const int64_t n = static_cast<int64_t>(y.element_count());
+  out->typed_data()[0] = static_cast<T>(log_factorial_sum<T>(y.typed_data(), n));
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+#define ADVI_JAX_BIND_LOG_FACTORIAL(DT) ffi::Ffi::Bind().Arg<ffi::Buffer<DT>>().Ret<ffi::Buffer<DT>>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxLogFactorialSumF32, LogFactorialSumImpl<ffi::DataType::F32>,
+                              ADVI_JAX_BIND_LOG_FACTORIAL(ffi::DataType::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdviJaxLogFactorialSumF64, LogFactorialSumImpl<ffi::DataType::F64>,
+                              ADVI_JAX_BIND_LOG_FACTORIAL(ffi::DataType::F64));
 
 #define ADVI_JAX_BIND_EXACT(DT)                \
   ffi::Ffi::Bind()                             \
