@@ -417,7 +417,7 @@ def supports(model, family: Family) -> bool:
     return info.kind in KINDS and not info.hierarchical_scale and getattr(family, "name", None) in FAMILIES
 
 
-FAST_MAX_DIM = 48
+FAST_MAX_DIM = 128
 """The largest K for which `loop_compile_mode` compiles the native-pass loop with the fast options."""
 
 def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str:
@@ -429,11 +429,12 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     factors, a triangular inverse and solves, K x K products and selects). With the fast options
     (`compile_options.FAST_OPTIONS`) that code is unvectorised: at K = 11 it costs no measurable
     time a call and the loop compiles in 0.07-0.08 s instead of 0.21-0.24 s ("mid"; N = 1e4, full
-    rank); at K = 101 (N = 1e4, 5 passes) it cost 3 ms of CPU more a call (mean-field 20 against
-    17.5-18.6 ms, full rank 30 against 26-28 ms), 15-20% of the second call that the time-to-answer
-    bench's D = 100 cells measure against `svi.run` (their ratio is the smallest of the grid). So the
-    fast options up to K = 48 (raise `FAST_MAX_DIM` to trade 0.13 s of first call for those ms), at any
-    N: Poisson's per-row lgamma(y + 1), which XLA's unvectorised code made cost 30 ns a row, is no
+    rank); at K = 101 (N = 1e4, logistic, one process each, alternated, 2 rounds) the first call
+    is 0.50-0.55 s against 0.77-0.87 s ("mid": its loop compiles in 0.23-0.36 s, fast in 0.06-0.09 s)
+    and the second 22-30 ms either way (the best of 3; an earlier measurement put the unvectorised
+    O(K^3) code at 3 ms more a call, within this machine's noise here). So the fast options up to
+    K = 128 (the O(K^3) code grows as K^3 past it, the compile saving does not), at any N:
+    Poisson's per-row lgamma(y + 1), which XLA's unvectorised code made cost 30 ns a row, is no
     longer in the loop (`data_constant`, summed once per fit by the native kernel), so Poisson has no
     row limit (N = 1e6, D = 10: first call 0.45-0.59 s fast against 0.66-0.79 s "mid" full rank,
     second call 43-47 against 40-49 ms; loaded 2-core machine). `mode`
