@@ -296,7 +296,7 @@ def test_a_transit_begun_by_noise_comes_back_down_at_its_first_review(seed):
     """A grown step stays grown only while a coordinate flagged in the last window drifts on, flagged,
     the same way. At a grown step some coordinate among the 2K is flagged in most windows by noise
     (a different one, of either sign); before the rule asked for the same coordinate and sign, these
-    seeds kept the step grown (at 0.08) for 4,000-4,600 of 5,000 steps (births_lognormal_ts and
+    seeds kept the step grown (up to 0.08) for 4,000 of 5,000 steps (births_lognormal_ts and
     radon_varying_slopes lost ~4,800 steps this way and reached the cap). Here the transit begins by
     noise at step ~400 and is over at its first review, one window (32 x 25 steps) later."""
     transit, lr = _noise_transit_run(seed)
