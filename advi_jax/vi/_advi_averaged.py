@@ -75,16 +75,12 @@ inference", RABVI):
   itself inflates: a pure linear trend over h batches reads only ~0.87 sqrt(h)), the step size
   grows by `transit_growth` (to at most `transit_max` x `learning_rate`; the trust region
   `max_step` still bounds each step) and the window restarts from the current iterate. Every full
-  set of slots (`num_slots` batches) it is reviewed: still moving, it grows again; still moving
-  means that a coordinate flagged at the last decision is flagged again, drifting the same way (a
-  climb persists; at the grown step some coordinate among the 2K is flagged by noise in most
-  windows, a different one of either sign each time: births_lognormal_ts and radon_varying_slopes
-  kept the step at 0.08 for 3,200 steps that way and reached the cap, `AveragedState.transit_sign`,
-  benchmarks/PERFORMANCE.md, "birthscap"); not moving, it
-  comes back down by the same factor per window (the grown step's own O(rho) bias is left
-  gradually), never to grow again, and the rule's normal first phase starts from scratch at
-  `learning_rate`. The rule cannot pass while the step is grown or coming back down, and that
-  phase runs at least `halved_fraction` of the steps so far: the grown step's bias along the slow
+  set of slots (`num_slots` batches) it is reviewed: still moving (a coordinate flagged at the last
+  decision flagged again, drifting the same way: a climb persists, while noise flags some other
+  coordinate in most windows; PERFORMANCE.md, "birthscap"), it grows again; not moving, it comes
+  back down by the same factor per window (the grown step's own O(rho) bias is left gradually),
+  never to grow again, and the rule's normal first phase starts from scratch at `learning_rate`.
+  The rule cannot pass while the step is grown or coming back down, and that phase runs at least `halved_fraction` of the steps so far: the grown step's bias along the slow
   direction relaxes on the transit's own time scale, which a short phase's drift test cannot see
   (eight_schools_centered, seed 1: its rule passed 0.10 sd from the family limit 400 steps after
   the descent).
@@ -117,9 +113,7 @@ BIAS_WARNING = 0.05
 """`stop_warning`'s threshold on the change a halving of the step size made (q's units)."""
 
 _TRACE = None
-"""A host function called with every closed batch's statistics (`jax.debug.callback`), or None (the
-default: nothing is traced, the compiled program is unchanged). Read when the step is traced; for
-benchmarks/bench_stop_trace.py, which records why the rule does or does not pass."""
+"""None, or a host function given every closed batch's statistics (benchmarks/bench_stop_trace.py)."""
 
 
 class AutoStop(NamedTuple):
@@ -215,7 +209,7 @@ class AveragedState(NamedTuple):
     clipped_steps: Array  # steps whose natural update was clipped (0 with Adam)
     transit: Array  # 0: no transit seen yet; 1: in a transit, the step growing; 3: coming back down; 2: over
     control: Array  # (2, 2, K, K) running averages of the control variate's coefficients and their squares ((0,) unused)
-    transit_sign: Array  # (2K,) each coordinate's drift sign if flagged at the last transit decision, else 0 ((0,) unused)
+    transit_sign: Array  # (2K,) each drift's sign where flagged at the last transit decision ((0,) unused)
 
 
 def _tail(n: Array, m: int) -> tuple[Array, Array, Array]:
@@ -377,9 +371,7 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
             begin = ((st.transit == 0) & (st.halvings == 0) & (phase_steps >= stop.transit_after) & jnp.any(flagged)
                      & ~ok)
             review = ((st.transit == 1) | (st.transit == 3)) & (n >= m)
-            # Still climbing: a coordinate flagged in the last window drifts on, flagged, the same way.
-            # A flag anywhere among the 2K coordinates is not enough: at the grown step some log sd is
-            # flagged in nearly every window by noise (a different one, of either sign, each time).
+            # still climbing: a coordinate flagged at the last decision is flagged again, the same way
             persists = jnp.any(flagged & (direction == st.transit_sign))
             grow = begin | (review & persists & (st.transit == 1))
             # Once the drift stops, the step comes back down by the same factor per window (the grown
@@ -444,11 +436,10 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         if _TRACE is not None:  # benchmarks/bench_stop_trace.py: the test's inputs and outcome
             jax.debug.callback(_TRACE, dict(
                 step=st.fit.step, n=st.num_batches + 1, batch_steps=st.batch_steps, lr=st.lr, new_lr=out.lr,
-                halvings=st.halvings, transit=st.transit, new_transit=out.transit,
-                min_phase_steps=st.min_phase_steps, ok=ok, done=done, restart=restart, mcse=mcse, drift=drift,
-                excess=excess, distance=distance, step_mcse=step_mcse, change=change, s=s,
-                newton=st.newton.at[st.num_batches].set(st.cur_newton / count), tail=tail, first=first, last=last,
-                summary=summary))
+                halvings=st.halvings, transit=st.transit, new_transit=out.transit, ok=ok, done=done, s=s,
+                min_phase_steps=st.min_phase_steps, restart=restart, mcse=mcse, drift=drift, excess=excess,
+                distance=distance, step_mcse=step_mcse, change=change, tail=tail, first=first, last=last,
+                summary=summary, newton=st.newton.at[st.num_batches].set(st.cur_newton / count)))
         return out
 
     def adam_update(key: Array, state: AveragedState):
