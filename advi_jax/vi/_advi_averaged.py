@@ -80,9 +80,9 @@ inference", RABVI):
   coordinate in most windows; PERFORMANCE.md, "birthscap"), it grows again; not moving, it comes
   back down by the same factor per window (the grown step's own O(rho) bias is left gradually),
   never to grow again, and the rule's normal first phase starts from scratch at `learning_rate`.
-  The rule cannot pass while the step is grown or coming back down, and that phase runs at least `halved_fraction` of the steps so far: the grown step's bias along the slow
-  direction relaxes on the transit's own time scale, which a short phase's drift test cannot see
-  (eight_schools_centered, seed 1: its rule passed 0.10 sd from the family limit 400 steps after
+  The rule cannot pass while the step is grown or coming back down, and that phase runs at least
+  `halved_fraction` of the steps so far: the grown step's bias along the slow direction relaxes on
+  the transit's own time scale, which a short phase's drift test cannot see (eight_schools_centered, seed 1: its rule passed 0.10 sd from the family limit 400 steps after
   the descent).
 
 Everything runs inside the step (one compile; the tests happen only when a batch completes,
