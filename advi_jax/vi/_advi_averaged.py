@@ -82,8 +82,8 @@ inference", RABVI):
   never to grow again, and the rule's normal first phase starts from scratch at `learning_rate`.
   The rule cannot pass while the step is grown or coming back down, and that phase runs at least
   `halved_fraction` of the steps so far: the grown step's bias along the slow direction relaxes on
-  the transit's own time scale, which a short phase's drift test cannot see (eight_schools_centered, seed 1: its rule passed 0.10 sd from the family limit 400 steps after
-  the descent).
+  the transit's own time scale, which a short phase's drift test cannot see (eight_schools_centered,
+  seed 1: its rule passed 0.10 sd from the family limit 400 steps after the descent).
 
 Everything runs inside the step (one compile; the tests happen only when a batch completes,
 under `lax.cond`), and the step's `StepInfo.converged` reports the outcome, which is how the
