@@ -75,14 +75,15 @@ inference", RABVI):
   itself inflates: a pure linear trend over h batches reads only ~0.87 sqrt(h)), the step size
   grows by `transit_growth` (to at most `transit_max` x `learning_rate`; the trust region
   `max_step` still bounds each step) and the window restarts from the current iterate. Every full
-  set of slots (`num_slots` batches) it is reviewed: still moving, it grows again; not moving, it
-  comes back down by the same factor per window (the grown step's own O(rho) bias is left
-  gradually), never to grow again, and the rule's normal first phase starts from scratch at
-  `learning_rate`. The rule cannot pass while the step is grown or coming back down, and that
-  phase runs at least `halved_fraction` of the steps so far: the grown step's bias along the slow
-  direction relaxes on the transit's own time scale, which a short phase's drift test cannot see
-  (eight_schools_centered, seed 1: its rule passed 0.10 sd from the family limit 400 steps after
-  the descent).
+  set of slots (`num_slots` batches) it is reviewed: still moving (a coordinate flagged at the last
+  decision flagged again, drifting the same way: a climb persists, while noise flags some other
+  coordinate in most windows; PERFORMANCE.md, "birthscap"), it grows again; not moving, it comes
+  back down by the same factor per window (the grown step's own O(rho) bias is left gradually),
+  never to grow again, and the rule's normal first phase starts from scratch at `learning_rate`.
+  The rule cannot pass while the step is grown or coming back down, and that phase runs at least
+  `halved_fraction` of the steps so far: the grown step's bias along the slow direction relaxes on
+  the transit's own time scale, which a short phase's drift test cannot see (eight_schools_centered,
+  seed 1: its rule passed 0.10 sd from the family limit 400 steps after the descent).
 
 Everything runs inside the step (one compile; the tests happen only when a batch completes,
 under `lax.cond`), and the step's `StepInfo.converged` reports the outcome, which is how the
@@ -110,6 +111,9 @@ __all__ = ["AutoStop", "AveragedState", "advi_averaged", "averaged_params", "ave
 
 BIAS_WARNING = 0.05
 """`stop_warning`'s threshold on the change a halving of the step size made (q's units)."""
+
+_TRACE = None
+"""None, or a host function given every closed batch's statistics (benchmarks/bench_stop_trace.py)."""
 
 
 class AutoStop(NamedTuple):
@@ -205,6 +209,7 @@ class AveragedState(NamedTuple):
     clipped_steps: Array  # steps whose natural update was clipped (0 with Adam)
     transit: Array  # 0: no transit seen yet; 1: in a transit, the step growing; 3: coming back down; 2: over
     control: Array  # (2, 2, K, K) running averages of the control variate's coefficients and their squares ((0,) unused)
+    transit_sign: Array  # (2K,) each drift's sign where flagged at the last transit decision ((0,) unused)
 
 
 def _tail(n: Array, m: int) -> tuple[Array, Array, Array]:
@@ -330,7 +335,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
                              jnp.full((2 * model.dim,), jnp.nan, flat.dtype), nan, nan,
                              jnp.asarray(stop.min_batches * stop.batch_steps, jnp.int32), jnp.zeros((), bool),
                              jnp.zeros((), bool), zero, zero,
-                             jnp.zeros((2, 2, model.dim, model.dim) if controlled else (0,), flat.dtype))
+                             jnp.zeros((2, 2, model.dim, model.dim) if controlled else (0,), flat.dtype),
+                             jnp.zeros((2 * model.dim,) if transiting else (0,), flat.dtype))
 
     def loss(params, key):
         surrogate, aux = estimator_fn(family, model.log_density, params, key, num_samples)
@@ -360,10 +366,14 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         if transiting:
             q = jnp.sum(first).astype(flat.dtype)
             se_d = se * jnp.sqrt(h) * jnp.sqrt(2.0 / q)  # the tail's batch sd, over sqrt(q / 2)
-            moving = jnp.any((jnp.abs(d) > stop.transit_drift) & (jnp.abs(d) > stop.transit_z * se_d))
-            begin = (st.transit == 0) & (st.halvings == 0) & (phase_steps >= stop.transit_after) & moving & ~ok
+            flagged = (jnp.abs(d) > stop.transit_drift) & (jnp.abs(d) > stop.transit_z * se_d)
+            direction = jnp.where(flagged, jnp.sign(d), 0.0)
+            begin = ((st.transit == 0) & (st.halvings == 0) & (phase_steps >= stop.transit_after) & jnp.any(flagged)
+                     & ~ok)
             review = ((st.transit == 1) | (st.transit == 3)) & (n >= m)
-            grow = begin | (review & moving & (st.transit == 1))
+            # still climbing: a coordinate flagged at the last decision is flagged again, the same way
+            persists = jnp.any(flagged & (direction == st.transit_sign))
+            grow = begin | (review & persists & (st.transit == 1))
             # Once the drift stops, the step comes back down by the same factor per window (the grown
             # step's O(rho) bias is left gradually, the iterates following), never to grow again.
             shrink = review & ~grow
@@ -416,12 +426,20 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
             # which lags behind): the rule's phase, its batches and its minimum length start over.
             # Elsewhere the rule's own step (halved at a restart) stands.
             out = out._replace(lr=jnp.where(grow, grown, jnp.where(shrink, lower, out.lr)), transit=new_transit,
+                               transit_sign=jnp.where(begin | review, direction, st.transit_sign),
                                num_batches=jnp.where(reset, 0, out.num_batches),
                                batch_steps=jnp.where(reset, stop.batch_steps, out.batch_steps),
                                min_phase_steps=jnp.where(
                                    end_of_transit, jnp.maximum(stop.min_batches * stop.batch_steps, jnp.ceil(
                                        stop.halved_fraction * st.fit.step).astype(jnp.int32)),
                                    jnp.where(reset, stop.min_batches * stop.batch_steps, out.min_phase_steps)))
+        if _TRACE is not None:  # benchmarks/bench_stop_trace.py: the test's inputs and outcome
+            jax.debug.callback(_TRACE, dict(
+                step=st.fit.step, n=st.num_batches + 1, batch_steps=st.batch_steps, lr=st.lr, new_lr=out.lr,
+                halvings=st.halvings, transit=st.transit, new_transit=out.transit, ok=ok, done=done, s=s,
+                min_phase_steps=st.min_phase_steps, restart=restart, mcse=mcse, drift=drift, excess=excess,
+                distance=distance, step_mcse=step_mcse, change=change, tail=tail, first=first, last=last,
+                summary=summary, newton=st.newton.at[st.num_batches].set(st.cur_newton / count)))
         return out
 
     def adam_update(key: Array, state: AveragedState):
