@@ -62,7 +62,7 @@ from advi_jax.diagnostics import _psis_core
 from advi_jax.families import Family, FullRankParams, MeanFieldParams, _softplus_inverse
 
 __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "Approximation",
-           "lbfgs_path", "PathResult", "StartGaussian", "start_gaussian", "path_gaussian"]
+           "lbfgs_path", "PathResult", "PathStart", "StartGaussian", "start_gaussian", "path_gaussian"]
 
 NAME = "pathfinder"
 FAMILIES = ("meanfield", "fullrank")
@@ -133,6 +133,28 @@ class Approximation(NamedTuple):
     chol: Array
 
 
+class PathStart(NamedTuple):
+    """Where a path began (see `lbfgs_path`'s `jitter`).
+
+    Attributes:
+      point: (K,) the point the L-BFGS path ran from: `x0`, or the first jittered point where
+        log p and its gradient are finite.
+      num_tries: the points evaluated to find it (1: `x0` itself was finite); each is one
+        gradient evaluation, counted in the path's `num_grad_evals`.
+      finite: whether log p and its gradient are finite at `point` (False: no point tried was).
+      grad_finite: whether the gradient of log p is finite at `x0` (its value is the path's
+        `start_log_density`).
+      value_nonfinite: of the jittered points tried, how many had a non-finite log p (the others
+        that failed had a finite value and a non-finite gradient).
+    """
+
+    point: Array
+    num_tries: Array
+    finite: Array
+    grad_finite: Array
+    value_nonfinite: Array
+
+
 class PathResult(NamedTuple):
     """What one path returns: its best approximation, its costs, and log p at its start."""
 
@@ -141,8 +163,9 @@ class PathResult(NamedTuple):
     num_iters: Array
     num_grad_evals: Array
     num_logp_evals: Array
-    start_log_density: Array
+    start_log_density: Array  # log p(x0)
     best_iter: Array = None  # the iteration (1-based) whose Gaussian is the best; 0: none
+    start: PathStart = None  # where the path began
 
 
 class State(NamedTuple):
@@ -314,7 +337,45 @@ def _line_search(value_and_grad, x, f, g, d, c1, c2, max_trials):
     return found & (slope < 0), x_new, f_new, g_new, n
 
 
-def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Array | None = None) -> PathResult:
+def _finite(f: Array, g: Array) -> Array:
+    return jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
+
+
+def _first_finite(value_and_grad, x0: Array, jitter: Array | None):
+    """(x, f, g, PathStart, f(x0)): the first of x0, x0 + jitter[0], x0 + jitter[1], ... where f = -log p
+    and its gradient g are finite (the last one tried when none is).
+
+    One call site of `value_and_grad` inside a while loop whose first pass evaluates x0, so the
+    retries add no copy of the log density to the program; where x0 is finite the loop runs once.
+    """
+    if jitter is None:
+        f0, g0 = value_and_grad(x0)
+        ok = _finite(f0, g0)
+        return x0, f0, g0, PathStart(x0, jnp.asarray(1, jnp.int32), ok, jnp.all(jnp.isfinite(g0)),
+                                     jnp.asarray(0, jnp.int32)), f0
+    num_jitter = jitter.shape[0]
+
+    def cond(c):
+        i, _, f, g = c[:4]
+        return (i == 0) | (~_finite(f, g) & (i <= num_jitter))
+
+    def body(c):
+        i, _, _, _, f_first, g_first_ok, bad_values = c
+        offset = jax.lax.dynamic_index_in_dim(jitter, jnp.maximum(i - 1, 0), keepdims=False)
+        x = jnp.where(i == 0, x0, x0 + offset)
+        f, g = value_and_grad(x)
+        first = i == 0
+        return (i + 1, x, f, g, jnp.where(first, f, f_first), jnp.where(first, jnp.all(jnp.isfinite(g)), g_first_ok),
+                bad_values + (~first & ~jnp.isfinite(f)).astype(jnp.int32))
+
+    nan = jnp.asarray(jnp.nan, x0.dtype)
+    init = (jnp.asarray(0, jnp.int32), x0, nan, jnp.zeros_like(x0), nan, jnp.asarray(False), jnp.asarray(0, jnp.int32))
+    tries, x, f, g, f_first, g_first_ok, bad_values = jax.lax.while_loop(cond, body, init)
+    return x, f, g, PathStart(x, tries, _finite(f, g), g_first_ok, bad_values), f_first
+
+
+def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Array | None = None,
+               jitter: Array | None = None) -> PathResult:
     """Run one Pathfinder path from x0 and return its best Gaussian (by estimated ELBO).
 
     Args:
@@ -325,10 +386,14 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
       noise: None (draw each iteration's ELBO draws from `key`), or the standard normals of
         every iteration, (max_iters, num_elbo_draws, K): a program that draws all its randomness
         at once compiles one random number generator instead of one per loop.
+      jitter: None, or (T, K) offsets: where log p or its gradient is not finite at x0 (a log at
+        a boundary, 0 * inf, overflow), the path runs from the first of x0 + jitter[t] where
+        both are (Stan retries random initial points the same way); every point tried is one
+        gradient evaluation. None: the path runs from x0 or, where x0 is not finite, not at all.
 
     Returns:
-      `PathResult` with the best ELBO, its `Approximation`, the iterations, the costs and
-      log p(x0).
+      `PathResult` with the best ELBO, its `Approximation`, the iterations, the costs,
+      log p(x0) and the `PathStart`.
     """
     k = x0.shape[0]
     m = options.history
@@ -346,10 +411,10 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
         ok = jnp.isfinite(elbo) & jnp.isfinite(stderr)
         return jnp.where(ok, elbo, -jnp.inf), jnp.where(ok, elbo - options.elbo_penalty * stderr, -jnp.inf)
 
-    f0, g0 = value_and_grad(x0)
+    x_start, f0, g0, began, f_x0 = _first_finite(value_and_grad, x0, jitter)
     empty = jnp.zeros((m, k), dtype)
     ones = jnp.ones((k,), dtype)
-    start_approx = Approximation(x0, ones, jnp.zeros((k, min(k, 2 * m)), dtype),
+    start_approx = Approximation(x_start, ones, jnp.zeros((k, min(k, 2 * m)), dtype),
                                  jnp.eye(min(k, 2 * m), dtype=dtype))
 
     def cond(c):
@@ -392,13 +457,13 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
                     best=best, best_iter=best_iter, it=c["it"] + 1, done=done,
                     grads=c["grads"] + trials, logps=c["logps"] + options.num_elbo_draws)
 
-    init = dict(x=x0, f=f0, g=g0, s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
+    init = dict(x=x_start, f=f0, g=g0, s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
                 key=key, best_elbo=jnp.asarray(-jnp.inf, dtype), best_score=jnp.asarray(-jnp.inf, dtype),
                 best=start_approx, best_iter=jnp.asarray(0, jnp.int32), it=jnp.asarray(0, jnp.int32),
-                done=~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))),
-                grads=jnp.asarray(1, jnp.int32), logps=jnp.asarray(0, jnp.int32))
+                done=~began.finite, grads=began.num_tries, logps=jnp.asarray(0, jnp.int32))
     out = jax.lax.while_loop(cond, body, init)
-    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -f0, out["best_iter"])
+    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -f_x0, out["best_iter"],
+                      began)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,17 +529,17 @@ def start_gaussian(model: Any, loc: Array, key: Array, options: Options = Option
 
 
 def path_gaussian(model: Any, loc: Array, key: Array, options: Options, diagonal: bool = False,
-                  noise: Array | None = None) -> tuple[StartGaussian, Array]:
-    """`start_gaussian` unjitted, for use inside another program: (StartGaussian, log p(loc)).
-    `noise`: as in `lbfgs_path`."""
-    path = lbfgs_path(model.log_density, loc, key, options, noise)
+                  noise: Array | None = None, jitter: Array | None = None) -> tuple[StartGaussian, Array, PathStart]:
+    """`start_gaussian` unjitted, for use inside another program: (StartGaussian, log p(loc),
+    PathStart). `noise`, `jitter`: as in `lbfgs_path`."""
+    path = lbfgs_path(model.log_density, loc, key, options, noise, jitter)
     if diagonal:
         factor = jnp.diag(jnp.sqrt(_variance(path.approx)))
     else:
         factor = _lower_factor(path.approx)
     found = StartGaussian(path.approx.mu, factor, path.elbo, path.num_iters, path.num_grad_evals,
                           path.num_logp_evals, path.best_iter)
-    return found, path.start_log_density
+    return found, path.start_log_density, path.start
 
 
 @compile_options.jit(static_argnames=("options", "diagonal"))
