@@ -109,7 +109,7 @@ def test_jittered_start_counts_its_tries_and_reports_where_it_began():
     began = found.began
     assert int(began.num_tries) == 2 and bool(began.finite) and not bool(began.grad_finite)
     point = np.asarray(began.point)
-    assert 0 < np.abs(point).max() <= 2.0 * start_module.START_BUDGET.jitter_first
+    assert 0.5 < np.abs(point).max() <= 2.0  # the first try's box: Stan's (-2, 2)^K
     assert float(found.start_log_density) == pytest.approx(float(model.log_density(jnp.zeros(3))))
     options = start_module.START_BUDGET.pathfinder_options()
     noise = jax.random.normal(jax.random.key(0), (options.max_iters, options.num_elbo_draws, 3))

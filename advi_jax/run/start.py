@@ -185,12 +185,14 @@ class StartBudget(NamedTuple):
       jitter_tries: where log p or its gradient is not finite at the start (a log at a boundary,
         0 * inf, overflow), the path runs from the first finite of this many jittered points
         (`pathfinder.lbfgs_path`'s `jitter`; Stan retries 100 random inits).
-      jitter_first: the first jittered point lies uniformly in (-r, r)^K around the start, r this
-        fraction of `init_radius`; r grows geometrically to `init_radius` at the last try. The
-        usual failure is a set of measure zero at the start (0 * inf at exactly zero), which the
-        first, nearest try escapes, and the path then runs from next to where it was meant to
-        (stochastic_volatility: benchmarks/PERFORMANCE.md, "nanstart"); a region around the
-        start that is not finite (overflow) is left by the later, wider tries.
+      jitter_last: the first jittered point lies uniformly in (-r, r)^K around the start with r
+        = `init_radius` (Stan's random inits), the later ones in boxes shrinking geometrically to
+        r = `init_radius` times this. The usual failure is a set of measure zero at the start
+        (0 * inf at exactly zero), which the first try leaves; from Stan's box the path also
+        started better than from next to zero on stochastic_volatility (its start's ELBO after
+        BaM -146 at 6 of 8 seeds against -234 to -258 from within 0.002 of zero; the family
+        limit's -144.7: benchmarks/PERFORMANCE.md, "nanstart"). The later, nearer tries serve a
+        log density that is not finite far from the start (an overflow).
     """
 
     path_iters: int = 200
@@ -198,7 +200,7 @@ class StartBudget(NamedTuple):
     path_patience: int = 50
     elbo_draws: int = 64
     jitter_tries: int = 100
-    jitter_first: float = 1e-3
+    jitter_last: float = 1e-3
 
     def pathfinder_options(self) -> _pathfinder.Options:
         """The Pathfinder `Options` of the start's path."""
@@ -287,8 +289,8 @@ def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUD
 
 def jitter_factors(budget: StartBudget = START_BUDGET) -> np.ndarray:
     """(jitter_tries,) the half-widths of the boxes of the jittered starts, as fractions of the
-    widest (`init_radius`): `jitter_first`, growing geometrically to 1 at the last try."""
-    return budget.jitter_first ** np.linspace(1.0, 0.0, budget.jitter_tries)
+    widest (`init_radius`): 1 at the first try, shrinking geometrically to `jitter_last`."""
+    return budget.jitter_last ** np.linspace(0.0, 1.0, budget.jitter_tries)
 
 
 @compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size", "budget"),
@@ -351,7 +353,7 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
 
     Where log p or its gradient is not finite at `loc`, the path and the two isotropic Gaussians
     start instead from the first finite of `StartBudget.jitter_tries` jittered points around it,
-    in boxes growing to (-init_radius, init_radius)^K (`pathfinder.lbfgs_path`'s `jitter`); the
+    in (-init_radius, init_radius)^K and then smaller boxes (`StartBudget.jitter_last`); the
     method says so and why, and the points tried count as gradient evaluations. Where none is
     finite: a ValueError naming what was not finite (with `check`), else a warning and the start
     at `loc` with the reason.
@@ -391,9 +393,10 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
         if not bool(began.finite):
             shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in model.to_constrained(loc).items()}
             values = int(began.value_nonfinite)
-            message = (f"{what} ({shown}), and at each of the {tries - 1} jittered points tried in boxes up to "
-                       f"(-{init_radius:g}, {init_radius:g})^K around it the log density ({values} of them) or its "
-                       f"gradient ({tries - 1 - values}) is not finite")
+            smallest = init_radius * float(jitter_factors()[-1])
+            message = (f"{what} ({shown}), and at each of the {tries - 1} jittered points tried around it, in "
+                       f"boxes from (-{init_radius:g}, {init_radius:g})^K down to (-{smallest:.2g}, {smallest:.2g})^K, "
+                       f"the log density ({values} of them) or its gradient ({tries - 1 - values}) is not finite")
             if check:
                 raise ValueError(f"{message}; pass init= a point where both are finite, or check the model")
             warnings.warn(f"{message}: the fit starts there (check=False)", UserWarning, stacklevel=3)
