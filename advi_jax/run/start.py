@@ -377,7 +377,7 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
     """
     dtype = loc.dtype
     args = (model, loc, key, family.name != "fullrank", float(init_scale), int(bam_steps), int(batch_size))
-    kwargs = dict(radius=jnp.asarray(init_radius, dtype))
+    kwargs = dict(radius=np.asarray(init_radius, np.dtype(dtype)))  # NumPy: no conversion program of its own
     if on_lowered is not None:
         _start_program.lower(*args, **kwargs)  # traced and lowered once: the call below finds it in JAX's caches
         on_lowered()
