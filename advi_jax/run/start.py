@@ -10,6 +10,10 @@ the method in the Laplace-whitened coordinates (`advi_jax.vi.laplace`); `init="p
 it in the coordinates whitened by the best Gaussian on one Pathfinder path
 (`advi_jax.vi.pathfinder.start_gaussian`), which exists where the log density has no mode (a
 funnel) and costs tens of gradients instead of the Laplace start's 2K for the Hessian.
+Where the log density or its gradient is not finite at zero (a log at a boundary, 0 * inf, an
+overflow), that path runs from the first finite of up to 100 jittered points, the first uniform
+in (-init_radius, init_radius)^K as Stan's random inits (`StartBudget.jitter_tries`); none
+finite is a ValueError saying what was not finite.
 """
 
 from __future__ import annotations
