@@ -294,7 +294,7 @@ def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUD
 def jitter_factors(budget: StartBudget = START_BUDGET) -> np.ndarray:
     """(jitter_tries,) the half-widths of the boxes of the jittered starts, as fractions of the
     widest (`init_radius`): 1 at the first try, shrinking geometrically to `jitter_last`."""
-    return budget.jitter_last ** np.linspace(0.0, 1.0, budget.jitter_tries)
+    return _pathfinder.jitter_factors(budget.jitter_tries, budget.jitter_last)
 
 
 @compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size", "budget"),

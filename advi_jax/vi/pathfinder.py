@@ -60,9 +60,10 @@ from advi_jax._types import Array, check_positive_int
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.diagnostics import _psis_core
 from advi_jax.families import Family, FullRankParams, MeanFieldParams, _softplus_inverse
+from advi_jax.vi._start_point import PathStart, first_finite, jitter_factors
 
 __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "Approximation",
-           "lbfgs_path", "PathResult", "PathStart", "StartGaussian", "start_gaussian", "path_gaussian"]
+           "lbfgs_path", "jitter_factors", "PathResult", "PathStart", "StartGaussian", "start_gaussian", "path_gaussian"]
 
 NAME = "pathfinder"
 FAMILIES = ("meanfield", "fullrank")
@@ -101,6 +102,11 @@ class Options(NamedTuple):
       patience: stop once this many iterations in a row found no better Gaussian (0: never).
         Down a funnel's neck the ELBO only falls after its first iterations, and the path would
         otherwise run to `max_iters` for nothing.
+      init_tries: where log p or its gradient is not finite at a path's start (a log at a
+        boundary, 0 * inf, overflow), the path runs from the first finite of this many jittered
+        points (`jitter_factors`: the first in (-init_radius, init_radius)^K, Stan's random inits,
+        the later ones in boxes shrinking to 1/1000 of it); each is one gradient evaluation. 0:
+        none (the path then does not run).
     """
 
     num_paths: int = 1
@@ -115,6 +121,7 @@ class Options(NamedTuple):
     wolfe_c2: float = 0.9
     elbo_penalty: float = 1.0
     patience: int = 0
+    init_tries: int = 100
 
 
 class Approximation(NamedTuple):
@@ -131,28 +138,6 @@ class Approximation(NamedTuple):
     alpha: Array
     q: Array
     chol: Array
-
-
-class PathStart(NamedTuple):
-    """Where a path began (see `lbfgs_path`'s `jitter`).
-
-    Attributes:
-      point: (K,) the point the L-BFGS path ran from: `x0`, or the first jittered point where
-        log p and its gradient are finite.
-      num_tries: the points evaluated to find it (1: `x0` itself was finite); each is one
-        gradient evaluation, counted in the path's `num_grad_evals`.
-      finite: whether log p and its gradient are finite at `point` (False: no point tried was).
-      grad_finite: whether the gradient of log p is finite at `x0` (its value is the path's
-        `start_log_density`).
-      value_nonfinite: of the jittered points tried, how many had a non-finite log p (the others
-        that failed had a finite value and a non-finite gradient).
-    """
-
-    point: Array
-    num_tries: Array
-    finite: Array
-    grad_finite: Array
-    value_nonfinite: Array
 
 
 class PathResult(NamedTuple):
@@ -337,45 +322,8 @@ def _line_search(value_and_grad, x, f, g, d, c1, c2, max_trials):
     return found & (slope < 0), x_new, f_new, g_new, n
 
 
-def _finite(f: Array, g: Array) -> Array:
-    return jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
-
-
-def _first_finite(value_and_grad, x0: Array, jitter: Array | None):
-    """(x, f, g, PathStart, f(x0)): the first of x0, x0 + jitter[0], x0 + jitter[1], ... where f = -log p
-    and its gradient g are finite (the last one tried when none is).
-
-    One call site of `value_and_grad` inside a while loop whose first pass evaluates x0, so the
-    retries add no copy of the log density to the program; where x0 is finite the loop runs once.
-    """
-    if jitter is None:
-        f0, g0 = value_and_grad(x0)
-        ok = _finite(f0, g0)
-        return x0, f0, g0, PathStart(x0, jnp.asarray(1, jnp.int32), ok, jnp.all(jnp.isfinite(g0)),
-                                     jnp.asarray(0, jnp.int32)), f0
-    num_jitter = jitter.shape[0]
-
-    def cond(c):
-        i, _, f, g = c[:4]
-        return (i == 0) | (~_finite(f, g) & (i <= num_jitter))
-
-    def body(c):
-        i, _, _, _, f_first, g_first_ok, bad_values = c
-        offset = jax.lax.dynamic_index_in_dim(jitter, jnp.maximum(i - 1, 0), keepdims=False)
-        x = jnp.where(i == 0, x0, x0 + offset)
-        f, g = value_and_grad(x)
-        first = i == 0
-        return (i + 1, x, f, g, jnp.where(first, f, f_first), jnp.where(first, jnp.all(jnp.isfinite(g)), g_first_ok),
-                bad_values + (~first & ~jnp.isfinite(f)).astype(jnp.int32))
-
-    nan = jnp.asarray(jnp.nan, x0.dtype)
-    init = (jnp.asarray(0, jnp.int32), x0, nan, jnp.zeros_like(x0), nan, jnp.asarray(False), jnp.asarray(0, jnp.int32))
-    tries, x, f, g, f_first, g_first_ok, bad_values = jax.lax.while_loop(cond, body, init)
-    return x, f, g, PathStart(x, tries, _finite(f, g), g_first_ok, bad_values), f_first
-
-
 def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Array | None = None,
-               jitter: Array | None = None) -> PathResult:
+               jitter: Array | tuple[Array, Array] | None = None) -> PathResult:
     """Run one Pathfinder path from x0 and return its best Gaussian (by estimated ELBO).
 
     Args:
@@ -389,7 +337,9 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
       jitter: None, or (T, K) offsets: where log p or its gradient is not finite at x0 (a log at
         a boundary, 0 * inf, overflow), the path runs from the first of x0 + jitter[t] where
         both are (Stan retries random initial points the same way); every point tried is one
-        gradient evaluation. None: the path runs from x0 or, where x0 is not finite, not at all.
+        gradient evaluation. Or (key, radii): len(radii) offsets, try t's uniform in
+        (-radii[t], radii[t])^K, drawn in the loop from `fold_in(key, t)` (no (T, K) array).
+        None: the path runs from x0 or, where x0 is not finite, not at all.
 
     Returns:
       `PathResult` with the best ELBO, its `Approximation`, the iterations, the costs,
@@ -411,7 +361,7 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
         ok = jnp.isfinite(elbo) & jnp.isfinite(stderr)
         return jnp.where(ok, elbo, -jnp.inf), jnp.where(ok, elbo - options.elbo_penalty * stderr, -jnp.inf)
 
-    x_start, f0, g0, began, f_x0 = _first_finite(value_and_grad, x0, jitter)
+    x_start, f0, g0, began, f_x0 = first_finite(value_and_grad, x0, jitter)
     empty = jnp.zeros((m, k), dtype)
     ones = jnp.ones((k,), dtype)
     start_approx = Approximation(x_start, ones, jnp.zeros((k, min(k, 2 * m)), dtype),
@@ -556,8 +506,10 @@ def _check_options(options: Any) -> Options:
         raise TypeError(f"options must be a pathfinder.Options, got {type(options).__name__}")
     for name in ("num_paths", "max_iters", "history", "num_elbo_draws", "num_draws", "max_line_search"):
         check_positive_int(getattr(options, name), f"options.{name}")
-    if isinstance(options.patience, bool) or not isinstance(options.patience, int) or options.patience < 0:
-        raise ValueError(f"options.patience must be an int >= 0, got {options.patience!r}")
+    for name in ("patience", "init_tries"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"options.{name} must be an int >= 0, got {value!r}")
     for name in ("init_radius", "ftol", "gtol", "wolfe_c2", "elbo_penalty"):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -571,6 +523,9 @@ def _check_family(family: Any) -> Family:
     if not isinstance(family, Family) or family.name not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES} (a Family object), got {family!r}")
     return family
+
+
+_JITTER_STREAM = 0x6A17  # fold_in data of a path's key for its jittered starts' draws
 
 
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
@@ -610,7 +565,13 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     def step(key: Array, state: State):
         path_key, draw_key, pick_key = jax.random.split(key, 3)
         keys = jax.random.split(path_key, num_paths)
-        paths = jax.vmap(lambda x0, kk: lbfgs_path(log_density, x0, kk, options))(state.starts, keys)
+        radii = options.init_radius * jitter_factors(options.init_tries) if options.init_tries else None
+
+        def path(x0, kk):
+            jitter = None if radii is None else (jax.random.fold_in(kk, _JITTER_STREAM), jnp.asarray(radii, x0.dtype))
+            return lbfgs_path(log_density, x0, kk, options, jitter=jitter)
+
+        paths = jax.vmap(path)(state.starts, keys)
         grads = jnp.sum(paths.num_grad_evals)
         logps = jnp.sum(paths.num_logp_evals)
         draws, khat = state.draws, state.khat
