@@ -23,8 +23,11 @@ weights.
 The family is only the form of the answer: "fullrank" gets the dense Cholesky factor of H at
 the best iterate, "meanfield" its diagonal (the marginal variances).
 
-Costs: every value-and-gradient of log p (the start and every line-search trial) is one gradient
-evaluation; ELBO and resampling draws are log-density evaluations.
+Where log p or its gradient is not finite at a path's start, the path runs from the first finite
+of `init_tries` jittered points (`advi_jax.vi._start_point`; Stan retries random inits the same way).
+
+Costs: every value-and-gradient of log p (the start, each jittered try and every line-search trial)
+is one gradient evaluation; ELBO and resampling draws are log-density evaluations.
 
 Example:
   >>> import jax, jax.numpy as jnp, advi_jax as aj
@@ -63,7 +66,8 @@ from advi_jax.families import Family, FullRankParams, MeanFieldParams, _softplus
 from advi_jax.vi._start_point import PathStart, first_finite, jitter_factors
 
 __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "Approximation",
-           "lbfgs_path", "jitter_factors", "PathResult", "PathStart", "StartGaussian", "start_gaussian", "path_gaussian"]
+           "lbfgs_path", "jitter_factors", "PathResult", "PathStart", "StartGaussian", "start_gaussian",
+           "path_gaussian"]
 
 NAME = "pathfinder"
 FAMILIES = ("meanfield", "fullrank")
