@@ -194,9 +194,9 @@ class StartBudget(NamedTuple):
         r = `init_radius` times this. The usual failure is a set of measure zero at the start
         (0 * inf at exactly zero), which the first try leaves; from Stan's box the path also
         started better than from next to zero on stochastic_volatility (its start's ELBO after
-        BaM -146 at 6 of 8 seeds against -234 to -258 from within 0.002 of zero; the family
-        limit's -144.7: benchmarks/PERFORMANCE.md, "nanstart"). The later, nearer tries serve a
-        log density that is not finite far from the start (an overflow).
+        BaM -145.7 to -149.2 at 8 of 8 keys against -234 to -258 from within 0.002 of zero; the
+        family limit's -144.7: benchmarks/PERFORMANCE.md, "nanstart"). The later, nearer tries
+        serve a log density that is not finite far from the start (an overflow).
     """
 
     path_iters: int = 200
@@ -344,11 +344,9 @@ def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scal
     return _Found(chosen, elbos, best, mean, factor, log_p0, jnp.zeros_like(loc), *bam, began)
 
 
-def _not_finite_at(log_p: float, grad_finite: bool) -> str:
-    """What is not finite at a point: its log density (with its value) or only the gradient."""
-    if not np.isfinite(log_p):
-        return f"the log density is {log_p}"
-    return "the log density's gradient is not finite" if not grad_finite else "the log density is finite"
+def _not_finite_at(log_p: float) -> str:
+    """What is not finite at a point: its log density (with its value), else its gradient."""
+    return f"the log density is {log_p}" if not np.isfinite(log_p) else "the log density's gradient is not finite"
 
 
 def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_scale: float, candidates,
@@ -396,7 +394,7 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
     jittered = ""
     if tries > 1 or not np.isfinite(log_p0):  # loc itself was not finite
         where = "zero" if not np.any(np.asarray(loc)) else "the initial point"
-        what = f"{_not_finite_at(log_p0, bool(began.grad_finite))} at {where}"
+        what = f"{_not_finite_at(log_p0)} at {where}"
         if not bool(began.finite):
             shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in model.to_constrained(loc).items()}
             values = int(began.value_nonfinite)
