@@ -138,17 +138,18 @@ def test_fit_from_a_nan_gradient_at_zero_reaches_the_exact_gaussian():
 def test_start_raises_where_the_log_density_is_not_finite_anywhere_it_looks():
     # log(-|x_0|): -inf at zero, NaN elsewhere: no jittered point is finite; the error names what.
     model = aj.Model(lambda p: jnp.log(-jnp.abs(p["x"][0])) - 0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((2,))})
-    with pytest.raises(ValueError, match=r"the log density is -inf at zero .* the log density \(100 of them\) or its "
+    with pytest.raises(ValueError, match=r"the log density is -inf at the initial point .* \(zero in R\^K\), and at "
+                                         r"each of the 100 jittered points .* the log density \(100 of them\) or its "
                                          r"gradient \(0\) is not finite; pass init="):
         _start(model, "bam")
-    with pytest.warns(UserWarning, match="the log density is -inf at zero"):
+    with pytest.warns(UserWarning, match="the log density is -inf at the initial point"):
         begun = _start(model, "bam", check=False)
-    assert begun.method.startswith("zero (no Pathfinder start: the log density is -inf at zero")
+    assert begun.method.startswith("zero (no Pathfinder start: the log density is -inf at the initial point")
     # A finite value whose gradient is NaN everywhere (sqrt of a negative in a branch not taken).
     nan_grad = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2)
                         + jnp.where(p["x"][0] > -1e30, 0.0, jnp.sqrt(-p["x"][0] ** 2 - 1.0)), {"x": aj.real((2,))})
-    with pytest.raises(ValueError, match=r"gradient is not finite at zero .* log density \(0 of them\) or its "
-                                         r"gradient \(100\)"):
+    with pytest.raises(ValueError, match=r"gradient is not finite at the initial point .* log density \(0 of them\) "
+                                         r"or its gradient \(100\)"):
         _start(nan_grad, "pathfinder")
 
 

@@ -399,9 +399,11 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
             shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in model.to_constrained(loc).items()}
             values = int(began.value_nonfinite)
             smallest = init_radius * float(jitter_factors()[-1])
-            message = (f"{what} ({shown}), and at each of the {tries - 1} jittered points tried around it, in "
-                       f"boxes from (-{init_radius:g}, {init_radius:g})^K down to (-{smallest:.2g}, {smallest:.2g})^K, "
-                       f"the log density ({values} of them) or its gradient ({tries - 1 - values}) is not finite")
+            at_zero = " (zero in R^K)" if where == "zero" else ""
+            message = (f"{_not_finite_at(log_p0)} at the initial point {shown}{at_zero}, and at each of the "
+                       f"{tries - 1} jittered points tried around it, in boxes from (-{init_radius:g}, "
+                       f"{init_radius:g})^K down to (-{smallest:.2g}, {smallest:.2g})^K, the log density ({values} "
+                       f"of them) or its gradient ({tries - 1 - values}) is not finite")
             if check:
                 raise ValueError(f"{message}; pass init= a point where both are finite, or check the model")
             warnings.warn(f"{message}: the fit starts there (check=False)", UserWarning, stacklevel=3)
