@@ -171,3 +171,28 @@ def test_path_from_given_draws_is_the_path_from_its_key(key):
     assert int(given.num_iters) == int(keyed.num_iters) and int(given.best_iter) == int(keyed.best_iter)
     np.testing.assert_allclose(given.approx.mu, keyed.approx.mu, rtol=1e-6)
     assert float(given.elbo) == pytest.approx(float(keyed.elbo), rel=1e-6)
+
+
+def test_pathfinder_method_jitters_a_start_whose_gradient_is_not_finite(key):
+    # method="pathfinder" from zero on a Gaussian target times |x_0|^0 (gradient NaN at x_0 = 0):
+    # the path runs from a jittered point and recovers the target exactly (as from zero without
+    # the factor); with init_tries=0 it cannot run.
+    mean, cov = _gaussian()
+
+    class NanAtZero(_Gauss):
+        def log_density(self, z):
+            return super().log_density(z) * jnp.abs(z[0]) ** 0.0
+
+    family, options = aj.FullRankGaussian(), pathfinder.Options(wolfe_c2=1e-3)
+    with jax.enable_x64(True):
+        model, x0 = NanAtZero(mean, cov), jnp.zeros(K, jnp.float64)
+        assert not np.isfinite(np.asarray(jax.grad(model.log_density)(x0))).all()
+        params, state, totals = run(pathfinder.build(model, family, options), key, x0, 1)
+        np.testing.assert_allclose(params.loc, mean, atol=1e-3)
+        np.testing.assert_allclose(family.covariance(params), cov, atol=1e-3)
+        # zero, the jittered point, then at least one gradient per iteration
+        assert int(totals["grad_evals"]) >= 2 + int(state.num_iters[0]) and int(state.num_iters[0]) >= K
+        _, stuck, totals = run(pathfinder.build(model, family, options._replace(init_tries=0)), key, x0, 1)
+        assert int(stuck.num_iters[0]) == 0 and int(totals["grad_evals"]) == 1
+    with pytest.raises(ValueError, match="init_tries"):
+        pathfinder.build(model, family, options._replace(init_tries=-1))

@@ -11,6 +11,7 @@ import advi_jax as aj
 from advi_jax import compile_options
 from advi_jax.run import driver
 from advi_jax.run import start as start_module
+from advi_jax.vi import pathfinder
 
 _MEAN = np.array([1.0, -2.0, 0.5])
 _CHOL = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [-0.5, 0.3, 2.0]])
@@ -67,11 +68,89 @@ def test_bam_start_compiles_one_program_once():
     assert again.bam is not None
 
 
-def test_start_raises_where_the_log_density_is_not_finite_at_the_initial_point():
-    # log(x) at x = 0: -inf. The start program's own log p(loc) serves the check.
-    model = aj.Model(lambda p: jnp.log(p["x"][0]) - 0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((2,))})
-    with pytest.raises(ValueError, match=r"the log density is -inf at the initial point"):
+def _nan_gradient_gaussian_model(value: bool = False):
+    """The exact Gaussian target of `_gaussian_model` times |x_0|^0 = 1, whose derivative is
+    0 * inf = NaN at x_0 = 0 (the stochastic-volatility model's |phi| ** 0 at phi = 0); with
+    `value`, times |sign(x_0)| instead: its log is -inf at x_0 = 0 only (a constraint at zero)."""
+    base = _gaussian_model()
+
+    def log_joint(p, data):
+        if value:
+            return base.log_joint(p, data) + jnp.log(jnp.abs(jnp.sign(p["x"][0])))
+        return base.log_joint(p, data) * jnp.abs(p["x"][0]) ** 0.0
+
+    return aj.Model(log_joint, {"x": aj.real((3,))}, data=base.data)
+
+
+@pytest.mark.parametrize("init,value", [("pathfinder", False), ("bam", False), ("bam", True)])
+def test_start_jitters_where_the_log_density_or_its_gradient_is_not_finite_at_zero(init, value):
+    # From zero the path could not start (the gradient is NaN there, or log p is -inf); from the
+    # first jittered point it finds the exact Gaussian, and says why it started there.
+    model = _nan_gradient_gaussian_model(value)
+    at_zero = jax.value_and_grad(model.log_density)(jnp.zeros(3))
+    assert not (np.isfinite(float(at_zero[0])) and np.isfinite(np.asarray(at_zero[1])).all())
+    begun = _start(model, init)
+    said = "the log density is -inf at zero" if value else "the log density's gradient is not finite at zero"
+    assert "from a jittered point" in begun.method and said in begun.method, begun.method
+    assert "started at jittered point 1 of up to 100" in begun.method, begun.method
+    shift, factor = (np.asarray(a, np.float64) for a in begun.whitening)
+    sd = np.sqrt(np.diag(_COV))
+    np.testing.assert_allclose(shift, _MEAN, atol=0.1 * sd.min())
+    np.testing.assert_allclose(factor @ factor.T, _COV, atol=0.15 * _COV.max())
+
+
+def test_jittered_start_counts_its_tries_and_reports_where_it_began():
+    # zero (NaN gradient) and the jittered point: two gradients before the path's first step. The
+    # path from the jittered point given directly counts one for its start: one fewer, the rest equal.
+    model = _nan_gradient_gaussian_model()
+    args = (model, jnp.zeros(3), jax.random.key(0), False, 0.1, start_module.BAM_START_STEPS,
+            start_module.BAM_START_BATCH)
+    found = start_module._start_program(*args, radius=jnp.asarray(2.0))
+    began = found.began
+    assert int(began.num_tries) == 2 and bool(began.finite) and not bool(began.grad_finite)
+    point = np.asarray(began.point)
+    assert 0.5 < np.abs(point).max() <= 2.0  # the first try's box: Stan's (-2, 2)^K
+    assert float(found.start_log_density) == pytest.approx(float(model.log_density(jnp.zeros(3))))
+    options = start_module.START_BUDGET.pathfinder_options()
+    noise = jax.random.normal(jax.random.key(0), (options.max_iters, options.num_elbo_draws, 3))
+    with_jitter = jax.jit(lambda j: pathfinder.lbfgs_path(model.log_density, jnp.zeros(3), jax.random.key(1),
+                                                          options, noise, j))(jnp.asarray(point)[None, :])
+    direct = jax.jit(lambda x: pathfinder.lbfgs_path(model.log_density, x, jax.random.key(1), options, noise))(
+        jnp.asarray(point))
+    assert int(with_jitter.start.num_tries) == 2 and int(direct.start.num_tries) == 1
+    assert int(with_jitter.num_iters) == int(direct.num_iters) > 0
+    assert int(with_jitter.num_grad_evals) == int(direct.num_grad_evals) + 1
+    np.testing.assert_array_equal(with_jitter.approx.mu, direct.approx.mu)
+
+
+def test_fit_from_a_nan_gradient_at_zero_reaches_the_exact_gaussian():
+    # The default fit (Pathfinder -> BaM -> ADVI) of a Gaussian target whose gradient is NaN at zero:
+    # its start is Pathfinder's from a jittered point and its answer the exact posterior.
+    result = aj.fit(_nan_gradient_gaussian_model(), key=jax.random.key(0), progress=False)
+    assert "from a jittered point" in result.init_method, result.init_method
+    draws = np.asarray(result.sample(jax.random.key(1), 4000)["x"], np.float64)
+    sd = np.sqrt(np.diag(_COV))
+    np.testing.assert_allclose(draws.mean(0), _MEAN, atol=0.1 * sd.max())
+    np.testing.assert_allclose(draws.std(0), sd, rtol=0.1)
+    assert result.num_grad_evals >= result.report.extras["start_grad_evals"] > 1600
+
+
+def test_start_raises_where_the_log_density_is_not_finite_anywhere_it_looks():
+    # log(-|x_0|): -inf at zero, NaN elsewhere: no jittered point is finite; the error names what.
+    model = aj.Model(lambda p: jnp.log(-jnp.abs(p["x"][0])) - 0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((2,))})
+    with pytest.raises(ValueError, match=r"the log density is -inf at the initial point .* \(zero in R\^K\), and at "
+                                         r"each of the 100 jittered points .* the log density \(100 of them\) or its "
+                                         r"gradient \(0\) is not finite; pass init="):
         _start(model, "bam")
+    with pytest.warns(UserWarning, match="the log density is -inf at the initial point"):
+        begun = _start(model, "bam", check=False)
+    assert begun.method.startswith("zero (no Pathfinder start: the log density is -inf at the initial point")
+    # A finite value whose gradient is NaN everywhere (sqrt of a negative in a branch not taken).
+    nan_grad = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2)
+                        + jnp.where(p["x"][0] > -1e30, 0.0, jnp.sqrt(-p["x"][0] ** 2 - 1.0)), {"x": aj.real((2,))})
+    with pytest.raises(ValueError, match=r"gradient is not finite at the initial point .* log density \(0 of them\) "
+                                         r"or its gradient \(100\)"):
+        _start(nan_grad, "pathfinder")
 
 
 def test_funnel_start_falls_back_to_an_isotropic_gaussian_or_keeps_a_finite_one():
@@ -222,7 +301,8 @@ def test_default_fit_compiles_a_handful_of_programs():
 def test_start_program_holds_few_copies_of_the_log_density():
     """Every call site of the log density inlines a copy of it into the start program: at most six
     (Pathfinder's value and gradient at the start and in its line search, its ELBO draws; the
-    candidates' ELBOs; BaM's scores; BaM's ELBO check). Merging the first two into one (measured
+    candidates' ELBOs; BaM's scores; BaM's ELBO check). The jittered starts' retries evaluate the
+    start's copy in a loop: none more. Merging the first two into one (measured
     2026-11-29: 6% fewer HLO ops) saved no measurable compile time, so six are allowed, not more.
     The model's lgamma marks each copy (its derivative is digamma; the start itself uses no lgamma)."""
     model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2) + 1e-3 * jnp.sum(jax.lax.lgamma(2.0 + p["x"] ** 2)),

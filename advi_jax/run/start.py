@@ -10,10 +10,15 @@ the method in the Laplace-whitened coordinates (`advi_jax.vi.laplace`); `init="p
 it in the coordinates whitened by the best Gaussian on one Pathfinder path
 (`advi_jax.vi.pathfinder.start_gaussian`), which exists where the log density has no mode (a
 funnel) and costs tens of gradients instead of the Laplace start's 2K for the Hessian.
+Where the log density or its gradient is not finite at zero (a log at a boundary, 0 * inf, an
+overflow), that path runs from the first finite of up to 100 jittered points, the first uniform
+in (-init_radius, init_radius)^K as Stan's random inits (`StartBudget.jitter_tries`); none
+finite is a ValueError saying what was not finite.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -149,7 +154,8 @@ def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, in
         if check:
             check_log_joint_shape(model, loc.dtype)
         return _pathfinder_start(model, family, loc, key, init_scale, candidates, scores,
-                                 BAM_START_STEPS if init == "bam" else 0, check=check, on_lowered=on_lowered)
+                                 BAM_START_STEPS if init == "bam" else 0, check=check, on_lowered=on_lowered,
+                                 init_radius=init_radius)
     if on_lowered is not None:
         on_lowered()
     if check:
@@ -180,12 +186,25 @@ class StartBudget(NamedTuple):
         eight_schools_centered's its 7th-37th, and both ran to 200; where the path's Gaussian
         keeps improving, births_lognormal_ts' and wells_badly_scaled's best is at 190-200).
       elbo_draws: the draws of each candidate's ELBO (and of BaM's check).
+      jitter_tries: where log p or its gradient is not finite at the start (a log at a boundary,
+        0 * inf, overflow), the path runs from the first finite of this many jittered points
+        (`pathfinder.lbfgs_path`'s `jitter`; Stan retries 100 random inits).
+      jitter_last: the first jittered point lies uniformly in (-r, r)^K around the start with r
+        = `init_radius` (Stan's random inits), the later ones in boxes shrinking geometrically to
+        r = `init_radius` times this. The usual failure is a set of measure zero at the start
+        (0 * inf at exactly zero), which the first try leaves; from Stan's box the path also
+        started better than from next to zero on stochastic_volatility (its start's ELBO after
+        BaM -145.7 to -149.2 at 8 of 8 keys against -234 to -258 from within 0.002 of zero; the
+        family limit's -144.7: benchmarks/PERFORMANCE.md, "nanstart"). The later, nearer tries
+        serve a log density that is not finite far from the start (an overflow).
     """
 
     path_iters: int = 200
     path_elbo_draws: int = 10
     path_patience: int = 50
     elbo_draws: int = 64
+    jitter_tries: int = 100
+    jitter_last: float = 1e-3
 
     def pathfinder_options(self) -> _pathfinder.Options:
         """The Pathfinder `Options` of the start's path."""
@@ -207,7 +226,7 @@ class BamStart(NamedTuple):
 
 
 class _Found(NamedTuple):
-    """What the start program returns (see `_start_program`)."""
+    """What the start program returns (see `_start_program`); `began`: where the path began."""
 
     path: _pathfinder.StartGaussian  # the path's costs; its mean, factor and ELBO replaced by the chosen one's
     elbos: Array  # (3,) the path's Gaussian (-inf when unusable), N(loc, I), N(loc, s^2 I): the same draws
@@ -220,6 +239,7 @@ class _Found(NamedTuple):
     bam_factor: Array  # (K, K)
     bam_elbos: Array  # (2,) ELBOs of the chosen and BaM's Gaussians on common draws
     bam_nonfinite: Array  # BaM steps skipped as non-finite
+    began: _pathfinder.PathStart  # the point the path ran from (loc, or a jittered point) and its tries
 
 
 def _elbos(model: Any, noise: Array, means: Array, factors: Array) -> Array:
@@ -271,25 +291,40 @@ def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUD
     return 2 * budget.path_iters + bam_steps * batch_size + 5 * budget.elbo_draws
 
 
+def jitter_factors(budget: StartBudget = START_BUDGET) -> np.ndarray:
+    """(jitter_tries,) the half-widths of the boxes of the jittered starts, as fractions of the
+    widest (`init_radius`): 1 at the first try, shrinking geometrically to `jitter_last`."""
+    return _pathfinder.jitter_factors(budget.jitter_tries, budget.jitter_last)
+
+
 @compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size", "budget"),
                      mode=lambda model, args: start_evals(args["bam_steps"], args["batch_size"],
                                                           args.get("budget", START_BUDGET)))
 def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scale: float, bam_steps: int,
-                   batch_size: int, budget: StartBudget = START_BUDGET) -> _Found:
+                   batch_size: int, budget: StartBudget = START_BUDGET, radius: Array = 2.0) -> _Found:
     """The whole Pathfinder (-> BaM) start in one compiled program (one compilation, no host
-    round trips between its stages, no eager operations around it)."""
+    round trips between its stages, no eager operations around it). `radius`: the widest box of
+    the jittered starts (`StartBudget.jitter_tries`), tried only where `loc` is not finite."""
     k, dtype = loc.shape[0], loc.dtype
     # Every standard normal the program uses, from one generator (each random-number call site
     # costs 20-30 ms of compile): Pathfinder's ELBO draws per iteration, BaM's batches, the
-    # candidates' ELBO draws and BaM's check.
+    # candidates' ELBO draws, BaM's check and, last (the others are then the same draws as without
+    # them), the jittered starts' uniforms: frac(16 z) is uniform on [0, 1) to within 2 exp(-2 pi^2
+    # 16^2) (Poisson summation), with no code of its own (the normal CDF's erf would add ~200 lines
+    # of optimised HLO).
     path_draws, bam_draws = budget.path_iters * budget.path_elbo_draws, bam_steps * batch_size
-    noise = jax.random.normal(key, (path_draws + bam_draws + 2 * budget.elbo_draws, k), dtype)
+    rest = path_draws + bam_draws + 2 * budget.elbo_draws
+    noise = jax.random.normal(key, (rest + budget.jitter_tries, k), dtype)
     path_noise = noise[:path_draws].reshape(budget.path_iters, budget.path_elbo_draws, k)
     bam_noise = noise[path_draws:path_draws + bam_draws].reshape(bam_steps, batch_size, k)
     elbo_noise = noise[path_draws + bam_draws:path_draws + bam_draws + budget.elbo_draws]
-    check_noise = noise[path_draws + bam_draws + budget.elbo_draws:]
-    found, log_p0 = _pathfinder.path_gaussian(model, loc, key, budget.pathfinder_options(), diagonal=diagonal,
-                                              noise=path_noise)
+    check_noise = noise[path_draws + bam_draws + budget.elbo_draws:rest]
+    radii = jnp.asarray(radius, dtype) * jnp.asarray(jitter_factors(budget), dtype)
+    scaled = 16.0 * noise[rest:]
+    jitter = radii[:, None] * (2.0 * (scaled - jnp.floor(scaled)) - 1.0)
+    found, log_p0, began = _pathfinder.path_gaussian(model, loc, key, budget.pathfinder_options(), diagonal=diagonal,
+                                                     noise=path_noise, jitter=jitter)
+    loc = began.point  # where the path ran from: loc, or the first finite jittered point
     eye = jnp.eye(k, dtype=dtype)
     elbos = _elbos(model, elbo_noise, jnp.stack([found.mean, loc, loc]),
                    jnp.stack([found.scale_tril, eye, init_scale * eye]))
@@ -306,15 +341,27 @@ def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scal
                            lambda: _bam_refine(model, mean, factor, bam_noise, check_noise, batch_size),
                            lambda: bam)
     chosen = found._replace(mean=mean, scale_tril=factor, elbo=jnp.where(best == 0, found.elbo, elbos[best]))
-    return _Found(chosen, elbos, best, mean, factor, log_p0, jnp.zeros_like(loc), *bam)
+    return _Found(chosen, elbos, best, mean, factor, log_p0, jnp.zeros_like(loc), *bam, began)
+
+
+def _not_finite_at(log_p: float) -> str:
+    """What is not finite at a point: its log density (with its value), else its gradient."""
+    return f"the log density is {log_p}" if not np.isfinite(log_p) else "the log density's gradient is not finite"
 
 
 def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_scale: float, candidates,
                       scores, bam_steps: int = 0, batch_size: int = BAM_START_BATCH, check: bool = True,
-                      on_lowered: Callable[[], Any] | None = None) -> Start:
+                      on_lowered: Callable[[], Any] | None = None, init_radius: float = 2.0) -> Start:
     """Whiten by the best by ELBO (the same draws for each) of: the best Gaussian of one
     Pathfinder path from `loc` (its diagonal for mean-field), N(loc, I) and N(loc, init_scale^2 I);
     then, with `bam_steps`, refine it by Batch-and-Match steps in its whitened coordinates.
+
+    Where log p or its gradient is not finite at `loc`, the path and the two isotropic Gaussians
+    start instead from the first finite of `StartBudget.jitter_tries` jittered points around it,
+    in (-init_radius, init_radius)^K and then smaller boxes (`StartBudget.jitter_last`); the
+    method says so and why, and the points tried count as gradient evaluations. Where none is
+    finite: a ValueError naming what was not finite (with `check`), else a warning and the start
+    at `loc` with the reason.
 
     Along a funnel (a density unbounded as a scale goes to zero) L-BFGS runs down the neck and
     every Gaussian on its path is degenerate; an isotropic Gaussian at the start is then the
@@ -326,38 +373,65 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
     divergence, not the KL of the ELBO (on a funnel it is too narrow), so its Gaussian replaces
     the start only when its ELBO is higher (the same draws for both).
 
-    Everything runs in one compiled program (`_start_program`); the log density at `loc` it
-    returns serves the initial-point check (`check`).
+    Everything runs in one compiled program (`_start_program`); what it returns about `loc` serves
+    the initial-point check (`check`).
+
+    Raises:
+      ValueError: (with `check`) log p or its gradient is not finite at `loc` nor at any jittered
+        point.
     """
+    dtype = loc.dtype
     args = (model, loc, key, family.name != "fullrank", float(init_scale), int(bam_steps), int(batch_size))
+    kwargs = dict(radius=np.asarray(init_radius, np.dtype(dtype)))  # NumPy: no conversion program of its own
     if on_lowered is not None:
-        _start_program.lower(*args)  # traced and lowered once: the call below finds it in JAX's caches
+        _start_program.lower(*args, **kwargs)  # traced and lowered once: the call below finds it in JAX's caches
         on_lowered()
-    out = _start_program(*args)
-    elbos, best, log_p0, bam_elbos, bad, grads, logps = jax.device_get(
+    out = _start_program(*args, **kwargs)
+    elbos, best, log_p0, bam_elbos, bad, grads, logps, began = jax.device_get(
         (out.elbos, out.best, out.start_log_density, out.bam_elbos, out.bam_nonfinite, out.path.num_grad_evals,
-         out.path.num_logp_evals))
-    if check:
-        check_initial_point(model, loc, value=log_p0)
+         out.path.num_logp_evals, out.began))
+    log_p0, tries = float(log_p0), int(began.num_tries)
+    jittered = ""
+    if tries > 1 or not np.isfinite(log_p0):  # loc itself was not finite
+        where = "zero" if not np.any(np.asarray(loc)) else "the initial point"
+        what = f"{_not_finite_at(log_p0)} at {where}"
+        if not bool(began.finite):
+            shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in model.to_constrained(loc).items()}
+            values = int(began.value_nonfinite)
+            smallest = init_radius * float(jitter_factors()[-1])
+            at_zero = " (zero in R^K)" if where == "zero" else ""
+            message = (f"{_not_finite_at(log_p0)} at the initial point {shown}{at_zero}, and at each of the "
+                       f"{tries - 1} jittered points tried around it, in boxes from (-{init_radius:g}, "
+                       f"{init_radius:g})^K down to (-{smallest:.2g}, {smallest:.2g})^K, the log density ({values} "
+                       f"of them) or its gradient ({tries - 1 - values}) is not finite")
+            if check:
+                raise ValueError(f"{message}; pass init= a point where both are finite, or check the model")
+            warnings.warn(f"{message}: the fit starts there (check=False)", UserWarning, stacklevel=3)
+            return Start(model, loc, loc, f"zero (no Pathfinder start: {message})", None, candidates, scores)
+        radius = float(init_radius * jitter_factors()[tries - 2])
+        jittered = (f"{what}; started at jittered point {tries - 1} of up to {START_BUDGET.jitter_tries}, "
+                    f"in (-{radius:.2g}, {radius:.2g})^K around it")
     elbos, best = np.asarray(elbos, np.float64), int(best)
     if not np.isfinite(elbos[best]):
         return Start(model, loc, loc, "zero (no Pathfinder start: no finite Gaussian on the L-BFGS path)", None,
                      candidates, scores)
     found = out.path._replace(num_grad_evals=int(grads), num_logp_evals=int(logps))
+    start_name = "jittered start" if jittered else "start"
     if best > 0:
         scale = 1.0 if best == 1 else float(init_scale)
-        method = (f"N(start, {scale:g}^2 I) (its ELBO {elbos[best]:.4g} beat the Pathfinder Gaussian's "
+        method = (f"N({start_name}, {scale:g}^2 I) (its ELBO {elbos[best]:.4g} beat the Pathfinder Gaussian's "
                   f"{elbos[0]:.4g})")
     else:
-        method = "pathfinder"
-    begun = Start(_laplace.Whitened(model, out.mean, out.factor), out.whitened_loc, out.mean, method, None,
+        method = "pathfinder from a jittered point" if jittered else "pathfinder"
+    said = f" ({jittered})" if jittered else ""
+    begun = Start(_laplace.Whitened(model, out.mean, out.factor), out.whitened_loc, out.mean, method + said, None,
                   candidates, scores, found)
     if not bam_steps:
         return begun
     before, after = (float(v) for v in bam_elbos)
     info = BamStart(out.bam_mean, out.bam_factor, bam_steps, bam_steps * batch_size, int(bad))
     if not after > before:  # also when BaM's Gaussian is not finite (its ELBO is -inf or NaN)
-        return begun._replace(method=f"{method.split(' (')[0]}, not BaM (BaM's ELBO {after:.4g} <= {before:.4g})",
-                              bam=info._replace(mean=None))
+        return begun._replace(method=f"{method.split(' (')[0]}, not BaM (BaM's ELBO {after:.4g} <= {before:.4g})"
+                                     f"{said}", bam=info._replace(mean=None))
     return begun._replace(run_model=_laplace.Whitened(model, out.bam_mean, out.bam_factor), init_loc=out.bam_mean,
-                          method=f"bam from {method.split(' (')[0]}", bam=info)
+                          method=f"bam from {method.split(' (')[0]}{said}", bam=info)

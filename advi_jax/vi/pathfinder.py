@@ -23,8 +23,11 @@ weights.
 The family is only the form of the answer: "fullrank" gets the dense Cholesky factor of H at
 the best iterate, "meanfield" its diagonal (the marginal variances).
 
-Costs: every value-and-gradient of log p (the start and every line-search trial) is one gradient
-evaluation; ELBO and resampling draws are log-density evaluations.
+Where log p or its gradient is not finite at a path's start, the path runs from the first finite
+of `init_tries` jittered points (`advi_jax.vi._start_point`; Stan retries random inits the same way).
+
+Costs: every value-and-gradient of log p (the start, each jittered try and every line-search trial)
+is one gradient evaluation; ELBO and resampling draws are log-density evaluations.
 
 Example:
   >>> import jax, jax.numpy as jnp, advi_jax as aj
@@ -60,9 +63,11 @@ from advi_jax._types import Array, check_positive_int
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.diagnostics import _psis_core
 from advi_jax.families import Family, FullRankParams, MeanFieldParams, _softplus_inverse
+from advi_jax.vi._start_point import PathStart, first_finite, jitter_factors
 
 __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "Approximation",
-           "lbfgs_path", "PathResult", "StartGaussian", "start_gaussian", "path_gaussian"]
+           "lbfgs_path", "jitter_factors", "PathResult", "PathStart", "StartGaussian", "start_gaussian",
+           "path_gaussian"]
 
 NAME = "pathfinder"
 FAMILIES = ("meanfield", "fullrank")
@@ -101,6 +106,11 @@ class Options(NamedTuple):
       patience: stop once this many iterations in a row found no better Gaussian (0: never).
         Down a funnel's neck the ELBO only falls after its first iterations, and the path would
         otherwise run to `max_iters` for nothing.
+      init_tries: where log p or its gradient is not finite at a path's start (a log at a
+        boundary, 0 * inf, overflow), the path runs from the first finite of this many jittered
+        points (`jitter_factors`: the first in (-init_radius, init_radius)^K, Stan's random inits,
+        the later ones in boxes shrinking to 1/1000 of it); each is one gradient evaluation. 0:
+        none (the path then does not run).
     """
 
     num_paths: int = 1
@@ -115,6 +125,7 @@ class Options(NamedTuple):
     wolfe_c2: float = 0.9
     elbo_penalty: float = 1.0
     patience: int = 0
+    init_tries: int = 100
 
 
 class Approximation(NamedTuple):
@@ -141,8 +152,9 @@ class PathResult(NamedTuple):
     num_iters: Array
     num_grad_evals: Array
     num_logp_evals: Array
-    start_log_density: Array
+    start_log_density: Array  # log p(x0)
     best_iter: Array = None  # the iteration (1-based) whose Gaussian is the best; 0: none
+    start: PathStart = None  # where the path began
 
 
 class State(NamedTuple):
@@ -314,7 +326,8 @@ def _line_search(value_and_grad, x, f, g, d, c1, c2, max_trials):
     return found & (slope < 0), x_new, f_new, g_new, n
 
 
-def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Array | None = None) -> PathResult:
+def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Array | None = None,
+               jitter: Array | tuple[Array, Array] | None = None) -> PathResult:
     """Run one Pathfinder path from x0 and return its best Gaussian (by estimated ELBO).
 
     Args:
@@ -325,10 +338,16 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
       noise: None (draw each iteration's ELBO draws from `key`), or the standard normals of
         every iteration, (max_iters, num_elbo_draws, K): a program that draws all its randomness
         at once compiles one random number generator instead of one per loop.
+      jitter: None, or (T, K) offsets: where log p or its gradient is not finite at x0 (a log at
+        a boundary, 0 * inf, overflow), the path runs from the first of x0 + jitter[t] where
+        both are (Stan retries random initial points the same way); every point tried is one
+        gradient evaluation. Or (key, radii): len(radii) offsets, try t's uniform in
+        (-radii[t], radii[t])^K, drawn in the loop from `fold_in(key, t)` (no (T, K) array).
+        None: the path runs from x0 or, where x0 is not finite, not at all.
 
     Returns:
-      `PathResult` with the best ELBO, its `Approximation`, the iterations, the costs and
-      log p(x0).
+      `PathResult` with the best ELBO, its `Approximation`, the iterations, the costs,
+      log p(x0) and the `PathStart`.
     """
     k = x0.shape[0]
     m = options.history
@@ -346,10 +365,10 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
         ok = jnp.isfinite(elbo) & jnp.isfinite(stderr)
         return jnp.where(ok, elbo, -jnp.inf), jnp.where(ok, elbo - options.elbo_penalty * stderr, -jnp.inf)
 
-    f0, g0 = value_and_grad(x0)
+    x_start, f0, g0, began, f_x0 = first_finite(value_and_grad, x0, jitter)
     empty = jnp.zeros((m, k), dtype)
     ones = jnp.ones((k,), dtype)
-    start_approx = Approximation(x0, ones, jnp.zeros((k, min(k, 2 * m)), dtype),
+    start_approx = Approximation(x_start, ones, jnp.zeros((k, min(k, 2 * m)), dtype),
                                  jnp.eye(min(k, 2 * m), dtype=dtype))
 
     def cond(c):
@@ -392,13 +411,13 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
                     best=best, best_iter=best_iter, it=c["it"] + 1, done=done,
                     grads=c["grads"] + trials, logps=c["logps"] + options.num_elbo_draws)
 
-    init = dict(x=x0, f=f0, g=g0, s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
+    init = dict(x=x_start, f=f0, g=g0, s=empty, y=empty, n_valid=jnp.asarray(0, jnp.int32), alpha=ones,
                 key=key, best_elbo=jnp.asarray(-jnp.inf, dtype), best_score=jnp.asarray(-jnp.inf, dtype),
                 best=start_approx, best_iter=jnp.asarray(0, jnp.int32), it=jnp.asarray(0, jnp.int32),
-                done=~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))),
-                grads=jnp.asarray(1, jnp.int32), logps=jnp.asarray(0, jnp.int32))
+                done=~began.finite, grads=began.num_tries, logps=jnp.asarray(0, jnp.int32))
     out = jax.lax.while_loop(cond, body, init)
-    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -f0, out["best_iter"])
+    return PathResult(out["best_elbo"], out["best"], out["it"], out["grads"], out["logps"], -f_x0, out["best_iter"],
+                      began)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,17 +483,17 @@ def start_gaussian(model: Any, loc: Array, key: Array, options: Options = Option
 
 
 def path_gaussian(model: Any, loc: Array, key: Array, options: Options, diagonal: bool = False,
-                  noise: Array | None = None) -> tuple[StartGaussian, Array]:
-    """`start_gaussian` unjitted, for use inside another program: (StartGaussian, log p(loc)).
-    `noise`: as in `lbfgs_path`."""
-    path = lbfgs_path(model.log_density, loc, key, options, noise)
+                  noise: Array | None = None, jitter: Array | None = None) -> tuple[StartGaussian, Array, PathStart]:
+    """`start_gaussian` unjitted, for use inside another program: (StartGaussian, log p(loc),
+    PathStart). `noise`, `jitter`: as in `lbfgs_path`."""
+    path = lbfgs_path(model.log_density, loc, key, options, noise, jitter)
     if diagonal:
         factor = jnp.diag(jnp.sqrt(_variance(path.approx)))
     else:
         factor = _lower_factor(path.approx)
     found = StartGaussian(path.approx.mu, factor, path.elbo, path.num_iters, path.num_grad_evals,
                           path.num_logp_evals, path.best_iter)
-    return found, path.start_log_density
+    return found, path.start_log_density, path.start
 
 
 @compile_options.jit(static_argnames=("options", "diagonal"))
@@ -491,8 +510,10 @@ def _check_options(options: Any) -> Options:
         raise TypeError(f"options must be a pathfinder.Options, got {type(options).__name__}")
     for name in ("num_paths", "max_iters", "history", "num_elbo_draws", "num_draws", "max_line_search"):
         check_positive_int(getattr(options, name), f"options.{name}")
-    if isinstance(options.patience, bool) or not isinstance(options.patience, int) or options.patience < 0:
-        raise ValueError(f"options.patience must be an int >= 0, got {options.patience!r}")
+    for name in ("patience", "init_tries"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"options.{name} must be an int >= 0, got {value!r}")
     for name in ("init_radius", "ftol", "gtol", "wolfe_c2", "elbo_penalty"):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -506,6 +527,9 @@ def _check_family(family: Any) -> Family:
     if not isinstance(family, Family) or family.name not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES} (a Family object), got {family!r}")
     return family
+
+
+_JITTER_STREAM = 0x6A17  # fold_in data of a path's key for its jittered starts' draws
 
 
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
@@ -545,7 +569,13 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     def step(key: Array, state: State):
         path_key, draw_key, pick_key = jax.random.split(key, 3)
         keys = jax.random.split(path_key, num_paths)
-        paths = jax.vmap(lambda x0, kk: lbfgs_path(log_density, x0, kk, options))(state.starts, keys)
+        radii = options.init_radius * jitter_factors(options.init_tries) if options.init_tries else None
+
+        def path(x0, kk):
+            jitter = None if radii is None else (jax.random.fold_in(kk, _JITTER_STREAM), jnp.asarray(radii, x0.dtype))
+            return lbfgs_path(log_density, x0, kk, options, jitter=jitter)
+
+        paths = jax.vmap(path)(state.starts, keys)
         grads = jnp.sum(paths.num_grad_evals)
         logps = jnp.sum(paths.num_logp_evals)
         draws, khat = state.draws, state.khat
