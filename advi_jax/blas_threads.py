@@ -121,7 +121,8 @@ def one_thread(dim: int | None = None) -> Iterator[None]:
 
 
 def during(fun):
-    """Decorate a fit function `fun(model, ...)`: its body runs in `one_thread(model.dim)` (`aj.fit` is so decorated).
+    """Decorate a fit function `fun(model, ...)`: its body runs in `one_thread(model.dim)` (`aj.fit`,
+    `aj.fit_many` and `aj.fit_minibatch` are so decorated; for a sequence of models, the largest K).
 
     Returns:
       The wrapped function (same signature and docstring).
@@ -129,7 +130,8 @@ def during(fun):
 
     @functools.wraps(fun)
     def wrapper(model, *args, **kwargs):
-        dim = getattr(model, "dim", None)
+        dims = [getattr(m, "dim", None) for m in (model if isinstance(model, (list, tuple)) else [model])]
+        dim = max(dims) if dims and all(isinstance(d, int) for d in dims) else None
         with one_thread(dim if isinstance(dim, int) else None):
             return fun(model, *args, **kwargs)
 

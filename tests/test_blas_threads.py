@@ -62,3 +62,41 @@ def test_fit_runs_its_programs_on_one_openblas_thread(key):
             set_(count)
     assert np.all(np.isfinite(np.asarray(result.family.mean(result.params))))
     assert seen and all(counts == [1] * len(LIBRARIES) for counts in seen)
+
+
+@needs_openblas
+@pytest.mark.parametrize("entry", ["fit_many", "fit_minibatch"])
+def test_fit_many_and_minibatch_run_on_one_openblas_thread(key, entry):
+    """`aj.fit_many` (here with a list of models) and `aj.fit_minibatch` run their compiled programs
+    with OpenBLAS on one thread too (a host callback in the log density reads the counts), and the
+    caller's counts are back after."""
+    seen = []
+
+    def record(x):
+        seen.append(_counts())
+
+    def log_prior(p):
+        jax.debug.callback(record, p["mu"])
+        return -0.5 * jnp.sum(p["mu"] ** 2)
+
+    before = _counts()
+    _set(2)
+    try:
+        if entry == "fit_many":
+            def log_joint(p, c):
+                return log_prior(p) - 0.5 * (p["mu"] - c) ** 2
+
+            models = [aj.Model(log_joint, {"mu": aj.real()}, data=jnp.asarray(c)) for c in (0.0, 1.0)]
+            result = aj.fit_many(models, key=key, num_steps=50, diagnostics=False)
+            means = np.asarray(result.means())
+        else:
+            data = jnp.linspace(-1.0, 1.0, 20)
+            model = aj.MinibatchModel(log_prior, lambda p, b: -0.5 * (b - p["mu"]) ** 2, {"mu": aj.real()}, data=data)
+            result = aj.fit_minibatch(model, key=key, batch_size=10, num_epochs=5, progress=False, diagnostics=False)
+            means = np.asarray(result.mean()["mu"])
+        assert _counts() == [2] * len(LIBRARIES)
+    finally:
+        for (_, set_), count in zip(LIBRARIES, before):
+            set_(count)
+    assert np.all(np.isfinite(means))
+    assert seen and all(counts == [1] * len(LIBRARIES) for counts in seen)

@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advi_jax import checks
+from advi_jax import blas_threads, checks
 from advi_jax._types import Array, check_positive_int
 from advi_jax.base import Family
 from advi_jax.flatten import MinibatchModel, Model
@@ -146,6 +146,7 @@ def _full_data_diagnostics(model: MinibatchModel, family: Family, params, key: A
     return diagnose_ratios(ratios + (model.num_data / size) * total)
 
 
+@blas_threads.during
 def fit_minibatch(model: MinibatchModel, *, key: Array, batch_size: int, num_epochs: int,
                   family: str | Family = "meanfield", num_samples: int = 1,
                   optimizer: optax.GradientTransformation | None = None, estimator: str | Callable = "reparam",
