@@ -28,11 +28,16 @@ Example:
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import betaln, gammaln, log_ndtr
 
 from advi_jax._types import Array, ArrayLike
 
-__all__ = ["probit_log_lik", "negbin_log_lik", "log_rising_ratio", "phi_softplus", "glm_more_log_likelihood"]
+__all__ = ["probit_log_lik", "negbin_log_lik", "log_rising_ratio", "phi_softplus", "glm_more_log_likelihood",
+           "distinct_counts", "pad_distinct", "DISTINCT_KEYS"]
+
+DISTINCT_KEYS = ("y_distinct", "y_count")
+"""The NB model's data entries of its distinct counts (`distinct_counts`), read by `vi._glm_lik`."""
 
 
 def probit_log_lik(y: ArrayLike, eta: ArrayLike) -> Array:
@@ -128,3 +133,48 @@ def glm_more_log_likelihood(x: Array, y: Array, beta: Array, intercept: ArrayLik
             raise ValueError("family 'negbin' needs the dispersion phi")
         return jnp.sum(negbin_log_lik(y, eta, phi))
     raise ValueError(f"family must be 'probit' or 'negbin', got {family!r}")
+
+
+def distinct_counts(y: np.ndarray, dtype) -> dict:
+    """The distinct values of the counts `y` and their multiplicities, on the host (once per model).
+
+    The negative binomial's E_q[D(y_i, phi)] depends on a row only through y_i, so the exact-ELBO fit
+    (`advi_jax.vi._glm_lik`) sums it once per distinct count, weighted by its multiplicity, instead of
+    once per row. The arrays are padded with (value 0, count 0) entries to a power of two >= 8, so
+    that data sets with a similar number of distinct counts share a compiled fit.
+
+    Args:
+      y: (N,) non-negative integer counts (checked by the model's constructor).
+      dtype: the float dtype of the model's data.
+
+    Returns:
+      {"y_distinct": (U,) values in `dtype`, "y_count": (U,) int32 multiplicities}, U a power of two.
+
+    Example:
+      >>> out = distinct_counts(np.asarray([3.0, 0.0, 3.0, 7.0]), np.float32)
+      >>> out["y_distinct"][:3].tolist(), out["y_count"][:4].tolist()
+      ([0.0, 3.0, 7.0], [1, 2, 1, 0])
+    """
+    values, counts = np.unique(np.asarray(y, np.float64), return_counts=True)
+    size = max(8, 1 << (len(values) - 1).bit_length())
+    out_values = np.zeros(size, dtype)
+    out_counts = np.zeros(size, np.int32)
+    out_values[:len(values)] = values
+    out_counts[:len(values)] = counts
+    return {"y_distinct": out_values, "y_count": out_counts}
+
+
+def pad_distinct(datas: list) -> list:
+    """`distinct_counts` tables of several data dicts padded (count 0) to one length (for stacking)."""
+    sizes = [int(np.shape(d["y_distinct"])[-1]) for d in datas if isinstance(d, dict) and DISTINCT_KEYS[0] in d]
+    if not sizes or min(sizes) == max(sizes):
+        return datas
+    size = max(sizes)
+    out = []
+    for d in datas:
+        d = dict(d)
+        for name in DISTINCT_KEYS:
+            a = np.asarray(d[name])
+            d[name] = np.concatenate([a, np.zeros(size - a.shape[-1], a.dtype)])
+        out.append(d)
+    return out

@@ -52,7 +52,7 @@ import numpy as np
 from advi_jax._types import Array, ArrayLike
 from advi_jax.flatten import Model
 from advi_jax.models.glm import glm_log_likelihood
-from advi_jax.models.glm_more import glm_more_log_likelihood
+from advi_jax.models.glm_more import distinct_counts, glm_more_log_likelihood
 from advi_jax.supports import positive, real
 
 __all__ = [
@@ -125,7 +125,9 @@ class RegressionModel(_ModelWithInfo):
     """An `aj.Model` that also carries a `RegressionInfo` (`model.info`) for predictions and labels.
 
     `model.data` is a dict with `x` (N, D) transformed features, `y` (N,), `x_mean` (D,),
-    `x_scale` (D,) and, for Poisson models with an exposure or offset, `offset` (N,).
+    `x_scale` (D,) and, for Poisson models with an exposure or offset, `offset` (N,); negative-binomial
+    models also carry their distinct counts `y_distinct` (U,) and multiplicities `y_count` (U,)
+    (`glm_more.distinct_counts`; rebuild the model, rather than edit `data["y"]`, for new counts).
     """
 
     full_compile_mode = "mid"
@@ -339,6 +341,8 @@ def _build(kind, x, y, *, prior_scale, intercept, intercept_scale, standardize, 
     data = {"x": put((x - mean) / scale), "y": put(y), "x_mean": put(mean), "x_scale": put(scale)}
     if offset is not None:
         data["offset"] = put(offset)
+    if kind == "negbin":  # E_q[D(y, phi)] once per distinct count in the exact-ELBO fit (`vi._glm_lik`)
+        data.update({k: jax.device_put(v) for k, v in distinct_counts(y, dtype).items()})
     support = {}
     if intercept:
         support["intercept"] = real()
