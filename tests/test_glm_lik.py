@@ -240,6 +240,13 @@ def test_distinct_count_table_equals_the_row_sum_in_float64():
             # the dispersion term alone is a large part of the value (the check is not vacuous)
             d_sum = float(L.distinct_dispersion(model.data, p.loc[-1], f[-1] ** 2 if meanfield else f[-1] @ f[-1]))
             assert abs(d_sum) > 0.05 * abs(float(per_row[0]))
+        # the model's log density (diagnostics, ADVI, NUTS): D(y, phi) - lgamma(y + 1) per distinct count
+        rows_model = type(model).tree_unflatten(model.tree_flatten()[1], (rows,))
+        z = jnp.asarray(np.random.default_rng(8).normal(size=(3, model.dim)) * 0.4, jnp.float64)
+        lp = jax.jit(jax.vmap(jax.value_and_grad(lambda m_, z_: m_.log_density(z_), argnums=1), in_axes=(None, 0)))
+        (la, lga), (lb, lgb) = lp(model, z), lp(rows_model, z)
+        np.testing.assert_allclose(la, lb, rtol=1e-13)
+        np.testing.assert_allclose(lga, lgb, rtol=1e-12, atol=1e-12 * float(np.max(np.abs(lgb))))
         # low rank: its autodiffed likelihood (value and gradient) with and without the table
         d_diag, b = jnp.full(model.dim, 0.2, jnp.float64), 0.1 * jnp.ones((model.dim, 2), jnp.float64)
         lr = jax.jit(jax.value_and_grad(lambda m, d: lowrank_likelihood(layout, d, m, d_diag, b)))
@@ -267,3 +274,5 @@ def test_negbin_fit_optimum_is_unchanged_by_the_table_and_a_stale_table_is_caugh
     stale = type(model).tree_unflatten(model.tree_flatten()[1], ({**model.data, "y": model.data["y"] + 1.0},))
     bad = aj.fit(stale, family="fullrank", key=jax.random.key(0), diagnostics=False, progress=False)
     assert not np.any(np.isfinite(np.asarray(bad.elbo))) and not bad.converged
+    assert np.isnan(float(stale.log_density(jnp.zeros(model.dim)))) and np.isfinite(
+        float(model.log_density(jnp.zeros(model.dim))))

@@ -109,13 +109,16 @@ def negbin_log_lik(y: ArrayLike, eta: ArrayLike, phi: ArrayLike) -> Array:
 
 
 def glm_more_log_likelihood(x: Array, y: Array, beta: Array, intercept: ArrayLike, offset: Array | None,
-                            family: str, phi: ArrayLike | None = None) -> Array:
+                            family: str, phi: ArrayLike | None = None, table: tuple | None = None) -> Array:
     """sum_i log p(y_i | eta_i) for family "probit" or "negbin" (XLA, autodiff: X read twice per gradient).
 
     Args:
       x: (N, D) design; y: (N,) responses; beta: (D,); intercept: scalar; offset: (N,) or None.
       family: "probit" or "negbin".
       phi: the negative-binomial dispersion (scalar), required for "negbin".
+      table: optional (distinct values, multiplicities) of y (`distinct_counts`), "negbin" only: the
+        terms that depend on a row only through y_i, D(y_i, phi) - lgamma(y_i + 1), are then summed
+        once per distinct value (the same sum up to rounding order; U betaln instead of N).
 
     Returns:
       Scalar log-likelihood.
@@ -131,7 +134,13 @@ def glm_more_log_likelihood(x: Array, y: Array, beta: Array, intercept: ArrayLik
     if family == "negbin":
         if phi is None:
             raise ValueError("family 'negbin' needs the dispersion phi")
-        return jnp.sum(negbin_log_lik(y, eta, phi))
+        if table is None:
+            return jnp.sum(negbin_log_lik(y, eta, phi))
+        values, counts = table
+        log_phi = jnp.log(phi)
+        rows = jnp.sum(y * (eta - jnp.logaddexp(eta - log_phi, 0.0)) - phi_softplus(eta, log_phi))
+        per_value = log_rising_ratio(values, phi) - gammaln(values + 1.0)
+        return rows + jnp.sum(counts.astype(per_value.dtype) * per_value)
     raise ValueError(f"family must be 'probit' or 'negbin', got {family!r}")
 
 
