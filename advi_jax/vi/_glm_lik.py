@@ -39,7 +39,7 @@ multiplicities n_u that the NB model computes on the host when it is built
 (`glm_more.distinct_counts`, `data["y_distinct"]`, `data["y_count"]`; padded with zero counts to a
 power of two), and the rows carry only the two softplus expectations: the same sum up to rounding
 order, and its derivatives in (m_w, v_w) by one small autodiff outside the row loop. At N = 1e5
-(D = 10, the RAND HIE counts: 95 distinct values) it was ~85% of the pass (see
+(D = 10, RAND HIE counts resampled: 59 distinct values) it was ~85% of the pass (see
 benchmarks/PERFORMANCE.md). `init` checks the table against y (`table_matches`; NaN if stale).
 
 The expectations of the gradient and Hessian of l in (eta, omega), which the Newton / fixed-point
