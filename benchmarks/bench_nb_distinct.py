@@ -59,7 +59,8 @@ def main() -> None:
         jax.block_until_ready(run(model.data, first.params.loc, factor))
         times.append(time.perf_counter() - t)
     print(json.dumps({
-        "tree": aj.__file__.rsplit("/advi_jax/", 1)[0], "n": args.n, "family": args.family, "distinct": int(len(np.unique(model.data["y"]))),
+        "tree": aj.__file__.rsplit("/advi_jax/", 1)[0], "n": args.n, "family": args.family,
+        "distinct": int(len(np.unique(model.data["y"]))),
         "import_build_s": round(t_import, 3), "first_fit_s": round(t_first, 3), "second_fit_s": round(t_second, 4),
         "steps": int(first.num_steps), "pass_ms_best": round(1e3 * min(times), 2),
         "pass_ms_median": round(1e3 * float(np.median(times)), 2),

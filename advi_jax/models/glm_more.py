@@ -34,7 +34,7 @@ from jax.scipy.special import betaln, gammaln, log_ndtr
 from advi_jax._types import Array, ArrayLike
 
 __all__ = ["probit_log_lik", "negbin_log_lik", "log_rising_ratio", "phi_softplus", "glm_more_log_likelihood",
-           "distinct_counts", "pad_distinct", "DISTINCT_KEYS"]
+           "distinct_counts", "distinct_table", "pad_distinct", "DISTINCT_KEYS"]
 
 DISTINCT_KEYS = ("y_distinct", "y_count")
 """The NB model's data entries of its distinct counts (`distinct_counts`), read by `vi._glm_lik`."""
@@ -171,6 +171,25 @@ def distinct_counts(y: np.ndarray, dtype) -> dict:
     out_values[:len(values)] = values
     out_counts[:len(values)] = counts
     return {"y_distinct": out_values, "y_count": out_counts}
+
+
+def distinct_table(data) -> tuple | None:
+    """(values, multiplicities, matches) of the distinct counts in a model's `data` (`distinct_counts`),
+    or None where the data do not carry them or they are not fewer than the rows (static: shapes only).
+
+    `matches` (a traced bool) says the table agrees with `data["y"]`: the count, sum y and sum y^2 in
+    int32 (wrapping: equal sums stay equal mod 2^32). Users of the table make their result NaN where it
+    does not (y edited after the model was built), rather than silently wrong. It does not depend on
+    the parameters, so under `vmap` over draws it is computed once.
+    """
+    if (not isinstance(data, dict) or not all(name in data for name in DISTINCT_KEYS)
+            or data[DISTINCT_KEYS[0]].shape[-1] >= data["y"].shape[-1]):
+        return None
+    values, counts = data[DISTINCT_KEYS[0]], data[DISTINCT_KEYS[1]]
+    iv, iy = values.astype(jnp.int32), data["y"].astype(jnp.int32)
+    matches = ((jnp.sum(counts) == iy.shape[0]) & (jnp.sum(counts * iv) == jnp.sum(iy))
+               & (jnp.sum(counts * iv * iv) == jnp.sum(iy * iy)))
+    return values, counts, matches
 
 
 def pad_distinct(datas: list) -> list:

@@ -52,7 +52,7 @@ import numpy as np
 from advi_jax._types import Array, ArrayLike
 from advi_jax.flatten import Model
 from advi_jax.models.glm import glm_log_likelihood
-from advi_jax.models.glm_more import DISTINCT_KEYS, distinct_counts, glm_more_log_likelihood
+from advi_jax.models.glm_more import distinct_counts, distinct_table, glm_more_log_likelihood
 from advi_jax.supports import positive, real
 
 __all__ = [
@@ -294,27 +294,13 @@ def dispersion_log_prior(phi: Array, scale: float) -> Array:
     return -math.log(scale) - jnp.exp(-0.5 * log_phi) / scale - math.log(2.0) - 1.5 * log_phi
 
 
-def _distinct_table(data: Mapping[str, Array]):
-    """(values, multiplicities, matches y) of a negative binomial's distinct counts (`glm_more.distinct_counts`)
-    where the data carry them and they are fewer than the rows, else None. `matches`: the count, sum y and
-    sum y^2 agree (int32, wrapping; it does not depend on the parameters, so it is computed once per
-    vectorised call)."""
-    if not all(name in data for name in DISTINCT_KEYS) or data[DISTINCT_KEYS[0]].shape[-1] >= data["y"].shape[-1]:
-        return None
-    values, counts = data[DISTINCT_KEYS[0]], data[DISTINCT_KEYS[1]]
-    iv, iy = values.astype(jnp.int32), data["y"].astype(jnp.int32)
-    matches = ((jnp.sum(counts) == iy.shape[0]) & (jnp.sum(counts * iv) == jnp.sum(iy))
-               & (jnp.sum(counts * iv * iv) == jnp.sum(iy * iy)))
-    return values, counts, matches
-
-
 def _make_log_joint_uncached(info: RegressionInfo):
     family = {"logistic": "bernoulli", "poisson": "poisson"}.get(info.kind, info.kind)
 
     def log_joint(params: Mapping[str, Array], data: Mapping[str, Array]) -> Array:
         intercept = params["intercept"] if info.intercept else 0.0
         if family in ("probit", "negbin"):  # the XLA path (the native kernel is logistic / Poisson only)
-            table = _distinct_table(data) if family == "negbin" else None
+            table = distinct_table(data) if family == "negbin" else None
             log_lik = glm_more_log_likelihood(data["x"], data["y"], params["beta"], intercept, data.get("offset"),
                                               family, params.get("phi"), None if table is None else table[:2])
             if table is not None:  # a table that no longer matches y (edited after the build): NaN, not wrong

@@ -85,7 +85,8 @@ def stack_models(models: Sequence[Model]) -> Model:
         from advi_jax.models.glm_more import pad_distinct
 
         datas = pad_distinct([m.data for m in models])
-        models = [m if d is m.data else type(m).tree_unflatten(m.tree_flatten()[1], (d,)) for m, d in zip(models, datas)]
+        models = [m if d is m.data else type(m).tree_unflatten(m.tree_flatten()[1], (d,))
+                  for m, d in zip(models, datas)]
     first = models[0]
     for i, m in enumerate(models):
         if not isinstance(m, Model):

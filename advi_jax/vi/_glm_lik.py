@@ -64,7 +64,7 @@ import jax.numpy as jnp
 from jax.scipy.special import gammaln, log_ndtr
 
 from advi_jax._types import Array
-from advi_jax.models.glm_more import DISTINCT_KEYS, log_rising_ratio
+from advi_jax.models.glm_more import DISTINCT_KEYS, distinct_table, log_rising_ratio
 
 OMEGA_NODE_TIERS = ((math.inf, 32),)
 PROBIT_NODE_TIERS = ((0.5, 8), (2.0, 32), (math.inf, 128))
@@ -211,10 +211,9 @@ def negbin_psi(y, mu, m_w, v, c, v_w, v_u, c_uw, num_nodes=None, constant=True, 
 
 
 def has_table(data) -> bool:
-    """Whether `data` carries the distinct counts (`glm_more.distinct_counts`) and they are fewer than
-    the rows (static: shapes only). Then the passes sum E[D(y, e^omega)] per distinct count."""
-    return (isinstance(data, dict) and all(name in data for name in DISTINCT_KEYS)
-            and data[DISTINCT_KEYS[0]].shape[-1] < data["y"].shape[-1])
+    """Whether `data` carries the distinct counts (`glm_more.distinct_table`; static: shapes only). Then
+    the passes sum E[D(y, e^omega)] per distinct count."""
+    return distinct_table(data) is not None
 
 
 def distinct_dispersion(data, m_w: Array, v_w: Array) -> Array:
@@ -225,13 +224,9 @@ def distinct_dispersion(data, m_w: Array, v_w: Array) -> Array:
 
 
 def table_matches(data) -> Array:
-    """Whether the distinct-count table agrees with `data["y"]`: the count, sum y and sum y^2 (int32,
-    wrapping: equal sums stay equal mod 2^32), one read of y once per fit. A stale table (y edited
-    after the model was built) makes the fit's ELBO NaN rather than silently wrong."""
-    values, counts = data[DISTINCT_KEYS[0]].astype(jnp.int32), data[DISTINCT_KEYS[1]]
-    y = data["y"].astype(jnp.int32)
-    return ((jnp.sum(counts) == y.shape[0]) & (jnp.sum(counts * values) == jnp.sum(y))
-            & (jnp.sum(counts * values * values) == jnp.sum(y * y)))
+    """Whether the distinct-count table agrees with `data["y"]` (`glm_more.distinct_table`), once per fit:
+    a stale table (y edited after the model was built) makes the fit's ELBO NaN rather than silently wrong."""
+    return distinct_table(data)[2]
 
 
 def negbin_moments(layout, x, offset, m, factor, meanfield):
