@@ -19,6 +19,7 @@ from advi_jax.families import FullRankParams, MeanFieldParams
 from advi_jax.models import negbin_regression, probit_regression
 from advi_jax.vi import _glm_lik as L
 from advi_jax.vi import glm_exact as G
+from advi_jax.vi._glm_lowrank import lowrank_likelihood
 from _vi_runner import mc_elbo  # noqa: E402
 
 REFS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "references")
@@ -197,3 +198,81 @@ def test_supports_and_layout():
     from advi_jax.models.regression import dispersion_log_prior
     quad = jnp.sum(w * (dispersion_log_prior(jnp.exp(omega), 1.0) + omega))  # + log|d phi / d omega|
     np.testing.assert_allclose(L.dispersion_prior(jnp.float32(m_w), jnp.float32(v_w), 1.0)[0], quad, rtol=1e-5)
+
+
+def _counts_with_repeats_and_uniques(n, seed):
+    """Over-dispersed counts (many repeats) plus a few counts that occur once, far in the tail."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    mu = np.exp(0.8 + x @ np.asarray([0.5, -0.3, 0.2]))
+    y = rng.negative_binomial(1.5, 1.5 / (1.5 + mu)).astype(np.float64)
+    y[:4] = [311.0, 1000.0, 57.0, 0.0]
+    return x, y
+
+
+def test_distinct_count_table_equals_the_row_sum_in_float64():
+    # The pass with E[D(y, e^omega)] summed per distinct count (the NB model's table) against the same
+    # pass per row (the table removed): value, gradient and curvature to float64 rounding, both families.
+    with jax.enable_x64(True):
+        x, y = _counts_with_repeats_and_uniques(601, 4)
+        model = negbin_regression(x, y, exposure=np.random.default_rng(5).uniform(0.5, 2.0, 601))
+        assert model.data["y"].dtype == jnp.float64 and L.has_table(model.data)
+        values = np.asarray(model.data["y_distinct"])
+        counts = np.asarray(model.data["y_count"])
+        distinct, multiplicity = np.unique(y, return_counts=True)
+        assert counts.sum() == 601 and np.all(counts[len(distinct):] == 0)
+        np.testing.assert_array_equal(values[:len(distinct)], distinct)
+        np.testing.assert_array_equal(counts[:len(distinct)], multiplicity)
+        rows = {k: v for k, v in model.data.items() if k not in ("y_distinct", "y_count")}
+        assert not L.has_table(rows)
+        layout = G._layout(model)
+        for fam in ("meanfield", "fullrank"):
+            family = aj.families.get_family(fam)
+            p = _params(family, model.dim, 6, scale=0.3)
+            p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), p)
+            p = p._replace(loc=p.loc.at[-1].set(0.4))  # log phi
+            meanfield = fam == "meanfield"
+            f = family.scale(p) if meanfield else family.scale_tril(p)
+            run = jax.jit(lambda d, m, f_: L.negbin_pass(layout, d, m, f_, meanfield, None, 128))
+            grouped, per_row = run(model.data, p.loc, f), run(rows, p.loc, f)
+            for a, b in zip(grouped, per_row):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(np.max(np.abs(b))))
+            # the dispersion term alone is a large part of the value (the check is not vacuous)
+            d_sum = float(L.distinct_dispersion(model.data, p.loc[-1], f[-1] ** 2 if meanfield else f[-1] @ f[-1]))
+            assert abs(d_sum) > 0.05 * abs(float(per_row[0]))
+        # the model's log density (diagnostics, ADVI, NUTS): D(y, phi) - lgamma(y + 1) per distinct count
+        rows_model = type(model).tree_unflatten(model.tree_flatten()[1], (rows,))
+        z = jnp.asarray(np.random.default_rng(8).normal(size=(3, model.dim)) * 0.4, jnp.float64)
+        lp = jax.jit(jax.vmap(jax.value_and_grad(lambda m_, z_: m_.log_density(z_), argnums=1), in_axes=(None, 0)))
+        (la, lga), (lb, lgb) = lp(model, z), lp(rows_model, z)
+        np.testing.assert_allclose(la, lb, rtol=1e-13)
+        np.testing.assert_allclose(lga, lgb, rtol=1e-12, atol=1e-12 * float(np.max(np.abs(lgb))))
+        # low rank: its autodiffed likelihood (value and gradient) with and without the table
+        d_diag, b = jnp.full(model.dim, 0.2, jnp.float64), 0.1 * jnp.ones((model.dim, 2), jnp.float64)
+        lr = jax.jit(jax.value_and_grad(lambda m, d: lowrank_likelihood(layout, d, m, d_diag, b)))
+        (va, ga), (vb, gb) = lr(p.loc, model.data), lr(p.loc, rows)
+        np.testing.assert_allclose(va, vb, rtol=1e-12)
+        np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-12 * float(np.max(np.abs(gb))))
+
+
+def test_negbin_fit_optimum_is_unchanged_by_the_table_and_a_stale_table_is_caught():
+    x, y = _counts_with_repeats_and_uniques(2000, 7)
+    model = negbin_regression(x, y)
+    rows_model = type(model).tree_unflatten(
+        model.tree_flatten()[1], ({k: v for k, v in model.data.items() if k not in ("y_distinct", "y_count")},))
+    assert L.has_table(model.data) and not L.has_table(rows_model.data)
+    fits = [aj.fit(m, family="fullrank", key=jax.random.key(0), diagnostics=False, progress=False)
+            for m in (model, rows_model)]
+    assert all(f.method == "glm_exact" and f.converged for f in fits)
+    a, b = (aj.families.get_family("fullrank") for _ in range(2))
+    sd = np.sqrt(np.asarray(a.variance(fits[1].params)))
+    # float32: the two sums differ only in rounding order; the optima agree to far below a posterior sd
+    assert np.max(np.abs(np.asarray(fits[0].params.loc) - np.asarray(fits[1].params.loc)) / sd) < 1e-3
+    np.testing.assert_allclose(np.sqrt(np.asarray(b.variance(fits[0].params))), sd, rtol=1e-3)
+    np.testing.assert_allclose(fits[0].elbo[-1], fits[1].elbo[-1], rtol=1e-6)
+    # a table that no longer matches y (y edited after the model was built) stops the fit: no silent answer
+    stale = type(model).tree_unflatten(model.tree_flatten()[1], ({**model.data, "y": model.data["y"] + 1.0},))
+    bad = aj.fit(stale, family="fullrank", key=jax.random.key(0), diagnostics=False, progress=False)
+    assert not np.any(np.isfinite(np.asarray(bad.elbo))) and not bad.converged
+    assert np.isnan(float(stale.log_density(jnp.zeros(model.dim)))) and np.isfinite(
+        float(model.log_density(jnp.zeros(model.dim))))

@@ -78,6 +78,27 @@ def test_fit_many_over_ready_glms_keeps_them_glms(key):
         np.testing.assert_allclose(many.params.raw_scale[b], one.params.raw_scale, atol=1e-5)
 
 
+def test_fit_many_over_negbin_glms_with_different_distinct_counts(key):
+    """Negative-binomial GLMs whose distinct-count tables differ in length (`glm_more.distinct_counts`)
+    stack (tables padded with zero counts) and each batched glm_exact fit equals its own `aj.fit`."""
+    rng = np.random.default_rng(1)
+    models = []
+    for scale in (0.5, 6.0):  # few distinct counts, then many
+        x = rng.normal(size=(150, 2))
+        mu = scale * np.exp(0.4 * x[:, 0])
+        models.append(aj.models.negbin_regression(x, rng.negative_binomial(2.0, 2.0 / (2.0 + mu))))
+    sizes = [m.data["y_distinct"].shape[0] for m in models]
+    assert sizes[0] < sizes[1]
+    from advi_jax.run.many import stack_models
+
+    stacked = stack_models(models)
+    assert stacked.data["y_count"].shape == (2, sizes[1]) and int(stacked.data["y_count"][0].sum()) == 150
+    many = aj.fit_many(models, key=key, method="glm_exact", family="fullrank", progress=False, diagnostics=False)
+    for b, model in enumerate(models):
+        one = aj.fit(model, key=key, method="glm_exact", family="fullrank", progress=False, diagnostics=False)
+        np.testing.assert_allclose(many.params.loc[b], one.params.loc, atol=1e-4)
+
+
 def test_fit_many_stops_a_nonfinite_fit_and_finishes_the_others(key):
     models = _normal_mean_models(3)
     bad = models[1].data.at[0, 0].set(jnp.nan)

@@ -28,11 +28,16 @@ Example:
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import betaln, gammaln, log_ndtr
 
 from advi_jax._types import Array, ArrayLike
 
-__all__ = ["probit_log_lik", "negbin_log_lik", "log_rising_ratio", "phi_softplus", "glm_more_log_likelihood"]
+__all__ = ["probit_log_lik", "negbin_log_lik", "log_rising_ratio", "phi_softplus", "glm_more_log_likelihood",
+           "distinct_counts", "distinct_table", "pad_distinct", "DISTINCT_KEYS"]
+
+DISTINCT_KEYS = ("y_distinct", "y_count")
+"""The NB model's data entries of its distinct counts (`distinct_counts`), read by `vi._glm_lik`."""
 
 
 def probit_log_lik(y: ArrayLike, eta: ArrayLike) -> Array:
@@ -104,13 +109,16 @@ def negbin_log_lik(y: ArrayLike, eta: ArrayLike, phi: ArrayLike) -> Array:
 
 
 def glm_more_log_likelihood(x: Array, y: Array, beta: Array, intercept: ArrayLike, offset: Array | None,
-                            family: str, phi: ArrayLike | None = None) -> Array:
+                            family: str, phi: ArrayLike | None = None, table: tuple | None = None) -> Array:
     """sum_i log p(y_i | eta_i) for family "probit" or "negbin" (XLA, autodiff: X read twice per gradient).
 
     Args:
       x: (N, D) design; y: (N,) responses; beta: (D,); intercept: scalar; offset: (N,) or None.
       family: "probit" or "negbin".
       phi: the negative-binomial dispersion (scalar), required for "negbin".
+      table: optional (distinct values, multiplicities) of y (`distinct_counts`), "negbin" only: the
+        terms that depend on a row only through y_i, D(y_i, phi) - lgamma(y_i + 1), are then summed
+        once per distinct value (the same sum up to rounding order; U betaln instead of N).
 
     Returns:
       Scalar log-likelihood.
@@ -126,5 +134,75 @@ def glm_more_log_likelihood(x: Array, y: Array, beta: Array, intercept: ArrayLik
     if family == "negbin":
         if phi is None:
             raise ValueError("family 'negbin' needs the dispersion phi")
-        return jnp.sum(negbin_log_lik(y, eta, phi))
+        if table is None:
+            return jnp.sum(negbin_log_lik(y, eta, phi))
+        values, counts = table
+        log_phi = jnp.log(phi)
+        rows = jnp.sum(y * (eta - jnp.logaddexp(eta - log_phi, 0.0)) - phi_softplus(eta, log_phi))
+        per_value = log_rising_ratio(values, phi) - gammaln(values + 1.0)
+        return rows + jnp.sum(counts.astype(per_value.dtype) * per_value)
     raise ValueError(f"family must be 'probit' or 'negbin', got {family!r}")
+
+
+def distinct_counts(y: np.ndarray, dtype) -> dict:
+    """The distinct values of the counts `y` and their multiplicities, on the host (once per model).
+
+    The negative binomial's E_q[D(y_i, phi)] depends on a row only through y_i, so the exact-ELBO fit
+    (`advi_jax.vi._glm_lik`) sums it once per distinct count, weighted by its multiplicity, instead of
+    once per row. The arrays are padded with (value 0, count 0) entries to a power of two >= 8, so
+    that data sets with a similar number of distinct counts share a compiled fit.
+
+    Args:
+      y: (N,) non-negative integer counts (checked by the model's constructor).
+      dtype: the float dtype of the model's data.
+
+    Returns:
+      {"y_distinct": (U,) values in `dtype`, "y_count": (U,) int32 multiplicities}, U a power of two.
+
+    Example:
+      >>> out = distinct_counts(np.asarray([3.0, 0.0, 3.0, 7.0]), np.float32)
+      >>> out["y_distinct"][:3].tolist(), out["y_count"][:4].tolist()
+      ([0.0, 3.0, 7.0], [1, 2, 1, 0])
+    """
+    values, counts = np.unique(np.asarray(y, np.float64), return_counts=True)
+    size = max(8, 1 << (len(values) - 1).bit_length())
+    out_values = np.zeros(size, dtype)
+    out_counts = np.zeros(size, np.int32)
+    out_values[:len(values)] = values
+    out_counts[:len(values)] = counts
+    return {"y_distinct": out_values, "y_count": out_counts}
+
+
+def distinct_table(data) -> tuple | None:
+    """(values, multiplicities, matches) of the distinct counts in a model's `data` (`distinct_counts`),
+    or None where the data do not carry them or they are not fewer than the rows (static: shapes only).
+
+    `matches` (a traced bool) says the table agrees with `data["y"]`: the count, sum y and sum y^2 in
+    int32 (wrapping: equal sums stay equal mod 2^32). Users of the table make their result NaN where it
+    does not (y edited after the model was built), rather than silently wrong. It does not depend on
+    the parameters, so under `vmap` over draws it is computed once.
+    """
+    if (not isinstance(data, dict) or not all(name in data for name in DISTINCT_KEYS)
+            or data[DISTINCT_KEYS[0]].shape[-1] >= data["y"].shape[-1]):
+        return None
+    values, counts = data[DISTINCT_KEYS[0]], data[DISTINCT_KEYS[1]]
+    iv, iy = values.astype(jnp.int32), data["y"].astype(jnp.int32)
+    matches = ((jnp.sum(counts) == iy.shape[0]) & (jnp.sum(counts * iv) == jnp.sum(iy))
+               & (jnp.sum(counts * iv * iv) == jnp.sum(iy * iy)))
+    return values, counts, matches
+
+
+def pad_distinct(datas: list) -> list:
+    """`distinct_counts` tables of several data dicts padded (count 0) to one length (for stacking)."""
+    sizes = [int(np.shape(d["y_distinct"])[-1]) for d in datas if isinstance(d, dict) and DISTINCT_KEYS[0] in d]
+    if not sizes or min(sizes) == max(sizes):
+        return datas
+    size = max(sizes)
+    out = []
+    for d in datas:
+        d = dict(d)
+        for name in DISTINCT_KEYS:
+            a = np.asarray(d[name])
+            d[name] = np.concatenate([a, np.zeros(size - a.shape[-1], a.dtype)])
+        out.append(d)
+    return out

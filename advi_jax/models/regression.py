@@ -52,7 +52,7 @@ import numpy as np
 from advi_jax._types import Array, ArrayLike
 from advi_jax.flatten import Model
 from advi_jax.models.glm import glm_log_likelihood
-from advi_jax.models.glm_more import glm_more_log_likelihood
+from advi_jax.models.glm_more import distinct_counts, distinct_table, glm_more_log_likelihood
 from advi_jax.supports import positive, real
 
 __all__ = [
@@ -125,7 +125,9 @@ class RegressionModel(_ModelWithInfo):
     """An `aj.Model` that also carries a `RegressionInfo` (`model.info`) for predictions and labels.
 
     `model.data` is a dict with `x` (N, D) transformed features, `y` (N,), `x_mean` (D,),
-    `x_scale` (D,) and, for Poisson models with an exposure or offset, `offset` (N,).
+    `x_scale` (D,) and, for Poisson models with an exposure or offset, `offset` (N,); negative-binomial
+    models also carry their distinct counts `y_distinct` (U,) and multiplicities `y_count` (U,)
+    (`glm_more.distinct_counts`; rebuild the model, rather than edit `data["y"]`, for new counts).
     """
 
     full_compile_mode = "mid"
@@ -298,8 +300,11 @@ def _make_log_joint_uncached(info: RegressionInfo):
     def log_joint(params: Mapping[str, Array], data: Mapping[str, Array]) -> Array:
         intercept = params["intercept"] if info.intercept else 0.0
         if family in ("probit", "negbin"):  # the XLA path (the native kernel is logistic / Poisson only)
+            table = distinct_table(data) if family == "negbin" else None
             log_lik = glm_more_log_likelihood(data["x"], data["y"], params["beta"], intercept, data.get("offset"),
-                                              family, params.get("phi"))
+                                              family, params.get("phi"), None if table is None else table[:2])
+            if table is not None:  # a table that no longer matches y (edited after the build): NaN, not wrong
+                log_lik = jnp.where(table[2], log_lik, jnp.nan)
         else:
             log_lik = glm_log_likelihood(data["x"], data["y"], params["beta"], intercept, data.get("offset"),
                                          family=family)
@@ -339,6 +344,8 @@ def _build(kind, x, y, *, prior_scale, intercept, intercept_scale, standardize, 
     data = {"x": put((x - mean) / scale), "y": put(y), "x_mean": put(mean), "x_scale": put(scale)}
     if offset is not None:
         data["offset"] = put(offset)
+    if kind == "negbin":  # E_q[D(y, phi)] once per distinct count in the exact-ELBO fit (`vi._glm_lik`)
+        data.update({k: jax.device_put(v) for k, v in distinct_counts(y, dtype).items()})
     support = {}
     if intercept:
         support["intercept"] = real()

@@ -104,7 +104,9 @@ def negbin_regression(
         `poisson_regression`.
 
     Returns:
-      A `RegressionModel` of kind "negbin" with `data = {x, y, x_mean, x_scale}` (+ `offset`).
+      A `RegressionModel` of kind "negbin" with `data = {x, y, x_mean, x_scale, y_distinct, y_count}`
+      (+ `offset`); the last two are y's distinct values and their multiplicities
+      (`glm_more.distinct_counts`), which the exact-ELBO fit uses.
 
     Raises:
       ValueError: as `poisson_regression`, or a non-positive `dispersion_scale`.

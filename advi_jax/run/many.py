@@ -80,6 +80,13 @@ def stack_models(models: Sequence[Model]) -> Model:
     models = list(models)
     if not models:
         raise ValueError("models must be a non-empty list of aj.Model")
+    if all(isinstance(m, Model) and isinstance(m.data, dict) for m in models):
+        # negative-binomial GLMs: their distinct-count tables (`glm_more.distinct_counts`) padded to one length
+        from advi_jax.models.glm_more import pad_distinct
+
+        datas = pad_distinct([m.data for m in models])
+        models = [m if d is m.data else type(m).tree_unflatten(m.tree_flatten()[1], (d,))
+                  for m, d in zip(models, datas)]
     first = models[0]
     for i, m in enumerate(models):
         if not isinstance(m, Model):

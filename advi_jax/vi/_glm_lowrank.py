@@ -61,7 +61,10 @@ def lowrank_likelihood(layout, data, m: Array, d: Array, b: Array, num_nodes=Non
     v_u = diag + d_w * d_w + jnp.sum(z_u * z_u, axis=-1)
     c_uw = z_u @ b_w - d_w * d_w
     full = jnp.ones_like(mu)
-    return jnp.sum(_glm_lik.negbin_psi(y, mu, m[-1] * full, v, c, v_w * full, v_u, c_uw, num_nodes))
+    table = _glm_lik.has_table(data)  # E[D(y, e^omega)] once per distinct count (`_glm_lik.distinct_dispersion`)
+    rows = jnp.sum(_glm_lik.negbin_psi(y, mu, m[-1] * full, v, c, v_w * full, v_u, c_uw, num_nodes,
+                                       dispersion=not table))
+    return rows + _glm_lik.distinct_dispersion(data, m[-1], v_w) if table else rows
 
 
 class LowRankState(NamedTuple):
@@ -76,6 +79,8 @@ class LowRankState(NamedTuple):
 
 def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
     """The low-rank exact-ELBO algorithm (see the module docstring); called by `glm_exact.build`."""
+    from advi_jax.vi import _glm_lik
+
     data = model.data
     dtype = data["x"].dtype
     k, r = model.dim, family.rank
@@ -101,6 +106,8 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
     def init(key, loc):
         p = family.init(key, k, loc=jnp.asarray(loc, dtype), scale=options.init_scale, dtype=dtype)
         theta = jnp.concatenate([p.loc, p.raw_diag, p.factor.reshape(-1)])
+        if layout.dispersion is not None and _glm_lik.has_table(data):  # a stale table: NaN, not wrong
+            theta = jnp.where(_glm_lik.table_matches(data), theta, jnp.nan)
         inf = jnp.asarray(-jnp.inf, dtype)
         return LowRankState(theta, solver.init(theta), inf, inf, jnp.zeros((), jnp.int32))
 

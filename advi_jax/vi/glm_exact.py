@@ -453,6 +453,15 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     return "fast"
 
 
+def _constant(layout, data, dtype, kernel):
+    """`GLMExactState.constant`; NaN where a negative binomial's distinct-count table (`_glm_lik.has_table`)
+    does not match its y (a stale table would make every ELBO silently wrong; NaN stops the fit)."""
+    constant = _glm_native.data_constant(layout.kind, data["y"], dtype, kernel)
+    if layout.dispersion is not None and _glm_lik.has_table(data):
+        constant = jnp.where(_glm_lik.table_matches(data), constant, jnp.nan)
+    return constant
+
+
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     """The exact-ELBO algorithm for a ready GLM (see the module docstring).
 
@@ -524,7 +533,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         return GLMExactState(m, precision, factor, jnp.asarray(-jnp.inf, dtype), jnp.zeros((k,), dtype),
                              jnp.diag(p0), jnp.asarray(1.0, dtype), jnp.diag(1.0 / sd0),
                              jnp.asarray(jnp.inf, dtype),
-                             _glm_native.data_constant(layout.kind, data["y"], dtype, options.kernel))
+                             _constant(layout, data, dtype, options.kernel))
 
     def step(key, state: GLMExactState):
         del key
