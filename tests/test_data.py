@@ -1,7 +1,6 @@
 """Tests for advi_jax.data: bundled sets, CSV/NPZ loaders and their errors, the data-file search."""
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,5 @@
 """Posterior predictive draws of y and the predictive check (over-dispersion flag)."""
 
-import jax
 import numpy as np
 import pytest
 
