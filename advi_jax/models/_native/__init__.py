@@ -45,6 +45,12 @@ import time
 from pathlib import Path
 
 import jax
+# Imported here, at import time on one thread: imported lazily (in `cpu_only`) from a fit's
+# compile thread while another thread imported a jax.extend submodule, `jax.extend.backend` raised
+# "module 'jax' has no attribute 'extend'" (the package is in sys.modules before its parent's
+# attribute is set). About 20 ms of `import advi_jax`.
+import jax.extend.backend
+import jax.extend.core  # noqa: F401  (the same for interop._numpyro_bounds' `from jax.extend.core import`)
 
 from advi_jax.models._native._builder import tmp_prefix
 
@@ -88,8 +94,6 @@ def cpu_only() -> bool:
     branch too, on every first call) and call the kernel directly. Backends are initialised once per
     process (`jax.extend.backend.clear_backends` is not supported here).
     """
-    import jax.extend.backend
-
     return set(jax.extend.backend.backends()) == {"cpu"}
 
 
