@@ -30,6 +30,7 @@ from advi_jax.optim import DEFAULT_LEARNING_RATE, default_optimizer
 __all__ = [
     "check_key", "check_positive_int", "check_number", "check_flag", "check_estimator", "check_loop_args",
     "resolve_learning_rate", "resolve_optimizer", "initial_loc", "check_log_joint_shape", "check_initial_point",
+    "NonFiniteStart",
     "check_data", "estimator_name", "INIT_OPTIONS", "CommonArgs", "common_args", "check_callback",
 ]
 
@@ -251,9 +252,14 @@ def check_log_joint_shape(model: Any, dtype) -> None:
         raise TypeError(f"model.log_joint must return a float scalar, got dtype {out.dtype}")
 
 
+class NonFiniteStart(ValueError):
+    """`check_initial_point`: the log density is not finite at the initial point (a ValueError; a
+    start chosen by the library, `init="auto"`, then tries jittered points instead)."""
+
+
 def check_initial_point(model: Any, loc: Array, what: str = "the log density", value: Any = None) -> None:
-    """Raise a clear error if `model.log_density` is not a finite scalar at `loc` (`value`: the
-    log density there when the caller has already evaluated it)."""
+    """Raise a clear error (`NonFiniteStart`, a ValueError) if `model.log_density` is not a finite
+    scalar at `loc` (`value`: the log density there when the caller has already evaluated it)."""
     if value is None:
         if known_finite_at(model, loc):  # a ready GLM at zero: nothing to compile (`known_finite_at`)
             return
@@ -262,8 +268,8 @@ def check_initial_point(model: Any, loc: Array, what: str = "the log density", v
     if not np.isfinite(float(value)):
         params = model.to_constrained(loc)
         shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in params.items()}
-        raise ValueError(f"{what} is {float(value)} at the initial point {shown}; the log joint must be "
-                         "finite there (pass init= a point where it is, or check the model)")
+        raise NonFiniteStart(f"{what} is {float(value)} at the initial point {shown}; the log joint must be "
+                             "finite there (pass init= a point where it is, or check the model)")
 
 
 @compile_options.jit(model_arg="leaves")

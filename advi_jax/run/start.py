@@ -13,7 +13,10 @@ funnel) and costs tens of gradients instead of the Laplace start's 2K for the He
 Where the log density or its gradient is not finite at zero (a log at a boundary, 0 * inf, an
 overflow), that path runs from the first finite of up to 100 jittered points, the first uniform
 in (-init_radius, init_radius)^K as Stan's random inits (`StartBudget.jitter_tries`); none
-finite is a ValueError saying what was not finite.
+finite is a ValueError saying what was not finite. The other starts the library chooses
+(`init="auto"`: Laplace, or zero) do the same where the log density is not finite at zero
+(`_jittered_start`: one small program, compiled only then); a start the user chose (`init=None`,
+a point) raises `checks.NonFiniteStart` there, as before.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import numpy as np
 from advi_jax import compile_options
 from advi_jax._types import Array
 from advi_jax.base import Family
-from advi_jax.checks import INIT_OPTIONS, check_initial_point, check_log_joint_shape, initial_loc
+from advi_jax.checks import INIT_OPTIONS, NonFiniteStart, check_initial_point, check_log_joint_shape, initial_loc
 from advi_jax.families import FullRankGaussian
 from advi_jax.vi import bam as _bam
 from advi_jax.vi import laplace as _laplace
+from advi_jax.vi import _start_point
 from advi_jax.vi import pathfinder as _pathfinder
 from advi_jax.vi.advi import elbo_estimate
 
@@ -61,6 +65,8 @@ class Start(NamedTuple):
       laplace: the `LaplaceInfo` of a Laplace start, else None.
       candidates, scores: the random candidates and their ELBO estimates (init="random").
       pathfinder: the `pathfinder.StartGaussian` of a Pathfinder start, else None.
+      tries: points tried for a finite start besides the Pathfinder path's own (`_jittered_start`;
+        one gradient evaluation each).
     """
 
     run_model: Any
@@ -72,6 +78,7 @@ class Start(NamedTuple):
     scores: np.ndarray | None = None
     pathfinder: Any = None
     bam: Any = None
+    tries: int = 0
 
     @property
     def whitening(self) -> tuple[Array, Array] | None:
@@ -88,9 +95,9 @@ class Start(NamedTuple):
     def num_grad_evals(self) -> int:
         """Gradient evaluations the start itself used (Laplace: L-BFGS + 2K for the Hessian)."""
         if self.laplace is not None:
-            return int(self.laplace.iterations) + 2 + 2 * int(self.loc.shape[0])
+            return int(self.laplace.iterations) + 2 + 2 * int(self.loc.shape[0]) + self.tries
         grads = int(self.pathfinder.num_grad_evals) if self.pathfinder is not None else 0
-        return grads + (int(self.bam.num_grad_evals) if self.bam is not None else 0)
+        return grads + (int(self.bam.num_grad_evals) if self.bam is not None else 0) + self.tries
 
     @property
     def num_logp_evals(self) -> int:
@@ -111,6 +118,38 @@ def random_init(model: Any, key: Array, radius: Array, family: Family, scale: fl
         return elbo_estimate(model, family, params, eval_key, num_eval_draws)
 
     return locs, jax.vmap(score)(locs)
+
+
+@compile_options.jit(static_argnames=("tries", "last"))
+def _first_finite_point(model: Any, loc: Array, key: Array, radius: Array, tries: int,
+                        last: float) -> _start_point.PathStart:
+    """The first of `loc` and `tries` jittered points around it (boxes from (-radius, radius)^K
+    shrinking to `last` of that) where log p and its gradient are finite, in one program."""
+    radii = radius * jnp.asarray(_pathfinder.jitter_factors(tries, last), loc.dtype)
+    value_and_grad = jax.value_and_grad(lambda z: -model.log_density(z))
+    return _start_point.first_finite(value_and_grad, loc, (key, radii))[3]
+
+
+def _jittered_start(model: Any, loc: Array, key: Array, init_radius: float, why: str) -> tuple[Array, str, int]:
+    """(point, what happened, points tried) for a start the library chose (`init="auto"`) where
+    `why` (log p or its gradient is not finite at `loc`): the first finite of up to
+    `StartBudget.jitter_tries` jittered points, as the Pathfinder start's own retry.
+
+    Raises:
+      NonFiniteStart: no point tried is finite (`why` and the count).
+    """
+    budget = START_BUDGET
+    began = jax.device_get(_first_finite_point(model, loc, jax.random.fold_in(key, 5),
+                                               np.asarray(init_radius, loc.dtype), budget.jitter_tries,
+                                               budget.jitter_last))
+    tries = int(began.num_tries)
+    where = "the initial point" + (" (zero)" if not np.any(np.asarray(loc)) else "")
+    if not bool(began.finite):
+        raise NonFiniteStart(f"{why} at {where}, and at each of the {tries - 1} jittered points tried in boxes up "
+                             f"to (-{init_radius:g}, {init_radius:g})^K around it the log density or its gradient "
+                             "is not finite; pass init= a point where both are finite, or check the model")
+    return (jnp.asarray(began.point), f"jittered point {tries - 1} of up to {budget.jitter_tries}: {why} at {where}",
+            tries)
 
 
 def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, init_scale: float,
@@ -158,19 +197,28 @@ def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, in
                                  init_radius=init_radius)
     if on_lowered is not None:
         on_lowered()
+    jittered, tries = "", 0
     if check:
-        check_initial_point(model, loc)
+        try:
+            check_initial_point(model, loc)
+        except NonFiniteStart as err:
+            if init != "auto":  # the user's choice of start stands: the error says what to do
+                raise
+            loc, jittered, tries = _jittered_start(model, loc, key, init_radius, str(err).split(" at the initial")[0])
+            method = "jittered"
+    said = f" ({jittered})" if jittered else ""
     if not laplace_init:
-        return Start(model, loc, loc, method, None, candidates, scores)
+        return Start(model, loc, loc, method + said, None, candidates, scores, tries=tries)
     try:
         info = _laplace.laplace(model, family=family, init=loc)
     except ValueError as err:
         if init != "auto":
             raise
         reason = str(err).split(": ", 1)[-1].split(";")[0]
-        return Start(model, loc, loc, f"zero (no Laplace start: {reason})", None, candidates, scores)
-    return Start(_laplace.Whitened(model, info.mode, info.scale_tril), jnp.zeros_like(loc), info.mode, "laplace",
-                 info, candidates, scores)
+        return Start(model, loc, loc, f"{method} (no Laplace start: {reason}){said}", None, candidates, scores,
+                     tries=tries)
+    return Start(_laplace.Whitened(model, info.mode, info.scale_tril), jnp.zeros_like(loc), info.mode,
+                 f"laplace{' from a jittered point' + said if jittered else ''}", info, candidates, scores, tries=tries)
 
 
 class StartBudget(NamedTuple):
