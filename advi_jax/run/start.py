@@ -142,14 +142,10 @@ def _jittered_start(model: Any, loc: Array, key: Array, init_radius: float, why:
     began = jax.device_get(_first_finite_point(model, loc, jax.random.fold_in(key, 5),
                                                np.asarray(init_radius, loc.dtype), budget.jitter_tries,
                                                budget.jitter_last))
-    tries = int(began.num_tries)
-    where = "the initial point" + (" (zero)" if not np.any(np.asarray(loc)) else "")
-    if not bool(began.finite):
-        raise NonFiniteStart(f"{why} at {where}, and at each of the {tries - 1} jittered points tried in boxes up "
-                             f"to (-{init_radius:g}, {init_radius:g})^K around it the log density or its gradient "
-                             "is not finite; pass init= a point where both are finite, or check the model")
-    return (jnp.asarray(began.point), f"jittered point {tries - 1} of up to {budget.jitter_tries}: {why} at {where}",
-            tries)
+    jittered, nowhere = _jitter_report(model, loc, why, began, init_radius)
+    if nowhere:
+        raise NonFiniteStart(f"{nowhere}; pass init= a point where both are finite, or check the model")
+    return jnp.asarray(began.point), jittered, int(began.num_tries)
 
 
 def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, init_scale: float,
@@ -397,6 +393,26 @@ def _not_finite_at(log_p: float) -> str:
     return f"the log density is {log_p}" if not np.isfinite(log_p) else "the log density's gradient is not finite"
 
 
+def _jitter_report(model: Any, loc: Array, why: str, began: _pathfinder.PathStart,
+                   init_radius: float) -> tuple[str, str]:
+    """(jittered, nowhere) for a start that was not finite at `loc` (`why`: what was not) and tried
+    the jittered points `began` reports (`StartBudget.jitter_tries`, boxes from `init_radius` down):
+    where it moved to, or, when no point tried was finite, the message saying so ("" otherwise)."""
+    tries = int(began.num_tries)
+    zero = not np.any(np.asarray(loc))
+    if not bool(began.finite):
+        shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in model.to_constrained(loc).items()}
+        values = int(began.value_nonfinite)
+        smallest = init_radius * float(jitter_factors()[-1])
+        return "", (f"{why} at the initial point {shown}{' (zero in R^K)' if zero else ''}, and at each of the "
+                    f"{tries - 1} jittered points tried around it, in boxes from (-{init_radius:g}, "
+                    f"{init_radius:g})^K down to (-{smallest:.2g}, {smallest:.2g})^K, the log density ({values} "
+                    f"of them) or its gradient ({tries - 1 - values}) is not finite")
+    radius = float(init_radius * jitter_factors()[tries - 2])
+    return (f"{why} at {'zero' if zero else 'the initial point'}; started at jittered point {tries - 1} of up to "
+            f"{START_BUDGET.jitter_tries}, in (-{radius:.2g}, {radius:.2g})^K around it"), ""
+
+
 def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_scale: float, candidates,
                       scores, bam_steps: int = 0, batch_size: int = BAM_START_BATCH, check: bool = True,
                       on_lowered: Callable[[], Any] | None = None, init_radius: float = 2.0) -> Start:
@@ -441,24 +457,12 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
     log_p0, tries = float(log_p0), int(began.num_tries)
     jittered = ""
     if tries > 1 or not np.isfinite(log_p0):  # loc itself was not finite
-        where = "zero" if not np.any(np.asarray(loc)) else "the initial point"
-        what = f"{_not_finite_at(log_p0)} at {where}"
-        if not bool(began.finite):
-            shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in model.to_constrained(loc).items()}
-            values = int(began.value_nonfinite)
-            smallest = init_radius * float(jitter_factors()[-1])
-            at_zero = " (zero in R^K)" if where == "zero" else ""
-            message = (f"{_not_finite_at(log_p0)} at the initial point {shown}{at_zero}, and at each of the "
-                       f"{tries - 1} jittered points tried around it, in boxes from (-{init_radius:g}, "
-                       f"{init_radius:g})^K down to (-{smallest:.2g}, {smallest:.2g})^K, the log density ({values} "
-                       f"of them) or its gradient ({tries - 1 - values}) is not finite")
+        jittered, nowhere = _jitter_report(model, loc, _not_finite_at(log_p0), began, init_radius)
+        if nowhere:
             if check:
-                raise ValueError(f"{message}; pass init= a point where both are finite, or check the model")
-            warnings.warn(f"{message}: the fit starts there (check=False)", UserWarning, stacklevel=3)
-            return Start(model, loc, loc, f"zero (no Pathfinder start: {message})", None, candidates, scores)
-        radius = float(init_radius * jitter_factors()[tries - 2])
-        jittered = (f"{what}; started at jittered point {tries - 1} of up to {START_BUDGET.jitter_tries}, "
-                    f"in (-{radius:.2g}, {radius:.2g})^K around it")
+                raise NonFiniteStart(f"{nowhere}; pass init= a point where both are finite, or check the model")
+            warnings.warn(f"{nowhere}: the fit starts there (check=False)", UserWarning, stacklevel=3)
+            return Start(model, loc, loc, f"zero (no Pathfinder start: {nowhere})", None, candidates, scores)
     elbos, best = np.asarray(elbos, np.float64), int(best)
     if not np.isfinite(elbos[best]):
         return Start(model, loc, loc, "zero (no Pathfinder start: no finite Gaussian on the L-BFGS path)", None,
