@@ -35,10 +35,14 @@ import optax
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import LowRankParams
+from advi_jax.vi import _glm_native
 
 
-def lowrank_likelihood(layout, data, m: Array, d: Array, b: Array, num_nodes=None) -> Array:
-    """sum_i E_q[l_i] for q = N(m, diag(d^2) + b b') (plain XLA, differentiable)."""
+def lowrank_likelihood(layout, data, m: Array, d: Array, b: Array, num_nodes=None, constant: bool = True) -> Array:
+    """sum_i E_q[l_i] for q = N(m, diag(d^2) + b b') (plain XLA, differentiable).
+
+    `constant=False` leaves out the data-only -sum lgamma(y + 1) of Poisson and the negative binomial
+    (`_glm_quad.data_constant`; the fit sums it once in `init`, `LowRankState.constant`)."""
     from advi_jax.vi import _glm_lik
     from advi_jax.vi.glm_exact import _split, expected_log_lik_auto
 
@@ -53,7 +57,7 @@ def lowrank_likelihood(layout, data, m: Array, d: Array, b: Array, num_nodes=Non
     diag = (x * x) @ (db * db) + dc * dc
     v = diag + jnp.sum(z * z, axis=-1)
     if layout.dispersion is None:
-        return jnp.sum(expected_log_lik_auto(layout.kind, y, mu, v, num_nodes)[0])
+        return jnp.sum(expected_log_lik_auto(layout.kind, y, mu, v, num_nodes, constant=constant)[0])
     b_w, d_w = b[-1], d[-1]
     v_w = d_w * d_w + jnp.sum(b_w * b_w)
     z_u = z - b_w[None, :]
@@ -63,18 +67,21 @@ def lowrank_likelihood(layout, data, m: Array, d: Array, b: Array, num_nodes=Non
     full = jnp.ones_like(mu)
     table = _glm_lik.has_table(data)  # E[D(y, e^omega)] once per distinct count (`_glm_lik.distinct_dispersion`)
     rows = jnp.sum(_glm_lik.negbin_psi(y, mu, m[-1] * full, v, c, v_w * full, v_u, c_uw, num_nodes,
-                                       dispersion=not table))
+                                       constant=constant, dispersion=not table))
     return rows + _glm_lik.distinct_dispersion(data, m[-1], v_w) if table else rows
 
 
 class LowRankState(NamedTuple):
-    """L-BFGS state over the flat (m, raw_diag, B) and the last two objective values."""
+    """L-BFGS state over the flat (m, raw_diag, B) and the last two objective values; `constant` is the
+    likelihood's data-only part (`glm_exact.GLMExactState.constant`), summed once in `init` and added to
+    every evaluation of the objective (whose per-row terms leave it out)."""
 
     theta: Array
     opt_state: optax.OptState
     elbo: Array
     previous: Array
     stalls: Array
+    constant: Array
 
 
 def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
@@ -90,10 +97,10 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
     def unflatten(theta):
         return LowRankParams(theta[:k], theta[k:2 * k], theta[2 * k:].reshape(k, r))
 
-    def objective(theta):
+    def objective(theta, constant):
         p = unflatten(theta)
         d = family.diag_scale(p)
-        lik = lowrank_likelihood(layout, data, p.loc, d, p.factor, options.num_nodes)
+        lik = lowrank_likelihood(layout, data, p.loc, d, p.factor, options.num_nodes, constant=False) + constant
         var_diag = d * d + jnp.sum(p.factor * p.factor, axis=1)
         # prior_and_entropy adds the Gaussian entropy given log det sd; the low-rank log det comes
         # from the determinant lemma: 0.5 log det S = sum log d + sum log diag M.
@@ -101,7 +108,6 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         return -(lik + prior_and_entropy(layout, p.loc, var_diag, log_det_sd))
 
     solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
 
     def init(key, loc):
         p = family.init(key, k, loc=jnp.asarray(loc, dtype), scale=options.init_scale, dtype=dtype)
@@ -109,13 +115,18 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         if layout.dispersion is not None and _glm_lik.has_table(data):  # a stale table: NaN, not wrong
             theta = jnp.where(_glm_lik.table_matches(data), theta, jnp.nan)
         inf = jnp.asarray(-jnp.inf, dtype)
-        return LowRankState(theta, solver.init(theta), inf, inf, jnp.zeros((), jnp.int32))
+        constant = _glm_native.data_constant(layout.kind, data["y"], dtype, options.kernel)
+        return LowRankState(theta, solver.init(theta), inf, inf, jnp.zeros((), jnp.int32), constant)
 
     def step(key, state: LowRankState):
         del key
-        value, grad = value_and_grad(state.theta, state=state.opt_state)
+
+        def value_fn(theta):
+            return objective(theta, state.constant)
+
+        value, grad = optax.value_and_grad_from_state(value_fn)(state.theta, state=state.opt_state)
         updates, opt_state = solver.update(grad, state.opt_state, state.theta, value=value, grad=grad,
-                                           value_fn=objective)
+                                           value_fn=value_fn)
         theta = state.theta + updates
         new_value = optax.tree_utils.tree_get(opt_state, "value")
         searches = optax.tree_utils.tree_get(opt_state, "num_linesearch_steps")
@@ -125,7 +136,7 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         stalls = jnp.where(change <= eps, state.stalls + 1, 0)
         small = (change <= max(options.rtol, 10 * eps)) & (jnp.max(jnp.abs(grad)) <= gtol)
         nxt = LowRankState(jnp.where(ok, theta, state.theta), opt_state, jnp.where(ok, elbo, state.elbo),
-                           -value, stalls)
+                           -value, stalls, state.constant)
         converged = ok & (small | (stalls >= 2))
         return nxt, step_info(nxt.elbo, ok, 1 + searches, 0, converged)
 
@@ -133,6 +144,6 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         return unflatten(state.theta)
 
     def extras(state: LowRankState) -> dict:
-        return {"grad_max": jnp.max(jnp.abs(jax.grad(objective)(state.theta)))}
+        return {"grad_max": jnp.max(jnp.abs(jax.grad(objective)(state.theta, state.constant)))}
 
     return VIAlgorithm(init, step, params, extras)
