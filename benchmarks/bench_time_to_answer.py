@@ -1,7 +1,9 @@
 """Time to answer for Bayesian logistic and Poisson regression: the exact-ELBO method against ADVI and NumPyro.
 
-For each kind (logistic, Poisson), N, D and family (mean-field, full-rank), on synthetic data
-(`benchmarks.common.logistic_data` / `poisson_data`, standard-normal features):
+For each kind (logistic, Poisson by default; `--kinds negbin` for the negative binomial), N, D and
+family (mean-field, full-rank), on synthetic data (`benchmarks.common.logistic_data` / `poisson_data`,
+`negbin_data` here; standard-normal features; NumPyro's NB fit is scored on the intercept and
+coefficients, without the dispersion):
 
 * `glm_exact`: the exact (quadrature) ELBO with Newton / fixed-point steps
   (`advi_jax.vi.glm_exact`), called as a user would: `aj.fit(model, method="glm_exact")` when the
@@ -58,7 +60,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import advi_jax as aj  # noqa: E402
-from advi_jax.models import logistic_regression, poisson_regression  # noqa: E402
+from advi_jax.models import logistic_regression, negbin_regression, poisson_regression  # noqa: E402
 from advi_jax.vi import glm_exact  # noqa: E402
 from benchmarks.common import logistic_data, machine, markdown_table, poisson_data, versions, write_json  # noqa: E402
 
@@ -99,10 +101,22 @@ def fit_exact(model, family, options=glm_exact.Options()):
     return jax.block_until_ready(params), int(steps)
 
 
+def negbin_data(n: int, d: int, seed: int = 0, phi: float = 2.0, dtype=np.float32):
+    """Synthetic NB2 data: standard-normal features, coefficients ~ N(0, 0.25/d), log link, mean 2 at zero
+    and dispersion `phi` (variance = mean + mean^2 / phi)."""
+    x, _ = poisson_data(n, d, seed, dtype)
+    rng = np.random.default_rng(seed + 1)
+    beta = rng.normal(0.0, 0.5 / np.sqrt(d), size=d)
+    mean = 2.0 * np.exp(x @ beta)
+    return x, rng.negative_binomial(phi, phi / (phi + mean)).astype(dtype)
+
+
 def make_model(kind, n, d, seed=0):
     if kind == "logistic":
         x, y = logistic_data(n, d, seed)
         return logistic_regression(x, y)
+    if kind == "negbin":
+        return negbin_regression(*negbin_data(n, d, seed))
     x, y = poisson_data(n, d, seed)
     return poisson_regression(x, y)
 
@@ -113,6 +127,8 @@ def summary(family, params):
 
 def errors(mean, sd, ref):
     m0, s0 = ref
+    k = min(len(mean), len(m0))  # NumPyro's NB fit reports the intercept and coefficients only (not log phi)
+    mean, sd, m0, s0 = mean[:k], sd[:k], m0[:k], s0[:k]
     return float(np.max(np.abs(mean - m0) / s0)), float(np.max(np.abs(sd / s0 - 1.0)))
 
 
@@ -138,6 +154,9 @@ def run_numpyro(model, family_name, steps, seed=0):
         eta = c + x @ beta + (0.0 if offset is None else offset)
         if info.kind == "logistic":
             numpyro.sample("y", dist.Bernoulli(logits=eta), obs=y)
+        elif info.kind == "negbin":  # the model's prior: 1 / sqrt(phi) ~ Exponential(mean dispersion_scale)
+            kappa = numpyro.sample("kappa", dist.Exponential(1.0 / info.dispersion_scale))
+            numpyro.sample("y", dist.NegativeBinomial2(jnp.exp(eta), 1.0 / (kappa * kappa)), obs=y)
         else:
             numpyro.sample("y", dist.Poisson(jnp.exp(eta)), obs=y)
 

@@ -420,6 +420,9 @@ def supports(model, family: Family) -> bool:
 FAST_MAX_DIM = 128
 """The largest K for which `loop_compile_mode` compiles the native-pass loop with the fast options."""
 
+NEGBIN_FAST_MAX_ROWS = 16_384
+"""The most rows for which `loop_compile_mode` compiles a negative binomial's loop with the fast options."""
+
 def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str:
     """The loop programs' XLA options: "fast" where every pass runs in the native kernel and K is
     small (K <= `FAST_MAX_DIM`), else `mode`.
@@ -439,6 +442,15 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     row limit (N = 1e6, D = 10: first call 0.45-0.59 s fast against 0.66-0.79 s "mid" full rank,
     second call 43-47 against 40-49 ms; loaded 2-core machine). `mode`
     (the size rule's choice, or a `compile_options.forced` one) is kept otherwise, and off CPU.
+
+    The negative binomial has no native pass: XLA evaluates its rows (two softplus expectations by
+    quadrature and their reverse-mode derivatives a row), so the fast options cost run time per row;
+    its loop is fast up to `NEGBIN_FAST_MAX_ROWS` rows (mean-field and full rank, K <= `FAST_MAX_DIM`).
+    Measured (D = 10, RAND HIE counts resampled, loaded 2-core machine, 2 rounds): the loop's compile
+    2.3-3.4 s "mid" against 0.6-0.8 s fast, so at N = 1e4 the first call 3.5-5.2 -> 1.8-2.0 s, the
+    second 60-100 -> 130-250 ms (8 passes; about 1-2 us more a row and pass); at N = 3e4 the first
+    call 3.6-7.0 -> 1.9-2.5 s but the second 115-180 -> 250-460 ms, and at N = 1e5 0.6-0.66 ->
+    1.0-1.7 s, where "mid" is kept.
     """
     from advi_jax import compile_options  # compile_options imports nothing of vi; keep vi's imports light
 
@@ -448,7 +460,9 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
             or model.dim > FAST_MAX_DIM):
         return mode
     kind = model.info.kind
-    if kind == "negbin" or not _glm_native.covers(kind, model.data["x"].dtype, options.num_nodes, options.kernel):
+    if kind == "negbin":
+        return "fast" if model.data["x"].shape[0] <= NEGBIN_FAST_MAX_ROWS else mode
+    if not _glm_native.covers(kind, model.data["x"].dtype, options.num_nodes, options.kernel):
         return mode
     return "fast"
 

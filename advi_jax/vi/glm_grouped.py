@@ -63,7 +63,6 @@ from jax.scipy.linalg import cho_solve
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family
-from advi_jax.vi import _glm_native
 from advi_jax.vi.glm_exact import _cov_factor, expected_log_lik_auto, family_params, quadrature
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo", "supports",
@@ -164,11 +163,8 @@ def _design(layout: _Layout, data) -> Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _likelihood(layout, xt, y, group, offset, m, S, num_nodes, curvature: bool = True, constant: bool = True):
-    """sum_i E[l], and its gradient in m and expected negative Hessian blocks (x, u).
-
-    `constant=False` leaves out Poisson's data-only -sum lgamma(y + 1) (`_glm_quad.data_constant`;
-    the fit sums it once in `init`, `GroupedState.constant`)."""
+def _likelihood(layout, xt, y, group, offset, m, S, num_nodes, curvature: bool = True):
+    """sum_i E[l], and its gradient in m and expected negative Hessian blocks (x, u)."""
     dx, G = layout.dx, layout.num_groups
     m_u = m[dx:dx + G]
     mu = xt @ m[:dx] + m_u[group]
@@ -177,7 +173,7 @@ def _likelihood(layout, xt, y, group, offset, m, S, num_nodes, curvature: bool =
     A, B, c_diag = S[:dx, :dx], S[:dx, dx:dx + G], jnp.diagonal(S)[dx:dx + G]
     var = jnp.sum((xt @ A) * xt, axis=1) + 2.0 * jnp.sum(xt * B.T[group], axis=1) + c_diag[group]
     var = jnp.maximum(var, 0.0)
-    value, first, second = expected_log_lik_auto(layout.kind, y, mu, var, num_nodes, constant=constant)
+    value, first, second = expected_log_lik_auto(layout.kind, y, mu, var, num_nodes)
     if not curvature:
         return jnp.sum(value)
     w = -second
@@ -224,16 +220,11 @@ def _covariance(family_kind: str, factor: Array) -> tuple[Array, Array]:
     return factor @ factor.T, jnp.sum(jnp.log(jnp.diagonal(factor)))
 
 
-def moments_and_curvature(layout: _Layout, data, xt, m, S, log_det_sd, num_nodes, constant=None):
-    """(ELBO, g = dELBO/dm, H = -E_q[hess log p]) at q = N(m, S), in one pass over the rows.
-
-    `constant`: the likelihood's data-only part (`_glm_native.data_constant`) summed beforehand, which
-    the pass then leaves out; None evaluates it in the pass (-lgamma(y + 1) per row)."""
+def moments_and_curvature(layout: _Layout, data, xt, m, S, log_det_sd, num_nodes):
+    """(ELBO, g = dELBO/dm, H = -E_q[hess log p]) at q = N(m, S), in one pass over the rows."""
     dx, G, k = layout.dx, layout.num_groups, layout.dim
     lik, lgx, lgu, hxx, hux, huu = _likelihood(layout, xt, data["y"], data["group"], data.get("offset"), m, S,
-                                               num_nodes, constant=constant is None)
-    if constant is not None:
-        lik = lik + constant
+                                               num_nodes)
     pval, pgx, phx, pgu, e0, pgs, hus, hss = _prior(layout, m, S)
     elbo = lik + pval + _entropy(log_det_sd, k)
     g = jnp.concatenate([lgx + pgx, lgu + pgu, pgs[None]])
@@ -294,9 +285,6 @@ class GroupedState(NamedTuple):
       loc, precision, factor, elbo, grad, hess, rho: see `glm_exact.GLMExactState`.
       best: the smallest decrement of an accepted state so far.
       since: steps since `best` last improved.
-      constant: the likelihood's data-only part, -sum_i lgamma(y_i + 1) for Poisson (0 for logistic;
-        `_glm_native.data_constant`), summed once in `init`: the passes leave it out and `elbo` adds
-        it, so `elbo` is the whole exact ELBO (as `glm_exact.GLMExactState.constant`).
     """
 
     loc: Array
@@ -308,7 +296,6 @@ class GroupedState(NamedTuple):
     rho: Array
     best: Array
     since: Array
-    constant: Array
 
 
 def _decrement(state: GroupedState, meanfield: bool) -> Array:
@@ -358,10 +345,10 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     k = layout.dim
     eps = float(jnp.finfo(dtype).eps)
 
-    def evaluate(m, precision, constant):
+    def evaluate(m, precision):
         factor = _cov_factor(precision, meanfield)
         S, log_det_sd = _covariance(kind, factor)
-        elbo, g, H = moments_and_curvature(layout, data, xt, m, S, log_det_sd, options.num_nodes, constant)
+        elbo, g, H = moments_and_curvature(layout, data, xt, m, S, log_det_sd, options.num_nodes)
         return factor, elbo, g, H
 
     def init(key, loc):
@@ -371,8 +358,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         precision = p0 if meanfield else jnp.diag(p0)
         return GroupedState(m, precision, _cov_factor(precision, meanfield), jnp.asarray(-jnp.inf, dtype),
                             jnp.zeros((k,), dtype), jnp.diag(p0), jnp.asarray(1.0, dtype),
-                            jnp.asarray(jnp.inf, dtype), jnp.asarray(0, jnp.int32),
-                            _glm_native.data_constant(layout.kind, data["y"], dtype))
+                            jnp.asarray(jnp.inf, dtype), jnp.asarray(0, jnp.int32))
 
     def step(key, state: GroupedState):
         del key
@@ -385,7 +371,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
             A = precision
         chol = jnp.linalg.cholesky(A)  # NaN when A is not positive definite: the proposal is rejected
         m = state.loc + rho * cho_solve((chol, True), state.grad)
-        factor, elbo, g, h = evaluate(m, precision, state.constant)
+        factor, elbo, g, h = evaluate(m, precision)
         ok = (jnp.isfinite(elbo) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(h)) & jnp.all(jnp.isfinite(m))
               & jnp.all(jnp.isfinite(factor)))
         change = jnp.abs(elbo - state.elbo) / (jnp.abs(elbo) + 1.0)
