@@ -450,7 +450,8 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     2.3-3.4 s "mid" against 0.6-0.8 s fast, so at N = 1e4 the first call 3.5-5.2 -> 1.8-2.0 s, the
     second 60-100 -> 130-250 ms (8 passes; about 1-2 us more a row and pass); at N = 3e4 the first
     call 3.6-7.0 -> 1.9-2.5 s but the second 115-180 -> 250-460 ms, and at N = 1e5 0.6-0.66 ->
-    1.0-1.7 s, where "mid" is kept.
+    1.0-1.7 s, where "mid" is kept. At D = 100 (N = 1e4) the trade is steeper: first call 4.9-6.5 ->
+    2.3-2.8 s, second 97-167 -> 385-440 ms.
     """
     from advi_jax import compile_options  # compile_options imports nothing of vi; keep vi's imports light
 
