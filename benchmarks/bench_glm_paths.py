@@ -6,8 +6,8 @@ Cases (`--case`): `grouped` (`grouped_poisson_regression`, `method="glm_grouped"
 synthetic Poisson (`benchmarks.common.poisson_data`, D = `--d`), or for `negbin` the bundled RAND HIE
 doctor visits resampled to N rows with N(0, 1) columns added up to D (as `bench_nb_distinct`).
 Diagnostics off (the fit alone). In one fresh process: the first call (compile included), then the
-least of `--repeat-second` second calls (wall, CPU, and the compiled loop's `report.run_seconds`). Prints one JSON line with the steps, ELBO and mean so that
-trees can be compared for equal results.
+least of `--repeat-second` second calls (wall, CPU, and the compiled loop's `report.run_seconds`).
+Prints one JSON line with the steps, ELBO and mean so that trees can be compared for equal results.
 
 Run from the root of the tree under test (the script itself may live in another tree):
   `cd TREE && PYTHONPATH=. chrt -r 10 python /path/to/benchmarks/bench_glm_paths.py --case grouped --n 100000`

@@ -425,7 +425,7 @@ NEGBIN_FAST_MAX_ROWS = 16_384
 
 def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str:
     """The loop programs' XLA options: "fast" where every pass runs in the native kernel and K is
-    small (K <= `FAST_MAX_DIM`), else `mode`.
+    small (K <= `FAST_MAX_DIM`), or for a negative binomial with few rows (below), else `mode`.
 
     With the native pass (`_glm_native.covers`: a logistic or Poisson model, mean-field or
     full-rank, on CPU) X is read only by the kernel; XLA's own code in the loop is O(K^3) (Cholesky
@@ -446,12 +446,12 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
     The negative binomial has no native pass: XLA evaluates its rows (two softplus expectations by
     quadrature and their reverse-mode derivatives a row), so the fast options cost run time per row;
     its loop is fast up to `NEGBIN_FAST_MAX_ROWS` rows (mean-field and full rank, K <= `FAST_MAX_DIM`).
-    Measured (D = 10, RAND HIE counts resampled, loaded 2-core machine, 2 rounds): the loop's compile
-    2.3-3.4 s "mid" against 0.6-0.8 s fast, so at N = 1e4 the first call 3.5-5.2 -> 1.8-2.0 s, the
-    second 60-100 -> 130-250 ms (8 passes; about 1-2 us more a row and pass); at N = 3e4 the first
-    call 3.6-7.0 -> 1.9-2.5 s but the second 115-180 -> 250-460 ms, and at N = 1e5 0.6-0.66 ->
-    1.0-1.7 s, where "mid" is kept. At D = 100 (N = 1e4) the trade is steeper: first call 4.9-6.5 ->
-    2.3-2.8 s, second 97-167 -> 385-440 ms.
+    Measured (D = 10, RAND HIE counts resampled, loaded 2-core machine, 2 rounds): at N = 1e4 the
+    loop compiles in 0.6-0.8 s fast against 2.5-3.4 s "mid", the first call 3.5-5.2 -> 1.8-2.0 s and
+    the second 60-100 -> 130-250 ms (8 passes; 1-2 us more a row and pass); at N = 3e4 the first call
+    3.6-7.0 -> 1.9-3.4 s but the second 115-180 -> 250-510 ms, at N = 1e5 the second 0.60-0.66 ->
+    1.0-1.7 s: beyond the limit "mid" is kept. At D = 100 (N = 1e4) the trade is steeper: first call
+    4.9-6.5 -> 2.3-2.8 s, second 97-167 -> 385-440 ms.
     """
     from advi_jax import compile_options  # compile_options imports nothing of vi; keep vi's imports light
 
