@@ -196,3 +196,37 @@ def test_pathfinder_method_jitters_a_start_whose_gradient_is_not_finite(key):
         assert int(stuck.num_iters[0]) == 0 and int(totals["grad_evals"]) == 1
     with pytest.raises(ValueError, match="init_tries"):
         pathfinder.build(model, family, options._replace(init_tries=-1))
+
+
+def test_path_start_shares_the_line_search_copy_of_the_log_density(key):
+    # The path's start (and its jittered retries) is evaluated through the line search's one
+    # value-and-gradient call: tracing the path runs the log density's Python twice (that call and
+    # the vmapped ELBO draws), where a separate start evaluation made it three times.
+    mean, cov = _gaussian()
+    calls = []
+
+    class Counted(_Gauss):
+        def log_density(self, z):
+            calls.append(1)
+            return super().log_density(z) * jnp.abs(z[0]) ** 0.0  # gradient NaN at z[0] = 0
+
+    model = Counted(mean, cov)
+    jitter = jnp.stack([jnp.zeros(K), jnp.full((K,), 0.3), jnp.full((K,), -0.2)])  # try 1 is zero again
+    options = pathfinder.Options(max_iters=40, wolfe_c2=1e-3)
+    jax.make_jaxpr(lambda x: pathfinder.lbfgs_path(model.log_density, x, key, options, jitter=jitter))(jnp.zeros(K))
+    assert len(calls) == 2
+    # Zero and the first jittered point (zero again) fail; the path runs from zero + jitter[1], as a
+    # path started there, and costs the two failed tries more.
+    path = pathfinder.lbfgs_path(model.log_density, jnp.zeros(K), key, options, jitter=jitter)
+    there = pathfinder.lbfgs_path(model.log_density, jnp.full((K,), 0.3), key, options)
+    assert int(path.start.num_tries) == 3 and bool(path.start.finite) and int(path.start.value_nonfinite) == 0
+    assert not bool(path.start.grad_finite) and np.isfinite(float(path.start_log_density))
+    np.testing.assert_array_equal(path.start.point, jnp.full((K,), 0.3))
+    assert int(path.num_iters) == int(there.num_iters) >= 2
+    np.testing.assert_array_equal(path.approx.mu, there.approx.mu)
+    assert float(path.elbo) == float(there.elbo)
+    assert int(path.num_grad_evals) == int(there.num_grad_evals) + 2
+    # No finite point: the path does not run, and says where it ended.
+    nowhere = pathfinder.lbfgs_path(model.log_density, jnp.zeros(K), key, options, jitter=jnp.zeros((2, K)))
+    assert int(nowhere.num_iters) == 0 and not bool(nowhere.start.finite) and int(nowhere.num_grad_evals) == 3
+    assert float(nowhere.elbo) == -np.inf

@@ -2,9 +2,11 @@
 
 Where log p or its gradient is not finite at a path's start (a log at a boundary, 0 * inf, an
 overflow), the path runs from the first of up to T jittered points where both are (Stan retries
-100 random initial points in (-2, 2)^K the same way). The points are tried in a `while_loop`
-around the path's one value-and-gradient call whose first pass evaluates the start itself, so a
-program gains no copy of the log density, and where the start is finite the loop runs once.
+100 random initial points in (-2, 2)^K the same way). `first_finite` tries them in a `while_loop`
+around one value-and-gradient call whose first pass evaluates the start itself, and where the start
+is finite the loop runs once. A Pathfinder path (`pathfinder.lbfgs_path`) tries the same points
+(`tried_points`) through its line search's own value-and-gradient call instead, so that the path's
+start adds no copy of the log density to its program.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -25,7 +27,7 @@ import numpy as np
 
 from advi_jax._types import Array
 
-__all__ = ["PathStart", "JITTER_LAST", "jitter_factors", "first_finite"]
+__all__ = ["PathStart", "JITTER_LAST", "jitter_factors", "first_finite", "tried_points"]
 
 
 class PathStart(NamedTuple):
@@ -66,6 +68,27 @@ def _finite(f: Array, g: Array) -> Array:
     return jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
 
 
+def tried_points(x0: Array, jitter: Array | tuple[Array, Array] | None):
+    """(T, point_at): the number of jittered points and `point_at(i)`, the i-th point tried: x0 at
+    i = 0, x0 + offset_i at i = 1..T (`jitter` as in `first_finite`; None: T = 0)."""
+    if jitter is None:
+        return 0, lambda i: x0
+    if isinstance(jitter, tuple):  # (key, radii): try t's offset drawn in the loop, U(-radii[t], radii[t])^K
+        jitter_key, radii = jitter
+
+        def offset_at(t):
+            unit = jax.random.uniform(jax.random.fold_in(jitter_key, t), x0.shape, x0.dtype, -1.0, 1.0)
+            return radii[t] * unit
+        num_jitter = radii.shape[0]
+    else:
+        num_jitter = jitter.shape[0]
+
+        def offset_at(t):
+            return jax.lax.dynamic_index_in_dim(jitter, t, keepdims=False)
+
+    return num_jitter, lambda i: jnp.where(i == 0, x0, x0 + offset_at(jnp.maximum(i - 1, 0)))
+
+
 def first_finite(value_and_grad, x0: Array, jitter: Array | tuple[Array, Array] | None):
     """The first of x0, x0 + offset_1, x0 + offset_2, ... where f = -log p and its gradient are finite.
 
@@ -88,18 +111,7 @@ def first_finite(value_and_grad, x0: Array, jitter: Array | tuple[Array, Array] 
         ok = _finite(f0, g0)
         return x0, f0, g0, PathStart(x0, jnp.asarray(1, jnp.int32), ok, jnp.all(jnp.isfinite(g0)),
                                      jnp.asarray(0, jnp.int32)), f0
-    if isinstance(jitter, tuple):  # (key, radii): try t's offset drawn in the loop, U(-radii[t], radii[t])^K
-        jitter_key, radii = jitter
-        num_jitter = radii.shape[0]
-
-        def offset_at(t):
-            unit = jax.random.uniform(jax.random.fold_in(jitter_key, t), x0.shape, x0.dtype, -1.0, 1.0)
-            return radii[t] * unit
-    else:
-        num_jitter = jitter.shape[0]
-
-        def offset_at(t):
-            return jax.lax.dynamic_index_in_dim(jitter, t, keepdims=False)
+    num_jitter, point_at = tried_points(x0, jitter)
 
     def cond(c):
         i, _, f, g = c[:4]
@@ -107,7 +119,7 @@ def first_finite(value_and_grad, x0: Array, jitter: Array | tuple[Array, Array] 
 
     def body(c):
         i, _, _, _, f_first, g_first_ok, bad_values = c
-        x = jnp.where(i == 0, x0, x0 + offset_at(jnp.maximum(i - 1, 0)))
+        x = point_at(i)
         f, g = value_and_grad(x)
         first = i == 0
         return (i + 1, x, f, g, jnp.where(first, f, f_first), jnp.where(first, jnp.all(jnp.isfinite(g)), g_first_ok),
