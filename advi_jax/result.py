@@ -37,7 +37,8 @@ from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.base import Family
 
 __all__ = ["Diagnostics", "Report", "Result", "ManyResult", "diagnose", "diagnose_with_ratios", "log_ratios",
-           "verdict", "diagnostic_draw_budget", "data_size", "constrained_draws", "NONFINITE_UNRELIABLE",
+           "verdict", "diagnostic_draw_budget", "confirmation_draws", "diagnose_confirmed", "over_threshold",
+           "data_size", "constrained_draws", "NONFINITE_UNRELIABLE",
            "DIAGNOSTIC_DRAWS_MIN", "DIAGNOSTIC_DRAWS_MAX"]
 
 NONFINITE_UNRELIABLE = 1e-3
@@ -120,11 +121,46 @@ def diagnostic_draw_budget(num_logp_evals: int, num_grad_evals: int, data_entrie
       >>> diagnostic_draw_budget(0, 10_000, 11_000_000), diagnostic_draw_budget(0, 20, 11_000_000)
       (4096, 256)
     """
+    return _power_of_two_budget(num_logp_evals, num_grad_evals, data_entries, DIAGNOSTIC_DRAWS_MAX)
+
+
+CONFIRM_FACTOR = 4
+"""A k-hat re-estimate (`confirmation_draws`) takes this many times the first diagnostics' draws."""
+
+CONFIRM_DRAWS_MAX = 16384
+"""The most draws a k-hat re-estimate takes (`confirmation_draws`)."""
+
+
+def _power_of_two_budget(num_logp_evals: int, num_grad_evals: int, data_entries: int, most: int) -> int:
     cost = DIAGNOSTIC_FRACTION * (int(num_logp_evals) + GRADIENT_COST * int(num_grad_evals))
     free = DIAGNOSTIC_FREE_WORK / max(int(data_entries), 1)
     want = max(cost, free, 1.0)
     draws = 2 ** int(round(math.log2(want)))
-    return int(min(max(draws, DIAGNOSTIC_DRAWS_MIN), DIAGNOSTIC_DRAWS_MAX))
+    return int(min(max(draws, DIAGNOSTIC_DRAWS_MIN), most))
+
+
+def confirmation_draws(num_draws: int, num_logp_evals: int, num_grad_evals: int, data_entries: int) -> int:
+    """Fresh draws for re-estimating a k-hat that read over its threshold from the automatic budget's
+    `num_draws` (0: none).
+
+    k-hat estimates the tail shape of the ratios within the range S draws reach; for S in the
+    thousands it can read well above its large-S value on a q that is close to the posterior
+    (Vehtari et al. 2024, on k-hat's pre-asymptotic behaviour and its dependence on S): measured on
+    a zero-inflated Poisson regression at its family optimum, 0.86 +- 0.15 from 4,096 draws against
+    0.39 +- 0.07 from 32,768 (benchmarks/PERFORMANCE.md, issue 15). k-hat says whether PSIS is
+    reliable at the sample size it came from, so where a larger sample costs little the fit
+    re-estimates it there (`diagnose_confirmed`) and reports that sample's k-hat, ESS and weights.
+    The number is `CONFIRM_FACTOR` x S, cut to what `diagnostic_draw_budget`'s own cost rule allows
+    with `CONFIRM_DRAWS_MAX` as its ceiling (a fifth of the fit's cost, or the draws that are free
+    next to compiling: `DIAGNOSTIC_FREE_WORK` / data entries); 0 when that is not more than S.
+
+    Example:
+      >>> confirmation_draws(4096, 0, 4000, 600), confirmation_draws(256, 0, 20, 11_000_000)
+      (16384, 0)
+    """
+    budget = _power_of_two_budget(num_logp_evals, num_grad_evals, data_entries, CONFIRM_DRAWS_MAX)
+    draws = min(CONFIRM_FACTOR * int(num_draws), budget)
+    return draws if draws > int(num_draws) else 0
 
 
 def known_diagnostic_draws(model: Any, num_diagnostic_draws: int | str | None = "auto") -> int | None:
@@ -211,6 +247,50 @@ def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: 
     return _to_diagnostics(_diagnose(model, family, params, key, num_draws, bool(batched)), num_draws)
 
 
+def over_threshold(diagnostics: Diagnostics) -> bool:
+    """Whether these diagnostics warn by k-hat alone: a finite k-hat at or over `khat_threshold(S)`,
+    no non-finite mass (which warns whatever k-hat reads) and weights not nearly constant
+    (`diagnostics.near_constant`). These are the ones a larger sample can re-estimate."""
+    d = diagnostics
+    khat = float(d.khat)
+    return (d.nonfinite_share == 0 and math.isfinite(khat) and khat >= _diag.khat_threshold(d.num_draws)
+            and not _diag.near_constant(khat, d.ess, d.num_draws))
+
+
+def _confirmation_key(key: Array) -> Array:
+    """fold_in(key, 1): on the host for a threefry key on the CPU (no program to compile)."""
+    from advi_jax.run import host_keys
+
+    if host_keys.fit_keys(key) is not None:
+        data = host_keys.fold_in(np.asarray(jax.random.key_data(key)), 1)
+        return jax.random.wrap_key_data(data, impl="threefry2x32")
+    return jax.random.fold_in(key, 1)
+
+
+def diagnose_confirmed(model: Any, family: Family, params: PyTree, key: Array, num_draws: int,
+                       confirm_draws: int = 0) -> tuple[Diagnostics, tuple, Diagnostics | None]:
+    """`diagnose` of one fit from `num_draws` draws; where k-hat reads over its threshold
+    (`over_threshold`) and `confirm_draws` > `num_draws`, re-estimated from `confirm_draws` fresh
+    draws (key `fold_in(key, 1)`; `confirmation_draws` says how many are cheap).
+
+    k-hat describes PSIS's reliability at the sample size it came from (Vehtari et al. 2024); the
+    larger sample's k-hat, IW-ELBO, ESS and draws replace the first sample's (they are what the
+    summary's PSIS-corrected estimates then use). The first sample is independent of the second, so
+    the choice to draw more does not bias the second's reading. A q that misses mass keeps a high
+    k-hat however many draws are taken, and warns as before.
+
+    Returns:
+      (diagnostics, (key, log_ratios) of the draws they came from, the first sample's diagnostics
+      when the re-estimate replaced them, else None).
+    """
+    diag, ratios = diagnose_with_ratios(model, family, params, key, num_draws)
+    if not (int(confirm_draws) > int(num_draws) and over_threshold(diag)):
+        return diag, (key, ratios), None
+    more_key = _confirmation_key(key)
+    more, more_ratios = diagnose_with_ratios(model, family, params, more_key, int(confirm_draws))
+    return more, (more_key, more_ratios), diag
+
+
 def diagnose_ratios(ratios: Array) -> Diagnostics:
     """`Diagnostics` from precomputed (S,) log ratios (e.g. the full-data ones of a minibatch fit)."""
     return _to_diagnostics(_diag._on_host_when_concrete(lambda xp, r: _core(r, 0.0, xp), ratios),
@@ -293,7 +373,8 @@ class Report:
       elbo: (steps run,) per-step ELBO estimates (NaN where a step was skipped).
       num_steps: steps run.
       num_grad_evals: gradients of the log density the fit evaluated (summed `StepInfo` counts).
-      num_logp_evals: log-density values evaluated without a gradient.
+      num_logp_evals: log-density values evaluated without a gradient (the diagnostics' draws are
+        not counted, except those of a k-hat re-estimate: see `first_diagnostics`).
       num_nonfinite: steps skipped because the ELBO or gradient was not finite.
       converged: whether a convergence test (the relative-ELBO rule or the method's) stopped it.
       stop_reason: why the fit ended, in words.
@@ -308,6 +389,10 @@ class Report:
       diagnostic_sample: (key, log_ratios) of the diagnostic draws, or None: the draws are
         `family.sample(params, key, S)` and `log_ratios` their (S,) log p - log q (NumPy);
         `summary_rows` reuses them instead of evaluating the log density again.
+      first_diagnostics: when k-hat from the automatic budget's draws read over its threshold and
+        a larger fresh sample re-estimated it (`diagnose_confirmed`), the first sample's
+        `Diagnostics` (`diagnostics` and `diagnostic_sample` are then the larger sample's, and its
+        draws count in `num_logp_evals`); else None.
       learning_rate, adaptation: the step size (Adam's, or the averaged default's first step,
         `AutoStop.learning_rate`) and the `learning_rate="adapt"` search.
       init_loc, init_method, init_candidates, init_scores: how the fit started.
@@ -343,6 +428,7 @@ class Report:
     extras: dict = dataclasses.field(default_factory=dict)
     runaway: tuple = ()
     diagnostic_sample: tuple | None = dataclasses.field(default=None, repr=False)
+    first_diagnostics: Diagnostics | None = None
 
 
 _REPORT_FIELDS = frozenset(f.name for f in dataclasses.fields(Report))
@@ -513,8 +599,10 @@ class Result:
         Pareto-smoothed importance-weighted estimates, which correct q towards the posterior.
         With `reuse_diagnostic_draws` (default: when `key` is None) these reuse the diagnostics'
         own draws and log ratios (`num_draws` is then the diagnostics' S, and no log density is
-        evaluated again); otherwise `num_draws` fresh draws. `labels` optionally maps a parameter name to labels of its flattened
-        entries; by default the model's own `labels` (e.g. feature names of the ready GLMs).
+        evaluated again); otherwise `num_draws` fresh draws (at least the diagnostics' S where k-hat was
+        re-estimated from a larger sample, `Report.first_diagnostics`). `labels` optionally maps a
+        parameter name to labels of its flattened entries; by default the model's own `labels` (e.g.
+        feature names of the ready GLMs).
         `draws`: `sample(key, num_draws)` when the caller already made it (reusing the diagnostic
         draws, `key` is then `report.diagnostic_sample[0]`): used instead of drawing the same
         draws again; ignored where the summary takes fresh importance draws.
@@ -532,9 +620,10 @@ class Result:
                 sampled = (constrained_draws(self.model, self.family, self.params, draw_key, int(len(ratios)))
                            if draws is None else draws)
                 smoothed = _diag._psis_core(np.asarray(ratios), True)  # float64 on the host
-            else:
+            else:  # after a re-estimate, never fewer fresh draws than the k-hat that allowed PSIS came from
+                fewest = diag.num_draws if self.report.first_diagnostics is not None else 100
                 sampled, smoothed = self.importance_draws(jax.random.key(0) if key is None else key,
-                                                          max(num_draws, 100))
+                                                          max(num_draws, fewest))
             weights = np.exp(np.asarray(smoothed.log_weights, np.float64))
         else:
             sampled = self.sample(jax.random.key(0) if key is None else key, num_draws) if draws is None else draws
@@ -551,9 +640,15 @@ class Result:
         if d is None:
             return [f"diagnostics: {self.report.diagnostics_note}"]
         s = d.num_draws
-        lines = [f"PSIS k-hat = {d.khat:.3f} from {s} draws of q: {self.verdict}",
-                 f"importance-weighted ELBO = {d.iw_elbo:.4f} +/- {d.iw_elbo_se:.2g} (Monte Carlo se); "
-                 f"importance ESS = {d.ess:.0f} raw, {d.psis_ess:.0f} Pareto-smoothed, of {s}"]
+        lines = [f"PSIS k-hat = {d.khat:.3f} from {s} draws of q: {self.verdict}"]
+        first = self.report.first_diagnostics
+        if first is not None:
+            lines.append(f"(re-estimated from {s} fresh draws: the first {first.num_draws} read k-hat "
+                         f"{first.khat:.3f}, "
+                         f"at or over its threshold {_diag.khat_threshold(first.num_draws):.2f}; k-hat says whether "
+                         "PSIS is reliable at the size of the sample it came from)")
+        lines.append(f"importance-weighted ELBO = {d.iw_elbo:.4f} +/- {d.iw_elbo_se:.2g} (Monte Carlo se); "
+                     f"importance ESS = {d.ess:.0f} raw, {d.psis_ess:.0f} Pareto-smoothed, of {s}")
         if d.nonfinite_share > 0:
             lines.append(f"log density NaN or -inf at {100 * d.nonfinite_share:.3g}% of the draws; ELBO over all "
                          f"the draws = {d.elbo:.4g}")

@@ -63,7 +63,7 @@ def test_fit_ctrl_c_keeps_the_last_completed_call_and_a_second_skips_diagnostics
     def no_diagnostics(*args, **kwargs):
         raise KeyboardInterrupt  # the second Ctrl-C, during the diagnostics
 
-    monkeypatch.setattr(single, "diagnose", no_diagnostics)
+    monkeypatch.setattr(single, "diagnose_confirmed", no_diagnostics)
     result = aj.fit(MODEL, key=key, num_steps=5000, chunk_size=100, progress=False, init=None, callback=callback)
     assert result.stop_code == -1 and "interrupted" in result.stop_reason
     assert result.num_steps == seen[-1] == len(result.elbo) and 0 < result.num_steps < 5000

@@ -17,7 +17,8 @@ from advi_jax.diagnostics import khat_threshold, near_constant
 from advi_jax.flatten import Model
 from advi_jax import importance
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
-from advi_jax.result import Report, Result, data_size, diagnose, diagnostic_draw_budget, known_diagnostic_draws
+from advi_jax.result import (Report, Result, confirmation_draws, data_size, diagnose_confirmed, diagnostic_draw_budget,
+                             known_diagnostic_draws)
 from advi_jax.run import ahead as _ahead
 from advi_jax.run import driver, host_keys
 from advi_jax.run.choose import choose, choose_family, choose_method
@@ -115,7 +116,11 @@ def warn_diagnostics(result: Any, warn: bool) -> None:
     if not warn or d is None:
         return
     if d.nonfinite_share > 0 or not (d.khat < khat_threshold(d.num_draws) or near_constant(d.khat, d.ess, d.num_draws)):
-        warnings.warn(f"PSIS k-hat = {d.khat:.2f} (threshold {khat_threshold(d.num_draws):.2f}){_spread(result)}: "
+        first = getattr(result.report, "first_diagnostics", None)
+        again = ("" if first is None else
+                 f" from {d.num_draws} fresh draws (the first {first.num_draws} read {first.khat:.2f})")
+        warnings.warn(f"PSIS k-hat = {d.khat:.2f}{again} (threshold {khat_threshold(d.num_draws):.2f})"
+                      f"{_spread(result)}: "
                       f"{result.verdict}", DiagnosticWarning, stacklevel=3)
 
 
@@ -243,6 +248,10 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         (`advi_jax.result.diagnostic_draw_budget`: 4,096 on small data or after a long
         stochastic fit, 256 for a few-pass fit on large data, where k-hat can only certify
         k < 0.58 and has a sampling sd of about 0.2), or an int >= 100 for exactly that many.
+        Under "auto", a k-hat at or over its threshold is re-estimated from 4x as many fresh
+        draws where the cost rule allows them (`advi_jax.result.confirmation_draws`, at most
+        16,384), whose k-hat, ESS and draws are then the result's (`report.first_diagnostics`
+        keeps the first reading; the extra draws count in `num_logp_evals`).
       adapt_iter: steps per candidate step size with `learning_rate="adapt"`.
       adapt_learning_rates: the candidate step sizes (positive numbers).
       warn: issue a `DiagnosticWarning` when the diagnostics say the fit is unreliable.
@@ -380,16 +389,21 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         extras["start_grad_evals"] = begun.num_grad_evals
     num_nonfinite = int(out.loop.num_nonfinite)
     diag, note, diag_seconds, diag_sample = None, "not computed (diagnostics=False)", 0.0, None
+    first_diag, extra_logp_evals = None, 0
     if diagnostics:
+        confirm_draws = 0  # a k-hat over its threshold is re-estimated from more draws only under "auto"
         if num_diagnostic_draws == "auto":
-            num_diagnostic_draws = diagnostic_draw_budget(int(out.loop.num_logp_evals), int(out.loop.num_grad_evals),
-                                                          data_size(model))
+            costs = int(out.loop.num_logp_evals), int(out.loop.num_grad_evals), data_size(model)
+            num_diagnostic_draws = diagnostic_draw_budget(*costs)
+            confirm_draws = confirmation_draws(num_diagnostic_draws, *costs)
         _wait(ahead, "diagnostics")
         both, note, diag_seconds = run_diagnostics(
-            lambda: diagnose(model, family_obj, params, diag_key, num_diagnostic_draws, return_ratios=True),
+            lambda: diagnose_confirmed(model, family_obj, params, diag_key, num_diagnostic_draws, confirm_draws),
             code < 0)
         if both is not None:
-            diag, diag_sample = both[0], (diag_key, both[1])
+            diag, diag_sample, first_diag = both
+            if first_diag is not None:
+                extra_logp_evals = diag.num_draws
     for thread in (ahead, wrong):
         if thread is not None:
             thread.close()  # done by now, unless the fit stopped early or the guess was wrong
@@ -399,7 +413,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         stop_reason = module.describe_stop(stop_reason, code, extras, num_steps)
     report = Report(
         elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals,
-        num_logp_evals=int(out.loop.num_logp_evals) + begun.num_logp_evals, num_nonfinite=num_nonfinite,
+        num_logp_evals=int(out.loop.num_logp_evals) + begun.num_logp_evals + extra_logp_evals,
+        num_nonfinite=num_nonfinite,
         converged=code in (1, 2, 4),
         stop_reason=stop_reason, stop_code=code,
         method=method_name, method_reason=method_reason,
@@ -412,7 +427,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
                        else float(lr)) if (is_advi and optimizer is None) else None, adaptation=adaptation,
         init_loc=np.asarray(begun.init_loc), init_method=begun.method, init_candidates=begun.candidates,
         init_scores=begun.scores, extras=dict(extras),
-        runaway=runaway_parameters(family_obj, params, out.elbo) if is_advi else (), diagnostic_sample=diag_sample)
+        runaway=runaway_parameters(family_obj, params, out.elbo) if is_advi else (), diagnostic_sample=diag_sample,
+        first_diagnostics=first_diag)
     result = Result(model, family_obj, params, report)
     warn_diagnostics(result, warn)
     if warn and hasattr(module, "stop_warning"):  # what a method's own stop test must say (`advi_jax.vi`)
