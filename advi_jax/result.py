@@ -12,316 +12,34 @@
 `summary()` is the one formatter. `ManyResult` is the batched result of `fit_many`, with
 per-fit diagnostics; indexing it gives a `Result`.
 
-Diagnostics and non-finite draws: `diagnose` draws S times from q and evaluates the log density
-at every draw. A draw where it is NaN or -inf is q's mass outside the posterior's support (or
-where the model is broken); it is never dropped. Its share is `Diagnostics.nonfinite_share`; the
-plain ELBO over the draws is then -inf or NaN (`Diagnostics.elbo`); a share of at least
-`NONFINITE_UNRELIABLE` (1 in 1,000 draws) makes k-hat +inf and the verdict "unreliable", a
-smaller non-zero share caps the verdict at "ok"; the fit warns in both cases.
+The diagnostics themselves (how many draws, k-hat and its re-estimate, the verdict, non-finite
+draws) are in `advi_jax.fit_diagnostics`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from advi_jax import diagnostics as _diag
-from advi_jax.importance import centred_log_ratios, draws_and_log_ratios, log_ratios, sampling_key
+from advi_jax.importance import draws_and_log_ratios, log_ratios, sampling_key
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.base import Family
+from advi_jax.fit_diagnostics import (  # re-exported: the diagnostics' public names (__all__)
+    CONFIRM_DRAWS_MAX, CONFIRM_FACTOR, DIAGNOSTIC_DRAWS_MAX, DIAGNOSTIC_DRAWS_MIN, DIAGNOSTIC_FRACTION,
+    DIAGNOSTIC_FREE_WORK, GRADIENT_COST, NONFINITE_UNRELIABLE, Diagnostics, _constrain, confirmation_draws,
+    constrained_draws, data_size, diagnose, diagnose_confirmed, diagnose_ratios, diagnose_with_ratios,
+    diagnostic_draw_budget, known_diagnostic_draws, over_threshold, verdict)
 
 __all__ = ["Diagnostics", "Report", "Result", "ManyResult", "diagnose", "diagnose_with_ratios", "log_ratios",
            "verdict", "diagnostic_draw_budget", "confirmation_draws", "diagnose_confirmed", "over_threshold",
            "data_size", "constrained_draws", "NONFINITE_UNRELIABLE",
-           "DIAGNOSTIC_DRAWS_MIN", "DIAGNOSTIC_DRAWS_MAX"]
-
-NONFINITE_UNRELIABLE = 1e-3
-"""A share of q's mass (estimated from the diagnostic draws) where the log density is NaN or -inf
-at or above which the verdict is "unreliable"; any smaller non-zero share caps it at "ok"."""
-
-
-class Diagnostics(NamedTuple):
-    """Importance diagnostics of q against the model (floats, or arrays with a leading B axis).
-
-    Attributes:
-      khat: PSIS k-hat of log p - log q (+inf when `nonfinite_share` >= NONFINITE_UNRELIABLE).
-      iw_elbo, iw_elbo_se: importance-weighted ELBO and its Monte Carlo standard error.
-      elbo: the plain ELBO mean(log p - log q) over ALL the draws (-inf/NaN if any is).
-      ess, psis_ess: importance effective sample sizes, raw and Pareto-smoothed.
-      nonfinite_share: the share of the draws where log p is NaN or -inf.
-      num_draws: S.
-    """
-
-    khat: Any
-    iw_elbo: Any
-    iw_elbo_se: Any
-    elbo: Any
-    ess: Any
-    psis_ess: Any
-    nonfinite_share: Any
-    num_draws: int
-
-
-DIAGNOSTIC_DRAWS_MIN = 256
-"""The fewest diagnostic draws the automatic budget takes. PSIS fits its tail to
-M = min(S / 5, 3 sqrt(S)) = 48 ratios there and can certify k < `khat_threshold(256)` = 0.58;
-k-hat's own sampling sd is about 0.2 at 256 draws, 0.15 at 1,000 and 0.1 at 2,000 (measured
-on the breast-cancer full-rank fit, k around 0.5): ask for more (`num_diagnostic_draws=4096`)
-when the verdict matters more than the seconds."""
-
-DIAGNOSTIC_DRAWS_MAX = 4096
-"""The most diagnostic draws the automatic budget takes (k-hat's threshold is 0.7 from 2,154)."""
-
-DIAGNOSTIC_FRACTION = 0.2
-"""The automatic budget's share of the fit's cost, in log-density evaluations."""
-
-GRADIENT_COST = 2
-"""A gradient evaluation counted as this many log-density evaluations (reverse mode)."""
-
-DIAGNOSTIC_FREE_WORK = 2 ** 27
-"""Diagnostic draws x data entries that count as free: one evaluation of a log density reads its
-data, so S draws cost about S x (entries of `model.data`); below this product (about a tenth of
-a second of matrix products on one CPU core) the draws are not what a fit's diagnostics spend
-their time on (compilation and dispatch are), and the full `DIAGNOSTIC_DRAWS_MAX` is taken."""
-
-
-def data_size(model: Any) -> int:
-    """Entries of the model's data pytree (`model.data`; 0 when the data are closed over)."""
-    leaves = jax.tree_util.tree_leaves(getattr(model, "data", None))
-    return int(sum(int(np.size(leaf)) for leaf in leaves if hasattr(leaf, "shape")))
-
-
-def diagnostic_draw_budget(num_logp_evals: int, num_grad_evals: int, data_entries: int) -> int:
-    """The number of diagnostic draws for `num_diagnostic_draws="auto"`: about a fifth of the fit.
-
-    `S = clip(2^round(log2(max(0.2 E, W / V))), 256, 4096)` (the power of two nearest the budget,
-    within a factor sqrt(2) of it) with E = `num_logp_evals` +
-    `GRADIENT_COST` x `num_grad_evals` (the fit's cost in log-density evaluations), V the data
-    entries one log-density evaluation reads and W = `DIAGNOSTIC_FREE_WORK`. So a 10,000-step
-    ADVI fit gets 4,096 draws (each of its steps evaluated the log density and its gradient at
-    least once); a few-pass method (`glm_exact`, 5-20 passes over X) gets the floor, 256, once
-    the data are large (V > 370,000 entries, e.g. N = 35,000 rows of 10 features), and 4,096 on
-    small data, where draws cost nothing next to compiling. Powers of two keep the number of
-    distinct compiled diagnostic functions small (at most five per model shape).
-
-    Args:
-      num_logp_evals, num_grad_evals: the fit's evaluation counts (`Report` fields).
-      data_entries: V (`data_size(model)`); 0 (data closed over) counts as small data.
-
-    Returns:
-      S, a power of two in [DIAGNOSTIC_DRAWS_MIN, DIAGNOSTIC_DRAWS_MAX].
-
-    Example:
-      >>> diagnostic_draw_budget(0, 10_000, 11_000_000), diagnostic_draw_budget(0, 20, 11_000_000)
-      (4096, 256)
-    """
-    return _power_of_two_budget(num_logp_evals, num_grad_evals, data_entries, DIAGNOSTIC_DRAWS_MAX)
-
-
-CONFIRM_FACTOR = 4
-"""A k-hat re-estimate (`confirmation_draws`) takes this many times the first diagnostics' draws."""
-
-CONFIRM_DRAWS_MAX = 16384
-"""The most draws a k-hat re-estimate takes (`confirmation_draws`)."""
-
-
-def _power_of_two_budget(num_logp_evals: int, num_grad_evals: int, data_entries: int, most: int) -> int:
-    cost = DIAGNOSTIC_FRACTION * (int(num_logp_evals) + GRADIENT_COST * int(num_grad_evals))
-    free = DIAGNOSTIC_FREE_WORK / max(int(data_entries), 1)
-    want = max(cost, free, 1.0)
-    draws = 2 ** int(round(math.log2(want)))
-    return int(min(max(draws, DIAGNOSTIC_DRAWS_MIN), most))
-
-
-def confirmation_draws(num_draws: int, num_logp_evals: int, num_grad_evals: int, data_entries: int) -> int:
-    """Fresh draws for re-estimating a k-hat that read over its threshold from the automatic budget's
-    `num_draws` (0: none).
-
-    k-hat estimates the tail shape of the ratios within the range S draws reach; for S in the
-    thousands it can read well above its large-S value on a q that is close to the posterior
-    (Vehtari et al. 2024, on k-hat's pre-asymptotic behaviour and its dependence on S): measured on
-    a zero-inflated Poisson regression at its family optimum, 0.86 +- 0.15 from 4,096 draws against
-    0.39 +- 0.07 from 32,768 (benchmarks/PERFORMANCE.md, issue 15). k-hat says whether PSIS is
-    reliable at the sample size it came from, so where a larger sample costs little the fit
-    re-estimates it there (`diagnose_confirmed`) and reports that sample's k-hat, ESS and weights.
-    The number is `CONFIRM_FACTOR` x S, cut to what `diagnostic_draw_budget`'s own cost rule allows
-    with `CONFIRM_DRAWS_MAX` as its ceiling (a fifth of the fit's cost, or the draws that are free
-    next to compiling: `DIAGNOSTIC_FREE_WORK` / data entries); 0 when that is not more than S.
-
-    Example:
-      >>> confirmation_draws(4096, 0, 4000, 600), confirmation_draws(256, 0, 20, 11_000_000)
-      (16384, 0)
-    """
-    budget = _power_of_two_budget(num_logp_evals, num_grad_evals, data_entries, CONFIRM_DRAWS_MAX)
-    draws = min(CONFIRM_FACTOR * int(num_draws), budget)
-    return draws if draws > int(num_draws) else 0
-
-
-def known_diagnostic_draws(model: Any, num_diagnostic_draws: int | str | None = "auto") -> int | None:
-    """The diagnostics' number of draws when it is known before the fit (so their program can be
-    compiled ahead): `num_diagnostic_draws` itself when given as a number, DIAGNOSTIC_DRAWS_MAX
-    under "auto" when the data are small enough that the fit's cost cannot lower it, else None
-    (also for None: no diagnostics).
-
-    Example:
-      >>> known_diagnostic_draws(None, 512), known_diagnostic_draws(None, None)
-      (512, None)
-    """
-    if num_diagnostic_draws is None or not isinstance(num_diagnostic_draws, str):
-        return num_diagnostic_draws
-    num = diagnostic_draw_budget(0, 0, data_size(model))
-    return num if num == DIAGNOSTIC_DRAWS_MAX else None
-
-
-@functools.partial(jax.jit, static_argnames=("family", "num_draws"))
-def constrained_draws(model: Any, family: Family, params: PyTree, key: Array, num_draws: int) -> dict[str, Array]:
-    """`num_draws` draws of q mapped to the constrained space, in one compiled call (op by op,
-    the bijectors cost a dispatch per operation and a compilation each on first use)."""
-    return jax.vmap(model.to_constrained)(family.sample(params, sampling_key(key), num_draws))
-
-
-@jax.jit
-def _constrain(model: Any, zeta: Array) -> dict[str, Array]:
-    return jax.vmap(model.to_constrained)(zeta)
-
-
-def _core(ratios: Array, shift=0.0, xp=jnp) -> tuple:
-    """The diagnostics of log ratios `shift + ratios` (k-hat, ESS and the share read `ratios` alone)."""
-    d = _diag._diagnostics_core(ratios, xp)
-    share = xp.mean(~xp.isfinite(ratios) & ~xp.isposinf(ratios))
-    # q's mass where log p is NaN or -inf counts against the fit: k-hat over the other draws alone
-    # would describe a different q, so it is +inf once that mass reaches NONFINITE_UNRELIABLE.
-    khat = xp.where(share >= NONFINITE_UNRELIABLE, xp.inf, d.khat)
-    return khat, d.iw_elbo + shift, d.iw_elbo_se, d.elbo + shift, d.ess, d.psis_ess, share
-
-
-@functools.partial(jax.jit, static_argnames=("family", "num_draws", "batched"))
-def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool):
-    def one(m, p, k):
-        _, centred, shift = centred_log_ratios(m, family, p, k, num_draws)
-        return _core(centred, shift)
-
-    return jax.vmap(one, in_axes=(0 if batched else None, 0, 0))(model, params, keys)
-
-
-def _to_diagnostics(values, num_draws: int) -> Diagnostics:
-    values = jax.device_get(values)
-    convert = (lambda v: float(v)) if np.ndim(values[0]) == 0 else np.asarray
-    return Diagnostics(*(convert(v) for v in values), num_draws)
-
-
-def diagnose_with_ratios(model: Any, family: Family, params: PyTree, key: Array,
-                         num_draws: int = 4096) -> tuple[Diagnostics, np.ndarray]:
-    """`diagnose` of one fit, also returning the (S,) log ratios (NumPy float64) of its draws.
-
-    The draws and their centred log ratios are one compiled call (`draws_and_log_ratios`, cached
-    per model structure, family and S: a second fit of the same shape compiles nothing); PSIS runs
-    on the host in NumPy float64 (`advi_jax.diagnostics`), which compiles nothing either.
-    """
-    _, centred, shift = draws_and_log_ratios(model, family, params, key, num_draws)
-    centred, shift = jax.device_get((centred, shift))
-    centred, shift = np.asarray(centred, np.float64), float(shift)
-    values = _diag._on_host_when_concrete(lambda xp, r: _core(r, shift, xp), centred)
-    return _to_diagnostics(values, num_draws), centred + shift
-
-
-def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: int = 4096, *,
-             num_fits: int | None = None, batched: bool = False,
-             return_ratios: bool = False) -> Diagnostics | tuple[Diagnostics, np.ndarray]:
-    """PSIS k-hat, IW-ELBO, ESS and the non-finite share from `num_draws` fresh draws of q.
-
-    One fit: one compiled call for the draws and log ratios, PSIS on the host
-    (`diagnose_with_ratios`; with `return_ratios`, also the (S,) log ratios). With
-    `num_fits=B`, `params` leaves and `key` carry a leading B axis and the model's data too
-    when `batched`; every field is then a (B,) array, all in one compiled call.
-    """
-    if num_fits is None:
-        both = diagnose_with_ratios(model, family, params, key, num_draws)
-        return both if return_ratios else both[0]
-    return _to_diagnostics(_diagnose(model, family, params, key, num_draws, bool(batched)), num_draws)
-
-
-def over_threshold(diagnostics: Diagnostics) -> bool:
-    """Whether these diagnostics warn by k-hat alone: a finite k-hat at or over `khat_threshold(S)`,
-    no non-finite mass (which warns whatever k-hat reads) and weights not nearly constant
-    (`diagnostics.near_constant`). These are the ones a larger sample can re-estimate."""
-    d = diagnostics
-    khat = float(d.khat)
-    return (d.nonfinite_share == 0 and math.isfinite(khat) and khat >= _diag.khat_threshold(d.num_draws)
-            and not _diag.near_constant(khat, d.ess, d.num_draws))
-
-
-def _confirmation_key(key: Array) -> Array:
-    """fold_in(key, 1): on the host for a threefry key on the CPU (no program to compile)."""
-    from advi_jax.run import host_keys
-
-    if host_keys.fit_keys(key) is not None:
-        data = host_keys.fold_in(np.asarray(jax.random.key_data(key)), 1)
-        return jax.random.wrap_key_data(data, impl="threefry2x32")
-    return jax.random.fold_in(key, 1)
-
-
-def diagnose_confirmed(model: Any, family: Family, params: PyTree, key: Array, num_draws: int,
-                       confirm_draws: int = 0) -> tuple[Diagnostics, tuple, Diagnostics | None]:
-    """`diagnose` of one fit from `num_draws` draws; where k-hat reads over its threshold
-    (`over_threshold`) and `confirm_draws` > `num_draws`, re-estimated from `confirm_draws` fresh
-    draws (key `fold_in(key, 1)`; `confirmation_draws` says how many are cheap).
-
-    k-hat describes PSIS's reliability at the sample size it came from (Vehtari et al. 2024); the
-    larger sample's k-hat, IW-ELBO, ESS and draws replace the first sample's (they are what the
-    summary's PSIS-corrected estimates then use). The first sample is independent of the second, so
-    the choice to draw more does not bias the second's reading. A q that misses mass keeps a high
-    k-hat however many draws are taken, and warns as before.
-
-    Returns:
-      (diagnostics, (key, log_ratios) of the draws they came from, the first sample's diagnostics
-      when the re-estimate replaced them, else None).
-    """
-    diag, ratios = diagnose_with_ratios(model, family, params, key, num_draws)
-    if not (int(confirm_draws) > int(num_draws) and over_threshold(diag)):
-        return diag, (key, ratios), None
-    more_key = _confirmation_key(key)
-    more, more_ratios = diagnose_with_ratios(model, family, params, more_key, int(confirm_draws))
-    return more, (more_key, more_ratios), diag
-
-
-def diagnose_ratios(ratios: Array) -> Diagnostics:
-    """`Diagnostics` from precomputed (S,) log ratios (e.g. the full-data ones of a minibatch fit)."""
-    return _to_diagnostics(_diag._on_host_when_concrete(lambda xp, r: _core(r, 0.0, xp), ratios),
-                           int(ratios.shape[0]))
-
-
-_ADVICE = "try family='fullrank', a reparameterisation, or MCMC"
-
-
-def verdict(diagnostics: Diagnostics | None, missing: str = "not computed", family: str | None = None) -> str:
-    """The verdict in plain words: k-hat's reading, downgraded by q's mass where log p is not finite.
-
-    The advice fits the fit: a full-rank fit is not told to try `family='fullrank'`.
-    """
-    if diagnostics is None:
-        return missing
-    text = _diag.khat_verdict(diagnostics.khat, diagnostics.num_draws,
-                              _diag.ratio_cv(diagnostics.ess, diagnostics.num_draws))
-    if family == "fullrank":
-        text = text.replace(_ADVICE, "the Gaussian family is too narrow here: try a non-centred "
-                                     "parameterisation for hierarchical models, more draws per step (num_samples), "
-                                     "or MCMC")
-    share = diagnostics.nonfinite_share
-    if share > 0:
-        where = (f"q puts {100 * share:.3g}% of its mass where the log density is NaN or -inf "
-                 "(outside the model's support or where it breaks)")
-        if share >= NONFINITE_UNRELIABLE or text.startswith("unreliable"):
-            return f"unreliable: {where}; the fit and its ELBO cannot be trusted"
-        if text.startswith("good"):
-            return f"ok at best: {where}"
-    return text
+           "DIAGNOSTIC_DRAWS_MIN", "DIAGNOSTIC_DRAWS_MAX", "DIAGNOSTIC_FRACTION", "DIAGNOSTIC_FREE_WORK",
+           "GRADIENT_COST", "CONFIRM_FACTOR", "CONFIRM_DRAWS_MAX", "diagnose_ratios", "known_diagnostic_draws"]
 
 
 def _default_labels(model: Any) -> Mapping[str, Any] | None:
