@@ -468,11 +468,11 @@ def test_encoder_gradient_variance_on_a_trained_vae():
     mean gradient, and the score function's variance is orders of magnitude larger."""
     from flax import nnx
 
-    from advi_jax.vae import VAEConfig, build_vae
+    from advi_jax.vae import build_vae
     from advi_jax.gradient_variance.amortized import encoder_gradient_variance
 
     # TINY (20 pixels, 16 hidden units): the same encoder/decoder code as a 784-pixel VAE, with
-    # ~460 encoder parameters instead of ~25,000 (the checks below are per coordinate, at a fixed
+    # 438 encoder parameters instead of ~25,000 (the checks below are per coordinate, at a fixed
     # number of standard errors, so they do not depend on the number of coordinates).
     vae = build_vae(TINY, jax.random.key(0))
     graphdef, params = nnx.split(vae, nnx.Param)
