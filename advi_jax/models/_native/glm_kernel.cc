@@ -247,7 +247,7 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
       // row's terms are tiny), Poisson y delta - (exp(eta_ref + delta) - exp(eta_ref)).
       constexpr bool kSeries = std::is_same_v<T, float>;
       constexpr T kSeriesBound = T(0.25);
-      T refsum = 0;
+      double refsum = 0;  // the reference's value: summed in double, as the exact differences
       for (int64_t t = 0; t < nt; ++t) {
         const T* xr = xt + t * d;
         T acc = 0;
@@ -265,7 +265,7 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
           const T z = (T(2) * yi - T(1)) * et;
           const T l = (z < T(0) ? z : T(0)) - log1p_01<T>(e);
           bref[t] = l;
-          refsum += l;
+          refsum += static_cast<double>(l);
           if constexpr (kSeries) {
             const T inv = T(1) / (T(1) + e);
             const T pr = (et >= T(0) ? T(1) : e) * inv, qr = (et >= T(0) ? e : T(1)) * inv;
@@ -284,7 +284,7 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
         for (int64_t t = 0; t < nt; ++t) {
           const T mean = exp_any<T>(eref[t]);
           bref[t] = mean;
-          refsum += yt[t] * eref[t] - mean - (lt ? lt[t] : T(0));
+          refsum += static_cast<double>(yt[t] * eref[t] - mean - (lt ? lt[t] : T(0)));
           if constexpr (kSeries) {
             cf[0][t] = yt[t] - mean;
             cf[1][t] = -mean * T(0.5);
@@ -310,23 +310,27 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
             widest = a > widest ? a : widest;
           }
         }
+        double vd = static_cast<double>(v);
         if (!kSeries || !(widest <= kSeriesBound)) {
-          v = 0;
+          // The exact form's row differences are as large as the step makes them (not small like the
+          // series'): summed in double, so the tile's sum adds no float32 rounding of its own.
+          vd = 0;
           if (p.family == kBernoulli) {
-#pragma omp simd reduction(+ : v)
+#pragma omp simd reduction(+ : vd)
             for (int64_t t = 0; t < nt; ++t) {
               const T et = eref[t] + es[t];
               const T e = exp_nonpos<T>(-std::fabs(et));
               const T z = (T(2) * yt[t] - T(1)) * et;
-              v += ((z < T(0) ? z : T(0)) - log1p_01<T>(e)) - bref[t];
+              vd += static_cast<double>(((z < T(0) ? z : T(0)) - log1p_01<T>(e)) - bref[t]);
             }
           } else {
-#pragma omp simd reduction(+ : v)
-            for (int64_t t = 0; t < nt; ++t) v += yt[t] * es[t] - (exp_any<T>(eref[t] + es[t]) - bref[t]);
+#pragma omp simd reduction(+ : vd)
+            for (int64_t t = 0; t < nt; ++t)
+              vd += static_cast<double>(yt[t] * es[t] - (exp_any<T>(eref[t] + es[t]) - bref[t]));
           }
         }
-        vsum[s] += static_cast<double>(v);
-        csum[s] += static_cast<double>(refsum);
+        vsum[s] += vd;
+        csum[s] += refsum;
       }
       continue;
     }
@@ -396,13 +400,26 @@ void run_rows(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
   }
 }
 
-// Widest vector whose lane count does not exceed D (so that chunks fit in a row).
+// 64-byte vectors only where the target has AVX-512 registers: on an AVX2-only CPU GCC would
+// emulate them with pairs of 32-byte registers, and warns (-Wpsabi) that such vectors change the
+// calling convention.
+#if defined(__AVX512F__)
+constexpr int64_t kWidestVector = 64;
+#else
+constexpr int64_t kWidestVector = 32;
+#endif
+
+// Widest vector (at most kWidestVector bytes) whose lane count does not exceed D (so that chunks fit in a row).
 template <typename T>
 void run_rows_any(const Problem<T>& p, int64_t row0, int64_t row1, Partial& out) {
   const int64_t size = static_cast<int64_t>(sizeof(T));
-  if (p.d * size >= 64) {
-    run_rows<T, 64>(p, row0, row1, out);
-  } else if (p.d * size >= 32) {
+  if constexpr (kWidestVector >= 64) {
+    if (p.d * size >= 64) {
+      run_rows<T, kWidestVector>(p, row0, row1, out);
+      return;
+    }
+  }
+  if (p.d * size >= 32) {
     run_rows<T, 32>(p, row0, row1, out);
   } else if (p.d * size >= 16) {
     run_rows<T, 16>(p, row0, row1, out);
