@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import advi_jax as aj
+from advi_jax import compile_options
 from advi_jax.models import negbin_regression, poisson_regression
 from advi_jax.run import ahead, driver
 from advi_jax.vi import glm_exact as G
@@ -43,3 +45,24 @@ def test_grad_max_is_the_objective_gradient_at_the_result():
         reported = float(res.report.extras["grad_max"])
     assert res.params.loc.dtype == jnp.float64 and expected > 1e-6  # 15 steps: not at the optimum
     np.testing.assert_allclose(reported, expected, rtol=1e-8)
+
+
+@pytest.mark.skipif(not compile_options._on_cpu(), reason="the fast options are CPU settings")
+def test_loop_compile_mode_lowrank_by_kind_and_rows():
+    # Logistic / Poisson low-rank loops compile fast up to LOWRANK_FAST_MAX_ROWS rows; the negative
+    # binomial's and larger ones keep the mode they are given (measured trades in the docstring).
+    rng = np.random.default_rng(5)
+    family, opts = aj.LowRankGaussian(rank=2), G.Options()
+
+    def model(kind, n):
+        x = rng.normal(size=(n, 2)).astype(np.float32)
+        if kind == "negbin":
+            return negbin_regression(x, rng.poisson(2.0, n).astype(np.float32))
+        return poisson_regression(x, rng.poisson(2.0, n).astype(np.float32))
+
+    limit = G.LOWRANK_FAST_MAX_ROWS
+    assert G.loop_compile_mode(model("poisson", limit), family, opts, "mid") == "fast"
+    assert G.loop_compile_mode(model("poisson", limit + 1), family, opts, "mid") == "mid"
+    assert G.loop_compile_mode(model("negbin", 1000), family, opts, "mid") == "mid"
+    with compile_options.forced("mid"):
+        assert G.loop_compile_mode(model("poisson", 1000), family, opts, "mid") == "mid"
