@@ -66,3 +66,24 @@ def test_loop_compile_mode_lowrank_by_kind_and_rows():
     assert G.loop_compile_mode(model("negbin", 1000), family, opts, "mid") == "mid"
     with compile_options.forced("mid"):
         assert G.loop_compile_mode(model("poisson", 1000), family, opts, "mid") == "mid"
+
+
+@pytest.mark.skipif(not compile_options._on_cpu(), reason="the fast options are CPU settings")
+def test_fast_compiled_lowrank_fit_equals_the_mid_compiled_one():
+    # The fast options change the generated code, not the arithmetic: in float64 the same iterations
+    # and the same optimum to rounding.
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(6)
+        x = rng.normal(size=(419, 3))
+        model = poisson_regression(x, rng.poisson(np.exp(0.2 + 0.4 * x[:, 0] - 0.3 * x[:, 1])))
+        family = aj.LowRankGaussian(rank=2)
+        assert G.loop_compile_mode(model, family, G.Options(), "mid") == "fast"
+        fits = {}
+        for mode in (None, "mid"):
+            with compile_options.forced(mode):
+                fits[mode] = aj.fit(model, key=jax.random.key(0), family=family, **KW)
+    a, b = fits[None], fits["mid"]
+    assert a.report.num_steps == b.report.num_steps and a.report.converged
+    np.testing.assert_allclose(np.asarray(a.params.loc), np.asarray(b.params.loc), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(np.asarray(a.params.factor), np.asarray(b.params.factor), atol=1e-7, rtol=0)
+    np.testing.assert_allclose(float(a.elbo[-1]), float(b.elbo[-1]), rtol=1e-12)
