@@ -1,9 +1,11 @@
 """First and second `aj.fit` call of the exact-ELBO GLM paths beyond the plain passes, one process per tree.
 
 Cases (`--case`): `grouped` (`grouped_poisson_regression`, `method="glm_grouped"`, 50 groups),
-`lowrank` (`method="glm_exact"` with `LowRankGaussian(--rank)`; `--kind poisson` or `negbin`), and
+`lowrank` (`method="glm_exact"` with `LowRankGaussian(--rank)`, `--rank 0` for `family="lowrank"`;
+`--kind poisson`, `negbin` or `logistic`), and
 `exact` (`method="glm_exact"`, `--family meanfield|fullrank`; `--kind negbin` for its compile). Data:
-synthetic Poisson (`benchmarks.common.poisson_data`, D = `--d`), or for `negbin` the bundled RAND HIE
+synthetic Poisson (`benchmarks.common.poisson_data`, D = `--d`; `logistic_data` for `logistic`), or
+for `negbin` the bundled RAND HIE
 doctor visits resampled to N rows with N(0, 1) columns added up to D (as `bench_nb_distinct`).
 Diagnostics off (the fit alone). In one fresh process: the first call (compile included), then the
 least of `--repeat-second` second calls (wall, CPU, and the compiled loop's `report.run_seconds`).
@@ -37,8 +39,10 @@ def make_model(aj, args):
         x = np.column_stack([x, rng.normal(size=(args.n, extra))])[:, :args.d]
         return aj.models.negbin_regression(x, np.asarray(data.y)[rows])
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks.common import poisson_data
+    from benchmarks.common import logistic_data, poisson_data
 
+    if args.kind == "logistic":
+        return aj.models.logistic_regression(*logistic_data(args.n, args.d))
     x, y = poisson_data(args.n, args.d)
     if args.case == "grouped":
         g = rng.integers(0, args.groups, args.n)
@@ -50,12 +54,13 @@ def make_model(aj, args):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", default="grouped", choices=("grouped", "lowrank", "exact"))
-    parser.add_argument("--kind", default="poisson", choices=("poisson", "negbin"))
+    parser.add_argument("--kind", default="poisson", choices=("poisson", "negbin", "logistic"))
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--d", type=int, default=10)
     parser.add_argument("--groups", type=int, default=50)
     parser.add_argument("--family", default="fullrank")
-    parser.add_argument("--rank", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=2, help="the low-rank case's rank; 0: family=\"lowrank\" "
+                        "(the family's default rank, as `aj.fit(model, family=\"lowrank\")`)")
     parser.add_argument("--repeat-second", type=int, default=3)
     parser.add_argument("--x64", action="store_true")
     args = parser.parse_args()
@@ -67,7 +72,7 @@ def main() -> None:
     if args.case == "grouped":
         kw = {"method": "glm_grouped", "family": args.family}
     elif args.case == "lowrank":
-        kw = {"method": "glm_exact", "family": aj.LowRankGaussian(rank=args.rank)}
+        kw = {"method": "glm_exact", "family": aj.LowRankGaussian(rank=args.rank) if args.rank else "lowrank"}
     else:
         kw = {"method": "glm_exact", "family": args.family}
 

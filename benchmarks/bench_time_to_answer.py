@@ -1,7 +1,8 @@
 """Time to answer for Bayesian logistic and Poisson regression: the exact-ELBO method against ADVI and NumPyro.
 
 For each kind (logistic, Poisson by default; `--kinds negbin` for the negative binomial), N, D and
-family (mean-field, full-rank), on synthetic data (`benchmarks.common.logistic_data` / `poisson_data`,
+family (mean-field, full-rank; `--families lowrank` for `family="lowrank"`, rank 10, against NumPyro's
+`AutoLowRankMultivariateNormal` of the same rank), on synthetic data (`benchmarks.common.logistic_data` / `poisson_data`,
 `negbin_data` here; standard-normal features; NumPyro's NB fit is scored on the intercept and
 coefficients, without the dispersion):
 
@@ -160,7 +161,10 @@ def run_numpyro(model, family_name, steps, seed=0):
         else:
             numpyro.sample("y", dist.Poisson(jnp.exp(eta)), obs=y)
 
-    guide = (autoguide.AutoNormal if family_name == "meanfield" else autoguide.AutoMultivariateNormal)(fn)
+    if family_name == "lowrank":  # the same rank as advi_jax's family="lowrank" (LowRankGaussian().rank)
+        guide = autoguide.AutoLowRankMultivariateNormal(fn, rank=aj.LowRankGaussian().rank)
+    else:
+        guide = (autoguide.AutoNormal if family_name == "meanfield" else autoguide.AutoMultivariateNormal)(fn)
     svi = SVI(fn, guide, numpyro.optim.Adam(1e-2), Trace_ELBO())
     start = time.perf_counter()
     out = svi.run(jax.random.key(seed), steps, x, y, progress_bar=False)
@@ -171,8 +175,13 @@ def run_numpyro(model, family_name, steps, seed=0):
         sd = np.concatenate([np.atleast_1d(params["intercept_auto_scale"]), params["beta_auto_scale"]])
     else:
         unpack = guide._unpack_latent
-        lt = params["auto_scale_tril"]
-        loc, sdv = unpack(params["auto_loc"]), unpack(jnp.sqrt(jnp.sum(lt * lt, axis=1)))
+        if family_name == "lowrank":  # NumPyro's covariance: diag(s) (W W' + I) diag(s), s = auto_scale
+            w, s = params["auto_cov_factor"], params["auto_scale"]
+            var = s * s * (jnp.sum(w * w, axis=1) + 1.0)
+        else:
+            lt = params["auto_scale_tril"]
+            var = jnp.sum(lt * lt, axis=1)
+        loc, sdv = unpack(params["auto_loc"]), unpack(jnp.sqrt(var))
         mean = np.concatenate([np.atleast_1d(loc["intercept"]), loc["beta"]])
         sd = np.concatenate([np.atleast_1d(sdv["intercept"]), sdv["beta"]])
     return seconds, np.asarray(mean, np.float64), np.asarray(sd, np.float64)

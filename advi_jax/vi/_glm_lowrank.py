@@ -74,7 +74,9 @@ def lowrank_likelihood(layout, data, m: Array, d: Array, b: Array, num_nodes=Non
 class LowRankState(NamedTuple):
     """L-BFGS state over the flat (m, raw_diag, B) and the last two objective values; `constant` is the
     likelihood's data-only part (`glm_exact.GLMExactState.constant`), summed once in `init` and added to
-    every evaluation of the objective (whose per-row terms leave it out)."""
+    every evaluation of the objective (whose per-row terms leave it out); `grad_max` the largest entry of
+    the objective's gradient at `theta` (the line search's last gradient; NaN before the first step),
+    which `extras` reports without differentiating the objective again."""
 
     theta: Array
     opt_state: optax.OptState
@@ -82,6 +84,7 @@ class LowRankState(NamedTuple):
     previous: Array
     stalls: Array
     constant: Array
+    grad_max: Array
 
 
 def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
@@ -116,7 +119,12 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
             theta = jnp.where(_glm_lik.table_matches(data), theta, jnp.nan)
         inf = jnp.asarray(-jnp.inf, dtype)
         constant = _glm_native.data_constant(layout.kind, data["y"], dtype, options.kernel)
-        return LowRankState(theta, solver.init(theta), inf, inf, jnp.zeros((), jnp.int32), constant)
+        # optax's initial state has weak-typed scalars (`jnp.asarray(0)`, `jnp.asarray(jnp.inf)`); the
+        # loop compiled ahead from abstract arguments (`advi_jax.run.ahead`) sees them strong, so the
+        # fit's own call missed that program and compiled the loop a second time. Strong types here.
+        opt_state = jax.tree.map(lambda a: jax.lax.convert_element_type(a, a.dtype), solver.init(theta))
+        nan = jnp.asarray(jnp.nan, dtype)
+        return LowRankState(theta, opt_state, inf, inf, jnp.zeros((), jnp.int32), constant, nan)
 
     def step(key, state: LowRankState):
         del key
@@ -135,8 +143,10 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         change = jnp.abs(elbo + value) / (1.0 + jnp.abs(elbo))
         stalls = jnp.where(change <= eps, state.stalls + 1, 0)
         small = (change <= max(options.rtol, 10 * eps)) & (jnp.max(jnp.abs(grad)) <= gtol)
+        # The line search's last gradient is the one at the accepted theta (what `extras` reports).
+        grad_max = jnp.max(jnp.abs(optax.tree_utils.tree_get(opt_state, "grad")))
         nxt = LowRankState(jnp.where(ok, theta, state.theta), opt_state, jnp.where(ok, elbo, state.elbo),
-                           -value, stalls, state.constant)
+                           -value, stalls, state.constant, jnp.where(ok, grad_max, state.grad_max))
         converged = ok & (small | (stalls >= 2))
         return nxt, step_info(nxt.elbo, ok, 1 + searches, 0, converged)
 
@@ -144,6 +154,8 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         return unflatten(state.theta)
 
     def extras(state: LowRankState) -> dict:
-        return {"grad_max": jnp.max(jnp.abs(jax.grad(objective)(state.theta, state.constant)))}
+        # From the state: a fresh jax.grad here made `single.finish` compile another copy of the
+        # objective's gradient (2-11 s of the first call, measured).
+        return {"grad_max": state.grad_max}
 
     return VIAlgorithm(init, step, params, extras)
