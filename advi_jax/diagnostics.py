@@ -676,5 +676,17 @@ def psis_resample(key: Array, draws: PyTree, log_ratios: ArrayLike, num_draws: i
     _check_draws(draws, log_ratios.shape[0])
     num_draws = check_positive_int(num_draws, "num_draws")
     log_weights = _psis_core(log_ratios, True).log_weights
-    index = jax.random.categorical(key, log_weights, shape=(num_draws,))
-    return jax.tree_util.tree_map(lambda v: jnp.asarray(v)[index], draws)
+    # Inverse-CDF picks: one uniform per pick and a binary search in the cumulative weights,
+    # O((S + num_draws) log S). (`jax.random.categorical` with a shape draws num_draws x S Gumbel
+    # variates: 8-10 s at S = 8,000, num_draws = 4,000.) On the host in float64 when concrete.
+    xp = np if isinstance(log_weights, np.ndarray) else jnp
+    weights = xp.exp(log_weights - xp.max(log_weights))
+    if xp is np:
+        weights = weights.astype(np.float64)
+    cdf = xp.cumsum(weights)
+    uniform = jax.random.uniform(key, (num_draws,))
+    if xp is np:
+        uniform = np.asarray(uniform, np.float64)
+    # side="right": the first index whose cumulative weight exceeds u, so a zero weight is never picked
+    index = xp.minimum(xp.searchsorted(cdf, uniform * cdf[-1], side="right"), log_weights.shape[0] - 1)
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(v)[jnp.asarray(index)], draws)
