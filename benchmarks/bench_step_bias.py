@@ -22,13 +22,12 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import advi_jax as aj  # noqa: E402
-import advi_jax.vi._advi_averaged as averaged  # noqa: E402
 from advi_jax.run import choose  # noqa: E402
 from advi_jax.run.start import start as resolve_start  # noqa: E402
+from benchmarks.bench_cv_noise import trace as cv_trace  # noqa: E402
 from benchmarks.suite import available_models  # noqa: E402
 
 
@@ -43,22 +42,8 @@ def flat_names(model) -> list[str]:
 
 def stationary(begun, rate: float, steps: int, burn: int, seed: int):
     """(mean of the iterates' means, its standard error, the mean log sd), whitened coordinates, at step `rate`."""
-    family = aj.FullRankGaussian()
-    stop = choose.AUTO_ADVI.stop._replace(tol_mcse=-1.0, max_halvings=0, transit_growth=1.0, learning_rate=rate)
-    init, step = averaged.advi_averaged(begun.run_model, family, stop=stop, estimator="stl",
-                                        num_samples=choose.AUTO_ADVI.num_samples, init_scale=1.0)
-    key = jax.random.key(1000 + seed)
-
-    @jax.jit
-    def run(state):
-        def body(s, i):
-            new, _ = step(jax.random.fold_in(key, i), s)
-            p = new.fit.params
-            return new, jnp.concatenate([family.mean(p), 0.5 * jnp.log(family.variance(p))])
-
-        return jax.lax.scan(body, state, jnp.arange(steps))[1]
-
-    trace = np.asarray(run(init(key, begun.loc)), np.float64)[burn:]
+    control_rate = choose.AUTO_ADVI.stop.control_rate
+    trace = cv_trace(begun, control_rate, steps, seed, transit_growth=1.0, learning_rate=rate)[burn:]
     k = trace.shape[1] // 2
     batches = 20
     length = len(trace) // batches
