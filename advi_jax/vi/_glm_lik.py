@@ -229,6 +229,14 @@ def table_matches(data) -> Array:
     return distinct_table(data)[2]
 
 
+def nan_if_stale(layout, data, value: Array) -> Array:
+    """`value`, or NaN where a negative binomial's distinct-count table does not match its y
+    (`table_matches`): what the exact-ELBO fits' `init` pass through, so a stale table stops the fit."""
+    if layout.dispersion is None or not has_table(data):
+        return value
+    return jnp.where(table_matches(data), value, jnp.nan)
+
+
 def negbin_moments(layout, x, offset, m, factor, meanfield):
     """(mu, v, c, v_u, c_uw) per row and (m_w, v_w) of the NB2 model's q (omega = last coordinate)."""
     from advi_jax.vi.glm_exact import _moments, _split

@@ -115,8 +115,7 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
     def init(key, loc):
         p = family.init(key, k, loc=jnp.asarray(loc, dtype), scale=options.init_scale, dtype=dtype)
         theta = jnp.concatenate([p.loc, p.raw_diag, p.factor.reshape(-1)])
-        if layout.dispersion is not None and _glm_lik.has_table(data):  # a stale table: NaN, not wrong
-            theta = jnp.where(_glm_lik.table_matches(data), theta, jnp.nan)
+        theta = _glm_lik.nan_if_stale(layout, data, theta)  # a stale distinct-count table: NaN, not wrong
         inf = jnp.asarray(-jnp.inf, dtype)
         constant = _glm_native.data_constant(layout.kind, data["y"], dtype, options.kernel)
         # optax's initial state has weak-typed scalars (`jnp.asarray(0)`, `jnp.asarray(jnp.inf)`); the

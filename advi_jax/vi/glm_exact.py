@@ -485,10 +485,7 @@ def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str
 def _constant(layout, data, dtype, kernel):
     """`GLMExactState.constant`; NaN where a negative binomial's distinct-count table (`_glm_lik.has_table`)
     does not match its y (a stale table would make every ELBO silently wrong; NaN stops the fit)."""
-    constant = _glm_native.data_constant(layout.kind, data["y"], dtype, kernel)
-    if layout.dispersion is not None and _glm_lik.has_table(data):
-        constant = jnp.where(_glm_lik.table_matches(data), constant, jnp.nan)
-    return constant
+    return _glm_lik.nan_if_stale(layout, data, _glm_native.data_constant(layout.kind, data["y"], dtype, kernel))
 
 
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
