@@ -230,7 +230,9 @@ class Result:
             `num_proposals` draws of q are weighted by their Pareto-smoothed importance weights
             and n of them are picked with replacement, which corrects q towards the posterior
             when k-hat < 0.7 (the picks contain repeats; see `diagnostics.psis_resample`).
-          num_proposals: draws of q to resample from (default max(4 n, 4096)).
+          num_proposals: draws of q to resample from (default max(4 n, 4096, the fit's diagnostic
+            draws): a k-hat that needed a larger sample to read below its threshold
+            (`first_diagnostics`) needs that many draws again for its weights to be reliable).
 
         Returns:
           dict name -> (n, *shape) constrained draws.
@@ -244,27 +246,38 @@ class Result:
                 raise ValueError("num_proposals is only used with resample='psis'")
             return constrained_draws(self.model, self.family, self.params, key, n)
         else:
-            proposals = max(4 * n, 4096) if num_proposals is None else check_positive_int(num_proposals,
+            proposals = max(4 * n, self._psis_draws(None)) if num_proposals is None else check_positive_int(num_proposals,
                                                                                           "num_proposals", 25)
             draw_key, pick_key = jax.random.split(key)
             zeta, ratios, _ = draws_and_log_ratios(self.model, self.family, self.params, draw_key, proposals)
             zeta = _diag.psis_resample(pick_key, zeta, ratios, n)  # PSIS weights ignore the shift
         return _constrain(self.model, zeta)
 
-    def importance_draws(self, key: Array, n: int = 4096) -> tuple[dict[str, Array], _diag.PSISResult]:
+    def _psis_draws(self, n: int | None) -> int:
+        """n, or by default the draws PSIS needs here: 4,096, or the fit's own diagnostic sample where
+        that is larger (a k-hat re-estimated from 16,384 draws read over its threshold from 4,096)."""
+        if n is not None:
+            return check_positive_int(n, "n", 25)
+        return max(4096, self.num_diagnostic_draws)
+
+    def importance_draws(self, key: Array, n: int | None = None) -> tuple[dict[str, Array], _diag.PSISResult]:
         """n draws of q (constrained) with their Pareto-smoothed importance weights.
+
+        n defaults to 4,096, or to the fit's diagnostic draws where those are more (a k-hat
+        re-estimate, `first_diagnostics`): the sample size at which the fit's k-hat was read.
 
         Returns:
           (draws, psis_result): draws is dict name -> (n, *shape); `psis_result.log_weights` are
           the normalised smoothed log weights and `psis_result.khat` the k-hat of these draws.
         """
         key = _diag.check_key(key)
-        n = check_positive_int(n, "n", 25)
+        n = self._psis_draws(n)
         zeta, ratios, _ = draws_and_log_ratios(self.model, self.family, self.params, key, n)
         return _constrain(self.model, zeta), _diag._psis_core(ratios, True)  # normalised: the shift drops out
 
-    def psis_expectation(self, fn: Callable[[dict[str, Array]], PyTree], key: Array, n: int = 4096) -> PyTree:
-        """PSIS-corrected posterior expectation E_p[fn(params)] from n draws of q.
+    def psis_expectation(self, fn: Callable[[dict[str, Array]], PyTree], key: Array, n: int | None = None) -> PyTree:
+        """PSIS-corrected posterior expectation E_p[fn(params)] from n draws of q (default as in
+        `importance_draws`).
 
         `fn` takes one dict of constrained parameters and returns an array or pytree; it is
         vmapped over the draws and averaged with self-normalised Pareto-smoothed weights.

@@ -3,6 +3,7 @@ where draws are cheap (`advi_jax.result.diagnose_confirmed`, issue 15): a noisy-
 importance weights reads low there and stops warning; a q that misses mass keeps a high k-hat and warns;
 the extra draws count in `num_logp_evals`."""
 
+import dataclasses
 import warnings
 
 import jax
@@ -125,3 +126,23 @@ def test_summary_psis_estimates_use_the_larger_sample():
     assert rows[0]["psis_mean"] > 0.5 > abs(rows[0]["mean"])
     fresh = res.summary_rows(key=jax.random.key(5), num_draws=1000)  # fresh draws: at least the 16,384
     assert fresh[0]["psis_mean"] == pytest.approx(rows[0]["psis_mean"], abs=0.05)
+
+
+def test_importance_sampling_defaults_to_the_fits_larger_sample():
+    # after a re-estimate from 16,384 draws, the weights a user asks for come from as many draws
+    family = aj.MeanFieldGaussian()
+    seed = next(s for s in range(8) if R.diagnose(BOUNDED, family, UNIT, jax.random.key(s), 4096).khat >= 0.7)
+    diag, sample, first = R.diagnose_confirmed(BOUNDED, family, UNIT, jax.random.key(seed), 4096, 16384)
+    report = R.Report(elbo=np.zeros(1), num_steps=1, num_grad_evals=1, num_logp_evals=16384, num_nonfinite=0,
+                      converged=True, stop_reason="", diagnostics=diag, diagnostic_sample=sample,
+                      first_diagnostics=first)
+    res = R.Result(BOUNDED, family, UNIT, report)
+    draws, smoothed = res.importance_draws(jax.random.key(1))
+    assert draws["z"].shape == (16384, 1) and smoothed.log_weights.shape == (16384,)
+    # the same key and count as an explicit request: the same estimate
+    key = jax.random.key(2)
+    assert float(res.psis_expectation(lambda p: p["z"][0], key)) == float(
+        res.psis_expectation(lambda p: p["z"][0], key, 16384))
+    assert res.importance_draws(key, 100)[0]["z"].shape == (100, 1)  # an explicit n is the user's
+    plain = R.Result(BOUNDED, family, UNIT, dataclasses.replace(report, diagnostics=first, first_diagnostics=None))
+    assert plain.importance_draws(key)[0]["z"].shape == (4096, 1)
