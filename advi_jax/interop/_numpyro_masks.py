@@ -6,7 +6,9 @@ where `d._validate_sample(value)` is `d.support(value)`. Inside a fit's programs
 comparison chain and a select per site, in every copy of the log density (each call site,
 batch size, `vmap`, `jvp` and transpose): 20-35% of the log density's equations on the
 benchmark suite. Where the mask is all true at every point the fit evaluates, `where(True, lp,
--inf)` is `lp` (and its gradient `lp`'s), so dropping it changes no value and no gradient:
+-inf)` is `lp` (and its gradient `lp`'s), so dropping it changes no value and no gradient
+(evaluated op by op, bit for bit; compiled, XLA fuses the smaller program differently, so values
+and gradients agree to float32 rounding, and a fit's numbers can move by that much):
 
 * a latent site is evaluated at its bijector's output, which for the elementwise supports
   (real, positive, greater_than, less_than, interval, unit_interval) lies strictly inside
@@ -22,7 +24,7 @@ benchmark suite. Where the mask is all true at every point the fit evaluates, `w
   once, on the data, when the model is built. All true: the mask is dropped. Not all true,
   where the site's distribution receives the data as they are (no `handlers.mask`): the log
   density is -inf at every point, and `from_numpyro` raises an error naming the site. Under a
-  mask (the masked-out entries may hold anything), the mask stays, as today.
+  mask (the masked-out entries may hold anything), the mask stays.
 
 Only the site's own distribution's mask goes, reached through the wrappers that hand it the
 site's value unchanged (`Independent`, `ExpandedDistribution`, `MaskedDistribution`, which

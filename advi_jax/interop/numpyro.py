@@ -26,9 +26,11 @@ independent(c, n)                         as `c`, over the whole array (elementw
 The log joint is NumPyro's own `numpyro.infer.util.log_density` at the constrained values:
 the sum of `log_prob` over every sample site, observed ones included, with plate scaling
 (`numpyro.handlers.scale`) and masks (`handlers.mask`, `obs_mask`) respected, plus
-`numpyro.factor` terms. So `model.log_joint_at(params)` equals NumPyro's `log_density`, and
-where both libraries use the same bijector `model.log_density(zeta)` equals minus NumPyro's
-`potential_energy` at the same unconstrained point.
+`numpyro.factor` terms (without NumPyro's per-site support mask where it is all true at every
+point a fit evaluates: `model.unmasked_names`, `advi_jax.interop._numpyro_masks`; data outside an
+observed site's support raise a `ValueError` naming it). So `model.log_joint_at(params)` equals
+NumPyro's `log_density`, and where both libraries use the same bijector `model.log_density(zeta)`
+equals minus NumPyro's `potential_energy` at the same unconstrained point.
 
 Array arguments (NumPy or JAX arrays anywhere inside `args`/`kwargs`) are passed as the
 model's `data` (so a jitted fit receives them as arguments rather than compile-time
@@ -530,7 +532,9 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
       ValueError: a discrete latent site, an unsupported constraint, a `numpyro.param` site,
         a subsampled plate, or a model with no latent sites (the message names the site); or
         a model that needs the concrete value of an array argument (`int(y.max())`) and so
-        cannot be compiled: pass such values as static Python arguments instead.
+        cannot be compiled: pass such values as static Python arguments instead; or data outside an
+        observed site's support, where no `handlers.mask` hides them (the log density would be -inf
+        at every point).
       MissingExtraError: numpyro is not installed (the `numpyro` extra).
 
     Example:
