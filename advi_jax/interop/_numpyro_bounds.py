@@ -70,11 +70,10 @@ def _literal_type():
     return Literal
 
 
-def _depends_on_inputs(jaxpr, inputs=None) -> list[bool]:
-    """For each output of a jaxpr, whether it depends on any of `inputs` (default: all its inputs; a
-    conservative data-flow walk: an equation's outputs all depend on any input that reaches it)."""
+def _depends_on_inputs(jaxpr) -> list[bool]:
+    """For each output of a jaxpr, whether it depends on any input (a conservative data-flow walk)."""
     literal = _literal_type()
-    reached = set(jaxpr.invars if inputs is None else inputs)
+    reached = set(jaxpr.invars)
 
     def hit(v):
         return not isinstance(v, literal) and v in reached
