@@ -26,9 +26,11 @@ independent(c, n)                         as `c`, over the whole array (elementw
 The log joint is NumPyro's own `numpyro.infer.util.log_density` at the constrained values:
 the sum of `log_prob` over every sample site, observed ones included, with plate scaling
 (`numpyro.handlers.scale`) and masks (`handlers.mask`, `obs_mask`) respected, plus
-`numpyro.factor` terms. So `model.log_joint_at(params)` equals NumPyro's `log_density`, and
-where both libraries use the same bijector `model.log_density(zeta)` equals minus NumPyro's
-`potential_energy` at the same unconstrained point.
+`numpyro.factor` terms (without NumPyro's per-site support mask where it is all true at every
+point a fit evaluates: `model.unmasked_names`, `advi_jax.interop._numpyro_masks`; data outside an
+observed site's support raise a `ValueError` naming it). So `model.log_joint_at(params)` equals
+NumPyro's `log_density`, and where both libraries use the same bijector `model.log_density(zeta)`
+equals minus NumPyro's `potential_energy` at the same unconstrained point.
 
 Array arguments (NumPy or JAX arrays anywhere inside `args`/`kwargs`) are passed as the
 model's `data` (so a jitted fit receives them as arguments rather than compile-time
@@ -91,6 +93,7 @@ from advi_jax import supports as _supports
 from advi_jax._types import Array, ArrayLike, is_concrete
 from advi_jax.flatten import Model
 from advi_jax.interop._numpyro_bounds import _bounds, _dependent_bijector, _dependent_sites, _dependent_support
+from advi_jax.interop._numpyro_masks import unmasked_sites, without_masks
 from advi_jax.supports import Support
 
 __all__ = ["NumPyroModel", "from_numpyro", "numpyro_deterministics", "support_from_constraint"]
@@ -335,28 +338,31 @@ class NumPyroModel(Model):
       observed_names: names of observed sample sites (including `numpyro.factor` sites).
       dependent_names: latent sites whose support bounds depend on other parameters or on the
         data; they are transformed with the bounds computed at each evaluation.
+      unmasked_names: sample sites whose NumPyro support mask the log density leaves out, since
+        it is all true at every point a fit evaluates (`advi_jax.interop._numpyro_masks`).
     """
 
     def __init__(self, log_joint, support, data, model_fn, arguments: _Arguments,
                  deterministic_names: tuple[str, ...], observed_names: tuple[str, ...],
-                 dependent_names: tuple[str, ...] = ()):
+                 dependent_names: tuple[str, ...] = (), unmasked_names: tuple[str, ...] = ()):
         super().__init__(log_joint, support, data=data)
         self.model_fn = model_fn
         self._arguments = arguments
         self.deterministic_names = deterministic_names
         self.observed_names = observed_names
         self.dependent_names = tuple(dependent_names)
+        self.unmasked_names = tuple(unmasked_names)
 
     def tree_flatten(self):
         children, aux = super().tree_flatten()
         return children, (aux, self.model_fn, self._arguments, self.deterministic_names, self.observed_names,
-                          self.dependent_names)
+                          self.dependent_names, self.unmasked_names)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = super().tree_unflatten(aux[0], children)
         (obj.model_fn, obj._arguments, obj.deterministic_names, obj.observed_names,
-         obj.dependent_names) = aux[1:]
+         obj.dependent_names, obj.unmasked_names) = aux[1:]
         return obj
 
     def _run(self, substitute_fn) -> dict:
@@ -479,13 +485,16 @@ def numpyro_deterministics(model: NumPyroModel, draws: Mapping[str, Array]) -> d
     return model.with_deterministics(draws)
 
 
-def _make_log_joint(model_fn: Callable, arguments: _Arguments):
+def _make_log_joint(model_fn: Callable, arguments: _Arguments, unmasked: frozenset = frozenset()):
+    """NumPyro's `log_density` of the model, without the support mask of the sites in `unmasked`
+    (`_numpyro_masks`: sites where it is all true at every point a fit evaluates)."""
     _, _, log_density = _import_numpyro()
+    run = without_masks(model_fn, unmasked)
 
     def log_joint(params: Mapping[str, Array], data: list) -> Array:
         args, kwargs = arguments.rebuild(data)
         with jax.numpy_rank_promotion("allow"):  # NumPyro relies on NumPy-style rank promotion
-            value, _ = log_density(model_fn, args, kwargs, dict(params))
+            value, _ = log_density(run, args, kwargs, dict(params))
         return jnp.asarray(value)
 
     log_joint.__doc__ = f"NumPyro log density of {getattr(model_fn, '__name__', 'model')} at constrained params."
@@ -523,7 +532,9 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
       ValueError: a discrete latent site, an unsupported constraint, a `numpyro.param` site,
         a subsampled plate, or a model with no latent sites (the message names the site); or
         a model that needs the concrete value of an array argument (`int(y.max())`) and so
-        cannot be compiled: pass such values as static Python arguments instead.
+        cannot be compiled: pass such values as static Python arguments instead; or data outside an
+        observed site's support, where no `handlers.mask` hides them (the log density would be -inf
+        at every point).
       MissingExtraError: numpyro is not installed (the `numpyro` extra).
 
     Example:
@@ -581,5 +592,8 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
     dependent = _dependent_sites(model_fn, arguments, values, [n for n in support if _bounds(tr[n]["fn"].support)])
     for name in dependent:
         support[name] = _dependent_support(support[name], tr[name]["fn"].support)
-    return NumPyroModel(log_joint, support, arguments.data, model_fn, arguments,
-                        tuple(deterministic), tuple(observed), dependent)
+    unmasked = unmasked_sites(model_fn, arguments, tr, values, dependent)
+    if unmasked:
+        log_joint = _make_log_joint(model_fn, arguments, unmasked)
+    return NumPyroModel(log_joint, support, arguments.data, model_fn, arguments, tuple(deterministic),
+                        tuple(observed), dependent, tuple(name for name in tr if name in unmasked))

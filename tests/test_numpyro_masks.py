@@ -1,0 +1,177 @@
+"""NumPyro's per-site support mask left out where it is all true (`advi_jax.interop._numpyro_masks`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import advi_jax as aj
+from advi_jax.interop import numpyro as anp
+from conftest import missing_data
+
+numpyro = pytest.importorskip("numpyro")
+dist = numpyro.distributions
+
+
+def _masked(model):
+    """The same model with every site's NumPyro mask (the log joint `from_numpyro` built before)."""
+    return anp.NumPyroModel(anp._make_log_joint(model.model_fn, model._arguments), model.support, model.data,
+                            model.model_fn, model._arguments, model.deterministic_names, model.observed_names,
+                            model.dependent_names)
+
+
+def _value_and_grad(model):
+    return jax.jit(jax.value_and_grad(lambda z: model.log_density_uncached(z)))
+
+
+def _suite_models():
+    from benchmarks.holdout import MODELS as HOLDOUT
+    from benchmarks.suite import MODELS
+
+    return {**{n: ("suite", n) for n in MODELS}, **{n: ("holdout", n) for n in HOLDOUT}}
+
+
+def _build(where, name):
+    from benchmarks.holdout import MODELS as HOLDOUT
+    from benchmarks.suite import MODELS
+
+    try:
+        return (MODELS if where == "suite" else HOLDOUT)[name]()
+    except aj.data.DataFileNotFound as err:
+        missing_data(f"the data of {name} is not found: {str(err).split(';')[0]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(_suite_models()))
+def test_suite_log_density_and_gradient_equal_the_masked_ones(name):
+    built = _build(*_suite_models()[name])
+    model = aj.from_numpyro(built.fn, *built.args)
+    masked = _masked(model)
+    assert model.unmasked_names  # every suite posterior has at least its observed site unmasked
+    rng = np.random.default_rng(0)
+    points = [rng.normal(size=model.dim) * s for s in (0.3, 1.0, 3.0)]
+    points += [np.full(model.dim, v) for v in (-1e30, -200.0, -89.0, 89.0, 200.0, 1e30)]
+    ours, theirs = _value_and_grad(model), _value_and_grad(masked)
+    for point in points:
+        (v, g), (v_masked, g_masked) = ours(jnp.asarray(point, jnp.float32)), theirs(jnp.asarray(point, jnp.float32))
+        v, g, v_masked, g_masked = (np.asarray(a, np.float64) for a in (v, g, v_masked, g_masked))
+        # The same function; XLA fuses the two programs differently, so they agree to float32 rounding.
+        # -inf where the masked one is -inf, NaN where it is NaN (both are, at 1e30 in some models)
+        assert np.isfinite(v) == np.isfinite(v_masked) and (np.isfinite(v) or v == v_masked or np.isnan(v_masked))
+        assert np.isnan(v) == np.isnan(v_masked)
+        np.testing.assert_allclose(v, v_masked, rtol=1e-6)
+        np.testing.assert_array_equal(np.isfinite(g), np.isfinite(g_masked))
+        finite = np.isfinite(g)
+        np.testing.assert_allclose(g[finite], g_masked[finite], rtol=1e-5, atol=1e-5 * np.max(np.abs(g[finite]),
+                                                                                                initial=1.0))
+
+
+def _eight_schools(y, sigma):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    with numpyro.plate("J", y.shape[0]):
+        theta = numpyro.sample("theta", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(mu + tau * theta, sigma), obs=y)
+
+
+def test_op_by_op_log_density_and_gradient_are_bit_identical():
+    y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0], np.float32)
+    sigma = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0], np.float32)
+    model = aj.from_numpyro(_eight_schools, y, sigma)
+    assert model.unmasked_names == ("mu", "tau", "theta", "y")
+    masked = _masked(model)
+    for scale in (0.3, 1.0, 3.0):
+        zeta = scale * jax.random.normal(jax.random.key(1), (model.dim,))
+        with jax.disable_jit():  # each operation on its own: where(True, lp, -inf) is lp
+            v, g = jax.value_and_grad(model.log_density_uncached)(zeta)
+            v_masked, g_masked = jax.value_and_grad(masked.log_density_uncached)(zeta)
+        assert float(v) == float(v_masked)
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(g_masked))
+    # the structure trace's jaxpr: the mask's comparisons and selects are gone
+    count = lambda m: len(jax.make_jaxpr(lambda z: m.log_density_uncached(z))(jnp.zeros(model.dim)).eqns)  # noqa: E731
+    assert count(model) < count(masked) - 10
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_elementwise_supports_stay_inside_numpyro_support_at_extreme_points(x64):
+    # A latent site is evaluated at its bijector's output: for the elementwise supports the mask is dropped
+    # because that output passes NumPyro's check at every finite point, the extremes included.
+    def model():
+        numpyro.sample("a", dist.Normal(0.0, 1.0).expand([3]))
+        numpyro.sample("b", dist.HalfNormal(1.0).expand([3]))
+        numpyro.sample("c", dist.Uniform(0.1, 0.7).expand([3]))
+        numpyro.sample("d", dist.Beta(2.0, 3.0).expand([3]))
+        numpyro.sample("e", dist.Exponential(2.0).expand([3]))
+        numpyro.sample("f", dist.Uniform(-1.0, 2.0).expand([3]).to_event(1))
+        numpyro.sample("g", dist.ImproperUniform(dist.constraints.greater_than(0.3), (), (3,)))
+        numpyro.sample("h", dist.ImproperUniform(dist.constraints.less_than(-0.3), (), (3,)))
+        numpyro.sample("i", dist.ImproperUniform(dist.constraints.softplus_positive, (), (3,)))
+
+    with jax.enable_x64(x64):
+        m = aj.from_numpyro(model)
+        assert set(m.unmasked_names) == set("abcdef")  # ImproperUniform overrides _validate_sample: kept
+        dtype = jnp.float64 if x64 else jnp.float32
+        extremes = jnp.asarray([-1e30, -1e4, -745.0, -200.0, -104.0, -88.0, -20.0, 0.0, 20.0, 88.0, 89.0, 200.0,
+                                709.0, 710.0, 1e4, 1e30], dtype)
+        handlers = numpyro.handlers
+        for value in extremes:
+            params = m.to_constrained(jnp.full(m.dim, value, dtype))
+            tr = handlers.trace(handlers.substitute(handlers.seed(model, 0), data=params)).get_trace()
+            for name in "abcdefghi":
+                inside = np.asarray(tr[name]["fn"].support(params[name]))
+                assert inside.all(), (name, float(value), params[name])
+        masked, unmasked = _value_and_grad(_masked(m)), _value_and_grad(m)
+        for value in extremes:
+            zeta = jnp.full(m.dim, value, dtype)
+            (v, g), (v_masked, g_masked) = unmasked(zeta), masked(zeta)
+            assert not np.isnan(float(v)) and (float(v) == float(v_masked) or np.isclose(v, v_masked, rtol=1e-6))
+            np.testing.assert_array_equal(np.isnan(np.asarray(g)), np.isnan(np.asarray(g_masked)))
+
+
+def test_observed_site_whose_support_depends_on_a_parameter_keeps_its_mask():
+    def model(y):
+        theta = numpyro.sample("theta", dist.Exponential(1.0))
+        with numpyro.plate("n", y.shape[0]):
+            numpyro.sample("y", dist.Uniform(0.0, theta), obs=y)
+
+    y = np.array([0.2, 0.9, 1.5], np.float32)
+    m = aj.from_numpyro(model, y)
+    assert m.unmasked_names == ("theta",)
+    # theta < max(y) = 1.5 puts data outside Uniform(0, theta): the log density is -inf there
+    assert float(m.log_density(jnp.log(jnp.asarray([1.2])))) == -np.inf
+    above = float(m.log_density(jnp.log(jnp.asarray([2.0]))))
+    np.testing.assert_allclose(above, -2.0 - 3 * np.log(2.0) + np.log(2.0), rtol=1e-6)  # prior + 3 log(1/2) + log-det
+
+
+def test_observed_data_outside_the_support_raise_naming_the_site():
+    def model(y):
+        lam = numpyro.sample("lam", dist.Exponential(1.0))
+        numpyro.sample("counts", dist.Poisson(lam), obs=y)
+
+    with pytest.raises(ValueError, match=r"observed site 'counts' has data outside the support.*flat index 2"):
+        aj.from_numpyro(model, np.array([1.0, 2.0, -1.0, 3.0]))
+    # the same data under a mask that hides the bad entry: built, that site's mask kept, the log density finite
+    def masked_model(y, keep):
+        lam = numpyro.sample("lam", dist.Exponential(1.0))
+        with numpyro.handlers.mask(mask=keep):
+            numpyro.sample("counts", dist.Poisson(lam), obs=y)
+
+    y, keep = np.array([1.0, 2.0, -1.0, 3.0]), np.array([True, True, False, True])
+    m = aj.from_numpyro(masked_model, y, keep)
+    assert m.unmasked_names == ("lam",)
+    from scipy.stats import poisson
+
+    expected = poisson.logpmf([1, 2, 3], 1.0).sum() - 1.0 + 0.0  # Exp(1) prior at 1, log-det 0 at zeta = 0
+    np.testing.assert_allclose(float(m.log_density(jnp.zeros(1))), expected, rtol=1e-6)
+
+
+def test_sites_outside_the_rule_keep_their_masks():
+    def model(y):
+        p = numpyro.sample("p", dist.Dirichlet(jnp.ones(3)))  # simplex: a tolerance check, kept
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+        b = numpyro.sample("b", dist.Uniform(0.0, s))  # bounds depend on s: kept
+        numpyro.sample("y", dist.Normal(b * p, 1.0).to_event(1), obs=y)
+
+    m = aj.from_numpyro(model, np.array([0.1, 0.2, 0.3], np.float32))
+    assert m.dependent_names == ("b",)
+    assert m.unmasked_names == ("s", "y")
