@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import advi_jax as aj
 from advi_jax.vi import _lbfgs, laplace
 
 
@@ -24,12 +25,14 @@ def test_quadratic_reaches_its_known_minimiser():
     with jax.enable_x64(True):
         h, b, x_star = _quadratic()
         h, b = jnp.asarray(h), jnp.asarray(b)
+        # gtol 1e-7: near 1e-8 the decrease left (g' H^-1 g / 2 ~ 1e-16) is below the objective's
+        # float64 rounding, where the line search stops (`stalled`).
         out = jax.jit(lambda x0: _lbfgs.minimize(lambda x: 0.5 * x @ h @ x - b @ x, x0, max_iters=200,
-                                                 gtol=1e-10))(jnp.zeros(6))
+                                                 gtol=1e-7))(jnp.zeros(6))
         assert out.x.dtype == jnp.float64
-        assert float(jnp.linalg.norm(out.grad)) <= 1e-10
+        assert float(jnp.linalg.norm(out.grad)) <= 1e-7
     assert bool(out.converged) and not bool(out.stalled)
-    np.testing.assert_allclose(np.asarray(out.x), x_star, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(np.asarray(out.x), x_star, atol=3e-7, rtol=0)
     assert int(out.num_evals) >= int(out.iterations) + 1  # the start and at least one trial per search
 
 
@@ -165,3 +168,27 @@ def test_iterate_one_pass_at_a_time_equals_minimize():
     assert int(state.iterations) == 12 == int(whole.iterations)
     assert int(state.num_evals) == int(whole.num_evals)
     np.testing.assert_allclose(np.asarray(state.x), np.asarray(whole.x), atol=1e-13, rtol=0)
+
+
+def test_the_lowrank_glm_fit_traces_its_objective_once(monkeypatch):
+    # The low-rank exact-ELBO fit's loop holds one copy of its objective (optax's L-BFGS traced
+    # it three times: the first step's evaluation and the zoom line search's two branches), and
+    # its `num_grad_evals` are the evaluations its line searches made.
+    from advi_jax.models import negbin_regression
+    from advi_jax.vi import _glm_lowrank
+
+    calls = []
+    original = _glm_lowrank.lowrank_likelihood
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_glm_lowrank, "lowrank_likelihood", counted)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(143, 2)).astype(np.float32)  # a row count no other test uses: cold caches
+    model = negbin_regression(x, rng.poisson(np.exp(0.3 * x[:, 0])).astype(np.float32))
+    res = aj.fit(model, key=jax.random.key(0), family=aj.LowRankGaussian(rank=1), method="glm_exact",
+                 progress=False, diagnostics=False, warn=False)
+    assert len(calls) == 1
+    assert res.converged and res.num_steps < res.num_grad_evals < 3 * res.num_steps + 40

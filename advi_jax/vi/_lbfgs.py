@@ -98,7 +98,7 @@ def curvature_ok(s_new: Array, y_new: Array) -> Array:
     return sy > eps * jnp.sqrt(jnp.dot(s_new, s_new) * jnp.dot(y_new, y_new))
 
 
-def line_search(value_and_grad, x, f, g, d, c1, c2, max_trials, probe=None):
+def line_search(value_and_grad, x, f, g, d, c1, c2, max_trials, probe=None, resolution=False):
     """Strong Wolfe line search on f along d: bracketing with secant steps.
 
     The next trial is the zero of the secant of the directional derivative through the bracket
@@ -109,15 +109,25 @@ def line_search(value_and_grad, x, f, g, d, c1, c2, max_trials, probe=None):
     trial) and returns it with f and g there (a minimiser's start), so that the start and the line
     searches share one value-and-gradient call site (one copy of the objective in the program).
 
+    `resolution`: after the first trial, also stop when the next trial's predicted decrease
+    t |f'(0)| is below the objective's rounding, eps (1 + |f|): there Armijo is decided by
+    rounding, and a search at a float32 minimum would otherwise spend all `max_trials`
+    evaluations finding nothing. (The first trial, the quasi-Newton step, is always made.)
+
     Returns (found, x_new, f_new, g_new, trials): `found` is False when no Armijo point was
-    met; a point meeting Armijo but not the curvature condition is returned after `max_trials`.
+    met; a point meeting Armijo but not the curvature condition is returned after `max_trials`
+    (or when `resolution` stops the search).
     """
     slope = jnp.dot(g, d)
     dtype = x.dtype
     inf = jnp.asarray(jnp.inf, dtype)
+    floor = jnp.finfo(dtype).eps * (1.0 + jnp.abs(f))
 
     def cond(c):
-        return ~c[0] & (c[-1] < max_trials)
+        going = ~c[0] & (c[-1] < max_trials)
+        if resolution:
+            going = going & ~((c[-1] > 0) & (-c[1] * slope <= floor))
+        return going
 
     def body(c):
         _, t, lo, dlo, hi, dhi, _, _, _, x_lo, f_lo, g_lo, n = c
@@ -220,7 +230,8 @@ def iterate(value_and_grad: Callable, state: State, c1: float = 1e-4, c2: float 
     probing = ~state.started
     d = direction(state.g, state.s, state.y, state.n_valid)
     found, x_new, f_new, g_new, trials = line_search(
-        value_and_grad, state.x, state.f, state.g, d, c1, c2, max_line_search, probe=(probing, state.x))
+        value_and_grad, state.x, state.f, state.g, d, c1, c2, max_line_search, probe=(probing, state.x),
+        resolution=True)
     evals = state.num_evals + trials
     # The start's pass: x stays, f and g are its.
     start_ok = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new))
@@ -267,7 +278,11 @@ def minimize(fun: Callable, x0: Array, *, max_iters: int, gtol: float, ftol: flo
     """Minimise fun: (K,) -> scalar from x0 by L-BFGS (jit- and vmap-friendly; fun traced once).
 
     Stops when ||grad||_2 <= gtol, when |f_prev - f| <= ftol (1 + |f|) after an iteration, when
-    no decrease is found (`Result.stalled`), or after `max_iters` iterations.
+    no decrease is found (`Result.stalled`), or after `max_iters` iterations. The line search
+    gives up once the decrease it could still find is below the objective's rounding
+    (`line_search(resolution=True)`), so a `gtol` much below sqrt(eps |f| lambda_max) ends
+    `stalled` there rather than `converged` (a float32 objective at its minimum costs a few
+    evaluations, not 2 `max_line_search`).
 
     Args:
       fun: the objective (a closure may hold traced data).
