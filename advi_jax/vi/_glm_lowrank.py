@@ -20,8 +20,9 @@ factor (at B = 0 the gradient in B vanishes: a saddle). Convergence: the ELBO ch
 `max(rtol, 10 eps)` relative and the gradient's largest entry is below max(1e3 `tol`, 1e-3) (1e-2
 in float32: L-BFGS on a float32 objective stalls at its rounding), or the ELBO stopped changing
 twice, or no decrease was found even along steepest descent (`_lbfgs.State.failed`).
-Measured (with optax's L-BFGS, before `_lbfgs`): with rank >= K - 1 (which represents every covariance: S = lambda_min I + B B')
-the optimum matches the full-rank one (tests/test_glm_lowrank.py: means within 0.002 sd, sds 0.4%);
+Measured (with optax's L-BFGS, before `_lbfgs`): with rank >= K - 1 (which represents every
+covariance: S = lambda_min I + B B') the optimum matches the full-rank one
+(tests/test_glm_lowrank.py: means within 0.002 sd, sds 0.4%);
 but L-BFGS is slower than the full-rank Newton / fixed-point update: 20-50 iterations (~2 gradient
 evaluations each) in float32 on K = 5, and a few hundred in float64 on a negative binomial with
 rank 2 (after 100 iterations the ELBO was 1.3e-3 below its limit), so pass a larger `num_steps`.

@@ -243,8 +243,8 @@ def iterate(value_and_grad: Callable, state: State, c1: float = 1e-4, c2: float 
     n_valid = jnp.where(found, n_valid, 0)
     stepped = state._replace(
         x=jnp.where(found, x_new, state.x), f=jnp.where(found, f_new, state.f), g=jnp.where(found, g_new, state.g),
-        f_prev=jnp.where(found, state.f, jnp.nan), s=s, y=y, n_valid=n_valid, iterations=state.iterations + 1, num_evals=evals,
-        failed=~found & (state.n_valid == 0))
+        f_prev=jnp.where(found, state.f, jnp.nan), s=s, y=y, n_valid=n_valid, iterations=state.iterations + 1,
+        num_evals=evals, failed=~found & (state.n_valid == 0))
     return jax.tree_util.tree_map(lambda a, b: jnp.where(probing, a, b), probed, stepped)
 
 

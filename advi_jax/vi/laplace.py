@@ -9,9 +9,9 @@ Two uses:
   mapped back exactly by the family's `transform` (families with `affine_closed = True`);
 * as a one-shot METHOD (`aj.fit(method="laplace")`): q = N(mode, L0 L0^T), done in one step.
 
-Cost: the L-BFGS iterations (`_lbfgs.minimize`; typically 10-50 gradients of the log density) plus a K x K Hessian
-(about K gradient evaluations, counted as 2K: one forward-over-reverse pass per column), so it
-suits K up to a few thousand.
+Cost: the L-BFGS iterations (`_lbfgs.minimize`; typically 10-50 gradients of the log density)
+plus a K x K Hessian (about K gradient evaluations, counted as 2K: one forward-over-reverse pass
+per column), so it suits K up to a few thousand.
 
 Example:
   >>> import jax.numpy as jnp, advi_jax as aj
@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
 from advi_jax import compile_options
 from advi_jax._types import Array, ArrayLike, check_positive_int
 from advi_jax.base import Family, LogDensity, VIAlgorithm, step_info
