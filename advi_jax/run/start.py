@@ -95,7 +95,7 @@ class Start(NamedTuple):
     def num_grad_evals(self) -> int:
         """Gradient evaluations the start itself used (Laplace: L-BFGS + 2K for the Hessian)."""
         if self.laplace is not None:
-            return int(self.laplace.iterations) + 2 + 2 * int(self.loc.shape[0]) + self.tries
+            return int(self.laplace.num_grad_evals) + 2 * int(self.loc.shape[0]) + self.tries
         grads = int(self.pathfinder.num_grad_evals) if self.pathfinder is not None else 0
         return grads + (int(self.bam.num_grad_evals) if self.bam is not None else 0) + self.tries
 

@@ -9,16 +9,20 @@ cancellation) is available in O(N D r) per evaluation, with the entropy from the
 lemma (`LowRankGaussian.entropy`).
 
 Optimiser. For low-rank q the natural-gradient fixed point S^{-1} = H of the full-rank update has
-no closed-form projection onto D + B B', so one `step` is one L-BFGS iteration (optax, zoom line
-search) on -ELBO over (m, softplus^{-1}(d), B), with gradients by autodiff of the deterministic
-objective: X is read in the forward and the backward pass (the XLA path, not the one-read blocked
-pass of the full-rank update; no native kernel). `num_grad_evals` counts the value-and-gradient
-evaluations of the iteration (1 + line-search steps). B starts from the family's small random
+no closed-form projection onto D + B B', so one `step` is one L-BFGS iteration (`_lbfgs`: history
+`HISTORY`, a strong Wolfe line search whose one value-and-gradient call also evaluates the start,
+so the program holds one copy of the objective) on -ELBO over (m, softplus^{-1}(d), B), with
+gradients by autodiff of the deterministic objective: X is read in the forward and the backward
+pass (the XLA path, not the one-read blocked pass of the full-rank update; no native kernel).
+`num_grad_evals` counts the value-and-gradient evaluations of the step (the line search's trials,
+and the start's evaluation in the first step). B starts from the family's small random
 factor (at B = 0 the gradient in B vanishes: a saddle). Convergence: the ELBO changed by less than
 `max(rtol, 10 eps)` relative and the gradient's largest entry is below max(1e3 `tol`, 1e-3) (1e-2
 in float32: L-BFGS on a float32 objective stalls at its rounding), or the ELBO stopped changing
-twice. Measured: with rank >= K - 1 (which represents every covariance: S = lambda_min I + B B')
-the optimum matches the full-rank one (tests/test_glm_lowrank.py: means within 0.002 sd, sds 0.4%);
+twice, or no decrease was found even along steepest descent (`_lbfgs.State.failed`).
+Measured (with optax's L-BFGS, before `_lbfgs`): with rank >= K - 1 (which represents every
+covariance: S = lambda_min I + B B') the optimum matches the full-rank one
+(tests/test_glm_lowrank.py: means within 0.002 sd, sds 0.4%);
 but L-BFGS is slower than the full-rank Newton / fixed-point update: 20-50 iterations (~2 gradient
 evaluations each) in float32 on K = 5, and a few hundred in float64 on a negative binomial with
 rank 2 (after 100 iterations the ELBO was 1.3e-3 below its limit), so pass a larger `num_steps`.
@@ -30,12 +34,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import LowRankParams
-from advi_jax.vi import _glm_native
+from advi_jax.vi import _glm_native, _lbfgs
+
+HISTORY = 10  # L-BFGS pairs kept (optax's default, which this fit used before)
+MAX_LINE_SEARCH = 20  # trials per line search
 
 
 def lowrank_likelihood(layout, data, m: Array, d: Array, b: Array, num_nodes=None, constant: bool = True) -> Array:
@@ -72,19 +78,16 @@ def lowrank_likelihood(layout, data, m: Array, d: Array, b: Array, num_nodes=Non
 
 
 class LowRankState(NamedTuple):
-    """L-BFGS state over the flat (m, raw_diag, B) and the last two objective values; `constant` is the
-    likelihood's data-only part (`glm_exact.GLMExactState.constant`), summed once in `init` and added to
-    every evaluation of the objective (whose per-row terms leave it out); `grad_max` the largest entry of
-    the objective's gradient at `theta` (the line search's last gradient; NaN before the first step),
-    which `extras` reports without differentiating the objective again."""
+    """The L-BFGS state over the flat (m, raw_diag, B) (`_lbfgs.State`: point, objective, gradient,
+    history, evaluation count) and the last two ELBO values; `constant` is the likelihood's data-only
+    part (`glm_exact.GLMExactState.constant`), summed once in `init` and added to every evaluation
+    of the objective (whose per-row terms leave it out)."""
 
-    theta: Array
-    opt_state: optax.OptState
+    opt: _lbfgs.State
     elbo: Array
     previous: Array
     stalls: Array
     constant: Array
-    grad_max: Array
 
 
 def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
@@ -110,51 +113,46 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         log_det_sd = 0.5 * family._log_det(p)[0]
         return -(lik + prior_and_entropy(layout, p.loc, var_diag, log_det_sd))
 
-    solver = optax.lbfgs()
-
     def init(key, loc):
         p = family.init(key, k, loc=jnp.asarray(loc, dtype), scale=options.init_scale, dtype=dtype)
         theta = jnp.concatenate([p.loc, p.raw_diag, p.factor.reshape(-1)])
         theta = _glm_lik.nan_if_stale(layout, data, theta)  # a stale distinct-count table: NaN, not wrong
-        inf = jnp.asarray(-jnp.inf, dtype)
+        inf = jnp.full((), -jnp.inf, dtype)
         constant = _glm_native.data_constant(layout.kind, data["y"], dtype, options.kernel)
-        # optax's initial state has weak-typed scalars (`jnp.asarray(0)`, `jnp.asarray(jnp.inf)`); the
-        # loop compiled ahead from abstract arguments (`advi_jax.run.ahead`) sees them strong, so the
-        # fit's own call missed that program and compiled the loop a second time. Strong types here.
-        opt_state = jax.tree.map(lambda a: jax.lax.convert_element_type(a, a.dtype), solver.init(theta))
-        nan = jnp.asarray(jnp.nan, dtype)
-        return LowRankState(theta, opt_state, inf, inf, jnp.zeros((), jnp.int32), constant, nan)
+        # `_lbfgs.init`'s leaves are strong-typed: the loop compiled ahead from abstract arguments
+        # (`advi_jax.run.ahead`) is then the one the fit's own call finds (optax's weak-typed
+        # initial scalars made it compile the loop twice).
+        return LowRankState(_lbfgs.init(theta, HISTORY), inf, inf, jnp.zeros((), jnp.int32), constant)
 
     def step(key, state: LowRankState):
         del key
 
-        def value_fn(theta):
-            return objective(theta, state.constant)
+        def value_and_grad(theta):
+            return jax.value_and_grad(objective)(theta, state.constant)
 
-        value, grad = optax.value_and_grad_from_state(value_fn)(state.theta, state=state.opt_state)
-        updates, opt_state = solver.update(grad, state.opt_state, state.theta, value=value, grad=grad,
-                                           value_fn=value_fn)
-        theta = state.theta + updates
-        new_value = optax.tree_utils.tree_get(opt_state, "value")
-        searches = optax.tree_utils.tree_get(opt_state, "num_linesearch_steps")
-        elbo = -new_value
-        ok = jnp.isfinite(elbo) & jnp.all(jnp.isfinite(theta))
+        # One L-BFGS iteration; the first step evaluates the start first, through the line search's
+        # own call (one copy of the objective in the program).
+        opt = jax.lax.while_loop(lambda s: (s.iterations == state.opt.iterations) & ~s.failed,
+                                 lambda s: _lbfgs.iterate(value_and_grad, s, max_line_search=MAX_LINE_SEARCH),
+                                 state.opt)
+        value = jnp.where(state.opt.started, state.opt.f, opt.f_start)  # before the iteration
+        elbo = -opt.f
+        ok = jnp.isfinite(elbo)
         change = jnp.abs(elbo + value) / (1.0 + jnp.abs(elbo))
         stalls = jnp.where(change <= eps, state.stalls + 1, 0)
-        small = (change <= max(options.rtol, 10 * eps)) & (jnp.max(jnp.abs(grad)) <= gtol)
-        # The line search's last gradient is the one at the accepted theta (what `extras` reports).
-        grad_max = jnp.max(jnp.abs(optax.tree_utils.tree_get(opt_state, "grad")))
-        nxt = LowRankState(jnp.where(ok, theta, state.theta), opt_state, jnp.where(ok, elbo, state.elbo),
-                           -value, stalls, state.constant, jnp.where(ok, grad_max, state.grad_max))
-        converged = ok & (small | (stalls >= 2))
-        return nxt, step_info(nxt.elbo, ok, 1 + searches, 0, converged)
+        small = (change <= max(options.rtol, 10 * eps)) & (jnp.max(jnp.abs(opt.g)) <= gtol)
+        nxt = LowRankState(opt, jnp.where(ok, elbo, state.elbo), -value, stalls, state.constant)
+        converged = ok & (small | (stalls >= 2) | opt.failed)
+        return nxt, step_info(nxt.elbo, ok, opt.num_evals - state.opt.num_evals, 0, converged)
 
     def params(state: LowRankState):
-        return unflatten(state.theta)
+        return unflatten(state.opt.x)
 
     def extras(state: LowRankState) -> dict:
-        # From the state: a fresh jax.grad here made `single.finish` compile another copy of the
-        # objective's gradient (2-11 s of the first call, measured).
-        return {"grad_max": state.grad_max}
+        # The gradient L-BFGS holds at the result (its last accepted line-search point): a fresh
+        # jax.grad here made `single.finish` compile another copy of the objective's gradient
+        # (2-11 s of the first call, measured). NaN before the first step.
+        g = state.opt.g
+        return {"grad_max": jnp.where(state.opt.started, jnp.max(jnp.abs(g)), jnp.nan).astype(g.dtype)}
 
     return VIAlgorithm(init, step, params, extras)

@@ -63,6 +63,7 @@ from advi_jax._types import Array, check_positive_int
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.diagnostics import _psis_core
 from advi_jax.families import Family, FullRankParams, MeanFieldParams, _softplus_inverse
+from advi_jax.vi import _lbfgs
 from advi_jax.vi._start_point import PathStart, _finite as _finite_point, jitter_factors, tried_points
 
 __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "Approximation",
@@ -227,33 +228,8 @@ def _variance(approx: Approximation) -> Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# L-BFGS
-
-
-def _two_loop(grad: Array, s: Array, y: Array, valid: Array) -> Array:
-    """H grad by the L-BFGS two-loop recursion (newest pair last, invalid pairs skipped)."""
-    m = s.shape[0]
-    sy = jnp.sum(s * y, axis=1)
-    rho = jnp.where(valid, 1.0 / jnp.where(valid, sy, 1.0), 0.0)
-
-    def backward(q, i):
-        a = rho[i] * jnp.dot(s[i], q)
-        return q - a * y[i], a
-
-    q, a_rev = jax.lax.scan(backward, grad, jnp.arange(m - 1, -1, -1))
-    a = a_rev[::-1]
-    yy = jnp.sum(y[-1] * y[-1])
-    gnorm = jnp.sqrt(jnp.sum(grad * grad))
-    first = jnp.minimum(1.0, 1.0 / jnp.maximum(gnorm, jnp.finfo(grad.dtype).tiny))
-    h0 = jnp.where(valid[-1], sy[-1] / jnp.where(valid[-1], yy, 1.0), first)
-    r = h0 * q
-
-    def forward(r, i):
-        b = rho[i] * jnp.dot(y[i], r)
-        return r + s[i] * (a[i] - b), None
-
-    r, _ = jax.lax.scan(forward, r, jnp.arange(m))
-    return r
+# L-BFGS: the direction, the line search and the history update are the library's (`_lbfgs`);
+# the path's own loop adds the diagonal estimate, a Gaussian and its ELBO at every iterate.
 
 
 def _update_alpha(alpha: Array, s: Array, y: Array) -> Array:
@@ -265,74 +241,6 @@ def _update_alpha(alpha: Array, s: Array, y: Array) -> Array:
     new = 1.0 / inv
     ok = jnp.all(jnp.isfinite(new) & (new > 0))
     return jnp.where(ok, new, alpha)
-
-
-def _line_search(value_and_grad, x, f, g, d, c1, c2, max_trials, probe=None):
-    """Strong Wolfe line search on f = -log p along d: bracketing with secant steps.
-
-    The next trial is the zero of the secant of the directional derivative through the bracket
-    ends (safeguarded; bisection when the derivative is not increasing), so on a quadratic the
-    second trial is the exact minimiser along d. Trials start at t = 1.
-
-    `probe`: None, or (flag, point): where `flag` is true the search evaluates `point` only (one
-    trial) and returns it with f and g there (the path's start, `lbfgs_path`), so that the path's
-    start and its line searches share one value-and-gradient call site (one copy of the log
-    density in the program: ~0.5 s of compile CPU on radon_noncentered, K = 90).
-
-    Returns (found, x_new, f_new, g_new, trials): `found` is False when no Armijo point was
-    met; a point meeting Armijo but not the curvature condition is returned after `max_trials`.
-    """
-    slope = jnp.dot(g, d)
-    dtype = x.dtype
-    inf = jnp.asarray(jnp.inf, dtype)
-
-    def cond(c):
-        return ~c[0] & (c[-1] < max_trials)
-
-    def body(c):
-        _, t, lo, dlo, hi, dhi, _, _, _, x_lo, f_lo, g_lo, n = c
-        x_t = x + t * d
-        if probe is not None:
-            x_t = jnp.where(probe[0], probe[1], x_t)
-        f_t, g_t = value_and_grad(x_t)
-        d_t = jnp.dot(g_t, d)
-        finite = jnp.isfinite(f_t) & jnp.all(jnp.isfinite(g_t))
-        armijo = finite & (f_t <= f + c1 * t * slope)
-        done = armijo & (jnp.abs(d_t) <= -c2 * slope)
-        if probe is not None:
-            done = done | probe[0]
-        # New bracket: [lo, hi] with f'(lo) < 0; hi is where Armijo failed or f' turned positive.
-        to_hi = ~armijo | (d_t > 0)
-        lo_new = jnp.where(to_hi, lo, t)
-        dlo_new = jnp.where(to_hi, dlo, d_t)
-        hi_new = jnp.where(to_hi, t, hi)
-        dhi_new = jnp.where(to_hi, jnp.where(finite, d_t, -inf), dhi)
-        bracketed = jnp.isfinite(hi_new)
-        denom = dhi_new - dlo_new
-        secant = lo_new - dlo_new * (hi_new - lo_new) / jnp.where(denom > 0, denom, 1.0)
-        width = hi_new - lo_new
-        inside = jnp.clip(secant, lo_new + 0.01 * width, hi_new - 0.01 * width)
-        t_in = jnp.where((denom > 0) & (dhi_new > 0) & jnp.isfinite(secant), inside, lo_new + 0.5 * width)
-        # Not bracketed yet: extrapolate by the secant through (lo_prev, t), within [1.5 t, 10 t].
-        grow = d_t - dlo
-        extra = t - d_t * (t - lo) / jnp.where(grow > 0, grow, 1.0)
-        t_out = jnp.where((grow > 0) & jnp.isfinite(extra), jnp.clip(extra, 1.5 * t, 10.0 * t), 4.0 * t)
-        t_new = jnp.where(bracketed, t_in, t_out)
-        x_lo = jnp.where(armijo & ~to_hi, x_t, x_lo)
-        f_lo = jnp.where(armijo & ~to_hi, f_t, f_lo)
-        g_lo = jnp.where(armijo & ~to_hi, g_t, g_lo)
-        return done, t_new, lo_new, dlo_new, hi_new, dhi_new, x_t, f_t, g_t, x_lo, f_lo, g_lo, n + 1
-
-    one = jnp.asarray(1.0, dtype)
-    zero = jnp.asarray(0.0, dtype)
-    init = (jnp.asarray(False), one, zero, slope, inf, inf, x, f, g, x, f, g, jnp.asarray(0, jnp.int32))
-    out = jax.lax.while_loop(cond, body, init)
-    found_wolfe, _, lo, _, _, _, x_t, f_t, g_t, x_lo, f_lo, g_lo, n = out
-    found = found_wolfe | (lo > 0)
-    x_new = jnp.where(found_wolfe, x_t, x_lo)
-    f_new = jnp.where(found_wolfe, f_t, f_lo)
-    g_new = jnp.where(found_wolfe, g_t, g_lo)
-    return found & (slope < 0), x_new, f_new, g_new, n
 
 
 def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Array | None = None,
@@ -389,10 +297,8 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
 
     def body(c):
         probing = ~c["started"]
-        valid = jnp.arange(m) >= m - c["n_valid"]
-        d = -_two_loop(c["g"], c["s"], c["y"], valid)
-        d = jnp.where(jnp.dot(d, c["g"]) < 0, d, -c["g"])
-        found, x_new, f_new, g_new, trials = _line_search(
+        d = _lbfgs.direction(c["g"], c["s"], c["y"], c["n_valid"])
+        found, x_new, f_new, g_new, trials = _lbfgs.line_search(
             value_and_grad, c["x"], c["f"], c["g"], d, 1e-4, options.wolfe_c2, options.max_line_search,
             probe=(probing, point_at(c["tries"])))
         # A pass that tried a start point: where it stands, and whether the path may begin there.
@@ -405,11 +311,11 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
         # An L-BFGS iteration.
         found = found & ~probing
         s_new, y_new = x_new - c["x"], g_new - c["g"]
+        # The paper's pair test, s'y > eps y'y (not `_lbfgs.curvature_ok`'s scale-free one): it also
+        # bounds the inverse-Hessian estimate, hence q's covariance, by 1/eps along y.
         sy, yy = jnp.dot(s_new, y_new), jnp.dot(y_new, y_new)
         accept = found & (sy > eps * yy) & (sy > 0)
-        s_hist = jnp.where(accept, jnp.roll(c["s"], -1, axis=0).at[-1].set(s_new), c["s"])
-        y_hist = jnp.where(accept, jnp.roll(c["y"], -1, axis=0).at[-1].set(y_new), c["y"])
-        n_valid = jnp.where(accept, jnp.minimum(c["n_valid"] + 1, m), c["n_valid"])
+        s_hist, y_hist, n_valid = _lbfgs.push(c["s"], c["y"], c["n_valid"], s_new, y_new, accept)
         alpha = jnp.where(accept, _update_alpha(c["alpha"], s_new, y_new), c["alpha"])
         valid = jnp.arange(m) >= m - n_valid
         approx = _approximation(x_new, g_new, s_hist, y_hist, valid, alpha)
