@@ -152,9 +152,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 MAX_WORKERS = 4
 """`-n auto` (pyproject.toml's default) starts one worker per CPU this process may use, at most this
-many. Each worker is a JAX process (~0.6-1 GB resident at its peak in this suite); the suite's time
-is mostly single-threaded XLA compilation, so a worker per core is what speeds it up, and beyond a
-few the longest test file bounds the wall time anyway."""
+many. Each worker is a JAX process (up to ~2 GB resident in this suite, the same as one serial
+run's); the suite's time is mostly single-threaded XLA compilation, so a worker per core is what
+speeds it up, and more than a few would hold more memory than a small machine has."""
 
 
 class _Xdist:
