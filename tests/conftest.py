@@ -119,22 +119,74 @@ def _release_compiled_programs():
     jax.clear_caches()
 
 
-def _notebook_module(session):
-    for item in session.items:
-        if item.path.name == "test_notebooks.py":
-            return item.module
-    return None
+def _selected_notebooks(nodeids) -> set:
+    """The notebooks whose test_notebooks.py tests are among `nodeids` (their parameter ids)."""
+    prefix = "test_notebook_runs["
+    names = set()
+    for nodeid in nodeids:
+        module, _, name = nodeid.partition("::")
+        if module.endswith("test_notebooks.py") and name.startswith(prefix) and name.endswith("]"):
+            names.add(name[len(prefix):-1])
+    return names
 
 
 def pytest_collection_finish(session):
-    """Start the notebook runs now, when their tests are selected (tests/test_notebooks.py)."""
-    module = _notebook_module(session)
-    if module is not None and not session.config.option.collectonly:
-        module.start_runs()
+    """Start the runs of the selected notebooks now (tests/_notebook_runs.py), in a plain run.
+
+    Under pytest-xdist every worker collects; there the controller starts them (`_Xdist`)."""
+    if hasattr(session.config, "workerinput") or session.config.option.collectonly:
+        return
+    names = _selected_notebooks(item.nodeid for item in session.items)
+    if names:
+        import _notebook_runs
+
+        _notebook_runs.start_runs(names)
 
 
 def pytest_sessionfinish(session, exitstatus):
     """No notebook run outlives the session (e.g. after -x stopped it before their module)."""
-    module = _notebook_module(session)
-    if module is not None:
-        module.stop_runs()
+    import _notebook_runs
+
+    _notebook_runs.stop_runs()
+
+
+MAX_WORKERS = 4
+"""`-n auto` (pyproject.toml's default) starts one worker per CPU this process may use, at most this
+many. Each worker is a JAX process (up to ~2 GB resident in this suite, the same as one serial
+run's); the suite's time is mostly single-threaded XLA compilation, so a worker per core is what
+speeds it up, and more than a few would hold more memory than a small machine has."""
+
+
+class _Xdist:
+    """pytest-xdist's hooks (registered only when the plugin is installed and enabled)."""
+
+    def pytest_xdist_auto_num_workers(self, config):
+        """Workers for `-n auto`: the CPUs available to this process, at most `MAX_WORKERS`; none
+        (a plain run) on one CPU. `PYTEST_XDIST_AUTO_NUM_WORKERS` overrides it (xdist reads it)."""
+        if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+            return None
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+        return min(cpus, MAX_WORKERS) if cpus > 1 else 0
+
+    def pytest_configure_node(self, node):
+        """(Controller) every worker is told the folder of the notebook runs (tests/_notebook_runs.py)."""
+        import _notebook_runs
+
+        node.workerinput[_notebook_runs.WORKER_KEY] = str(_notebook_runs.folder())
+
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        """(Controller) the first worker to finish collecting says which notebooks are selected."""
+        names = _selected_notebooks(ids)
+        if names:
+            import _notebook_runs
+
+            _notebook_runs.start_runs(names)
+
+
+def pytest_addoption(parser, pluginmanager):
+    # Here, not in pytest_configure: `-n auto` asks for the worker count before that.
+    if pluginmanager.hasplugin("xdist"):
+        pluginmanager.register(_Xdist(), "advi_jax_xdist")

@@ -5,14 +5,17 @@ import subprocess
 import sys
 
 from advi_jax.compilation_cache import _prune
+from conftest import FAST_XLA_FLAGS, fast_xla
 
 PROBE = ("import jax; from advi_jax.cli import enable_compilation_cache as e; f = e(); "
          "print(f, jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)")
 
 
 def _probe(tmp_path, **env):
+    # ADVI_JAX_NATIVE=0: importing advi_jax with an empty cache folder would start a build of the native
+    # GLM kernel into it (detached, ~40 CPU-s) that nothing here uses; the folder does not depend on it.
     full = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "ADVI_JAX_COMPILATION_CACHE")}
-    full.update(ADVI_JAX_CACHE_DIR=str(tmp_path), JAX_PLATFORMS="cpu", **env)
+    full.update(ADVI_JAX_CACHE_DIR=str(tmp_path), JAX_PLATFORMS="cpu", ADVI_JAX_NATIVE="0", **env)
     out = subprocess.run([sys.executable, "-c", PROBE], env=full, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
@@ -58,6 +61,8 @@ def test_enable_compilation_cache_lets_a_new_process_load_what_an_earlier_one_co
     folder = str(tmp_path / "xla")
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "ADVI_JAX_COMPILATION_CACHE")}
     env["JAX_PLATFORMS"] = "cpu"
+    if fast_xla():  # the suite's compile options (tests/conftest.py); both processes use the same ones
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_XLA_FLAGS).strip()
     runs = []
     for _ in range(2):
         out = subprocess.run([sys.executable, "-c", FIT, folder], env=env, capture_output=True, text=True, timeout=300)
