@@ -66,19 +66,11 @@ def test_suite_log_density_and_gradient_equal_the_masked_ones(name):
                                                                                                 initial=1.0))
 
 
-def _eight_schools(y, sigma):
-    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-    with numpyro.plate("J", y.shape[0]):
-        theta = numpyro.sample("theta", dist.Normal(0.0, 1.0))
-        numpyro.sample("y", dist.Normal(mu + tau * theta, sigma), obs=y)
-
-
 def test_op_by_op_log_density_and_gradient_are_bit_identical():
-    y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0], np.float32)
-    sigma = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0], np.float32)
-    model = aj.from_numpyro(_eight_schools, y, sigma)
-    assert model.unmasked_names == ("mu", "tau", "theta", "y")
+    from benchmarks.suite import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, eight_schools_noncentered
+
+    model = aj.from_numpyro(eight_schools_noncentered, EIGHT_SCHOOLS_Y, EIGHT_SCHOOLS_SIGMA)
+    assert model.unmasked_names == ("mu", "tau", "theta_tilde", "y")
     masked = _masked(model)
     for scale in (0.3, 1.0, 3.0):
         zeta = scale * jax.random.normal(jax.random.key(1), (model.dim,))
