@@ -20,8 +20,6 @@ model structure, family and S (`draws_and_log_ratios`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
@@ -29,7 +27,7 @@ from advi_jax import compile_options
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
 
-__all__ = ["sampling_key", "centred_log_ratios", "log_ratios", "draws_and_log_ratios", "compile_ahead", "lower_ahead",
+__all__ = ["sampling_key", "centred_log_ratios", "log_ratios", "draws_and_log_ratios", "compile_ahead",
            "AHEAD_COMPILE_SHARE", "FULL_EXTRA_COMPILE_SECONDS_PER_EQN"]
 
 _GOLDEN = 0x9E3779B9
@@ -143,15 +141,6 @@ def compile_ahead(model, family: Family, params: PyTree, key: Array, num_draws: 
       >>> importance.compile_ahead(model, family, params, jax.random.key(0), 128) in ("fast", "full")
       True
     """
-    mode, lowered = lower_ahead(model, family, params, key, num_draws)
-    lowered.compile()
-    return mode
-
-
-def lower_ahead(model, family: Family, params: PyTree, key: Array, num_draws: int) -> tuple[str, Any]:
-    """`compile_ahead`'s choice of options (pinned where "full") and the program lowered with them,
-    not yet compiled: (mode, `jax.stages.Lowered`). A fit's background thread compiles it; the
-    tracing and lowering may run on another thread (`advi_jax.run.ahead.SHARED`)."""
     args = (model, family, params, key, num_draws)
     mode = compile_options.compile_mode(model, num_draws)
     if mode == "fast" and compile_options.forced_mode() is None:  # "fast" only on CPU
@@ -160,4 +149,5 @@ def lower_ahead(model, family: Family, params: PyTree, key: Array, num_draws: in
         if compile_options.fast_extra_seconds(cost) >= AHEAD_COMPILE_SHARE * full_extra_compile:
             mode = "full"
             draws_and_log_ratios.pin(mode, *args)
-    return mode, draws_and_log_ratios.lower(*args)
+    draws_and_log_ratios.lower(*args).compile()
+    return mode

@@ -134,52 +134,6 @@ def test_ahead_runs_jobs_in_order_and_passes_an_interrupt_to_the_waiting_thread(
 
 
 
-def test_a_waiting_caller_runs_the_ready_shared_jobs_and_the_thread_the_rest():
-    import threading
-
-    gate = threading.Event()  # holds the thread inside its "compile" until the caller has helped
-    ran = {}
-
-    def job(name, value=None, reads=None, hold=False):
-        def run(done):
-            ran[name] = threading.current_thread().name
-            if hold:
-                assert gate.wait(10)
-            done[name] = value if reads is None else done[reads] + value
-        return run
-
-    jobs = [("lowered", job("lowered", 1)),
-            ("compiled", job("compiled", hold=True), ahead.COMPILE),
-            ("later", job("later", 10, reads="lowered"), ahead.SHARED),
-            ("later_compiled", job("later_compiled"), ahead.COMPILE),
-            ("last", job("last", 100, reads="later"), ahead.SHARED),
-            ("own", job("own", 5))]  # the thread's own: the caller never runs it
-    runner = ahead.Ahead(jobs, name="test-ahead")
-    assert runner.wait("lowered") == 1
-    # Waiting for "compiled" (the thread holds in it), the caller runs the shared jobs after it
-    # whose inputs are ready, skipping the compile between them; not the thread's own job.
-    waiter = threading.Thread(target=lambda: ran.setdefault("waited", runner.wait("compiled")), name="caller")
-    waiter.start()
-    while "last" not in ran:
-        assert waiter.is_alive()
-        threading.Event().wait(0.01)
-    gate.set()
-    waiter.join(10)
-    assert runner.wait("own") == 5 and runner.wait("last") == 111 and runner.wait("later_compiled") is None
-    assert ran["later"] == ran["last"] == "caller"
-    assert ran["lowered"] == ran["compiled"] == ran["later_compiled"] == ran["own"] == "test-ahead"
-    runner.close()
-
-    def failing(done):
-        raise ValueError("the fit's own call raises this again")
-
-    stopped = ahead.Ahead([("a", lambda done: done.update(a=1)), ("b", failing, ahead.SHARED),
-                           ("c", lambda done: done.update(c=3))])
-    assert stopped.wait("b") is None  # failed on the caller (or the thread): nothing raised, the jobs end
-    assert stopped.wait("c") is None
-    stopped.close()
-
-
 def test_background_compile_follows_the_callers_x64_mode(key):
     before = _sizes()
     with jax.enable_x64(True):  # a thread-local setting: the thread must compile in the caller's mode

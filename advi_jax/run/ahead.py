@@ -18,10 +18,7 @@ agree with the fast code's to float32 rounding.
 The background thread waits until the main thread has traced and lowered the start (`release`),
 so the two threads' Python work (tracing and lowering, which hold the GIL) does not interleave
 with it. The main thread waits (`wait(name)`) for a program before it calls it, so a call never
-compiles a program the thread is compiling. While it waits (for the loop's compile, typically),
-the main thread itself traces and lowers the later programs (jobs marked `SHARED`), work that
-would otherwise follow the loop's compile on the thread; the thread then only compiles them
-(`COMPILE` jobs). Where the main thread finds the loop compiled, nothing changes. A guess that turns out wrong (the start fell back
+compiles a program the thread is compiling. A guess that turns out wrong (the start fell back
 to zero, so the run model is the plain model) costs the thread's CPU time, never a wrong result:
 the fit's call then compiles its own program as it would without the thread. An error on the
 thread (which the fit's own call would raise again, with its message) ends the thread quietly.
@@ -34,12 +31,6 @@ options, on one core, so the loop's compile has the second. Measured (benchmarks
 two cores): eight schools' first call 1.37-1.40 s against 1.98-2.06 s compiled on one thread;
 with a "mid" loop (breast cancer, wells, radon) 0.5-1.0 s shorter.
 `disabled()` turns the thread off (benchmarks and tests compare the two).
-
-Timelines of the first call (benchmarks/bench_timeline.py, benchmarks/PERFORMANCE.md, "critpath"):
-the main thread traces and lowers the start with one core busy (0.9-1.5 s), then both cores are
-busy until the loop has compiled; the thread's work after `release` (the loop's trace, lowering
-and compile, then the later programs) outlasts the start's compile and run on the small models
-by 0.1-0.4 s, which the main thread waits.
 
 Example:
   >>> from advi_jax.run.ahead import Ahead
@@ -57,7 +48,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 
-__all__ = ["Ahead", "SHARED", "COMPILE", "disabled", "enabled"]
+__all__ = ["Ahead", "disabled", "enabled"]
 
 _ENABLED = [True]
 
@@ -78,36 +69,24 @@ def enabled() -> bool:
     return _ENABLED[0]
 
 
-SHARED = "shared"
-"""A job's kind (`Ahead`): the caller's `wait` may run it itself (tracing and lowering: Python work
-under the GIL that the caller, idle while it waits, can do while the thread's XLA compile runs)."""
-
-COMPILE = "compile"
-"""A job's kind (`Ahead`): it stores nothing a later job reads (an XLA compile of a lowered
-program), so later `SHARED` jobs need not wait for it."""
-
-
 class Ahead:
-    """Runs `jobs` in order on a daemon thread once `release()` is called; a caller waiting for a
-    job runs the `SHARED` jobs that are ready meanwhile (`wait`).
+    """Runs `jobs` in order on a daemon thread once `release()` is called.
 
     Args:
-      jobs: (name, job) or (name, job, kind) triples, kind `SHARED`, `COMPILE` or None (the
-        thread's own); `job(done)` gets the dict of earlier jobs' results (by name) and stores its
-        own result in it under its name (the later jobs read the abstract outputs of the earlier
-        ones from it).
+      jobs: (name, job) pairs; `job(done)` gets the dict of earlier jobs' results (by name) and
+        stores its own result in it under its name (the later jobs read the abstract outputs of
+        the earlier ones from it).
       x64: run the jobs under `jax.enable_x64(x64)` (a thread-local setting: pass the caller's),
         or None to leave the thread's as it is.
       name: the thread's name (as logs show it).
     """
 
-    def __init__(self, jobs: list[tuple], x64: bool | None = None, name: str = "advi_jax-compile-ahead"):
-        self._jobs = [(job[0], job[1], job[2] if len(job) > 2 else None) for job in jobs]
+    def __init__(self, jobs: list[tuple[str, Callable[[dict], Any]]], x64: bool | None = None,
+                 name: str = "advi_jax-compile-ahead"):
+        self._jobs = list(jobs)
         self._x64 = x64
         self._done: dict[str, Any] = {}
-        self._events = {name: threading.Event() for name, _, _ in self._jobs}
-        self._claimed: set[str] = set()  # jobs begun, by either thread
-        self._lock = threading.Lock()
+        self._events = {name: threading.Event() for name, _ in self._jobs}
         self._go = threading.Event()
         self._cancelled = False
         self._interrupted = False
@@ -124,49 +103,16 @@ class Ahead:
         except Exception:  # noqa: BLE001 - the fit's own call raises it again, with its message
             pass
         finally:
-            self._cancelled = True  # the caller runs no shared job once the thread has ended
             for event in self._events.values():
                 event.set()
 
-    def _claim(self, name: str) -> bool:
-        with self._lock:
-            if name in self._claimed:
-                return False
-            self._claimed.add(name)
-            return True
-
-    def _run(self, name: str, job: Callable[[dict], Any]) -> None:
-        job(self._done)
-        self._done.setdefault(name, None)
-        self._events[name].set()
-
     def _run_jobs(self) -> None:
-        for name, job, _ in self._jobs:
+        for name, job in self._jobs:
             if self._cancelled:
                 break
-            if self._claim(name):
-                self._run(name, job)
-            else:  # the waiting caller runs it: the later jobs may read its result
-                self._events[name].wait()
-                if name not in self._done:  # it failed there
-                    break
-
-    def _ready_shared(self) -> tuple[str, Callable[[dict], Any]] | None:
-        """The first job not begun other than `COMPILE` jobs, claimed for the caller, where it is
-        `SHARED` and every earlier job that stores a result has stored it; else None."""
-        with self._lock:
-            for name, job, kind in self._jobs:
-                if kind == COMPILE:  # begun or not, nothing later reads it: the thread runs it in turn
-                    continue
-                if name in self._claimed:
-                    if not self._events[name].is_set():
-                        return None
-                    continue
-                if kind != SHARED or self._cancelled:
-                    return None
-                self._claimed.add(name)
-                return name, job
-        return None
+            job(self._done)
+            self._done.setdefault(name, None)
+            self._events[name].set()
 
     def release(self) -> None:
         """Let the thread start (call it once the main thread's own tracing is done)."""
@@ -174,39 +120,19 @@ class Ahead:
 
     def wait(self, name: str) -> Any:
         """Wait until job `name` is done (or the thread ended early); its result, or None.
-        Meanwhile the calling thread runs the `SHARED` jobs that are ready (tracing and lowering
-        the later programs while the thread compiles, where the caller would idle).
 
         Raises:
           KeyboardInterrupt: the thread's tracing was interrupted (as the calling thread's own
-            tracing would have been) before job `name` was done, or the calling thread's own.
+            tracing would have been) before job `name` was done.
         """
         self._go.set()
         event = self._events.get(name)
-        while event is not None and not event.is_set():
-            shared = self._ready_shared()
-            if shared is None:
-                event.wait()
-                break
-            self._help(*shared)
+        if event is not None:
+            event.wait()
         if self._interrupted and name not in self._done:
             self._interrupted = False
             raise KeyboardInterrupt
         return self._done.get(name)
-
-    def _help(self, name: str, job: Callable[[dict], Any]) -> None:
-        """Run a shared job on the calling thread; an error ends the jobs (the fit's own call of
-        that program raises it again, with its message), as on the thread."""
-        try:
-            with contextlib.nullcontext() if self._x64 is None else jax.enable_x64(self._x64):
-                self._run(name, job)
-        except Exception:  # noqa: BLE001
-            self._cancelled = True
-            self._events[name].set()
-        except BaseException:
-            self._cancelled = True
-            self._events[name].set()
-            raise
 
     def cancel(self) -> None:
         """Stop after the job that is running (the fit raised or ended early)."""

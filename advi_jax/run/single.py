@@ -508,45 +508,29 @@ def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings
         lowered.compile()
         done["init_loop"] = lowered.out_info
 
-    def loop_lowered(done):
-        done["loop_lowered"] = driver.run_chunk.lower(run_model, done["init_loop"], done["keys"][1],
-                                                      jax.ShapeDtypeStruct((), np.int32), None, cfg)
-
     def run_chunk(done):
-        done["loop_lowered"].compile()
-
-    def finish_lowered(done):
-        lowered = finish.lower(run_model, done["init_loop"].state, module, family, cfg.options)
-        done["finish_lowered"], done["params"] = lowered, lowered.out_info[0]
+        driver.run_chunk.lower(run_model, done["init_loop"], done["keys"][1], jax.ShapeDtypeStruct((), np.int32),
+                               None, cfg).compile()
 
     def finish_(done):
-        done["finish_lowered"].compile()
-
-    def transform_lowered(done):
-        lowered = _laplace.transform.lower(family, done["params"], vector, matrix)
-        done["transform_lowered"], done["params"] = lowered, lowered.out_info
+        lowered = finish.lower(run_model, done["init_loop"].state, module, family, cfg.options)
+        lowered.compile()
+        done["finish"] = done["params"] = lowered.out_info[0]
 
     def transform(done):
-        done["transform_lowered"].compile()
-
-    def diagnostics_lowered(done):
-        done["diagnostics_lowered"] = importance.lower_ahead(model, family, done["params"], done["keys"][2],
-                                                             num_diagnostic_draws)
+        lowered = _laplace.transform.lower(family, done["params"], vector, matrix)
+        lowered.compile()
+        done["params"] = lowered.out_info
 
     def diagnostics(done):
-        mode, lowered = done["diagnostics_lowered"]
-        lowered.compile()
-        done["diagnostics"] = mode
+        done["diagnostics"] = importance.compile_ahead(model, family, done["params"], done["keys"][2],
+                                                       num_diagnostic_draws)
 
-    # The tracing and lowering of the programs after the loop are `SHARED`: the fit's call, waiting
-    # for the loop's compile, does them meanwhile (else idle), and the thread then compiles them.
-    shared, compiled = _ahead.SHARED, _ahead.COMPILE
-    jobs = [("keys", keys), ("init_loop", init_loop), ("loop_lowered", loop_lowered), ("run_chunk", run_chunk, compiled),
-            ("finish_lowered", finish_lowered, shared), ("finish", finish_, compiled)]
+    jobs = [("keys", keys), ("init_loop", init_loop), ("run_chunk", run_chunk), ("finish", finish_)]
     if whitened:
-        jobs += [("transform_lowered", transform_lowered, shared), ("transform", transform, compiled)]
+        jobs.append(("transform", transform))
     if num_diagnostic_draws is not None:
-        jobs += [("diagnostics_lowered", diagnostics_lowered, shared), ("diagnostics", diagnostics, compiled)]
+        jobs.append(("diagnostics", diagnostics))
     return _ahead.Ahead(jobs, x64=dtype == jnp.float64)
 
 
