@@ -20,6 +20,7 @@ start) costs a note on stderr and the figures are drawn in the command's process
 from __future__ import annotations
 
 import importlib.util
+import os
 import pickle
 import queue
 import subprocess
@@ -33,9 +34,12 @@ from advi_jax.cli import fit_plots
 # The figure process runs fit_plots.py as a file (importing the package would import JAX). It ignores
 # Ctrl-C: the first one stops the fit early and the command goes on to write its outputs; after a
 # second one the command ends, and the process with it (its jobs reach end of file, or `close` kills it).
-_CHILD = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import runpy, sys; "
+# When `serve` is done it leaves with os._exit after flushing its replies: the interpreter's teardown of
+# matplotlib and NumPy (0.3 s on a slow machine) would otherwise be waited for by `finish`.
+_CHILD = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import os, runpy, sys; "
           "sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-          "sys.exit(runpy.run_path(sys.argv[1], run_name='advi_jax_figures')['serve'](sys.stdin.buffer, sys.stdout))")
+          "status = runpy.run_path(sys.argv[1], run_name='advi_jax_figures')['serve'](sys.stdin.buffer, sys.stdout); "
+          "sys.stdout.flush(); sys.stderr.flush(); os._exit(status)")
 
 
 def elbo_payload(result) -> types.SimpleNamespace:
@@ -83,9 +87,11 @@ class FigureJobs:
         if (separate and sys.executable and not getattr(sys, "frozen", False)
                 and importlib.util.find_spec("matplotlib") is not None):
             try:
+                # one BLAS thread: the figures' arrays are tiny, and `serve` forks (see fit_plots.serve)
+                env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
                 process = subprocess.Popen(
                     [sys.executable, "-c", _CHILD, fit_plots.__file__], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, close_fds=True)
+                    stdout=subprocess.PIPE, close_fds=True, env=env)
             except OSError:
                 process = None
         if process is None:
