@@ -214,14 +214,35 @@ def main(argv: list[str] | None = None) -> int:
             status = _main(None)
         except SystemExit as stop:  # argparse's --help and usage errors
             status = stop.code
+        finally:
+            if "advi_jax.cli.figures" in sys.modules:  # a figure process started early and not used
+                sys.modules["advi_jax.cli.figures"].discard_early()
         end_process(status)
     return _main(argv)
+
+
+def _draws_figures(argv: list[str]) -> bool:
+    """Whether the command line `argv` (without the program) is an `advi-jax fit` that draws figures.
+
+    Read before the parser exists (building it imports JAX), so by hand: `fit` first, and no
+    `--no-plots` or `--help`, nor an abbreviation argparse would take for either. A wrong guess
+    costs only time: an unused figure process is ended (`figures.discard_early`), and a missing
+    one is started later (`figures.FigureJobs.start`).
+    """
+    if not argv or argv[0] != "fit":
+        return False
+    return not any(arg == "-h" or (len(arg) > 2 and ("--help".startswith(arg) or "--no-plots".startswith(arg)))
+                   for arg in argv[1:])
 
 
 def _main(argv: list[str] | None) -> int:
     global _command_line
     if argv is None:  # a command-line run (not a call from Python): keep compiled programs between runs
         _command_line = True
+        if _draws_figures(sys.argv[1:]):  # before anything imports JAX (`advi_jax.cli.figures.start_early`)
+            from advi_jax.cli import figures
+
+            figures.start_early()
         enable_compilation_cache()
     argv = sys.argv[1:] if argv is None else list(argv)
     names = {m.rsplit(".", 1)[-1] for m in _SUBCOMMANDS}

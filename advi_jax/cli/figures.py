@@ -29,7 +29,10 @@ import threading
 import types
 from pathlib import Path
 
-from advi_jax.cli import fit_plots
+# fit_plots imports NumPy: it is imported where this process draws, so that `start_early` can start the
+# figure process before the command imports anything heavy
+_PLOTS_FILE = str(Path(__file__).with_name("fit_plots.py"))
+_early: subprocess.Popen | None = None  # the process `start_early` started, until `FigureJobs.start` takes it
 
 # The figure process runs fit_plots.py as a file (importing the package would import JAX). It ignores
 # Ctrl-C: the first one stops the fit early and the command goes on to write its outputs; after a
@@ -53,6 +56,47 @@ def elbo_payload(result) -> types.SimpleNamespace:
 def check_payload(check) -> types.SimpleNamespace:
     """A `PredictiveCheck` as a namespace of the same fields (the figure process does not import advi_jax)."""
     return types.SimpleNamespace(**check._asdict())
+
+
+def _spawn() -> subprocess.Popen | None:
+    """Start a figure process, or return None where it cannot run (no interpreter, no matplotlib)."""
+    if not sys.executable or getattr(sys, "frozen", False) or importlib.util.find_spec("matplotlib") is None:
+        return None
+    try:
+        # one BLAS thread: the figures' arrays are tiny, and `serve` forks (see fit_plots.serve)
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        return subprocess.Popen([sys.executable, "-c", _CHILD, _PLOTS_FILE], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, close_fds=True, env=env)
+    except OSError:
+        return None
+
+
+def start_early() -> None:
+    """Start the figure process now, for the next `FigureJobs.start(..., separate=True)` to use.
+
+    Called by a command-line `advi-jax fit` before it imports JAX (`advi_jax.cli.main`), so the
+    process's imports of NumPy and matplotlib (about 1.5 s of CPU on a slow machine) run while
+    the command imports JAX on the other core, not while it compiles the fit on both. A process
+    nobody takes is ended by `discard_early`.
+    """
+    global _early
+    if _early is None:
+        _early = _spawn()
+
+
+def discard_early(process: subprocess.Popen | None = None) -> None:
+    """End `process` (default: the early one, if `FigureJobs.start` did not take it)."""
+    global _early
+    if process is None:
+        process, _early = _early, None
+    if process is not None:
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
 
 class FigureJobs:
@@ -83,18 +127,16 @@ class FigureJobs:
           out: the output folder (created at the first `add`).
           separate: draw in a second process (a command-line run) rather than in this one.
         """
-        process = None
-        if (separate and sys.executable and not getattr(sys, "frozen", False)
-                and importlib.util.find_spec("matplotlib") is not None):
-            try:
-                # one BLAS thread: the figures' arrays are tiny, and `serve` forks (see fit_plots.serve)
-                env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-                process = subprocess.Popen(
-                    [sys.executable, "-c", _CHILD, fit_plots.__file__], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, close_fds=True, env=env)
-            except OSError:
-                process = None
+        global _early
+        process, _early = _early, None
+        if separate and process is None:
+            process = _spawn()
+        elif not separate and process is not None:
+            discard_early(process)
+            process = None
         if process is None:
+            from advi_jax.cli import fit_plots
+
             fit_plots.prefetch()  # matplotlib's import overlaps the fit's compilation
         return cls(out, process)
 
@@ -157,6 +199,8 @@ class FigureJobs:
         if self._jobs:
             self.out.mkdir(parents=True, exist_ok=True)
         for kind, path, payload in self._jobs:
+            from advi_jax.cli import fit_plots
+
             fit_plots.save(getattr(fit_plots, fit_plots.MAKERS[kind])(payload), path)
         self._jobs.clear()
         return list(self.paths)
