@@ -24,7 +24,9 @@ Work beside the fit (`fit`): the programs run after the fit (the diagnostics' dr
 command's draws and predictive replications) are compiled in a background thread while the fit
 compiles its own (`advi_jax.cli.warmup`), and on a command-line run the figures are drawn by a
 second Python process as their numbers arrive (`advi_jax.cli.figures`), so the command itself
-never imports matplotlib. Both leave every output as it was.
+never imports matplotlib. That process is started first thing, before JAX is imported
+(`import advi_jax` and this module load no JAX), so that its own imports run beside JAX's on a
+second core. Both leave every output as it was.
 
 Ending: a command-line run ends its process as soon as the command is done (`end_process`):
 standard output and error are flushed and the `atexit` functions run, then the process exits
