@@ -145,3 +145,21 @@ def test_command_line_fit_writes_every_output_and_exits_zero(tmp_path):
     for name in ("elbo.png", "marginals.png", "predictive_check.png"):
         data = (tmp_path / "out" / name).read_bytes()
         assert data.startswith(b"\x89PNG") and data.endswith(b"IEND\xaeB`\x82") and len(data) > 10_000
+
+
+POOL = r"""
+import concurrent.futures, sys, threading, time
+from advi_jax.cli import end_process
+pool = concurrent.futures.ThreadPoolExecutor(1)
+pool.submit(lambda: 1).result()  # an idle worker thread, not a daemon: the exit must stop it, not wait forever
+def late():
+    time.sleep(0.3)
+    print("worker done", flush=True)
+threading.Thread(target=late).start()
+end_process(0)
+"""
+
+
+def test_end_process_waits_for_threads_and_stops_idle_thread_pools():
+    proc = _python(POOL)
+    assert proc.returncode == 0 and proc.stdout == "worker done\n", proc.stderr[-2000:]

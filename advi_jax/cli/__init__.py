@@ -178,8 +178,9 @@ def command_line() -> bool:
 def end_process(status) -> None:
     """End this process now with `status`, as `sys.exit(status)` would, but without the interpreter's teardown.
 
-    Waits for any non-daemon thread, runs the `atexit` functions and flushes standard output
-    and error (what `sys.exit` does that matters to a caller), then leaves with `os._exit`: freeing every module, JAX's and
+    Waits for any non-daemon thread (as the interpreter's exit does, `threading._shutdown`: thread
+    pools are told to stop first), runs the `atexit` functions and flushes standard output and
+    error (what `sys.exit` does that matters to a caller), then leaves with `os._exit`: freeing every module, JAX's and
     XLA's objects and NumPy's BLAS threads one by one is 0.5-0.7 s of a command-line run's
     wall time on a slow machine, and nothing the command wrote depends on it.
 
@@ -193,9 +194,13 @@ def end_process(status) -> None:
     else:
         print(status, file=sys.stderr)
         code = 1
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    shutdown = getattr(threading, "_shutdown", None)  # what the interpreter's exit does first: stop thread
+    if shutdown is not None and threading.current_thread() is threading.main_thread():  # pools, join threads
+        shutdown()
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
