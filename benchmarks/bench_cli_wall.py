@@ -16,6 +16,10 @@ run that filled it. Rows:
 CPU seconds are the process's and its children's (the figure process and its forks) user +
 system time.
 
+`--pyc` lets Python keep compiled bytecode (in a temporary `PYTHONPYCACHEPREFIX`, filled by the
+untimed first run; `PYTHONDONTWRITEBYTECODE` unset), as an installed package has it; without it
+an environment that sets `PYTHONDONTWRITEBYTECODE` compiles advi_jax's modules at every start.
+
     chrt -r 10 python -m benchmarks.bench_cli_wall --trees /work/wt/base,. --repeats 3
 """
 
@@ -52,9 +56,17 @@ def _run(argv: list[str], env: dict, cwd: str) -> tuple[float, float, int]:
     return wall, _children_cpu() - cpu, proc.returncode
 
 
-def one(case: str, tree: Path, cache: Path) -> dict:
+def _env(tree: Path, cache: Path, pyc: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ADVI_JAX_CACHE_DIR", "PYTHONPATH")}
     env.update(PYTHONPATH=str(tree), JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(cache))
+    if pyc:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(cache / "pyc")
+    return env
+
+
+def one(case: str, tree: Path, cache: Path, pyc: bool = False) -> dict:
+    env = _env(tree, cache, pyc)
     with tempfile.TemporaryDirectory() as tmp:
         if case == "import":
             argv = [sys.executable, "-c", "import advi_jax"]
@@ -76,21 +88,21 @@ def main(argv=None) -> None:
     p.add_argument("--trees", default="/work/wt/base,.", help="comma list of checkouts, alternated")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--pyc", action="store_true", help="keep compiled bytecode (see the module docstring)")
     a = p.parse_args(argv)
     trees = [Path(t).resolve() for t in a.trees.split(",")]
     cases = a.cases.split(",")
     caches = {}
     for tree in trees:  # the native kernel, once per cache folder (not timed)
         caches[tree] = Path(tempfile.mkdtemp(prefix="bench_cli_wall_"))
-        env = dict(os.environ, PYTHONPATH=str(tree), JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(caches[tree]))
-        env.pop("ADVI_JAX_CACHE_DIR", None)
-        subprocess.run([sys.executable, "-m", "advi_jax", "build"], env=env, check=True, capture_output=True)
-        one("cli warm", tree, caches[tree])  # fills the XLA cache for the first "warm" row
+        subprocess.run([sys.executable, "-m", "advi_jax", "build"], env=_env(tree, caches[tree], a.pyc), check=True,
+                       capture_output=True)
+        one("cli warm", tree, caches[tree], a.pyc)  # fills the XLA cache for the first "warm" row (and the .pyc)
     rows = []
     for rep in range(a.repeats):
         for tree in trees:
             for case in cases:
-                row = {"tree": str(tree), "repeat": rep, "case": case, **one(case, tree, caches[tree])}
+                row = {"tree": str(tree), "repeat": rep, "case": case, **one(case, tree, caches[tree], a.pyc)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     for tree in trees:
