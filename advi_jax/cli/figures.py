@@ -3,11 +3,12 @@
 Drawing and writing the three PNGs is about 0.4 s of Python after everything else is done, and
 importing matplotlib another 0.3-0.5 s, which a thread can only overlap with XLA's compilation
 (both hold the GIL). On a command-line run (`advi-jax fit`, not `main(argv)` from Python),
-`FigureJobs.start` therefore starts a small Python process before the fit (it imports NumPy
-and matplotlib and loads the font while the command imports JAX and fits; the command itself
-never imports matplotlib), and each figure is sent to it as soon as its numbers exist: the ELBO
-trace after the fit, the marginals after the summary, the predictive check after the check.
-`finish` waits for the last one. The files are the same as drawn in the command's own process
+a small Python process is started before the fit (by `start_early`, before the command imports
+JAX, or else by `FigureJobs.start`; it imports NumPy and matplotlib and loads the font while the
+command imports JAX; the command itself never imports matplotlib), and each figure is sent to
+it as soon as its numbers exist: the ELBO trace after the fit, the marginals after the summary,
+the predictive check after the check; it draws each in a forked copy of itself, so figures sent
+together are drawn at once (`fit_plots.serve`). `finish` waits for the last one. The files are the same as drawn in the command's own process
 (the same functions of `fit_plots`, the same dpi and compression).
 
 Elsewhere (a call from Python, no usable interpreter or no matplotlib), the same object draws
@@ -121,7 +122,8 @@ class FigureJobs:
 
     @classmethod
     def start(cls, out: Path, separate: bool) -> "FigureJobs":
-        """Figures for the folder `out`; with `separate`, start the figure process now (if possible).
+        """Figures for the folder `out`; with `separate`, in the figure process `start_early` started,
+        else in one started now (if possible); without, an early process is ended.
 
         Args:
           out: the output folder (created at the first `add`).
