@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from advi_jax import compile_options
 from advi_jax._types import Array, check_positive_int
 from advi_jax.diagnostics import check_key
 from advi_jax.estimators import ESTIMATORS, min_num_samples
 from advi_jax.optim import DEFAULT_LEARNING_RATE, default_optimizer
+
+if TYPE_CHECKING:  # optax is imported where it is used (`import advi_jax` does not load it)
+    import optax
 
 __all__ = [
     "check_key", "check_positive_int", "check_number", "check_flag", "check_estimator", "check_loop_args",
@@ -101,6 +103,8 @@ def resolve_learning_rate(learning_rate: Any, optimizer: Any, *, allow_adapt: bo
             raise ValueError("learning_rate='adapt' tunes Adam's step size; it cannot be combined with optimizer=")
         if learning_rate is not None:
             raise ValueError("pass either optimizer or learning_rate, not both")
+        import optax
+
         if not isinstance(optimizer, optax.GradientTransformation):
             raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
         return None, False

@@ -8,8 +8,10 @@ same way.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-import optax
+if TYPE_CHECKING:
+    import optax
 
 __all__ = ["DEFAULT_LEARNING_RATE", "ADAPT_LEARNING_RATES", "default_optimizer"]
 
@@ -45,6 +47,8 @@ def default_optimizer(learning_rate: float = DEFAULT_LEARNING_RATE,
       >>> from advi_jax.optim import default_optimizer
       >>> opt = default_optimizer(0.01, 1000)
     """
+    import optax  # here, not at the top: `import advi_jax` does not load optax (0.2 s), fits without ADVI never do
+
     if num_steps is None:
         return optax.adam(learning_rate)
     half = max(num_steps // 2, 1)

@@ -3,11 +3,12 @@
 Drawing and writing the three PNGs is about 0.4 s of Python after everything else is done, and
 importing matplotlib another 0.3-0.5 s, which a thread can only overlap with XLA's compilation
 (both hold the GIL). On a command-line run (`advi-jax fit`, not `main(argv)` from Python),
-`FigureJobs.start` therefore starts a small Python process before the fit (it imports NumPy
-and matplotlib and loads the font while the command imports JAX and fits; the command itself
-never imports matplotlib), and each figure is sent to it as soon as its numbers exist: the ELBO
-trace after the fit, the marginals after the summary, the predictive check after the check.
-`finish` waits for the last one. The files are the same as drawn in the command's own process
+a small Python process is started before the fit (by `start_early`, before the command imports
+JAX, or else by `FigureJobs.start`; it imports NumPy and matplotlib and loads the font while the
+command imports JAX; the command itself never imports matplotlib), and each figure is sent to
+it as soon as its numbers exist: the ELBO trace after the fit, the marginals after the summary,
+the predictive check after the check; it draws each in a forked copy of itself, so figures sent
+together are drawn at once (`fit_plots.serve`). `finish` waits for the last one. The files are the same as drawn in the command's own process
 (the same functions of `fit_plots`, the same dpi and compression).
 
 Elsewhere (a call from Python, no usable interpreter or no matplotlib), the same object draws
@@ -20,6 +21,7 @@ start) costs a note on stderr and the figures are drawn in the command's process
 from __future__ import annotations
 
 import importlib.util
+import os
 import pickle
 import queue
 import subprocess
@@ -28,14 +30,20 @@ import threading
 import types
 from pathlib import Path
 
-from advi_jax.cli import fit_plots
+# fit_plots imports NumPy: it is imported where this process draws, so that `start_early` can start the
+# figure process before the command imports anything heavy
+_PLOTS_FILE = str(Path(__file__).with_name("fit_plots.py"))
+_early: subprocess.Popen | None = None  # the process `start_early` started, until `FigureJobs.start` takes it
 
 # The figure process runs fit_plots.py as a file (importing the package would import JAX). It ignores
 # Ctrl-C: the first one stops the fit early and the command goes on to write its outputs; after a
 # second one the command ends, and the process with it (its jobs reach end of file, or `close` kills it).
-_CHILD = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import runpy, sys; "
+# When `serve` is done it leaves with os._exit after flushing its replies: the interpreter's teardown of
+# matplotlib and NumPy (0.3 s on a slow machine) would otherwise be waited for by `finish`.
+_CHILD = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import os, runpy, sys; "
           "sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-          "sys.exit(runpy.run_path(sys.argv[1], run_name='advi_jax_figures')['serve'](sys.stdin.buffer, sys.stdout))")
+          "status = runpy.run_path(sys.argv[1], run_name='advi_jax_figures')['serve'](sys.stdin.buffer, sys.stdout); "
+          "sys.stdout.flush(); sys.stderr.flush(); os._exit(status)")
 
 
 def elbo_payload(result) -> types.SimpleNamespace:
@@ -49,6 +57,47 @@ def elbo_payload(result) -> types.SimpleNamespace:
 def check_payload(check) -> types.SimpleNamespace:
     """A `PredictiveCheck` as a namespace of the same fields (the figure process does not import advi_jax)."""
     return types.SimpleNamespace(**check._asdict())
+
+
+def _spawn() -> subprocess.Popen | None:
+    """Start a figure process, or return None where it cannot run (no interpreter, no matplotlib)."""
+    if not sys.executable or getattr(sys, "frozen", False) or importlib.util.find_spec("matplotlib") is None:
+        return None
+    try:
+        # one BLAS thread: the figures' arrays are tiny, and `serve` forks (see fit_plots.serve)
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        return subprocess.Popen([sys.executable, "-c", _CHILD, _PLOTS_FILE], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, close_fds=True, env=env)
+    except OSError:
+        return None
+
+
+def start_early() -> None:
+    """Start the figure process now, for the next `FigureJobs.start(..., separate=True)` to use.
+
+    Called by a command-line `advi-jax fit` before it imports JAX (`advi_jax.cli.main`), so the
+    process's imports of NumPy and matplotlib (about 1.5 s of CPU on a slow machine) run while
+    the command imports JAX on the other core, not while it compiles the fit on both. A process
+    nobody takes is ended by `discard_early`.
+    """
+    global _early
+    if _early is None:
+        _early = _spawn()
+
+
+def discard_early(process: subprocess.Popen | None = None) -> None:
+    """End `process` (default: the early one, if `FigureJobs.start` did not take it)."""
+    global _early
+    if process is None:
+        process, _early = _early, None
+    if process is not None:
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
 
 class FigureJobs:
@@ -73,22 +122,23 @@ class FigureJobs:
 
     @classmethod
     def start(cls, out: Path, separate: bool) -> "FigureJobs":
-        """Figures for the folder `out`; with `separate`, start the figure process now (if possible).
+        """Figures for the folder `out`; with `separate`, in the figure process `start_early` started,
+        else in one started now (if possible); without, an early process is ended.
 
         Args:
           out: the output folder (created at the first `add`).
           separate: draw in a second process (a command-line run) rather than in this one.
         """
-        process = None
-        if (separate and sys.executable and not getattr(sys, "frozen", False)
-                and importlib.util.find_spec("matplotlib") is not None):
-            try:
-                process = subprocess.Popen(
-                    [sys.executable, "-c", _CHILD, fit_plots.__file__], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, close_fds=True)
-            except OSError:
-                process = None
+        global _early
+        process, _early = _early, None
+        if separate and process is None:
+            process = _spawn()
+        elif not separate and process is not None:
+            discard_early(process)
+            process = None
         if process is None:
+            from advi_jax.cli import fit_plots
+
             fit_plots.prefetch()  # matplotlib's import overlaps the fit's compilation
         return cls(out, process)
 
@@ -151,6 +201,8 @@ class FigureJobs:
         if self._jobs:
             self.out.mkdir(parents=True, exist_ok=True)
         for kind, path, payload in self._jobs:
+            from advi_jax.cli import fit_plots
+
             fit_plots.save(getattr(fit_plots, fit_plots.MAKERS[kind])(payload), path)
         self._jobs.clear()
         return list(self.paths)

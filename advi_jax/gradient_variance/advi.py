@@ -20,12 +20,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.flatten_util import ravel_pytree
 
 from advi_jax._types import Array, PyTree, check_positive_int
@@ -50,6 +49,9 @@ from advi_jax.gradient_variance.instruments import (
     pooled_and_left_out,
     student_t_quantile,
 )
+
+if TYPE_CHECKING:  # optax is imported where it is used (`import advi_jax` does not load it)
+    import optax
 
 __all__ = ["DEFAULT_ESTIMATORS", "VarianceTrace", "family_groups", "gradient_variance", "resolve_num_samples",
            "track_gradient_variance"]

@@ -38,12 +38,11 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from advi_jax import blas_threads, checks
 from advi_jax._types import Array, check_positive_int, common_leading_size
@@ -53,6 +52,9 @@ from advi_jax.result import ManyResult, diagnose
 from advi_jax.run import driver
 from advi_jax.run.single import method_options, resolve_method, run_diagnostics
 from advi_jax.vi import advi as _advi
+
+if TYPE_CHECKING:  # optax is imported where it is used (`import advi_jax` does not load it)
+    import optax
 
 __all__ = ["fit_many", "stack_models"]
 

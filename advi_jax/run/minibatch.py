@@ -64,12 +64,11 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from advi_jax import blas_threads, checks
 from advi_jax._types import Array, check_positive_int
@@ -79,6 +78,9 @@ from advi_jax.result import Report, Result, diagnose_ratios
 from advi_jax.run import driver
 from advi_jax.run.single import run_diagnostics, warn_diagnostics
 from advi_jax.vi import advi as _advi
+
+if TYPE_CHECKING:  # optax is imported where it is used (`import advi_jax` does not load it)
+    import optax
 
 __all__ = ["fit_minibatch", "DIAGNOSTIC_BUDGET"]
 

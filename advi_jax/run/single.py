@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from advi_jax import blas_threads, checks, compile_options
 from advi_jax.base import Family
@@ -27,6 +26,9 @@ from advi_jax.run.start import start as resolve_start
 from advi_jax.vi import METHODS
 from advi_jax.vi import advi as _advi
 from advi_jax.vi import laplace as _laplace
+
+if TYPE_CHECKING:  # optax is imported where it is used (`import advi_jax` does not load it)
+    import optax
 
 __all__ = ["fit", "DiagnosticWarning", "resolve_method", "method_options", "run_diagnostics", "warn_diagnostics",
            "runaway_parameters", "elbo_trend", "RUNAWAY_DISTANCE"]

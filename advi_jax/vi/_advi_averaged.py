@@ -96,7 +96,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.flatten_util import ravel_pytree
 
 from advi_jax._types import Array, ArrayLike
@@ -316,6 +315,8 @@ def advi_averaged(model: LogDensity, family: str | Family = "fullrank", *, stop:
         raise ValueError(f"stop.transit_growth and stop.transit_max must be >= 1, got {stop.transit_growth!r} and "
                          f"{stop.transit_max!r}")
     transiting = stop.transit_growth > 1.0
+    import optax  # here, not at the top: `import advi_jax` does not load optax
+
     adam = optax.scale_by_adam()
     estimator_fn = get_estimator(estimator)
     score = isinstance(estimator, str) and estimator in _SCORE_ESTIMATORS

@@ -25,17 +25,19 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from advi_jax._types import Array, ArrayLike
 from advi_jax.base import Family, FitState, LogDensity, StepInfo, VIAlgorithm, step_info
 from advi_jax.estimators import get_estimator
 from advi_jax.families import get_family
 from advi_jax.optim import default_optimizer
+
+if TYPE_CHECKING:  # optax is imported where it is used (`import advi_jax` does not load it)
+    import optax
 
 __all__ = ["ADVI", "Options", "AutoStop", "advi", "advi_averaged", "build", "elbo_estimate", "adapt_learning_rate",
            "NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "describe_stop",
@@ -91,6 +93,8 @@ def advi(model: LogDensity, family: str | Family = "meanfield", *, optimizer: op
     Returns:
       An `ADVI(init, step)` NamedTuple.
     """
+    import optax
+
     family = get_family(family)
     optimizer = default_optimizer() if optimizer is None else optimizer
     estimator_fn = get_estimator(estimator)
@@ -158,6 +162,8 @@ def adapt_learning_rate(model: LogDensity, loc: Array, key: Array, learning_rate
     Returns:
       (initial ELBO, (R,) ELBO per learning rate, (R,) skipped steps per learning rate).
     """
+    import optax
+
     run_key, eval_key = jax.random.split(key)
 
     def run(lr):
