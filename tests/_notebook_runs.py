@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 
-from conftest import FAST_XLA_FLAGS, ONE_THREAD_XLA_FLAGS, fast_xla
+from conftest import FAST_XLA_FLAGS, fast_xla
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -90,9 +90,7 @@ def start_runs(names) -> None:
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if fast_xla():  # the kernels compile with the suite's XLA options (tests/conftest.py)
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_XLA_FLAGS).strip()
-    # and run on one thread, as the workers they run beside do (tests/conftest.py)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA_FLAGS).strip()
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # as in the workers they run beside (tests/conftest.py)
     for path in NOTEBOOKS:
         if path.name not in names:
             continue
