@@ -90,6 +90,7 @@ def start_runs(names) -> None:
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if fast_xla():  # the kernels compile with the suite's XLA options (tests/conftest.py)
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_XLA_FLAGS).strip()
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # as in the workers they run beside (tests/conftest.py)
     for path in NOTEBOOKS:
         if path.name not in names:
             continue

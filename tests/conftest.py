@@ -48,6 +48,22 @@ if _FAST_XLA:
         os.environ["XLA_FLAGS"] = _user_flags
 
 
+def _openblas_on_one_thread():
+    """OpenBLAS on one thread in this process (the LAPACK calls outside a fit; aj.fit already sets it
+    for its own): the suite runs one xdist worker per core, so a worker's extra BLAS threads only
+    compete with the other workers, and their spin-waits burn the core the waited-for thread needs
+    (benchmarks/PERFORMANCE.md, "OpenBLAS's spinning threads"). The subprocesses that tests start
+    keep the user's settings. (XLA's own run-time threads stay: `--xla_cpu_multi_thread_eigen=false`
+    moved test_bam's jitted-against-eager comparison past its 1e-5 tolerance.)"""
+    from advi_jax.blas_threads import openblas_libraries
+
+    for _, set_count in openblas_libraries():
+        set_count(1)
+
+
+_openblas_on_one_thread()
+
+
 XLA_DEFAULT_OPTIONS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
 """XLA's own defaults, as per-program `compiler_options` (they override the flags): for the few test
 programs whose run time outweighs their compile time (e.g. the million-draw Monte Carlo references)."""

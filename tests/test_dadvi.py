@@ -120,7 +120,7 @@ def test_bad_input():
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(lr_solver="qr"))
     with pytest.raises(ValueError, match="num_draws"):
         dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=1))
-    for bad in (0.0, -0.1, float("nan"), True, "0.05"):
+    for bad in (0.0, -0.1, float("nan"), True, "0.05", jnp.asarray(0.0), jnp.asarray(1), jnp.full(2, 0.05)):
         with pytest.raises(ValueError, match="mc_tol"):
             dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(mc_tol=bad))
     for bad in (-1, 11, 2.0, True):
@@ -132,17 +132,22 @@ def test_bad_input():
 # Draw doubling
 
 
-def _fit_many(algo, keys, loc, max_steps=200):
-    """The test runner over keys, stacked: (loc, extras, grad evals, converged), one compile.
+def _fit_many(make_algo, keys, loc, tols=(None,), max_steps=200):
+    """The test runner over keys, stacked: (loc, extras, grad evals, converged), for each of `tols`.
 
-    A loop over the keys of one jitted fit, not a vmap: the vmapped program took ~1.5x as long to
-    compile (a vmap of the runner equals the loop: test_mc_error_matches_spread_over_seeds_and_vmap_equals_loop).
+    One compile for all the keys and all the tolerances: `make_algo(tol)` builds the algorithm
+    inside the jitted fit, whose argument `tol` is then a traced `mc_tol` (dadvi takes one; None,
+    fixed draws, compiles a program of its own). A loop over the keys of one jitted fit, not a vmap:
+    the vmapped program took ~1.5x as long to compile (a vmap of the runner equals the loop:
+    test_mc_error_matches_spread_over_seeds_and_vmap_equals_loop).
     """
-    def fit(kk):
+    def fit(kk, tol):
+        algo = make_algo(tol)
         params, state, totals = run(algo, kk, loc, max_steps)
         return params.loc, algo.extras(state), totals["grad_evals"], totals["info"].converged
     fit = jax.jit(fit)
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[fit(k) for k in keys])
+    tols = [None if tol is None else jnp.asarray(tol, loc.dtype) for tol in tols]
+    return [jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[fit(k, tol) for k in keys]) for tol in tols]
 
 
 @pytest.fixture
@@ -155,18 +160,24 @@ def test_doubling_reduces_the_mc_error_gets_closer_and_says_why_it_stopped(x64):
     model = _logistic()
     keys = jax.random.split(jax.random.key(3), 4)
     loc = jnp.zeros(model.dim, jnp.float64)
-    fixed = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=None)), keys, loc)
+
+    def make_algo(tol):  # at most two doublings (M = 32) for every tolerance below: one program
+        return dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=tol, max_doublings=2))
+
+    fixed, = _fit_many(make_algo, keys, loc)
     assert bool(jnp.all(fixed[3])) and np.all(np.asarray(fixed[1]["draws_reason"]) == 3)
     m8 = np.asarray(fixed[1]["mc_rel_error"])
-    # An unreachable tolerance: doubles twice (at once: the predicted M is far beyond), to M = 32,
-    # and says it gave up.
-    tight = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=1e-4,
-                                                                               max_doublings=2)), keys, loc)
+    # An unreachable tolerance; one met at once; one in between (0.6 of the largest error at M = 8).
+    tol = float(np.max(m8)) * 0.6
+    tight, loose, mid = _fit_many(make_algo, keys, loc, tols=(1e-4, 10.0, tol))
+    # The unreachable one doubles twice (at once: the predicted M is far beyond), to M = 32, and
+    # says it gave up.
     ex = tight[1]
     assert bool(jnp.all(tight[3]))
     np.testing.assert_array_equal(ex["draws_reason"], 2)
     np.testing.assert_array_equal(ex["num_draws"], 32)
     np.testing.assert_array_equal(ex["num_doublings"], 2)
+    np.testing.assert_allclose(ex["mc_tol"], 1e-4)
     # The MC error shrinks like 1/sqrt(M): 4x the draws, about half the error.
     ratio = np.asarray(ex["mc_rel_error"]) / m8
     assert np.all((ratio > 0.25) & (ratio < 0.85)), ratio
@@ -188,15 +199,13 @@ def test_doubling_reduces_the_mc_error_gets_closer_and_says_why_it_stopped(x64):
     assert 0.5 < est / err_doubled < 2.0, (est, err_doubled)
     # A tolerance met at once: no doubling; the check's cost is counted (M per-draw gradients plus
     # 2M per HVP column of the dense Hessian, P = 2K parameters) on top of the fixed-draw fit's.
-    loose = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=10.0)), keys, loc)
     np.testing.assert_array_equal(loose[1]["draws_reason"], 1)
     np.testing.assert_array_equal(loose[1]["num_draws"], 8)
+    np.testing.assert_allclose(loose[1]["mc_tol"], 10.0)
     np.testing.assert_allclose(loose[0], fixed[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(loose[2]) - np.asarray(fixed[2]), 8 + 2 * 8 * 2 * model.dim)
     np.testing.assert_array_equal(loose[1]["lr_grad_evals"], 0)  # extras reuse the check at the final state
     # A tolerance in between: stops as soon as it is met, with the error below it.
-    tol = float(np.max(m8)) * 0.6
-    mid = _fit_many(dadvi.build(model, aj.MeanFieldGaussian(), dadvi.Options(num_draws=8, mc_tol=tol)), keys, loc)
     ex = mid[1]
     np.testing.assert_array_equal(ex["draws_reason"], 1)
     assert np.all(np.asarray(ex["mc_rel_error"]) <= tol) and np.all(np.asarray(ex["num_doublings"]) >= 1)

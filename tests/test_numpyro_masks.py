@@ -24,6 +24,11 @@ def _value_and_grad(model):
     return jax.jit(jax.value_and_grad(lambda z: model.log_density_uncached(z)))
 
 
+def _values_and_grads(*models):
+    """One jitted program giving each model's (log density, gradient) at a point: one compile for all."""
+    return jax.jit(lambda z: tuple(jax.value_and_grad(lambda x, m=m: m.log_density_uncached(x))(z) for m in models))
+
+
 def _suite_models():
     from benchmarks.holdout import MODELS as HOLDOUT
     from benchmarks.suite import MODELS
@@ -51,11 +56,11 @@ def test_suite_log_density_and_gradient_equal_the_masked_ones(name):
     rng = np.random.default_rng(0)
     points = [rng.normal(size=model.dim) * s for s in (0.3, 1.0, 3.0)]
     points += [np.full(model.dim, v) for v in (-1e30, -200.0, -89.0, 89.0, 200.0, 1e30)]
-    ours, theirs = _value_and_grad(model), _value_and_grad(masked)
+    both = _values_and_grads(model, masked)  # one program for the two (a quarter less compile than two)
     for point in points:
-        (v, g), (v_masked, g_masked) = ours(jnp.asarray(point, jnp.float32)), theirs(jnp.asarray(point, jnp.float32))
+        (v, g), (v_masked, g_masked) = both(jnp.asarray(point, jnp.float32))
         v, g, v_masked, g_masked = (np.asarray(a, np.float64) for a in (v, g, v_masked, g_masked))
-        # The same function; XLA fuses the two programs differently, so they agree to float32 rounding.
+        # The same function; XLA may fuse the two differently, so they agree to float32 rounding.
         # -inf where the masked one is -inf, NaN where it is NaN (both are, at 1e30 in some models)
         assert np.isfinite(v) == np.isfinite(v_masked) and (np.isfinite(v) or v == v_masked or np.isnan(v_masked))
         assert np.isnan(v) == np.isnan(v_masked)

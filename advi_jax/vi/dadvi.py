@@ -143,7 +143,8 @@ class Options(NamedTuple):
         tolerance fits are held to against the family's optimum (the largest realised error over
         K coordinates is about mc_tol * sqrt(2 ln K)). The cost grows like 1 / mc_tol**2 (0.02
         needs 6x the draws: M = 480 left the suite's breast-cancer and eight-schools fits at
-        0.03-0.05).
+        0.03-0.05). May be a float scalar array, traced inside a jitted function, so that one
+        program serves several tolerances (its value is then the caller's to check).
       max_doublings: at most this many doublings (M ends at most at num_draws * 2**max_doublings).
     """
 
@@ -302,6 +303,10 @@ def _check(family: Any, options: Any, dim: int) -> None:
     if options.lr_solver not in _SOLVERS:
         raise ValueError(f"options.lr_solver must be one of {_SOLVERS}, got {options.lr_solver!r}")
     tol = options.mc_tol
+    if isinstance(tol, jax.Array):  # a scalar array: traced, one compiled fit serves several tolerances
+        if tol.shape != () or not jnp.issubdtype(tol.dtype, jnp.floating):
+            raise ValueError(f"options.mc_tol must be None, a finite number > 0 or a float scalar, got {tol!r}")
+        tol = None if isinstance(tol, jax.core.Tracer) else float(tol)  # a traced value cannot be checked here
     if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol)
                             or tol <= 0):
         raise ValueError(f"options.mc_tol must be None or a finite number > 0, got {tol!r}")
