@@ -204,7 +204,16 @@ def _select(mask: Array, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
-@compile_options.jit(static_argnames=("cfg",), mode=lambda model, args: args["cfg"].compile)
+def _init_mode(model: Any, args: dict) -> Any:
+    """`init_loop`'s options: chosen by its own arithmetic (one pass, `compile_options.ByCost`) where the
+    loop's options are "mid" or "full"; those are for a program of many steps, while the start makes one
+    or a few evaluations (the low-rank negative binomial's start: 0.6-1.3 s of "mid" compile against
+    about 0.1 s fast)."""
+    mode = args["cfg"].compile
+    return compile_options.ByCost(1) if mode in ("mid", "full") else mode
+
+
+@compile_options.jit(static_argnames=("cfg",), mode=_init_mode)
 def init_loop(model: Any, keys: Array, locs: Array, cfg: Settings) -> LoopState:
     """The initial `LoopState`: `method.build(...).init(key, loc)` and zero counters.
 
