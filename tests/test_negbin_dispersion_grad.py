@@ -1,14 +1,14 @@
 """The negative binomial's dispersion term D(y, phi) = lgamma(y + phi) - lgamma(phi) - y log phi: its value
 (`glm_more.log_rising_ratio`) and its hand-written derivative in phi (`glm_more.rising_ratio_dphi`), used by
-the exact-ELBO fits through `_glm_lik._rising_ratio`'s custom JVP instead of autodiff of the value.
+the exact-ELBO fits through `_glm_lik.expected_rising`'s custom JVP instead of autodiff of the value.
 
 Checks: the value equals the exact sum sum_{k<y} log1p(k / phi) over counts 0..1e4 and phi from 1e-3 to 1e8
 (float64, 1e-12 (1 + |D|)); the integral of the derivative over each step of that grid equals the value's
 difference (value and derivative consistent to rounding; the earlier `betaln` value disagreed by 1e-6);
 the derivative equals SciPy's digamma difference (float64) over counts 1..1000 and phi from 1e-3 to 100,
 and the exact sum -sum_{k<y} k / (phi (phi + k)) for phi >> y^2; value and gradient finite at extreme
-inputs in float32 and float64; the custom JVP keeps `log_rising_ratio`'s values bit for bit and its gradient
-is the derivative; the quadrature's gradient in (m_w, v_w) equals the rule applied to the exact derivative;
+inputs in float32 and float64; `expected_rising`'s custom JVP keeps the rule's values of `log_rising_ratio` bit for
+bit and its tangent is the rule applied to the derivative; the quadrature's gradient in (m_w, v_w) equals the rule applied to the exact derivative;
 a derivative in the counts is refused.
 """
 
@@ -57,12 +57,21 @@ def test_derivative_branches_zero_count_and_large_phi():
 
 
 def test_custom_jvp_values_and_gradient():
-    y, phi = (jnp.asarray(a) for a in _grid())
-    assert np.array_equal(np.asarray(L._rising_ratio(y, phi)), np.asarray(log_rising_ratio(y, phi)))
-    grad = jax.vmap(jax.vmap(jax.grad(L._rising_ratio, 1)))(y, phi)
-    np.testing.assert_array_equal(np.asarray(grad), np.asarray(L.rising_ratio_dphi(y, phi)))
+    """`expected_rising`'s value is the rule applied to `log_rising_ratio`, its JVP the rule applied to the
+    written derivative (one contraction: equal to rounding); a tangent in the counts is refused."""
+    y = jnp.asarray([0.0, 1.0, 3.0, 9.0, 40.0, 300.0])
+    m_w, v_w = jnp.asarray([-5.0, 0.2, 2.2, 2.4, 9.0, 1.0]), jnp.asarray([0.04, 0.3, 0.01, 1.0, 0.2, 2.5])
+    t, w = (a[None, :] for a in quadrature(L.OMEGA_NODE_TIERS[0][1], jnp.float64))
+    phi = jnp.exp(m_w[:, None] + jnp.sqrt(v_w)[:, None] * t)
+    assert np.array_equal(np.asarray(L.expected_rising(y, m_w, v_w)),
+                          np.asarray(jnp.sum(w * log_rising_ratio(y[:, None], phi), axis=-1)))
+    dm, dv = jnp.asarray([1.0, -2.0, 0.5, 1.0, 3.0, 0.1]), jnp.asarray([0.3, 1.0, -1.0, 2.0, 0.0, 1.0])
+    _, tangent = jax.jvp(lambda a, b: L.expected_rising(y, a, b), (m_w, v_w), (dm, dv))
+    slope = phi * rising_ratio_dphi(y[:, None], phi)
+    want = np.sum(w * slope * (dm[:, None] + t * dv[:, None] / (2 * jnp.sqrt(v_w)[:, None])), axis=-1)
+    np.testing.assert_allclose(np.asarray(tangent), want, rtol=1e-13, atol=1e-13)
     with pytest.raises(TypeError, match="counts"):
-        jax.grad(L._rising_ratio, 0)(jnp.asarray(2.0), jnp.asarray(3.0))
+        jax.grad(L.expected_rising, 0)(jnp.asarray(2.0), jnp.asarray(0.3), jnp.asarray(0.1))
 
 
 def test_quadrature_gradient_in_moments():
@@ -122,13 +131,21 @@ def test_finite_at_extreme_inputs(dtype):
     info = jnp.finfo(dtype)
     y = jnp.asarray([0.0, 1.0, 2.0, 7.0, 300.0, 1e4, 1e6], dtype)[:, None]
     phi = jnp.asarray([float(info.tiny), 1e-30, 1e-3, 10.0, 1e8, 1e20, float(info.max), np.inf], dtype)[None, :]
-    value = jax.jit(L._rising_ratio)(y, phi)
+    value = jax.jit(log_rising_ratio)(y, phi)
     assert value.dtype == dtype and bool(jnp.all(jnp.isfinite(value)))
     assert bool(jnp.all(value[0] == 0.0)) and bool(jnp.all(value[:, -1] == 0.0))  # y = 0; phi = inf (Poisson)
-    # the derivative in omega = log phi, as the fits take it: phi dD/dphi -> -(y - 1) as phi -> 0, 0 as phi -> inf
+    # the derivative in omega = log phi, as the fits take it: phi dD/dphi -> -(y - 1) as phi -> 0, 0 as phi -> inf;
+    # written, and by autodiff of the value (the NB model's log density)
     omega = jnp.asarray([-60.0, -7.0, 0.0, 2.3, 18.0, 46.0, 85.0], dtype)[None, :]
-    yb = jnp.broadcast_to(y, (y.shape[0], omega.shape[1]))
-    for f in (L._rising_ratio, log_rising_ratio):
-        g = jax.jit(jax.vmap(jax.vmap(jax.grad(lambda a, b: f(a, jnp.exp(b)), 1))))(yb, jnp.broadcast_to(omega, yb.shape))
-        assert bool(jnp.all(jnp.isfinite(g)))
+    yb, ob = jnp.broadcast_arrays(y, omega)
+    written = jax.jit(lambda a, b: jnp.exp(b) * rising_ratio_dphi(a, jnp.exp(b)))(yb, ob)
+    auto = jax.jit(jax.vmap(jax.vmap(jax.grad(lambda a, b: log_rising_ratio(a, jnp.exp(b)), 1))))(yb, ob)
+    for g in (written, auto):
+        assert g.dtype == dtype and bool(jnp.all(jnp.isfinite(g)))
         assert float(g[3, 0]) == pytest.approx(-6.0, rel=1e-5) and abs(float(g[3, -1])) < 1e-30
+    # the fits' expectation over omega and its gradient in (m_w, v_w), at extreme means
+    m_w = jnp.asarray([-60.0, -7.0, 0.0, 2.3, 18.0, 46.0, 75.0], dtype)
+    grads = jax.jit(jax.vmap(jax.grad(lambda a, b, c: L.expected_rising(a, b, c), (1, 2)), (0, None, None)))
+    for m in m_w:
+        g_m, g_v = grads(y[:, 0], m, jnp.asarray(0.01, dtype))
+        assert bool(jnp.all(jnp.isfinite(g_m))) and bool(jnp.all(jnp.isfinite(g_v)))

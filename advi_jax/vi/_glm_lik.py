@@ -42,10 +42,10 @@ order, and its derivatives in (m_w, v_w) by one small autodiff outside the row l
 (D = 10, RAND HIE counts resampled: 59 distinct values) it was ~85% of the pass (see
 benchmarks/PERFORMANCE.md). `init` checks the table against y (`table_matches`; NaN if stale).
 D and its derivative in phi are `glm_more.log_rising_ratio` / `glm_more.rising_ratio_dphi` (one set of
-forms: Stirling's for phi >= 10, lgamma / digamma differences below), joined by `_rising_ratio`'s custom
-JVP: the derivative in omega is phi dD/dphi as written, not autodiff of the value (autodiff of the
-earlier `betaln` form was about half of the low-rank NB loop's XLA compile), and it is the value's
-derivative to rounding.
+forms: Stirling's for phi >= 10, lgamma / digamma differences below), joined by `expected_rising`'s
+custom JVP: the derivatives in (m_w, v_w) come from phi dD/dphi as written, not autodiff of the value
+(autodiff of the earlier `betaln` form was about half of the low-rank NB loop's XLA compile), and they
+are the value's derivatives to rounding.
 
 The expectations of the gradient and Hessian of l in (eta, omega), which the Newton / fixed-point
 pass needs, are the derivatives of psi in the moments (Bonnet / Price): E[l_eta] = d psi / d mu,
@@ -179,50 +179,63 @@ def _pin(stable: Array, formal: Array) -> Array:
     return jax.lax.stop_gradient(stable) + (formal - jax.lax.stop_gradient(formal))
 
 
+def _rising_parts(y: Array, m_w: Array, v_w: Array) -> tuple[Array, Array, Array]:
+    """(E_omega[D(y, e^omega)], d/d m_w, d/d v_w) by the rule of `OMEGA_NODE_TIERS` (arguments broadcast).
+
+    D is `glm_more.log_rising_ratio` and its derivative `glm_more.rising_ratio_dphi` (one set of forms:
+    Stirling's for phi >= 10, lgamma / digamma differences below), so the derivatives are those of the value
+    to rounding. With phi_j = e^{m_w + sd t_j}: d/d m_w = sum_j w_j phi_j D'(phi_j) and d/d v_w =
+    sum_j w_j t_j phi_j D'(phi_j) / (2 sd), both from one contraction of phi D' with the (nodes, 2) matrix
+    [w, w t]. Reverse-mode autodiff of the node sum instead consumed phi D' in two reductions, into each of
+    which XLA copied its elementwise code: that doubled the compile of the derivative (helper `nbvalue`)."""
+    from advi_jax.vi.glm_exact import quadrature
+
+    def parts(num):
+        t, w = quadrature(num, y.dtype)
+        basis = jnp.stack([w, w * t], axis=-1)  # (nodes, 2)
+        lift = (1,) * jnp.ndim(m_w) + (-1,)
+        t, w = jnp.reshape(t, lift), jnp.reshape(w, lift)
+        sd = jnp.sqrt(v_w)
+        phi = jnp.exp(m_w[..., None] + sd[..., None] * t)
+        value = jnp.sum(w * log_rising_ratio(y[..., None], phi), axis=-1)
+        slope = phi * rising_ratio_dphi(y[..., None], phi)  # dD/domega at the nodes
+        g = slope @ basis
+        return value, g[..., 0], g[..., 1] / (2.0 * sd)
+
+    if len(OMEGA_NODE_TIERS) == 1:
+        return parts(OMEGA_NODE_TIERS[0][1])
+    tier = (jnp.sqrt(jnp.max(v_w)) > OMEGA_NODE_TIERS[0][0]).astype(jnp.int32)
+    return jax.lax.switch(tier, [lambda n=n: parts(n) for _, n in OMEGA_NODE_TIERS])
+
+
 @jax.custom_jvp
-def _rising_ratio(y: Array, phi: Array) -> Array:
-    """`log_rising_ratio` whose derivative in phi is `rising_ratio_dphi` (both `glm_more`'s, from one set of
-    forms: Stirling's for phi >= 10, lgamma / digamma differences below), not autodiff of the value.
-
-    Autodiff of the earlier `betaln` form of D was about half of the XLA compile of the low-rank negative
-    binomial's loop (benchmarks/PERFORMANCE.md, helper `nbfirst`); the written derivative compiles in
-    less, and the value and derivative now agree to rounding (`betaln`'s values erred by up to 1.3e-6,
-    so the ELBO's value and gradient disagreed by that; helper `nbvalue`).
-    y is data: a tangent in y is an error."""
-    return log_rising_ratio(y, phi)
+def _expected_rising(y: Array, m_w: Array, v_w: Array) -> Array:
+    return _rising_parts(y, m_w, v_w)[0]
 
 
-def _rising_ratio_jvp(primals, tangents):
-    y, phi = primals
-    dy, dphi = tangents
+def _expected_rising_jvp(primals, tangents):
+    y, m_w, v_w = primals
+    dy, dm, dv = tangents
     if not isinstance(dy, SymbolicZero):
         raise TypeError("the negative binomial's D(y, phi) is not differentiable in the counts y")
-    value = log_rising_ratio(y, phi)
-    if isinstance(dphi, SymbolicZero):
-        return value, jnp.zeros_like(value)
-    return value, rising_ratio_dphi(y, phi) * dphi
+    value, d_m, d_v = _rising_parts(y, m_w, v_w)
+    tangent = jnp.zeros_like(value)
+    if not isinstance(dm, SymbolicZero):
+        tangent = tangent + d_m * dm
+    if not isinstance(dv, SymbolicZero):
+        tangent = tangent + d_v * dv
+    return value, tangent
 
 
-_rising_ratio.defjvp(_rising_ratio_jvp, symbolic_zeros=True)
+_expected_rising.defjvp(_expected_rising_jvp, symbolic_zeros=True)
 
 
 def expected_rising(y: Array, m_w: Array, v_w: Array) -> Array:
-    """E_omega[D(y, e^omega)], omega ~ N(m_w, v_w), elementwise (broadcast), by the rule of `OMEGA_NODE_TIERS`."""
-    from advi_jax.vi.glm_exact import quadrature
+    """E_omega[D(y, e^omega)], omega ~ N(m_w, v_w), elementwise (broadcast), by the rule of `OMEGA_NODE_TIERS`.
 
-    y, m_w, v_w = jnp.broadcast_arrays(y, m_w, v_w)
-
-    def expect_d(num):
-        t, w = quadrature(num, y.dtype)
-        lift = (1,) * jnp.ndim(m_w) + (-1,)
-        t, w = jnp.reshape(t, lift), jnp.reshape(w, lift)
-        omega = m_w[..., None] + jnp.sqrt(v_w)[..., None] * t
-        return jnp.sum(w * _rising_ratio(y[..., None], jnp.exp(omega)), axis=-1)
-
-    if len(OMEGA_NODE_TIERS) == 1:
-        return expect_d(OMEGA_NODE_TIERS[0][1])
-    tier = (jnp.sqrt(jnp.max(v_w)) > OMEGA_NODE_TIERS[0][0]).astype(jnp.int32)
-    return jax.lax.switch(tier, [lambda n=n: expect_d(n) for _, n in OMEGA_NODE_TIERS])
+    Differentiable in (m_w, v_w) by a custom JVP with the rule's derivatives from `rising_ratio_dphi`
+    (`_rising_parts`), not autodiff of D; y is data: a tangent in y is an error."""
+    return _expected_rising(*jnp.broadcast_arrays(y, m_w, v_w))
 
 
 def negbin_psi(y, mu, m_w, v, c, v_w, v_u, c_uw, num_nodes=None, constant=True, dispersion=True):
