@@ -9,6 +9,8 @@ for `negbin` the bundled RAND HIE
 doctor visits resampled to N rows with N(0, 1) columns added up to D (as `bench_nb_distinct`).
 Diagnostics off (the fit alone). In one fresh process: the first call (compile included), then the
 least of `--repeat-second` second calls (wall, CPU, and the compiled loop's `report.run_seconds`).
+The first call's compile is split by JAX's own duration events (`jax.monitoring`: seconds of tracing,
+lowering to MLIR and XLA's backend compile, summed over its programs and over threads).
 Prints one JSON line with the steps, ELBO and mean so that trees can be compared for equal results.
 
 Run from the root of the tree under test (the script itself may live in another tree):
@@ -82,9 +84,18 @@ def main() -> None:
         jax.block_until_ready(res.params)
         return res, time.perf_counter() - t
 
+    compile_s = {"jaxpr_trace_duration": 0.0, "jaxpr_to_mlir_module_duration": 0.0, "backend_compile_duration": 0.0}
+
+    def on_event(event, duration, **_):
+        name = event.rsplit("/", 1)[-1]
+        if name in compile_s:
+            compile_s[name] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
     c0 = time.process_time()
     first, t_first = fit()
     cpu_first = time.process_time() - c0
+    first_compile = dict(compile_s)
     seconds, loops, cpus = [], [], []
     for _ in range(args.repeat_second):
         c = time.process_time()
@@ -96,6 +107,9 @@ def main() -> None:
         "tree": aj.__file__.rsplit("/advi_jax/", 1)[0], "case": args.case, "kind": args.kind, "n": args.n,
         "family": args.family if args.case != "lowrank" else f"lowrank{args.rank}",
         "first_s": round(t_first, 3), "first_cpu_s": round(cpu_first, 3),
+        "first_trace_s": round(first_compile["jaxpr_trace_duration"], 3),
+        "first_lower_s": round(first_compile["jaxpr_to_mlir_module_duration"], 3),
+        "first_xla_s": round(first_compile["backend_compile_duration"], 3),
         "second_ms": round(1e3 * min(seconds), 1), "second_cpu_ms": round(1e3 * min(cpus), 1),
         "loop_ms": round(1e3 * min(loops), 1), "steps": int(first.num_steps),
         "grads": int(first.num_grad_evals) if hasattr(first, "num_grad_evals") else None,

@@ -26,7 +26,7 @@ E[e^omega f(u)] = e^{m_w + v_w / 2} E[f(u')], u' ~ N(mu_i - m_w + Cov(u, omega),
 two one-dimensional softplus expectations (the logistic rule of `glm_exact`, with its node tiers
 and its stable curvature as F's derivative) and one expectation over omega alone
 (Gauss-Hermite, `OMEGA_NODE_TIERS`: measured against a 200-node rule, float64, y in 0..300, m_w in
-[-3, 5], the error is at the betaln rounding floor (~1e-7) with 8 nodes up to sd(omega) 0.5 (6e-5 at
+[-3, 5], the error is at the rounding floor of the betaln form D then had (~1e-7) with 8 nodes up to sd(omega) 0.5 (6e-5 at
 sd 1), and with 32 nodes up to sd 2 (1.2e-6; 16 nodes give 5e-4 there). The posterior sd of log phi
 is ~0.1 or less once N is in the hundreds, where 8 nodes would do, but a second tier (a `switch`)
 doubled the compile time of a step (19 s -> 11 s on the loaded 2-core machine), so one 32-node rule
@@ -41,9 +41,11 @@ power of two), and the rows carry only the two softplus expectations: the same s
 order, and its derivatives in (m_w, v_w) by one small autodiff outside the row loop. At N = 1e5
 (D = 10, RAND HIE counts resampled: 59 distinct values) it was ~85% of the pass (see
 benchmarks/PERFORMANCE.md). `init` checks the table against y (`table_matches`; NaN if stale).
-Its derivative in omega is phi dD/dphi with dD/dphi written out (`rising_ratio_dphi`: Stirling's
-form for phi >= 10, digamma differences below; `_rising_ratio`'s custom JVP) rather than autodiff of
-`betaln`'s two branches, whose code was about half of the low-rank NB loop's XLA compile.
+D and its derivative in phi are `glm_more.log_rising_ratio` / `glm_more.rising_ratio_dphi` (one set of
+forms: Stirling's for phi >= 10, lgamma / digamma differences below), joined by `expected_rising`'s
+custom JVP: the derivatives in (m_w, v_w) come from phi dD/dphi as written, not autodiff of the value
+(autodiff of the earlier `betaln` form was about half of the low-rank NB loop's XLA compile), and they
+are the value's derivatives to rounding.
 
 The expectations of the gradient and Hessian of l in (eta, omega), which the Newton / fixed-point
 pass needs, are the derivatives of psi in the moments (Bonnet / Price): E[l_eta] = d psi / d mu,
@@ -65,10 +67,10 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
-from jax.scipy.special import digamma, gammaln, log_ndtr
+from jax.scipy.special import gammaln, log_ndtr
 
 from advi_jax._types import Array
-from advi_jax.models.glm_more import DISTINCT_KEYS, distinct_table, log_rising_ratio
+from advi_jax.models.glm_more import DISTINCT_KEYS, distinct_table, log_rising_ratio, rising_ratio_dphi
 
 OMEGA_NODE_TIERS = ((math.inf, 32),)
 PROBIT_NODE_TIERS = ((0.5, 8), (2.0, 32), (math.inf, 128))
@@ -177,89 +179,63 @@ def _pin(stable: Array, formal: Array) -> Array:
     return jax.lax.stop_gradient(stable) + (formal - jax.lax.stop_gradient(formal))
 
 
-# Stirling's series of lgamma(x) - ((x - 1/2) log x - x + log(2 pi) / 2): the coefficients c_k of x^-(2k-1).
-# Its derivative, sum_k -(2k - 1) c_k x^-2k, is float64-exact at x >= _STIRLING_FROM (the last term kept is
-# 8e-16 of lgamma's derivative there).
-_STIRLING = (1.0 / 12, -1.0 / 360, 1.0 / 1260, -1.0 / 1680, 1.0 / 1188, -691.0 / 360360, 1.0 / 156)
-_STIRLING_FROM = 10.0
+def _rising_parts(y: Array, m_w: Array, v_w: Array) -> tuple[Array, Array, Array]:
+    """(E_omega[D(y, e^omega)], d/d m_w, d/d v_w) by the rule of `OMEGA_NODE_TIERS` (arguments broadcast).
 
+    D is `glm_more.log_rising_ratio` and its derivative `glm_more.rising_ratio_dphi` (one set of forms:
+    Stirling's for phi >= 10, lgamma / digamma differences below), so the derivatives are those of the value
+    to rounding. With phi_j = e^{m_w + sd t_j}: d/d m_w = sum_j w_j phi_j D'(phi_j) and d/d v_w =
+    sum_j w_j t_j phi_j D'(phi_j) / (2 sd), both from one contraction of phi D' with the (nodes, 2) matrix
+    [w, w t]. Reverse-mode autodiff of the node sum instead consumed phi D' in two reductions, into each of
+    which XLA copied its elementwise code: that doubled the compile of the derivative (helper `nbvalue`)."""
+    from advi_jax.vi.glm_exact import quadrature
 
-def _stirling_tail_prime(x: Array) -> Array:
-    """d/dx of lgamma's Stirling remainder, sum_k -(2k - 1) c_k x^-2k (x >= `_STIRLING_FROM`)."""
-    r = 1.0 / (x * x)
-    acc = jnp.zeros_like(x)
-    for k in range(len(_STIRLING), 0, -1):
-        acc = (acc - (2 * k - 1) * _STIRLING[k - 1]) * r
-    return acc
+    def parts(num):
+        t, w = quadrature(num, y.dtype)
+        basis = jnp.stack([w, w * t], axis=-1)  # (nodes, 2)
+        lift = (1,) * jnp.ndim(m_w) + (-1,)
+        t, w = jnp.reshape(t, lift), jnp.reshape(w, lift)
+        sd = jnp.sqrt(v_w)
+        phi = jnp.exp(m_w[..., None] + sd[..., None] * t)
+        value = jnp.sum(w * log_rising_ratio(y[..., None], phi), axis=-1)
+        slope = phi * rising_ratio_dphi(y[..., None], phi)  # dD/domega at the nodes
+        g = slope @ basis
+        return value, g[..., 0], g[..., 1] / (2.0 * sd)
 
-
-def rising_ratio_dphi(y: Array, phi: Array) -> Array:
-    """dD(y, phi) / d phi for `log_rising_ratio`'s D = lgamma(y + phi) - lgamma(phi) - y log phi (its branches):
-
-    * phi >= 10 (y >= 1): from Stirling's form D = (y + phi - 1/2) log1p(y / phi) - y + rem(y + phi) - rem(phi),
-      dD/dphi = log1p(y / phi) - y / phi + y / (2 phi (y + phi)) + rem'(y + phi) - rem'(phi): no digamma,
-      and the y / phi terms cancel no worse than in the derivative of `betaln`'s large-argument form;
-    * phi < 10: digamma(y + phi) - digamma(phi) - y / phi (the differences of digamma lose nothing there);
-    * `log_rising_ratio`'s phi >> y^2 branch, D = y (y - 1) / (2 phi): -y (y - 1) / (2 phi^2); y = 0: 0.
-    """
-    safe_y = jnp.maximum(y, 1.0)
-    huge = phi > 1e4 * jnp.square(safe_y + 1.0)
-    big_phi = jnp.maximum(phi, _STIRLING_FROM)
-    ratio = safe_y / big_phi
-    large = (jnp.log1p(ratio) - ratio + 0.5 * ratio / (safe_y + big_phi)
-             + _stirling_tail_prime(safe_y + big_phi) - _stirling_tail_prime(big_phi))
-    small_phi = jnp.minimum(phi, _STIRLING_FROM)
-    small = digamma(safe_y + small_phi) - digamma(small_phi) - safe_y / small_phi
-    d = jnp.where(phi >= _STIRLING_FROM, large, small)
-    d = jnp.where(huge, -0.5 * safe_y * (safe_y - 1.0) / jnp.square(phi), d)
-    return jnp.where(y > 0, d, 0.0)
+    if len(OMEGA_NODE_TIERS) == 1:
+        return parts(OMEGA_NODE_TIERS[0][1])
+    tier = (jnp.sqrt(jnp.max(v_w)) > OMEGA_NODE_TIERS[0][0]).astype(jnp.int32)
+    return jax.lax.switch(tier, [lambda n=n: parts(n) for _, n in OMEGA_NODE_TIERS])
 
 
 @jax.custom_jvp
-def _rising_ratio(y: Array, phi: Array) -> Array:
-    """`log_rising_ratio` (the same values) whose derivative in phi is `rising_ratio_dphi`.
-
-    Autodiff of `log_rising_ratio` differentiates both branches of `betaln` (four digammas and the
-    derivative of its large-argument series) and the phi >> y^2 branch: that gradient was about
-    half of the XLA compile of the low-rank negative binomial's loop (5.0-7.6 s of CPU, 3.4-4.1 s
-    without the dispersion term; benchmarks/PERFORMANCE.md, helper `nbfirst`); this one compiles in
-    1.5-2 s less. It is also more accurate: autodiff of JAX's `betaln` errs by up to 3e-6 in
-    phi dD/dphi just above phi = 8 (float64, against SciPy's digamma), this by 1e-13 y.
-    y is data: a tangent in y is an error."""
-    return log_rising_ratio(y, phi)
+def _expected_rising(y: Array, m_w: Array, v_w: Array) -> Array:
+    return _rising_parts(y, m_w, v_w)[0]
 
 
-def _rising_ratio_jvp(primals, tangents):
-    y, phi = primals
-    dy, dphi = tangents
+def _expected_rising_jvp(primals, tangents):
+    y, m_w, v_w = primals
+    dy, dm, dv = tangents
     if not isinstance(dy, SymbolicZero):
         raise TypeError("the negative binomial's D(y, phi) is not differentiable in the counts y")
-    value = log_rising_ratio(y, phi)
-    if isinstance(dphi, SymbolicZero):
-        return value, jnp.zeros_like(value)
-    return value, rising_ratio_dphi(y, phi) * dphi
+    value, d_m, d_v = _rising_parts(y, m_w, v_w)
+    tangent = jnp.zeros_like(value)
+    if not isinstance(dm, SymbolicZero):
+        tangent = tangent + d_m * dm
+    if not isinstance(dv, SymbolicZero):
+        tangent = tangent + d_v * dv
+    return value, tangent
 
 
-_rising_ratio.defjvp(_rising_ratio_jvp, symbolic_zeros=True)
+_expected_rising.defjvp(_expected_rising_jvp, symbolic_zeros=True)
 
 
 def expected_rising(y: Array, m_w: Array, v_w: Array) -> Array:
-    """E_omega[D(y, e^omega)], omega ~ N(m_w, v_w), elementwise (broadcast), by the rule of `OMEGA_NODE_TIERS`."""
-    from advi_jax.vi.glm_exact import quadrature
+    """E_omega[D(y, e^omega)], omega ~ N(m_w, v_w), elementwise (broadcast), by the rule of `OMEGA_NODE_TIERS`.
 
-    y, m_w, v_w = jnp.broadcast_arrays(y, m_w, v_w)
-
-    def expect_d(num):
-        t, w = quadrature(num, y.dtype)
-        lift = (1,) * jnp.ndim(m_w) + (-1,)
-        t, w = jnp.reshape(t, lift), jnp.reshape(w, lift)
-        omega = m_w[..., None] + jnp.sqrt(v_w)[..., None] * t
-        return jnp.sum(w * _rising_ratio(y[..., None], jnp.exp(omega)), axis=-1)
-
-    if len(OMEGA_NODE_TIERS) == 1:
-        return expect_d(OMEGA_NODE_TIERS[0][1])
-    tier = (jnp.sqrt(jnp.max(v_w)) > OMEGA_NODE_TIERS[0][0]).astype(jnp.int32)
-    return jax.lax.switch(tier, [lambda n=n: expect_d(n) for _, n in OMEGA_NODE_TIERS])
+    Differentiable in (m_w, v_w) by a custom JVP with the rule's derivatives from `rising_ratio_dphi`
+    (`_rising_parts`), not autodiff of D; y is data: a tangent in y is an error."""
+    return _expected_rising(*jnp.broadcast_arrays(y, m_w, v_w))
 
 
 def negbin_psi(y, mu, m_w, v, c, v_w, v_u, c_uw, num_nodes=None, constant=True, dispersion=True):
