@@ -6,9 +6,6 @@ real (large) files call `require_data_file(name)`: the file is looked up as advi
 (`$ADVI_JAX_DATA`, `~/.cache/advi_jax`, `shared/data` beside the checkout) and, when it is
 missing, the test is skipped with the reason, or fails when `ADVI_JAX_REQUIRE_DATA=1` (as in
 CI, where `.ci/run` sets it).
-
-Compiled programs: the run's test processes share one persistent XLA compilation cache in a new
-temporary folder, removed at the end (tests/_xla_cache.py; `ADVI_JAX_TEST_XLA_CACHE=0` turns it off).
 """
 
 import os
@@ -39,7 +36,6 @@ if _FAST_XLA:
     _user_flags = os.environ.get("XLA_FLAGS")
     os.environ["XLA_FLAGS"] = ((_user_flags or "") + " " + FAST_XLA_FLAGS).strip()
 
-import _xla_cache  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
@@ -164,35 +160,10 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """No notebook run outlives the session (e.g. after -x stopped it before their module); an xdist
-    worker hands its compilation-cache counts to the controller."""
+    """No notebook run outlives the session (e.g. after -x stopped it before their module)."""
     import _notebook_runs
 
     _notebook_runs.stop_runs()
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None and _xla_cache.folder():
-        workeroutput[_xla_cache.WORKER_KEY] = _xla_cache.counts()
-
-
-def pytest_configure(config):
-    """The run's persistent compilation cache (tests/_xla_cache.py): the controller, or a plain run's
-    process, makes its folder; an xdist worker uses the folder the controller handed it."""
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        if workerinput.get(_xla_cache.WORKER_KEY):
-            _xla_cache.use(workerinput[_xla_cache.WORKER_KEY])
-    elif _xla_cache.enabled() and not config.option.collectonly:
-        _xla_cache.use(_xla_cache.create())
-
-
-def pytest_terminal_summary(terminalreporter):
-    if _xla_cache.folder() and not hasattr(terminalreporter.config, "workerinput"):
-        terminalreporter.write_line(_xla_cache.summary())
-
-
-def pytest_unconfigure(config):
-    """The run's compilation-cache folder goes with the run (only the process that made it removes it)."""
-    _xla_cache.remove()
 
 
 MAX_WORKERS = 4
@@ -217,18 +188,10 @@ class _Xdist:
         return min(cpus, MAX_WORKERS) if cpus > 1 else 0
 
     def pytest_configure_node(self, node):
-        """(Controller) every worker is told the folder of the notebook runs (tests/_notebook_runs.py) and
-        the run's compilation cache (tests/_xla_cache.py)."""
+        """(Controller) every worker is told the folder of the notebook runs (tests/_notebook_runs.py)."""
         import _notebook_runs
 
         node.workerinput[_notebook_runs.WORKER_KEY] = str(_notebook_runs.folder())
-        node.workerinput[_xla_cache.WORKER_KEY] = _xla_cache.folder()
-
-    def pytest_testnodedown(self, node, error):
-        """(Controller) a finished worker's compilation-cache counts go into the run's."""
-        counts = getattr(node, "workeroutput", {}).get(_xla_cache.WORKER_KEY)
-        if counts:
-            _xla_cache.add(counts)
 
     def pytest_xdist_node_collection_finished(self, node, ids):
         """(Controller) the first worker to finish collecting says which notebooks are selected."""
