@@ -64,9 +64,12 @@ def _openblas_on_one_thread():
 _openblas_on_one_thread()
 
 
-XLA_DEFAULT_OPTIONS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
+XLA_DEFAULT_OPTIONS = ({"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
+                       if jax.default_backend() == "cpu" else {})
 """XLA's own defaults, as per-program `compiler_options` (they override the flags): for the few test
-programs whose run time outweighs their compile time (e.g. the million-draw Monte Carlo references)."""
+programs whose run time outweighs their compile time (e.g. the million-draw Monte Carlo references).
+Empty off CPU: the fast flags are CPU-only, and XLA's GPU compiler rejects the CPU option ("No such
+compile option"; seen on an H200, benchmarks/PERFORMANCE.md)."""
 
 
 def fast_xla() -> bool:
