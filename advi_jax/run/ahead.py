@@ -77,7 +77,9 @@ class Ahead:
         stores its own result in it under its name (the later jobs read the abstract outputs of
         the earlier ones from it).
       x64: run the jobs under `jax.enable_x64(x64)` (a thread-local setting: pass the caller's),
-        or None to leave the thread's as it is.
+        or None to leave the thread's as it is. The caller's matrix-product precision (also
+        thread-local; `advi_jax.run.precision`) is always carried over, so the thread traces the
+        programs the caller will call.
       name: the thread's name (as logs show it).
     """
 
@@ -85,6 +87,7 @@ class Ahead:
                  name: str = "advi_jax-compile-ahead"):
         self._jobs = list(jobs)
         self._x64 = x64
+        self._precision = jax.config.jax_default_matmul_precision  # the caller's, read on its thread
         self._done: dict[str, Any] = {}
         self._events = {name: threading.Event() for name, _ in self._jobs}
         self._go = threading.Event()
@@ -96,7 +99,11 @@ class Ahead:
     def _work(self) -> None:
         self._go.wait()
         try:
-            with contextlib.nullcontext() if self._x64 is None else jax.enable_x64(self._x64):
+            with contextlib.ExitStack() as stack:
+                if self._x64 is not None:
+                    stack.enter_context(jax.enable_x64(self._x64))
+                if self._precision is not None:
+                    stack.enter_context(jax.default_matmul_precision(self._precision))
                 self._run_jobs()
         except KeyboardInterrupt:  # raised by the user's code while tracing: the waiting call raises it
             self._interrupted = True

@@ -49,7 +49,7 @@ from advi_jax._types import Array, check_positive_int, common_leading_size
 from advi_jax.base import Family
 from advi_jax.flatten import Model
 from advi_jax.result import ManyResult, diagnose
-from advi_jax.run import driver
+from advi_jax.run import driver, precision
 from advi_jax.run.single import method_options, resolve_method, run_diagnostics
 from advi_jax.vi import advi as _advi
 
@@ -160,6 +160,7 @@ def _initial_locs(model: Model, init: Any, num_fits: int, batched: bool, dtype) 
 
 
 @blas_threads.during
+@precision.during
 def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None = None, batched: bool = False,
              family: str | Family = "meanfield", num_steps: int = 10_000, num_samples: int = 1,
              optimizer: optax.GradientTransformation | None = None, estimator: str | Callable = "reparam",

@@ -75,7 +75,7 @@ from advi_jax._types import Array, check_positive_int
 from advi_jax.base import Family
 from advi_jax.flatten import MinibatchModel, Model
 from advi_jax.result import Report, Result, diagnose_ratios
-from advi_jax.run import driver
+from advi_jax.run import driver, precision
 from advi_jax.run.single import run_diagnostics, warn_diagnostics
 from advi_jax.vi import advi as _advi
 
@@ -149,6 +149,7 @@ def _full_data_diagnostics(model: MinibatchModel, family: Family, params, key: A
 
 
 @blas_threads.during
+@precision.during
 def fit_minibatch(model: MinibatchModel, *, key: Array, batch_size: int, num_epochs: int,
                   family: str | Family = "meanfield", num_samples: int = 1,
                   optimizer: optax.GradientTransformation | None = None, estimator: str | Callable = "reparam",

@@ -15,11 +15,12 @@ from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold, near_constant
 from advi_jax.flatten import Model
 from advi_jax import importance
+from advi_jax._types import user_stacklevel
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
 from advi_jax.result import (Report, Result, confirmation_draws, data_size, diagnose_confirmed, diagnostic_draw_budget,
                              known_diagnostic_draws)
 from advi_jax.run import ahead as _ahead
-from advi_jax.run import driver, host_keys
+from advi_jax.run import driver, host_keys, precision
 from advi_jax.run.choose import choose, choose_family, choose_method
 from advi_jax.run.start import AUTO_LAPLACE_MAX_DIM, INIT_STRINGS
 from advi_jax.run.start import start as resolve_start
@@ -123,7 +124,7 @@ def warn_diagnostics(result: Any, warn: bool) -> None:
                  f" from {d.num_draws} fresh draws (the first {first.num_draws} read {first.khat:.2f})")
         warnings.warn(f"PSIS k-hat = {d.khat:.2f}{again} (threshold {khat_threshold(d.num_draws):.2f})"
                       f"{_spread(result)}: "
-                      f"{result.verdict}", DiagnosticWarning, stacklevel=3)
+                      f"{result.verdict}", DiagnosticWarning, stacklevel=user_stacklevel())
 
 
 def _spread(result: Any) -> str:
@@ -175,6 +176,7 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
 
 
 @blas_threads.during
+@precision.during
 def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = "auto",
         num_steps: int | None = None, num_samples: int = 1, optimizer: optax.GradientTransformation | None = None,
         estimator: str | Callable = "reparam", learning_rate: float | str | None = None, init: Any = "auto",
@@ -436,11 +438,11 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     if warn and hasattr(module, "stop_warning"):  # what a method's own stop test must say (`advi_jax.vi`)
         said = module.stop_warning(code, extras, num_steps)
         if said:
-            warnings.warn(said, DiagnosticWarning, stacklevel=2)
+            warnings.warn(said, DiagnosticWarning, stacklevel=user_stacklevel())
     if warn and report.runaway:
         warnings.warn(f"parameters {list(report.runaway)} (flat index in R^K) ran away while the ELBO kept rising: "
                       "the posterior may be improper (e.g. separable data with a flat prior); add a proper prior",
-                      DiagnosticWarning, stacklevel=2)
+                      DiagnosticWarning, stacklevel=user_stacklevel())
     return result
 
 

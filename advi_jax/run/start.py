@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advi_jax import compile_options
-from advi_jax._types import Array
+from advi_jax._types import Array, user_stacklevel
 from advi_jax.base import Family
 from advi_jax.checks import INIT_OPTIONS, NonFiniteStart, check_initial_point, check_log_joint_shape, initial_loc
 from advi_jax.families import FullRankGaussian
@@ -461,7 +461,7 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
         if nowhere:
             if check:
                 raise NonFiniteStart(f"{nowhere}; pass init= a point where both are finite, or check the model")
-            warnings.warn(f"{nowhere}: the fit starts there (check=False)", UserWarning, stacklevel=3)
+            warnings.warn(f"{nowhere}: the fit starts there (check=False)", UserWarning, stacklevel=user_stacklevel())
             return Start(model, loc, loc, f"zero (no Pathfinder start: {nowhere})", None, candidates, scores)
     elbos, best = np.asarray(elbos, np.float64), int(best)
     if not np.isfinite(elbos[best]):

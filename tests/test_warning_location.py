@@ -1,0 +1,40 @@
+"""The library's warnings name the user's line that called it, not a frame inside advi_jax."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import advi_jax as aj
+from advi_jax._types import user_stacklevel
+
+
+def _library_frames(depth: int) -> int:
+    """Call `user_stacklevel` from under `depth` frames that pretend to be in advi_jax."""
+    namespace: dict = {"user_stacklevel": user_stacklevel}
+    code = "def f(n):\n    return user_stacklevel() if n == 0 else f(n - 1)\n"
+    exec(compile(code, aj.__file__.replace("__init__.py", "pretend.py"), "exec"), namespace)
+    return namespace["f"](depth)
+
+
+@pytest.mark.parametrize("depth", [0, 3])
+def test_user_stacklevel_counts_the_library_frames(depth):
+    # f's `depth` recursive frames plus its last one are in the library; the test's frame is next
+    assert _library_frames(depth) == depth + 2
+
+
+def test_a_fits_diagnostic_warning_names_the_callers_line():
+    # a Cauchy target: a Gaussian's tails are far too light, PSIS k-hat is near 1 and the fit warns
+    def log_density(p):
+        return -jnp.sum(jnp.log1p(p["x"] ** 2))
+
+    model = aj.Model(log_density, {"x": aj.real((2,))})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        aj.fit(model, key=jax.random.key(0), progress=False)
+    ours = [w for w in caught if issubclass(w.category, aj.DiagnosticWarning)]
+    assert ours, [str(w.message) for w in caught]
+    assert {w.filename for w in ours} == {__file__}
