@@ -210,6 +210,7 @@ def known_finite_at(model: Any, loc: Any) -> bool:
         y, offset = data["y"], data.get("offset")
         if not _in_host_memory(y) or (offset is not None and not _in_host_memory(offset)):
             return False
+        check_count_table(data)
         remembered = _COUNTS_OK.get((id(y), id(offset)))
         if remembered is not None and remembered[0]() is y and (offset is None or remembered[1]() is offset):
             return True  # these (immutable) arrays passed before: nothing to read again
@@ -220,6 +221,32 @@ def known_finite_at(model: Any, loc: Any) -> bool:
             drop = lambda _, key=key: _COUNTS_OK.pop(key, None)  # noqa: E731
             _COUNTS_OK[key] = (weakref.ref(y, drop), None if offset is None else weakref.ref(offset, drop))
     return True
+
+
+def check_count_table(data: Any) -> None:
+    """Raise a clear ValueError when a negative binomial's distinct-count table ("y_distinct",
+    "y_count": `advi_jax.models.glm_more.distinct_counts`) does not match its "y": y was changed
+    after the model was built. Read on the host, before anything compiles (the fits' own check,
+    `glm_more.distinct_table`, would only make the ELBO NaN). The same three sums as that check,
+    in exact integers: the rows, sum y and sum y^2."""
+    from advi_jax.models.glm_more import DISTINCT_KEYS  # models import this module; avoid a cycle
+
+    if not isinstance(data, Mapping) or not all(name in data for name in DISTINCT_KEYS):
+        return
+    if not all(_in_host_memory(data[name]) for name in ("y", *DISTINCT_KEYS)):
+        return
+    y = np.rint(np.asarray(data["y"], np.float64)).astype(np.int64)
+    values = np.rint(np.asarray(data[DISTINCT_KEYS[0]], np.float64)).astype(np.int64)
+    counts = np.asarray(data[DISTINCT_KEYS[1]]).astype(np.int64)
+    if values.shape[-1] >= y.shape[-1]:  # not used by the fits (`distinct_table`)
+        return
+    table = (int(counts.sum()), int((counts * values).sum()), int((counts * values * values).sum()))
+    rows = (y.shape[0], int(y.sum()), int((y * y).sum()))
+    if table != rows:
+        raise ValueError(
+            f"model.data['y'] does not match the model's distinct-count table {DISTINCT_KEYS} (rows, sum y, "
+            f"sum y^2: {rows} against {table}): y was changed after the model was built; build the model "
+            "again from the new counts (e.g. `aj.models.negbin_regression(x, y)`)")
 
 
 _COUNTS_OK: dict = {}  # (id(y), id(offset)) -> weakrefs of count data `known_finite_at` found in bounds
