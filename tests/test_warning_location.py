@@ -34,7 +34,8 @@ def test_a_fits_diagnostic_warning_names_the_callers_line():
     model = aj.Model(log_density, {"x": aj.real((2,))})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        aj.fit(model, key=jax.random.key(0), progress=False)
+        aj.fit(model, key=jax.random.key(0), method="advi", family="meanfield", num_steps=300, init=None,
+               progress=False)
     ours = [w for w in caught if issubclass(w.category, aj.DiagnosticWarning)]
     assert ours, [str(w.message) for w in caught]
     assert {w.filename for w in ours} == {__file__}
