@@ -61,6 +61,10 @@ def _dumped_programs(folder: Path, backend: str):
                               else "DEFAULT" for line in dots]))
 
 
+# a short ADVI fit from zero: its loop's programs compile on the background thread (`single._compile_ahead`)
+_SHORT = dict(method="advi", family="fullrank", num_steps=300, init=None, progress=False, warn=False)
+
+
 def test_choose():
     assert precision.choose("gpu", None) == "highest"
     assert precision.choose("tpu", None) == "highest"
@@ -87,16 +91,16 @@ def test_context_and_the_compile_thread(monkeypatch):
 
 def test_accelerator_fit_compiles_every_product_at_highest_once(tmp_path):
     with _dumped_programs(tmp_path / "cpu", "cpu") as cpu_programs:
-        cpu = aj.fit(_model(), key=jax.random.key(0), progress=False)
+        cpu = aj.fit(_model(), key=jax.random.key(0), **_SHORT)
     with _dumped_programs(tmp_path / "gpu", "gpu") as gpu_programs:
-        gpu = aj.fit(_model(), key=jax.random.key(0), progress=False)
+        gpu = aj.fit(_model(), key=jax.random.key(0), **_SHORT)
     cpu_dots = [p for prog in cpu_programs for p in prog.dots]
     gpu_dots = [p for prog in gpu_programs for p in prog.dots]
-    assert len(cpu_dots) > 10 and set(cpu_dots) == {"DEFAULT"}
+    assert cpu_dots and set(cpu_dots) == {"DEFAULT"}
     assert set(gpu_dots) == {"HIGHEST"}
     # the fit's programs, each lowered once: the background thread's (under the caller's precision)
     # are the ones the fit called, none was lowered again on the main thread
-    fit_programs = {"_start_program", "init_loop", "run_chunk", "finish"}
+    fit_programs = {"init_loop", "run_chunk", "finish"}
     assert fit_programs <= set(cpu_programs)
     assert {name: gpu_programs.count(name) for name in fit_programs} == dict.fromkeys(fit_programs, 1)
     # XLA:CPU multiplies float32 exactly whatever the setting: the same fit
