@@ -429,6 +429,14 @@ def run(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingValuesWarning)
         x, y, names, exposure, source = _load(args)
+    if isinstance(x, aj.models.RegressionModel):  # a formula model, built in float32 unless --float64
+        counts = np.asarray(x.data["y"])
+    else:
+        counts = y
+    if not args.float64 and float64_for_counts(args, counts):
+        if isinstance(x, aj.models.RegressionModel):
+            with warnings.catch_warnings(record=True):  # its missing-value note was recorded above
+                x = _load(args)[0]
     for w in caught:
         if issubclass(w.category, MissingValuesWarning):
             print(f"advi-jax fit: {w.message}", file=sys.stderr)
@@ -450,6 +458,25 @@ def run(args) -> int:
         print(f"advi-jax fit: {args.model} regression{what} on {source} (N={num_rows}, D={num_features}), "
               f"family={args.family}, method={args.method}", file=sys.stderr)
     return write_with_figures(args, out, lambda figures: _fit_and_write(args, model, source, out, init, figures))
+
+
+def float64_for_counts(args, y) -> bool:
+    """Switch this run to float64 when a count model's counts exceed what float32 handles
+    (`aj.models.float32_count_limit`): the fit is then right instead of imprecise. Says so on stderr;
+    sets `args.float64` (recorded in summary.json). Returns whether it switched. Call before any model
+    is built (arrays made before the switch stay float32)."""
+    import jax
+
+    from advi_jax.models import float32_count_limit
+
+    limit = float32_count_limit(args.model, y)
+    if limit is None:
+        return False
+    jax.config.update("jax_enable_x64", True)
+    args.float64 = True
+    print(f"advi-jax fit: counts up to {float(max(y)):.6g} exceed {limit:.6g}, beyond which a float32 {args.model} "
+          "fit loses precision: computing in float64 (as --float64)", file=sys.stderr)
+    return True
 
 
 def write_with_figures(args, out: Path, write) -> int:
@@ -520,6 +547,7 @@ def _fit_and_write(args, model, source: str, out: Path, init, figures) -> list[P
         "num_samples": args.samples, "seed": args.seed, "float64": bool(args.float64),
         "elbo_final": result.final_elbo, "khat": result.khat, "verdict": result.verdict,
         "iw_elbo": result.iw_elbo, "iw_elbo_se": result.iw_elbo_se, "stop_reason": result.stop_reason,
+        "converged": bool(result.converged),
         "init": result.init_method, "seconds": result.seconds,
         **_model_record(model),
         "predictive_check": {"observed": check.observed, "p_values": check.p_values,
