@@ -130,3 +130,35 @@ def test_summary_flags_an_unconverged_exact_fit():
     assert "not converged" in short.summary()
     done = _fit(model)
     assert done.converged and "not converged" not in done.summary()
+
+
+def test_constant_columns_warn_and_empty_formula_data(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("formulaic")
+    rng = np.random.default_rng(4)
+    x = np.column_stack([rng.normal(size=40), np.ones(40)])
+    y = (x[:, 0] > 0).astype(float)
+    with pytest.warns(aj.models.ConstantColumnWarning, match="'x1' \\(= 1\\)"):
+        aj.models.logistic_regression(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aj.models.ConstantColumnWarning)
+        aj.models.logistic_regression(x, y, intercept=False)  # no intercept: the column is one
+        aj.models.logistic_regression(x[:, :1], y)
+    empty = pd.DataFrame({"y": [], "x": []})
+    with pytest.raises(ValueError, match="no rows"):
+        aj.models.logistic_regression.from_formula(empty, "y ~ x")
+
+
+def test_no_intercept_models_are_not_centred():
+    # intercept=False with a user's own column of ones: standardising centred it to zeros, so the model
+    # had no intercept at all, and every column's centring added an unreported intercept
+    # -sum b m / s to the data-scale linear predictor.
+    rng = np.random.default_rng(5)
+    x = np.column_stack([np.ones(60), rng.normal(2.0, 1.0, 60)])
+    y = (rng.uniform(size=60) < 1 / (1 + np.exp(-(1.0 - 0.5 * x[:, 1])))).astype(float)
+    model = aj.models.logistic_regression(x, y, intercept=False)
+    np.testing.assert_allclose(np.asarray(model.data["x"])[:, 0], 1.0, rtol=1e-6)
+    draws = {"beta": rng.normal(size=(5, 2))}
+    eta = np.asarray(aj.models.linear_predictor(model, draws, x))
+    per_unit = np.asarray(aj.models.coefficients_on_original_scale(model, draws)["beta"])
+    np.testing.assert_allclose(eta, per_unit @ x.T, rtol=1e-4, atol=1e-4)

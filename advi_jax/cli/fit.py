@@ -371,7 +371,8 @@ def _model_record(model) -> dict:
     return {
         "feature_names": list(info.feature_names),
         "standardization": {
-            "formula": "x_standardised = (x - mean) / sd (constant columns keep sd = 1)",
+            "formula": "x_standardised = (x - mean) / sd (constant columns keep sd = 1; without an intercept, mean = 0 "
+                       "and sd is the root mean square)",
             "mean": [float(v) for v in np.asarray(model.data["x_mean"])],
             "sd": [float(v) for v in np.asarray(model.data["x_scale"])],
         },
@@ -445,12 +446,16 @@ def run(args) -> int:
         fast_compile_for_small_data(x.shape[0], x.shape[1] + 1)
     if isinstance(x, aj.models.RegressionModel):
         model = x
-    elif args.model in ("logistic", "probit"):
-        build = getattr(aj.models, f"{args.model}_regression")
-        model = build(x, y, prior_scale=args.prior_scale, feature_names=names)
     else:
         build = getattr(aj.models, f"{args.model}_regression")
-        model = build(x, y, exposure=exposure, prior_scale=args.prior_scale, feature_names=names)
+        extra = {} if args.model in ("logistic", "probit") else {"exposure": exposure}
+        with warnings.catch_warnings(record=True) as built:
+            warnings.simplefilter("always", aj.models.ConstantColumnWarning)
+            model = build(x, y, prior_scale=args.prior_scale, feature_names=names, **extra)
+        caught += built
+    for w in caught:
+        if issubclass(w.category, aj.models.ConstantColumnWarning):
+            print(f"advi-jax fit: warning: {w.message}", file=sys.stderr)
     num_rows, num_features = (int(s) for s in model.data["x"].shape)
     init = None if args.init == "zero" else args.init
     if not args.quiet:

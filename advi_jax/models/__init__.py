@@ -9,6 +9,7 @@ Example:
 
 from advi_jax.models.regression import (
     FLOAT32_COUNT_LIMITS,
+    ConstantColumnWarning,
     PrecisionWarning,
     Prediction,
     RegressionInfo,
@@ -32,6 +33,7 @@ from advi_jax.models.formula import FormulaRegressionModel, from_formula  # noqa
 from advi_jax.models.predictive import PredictiveCheck, posterior_predictive, predictive_check  # noqa: E402
 
 __all__ = [
+    "ConstantColumnWarning",
     "FLOAT32_COUNT_LIMITS",
     "FormulaRegressionModel",
     "PrecisionWarning",

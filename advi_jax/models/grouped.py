@@ -44,7 +44,7 @@ from advi_jax._types import Array, ArrayLike
 from advi_jax.models.glm import _pointwise
 from advi_jax.models.regression import (_check_scale, _check_x, _check_y, _feature_names, _frame_input,
                                         _ModelWithInfo, _normal_logpdf, _offset,
-                                        _warn_precision)
+                                        _warn_precision, standardization)
 from advi_jax.supports import positive, real
 
 __all__ = ["GroupedInfo", "GroupedRegressionModel", "grouped_logistic_regression", "grouped_poisson_regression",
@@ -234,8 +234,7 @@ def _build(kind, X, y, group, *, num_groups, group_names, prior_scale, intercept
     intercept_scale = _check_scale(intercept_scale, "intercept_scale")
     group_scale = _check_scale(group_scale, "group_scale")
     if standardize and d:
-        mean, scale = x.mean(axis=0), x.std(axis=0)
-        scale = np.where(scale > 0, scale, 1.0)
+        mean, scale = standardization(x, intercept)
     else:
         mean, scale = np.zeros(d), np.ones(d)
     info = GroupedInfo(kind, names, gnames, bool(intercept), bool(standardize), prior_scale, intercept_scale,
