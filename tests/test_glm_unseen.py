@@ -162,3 +162,18 @@ def test_no_intercept_models_are_not_centred():
     eta = np.asarray(aj.models.linear_predictor(model, draws, x))
     per_unit = np.asarray(aj.models.coefficients_on_original_scale(model, draws)["beta"])
     np.testing.assert_allclose(eta, per_unit @ x.T, rtol=1e-4, atol=1e-4)
+
+
+def test_unstandardised_columns_on_wildly_different_scales():
+    # standardize=False with columns in units of 1e-6 and 1e6: the first Newton steps overflowed, the
+    # damping fell below min_rho and the fit "converged" at ELBO -1.15e6 with an intercept of 270 (its
+    # prior sd is 10). Capped steps reach the optimum (ELBO -74.05 in float64 and float32).
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(100, 2))
+    y = (x[:, 0] + x[:, 1] > 0).astype(float)
+    model = aj.models.logistic_regression(x * np.array([1e-6, 1e6]), y, standardize=False)
+    result = _fit(model)
+    assert result.converged
+    assert abs(result.final_elbo - (-74.052)) < 0.05, result.final_elbo
+    loc = np.asarray(result.params.loc)
+    assert abs(loc[0] - 0.1295) < 0.01 and abs(loc[2] / 1.4566e-6 - 1) < 0.01, loc
