@@ -116,7 +116,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--draws", type=at_least_two, default=4096, help="posterior draws saved and summarised "
                    "(at least 2; default 4096: on small data the diagnostics' own draws, reused)")
-    p.add_argument("--float64", action="store_true", help="compute in float64")
+    p.add_argument("--float64", action="store_true", help="compute in float64 (poisson / negbin fits switch to it "
+                   "by themselves when their counts exceed float32's limits, aj.models.FLOAT32_COUNT_LIMITS)")
     p.add_argument("--out", default="advi_jax_out/fit", metavar="DIR", help="output folder (default advi_jax_out/fit)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
