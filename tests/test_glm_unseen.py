@@ -177,3 +177,14 @@ def test_unstandardised_columns_on_wildly_different_scales():
     assert abs(result.final_elbo - (-74.052)) < 0.05, result.final_elbo
     loc = np.asarray(result.params.loc)
     assert abs(loc[0] - 0.1295) < 0.01 and abs(loc[2] / 1.4566e-6 - 1) < 0.01, loc
+
+
+def test_group_on_probit_and_negbin_and_duplicate_names_are_clear_errors():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(20, 2))
+    with pytest.raises(ValueError, match="group= .*logistic and Poisson.*not probit"):
+        aj.models.probit_regression(x, (x[:, 0] > 0) * 1.0, group=np.arange(20) % 2)
+    with pytest.raises(ValueError, match="group= .*not negbin"):
+        aj.models.negbin_regression(x, rng.poisson(2.0, 20), group=np.arange(20) % 2)
+    with pytest.raises(ValueError, match=r"feature_names must be distinct; \['a'\] repeat"):
+        aj.models.logistic_regression(x, (x[:, 0] > 0) * 1.0, feature_names=["a", "a"])

@@ -264,6 +264,9 @@ def _feature_names(feature_names, num_features: int) -> tuple[str, ...]:
     names = tuple(str(s) for s in feature_names)
     if len(names) != num_features:
         raise ValueError(f"feature_names must have one name per column of X ({num_features}), got {len(names)}")
+    if len(set(names)) != len(names):  # they label beta's entries: summaries, JSON keys, ArviZ coordinates
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"feature_names must be distinct; {dup} repeat")
     return names
 
 
