@@ -219,6 +219,7 @@ def _check_file(path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 _MISSING = {"", "na", "nan", "null", "none", "n/a"}
+_BOOLEAN = {"true": 1.0, "false": 0.0}  # a boolean column's cells (any case) read as 1 / 0
 
 
 _DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
@@ -252,7 +253,8 @@ def load_csv(path, target: str, *, features=None, kind: str | None = None, delim
     """Load a CSV file with a header row into features and a target.
 
     Only the target and the selected feature columns need to be numeric: other columns (ids,
-    free text) are ignored when `features` leaves them out. Empty cells and NA/NaN spellings
+    free text) are ignored when `features` leaves them out. True/False cells (any case; a
+    boolean column as pandas or R writes it) read as 1/0. Empty cells and NA/NaN spellings
     are missing values: an error naming the columns and rows, unless `dropna=True`, which
     drops those rows (only missing values in the used columns count) and says how many in a
     `MissingValuesWarning`.
@@ -319,13 +321,22 @@ def load_csv(path, target: str, *, features=None, kind: str | None = None, delim
             try:
                 values[i] = float(cell)
             except ValueError:
+                flag = _BOOLEAN.get(cell.lower())
+                if flag is not None:  # True/False (pandas' and R's spelling of a boolean column)
+                    values[i] = flag
+                    continue
                 non_numeric.setdefault(name, f"row {i} (line {i + 2}): {cell!r}")
                 break
         columns[name] = values
+    if target in non_numeric:
+        expected = {"logistic": "0/1", "poisson": "non-negative integer counts"}.get(kind, "numbers")
+        raise ValueError(f"{path}: target column {target!r} is not numeric (first at {non_numeric[target]}); "
+                         f"it must hold {expected}: recode it (e.g. yes/no as 1/0)")
     if non_numeric:
         details = "; ".join(f"{k!r} first at {v}" for k, v in non_numeric.items())
         raise ValueError(f"{path}: non-numeric columns {list(non_numeric)} ({details}); encode them as numbers "
-                         "(e.g. one-hot, or a formula with C(column)) or leave them out with features=")
+                         "(e.g. one-hot, or a formula with C(column)) or leave them out with features= "
+                         "(advi-jax fit --features)")
     return _finalise(columns, target, features, kind, str(path), dropna=dropna)
 
 

@@ -422,6 +422,13 @@ class Result:
         lines.append(f"cost: {r.num_grad_evals} gradient and {r.num_logp_evals} log-density evaluations; "
                      f"{r.seconds:.2f} s (start {r.start_seconds:.2f}, compile {r.compile_seconds:.2f}, "
                      f"run {r.run_seconds:.2f}, diagnostics {r.diagnostics_seconds:.2f})")
+        if deterministic and not r.converged and not bad:
+            # An exact-ELBO method's own test did not pass within its step budget: its q may be far from
+            # the family's optimum (e.g. a varying-intercept model with many one-row groups, whose group
+            # sd moves by ~1e-3 per step), and the diagnostics below then judge that unfinished q.
+            lines.append(f"warning: not converged: {r.method} stopped at its step budget ({r.num_steps} steps) "
+                         "before its convergence test passed; the estimates may be far from the optimum of "
+                         "the family: refit with more steps (num_steps=, advi-jax fit --steps)")
         if r.runaway:
             lines.append(f"warning: parameters {list(r.runaway)} (flat index in R^K) ran away while the ELBO kept "
                          "rising: the posterior may be improper (e.g. separable data with a flat prior)")

@@ -116,7 +116,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--draws", type=at_least_two, default=4096, help="posterior draws saved and summarised "
                    "(at least 2; default 4096: on small data the diagnostics' own draws, reused)")
-    p.add_argument("--float64", action="store_true", help="compute in float64")
+    p.add_argument("--float64", action="store_true", help="compute in float64 (poisson / negbin fits switch to it "
+                   "by themselves when their counts exceed float32's limits, aj.models.FLOAT32_COUNT_LIMITS)")
     p.add_argument("--out", default="advi_jax_out/fit", metavar="DIR", help="output folder (default advi_jax_out/fit)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -371,7 +372,8 @@ def _model_record(model) -> dict:
     return {
         "feature_names": list(info.feature_names),
         "standardization": {
-            "formula": "x_standardised = (x - mean) / sd (constant columns keep sd = 1)",
+            "formula": "x_standardised = (x - mean) / sd (constant columns keep sd = 1; without an intercept, mean = 0 "
+                       "and sd is the root mean square)",
             "mean": [float(v) for v in np.asarray(model.data["x_mean"])],
             "sd": [float(v) for v in np.asarray(model.data["x_scale"])],
         },
@@ -429,6 +431,14 @@ def run(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingValuesWarning)
         x, y, names, exposure, source = _load(args)
+    if isinstance(x, aj.models.RegressionModel):  # a formula model, built in float32 unless --float64
+        counts = np.asarray(x.data["y"])
+    else:
+        counts = y
+    if not args.float64 and float64_for_counts(args, counts):
+        if isinstance(x, aj.models.RegressionModel):
+            with warnings.catch_warnings(record=True):  # its missing-value note was recorded above
+                x = _load(args)[0]
     for w in caught:
         if issubclass(w.category, MissingValuesWarning):
             print(f"advi-jax fit: {w.message}", file=sys.stderr)
@@ -437,12 +447,16 @@ def run(args) -> int:
         fast_compile_for_small_data(x.shape[0], x.shape[1] + 1)
     if isinstance(x, aj.models.RegressionModel):
         model = x
-    elif args.model in ("logistic", "probit"):
-        build = getattr(aj.models, f"{args.model}_regression")
-        model = build(x, y, prior_scale=args.prior_scale, feature_names=names)
     else:
         build = getattr(aj.models, f"{args.model}_regression")
-        model = build(x, y, exposure=exposure, prior_scale=args.prior_scale, feature_names=names)
+        extra = {} if args.model in ("logistic", "probit") else {"exposure": exposure}
+        with warnings.catch_warnings(record=True) as built:
+            warnings.simplefilter("always", aj.models.ConstantColumnWarning)
+            model = build(x, y, prior_scale=args.prior_scale, feature_names=names, **extra)
+        caught += built
+    for w in caught:
+        if issubclass(w.category, aj.models.ConstantColumnWarning):
+            print(f"advi-jax fit: warning: {w.message}", file=sys.stderr)
     num_rows, num_features = (int(s) for s in model.data["x"].shape)
     init = None if args.init == "zero" else args.init
     if not args.quiet:
@@ -450,6 +464,25 @@ def run(args) -> int:
         print(f"advi-jax fit: {args.model} regression{what} on {source} (N={num_rows}, D={num_features}), "
               f"family={args.family}, method={args.method}", file=sys.stderr)
     return write_with_figures(args, out, lambda figures: _fit_and_write(args, model, source, out, init, figures))
+
+
+def float64_for_counts(args, y) -> bool:
+    """Switch this run to float64 when a count model's counts exceed what float32 handles
+    (`aj.models.float32_count_limit`): the fit is then right instead of imprecise. Says so on stderr;
+    sets `args.float64` (recorded in summary.json). Returns whether it switched. Call before any model
+    is built (arrays made before the switch stay float32)."""
+    import jax
+
+    from advi_jax.models import float32_count_limit
+
+    limit = float32_count_limit(args.model, y)
+    if limit is None:
+        return False
+    jax.config.update("jax_enable_x64", True)
+    args.float64 = True
+    print(f"advi-jax fit: counts up to {float(max(y)):.6g} exceed {limit:.6g}, beyond which a float32 {args.model} "
+          "fit loses precision: computing in float64 (as --float64)", file=sys.stderr)
+    return True
 
 
 def write_with_figures(args, out: Path, write) -> int:
@@ -531,6 +564,7 @@ def _fit_and_write_here(args, model, source: str, out: Path, init, figures) -> l
         "num_samples": args.samples, "seed": args.seed, "float64": bool(args.float64),
         "elbo_final": result.final_elbo, "khat": result.khat, "verdict": result.verdict,
         "iw_elbo": result.iw_elbo, "iw_elbo_se": result.iw_elbo_se, "stop_reason": result.stop_reason,
+        "converged": bool(result.converged),
         "init": result.init_method, "seconds": result.seconds,
         **_model_record(model),
         "predictive_check": {"observed": check.observed, "p_values": check.p_values,

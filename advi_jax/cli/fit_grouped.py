@@ -110,6 +110,10 @@ def load_grouped_model(args):
     else:
         x, y, names = data_module.load_csv(path, target=args.target, features=load, kind=args.model,
                                            delimiter=args.delimiter)
+    if not args.float64:
+        from advi_jax.cli.fit import float64_for_counts
+
+        float64_for_counts(args, y)
     exposure = None
     if args.exposure:
         exposure, x, names = x[:, -1], x[:, :-1], tuple(names[:-1])
@@ -186,7 +190,7 @@ def _fit_and_write_grouped(args, model, source: str, out: Path, figures) -> list
             "family": args.family, "method": result.method, "method_reason": result.method_reason,
             "num_grad_evals": result.num_grad_evals, "num_steps": result.num_steps, "seed": args.seed,
             "float64": bool(args.float64), "elbo_final": result.final_elbo, "khat": result.khat,
-            "verdict": result.verdict, "stop_reason": result.stop_reason, "seconds": result.seconds,
+            "verdict": result.verdict, "stop_reason": result.stop_reason, "converged": bool(result.converged), "seconds": result.seconds,
             "feature_names": list(model.info.feature_names),
             "priors": {"intercept": {"distribution": "Normal", "loc": 0.0, "scale": model.info.intercept_scale},
                        "beta": {"distribution": "Normal", "loc": 0.0, "scale": model.info.prior_scale},

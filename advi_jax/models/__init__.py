@@ -8,10 +8,14 @@ Example:
 """
 
 from advi_jax.models.regression import (
+    FLOAT32_COUNT_LIMITS,
+    ConstantColumnWarning,
+    PrecisionWarning,
     Prediction,
     RegressionInfo,
     RegressionModel,
     coefficients_on_original_scale,
+    float32_count_limit,
     linear_predictor,
     logistic_regression,
     negbin_regression,
@@ -29,13 +33,17 @@ from advi_jax.models.formula import FormulaRegressionModel, from_formula  # noqa
 from advi_jax.models.predictive import PredictiveCheck, posterior_predictive, predictive_check  # noqa: E402
 
 __all__ = [
+    "ConstantColumnWarning",
+    "FLOAT32_COUNT_LIMITS",
     "FormulaRegressionModel",
+    "PrecisionWarning",
     "GroupedRegressionModel",
     "Prediction",
     "PredictiveCheck",
     "RegressionInfo",
     "RegressionModel",
     "coefficients_on_original_scale",
+    "float32_count_limit",
     "from_formula",
     "grouped_logistic_regression",
     "grouped_poisson_regression",

@@ -205,6 +205,9 @@ def from_formula(kind: str, data, formula: str, *, exposure=None, offset=None, d
         frame = frame.drop(index=frame.index[bad_rows])
         warnings.warn(f"dropped {bad_rows.size} of {n} rows with missing values ({text}); {len(frame)} rows remain",
                       MissingValuesWarning, stacklevel=2)
+    if len(frame) == 0:
+        raise ValueError("data has no rows" + (" left after dropping those with missing values" if bad_rows.size
+                                                  else "") + f"; formula {formula!r} needs at least one")
     try:
         matrices = formulaic.model_matrix(formula, frame, na_action="raise")
     except Exception as err:  # noqa: BLE001 - unknown names, bad calls, ... all user errors

@@ -43,7 +43,8 @@ import numpy as np
 from advi_jax._types import Array, ArrayLike
 from advi_jax.models.glm import _pointwise
 from advi_jax.models.regression import (_check_scale, _check_x, _check_y, _feature_names, _frame_input,
-                                        _ModelWithInfo, _normal_logpdf, _offset)
+                                        _ModelWithInfo, _normal_logpdf, _offset,
+                                        _warn_precision, standardization)
 from advi_jax.supports import positive, real
 
 __all__ = ["GroupedInfo", "GroupedRegressionModel", "grouped_logistic_regression", "grouped_poisson_regression",
@@ -106,7 +107,8 @@ def encode_groups(group: Any, n: int, num_groups: int | None = None,
     """Integer codes 0..G-1 and group names from a `group=` argument.
 
     Integer (or integral float) arrays are codes: they must be >= 0, and G is `num_groups` or
-    max + 1 (groups without rows are allowed: their posterior is the prior's). Any other array
+    max + 1 (groups without rows are allowed: their posterior is the prior's; without `num_groups`,
+    codes that leave more groups empty than have rows, and over 10, are an error: ids taken for codes). Any other array
     (strings, objects, a pandas Categorical) holds labels: G is the number of distinct labels
     (a Categorical's categories, in order; else sorted) and the names are the labels.
 
@@ -152,6 +154,14 @@ def encode_groups(group: Any, n: int, num_groups: int | None = None,
             raise ValueError(f"group codes must be integers 0..G-1; group[{bad[0]}] = {arr[bad[0]]} is negative")
         top = int(codes.max()) + 1 if codes.size else 0
         if num_groups is None:
+            present = int(np.unique(codes).size)
+            if top - present > max(present, 10):
+                # ids (zip codes, patient numbers) read as codes: mostly empty groups, a K x K covariance of
+                # their size. Empty groups must be asked for.
+                raise ValueError(f"group codes are read as 0..G-1: the largest, {top - 1}, makes {top} groups, of "
+                                 f"which only {present} have rows; pass the group labels as strings "
+                                 "(group=np.asarray(group).astype(str)) to number only the values present, or "
+                                 f"num_groups={top} to keep the empty groups (their posterior is the prior's)")
             num_groups = top
         elif isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < top:
             raise ValueError(f"num_groups must be an int >= the largest group code + 1 ({top}), got {num_groups!r}")
@@ -217,14 +227,14 @@ def _build(kind, X, y, group, *, num_groups, group_names, prior_scale, intercept
         names = _feature_names(feature_names, x.shape[1])
     n, d = x.shape
     y = _check_y(y, n, kind)
+    _warn_precision(kind, y, jnp.result_type(float))
     codes, gnames = encode_groups(group, n, num_groups, group_names)
     off = _offset(exposure, offset, n) if kind == "poisson" else None
     prior_scale = _check_scale(prior_scale, "prior_scale")
     intercept_scale = _check_scale(intercept_scale, "intercept_scale")
     group_scale = _check_scale(group_scale, "group_scale")
     if standardize and d:
-        mean, scale = x.mean(axis=0), x.std(axis=0)
-        scale = np.where(scale > 0, scale, 1.0)
+        mean, scale = standardization(x, intercept)
     else:
         mean, scale = np.zeros(d), np.ones(d)
     info = GroupedInfo(kind, names, gnames, bool(intercept), bool(standardize), prior_scale, intercept_scale,

@@ -16,12 +16,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from advi_jax._types import ArrayLike
 from advi_jax.models import regression as _r
 
 __all__ = ["negbin_regression", "probit_regression"]
+
+
+def _no_group(group: Any, kind: str) -> None:
+    if group is not None:
+        raise ValueError(f"group= (a varying intercept) is available for logistic and Poisson regression, not {kind}; "
+                         "leave group out, or use logistic_regression / poisson_regression")
 
 
 def probit_regression(
@@ -34,6 +40,7 @@ def probit_regression(
     standardize: bool = True,
     hierarchical_scale: bool = False,
     feature_names: Sequence[str] | None = None,
+    group: Any = None,
 ) -> _r.RegressionModel:
     """Bayesian probit regression, `y_n ~ Bernoulli(Phi(eta_n))` (Phi the standard normal cdf).
 
@@ -46,6 +53,7 @@ def probit_regression(
       y: (N,) labels in {0, 1}.
       prior_scale, intercept, intercept_scale, standardize, hierarchical_scale, feature_names:
         as in `logistic_regression`.
+      group: not supported (a clear error): varying intercepts are for logistic and Poisson models.
 
     Returns:
       A `RegressionModel` of kind "probit" with `data = {x, y, x_mean, x_scale}`.
@@ -59,6 +67,7 @@ def probit_regression(
       >>> probit_regression(x, y).dim
       4
     """
+    _no_group(group, "probit")
     X, feature_names = _r._frame_input(X, feature_names)
     return _r._build("probit", X, y, prior_scale=prior_scale, intercept=intercept, intercept_scale=intercept_scale,
                      standardize=standardize, hierarchical_scale=hierarchical_scale, feature_names=feature_names)
@@ -77,6 +86,7 @@ def negbin_regression(
     standardize: bool = True,
     hierarchical_scale: bool = False,
     feature_names: Sequence[str] | None = None,
+    group: Any = None,
 ) -> _r.RegressionModel:
     """Bayesian negative-binomial (NB2) regression with a learned dispersion, log link.
 
@@ -102,6 +112,7 @@ def negbin_regression(
       dispersion_scale: prior mean of 1 / sqrt(phi).
       intercept, intercept_scale, standardize, hierarchical_scale, feature_names: as in
         `poisson_regression`.
+      group: not supported (a clear error): varying intercepts are for logistic and Poisson models.
 
     Returns:
       A `RegressionModel` of kind "negbin" with `data = {x, y, x_mean, x_scale, y_distinct, y_count}`
@@ -118,6 +129,7 @@ def negbin_regression(
       >>> model.dim
       4
     """
+    _no_group(group, "negbin")
     X, feature_names = _r._frame_input(X, feature_names)
     x_checked = _r._check_x(X)
     off = _r._offset(exposure, offset, x_checked.shape[0])

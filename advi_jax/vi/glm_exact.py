@@ -488,6 +488,25 @@ def _constant(layout, data, dtype, kernel):
     return _glm_lik.nan_if_stale(layout, data, _glm_native.data_constant(layout.kind, data["y"], dtype, kernel))
 
 
+MAX_STEP = 8.0
+"""The largest change of any coordinate of q's mean in one step (`_capped`)."""
+
+
+def _capped(step: Array) -> Array:
+    """The Newton step of the mean, shortened (direction kept) so that no coordinate moves by more than `MAX_STEP`.
+
+    Far from the optimum the Newton step can be astronomically long: a Poisson intercept started at
+    zero with counts of 1e9 asks for a step of ~1e9 (the gradient sum(y - e^eta) over the curvature
+    sum(e^eta)), and quartering the damping after each rejected (overflowing) proposal reached
+    `min_rho` before the step became finite, so the fit stopped at its start and called that
+    convergence. The coordinates are a standardised design's coefficients, log phi and the
+    intercept: a move of 8 multiplies a rate by e^8 ~ 3e3, so the cap leaves the steps near the
+    optimum (and a start's first steps on ordinary data) untouched.
+    """
+    size = jnp.max(jnp.abs(step))
+    return step * jnp.minimum(1.0, MAX_STEP / jnp.maximum(size, MAX_STEP))
+
+
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     """The exact-ELBO algorithm for a ready GLM (see the module docstring).
 
@@ -566,7 +585,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         rho = state.rho
         target = jnp.diagonal(state.hess) if meanfield else state.hess
         precision = (1.0 - rho) * state.precision + rho * target
-        m = state.loc + jnp.minimum(rho, 1.0) * cho_solve((state.hess_chol, True), state.grad)
+        m = state.loc + jnp.minimum(rho, 1.0) * _capped(cho_solve((state.hess_chol, True), state.grad))
         factor, elbo, g, h = evaluate(m, precision, state.constant)
         h_chol = jnp.linalg.cholesky(h)
         slack = 8.0 * eps * jnp.abs(state.elbo)

@@ -63,7 +63,7 @@ from jax.scipy.linalg import cho_solve
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family
-from advi_jax.vi.glm_exact import _cov_factor, expected_log_lik_auto, family_params, quadrature
+from advi_jax.vi.glm_exact import _capped, _cov_factor, expected_log_lik_auto, family_params, quadrature
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo", "supports",
            "moments_and_curvature"]
@@ -370,7 +370,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
             precision = (1.0 - rho) * state.precision + rho * state.hess
             A = precision
         chol = jnp.linalg.cholesky(A)  # NaN when A is not positive definite: the proposal is rejected
-        m = state.loc + rho * cho_solve((chol, True), state.grad)
+        m = state.loc + rho * _capped(cho_solve((chol, True), state.grad))  # see glm_exact._capped
         factor, elbo, g, h = evaluate(m, precision)
         ok = (jnp.isfinite(elbo) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(h)) & jnp.all(jnp.isfinite(m))
               & jnp.all(jnp.isfinite(factor)))
