@@ -51,23 +51,23 @@ def test_rosenbrock_reaches_its_minimum(k):
 
 
 def test_num_evals_is_the_number_of_calls_of_the_objective():
-    # Run eagerly (`disable_jit`: the loops are Python loops), so that a Python counter in the
-    # objective counts its calls, and compare with the count carried in the loop; the compiled run
-    # takes the same path.
+    # A host callback in the objective counts the evaluations the compiled run makes (one per
+    # execution of the objective's body, in whichever loop or branch), to compare with the count
+    # carried in the loop. (Before: the same count from a Python counter in an eager run under
+    # `disable_jit`, 53 calls, with the compiled run checked to take the same path; that eager
+    # run cost ~17 CPU-s of op-by-op dispatch, this one 0.6.)
     calls = []
 
     def counted(x):
-        calls.append(1)
+        jax.debug.callback(lambda: calls.append(1))
         return _rosenbrock(x)
 
     with jax.enable_x64(True):
         x0 = jnp.asarray([-1.2, 1.0, -1.2])
-        with jax.disable_jit():
-            eager = _lbfgs.minimize(counted, x0, max_iters=60, gtol=1e-9)
-        compiled = jax.jit(lambda x: _lbfgs.minimize(_rosenbrock, x, max_iters=60, gtol=1e-9))(x0)
-    assert int(eager.num_evals) == len(calls) > int(eager.iterations) + 1
-    assert int(compiled.num_evals) == int(eager.num_evals) and int(compiled.iterations) == int(eager.iterations)
-    np.testing.assert_allclose(np.asarray(compiled.x), np.asarray(eager.x), atol=1e-12, rtol=0)
+        out = jax.jit(lambda x: _lbfgs.minimize(counted, x, max_iters=60, gtol=1e-9))(x0)
+        jax.effects_barrier()
+    assert bool(out.converged)
+    assert int(out.num_evals) == len(calls) > int(out.iterations) + 1
 
 
 def test_the_objective_is_traced_once_per_compile():
