@@ -21,8 +21,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # results at float32 rounding. They are set for this process only: XLA reads
 # XLA_FLAGS once, when the backend starts, and the variable is restored right after, so the
 # subprocesses that tests start (the command line, the sharding checks) see the user's environment.
+# The LLVM module is also compiled in one piece (`xla_cpu_parallel_codegen_split_count=1`, as
+# `FAST_OPTIONS` does): XLA otherwise splits it for codegen on several threads, which costs more
+# CPU in all, and the suite already runs one worker per core (benchmarks/PERFORMANCE.md, `suite600`).
 # ADVI_JAX_TEST_XLA_DEFAULTS=1 runs the suite with XLA's default options instead.
-FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+FAST_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+                  " --xla_cpu_parallel_codegen_split_count=1")
 
 
 def _use_fast_xla_flags() -> bool:

@@ -51,23 +51,23 @@ def test_rosenbrock_reaches_its_minimum(k):
 
 
 def test_num_evals_is_the_number_of_calls_of_the_objective():
-    # Run eagerly (`disable_jit`: the loops are Python loops), so that a Python counter in the
-    # objective counts its calls, and compare with the count carried in the loop; the compiled run
-    # takes the same path.
+    # A host callback in the objective counts the evaluations the compiled run makes (one per
+    # execution of the objective's body, in whichever loop or branch), to compare with the count
+    # carried in the loop. (Before: the same count from a Python counter in an eager run under
+    # `disable_jit`, 53 calls, with the compiled run checked to take the same path; that eager
+    # run cost ~17 CPU-s of op-by-op dispatch, this one 0.6.)
     calls = []
 
     def counted(x):
-        calls.append(1)
+        jax.debug.callback(lambda: calls.append(1))
         return _rosenbrock(x)
 
     with jax.enable_x64(True):
         x0 = jnp.asarray([-1.2, 1.0, -1.2])
-        with jax.disable_jit():
-            eager = _lbfgs.minimize(counted, x0, max_iters=60, gtol=1e-9)
-        compiled = jax.jit(lambda x: _lbfgs.minimize(_rosenbrock, x, max_iters=60, gtol=1e-9))(x0)
-    assert int(eager.num_evals) == len(calls) > int(eager.iterations) + 1
-    assert int(compiled.num_evals) == int(eager.num_evals) and int(compiled.iterations) == int(eager.iterations)
-    np.testing.assert_allclose(np.asarray(compiled.x), np.asarray(eager.x), atol=1e-12, rtol=0)
+        out = jax.jit(lambda x: _lbfgs.minimize(counted, x, max_iters=60, gtol=1e-9))(x0)
+        jax.effects_barrier()
+    assert bool(out.converged)
+    assert int(out.num_evals) == len(calls) > int(out.iterations) + 1
 
 
 def test_the_objective_is_traced_once_per_compile():
@@ -82,15 +82,18 @@ def test_the_objective_is_traced_once_per_compile():
 
 
 class _Quartic:
-    """A log density on R^3 with a unique mode, counting the calls of its Python."""
+    """A log density on R^3 with a unique mode, counting the calls of its Python (`calls`: traces) and,
+    with a host callback, the evaluations a compiled program runs (`runs`)."""
 
     dim = 3
 
     def __init__(self):
         self.calls = []
+        self.runs = []
 
     def log_density(self, z):
         self.calls.append(1)
+        jax.debug.callback(lambda: self.runs.append(1))
         return -0.5 * jnp.sum((z - jnp.arange(3.0)) ** 2 / jnp.asarray([1.0, 4.0, 9.0])) - 0.1 * jnp.sum(z ** 4)
 
 
@@ -100,16 +103,16 @@ def test_laplace_traces_the_log_density_twice_and_counts_its_evaluations():
     model = _Quartic()
     jax.make_jaxpr(lambda x: laplace._find_mode(model, x, 100, True))(jnp.zeros(3))
     assert len(model.calls) == 2
-    info = jax.jit(lambda x: laplace._find_mode(_Quartic(), x, 100, True))(jnp.zeros(3))
+    counted = _Quartic()
+    info = jax.jit(lambda x: laplace._find_mode(counted, x, 100, True))(jnp.zeros(3))
+    jax.effects_barrier()
     assert bool(info.converged) and int(info.iterations) < int(info.num_grad_evals) < 100
     grad = jax.grad(_Quartic().log_density)(info.mode)
     assert float(jnp.linalg.norm(grad)) < 1e-3 * np.sqrt(3)
-    with jax.disable_jit():
-        eager = _Quartic()
-        counted = laplace._find_mode(eager, jnp.zeros(3), 100, False)
-    # The eager run calls the log density once per evaluation, plus the Hessian's passes (one
-    # forward-over-reverse pass, traced once per call under disable_jit).
-    assert len(eager.calls) - 1 == int(counted.num_grad_evals) == int(info.num_grad_evals)
+    # The compiled run evaluates the log density once per L-BFGS evaluation, plus once in the
+    # Hessian (one forward-over-reverse pass). (Before: the same 10 calls counted in an eager run
+    # under `disable_jit`, 7.9 CPU-s; the compiled run's count needs no second run.)
+    assert len(counted.runs) - 1 == int(info.num_grad_evals)
 
 
 def test_vmap_over_starting_points_equals_a_loop():
