@@ -38,7 +38,7 @@ REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "references")
 RHAT_BOUND = 1.01
 
 # Per-model sampler settings where the defaults are not enough.
-TARGET_ACCEPT: dict[str, float] = {"stochastic_volatility": 0.95}
+TARGET_ACCEPT: dict[str, float] = {"stochastic_volatility": 0.95, "ar1_state_space": 0.95}
 DRAWS_FACTOR: dict[str, int] = {}
 
 
