@@ -136,6 +136,40 @@ def ar1_state_space(y):
     numpyro.sample("y", dist.Normal(mu + x, sigma).to_event(1), obs=y)
 
 
+def ar1_state_space_marginal(y):
+    """`ar1_state_space` with the states integrated out: y ~ MVN(mu, Sigma_AR + sigma^2 I), Sigma_AR[i, j] =
+    s^2 rho^|i - j| / (1 - rho^2). Its reference draws the states afterwards from their Gaussian
+    conditional (`ar1_states_given_parameters`): NUTS on the centred states diverges in the funnel
+    of s against them (558 divergences at target_accept_prob 0.95), on the innovations form too."""
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    rho = numpyro.sample("rho", dist.Uniform(-1.0, 1.0))
+    s = numpyro.sample("s", dist.HalfNormal(1.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    lag = jnp.abs(jnp.arange(y.shape[0])[:, None] - jnp.arange(y.shape[0])[None, :])
+    cov = s**2 / (1.0 - rho**2) * rho**lag + sigma**2 * jnp.eye(y.shape[0])
+    numpyro.sample("y", dist.MultivariateNormal(mu, covariance_matrix=cov), obs=y)
+
+
+def ar1_states_given_parameters(samples, y, seed=0):
+    """One draw of the states x | (mu, rho, s, sigma), y per parameter draw (float64 NumPy): a Gaussian
+    with precision Q_AR + I / sigma^2 (Q_AR the tridiagonal AR(1) precision) and mean
+    precision^-1 (y - mu) / sigma^2. Returns `samples` with "x" added, shaped (..., T)."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y, np.float64)
+    t = y.shape[0]
+    flat = {k: np.asarray(v, np.float64).reshape(-1) for k, v in samples.items()}
+    x = np.empty((flat["mu"].shape[0], t))
+    for i, (mu, rho, s, sigma) in enumerate(zip(flat["mu"], flat["rho"], flat["s"], flat["sigma"])):
+        diag = np.full(t, 1.0 + rho**2)
+        diag[0] = diag[-1] = 1.0
+        prec = (np.diag(diag) - rho * (np.eye(t, k=1) + np.eye(t, k=-1))) / s**2 + np.eye(t) / sigma**2
+        chol = np.linalg.cholesky(prec)
+        mean = np.linalg.solve(prec, (y - mu) / sigma**2)
+        x[i] = mean + np.linalg.solve(chol.T, rng.standard_normal(t))
+    lead = np.shape(samples["mu"])
+    return {**samples, "x": x.reshape(lead + (t,))}
+
+
 def separation_student_t(x, y):
     """y_n ~ Bernoulli(logit = a + x_n . beta) with y = 1[x_n1 > 0] exactly; a, beta_d ~ StudentT(7, 0, 2.5)."""
     a = numpyro.sample("intercept", dist.StudentT(7.0, 0.0, 2.5))
