@@ -33,6 +33,7 @@ from numpyro.infer import MCMC, NUTS, init_to_uniform  # noqa: E402
 from benchmarks.common import versions  # noqa: E402
 from benchmarks.suite import SuiteModel, available_models, eight_schools_noncentered, flatten_draws  # noqa: E402
 from benchmarks.suite_more import neals_funnel_noncentered, radon_noncentered  # noqa: E402
+from benchmarks.suite_unseen import ar1_state_space_marginal, ar1_states_given_parameters  # noqa: E402
 
 REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "references")
 RHAT_BOUND = 1.01
@@ -72,7 +73,9 @@ DERIVED = {"eight_schools_centered": (eight_schools_noncentered, lambda s, *args
            "radon_centered": (radon_noncentered, _radon_centered_from_noncentered,
                               "NUTS on the non-centred model, a = g0 + g1 u + sigma_a a_tilde"),
            "neals_funnel": (neals_funnel_noncentered, _funnel_from_noncentered,
-                            "NUTS on the non-centred funnel, x = exp(v / 2) x_tilde")}
+                            "NUTS on the non-centred funnel, x = exp(v / 2) x_tilde"),
+           "ar1_state_space": (ar1_state_space_marginal, lambda s, y: ar1_states_given_parameters(s, y),
+                               "NUTS on the states-marginal model, then x | parameters, y drawn exactly")}
 
 
 def _funnel_exact(dim: int) -> dict:
