@@ -1,27 +1,17 @@
 """The held-out posteriors (`benchmarks.holdout`): same log joint as NumPyro, converged stored references."""
 
-import jax
 import numpy as np
 import pytest
 
-import advi_jax as aj
 from benchmarks.holdout import ESS_BOUND, LIMIT_DIR, MODELS, load_reference
 from benchmarks.make_references import _deterministic_sites
 from benchmarks.suite import flatten_draws
+from _numpyro_check import assert_matches_numpyro
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_holdout_model_matches_numpyro_and_has_a_converged_reference(name):
-    from numpyro.infer.util import log_density
-
-    built = MODELS[name]()
-    model = aj.from_numpyro(built.fn, *built.args)
-    zeta = 0.7 * jax.random.normal(jax.random.key(0), (model.dim,))
-    params = model.to_constrained(zeta)
-    with jax.numpy_rank_promotion("allow"):  # NumPyro's own Beta.log_prob broadcasts by rank
-        expected, _ = log_density(built.fn, built.args, {}, params)
-    np.testing.assert_allclose(float(model.log_joint_at(params)), float(expected), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(model.to_unconstrained(params)), np.asarray(zeta), atol=1e-5)
+    _, params = assert_matches_numpyro(MODELS[name](), rtol=1e-5, atol=1e-5)
     reference = load_reference(name)
     assert reference is not None, f"run python -m benchmarks.holdout --make-references --models {name}"
     assert reference["rhat_ok"] and reference["max_rhat"] <= 1.01 and reference["min_ess"] >= ESS_BOUND

@@ -3,29 +3,17 @@ log joint and bijectors agree with NumPyro's on each, through the constructions 
 `FoldedDistribution` half-t, an `OrderedTransform` prior, `gammaincc` in a factor, `ImproperUniform`
 positive and real-vector sites with factor priors, a `Categorical` with logits)."""
 
-import jax
-import numpy as np
 import pytest
 
-import advi_jax as aj
 from benchmarks.suite import MODELS, UNSEEN_MODELS
 from benchmarks.suite_unseen import RATS_N, RATS_Y
+from _numpyro_check import assert_matches_numpyro
 
 
 @pytest.mark.slow  # one NumPyro trace + compile per model (2-7 s each on an idle 2-core machine)
 @pytest.mark.parametrize("name", UNSEEN_MODELS)
 def test_unseen_model_log_joint_equals_numpyro(name):
-    from numpyro.infer.util import log_density
-
-    built = MODELS[name]()
-    model = aj.from_numpyro(built.fn, *built.args)
-    zeta = 0.7 * jax.random.normal(jax.random.key(0), (model.dim,))
-    params = model.to_constrained(zeta)
-    with jax.numpy_rank_promotion("allow"):  # NumPyro's own Beta.log_prob broadcasts by rank
-        expected, _ = log_density(built.fn, built.args, {}, params)
-    np.testing.assert_allclose(float(model.log_joint_at(params)), float(expected), rtol=2e-5)
-    np.testing.assert_allclose(np.asarray(model.to_unconstrained(params)), np.asarray(zeta), atol=2e-4)
-
+    assert_matches_numpyro(MODELS[name](), rtol=2e-5, atol=2e-4)
 
 def test_rats_table_has_the_published_summaries():
     # BDA3 section 5.3: 71 experiments, the current one 4 of 14; the 70 historical y / n have
