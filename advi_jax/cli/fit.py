@@ -487,10 +487,17 @@ def float64_for_counts(args, y) -> bool:
 
 def write_with_figures(args, out: Path, write) -> int:
     """`write(figures)` -> the paths written, with this run's figures (`start_figures`) closed
-    after it however it ends; says what was written. The command's exit status, 0."""
+    after it however it ends; says what was written. The command's exit status, 0.
+
+    `write` (the fit, its warm-up thread and the outputs' programs) runs at `aj.fit`'s
+    matrix-product precision (`advi_jax.run.precision`: full float32 on accelerators), so that the
+    programs the warm-up compiles are the ones called and the outputs are as exact as the fit."""
+    from advi_jax.run import precision
+
     figures = start_figures(args, out)
     try:
-        written = write(figures)
+        with precision.context():
+            written = write(figures)
     finally:
         if figures is not None:
             figures.close()
@@ -500,18 +507,7 @@ def write_with_figures(args, out: Path, write) -> int:
 
 
 def _fit_and_write(args, model, source: str, out: Path, init, figures) -> list[Path]:
-    """Fit `model`, print the summary and write the outputs (and `figures`, unless None).
-
-    All of it, the warm-up thread and the outputs' programs too, at `aj.fit`'s matrix-product
-    precision (`advi_jax.run.precision`: full float32 on accelerators), so that the programs the
-    warm-up compiles are the ones called and the outputs are as exact as the fit."""
-    from advi_jax.run import precision
-
-    with precision.context():
-        return _fit_and_write_here(args, model, source, out, init, figures)
-
-
-def _fit_and_write_here(args, model, source: str, out: Path, init, figures) -> list[Path]:
+    """Fit `model`, print the summary and write the outputs (and `figures`, unless None)."""
     import numpy as np
 
     import advi_jax as aj

@@ -157,10 +157,7 @@ def run_grouped(args, out: Path) -> int:
         print(f"advi-jax fit: grouped {args.model} regression on {source} (N={num_rows}, D={num_features}, "
               f"{model.num_groups} groups of {args.group!r}), family={args.family}, method={args.method}",
               file=sys.stderr)
-    from advi_jax.run import precision
-
-    with precision.context():  # the outputs' programs at the fit's matrix-product precision (as `fit`'s)
-        return write_with_figures(args, out, lambda figures: _fit_and_write_grouped(args, model, source, out, figures))
+    return write_with_figures(args, out, lambda figures: _fit_and_write_grouped(args, model, source, out, figures))
 
 
 def _fit_and_write_grouped(args, model, source: str, out: Path, figures) -> list[Path]:

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax._types import Array, ArrayLike
+from advi_jax._types import Array, ArrayLike, user_stacklevel
 from advi_jax.flatten import Model
 from advi_jax.models.glm import glm_log_likelihood
 from advi_jax.models.glm_more import distinct_counts, distinct_table, glm_more_log_likelihood
@@ -365,7 +365,7 @@ def _warn_precision(kind: str, y: np.ndarray, dtype) -> None:
         warnings.warn(f"y has counts up to {float(np.max(y)):.6g}, above {limit:.6g}: a float32 {kind} regression "
                       "loses the likelihood's precision there (see advi_jax.models.regression.FLOAT32_COUNT_LIMITS); "
                       "fit it in float64: jax.config.update('jax_enable_x64', True) before building the model "
-                      "(advi-jax fit does so by itself)", PrecisionWarning, stacklevel=4)
+                      "(advi-jax fit does so by itself)", PrecisionWarning, stacklevel=user_stacklevel())
 
 
 def standardization(x: np.ndarray, intercept: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -404,7 +404,7 @@ def _warn_constant(x: np.ndarray, names: Sequence[str], intercept: bool) -> None
         more = f" and {len(constant) - 5} more" if len(constant) > 5 else ""
         warnings.warn(f"X has constant columns {shown}{more}: the model has its own intercept, so their coefficients "
                       "are not identified (their posterior is their prior) and on the data's scale they blur the "
-                      "intercept; leave them out", ConstantColumnWarning, stacklevel=4)
+                      "intercept; leave them out", ConstantColumnWarning, stacklevel=user_stacklevel())
 
 
 def _build(kind, x, y, *, prior_scale, intercept, intercept_scale, standardize, hierarchical_scale,
