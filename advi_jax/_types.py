@@ -49,16 +49,3 @@ def common_leading_size(tree: Any, what: str) -> int:
         raise ValueError(f"{what}: every data leaf must have the same leading axis, got leading shapes "
                          f"{[np.shape(x)[:1] for x in leaves]}")
     return sizes.pop()
-
-
-def user_stacklevel() -> int:
-    """The `stacklevel` that makes a `warnings.warn` in the calling function name the first frame
-    outside advi_jax: the user's line that called into the library (through any decorators)."""
-    import os
-    import sys
-
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level

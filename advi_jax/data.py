@@ -41,6 +41,8 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from advi_jax._stack import user_stacklevel
+
 __all__ = [
     "BUNDLED_DATASETS",
     "DATA_FILES",
@@ -174,7 +176,7 @@ def _finalise(columns: dict[str, np.ndarray], target: str, features, kind, sourc
         keep = np.setdiff1d(np.arange(n), bad_rows)
         columns = {c: np.asarray(columns[c])[keep] for c in used}
         warnings.warn(f"{source}: dropped {bad_rows.size} of {n} rows with missing values ({text}); "
-                      f"{keep.size} rows remain", MissingValuesWarning, stacklevel=3)
+                      f"{keep.size} rows remain", MissingValuesWarning, stacklevel=user_stacklevel())
         n = keep.size
     if n < MIN_ROWS:
         raise ValueError(f"{source}: too few rows: {n} (need at least {MIN_ROWS})")

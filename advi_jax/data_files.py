@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from advi_jax._stack import user_stacklevel
+
 __all__ = [
     "DATA_FILES",
     "MNIST",
@@ -324,7 +326,7 @@ def load_mnist(name: str = "mnist", split: str | None = None, *,
             rejected.append(str(err))
             continue
         if rejected:
-            warnings.warn(f"skipped unusable copies of {filename}: {rejected}; using {candidate}", stacklevel=2)
+            warnings.warn(f"skipped unusable copies of {filename}: {rejected}; using {candidate}", stacklevel=user_stacklevel())
         break
     else:
         raise DataFileNotFound(_not_found_message(filename, searched, rejected))

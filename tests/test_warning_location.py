@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import advi_jax as aj
-from advi_jax._types import user_stacklevel
+from advi_jax._stack import user_stacklevel
 
 
 def _library_frames(depth: int) -> int:
@@ -39,3 +39,26 @@ def test_a_fits_diagnostic_warning_names_the_callers_line():
     ours = [w for w in caught if issubclass(w.category, aj.DiagnosticWarning)]
     assert ours, [str(w.message) for w in caught]
     assert {w.filename for w in ours} == {__file__}
+
+
+def test_dropped_rows_warnings_name_the_callers_line(tmp_path):
+    # the CSV reader and the formula path warn from a few frames down (and through `from_formula`'s
+    # classmethod); both warnings must point here, where the user asked for dropna=True
+    from advi_jax.data import MissingValuesWarning, load_csv
+
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,y\n1,2,0\nNA,3,1\n2,1,1\n4,5,0\n5,1,1\n3,3,0\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_csv(path, target="y", dropna=True)
+    dropped = [w for w in caught if issubclass(w.category, MissingValuesWarning)]
+    assert len(dropped) == 1 and dropped[0].filename == __file__, [(w.filename, str(w.message)) for w in caught]
+
+    pd = pytest.importorskip("pandas", reason="from_formula needs pandas (the [formula] extra)")
+    pytest.importorskip("formulaic", reason="from_formula needs formulaic (the [formula] extra)")
+    frame = pd.DataFrame({"x": [0.1, None, 0.3, -0.2, 0.5, -0.7, 1.1, -1.3], "y": [0, 1, 1, 0, 1, 0, 1, 0]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        aj.models.logistic_regression.from_formula(frame, "y ~ x", dropna=True)
+    dropped = [w for w in caught if issubclass(w.category, MissingValuesWarning)]
+    assert len(dropped) == 1 and dropped[0].filename == __file__, [(w.filename, str(w.message)) for w in caught]

@@ -91,6 +91,7 @@ import numpy as np
 from advi_jax import bijectors as _bij
 from advi_jax import supports as _supports
 from advi_jax._types import Array, ArrayLike, is_concrete
+from advi_jax._stack import user_stacklevel
 from advi_jax.flatten import Model
 from advi_jax.interop._numpyro_bounds import _bounds, _dependent_bijector, _dependent_sites, _dependent_support
 from advi_jax.interop._numpyro_masks import unmasked_sites, without_masks
@@ -583,7 +584,7 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
                           f"({type(fn.base_dist).__name__}) has support {hidden}: the first transform "
                           f"({type(fn.transforms[0]).__name__}) is defined on all of R, so q will put mass where the "
                           "log density is -inf. Give the transform the base's domain, e.g. AffineTransform(loc, scale, "
-                          "domain=constraints.unit_interval)", UserWarning, stacklevel=2)
+                          "domain=constraints.unit_interval)", UserWarning, stacklevel=user_stacklevel())
     if not support:
         raise ValueError("the NumPyro model has no latent sample sites (every site is observed); nothing to infer")
     log_joint = _make_log_joint(model_fn, arguments)

@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from advi_jax._extras import require
+from advi_jax._stack import user_stacklevel
 from advi_jax.data import MissingValuesWarning, missing_value_report
 from advi_jax.models import regression as _regression
 from advi_jax.models.regression import RegressionModel
@@ -204,7 +205,7 @@ def from_formula(kind: str, data, formula: str, *, exposure=None, offset=None, d
                              "drop those rows with dropna=True (advi-jax fit --dropna) or impute them")
         frame = frame.drop(index=frame.index[bad_rows])
         warnings.warn(f"dropped {bad_rows.size} of {n} rows with missing values ({text}); {len(frame)} rows remain",
-                      MissingValuesWarning, stacklevel=2)
+                      MissingValuesWarning, stacklevel=user_stacklevel())
     if len(frame) == 0:
         raise ValueError("data has no rows" + (" left after dropping those with missing values" if bad_rows.size
                                                   else "") + f"; formula {formula!r} needs at least one")

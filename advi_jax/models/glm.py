@@ -47,6 +47,7 @@ from jax.scipy.special import gammaln
 
 from advi_jax.models import _native
 from advi_jax._types import Array, ArrayLike
+from advi_jax._stack import user_stacklevel
 
 __all__ = ["glm_log_likelihood", "glm_log_likelihood_difference", "glm_log_likelihood_reference", "GLM_FAMILIES",
            "build_kernel", "default_block_size", "kernel_status"]
@@ -429,7 +430,7 @@ def _choose_kernel(kernel: str) -> str:
                        "`python -m advi_jax build`")
         else:
             message = f"advi_jax: native CPU kernels unavailable, using the XLA path ({_native.reason()})"
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())
     return "xla"
 
 

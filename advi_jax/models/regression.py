@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax._types import Array, ArrayLike, user_stacklevel
+from advi_jax._types import Array, ArrayLike
+from advi_jax._stack import user_stacklevel
 from advi_jax.flatten import Model
 from advi_jax.models.glm import glm_log_likelihood
 from advi_jax.models.glm_more import distinct_counts, distinct_table, glm_more_log_likelihood

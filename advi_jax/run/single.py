@@ -15,7 +15,7 @@ from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold, near_constant
 from advi_jax.flatten import Model
 from advi_jax import importance
-from advi_jax._types import user_stacklevel
+from advi_jax._stack import user_stacklevel
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
 from advi_jax.result import (Report, Result, confirmation_draws, data_size, diagnose_confirmed, diagnostic_draw_budget,
                              known_diagnostic_draws)

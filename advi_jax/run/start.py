@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from advi_jax import compile_options
-from advi_jax._types import Array, user_stacklevel
+from advi_jax._types import Array
+from advi_jax._stack import user_stacklevel
 from advi_jax.base import Family
 from advi_jax.checks import INIT_OPTIONS, NonFiniteStart, check_initial_point, check_log_joint_shape, initial_loc
 from advi_jax.families import FullRankGaussian
