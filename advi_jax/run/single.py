@@ -114,17 +114,36 @@ def run_diagnostics(compute: Callable[[], Any], interrupted: bool) -> tuple[Any,
 
 def warn_diagnostics(result: Any, warn: bool) -> None:
     """A `DiagnosticWarning` when k-hat is over its threshold (unless the importance weights are nearly
-    constant: `diagnostics.near_constant`) or q has mass where log p is not finite."""
+    constant: `diagnostics.near_constant`), when q has mass where log p is not finite, or when the
+    PSIS moment check flagged a coordinate (`advi_jax.psis_moments`: k-hat below its threshold, yet
+    the importance-weighted mean or sd of a coordinate differs from q's own beyond the tolerance
+    and beyond its Monte Carlo error)."""
     d = result.report.diagnostics
     if not warn or d is None:
         return
-    if d.nonfinite_share > 0 or not (d.khat < khat_threshold(d.num_draws) or near_constant(d.khat, d.ess, d.num_draws)):
+    by_khat = d.nonfinite_share > 0 or not (d.khat < khat_threshold(d.num_draws)
+                                           or near_constant(d.khat, d.ess, d.num_draws))
+    if by_khat or d.moments_flagged():
         first = getattr(result.report, "first_diagnostics", None)
         again = ("" if first is None else
                  f" from {d.num_draws} fresh draws (the first {first.num_draws} read {first.khat:.2f})")
+        where = _coordinate_name(result.model, d.moments.worst_index) if d.moments_flagged() else ""
         warnings.warn(f"PSIS k-hat = {d.khat:.2f}{again} (threshold {khat_threshold(d.num_draws):.2f})"
-                      f"{_spread(result)}: "
+                      f"{_spread(result)}{where}: "
                       f"{result.verdict}", DiagnosticWarning, stacklevel=user_stacklevel())
+
+
+def _coordinate_name(model: Any, index: int) -> str:
+    """"; coordinate j is site[i] of the unconstrained vector", for the moment check's warning."""
+    slices = getattr(model, "slices", None)
+    if not callable(slices) or index < 0:
+        return ""
+    for name, where in slices().items():
+        if where.start <= index < where.stop:
+            size = where.stop - where.start
+            return (f"; the moment check's coordinate {index} is {name}"
+                    + (f"[{index - where.start}] (unconstrained, flattened)" if size > 1 else " (unconstrained)"))
+    return ""
 
 
 def _spread(result: Any) -> str:
