@@ -1,6 +1,7 @@
 """The PSIS diagnostics of a fit's q: how many draws (`diagnostic_draw_budget`, and the larger
-sample that re-estimates a k-hat over its threshold, `confirmation_draws`), the draws' k-hat, ESS and
-importance-weighted ELBO (`diagnose`, `diagnose_confirmed`), and the verdict in words (`verdict`).
+sample that re-estimates a k-hat over its threshold, `confirmation_draws`), the draws' k-hat, ESS,
+importance-weighted ELBO and PSIS moment check (`diagnose`, `diagnose_confirmed`;
+`advi_jax.psis_moments`), and the verdict in words (`verdict`).
 
 `advi_jax.result` re-exports every public name here (the `Result` and its summary use them);
 `advi_jax.diagnostics` holds the PSIS arithmetic itself.

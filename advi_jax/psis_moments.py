@@ -72,9 +72,9 @@ class Moments(NamedTuple):
         """One phrase for the verdict and the warning."""
         j = self.worst_index
         return (f"PSIS moment check from {self.num_draws} draws: coordinate {j} (flat index in R^K) has "
-                f"PSIS-weighted mean {self.worst_mean:+.2f} +/- {self.worst_mean_se:.2f} sd of q's and sd x"
-                f"{math.exp(self.worst_log_sd):.2f} (log {self.worst_log_sd:+.2f} +/- {self.worst_log_sd_se:.2f}) "
-                f"against q's own")
+                f"PSIS-weighted mean {self.worst_mean:+.2f} +/- {self.worst_mean_se:.2f} sd of q's own and "
+                f"sd x{math.exp(self.worst_log_sd):.2f} (log {self.worst_log_sd:+.2f} +/- {self.worst_log_sd_se:.2f}) "
+                "of q's own")
 
 
 CHUNK_ENTRIES = 2 ** 21

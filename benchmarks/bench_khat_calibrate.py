@@ -131,6 +131,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default=None)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sets", type=int, default=4)
+    parser.add_argument("--tols", default="", help="rules: a sweep of the moment check's tolerances, e.g. 0.1,0.15")
     parser.add_argument("--table", action="store_true", help="rules: only print the tables of the stored readings")
     args = parser.parse_args(argv)
     names = args.models.split(",") if args.models else all_names()
@@ -143,11 +144,13 @@ def main(argv=None) -> None:
         rows = stored(set(names))
         if not args.table:
             khat_rules.cmd_rules(rows, args.sets)
-        with open(khat_rules.READINGS, "rb") as f:
-            readings = pickle.load(f)
-        settings = (pm.MOMENT_MEAN_TOL, pm.MOMENT_LOG_SD_TOL, pm.MOMENT_ALPHA)
-        for poor_mean, poor_log_sd in ((POOR_MEAN, POOR_LOG_SD), (0.3, float(np.log(1.3)))):
-            khat_rules.table(rows, readings, poor_mean, poor_log_sd, settings)
+        readings = khat_rules.load_readings()
+        tols = [float(t) for t in args.tols.split(",")] if args.tols else [pm.MOMENT_LOG_SD_TOL]
+        for tol in tols:  # the library's settings, or a sweep of both tolerances together
+            settings = (pm.MOMENT_MEAN_TOL, pm.MOMENT_LOG_SD_TOL, pm.MOMENT_ALPHA) if not args.tols else (
+                tol, tol, pm.MOMENT_ALPHA)
+            for poor_mean, poor_log_sd in ((POOR_MEAN, POOR_LOG_SD), (0.3, float(np.log(1.3)))):
+                khat_rules.table(rows, readings, poor_mean, poor_log_sd, settings)
 
 
 if __name__ == "__main__":

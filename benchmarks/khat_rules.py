@@ -14,12 +14,24 @@ import jax
 import numpy as np
 
 from advi_jax import diagnostics as _diag
-from advi_jax.fit_diagnostics import data_size
+from advi_jax.fit_diagnostics import confirmation_draws, data_size
 from advi_jax.importance import draws_and_log_ratios
 from advi_jax.psis_moments import moment_discrepancy
 
 SIZES = (4096, 16384)
-READINGS = "benchmarks/results/khat_calib/readings.pickle"
+READINGS = os.environ.get("KHAT_READINGS", "benchmarks/results/khat_calib/readings.pickle")
+"""Where `cmd_rules` keeps its readings (another file per concurrent process; `load_readings` merges
+every `readings*.pickle` in the folder)."""
+
+
+def load_readings(folder: str = os.path.dirname(READINGS)) -> dict:
+    import glob
+
+    merged = {}
+    for path in sorted(glob.glob(os.path.join(folder, "readings*.pickle"))):
+        with open(path, "rb") as f:
+            merged.update(pickle.load(f))
+    return merged
 
 
 def readings(model, family, params, key, num_draws: int) -> dict:
@@ -51,14 +63,15 @@ def cmd_rules(rows: list[dict], sets: int, out: str = READINGS) -> None:
         model = models[row["model"]]
         tick = time.perf_counter()
         per = {S: [] for S in SIZES}
+        cheap = confirmation_draws(4096, row["logp"], row["grads"], data_size(model)) > 0
         for r in range(sets):
-            for S in SIZES:
+            for S in SIZES[:None if cheap else 1]:  # 16,384 only where the fit would take them
                 key = jax.random.key(7919 * (r + 1) + S)
                 per[S].append(readings(model, row["family"], row["params"], key, S))
         done[tag] = {"readings": per, "entries": data_size(model)}
         with open(out, "wb") as f:
             pickle.dump(done, f)
-        ks = {S: np.round([x["khat"] for x in per[S]], 2).tolist() for S in SIZES}
+        ks = {S: np.round([x["khat"] for x in per[S]], 2).tolist() for S in SIZES if per[S]}
         print(f"{row['model']:26s} s{row['seed']} poor {'Y' if row['poor'] else '-'} khat {ks} "
               f"({time.perf_counter() - tick:.1f}s)", flush=True)
 
@@ -83,13 +96,12 @@ def warn_shares(row: dict, readings: dict, settings) -> tuple[float, float]:
     4,096 draws, re-estimated from 16,384 where they read over the threshold and more are cheap) and
     with the moment check of the reported sample at `settings` = (mean_tol, log_sd_tol, alpha). A
     fit's other warnings (the step cap, a run-away parameter) count in both."""
-    from advi_jax.fit_diagnostics import confirmation_draws
-
     per = readings["readings"]
     cheap = confirmation_draws(4096, row["logp"], row["grads"], readings["entries"]) > 0
     other = any(word in row["warned"] for word in ("cap", "other", "halving"))
     plain, with_moments = [], []
-    for first, more in zip(per[4096], per[16384]):
+    for i, first in enumerate(per[4096]):
+        more = per[16384][i] if i < len(per[16384]) else None
         again = cheap and khat_warns(first)
         by_khat = khat_warns(first) and (not cheap or khat_warns(more))
         plain.append(by_khat or other)
