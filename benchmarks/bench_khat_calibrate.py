@@ -151,6 +151,8 @@ def main(argv=None) -> None:
                 tol, tol, pm.MOMENT_ALPHA)
             for poor_mean, poor_log_sd in ((POOR_MEAN, POOR_LOG_SD), (0.3, float(np.log(1.3)))):
                 khat_rules.table(rows, readings, poor_mean, poor_log_sd, settings)
+        if not args.tols:
+            khat_rules.per_posterior(rows, readings, settings)
 
 
 if __name__ == "__main__":

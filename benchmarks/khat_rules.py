@@ -137,3 +137,22 @@ def table(rows: list[dict], readings: dict, poor_mean: float, poor_log_sd: float
               f"expected false alarms {alarm:5.2f} (fits warned in some draw set: {ever_warned})")
         print(f"      silent: {', '.join(silent) or '-'}")
         print(f"      false alarms: {', '.join(warned) or '-'}")
+
+
+def per_posterior(rows: list[dict], readings: dict, settings) -> None:
+    """One markdown row per posterior: its fits' distance to NUTS and the share of draw sets that warn."""
+    by_model: dict[str, list] = {}
+    for row in rows:
+        tag = (row["model"], row["seed"])
+        if tag in readings:
+            by_model.setdefault(row["model"], []).append((row, warn_shares(row, readings[tag], settings)))
+    print("| posterior | seeds | max abs dmean / sd (NUTS) | max abs log sd (parameter) | fit's own warnings | "
+          "warn share, k-hat only | warn share, with the moment check |")
+    print("|---|---|---|---|---|---|---|")
+    for name, items in sorted(by_model.items()):
+        dm = [r["max|dmean|/sd"] for r, _ in items]
+        ls = [r["max|log sd|"] for r, _ in items]
+        own = sorted({w for r, _ in items for w in r["warned"].split(",") if w})
+        print(f"| {name} | {','.join(str(r['seed']) for r, _ in items)} | {min(dm):.3f}-{max(dm):.3f} | "
+              f"{min(ls):.2f}-{max(ls):.2f} ({items[0][0]['worst sd']}) | {','.join(own) or '-'} | "
+              f"{' / '.join(f'{a:.2f}' for _, (a, b) in items)} | {' / '.join(f'{b:.2f}' for _, (a, b) in items)} |")
