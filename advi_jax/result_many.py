@@ -81,7 +81,8 @@ class ManyResult:
         diag = None
         if self.diagnostics is not None:
             d = self.diagnostics
-            diag = Diagnostics(*(float(np.asarray(v)[i]) for v in d[:-1]), d.num_draws)
+            values = d[:Diagnostics._fields.index("num_draws")]  # the per-fit arrays
+            diag = Diagnostics(*(float(np.asarray(v)[i]) for v in values), d.num_draws)
         grads = steps * self.num_samples if self.num_grad_evals is None else int(self.num_grad_evals[i])
         report = Report(
             elbo=self.elbo[i, :steps], num_steps=steps, num_grad_evals=grads,

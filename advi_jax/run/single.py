@@ -114,17 +114,39 @@ def run_diagnostics(compute: Callable[[], Any], interrupted: bool) -> tuple[Any,
 
 def warn_diagnostics(result: Any, warn: bool) -> None:
     """A `DiagnosticWarning` when k-hat is over its threshold (unless the importance weights are nearly
-    constant: `diagnostics.near_constant`) or q has mass where log p is not finite."""
+    constant: `diagnostics.near_constant`), when q has mass where log p is not finite, or when the
+    PSIS moment check flagged a coordinate (`advi_jax.psis_moments`: k-hat below its threshold, yet
+    the importance-weighted mean or sd of a coordinate differs from q's own beyond the tolerance
+    and beyond its Monte Carlo error)."""
     d = result.report.diagnostics
     if not warn or d is None:
         return
-    if d.nonfinite_share > 0 or not (d.khat < khat_threshold(d.num_draws) or near_constant(d.khat, d.ess, d.num_draws)):
+    by_khat = d.nonfinite_share > 0 or not (d.khat < khat_threshold(d.num_draws)
+                                           or near_constant(d.khat, d.ess, d.num_draws))
+    if by_khat or d.moments_flagged():
         first = getattr(result.report, "first_diagnostics", None)
         again = ("" if first is None else
                  f" from {d.num_draws} fresh draws (the first {first.num_draws} read {first.khat:.2f})")
+        moments = ""
+        if d.moments_flagged():  # which parameter it is; with a k-hat warning, the moment check's reading too
+            moments = _coordinate_name(result.model, d.moments.worst_index)
+            moments = "; " + (d.moments.describe() + moments if by_khat else moments.lstrip("; "))
         warnings.warn(f"PSIS k-hat = {d.khat:.2f}{again} (threshold {khat_threshold(d.num_draws):.2f})"
-                      f"{_spread(result)}: "
+                      f"{_spread(result)}{moments}: "
                       f"{result.verdict}", DiagnosticWarning, stacklevel=user_stacklevel())
+
+
+def _coordinate_name(model: Any, index: int) -> str:
+    """"; coordinate j is site[i] (unconstrained, flattened)", for the moment check's warning."""
+    slices = getattr(model, "slices", None)
+    if not callable(slices) or index < 0:
+        return ""
+    for name, where in slices().items():
+        if where.start <= index < where.stop:
+            size = where.stop - where.start
+            return (f"; coordinate {index} is {name}"
+                    + (f"[{index - where.start}] (unconstrained, flattened)" if size > 1 else " (unconstrained)"))
+    return ""
 
 
 def _spread(result: Any) -> str:
@@ -245,8 +267,10 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
       check: evaluate the log density at the initial point first and raise if it is not finite.
       diagnostics: after the fit, compute the PSIS k-hat, the importance-weighted ELBO, the
         importance ESS and the share of q's mass where log p is not finite from
-        `num_diagnostic_draws` draws of q (one jitted call for the draws, PSIS on the host);
-        their seconds are `result.diagnostics_seconds`.
+        `num_diagnostic_draws` draws of q (one jitted call for the draws, PSIS on the host),
+        and the PSIS moment check of the same draws (`advi_jax.psis_moments`: each coordinate's
+        PSIS-weighted mean and sd against q's own, `report.diagnostics.moments`; no extra log
+        density evaluations); their seconds are `result.diagnostics_seconds`.
       num_diagnostic_draws: draws of q for the diagnostics: "auto" (default) for a budget of
         about a fifth of the fit's cost, 256 to 4,096 draws
         (`advi_jax.result.diagnostic_draw_budget`: 4,096 on small data or after a long
@@ -258,7 +282,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         keeps the first reading; the extra draws count in `num_logp_evals`).
       adapt_iter: steps per candidate step size with `learning_rate="adapt"`.
       adapt_learning_rates: the candidate step sizes (positive numbers).
-      warn: issue a `DiagnosticWarning` when the diagnostics say the fit is unreliable.
+      warn: issue a `DiagnosticWarning` when the diagnostics say the fit is unreliable: k-hat at
+        or over its threshold, q's mass where log p is not finite, or the moment check flagging a
+        coordinate (mean or sd off by its tolerance, beyond its Monte Carlo error).
       options: settings of a method other than ADVI: its `Options`, or a dict of overrides.
       callback: called with a `driver.Progress` after every compiled call; raising
         KeyboardInterrupt there stops the fit as Ctrl-C does.
