@@ -326,7 +326,8 @@ class Result:
         """Per scalar parameter: mean, sd and 5/50/95% quantiles under q (constrained space).
 
         When the diagnostics say PSIS is reliable (k-hat below the threshold, no non-finite
-        mass) and k-hat >= 0.5, each row also has `psis_mean` and `psis_sd`: the
+        mass) and q is not already close (k-hat >= 0.5, or the PSIS moment check flagged a
+        coordinate: `Diagnostics.moments`), each row also has `psis_mean` and `psis_sd`: the
         Pareto-smoothed importance-weighted estimates, which correct q towards the posterior.
         With `reuse_diagnostic_draws` (default: when `key` is None) these reuse the diagnostics'
         own draws and log ratios (`num_draws` is then the diagnostics' S, and no log density is
@@ -342,8 +343,8 @@ class Result:
             labels = _default_labels(self.model)
         diag = self.report.diagnostics
         weights = None
-        if (diag is not None and diag.nonfinite_share == 0 and _diag.KHAT_GOOD <= diag.khat
-                < _diag.khat_threshold(diag.num_draws)):
+        if (diag is not None and diag.nonfinite_share == 0 and diag.khat < _diag.khat_threshold(diag.num_draws)
+                and (_diag.KHAT_GOOD <= diag.khat or diag.moments_flagged())):
             stored = self.report.diagnostic_sample
             reuse = key is None if reuse_diagnostic_draws is None else bool(reuse_diagnostic_draws)
             if reuse and stored is not None:

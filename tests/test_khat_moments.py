@@ -126,3 +126,26 @@ def test_diagnostic_log_density_evaluations_are_counted(seed):
     extra = 0 if first is None else with_diag.report.diagnostics.num_draws
     assert with_diag.num_grad_evals == without.num_grad_evals
     assert with_diag.report.num_logp_evals - without.report.num_logp_evals == extra
+
+
+def test_summary_shows_psis_columns_when_the_moment_check_flags_under_a_good_khat():
+    # A q 20% narrower than its Gaussian target in one coordinate reads k-hat about 1 - 1 / 1.2^2 =
+    # 0.31 ("good"), but the moment check flags it; the summary then adds the PSIS-corrected mean and
+    # sd (reliable: k-hat < 0.7), and they estimate the target's sd, not q's. Without the flag (the
+    # same result with the check's reading removed) the summary shows q's columns only.
+    import dataclasses
+
+    model = aj.Model(lambda p: -0.5 * jnp.sum((p["x"] / jnp.asarray([1.2, 1.0])) ** 2), {"x": aj.real((2,))})
+    unit = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((2,))})
+    # q = N(0, I) exactly (Laplace on a standard normal), read against the target: coordinate 0's sd
+    # is 1 where the target's is 1.2
+    result = aj.fit(unit, key=jax.random.key(0), method="laplace", progress=False, warn=False)
+    d = aj.result.diagnose(model, result.family, result.params, jax.random.key(3), 4096)
+    report = dataclasses.replace(result.report, diagnostics=d, first_diagnostics=None, diagnostic_sample=None)
+    fresh = dataclasses.replace(result, model=model, report=report)
+    assert d.khat < 0.5 and d.moments.flagged == (0,)
+    rows = fresh.summary_rows(jax.random.key(4), num_draws=8000)
+    assert "psis_sd" in rows[0]
+    assert abs(rows[0]["psis_sd"] - 1.2) < 0.06 and abs(rows[0]["sd"] - 1.0) < 0.04
+    quiet = dataclasses.replace(fresh, report=dataclasses.replace(report, diagnostics=d._replace(moments=None)))
+    assert "psis_sd" not in quiet.summary_rows(jax.random.key(4), num_draws=8000)[0]
