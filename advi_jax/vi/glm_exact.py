@@ -40,7 +40,8 @@ scale-free decrement g' H^{-1} g + ||L'(H - P) L||_F^2 / 2 (the squared gradient
 natural metric; the ELBO gap to the optimum is about half of it) is below `tol`, or a full step
 (rho = 1) changed the ELBO by less than `rtol` (at least 4 float eps) relative while the
 decrement is below 1e3 `tol` (float32 rounding floor), or rho fell below `min_rho` (no
-representable improvement left).
+representable improvement left) while the decrement is within 1e3 `tol`: a fit whose damping
+collapsed far from the optimum is not converged and runs on to its step budget.
 
 Where a pass runs: on CPU with the native GLM kernel built (`python -m advi_jax build`), the
 logistic and Poisson passes are one fused read of X in `_glm_native` (moments, quadrature, gradient
@@ -127,7 +128,8 @@ class Options(NamedTuple):
         adaptive rule `NODE_TIERS` (Poisson is closed form).
       tol: convergence when the natural-metric decrement (see the module docstring) is below it.
       rtol: convergence when a full step (rho = 1) changes the ELBO by less than this, relative.
-      min_rho: convergence (nothing left to gain at this precision) when the damping falls below it.
+      min_rho: convergence (nothing left to gain at this precision) when the damping falls below it
+        and the decrement is within 1e3 tol (the rounding floor); otherwise the fit goes on.
       max_rho: the largest damping; > 1 over-relaxes the precision update (see the module docstring).
       init_scale: the sd of q in every coordinate at the start.
       block_size: rows of X per block of the pass (None: about 4 MiB of X per block).
@@ -604,7 +606,11 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         # within 1e3 tol (the float32 floor on ill-conditioned designs is ~1e-4).
         stalled = ((rho >= 1.0) & jnp.isfinite(state.elbo) & (change <= max(options.rtol, 4.0 * eps))
                    & (decrement <= 1e3 * options.tol))
-        converged = (accept & (small | stalled)) | (nxt.rho < options.min_rho)
+        # A damping below min_rho means no representable improvement was found; that is convergence
+        # only at the rounding floor (the decrement within 1e3 tol), else the fit goes on (and ends
+        # at its budget, "not converged", if it never recovers).
+        floored = (nxt.rho < options.min_rho) & (decrement <= 1e3 * options.tol)
+        converged = (accept & (small | stalled)) | floored
         return nxt, step_info(nxt.elbo, jnp.isfinite(nxt.elbo), 1, 0, converged)
 
     def params(state: GLMExactState):
