@@ -33,26 +33,29 @@ definite, or whose ELBO is lower (a drop within float rounding is accepted only 
 decrement fell), is rejected and rho quartered; after an acceptance rho doubles
 (at most 1).
 
-**The funnel move** (`Options.funnel`, on by default). Alone, that iteration creeps when the
+**The funnel curve** (`Options.funnel`, on by default). Alone, that iteration creeps when the
 groups carry little information (many one-row groups): the Newton step in m_s holds S fixed, and
 with S_uu ~ tau^2 the curvature it sees, H_ss ~ 2 G, is G times the curvature along the path on
 which the group sds follow tau, so tau moves by ~1/G of the way per step (the slow EM of random-
 effects models; 200 one-row logistic groups: tau 0.19 after the 200-step budget, 2104 steps to the
-optimum's 1.38 in float64). So the mean step leaves m_s fixed (the Newton step constrained to
-dm_s = 0, from the same factorisation), and m_s moves instead along a curve that carries the
-groups with it (as parameter expansion / partial non-centring do): for delta,
+optimum's 1.38 in float64). So m_s moves instead along a curve that carries the groups with it (as
+parameter expansion and partial non-centring do): for delta, T_delta maps
 
-    m_s + delta,   row and column g of S times e^(alpha_g delta),   m_g times e^(2 alpha_g delta),
+    m_s -> m_s + delta,   row and column g of S -> times e^(alpha_g delta),   m_g -> m_g e^(2 alpha_g delta),
 
-with alpha_g = E0 S_gg in [0, 1], the prior's share of group g's precision (1: a group without
-data, which scales with tau exactly; 0: a group its data pin down). These are the derivatives in
-log tau of a group's optimal sd 1 / sqrt(E0 + w_g) and shrunk mean ~ s_g / (E0 + w_g). The ELBO
-along delta is one-dimensional and closed form except for the likelihood's rows (eta's mean and
-variance in `_eta_parts`), so a few safeguarded Newton iterations in delta (`_funnel_move`: each
-one pass over the rows, its second derivative by forward mode) find its best delta, and the
-proposal is moved there before its full pass. Measured (benchmarks/PERFORMANCE.md, helper
-`glmgroup`): 200 one-row groups 8-15 steps instead of 200+ (logistic) or 164 (Poisson), mixed
-sizes 7-11 instead of 21-78, each step ~4 passes instead of 1.
+with alpha_g = E0 / H_gg = E0 / (w_g + E0) in (0, 1], the prior's share of group g's curvature (1: a
+group without data, whose sd follows tau exactly; ~0: a group its data pin down, so that the curve
+is the plain m_s direction). These are the derivatives in log tau of a group's sd 1 / sqrt(E0 + w_g)
+and shrunk mean ~ s_g / (E0 + w_g). Each step is a joint Newton step in (dm, delta) (dm with no m_s
+entry) on F(dm, delta) = ELBO(T_delta(m + dm, S)): its gradient (g, F_delta) and Hessian
+(-H, the cross terms F_{m delta}, F_{delta delta}) are exact, the delta terms from one forward-mode
+pass over the rows (`_curve_terms`: eta's mean and variance along the curve, `_eta_parts`); the
+system is solved with the factorisation of A already made (A without m_s's row and column through
+A^{-1} e_s, then the 1 x 1 Schur complement; where that is not negative, the plain step). The
+proposal is T_{rho delta}(m + rho dm) with the fixed-point precision moved by the same T. Measured
+(benchmarks/PERFORMANCE.md, helper `glmgroup`): 200 one-row groups 21-22 steps instead of 200+
+(logistic, tau 0.19 -> 1.38) or 164 (Poisson), mixed sizes 13-14 instead of 21-69; two passes a
+step (`StepInfo.num_grad_evals` counts both).
 
 Convergence as in `glm_exact`: the natural-metric decrement g' P^{-1} g +
 ||L'(H - P) L||_F^2 / 2 below `tol`, a full step changing the ELBO by less than `rtol` relative
@@ -61,9 +64,8 @@ with the decrement below 1e3 `tol`, or (the float32 rounding floor) no new best 
 decrement below `floor` (far from the optimum the fit goes on to its budget, "not converged").
 
 Cost per step: O(N (D+1)^2) for the pass (G does not enter it beyond the gathers and the
-per-group sums), O(N) for each of the funnel move's passes, and O(K^3), K = D + G + 2, for two Cholesky factorisations and a triangular
-inverse (`glm_exact._tri_inv_lower`). `StepInfo.num_grad_evals` counts the passes (the full one and the
-funnel move's).
+per-group sums), O(N (D+1)) for the curve's pass, and O(K^3), K = D + G + 2, for two Cholesky
+factorisations and a triangular inverse (`glm_exact._tri_inv_lower`).
 
 Example:
   >>> import numpy as np, jax, advi_jax as aj
@@ -100,6 +102,8 @@ DETERMINISTIC = True
 STEP_KEYS = False  # the steps are deterministic: the driver makes no per-step keys
 
 _LOG_2PI = math.log(2.0 * math.pi)
+MAX_DELTA = 2.0
+"""The longest step along the funnel curve (in log tau) of one joint Newton step."""
 
 
 class Options(NamedTuple):
@@ -117,9 +121,9 @@ class Options(NamedTuple):
         best for `patience` steps and is below `floor` (~0.01 posterior sd). In float32 with
         few groups the full step can circle the optimum at ~1e-5 (the ELBO's changes there are
         below float32 resolution, so they are accepted).
-      funnel: move each proposal along the funnel curve (see the module docstring); False gives the
-        plain iteration (m_s in the Newton step), which creeps when groups carry little information.
-      funnel_iters: the most Newton iterations in delta per step after the one at delta = 0.
+      funnel: the joint Newton step over the mean and the funnel curve (see the module docstring);
+        False gives the plain iteration (m_s in the mean's Newton step, S fixed), which creeps when
+        the groups carry little information.
     """
 
     num_nodes: int | None = None
@@ -130,7 +134,6 @@ class Options(NamedTuple):
     floor: float = 1e-4
     patience: int = 10
     funnel: bool = True
-    funnel_iters: int = 4
 
 
 class _Layout(NamedTuple):
@@ -195,7 +198,7 @@ def _design(layout: _Layout, data) -> Array:
 def _eta_parts(layout, xt, group, offset, m, S):
     """eta_i's mean and variance split into the fixed part and the group's: mu_i = a_i + b_i and
     v_i = c_i + 2 d_i + f_i, with b = m_u[g], d = x~ . S_xu[:, g], f = S_uu[g, g] (the parts
-    `_funnel_move` rescales)."""
+    `_curve_terms` moves along the funnel curve)."""
     dx, G = layout.dx, layout.num_groups
     a = xt @ m[:dx]
     if offset is not None:
@@ -275,24 +278,24 @@ def moments_and_curvature(layout: _Layout, data, xt, m, S, log_det_sd, num_nodes
     return elbo, g, H
 
 
-def _funnel_move(layout: _Layout, data, xt, m, S, num_nodes, max_iters: int, tol: float):
-    """The best delta of the funnel move (see the module docstring), by safeguarded Newton.
+def _curve_terms(layout: _Layout, data, xt, m, S, hess_u, num_nodes):
+    """The funnel curve's terms at (m, S) for the joint Newton step, in one forward-mode pass.
 
-    Returns:
-      (delta, alpha, beta, the number of passes): the move's step and its per-group exponents.
+    With F(dm, delta) = ELBO(T_delta(m + dm, S)) (dm with no m_s entry; T_delta as `_rescale`):
+    returns (dF/ddelta, d2F/ddelta2, d2F/ddm ddelta (a K vector, zero at m_s), alpha, beta).
+    d2F/ddm2 = -H and dF/ddm = g are the pass's own.
     """
     dx, G = layout.dx, layout.num_groups
     a, b, c, d, f = _eta_parts(layout, xt, data["group"], data.get("offset"), m, S)
     y, group = data["y"], data["group"]
-    dtype = m.dtype
     ms, vs = m[-1], S[-1, -1]
     mu_g, vu, cus = m[dx:dx + G], jnp.diagonal(S)[dx:dx + G], S[dx:dx + G, -1]
     e0 = jnp.exp(-2.0 * ms + 2.0 * vs)
     e2 = jnp.exp(2.0 * ms + 2.0 * vs) / layout.group_scale**2  # E[tau^2] / s0^2
-    alpha = jnp.clip(e0 * vu, 0.0, 1.0)  # the prior's share of each group's precision
+    alpha = jnp.clip(e0 / hess_u, 0.0, 1.0)  # the prior's share of each group's curvature, E0 / (w_g + E0)
     beta = 2.0 * alpha  # a group mean shrunk by tau^2 / (1 + tau^2 w) moves as tau^(2 alpha)
     ag, bg = alpha[group], beta[group]
-    eps = float(jnp.finfo(dtype).eps)
+    sd = jnp.asarray(layout.fixed_sd, m.dtype)
 
     def prior(delta):  # the group prior, -G m_s, the entropy's group part and the scale prior along delta
         t, r = jnp.exp(alpha * delta), jnp.exp(beta * delta)
@@ -300,48 +303,26 @@ def _funnel_move(layout: _Layout, data, xt, m, S, num_nodes, max_iters: int, tol
         return (-0.5 * e0 * jnp.exp(-2.0 * delta) * jnp.sum(q) - G * delta + jnp.sum(alpha) * delta
                 - 0.5 * e2 * jnp.exp(2.0 * delta) + delta)
 
-    def value_and_slope(delta):
+    def slope_and_grad(delta):
         t, r = jnp.exp(ag * delta), jnp.exp(bg * delta)
         mu, var = a + r * b, jnp.maximum(c + 2.0 * t * d + t * t * f, 0.0)
-        val, first, second = expected_log_lik_auto(layout.kind, y, mu, var, num_nodes, constant=False)
+        _, first, second = expected_log_lik_auto(layout.kind, y, mu, var, num_nodes, constant=False)
         # d psi / d mu = first, d psi / d var = second / 2 (Price)
-        pv, ps = jax.jvp(prior, (delta,), (jnp.ones_like(delta),))
-        slope = jnp.sum(first * (bg * r * b) + second * (ag * (t * d + t * t * f))) + ps
-        return jnp.sum(val) + pv, slope
+        slope = (jnp.sum(first * (bg * r * b) + second * (ag * (t * d + t * t * f)))
+                 + jax.jvp(prior, (delta,), (jnp.ones_like(delta),))[1])
+        # dELBO/dm at T_delta(m, S), pulled back through m_u -> m_u e^(beta delta)
+        tg, rg = jnp.exp(alpha * delta), jnp.exp(beta * delta)
+        gx = first @ xt - m[:dx] / sd**2
+        gu = jax.ops.segment_sum(first, group, G) - e0 * jnp.exp(-2.0 * delta) * (rg * mu_g - 2.0 * tg * cus)
+        return slope, jnp.concatenate([gx, gu * rg, jnp.zeros((1,), m.dtype)])
 
-    def evaluate(delta):
-        (value, d1), (_, d2) = jax.jvp(value_and_slope, (delta,), (jnp.ones_like(delta),))
-        return value, d1, d2
-
-    def gain(d1, d2):  # the Newton decrement; a non-concave point always continues
-        return jnp.where(d2 < 0.0, d1 * d1 / jnp.maximum(-d2, jnp.finfo(dtype).tiny), jnp.inf)
-
-    def cond(carry):
-        _, _, d1, d2, radius, i = carry
-        return (i < max_iters) & (gain(d1, d2) > tol) & (radius > 1e-3) & jnp.isfinite(d1)
-
-    def body(carry):
-        delta, value, d1, d2, radius, i = carry
-        newton = jnp.where(d2 < 0.0, -d1 / jnp.where(d2 < 0.0, d2, -1.0), jnp.sign(d1) * radius)
-        trial = delta + jnp.clip(newton, -radius, radius)
-        v, t1, t2 = evaluate(trial)
-        slack = 8.0 * eps * jnp.abs(value)
-        closer = jnp.abs(t1) <= jnp.abs(d1)
-        accept = jnp.isfinite(v) & jnp.isfinite(t1) & ((v > value) | ((v >= value - slack) & closer))
-        pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
-        step = jnp.abs(trial - delta)
-        radius = jnp.where(accept, jnp.maximum(radius, 2.0 * step), step / 4.0)
-        return pick(trial, delta), pick(v, value), pick(t1, d1), pick(t2, d2), radius, i + 1
-
-    zero = jnp.zeros((), dtype)
-    value, d1, d2 = evaluate(zero)
-    delta, _, _, _, _, iters = jax.lax.while_loop(cond, body, (zero, value, d1, d2, jnp.ones((), dtype),
-                                                                jnp.zeros((), jnp.int32)))
-    return jnp.where(jnp.isfinite(delta), delta, 0.0), alpha, beta, iters + 1
+    one = jnp.ones((), m.dtype)
+    (d1, _), (d2, cross) = jax.jvp(slope_and_grad, (0.0 * one,), (one,))
+    return d1, d2, cross, alpha, beta
 
 
 def _rescale(layout: _Layout, m, precision, factor, delta, alpha, beta, meanfield: bool):
-    """(m, P, factor) under the funnel move: group g's rows of the covariance factor scaled by
+    """(m, P, factor) under the funnel curve's T_delta: group g's rows of the covariance factor scaled by
     e^(alpha_g delta) (the precision's by its inverse), its mean by e^(beta_g delta), delta added to m_s."""
     dx, G = layout.dx, layout.num_groups
     scale = jnp.ones_like(m).at[dx:dx + G].set(jnp.exp(alpha * delta))
@@ -445,10 +426,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     meanfield = kind == "meanfield"
     if not isinstance(options, Options):
         raise TypeError(f"options must be glm_grouped.Options, got {type(options).__name__}")
-    for name in ("patience", "funnel_iters"):
-        value = getattr(options, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"options.{name} must be a positive int, got {value!r}")
+    if isinstance(options.patience, bool) or not isinstance(options.patience, int) or options.patience < 1:
+        raise ValueError(f"options.patience must be a positive int, got {options.patience!r}")
     if not isinstance(options.funnel, bool):
         raise ValueError(f"options.funnel must be a bool, got {options.funnel!r}")
     for name in ("tol", "rtol", "min_rho", "init_scale", "floor"):
@@ -488,17 +467,28 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
             A = precision
         chol = jnp.linalg.cholesky(A)  # NaN when A is not positive definite: the proposal is rejected
         newton = cho_solve((chol, True), state.grad)
-        if options.funnel:  # the constrained Newton step with m_s fixed: m_s moves with the funnel move below
-            w = cho_solve((chol, True), jnp.zeros((k,), dtype).at[-1].set(1.0))  # A^{-1} e_s
-            newton = newton - w * (newton[-1] / w[-1])
-        m = state.loc + rho * _capped(newton)  # see glm_exact._capped
         factor = _cov_factor(precision, meanfield)
         passes = 1
-        if options.funnel:  # move the proposal along the funnel direction (the slow mode of the fixed point)
-            delta, alpha, beta, moves = _funnel_move(layout, data, xt, m, _covariance(kind, factor)[0],
-                                                     options.num_nodes, options.funnel_iters, options.tol)
-            m, precision, factor = _rescale(layout, m, precision, factor, delta, alpha, beta, meanfield)
-            passes = passes + moves
+        if options.funnel:
+            d1, d2, cross, alpha, beta = _curve_terms(layout, data, xt, state.loc, _covariance(kind, state.factor)[0],
+                                                      jnp.diagonal(state.hess)[layout.dx:-1], options.num_nodes)
+            passes = passes + 1
+            w = cho_solve((chol, True), jnp.zeros((k,), dtype).at[-1].set(1.0))  # A^{-1} e_s
+
+            def solve_fixed_s(r):  # B^{-1} r for B = A without m_s's row and column (r[-1] ignored)
+                x = cho_solve((chol, True), r.at[-1].set(0.0))
+                return x - w * (x[-1] / w[-1])
+
+            y_g, y_c = solve_fixed_s(state.grad), solve_fixed_s(cross)
+            schur = d2 - jnp.dot(cross, y_c)  # the curvature along the curve with dm re-optimised
+            joint = (schur < 0.0) & jnp.isfinite(schur) & jnp.isfinite(d1)
+            delta = jnp.where(joint, -(d1 + jnp.dot(cross, y_g)) / jnp.where(joint, schur, -1.0), 0.0)
+            delta = jnp.clip(delta, -MAX_DELTA, MAX_DELTA)
+            dm = jnp.where(joint, y_g + y_c * delta, newton)
+            m = state.loc + rho * _capped(dm)
+            m, precision, factor = _rescale(layout, m, precision, factor, rho * delta, alpha, beta, meanfield)
+        else:
+            m = state.loc + rho * _capped(newton)  # see glm_exact._capped
         elbo, g, h = evaluate(m, factor)
         ok = (jnp.isfinite(elbo) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(h)) & jnp.all(jnp.isfinite(m))
               & jnp.all(jnp.isfinite(factor)))
