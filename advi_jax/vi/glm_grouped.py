@@ -478,7 +478,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
             hess_u = jnp.diagonal(state.hess)[layout.dx:-1]
             S_now = _covariance(kind, state.factor)[0]
             share = jnp.exp(-2.0 * state.loc[-1] + 2.0 * S_now[-1, -1]) / hess_u  # alpha_g, see _curve_terms
-            use = jnp.max(share) > MIN_SHARE  # else the curve is the m_s direction: the plain step, no pass
+            # else the curve is the m_s direction: the plain step, no pass (also at the start, before any pass)
+            use = (jnp.max(share) > MIN_SHARE) & jnp.isfinite(state.elbo)
             zeros_g = jnp.zeros((layout.num_groups,), dtype)
             d1, d2, cross, alpha, beta = jax.lax.cond(
                 use, lambda: _curve_terms(layout, data, xt, state.loc, S_now, hess_u, options.num_nodes),
