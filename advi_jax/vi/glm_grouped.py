@@ -54,9 +54,9 @@ system is solved with the factorisation of A already made (A without m_s's row a
 A^{-1} e_s, then the 1 x 1 Schur complement; where that is not negative, the plain step). Where
 every alpha_g is below `MIN_SHARE` the plain step is taken without the curve's pass. The
 proposal is T_{rho delta}(m + rho dm) with the fixed-point precision moved by the same T. Measured
-(benchmarks/PERFORMANCE.md, helper `glmgroup`): 200 one-row groups 21-22 steps instead of 200+
-(logistic, tau 0.19 -> 1.38) or 164 (Poisson), mixed sizes 13-14 instead of 21-69; two passes a
-step (`StepInfo.num_grad_evals` counts both).
+(benchmarks/PERFORMANCE.md, helper `glmgroup`; float32): 200 one-row groups 15-20 steps instead of
+200+ (logistic, tau 0.19 -> 1.38, not converged) or 151-164 (Poisson), mixed sizes 8-14 instead of
+21-69; about two passes a step (`StepInfo.num_grad_evals` counts both).
 
 Convergence as in `glm_exact`: the natural-metric decrement g' P^{-1} g +
 ||L'(H - P) L||_F^2 / 2 below `tol`, a full step changing the ELBO by less than `rtol` relative
