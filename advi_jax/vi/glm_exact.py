@@ -35,8 +35,9 @@ mean-field: 1 / s_k^2 = H_kk). Each step proposes
 (rho = 1: a Newton step in m and the fixed-point precision; a small rho: a natural-gradient step,
 an ascent direction), evaluates the pass at (m', P'), accepts it when its ELBO is finite and not
 lower (within float rounding: 8 eps |ELBO|, or, when the decrement fell, 2 eps times the size of the
-pass's value and data constant whose difference the ELBO is), and otherwise keeps the state and quarters rho (a backtracking line search spread over
-steps; rho grows back fourfold after each acceptance). Convergence (`StepInfo.converged`): the
+pass's value and data constant whose difference the ELBO is), and otherwise keeps the state and
+quarters rho (a backtracking line search spread over steps; rho grows back fourfold after each
+acceptance). Convergence (`StepInfo.converged`): the
 scale-free decrement g' H^{-1} g + ||L'(H - P) L||_F^2 / 2 (the squared gradient norm in the
 natural metric; the ELBO gap to the optimum is about half of it) is below `tol`, or a full step
 (rho = 1) changed the ELBO by less than `rtol` (at least 4 float eps) relative while the
