@@ -154,7 +154,8 @@ def test_aj_fit_auto_routes_and_labels(key):
     assert choose_method(model, aj.LowRankGaussian(rank=1))[0] == "advi"
     assert choose_method(logistic_regression(np.ones((3, 1)) * [[0], [1], [2]], [0, 1, 1]), fam)[0] == "glm_exact"
     res = aj.fit(model, key=key, family="fullrank", progress=False, diagnostics=False)
-    assert res.method == "glm_grouped" and res.report.converged and res.num_grad_evals == res.report.num_steps < 60
+    assert res.method == "glm_grouped" and res.report.converged and res.report.num_steps < 60
+    assert res.num_grad_evals >= res.report.num_steps  # the full pass and the funnel curve's
     params, info, _ = run(model, aj.FullRankGaussian())
     np.testing.assert_allclose(res.params.loc, params.loc, rtol=1e-4, atol=1e-4)
     # Labels: named groups show in the summary.
