@@ -230,7 +230,7 @@ MODELS.update({name: functools.partial(build, SuiteModel) for name, build in UNS
 
 # Models whose NUTS reference has not been computed yet (benchmarks.accuracy skips them with a
 # message; the test checks this list against benchmarks/references/).
-NO_REFERENCE_YET: tuple[str, ...] = ("reg_horseshoe",)
+NO_REFERENCE_YET: tuple[str, ...] = ()
 
 QUICK_MODELS = ("breast_cancer_logistic", "eight_schools_noncentered", "mixture_weights", "lkj_mvn")
 
