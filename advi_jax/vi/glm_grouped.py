@@ -283,12 +283,13 @@ def moments_and_curvature(layout: _Layout, data, xt, m, S, log_det_sd, num_nodes
     return elbo, g, H
 
 
-def _curve_terms(layout: _Layout, data, xt, m, S, hess_u, num_nodes):
+def _curve_terms(layout: _Layout, data, xt, m, S, share, num_nodes):
     """The funnel curve's terms at (m, S) for the joint Newton step, in one forward-mode pass.
 
     With F(dm, delta) = ELBO(T_delta(m + dm, S)) (dm with no m_s entry; T_delta as `_rescale`):
     returns (dF/ddelta, d2F/ddelta2, d2F/ddm ddelta (a K vector, zero at m_s), alpha, beta).
-    d2F/ddm2 = -H and dF/ddm = g are the pass's own.
+    d2F/ddm2 = -H and dF/ddm = g are the pass's own. `share`: E0 / H_gg per group (computed by the step,
+    which gates this pass on it), clipped to [0, 1] here as alpha.
     """
     dx, G = layout.dx, layout.num_groups
     a, b, c, d, f = _eta_parts(layout, xt, data["group"], data.get("offset"), m, S)
@@ -297,7 +298,7 @@ def _curve_terms(layout: _Layout, data, xt, m, S, hess_u, num_nodes):
     mu_g, vu, cus = m[dx:dx + G], jnp.diagonal(S)[dx:dx + G], S[dx:dx + G, -1]
     e0 = jnp.exp(-2.0 * ms + 2.0 * vs)
     e2 = jnp.exp(2.0 * ms + 2.0 * vs) / layout.group_scale**2  # E[tau^2] / s0^2
-    alpha = jnp.clip(e0 / hess_u, 0.0, 1.0)  # the prior's share of each group's curvature, E0 / (w_g + E0)
+    alpha = jnp.clip(share, 0.0, 1.0)  # the prior's share of each group's curvature, E0 / (w_g + E0)
     beta = 2.0 * alpha  # a group mean shrunk by tau^2 / (1 + tau^2 w) moves as tau^(2 alpha)
     ag, bg = alpha[group], beta[group]
     sd = jnp.asarray(layout.fixed_sd, m.dtype)
@@ -475,14 +476,14 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         factor = _cov_factor(precision, meanfield)
         passes = 1
         if options.funnel:
-            hess_u = jnp.diagonal(state.hess)[layout.dx:-1]
             S_now = _covariance(kind, state.factor)[0]
-            share = jnp.exp(-2.0 * state.loc[-1] + 2.0 * S_now[-1, -1]) / hess_u  # alpha_g, see _curve_terms
+            # E0 / H_gg: the prior's share of each group's curvature (alpha_g before clipping, see _curve_terms)
+            share = jnp.exp(-2.0 * state.loc[-1] + 2.0 * S_now[-1, -1]) / jnp.diagonal(state.hess)[layout.dx:-1]
             # else the curve is the m_s direction: the plain step, no pass (also at the start, before any pass)
             use = (jnp.max(share) > MIN_SHARE) & jnp.isfinite(state.elbo)
             zeros_g = jnp.zeros((layout.num_groups,), dtype)
             d1, d2, cross, alpha, beta = jax.lax.cond(
-                use, lambda: _curve_terms(layout, data, xt, state.loc, S_now, hess_u, options.num_nodes),
+                use, lambda: _curve_terms(layout, data, xt, state.loc, S_now, share, options.num_nodes),
                 lambda: (jnp.zeros((), dtype), -jnp.ones((), dtype), jnp.zeros((k,), dtype), zeros_g, zeros_g))
             passes = passes + use.astype(jnp.int32)
             w = cho_solve((chol, True), jnp.zeros((k,), dtype).at[-1].set(1.0))  # A^{-1} e_s
