@@ -76,14 +76,19 @@ def _log_gamma(p, shape):
     return jnp.sum(shape * p["u"] - jnp.exp(p["u"]))
 
 
+def _fit_and_warnings(model, seed):
+    """The default fit at `seed` and the messages of the `DiagnosticWarning`s it issued."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = aj.fit(model, key=jax.random.key(seed), progress=False)
+    return result, [str(w.message) for w in caught if issubclass(w.category, aj.DiagnosticWarning)]
+
+
 def test_default_fit_warns_on_a_skewed_posterior_at_every_seed():
     model = aj.Model(_log_gamma, {"u": aj.real((2,))}, data=jnp.asarray([SHAPE, 20.0], jnp.float32))
     moments_only = []
     for seed in range(4):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = aj.fit(model, key=jax.random.key(seed), progress=False)
-        said = [str(w.message) for w in caught if issubclass(w.category, aj.DiagnosticWarning)]
+        result, said = _fit_and_warnings(model, seed)
         d = result.report.diagnostics
         sd = float(np.sqrt(result.family.variance(result.params))[0])  # coordinate 0: the skewed one
         assert abs(sd - 1 / math.sqrt(SHAPE)) < 0.05  # the family's optimum, 29% narrower than the posterior's
@@ -103,10 +108,7 @@ def test_default_fit_is_quiet_on_a_near_gaussian_posterior():
     # (recorded) and flags nothing; the compiled programs are the skewed test's (same shapes).
     model = aj.Model(_log_gamma, {"u": aj.real((2,))}, data=jnp.asarray([50.0, 50.0], jnp.float32))
     for seed in range(3):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = aj.fit(model, key=jax.random.key(seed), progress=False)
-        said = [str(w.message) for w in caught if issubclass(w.category, aj.DiagnosticWarning)]
+        result, said = _fit_and_warnings(model, seed)
         d = result.report.diagnostics
         assert not said, said
         assert d.moments is not None and d.moments.flagged == () and d.moments.num_draws == d.num_draws
