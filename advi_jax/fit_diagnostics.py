@@ -26,7 +26,7 @@ import numpy as np
 
 from advi_jax import diagnostics as _diag
 from advi_jax.importance import centred_log_ratios, draws_and_log_ratios, sampling_key
-from advi_jax.psis_moments import moment_check
+from advi_jax.psis_moments import discrepancy_from_sums, moment_check, moment_check_of, power_sums
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
 
@@ -51,8 +51,9 @@ class Diagnostics(NamedTuple):
       nonfinite_share: the share of the draws where log p is NaN or -inf.
       num_draws: S.
       moments: the PSIS moment check of the same draws (`advi_jax.psis_moments.Moments`: per
-        coordinate, q's mean and sd against their Pareto-smoothed importance-weighted estimates),
-        or None where it was not computed (batched fits, precomputed ratios).
+        coordinate, q's mean and sd against their Pareto-smoothed importance-weighted estimates;
+        for B fits, a tuple of B of them), or None where it was not computed (log ratios given
+        without their draws: `diagnose_ratios`).
     """
 
     khat: Any
@@ -205,11 +206,22 @@ def _core(ratios: Array, shift=0.0, xp=jnp) -> tuple:
 
 @functools.partial(jax.jit, static_argnames=("family", "num_draws", "batched"))
 def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool):
+    """Per fit: `_core`'s values and the PSIS moment check's power sums of the same draws
+    (`advi_jax.psis_moments.power_sums`: (5, 3, K), so the (B, S, K) draws never leave the device)."""
     def one(m, p, k):
-        _, centred, shift = centred_log_ratios(m, family, p, k, num_draws)
-        return _core(centred, shift)
+        zeta, centred, shift = centred_log_ratios(m, family, p, k, num_draws)
+        log_w = _diag._psis_core(centred, True, jnp).log_weights
+        w = jnp.exp(jnp.where(jnp.isnan(log_w), -jnp.inf, log_w))
+        w = w / jnp.sum(w)
+        return _core(centred, shift), power_sums(zeta, w, jnp)
 
     return jax.vmap(one, in_axes=(0 if batched else None, 0, 0))(model, params, keys)
+
+
+def _many_moments(sums, num_draws: int) -> tuple:
+    """One `Moments` per fit from the (B, 5, 3, K) power sums of `_diagnose` (float64 on the host)."""
+    sums = np.asarray(jax.device_get(sums), np.float64)
+    return tuple(moment_check_of(discrepancy_from_sums(s, num_draws), num_draws) for s in sums)
 
 
 def _to_diagnostics(values, num_draws: int, moments: Any = None) -> Diagnostics:
@@ -243,12 +255,14 @@ def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: 
     One fit: one compiled call for the draws and log ratios, PSIS on the host
     (`diagnose_with_ratios`; with `return_ratios`, also the (S,) log ratios). With
     `num_fits=B`, `params` leaves and `key` carry a leading B axis and the model's data too
-    when `batched`; every field is then a (B,) array, all in one compiled call.
+    when `batched`; every field is then a (B,) array, all in one compiled call, and `moments` a
+    tuple of B moment checks (finished on the host from per-fit sums made in that call).
     """
     if num_fits is None:
         both = diagnose_with_ratios(model, family, params, key, num_draws)
         return both if return_ratios else both[0]
-    return _to_diagnostics(_diagnose(model, family, params, key, num_draws, bool(batched)), num_draws)
+    values, sums = _diagnose(model, family, params, key, num_draws, bool(batched))
+    return _to_diagnostics(values, num_draws, _many_moments(sums, num_draws))
 
 
 def over_threshold(diagnostics: Diagnostics) -> bool:
@@ -295,10 +309,15 @@ def diagnose_confirmed(model: Any, family: Family, params: PyTree, key: Array, n
     return more, (more_key, more_ratios), diag
 
 
-def diagnose_ratios(ratios: Array) -> Diagnostics:
-    """`Diagnostics` from precomputed (S,) log ratios (e.g. the full-data ones of a minibatch fit)."""
-    return _to_diagnostics(_diag._on_host_when_concrete(lambda xp, r: _core(r, 0.0, xp), ratios),
-                           int(ratios.shape[0]))
+def diagnose_ratios(ratios: Array, zeta: Array | None = None) -> Diagnostics:
+    """`Diagnostics` from precomputed (S,) log ratios (e.g. the full-data ones of a minibatch fit);
+    with the (S, K) draws `zeta` they came from, also the PSIS moment check of those draws."""
+    values = _diag._on_host_when_concrete(lambda xp, r: _core(r, 0.0, xp), ratios)
+    moments = None
+    if zeta is not None:
+        ratios = np.asarray(jax.device_get(ratios), np.float64)
+        moments = moment_check(np.asarray(jax.device_get(zeta)), _diag._psis_core(ratios, True, np).log_weights)
+    return _to_diagnostics(values, int(ratios.shape[0]), moments)
 
 
 _ADVICE = "try family='fullrank', a reparameterisation, or MCMC"

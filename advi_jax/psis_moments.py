@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["Moments", "MOMENT_MEAN_TOL", "MOMENT_LOG_SD_TOL", "MOMENT_ALPHA", "moment_discrepancy",
-           "moment_z", "moment_check"]
+           "moment_z", "moment_check", "moment_check_of", "power_sums", "discrepancy_from_sums"]
 
 MOMENT_MEAN_TOL = 0.15
 """A coordinate's PSIS-estimated mean shift, in q's sds, at or above which q is called wrong there."""
@@ -101,28 +101,38 @@ def moment_discrepancy(zeta: np.ndarray, log_weights: np.ndarray) -> tuple[np.nd
     w = np.exp(np.asarray(log_weights, np.float64))
     w = w / np.sum(w)
     step = max(1, CHUNK_ENTRIES // max(num, 1))
-    parts = [_discrepancy(np.asarray(zeta[:, i:i + step], np.float64), w) for i in range(0, k, step)]
+    parts = [discrepancy_from_sums(power_sums(np.asarray(zeta[:, i:i + step], np.float64), w), num)
+             for i in range(0, k, step)]
     if not parts:
         return tuple(np.zeros(0) for _ in range(4))
     return tuple(np.concatenate(p) for p in zip(*parts))
 
 
-def _discrepancy(z: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
-    """`moment_discrepancy` of a block of columns, from power sums of the centred draws.
+def power_sums(z, w, xp=np):
+    """The sums `discrepancy_from_sums` needs, of (S, k) draws `z` under normalised weights `w` (S,).
 
-    With y = z - plain mean, m = sum w y (the weighted mean's offset), a = y - m, plain variance
-    s2 = mean y^2 and weighted variance v = sum w a^2, the two linearised differences are
-    sum_i (w_i a_i - y_i / S) / sd and sum_i (w_i (a_i^2 / v - 1) - (y_i^2 / s2 - 1) / S) / 2; their
-    sums of squares expand into sums of y^p (p <= 4) weighted by 1, w and w^2: four (3, S) x (S, k)
-    products instead of a dozen (S, k) temporaries.
+    With y = z - (plain mean of z): the (4, 3, k) sums of y^p (p = 1..4) weighted by 1, w and w^2,
+    and (as a fifth row's first entry, broadcast over k) sum w^2. Four (3, S) x (S, k) products
+    instead of a dozen (S, k) temporaries. `xp` is NumPy (the host, float64) or jax.numpy (a
+    batched fit's diagnostics compute these on the device, per fit, and bring back only (5, 3, k)).
     """
-    num = z.shape[0]
-    y = z - z.mean(axis=0)
-    weights = np.stack([np.ones_like(w), w, w * w])  # rows: 1, w, w^2
+    y = z - xp.mean(z, axis=0, keepdims=True)
+    weights = xp.stack([xp.ones_like(w), w, w * w])  # rows: 1, w, w^2
     y2 = y * y
-    p1, p2 = weights @ y, weights @ y2
-    p3, p4 = weights @ (y2 * y), weights @ (y2 * y2)
-    w1, w2 = 1.0, float(np.sum(w * w))  # sum w = 1
+    w2 = xp.broadcast_to(xp.sum(w * w).reshape(1, 1), (3, y.shape[1]))
+    return xp.stack([weights @ y, weights @ y2, weights @ (y2 * y), weights @ (y2 * y2), w2])
+
+
+def discrepancy_from_sums(sums, num: int) -> tuple[np.ndarray, ...]:
+    """(d_mean, se, d_logsd, se) per coordinate from `power_sums` of S = `num` draws, in float64.
+
+    With m = sum w y (the weighted mean's offset), a = y - m, plain variance s2 = mean y^2 and
+    weighted variance v = sum w a^2, the two linearised differences are sum_i (w_i a_i - y_i / S) / sd
+    and sum_i (w_i (a_i^2 / v - 1) - (y_i^2 / s2 - 1) / S) / 2; their sums of squares expand into
+    the power sums.
+    """
+    p1, p2, p3, p4, w2 = np.asarray(sums, np.float64)
+    w1, w2 = 1.0, w2[0]  # sum w = 1
     u = 1.0 / num
     s2 = p2[0] * u
     m = p1[1]
@@ -163,16 +173,23 @@ def moment_check(zeta: np.ndarray, log_weights: np.ndarray, mean_tol: float = MO
     standard errors from zero (so Monte Carlo noise on an accurate q flags some coordinate with
     chance about alpha at most, whatever K).
     """
-    d_mean, se_mean, d_logsd, se_logsd = moment_discrepancy(zeta, log_weights)
+    return moment_check_of(moment_discrepancy(zeta, log_weights), int(np.shape(zeta)[0]), mean_tol, log_sd_tol, alpha)
+
+
+def moment_check_of(discrepancy: tuple, num_draws: int, mean_tol: float = MOMENT_MEAN_TOL,
+                    log_sd_tol: float = MOMENT_LOG_SD_TOL, alpha: float = MOMENT_ALPHA) -> Moments:
+    """`moment_check` from the per-coordinate (d_mean, se, d_logsd, se) of `num_draws` draws
+    (`moment_discrepancy`, or `discrepancy_from_sums` of sums made on the device)."""
+    d_mean, se_mean, d_logsd, se_logsd = (np.asarray(x, np.float64) for x in discrepancy)
     k = int(d_mean.shape[0])
     z = moment_z(k, alpha)
     mean_hit = (np.abs(d_mean) >= mean_tol) & (np.abs(d_mean) > z * se_mean)
     sd_hit = (np.abs(d_logsd) >= log_sd_tol) & (np.abs(d_logsd) > z * se_logsd)
     flagged = np.flatnonzero(mean_hit | sd_hit)
     if k == 0:
-        return Moments((), -1, 0.0, 0.0, 0.0, 0.0, z, int(np.shape(zeta)[0]))
+        return Moments((), -1, 0.0, 0.0, 0.0, 0.0, z, int(num_draws))
     size = np.maximum(np.abs(d_mean) / mean_tol, np.abs(d_logsd) / log_sd_tol)
     pool = flagged if flagged.size else np.arange(k)
     j = int(pool[np.argmax(size[pool])])
     return Moments(tuple(int(i) for i in flagged), j, float(d_mean[j]), float(se_mean[j]), float(d_logsd[j]),
-                   float(se_logsd[j]), z, int(np.shape(zeta)[0]))
+                   float(se_logsd[j]), z, int(num_draws))

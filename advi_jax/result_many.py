@@ -82,7 +82,8 @@ class ManyResult:
         if self.diagnostics is not None:
             d = self.diagnostics
             values = d[:Diagnostics._fields.index("num_draws")]  # the per-fit arrays
-            diag = Diagnostics(*(float(np.asarray(v)[i]) for v in values), d.num_draws)
+            moments = None if d.moments is None else d.moments[i]
+            diag = Diagnostics(*(float(np.asarray(v)[i]) for v in values), d.num_draws, moments)
         grads = steps * self.num_samples if self.num_grad_evals is None else int(self.num_grad_evals[i])
         report = Report(
             elbo=self.elbo[i, :steps], num_steps=steps, num_grad_evals=grads,

@@ -145,7 +145,7 @@ def _full_data_diagnostics(model: MinibatchModel, family: Family, params, key: A
     for lo in range(0, size, step):
         rows = jax.tree_util.tree_map(lambda x: jnp.asarray(x[lo: lo + step]), model.data)
         total = total + _likelihood_sums(statics, prior, zeta, rows)
-    return diagnose_ratios(ratios + (model.num_data / size) * total)
+    return diagnose_ratios(ratios + (model.num_data / size) * total, zeta)
 
 
 @blas_threads.during
