@@ -26,12 +26,25 @@ S^{-1} = H. Each step proposes the damped natural-gradient (Bayesian learning ru
 
     P' = (1 - rho) P + rho H  (mean-field: diag(H)),   m' = m + rho A^{-1} g,
 
-with A = P' (full-rank) or (1 - rho) diag(p) + rho H (mean-field); rho = 1 is a Newton step in m
-and the fixed-point precision. Unlike a plain GLM, H need not be positive definite away from the
-optimum (the (u, tau) funnel is not log-concave): a proposal whose P' or A is not positive
-definite, or whose ELBO is lower (a drop within float rounding is accepted only when the
-decrement fell), is rejected and rho quartered; after an acceptance rho doubles
-(at most 1).
+with A = P' (full-rank) or (1 - rho) M + rho H (mean-field; M is H without log tau's cross terms,
+see below); rho = 1 is a Newton step in m and the fixed-point precision. Unlike a plain GLM, H need
+not be positive definite away from the optimum (the (u, tau) funnel is not log-concave): a proposal
+whose P' or A is not positive definite, or whose ELBO is lower (a drop within float rounding is
+accepted only when the decrement fell), is rejected and rho quartered; after an acceptance rho
+doubles (at most 1).
+
+**Mean-field damping.** Where the data pin down every group's total c + u_g (large groups), the
+shift (c + d, u - d) is fixed only by the group prior: a ridge along which H's curvature is
+~G E0, while the mean-field precision's is ~2 sum_i w_i (the births data: 0.08 against 1.5e4 per
+unit length). Away from the optimum H is indefinite in the ridge coupled with log tau (the
+funnel again: its smallest eigenvector is the ridge), so the full step is rejected; a damping
+that blended in diag(p) then moved along the ridge by ~1e-5 of the way per step (births: 200
+steps, tau 3.6 against 0.97, 78 nats short). The damping matrix M keeps H's (c, beta, u) block, which
+is always positive definite (the likelihood's Gram matrix plus the priors' diagonals), and drops
+only the cross terms h of log tau, so A = H with h times rho: positive definite once
+rho^2 h' B^{-1} h < H_ss (B the (c, beta, u) block), which the quartering of rho reaches, and as
+rho -> 0 the step tends to rho times a Newton step in (c, beta, u) at fixed log tau plus one in log
+tau alone, so it moves along the ridge (`_coupled_damping`; births: 14 steps).
 
 **The funnel curve** (`Options.funnel`, on by default). Alone, that iteration creeps when the
 groups carry little information (many one-row groups): the Newton step in m_s holds S fixed, and
@@ -338,6 +351,12 @@ def _rescale(layout: _Layout, m, precision, factor, delta, alpha, beta, meanfiel
     return m, precision / (scale[:, None] * scale[None, :]), factor * scale[:, None]
 
 
+def _coupled_damping(hess, rho):
+    """The mean-field step's matrix (1 - rho) M + rho H, M = H without log tau's cross terms: H with
+    its last row and column (log tau's), diagonal excepted, times rho (see the module docstring)."""
+    return hess.at[-1, :-1].multiply(rho).at[:-1, -1].multiply(rho)
+
+
 def exact_elbo(model, family: Family, params, num_nodes: int | None = None) -> Array:
     """The exact ELBO of a grouped GLM under the family's `params` (differentiable in `params`).
 
@@ -467,7 +486,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         rho = state.rho
         if meanfield:
             precision = (1.0 - rho) * state.precision + rho * jnp.diagonal(state.hess)
-            A = (1.0 - rho) * jnp.diag(state.precision) + rho * state.hess
+            A = _coupled_damping(state.hess, rho)
         else:
             precision = (1.0 - rho) * state.precision + rho * state.hess
             A = precision
