@@ -338,10 +338,14 @@ def main(argv=None):
         if args.save_q:
             np.savez(args.save_q, mu=np.asarray(q[0]), L=np.asarray(q[1]))
         stored = load_family_limit(name)
-        if args.out_dir:
+        if args.out_dir:  # instead of the references (it wrote both before)
             os.makedirs(args.out_dir, exist_ok=True)
             with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
                 json.dump(out, f, indent=1)
+            print(f"{name}: K={out['dim']}, ELBO {out['elbo']:.3f} +- {out['elbo_se']:.3f}, drift "
+                  f"{out.get('elbo_drift')}, k-hat {out['khat']:.2f}; written to {args.out_dir}", flush=True)
+            if not args.check:
+                continue
         if args.check:
             from benchmarks.make_references import load_reference
 
