@@ -24,10 +24,13 @@ Each candidate's `DiagnosticWarning`s are recorded ("warned": k-hat, cap, halvin
 the family limit (more than 0.05 sd) can be told from a silent one. `--seeds 0,1,2,3,4` repeats
 every candidate over seeds (the default's stopping rule is random, a miss at one seed may not be
 at another); `--no-second` skips the warm-cache timing call when only accuracy is wanted.
+Experiments: `--stop` overrides fields of the default's `AutoStop`, `--draws` its draws per step (same
+gradient cap), and `--worst N` prints the N parameters furthest from the family limit.
 
 Usage:
   python -m benchmarks.bench_auto --models eight_schools_noncentered,neals_funnel --candidates auto,svi
   python -m benchmarks.bench_auto --models radon_noncentered --candidates auto --seeds 0,1,2,3,4 --no-second
+  python -m benchmarks.bench_auto --models reg_horseshoe --candidates auto --no-second --draws 32 --worst 5
   python -m benchmarks.bench_auto --out results/bench_auto.json      # every model, every candidate
 """
 
@@ -119,6 +122,18 @@ def against_limit(draws: dict, limit: dict, reference: dict) -> dict:
         mean_err.append(abs(x.mean() - lim["mean"]) / ref["sd"])
         log_sd.append(abs(np.log(x.std() / lim["sd"])))
     return {"limit max|dmean|/sd": float(np.max(mean_err)), "limit med|log sd|": float(np.median(log_sd))}
+
+
+def worst_labels(draws: dict, limit: dict, reference: dict, n: int) -> list[tuple[str, float, float]]:
+    """The `n` labels furthest from the family limit's means: (label, signed dmean / sd_NUTS, log sd ratio)."""
+    rows = []
+    for label, ref in reference["params"].items():
+        if not ref["sd"] > 1e-8 or label not in limit["params"]:
+            continue
+        x = np.asarray(draws[label], np.float64)
+        lim = limit["params"][label]
+        rows.append((label, (x.mean() - lim["mean"]) / ref["sd"], float(np.log(x.std() / lim["sd"]))))
+    return sorted(rows, key=lambda r: -abs(r[1]))[:n]
 
 
 def antithetic(zeta, mean):
@@ -298,6 +313,10 @@ def main(argv=None) -> list[dict]:
                         help="skip the second (warm-cache) call of each aj.fit candidate (accuracy runs)")
     parser.add_argument("--stop", default="", help="override fields of the default's AutoStop for this run, "
                         "e.g. max_halvings=2,min_batches_halved=8 (experiments)")
+    parser.add_argument("--draws", type=int, default=None,
+                        help="the default's ADVI draws per step (AUTO_ADVI.num_samples; same gradient cap; experiments)")
+    parser.add_argument("--worst", type=int, default=0,
+                        help="also print the N labels furthest from the family limit (dmean / sd_NUTS, log sd ratio)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     wanted = [c for c in args.candidates.split(",") if c]
@@ -314,6 +333,11 @@ def main(argv=None) -> list[dict]:
             fields[key] = type(default)(float(value)) if not isinstance(default, bool) else value == "True"
         choose.AUTO_ADVI = choose.AUTO_ADVI._replace(stop=choose.AUTO_ADVI.stop._replace(**fields))
         print(f"AutoStop: {choose.AUTO_ADVI.stop}", flush=True)
+    if args.draws is not None:
+        from advi_jax.run import choose
+
+        choose.AUTO_ADVI = choose.AUTO_ADVI._replace(num_samples=args.draws)
+        print(f"ADVI draws per step: {args.draws}", flush=True)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     rows = []
     for name, suite_model in available_models(args.models.split(",") if args.models else None).items():
@@ -347,6 +371,9 @@ def main(argv=None) -> list[dict]:
                   f"{row['med |log sd ratio|']:6.3f} {lim} khat {row['khat']:5.2f} grads {row['grad evals']:6d} "
                   f"{row['first s']:6.2f}s/{row['second s']:5.2f}s warned {row['warned'] or '-'}  [{row['ran']}]",
                   flush=True)
+            if args.worst and limit is not None:
+                for label, dmean, log_sd in worst_labels(out["draws"], limit, reference, args.worst):
+                    print(f"    {label:24s} dmean / sd_NUTS {dmean:+.3f}  log sd ratio {log_sd:+.3f}", flush=True)
     if args.out:
         cols = ["model", "K", "candidate", "seed", "max |mean err| / sd", "med |log sd ratio|", "limit max|dmean|/sd",
                 "limit med|log sd|", "elbo - limit", "khat", "grad evals", "first s", "second s", "warned", "ran"]
