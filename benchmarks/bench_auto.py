@@ -203,7 +203,10 @@ def _run_fit(model, kwargs: dict, seed: int, second_call: bool = True) -> dict:
                        f"{float(result.report.extras.get('auto_stop_change_mean', np.nan)):.3f})"
                        if int(result.report.extras.get("auto_stop_halvings", 0)) else "")  # no halving: no change
                     + (f"/clipped {int(result.report.extras['auto_stop_clipped_steps'])} steps"
-                       if int(result.report.extras.get("auto_stop_clipped_steps", 0)) else ""))}
+                       if int(result.report.extras.get("auto_stop_clipped_steps", 0)) else "")
+                    + (f"/heavy draws {int(result.report.extras['auto_stop_heavy_draws'])}, updates of "
+                       f"{int(result.report.extras['auto_stop_update_group'])} steps"
+                       if "auto_stop_heavy_draws" in result.report.extras else ""))}
 
 
 def run_svi(suite_model, model, steps: int, seed: int) -> dict:

@@ -40,9 +40,9 @@ from benchmarks.suite import available_models  # noqa: E402
 
 
 def oracle_step(which: str, draws: int):
-    """A `natural_step` whose mean ("mean") or factor ("factor") direction comes from `draws` extra draws."""
+    """A `natural_draws` whose mean ("mean") or factor ("factor") direction comes from `draws` extra draws."""
 
-    def step(log_density, loc, scale_tril, key, num_samples, rate, max_step, control=None):
+    def step(log_density, loc, scale_tril, key, num_samples, finite_rate, control=None):
         k1, k2 = jax.random.split(key)
         eps = _natural.antithetic_noise(k1, num_samples, loc.shape[-1], loc.dtype)
         big = _natural.antithetic_noise(k2, draws, loc.shape[-1], loc.dtype)
@@ -50,14 +50,9 @@ def oracle_step(which: str, draws: int):
         _, u_big, x_big, finite_big = _natural._directions(log_density, loc, scale_tril, big, True)
         mean_dir = jnp.mean(u_big if which == "mean" else u, axis=0)
         x = x_big if which == "factor" else x
-        step_m, step_x = rate * mean_dir, rate * x
-        length = jnp.sqrt(jnp.sum(step_m ** 2) + jnp.sum(jnp.tril(step_x, -1) ** 2)
-                          + 2.0 * jnp.sum(jnp.diagonal(step_x) ** 2))
-        shrink = jnp.where(length > max_step, max_step / jnp.maximum(length, 1e-30), 1.0)
-        step_m, step_x = shrink * step_m, shrink * step_x
-        m = jnp.tril(step_x, -1) + jnp.diag(jnp.exp(jnp.diagonal(step_x)))
-        return _natural.NaturalStep(loc + scale_tril @ step_m, scale_tril @ m, elbo, finite & finite_big, mean_dir,
-                                    length > max_step, jnp.zeros((2,) + (loc.shape[-1],) * 2, loc.dtype))
+        return _natural.NaturalDraws(elbo, finite & finite_big, mean_dir, x,
+                                     jnp.zeros((2,) + (loc.shape[-1],) * 2, loc.dtype),
+                                     _natural.draw_deviations(u, eps))
 
     return step
 
@@ -106,7 +101,7 @@ def main(argv=None) -> None:
     parser.add_argument("--oracle-draws", type=int, default=64)
     args = parser.parse_args(argv)
     if args.oracle:
-        averaged.natural_step = oracle_step(args.oracle, args.oracle_draws)
+        averaged.natural_draws = oracle_step(args.oracle, args.oracle_draws)
     num_samples = choose.AUTO_ADVI.num_samples
     for name, suite_model in available_models(args.models.split(",")).items():
         model = aj.from_numpyro(suite_model.fn, *suite_model.args)

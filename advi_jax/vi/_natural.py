@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from advi_jax._types import Array
 
 __all__ = ["natural_gradient", "natural_directions", "phi", "NaturalStep", "natural_step", "antithetic_noise",
-           "square_control", "shrunk_coef"]
+           "square_control", "shrunk_coef", "draw_deviations", "NaturalDraws", "natural_draws", "natural_move"]
 
 _LOG_2PI = 1.8378770664093453
 
@@ -230,6 +230,85 @@ def shrunk_coef(moments: Array, rate: float) -> Array:
     return mean * factor
 
 
+def draw_deviations(u: Array, eps: Array) -> Array:
+    """(S,) the length in the Fisher metric of each draw's own natural direction less the step's mean one.
+
+    Draw s alone gives the directions (u_s, Phi(sym(u_s eps_s^T))), whose mean over the draws is the
+    step's (without a control variate); its deviation from that mean, times rho / S, is how far this
+    one draw moves q, in about sd of q (the module docstring's length). Where the log density's
+    gradients are heavy-tailed over q (a horseshoe's scales, benchmarks/PERFORMANCE.md), single
+    draws of q's tail carry most of a step's length.
+
+    Args:
+      u: (S, K) rows C^T grad log p(zeta_s) + eps_s.
+      eps: (S, K) the draws.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> eps = jnp.array([[1.0], [-1.0]])
+      >>> # u deviates from its mean 2 by 1, Phi(u eps) from its mean 0.5 by 1 (a diagonal: counted twice)
+      >>> [round(v, 4) for v in draw_deviations(jnp.array([[3.0], [1.0]]), eps).tolist()]
+      [1.7321, 1.7321]
+    """
+    # For symmetric A, B: <Phi(A), Phi(B)> in the metric (off-diagonal once, diagonal twice) is
+    # <A, B>_F / 2; with A_s = sym(u_s eps_s^T), <A_s, A_t>_F = ((u_s.u_t)(e_s.e_t) + (u_s.e_t)(e_s.u_t)) / 2,
+    # so the deviations need only S x S Gram matrices, not the S (K, K) directions.
+    cross = u @ eps.T
+    gram = 0.25 * ((u @ u.T) * (eps @ eps.T) + cross * cross.T) + u @ u.T
+    row = jnp.mean(gram, axis=1)
+    square = jnp.diagonal(gram) - 2.0 * row + jnp.mean(row)
+    return jnp.sqrt(jnp.maximum(square, 0.0))
+
+
+class NaturalDraws(NamedTuple):
+    """One draw set's natural-gradient directions at q (`natural_draws`).
+
+    Attributes:
+      elbo: the STL ELBO estimate.
+      finite: whether it and every gradient were finite.
+      mean_dir: C^T grad_m ELBO, less the control variate when one was given.
+      x: Phi(C^T G) (module docstring), the factor's direction.
+      control_coef: the draws' estimate of the control variate's coefficients (zeros without one).
+      deviations: (S,) `draw_deviations`.
+    """
+
+    elbo: Array
+    finite: Array
+    mean_dir: Array
+    x: Array
+    control_coef: Array
+    deviations: Array
+
+
+def natural_draws(log_density, loc: Array, scale_tril: Array, key: Array, num_samples: int, finite_rate: Array,
+                  control: Array | None = None) -> NaturalDraws:
+    """The directions of `natural_step` from one set of draws, before they move q (see `natural_step`)."""
+    eps = _drawn_once(key, num_samples, loc.shape[-1], loc.dtype, finite_rate)
+    elbo, u, x, finite = _directions(log_density, loc, scale_tril, eps, True)
+    if control is None:
+        mean_dir, coef = jnp.mean(u, axis=0), jnp.zeros((2,) + (loc.shape[-1],) * 2, loc.dtype)
+    else:
+        mean_dir, coef = square_control(u, eps, control, pool=True)
+    return NaturalDraws(elbo, finite, mean_dir, x, coef, draw_deviations(u, eps))
+
+
+def natural_move(loc: Array, scale_tril: Array, mean_dir: Array, x: Array, rate: Array,
+                 max_step: float) -> tuple[Array, Array, Array]:
+    """q moved by rho times the natural directions (mean_dir, x), shrunk to the trust region (module
+    docstring): (new loc, new C, whether the step was shrunk)."""
+    step_m = rate * mean_dir
+    step_x = rate * x
+    # the step's length in the Fisher metric (module docstring): about sqrt(2 KL(q_new || q_old))
+    length = jnp.sqrt(jnp.sum(step_m ** 2) + jnp.sum(jnp.tril(step_x, -1) ** 2)
+                      + 2.0 * jnp.sum(jnp.diagonal(step_x) ** 2))
+    clipped = length > max_step
+    shrink = jnp.where(clipped, max_step / jnp.where(clipped, length, 1.0), 1.0)
+    step_m = shrink * step_m
+    step_x = shrink * step_x
+    m = jnp.tril(step_x, -1) + jnp.diag(jnp.exp(jnp.diagonal(step_x)))
+    return loc + scale_tril @ step_m, scale_tril @ m, clipped
+
+
 class NaturalStep(NamedTuple):
     """One natural-gradient step's outcome.
 
@@ -278,22 +357,6 @@ def natural_step(log_density, loc: Array, scale_tril: Array, key: Array, num_sam
       >>> [round(v, 3) for v in out.loc.tolist()]
       [0.5, 0.5]
     """
-    eps = _drawn_once(key, num_samples, loc.shape[-1], loc.dtype, jnp.isfinite(rate))
-    elbo, u, x, finite = _directions(log_density, loc, scale_tril, eps, True)
-    if control is None:
-        mean_dir, coef = jnp.mean(u, axis=0), jnp.zeros((2,) + (loc.shape[-1],) * 2, loc.dtype)
-    else:
-        mean_dir, coef = square_control(u, eps, control, pool=True)
-    step_m = rate * mean_dir
-    step_x = rate * x
-    # the step's length in the Fisher metric (module docstring): about sqrt(2 KL(q_new || q_old))
-    length = jnp.sqrt(jnp.sum(step_m ** 2) + jnp.sum(jnp.tril(step_x, -1) ** 2)
-                      + 2.0 * jnp.sum(jnp.diagonal(step_x) ** 2))
-    clipped = length > max_step
-    shrink = jnp.where(clipped, max_step / jnp.where(clipped, length, 1.0), 1.0)
-    step_m = shrink * step_m
-    step_x = shrink * step_x
-    m = jnp.tril(step_x, -1) + jnp.diag(jnp.exp(jnp.diagonal(step_x)))
-    new_loc = loc + scale_tril @ step_m
-    new_c = scale_tril @ m
-    return NaturalStep(new_loc, new_c, elbo, finite, mean_dir, clipped, coef)
+    d = natural_draws(log_density, loc, scale_tril, key, num_samples, jnp.isfinite(rate), control)
+    new_loc, new_c, clipped = natural_move(loc, scale_tril, d.mean_dir, d.x, rate, max_step)
+    return NaturalStep(new_loc, new_c, d.elbo, d.finite, d.mean_dir, clipped, d.control_coef)
