@@ -61,7 +61,9 @@ def trace(begun, control_rate: float, steps: int, seed: int, **stop_changes) -> 
     """(steps, 2K) q's mean and log sd after every natural step (whitened coordinates), the default's
     stop settings without its test and halvings (`stop_changes`: more fields of them replaced)."""
     family = aj.FullRankGaussian()
-    stop = choose.AUTO_ADVI.stop._replace(tol_mcse=-1.0, max_halvings=0, control_rate=control_rate, **stop_changes)
+    # without the heavy-draw switch too: these traces are of the 4-draw step itself
+    stop = choose.AUTO_ADVI.stop._replace(tol_mcse=-1.0, max_halvings=0, control_rate=control_rate,
+                                          **{"heavy_draws": 1, **stop_changes})
     init, step = averaged.advi_averaged(begun.run_model, family, stop=stop, estimator="stl",
                                         num_samples=choose.AUTO_ADVI.num_samples,
                                         init_scale=1.0 if begun.whitening is not None else 0.1)

@@ -5,8 +5,8 @@ antithetic STL draws per step, `advi_jax.vi._advi_averaged`) averages its iterat
 bias grows with the size of the step's noise, and where single draws of q's tail carry enormous
 gradients (reg_horseshoe, benchmarks/PERFORMANCE.md "reg_horseshoe at the cap") one draw's kick
 dominates a step. This script runs the default's first phase (its step, control variate and trust
-region; no stop, no halving, no transit) from the default's start for `--steps` steps and, at every
-step, recomputes the step's draws (same key) and each draw's own natural direction d_s = (u_s,
+region; no stop, no halving, no transit, no heavy-draw switch: `AutoStop.heavy_draws`) from the
+default's start for `--steps` steps and, at every step, recomputes the step's draws (same key) and each draw's own natural direction d_s = (u_s,
 Phi(sym(u_s eps_s^T))), u_s = C^T grad log p(zeta_s) + eps_s, and its length l_s in the Fisher metric
 (`advi_jax.vi._natural`). Over the steps after `--burn` it prints candidate statistics of heaviness:
 
@@ -66,7 +66,7 @@ def run(begun, steps: int, seed: int):
     """(steps, 2, S) per-draw lengths (own, deviation) and (steps,) clipped flags along the default's first phase."""
     family = aj.FullRankGaussian()
     auto = choose.AUTO_ADVI
-    stop = auto.stop._replace(tol_mcse=-1.0, max_halvings=0, transit_growth=1.0)
+    stop = auto.stop._replace(tol_mcse=-1.0, max_halvings=0, transit_growth=1.0, heavy_draws=1)
     init, step = averaged.advi_averaged(begun.run_model, family, stop=stop, estimator="stl",
                                         num_samples=auto.num_samples,
                                         init_scale=1.0 if begun.whitening is not None else 0.1)
