@@ -566,12 +566,14 @@ def _ess_core(log_weights: Array, xp=jnp) -> Array:
     return 1.0 / xp.sum(xp.exp(2.0 * lw))
 
 
-def _diagnostics_core(log_ratios: Array, xp=None) -> ImportanceDiagnostics:
+def _diagnostics_core(log_ratios: Array, xp=None, smoothed: PSISResult | None = None) -> ImportanceDiagnostics:
+    """`smoothed`: `_psis_core(log_ratios, True, xp)` where the caller has it already (else computed here)."""
     if xp is None:
         return ImportanceDiagnostics(*_on_host_when_concrete(lambda m, r: tuple(_diagnostics_core(r, m)), log_ratios))
     num_draws = log_ratios.shape[0]
     finite = xp.isfinite(log_ratios)
-    smoothed = _psis_core(log_ratios, True, xp)
+    if smoothed is None:
+        smoothed = _psis_core(log_ratios, True, xp)
     value, se = _iw_elbo_core(log_ratios, xp)
     n = xp.asarray(num_draws, log_ratios.dtype)
     # The plain ELBO is -inf as soon as one draw has log p = -inf; that is the honest value.

@@ -194,9 +194,10 @@ def _constrain(model: Any, zeta: Array) -> dict[str, Array]:
     return jax.vmap(model.to_constrained)(zeta)
 
 
-def _core(ratios: Array, shift=0.0, xp=jnp) -> tuple:
-    """The diagnostics of log ratios `shift + ratios` (k-hat, ESS and the share read `ratios` alone)."""
-    d = _diag._diagnostics_core(ratios, xp)
+def _core(ratios: Array, shift=0.0, xp=jnp, smoothed=None) -> tuple:
+    """The diagnostics of log ratios `shift + ratios` (k-hat, ESS and the share read `ratios` alone);
+    `smoothed`: their PSIS (`_psis_core(ratios, True, xp)`) where the caller has it already."""
+    d = _diag._diagnostics_core(ratios, xp, smoothed)
     share = xp.mean(~xp.isfinite(ratios) & ~xp.isposinf(ratios))
     # q's mass where log p is NaN or -inf counts against the fit: k-hat over the other draws alone
     # would describe a different q, so it is +inf once that mass reaches NONFINITE_UNRELIABLE.
@@ -210,10 +211,11 @@ def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool
     (`advi_jax.psis_moments.power_sums`: (5, 3, K), so the (B, S, K) draws never leave the device)."""
     def one(m, p, k):
         zeta, centred, shift = centred_log_ratios(m, family, p, k, num_draws)
-        log_w = _diag._psis_core(centred, True, jnp).log_weights
+        smoothed = _diag._psis_core(centred, True, jnp)  # once, for both
+        log_w = smoothed.log_weights
         w = jnp.exp(jnp.where(jnp.isnan(log_w), -jnp.inf, log_w))
         w = w / jnp.sum(w)
-        return _core(centred, shift), power_sums(zeta, w, jnp)
+        return _core(centred, shift, jnp, smoothed), power_sums(zeta, w, jnp)
 
     return jax.vmap(one, in_axes=(0 if batched else None, 0, 0))(model, params, keys)
 
@@ -242,8 +244,10 @@ def diagnose_with_ratios(model: Any, family: Family, params: PyTree, key: Array,
     zeta, centred, shift = draws_and_log_ratios(model, family, params, key, num_draws)
     zeta, centred, shift = jax.device_get((zeta, centred, shift))
     centred, shift = np.asarray(centred, np.float64), float(shift)
-    values = _diag._on_host_when_concrete(lambda xp, r: _core(r, shift, xp), centred)
-    moments = moment_check(zeta, _diag._psis_core(centred, True, np).log_weights)
+    with np.errstate(all="ignore"):
+        smoothed = _diag._psis_core(centred, True, np)  # once, for k-hat and for the moment check
+    values = _diag._on_host_when_concrete(lambda xp, r: _core(r, shift, xp, smoothed), centred)
+    moments = moment_check(zeta, smoothed.log_weights)
     return _to_diagnostics(values, num_draws, moments), centred + shift
 
 
