@@ -38,8 +38,8 @@ def readings(model, family, params, key, num_draws: int) -> dict:
     zeta, centred, shift = draws_and_log_ratios(model, family, params, key, num_draws)
     zeta, centred, shift = jax.device_get((zeta, centred, shift))
     ratios = np.asarray(centred, np.float64) + float(shift)
-    d = _diag._diagnostics_core(ratios, np)
     smoothed = _diag._psis_core(ratios, True, np)
+    d = _diag._diagnostics_core(ratios, np, smoothed)
     d_mean, se_mean, d_logsd, se_logsd = moment_discrepancy(zeta, smoothed.log_weights)
     return {"khat": float(d.khat), "ess": float(d.ess), "S": num_draws,
             "nonfinite": float(np.mean(~np.isfinite(ratios))), "d_mean": d_mean, "se_mean": se_mean,
