@@ -25,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from advi_jax import diagnostics as _diag
-from advi_jax.importance import centred_log_ratios, draws_and_log_ratios, sampling_key
-from advi_jax.psis_moments import discrepancy_from_sums, moment_check, moment_check_of, power_sums
+from advi_jax.importance import (centred_log_ratios, constrained_labels, draws_and_log_ratios, same_as_unconstrained,
+                                 sampling_key)
+from advi_jax.psis_moments import (constrained_discrepancy, discrepancy_from_sums, moment_check, moment_check_both,
+                                   moment_discrepancy, power_sums, squared_tail_khat, top_squared)
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
 
@@ -51,9 +53,10 @@ class Diagnostics(NamedTuple):
       nonfinite_share: the share of the draws where log p is NaN or -inf.
       num_draws: S.
       moments: the PSIS moment check of the same draws (`advi_jax.psis_moments.Moments`: per
-        coordinate, q's mean and sd against their Pareto-smoothed importance-weighted estimates;
-        for B fits, a tuple of B of them), or None where it was not computed (log ratios given
-        without their draws: `diagnose_ratios`).
+        coordinate, q's mean and sd against their Pareto-smoothed importance-weighted estimates, in
+        the unconstrained space and in the constrained one, `Moments.space` saying where the worst
+        flagged one is; for B fits, a tuple of B of them), or None where it was not computed (log
+        ratios given without their draws: `diagnose_ratios`).
     """
 
     khat: Any
@@ -68,7 +71,7 @@ class Diagnostics(NamedTuple):
 
     def moments_flagged(self) -> bool:
         """Whether the PSIS moment check flagged a coordinate (`advi_jax.psis_moments.moment_check`)."""
-        return self.moments is not None and bool(self.moments.flagged)
+        return self.moments is not None and self.moments.any_flagged
 
 
 DIAGNOSTIC_DRAWS_MIN = 256
@@ -208,22 +211,40 @@ def _core(ratios: Array, shift=0.0, xp=jnp, smoothed=None) -> tuple:
 @functools.partial(jax.jit, static_argnames=("family", "num_draws", "batched"))
 def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool):
     """Per fit: `_core`'s values and the PSIS moment check's power sums of the same draws
-    (`advi_jax.psis_moments.power_sums`: (5, 3, K), so the (B, S, K) draws never leave the device)."""
+    (`advi_jax.psis_moments.power_sums`: (5, 3, K), so the (B, S, K) draws never leave the device), and
+    of their constrained values ((5, 3, Kc), with which of those are tested: `moment_check_both`)."""
     def one(m, p, k):
-        zeta, centred, shift = centred_log_ratios(m, family, p, k, num_draws)
+        zeta, centred, shift, cons = centred_log_ratios(m, family, p, k, num_draws, constrained=True)
+        same = same_as_unconstrained(m, zeta, cons)
         smoothed = _diag._psis_core(centred, True, jnp)  # once, for both
         log_w = smoothed.log_weights
         w = jnp.exp(jnp.where(jnp.isnan(log_w), -jnp.inf, log_w))
         w = w / jnp.sum(w)
-        return _core(centred, shift, jnp, smoothed), power_sums(zeta, w, jnp)
+        finite = jnp.all(jnp.isfinite(cons), axis=0)
+        cons = jnp.where(finite, cons, 0.0)
+        top = top_squared(cons, min(_diag.tail_length(num_draws) + 1, num_draws), jnp)  # (Kc, M + 1): the tails' k-hat
+        return (_core(centred, shift, jnp, smoothed), power_sums(zeta, w, jnp), power_sums(cons, w, jnp),
+                finite & ~same, top)
 
     return jax.vmap(one, in_axes=(0 if batched else None, 0, 0))(model, params, keys)
 
 
-def _many_moments(sums, num_draws: int) -> tuple:
-    """One `Moments` per fit from the (B, 5, 3, K) power sums of `_diagnose` (float64 on the host)."""
-    sums = np.asarray(jax.device_get(sums), np.float64)
-    return tuple(moment_check_of(discrepancy_from_sums(s, num_draws), num_draws) for s in sums)
+def _labeller(model: Any, dim: int):
+    """Names of constrained coordinates by flat index (`importance.constrained_labels`, made on demand)."""
+    return lambda indices: [constrained_labels(model, dim)[int(i)] for i in indices]
+
+
+def _many_moments(sums, sums_c, tested, tops, num_draws: int, model: Any = None, dim: int = 0) -> tuple:
+    """One `Moments` per fit from the (B, 5, 3, K) and (B, 5, 3, Kc) power sums of `_diagnose`, which
+    constrained coordinates count and their (B, Kc, M + 1) largest squared deviations (float64 on
+    the host)."""
+    sums, sums_c, tops = (np.asarray(jax.device_get(x), np.float64) for x in (sums, sums_c, tops))
+    tested = np.asarray(jax.device_get(tested), bool)
+    labels = None if model is None else _labeller(model, dim)
+    return tuple(moment_check_both(discrepancy_from_sums(s, num_draws), num_draws,
+                                   discrepancy_from_sums(c, num_draws), t, labels=labels,
+                                   tail_khat=lambda idx, top=top: squared_tail_khat(top[idx]))
+                 for s, c, t, top in zip(sums, sums_c, tested, tops))
 
 
 def _to_diagnostics(values, num_draws: int, moments: Any = None) -> Diagnostics:
@@ -241,14 +262,28 @@ def diagnose_with_ratios(model: Any, family: Family, params: PyTree, key: Array,
     on the host in NumPy float64 (`advi_jax.diagnostics`), which compiles nothing either, and so
     does the PSIS moment check of the same draws (`advi_jax.psis_moments.moment_check`, O(S K)).
     """
-    zeta, centred, shift = draws_and_log_ratios(model, family, params, key, num_draws)
-    zeta, centred, shift = jax.device_get((zeta, centred, shift))
+    zeta, centred, shift, cons = draws_and_log_ratios(model, family, params, key, num_draws, constrained=True)
+    zeta, centred, shift, cons = jax.device_get((zeta, centred, shift, cons))
     centred, shift = np.asarray(centred, np.float64), float(shift)
     with np.errstate(all="ignore"):
         smoothed = _diag._psis_core(centred, True, np)  # once, for k-hat and for the moment check
     values = _diag._on_host_when_concrete(lambda xp, r: _core(r, shift, xp, smoothed), centred)
-    moments = moment_check(zeta, smoothed.log_weights)
+    moments = _moments_both(model, zeta, cons, smoothed.log_weights)
     return _to_diagnostics(values, num_draws, moments), centred + shift
+
+
+def _moments_both(model: Any, zeta, cons, log_weights):
+    """The moment check of (S, K) draws `zeta` and their (S, Kc) constrained values `cons`
+    (`importance.constrained_flat`), on the host."""
+    zeta, cons = np.asarray(zeta), np.asarray(cons)
+    same = same_as_unconstrained(model, zeta, cons, np)
+    with np.errstate(all="ignore"):
+        disc = moment_discrepancy(zeta, log_weights)
+        disc_c, finite = constrained_discrepancy(cons, log_weights)
+    num = zeta.shape[0]
+    tail = min(_diag.tail_length(num) + 1, num)
+    return moment_check_both(disc, num, disc_c, finite & ~np.asarray(same, bool), labels=_labeller(model, zeta.shape[1]),
+                             tail_khat=lambda idx: squared_tail_khat(top_squared(cons[:, idx], tail)))
 
 
 def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: int = 4096, *,
@@ -265,8 +300,9 @@ def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: 
     if num_fits is None:
         both = diagnose_with_ratios(model, family, params, key, num_draws)
         return both if return_ratios else both[0]
-    values, sums = _diagnose(model, family, params, key, num_draws, bool(batched))
-    return _to_diagnostics(values, num_draws, _many_moments(sums, num_draws))
+    values, sums, sums_c, tested, tops = _diagnose(model, family, params, key, num_draws, bool(batched))
+    return _to_diagnostics(values, num_draws, _many_moments(sums, sums_c, tested, tops, num_draws, model,
+                                                            int(sums.shape[-1])))
 
 
 def over_threshold(diagnostics: Diagnostics) -> bool:

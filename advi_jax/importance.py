@@ -27,7 +27,7 @@ from advi_jax import compile_options
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
 
-__all__ = ["sampling_key", "centred_log_ratios", "log_ratios", "draws_and_log_ratios", "compile_ahead",
+__all__ = ["sampling_key", "centred_log_ratios", "constrained_flat", "same_as_unconstrained", "constrained_labels", "log_ratios", "draws_and_log_ratios", "compile_ahead",
            "AHEAD_COMPILE_SHARE", "FULL_EXTRA_COMPILE_SECONDS_PER_EQN"]
 
 _GOLDEN = 0x9E3779B9
@@ -50,25 +50,78 @@ def sampling_key(key: Array) -> Array:
 
 
 def centred_log_ratios(model, family: Family, params: PyTree, key: Array, num_draws: int,
-                       batch_size: int = 256) -> tuple[Array, Array, Array]:
+                       batch_size: int = 256, constrained: bool = False) -> tuple[Array, ...]:
     """(num_draws, K) draws of q (made with `sampling_key(key)`), their centred log ratios and the shift.
 
     `log p(zeta_s) - log q(zeta_s) = shift + centred_s` (module docstring); the log density is
-    evaluated `batch_size` draws at a time.
+    evaluated `batch_size` draws at a time. With `constrained`, also the same draws in the
+    constrained space, flattened (`constrained_flat`), for the PSIS moment check of the
+    parameters as the user reads them (no further log-density evaluation).
 
     Returns:
-      (zeta, centred, shift): (S, K), (S,) and a scalar.
+      (zeta, centred, shift): (S, K), (S,) and a scalar; with `constrained`, also the (S, Kc)
+      constrained draws (`constrained_flat`).
     """
     zeta = family.sample(params, sampling_key(key), num_draws)
+    extra = (constrained_flat(model, zeta),) if constrained else ()
     batch = min(num_draws, batch_size)
     relative = getattr(model, "log_density_relative", None)
     if relative is None:
         log_p = jax.lax.map(model.log_density, zeta, batch_size=batch)
-        return zeta, log_p - family.log_prob(params, zeta), jnp.zeros((), zeta.dtype)
+        return (zeta, log_p - family.log_prob(params, zeta), jnp.zeros((), zeta.dtype)) + extra
     ref = jax.lax.stop_gradient(family.mean(params))
     log_p_rel, log_p_ref = jax.lax.map(lambda z: relative(z, ref), zeta, batch_size=batch)
     log_q = family.log_prob(params, jnp.concatenate([ref[None], zeta]))
-    return zeta, log_p_rel - (log_q[1:] - log_q[0]), log_p_ref[0] - log_q[0]
+    return (zeta, log_p_rel - (log_q[1:] - log_q[0]), log_p_ref[0] - log_q[0]) + extra
+
+
+def constrained_flat(model, zeta: Array) -> Array:
+    """(S, K) unconstrained draws mapped to the constrained space and flattened (traceable): (S, Kc),
+    sites in sorted name order, each site's entries in row-major order (`constrained_labels`)."""
+    sites = jax.vmap(model.to_constrained)(zeta)
+    columns = [sites[name].reshape(zeta.shape[0], -1).astype(zeta.dtype) for name in sorted(sites)]
+    return jnp.concatenate(columns, axis=1) if columns else jnp.zeros((zeta.shape[0], 0), zeta.dtype)
+
+
+def same_as_unconstrained(model, zeta, flat, xp=jnp):
+    """(Kc,) True where a column of `constrained_flat`'s `flat` equals its unconstrained coordinate in
+    every draw of `zeta` (an identity bijector: the moment check reads such a coordinate once). `xp`:
+    NumPy on the host or jax.numpy in a traced program."""
+    slices = model.slices() if callable(getattr(model, "slices", None)) else {}
+    sizes = {n: int(_size(s.shape)) for n, s in jax.eval_shape(model.to_constrained, zeta[0]).items()}
+    same, at = [], 0
+    for name in sorted(sizes):
+        size, where = sizes[name], slices.get(name)
+        block = flat[:, at:at + size]
+        if where is not None and where.stop - where.start == size:
+            same.append(xp.all(block == zeta[:, where], axis=0))
+        else:
+            same.append(xp.zeros(size, bool))
+        at += size
+    return xp.concatenate(same) if same else xp.zeros(0, bool)
+
+
+def _size(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= int(n)
+    return out
+
+
+def constrained_labels(model, dim: int) -> tuple[str, ...]:
+    """The names of `constrained_flat`'s columns: "name" for a scalar site, "name[i]", "name[i,j]"...
+    (`dim`: K, the unconstrained length)."""
+    import numpy as np
+
+    shapes = jax.eval_shape(model.to_constrained, jax.ShapeDtypeStruct((dim,), jnp.float32))
+    labels = []
+    for name in sorted(shapes):
+        shape = tuple(shapes[name].shape)
+        if not shape:
+            labels.append(name)
+            continue
+        labels.extend(f"{name}[{','.join(str(int(i)) for i in index)}]" for index in np.ndindex(*shape))
+    return tuple(labels)
 
 
 def log_ratios(model, family: Family, params: PyTree, key: Array, num_draws: int,
@@ -92,7 +145,8 @@ def _draws_mode(model, args: dict):
     return args["num_draws"]
 
 
-draws_and_log_ratios = compile_options.jit(centred_log_ratios, static_argnames=("family", "num_draws", "batch_size"),
+draws_and_log_ratios = compile_options.jit(centred_log_ratios,
+                                           static_argnames=("family", "num_draws", "batch_size", "constrained"),
                                            mode=_draws_mode)
 """`centred_log_ratios`, compiled once per model structure, family and S."""
 
@@ -109,7 +163,8 @@ least this share of the full options' extra compile CPU (`compile_ahead`)."""
 
 
 def compile_ahead(model, family: Family, params: PyTree, key: Array, num_draws: int) -> str:
-    """Compile `draws_and_log_ratios` for these (abstract) arguments, on a background thread of a fit.
+    """Compile `draws_and_log_ratios` for these (abstract) arguments (with the constrained draws, as the
+    fit's diagnostics call it), on a background thread of a fit.
 
     There the compile overlaps the fit's start and loop, while the program's run time does not.
     Where the size rule says "fast" and the fast code's estimated extra run time
@@ -142,12 +197,13 @@ def compile_ahead(model, family: Family, params: PyTree, key: Array, num_draws: 
       True
     """
     args = (model, family, params, key, num_draws)
+    kwargs = {"constrained": True}  # as the fit's diagnostics call it (`fit_diagnostics.diagnose_with_ratios`)
     mode = compile_options.compile_mode(model, num_draws)
     if mode == "fast" and compile_options.forced_mode() is None:  # "fast" only on CPU
-        cost = compile_options.arithmetic(draws_and_log_ratios.full.trace(*args).jaxpr)
+        cost = compile_options.arithmetic(draws_and_log_ratios.full.trace(*args, **kwargs).jaxpr)
         full_extra_compile = FULL_EXTRA_COMPILE_SECONDS_PER_EQN * cost.eqns
         if compile_options.fast_extra_seconds(cost) >= AHEAD_COMPILE_SHARE * full_extra_compile:
             mode = "full"
-            draws_and_log_ratios.pin(mode, *args)
-    draws_and_log_ratios.lower(*args).compile()
+            draws_and_log_ratios.pin(mode, *args, **kwargs)
+    draws_and_log_ratios.lower(*args, **kwargs).compile()
     return mode

@@ -36,7 +36,9 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["Moments", "MOMENT_MEAN_TOL", "MOMENT_LOG_SD_TOL", "MOMENT_ALPHA", "moment_discrepancy",
-           "moment_z", "moment_check", "moment_check_of", "power_sums", "discrepancy_from_sums"]
+           "moment_z", "moment_check", "moment_check_of", "moment_check_both", "constrained_discrepancy",
+           "squared_tail_khat", "top_squared",
+           "power_sums", "discrepancy_from_sums"]
 
 MOMENT_MEAN_TOL = 0.15
 """A coordinate's PSIS-estimated mean shift, in q's sds, at or above which q is called wrong there."""
@@ -54,17 +56,22 @@ MOMENT_ALPHA = 0.01
 
 
 class Moments(NamedTuple):
-    """The PSIS moment check of q from S draws (`moment_check`).
+    """The PSIS moment check of q from S draws (`moment_check`, `moment_check_both`).
 
     Attributes:
       flagged: flat indices (in R^K, unconstrained) of the coordinates whose mean or sd differs from
         the PSIS estimate by at least the tolerance and significantly (`moment_check`).
       worst_index: the flagged coordinate with the largest discrepancy (or the largest overall, when
-        none is flagged); -1 when K = 0.
+        none is flagged), a flat index in the space `space` says; -1 when K = 0.
       worst_mean, worst_mean_se: its d_mean (q's sds) and standard error.
       worst_log_sd, worst_log_sd_se: its log(PSIS sd / q's sd) and standard error.
       z: the significance bound used (standard errors).
       num_draws: S.
+      space: "unconstrained" (R^K, where q is Gaussian) or "constrained" (the parameters as
+        `Result.sample` gives them): where the worst coordinate is.
+      name: the worst coordinate's name when it is a constrained one ("sigma", "beta[3]"), else "".
+      flagged_constrained: the names of the flagged coordinates of the constrained space (those
+        that are not the unconstrained ones unchanged: `moment_check_both`).
     """
 
     flagged: tuple
@@ -75,11 +82,20 @@ class Moments(NamedTuple):
     worst_log_sd_se: float
     z: float
     num_draws: int
+    space: str = "unconstrained"
+    name: str = ""
+    flagged_constrained: tuple = ()
+
+    @property
+    def any_flagged(self) -> bool:
+        """Whether some coordinate of either space is flagged."""
+        return bool(self.flagged) or bool(self.flagged_constrained)
 
     def describe(self) -> str:
         """One phrase for the verdict and the warning."""
-        j = self.worst_index
-        return (f"PSIS moment check from {self.num_draws} draws: coordinate {j} (flat index in R^K) has "
+        where = (f"{self.name} (constrained, as result.sample() gives it)" if self.space == "constrained"
+                 else f"coordinate {self.worst_index} (flat index in R^K)")
+        return (f"PSIS moment check from {self.num_draws} draws: {where} has "
                 f"PSIS-weighted mean {self.worst_mean:+.2f} +/- {self.worst_mean_se:.2f} sd of q's own and "
                 f"sd x{math.exp(self.worst_log_sd):.2f} (log {self.worst_log_sd:+.2f} +/- {self.worst_log_sd_se:.2f}) "
                 "of q's own")
@@ -112,11 +128,15 @@ def power_sums(z, w, xp=np):
     """The sums `discrepancy_from_sums` needs, of (S, k) draws `z` under normalised weights `w` (S,).
 
     With y = z - (plain mean of z): the (4, 3, k) sums of y^p (p = 1..4) weighted by 1, w and w^2,
-    and (as a fifth row's first entry, broadcast over k) sum w^2. Four (3, S) x (S, k) products
+    and (as a fifth row's first entry, broadcast over k) sum w^2; y in units of its plain sd. Four (3, S) x (S, k) products
     instead of a dozen (S, k) temporaries. `xp` is NumPy (the host, float64) or jax.numpy (a
     batched fit's diagnostics compute these on the device, per fit, and bring back only (5, 3, k)).
     """
     y = z - xp.mean(z, axis=0, keepdims=True)
+    # in units of the plain sd (`discrepancy_from_sums` is scale-free): keeps y^4 in range in float32
+    # for constrained draws on a large scale
+    scale = xp.sqrt(xp.mean(y * y, axis=0, keepdims=True))
+    y = y / xp.where(scale > 0, scale, 1.0)
     weights = xp.stack([xp.ones_like(w), w, w * w])  # rows: 1, w, w^2
     y2 = y * y
     w2 = xp.broadcast_to(xp.sum(w * w).reshape(1, 1), (3, y.shape[1]))
@@ -180,16 +200,121 @@ def moment_check_of(discrepancy: tuple, num_draws: int, mean_tol: float = MOMENT
                     log_sd_tol: float = MOMENT_LOG_SD_TOL, alpha: float = MOMENT_ALPHA) -> Moments:
     """`moment_check` from the per-coordinate (d_mean, se, d_logsd, se) of `num_draws` draws
     (`moment_discrepancy`, or `discrepancy_from_sums` of sums made on the device)."""
-    d_mean, se_mean, d_logsd, se_logsd = (np.asarray(x, np.float64) for x in discrepancy)
-    k = int(d_mean.shape[0])
-    z = moment_z(k, alpha)
+    return moment_check_both(discrepancy, num_draws, None, None, mean_tol, log_sd_tol, alpha)
+
+
+def _hits(discrepancy, z: float, mean_tol: float, log_sd_tol: float):
+    d_mean, se_mean, d_logsd, se_logsd = discrepancy
     mean_hit = (np.abs(d_mean) >= mean_tol) & (np.abs(d_mean) > z * se_mean)
     sd_hit = (np.abs(d_logsd) >= log_sd_tol) & (np.abs(d_logsd) > z * se_logsd)
-    flagged = np.flatnonzero(mean_hit | sd_hit)
-    if k == 0:
+    return mean_hit | sd_hit, np.maximum(np.abs(d_mean) / mean_tol, np.abs(d_logsd) / log_sd_tol)
+
+
+def squared_tail_khat(top: np.ndarray) -> np.ndarray:
+    """Pareto k-hat of the upper tail of a coordinate's squared deviations y^2 from its `tail + 1`
+    largest values (`top`, (..., M + 1), any order; M = `diagnostics.tail_length(S)`): the GPD fit
+    PSIS makes to the ratios' tail, here to y^2's (their exceedances over the (M + 1)-th largest, in
+    units of the largest). Over 0.5 the fourth moment of y reads as infinite at this S, over 0.7
+    PSIS itself would not trust such a tail (`moment_check_both`)."""
+    from advi_jax import diagnostics as _diag
+
+    top = np.sort(np.asarray(top, np.float64), axis=-1)
+    if top.shape[-1] - 1 < _diag._MIN_TAIL:  # too few draws for a tail fit, as PSIS's own
+        return np.full(top.shape[:-1], np.inf)
+    out = np.empty(top.shape[:-1])
+    for index in np.ndindex(*out.shape):
+        v = top[index]
+        if not (v[-1] > 0):
+            out[index] = -np.inf
+            continue
+        out[index] = float(_diag._gpd_fit_core((v[1:] - v[0]) / v[-1], 10.0, np)[0])
+    return out
+
+
+def top_squared(y: np.ndarray, num: int, xp=np):
+    """The `num` largest squared deviations from the mean of each column of (S, k) draws `y`, (k, num)
+    (`squared_tail_khat`'s input; `xp` NumPy or jax.numpy, as `power_sums`)."""
+    d = y - xp.mean(y, axis=0, keepdims=True)
+    d2 = (d * d).T
+    num = min(int(num), int(d2.shape[1]))
+    if xp is np:
+        return np.partition(d2, d2.shape[1] - num, axis=1)[:, d2.shape[1] - num:]
+    import jax
+
+    return jax.lax.top_k(d2, num)[0]
+
+
+def moment_check_both(discrepancy: tuple, num_draws: int, constrained: tuple | None = None,
+                      tested: np.ndarray | None = None, mean_tol: float = MOMENT_MEAN_TOL,
+                      log_sd_tol: float = MOMENT_LOG_SD_TOL, alpha: float = MOMENT_ALPHA,
+                      labels=None, tail_khat=None) -> Moments:
+    """The moment check of the unconstrained coordinates' `discrepancy` and, where given, of the same
+    draws' constrained coordinates (`constrained`: their (d_mean, se, d_logsd, se)).
+
+    The user reads q in the constrained space (`Result.sample`): a positive parameter's sd can be 20%
+    off there while its log's reads under the tolerance. `tested` (Kc,) says which constrained
+    coordinates count: not those equal to their unconstrained coordinate (an identity bijector, read
+    once), nor those with a non-finite draw or no spread. The significance bound is Bonferroni over
+    all the tests of both spaces (`moment_z(K + tested)`), so noise alone on an accurate q still flags
+    with chance about `alpha` at most. `labels(indices)` names constrained coordinates (called only
+    for flagged ones).
+
+    Constrained draws can be heavy-tailed (exp of a Gaussian: log-normal), and there the linearised
+    standard errors, which read the draws' fourth moments, are too small (q = N(0, 2^2) in log space
+    against p = q in it: the log sd ratio's spread over draw sets twice its standard error, and the
+    check flagged 31% of the sets). `tail_khat(indices)` gives the Pareto k-hat of those coordinates'
+    squared deviations (`squared_tail_khat`); a coordinate that would flag is kept only where it is
+    under `diagnostics.khat_threshold(S)` (0.7 from 2,154 draws), the tail PSIS itself would trust.
+    """
+    disc = tuple(np.asarray(x, np.float64) for x in discrepancy)
+    k = int(disc[0].shape[0])
+    kc = 0
+    if constrained is not None:
+        cons = tuple(np.asarray(x, np.float64) for x in constrained)
+        ok = np.all([np.isfinite(x) for x in cons], axis=0) & ~((cons[1] == 0) & (cons[3] == 0))
+        if tested is not None:
+            ok &= np.asarray(tested, bool)
+        cons = tuple(np.where(ok, x, 0.0) for x in cons)
+        kc = int(np.sum(ok))
+    z = moment_z(k + kc, alpha)
+    if k == 0 and kc == 0:
         return Moments((), -1, 0.0, 0.0, 0.0, 0.0, z, int(num_draws))
-    size = np.maximum(np.abs(d_mean) / mean_tol, np.abs(d_logsd) / log_sd_tol)
+    hit, size = _hits(disc, z, mean_tol, log_sd_tol)
+    flagged = np.flatnonzero(hit)
+    flagged_c = np.zeros(0, int)
+    if kc:
+        hit_c, size_c = _hits(cons, z, mean_tol, log_sd_tol)
+        flagged_c = np.flatnonzero(hit_c & ok)
+        if flagged_c.size and tail_khat is not None:
+            from advi_jax.diagnostics import khat_threshold
+
+            light = np.asarray(tail_khat(flagged_c), np.float64) < khat_threshold(int(num_draws))
+            flagged_c = flagged_c[light]
     pool = flagged if flagged.size else np.arange(k)
-    j = int(pool[np.argmax(size[pool])])
-    return Moments(tuple(int(i) for i in flagged), j, float(d_mean[j]), float(se_mean[j]), float(d_logsd[j]),
-                   float(se_logsd[j]), z, int(num_draws))
+    j = int(pool[np.argmax(size[pool])]) if pool.size else -1
+    best = (size[j], "unconstrained", j, disc) if j >= 0 else (-1.0, "unconstrained", -1, disc)
+    if flagged_c.size:
+        jc = int(flagged_c[np.argmax(size_c[flagged_c])])
+        if not flagged.size or size_c[jc] > best[0]:
+            best = (size_c[jc], "constrained", jc, cons)
+    _, space, j, values = best
+    names = ()
+    if flagged_c.size and labels is not None:
+        names = tuple(str(n) for n in labels(flagged_c))
+    elif flagged_c.size:
+        names = tuple(f"c[{int(i)}]" for i in flagged_c)
+    name = names[list(flagged_c).index(j)] if space == "constrained" else ""
+    if j < 0:
+        return Moments((), -1, 0.0, 0.0, 0.0, 0.0, z, int(num_draws), flagged_constrained=names)
+    return Moments(tuple(int(i) for i in flagged), j, float(values[0][j]), float(values[1][j]), float(values[2][j]),
+                   float(values[3][j]), z, int(num_draws), space, name, names)
+
+
+def constrained_discrepancy(draws: np.ndarray, log_weights: np.ndarray) -> tuple[tuple, np.ndarray]:
+    """`moment_discrepancy` of (S, Kc) constrained draws, and which columns are all finite (a
+    positive parameter's exp can overflow; such a column reads 0 +/- 0 and is not tested)."""
+    draws = np.asarray(draws)
+    finite = np.all(np.isfinite(draws), axis=0)
+    if not np.all(finite):
+        draws = np.where(finite, draws, 0.0)
+    return moment_discrepancy(draws, log_weights), finite

@@ -7,10 +7,11 @@ same q's over many fresh draw sets:
          params), the fit's own warnings, its k-hat and the distance of q to NUTS (max |dmean| / sd
          and max |log sd ratio| over the constrained coordinates, 32,768 antithetic draws of q as
          `benchmarks.bench_auto`) in a pickle per fit.
-  rules: for each stored q, `--sets` fresh draw sets under the library's diagnostics
-         (`advi_jax.fit_diagnostics.diagnose_confirmed` with the automatic budget, exactly what the fit
-         runs) and, for comparison, the k-hat of plain S = 4,096 / 32,768 samples and the moment
-         check's statistic; prints the confusion table (poor by the NUTS criterion, warned or not).
+  rules: for each stored q, `--sets` fresh draw sets of 4,096 (and 16,384 where the fit's cost rule
+         re-estimates k-hat) with their k-hat, ESS and the moment check's discrepancies in both spaces
+         (`benchmarks.khat_rules`); prints the confusion tables (poor by the NUTS criterion, warned or
+         not) of k-hat alone, with the unconstrained moment check, and with both spaces, and the fits
+         the constrained check changes.
 
 "Poor" (the issue's "the fit is wrong"): some coordinate's mean off by more than `POOR_MEAN` NUTS sds
 or its sd off by more than a factor exp(`POOR_LOG_SD`).
@@ -153,6 +154,7 @@ def main(argv=None) -> None:
                 khat_rules.table(rows, readings, poor_mean, poor_log_sd, settings)
         if not args.tols:
             khat_rules.per_posterior(rows, readings, settings)
+            khat_rules.changed(rows, readings, settings)
 
 
 if __name__ == "__main__":

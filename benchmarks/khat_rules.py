@@ -1,7 +1,9 @@
 """The `rules` step of `benchmarks.bench_khat_calibrate`: fresh draw sets of each stored q, the
 readings every candidate warning rule needs (k-hat, ESS, non-finite share and the PSIS moment
-discrepancies per coordinate at S = 4,096 and 16,384, the default's two sample sizes), and the confusion
-tables of the rules (`table`).
+discrepancies per coordinate at S = 4,096 and 16,384, the default's two sample sizes, in the
+unconstrained space and in the constrained one with the constrained coordinates' tail k-hats), and the
+confusion tables of the rules (`table`): k-hat alone, with the moment check of the unconstrained
+coordinates only (the rule before the constrained check), and with both spaces (the library's now).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import numpy as np
 
 from advi_jax import diagnostics as _diag
 from advi_jax.fit_diagnostics import confirmation_draws, data_size
-from advi_jax.importance import draws_and_log_ratios
-from advi_jax.psis_moments import moment_discrepancy
+from advi_jax.importance import draws_and_log_ratios, same_as_unconstrained
+from advi_jax import psis_moments as pm
+from advi_jax.psis_moments import constrained_discrepancy, moment_discrepancy
 
 SIZES = (4096, 16384)
 READINGS = os.environ.get("KHAT_READINGS", "benchmarks/results/khat_calib/readings.pickle")
@@ -35,15 +38,26 @@ def load_readings(folder: str = os.path.dirname(READINGS)) -> dict:
 
 
 def readings(model, family, params, key, num_draws: int) -> dict:
-    zeta, centred, shift = draws_and_log_ratios(model, family, params, key, num_draws)
-    zeta, centred, shift = jax.device_get((zeta, centred, shift))
+    zeta, centred, shift, cons = draws_and_log_ratios(model, family, params, key, num_draws, constrained=True)
+    zeta, centred, shift, cons = (np.asarray(x) for x in jax.device_get((zeta, centred, shift, cons)))
+    same = same_as_unconstrained(model, zeta, cons, np)
     ratios = np.asarray(centred, np.float64) + float(shift)
     smoothed = _diag._psis_core(ratios, True, np)
     d = _diag._diagnostics_core(ratios, np, smoothed)
-    d_mean, se_mean, d_logsd, se_logsd = moment_discrepancy(zeta, smoothed.log_weights)
+    with np.errstate(all="ignore"):
+        d_mean, se_mean, d_logsd, se_logsd = moment_discrepancy(zeta, smoothed.log_weights)
+        constrained, finite = constrained_discrepancy(cons, smoothed.log_weights)
+    tested = finite & ~np.asarray(same, bool)
+    cons = np.asarray(cons)
+    tail = min(_diag.tail_length(num_draws) + 1, num_draws)
+    tail_khat = np.full(cons.shape[1], np.inf)  # only where the check could flag (as the library)
+    idx = np.flatnonzero(tested)
+    if idx.size:
+        tail_khat[idx] = pm.squared_tail_khat(pm.top_squared(cons[:, idx], tail))
     return {"khat": float(d.khat), "ess": float(d.ess), "S": num_draws,
             "nonfinite": float(np.mean(~np.isfinite(ratios))), "d_mean": d_mean, "se_mean": se_mean,
-            "d_logsd": d_logsd, "se_logsd": se_logsd}
+            "d_logsd": d_logsd, "se_logsd": se_logsd, "constrained": tuple(constrained), "tested": tested,
+            "tail_khat": tail_khat}
 
 
 def cmd_rules(rows: list[dict], sets: int, out: str = READINGS) -> None:
@@ -81,37 +95,48 @@ def khat_warns(x: dict) -> bool:
     return x["nonfinite"] > 0 or (x["khat"] >= 0.7 and not _diag.near_constant(x["khat"], x["ess"], x["S"]))
 
 
-def moments_flag(x: dict, mean_tol: float, log_sd_tol: float, alpha: float) -> bool:
-    """`advi_jax.psis_moments.moment_check`'s flag on one reading, at these settings."""
-    from advi_jax.psis_moments import moment_z
+def moments_flag(x: dict, mean_tol: float, log_sd_tol: float, alpha: float, constrained: bool = False) -> bool:
+    """`advi_jax.psis_moments.moment_check`'s flag on one reading, at these settings; with
+    `constrained`, `moment_check_both`'s (both spaces, the library's rule now)."""
+    disc = (x["d_mean"], x["se_mean"], x["d_logsd"], x["se_logsd"])
+    if not constrained:
+        return pm.moment_check_of(disc, x["S"], mean_tol, log_sd_tol, alpha).any_flagged
+    return pm.moment_check_both(disc, x["S"], x["constrained"], x["tested"], mean_tol, log_sd_tol, alpha,
+                                tail_khat=lambda idx: x["tail_khat"][idx]).any_flagged
 
-    z = moment_z(len(x["d_mean"]), alpha)
-    hit = (((np.abs(x["d_mean"]) >= mean_tol) & (np.abs(x["d_mean"]) > z * x["se_mean"]))
-           | ((np.abs(x["d_logsd"]) >= log_sd_tol) & (np.abs(x["d_logsd"]) > z * x["se_logsd"])))
-    return bool(hit.any())
+
+def flagged_space(x: dict, settings) -> str:
+    """Which space the library's check flags in on one reading: "", "u", "c" or "u+c"."""
+    m = pm.moment_check_both((x["d_mean"], x["se_mean"], x["d_logsd"], x["se_logsd"]), x["S"], x["constrained"],
+                             x["tested"], *settings, tail_khat=lambda idx: x["tail_khat"][idx])
+    return "+".join(n for n, f in (("u", m.flagged), ("c", m.flagged_constrained)) if f)
 
 
-def warn_shares(row: dict, readings: dict, settings) -> tuple[float, float]:
+def warn_shares(row: dict, readings: dict, settings) -> tuple[float, float, float]:
     """Over the draw sets: the share that warns under k-hat alone (the session start's rule: the first
-    4,096 draws, re-estimated from 16,384 where they read over the threshold and more are cheap) and
-    with the moment check of the reported sample at `settings` = (mean_tol, log_sd_tol, alpha). A
-    fit's other warnings (the step cap, a run-away parameter) count in both."""
+    4,096 draws, re-estimated from 16,384 where they read over the threshold and more are cheap),
+    with the moment check of the reported sample at `settings` = (mean_tol, log_sd_tol, alpha) in the
+    unconstrained space only, and in both spaces. A fit's other warnings (the step cap, a run-away
+    parameter) count in all."""
     per = readings["readings"]
     cheap = confirmation_draws(4096, row["logp"], row["grads"], readings["entries"]) > 0
     other = any(word in row["warned"] for word in ("cap", "other", "halving"))
-    plain, with_moments = [], []
+    plain, with_moments, with_both = [], [], []
     for i, first in enumerate(per[4096]):
         more = per[16384][i] if i < len(per[16384]) else None
         again = cheap and khat_warns(first)
         by_khat = khat_warns(first) and (not cheap or khat_warns(more))
         plain.append(by_khat or other)
-        with_moments.append(by_khat or other or moments_flag(more if again else first, *settings))
-    return float(np.mean(plain)), float(np.mean(with_moments))
+        reported = more if again else first
+        with_moments.append(by_khat or other or moments_flag(reported, *settings))
+        with_both.append(by_khat or other or moments_flag(reported, *settings, constrained=True))
+    return float(np.mean(plain)), float(np.mean(with_moments)), float(np.mean(with_both))
 
 
 def table(rows: list[dict], readings: dict, poor_mean: float, poor_log_sd: float, settings) -> None:
     """The confusion table (expected counts over draw sets, and fits that ever / always warned)."""
-    counts = {"k-hat only": [0.0, 0.0, 0, 0, [], []], "with moments": [0.0, 0.0, 0, 0, [], []]}
+    counts = {"k-hat only": [0.0, 0.0, 0, 0, [], []], "with moments": [0.0, 0.0, 0, 0, [], []],
+              "moments u+c": [0.0, 0.0, 0, 0, [], []]}
     num_poor = 0
     for row in rows:
         tag = (row["model"], row["seed"])
@@ -147,12 +172,32 @@ def per_posterior(rows: list[dict], readings: dict, settings) -> None:
         if tag in readings:
             by_model.setdefault(row["model"], []).append((row, warn_shares(row, readings[tag], settings)))
     print("| posterior | seeds | max abs dmean / sd (NUTS) | max abs log sd (parameter) | fit's own warnings | "
-          "warn share, k-hat only | warn share, with the moment check |")
-    print("|---|---|---|---|---|---|---|")
+          "warn share, k-hat only | with the moment check (unconstrained) | with both spaces |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, items in sorted(by_model.items()):
         dm = [r["max|dmean|/sd"] for r, _ in items]
         ls = [r["max|log sd|"] for r, _ in items]
         own = sorted({w for r, _ in items for w in r["warned"].split(",") if w})
         print(f"| {name} | {','.join(str(r['seed']) for r, _ in items)} | {min(dm):.3f}-{max(dm):.3f} | "
               f"{min(ls):.2f}-{max(ls):.2f} ({items[0][0]['worst sd']}) | {','.join(own) or '-'} | "
-              f"{' / '.join(f'{a:.2f}' for _, (a, b) in items)} | {' / '.join(f'{b:.2f}' for _, (a, b) in items)} |")
+              f"{' / '.join(f'{a:.2f}' for _, (a, b, c) in items)} | {' / '.join(f'{b:.2f}' for _, (a, b, c) in items)} "
+              f"| {' / '.join(f'{c:.2f}' for _, (a, b, c) in items)} |")
+
+
+def changed(rows: list[dict], readings: dict, settings) -> None:
+    """The fits whose warn share the constrained check changes, with where it flags per draw set."""
+    print("fits whose warn share changes with the constrained check (model seed: unconstrained only -> both; "
+          "poor at 20%; per draw set the space flagged in the reported sample):")
+    for row in rows:
+        tag = (row["model"], row["seed"])
+        if tag not in readings:
+            continue
+        _, before, after = warn_shares(row, readings[tag], settings)
+        if before == after:
+            continue
+        per = readings[tag]["readings"]
+        spaces = [flagged_space(per[16384][i] if i < len(per[16384]) and khat_warns(first) else first, settings)
+                  for i, first in enumerate(per[4096])]
+        print(f"  {tag[0]} s{tag[1]}: {before:.2f} -> {after:.2f} (poor {'Y' if row['poor'] else '-'}, "
+              f"max|log sd| {row['max|log sd|']:.2f} ({row['worst sd']}), max|dmean| {row['max|dmean|/sd']:.3f}); "
+              f"spaces {spaces}")

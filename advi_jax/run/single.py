@@ -129,7 +129,8 @@ def warn_diagnostics(result: Any, warn: bool) -> None:
                  f" from {d.num_draws} fresh draws (the first {first.num_draws} read {first.khat:.2f})")
         moments = ""
         if d.moments_flagged():  # which parameter it is; with a k-hat warning, the moment check's reading too
-            moments = _coordinate_name(result.model, d.moments.worst_index)
+            moments = (f"; it is {d.moments.name} (constrained)" if d.moments.space == "constrained"
+                       else _coordinate_name(result.model, d.moments.worst_index))
             moments = "; " + (d.moments.describe() + moments if by_khat else moments.lstrip("; "))
         warnings.warn(f"PSIS k-hat = {d.khat:.2f}{again} (threshold {khat_threshold(d.num_draws):.2f})"
                       f"{_spread(result)}{moments}: "
