@@ -260,7 +260,9 @@ def diagnose_with_ratios(model: Any, family: Family, params: PyTree, key: Array,
     The draws and their centred log ratios are one compiled call (`draws_and_log_ratios`, cached
     per model structure, family and S: a second fit of the same shape compiles nothing); PSIS runs
     on the host in NumPy float64 (`advi_jax.diagnostics`), which compiles nothing either, and so
-    does the PSIS moment check of the same draws (`advi_jax.psis_moments.moment_check`, O(S K)).
+    does the PSIS moment check of the same draws, in the unconstrained space and in the constrained
+    one (the same program returns the draws' constrained values; `advi_jax.psis_moments.moment_check_both`,
+    O(S K)).
     """
     zeta, centred, shift, cons = draws_and_log_ratios(model, family, params, key, num_draws, constrained=True)
     zeta, centred, shift, cons = jax.device_get((zeta, centred, shift, cons))

@@ -22,6 +22,16 @@ terms), whose variance is estimated by sum_s psi_s^2.
 larger than a tolerance and significant against its own standard error (`moment_z(K)` standard
 errors beyond zero, a bound that grows with the number of coordinates tested, Bonferroni).
 
+The fit's diagnostics (`moment_check_both`) read the same draws in the constrained space too, as
+`Result.sample` gives them (the diagnostics' compiled program returns them beside the log ratios:
+`importance.centred_log_ratios(..., constrained=True)`): a positive or bounded parameter's sd can be
+20-25% off there while its unconstrained reading stays under the tolerance (garch11's arch_share,
+gp_marginal's alpha). The same tolerances apply there; coordinates an identity bijector leaves
+unchanged are read once; the Bonferroni bound counts the tests of both spaces; and a constrained
+coordinate whose squared deviations have a heavy tail (Pareto k-hat over PSIS's threshold,
+`squared_tail_khat`: a log-normal with log sd over about 1) is not flagged, because there the
+linearised standard errors are too small.
+
 Where the ratios' tail is heavy (k-hat 0.5-0.9) PSIS's estimates are pulled towards q's own and the
 check reads 40-90% of the true discrepancy (measured against NUTS on the posteriors of
 `benchmarks.suite` and `benchmarks.holdout`: benchmarks/PERFORMANCE.md, issue 15, helper `khat`); the

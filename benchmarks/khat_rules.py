@@ -50,8 +50,10 @@ def readings(model, family, params, key, num_draws: int) -> dict:
     tested = finite & ~np.asarray(same, bool)
     cons = np.asarray(cons)
     tail = min(_diag.tail_length(num_draws) + 1, num_draws)
-    tail_khat = np.full(cons.shape[1], np.inf)  # only where the check could flag (as the library)
-    idx = np.flatnonzero(tested)
+    # only where a rule with tolerances of 0.1 or more could flag (the library computes it for flagged ones)
+    tail_khat = np.full(cons.shape[1], np.inf)
+    big = (np.abs(constrained[0]) >= 0.1) | (np.abs(constrained[2]) >= 0.1)
+    idx = np.flatnonzero(tested & big)
     if idx.size:
         tail_khat[idx] = pm.squared_tail_khat(pm.top_squared(cons[:, idx], tail))
     return {"khat": float(d.khat), "ess": float(d.ess), "S": num_draws,
