@@ -88,7 +88,7 @@ def same_as_unconstrained(model, zeta, flat, xp=jnp):
     every draw of `zeta` (an identity bijector: the moment check reads such a coordinate once). `xp`:
     NumPy on the host or jax.numpy in a traced program."""
     slices = model.slices() if callable(getattr(model, "slices", None)) else {}
-    sizes = {n: int(_size(s.shape)) for n, s in jax.eval_shape(model.to_constrained, zeta[0]).items()}
+    sizes = {n: int(_size(shape)) for n, shape in _site_shapes(model, zeta.shape[1]).items()}
     same, at = [], 0
     for name in sorted(sizes):
         size, where = sizes[name], slices.get(name)
@@ -99,6 +99,29 @@ def same_as_unconstrained(model, zeta, flat, xp=jnp):
             same.append(xp.zeros(size, bool))
         at += size
     return xp.concatenate(same) if same else xp.zeros(0, bool)
+
+
+_SHAPES: dict = {}
+
+
+def _site_shapes(model, dim: int) -> dict:
+    """The constrained sites' shapes, {name: shape}, by `jax.eval_shape` of `model.to_constrained` (a
+    trace, a few ms), kept per model structure (its pytree structure and its leaves' shapes: what a
+    jitted function is compiled per), so that a fit's diagnostics do not trace it again."""
+    leaves, tree = jax.tree_util.tree_flatten(model)
+    key = (tree, tuple((getattr(x, "shape", None), str(getattr(x, "dtype", type(x)))) for x in leaves), int(dim))
+    try:
+        found = _SHAPES.get(key)
+    except (TypeError, ValueError):  # a static part that cannot be hashed or compared: no caching
+        key, found = None, None
+    if found is None:
+        out = jax.eval_shape(model.to_constrained, jax.ShapeDtypeStruct((int(dim),), jnp.float32))
+        found = {name: tuple(out[name].shape) for name in out}
+        if key is not None:
+            if len(_SHAPES) > 64:
+                _SHAPES.clear()
+            _SHAPES[key] = found
+    return found
 
 
 def _size(shape) -> int:
@@ -113,10 +136,10 @@ def constrained_labels(model, dim: int) -> tuple[str, ...]:
     (`dim`: K, the unconstrained length)."""
     import numpy as np
 
-    shapes = jax.eval_shape(model.to_constrained, jax.ShapeDtypeStruct((dim,), jnp.float32))
+    shapes = _site_shapes(model, dim)
     labels = []
     for name in sorted(shapes):
-        shape = tuple(shapes[name].shape)
+        shape = shapes[name]
         if not shape:
             labels.append(name)
             continue
