@@ -25,8 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advi_jax import diagnostics as _diag
-from advi_jax.importance import (centred_log_ratios, constrained_labels, draws_and_log_ratios, same_as_unconstrained,
-                                 sampling_key)
+from advi_jax.importance import centred_log_ratios, constrained_labels, draws_and_log_ratios, sampling_key
 from advi_jax.psis_moments import (constrained_discrepancy, discrepancy_from_sums, moment_check, moment_check_both,
                                    moment_discrepancy, power_sums, squared_tail_khat, top_squared)
 from advi_jax._types import Array, PyTree
@@ -212,10 +211,10 @@ def _core(ratios: Array, shift=0.0, xp=jnp, smoothed=None) -> tuple:
 def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool):
     """Per fit: `_core`'s values and the PSIS moment check's power sums of the same draws
     (`advi_jax.psis_moments.power_sums`: (5, 3, K), so the (B, S, K) draws never leave the device), and
-    of their constrained values ((5, 3, Kc), with which of those are tested: `moment_check_both`)."""
+    of their constrained values ((5, 3, Kc) for the sites a bijector changes, with which of those are
+    all finite, and their largest squared deviations: `moment_check_both`)."""
     def one(m, p, k):
         zeta, centred, shift, cons = centred_log_ratios(m, family, p, k, num_draws, constrained=True)
-        same = same_as_unconstrained(m, zeta, cons)
         smoothed = _diag._psis_core(centred, True, jnp)  # once, for both
         log_w = smoothed.log_weights
         w = jnp.exp(jnp.where(jnp.isnan(log_w), -jnp.inf, log_w))
@@ -224,7 +223,7 @@ def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool
         cons = jnp.where(finite, cons, 0.0)
         top = top_squared(cons, min(_diag.tail_length(num_draws) + 1, num_draws), jnp)  # (Kc, M + 1): the tails' k-hat
         return (_core(centred, shift, jnp, smoothed), power_sums(zeta, w, jnp), power_sums(cons, w, jnp),
-                finite & ~same, top)
+                finite, top)
 
     return jax.vmap(one, in_axes=(0 if batched else None, 0, 0))(model, params, keys)
 
@@ -278,15 +277,9 @@ def _moments_both(model: Any, zeta, cons, log_weights):
     """The moment check of (S, K) draws `zeta` and their (S, Kc) constrained values `cons`
     (`importance.constrained_flat`), on the host."""
     zeta, cons = np.asarray(zeta), np.asarray(cons)
-    read = np.flatnonzero(~np.asarray(same_as_unconstrained(model, zeta, cons, np), bool))
-    tested = np.zeros(cons.shape[1], bool)
-    disc_c = tuple(np.zeros(cons.shape[1]) for _ in range(4))
     with np.errstate(all="ignore"):
         disc = moment_discrepancy(zeta, log_weights)
-        if read.size:  # only the columns a bijector changes (the others are read in R^K)
-            part, tested[read] = constrained_discrepancy(cons[:, read], log_weights)
-            for full, values in zip(disc_c, part):
-                full[read] = values
+        disc_c, tested = constrained_discrepancy(cons, log_weights)
     num = zeta.shape[0]
     tail = min(_diag.tail_length(num) + 1, num)
     return moment_check_both(disc, num, disc_c, tested, labels=_labeller(model, zeta.shape[1]),

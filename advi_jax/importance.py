@@ -27,7 +27,8 @@ from advi_jax import compile_options
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
 
-__all__ = ["sampling_key", "centred_log_ratios", "constrained_flat", "same_as_unconstrained", "constrained_labels", "log_ratios", "draws_and_log_ratios", "compile_ahead",
+__all__ = ["sampling_key", "centred_log_ratios", "constrained_flat", "changed_sites", "constrained_labels",
+           "log_ratios", "draws_and_log_ratios", "compile_ahead",
            "AHEAD_COMPILE_SHARE", "FULL_EXTRA_COMPILE_SECONDS_PER_EQN"]
 
 _GOLDEN = 0x9E3779B9
@@ -77,58 +78,62 @@ def centred_log_ratios(model, family: Family, params: PyTree, key: Array, num_dr
 
 def constrained_flat(model, zeta: Array) -> Array:
     """(S, K) unconstrained draws mapped to the constrained space and flattened (traceable): (S, Kc),
-    sites in sorted name order, each site's entries in row-major order (`constrained_labels`)."""
+    the sites a bijector changes (`changed_sites`; the others are the unconstrained coordinates
+    themselves), in sorted name order, each site's entries in row-major order (`constrained_labels`)."""
+    changed = changed_sites(model, zeta.shape[-1])
+    if not changed:
+        return jnp.zeros((zeta.shape[0], 0), zeta.dtype)
     sites = jax.vmap(model.to_constrained)(zeta)
-    columns = [sites[name].reshape(zeta.shape[0], -1).astype(zeta.dtype) for name in sorted(sites)]
-    return jnp.concatenate(columns, axis=1) if columns else jnp.zeros((zeta.shape[0], 0), zeta.dtype)
+    return jnp.concatenate([sites[name].reshape(zeta.shape[0], -1).astype(zeta.dtype) for name in changed], axis=1)
 
 
-def same_as_unconstrained(model, zeta, flat, xp=jnp):
-    """(Kc,) True where a column of `constrained_flat`'s `flat` equals its unconstrained coordinate in
-    every draw of `zeta` (an identity bijector: the moment check reads such a coordinate once). `xp`:
-    NumPy on the host or jax.numpy in a traced program."""
-    slices = model.slices() if callable(getattr(model, "slices", None)) else {}
-    sizes = {n: int(_size(shape)) for n, shape in _site_shapes(model, zeta.shape[1]).items()}
-    same, at = [], 0
-    for name in sorted(sizes):
-        size, where = sizes[name], slices.get(name)
-        block = flat[:, at:at + size]
-        if where is not None and where.stop - where.start == size:
-            same.append(xp.all(block == zeta[:, where], axis=0))
-        else:
-            same.append(xp.zeros(size, bool))
-        at += size
-    return xp.concatenate(same) if same else xp.zeros(0, bool)
+_STRUCTURAL = frozenset({"slice", "reshape", "squeeze", "expand_dims", "convert_element_type", "copy", "copy_p"})
+"""Primitives that move or relabel values without changing them: a constrained site made of the flat
+vector by these alone is the unconstrained coordinates themselves (an identity bijector)."""
+
+_SITES: dict = {}
 
 
-_SHAPES: dict = {}
+def changed_sites(model, dim: int) -> tuple[str, ...]:
+    """The constrained sites whose values a bijector changes, in sorted name order: those not made of
+    the flat (K,) vector by `_STRUCTURAL` primitives alone, read from the jaxpr of
+    `model.to_constrained` (a trace, a few ms, kept per model structure: its pytree structure and
+    its leaves' shapes, what a jitted function is compiled per). The others are read in R^K already;
+    a site whose identity the jaxpr hides (a nested call) counts as changed, which only repeats a test."""
+    return tuple(name for name, (_, changed) in _site_info(model, dim).items() if changed)
 
 
-def _site_shapes(model, dim: int) -> dict:
-    """The constrained sites' shapes, {name: shape}, by `jax.eval_shape` of `model.to_constrained` (a
-    trace, a few ms), kept per model structure (its pytree structure and its leaves' shapes: what a
-    jitted function is compiled per), so that a fit's diagnostics do not trace it again."""
+def _site_info(model, dim: int) -> dict:
+    """{name: (shape, changed)} of the constrained sites, sorted by name (`changed_sites`)."""
     leaves, tree = jax.tree_util.tree_flatten(model)
     key = (tree, tuple((getattr(x, "shape", None), str(getattr(x, "dtype", type(x)))) for x in leaves), int(dim))
     try:
-        found = _SHAPES.get(key)
+        found = _SITES.get(key)
     except (TypeError, ValueError):  # a static part that cannot be hashed or compared: no caching
         key, found = None, None
     if found is None:
-        out = jax.eval_shape(model.to_constrained, jax.ShapeDtypeStruct((int(dim),), jnp.float32))
-        found = {name: tuple(out[name].shape) for name in out}
+        closed, shapes = jax.make_jaxpr(model.to_constrained, return_shape=True)(
+            jax.ShapeDtypeStruct((int(dim),), jnp.float32))
+        jaxpr = closed.jaxpr
+        made = {id(v): eqn for eqn in jaxpr.eqns for v in eqn.outvars}
+        source = {id(v) for v in jaxpr.invars}
+
+        def plain(var) -> bool:  # made of the input by structural primitives alone
+            while id(var) not in source:
+                eqn = made.get(id(var))
+                if eqn is None or eqn.primitive.name not in _STRUCTURAL or len(eqn.invars) != 1:
+                    return False
+                var = eqn.invars[0]
+            return True
+
+        names = sorted(shapes)
+        outs = dict(zip(names, jaxpr.outvars)) if len(jaxpr.outvars) == len(names) else {}
+        found = {name: (tuple(shapes[name].shape), not (name in outs and plain(outs[name]))) for name in names}
         if key is not None:
-            if len(_SHAPES) > 64:
-                _SHAPES.clear()
-            _SHAPES[key] = found
+            if len(_SITES) > 64:
+                _SITES.clear()
+            _SITES[key] = found
     return found
-
-
-def _size(shape) -> int:
-    out = 1
-    for n in shape:
-        out *= int(n)
-    return out
 
 
 def constrained_labels(model, dim: int) -> tuple[str, ...]:
@@ -136,10 +141,10 @@ def constrained_labels(model, dim: int) -> tuple[str, ...]:
     (`dim`: K, the unconstrained length)."""
     import numpy as np
 
-    shapes = _site_shapes(model, dim)
     labels = []
-    for name in sorted(shapes):
-        shape = shapes[name]
+    for name, (shape, changed) in _site_info(model, dim).items():
+        if not changed:
+            continue
         if not shape:
             labels.append(name)
             continue

@@ -17,7 +17,7 @@ import numpy as np
 
 from advi_jax import diagnostics as _diag
 from advi_jax.fit_diagnostics import confirmation_draws, data_size
-from advi_jax.importance import draws_and_log_ratios, same_as_unconstrained
+from advi_jax.importance import draws_and_log_ratios
 from advi_jax import psis_moments as pm
 from advi_jax.psis_moments import constrained_discrepancy, moment_discrepancy
 
@@ -40,14 +40,13 @@ def load_readings(folder: str = os.path.dirname(READINGS)) -> dict:
 def readings(model, family, params, key, num_draws: int) -> dict:
     zeta, centred, shift, cons = draws_and_log_ratios(model, family, params, key, num_draws, constrained=True)
     zeta, centred, shift, cons = (np.asarray(x) for x in jax.device_get((zeta, centred, shift, cons)))
-    same = same_as_unconstrained(model, zeta, cons, np)
     ratios = np.asarray(centred, np.float64) + float(shift)
     smoothed = _diag._psis_core(ratios, True, np)
     d = _diag._diagnostics_core(ratios, np, smoothed)
     with np.errstate(all="ignore"):
         d_mean, se_mean, d_logsd, se_logsd = moment_discrepancy(zeta, smoothed.log_weights)
         constrained, finite = constrained_discrepancy(cons, smoothed.log_weights)
-    tested = finite & ~np.asarray(same, bool)
+    tested = finite
     cons = np.asarray(cons)
     tail = min(_diag.tail_length(num_draws) + 1, num_draws)
     # only where a rule with tolerances of 0.1 or more could flag (the library computes it for flagged ones)
