@@ -1,0 +1,83 @@
+"""Four posteriors nobody tuned the default fit on (lead, sixteenth session): the default `aj.fit` at seeds 0-1
+against NUTS (2 chains x 2,000 draws, float32), and whether it warned.
+
+  hetero       Gaussian regression with a log-linear sd (K = 4)
+  changepoint  Poisson counts with a smooth switch point s ~ Uniform(0, 100) (K = 3)
+  poisson_re   Poisson random intercepts, 60 groups, exposure, non-centred (K = 63)
+  irt          two-parameter IRT, 40 people x 12 items, centred item difficulties (K = 65)
+
+The data are simulated once, in the order above, from one generator (seed 3).
+
+Usage: python benchmarks/spot_unseen.py hetero changepoint poisson_re irt
+"""
+import sys, time, warnings, numpy as np, jax, jax.numpy as jnp
+jax.config.update("jax_enable_x64", False)
+import numpyro, numpyro.distributions as dist
+from numpyro.infer import MCMC, NUTS
+import advi_jax as aj
+
+rng = np.random.default_rng(3)
+def irt():
+    J, I = 40, 12
+    theta = rng.normal(size=J); b = rng.normal(size=I); a = np.exp(0.3*rng.normal(size=I))
+    y = (rng.random((J, I)) < 1/(1+np.exp(-a*(theta[:,None]-b)))).astype(np.int32)
+    def model(y):
+        sb = numpyro.sample("sigma_b", dist.HalfNormal(2.))
+        with numpyro.plate("j", J):
+            th = numpyro.sample("theta", dist.Normal(0, 1))
+        with numpyro.plate("i", I):
+            bb = numpyro.sample("b", dist.Normal(0, sb))
+            la = numpyro.sample("log_a", dist.Normal(0, 0.5))
+        numpyro.sample("y", dist.Bernoulli(logits=jnp.exp(la)*(th[:,None]-bb)), obs=y)
+    return model, (y,)
+def hetero():
+    N = 200; x = rng.normal(size=N)
+    y = 1 + 2*x + np.exp(-0.5 + 0.8*x)*rng.normal(size=N)
+    def model(x, y):
+        a = numpyro.sample("a", dist.Normal(0, 5)); b = numpyro.sample("b", dist.Normal(0, 5))
+        c = numpyro.sample("c", dist.Normal(0, 2)); d = numpyro.sample("d", dist.Normal(0, 2))
+        numpyro.sample("y", dist.Normal(a + b*x, jnp.exp(c + d*x)), obs=y)
+    return model, (x, y)
+def changepoint():
+    t = np.arange(100.); rate = np.where(t < 40, 3.0, 1.0); y = rng.poisson(rate)
+    def model(t, y):
+        e = numpyro.sample("early", dist.Exponential(1.)); l = numpyro.sample("late", dist.Exponential(1.))
+        s = numpyro.sample("s", dist.Uniform(0, 100))
+        w = jax.nn.sigmoid((t - s)*2.0)
+        numpyro.sample("y", dist.Poisson(e*(1-w) + l*w), obs=y)
+    return model, (t, y)
+def poisson_re():
+    G, n = 60, 6; u = 0.5*rng.normal(size=G); g = np.repeat(np.arange(G), n); x = rng.normal(size=G*n)
+    expo = rng.uniform(0.5, 3, size=G*n)
+    y = rng.poisson(expo*np.exp(0.2 + 0.5*x + u[g]))
+    def model(g, x, expo, y):
+        a = numpyro.sample("a", dist.Normal(0, 2)); b = numpyro.sample("b", dist.Normal(0, 2))
+        s = numpyro.sample("sigma_u", dist.HalfNormal(1.))
+        with numpyro.plate("G", G):
+            z = numpyro.sample("z", dist.Normal(0, 1))
+        numpyro.sample("y", dist.Poisson(expo*jnp.exp(a + b*x + s*z[g])), obs=y)
+    return model, (g, x, expo, y)
+MODELS = {name: build() for name, build in  # built in this order: the data depend on it
+          (('hetero', hetero), ('changepoint', changepoint), ('poisson_re', poisson_re), ('irt', irt))}
+
+def flat(d):
+    cols = {}
+    for k, v in d.items():
+        v = np.asarray(v); v = v.reshape(v.shape[0], -1)
+        for i in range(v.shape[1]): cols[f"{k}[{i}]" if v.shape[1] > 1 else k] = v[:, i]
+    return cols
+
+for name in sys.argv[1:]:
+    model, args = MODELS[name]
+    mc = MCMC(NUTS(model), num_warmup=1000, num_samples=2000, num_chains=2, progress_bar=False, chain_method="sequential")
+    mc.run(jax.random.PRNGKey(0), *args); ref = flat(mc.get_samples())
+    m = aj.from_numpyro(model, *args)
+    for seed in (0, 1):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            t = time.perf_counter(); r = aj.fit(m, key=jax.random.key(seed), progress=False); dt = time.perf_counter() - t
+        q = flat(r.sample(jax.random.key(9), 20000))
+        dm = {k: abs(q[k].mean()-ref[k].mean())/ref[k].std() for k in ref}
+        ls = {k: abs(np.log(q[k].std()/ref[k].std())) for k in ref}
+        km = max(dm, key=dm.get); ks = max(ls, key=ls.get)
+        print(f"{name} s{seed}: dmean {dm[km]:.3f} ({km}) logsd {ls[ks]:.3f} ({ks}) med logsd {np.median(list(ls.values())):.3f} khat {r.diagnostics.khat:.2f} grads {r.num_grad_evals} {dt:.1f}s warned={[str(x.message)[:90] for x in w]}", flush=True)
