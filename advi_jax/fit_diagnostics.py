@@ -230,7 +230,11 @@ def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool
 
 def _labeller(model: Any, dim: int):
     """Names of constrained coordinates by flat index (`importance.constrained_labels`, made on demand)."""
-    return lambda indices: [constrained_labels(model, dim)[int(i)] for i in indices]
+    def labels(indices):
+        names = constrained_labels(model, dim)  # built once per call, only when something is flagged
+        return [names[int(i)] for i in indices]
+
+    return labels
 
 
 def _many_moments(sums, sums_c, tested, tops, num_draws: int, model: Any = None, dim: int = 0) -> tuple:
@@ -263,7 +267,7 @@ def diagnose_with_ratios(model: Any, family: Family, params: PyTree, key: Array,
     one (the same program returns the draws' constrained values; `advi_jax.psis_moments.moment_check_both`,
     O(S K)).
     """
-    zeta, centred, shift, cons = draws_and_log_ratios(model, family, params, key, num_draws, constrained=True)
+    zeta, centred, shift, cons = draws_and_log_ratios(model, family, params, key, num_draws)
     zeta, centred, shift, cons = jax.device_get((zeta, centred, shift, cons))
     centred, shift = np.asarray(centred, np.float64), float(shift)
     with np.errstate(all="ignore"):

@@ -20,6 +20,8 @@ model structure, family and S (`draws_and_log_ratios`).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -173,10 +175,11 @@ def _draws_mode(model, args: dict):
     return args["num_draws"]
 
 
-draws_and_log_ratios = compile_options.jit(centred_log_ratios,
-                                           static_argnames=("family", "num_draws", "batch_size", "constrained"),
-                                           mode=_draws_mode)
-"""`centred_log_ratios`, compiled once per model structure, family and S."""
+draws_and_log_ratios = compile_options.jit(functools.partial(centred_log_ratios, constrained=True),
+                                           static_argnames=("family", "num_draws", "batch_size"), mode=_draws_mode)
+"""`centred_log_ratios(..., constrained=True)`, compiled once per model structure, family and S:
+(zeta, centred, shift, constrained draws). Every caller (the fit's diagnostics, `compile_ahead`,
+`Result.importance_draws`, the CLI's warm-up) gets the one program, constrained draws included."""
 
 
 FULL_EXTRA_COMPILE_SECONDS_PER_EQN = 2.3e-3
@@ -191,8 +194,7 @@ least this share of the full options' extra compile CPU (`compile_ahead`)."""
 
 
 def compile_ahead(model, family: Family, params: PyTree, key: Array, num_draws: int) -> str:
-    """Compile `draws_and_log_ratios` for these (abstract) arguments (with the constrained draws, as the
-    fit's diagnostics call it), on a background thread of a fit.
+    """Compile `draws_and_log_ratios` for these (abstract) arguments, on a background thread of a fit.
 
     There the compile overlaps the fit's start and loop, while the program's run time does not.
     Where the size rule says "fast" and the fast code's estimated extra run time
@@ -225,13 +227,12 @@ def compile_ahead(model, family: Family, params: PyTree, key: Array, num_draws: 
       True
     """
     args = (model, family, params, key, num_draws)
-    kwargs = {"constrained": True}  # as the fit's diagnostics call it (`fit_diagnostics.diagnose_with_ratios`)
     mode = compile_options.compile_mode(model, num_draws)
     if mode == "fast" and compile_options.forced_mode() is None:  # "fast" only on CPU
-        cost = compile_options.arithmetic(draws_and_log_ratios.full.trace(*args, **kwargs).jaxpr)
+        cost = compile_options.arithmetic(draws_and_log_ratios.full.trace(*args).jaxpr)
         full_extra_compile = FULL_EXTRA_COMPILE_SECONDS_PER_EQN * cost.eqns
         if compile_options.fast_extra_seconds(cost) >= AHEAD_COMPILE_SHARE * full_extra_compile:
             mode = "full"
-            draws_and_log_ratios.pin(mode, *args, **kwargs)
-    draws_and_log_ratios.lower(*args, **kwargs).compile()
+            draws_and_log_ratios.pin(mode, *args)
+    draws_and_log_ratios.lower(*args).compile()
     return mode

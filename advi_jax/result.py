@@ -249,8 +249,7 @@ class Result:
             proposals = max(4 * n, self._psis_draws(None)) if num_proposals is None else check_positive_int(num_proposals,
                                                                                           "num_proposals", 25)
             draw_key, pick_key = jax.random.split(key)
-            zeta, ratios, _, _ = draws_and_log_ratios(self.model, self.family, self.params, draw_key, proposals,
-                                                      constrained=True)  # the diagnostics' program, compiled once
+            zeta, ratios, _, _ = draws_and_log_ratios(self.model, self.family, self.params, draw_key, proposals)
             zeta = _diag.psis_resample(pick_key, zeta, ratios, n)  # PSIS weights ignore the shift
         return _constrain(self.model, zeta)
 
@@ -273,8 +272,7 @@ class Result:
         """
         key = _diag.check_key(key)
         n = self._psis_draws(n)
-        zeta, ratios, _, _ = draws_and_log_ratios(self.model, self.family, self.params, key, n,
-                                                  constrained=True)  # the diagnostics' program, compiled once
+        zeta, ratios, _, _ = draws_and_log_ratios(self.model, self.family, self.params, key, n)
         return _constrain(self.model, zeta), _diag._psis_core(ratios, True)  # normalised: the shift drops out
 
     def psis_expectation(self, fn: Callable[[dict[str, Array]], PyTree], key: Array, n: int | None = None) -> PyTree:

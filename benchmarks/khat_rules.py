@@ -38,7 +38,7 @@ def load_readings(folder: str = os.path.dirname(READINGS)) -> dict:
 
 
 def readings(model, family, params, key, num_draws: int) -> dict:
-    zeta, centred, shift, cons = draws_and_log_ratios(model, family, params, key, num_draws, constrained=True)
+    zeta, centred, shift, cons = draws_and_log_ratios(model, family, params, key, num_draws)
     zeta, centred, shift, cons = (np.asarray(x) for x in jax.device_get((zeta, centred, shift, cons)))
     ratios = np.asarray(centred, np.float64) + float(shift)
     smoothed = _diag._psis_core(ratios, True, np)

@@ -70,5 +70,5 @@ def _compile(model, family, posterior_program, num_draws, num_check, diagnostics
     num_diag = known_diagnostic_draws(model) if diagnostics else None
     if num_diag is not None:
         program = draws_and_log_ratios.fast if fast else draws_and_log_ratios
-        program.lower(model, family, params, key, num_diag, constrained=True).compile()  # as the diagnostics call it
+        program.lower(model, family, params, key, num_diag).compile()
     posterior_program.lower(model, family, params, key, key, num_draws, min(num_check, num_draws)).compile()
