@@ -53,7 +53,16 @@ def all_names() -> list[str]:
 
 
 def load(name: str):
-    """(model, NUTS reference)."""
+    """(model, NUTS reference); a `spot_NAME` (`benchmarks/spot_unseen.py --store`) has no stored
+    reference (its distance to NUTS is in its row): None."""
+    if name.startswith("spot_"):
+        import sys
+
+        sys.argv = sys.argv[:1]  # spot_unseen reads its models' names from the command line
+        from benchmarks import spot_unseen
+
+        suite_model = spot_unseen.MODELS[name[len("spot_"):]]
+        return aj.from_numpyro(suite_model[0], *suite_model[1]), None
     if name in holdout.MODELS:
         suite_model = holdout.MODELS[name]()
         return aj.from_numpyro(suite_model.fn, *suite_model.args), holdout.load_reference(name)

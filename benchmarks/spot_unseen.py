@@ -8,7 +8,11 @@ against NUTS (2 chains x 2,000 draws, float32), and whether it warned.
 
 The data are simulated once, in the order above, from one generator (seed 3).
 
-Usage: python benchmarks/spot_unseen.py hetero changepoint poisson_re irt
+Usage: python benchmarks/spot_unseen.py hetero changepoint poisson_re irt [--store DIR]
+
+With `--store DIR`, each fit is also kept as `DIR/spot_NAME__sSEED.pkl` in the row format of
+`benchmarks.bench_khat_calibrate` (q, its distance to NUTS, the fit's warnings), for the warning
+rules' readings (`benchmarks.widened_rules`).
 """
 import sys, time, warnings, numpy as np, jax, jax.numpy as jnp
 jax.config.update("jax_enable_x64", False)
@@ -67,17 +71,37 @@ def flat(d):
         for i in range(v.shape[1]): cols[f"{k}[{i}]" if v.shape[1] > 1 else k] = v[:, i]
     return cols
 
-for name in sys.argv[1:]:
-    model, args = MODELS[name]
-    mc = MCMC(NUTS(model), num_warmup=1000, num_samples=2000, num_chains=2, progress_bar=False, chain_method="sequential")
-    mc.run(jax.random.PRNGKey(0), *args); ref = flat(mc.get_samples())
-    m = aj.from_numpyro(model, *args)
-    for seed in (0, 1):
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            t = time.perf_counter(); r = aj.fit(m, key=jax.random.key(seed), progress=False); dt = time.perf_counter() - t
-        q = flat(r.sample(jax.random.key(9), 20000))
-        dm = {k: abs(q[k].mean()-ref[k].mean())/ref[k].std() for k in ref}
-        ls = {k: abs(np.log(q[k].std()/ref[k].std())) for k in ref}
-        km = max(dm, key=dm.get); ks = max(ls, key=ls.get)
-        print(f"{name} s{seed}: dmean {dm[km]:.3f} ({km}) logsd {ls[ks]:.3f} ({ks}) med logsd {np.median(list(ls.values())):.3f} khat {r.diagnostics.khat:.2f} grads {r.num_grad_evals} {dt:.1f}s warned={[str(x.message)[:90] for x in w]}", flush=True)
+def store_row(folder, name, seed, r, dm, ls, km, ks, warned):
+    import os, pickle
+    from benchmarks.bench_auto import warned_why
+    row = {"model": f"spot_{name}", "seed": seed, "max|dmean|/sd": dm[km], "worst mean": km,
+           "max|log sd|": ls[ks], "worst sd": ks, "khat": float(r.diagnostics.khat), "S": int(r.diagnostics.num_draws),
+           "warned": warned_why(warned), "messages": [str(x.message) for x in warned],
+           "grads": int(r.num_grad_evals), "logp": int(r.report.num_logp_evals), "family": r.family,
+           "params": jax.device_get(r.params)}
+    row["poor"] = dm[km] > 0.15 or ls[ks] > float(np.log(1.2))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"spot_{name}__s{seed}.pkl"), "wb") as f:
+        pickle.dump(row, f)
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    store = argv[argv.index("--store") + 1] if "--store" in argv else None
+    names = [a for i, a in enumerate(argv) if a != "--store" and (i == 0 or argv[i - 1] != "--store")]
+    for name in names:
+        model, args = MODELS[name]
+        mc = MCMC(NUTS(model), num_warmup=1000, num_samples=2000, num_chains=2, progress_bar=False, chain_method="sequential")
+        mc.run(jax.random.PRNGKey(0), *args); ref = flat(mc.get_samples())
+        m = aj.from_numpyro(model, *args)
+        for seed in (0, 1):
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                t = time.perf_counter(); r = aj.fit(m, key=jax.random.key(seed), progress=False); dt = time.perf_counter() - t
+            q = flat(r.sample(jax.random.key(9), 20000))
+            dm = {k: abs(q[k].mean()-ref[k].mean())/ref[k].std() for k in ref}
+            ls = {k: abs(np.log(q[k].std()/ref[k].std())) for k in ref}
+            km = max(dm, key=dm.get); ks = max(ls, key=ls.get)
+            print(f"{name} s{seed}: dmean {dm[km]:.3f} ({km}) logsd {ls[ks]:.3f} ({ks}) med logsd {np.median(list(ls.values())):.3f} khat {r.diagnostics.khat:.2f} grads {r.num_grad_evals} {dt:.1f}s warned={[str(x.message)[:90] for x in w]}", flush=True)
+            if store:
+                store_row(store, name, seed, r, dm, ls, km, ks, w)
