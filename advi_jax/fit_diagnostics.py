@@ -287,7 +287,8 @@ def _moments_both(model: Any, zeta, cons, log_weights):
     num = zeta.shape[0]
     tail = min(_diag.tail_length(num) + 1, num)
     return moment_check_both(disc, num, disc_c, tested, labels=_labeller(model, zeta.shape[1]),
-                             tail_khat=lambda idx: squared_tail_khat(top_squared(cons[:, idx], tail)))
+                             tail_khat=lambda idx: squared_tail_khat(top_squared(cons[:, idx], tail)))._replace(
+        readings=(disc, disc_c, tested))
 
 
 def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: int = 4096, *,
@@ -347,10 +348,56 @@ def diagnose_confirmed(model: Any, family: Family, params: PyTree, key: Array, n
     """
     diag, ratios = diagnose_with_ratios(model, family, params, key, num_draws)
     if not (int(confirm_draws) > int(num_draws) and over_threshold(diag)):
-        return diag, (key, ratios), None
+        return widen_if_grey(model, family, params, key, diag, num_draws), (key, ratios), None
     more_key = _confirmation_key(key)
     more, more_ratios = diagnose_with_ratios(model, family, params, more_key, int(confirm_draws))
-    return more, (more_key, more_ratios), diag
+    return widen_if_grey(model, family, params, more_key, more, num_draws), (more_key, more_ratios), diag
+
+
+GREY_KHAT = 0.5
+"""The widened moment check runs where the reported k-hat is at least this (and under its threshold)..."""
+
+GREY_SCORE = 0.05
+"""...or where some coordinate's plain reading (a mean shift in q's sds, or an sd excess in log) is at
+least this, and nothing warns yet (`widen_if_grey`)."""
+
+
+def _warns_already(diag: Diagnostics) -> bool:
+    """Whether the fit warns without the widened check (`run.single.warn_diagnostics`' rule)."""
+    khat = float(diag.khat)
+    by_khat = diag.nonfinite_share > 0 or not (khat < _diag.khat_threshold(diag.num_draws)
+                                               or _diag.near_constant(khat, diag.ess, diag.num_draws))
+    return by_khat or diag.moments_flagged()
+
+
+def widen_if_grey(model: Any, family: Family, params: PyTree, key: Array, diag: Diagnostics,
+                  num_draws: int) -> Diagnostics:
+    """The widened moment check (`advi_jax.widened_moments`) where the fit would be silent but its
+    reading is grey: k-hat at least `GREY_KHAT`, or a coordinate's plain reading at least
+    `GREY_SCORE`. It draws `num_draws` (the diagnostics' first sample's size) from each widened
+    component through the diagnostics' own compiled program, so nothing new compiles. Where it flags, its reading replaces the plain check's (`Moments.source`
+    "widened"); where not, the plain reading stays, with the widened draws recorded
+    (`Moments.widened_draws`, counted in `num_logp_evals`). Elsewhere nothing runs."""
+    from advi_jax import widened_moments as wm
+
+    m = diag.moments
+    if m is None or m.readings is None or _warns_already(diag):
+        return diag
+    disc, disc_c, tested = m.readings
+    k = int(np.shape(disc[0])[0])
+    if k == 0:
+        return diag
+    dep = wm.dependence(model, k)
+    score = wm.scores(disc, disc_c, tested, dep)
+    if not (float(diag.khat) >= GREY_KHAT or float(np.max(score)) >= GREY_SCORE):
+        return diag
+    wide = wm.widened_check(model, family, params, key, score, num_draws=int(num_draws), dep=dep)
+    if wide is None:  # a family with no widened form
+        return diag
+    if wide.any_flagged:
+        return diag._replace(moments=wide)
+    return diag._replace(moments=m._replace(widened_draws=wide.widened_draws, mixture_khat=wide.mixture_khat,
+                                            directions=wide.directions))
 
 
 def diagnose_ratios(ratios: Array, zeta: Array | None = None) -> Diagnostics:
@@ -384,9 +431,12 @@ def verdict(diagnostics: Diagnostics | None, missing: str = "not computed", fami
     if diagnostics.moments_flagged() and (text.startswith("good") or text.startswith("ok")):
         # k-hat reads the ratios' tail shape only; a Gaussian q with an sd 30% too narrow reads about 0.4
         # (`advi_jax.psis_moments`). The PSIS-weighted moments of the same draws say how far q is off.
+        advice = ("use PSIS-corrected ones (result.psis_expectation) or MCMC" if diagnostics.moments.source != "widened"
+                  else "PSIS-corrected ones from q's own draws see only part of it (q has too few draws in the "
+                       "tail it misses): use MCMC")
         text = (f"poor: {diagnostics.moments.describe()}, beyond the moment check's tolerance and its Monte "
                 f"Carlo error (k-hat {float(diagnostics.khat):.2f} reads only the ratios' tail shape); q's own "
-                "estimates there are off: use PSIS-corrected ones (result.psis_expectation) or MCMC")
+                f"estimates there are off: {advice}")
     share = diagnostics.nonfinite_share
     if share > 0:
         where = (f"q puts {100 * share:.3g}% of its mass where the log density is NaN or -inf "

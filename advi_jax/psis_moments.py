@@ -41,7 +41,7 @@ tolerances are set for that.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -82,6 +82,16 @@ class Moments(NamedTuple):
       name: the worst coordinate's name when it is a constrained one ("sigma", "beta[3]"), else "".
       flagged_constrained: the names of the flagged coordinates of the constrained space (those
         that are not the unconstrained ones unchanged: `moment_check_both`).
+      source: "psis" (q's own draws, reweighted) or "widened" (fresh draws of a proposal wider than
+        q in a few coordinates: `advi_jax.widened_moments`; there the standard of comparison is
+        the widened importance estimate, and the flat indices are still R^K's).
+      widened_draws: the draws (log-density evaluations) the widened check took; 0 where it did
+        not run. Counted in the fit's `num_logp_evals`.
+      mixture_khat: the k-hat of p / mix of the widened draws (NaN where it did not run).
+      directions: the coordinates of R^K the widened check widened.
+      readings: the plain check's per-coordinate (d_mean, se, d_logsd, se) in R^K, the same of the
+        constrained coordinates and which of those were tested (what the widened check chooses its
+        coordinates by), or None.
     """
 
     flagged: tuple
@@ -95,6 +105,11 @@ class Moments(NamedTuple):
     space: str = "unconstrained"
     name: str = ""
     flagged_constrained: tuple = ()
+    source: str = "psis"
+    widened_draws: int = 0
+    mixture_khat: float = float("nan")
+    directions: tuple = ()
+    readings: Any = None
 
     @property
     def any_flagged(self) -> bool:
@@ -105,6 +120,12 @@ class Moments(NamedTuple):
         """One phrase for the verdict and the warning."""
         where = (f"{self.name} (constrained, as result.sample() gives it)" if self.space == "constrained"
                  else f"coordinate {self.worst_index} (flat index in R^K)")
+        if self.source == "widened":
+            return (f"moment check by importance sampling from a proposal wider than q in {len(self.directions)} "
+                    f"coordinates ({self.num_draws} more draws): at {where}, q's sd is "
+                    f"x{math.exp(-self.worst_log_sd):.2f} of the widened importance estimate (log "
+                    f"{-self.worst_log_sd:+.2f} +/- {self.worst_log_sd_se:.2f}) and q's mean "
+                    f"{-self.worst_mean:+.2f} +/- {self.worst_mean_se:.2f} of q's sds from it")
         return (f"PSIS moment check from {self.num_draws} draws: {where} has "
                 f"PSIS-weighted mean {self.worst_mean:+.2f} +/- {self.worst_mean_se:.2f} sd of q's own and "
                 f"sd x{math.exp(self.worst_log_sd):.2f} (log {self.worst_log_sd:+.2f} +/- {self.worst_log_sd_se:.2f}) "

@@ -435,6 +435,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
             diag, diag_sample, first_diag = both
             if first_diag is not None:
                 extra_logp_evals = diag.num_draws
+            extra_logp_evals += getattr(diag.moments, "widened_draws", 0)  # the widened moment check's
     for thread in (ahead, wrong):
         if thread is not None:
             thread.close()  # done by now, unless the fit stopped early or the guess was wrong
