@@ -26,7 +26,7 @@ import numpy as np
 
 from advi_jax import diagnostics as _diag
 from advi_jax.importance import centred_log_ratios, constrained_labels, draws_and_log_ratios, sampling_key
-from advi_jax.psis_moments import (constrained_discrepancy, discrepancy_from_sums, moment_check, moment_check_both,
+from advi_jax.psis_moments import (Readings, constrained_discrepancy, discrepancy_from_sums, moment_check, moment_check_both,
                                    moment_discrepancy, power_sums, squared_tail_khat, top_squared)
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
@@ -34,6 +34,7 @@ from advi_jax.base import Family
 __all__ = ["Diagnostics", "NONFINITE_UNRELIABLE", "DIAGNOSTIC_DRAWS_MIN", "DIAGNOSTIC_DRAWS_MAX",
            "CONFIRM_FACTOR", "CONFIRM_DRAWS_MAX", "data_size", "diagnostic_draw_budget", "confirmation_draws",
            "known_diagnostic_draws", "constrained_draws", "diagnose", "diagnose_with_ratios", "diagnose_confirmed",
+           "diagnose_and_widen", "widen_reported", "widen_if_grey",
            "diagnose_ratios", "over_threshold", "verdict"]
 
 NONFINITE_UNRELIABLE = 1e-3
@@ -288,7 +289,7 @@ def _moments_both(model: Any, zeta, cons, log_weights):
     tail = min(_diag.tail_length(num) + 1, num)
     return moment_check_both(disc, num, disc_c, tested, labels=_labeller(model, zeta.shape[1]),
                              tail_khat=lambda idx: squared_tail_khat(top_squared(cons[:, idx], tail)))._replace(
-        readings=(disc, disc_c, tested))
+        readings=Readings(disc, disc_c, tested))
 
 
 def diagnose(model: Any, family: Family, params: PyTree, key: Array, num_draws: int = 4096, *,
@@ -348,10 +349,25 @@ def diagnose_confirmed(model: Any, family: Family, params: PyTree, key: Array, n
     """
     diag, ratios = diagnose_with_ratios(model, family, params, key, num_draws)
     if not (int(confirm_draws) > int(num_draws) and over_threshold(diag)):
-        return widen_if_grey(model, family, params, key, diag, num_draws), (key, ratios), None
+        return diag, (key, ratios), None
     more_key = _confirmation_key(key)
     more, more_ratios = diagnose_with_ratios(model, family, params, more_key, int(confirm_draws))
-    return widen_if_grey(model, family, params, more_key, more, num_draws), (more_key, more_ratios), diag
+    return more, (more_key, more_ratios), diag
+
+
+def diagnose_and_widen(model: Any, family: Family, params: PyTree, key: Array, num_draws: int,
+                       confirm_draws: int = 0) -> tuple[Diagnostics, tuple, Diagnostics | None]:
+    """A single fit's diagnostics (`aj.fit`): `diagnose_confirmed`, then the widened moment check where
+    the reported sample would be silent but reads grey (`widen_if_grey`; its key the reported
+    sample's, its draws per component the first sample's size)."""
+    return widen_reported(model, family, params, num_draws,
+                          diagnose_confirmed(model, family, params, key, num_draws, confirm_draws))
+
+
+def widen_reported(model: Any, family: Family, params: PyTree, num_draws: int, confirmed: tuple) -> tuple:
+    """`diagnose_confirmed`'s result with `widen_if_grey` applied to its reported diagnostics."""
+    diag, sample, first = confirmed
+    return widen_if_grey(model, family, params, sample[0], diag, num_draws), sample, first
 
 
 GREY_KHAT = 0.5
@@ -383,7 +399,7 @@ def widen_if_grey(model: Any, family: Family, params: PyTree, key: Array, diag: 
     m = diag.moments
     if m is None or m.readings is None or _warns_already(diag):
         return diag
-    disc, disc_c, tested = m.readings
+    disc, disc_c, tested = m.readings.unconstrained, m.readings.constrained, m.readings.tested
     k = int(np.shape(disc[0])[0])
     if k == 0:
         return diag

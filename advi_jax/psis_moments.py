@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Moments", "MOMENT_MEAN_TOL", "MOMENT_LOG_SD_TOL", "MOMENT_ALPHA", "moment_discrepancy",
+__all__ = ["Moments", "Readings", "MOMENT_MEAN_TOL", "MOMENT_LOG_SD_TOL", "MOMENT_ALPHA", "moment_discrepancy",
            "moment_z", "moment_check", "moment_check_of", "moment_check_both", "constrained_discrepancy",
            "squared_tail_khat", "top_squared",
            "power_sums", "discrepancy_from_sums"]
@@ -63,6 +63,31 @@ a fit whose means and sds were all within 0.15 sd and 20% (0.10 added false alar
 MOMENT_ALPHA = 0.01
 """The chance that a q with no discrepancy at all reads significant on some coordinate: each of the
 2K tests (mean and sd of K coordinates) is at level MOMENT_ALPHA / (2K) (Bonferroni)."""
+
+
+class Readings:
+    """The plain check's per-coordinate readings, kept for the widened check to choose its
+    coordinates by (`advi_jax.widened_moments`): `unconstrained` and `constrained` are (d_mean, se,
+    d_logsd, se) arrays, `tested` which constrained columns count. Compared by value, so that
+    `Moments` (and `Diagnostics`) still compare with ==."""
+
+    __slots__ = ("unconstrained", "constrained", "tested")
+    __hash__ = None
+
+    def __init__(self, unconstrained: tuple, constrained: tuple, tested: np.ndarray):
+        self.unconstrained, self.constrained, self.tested = unconstrained, constrained, tested
+
+    def _flat(self) -> list:
+        return [*self.unconstrained, *self.constrained, self.tested]
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Readings):
+            return NotImplemented
+        return all(np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind == "f")
+                   for a, b in zip(self._flat(), other._flat()))
+
+    def __repr__(self) -> str:
+        return f"Readings(K={np.shape(self.unconstrained[0])[0]}, Kc={np.shape(self.tested)[0]})"
 
 
 class Moments(NamedTuple):
@@ -89,9 +114,8 @@ class Moments(NamedTuple):
         not run. Counted in the fit's `num_logp_evals`.
       mixture_khat: the k-hat of p / mix of the widened draws (NaN where it did not run).
       directions: the coordinates of R^K the widened check widened.
-      readings: the plain check's per-coordinate (d_mean, se, d_logsd, se) in R^K, the same of the
-        constrained coordinates and which of those were tested (what the widened check chooses its
-        coordinates by), or None.
+      readings: the plain check's per-coordinate readings (`Readings`: what the widened check chooses
+        its coordinates by), or None.
     """
 
     flagged: tuple

@@ -21,7 +21,7 @@ import advi_jax as aj
 from advi_jax import psis_moments as pm
 from advi_jax import widened_moments as wm
 from advi_jax.families import MeanFieldParams, get_family
-from advi_jax.fit_diagnostics import diagnose_confirmed, diagnose_with_ratios, verdict
+from advi_jax.fit_diagnostics import diagnose_and_widen, diagnose_with_ratios, verdict
 from advi_jax.run.single import warn_diagnostics
 
 NU = 6.0
@@ -113,7 +113,7 @@ def test_narrow_q_is_flagged_where_the_plain_check_is_silent():
     for seed in range(6):
         key = jax.random.key(seed)
         plain, _ = diagnose_with_ratios(model, family, params, key, 4096)
-        d, _, _ = diagnose_confirmed(model, family, params, key, 4096, 0)
+        d, _, _ = diagnose_and_widen(model, family, params, key, 4096, 0)
         m = d.moments
         assert d.khat < 0.7 or plain.moments.any_flagged or m.any_flagged  # warned, whichever way
         if plain.moments.any_flagged or d.khat >= 0.7:
@@ -162,6 +162,6 @@ def test_no_widened_check_where_nothing_is_grey():
     # so nothing more is drawn (and nothing compiles)
     model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((2,))})
     family, params = _q()
-    d, _, _ = diagnose_confirmed(model, family, params, jax.random.key(0), 4096, 0)
+    d, _, _ = diagnose_and_widen(model, family, params, jax.random.key(0), 4096, 0)
     assert d.moments.source == "psis" and d.moments.widened_draws == 0 and not d.moments.any_flagged
     assert isinstance(d.moments, pm.Moments)

@@ -17,6 +17,7 @@ from advi_jax.flatten import Model
 from advi_jax import importance
 from advi_jax._stack import user_stacklevel
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
+from advi_jax.fit_diagnostics import widen_reported
 from advi_jax.result import (Report, Result, confirmation_draws, data_size, diagnose_confirmed, diagnostic_draw_budget,
                              known_diagnostic_draws)
 from advi_jax.run import ahead as _ahead
@@ -429,7 +430,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
             confirm_draws = confirmation_draws(num_diagnostic_draws, *costs)
         _wait(ahead, "diagnostics")
         both, note, diag_seconds = run_diagnostics(
-            lambda: diagnose_confirmed(model, family_obj, params, diag_key, num_diagnostic_draws, confirm_draws),
+            lambda: widen_reported(model, family_obj, params, num_diagnostic_draws, diagnose_confirmed(
+                model, family_obj, params, diag_key, num_diagnostic_draws, confirm_draws)),
             code < 0)
         if both is not None:
             diag, diag_sample, first_diag = both
