@@ -57,7 +57,8 @@ from advi_jax import compile_options
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.diagnostics import check_key
 
-__all__ = ["GradientStats", "gradient_stats", "gradient_stats_many", "time_gradient", "student_t_quantile", "CONFIDENCE"]
+__all__ = ["GradientStats", "gradient_stats", "gradient_stats_many", "time_gradient", "student_t_quantile",
+           "CONFIDENCE"]
 
 CONFIDENCE = 0.95
 """Coverage of every interval the package reports."""
@@ -450,62 +451,53 @@ def gradient_stats_many(jobs: Sequence[tuple[Callable, PyTree, Array]], *, num_d
 
 
 class _Prepared:
-    """One `gradient_stats` call, checked: `compile()` compiles its two programs (the moments' and,
-    when timing, one gradient's), then `finish()` runs, times and summarises."""
+    """One `gradient_stats` call: its arguments checked and its two programs made on construction,
+    `compile()` compiles them (the moments' and, when timing, one gradient's), then `finish()` runs,
+    times and summarises."""
 
     def __init__(self, surrogate, params, key, num_draws, groups, chunk_size, time_repeats, has_aux, confidence):
-        (self.params, self.key, self.num_draws, self.time_repeats, self.confidence, self.unravel, self.masks,
-         self._moments, self._consts, self._grad) = _check_and_build(surrogate, params, key, num_draws, groups, chunk_size,
-                                                       time_repeats, has_aux, confidence)
+        if not callable(surrogate):
+            raise TypeError(f"surrogate must be a callable (params, key) -> scalar, got {type(surrogate).__name__}")
+        self.key = check_key(key)
+        self.num_draws = num_draws = check_positive_int(num_draws, "num_draws", minimum=2)
+        if chunk_size is not None:
+            chunk_size = check_positive_int(chunk_size, "chunk_size")
+        if isinstance(time_repeats, bool) or not isinstance(time_repeats, (int, np.integer)) or time_repeats < 0:
+            raise ValueError(f"time_repeats must be an int >= 0 (0 disables timing), got {time_repeats!r}")
+        self.time_repeats = time_repeats
+        self.confidence = check_confidence(confidence)
+        flat, self.unravel = ravel_pytree(params)
+        if flat.size == 0 or not jnp.issubdtype(flat.dtype, jnp.floating):
+            raise ValueError(f"params must hold float arrays to differentiate, got dtype {flat.dtype} with "
+                             f"{flat.size} coordinates")
+        closed, out = jax.make_jaxpr(surrogate, return_shape=True)(params, self.key)
+        value = out[0] if has_aux else out
+        if getattr(value, "shape", None) != ():
+            raise ValueError(f"surrogate must return a scalar{' as its first output' if has_aux else ''}, "
+                             f"got shape {getattr(value, 'shape', type(value).__name__)}")
+        self.params = params
+        self.masks = group_masks(params, groups or default_groups)
+        self.closed_over = closed.consts  # the arrays the surrogate closes over (a model's data): `compile_by_cost`
+        size, num_chunks = chunking(num_draws, flat.shape[0], chunk_size)
+        num_groups = num_groups_for(num_draws)
+        grad_fn = flat_gradient(surrogate, has_aux)
+        self._moments = jax.jit(lambda p, k: grouped_moments(grad_fn, p, k, num_draws, size, num_chunks, num_groups,
+                                                             flat.dtype))
+        self._grad = jax.jit(jax.grad(surrogate, has_aux=has_aux))  # timed as `time_gradient` times it
+        self._timing_key = jax.random.fold_in(self.key, 0x7FFFFFFF)
         self._compiled_moments = self._compiled_grad = None
 
     def compile(self) -> None:
-        self._compiled_moments = compile_by_cost(self._moments, (self.params, self.key), self._consts,
+        self._compiled_moments = compile_by_cost(self._moments, (self.params, self.key), self.closed_over,
                                                  self.num_draws)
-        if self.time_repeats:
+        if self.time_repeats:  # XLA's full options: its time is the reported cost
             self._compiled_grad = self._grad.lower(self.params, self._timing_key).compile()
-
-    @property
-    def _timing_key(self):
-        return jax.random.fold_in(self.key, 0x7FFFFFFF)
 
     def finish(self) -> GradientStats:
         g = self._compiled_moments(self.params, self.key)
-        grad = self._compiled_grad
-        seconds = (_time_calls(grad, self.params, self._timing_key, self.time_repeats)
+        seconds = (_time_calls(self._compiled_grad, self.params, self._timing_key, self.time_repeats)
                    if self.time_repeats else float("nan"))
         return summarise(g, self.unravel, self.masks, seconds, self.num_draws, self.confidence)
-
-
-def _check_and_build(surrogate, params, key, num_draws, groups, chunk_size, time_repeats, has_aux, confidence):
-    """`gradient_stats`'s argument checks and its two jitted programs (nothing compiled yet)."""
-    if not callable(surrogate):
-        raise TypeError(f"surrogate must be a callable (params, key) -> scalar, got {type(surrogate).__name__}")
-    key = check_key(key)
-    num_draws = check_positive_int(num_draws, "num_draws", minimum=2)
-    if chunk_size is not None:
-        chunk_size = check_positive_int(chunk_size, "chunk_size")
-    if isinstance(time_repeats, bool) or not isinstance(time_repeats, (int, np.integer)) or time_repeats < 0:
-        raise ValueError(f"time_repeats must be an int >= 0 (0 disables timing), got {time_repeats!r}")
-    confidence = check_confidence(confidence)
-    flat, unravel = ravel_pytree(params)
-    if flat.size == 0 or not jnp.issubdtype(flat.dtype, jnp.floating):
-        raise ValueError(f"params must hold float arrays to differentiate, got dtype {flat.dtype} with "
-                         f"{flat.size} coordinates")
-    closed, out = jax.make_jaxpr(surrogate, return_shape=True)(params, key)
-    value = out[0] if has_aux else out
-    if getattr(value, "shape", None) != ():
-        raise ValueError(f"surrogate must return a scalar{' as its first output' if has_aux else ''}, "
-                         f"got shape {getattr(value, 'shape', type(value).__name__)}")
-    masks = group_masks(params, groups or default_groups)
-    size, num_chunks = chunking(num_draws, flat.shape[0], chunk_size)
-    num_groups = num_groups_for(num_draws)
-    grad_fn = flat_gradient(surrogate, has_aux)
-    moments = jax.jit(lambda p, k: grouped_moments(grad_fn, p, k, num_draws, size, num_chunks, num_groups,
-                                                   flat.dtype))
-    grad = jax.jit(jax.grad(surrogate, has_aux=has_aux))  # timed as `time_gradient` times it: XLA's full options
-    # closed.consts: the arrays the surrogate closes over (a model's data), for `compile_by_cost`
-    return params, key, num_draws, time_repeats, confidence, unravel, masks, moments, closed.consts, grad
 
 
 def compile_by_cost(jitted: Callable, args: tuple, arrays: Any, evals: int, trips: float = 1) -> Callable:
