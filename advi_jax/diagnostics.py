@@ -680,15 +680,22 @@ def psis_resample(key: Array, draws: PyTree, log_ratios: ArrayLike, num_draws: i
     log_weights = _psis_core(log_ratios, True).log_weights
     # Inverse-CDF picks: one uniform per pick and a binary search in the cumulative weights,
     # O((S + num_draws) log S). (`jax.random.categorical` with a shape draws num_draws x S Gumbel
-    # variates: 8-10 s at S = 8,000, num_draws = 4,000.) On the host in float64 when concrete.
-    xp = np if isinstance(log_weights, np.ndarray) else jnp
+    # variates: 8-10 s at S = 8,000, num_draws = 4,000.) On the host in float64 when concrete: op by
+    # op, jax.numpy compiled each of the search's operations on first use (1.3 s of a first call).
+    concrete = is_concrete((log_weights,))
+    xp = np if concrete else jnp
+    if concrete:
+        log_weights = np.asarray(log_weights, np.float64)
     weights = xp.exp(log_weights - xp.max(log_weights))
-    if xp is np:
-        weights = weights.astype(np.float64)
     cdf = xp.cumsum(weights)
-    uniform = jax.random.uniform(key, (num_draws,))
-    if xp is np:
+    uniform = _uniform(key, (num_draws,))  # the same uniforms traced or not: the same picks
+    if concrete:
         uniform = np.asarray(uniform, np.float64)
     # side="right": the first index whose cumulative weight exceeds u, so a zero weight is never picked
     index = xp.minimum(xp.searchsorted(cdf, uniform * cdf[-1], side="right"), log_weights.shape[0] - 1)
-    return jax.tree_util.tree_map(lambda v: jnp.asarray(v)[jnp.asarray(index)], draws)
+    if concrete:  # picked on the host, handed back as device arrays (a transfer, no compilation)
+        return jax.tree_util.tree_map(lambda v: jax.device_put(np.asarray(v)[index]), draws)
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(v)[index], draws)
+
+
+_uniform = jax.jit(jax.random.uniform, static_argnums=(1,))

@@ -416,14 +416,19 @@ def widen_if_grey(model: Any, family: Family, params: PyTree, key: Array, diag: 
                                             directions=wide.directions))
 
 
-def diagnose_ratios(ratios: Array, zeta: Array | None = None) -> Diagnostics:
+def diagnose_ratios(ratios: Array, zeta: Array | None = None, constrained: Array | None = None,
+                    model: Any = None) -> Diagnostics:
     """`Diagnostics` from precomputed (S,) log ratios (e.g. the full-data ones of a minibatch fit);
-    with the (S, K) draws `zeta` they came from, also the PSIS moment check of those draws."""
+    with the (S, K) draws `zeta` they came from, also the PSIS moment check of those draws, and with
+    their (S, Kc) constrained values (`importance.constrained_flat` of `model`) in both spaces."""
     values = _diag._on_host_when_concrete(lambda xp, r: _core(r, 0.0, xp), ratios)
     moments = None
     if zeta is not None:
         ratios = np.asarray(jax.device_get(ratios), np.float64)
-        moments = moment_check(np.asarray(jax.device_get(zeta)), _diag._psis_core(ratios, True, np).log_weights)
+        log_w = _diag._psis_core(ratios, True, np).log_weights
+        zeta = np.asarray(jax.device_get(zeta))
+        moments = (moment_check(zeta, log_w) if constrained is None
+                   else _moments_both(model, zeta, jax.device_get(constrained), log_w))
     return _to_diagnostics(values, int(ratios.shape[0]), moments)
 
 

@@ -19,6 +19,7 @@ draws) are in `advi_jax.fit_diagnostics`; their public names are re-exported her
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -217,7 +218,7 @@ class Result:
         """(n, K) draws of q in R^K."""
         key = _diag.check_key(key)
         n = check_positive_int(n, "n")
-        return self.family.sample(self.params, sampling_key(key), n)
+        return _unconstrained_draws(self.family, self.params, key, n)
 
     def sample(self, key: Array, n: int, resample: str | None = None,
                num_proposals: int | None = None) -> dict[str, Array]:
@@ -443,3 +444,10 @@ class Result:
 
 
 from advi_jax.result_many import ManyResult  # noqa: E402  (re-exported; it builds Results)
+
+
+@functools.partial(jax.jit, static_argnames=("family", "num_draws"))
+def _unconstrained_draws(family: Family, params: PyTree, key: Array, num_draws: int) -> Array:
+    """`num_draws` draws of q in R^K in one compiled call (op by op, the sampler compiled each of its
+    operations on first use: 1.2 s of a first `sample_unconstrained` on breast cancer)."""
+    return family.sample(params, sampling_key(key), num_draws)

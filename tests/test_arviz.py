@@ -100,6 +100,10 @@ def test_numpyro_deterministic_sites_in_posterior():
     assert set(post.data_vars) == {"mu", "sigma", "snr"}
     np.testing.assert_allclose(post["snr"].values, post["mu"].values / post["sigma"].values, rtol=1e-5)
     assert float(post["sigma"].min()) > 0
+    # the draws are result.sample's for the same key (one compiled program, deterministic sites inside it)
+    same = result.sample(jax.random.key(3), 300)
+    for name in ("mu", "sigma"):
+        np.testing.assert_array_equal(post[name].values[0], np.asarray(same[name]))
 
 
 @pytest.mark.parametrize("bad, err", [(1, ValueError), (2.5, TypeError), (True, TypeError)])

@@ -1,5 +1,6 @@
 """The accuracy suite's models build, go through `aj.from_numpyro`, and have a stored, converged reference."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -15,12 +16,12 @@ def _unflatten_means(reference, like):
     """The reference means as a dict site -> array shaped like `like[site]` (labels 'site[i,j]')."""
     out = {}
     for site, value in like.items():
-        value = np.asarray(value)
-        if value.ndim == 0:
+        shape = np.shape(value)
+        if not shape:
             out[site] = np.asarray(reference["params"][site]["mean"])
         else:
-            flat = [reference["params"][f"{site}[{','.join(map(str, i))}]"]["mean"] for i in np.ndindex(*value.shape)]
-            out[site] = np.asarray(flat).reshape(value.shape)
+            flat = [reference["params"][f"{site}[{','.join(map(str, i))}]"]["mean"] for i in np.ndindex(*shape)]
+            out[site] = np.asarray(flat).reshape(shape)
             if site == "corr_chol":  # the mean of correlation Cholesky factors has rows of norm < 1: project back
                 out[site] = out[site] / np.linalg.norm(out[site], axis=-1, keepdims=True)
     return out
@@ -50,7 +51,7 @@ def test_model_has_reference(name):
     assert reference["rhat_ok"] and reference["max_rhat"] <= 1.01
     assert all(not p["rhat"] > 1.01 for p in reference["params"].values())  # nan: a constant entry
     assert reference["settings"]["chains"] >= 4
-    like = model.to_constrained(np.zeros(model.dim))
+    like = jax.eval_shape(model.to_constrained, np.zeros(model.dim, np.float32))  # the sites' shapes, nothing run
     draws = {k: np.zeros((1,) + np.shape(v)) for k, v in like.items()}
     assert set(flatten_draws(draws)) == set(reference["params"])
     # The log joint is finite at the reference mean (every support but corr_chol's is convex, so the mean is in it).

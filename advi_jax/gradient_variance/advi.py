@@ -40,8 +40,9 @@ from advi_jax.gradient_variance.instruments import (
     _path_head,
     check_confidence,
     chunking,
+    compile_by_cost,
     flat_gradient,
-    gradient_stats,
+    gradient_stats_many,
     group_masks,
     grouped_moments,
     jackknife_interval,
@@ -230,11 +231,11 @@ def gradient_variance(model: Model, family: str | Family, params: PyTree, key: A
     num_draws = check_positive_int(num_draws, "num_draws", minimum=2)
     confidence = check_confidence(confidence)
     _check_params(family, params, model.dim)
-    return {name: gradient_stats(_surrogate(fn, family, model, num_samples), params,
-                                 jax.random.fold_in(key, _estimator_index(name)), num_draws=num_draws,
-                                 groups=family_groups, chunk_size=chunk_size, time_repeats=time_repeats,
-                                 confidence=confidence)
-            for name, fn in named.items()}
+    jobs = [(_surrogate(fn, family, model, num_samples), params, jax.random.fold_in(key, _estimator_index(name)))
+            for name, fn in named.items()]
+    stats = gradient_stats_many(jobs, num_draws=num_draws, groups=family_groups, chunk_size=chunk_size,
+                                time_repeats=time_repeats, confidence=confidence)
+    return dict(zip(named, stats))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,7 +349,6 @@ def track_gradient_variance(model: Model, family: str | Family, key: Array, num_
 
         return jax.lax.while_loop(lambda carry: carry[0].step < stop, body, (state, elbo))
 
-    @jax.jit
     def run(state):
         def record(carry, r):
             st, elbo = carry
@@ -360,7 +360,10 @@ def track_gradient_variance(model: Model, family: str | Family, key: Array, num_
         (state, elbo), measured = jax.lax.scan(record, (state, elbo), jnp.arange(num_blocks + 1))
         return state, measured, elbo
 
-    state, measured, elbo = run(state)
+    # One program: the fit's steps and every record's gradient draws. Its time is not reported, so it
+    # is compiled by the library's arithmetic rule (fast where the saving outweighs the slower code).
+    evals = num_steps * fit_num_samples + (num_blocks + 1) * len(named) * num_draws * num_samples
+    state, measured, elbo = compile_by_cost(jax.jit(run), (state,), model, evals, trips=every)(state)
     pick = lambda i: {name: measured[name][i] for name in named}  # noqa: E731  (keep the caller's order)
     intervals = {name: jnp.moveaxis(measured[name][4], 0, 1) for name in named}  # (T, 2) -> (2, T)
     return VarianceTrace(record_steps, pick(0), pick(1), pick(2), pick(3), elbo, state.params, intervals,

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.families import get_family
-from advi_jax.gradient_variance.instruments import GradientStats, gradient_stats
+from advi_jax.gradient_variance.instruments import GradientStats, gradient_stats_many
 from advi_jax.vae.objectives import AMORTIZED_ESTIMATORS, AmortizedFamily, bound_surrogate, log_weights
 
 __all__ = ["AMORTIZED_ESTIMATORS", "LinearGaussianDecoder", "amortized_surrogate", "encoder_gradient_variance",
@@ -232,6 +232,6 @@ def encoder_gradient_variance(graphdef, params: PyTree, batch: Array, key: Array
     if batch.ndim != 2:
         raise ValueError(f"batch must be (B, D) flattened images, got shape {batch.shape}")
     encoder_params, decoder_params = params.split(nnx.PathContains("encoder"), ...)
-    return {name: gradient_stats(encoder_surrogate(graphdef, decoder_params, batch, name, num_samples),
-                                 encoder_params, key, num_draws=num_draws, time_repeats=time_repeats)
-            for name in names}
+    jobs = [(encoder_surrogate(graphdef, decoder_params, batch, name, num_samples), encoder_params, key)
+            for name in names]
+    return dict(zip(names, gradient_stats_many(jobs, num_draws=num_draws, time_repeats=time_repeats)))

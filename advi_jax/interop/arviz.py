@@ -1,7 +1,7 @@
 """From a fit's result to an ArviZ `InferenceData`.
 
-`to_arviz(result, num_draws=1000, key=...)` draws from the fitted q and returns an
-`arviz.InferenceData` with
+`to_arviz(result, num_draws=1000, key=...)` draws from the fitted q (the draws `result.sample(key,
+num_draws)` gives, in one compiled call) and returns an `arviz.InferenceData` with
 
 * `posterior`: one chain of `num_draws` constrained draws of every parameter, plus the
   deterministic sites of `from_numpyro` models (recomputed at every draw with NumPyro's
@@ -31,12 +31,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import numpy as np
 
 from advi_jax._extras import require
+from advi_jax.importance import sampling_key
 
 __all__ = ["to_arviz"]
 
@@ -57,6 +59,21 @@ def _regression_dims(model) -> tuple[dict, dict]:
     return {"beta": ["feature"]}, {"feature": list(names)}
 
 
+@functools.partial(jax.jit, static_argnames=("family", "num_draws"))
+def _draws_and_densities(model, family, params, key, num_draws: int):
+    """q's draws (made as `Result.sample` makes them: `importance.sampling_key`) in the constrained space
+    with the deterministic sites, their log density and log q, in one compiled call. Op by op, the
+    sampler, the bijectors and the log density compiled each operation on first use: 5 s of a first
+    `to_arviz` on eight schools, against 0.3 s for the same work afterwards."""
+    zeta = family.sample(params, sampling_key(key), num_draws)
+    draws = jax.vmap(model.to_constrained)(zeta)
+    with_det = getattr(model, "with_deterministics", None)
+    if callable(with_det):
+        draws = with_det(draws)
+    lp = jax.lax.map(model.log_density, zeta, batch_size=min(num_draws, 256))
+    return draws, lp, family.log_prob(params, zeta)
+
+
 def to_arviz(result, *, num_draws: int = 1000, key: jax.Array | None = None):
     """An ArviZ `InferenceData` of draws from a fit's q (see the module docstring).
 
@@ -64,7 +81,8 @@ def to_arviz(result, *, num_draws: int = 1000, key: jax.Array | None = None):
       result: a fit's result (`aj.fit`): uses `model`, `family`, `params`, `elbo`, `khat`,
         `iw_elbo`, `num_gradient_evals`.
       num_draws: draws of q (at least 2).
-      key: PRNG key for the draws (default `jax.random.key(0)`).
+      key: PRNG key for the draws (default `jax.random.key(0)`); a key gives the draws
+        `result.sample(key, num_draws)` gives.
 
     Returns:
       `arviz.InferenceData` with groups `posterior`, `sample_stats` and, for regression
@@ -84,13 +102,8 @@ def to_arviz(result, *, num_draws: int = 1000, key: jax.Array | None = None):
     if not isinstance(key, jax.Array):
         raise TypeError(f"key must be a JAX PRNG key such as jax.random.key(0), got {type(key).__name__}")
     model = result.model
-    zeta = result.family.sample(result.params, key, num_draws)
-    draws = jax.vmap(model.to_constrained)(zeta)
-    with_det = getattr(model, "with_deterministics", None)
-    if callable(with_det):
-        draws = with_det(draws)
-    lp = np.asarray(jax.lax.map(model.log_density, zeta, batch_size=min(num_draws, 256)), dtype=np.float64)
-    log_q = np.asarray(result.family.log_prob(result.params, zeta), dtype=np.float64)
+    draws, lp, log_q = jax.device_get(_draws_and_densities(model, result.family, result.params, key, num_draws))
+    lp, log_q = np.asarray(lp, np.float64), np.asarray(log_q, np.float64)
     posterior = {name: np.asarray(value)[None] for name, value in draws.items()}
     sample_stats = {"lp": lp[None], "log_q": log_q[None], "log_weight": (lp - log_q)[None]}
     dims, coords = _regression_dims(model)

@@ -74,6 +74,7 @@ from advi_jax import blas_threads, checks
 from advi_jax._types import Array, check_positive_int
 from advi_jax.base import Family
 from advi_jax.flatten import MinibatchModel, Model
+from advi_jax.importance import constrained_flat
 from advi_jax.result import Report, Result, diagnose_ratios
 from advi_jax.run import driver, precision
 from advi_jax.run.single import run_diagnostics, warn_diagnostics
@@ -120,8 +121,10 @@ def _epoch_indices(perm_key: Array, epoch: Array, num_data: int, num_batches: in
 
 @functools.partial(jax.jit, static_argnames=("family", "num_draws"))
 def _draws_prior(prior: Model, family: Family, params, key: Array, num_draws: int):
+    """q's draws, their prior-and-Jacobian log ratios and the same draws in the constrained space
+    (`importance.constrained_flat`: the sites a bijector changes), for the moment check of both spaces."""
     zeta = family.sample(params, key, num_draws)
-    return zeta, jax.vmap(prior.log_density)(zeta) - family.log_prob(params, zeta)
+    return zeta, jax.vmap(prior.log_density)(zeta) - family.log_prob(params, zeta), constrained_flat(prior, zeta)
 
 
 @jax.jit
@@ -137,7 +140,7 @@ def _full_data_diagnostics(model: MinibatchModel, family: Family, params, key: A
     likelihood summed over row chunks (each chunk copied to the device when the data are on
     the host), scaled by num_data / data_size."""
     prior = model.prior_model()
-    zeta, ratios = _draws_prior(prior, family, params, key, num_draws)
+    zeta, ratios, cons = _draws_prior(prior, family, params, key, num_draws)
     statics = jax.tree_util.tree_map(lambda _: None, model)
     size = model.data_size
     step = max(1, _TERMS_PER_CALL // num_draws)
@@ -145,7 +148,7 @@ def _full_data_diagnostics(model: MinibatchModel, family: Family, params, key: A
     for lo in range(0, size, step):
         rows = jax.tree_util.tree_map(lambda x: jnp.asarray(x[lo: lo + step]), model.data)
         total = total + _likelihood_sums(statics, prior, zeta, rows)
-    return diagnose_ratios(ratios + (model.num_data / size) * total, zeta)
+    return diagnose_ratios(ratios + (model.num_data / size) * total, zeta, cons, prior)
 
 
 @blas_threads.during
