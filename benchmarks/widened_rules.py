@@ -145,7 +145,12 @@ def wflag(x: dict) -> bool:
     """The widened check's flag on one reading, with the tail guard `WIDEN_GUARD` says ("draws", the
     library's constrained guard on the draws, or "weighted", on the p-weighted squared deviations)."""
     guard = os.environ.get("WIDEN_GUARD", "weighted")
-    return bool(x["hit_u"].any() or (x["hit_c_w"] if guard == "weighted" and "hit_c_w" in x else x["hit_c"]).any())
+    hit_u, hit_c = x["hit_u"], (x["hit_c_w"] if guard == "weighted" and "hit_c_w" in x else x["hit_c"])
+    if not os.environ.get("WIDEN_MEAN"):  # flag on the sd alone (the library's rule), not on a mean shift
+        z = pm.moment_z(x["tests"])
+        sd_hit = [(np.abs(d[2]) >= pm.MOMENT_LOG_SD_TOL) & (np.abs(d[2]) > z * d[3]) for d in (x["u"], x["c"])]
+        hit_u, hit_c = hit_u & sd_hit[0], hit_c & sd_hit[1]
+    return bool(hit_u.any() or hit_c.any())
 
 
 def rule_shares(row: dict, entry: dict, wide: list | None) -> dict:
