@@ -26,8 +26,8 @@ import numpy as np
 
 from advi_jax import diagnostics as _diag
 from advi_jax.importance import centred_log_ratios, constrained_labels, draws_and_log_ratios, sampling_key
-from advi_jax.psis_moments import (Readings, constrained_discrepancy, discrepancy_from_sums, moment_check, moment_check_both,
-                                   moment_discrepancy, power_sums, squared_tail_khat, top_squared)
+from advi_jax.psis_moments import (Readings, constrained_discrepancy, discrepancy_from_sums, moment_check,
+                                   moment_check_both, moment_discrepancy, power_sums, squared_tail_khat, top_squared)
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
 
@@ -391,8 +391,8 @@ def widen_if_grey(model: Any, family: Family, params: PyTree, key: Array, diag: 
     """The widened moment check (`advi_jax.widened_moments`) where the fit would be silent but its
     reading is grey: k-hat at least `GREY_KHAT`, or a coordinate's plain reading at least
     `GREY_SCORE`. It draws `num_draws` (the diagnostics' first sample's size) from each widened
-    component through the diagnostics' own compiled program, so nothing new compiles. Where it flags, its reading replaces the plain check's (`Moments.source`
-    "widened"); where not, the plain reading stays, with the widened draws recorded
+    component through the diagnostics' own compiled program, so nothing new compiles. Where it flags,
+    its reading replaces the plain check's (`Moments.source` "widened"); where not, the plain reading stays, with the widened draws recorded
     (`Moments.widened_draws`, counted in `num_logp_evals`). Elsewhere nothing runs."""
     from advi_jax import widened_moments as wm
 

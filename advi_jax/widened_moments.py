@@ -45,7 +45,8 @@ from scipy.linalg import solve_triangular
 
 __all__ = ["WIDEN_C", "WIDEN_ALPHA", "WIDEN_DIRECTIONS", "WIDEN_DRAWS", "component_log_ratios", "log_q_centred",
            "sample", "log_mix_minus_log_q", "weighted_discrepancy", "select", "plain_score", "mixture_weights",
-           "host_gaussian", "widened_params", "component_key", "dependence", "scores", "weighted_tail_khat", "widened_check"]
+           "host_gaussian", "widened_params", "component_key", "dependence", "scores", "weighted_tail_khat",
+           "widened_check"]
 
 WIDEN_C = 3.0
 """A widened component's sd in its coordinate, in q's sds there."""

@@ -51,7 +51,8 @@ from advi_jax.gradient_variance.advi import (
     resolve_num_samples,
     track_gradient_variance,
 )
-from advi_jax.gradient_variance.instruments import CONFIDENCE, GradientStats, gradient_stats, gradient_stats_many, time_gradient
+from advi_jax.gradient_variance.instruments import (CONFIDENCE, GradientStats, gradient_stats, gradient_stats_many,
+                                                   time_gradient)
 from advi_jax.gradient_variance.plots import plot_snr, plot_univariate_study, plot_variance_along_fit, plot_variance_bars
 from advi_jax.gradient_variance.report import TABLE_COLUMNS, format_table, variance_table
 
