@@ -67,7 +67,8 @@ def test_minibatch_fit_flags_a_constrained_sd_and_names_it():
         assert m.flagged_constrained == ("sigma",) and m.space == "constrained"
         assert 0.15 <= m.worst_log_sd < 0.35, m  # the truth 0.225
         assert result.verdict.startswith("poor") and "sigma (constrained" in result.verdict
-        assert len(said) == 1 and "sigma (constrained)" in said[0], said
+        assert len(said) == 1 and said[0].startswith("q is off at sigma (constrained): poor"), said
+        assert "(PSIS k-hat = " in said[0] and "under its threshold 0.70" in said[0]  # k-hat last: it reads good
     assert hits >= 2, hits
 
 

@@ -124,31 +124,42 @@ def warn_diagnostics(result: Any, warn: bool) -> None:
         return
     by_khat = d.nonfinite_share > 0 or not (d.khat < khat_threshold(d.num_draws)
                                            or near_constant(d.khat, d.ess, d.num_draws))
-    if by_khat or d.moments_flagged():
-        first = getattr(result.report, "first_diagnostics", None)
-        again = ("" if first is None else
-                 f" from {d.num_draws} fresh draws (the first {first.num_draws} read {first.khat:.2f})")
-        moments = ""
-        if d.moments_flagged():  # which parameter it is; with a k-hat warning, the moment check's reading too
-            moments = (f"; it is {d.moments.name} (constrained)" if d.moments.space == "constrained"
-                       else _coordinate_name(result.model, d.moments.worst_index))
-            moments = "; " + (d.moments.describe() + moments if by_khat else moments.lstrip("; "))
-        warnings.warn(f"PSIS k-hat = {d.khat:.2f}{again} (threshold {khat_threshold(d.num_draws):.2f})"
-                      f"{_spread(result)}{moments}: "
-                      f"{result.verdict}", DiagnosticWarning, stacklevel=user_stacklevel())
+    if not (by_khat or d.moments_flagged()):
+        return
+    first = getattr(result.report, "first_diagnostics", None)
+    again = ("" if first is None else
+             f" from {d.num_draws} fresh draws (the first {first.num_draws} read {first.khat:.2f})")
+    khat = f"PSIS k-hat = {d.khat:.2f}{again}"
+    threshold = khat_threshold(d.num_draws)
+    if not by_khat:  # the moment check alone: the parameter and the verdict first, k-hat (under its threshold) last
+        warnings.warn(f"q is off at {_flagged_name(result.model, d.moments)}: {result.verdict} ({khat}, under its "
+                      f"threshold {threshold:.2f}{_spread(result)})", DiagnosticWarning, stacklevel=user_stacklevel())
+        return
+    moments = ""
+    if d.moments_flagged():  # with a k-hat warning, the moment check's reading and its parameter too
+        moments = f"; {d.moments.describe()}; it is {_flagged_name(result.model, d.moments)}"
+    warnings.warn(f"{khat} (threshold {threshold:.2f}){_spread(result)}{moments}: {result.verdict}",
+                  DiagnosticWarning, stacklevel=user_stacklevel())
+
+
+def _flagged_name(model: Any, moments: Any) -> str:
+    """The flagged parameter as the user reads it: "alpha (constrained)", or the unconstrained
+    coordinate's site ("sigma (unconstrained, coordinate 4)", "u[0] (unconstrained, flattened, coordinate 0)")."""
+    if moments.space == "constrained":
+        return f"{moments.name} (constrained)"
+    return _coordinate_name(model, moments.worst_index)
 
 
 def _coordinate_name(model: Any, index: int) -> str:
-    """"; coordinate j is site[i] (unconstrained, flattened)", for the moment check's warning."""
+    """"site[i] (unconstrained, flattened, coordinate j)" for flat coordinate j, for the moment check's warning."""
     slices = getattr(model, "slices", None)
-    if not callable(slices) or index < 0:
-        return ""
-    for name, where in slices().items():
-        if where.start <= index < where.stop:
-            size = where.stop - where.start
-            return (f"; coordinate {index} is {name}"
-                    + (f"[{index - where.start}] (unconstrained, flattened)" if size > 1 else " (unconstrained)"))
-    return ""
+    if callable(slices) and index >= 0:
+        for name, where in slices().items():
+            if where.start <= index < where.stop:
+                if where.stop - where.start > 1:
+                    return f"{name}[{index - where.start}] (unconstrained, flattened, coordinate {index})"
+                return f"{name} (unconstrained, coordinate {index})"
+    return f"coordinate {index} (unconstrained)"
 
 
 def _spread(result: Any) -> str:
