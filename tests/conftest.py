@@ -125,6 +125,22 @@ def mnist_like_dir(tmp_path_factory) -> Path:
     return write_fixture_files(tmp_path_factory.mktemp("mnist_like"))
 
 
+def fit_warnings(diagnostics, model, verdict: str) -> list[str]:
+    """The DiagnosticWarning messages a fit with these diagnostics, model and verdict gives
+    (`run.single.warn_diagnostics` on a stand-in result)."""
+    import types
+    import warnings
+
+    import advi_jax as aj
+    from advi_jax.run.single import warn_diagnostics
+
+    report = types.SimpleNamespace(diagnostics=diagnostics, first_diagnostics=None, diagnostic_sample=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_diagnostics(types.SimpleNamespace(report=report, model=model, verdict=verdict), True)
+    return [str(w.message) for w in caught if issubclass(w.category, aj.DiagnosticWarning)]
+
+
 def tolerance(dtype) -> float:
     """A relative tolerance suited to `dtype`."""
     return 1e-5 if jax.numpy.dtype(dtype) == jax.numpy.float64 else 2e-3

@@ -8,8 +8,6 @@ sqrt((exp(v) - 1) exp(v)), v the log's variance.
 """
 
 import math
-import types
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +19,7 @@ from advi_jax import psis_moments as pm
 from advi_jax.families import MeanFieldParams, get_family
 from advi_jax.fit_diagnostics import diagnose, verdict
 from advi_jax.importance import changed_sites, constrained_labels
-from advi_jax.run.single import warn_diagnostics
+from conftest import fit_warnings
 
 Q_SD = 0.75
 RATIO = 1.12
@@ -80,13 +78,7 @@ def test_constrained_sd_off_is_flagged_and_named():
         text = verdict(d)
         assert text.startswith("poor") and "sigma (constrained" in text
         # the fit's warning names sigma, not a flat unconstrained index
-        result = types.SimpleNamespace(report=types.SimpleNamespace(diagnostics=d, first_diagnostics=None,
-                                                                    diagnostic_sample=None),
-                                       model=model, verdict=text)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warn_diagnostics(result, True)
-        said = [str(w.message) for w in caught if issubclass(w.category, aj.DiagnosticWarning)]
+        said = fit_warnings(d, model, text)
         assert len(said) == 1 and "sigma (constrained)" in said[0] and "u[" not in said[0], said
     assert hits >= 2, hits
 

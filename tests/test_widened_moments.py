@@ -9,8 +9,6 @@ times wider than q in one coordinate at a time read 0.19-0.23.
 
 import math
 import re
-import types
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +20,7 @@ from advi_jax import psis_moments as pm
 from advi_jax import widened_moments as wm
 from advi_jax.families import MeanFieldParams, get_family
 from advi_jax.fit_diagnostics import diagnose_and_widen, diagnose_with_ratios, verdict
-from advi_jax.run.single import warn_diagnostics
+from conftest import fit_warnings
 
 NU = 6.0
 TRUE_LOG_SD = 0.5 * math.log(NU / (NU - 2.0))  # 0.203
@@ -126,13 +124,7 @@ def test_narrow_q_is_flagged_where_the_plain_check_is_silent():
         text = verdict(d)
         assert text.startswith("poor") and "widened importance estimate" in text, text
         assert re.search(r"q's sd is x0\.(7[5-9]|8[0-6]) of the widened", text), text
-        result = types.SimpleNamespace(report=types.SimpleNamespace(diagnostics=d, first_diagnostics=None,
-                                                                    diagnostic_sample=None),
-                                       model=model, verdict=text)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warn_diagnostics(result, True)
-        said = [str(w.message) for w in caught if issubclass(w.category, aj.DiagnosticWarning)]
+        said = fit_warnings(d, model, text)
         assert len(said) == 1 and "x[0]" in said[0] and "widened importance estimate" in said[0], said
     assert silent_before >= 3, silent_before
 
