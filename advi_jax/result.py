@@ -403,6 +403,10 @@ class Result:
         if len(cols) > 5:
             lines.append("(psis_mean, psis_sd: Pareto-smoothed importance-weighted estimates; k-hat < "
                          f"{_diag.khat_threshold(r.diagnostics.num_draws):.2f} says they are reliable)")
+            moments = r.diagnostics.moments
+            if moments is not None and moments.any_flagged and moments.source == "widened":
+                lines.append("(but the widened moment check found q too narrow where q has few draws: these "
+                             "columns, from q's own draws, correct only part of that; see the verdict below)")
         from advi_jax.vi import METHODS
 
         deterministic = getattr(METHODS.get(r.method), "DETERMINISTIC", False)

@@ -7,6 +7,7 @@ calibration's criterion), while q's own draws rarely reach the t's tails: PSIS f
 times wider than q in one coordinate at a time read 0.19-0.23.
 """
 
+import dataclasses
 import math
 import re
 
@@ -157,3 +158,22 @@ def test_no_widened_check_where_nothing_is_grey():
     d, _, _ = diagnose_and_widen(model, family, params, jax.random.key(0), 4096, 0)
     assert d.moments.source == "psis" and d.moments.widened_draws == 0 and not d.moments.any_flagged
     assert isinstance(d.moments, pm.Moments)
+
+
+def test_summary_says_its_psis_columns_miss_what_the_widened_check_found():
+    model = _model()
+    family, params = _q()
+    fitted = aj.fit(model, key=jax.random.key(0), family="meanfield", progress=False, warn=False)
+    for seed in range(6):  # the first draw set where the widened check is what flags
+        d, _, _ = diagnose_and_widen(model, family, params, jax.random.key(seed), 4096, 0)
+        if d.moments.source == "widened" and d.moments.any_flagged:
+            break
+    else:
+        raise AssertionError("the widened check flagged at no seed")
+    report = dataclasses.replace(fitted.report, diagnostics=d, diagnostic_sample=None, first_diagnostics=None)
+    text = dataclasses.replace(fitted, family=family, params=params, report=report).summary(jax.random.key(1))
+    assert "psis_mean" in text and "the widened moment check found q too narrow" in text, text
+    plain = dataclasses.replace(fitted, family=family, params=params,
+                                report=dataclasses.replace(report, diagnostics=diagnose_with_ratios(
+                                    model, family, params, jax.random.key(0), 4096)[0])).summary(jax.random.key(1))
+    assert "widened moment check" not in plain
