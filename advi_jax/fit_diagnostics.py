@@ -35,7 +35,7 @@ __all__ = ["Diagnostics", "NONFINITE_UNRELIABLE", "DIAGNOSTIC_DRAWS_MIN", "DIAGN
            "CONFIRM_FACTOR", "CONFIRM_DRAWS_MAX", "data_size", "diagnostic_draw_budget", "confirmation_draws",
            "known_diagnostic_draws", "constrained_draws", "diagnose", "diagnose_with_ratios", "diagnose_confirmed",
            "diagnose_and_widen", "widen_reported", "widen_if_grey",
-           "diagnose_ratios", "over_threshold", "verdict"]
+           "diagnose_ratios", "over_threshold", "warns_by_khat", "verdict"]
 
 NONFINITE_UNRELIABLE = 1e-3
 """A share of q's mass (estimated from the diagnostic draws) where the log density is NaN or -inf
@@ -378,12 +378,13 @@ GREY_SCORE = 0.05
 least this, and nothing warns yet (`widen_if_grey`)."""
 
 
-def _warns_already(diag: Diagnostics) -> bool:
-    """Whether the fit warns without the widened check (`run.single.warn_diagnostics`' rule)."""
+def warns_by_khat(diag: Diagnostics) -> bool:
+    """Whether a fit with these diagnostics warns by k-hat (`run.single.warn_diagnostics`): q has mass
+    where log p is not finite, or k-hat is not under its threshold and the weights are not nearly
+    constant (`diagnostics.near_constant`)."""
     khat = float(diag.khat)
-    by_khat = diag.nonfinite_share > 0 or not (khat < _diag.khat_threshold(diag.num_draws)
-                                               or _diag.near_constant(khat, diag.ess, diag.num_draws))
-    return by_khat or diag.moments_flagged()
+    return diag.nonfinite_share > 0 or not (khat < _diag.khat_threshold(diag.num_draws)
+                                            or _diag.near_constant(khat, diag.ess, diag.num_draws))
 
 
 def widen_if_grey(model: Any, family: Family, params: PyTree, key: Array, diag: Diagnostics,
@@ -392,12 +393,13 @@ def widen_if_grey(model: Any, family: Family, params: PyTree, key: Array, diag: 
     reading is grey: k-hat at least `GREY_KHAT`, or a coordinate's plain reading at least
     `GREY_SCORE`. It draws `num_draws` (the diagnostics' first sample's size) from each widened
     component through the diagnostics' own compiled program, so nothing new compiles. Where it flags,
-    its reading replaces the plain check's (`Moments.source` "widened"); where not, the plain reading stays, with the widened draws recorded
-    (`Moments.widened_draws`, counted in `num_logp_evals`). Elsewhere nothing runs."""
+    its reading replaces the plain check's (`Moments.source` "widened"); where not, the plain reading
+    stays, with the widened draws recorded (`Moments.widened_draws`, counted in `num_logp_evals`).
+    Elsewhere nothing runs."""
     from advi_jax import widened_moments as wm
 
     m = diag.moments
-    if m is None or m.readings is None or _warns_already(diag):
+    if m is None or m.readings is None or warns_by_khat(diag) or diag.moments_flagged():  # it warns already
         return diag
     disc, disc_c, tested = m.readings.unconstrained, m.readings.constrained, m.readings.tested
     k = int(np.shape(disc[0])[0])

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from advi_jax import compile_options
 from advi_jax._types import Array, PyTree, check_positive_int
 from advi_jax.diagnostics import check_key
 from advi_jax.estimators import ESTIMATORS, get_estimator, min_num_samples
@@ -40,7 +41,6 @@ from advi_jax.gradient_variance.instruments import (
     _path_head,
     check_confidence,
     chunking,
-    compile_by_cost,
     flat_gradient,
     gradient_stats_many,
     group_masks,
@@ -363,7 +363,7 @@ def track_gradient_variance(model: Model, family: str | Family, key: Array, num_
     # One program: the fit's steps and every record's gradient draws. Its time is not reported, so it
     # is compiled by the library's arithmetic rule (fast where the saving outweighs the slower code).
     evals = num_steps * fit_num_samples + (num_blocks + 1) * len(named) * num_draws * num_samples
-    state, measured, elbo = compile_by_cost(jax.jit(run), (state,), model, evals, trips=every)(state)
+    state, measured, elbo = compile_options.compile_by_cost(jax.jit(run), (state,), model, evals, trips=every)(state)
     pick = lambda i: {name: measured[name][i] for name in named}  # noqa: E731  (keep the caller's order)
     intervals = {name: jnp.moveaxis(measured[name][4], 0, 1) for name in named}  # (T, 2) -> (2, T)
     return VarianceTrace(record_steps, pick(0), pick(1), pick(2), pick(3), elbo, state.params, intervals,

@@ -63,8 +63,6 @@ __all__ = ["GradientStats", "gradient_stats", "gradient_stats_many", "time_gradi
 CONFIDENCE = 0.95
 """Coverage of every interval the package reports."""
 
-_MODE_OPTIONS = {"fast": compile_options.FAST_OPTIONS, "mid": compile_options.MID_OPTIONS, "full": {}}
-
 _NUM_GROUPS = 20
 _CHUNK_ELEMENTS = 2**22  # one vmapped chunk holds about this many floats (chunk_size * P)
 
@@ -477,7 +475,7 @@ class _Prepared:
                              f"got shape {getattr(value, 'shape', type(value).__name__)}")
         self.params = params
         self.masks = group_masks(params, groups or default_groups)
-        self.closed_over = closed.consts  # the arrays the surrogate closes over (a model's data): `compile_by_cost`
+        self.closed_over = closed.consts  # the arrays the surrogate closes over (a model's data)
         size, num_chunks = chunking(num_draws, flat.shape[0], chunk_size)
         num_groups = num_groups_for(num_draws)
         grad_fn = flat_gradient(surrogate, has_aux)
@@ -488,8 +486,9 @@ class _Prepared:
         self._compiled_moments = self._compiled_grad = None
 
     def compile(self) -> None:
-        self._compiled_moments = compile_by_cost(self._moments, (self.params, self.key), self.closed_over,
-                                                 self.num_draws)
+        # its run time is not reported: compiled by the library's arithmetic rule (fast where that pays)
+        self._compiled_moments = compile_options.compile_by_cost(self._moments, (self.params, self.key),
+                                                                 self.closed_over, self.num_draws)
         if self.time_repeats:  # XLA's full options: its time is the reported cost
             self._compiled_grad = self._grad.lower(self.params, self._timing_key).compile()
 
@@ -500,19 +499,7 @@ class _Prepared:
         return summarise(g, self.unravel, self.masks, seconds, self.num_draws, self.confidence)
 
 
-def compile_by_cost(jitted: Callable, args: tuple, arrays: Any, evals: int, trips: float = 1) -> Callable:
-    """`jitted` compiled for `args` with the options the library's arithmetic rule picks
-    (`compile_options.cost_mode`: "fast" where the compile time it saves exceeds the extra run time
-    of its code, estimated from the traced program; else by the size of `arrays` times `evals`).
 
-    For programs whose run time is not what is measured (the gradient draws of the moments, the
-    tracked fit), not for the timed gradient. Measured (`advi-jax variance`, breast cancer, 2-core
-    machine): the tracked fit's program 9.3 s of compile with XLA's defaults, 15.5 s "mid", 2.1 s
-    fast, with the same run time within noise (about 2 s); each estimator's moments 2.4-3.3 s -> about 0.5 s.
-    `trips`: the runs of the program's outermost `while` loops (`compile_options.arithmetic`)."""
-    traced = jitted.trace(*args)
-    mode = compile_options.cost_mode(arrays, compile_options.arithmetic(traced.jaxpr, trips), evals)
-    return traced.lower().compile(dict(_MODE_OPTIONS[mode]))
 
 
 def check_confidence(confidence: Any) -> float:

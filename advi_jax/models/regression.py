@@ -614,6 +614,14 @@ def linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike], X_n
     Returns:
       (S, M) linear predictors.
     """
+    return jax.device_put(_host_linear_predictor(model, draws, X_new, exposure, offset))
+
+
+def _host_linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike], X_new: ArrayLike,
+                           exposure: ArrayLike | None, offset: ArrayLike | None) -> np.ndarray:
+    """`linear_predictor`'s checks and its (S, M) values in NumPy, in the model's dtype. Host arithmetic
+    compiles nothing: with jax.numpy each new number of rows compiled every operation again (0.5-0.65 s
+    a call of `predict` on breast cancer)."""
     info = _check_model(model)
     draws, _ = _check_draws(model, draws)
     if hasattr(X_new, "columns") and hasattr(model, "design_matrix"):
@@ -623,19 +631,11 @@ def linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike], X_n
     off = _offset(exposure, offset, x.shape[0])
     if off is not None and info.kind not in COUNT_KINDS:
         raise ValueError("exposure/offset apply only to Poisson and negative-binomial models")
-    return jax.device_put(_host_linear_predictor(model, draws, x, off))
-
-
-def _host_linear_predictor(model: RegressionModel, draws: Mapping[str, Array], x: np.ndarray,
-                           off: np.ndarray | None) -> np.ndarray:
-    """`linear_predictor`'s (S, M) values in NumPy, in the model's dtype. Host arithmetic compiles
-    nothing: with jax.numpy each new number of rows compiled every operation again (0.5-0.65 s a
-    call of `predict` on breast cancer)."""
     dtype = np.dtype(model.data["x"].dtype)
     x_mean, x_scale = (np.asarray(jax.device_get(model.data[k]), dtype) for k in ("x_mean", "x_scale"))
     xs = (np.asarray(x, dtype) - x_mean[None, :]) / x_scale[None, :]
     eta = np.asarray(jax.device_get(draws["beta"]), dtype) @ xs.T  # (S, M)
-    if model.info.intercept:
+    if info.intercept:
         eta = eta + np.asarray(jax.device_get(draws["intercept"]), dtype)[:, None]
     if off is not None:
         eta = eta + np.asarray(off, dtype)[None, :]
@@ -671,7 +671,7 @@ def predict(model: RegressionModel, draws: Mapping[str, ArrayLike], X_new: Array
     levels_arr = np.asarray(levels, dtype=np.float64).reshape(-1)
     if levels_arr.size == 0 or np.any((levels_arr < 0) | (levels_arr > 1)):
         raise ValueError(f"levels must be quantile levels in [0, 1], got {levels!r}")
-    eta = np.asarray(linear_predictor(model, draws, X_new, exposure=exposure, offset=offset))
+    eta = _host_linear_predictor(model, draws, X_new, exposure, offset)
     kind = model.info.kind
     # on the host, as `linear_predictor` (no compilation per number of rows)
     if kind == "logistic":

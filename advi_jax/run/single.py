@@ -12,12 +12,12 @@ import numpy as np
 
 from advi_jax import blas_threads, checks, compile_options
 from advi_jax.base import Family
-from advi_jax.diagnostics import khat_threshold, near_constant
+from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
 from advi_jax import importance
 from advi_jax._stack import user_stacklevel
 from advi_jax.optim import ADAPT_LEARNING_RATES, default_optimizer
-from advi_jax.fit_diagnostics import widen_reported
+from advi_jax.fit_diagnostics import warns_by_khat, widen_reported
 from advi_jax.result import (Report, Result, confirmation_draws, data_size, diagnose_confirmed, diagnostic_draw_budget,
                              known_diagnostic_draws)
 from advi_jax.run import ahead as _ahead
@@ -122,8 +122,7 @@ def warn_diagnostics(result: Any, warn: bool) -> None:
     d = result.report.diagnostics
     if not warn or d is None:
         return
-    by_khat = d.nonfinite_share > 0 or not (d.khat < khat_threshold(d.num_draws)
-                                           or near_constant(d.khat, d.ess, d.num_draws))
+    by_khat = warns_by_khat(d)
     if not (by_khat or d.moments_flagged()):
         return
     first = getattr(result.report, "first_diagnostics", None)
