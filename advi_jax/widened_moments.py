@@ -43,10 +43,10 @@ import jax
 import numpy as np
 from scipy.linalg import solve_triangular
 
-__all__ = ["WIDEN_C", "WIDEN_ALPHA", "WIDEN_DIRECTIONS", "WIDEN_DRAWS", "component_log_ratios", "log_q_centred",
-           "sample", "log_mix_minus_log_q", "weighted_discrepancy", "select", "plain_score", "mixture_weights",
-           "host_gaussian", "widened_params", "component_key", "dependence", "scores", "weighted_tail_khat",
-           "widened_check"]
+__all__ = ["WIDEN_C", "WIDEN_ALPHA", "WIDEN_DIRECTIONS", "WIDEN_DRAWS", "WIDEN_FORM", "FORMS", "component_log_ratios",
+           "log_q_centred", "sample", "log_mix_minus_log_q", "weighted_discrepancy", "select", "plain_score",
+           "mixture_weights", "host_gaussian", "widened_params", "effective_form", "component_key", "dependence",
+           "scores", "weighted_tail_khat", "widened_check"]
 
 WIDEN_C = 3.0
 """A widened component's sd in its coordinate, in q's sds there."""
@@ -55,23 +55,51 @@ WIDEN_ALPHA = 0.5
 alpha); a fit's check takes no draws of q itself (alpha = 0: `widened_check`)."""
 WIDEN_DIRECTIONS = 2
 """How many coordinates are widened (the plain check's most suspicious)."""
+WIDEN_FORM = "regression"
+"""How a widened component widens coordinate j: "coordinate" (q_j = N(m, Sigma + (c^2 - 1) Sigma_jj e_j
+e_j^T), the other coordinates' joint law kept), "regression" (q_j = N(m, Sigma + (c^2 - 1) Sigma e_j e_j^T
+Sigma / Sigma_jj): coordinate j's marginal widened by c, the others following it along q's own
+regression, q(z_-j | z_j) kept) or "both" (each coordinate both ways, 2 J components)."""
 WIDEN_DRAWS = 4096
 """`widened_check`'s draws when not told (each a log-density evaluation, counted in `num_logp_evals`);
 a fit's diagnostics take as many as the sample the check follows (`fit_diagnostics.widen_if_grey`)."""
 
 
-def component_log_ratios(r: np.ndarray, chol: np.ndarray, dirs: np.ndarray, c: float = WIDEN_C) -> np.ndarray:
+def component_log_ratios(r: np.ndarray, chol: np.ndarray, dirs: np.ndarray, c: float = WIDEN_C,
+                         form: Any = "coordinate") -> np.ndarray:
     """(S, J) log q_j(z) - log q(z) for centred draws r = z - m (S, K), q's lower Cholesky factor
-    `chol` (K, K) and the widened coordinates `dirs` (J,) (module docstring)."""
+    `chol` (K, K) and the widened coordinates `dirs` (J,) (module docstring); `form` is "coordinate",
+    "regression" or one of them per component."""
     dirs = np.asarray(dirs, int)
-    white = solve_triangular(chol, r.T, lower=True)  # L^-1 r, (K, S)
-    pr = solve_triangular(chol.T, white, lower=False)[dirs].T  # (P r)_j, (S, J)
-    unit = np.zeros((chol.shape[0], dirs.size))
-    unit[dirs, np.arange(dirs.size)] = 1.0
-    p_jj = np.sum(solve_triangular(chol, unit, lower=True) ** 2, axis=0)  # |L^-1 e_j|^2
-    v = (c * c - 1.0) * np.sum(chol[dirs] ** 2, axis=1)  # (c^2 - 1) Sigma_jj
-    denom = 1.0 + v * p_jj
-    return -0.5 * np.log(denom) + 0.5 * v * pr * pr / denom
+    forms = _forms(form, dirs.size)
+    out = np.zeros((r.shape[0], dirs.size))
+    coord = np.array([f == "coordinate" for f in forms], bool)
+    if coord.any():
+        d = dirs[coord]
+        white = solve_triangular(chol, r.T, lower=True)  # L^-1 r, (K, S)
+        pr = solve_triangular(chol.T, white, lower=False)[d].T  # (P r)_j, (S, J)
+        unit = np.zeros((chol.shape[0], d.size))
+        unit[d, np.arange(d.size)] = 1.0
+        p_jj = np.sum(solve_triangular(chol, unit, lower=True) ** 2, axis=0)  # |L^-1 e_j|^2
+        v = (c * c - 1.0) * np.sum(chol[d] ** 2, axis=1)  # (c^2 - 1) Sigma_jj
+        denom = 1.0 + v * p_jj
+        out[:, coord] = -0.5 * np.log(denom) + 0.5 * v * pr * pr / denom
+    if (~coord).any():
+        # q_j = q(z_-j | z_j) N(z_j; m_j, c^2 Sigma_jj): only coordinate j's marginal changes
+        d = dirs[~coord]
+        s_jj = np.sum(chol[d] ** 2, axis=1)
+        out[:, ~coord] = -math.log(c) + 0.5 * (1.0 - 1.0 / (c * c)) * r[:, d] ** 2 / s_jj
+    return out
+
+
+FORMS = ("coordinate", "regression")
+
+
+def _forms(form: Any, num: int) -> list[str]:
+    forms = [form] * num if isinstance(form, str) else list(form)
+    if len(forms) != num or any(f not in FORMS for f in forms):
+        raise ValueError(f"form must be one of {FORMS} or one of them per widened component ({num}); got {form!r}")
+    return forms
 
 
 def log_q_centred(r: np.ndarray, chol: np.ndarray) -> np.ndarray:
@@ -93,26 +121,34 @@ def counts(num: int, num_dirs: int, alpha: float = WIDEN_ALPHA) -> np.ndarray:
 
 
 def sample(rng: np.random.Generator, mean: np.ndarray, chol: np.ndarray, dirs: np.ndarray, num: int,
-           c: float = WIDEN_C, alpha: float = WIDEN_ALPHA) -> np.ndarray:
-    """(S, K) stratified draws of the mixture: m + L u, plus sqrt(v_j) xi e_j for component j's."""
+           c: float = WIDEN_C, alpha: float = WIDEN_ALPHA, form: Any = "coordinate") -> np.ndarray:
+    """(S, K) stratified draws of the mixture: m + L u, plus sqrt(v_j) xi e_j for a coordinate-form
+    component's, or with r = L u stretched along q's regression on coordinate j, r + (c - 1) r_j
+    Sigma e_j / Sigma_jj, for a regression-form component's."""
     dirs = np.asarray(dirs, int)
+    forms = _forms(form, dirs.size)
     n = counts(num, dirs.size, alpha)
     z = mean + rng.standard_normal((int(np.sum(n)), mean.shape[0])) @ chol.T
     v = (c * c - 1.0) * np.sum(chol[dirs] ** 2, axis=1)
     start = int(n[0])
-    for j, vj, nj in zip(dirs, v, n[1:]):
-        z[start:start + nj, j] += math.sqrt(vj) * rng.standard_normal(int(nj))
+    for j, vj, nj, f in zip(dirs, v, n[1:], forms):
+        part = slice(start, start + int(nj))
+        if f == "coordinate":
+            z[part, j] += math.sqrt(vj) * rng.standard_normal(int(nj))
+        else:
+            beta = chol @ chol[j] / float(np.sum(chol[j] ** 2))  # Sigma e_j / Sigma_jj
+            z[part] += (c - 1.0) * (z[part, j] - mean[j])[:, None] * beta
         start += int(nj)
     return z
 
 
 def log_mix_minus_log_q(r: np.ndarray, chol: np.ndarray, dirs: np.ndarray, c: float = WIDEN_C,
-                        alpha: float = WIDEN_ALPHA) -> np.ndarray:
+                        alpha: float = WIDEN_ALPHA, form: Any = "coordinate") -> np.ndarray:
     """(S,) log mix(z) - log q(z) (a log-sum-exp of the components' ratios)."""
     dirs = np.asarray(dirs, int)
     if dirs.size == 0:
         return np.zeros(r.shape[0])
-    lr = component_log_ratios(r, chol, dirs, c)
+    lr = component_log_ratios(r, chol, dirs, c, form)
     top = np.maximum(lr.max(axis=1), 0.0)
     inner = alpha * np.exp(-top) + (1 - alpha) / dirs.size * np.sum(np.exp(lr - top[:, None]), axis=1)
     return top + np.log(inner)
@@ -213,18 +249,23 @@ def host_gaussian(family: Any, params: Any) -> tuple[np.ndarray, np.ndarray] | N
     return None
 
 
-def widened_params(family: Any, params: Any, chol: np.ndarray, j: int, c: float = WIDEN_C):
-    """The parameters of q_j = N(m, Sigma + (c^2 - 1) Sigma_jj e_j e_j^T) in q's own family, so that the
-    diagnostics' compiled program (`importance.draws_and_log_ratios`) draws from it and evaluates log p
-    there without compiling anything new: the mean-field and low-rank families widen their diagonal
-    entry j, the full-rank family takes the Cholesky factor of the widened covariance (host NumPy).
-    None for any other family."""
+def widened_params(family: Any, params: Any, chol: np.ndarray, j: int, c: float = WIDEN_C, form: str = "coordinate"):
+    """The parameters of q_j in q's own family, so that the diagnostics' compiled program
+    (`importance.draws_and_log_ratios`) draws from it and evaluates log p there without compiling
+    anything new. "coordinate": q_j = N(m, Sigma + (c^2 - 1) Sigma_jj e_j e_j^T); the mean-field and
+    low-rank families widen their diagonal entry j, the full-rank family takes the Cholesky factor of the
+    widened covariance (host NumPy). "regression": q_j = N(m, Sigma + (c^2 - 1) Sigma e_j e_j^T Sigma /
+    Sigma_jj), the full-rank family's Cholesky factor of it; for a mean-field q the two forms are the
+    same Gaussian; a low-rank q_j of this form is not in the family (its rank would grow): None, as for
+    any family other than the three Gaussians (`effective_form` says which form a family takes)."""
     from advi_jax.families import FullRankGaussian, FullRankParams, LowRankGaussian, MeanFieldGaussian
 
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}; got {form!r}")
     v = (c * c - 1.0) * float(np.sum(chol[j] ** 2))
     host = jax.device_get(params)
     dtype = np.asarray(host.loc).dtype
-    if isinstance(family, (MeanFieldGaussian, LowRankGaussian)):
+    if isinstance(family, MeanFieldGaussian) or (isinstance(family, LowRankGaussian) and form == "coordinate"):
         field = "raw_scale" if isinstance(family, MeanFieldGaussian) else "raw_diag"
         values = np.array(getattr(host, field), np.float64)
         sd = float(_softplus(values[j]))
@@ -232,11 +273,24 @@ def widened_params(family: Any, params: Any, chol: np.ndarray, j: int, c: float 
         return params._replace(**{field: jax.device_put(values.astype(dtype))})
     if isinstance(family, FullRankGaussian):
         cov = chol @ chol.T
-        cov[j, j] += v
+        if form == "coordinate":
+            cov[j, j] += v
+        else:
+            col = cov[:, j].copy()
+            cov += (c * c - 1.0) * np.outer(col, col) / col[j]
         wide = np.linalg.cholesky(cov)
         return FullRankParams(params.loc, jax.device_put(_raw(np.diag(wide)).astype(dtype)),
                               jax.device_put(wide.astype(dtype)))
     return None
+
+
+def effective_form(family: Any, form: str) -> str:
+    """The form `widened_check` uses for q's family: the regression form where it is asked for and the
+    family holds it (full-rank; mean-field, where it is the coordinate form), the coordinate form
+    otherwise (a low-rank q)."""
+    from advi_jax.families import LowRankGaussian
+
+    return "coordinate" if isinstance(family, LowRankGaussian) else form
 
 
 def component_key(key: Any, index: int) -> Any:
@@ -289,7 +343,8 @@ def scores(plain: tuple, plain_c: tuple | None, tested: np.ndarray | None, dep: 
 
 
 def widened_check(model: Any, family: Any, params: Any, key: Any, score: np.ndarray, num_draws: int = WIDEN_DRAWS,
-                  c: float = WIDEN_C, directions: int = WIDEN_DIRECTIONS, dep: np.ndarray | None = None):
+                  c: float = WIDEN_C, directions: int = WIDEN_DIRECTIONS, dep: np.ndarray | None = None,
+                  form: str = WIDEN_FORM):
     """The widened moment check of q (`psis_moments.Moments`, `source` "widened"), or None where q's
     family has no widened form (`widened_params`).
 
@@ -313,21 +368,28 @@ def widened_check(model: Any, family: Any, params: Any, key: Any, score: np.ndar
         return None
     mean, chol = gaussian
     dim = mean.shape[0]
+    if form not in FORMS + ("both",):
+        raise ValueError(f"form must be one of {FORMS + ('both',)}; got {form!r}")
     dirs = select(score, directions)
+    if form == "both":  # each coordinate widened both ways: 2 J components
+        comps = [(int(j), "coordinate") for j in dirs] + [(int(j), "regression") for j in dirs]
+    else:
+        comps = [(int(j), effective_form(family, form)) for j in dirs]
     parts = []
-    for i, j in enumerate(dirs):
-        wide = widened_params(family, params, chol, int(j), c)
+    for i, (j, f) in enumerate(comps):
+        wide = widened_params(family, params, chol, j, c, f)
         if wide is None:
             return None
         zeta, centred, shift, cons = jax.device_get(
             draws_and_log_ratios(model, family, wide, component_key(key, i), int(num_draws)))
         r = np.asarray(zeta, np.float64) - mean
-        log_q_j = log_q_centred(r, chol) + component_log_ratios(r, chol, np.array([j]), c)[:, 0]
+        log_q_j = log_q_centred(r, chol) + component_log_ratios(r, chol, np.array([j]), c, f)[:, 0]
         parts.append((r, np.asarray(centred, np.float64) + float(shift) + log_q_j, np.asarray(cons, np.float64)))
     r, log_p, cons = (np.concatenate(x) for x in zip(*parts))
     log_p = np.where(np.isfinite(log_p), log_p, -np.inf)
     lq = log_q_centred(r, chol)
-    wp, wq, khat = mixture_weights(log_p, lq, lq + log_mix_minus_log_q(r, chol, dirs, c, 0.0))
+    wp, wq, khat = mixture_weights(log_p, lq, lq + log_mix_minus_log_q(
+        r, chol, np.array([j for j, _ in comps]), c, 0.0, [f for _, f in comps]))
     dep = dependence(model, dim) if dep is None else dep
     cols = np.flatnonzero(dep[:, dirs].any(axis=1)) if dep.shape[0] else np.zeros(0, int)
     cons = cons[:, cols]

@@ -69,16 +69,27 @@ def scores(x: dict, dep: np.ndarray) -> np.ndarray:
     return score
 
 
+def components(dirs: np.ndarray, form: str, family=None) -> tuple[np.ndarray, list]:
+    """The widened components (coordinates, forms) of `widened_moments.widened_check` for the chosen
+    coordinates: each one in `form` ("coordinate", "regression"; a low-rank q: "coordinate"), or both."""
+    from advi_jax.widened_moments import effective_form
+
+    if form == "both":
+        return np.concatenate([dirs, dirs]), ["coordinate"] * dirs.size + ["regression"] * dirs.size
+    return dirs, [effective_form(family, form)] * dirs.size
+
+
 def widened_reading(prog, dep, mean, chol, stage1: dict, rng, num: int, c: float = wd.C, alpha: float = wd.ALPHA,
-                    num_dirs: int = wd.NUM_DIRECTIONS) -> dict:
+                    num_dirs: int = wd.NUM_DIRECTIONS, form: str = "coordinate", family=None) -> dict:
     score = scores(stage1, dep)
     dirs = wd.select(score, num_dirs)
-    z = wd.sample(rng, mean, chol, dirs, num, c, alpha)
+    cdirs, forms = components(dirs, form, family)
+    z = wd.sample(rng, mean, chol, cdirs, num, c, alpha, forms)
     log_p, cons = jax.device_get(prog(jnp.asarray(z, jnp.float32)))
     log_p = np.asarray(log_p, np.float64)
     r = z - mean
     lq = wd.log_q(r, chol)
-    lmix = lq + wd.log_mix_minus_log_q(r, chol, dirs, c, alpha)
+    lmix = lq + wd.log_mix_minus_log_q(r, chol, cdirs, c, alpha, forms)
     finite = np.isfinite(log_p)
     log_p = np.where(finite, log_p, -np.inf)
     wp, wq, khat = wd.weights(log_p, lq, lmix)
@@ -108,8 +119,8 @@ def widened_reading(prog, dep, mean, chol, stage1: dict, rng, num: int, c: float
 
 
 def cmd_widen(rows: list[dict], load, num: int, c: float = wd.C, alpha: float = wd.ALPHA, num_dirs: int = wd.NUM_DIRECTIONS,
-              out: str = WIDENED) -> None:
-    variant = (num, c, alpha, num_dirs)
+              out: str = WIDENED, form: str = "coordinate") -> None:
+    variant = variant_key(num, c, alpha, num_dirs, form)
     readings = load_readings()
     done = {}
     if os.path.exists(out):
@@ -131,14 +142,19 @@ def cmd_widen(rows: list[dict], load, num: int, c: float = wd.C, alpha: float = 
             rng = np.random.default_rng([zlib.crc32(f"{tag[0]}/{tag[1]}".encode()), i, abs(num)])
             rep = reported(row, entry, i)
             draws = num or int(rep["S"])  # 0: the reported sample's size; negative: that many per widened coordinate
-            draws = draws if draws > 0 else -draws * min(num_dirs, mean.shape[0])
-            per.append(widened_reading(prog, dep, mean, chol, rep, rng, draws, c, alpha, num_dirs))
+            draws = draws if draws > 0 else -draws * min(num_dirs, mean.shape[0]) * (2 if form == "both" else 1)
+            per.append(widened_reading(prog, dep, mean, chol, rep, rng, draws, c, alpha, num_dirs, form, family))
         done[(tag, *variant)] = per
         with open(out, "wb") as f:
             pickle.dump(done, f)
         print(f"{tag[0]:26s} s{tag[1]} poor {'Y' if row['poor'] else '-'} widened flags "
               f"{[int(wflag(x)) for x in per]} k-hat(mix) "
               f"{[round(x['khat'], 2) for x in per]} ({time.perf_counter() - tick:.1f}s)", flush=True)
+
+
+def variant_key(num: int, c: float, alpha: float, num_dirs: int, form: str = "coordinate") -> tuple:
+    """A stored reading's variant; the coordinate form's key is the one `widen` stored (no form)."""
+    return (num, c, alpha, num_dirs) if form == "coordinate" else (num, c, alpha, num_dirs, form)
 
 
 def wflag(x: dict) -> bool:
@@ -289,18 +305,20 @@ def main(argv=None) -> None:
     parser.add_argument("--c", type=float, default=wd.C)
     parser.add_argument("--alpha", type=float, default=wd.ALPHA)
     parser.add_argument("--dirs", type=int, default=wd.NUM_DIRECTIONS)
+    parser.add_argument("--form", default="coordinate", choices=("coordinate", "regression", "both"),
+                        help="how a component widens its coordinate (`widened_moments.WIDEN_FORM`)")
     args = parser.parse_args(argv)
     from benchmarks.bench_khat_calibrate import all_names
 
     rows = stored(set(args.models.split(",")) if args.models else set(all_names()))
     if args.step == "widen":
-        cmd_widen(rows, load, args.draws, args.c, args.alpha, args.dirs)
+        cmd_widen(rows, load, args.draws, args.c, args.alpha, args.dirs, form=args.form)
         return
     readings = load_readings()
     with open(WIDENED, "rb") as f:
         wide = pickle.load(f)
     for pm_, pl in ((POOR_MEAN, POOR_LOG_SD), (0.3, float(np.log(1.3)))):
-        table(rows, readings, wide, (args.draws, args.c, args.alpha, args.dirs), pm_, pl)
+        table(rows, readings, wide, variant_key(args.draws, args.c, args.alpha, args.dirs, args.form), pm_, pl)
     labels = {}
     if os.environ.get("WIDEN_LABELS"):
         from advi_jax.importance import constrained_labels
@@ -308,8 +326,8 @@ def main(argv=None) -> None:
         for row in rows:
             if row["model"] not in labels:
                 labels[row["model"]] = constrained_labels(load(row["model"])[0], int(np.size(row["family"].mean(row["params"]))))
-    trigger_stats(rows, readings, wide, (args.draws, args.c, args.alpha, args.dirs))
-    changed(rows, readings, wide, (args.draws, args.c, args.alpha, args.dirs), labels)
+    trigger_stats(rows, readings, wide, variant_key(args.draws, args.c, args.alpha, args.dirs, args.form))
+    changed(rows, readings, wide, variant_key(args.draws, args.c, args.alpha, args.dirs, args.form), labels)
 
 
 if __name__ == "__main__":
