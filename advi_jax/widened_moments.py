@@ -9,16 +9,35 @@ true log sd ratio of 0.25). No computation on q's draws alone can see more. Here
     mix = alpha q + (1 - alpha) (1/J) sum_{j in J} q_j,   q_j = N(m, Sigma + v_j e_j e_j^T),
     v_j = (c^2 - 1) Sigma_jj,
 
-q with coordinate j's variance inflated by c^2 (the other coordinates' joint law kept), for the J
-coordinates the plain check reads as most suspicious. The weights stay bounded whatever K is: q / mix
-<= 1 / alpha, and with alpha = 0 (the fits' choice) q / mix <= about c, since q_j >= q / sqrt(1 + v_j
-P_jj) everywhere (a plain N(m, c^2 Sigma) would lose ESS like c^K). With P = Sigma^-1 and r = z - m,
-by the matrix determinant lemma and Sherman-Morrison,
+q with coordinate j's variance inflated by c^2 (the other coordinates' joint law kept; or its
+"regression" form, below), for the J coordinates the plain check reads as most suspicious. The
+weights stay bounded whatever K is: q / mix <= 1 / alpha, and with alpha = 0 (the fits' choice)
+q / mix <= about c, since q_j >= q / sqrt(1 + v_j P_jj) everywhere (q_j >= q / c in the regression
+form; a plain N(m, c^2 Sigma) would lose ESS like c^K). With P = Sigma^-1 and r = z - m, by the
+matrix determinant lemma and Sherman-Morrison,
 
     log q_j(z) - log q(z) = -1/2 log(1 + v_j P_jj) + 1/2 v_j (P r)_j^2 / (1 + v_j P_jj),
 
-P r = L^-T (L^-1 r) by two triangular solves, P_jj = |L^-1 e_j|^2 (never an explicit inverse). The
-draws are stratified (alpha S from q, the rest shared equally by the q_j) and weighted by the
+P r = L^-T (L^-1 r) by two triangular solves, P_jj = |L^-1 e_j|^2 (never an explicit inverse).
+
+That "coordinate" form keeps the other coordinates' joint law, so where q's coordinates are strongly
+correlated (a funnel's neck, a ridge) it moves its draws off q's ridge, where p has nothing. The
+"regression" form (the fits' choice, `WIDEN_FORM`) widens coordinate j's marginal by c and lets the
+others follow it along q's own regression on it:
+
+    q_j = N(m, Sigma + (c^2 - 1) Sigma e_j e_j^T Sigma / Sigma_jj) = q(z_-j | z_j) N(z_j; m_j, c^2 Sigma_jj).
+
+In whitened coordinates w = L^-1 r its covariance is I + (c^2 - 1) u u^T with the unit vector
+u = L^T e_j / sqrt(Sigma_jj), and u^T w = r_j / sqrt(Sigma_jj), so the determinant lemma and
+Sherman-Morrison give
+
+    log q_j(z) - log q(z) = -log c + 1/2 (1 - 1/c^2) r_j^2 / Sigma_jj,
+
+and a draw is q's, r, stretched along the regression: r + (c - 1) r_j Sigma e_j / Sigma_jj. For a
+mean-field q the two forms are the same Gaussian; a low-rank q's regression form is not in its family
+(the rank would grow), so it keeps the coordinate form (`effective_form`).
+
+The draws are stratified (alpha S from q, the rest shared equally by the q_j) and weighted by the
 mixture's density (deterministic-mixture importance sampling). p's mean and sd per coordinate come
 from the Pareto-smoothed weights p / mix, q's from the weights q / mix of the same draws, so that with
 p = q the discrepancy is 0 and most of the draws' own noise cancels; the standard errors are the

@@ -33,7 +33,8 @@ TRUE_LOG_SD = 0.5 * math.log((SU ** 2 * NU / (NU - 2.0) + SV ** 2) / 2.0)  # x0'
 def _gauss_logpdf(z, mean, cov):
     r = z - mean
     _, logdet = np.linalg.slogdet(cov)
-    return -0.5 * np.sum(r * np.linalg.solve(cov, r.T).T, axis=1) - 0.5 * logdet - 0.5 * len(mean) * math.log(2 * math.pi)
+    quad = np.sum(r * np.linalg.solve(cov, r.T).T, axis=1)
+    return -0.5 * quad - 0.5 * logdet - 0.5 * len(mean) * math.log(2 * math.pi)
 
 
 def _regression_cov(cov, j, c):
