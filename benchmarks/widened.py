@@ -26,8 +26,9 @@ large as the error sought (`noise` below).
 The arithmetic is `advi_jax.widened_moments`'; this module holds the known-answer tables and the
 rule the calibration reads (`benchmarks.widened_rules`).
 
-Usage (known Gaussian and Student-t answers, NumPy only):
-  python -m benchmarks.widened noise
+Usage (known Gaussian and Student-t answers, NumPy only; "ridge6": a Student-t(6) along the ridge of
+two coordinates correlated 0.95 in q; `--form regression` for `widened_moments`' regression form):
+  python -m benchmarks.widened noise [--kinds exact,ridge6] [--form regression]
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def _target(kind: str, k: int):
     if kind.startswith("wide"):  # Gaussian, sd x r in coordinate 0
         r = float(kind[4:])
         return (lambda z: -0.5 * np.sum(z[:, 1:] ** 2, axis=1) - 0.5 * (z[:, 0] / r) ** 2), r
+    if kind.startswith("ridge"):  # Student-t(nu) along the ridge of coordinates 0 and 1 (q's correlation RHO)
+        nu = float(kind[5:] or 6)
+        su, sv = math.sqrt(1 + RHO), math.sqrt(1 - RHO)
+
+        def log_p(z):
+            u, v = (z[:, 0] + z[:, 1]) / math.sqrt(2) / su, (z[:, 0] - z[:, 1]) / math.sqrt(2) / sv
+            return -0.5 * np.sum(z[:, 2:] ** 2, axis=1) - 0.5 * (nu + 1) * np.log1p(u * u / nu) - 0.5 * v * v
+        return log_p, math.sqrt((su * su * nu / (nu - 2) + sv * sv) / 2)
     if kind.startswith("t"):  # Student-t with nu, scale 1, in coordinate 0: q matches its core
         nu = float(kind[1:])
         return (lambda z: -0.5 * np.sum(z[:, 1:] ** 2, axis=1) - 0.5 * (nu + 1) * np.log1p(z[:, 0] ** 2 / nu)), \
@@ -78,13 +87,25 @@ def _target(kind: str, k: int):
     raise ValueError(kind)
 
 
-def _one_set(rng, kind: str, k: int, num: int, all_dirs: bool, c: float = C, alpha: float = 0.0):
+RHO = 0.95
+
+
+def _q_chol(kind: str, k: int) -> np.ndarray:
+    """q's Cholesky factor: I_K, or coordinates 0 and 1 correlated RHO ("ridge" kinds)."""
+    chol = np.eye(k)
+    if kind.startswith("ridge"):
+        chol[1, :2] = RHO, math.sqrt(1 - RHO * RHO)
+    return chol
+
+
+def _one_set(rng, kind: str, k: int, num: int, all_dirs: bool, c: float = C, alpha: float = 0.0,
+             form: str = "coordinate"):
     log_p, _ = _target(kind, k)
-    mean, chol = np.zeros(k), np.eye(k)
+    mean, chol = np.zeros(k), _q_chol(kind, k)
     # stage 1: the plain PSIS reading of q's own draws (the library's moment check)
     from advi_jax.psis_moments import moment_discrepancy, moment_check_of
 
-    z1 = rng.standard_normal((num, k))
+    z1 = rng.standard_normal((num, k)) @ chol.T
     sm = _diag._psis_core(log_p(z1) - log_q(z1, chol), True, np)
     disc1 = moment_discrepancy(z1, sm.log_weights)
     plain = moment_check_of(disc1, num)
@@ -93,9 +114,9 @@ def _one_set(rng, kind: str, k: int, num: int, all_dirs: bool, c: float = C, alp
     # the fits' design: alpha = 0, `num` draws per widened coordinate (an alpha > 0: `num` in all); all K
     # coordinates widened: the same total, shared by the K
     total = num * min(NUM_DIRECTIONS, k) if alpha == 0 else num
-    z = sample(rng, mean, chol, dirs, total, c, alpha)
+    z = sample(rng, mean, chol, dirs, total, c, alpha, form)
     lq = log_q(z - mean, chol)
-    wp, wq, khat = weights(log_p(z), lq, lq + log_mix_minus_log_q(z - mean, chol, dirs, c, alpha))
+    wp, wq, khat = weights(log_p(z), lq, lq + log_mix_minus_log_q(z - mean, chol, dirs, c, alpha, form))
     disc = weighted_discrepancy(z[:, dirs], wp, wq)
     hit = flags(disc, dirs.size)
     where0 = int(np.flatnonzero(dirs == 0)[0]) if np.any(dirs == 0) else -1
@@ -105,8 +126,8 @@ def _one_set(rng, kind: str, k: int, num: int, all_dirs: bool, c: float = C, alp
 
 
 def cmd_noise(sets: int, num: int, c: float = C, kinds=None, alpha: float = 0.0, compare_all: bool = True,
-              only_all: bool = False) -> None:
-    print(f"q = N(0, I_K); {sets} sets of {num} draws per row; widened: c = {c}, alpha = {alpha} "
+              only_all: bool = False, form: str = "coordinate") -> None:
+    print(f"q = N(0, I_K) (ridge: coordinates 0-1 correlated {RHO}); form {form}; {sets} sets of {num} draws per row; widened: c = {c}, alpha = {alpha} "
           f"({num} draws per widened coordinate where alpha = 0), J = {NUM_DIRECTIONS} coordinates chosen from the plain reading of another {num} draws of q (or all K)")
     print("| p | K | J | true log sd ratio (coord 0) | plain: sets flagged | plain log sd reading (mean) | "
           "coord 0 selected | widened: sets flagged | coord 0 flagged | widened reading (mean; spread; mean se) | "
@@ -120,7 +141,7 @@ def cmd_noise(sets: int, num: int, c: float = C, kinds=None, alpha: float = 0.0,
                 if only_all and not all_dirs:
                     continue
                 rng = np.random.default_rng(12345 + k)
-                out = [_one_set(rng, kind, k, num, all_dirs, c, alpha) for _ in range(sets)]
+                out = [_one_set(rng, kind, k, num, all_dirs, c, alpha, form) for _ in range(sets)]
                 pf, wf, w0, p_read, w_read, w_se, kh, sel = (np.array(x) for x in zip(*out))
                 true = math.log(_target(kind, k)[1])
                 good = sel.astype(bool)
@@ -141,9 +162,10 @@ def main(argv=None) -> None:
     parser.add_argument("--alpha", type=float, default=0.0)
     parser.add_argument("--no-all", action="store_true", help="skip the rows that widen all K coordinates")
     parser.add_argument("--only-all", action="store_true", help="only the rows that widen all K coordinates")
+    parser.add_argument("--form", default="coordinate", choices=("coordinate", "regression"))
     args = parser.parse_args(argv)
     cmd_noise(args.sets, args.draws, args.c, args.kinds.split(",") if args.kinds else None, args.alpha,
-              not args.no_all, args.only_all)
+              not args.no_all, args.only_all, args.form)
 
 
 if __name__ == "__main__":
