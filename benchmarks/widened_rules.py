@@ -11,9 +11,12 @@ log-density evaluation), and the discrepancies of p's estimates against q's from
 for the selected coordinates in R^K and the constrained coordinates that depend on them, flagged at
 the library's tolerances (0.15) beyond the Bonferroni bound for the coordinates tested in stage 2.
 
+`--form regression` widens along q's regression on each chosen coordinate, `--form both` both ways
+(2 J components; `widened_moments.WIDEN_FORM`); the coordinate form's readings keep `widen`'s key.
+
 Usage:
-  python -m benchmarks.widened_rules widen [--draws 4096]   # the readings (stored beside khat_rules')
-  python -m benchmarks.widened_rules table                  # the confusion tables
+  python -m benchmarks.widened_rules widen [--draws 4096] [--form regression]   # the readings (stored beside khat_rules')
+  python -m benchmarks.widened_rules table [--form regression]                  # the confusion tables
 """
 
 from __future__ import annotations
