@@ -94,3 +94,19 @@ def test_no_proper_gaussian_is_still_an_error(full):
     model = aj.Model(lambda p: jnp.sum(p["x"]) - 0.5 * p["x"][0] ** 2, {"x": aj.real((2,))})
     with pytest.raises(ValueError, match="init='laplace'"):
         aj.laplace(model, family="fullrank" if full else "meanfield")
+
+
+def test_a_start_stops_at_its_rougher_decrement_and_bad_settings_are_named():
+    model = _badly_scaled_logistic(jnp.float32)
+    full = aj.laplace(model)
+    rough = aj.laplace(model, newton_tol=laplace.START_DECREMENT)
+    assert bool(rough.converged) and int(rough.num_grad_evals) <= int(full.num_grad_evals)
+    with jax.enable_x64(True):
+        exact = aj.laplace(_badly_scaled_logistic(jnp.float64), init=np.zeros(6), max_iter=5000)
+        sd = np.sqrt(np.sum(np.asarray(exact.scale_tril) ** 2, axis=1))
+        err = np.abs(np.asarray(rough.mode, np.float64) - np.asarray(exact.mode)) / sd
+    assert err.max() < 0.5  # within the start's tolerance (about 0.3 sd)
+    with pytest.raises(ValueError, match="newton_steps"):
+        aj.laplace(model, newton_steps=-1)
+    with pytest.raises(ValueError, match="newton_tol"):
+        aj.laplace(model, newton_tol=0.0)

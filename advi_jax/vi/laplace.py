@@ -37,7 +37,7 @@ from advi_jax.families import FullRankGaussian, get_family
 from advi_jax.vi import _lbfgs
 
 __all__ = ["LaplaceInfo", "Whitened", "laplace", "inverse_cholesky_lower", "transform", "build", "Options",
-           "NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN"]
+           "NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "NEWTON_STEPS", "NEWTON_DECREMENT", "START_DECREMENT"]
 
 NAME = "laplace"
 FAMILIES = ("meanfield", "fullrank")
@@ -46,10 +46,22 @@ WHITEN = False
 DETERMINISTIC = True  # the ELBO trace is an objective's value, not a noisy estimate: the result reports its last value
 
 
+NEWTON_STEPS = 5
+"""The most Newton steps (and halvings of one) `aj.laplace` takes after L-BFGS (`_polish`), each a
+gradient and a Hessian."""
+NEWTON_DECREMENT = 1e-4
+"""`_polish` stops when the Newton decrement g^T H^-1 g, the squared distance to the quadratic
+model's mode in the Hessian's metric (posterior sds for a Gaussian), is at most this: 0.01 sd."""
+START_DECREMENT = 0.1
+"""The Newton decrement a Laplace START (`advi_jax.run.start`) stops at: about 0.3 sd from the mode,
+which whitening needs no closer (the method run from it moves on)."""
+
+
 class Options(NamedTuple):
     """Static settings of the one-shot Laplace method."""
 
     max_iter: int = 1000
+    newton_steps: int = NEWTON_STEPS
 
 
 class LaplaceInfo(NamedTuple):
@@ -57,7 +69,7 @@ class LaplaceInfo(NamedTuple):
 
     Attributes:
       mode: (K,) the mode of the log density on R^K (found by L-BFGS, then Newton steps (`_polish`, at most
-        `NEWTON_EVALS` points) until the Newton decrement is at most `NEWTON_DECREMENT`).
+        `newton_steps`) until the Newton decrement is at most `NEWTON_DECREMENT`).
       scale_tril: (K, K) lower-triangular factor of the inverse negative Hessian at the mode
         (diagonal for families other than full-rank).
       iterations: L-BFGS iterations used (the Newton steps not included).
@@ -126,14 +138,6 @@ def inverse_cholesky_lower(precision: Array) -> Array:
     return m_inv.T[::-1, ::-1]
 
 
-NEWTON_EVALS = 6
-"""The most points `_find_mode` evaluates a gradient and Hessian at after L-BFGS (`_polish`): L-BFGS's
-end, then Newton steps and their halvings."""
-NEWTON_DECREMENT = 1e-4
-"""`_polish` stops when the Newton decrement g^T H^-1 g, the squared distance to the quadratic
-model's mode in the Hessian's metric (posterior sds for a Gaussian), is at most this: 0.01 sd."""
-
-
 def _value_grad_hessian(objective):
     """x -> (value, gradient, symmetrised Hessian), the objective traced once (forward over reverse)."""
 
@@ -155,8 +159,8 @@ def _newton_step(grad: Array, hessian: Array) -> tuple[Array, Array]:
     return step, grad @ step
 
 
-def _polish(objective, x: Array, value: Array, max_evals: int = NEWTON_EVALS):
-    """The Hessian at L-BFGS's end `x`, then Newton steps until the decrement is at most `NEWTON_DECREMENT`.
+def _polish(objective, x: Array, value: Array, max_steps: int = NEWTON_STEPS, tol: float = NEWTON_DECREMENT):
+    """The Hessian at L-BFGS's end `x`, then Newton steps until the decrement is at most `tol`.
 
     Why. L-BFGS stops on a small relative change of the objective; on a badly conditioned
     posterior in float32 that can be far from the mode: wells with raw-scale predictors (K = 6)
@@ -166,7 +170,7 @@ def _polish(objective, x: Array, value: Array, max_evals: int = NEWTON_EVALS):
     One gradient-and-Hessian call site (`_value_grad_hessian`): each evaluated point is a full
     step from the last accepted one, or, where the objective rose or is not finite there, half the
     previous trial's step. It stops where the Hessian is not positive definite (the decrement is
-    NaN), after `max_evals` points, or when a halved step is below 1/16 of the full one. Returns
+    NaN), after `max_steps` steps, or when a halved step is below 1/16 of the full one. Returns
     the last accepted point (L-BFGS's end at least), its value, gradient and Hessian, its decrement
     and the points evaluated.
     """
@@ -176,7 +180,7 @@ def _polish(objective, x: Array, value: Array, max_evals: int = NEWTON_EVALS):
 
     def cond(s):
         n, _, _, _, _, dec, _, _, _, ok = s
-        return (n < max_evals) & ok & ~(dec <= NEWTON_DECREMENT)
+        return (n <= max_steps) & ok & ~(dec <= tol)
 
     def body(s):
         n, x, value, grad, hessian, dec, step, cand, length, _ = s
@@ -198,7 +202,8 @@ def _polish(objective, x: Array, value: Array, max_evals: int = NEWTON_EVALS):
     return x, value, grad, hessian, dec, n
 
 
-def _find_mode(model: LogDensity, loc: Array, max_iter: int, full: bool) -> LaplaceInfo:
+def _find_mode(model: LogDensity, loc: Array, max_iter: int, full: bool, newton_steps: int = NEWTON_STEPS,
+               newton_tol: float = NEWTON_DECREMENT) -> LaplaceInfo:
     def objective(z):
         return -model.log_density(z)
 
@@ -208,7 +213,8 @@ def _find_mode(model: LogDensity, loc: Array, max_iter: int, full: bool) -> Lapl
     # and every line-search trial), and the start's value and gradient norm come back with the mode.
     found = _lbfgs.minimize(objective, loc, max_iters=max_iter, gtol=gtol, ftol=10 * eps)
     # Newton steps from there (`_polish`): L-BFGS's relative-change stop can be sds short of the mode.
-    mode, value, grad, hessian, decrement, points = _polish(objective, found.x, found.value)
+    mode, value, grad, hessian, decrement, points = _polish(objective, found.x, found.value, newton_steps,
+                                                            newton_tol)
     grad_norm = jnp.linalg.norm(grad)
     # A mode must be a finite point with a finite gradient that beats the starting point, and
     # whose gradient has shrunk (or whose Newton decrement has): along a funnel (density unbounded
@@ -216,9 +222,9 @@ def _find_mode(model: LogDensity, loc: Array, max_iter: int, full: bool) -> Lapl
     # relative-change test alone would accept L-BFGS stalling far out along the neck. A search that
     # found no decrease even along steepest descent (`stalled`) stops as a converged one would, and
     # the same tests judge it.
-    converged = ((found.converged | found.stalled | (decrement <= NEWTON_DECREMENT))
+    converged = ((found.converged | found.stalled | (decrement <= newton_tol))
                  & jnp.isfinite(value) & jnp.isfinite(grad_norm) & (value <= found.start_value)
-                 & ((grad_norm <= jnp.maximum(gtol, 1e-3 * found.start_grad_norm)) | (decrement <= NEWTON_DECREMENT)))
+                 & ((grad_norm <= jnp.maximum(gtol, 1e-3 * found.start_grad_norm)) | (decrement <= newton_tol)))
     if full:
         scale_tril = inverse_cholesky_lower(hessian)
     else:
@@ -233,10 +239,11 @@ def _find_mode_evals(model: LogDensity, args: dict) -> int:
     the Hessian (forward over reverse), and each Newton step's (`_polish`). Radon (K = 90, 2,842 numbers of data): the fast options,
     0.9 s of compile against 2.0 s with XLA's defaults (lead, eighteenth session)."""
     k = int(model.dim)
-    return 2 * int(args["max_iter"]) + NEWTON_EVALS * 2 * k
+    return 2 * int(args["max_iter"]) + (1 + int(args.get("newton_steps", NEWTON_STEPS))) * 2 * k
 
 
-_find_mode_jit = compile_options.jit(_find_mode, mode=_find_mode_evals, static_argnames=("max_iter", "full"))
+_find_mode_jit = compile_options.jit(_find_mode, mode=_find_mode_evals, static_argnames=("max_iter", "full", "newton_steps",
+                                                                                        "newton_tol"))
 
 
 @compile_options.jit(model_arg=None, static_argnums=0)
@@ -247,7 +254,7 @@ def transform(family: Family, params, shift: Array, scale_tril: Array):
 
 @gc_pause.during
 def laplace(model: LogDensity, *, family: str | Family = "fullrank", init: ArrayLike | None = None,
-            max_iter: int = 1000) -> LaplaceInfo:
+            max_iter: int = 1000, newton_steps: int = NEWTON_STEPS, newton_tol: float = NEWTON_DECREMENT) -> LaplaceInfo:
     """Mode of the log density on R^K and a Cholesky factor of the inverse negative Hessian there.
 
     Args:
@@ -255,6 +262,12 @@ def laplace(model: LogDensity, *, family: str | Family = "fullrank", init: Array
       family: "fullrank" for the full factor, anything else for the diagonal one.
       init: the L-BFGS start (None: zeros; a dict of constrained values; a (K,) vector).
       max_iter: the most L-BFGS iterations.
+      newton_steps: the most Newton steps after L-BFGS (`_polish`; 0: L-BFGS's end). Each costs a
+        Hessian (2K gradients); they run only while the Newton decrement exceeds `newton_tol`.
+      newton_tol: the Newton decrement at which the steps stop (a positive number; the default
+        `NEWTON_DECREMENT` is 0.01 sd from the mode; a start of another method takes
+        `START_DECREMENT`, about 0.3 sd, where a rough mode serves). A point whose decrement is at
+        most this also counts as converged when L-BFGS's own tests did not pass.
 
     Returns:
       A `LaplaceInfo`.
@@ -268,7 +281,11 @@ def laplace(model: LogDensity, *, family: str | Family = "fullrank", init: Array
     family_obj = get_family(family)
     max_iter = check_positive_int(max_iter, "max_iter")
     loc = initial_loc(model, init, jnp.result_type(float))
-    info = _find_mode_jit(model, loc, max_iter, isinstance(family_obj, FullRankGaussian))
+    newton_steps = check_positive_int(newton_steps, "newton_steps", 0)
+    if not (isinstance(newton_tol, (int, float)) and not isinstance(newton_tol, bool) and newton_tol > 0):
+        raise ValueError(f"newton_tol must be a positive number, got {newton_tol!r}")
+    info = _find_mode_jit(model, loc, max_iter, isinstance(family_obj, FullRankGaussian), newton_steps,
+                          float(newton_tol))
     ok = bool(jnp.all(jnp.isfinite(info.mode))) and bool(jnp.all(jnp.isfinite(info.scale_tril)))
     if not ok:
         raise ValueError("init='laplace': the mode or the Hessian of the log density is not finite or the Hessian "
@@ -302,7 +319,7 @@ def build(model: LogDensity, family: Family, options: Options) -> VIAlgorithm:
         return _State(family.init(key, model.dim, loc=loc, scale=1.0), jnp.zeros((), bool))
 
     def step(key, state):
-        info = _find_mode(model, family.mean(state.params), options.max_iter, full)
+        info = _find_mode(model, family.mean(state.params), options.max_iter, full, options.newton_steps)
         unit = family.init(key, model.dim, scale=1.0, dtype=info.mode.dtype)
         params = family.transform(unit, info.mode, info.scale_tril)
         ok = (jnp.all(jnp.isfinite(info.mode)) & jnp.all(jnp.isfinite(info.scale_tril)) & info.converged)
