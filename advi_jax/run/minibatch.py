@@ -70,7 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax import blas_threads, checks
+from advi_jax import blas_threads, checks, gc_pause
 from advi_jax._types import Array, check_positive_int
 from advi_jax.base import Family
 from advi_jax.flatten import MinibatchModel, Model
@@ -152,6 +152,7 @@ def _full_data_diagnostics(model: MinibatchModel, family: Family, params, key: A
 
 
 @blas_threads.during
+@gc_pause.during
 @precision.during
 def fit_minibatch(model: MinibatchModel, *, key: Array, batch_size: int, num_epochs: int,
                   family: str | Family = "meanfield", num_samples: int = 1,
