@@ -48,6 +48,7 @@ from advi_jax import blas_threads, checks
 from advi_jax._types import Array, check_positive_int, common_leading_size
 from advi_jax.base import Family
 from advi_jax.flatten import Model
+from advi_jax.fit_diagnostics import widen_many
 from advi_jax.result import ManyResult, diagnose
 from advi_jax.run import driver, precision
 from advi_jax.run.single import method_options, resolve_method, run_diagnostics
@@ -194,7 +195,9 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
       method: "auto" or a registered method that the driver can vmap (ADVI by default).
       progress: show a progress bar (steps of the furthest fit).
       diagnostics: compute per-fit PSIS diagnostics (`num_diagnostic_draws` draws each, one
-        vmapped call); `many[i].khat`, `many.summary()`.
+        vmapped call); `many[i].khat`, `many.summary()`. A fit that would be silent but reads grey
+        gets the widened moment check, as a single fit does (`fit_diagnostics.widen_many`: J x
+        `num_diagnostic_draws` more log-density evaluations, counted in its `num_logp_evals`).
       warn: warn when any fit's diagnostics say it is unreliable.
       options: settings of a method other than ADVI.
       callback: as in `aj.fit`.
@@ -261,11 +264,15 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
     codes = np.asarray(out.stop_codes)
     nonfinite = np.asarray(out.loop.num_nonfinite)
     diag, note, diag_seconds = None, "not computed (fit_many(..., diagnostics=False))", 0.0
+    widened = np.zeros(num_fits, np.int64)  # the widened moment check's draws per fit (`widen_many`)
     if diagnostics:
         diag_keys = jax.random.split(jax.random.fold_in(key, 1), num_fits)
-        diag, note, diag_seconds = run_diagnostics(
-            lambda: diagnose(model, family_obj, params, diag_keys, num_diagnostic_draws, num_fits=num_fits,
-                             batched=batched), bool(np.any(codes < 0)))
+        both, note, diag_seconds = run_diagnostics(
+            lambda: widen_many(model, family_obj, params, diag_keys, diagnose(
+                model, family_obj, params, diag_keys, num_diagnostic_draws, num_fits=num_fits, batched=batched),
+                num_diagnostic_draws, batched), bool(np.any(codes < 0)))
+        if both is not None:
+            diag, widened = both
     elbo = out.elbo[:, : int(steps.max())] if out.elbo.shape[1] else out.elbo
     many = ManyResult(
         model=model, family=family_obj, params=params, elbo=elbo, num_steps=steps, num_nonfinite=nonfinite,
@@ -273,7 +280,7 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
         stop_reasons=[driver.stop_reason(int(c), int(n), max_consecutive_nonfinite) for c, n in zip(codes, nonfinite)],
         converged=np.isin(codes, (1, 2, 4)), batched=batched, seconds=time.perf_counter() - began,
         estimator=checks.estimator_name(estimator), num_samples=num_samples,
-        num_grad_evals=np.asarray(out.loop.num_grad_evals), num_logp_evals=np.asarray(out.loop.num_logp_evals),
+        num_grad_evals=np.asarray(out.loop.num_grad_evals), num_logp_evals=np.asarray(out.loop.num_logp_evals) + widened,
         diagnostics=diag, diagnostics_note=note or ("" if diag is not None else "not computed (fit_many(..., diagnostics=False))"),
         method=method_name, compile_seconds=out.compile_seconds, run_seconds=out.run_seconds,
         diagnostics_seconds=diag_seconds, disagreement=float("nan") if batched else _disagreement(family_obj, params))
