@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -128,8 +129,11 @@ def _split_keys(key: Array, indices: Array) -> tuple[Array, Array]:
     return jax.vmap(lambda i: tuple(jax.random.split(jax.random.fold_in(key, i))))(indices)
 
 
+@functools.partial(jax.jit, static_argnames=("batched",))
 def _log_density_many(model: Model, locs: Array, batched: bool) -> Array:
-    return jax.jit(jax.vmap(checks.log_density_at, in_axes=(0 if batched else None, 0)))(model, locs)
+    """Every fit's log density at its initial point, in one program compiled once per model structure
+    (a `jax.jit` of a fresh `jax.vmap` each call would compile again on every call)."""
+    return jax.vmap(checks.log_density_at, in_axes=(0 if batched else None, 0))(model, locs)
 
 
 def _disagreement(family: Family, params) -> float:
