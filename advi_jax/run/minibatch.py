@@ -54,6 +54,13 @@ evaluates the likelihood in chunks of rows (about 2^22 draw x datum terms per co
 chunks copied from host memory when the data live there), so memory stays bounded too. The
 k-hat threshold for S draws (`aj.khat_threshold`) accounts for the smaller S.
 
+Where the fit would be silent but its reading is grey, the widened moment check runs as in `aj.fit`
+(`fit_diagnostics.widen_if_grey`: J x S more full-data log-density evaluations, counted in
+`num_logp_evals`), on the full-data model through the single-fit diagnostics' program, which holds
+min(S, 256) x N draw x datum terms per batch: it runs where the data live on the device and that is at
+most `WIDEN_MAX_TERMS` (N <= 262,144 at S >= 256), not with `host=True` or larger N
+(`_widen_full_data`).
+
 References:
   Hoffman, Blei, Wang & Paisley (2013), Stochastic variational inference, JMLR 14.
   Kucukelbir, Tran, Ranganath, Gelman & Blei (2017), Automatic differentiation variational
