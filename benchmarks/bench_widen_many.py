@@ -8,9 +8,10 @@ start tree by alternating processes). Each process times:
   nothing in the loop); how many fits the widened check ran for, and their extra draws;
 * ``minibatch``: `aj.fit_minibatch` of the same model with its 8 schools as the data (batches of 4,
   400 epochs), first and second call; and a logistic regression with N = 8,192 rows, D = 5
-  (batches of 256, 100 epochs);
+  (batches of 1,024, 200 epochs, 8 draws a step: silent but grey, so the check runs);
 * ``many_logistic``: `aj.fit_many` of a list of 8 logistic regressions (N = 500, D = 5, one dataset
-  per fit: the batched form), 3,000 steps, first and second call.
+  per fit: the batched form), 3,000 steps, first and second call; then 64 of them (one call: its
+  loop and diagnostics compile again for B = 64, so it is a first call of that shape).
 
 Usage:
   PYTHONPATH=. python -m benchmarks.bench_widen_many --out benchmarks/results/widen_many_new.jsonl
@@ -96,17 +97,18 @@ def main() -> None:
         row[f"many_{call}_khat"] = np.round(many.khat, 2).tolist()
     rng = np.random.default_rng(1)
     models = []
-    for _ in range(8):  # 8 logistic regressions (N = 500, D = 5), one dataset per fit: the list form
+    for _ in range(64):  # logistic regressions (N = 500, D = 5), one dataset per fit: the list form
         x = rng.standard_normal((500, 5)).astype(np.float32)
         y = (rng.random(500) < 1 / (1 + np.exp(-x @ BETA))).astype(np.float32)
         models.append(aj.Model(logistic_joint, {"beta": aj.real((5,))}, data=np.concatenate([x, y[:, None]], axis=1)))
-    for call in ("first", "second"):
-        tick = time.perf_counter()
-        many = aj.fit_many(models, key=jax.random.key(0 if call == "first" else 1), num_steps=3000)
-        row[f"many_logistic_{call}_s"] = time.perf_counter() - tick
-        row[f"many_logistic_{call}_diag_s"] = many.diagnostics_seconds
-        row[f"many_logistic_{call}_widened"] = _widened([many[i].report.diagnostics for i in range(8)])
-        row[f"many_logistic_{call}_khat"] = np.round(many.khat, 2).tolist()
+    for name, count, calls in (("many_logistic", 8, ("first", "second")), ("many_logistic64", 64, ("second",))):
+        for call in calls:
+            tick = time.perf_counter()
+            many = aj.fit_many(models[:count], key=jax.random.key(0 if call == "first" else 1), num_steps=3000)
+            row[f"{name}_{call}_s"] = time.perf_counter() - tick
+            row[f"{name}_{call}_diag_s"] = many.diagnostics_seconds
+            row[f"{name}_{call}_widened"] = _widened([many[i].report.diagnostics for i in range(count)])
+            row[f"{name}_{call}_khat"] = np.round(many.khat, 2).tolist()
     rows = np.stack([np.arange(8, dtype=np.float32), Y, SIGMA], axis=1)
     schools = aj.MinibatchModel(mb_prior, mb_likelihood, SUPPORT, data=rows)
     rng = np.random.default_rng(0)
@@ -114,11 +116,12 @@ def main() -> None:
     y = (rng.random(8192) < 1 / (1 + np.exp(-x @ BETA))).astype(np.float32)
     logistic = aj.MinibatchModel(logistic_prior, logistic_likelihood, {"beta": aj.real((5,))},
                                  data=np.concatenate([x, y[:, None]], axis=1))
-    for name, mb, batch, epochs in (("mb_schools", schools, 4, 400), ("mb_logistic", logistic, 256, 100)):
+    for name, mb, batch, epochs, draws in (("mb_schools", schools, 4, 400, 1), ("mb_logistic", logistic, 1024, 200, 8)):
         for call in ("first", "second"):
             tick = time.perf_counter()
             fitted = aj.fit_minibatch(mb, key=jax.random.key(0 if call == "first" else 1), batch_size=batch,
-                                      num_epochs=epochs, progress=False, warn=False)
+                                      num_epochs=epochs, num_samples=draws, progress=False,
+                                      warn=False)
             row[f"{name}_{call}_s"] = time.perf_counter() - tick
             row[f"{name}_{call}_diag_s"] = fitted.report.diagnostics_seconds
             row[f"{name}_{call}_widened"] = _widened([fitted.report.diagnostics])
