@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax import blas_threads, checks
+from advi_jax import blas_threads, checks, gc_pause
 from advi_jax._types import Array, check_positive_int, common_leading_size
 from advi_jax.base import Family
 from advi_jax.flatten import Model
@@ -165,6 +165,7 @@ def _initial_locs(model: Model, init: Any, num_fits: int, batched: bool, dtype) 
 
 
 @blas_threads.during
+@gc_pause.during
 @precision.during
 def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None = None, batched: bool = False,
              family: str | Family = "meanfield", num_steps: int = 10_000, num_samples: int = 1,

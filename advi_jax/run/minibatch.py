@@ -77,7 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax import blas_threads, checks
+from advi_jax import blas_threads, checks, gc_pause
 from advi_jax._types import Array, check_positive_int
 from advi_jax.base import Family
 from advi_jax.flatten import MinibatchModel, Model
@@ -181,6 +181,7 @@ def _widen_full_data(full: Model, family: Family, params, key: Array, diag, num_
 
 
 @blas_threads.during
+@gc_pause.during
 @precision.during
 def fit_minibatch(model: MinibatchModel, *, key: Array, batch_size: int, num_epochs: int,
                   family: str | Family = "meanfield", num_samples: int = 1,

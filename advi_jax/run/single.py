@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advi_jax import blas_threads, checks, compile_options
+from advi_jax import blas_threads, checks, compile_options, gc_pause
 from advi_jax.base import Family
 from advi_jax.diagnostics import khat_threshold
 from advi_jax.flatten import Model
@@ -210,6 +210,7 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
 
 
 @blas_threads.during
+@gc_pause.during
 @precision.during
 def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = "auto",
         num_steps: int | None = None, num_samples: int = 1, optimizer: optax.GradientTransformation | None = None,
