@@ -245,10 +245,13 @@ def _many_moments(sums, sums_c, tested, tops, num_draws: int, model: Any = None,
     sums, sums_c, tops = (np.asarray(jax.device_get(x), np.float64) for x in (sums, sums_c, tops))
     tested = np.asarray(jax.device_get(tested), bool)
     labels = None if model is None else _labeller(model, dim)
-    return tuple(moment_check_both(discrepancy_from_sums(s, num_draws), num_draws,
-                                   discrepancy_from_sums(c, num_draws), t, labels=labels,
-                                   tail_khat=lambda idx, top=top: squared_tail_khat(top[idx]))
-                 for s, c, t, top in zip(sums, sums_c, tested, tops))
+    out = []
+    for s, c, t, top in zip(sums, sums_c, tested, tops):
+        disc, disc_c = discrepancy_from_sums(s, num_draws), discrepancy_from_sums(c, num_draws)
+        out.append(moment_check_both(disc, num_draws, disc_c, t, labels=labels,
+                                     tail_khat=lambda idx, top=top: squared_tail_khat(top[idx]))._replace(
+            readings=Readings(disc, disc_c, t)))  # kept for the widened check (`widen_many`)
+    return tuple(out)
 
 
 def _to_diagnostics(values, num_draws: int, moments: Any = None) -> Diagnostics:
@@ -469,3 +472,52 @@ def verdict(diagnostics: Diagnostics | None, missing: str = "not computed", fami
         if text.startswith("good"):
             return f"ok at best: {where}"
     return text
+
+
+__all__ += ["widen_many"]
+
+
+def widen_many(model: Any, family: Family, params: PyTree, keys: Array, diag: Diagnostics, num_draws: int,
+               batched: bool = False) -> tuple[Diagnostics, np.ndarray]:
+    """`widen_if_grey` for each of the B fits of `diagnose(..., num_fits=B)` (`aj.fit_many`): the same rule
+    and the same check as a single fit's, fit i with its own parameters, its own directions (from its own
+    plain reading) and its diagnostics key `keys[i]`.
+
+    A fit that warns already (`warns_by_khat`, or its moment check flagged) is passed over without a
+    look at its parameters; the others go to `widen_if_grey`, which draws only where the reading is
+    grey. The draws come from the single-fit diagnostics' program (`importance.draws_and_log_ratios`,
+    compiled once per model structure, family and S, the one `Result.importance_draws` and `aj.fit`
+    use: the batched program returns only per-fit power sums, not the draws the mixture weights need);
+    B fits that need it cost B x J calls of it, J x `num_draws` log-density evaluations each.
+
+    Args:
+      model: the model (its data with a leading axis B when `batched`).
+      family, params: q's family and the B fits' parameters (leading axis B).
+      keys: the (B,) diagnostics keys `diag` came from.
+      diag: `diagnose(..., num_fits=B)`'s diagnostics ((B,) fields, a tuple of B `Moments`).
+      num_draws: the diagnostics' draws per fit (each widened component takes as many).
+
+    Returns:
+      (diagnostics with the widened fits' `Moments` in place, (B,) widened draws per fit: the
+      log-density evaluations to add to each fit's `num_logp_evals`).
+    """
+    num_fits = len(diag.moments) if diag.moments is not None else 0
+    extra = np.zeros(num_fits, np.int64)
+    if not num_fits:
+        return diag, extra
+    values = [np.asarray(v) for v in diag[:Diagnostics._fields.index("num_draws")]]
+    moments = list(diag.moments)
+    host_params = host_model = None
+    for i, m in enumerate(moments):
+        one = Diagnostics(*(float(v[i]) for v in values), diag.num_draws, m)
+        if m is None or warns_by_khat(one) or one.moments_flagged():  # it warns already
+            continue
+        if host_params is None:  # fetched once, sliced on the host (no program per fit)
+            host_params = jax.device_get(params)
+            host_model = jax.device_get(model) if batched else model
+        params_i = jax.tree_util.tree_map(lambda x: x[i], host_params)
+        model_i = jax.tree_util.tree_map(lambda x: x[i], host_model) if batched else model
+        wide = widen_if_grey(model_i, family, params_i, keys[i], one, num_draws).moments
+        moments[i] = wide
+        extra[i] = int(getattr(wide, "widened_draws", 0))
+    return diag._replace(moments=tuple(moments)), extra

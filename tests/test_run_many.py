@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import advi_jax as aj
+from advi_jax.run import many as many_module
 
 
 # --- fit_many ------------------------------------------------------------------------------------
@@ -116,9 +117,11 @@ def test_fit_many_compiles_once(key):
     opt = optax.adam(0.01)
     aj.fit_many(models, key=key, num_steps=300, optimizer=opt, chunk_size=100)
     size = aj.run.num_traces()
+    checks = many_module._log_density_many._cache_size()  # the initial-point check's program
     other = [aj.Model(_normal_mean_log_joint, _MU_SUPPORT, data=m.data + 1.0) for m in models]
     aj.fit_many(other, key=jax.random.fold_in(key, 1), num_steps=500, optimizer=opt, chunk_size=100)
     assert aj.run.num_traces() == size
+    assert many_module._log_density_many._cache_size() == checks >= 1
 
 
 def test_fit_many_rejects_bad_arguments(key):

@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -48,6 +49,7 @@ from advi_jax import blas_threads, checks, gc_pause
 from advi_jax._types import Array, check_positive_int, common_leading_size
 from advi_jax.base import Family
 from advi_jax.flatten import Model
+from advi_jax.fit_diagnostics import widen_many
 from advi_jax.result import ManyResult, diagnose
 from advi_jax.run import driver, precision
 from advi_jax.run.single import method_options, resolve_method, run_diagnostics
@@ -127,8 +129,11 @@ def _split_keys(key: Array, indices: Array) -> tuple[Array, Array]:
     return jax.vmap(lambda i: tuple(jax.random.split(jax.random.fold_in(key, i))))(indices)
 
 
+@functools.partial(jax.jit, static_argnames=("batched",))
 def _log_density_many(model: Model, locs: Array, batched: bool) -> Array:
-    return jax.jit(jax.vmap(checks.log_density_at, in_axes=(0 if batched else None, 0)))(model, locs)
+    """Every fit's log density at its initial point, in one program compiled once per model structure
+    (a `jax.jit` of a fresh `jax.vmap` each call would compile again on every call)."""
+    return jax.vmap(checks.log_density_at, in_axes=(0 if batched else None, 0))(model, locs)
 
 
 def _disagreement(family: Family, params) -> float:
@@ -195,7 +200,9 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
       method: "auto" or a registered method that the driver can vmap (ADVI by default).
       progress: show a progress bar (steps of the furthest fit).
       diagnostics: compute per-fit PSIS diagnostics (`num_diagnostic_draws` draws each, one
-        vmapped call); `many[i].khat`, `many.summary()`.
+        vmapped call); `many[i].khat`, `many.summary()`. A fit that would be silent but reads grey
+        gets the widened moment check, as a single fit does (`fit_diagnostics.widen_many`: J x
+        `num_diagnostic_draws` more log-density evaluations, counted in its `num_logp_evals`).
       warn: warn when any fit's diagnostics say it is unreliable.
       options: settings of a method other than ADVI.
       callback: as in `aj.fit`.
@@ -262,11 +269,15 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
     codes = np.asarray(out.stop_codes)
     nonfinite = np.asarray(out.loop.num_nonfinite)
     diag, note, diag_seconds = None, "not computed (fit_many(..., diagnostics=False))", 0.0
+    widened = np.zeros(num_fits, np.int64)  # the widened moment check's draws per fit (`widen_many`)
     if diagnostics:
         diag_keys = jax.random.split(jax.random.fold_in(key, 1), num_fits)
-        diag, note, diag_seconds = run_diagnostics(
-            lambda: diagnose(model, family_obj, params, diag_keys, num_diagnostic_draws, num_fits=num_fits,
-                             batched=batched), bool(np.any(codes < 0)))
+        both, note, diag_seconds = run_diagnostics(
+            lambda: widen_many(model, family_obj, params, diag_keys, diagnose(
+                model, family_obj, params, diag_keys, num_diagnostic_draws, num_fits=num_fits, batched=batched),
+                num_diagnostic_draws, batched), bool(np.any(codes < 0)))
+        if both is not None:
+            diag, widened = both
     elbo = out.elbo[:, : int(steps.max())] if out.elbo.shape[1] else out.elbo
     many = ManyResult(
         model=model, family=family_obj, params=params, elbo=elbo, num_steps=steps, num_nonfinite=nonfinite,
@@ -274,7 +285,7 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
         stop_reasons=[driver.stop_reason(int(c), int(n), max_consecutive_nonfinite) for c, n in zip(codes, nonfinite)],
         converged=np.isin(codes, (1, 2, 4)), batched=batched, seconds=time.perf_counter() - began,
         estimator=checks.estimator_name(estimator), num_samples=num_samples,
-        num_grad_evals=np.asarray(out.loop.num_grad_evals), num_logp_evals=np.asarray(out.loop.num_logp_evals),
+        num_grad_evals=np.asarray(out.loop.num_grad_evals), num_logp_evals=np.asarray(out.loop.num_logp_evals) + widened,
         diagnostics=diag, diagnostics_note=note or ("" if diag is not None else "not computed (fit_many(..., diagnostics=False))"),
         method=method_name, compile_seconds=out.compile_seconds, run_seconds=out.run_seconds,
         diagnostics_seconds=diag_seconds, disagreement=float("nan") if batched else _disagreement(family_obj, params))

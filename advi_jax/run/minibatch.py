@@ -54,6 +54,13 @@ evaluates the likelihood in chunks of rows (about 2^22 draw x datum terms per co
 chunks copied from host memory when the data live there), so memory stays bounded too. The
 k-hat threshold for S draws (`aj.khat_threshold`) accounts for the smaller S.
 
+Where the fit would be silent but its reading is grey, the widened moment check runs as in `aj.fit`
+(`fit_diagnostics.widen_if_grey`: J x S more full-data log-density evaluations, counted in
+`num_logp_evals`), on the full-data model through the single-fit diagnostics' program, which holds
+min(S, 256) x N draw x datum terms per batch: it runs where the data live on the device and that is at
+most `WIDEN_MAX_TERMS` (N <= 262,144 at S >= 256), not with `host=True` or larger N
+(`_widen_full_data`).
+
 References:
   Hoffman, Blei, Wang & Paisley (2013), Stochastic variational inference, JMLR 14.
   Kucukelbir, Tran, Ranganath, Gelman & Blei (2017), Automatic differentiation variational
@@ -149,6 +156,28 @@ def _full_data_diagnostics(model: MinibatchModel, family: Family, params, key: A
         rows = jax.tree_util.tree_map(lambda x: jnp.asarray(x[lo: lo + step]), model.data)
         total = total + _likelihood_sums(statics, prior, zeta, rows)
     return diagnose_ratios(ratios + (model.num_data / size) * total, zeta, cons, prior)
+
+
+WIDEN_MAX_TERMS = DIAGNOSTIC_BUDGET
+"""The most draw x datum terms one batch of the widened moment check's full-data program may hold
+(`_widen_full_data`)."""
+
+
+def _widen_full_data(full: Model, family: Family, params, key: Array, diag, num_draws: int, host: bool,
+                     num_rows: int):
+    """The widened moment check where the fit would be silent but reads grey (`fit_diagnostics.widen_if_grey`,
+    as a single fit: its components' keys from the diagnostics key, `num_draws` draws each), on the
+    full-data model `full`.
+
+    Its draws come from the single-fit diagnostics' program (`importance.draws_and_log_ratios`), which
+    evaluates the full-data log density `min(S, 256)` draws at a time in one compiled call: it runs where
+    the data live on the device and one batch holds at most `WIDEN_MAX_TERMS` draw x datum terms
+    (N <= 262,144 at S >= 256); elsewhere (`host=True`, larger N) the plain check's reading stands."""
+    from advi_jax.fit_diagnostics import widen_if_grey
+
+    if diag is None or host or min(int(num_draws), 256) * int(num_rows) > WIDEN_MAX_TERMS:
+        return diag
+    return widen_if_grey(full, family, params, key, diag, num_draws)
 
 
 @blas_threads.during
@@ -282,14 +311,19 @@ def fit_minibatch(model: MinibatchModel, *, key: Array, batch_size: int, num_epo
     params = out.loop.state.params
     num_nonfinite = int(out.loop.num_nonfinite)
     diag, note, diag_seconds = None, "not computed (diagnostics=False)", 0.0
+    widened = 0  # the widened moment check's draws (full-data log-density evaluations)
     if diagnostics:
         draws = min(num_diagnostic_draws, max(128, DIAGNOSTIC_BUDGET // max(n, 1)))
+        diag_key = jax.random.fold_in(key, 1)
         diag, note, diag_seconds = run_diagnostics(
-            lambda: _full_data_diagnostics(model, family_obj, params, jax.random.fold_in(key, 1), draws), code < 0)
+            lambda: _widen_full_data(full, family_obj, params, diag_key, _full_data_diagnostics(
+                model, family_obj, params, diag_key, draws), draws, host, n), code < 0)
+        if diag is not None and diag.moments is not None:
+            widened = int(diag.moments.widened_draws)
     reached = f"reached num_epochs ({num_epochs} epochs of {num_batches} minibatches of {batch_size})"
     report = Report(
         elbo=out.elbo, num_steps=int(out.loop.step), num_grad_evals=int(out.loop.num_grad_evals),
-        num_logp_evals=int(out.loop.num_logp_evals), num_nonfinite=num_nonfinite, converged=code in (1, 2, 4),
+        num_logp_evals=int(out.loop.num_logp_evals) + widened, num_nonfinite=num_nonfinite, converged=code in (1, 2, 4),
         stop_reason=driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite, reached), stop_code=code,
         method="advi", method_reason="minibatch ADVI", estimator=checks.estimator_name(estimator),
         num_samples=num_samples, seconds=time.perf_counter() - began, start_seconds=start_seconds,
