@@ -229,3 +229,24 @@ def pytest_addoption(parser, pluginmanager):
     # Here, not in pytest_configure: `-n auto` asks for the worker count before that.
     if pluginmanager.hasplugin("xdist"):
         pluginmanager.register(_Xdist(), "advi_jax_xdist")
+
+
+def eight_schools_noncentred():
+    """The suite's non-centred eight schools (benchmarks/suite.py) as an `aj.Model` (NumPyro)."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    import advi_jax as aj
+
+    y = jnp.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    sigma = jnp.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+    def model(y, sigma):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+        with numpyro.plate("schools", 8):
+            theta_tilde = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
+            numpyro.sample("y", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
+
+    return aj.from_numpyro(model, y, sigma)

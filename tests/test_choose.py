@@ -12,6 +12,7 @@ import pytest
 
 import advi_jax as aj
 from advi_jax.run import choose as policy
+from conftest import eight_schools_noncentred
 
 
 def _gauss(k):
@@ -61,19 +62,8 @@ def test_method_auto_picks_glm_exact_for_a_ready_glm():
 
 
 def _eight_schools():
-    numpyro = pytest.importorskip("numpyro")
-    dist = pytest.importorskip("numpyro.distributions")
-    y = jnp.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
-    sigma = jnp.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
-
-    def model(y, sigma):  # the suite's non-centred eight schools (benchmarks/suite.py)
-        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-        tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-        with numpyro.plate("schools", 8):
-            theta_tilde = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
-            numpyro.sample("y", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
-
-    return aj.from_numpyro(model, y, sigma)
+    pytest.importorskip("numpyro")
+    return eight_schools_noncentred()
 
 
 LIMIT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "references", "family_limit",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import advi_jax as aj
+from conftest import eight_schools_noncentred
 from advi_jax.vi import laplace
 
 SCALES = np.array([1.0, 300.0, 0.02, 40.0, 5000.0])
@@ -40,32 +41,15 @@ def test_float32_mode_matches_float64_on_badly_scaled_predictors():
     assert np.abs(np.log(sd32 / sd)).max() < 0.02
 
 
-def _eight_schools_noncentred():
-    import numpyro
-    import numpyro.distributions as dist
-
-    y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
-    sigma = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
-
-    def model(y, sigma):
-        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-        tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-        with numpyro.plate("J", 8):
-            theta_tilde = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
-            numpyro.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
-
-    return aj.from_numpyro(model, y, sigma)
-
-
 def test_a_mode_l_bfgs_stops_short_of_is_found():
     # Non-centred eight schools has a mode on R^K (tau's log-Jacobian keeps it off zero); float32
     # L-BFGS stopped there on its relative-change test with the gradient still large, and
     # `aj.laplace` said there was no mode.
     with jax.enable_x64(True):
-        exact = aj.laplace(_eight_schools_noncentred(), init=np.zeros(10), max_iter=5000)
+        exact = aj.laplace(eight_schools_noncentred(), init=np.zeros(10), max_iter=5000)
         mode64 = np.asarray(exact.mode)
         sd = np.sqrt(np.sum(np.asarray(exact.scale_tril) ** 2, axis=1))
-    info = aj.laplace(_eight_schools_noncentred())
+    info = aj.laplace(eight_schools_noncentred())
     assert bool(info.converged)
     assert (np.abs(np.asarray(info.mode, np.float64) - mode64) / sd).max() < 0.02
 
