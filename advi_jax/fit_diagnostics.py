@@ -35,7 +35,7 @@ __all__ = ["Diagnostics", "NONFINITE_UNRELIABLE", "DIAGNOSTIC_DRAWS_MIN", "DIAGN
            "CONFIRM_FACTOR", "CONFIRM_DRAWS_MAX", "data_size", "diagnostic_draw_budget", "confirmation_draws",
            "known_diagnostic_draws", "constrained_draws", "diagnose", "diagnose_with_ratios", "diagnose_confirmed",
            "diagnose_and_widen", "widen_reported", "widen_if_grey",
-           "diagnose_ratios", "over_threshold", "warns_by_khat", "verdict"]
+           "diagnose_ratios", "over_threshold", "warns_by_khat", "verdict", "widen_many"]
 
 NONFINITE_UNRELIABLE = 1e-3
 """A share of q's mass (estimated from the diagnostic draws) where the log density is NaN or -inf
@@ -472,9 +472,6 @@ def verdict(diagnostics: Diagnostics | None, missing: str = "not computed", fami
         if text.startswith("good"):
             return f"ok at best: {where}"
     return text
-
-
-__all__ += ["widen_many"]
 
 
 def widen_many(model: Any, family: Family, params: PyTree, keys: Array, diag: Diagnostics, num_draws: int,
