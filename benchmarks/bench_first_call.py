@@ -27,6 +27,7 @@ Usage:
   python -m benchmarks.bench_first_call
   python -m benchmarks.bench_first_call --models eight_schools_noncentered --modes auto,full --repeat 3
   python -m benchmarks.bench_first_call --modes serial,auto --repeat 3
+  python -m benchmarks.bench_first_call --methods auto,pathfinder,dadvi,bam --skip numpyro
   python -m benchmarks.bench_first_call --modes auto,cached --skip numpyro   # a script run again
   python -m benchmarks.bench_first_call --synthetic 1000x10,100000x10 --modes fast,full --skip numpyro
   python -m benchmarks.bench_first_call --trees ../main,. --repeat 2 --skip numpyro
@@ -125,6 +126,9 @@ class _CompileLog:
 def _child_advi(name: str, mode: str) -> dict:
     import jax
 
+    mode, _, method = mode.partition("@")  # "auto@pathfinder": aj.fit(..., method="pathfinder")
+    method = method or "auto"
+
     jax.config.update("jax_log_compiles", True)
     import contextlib
 
@@ -144,7 +148,8 @@ def _child_advi(name: str, mode: str) -> dict:
     model = aj.from_numpyro(fn, *args)
     log = _CompileLog()
     log.take()
-    out = {"system": "advi_jax", "model": name, "mode": mode, "K": int(model.dim),
+    out = {"system": "advi_jax", "model": name, "mode": mode if method == "auto" else f"{mode}@{method}",
+           "K": int(model.dim),
            "data_entries": sum(int(getattr(x, "size", 0)) for x in jax.tree_util.tree_leaves(model))}
     forced = contextlib.nullcontext() if compile_options is None else compile_options.forced(
         None if mode in ("auto", "serial", "cached") else mode)
@@ -156,7 +161,8 @@ def _child_advi(name: str, mode: str) -> dict:
     with forced, serial:
         for call in (0, 1):
             wall, cpu = time.perf_counter(), time.process_time()
-            result = aj.fit(model, key=jax.random.key(call), progress=False)
+            result = aj.fit(model, key=jax.random.key(call), progress=False,
+                            **({} if method == "auto" else {"method": method}))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             out[f"call{call}"] = {"wall": round(wall, 3), "cpu": round(cpu, 3), **log.take(),
                                   "start": round(result.start_seconds, 3),
@@ -250,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--synthetic", default="", help="logistic regressions NxD, e.g. 1000x10,100000x10")
     parser.add_argument("--modes", default="auto", help="comma list of auto, full, fast, serial (auto without "
                         "the background compile of advi_jax.run.ahead)")
+    parser.add_argument("--methods", default="auto", help="comma list of aj.fit methods (auto, pathfinder, "
+                        "dadvi, bam, advi, ...); each runs with every mode")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--numpyro-steps", type=int, default=10_000)
     parser.add_argument("--skip", default="", help="'numpyro' to skip the peer")
@@ -271,7 +279,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"round {round_ + 1}/{args.repeat}, load average {os.getloadavg()}", flush=True)
         for name in names:
             trees = [t for t in args.trees.split(",") if t] or [""]
-            jobs = [(["advi", name, mode], tree) for mode in modes for tree in trees]
+            methods = [m for m in args.methods.split(",") if m]
+            jobs = [(["advi", name, mode if method == "auto" else f"{mode}@{method}"], tree)
+                    for method in methods for mode in modes for tree in trees]
             if "numpyro" not in args.skip:
                 jobs.append((["numpyro", name, str(args.numpyro_steps)], ""))
             for job, tree in jobs:
