@@ -32,8 +32,8 @@ from advi_jax.vi import laplace as _laplace
 if TYPE_CHECKING:  # optax is imported where it is used (`import advi_jax` does not load it)
     import optax
 
-__all__ = ["fit", "DiagnosticWarning", "resolve_method", "method_options", "run_diagnostics", "warn_diagnostics",
-           "runaway_parameters", "elbo_trend", "RUNAWAY_DISTANCE"]
+__all__ = ["fit", "DiagnosticWarning", "resolve_method", "method_options", "loop_compile", "run_diagnostics",
+           "warn_diagnostics", "runaway_parameters", "elbo_trend", "RUNAWAY_DISTANCE"]
 
 
 class DiagnosticWarning(UserWarning):
@@ -230,11 +230,11 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     (`advi_jax.run.driver`: chunks, stopping rule, non-finite handling, progress bar, Ctrl-C),
     map the result back, compute the PSIS diagnostics, and build the immutable `Result`. Each
     program's XLA options follow its data size times its most log-density evaluations
-    (`advi_jax.compile_options`: the start's ~2,300, the loop's `num_steps x num_samples`, the
-    diagnostics' draws); where that allows the fast or "mid" options, ADVI's loop chooses between
-    them by its own arithmetic over its expected steps (`compile_options.ByCost`). Where the loop
-    compiles with the fast or "mid" options, the loop's, the
-    diagnostics' and the small programs compile on a second thread while the start compiles
+    (`advi_jax.compile_options`: the start's ~2,300, the loop's `num_steps x num_samples` or the
+    method's own count, `loop_compile`, the diagnostics' draws); where that allows the fast or
+    "mid" options, ADVI's loop chooses between them by its own arithmetic over its expected steps
+    (`compile_options.ByCost`). Where the loop compiles with the fast or "mid" options, the loop's,
+    the diagnostics' and the small programs compile on a second thread while the start compiles
     (`advi_jax.run.ahead`; the numbers are the same as compiled one after another, but for the
     diagnostics' draws where the thread compiles them with XLA's full options,
     `importance.compile_ahead`: equal to float32 rounding).
@@ -326,8 +326,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     if not isinstance(model, Model):
         raise TypeError(f"model must be an advi_jax Model (aj.Model or aj.from_numpyro), got {type(model).__name__}")
     key, family_obj, estimator, num_samples, tol_rel_obj, callback = checks.common_args(
-        key, choose_family(model, family)[0], estimator, num_samples, tol_rel_obj, callback, progress=progress,
-        check=check, diagnostics=diagnostics, warn=warn)
+        key, choose_family(model, family, method)[0], estimator, num_samples, tol_rel_obj, callback,
+        progress=progress, check=check, diagnostics=diagnostics, warn=warn)
     eval_every, window, chunk_size, max_consecutive_nonfinite = checks.check_loop_args(
         eval_every, window, chunk_size, max_consecutive_nonfinite)
     num_init_draws = checks.check_positive_int(num_init_draws, "num_init_draws")
@@ -367,16 +367,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
                              estimator, num_samples, 1.0 if whitened else init_scale, plan.stop)
 
     def settings(opts: Any, run_model: Any) -> driver.Settings:
-        # The loop's compiler options from its most evaluations (ADVI: num_steps x num_samples); where
-        # that allows the fast or "mid" options, ADVI's loop chooses between them by its own arithmetic
-        # over its expected steps (`_expected_steps`), on the thread that compiles it.
-        evals = num_steps * num_samples if is_advi else None
-        mode = compile_options.compile_mode(run_model, evals)
-        if hasattr(module, "loop_compile_mode"):  # the method's own choice (`advi_jax.vi`)
-            mode = module.loop_compile_mode(run_model, family_obj, opts, mode)
-        if is_advi and mode in _AHEAD_MODES:
-            can_stop = getattr(plan, "stop", None) is not None or bool(tol_rel_obj)
-            mode = compile_options.ByCost(_expected_steps(num_steps, can_stop), evals)
+        can_stop = getattr(plan, "stop", None) is not None or bool(tol_rel_obj)
+        mode = loop_compile(module, run_model, family_obj, opts, num_steps, num_samples if is_advi else None,
+                            can_stop)
         return driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                                max_consecutive_nonfinite, compile=mode)
 
@@ -485,6 +478,26 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
                       "the posterior may be improper (e.g. separable data with a flat prior); add a proper prior",
                       DiagnosticWarning, stacklevel=user_stacklevel())
     return result
+
+
+def loop_compile(module: Any, model: Any, family: Family, options: Any, num_steps: int,
+                 num_samples: int | None = None, can_stop: bool = False) -> Any:
+    """The XLA options of `aj.fit`'s loop (`driver.Settings.compile`): by the size rule
+    (`compile_options.compile_mode`) over the loop's most evaluations (ADVI: `num_steps` x
+    `num_samples`; another method: its `loop_evals`, or a default fit's count where it has none),
+    then the method's own `loop_compile_mode` where it has one; where that allows the fast or "mid"
+    options, ADVI's loop chooses between them by its own arithmetic over its expected steps
+    (`compile_options.ByCost`, `_expected_steps`), on the thread that compiles it."""
+    is_advi = module is _advi
+    evals = num_steps * num_samples if is_advi else None
+    if hasattr(module, "loop_evals"):  # the method's own count (`advi_jax.vi`)
+        evals = module.loop_evals(model, family, options, num_steps)
+    mode = compile_options.compile_mode(model, evals)
+    if hasattr(module, "loop_compile_mode"):  # the method's own choice (`advi_jax.vi`)
+        mode = module.loop_compile_mode(model, family, options, mode)
+    if is_advi and mode in _AHEAD_MODES:
+        mode = compile_options.ByCost(_expected_steps(num_steps, can_stop), evals)
+    return mode
 
 
 _AHEAD_MODES = ("fast", "mid")

@@ -14,6 +14,10 @@ Every module here exposes:
   result then reports the last one) or a Monte Carlo estimate (the mean of the last steps);
 * optionally `STEP_KEYS = False`: the method's `step` ignores its key, so the driver's loop
   makes no per-step keys (their hashing is traced, lowered and compiled in every loop program);
+* optionally `loop_evals(model, family, options, num_steps) -> int`: the log-density gradient
+  evaluations the loop is expected to make, which the size rule (`compile_options.compile_mode`)
+  weighs against the model's data to choose the loop's XLA options (without it: a default fit's
+  20,000, `compile_options.DEFAULT_EVALS`);
 * optionally `loop_compile_mode(model, family, options, mode) -> str`: the XLA options ("fast",
   "mid", "full"; `advi_jax.compile_options`) of the method's loop programs, given the size
   rule's `mode` (e.g. "fast" where the step's work is in a native kernel, not in XLA's code);

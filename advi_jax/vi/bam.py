@@ -59,7 +59,8 @@ from advi_jax._types import Array, check_positive_int
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankParams, _softplus_inverse
 
-__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "bam_update", "noise_step"]
+__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "loop_evals", "bam_update",
+           "noise_step"]
 
 NAME = "bam"
 FAMILIES = ("fullrank",)
@@ -196,6 +197,14 @@ def noise_step(model, options: Options = Options()):
         return new, step_info(elbo, finite, batch, 0, False)
 
     return step
+
+
+def loop_evals(model, family: Family, options: Options, num_steps: int) -> int:
+    """The log-density gradient evaluations of `aj.fit`'s loop, for its compiler options
+    (`compile_options.compile_mode`): `batch_size` scores a step, `num_steps` steps (BaM has no
+    stopping rule, so this is what it runs)."""
+    del model, family
+    return int(num_steps) * int(options.batch_size)
 
 
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:

@@ -66,9 +66,9 @@ from advi_jax.families import Family, FullRankParams, MeanFieldParams, _softplus
 from advi_jax.vi import _lbfgs
 from advi_jax.vi._start_point import PathStart, _finite as _finite_point, jitter_factors, tried_points
 
-__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "Approximation",
-           "lbfgs_path", "jitter_factors", "PathResult", "PathStart", "StartGaussian", "start_gaussian",
-           "path_gaussian"]
+__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "loop_evals",
+           "Approximation", "lbfgs_path", "jitter_factors", "PathResult", "PathStart", "StartGaussian",
+           "start_gaussian", "path_gaussian"]
 
 NAME = "pathfinder"
 FAMILIES = ("meanfield", "fullrank")
@@ -471,6 +471,21 @@ def _check_family(family: Any) -> Family:
 
 
 _JITTER_STREAM = 0x6A17  # fold_in data of a path's key for its jittered starts' draws
+
+
+def loop_evals(model, family: Family, options: Options, num_steps: int) -> int:
+    """The log-density evaluations `aj.fit`'s loop makes at most (about two gradients an L-BFGS
+    iteration and `num_elbo_draws` log densities), for its compiler options
+    (`compile_options.compile_mode`): `num_steps` runs of `num_paths` paths of `max_iters` iterations.
+
+    Without it the loop counted as a fit's 20,000 (`compile_options.DEFAULT_EVALS`) and compiled with
+    XLA's full options above 5,000 data entries. The cap, not a typical path's length: wells' badly
+    scaled path runs about 600 iterations, and its loop compiled with the fast options (chosen from
+    200 iterations, or from the loop's arithmetic) ran 2.4 s against 0.3-0.5 s, "mid" 0.5 s; with
+    the cap (12,000 evaluations here) it compiles "mid": the first call 6.6 s against 8.7-14 s with
+    XLA's defaults, the second 0.9 s (benchmarks/PERFORMANCE.md, "Pathfinder's and BaM's loop options")."""
+    del model, family
+    return int(num_steps) * int(options.num_paths) * int(options.max_iters) * (2 + int(options.num_elbo_draws))
 
 
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
