@@ -110,8 +110,9 @@ class Plan(NamedTuple):
     stop: Any = None
 
 
-def choose_family(model: Any, family: Any) -> tuple[Family, str]:
-    """`family="auto"` resolved by K (`FULLRANK_MAX_DIM`); any other value passes through `get_family`.
+def choose_family(model: Any, family: Any, method: Any = "auto") -> tuple[Family, str]:
+    """`family="auto"` resolved by K (`FULLRANK_MAX_DIM`, or the named method's own
+    `FULLRANK_AUTO_MAX_DIM` where it has one: DADVI's); any other value passes through `get_family`.
 
     Returns:
       (Family, reason); the reason is "" for a family the caller named.
@@ -124,9 +125,16 @@ def choose_family(model: Any, family: Any) -> tuple[Family, str]:
     """
     if isinstance(family, str) and family == "auto":
         k = int(model.dim)
-        if k <= FULLRANK_MAX_DIM:
-            return get_family("fullrank"), f"family fullrank: K={k} <= {FULLRANK_MAX_DIM} (family='auto')"
-        return get_family("meanfield"), f"family meanfield: K={k} > {FULLRANK_MAX_DIM} (family='auto')"
+        limit, whose = FULLRANK_MAX_DIM, ""
+        if isinstance(method, str) and method != "auto":
+            from advi_jax.vi import METHODS
+
+            own = getattr(METHODS.get(method), "FULLRANK_AUTO_MAX_DIM", None)
+            if own is not None:
+                limit, whose = own, f" for method={method!r}"
+        if k <= limit:
+            return get_family("fullrank"), f"family fullrank: K={k} <= {limit}{whose} (family='auto')"
+        return get_family("meanfield"), f"family meanfield: K={k} > {limit}{whose} (family='auto')"
     return get_family(family), ""
 
 
@@ -204,7 +212,7 @@ def choose(model: Any, family: Any, method: Any, *, init: Any = "auto", num_step
       >>> plan.method, plan.family.name, plan.init, plan.estimator
       ('advi', 'fullrank', 'bam', 'stl')
     """
-    family_obj, family_reason = choose_family(model, family)
+    family_obj, family_reason = choose_family(model, family, method)
     if not isinstance(method, str) or method != "auto":
         reason = "requested" + (f"; {family_reason}" if family_reason else "")
         return Plan(method, family_obj, reason, init, num_steps, num_samples, estimator)

@@ -88,7 +88,8 @@ from advi_jax._types import Array, check_positive_int
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankParams, MeanFieldParams
 
-__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "DRAWS_REASONS", "build", "describe"]
+__all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "DRAWS_REASONS", "MIN_DRAWS",
+           "FULLRANK_AUTO_MAX_DIM", "build", "describe", "default_num_draws"]
 
 NAME = "dadvi"
 FAMILIES = ("meanfield", "fullrank")
@@ -128,6 +129,8 @@ class Options(NamedTuple):
     Attributes:
       num_draws: M, the fixed draws to start with; a fullrank fit needs M > K (and M >= 2K to be
         well conditioned: at M = K + 10 a K = 31 regression did not converge in 400 steps).
+        None (the default): `default_num_draws`, 30, or max(30, 2K) for a fullrank or
+        moment-matched fit.
       moment_match: centre and whiten the draws (needs M > K; no doubling); see the module docstring.
       init_scale: the starting standard deviation of q.
       initial_radius: the first trust-region radius (in the packed parameters).
@@ -148,7 +151,7 @@ class Options(NamedTuple):
       max_doublings: at most this many doublings (M ends at most at num_draws * 2**max_doublings).
     """
 
-    num_draws: int = 30
+    num_draws: int | None = None
     moment_match: bool = False
     init_scale: float = 0.1
     initial_radius: float = 1.0
@@ -280,15 +283,41 @@ def _batched_cg(hvp, rhs: Array, tol: float, max_iter: int):
 # The algorithm
 
 
-def _check(family: Any, options: Any, dim: int) -> None:
+FULLRANK_AUTO_MAX_DIM = 20
+"""`aj.fit(model, method="dadvi")` with `family="auto"` fits the full-rank Gaussian up to this K and
+the mean-field one, with its linear-response covariance, above it (`run.choose.choose_family`). A
+full-rank fit has K + K(K+1)/2 parameters and needs M > K draws: each Newton step runs up to 200 CG
+iterations of 2M gradients, so its cost grows like K^3. Measured (benchmarks/PERFORMANCE.md, "DADVI
+with draw doubling"): breast cancer (K = 31) took 5.7 million gradients at M = 496, radon (K = 90) 15
+million and 15 minutes; at K = 20 (230 parameters, M = 40) a step is at most 16,000."""
+
+MIN_DRAWS = 30
+"""The fewest fixed draws `default_num_draws` starts with (the DADVI paper's choice)."""
+
+
+def default_num_draws(family: Family, options: Options, dim: int) -> int:
+    """The fixed draws a fit starts with where `options.num_draws` is None: `MIN_DRAWS`, or
+    max(`MIN_DRAWS`, 2K) for a fullrank or moment-matched fit, which need more than K draws (at
+    K = 90 the paper's 30 made `aj.fit(model, method="dadvi")` fail with an error); an explicit
+    `num_draws` is kept as given."""
+    if options.num_draws is not None:
+        return options.num_draws
+    if getattr(family, "name", None) == "fullrank" or options.moment_match:
+        return max(MIN_DRAWS, 2 * int(dim))
+    return MIN_DRAWS
+
+
+def _check(family: Any, options: Any, dim: int) -> Options:
+    """`options` checked against the family and K, with `num_draws` resolved (`default_num_draws`)."""
     if not isinstance(family, Family) or family.name not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES} (a Family object), got {family!r}")
     if not isinstance(options, Options):
         raise TypeError(f"options must be a dadvi.Options, got {type(options).__name__}")
-    check_positive_int(options.num_draws, "options.num_draws", 2)
-    check_positive_int(options.max_cg, "options.max_cg")
     if not isinstance(options.moment_match, bool):
         raise TypeError(f"options.moment_match must be a bool, got {options.moment_match!r}")
+    options = options._replace(num_draws=default_num_draws(family, options, dim))
+    check_positive_int(options.num_draws, "options.num_draws", 2)
+    check_positive_int(options.max_cg, "options.max_cg")
     if family.name == "fullrank" and options.num_draws <= dim:
         # Directions of L orthogonal to the draws' span leave log p unchanged while log det L
         # grows: the fixed-draw objective has no minimum.
@@ -313,6 +342,7 @@ def _check(family: Any, options: Any, dim: int) -> None:
     if isinstance(options.max_doublings, bool) or not isinstance(options.max_doublings, int) \
             or not 0 <= options.max_doublings <= 10:
         raise ValueError(f"options.max_doublings must be an int in [0, 10], got {options.max_doublings!r}")
+    return options
 
 
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
@@ -332,7 +362,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
       ValueError / TypeError: for a family it cannot fit or malformed options.
     """
     k = model.dim
-    _check(family, options, k)
+    options = _check(family, options, k)
     doubling = options.mc_tol is not None and not options.moment_match
     max_level = options.max_doublings if doubling else 0
     chunk = options.num_draws  # level i runs over the first 2**i chunks of the draw buffer
