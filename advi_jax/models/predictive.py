@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advi_jax import compile_options
 from advi_jax._types import Array, ArrayLike
 from advi_jax.models.regression import RegressionModel, _check_draws, _check_model, linear_predictor
 
@@ -44,11 +45,20 @@ def _training_eta(model: RegressionModel, draws: Mapping[str, Array]) -> Array:
     return eta
 
 
-@jax.jit
+@compile_options.jit(mode=lambda model, args: int(args["draws"]["beta"].shape[0]))
 def _replicate_training(model: RegressionModel, draws: Mapping[str, Array], key: Array) -> Array:
-    """y_rep at the training rows in one compiled call (op by op, each operation compiles once)."""
+    """y_rep at the training rows in one compiled call (op by op, each operation compiles once), with
+    the compiler options of its size: the data read once a draw (`compile_options.compile_mode`)."""
     phi = draws["phi"] if model.info.kind == "negbin" else None
     return _sample_y(model.info.kind, _training_eta(model, draws), key, phi)
+
+
+@compile_options.jit(model_arg=None, static_argnames=("kind",))
+def _sample_new(kind: str, eta: Array, key: Array, phi: Array | None = None) -> Array:
+    """`_sample_y` in one compiled call, with the fast options on CPU (a few operations a draw and row).
+    Op by op, each new number of rows compiled every operation again: 0.7-0.8 s a call on breast
+    cancer (1,000 draws), against about 0.1 s."""
+    return _sample_y(kind, eta, key, phi)
 
 
 def _sample_y(kind: str, eta: Array, key: Array, phi: Array | None = None) -> Array:
@@ -98,7 +108,7 @@ def posterior_predictive(model: RegressionModel, draws: Mapping[str, ArrayLike],
         return _replicate_training(model, checked, key)
     eta = linear_predictor(model, draws, X_new, exposure=exposure, offset=offset)
     phi = jnp.asarray(draws["phi"]) if info.kind == "negbin" else None
-    return _sample_y(info.kind, eta, key, phi)
+    return _sample_new(info.kind, eta, key, phi)
 
 
 class PredictiveCheck(NamedTuple):
