@@ -38,9 +38,10 @@ def test_pathfinder_and_bam_loops_count_their_own_evaluations():
     # 72,000 x 48,000 is not.
     assert loop_compile(pathfinder, wells_sized, fr, pathfinder.Options(num_paths=4), 1) == "mid"
     assert loop_compile(pathfinder, _gaussian_with_data(12_000), fr, pathfinder.Options(num_paths=4), 1) == "full"
-    # A method without a count keeps the size rule's default (DADVI's Newton-CG evaluates 1e5+ times).
+    # DADVI's Newton-CG evaluates 1e5+ times (`dadvi.LOOP_EVALS`): fast only for tiny data.
     assert loop_compile(dadvi, wells_sized, fr, dadvi.Options(), 200) == "full"
-    assert loop_compile(dadvi, small, fr, dadvi.Options(), 200) == "fast"
+    assert loop_compile(dadvi, small, fr, dadvi.Options(), 200) == "mid"
+    assert loop_compile(dadvi, _gaussian_with_data(50), fr, dadvi.Options(), 200) == "fast"
     # ADVI's loop decides between fast and "mid" by its arithmetic where the size rule allows either.
     chosen = loop_compile(advi, small, fr, None, 10_000, 4, can_stop=True)
     assert isinstance(chosen, compile_options.ByCost) and chosen.trips == 5_000 and chosen.evals == 40_000
