@@ -439,6 +439,8 @@ class _SizedJit:
         functools.update_wrapper(self, fun)
 
     def _pick(self, args: tuple, kwargs: dict):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs))):
+            return self.full  # called inside another traced program: compiled as its part, with its options
         if self._pinned and _on_cpu() and _FORCED[0] is None:
             pinned = self._pinned.get(self._abstract_key(self._signature.bind_partial(*args, **kwargs).arguments))
             if pinned is not None:

@@ -92,3 +92,17 @@ def test_dadvi_auto_family_is_meanfield_beyond_its_fullrank_limit():
     assert family.name == "meanfield" and "method='dadvi'" in reason
     assert 31 <= FULLRANK_MAX_DIM and choose_family(large, "auto", "advi")[0].name == "fullrank"
     assert choose_family(large, "fullrank", "dadvi")[0].name == "fullrank"  # a named family is kept
+
+
+def test_a_sized_jit_program_can_be_called_inside_another_traced_program():
+    # Compiler options belong to the outermost jit; a nested call (e.g. the CLI's one posterior
+    # program calling the predictive replication) runs as a part of its caller's program.
+    @compile_options.jit(model_arg=None)
+    def inner(x):
+        return jnp.sin(x) * 2.0
+
+    outer = jax.jit(lambda x: inner(x) + 1.0, compiler_options=dict(compile_options.FAST_OPTIONS)
+                    if ON_CPU else None)
+    x = jnp.linspace(0.0, 1.0, 5)
+    np.testing.assert_allclose(np.asarray(outer(x)), np.sin(np.asarray(x)) * 2.0 + 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(inner(x)), np.sin(np.asarray(x)) * 2.0, rtol=1e-6)
