@@ -38,6 +38,10 @@ def test_pathfinder_and_bam_loops_count_their_own_evaluations():
     # 72,000 x 48,000 is not.
     assert loop_compile(pathfinder, wells_sized, fr, pathfinder.Options(num_paths=4), 1) == "mid"
     assert loop_compile(pathfinder, _gaussian_with_data(12_000), fr, pathfinder.Options(num_paths=4), 1) == "full"
+    # BaM's steps do K x K work the data count cannot see: past K = 32 the fast options become "mid".
+    assert loop_compile(bam, _gaussian_with_data(30, 90), fr, bam.Options(), 500) == "mid"
+    assert loop_compile(bam, _gaussian_with_data(30, 32), fr, bam.Options(), 500) == "fast"
+    assert loop_compile(pathfinder, _gaussian_with_data(30, 90), fr, pathfinder.Options(), 1) == "fast"
     # DADVI's Newton-CG evaluates 1e5+ times (`dadvi.LOOP_EVALS`): fast only for tiny data.
     assert loop_compile(dadvi, wells_sized, fr, dadvi.Options(), 200) == "full"
     assert loop_compile(dadvi, small, fr, dadvi.Options(), 200) == "mid"

@@ -60,7 +60,7 @@ from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family, FullRankParams, _softplus_inverse
 
 __all__ = ["NAME", "Options", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "build", "loop_evals", "bam_update",
-           "noise_step"]
+           "noise_step", "loop_compile_mode", "FAST_MAX_DIM"]
 
 NAME = "bam"
 FAMILIES = ("fullrank",)
@@ -205,6 +205,20 @@ def loop_evals(model, family: Family, options: Options, num_steps: int) -> int:
     stopping rule, so this is what it runs)."""
     del model, family
     return int(num_steps) * int(options.batch_size)
+
+
+FAST_MAX_DIM = 32
+"""The largest K for which `loop_compile_mode` keeps the fast options the size rule chose."""
+
+
+def loop_compile_mode(model, family: Family, options: Options, mode: str) -> str:
+    """The loop's XLA options: "mid" where the size rule (`loop_evals`) says fast but K >
+    `FAST_MAX_DIM`, else the rule's. Each step eigendecomposes two K x K matrices and multiplies
+    K x K factors, which the fast options' code runs about twice as slowly and the count of data
+    evaluations cannot see: radon (K = 90, 2,842 data entries) ran its loop in 1.4-1.5 s a call
+    compiled fast against 0.6-0.7 s with XLA's full options (benchmarks/PERFORMANCE.md)."""
+    del family, options
+    return "mid" if mode == "fast" and int(model.dim) > FAST_MAX_DIM else mode
 
 
 def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
