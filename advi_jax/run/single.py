@@ -41,15 +41,17 @@ class DiagnosticWarning(UserWarning):
 
 
 def _finish_mode(model: Any, args: dict) -> Any:
-    """`finish`'s options: ADVI's evaluates nothing (fast); a method with its own loop options
-    (`loop_compile_mode`, `advi_jax.vi`) compiles it as its loop; others by the size rule."""
+    """`finish`'s options: ADVI's evaluates nothing (fast); a method with its own loop options or count
+    (`loop_compile_mode`, `loop_evals`, `advi_jax.vi`) compiles it as its loop at its default steps
+    (`loop_compile`: DADVI's linear-response covariance is K Hessian-vector products over its draws);
+    others by the size rule."""
     module = args["module"]
     if module is _advi:
         return 0
-    own = getattr(module, "loop_compile_mode", None)
-    if own is None or compile_options.forced_mode() is not None:
+    if not (hasattr(module, "loop_compile_mode") or hasattr(module, "loop_evals")) \
+            or compile_options.forced_mode() is not None:
         return None
-    return own(model, args["family"], args["options"], compile_options.compile_mode(model))
+    return loop_compile(module, model, args["family"], args["options"], module.DEFAULT_NUM_STEPS)
 
 
 @compile_options.jit(static_argnames=("module", "family", "options"), mode=_finish_mode)
