@@ -370,8 +370,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
 
     def settings(opts: Any, run_model: Any) -> driver.Settings:
         can_stop = getattr(plan, "stop", None) is not None or bool(tol_rel_obj)
-        mode = loop_compile(module, run_model, family_obj, opts, num_steps, num_samples if is_advi else None,
-                            can_stop)
+        mode = loop_compile(module, run_model, family_obj, opts, num_steps, num_samples, can_stop)
         return driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                                max_consecutive_nonfinite, compile=mode)
 
@@ -486,10 +485,11 @@ def loop_compile(module: Any, model: Any, family: Family, options: Any, num_step
                  num_samples: int | None = None, can_stop: bool = False) -> Any:
     """The XLA options of `aj.fit`'s loop (`driver.Settings.compile`): by the size rule
     (`compile_options.compile_mode`) over the loop's most evaluations (ADVI: `num_steps` x
-    `num_samples`; another method: its `loop_evals`, or a default fit's count where it has none),
-    then the method's own `loop_compile_mode` where it has one; where that allows the fast or "mid"
-    options, ADVI's loop chooses between them by its own arithmetic over its expected steps
-    (`compile_options.ByCost`, `_expected_steps`), on the thread that compiles it."""
+    `num_samples`, which other methods ignore; another method: its `loop_evals`, or a default fit's
+    count where it has none), then the method's own `loop_compile_mode` where it has one; where
+    that allows the fast or "mid" options, ADVI's loop chooses between them by its own arithmetic
+    over its expected steps (`compile_options.ByCost`, `_expected_steps`), on the thread that
+    compiles it."""
     is_advi = module is _advi
     evals = num_steps * num_samples if is_advi else None
     if hasattr(module, "loop_evals"):  # the method's own count (`advi_jax.vi`)
