@@ -305,6 +305,86 @@ class Result:
         key = jax.random.key(0) if key is None else key
         return {k: jnp.mean(v, axis=0) for k, v in self.sample(key, num_draws).items()}
 
+    def linear_response(self, key: Array | None = None, num_draws: int | None = None) -> "Result":
+        """This fit's linear-response Gaussian N(m, Sigma_LR) as a full-rank `Result` with its own PSIS
+        diagnostics: m is q's mean and Sigma_LR the linear-response covariance the method computed
+        (`extras["lr_covariance"]`, in R^K; DADVI, Giordano, Ingram & Broderick 2024).
+
+        A mean-field q underestimates variances and has no correlations; the linear-response
+        covariance corrects both from the curvature of the fit's own objective (for a Gaussian
+        posterior it is exact). Its `summary()`, `sample()`, `psis_expectation()` and `to_arviz()`
+        then use N(m, Sigma_LR); its k-hat says how close that Gaussian is to the posterior.
+
+        Args:
+          key: PRNG key for the diagnostics' draws (default `jax.random.key(0)`).
+          num_draws: draws for its k-hat (default: max(4,096, the fit's own diagnostic draws)).
+
+        Raises:
+          ValueError: the fit has no linear-response covariance (only `method="dadvi"` computes
+            one), or it is not positive definite (the fit did not end at a minimum).
+
+        Example:
+          >>> result = aj.fit(model, method="dadvi", family="meanfield")  # doctest: +SKIP
+          >>> lr = result.linear_response(); print(lr.khat, lr.summary())  # doctest: +SKIP
+        """
+        from advi_jax.families import FullRankGaussian
+
+        key = jax.random.key(0) if key is None else _diag.check_key(key)
+        num_draws = self._psis_draws(num_draws)
+        params = self._lr_params()
+        family = FullRankGaussian()
+        diagnostics, ratios = diagnose(self.model, family, params, key, num_draws, return_ratios=True)
+        r = self.report
+        report = dataclasses.replace(
+            r, diagnostics=diagnostics, diagnostic_sample=(key, np.asarray(ratios)), first_diagnostics=None,
+            method_reason=f"{r.method_reason}; shown: its linear-response Gaussian N(m, Sigma_LR) "
+                          f"(Result.linear_response()) instead of its {self.family.name} q")
+        return Result(self.model, family, params, report)
+
+    def _lr_params(self):
+        """Full-rank parameters of N(q's mean, extras["lr_covariance"]) (Cholesky in float64 on the host)."""
+        from advi_jax.families import FullRankGaussian
+
+        cov = self.report.extras.get("lr_covariance")
+        if cov is None:
+            raise ValueError(f"this {self.report.method} fit has no linear-response covariance "
+                             "(extras['lr_covariance']): only method='dadvi' computes one")
+        cov = np.asarray(cov, np.float64)
+        k = self.model.dim
+        if cov.shape != (k, k):
+            raise ValueError(f"extras['lr_covariance'] must be ({k}, {k}) for this model, got {cov.shape}")
+        loc = np.asarray(self.family.mean(self.params))
+        try:
+            tril = np.linalg.cholesky(0.5 * (cov + cov.T)) if np.all(np.isfinite(cov)) else None
+        except np.linalg.LinAlgError:
+            tril = None
+        if tril is None:
+            raise ValueError("the linear-response covariance (extras['lr_covariance']) is not positive definite: "
+                             "the fit did not end at a minimum of its objective (see result.stop_reason)")
+        dtype = loc.dtype
+        return FullRankGaussian.from_scale_tril(jnp.asarray(loc, dtype), jnp.asarray(tril, dtype))
+
+    def _lr_columns(self, key: Array | None, num_draws: int, labels) -> list[dict] | None:
+        """Rows of the linear-response Gaussian's constrained mean and sd (from `num_draws` draws) for a
+        mean-field fit that has one (None otherwise, or where it is not positive definite)."""
+        from advi_jax.families import FullRankGaussian, MeanFieldGaussian
+
+        if (not isinstance(self.family, MeanFieldGaussian) or "lr_covariance" not in self.report.extras
+                or num_draws < 2):
+            return None
+        try:
+            params = self._lr_params()
+        except ValueError:
+            return None
+        key = jax.random.fold_in(jax.random.key(0) if key is None else key, 1)
+        sampled = constrained_draws(self.model, FullRankGaussian(), params, key, int(num_draws))
+        with_deterministics = getattr(self.model, "with_deterministics", None)
+        if callable(with_deterministics):
+            sampled = with_deterministics(sampled)
+        names = list(getattr(self.model, "names", []))
+        order = [k for k in names if k in sampled] + [k for k in sampled if k not in names]
+        return _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels)
+
     def to_arviz(self, *args, **kwargs):
         """This result as ArviZ `InferenceData` (`advi_jax.interop.arviz.to_arviz(self, ...)`)."""
         try:
@@ -339,6 +419,8 @@ class Result:
         `draws`: `sample(key, num_draws)` when the caller already made it (reusing the diagnostic
         draws, `key` is then `report.diagnostic_sample[0]`): used instead of drawing the same
         draws again; ignored where the summary takes fresh importance draws.
+        A mean-field fit with a linear-response covariance (DADVI) also gets `lr_mean` and `lr_sd`:
+        the same number of draws of its linear-response Gaussian (`linear_response`), constrained.
         """
         if labels is None:
             labels = _default_labels(self.model)
@@ -365,7 +447,13 @@ class Result:
             sampled = with_deterministics(sampled)
         names = list(getattr(self.model, "names", []))
         order = [k for k in names if k in sampled] + [k for k in sampled if k not in names]
-        return _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels, weights)
+        rows = _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels, weights)
+        count = int(np.shape(sampled[order[0]])[0]) if order else 0
+        lr_rows = self._lr_columns(key, count, labels)
+        if lr_rows is not None:
+            for row, lr in zip(rows, lr_rows):
+                row["lr_mean"], row["lr_sd"] = lr["mean"], lr["sd"]
+        return rows
 
     def diagnostics_lines(self) -> list[str]:
         """The diagnostics part of `summary()`, one string per line."""
@@ -397,10 +485,15 @@ class Result:
         width = max([len("parameter")] + [len(row["parameter"]) for row in rows])
         cols = ["mean", "sd", "5%", "50%", "95%"] + (["psis_mean", "psis_sd"] if rows and "psis_mean" in rows[0]
                                                       else [])
+        cols += ["lr_mean", "lr_sd"] if rows and "lr_sd" in rows[0] else []
         lines = [f"{'parameter':<{width}} " + " ".join(f"{c:>10}" for c in cols)]
         for row in rows:
             lines.append(f"{row['parameter']:<{width}} " + " ".join(f"{row[c]:>10.4g}" for c in cols))
-        if len(cols) > 5:
+        if "lr_sd" in cols:
+            lines.append("(lr_mean, lr_sd: the linear-response Gaussian N(m, Sigma_LR), whose covariance corrects the "
+                         "mean-field q's too-small sds and restores correlations; result.linear_response() gives it "
+                         "as a result with its own k-hat)")
+        if "psis_mean" in cols:
             lines.append("(psis_mean, psis_sd: Pareto-smoothed importance-weighted estimates; k-hat < "
                          f"{_diag.khat_threshold(r.diagnostics.num_draws):.2f} says they are reliable)")
             moments = r.diagnostics.moments

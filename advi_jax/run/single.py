@@ -134,13 +134,22 @@ def warn_diagnostics(result: Any, warn: bool) -> None:
     threshold = khat_threshold(d.num_draws)
     if not by_khat:  # the moment check alone: the parameter and the verdict first, k-hat (under its threshold) last
         warnings.warn(f"q is off at {_flagged_name(result.model, d.moments)}: {result.verdict} ({khat}, under its "
-                      f"threshold {threshold:.2f}{_spread(result)})", DiagnosticWarning, stacklevel=user_stacklevel())
+                      f"threshold {threshold:.2f}{_spread(result)}){_linear_response_hint(result)}", DiagnosticWarning,
+                      stacklevel=user_stacklevel())
         return
     moments = ""
     if d.moments_flagged():  # with a k-hat warning, the moment check's reading and its parameter too
         moments = f"; {d.moments.describe()}; it is {_flagged_name(result.model, d.moments)}"
-    warnings.warn(f"{khat} (threshold {threshold:.2f}){_spread(result)}{moments}: {result.verdict}",
-                  DiagnosticWarning, stacklevel=user_stacklevel())
+    warnings.warn(f"{khat} (threshold {threshold:.2f}){_spread(result)}{moments}: {result.verdict}"
+                  f"{_linear_response_hint(result)}", DiagnosticWarning, stacklevel=user_stacklevel())
+
+
+def _linear_response_hint(result: Any) -> str:
+    """For a mean-field fit with a linear-response covariance (DADVI): where to find the corrected Gaussian."""
+    if getattr(result.family, "name", None) != "meanfield" or "lr_covariance" not in result.report.extras:
+        return ""
+    return ("; this mean-field fit's linear-response Gaussian corrects q's sds and correlations (the summary's "
+            "lr_mean / lr_sd): result.linear_response() gives it as a result with its own k-hat")
 
 
 def _flagged_name(model: Any, moments: Any) -> str:

@@ -34,7 +34,8 @@ At the optimum, `extras(state)` gives:
   H^{-1}, H the Hessian of F; for a Gaussian posterior it is exact even for mean-field q, whose
   own covariance is not. Solved by batched CG with Hessian-vector products (`lr_solver="cg"`)
   or by a dense Hessian built from one HVP per parameter and a Cholesky solve (`"dense"`).
-* `lr_sd` (K,): its square-rooted diagonal.
+* `lr_sd` (K,): its square-rooted diagonal. `Result.linear_response()` makes N(m, lr_covariance) a
+  full-rank result with its own k-hat, and a mean-field fit's `summary()` shows its `lr_mean` / `lr_sd`.
 * `mc_se` (K,): the sandwich estimate of the Monte Carlo standard error of the posterior means
   due to the fixed draws, sqrt(diag(W S W^T) / M), with W the mean rows of H^{-1} and S the
   sample covariance of the per-draw gradients of F (valid for iid draws, `moment_match=False`).
