@@ -27,7 +27,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 import advi_jax as aj  # noqa: E402
 from advi_jax.vi import dadvi  # noqa: E402
