@@ -232,3 +232,21 @@ def test_fullrank_doubled_fit_is_the_fixed_draw_optimum_of_all_its_draws(key):
         np.testing.assert_allclose(chol @ s @ chol.T, cov, atol=1e-7)
         err = np.abs(np.asarray(params.loc) - mean)
         assert np.all(err < 5 * np.asarray(ex["mc_se"])), (err, ex["mc_se"])
+
+
+
+def test_newton_phase_ends_at_the_float32_rounding_floor(key):
+    # gtol and xtol far below what float32 can resolve: the Newton phase must still end, where a step's
+    # predicted decrease is below F's rounding and does not lower the gradient (before, that step was
+    # proposed and rejected again every iteration until the budget ran out), and at the optimum.
+    model = _logistic(n=2000, seed=3)
+    opts = dadvi.Options(num_draws=30, mc_tol=None, gtol=1e-12, xtol=1e-12)
+    params, state, totals = run(dadvi.build(model, aj.MeanFieldGaussian(), opts), key, jnp.zeros(model.dim), 300)
+    assert bool(totals["info"].converged) and int(totals["steps"]) < 100, int(totals["steps"])
+    assert float(jnp.max(jnp.abs(state.grad))) < 1e-3
+    loose = dadvi.build(model, aj.MeanFieldGaussian(), opts._replace(gtol=1e-4, xtol=1e-4))
+    params_loose, _, totals_loose = run(loose, key, jnp.zeros(model.dim), 300)
+    assert bool(totals_loose["info"].converged)
+    scale = np.asarray(aj.MeanFieldGaussian().scale(params))
+    np.testing.assert_allclose(params.loc, params_loose.loc, atol=1e-2 * scale.min())
+    np.testing.assert_allclose(aj.MeanFieldGaussian().scale(params_loose), scale, rtol=1e-2)

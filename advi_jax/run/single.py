@@ -146,7 +146,8 @@ def warn_diagnostics(result: Any, warn: bool) -> None:
 
 def _linear_response_hint(result: Any) -> str:
     """For a mean-field fit with a linear-response covariance (DADVI): where to find the corrected Gaussian."""
-    if getattr(result.family, "name", None) != "meanfield" or "lr_covariance" not in result.report.extras:
+    family = getattr(result, "family", None)
+    if getattr(family, "name", None) != "meanfield" or "lr_covariance" not in getattr(result.report, "extras", {}):
         return ""
     return ("; this mean-field fit's linear-response Gaussian corrects q's sds and correlations (the summary's "
             "lr_mean / lr_sd): result.linear_response() gives it as a result with its own k-hat")
