@@ -96,6 +96,10 @@ from typing import Any, Callable, Iterator, NamedTuple
 import jax
 import numpy as np
 
+from advi_jax import _lapack_batched
+
+_lapack_batched.install()  # batched CPU Cholesky / triangular solves without jaxlib's deadlock (its docstring)
+
 __all__ = ["FAST_OPTIONS", "MID_OPTIONS", "FAST_MAX_ENTRIES", "FAST_MAX_WORK", "MID_MAX_WORK", "DEFAULT_EVALS",
            "fast_compile", "compile_mode", "jit", "forced", "forced_mode", "ByCost", "Arithmetic", "arithmetic",
            "cost_mode", "FAST_EXTRA_SECONDS", "FAST_SAVED_SECONDS_PER_EQN", "fast_extra_seconds", "MODE_OPTIONS",
