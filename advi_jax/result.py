@@ -91,7 +91,8 @@ class Report:
     Attributes:
       elbo: (steps run,) per-step ELBO estimates (NaN where a step was skipped).
       num_steps: steps run.
-      num_grad_evals: gradients of the log density the fit evaluated (summed `StepInfo` counts).
+      num_grad_evals: gradients of the log density the fit evaluated (summed `StepInfo` counts, the
+        start's, and what the method's extras evaluated: DADVI's final linear-response solve).
       num_logp_evals: log-density values evaluated without a gradient (the diagnostics' draws are
         not counted, except those of a k-hat re-estimate: see `first_diagnostics`).
       num_nonfinite: steps skipped because the ELBO or gradient was not finite.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
@@ -221,6 +222,30 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
     return tuple(int(i) for i in np.flatnonzero((np.abs(mean) > threshold) & (np.abs(mean) > 2 * sd)))
 
 
+def _second_derivatives(fun: Callable) -> Callable:
+    """Decorate `fit`: JAX's "Differentiation rule for 'x' not implemented", raised where a method
+    differentiates the log density twice and one of its functions has no second derivative in JAX
+    (e.g. the regularised incomplete gamma of a censored Gamma likelihood), says which methods did so
+    and which need gradients only."""
+
+    @functools.wraps(fun)
+    def wrapper(*args, **kwargs):
+        try:
+            return fun(*args, **kwargs)
+        except NotImplementedError as err:
+            if "Differentiation rule" not in str(err):
+                raise
+            asked = f"method={kwargs.get('method', 'auto')!r}, init={kwargs.get('init', 'auto')!r}"
+            raise NotImplementedError(
+                f"aj.fit({asked}) differentiated the log density twice, and JAX cannot: {err} (a function in the "
+                "model has no second derivative in JAX). Second derivatives are taken by method='dadvi' "
+                "(Hessian-vector products), method='laplace' and init='laplace' (the Hessian); method='advi', "
+                "'pathfinder' and 'bam' with init='zero' or 'pathfinder' need gradients only") from err
+
+    return wrapper
+
+
+@_second_derivatives
 @blas_threads.during
 @gc_pause.during
 @precision.during
@@ -432,6 +457,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         _wait(ahead, "transform")
         params = _laplace.transform(family_obj, params, *begun.whitening)
     extras = dict(jax.device_get(extras))
+    # what the method's extras themselves evaluated (DADVI's linear-response solve; `advi_jax.vi`)
+    finish_grad_evals = int(module.extras_grad_evals(extras)) if hasattr(module, "extras_grad_evals") else 0
     if begun.num_grad_evals:  # the start's share of num_grad_evals (Laplace, Pathfinder, BaM)
         extras["start_grad_evals"] = begun.num_grad_evals
     num_nonfinite = int(out.loop.num_nonfinite)
@@ -461,7 +488,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     if hasattr(module, "describe_stop"):  # a method's own words for its stop (`advi_jax.vi`)
         stop_reason = module.describe_stop(stop_reason, code, extras, num_steps)
     report = Report(
-        elbo=out.elbo, num_steps=steps, num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals,
+        elbo=out.elbo, num_steps=steps,
+        num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals + finish_grad_evals,
         num_logp_evals=int(out.loop.num_logp_evals) + begun.num_logp_evals + extra_logp_evals,
         num_nonfinite=num_nonfinite,
         converged=code in (1, 2, 4),

@@ -211,10 +211,11 @@ def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, in
         # a Hessian; to 0.01 sd a K = 302 hierarchical logistic took three, twice the second call's
         # time, for the same fit).
         info = _laplace.laplace(model, family=family, init=loc, newton_tol=_laplace.START_DECREMENT)
-    except ValueError as err:
-        if init != "auto":
+    except (ValueError, NotImplementedError) as err:
+        if init != "auto" or (isinstance(err, NotImplementedError) and "Differentiation rule" not in str(err)):
             raise
-        reason = str(err).split(": ", 1)[-1].split(";")[0]
+        reason = (str(err).split(": ", 1)[-1].split(";")[0] if isinstance(err, ValueError) else
+                  f"the log density has no second derivative in JAX for its Hessian ({err})")
         return Start(model, loc, loc, f"{method} (no Laplace start: {reason}){said}", None, candidates, scores,
                      tries=tries)
     return Start(_laplace.Whitened(model, info.mode, info.scale_tril), jnp.zeros_like(loc), info.mode,

@@ -25,6 +25,8 @@ Every module here exposes:
   why the fit stopped (the driver's `reason` for `code`, with what the method's test saw).
 * optionally `stop_warning(code, extras, num_steps) -> str | None`: what the user must be warned
   of about that stop (a `DiagnosticWarning`; e.g. a cap reached before the method's own test passed).
+* optionally `extras_grad_evals(extras) -> int`: the gradients its `extras(state)` itself evaluated
+  (e.g. DADVI's linear-response solve), which `aj.fit` adds to the result's `num_grad_evals`.
 
 `METHODS` maps each `NAME` to its module; the driver looks methods up here, so adding an
 algorithm is one new file and one line below.

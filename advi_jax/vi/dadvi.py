@@ -142,7 +142,7 @@ class Options(NamedTuple):
       gtol: converged when max |grad F| < gtol.
       xtol: converged when an accepted step has max |step| < xtol.
       lr_solver: "cg" (matrix-free, for large K), "dense" (Hessian from HVP columns) or "auto"
-        (dense up to 256 parameters).
+        (dense up to `DENSE_MAX_PARAMS` packed parameters).
       lr_cg_tol: relative residual at which the linear-response CG solves stop.
       mc_tol: double M while max_k mc_se_k / sd_k (sd the linear-response sd) exceeds this;
         None: fixed draws. The MC error of every mean is then at most 0.05 posterior sd, the
@@ -302,6 +302,17 @@ def loop_evals(model, family: Family, options: Options, num_steps: int) -> int:
     return LOOP_EVALS * max(1, int(num_steps)) // DEFAULT_NUM_STEPS
 
 
+DENSE_MAX_PARAMS = 4096
+"""`lr_solver="auto"` builds the dense Hessian (P Hessian-vector products and a Cholesky) up to this
+many packed parameters P, and solves by batched CG above. CG costs K right-hand sides times its
+iterations, which exceed P / K (2 for a mean-field fit) on any ill-conditioned posterior: on the
+births time series (K = 144, P = 288, 30 draws) the CG solve took about 215 s and the dense one under
+10 s. At P = 4096 the Hessian is 64 MB in float32 and its Cholesky about 23 GFLOP."""
+
+HESSIAN_BLOCK = 64
+"""Hessian columns per vectorised batch of the dense solver (`jax.lax.map`'s batch_size): the
+memory of one batch is this many Hessian-vector products over a chunk of draws, whatever P is."""
+
 FULLRANK_AUTO_MAX_DIM = 20
 """`aj.fit(model, method="dadvi")` with `family="auto"` fits the full-rank Gaussian up to this K and
 the mean-field one, with its linear-response covariance, above it (`run.choose.choose_family`). A
@@ -390,7 +401,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     max_cg = min(options.max_cg, num_params)
     solver = options.lr_solver
     if solver == "auto":
-        solver = "dense" if num_params <= 256 else "cg"
+        solver = "dense" if num_params <= DENSE_MAX_PARAMS else "cg"
     logp_batch = jax.vmap(model.log_density)
 
     def neg_logp_sum(eta, z):
@@ -430,7 +441,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         dtype = eta.dtype
         basis = jnp.eye(num_params, dtype=dtype)[:k]  # the loc rows: d E_q[zeta] / d eta
         if solver == "dense":
-            hess = jax.vmap(hvp)(jnp.eye(num_params, dtype=dtype))
+            hess = jax.lax.map(hvp, jnp.eye(num_params, dtype=dtype), batch_size=HESSIAN_BLOCK)
             hess = 0.5 * (hess + hess.T)
             chol = jnp.linalg.cholesky(hess)
             rows = jax.scipy.linalg.cho_solve((chol, True), basis.T).T  # (K, P) = rows of H^{-1}
@@ -565,6 +576,12 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
                 "lr_grad_evals": cost}
 
     return VIAlgorithm(init, step, params, extras)
+
+
+def extras_grad_evals(extras: dict) -> int:
+    """The gradients `extras(state)` evaluated (`lr_grad_evals`: the final linear-response solve, 0 where
+    the last MC check's is reused), for `aj.fit`'s `num_grad_evals` (`advi_jax.vi`)."""
+    return int(extras["lr_grad_evals"])
 
 
 def _relative_error(mc_se: Array, lr_cov: Array, q_variance: Array) -> Array:
