@@ -89,3 +89,16 @@ def mc_elbo(model, family, params, key, num_draws=1_000_000, chunk=100_000):
         sq += (v * v).sum()
     mean = sums / num_draws
     return mean, np.sqrt((sq / num_draws - mean**2) / num_draws)
+
+
+def conjugate_regression(seed: int, n: int, mix) -> tuple:
+    """A linear regression with known unit noise and a N(0, 2^2 I) prior on correlated predictors
+    (standard normals times `mix`): (x, y, posterior mean, covariance, precision), exact."""
+    rng = np.random.default_rng(seed)
+    mix = np.asarray(mix, np.float64)
+    k = mix.shape[0]
+    x = rng.normal(size=(n, k)) @ mix
+    y = x @ np.array([1.0, -1.0, 0.5][:k] + [0.0] * max(0, k - 3)) + rng.normal(size=n)
+    prec = x.T @ x + np.eye(k) / 4.0
+    cov = np.linalg.solve(prec, np.eye(k))
+    return x, y, cov @ (x.T @ y), cov, prec

@@ -9,6 +9,7 @@ import advi_jax as aj
 from advi_jax.models import logistic_regression
 from advi_jax.vi import METHODS, dadvi
 from _vi_runner import Gauss as _Gauss
+from _vi_runner import conjugate_regression
 from _vi_runner import correlated as _correlated
 from _vi_runner import run
 
@@ -48,13 +49,8 @@ def test_meanfield_reaches_the_fixed_draw_optimum(key):
 def test_linear_response_equals_exact_posterior_covariance(key):
     # Conjugate linear regression (known noise): the posterior is Gaussian, so the LR covariance
     # of a mean-field fit is exact while the mean-field covariance is the inverse precision diagonal.
-    rng = np.random.default_rng(1)
-    n, k = 30, 3
-    x = rng.normal(size=(n, k)) @ np.array([[1.0, 0.8, 0.0], [0.0, 0.6, 0.5], [0.0, 0.0, 0.9]])
-    y = x @ np.array([1.0, -1.0, 0.5]) + rng.normal(size=n)
-    prec = x.T @ x + np.eye(k) / 4.0
-    cov = np.linalg.inv(prec)
-    mean = cov @ (x.T @ y)
+    k = 3
+    _, _, mean, cov, prec = conjugate_regression(1, 30, [[1.0, 0.8, 0.0], [0.0, 0.6, 0.5], [0.0, 0.0, 0.9]])
     with jax.enable_x64(True):
         for moment_match, rtol in ((True, 1e-6), (False, 0.25)):
             opts = dadvi.Options(num_draws=10, moment_match=moment_match, mc_tol=None)

@@ -9,17 +9,13 @@ import pytest
 
 import advi_jax as aj
 from advi_jax.vi import dadvi
+from _vi_runner import conjugate_regression
 
 
 def _conjugate():
     # Linear regression with known noise and a N(0, 2^2) prior: a correlated Gaussian posterior.
-    rng = np.random.default_rng(3)
-    n, k = 40, 3
-    x = rng.normal(size=(n, k)) @ np.array([[1.0, 0.8, 0.0], [0.0, 0.6, 0.7], [0.0, 0.0, 0.5]])
-    y = x @ np.array([1.0, -1.0, 0.5]) + rng.normal(size=n)
-    prec = x.T @ x + np.eye(k) / 4.0
-    cov = np.linalg.inv(prec)
-    mean = cov @ (x.T @ y)
+    k = 3
+    x, y, mean, cov, prec = conjugate_regression(3, 40, [[1.0, 0.8, 0.0], [0.0, 0.6, 0.7], [0.0, 0.0, 0.5]])
 
     def log_density(p, data):
         xx, yy = data
