@@ -393,3 +393,37 @@ def check_callback(callback: Any) -> Callable | None:
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be None or a function of a run.Progress, got {type(callback).__name__}")
     return callback
+
+
+class SecondDerivativeError(NotImplementedError):
+    """A method differentiated the log density twice and JAX has no rule for one of its functions."""
+
+
+def second_derivatives(call: Callable[[dict], str]) -> Callable:
+    """Decorate a public fitting function: JAX's "Differentiation rule for 'x' not implemented", raised
+    where the function differentiates the log density twice (a Hessian, Hessian-vector products) and a
+    function in the model has no second derivative in JAX (e.g. the regularised incomplete gamma of a
+    censored Gamma likelihood, in its shape), becomes a `SecondDerivativeError` that says which
+    methods need second derivatives and which need gradients only. `call(kwargs)` names the call."""
+
+    def decorate(fun: Callable) -> Callable:
+        import functools
+
+        @functools.wraps(fun)
+        def wrapper(*args, **kwargs):
+            try:
+                return fun(*args, **kwargs)
+            except NotImplementedError as err:
+                if "Differentiation rule" not in str(err):
+                    raise
+                original = err.__cause__ if isinstance(err, SecondDerivativeError) else err
+                raise SecondDerivativeError(
+                    f"{call(kwargs)} differentiated the log density twice, and JAX cannot: {original} (a function "
+                    "in the model has no second derivative in JAX). Second derivatives are taken by method='dadvi' "
+                    "(Hessian-vector products), aj.laplace, method='laplace' and init='laplace' (the Hessian); "
+                    "method='advi', 'pathfinder' and 'bam' with init='zero' or 'pathfinder' need gradients only"
+                ) from original
+
+        return wrapper
+
+    return decorate

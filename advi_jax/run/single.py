@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
@@ -222,30 +221,8 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
     return tuple(int(i) for i in np.flatnonzero((np.abs(mean) > threshold) & (np.abs(mean) > 2 * sd)))
 
 
-def _second_derivatives(fun: Callable) -> Callable:
-    """Decorate `fit`: JAX's "Differentiation rule for 'x' not implemented", raised where a method
-    differentiates the log density twice and one of its functions has no second derivative in JAX
-    (e.g. the regularised incomplete gamma of a censored Gamma likelihood), says which methods did so
-    and which need gradients only."""
-
-    @functools.wraps(fun)
-    def wrapper(*args, **kwargs):
-        try:
-            return fun(*args, **kwargs)
-        except NotImplementedError as err:
-            if "Differentiation rule" not in str(err):
-                raise
-            asked = f"method={kwargs.get('method', 'auto')!r}, init={kwargs.get('init', 'auto')!r}"
-            raise NotImplementedError(
-                f"aj.fit({asked}) differentiated the log density twice, and JAX cannot: {err} (a function in the "
-                "model has no second derivative in JAX). Second derivatives are taken by method='dadvi' "
-                "(Hessian-vector products), method='laplace' and init='laplace' (the Hessian); method='advi', "
-                "'pathfinder' and 'bam' with init='zero' or 'pathfinder' need gradients only") from err
-
-    return wrapper
-
-
-@_second_derivatives
+@checks.second_derivatives(lambda kw: f"aj.fit(method={kw.get('method', 'auto')!r}, "
+                                     f"init={kw.get('init', 'auto')!r})")
 @blas_threads.during
 @gc_pause.during
 @precision.during

@@ -215,7 +215,7 @@ def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, in
         if init != "auto" or (isinstance(err, NotImplementedError) and "Differentiation rule" not in str(err)):
             raise
         reason = (str(err).split(": ", 1)[-1].split(";")[0] if isinstance(err, ValueError) else
-                  f"the log density has no second derivative in JAX for its Hessian ({err})")
+                  f"the log density has no second derivative in JAX for its Hessian ({err.__cause__ or err})")
         return Start(model, loc, loc, f"{method} (no Laplace start: {reason}){said}", None, candidates, scores,
                      tries=tries)
     return Start(_laplace.Whitened(model, info.mode, info.scale_tril), jnp.zeros_like(loc), info.mode,

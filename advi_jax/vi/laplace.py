@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from advi_jax import compile_options, gc_pause
+from advi_jax import checks, compile_options, gc_pause
 from advi_jax._types import Array, ArrayLike, check_positive_int
 from advi_jax.base import Family, LogDensity, VIAlgorithm, step_info
 from advi_jax.checks import initial_loc
@@ -252,6 +252,7 @@ def transform(family: Family, params, shift: Array, scale_tril: Array):
     return family.transform(params, shift, scale_tril)
 
 
+@checks.second_derivatives(lambda kw: "aj.laplace")
 @gc_pause.during
 def laplace(model: LogDensity, *, family: str | Family = "fullrank", init: ArrayLike | None = None,
             max_iter: int = 1000, newton_steps: int = NEWTON_STEPS, newton_tol: float = NEWTON_DECREMENT) -> LaplaceInfo:
