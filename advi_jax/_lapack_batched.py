@@ -1,4 +1,4 @@
-"""Batched Cholesky factorisations and triangular solves on the CPU through XLA's own expansions.
+"""Batched Cholesky factorisations and triangular solves on the CPU as one LAPACK call per batch element.
 
 jaxlib before 0.11.2 runs a batched LAPACK call (`potrf`, `trsm`, ...) on XLA:CPU by splitting the
 batch over the intra-op thread pool and blocking until the pieces finish. When the program runs as
@@ -10,9 +10,10 @@ differentiated twice) hung in its first step, and so does the minimal program in
 solve). jaxlib 0.11.2 takes that parallel path out of its open-source builds.
 
 `install()` (called when `advi_jax.compile_options` is imported, i.e. before any fit compiles)
-lowers these two primitives on the CPU to XLA's `cholesky` / `triangular-solve` HLO, expanded by
-XLA itself, whenever their operands carry batch dimensions, as jaxlib once did for every batched
-triangular solve; an unbatched call keeps jaxlib's LAPACK lowering unchanged. It is process-wide
+lowers these two primitives on the CPU, whenever their operands carry batch dimensions, as a loop
+(`lax.map`) of unbatched LAPACK calls, which never enter the batch-parallel path (what 0.11.2 does
+for every batch); an unbatched call keeps jaxlib's lowering unchanged. (XLA's own expansions instead
+cost 4-5x on a GP model.) It is process-wide
 (JAX's lowering rules are), touches only these batched calls, and does nothing on jaxlib 0.11.2 or
 later. `ADVI_JAX_BATCHED_LAPACK=1` keeps jaxlib's lowering.
 """
@@ -35,12 +36,12 @@ def _affected() -> bool:
 
 
 def installed() -> bool:
-    """Whether the batched calls are lowered through XLA's expansions in this process."""
+    """Whether the batched calls are lowered as loops of unbatched LAPACK calls in this process."""
     return bool(_STATE.get("installed"))
 
 
 def install() -> bool:
-    """Route batched CPU Cholesky / triangular solves through XLA's expansions (see the module
+    """Lower batched CPU Cholesky / triangular solves as loops of unbatched LAPACK calls (see the module
     docstring); True when installed (now or before), False where not needed or switched off."""
     if _STATE.get("installed"):
         return True

@@ -84,6 +84,18 @@ def _quantile_table(draws: Mapping[str, np.ndarray], labels: Mapping[str, Any] |
     return rows
 
 
+def _model_table(model: Any, sampled: Mapping[str, Any], labels: Mapping[str, Any] | None,
+                 weights: np.ndarray | None = None) -> list[dict]:
+    """`_quantile_table` of a model's constrained draws: with its deterministic sites (numpyro.deterministic
+    of `from_numpyro` models), in the model's parameter order."""
+    with_deterministics = getattr(model, "with_deterministics", None)
+    if callable(with_deterministics):
+        sampled = with_deterministics(sampled)
+    names = list(getattr(model, "names", []))
+    order = [k for k in names if k in sampled] + [k for k in sampled if k not in names]
+    return _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels, weights)
+
+
 @dataclasses.dataclass(frozen=True)
 class Report:
     """What a fit did and what it cost (see `Result`; every field is also an attribute of it).
@@ -379,12 +391,7 @@ class Result:
             return None
         key = jax.random.fold_in(jax.random.key(0) if key is None else key, 1)
         sampled = constrained_draws(self.model, FullRankGaussian(), params, key, int(num_draws))
-        with_deterministics = getattr(self.model, "with_deterministics", None)
-        if callable(with_deterministics):
-            sampled = with_deterministics(sampled)
-        names = list(getattr(self.model, "names", []))
-        order = [k for k in names if k in sampled] + [k for k in sampled if k not in names]
-        return _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels)
+        return _model_table(self.model, sampled, labels)
 
     def to_arviz(self, *args, **kwargs):
         """This result as ArviZ `InferenceData` (`advi_jax.interop.arviz.to_arviz(self, ...)`)."""
@@ -443,13 +450,8 @@ class Result:
             weights = np.exp(np.asarray(smoothed.log_weights, np.float64))
         else:
             sampled = self.sample(jax.random.key(0) if key is None else key, num_draws) if draws is None else draws
-        with_deterministics = getattr(self.model, "with_deterministics", None)
-        if callable(with_deterministics):  # numpyro.deterministic sites of from_numpyro models
-            sampled = with_deterministics(sampled)
-        names = list(getattr(self.model, "names", []))
-        order = [k for k in names if k in sampled] + [k for k in sampled if k not in names]
-        rows = _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels, weights)
-        count = int(np.shape(sampled[order[0]])[0]) if order else 0
+        rows = _model_table(self.model, sampled, labels, weights)
+        count = int(np.shape(jax.tree_util.tree_leaves(sampled)[0])[0]) if sampled else 0
         lr_rows = self._lr_columns(key, count, labels)
         if lr_rows is not None:
             for row, lr in zip(rows, lr_rows):

@@ -32,7 +32,8 @@ from advi_jax import compile_options
 from advi_jax._types import Array
 from advi_jax._stack import user_stacklevel
 from advi_jax.base import Family
-from advi_jax.checks import INIT_OPTIONS, NonFiniteStart, check_initial_point, check_log_joint_shape, initial_loc
+from advi_jax.checks import (INIT_OPTIONS, NonFiniteStart, SecondDerivativeError, check_initial_point,
+                             check_log_joint_shape, initial_loc)
 from advi_jax.families import FullRankGaussian
 from advi_jax.vi import bam as _bam
 from advi_jax.vi import laplace as _laplace
@@ -211,11 +212,11 @@ def start(model: Any, family: Family, init: Any, *, key: Array, whiten: bool, in
         # a Hessian; to 0.01 sd a K = 302 hierarchical logistic took three, twice the second call's
         # time, for the same fit).
         info = _laplace.laplace(model, family=family, init=loc, newton_tol=_laplace.START_DECREMENT)
-    except (ValueError, NotImplementedError) as err:
-        if init != "auto" or (isinstance(err, NotImplementedError) and "Differentiation rule" not in str(err)):
+    except (ValueError, SecondDerivativeError) as err:
+        if init != "auto":
             raise
         reason = (str(err).split(": ", 1)[-1].split(";")[0] if isinstance(err, ValueError) else
-                  f"the log density has no second derivative in JAX for its Hessian ({err.__cause__ or err})")
+                  f"the log density has no second derivative in JAX for its Hessian ({err.__cause__})")
         return Start(model, loc, loc, f"{method} (no Laplace start: {reason}){said}", None, candidates, scores,
                      tries=tries)
     return Start(_laplace.Whitened(model, info.mode, info.scale_tril), jnp.zeros_like(loc), info.mode,
