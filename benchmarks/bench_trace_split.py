@@ -43,6 +43,15 @@ def _size(jaxpr, inside: bool = False) -> tuple[int, int]:
     return total, model
 
 
+def _name(program) -> str:
+    """A program's name: its function's, or (a wrapped partial without one) the wrapped function's."""
+    name = getattr(program, "__name__", None)
+    if name is None:
+        inner = getattr(getattr(program, "__wrapped__", None), "func", None)
+        name = getattr(inner, "__name__", f"program_{id(program):x}")
+    return name
+
+
 def _record(model) -> tuple[dict, float, float]:
     """Each program's first call (self, args, kwargs) in a serial default fit, the fit's gc seconds, its CPU seconds."""
     import jax
@@ -56,7 +65,7 @@ def _record(model) -> tuple[dict, float, float]:
 
     def recording(original):
         def wrapped(self, *args, **kwargs):
-            seen.setdefault(self.__name__, (self, args, kwargs))
+            seen.setdefault(_name(self), (self, args, kwargs))
             return original(self, *args, **kwargs)
         return wrapped
 
