@@ -297,3 +297,46 @@ def test_summary_rows_use_the_draws_the_caller_already_made():
     assert given == result.summary_rows(key, 500)  # the same draws as drawing them again
     shifted = result.summary_rows(key, 500, draws={k: v + 1.0 for k, v in draws.items()})
     assert [r["mean"] for r in shifted] == pytest.approx([r["mean"] + 1.0 for r in given], abs=1e-5)
+
+
+def test_meanfield_dadvi_run_reports_its_linear_response_gaussian(tmp_path, monkeypatch, capsys):
+    """`--method dadvi --family meanfield`: the table, draws and k-hat are the linear-response Gaussian's
+    (its sds corrected for the predictors' correlation), q's own k-hat kept beside it."""
+    rng = np.random.default_rng(3)
+    n = 300
+    z = rng.normal(size=n)
+    x1, x2 = z + 0.3 * rng.normal(size=n), z + 0.3 * rng.normal(size=n)  # correlated 0.9
+    y = (rng.random(n) < 1 / (1 + np.exp(-(0.3 + x1 - 0.5 * x2)))).astype(int)
+    lines = ["x1,x2,y"] + [f"{a:.5f},{b:.5f},{c}" for a, b, c in zip(x1, x2, y)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    args = ["fit", "--data", "d.csv", "--target", "y", "--method", "dadvi", "--family", "meanfield", "--out", "res",
+            "--quiet", "--no-plots", "--draws", "4000"]
+    proc = _run_here(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert info["fit"]["shown"] == "linear_response" and info["fit"]["method"] == "dadvi"
+    assert np.isfinite(info["fit"]["khat_q"]) and "linear-response Gaussian" in proc.stdout
+    rows = {r["parameter"]: r for r in info["summary"]}
+    draws = np.load(tmp_path / "res" / "draws.npz")
+    # the table and the saved draws are the same Gaussian's
+    assert rows["beta[x1]"]["sd"] == pytest.approx(float(draws["beta"][:, 0].std(ddof=1)), rel=1e-3)
+    # and that Gaussian is the linear-response one: the same fit by hand, its lr_sd (x1, x2 in R)
+    import jax
+
+    import advi_jax as aj
+    from advi_jax.cli.fit import _shown
+
+    model = aj.models.logistic_regression(np.stack([x1, x2], 1), y, feature_names=["x1", "x2"])
+    with pytest.warns(aj.DiagnosticWarning, match="linear-response"):  # q's k-hat flags it, and says what helps
+        result = aj.fit(model, key=jax.random.key(0), method="dadvi", family="meanfield", progress=False)
+    lr_sd = np.asarray(result.extras["lr_sd"])
+    q_sd = np.asarray(result.family.scale(result.params))
+    shown, note = _shown(result, jax.random.key(1), 4000)
+    assert shown.family.name == "fullrank" and "linear-response" in note
+    sd = np.asarray(shown.sample(jax.random.key(2), 20000)["beta"]).std(0)
+    assert sd == pytest.approx(lr_sd[1:3], rel=0.03)
+    assert rows["beta[x1]"]["sd"] == pytest.approx(lr_sd[1], rel=0.05)
+    assert np.all(lr_sd[1:3] > 1.5 * q_sd[1:3])  # the mean-field q is too narrow along the correlated pair
+    # a full-rank fit is shown as itself
+    full = aj.fit(model, key=jax.random.key(0), family="fullrank", progress=False, diagnostics=False)
+    assert _shown(full, jax.random.key(1), 100) == (full, "")

@@ -104,7 +104,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("auto",) + tuple(sorted(METHODS)), default="auto",
                    help="fitting method (default auto: the exact-ELBO Newton fit 'glm_exact' for these GLMs, "
                    "which reaches the family's optimum in a few passes over the data; 'advi' is stochastic "
-                   "ADVI, chosen automatically when --estimator, --samples or --learning-rate is given)")
+                   "ADVI, chosen automatically when --estimator, --samples or --learning-rate is given; "
+                   "'dadvi' with --family meanfield reports its linear-response Gaussian, which corrects the "
+                   "mean-field sds)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="step budget (default: the method's own, 100 for glm_exact, 10000 for advi)")
     p.add_argument("--samples", type=positive_int, default=1, help="ADVI's Monte Carlo draws per step (default 1)")
@@ -331,6 +333,28 @@ def _posterior_outputs(result, key, num_draws: int, check_key, num_check: int) -
                                 num_draws, min(num_check, num_draws))
 
 
+def _shown(result, key, num_draws: int):
+    """(the result whose Gaussian the command reports, a note for the summary or "").
+
+    A mean-field fit that computed a linear-response covariance (`--method dadvi --family
+    meanfield`) is reported as its linear-response Gaussian (`Result.linear_response()`): q's
+    mean-field sds are too small wherever the coefficients are correlated, the linear-response
+    covariance corrects them (for a Gaussian posterior exactly). The table, draws, data-scale
+    columns and predictive check then all come from N(m, Sigma_LR), with its own k-hat. Where that
+    covariance is not positive definite, q itself, and the note says why."""
+    from advi_jax.families import MeanFieldGaussian
+
+    if not isinstance(result.family, MeanFieldGaussian) or "lr_covariance" not in result.report.extras:
+        return result, ""
+    try:
+        shown = result.linear_response(key, num_draws)
+    except ValueError as err:
+        return result, f"shown: the mean-field q itself ({err})"
+    return shown, (f"shown: the linear-response Gaussian N(m, Sigma_LR) of this mean-field fit (k-hat "
+                   f"{shown.khat:.2f}; the mean-field q's own: {result.khat:.2f}, its sds too small where "
+                   "coefficients are correlated)")
+
+
 def _data_scale(model, original, rows, labels) -> list[str]:
     """Add the data-scale columns to `rows` (in place) and return the printable table.
 
@@ -533,6 +557,8 @@ def _fit_and_write(args, model, source: str, out: Path, init, figures) -> list[P
         warm.close()  # compiled by now (it started with the fit); a compilation must not outlive the command
     if figures is not None:
         figures.add("elbo.png", "elbo", elbo_payload(result))
+    fitted = result
+    result, shown_note = _shown(result, prng_key(args.seed + 3), args.draws)
     key = prng_key(args.seed + 1)
     labels = aj.models.parameter_labels(model)
     labels = {k: v for k, v in labels.items() if k != "intercept"}
@@ -552,6 +578,8 @@ def _fit_and_write(args, model, source: str, out: Path, init, figures) -> list[P
     if figures is not None:
         figures.add("predictive_check.png", "predictive", check_payload(check))
     lines += ["", check.message]
+    if shown_note:
+        lines += ["", shown_note]
     print("\n".join(lines))
     info = {
         "model": args.model, "data": source, "num_rows": num_rows, "num_features": num_features,
@@ -561,6 +589,8 @@ def _fit_and_write(args, model, source: str, out: Path, init, figures) -> list[P
         "elbo_final": result.final_elbo, "khat": result.khat, "verdict": result.verdict,
         "iw_elbo": result.iw_elbo, "iw_elbo_se": result.iw_elbo_se, "stop_reason": result.stop_reason,
         "converged": bool(result.converged),
+        "shown": "linear_response" if result is not fitted else "q",
+        **({"khat_q": fitted.khat} if result is not fitted else {}),
         "init": result.init_method, "seconds": result.seconds,
         **_model_record(model),
         "predictive_check": {"observed": check.observed, "p_values": check.p_values,
