@@ -51,6 +51,14 @@ def test_pathfinder_and_bam_loops_count_their_own_evaluations():
     assert isinstance(chosen, compile_options.ByCost) and chosen.trips == 5_000 and chosen.evals == 40_000
     with compile_options.forced("full"):
         assert loop_compile(pathfinder, small, fr, pathfinder.Options(), 1) == "full"
+    # fit_many's restarts of one model evaluate it num_fits times as often (its arrays hold the data once).
+    # By the size rule (not ADVI's arithmetic rule, calibrated on single fits): 3,000 entries x 8 x 10,000
+    # evaluations is over the fast limit (1e8), one fit's 10,000 not.
+    assert loop_compile(advi, small, fr, None, 10_000, 1, num_fits=8) == "mid"
+    assert isinstance(loop_compile(advi, small, fr, None, 10_000, 1), compile_options.ByCost)
+    assert loop_compile(advi, _gaussian_with_data(50), fr, None, 10_000, 1, num_fits=8) == "fast"
+    assert loop_compile(pathfinder, small, fr, pathfinder.Options(), 1, num_fits=8) == "mid"  # 3,000 x 96,000
+    assert loop_compile(bam, _gaussian_with_data(500, 6), fr, bam.Options(), 500, num_fits=100) == "full"
 
 
 def test_dadvi_default_draws_follow_the_family_and_dimension():

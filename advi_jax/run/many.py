@@ -52,7 +52,7 @@ from advi_jax.flatten import Model
 from advi_jax.fit_diagnostics import widen_many
 from advi_jax.result import ManyResult, diagnose
 from advi_jax.run import driver, precision
-from advi_jax.run.single import method_options, resolve_method, run_diagnostics
+from advi_jax.run.single import loop_compile, method_options, resolve_method, run_diagnostics
 from advi_jax.vi import advi as _advi
 
 if TYPE_CHECKING:  # optax is imported where it is used (`import advi_jax` does not load it)
@@ -253,8 +253,11 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
             raise ValueError(f"the log density is not finite at the initial point of fits {bad[:10].tolist()}"
                              f"{' ...' if bad.size > 10 else ''}; pass init= points where it is, or check the data")
 
+    # the loop's XLA options by its evaluations, all fits' (a batched model's arrays hold every dataset already)
+    mode = loop_compile(module, model, family_obj, opts, num_steps, num_samples, can_stop=bool(tol_rel_obj),
+                        num_fits=1 if batched else num_fits)
     cfg = driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
-                          max_consecutive_nonfinite, num_fits=num_fits, model_batched=batched)
+                          max_consecutive_nonfinite, num_fits=num_fits, model_batched=batched, compile=mode)
     try:
         init_keys, run_keys = _split_keys(key, jnp.arange(num_fits))
         loop = driver.init_loop(model, init_keys, locs, cfg)
