@@ -57,6 +57,9 @@ def test_pathfinder_and_bam_loops_count_their_own_evaluations():
     assert loop_compile(advi, small, fr, None, 10_000, 1, num_fits=8) == "mid"
     assert isinstance(loop_compile(advi, small, fr, None, 10_000, 1), compile_options.ByCost)
     assert loop_compile(advi, _gaussian_with_data(50), fr, None, 10_000, 1, num_fits=8) == "fast"
+    # 8 datasets stacked in the model's arrays (batched): their entries count every fit already
+    assert loop_compile(advi, _gaussian_with_data(8 * 500), fr, None, 10_000, 1, num_fits=8, batched=True) == "mid"
+    assert loop_compile(advi, _gaussian_with_data(8 * 50), fr, None, 10_000, 1, num_fits=8, batched=True) == "fast"
     assert loop_compile(pathfinder, small, fr, pathfinder.Options(), 1, num_fits=8) == "mid"  # 3,000 x 96,000
     assert loop_compile(bam, _gaussian_with_data(500, 6), fr, bam.Options(), 500, num_fits=100) == "full"
 

@@ -255,7 +255,7 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
 
     # the loop's XLA options by its evaluations, all fits' (a batched model's arrays hold every dataset already)
     mode = loop_compile(module, model, family_obj, opts, num_steps, num_samples, can_stop=bool(tol_rel_obj),
-                        num_fits=1 if batched else num_fits)
+                        num_fits=num_fits, batched=batched)
     cfg = driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                           max_consecutive_nonfinite, num_fits=num_fits, model_batched=batched, compile=mode)
     try:

@@ -497,12 +497,13 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
 
 
 def loop_compile(module: Any, model: Any, family: Family, options: Any, num_steps: int,
-                 num_samples: int | None = None, can_stop: bool = False, num_fits: int = 1) -> Any:
+                 num_samples: int | None = None, can_stop: bool = False, num_fits: int = 1,
+                 batched: bool = False) -> Any:
     """The XLA options of `aj.fit`'s loop (`driver.Settings.compile`): by the size rule
     (`compile_options.compile_mode`) over the loop's most evaluations (ADVI: `num_steps` x
     `num_samples`, which other methods ignore; another method: its `loop_evals`, or a default fit's
     count where it has none; times `num_fits` for `fit_many`'s restarts of one model, whose data
-    the model's arrays hold once), then the method's own `loop_compile_mode` where it has one; where
+    the model's arrays hold once, but not for its `batched` fits, whose arrays hold every dataset), then the method's own `loop_compile_mode` where it has one; where
     that allows the fast or "mid" options, a single ADVI fit's loop chooses between them by its own
     arithmetic over its expected steps (`compile_options.ByCost`, `_expected_steps`), on the thread
     that compiles it. `fit_many`'s loops (`num_fits` > 1) keep the size rule's choice: the arithmetic
@@ -512,10 +513,11 @@ def loop_compile(module: Any, model: Any, family: Family, options: Any, num_step
     evals = num_steps * num_samples if is_advi else None
     if hasattr(module, "loop_evals"):  # the method's own count (`advi_jax.vi`)
         evals = module.loop_evals(model, family, options, num_steps)
+    copies = 1 if batched else int(num_fits)
     if evals is not None:
-        evals *= int(num_fits)
-    elif num_fits > 1:
-        evals = compile_options.DEFAULT_EVALS * int(num_fits)
+        evals *= copies
+    elif copies > 1:
+        evals = compile_options.DEFAULT_EVALS * copies
     mode = compile_options.compile_mode(model, evals)
     if hasattr(module, "loop_compile_mode"):  # the method's own choice (`advi_jax.vi`)
         mode = module.loop_compile_mode(model, family, options, mode)
