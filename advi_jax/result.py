@@ -114,7 +114,9 @@ class Report:
       method: the algorithm that ran (`advi_jax.vi.METHODS`); method_reason: why.
       estimator, num_samples: ADVI's gradient estimator and draws per step (None for others).
       seconds: wall time of the whole call; start_seconds (checks, the Laplace start, step-size
-        search), compile_seconds, run_seconds, diagnostics_seconds split it. Where the loop was
+        search), compile_seconds, run_seconds (the loop, then the method's final computation from
+        its state: q's parameters and extras, e.g. DADVI's linear-response solve),
+        diagnostics_seconds split it. Where the loop was
         compiled on a background thread while the start compiled (`advi_jax.run.ahead`),
         compile_seconds is only the wait for it (about 0) and start_seconds holds the overlap.
       diagnostics: a `Diagnostics`, or None with `diagnostics_note` saying why.

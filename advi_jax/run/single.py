@@ -429,11 +429,13 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
                        callback=callback, before_compile=lambda: _wait(ahead, "run_chunk"))
     code = int(out.stop_codes)
     _wait(ahead, "finish")
+    finished = time.perf_counter()  # q and the method's extras (DADVI's linear-response solve: seconds at K ~ 150)
     params, extras = finish(begun.run_model, out.loop.state, module, family_obj, opts)
     if begun.whitening is not None:
         _wait(ahead, "transform")
         params = _laplace.transform(family_obj, params, *begun.whitening)
     extras = dict(jax.device_get(extras))
+    finish_seconds = time.perf_counter() - finished
     # what the method's extras themselves evaluated (DADVI's linear-response solve; `advi_jax.vi`)
     finish_grad_evals = int(module.extras_grad_evals(extras)) if hasattr(module, "extras_grad_evals") else 0
     if begun.num_grad_evals:  # the start's share of num_grad_evals (Laplace, Pathfinder, BaM)
@@ -474,7 +476,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         method=method_name, method_reason=method_reason,
         estimator=checks.estimator_name(estimator) if is_advi else None, num_samples=num_samples if is_advi else None,
         seconds=time.perf_counter() - began, start_seconds=start_seconds, compile_seconds=out.compile_seconds,
-        run_seconds=out.run_seconds, diagnostics_seconds=diag_seconds, diagnostics=diag,
+        run_seconds=out.run_seconds + finish_seconds, diagnostics_seconds=diag_seconds, diagnostics=diag,
         diagnostics_note=note or ("" if diag is not None else "not computed (diagnostics=False)"),
         # The averaged default's first step size is its stop rule's (`AutoStop.learning_rate`), not Adam's.
         learning_rate=(float(plan.stop.learning_rate) if getattr(plan, "stop", None) is not None
