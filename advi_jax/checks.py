@@ -275,7 +275,16 @@ def check_log_joint_shape(model: Any, dtype) -> None:
     for a ready GLM, whose log density is one by construction)."""
     if _ready_glm(model):
         return
-    out = jax.eval_shape(_log_density_for_shape, model, jax.ShapeDtypeStruct((model.dim,), dtype))
+    try:
+        out = jax.eval_shape(_log_density_for_shape, model, jax.ShapeDtypeStruct((model.dim,), dtype))
+    except KeyError as err:  # most often a parameter the log joint reads that support= does not declare
+        names = list(getattr(model, "names", ()))
+        missing = err.args[0] if err.args else None
+        if missing in names:
+            raise
+        raise ValueError(f"model.log_joint raised KeyError({missing!r}) when called with the model's parameters "
+                         f"{names}: every parameter it reads from params must be declared in support= "
+                         f"(e.g. support={{..., {missing!r}: aj.real()}}), and data passed through data=") from err
     if out.shape != ():
         raise ValueError(f"model.log_joint must return a scalar log density, got shape {out.shape} "
                          "(sum the per-observation terms)")

@@ -184,6 +184,14 @@ def test_bad_models_raise_clear_errors():
     nan_data = aj.Model(lambda p, d: jnp.sum(d * p["x"]), {"x": aj.real()}, data=jnp.array([1.0, jnp.nan]))
     with pytest.raises(ValueError, match="model.data"):
         _fit(nan_data, num_steps=1)
+    # a parameter the log joint reads but support= does not declare: named, before anything compiles
+    undeclared = aj.Model(lambda p: -jnp.sum(p["x"] ** 2) - p["sigma"] ** 2, {"x": aj.real((2,))})
+    for call in (lambda: _fit(undeclared, num_steps=1), lambda: aj.laplace(undeclared),
+                 lambda: aj.fit_many(undeclared, num_fits=2, key=jax.random.key(0), num_steps=1),
+                 lambda: aj.gradient_variance(undeclared, "meanfield", aj.MeanFieldGaussian().init(jax.random.key(0), 2),
+                                              jax.random.key(0), num_draws=10)):
+        with pytest.raises(ValueError, match=r"KeyError\('sigma'\).*\['x'\].*declared in support="):
+            call()
 
 
 # --- ill-conditioned Gaussian: full-rank ADVI with the Laplace whitening is exact -------------

@@ -151,6 +151,9 @@ def resolve_num_samples(num_samples: int | None, names: Sequence[str], argument:
 def _check_model(model: Any) -> Model:
     if not isinstance(model, Model):
         raise TypeError(f"model must be an advi_jax Model (aj.Model or aj.from_numpyro), got {type(model).__name__}")
+    from advi_jax.checks import check_log_joint_shape
+
+    check_log_joint_shape(model, jnp.result_type(float))  # a scalar, every parameter declared (traced, not run)
     return model
 
 

@@ -282,6 +282,7 @@ def laplace(model: LogDensity, *, family: str | Family = "fullrank", init: Array
     family_obj = get_family(family)
     max_iter = check_positive_int(max_iter, "max_iter")
     loc = initial_loc(model, init, jnp.result_type(float))
+    checks.check_log_joint_shape(model, loc.dtype)  # a scalar, every parameter declared: before compiling
     newton_steps = check_positive_int(newton_steps, "newton_steps", 0)
     if not (isinstance(newton_tol, (int, float)) and not isinstance(newton_tol, bool) and newton_tol > 0):
         raise ValueError(f"newton_tol must be a positive number, got {newton_tol!r}")
