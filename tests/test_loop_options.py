@@ -49,6 +49,12 @@ def test_pathfinder_and_bam_loops_count_their_own_evaluations():
     # ADVI's loop decides between fast and "mid" by its arithmetic where the size rule allows either.
     chosen = loop_compile(advi, small, fr, None, 10_000, 4, can_stop=True)
     assert isinstance(chosen, compile_options.ByCost) and chosen.trips == 5_000 and chosen.evals == 40_000
+    # ... and where the size rule says "full" too (its arithmetic then decides: a matrix-product-bound loop
+    # runs as fast with the fast options); a forced mode is kept as it is.
+    big = loop_compile(advi, huge, fr, None, 10_000, 4, can_stop=True)
+    assert isinstance(big, compile_options.ByCost) and big.evals == 40_000
+    with compile_options.forced("full"):
+        assert loop_compile(advi, huge, fr, None, 10_000, 4, can_stop=True) == "full"
     with compile_options.forced("full"):
         assert loop_compile(pathfinder, small, fr, pathfinder.Options(), 1) == "full"
     # fit_many's restarts of one model evaluate it num_fits times as often (its arrays hold the data once).

@@ -506,9 +506,10 @@ def loop_compile(module: Any, model: Any, family: Family, options: Any, num_step
     `num_samples`, which other methods ignore; another method: its `loop_evals`, or a default fit's
     count where it has none; times `num_fits` for `fit_many`'s restarts of one model, whose data
     the model's arrays hold once, but not for its `batched` fits, whose arrays hold every dataset), then the method's own `loop_compile_mode` where it has one; where
-    that allows the fast or "mid" options, a single ADVI fit's loop chooses between them by its own
-    arithmetic over its expected steps (`compile_options.ByCost`, `_expected_steps`), on the thread
-    that compiles it. `fit_many`'s loops (`num_fits` > 1) keep the size rule's choice: the arithmetic
+    that allows the fast or "mid" options (on CPU, XLA's full ones too: `_by_cost_possible`), a single
+    ADVI fit's loop chooses by its own arithmetic over its expected steps (`compile_options.ByCost`,
+    `_expected_steps`: fast where the fast code's extra run time is below the compile time it saves,
+    else the size rule's choice), on the thread that compiles it. `fit_many`'s loops (`num_fits` > 1) keep the size rule's choice: the arithmetic
     rule was calibrated on a single fit's natural-gradient loop, and it priced radon's 8 mean-field
     fits' fast code at 0.8 s more over 10,000 steps where it ran 9.8 s more ("mid" 1.4 s)."""
     is_advi = module is _advi
@@ -523,9 +524,18 @@ def loop_compile(module: Any, model: Any, family: Family, options: Any, num_step
     mode = compile_options.compile_mode(model, evals)
     if hasattr(module, "loop_compile_mode"):  # the method's own choice (`advi_jax.vi`)
         mode = module.loop_compile_mode(model, family, options, mode)
-    if is_advi and mode in _AHEAD_MODES and num_fits == 1:
+    if is_advi and num_fits == 1 and (mode in _AHEAD_MODES or _by_cost_possible()):
         mode = compile_options.ByCost(_expected_steps(num_steps, can_stop), evals)
     return mode
+
+
+def _by_cost_possible() -> bool:
+    """Whether a loop the size rule compiles with XLA's full options may still choose the fast ones by
+    its arithmetic: on CPU, outside a `compile_options.forced` block. The size rule prices every data
+    entry alike; a loop whose work is matrix products (a GLM-like model, X @ beta) runs them in the same
+    library kernels with either options: randhie_poisson (55,000 entries, K = 10), first call 4.0 -> 1.4 s
+    with the fast loop, its 4,013 gradients' run 0.18 -> 0.19 s (benchmarks/PERFORMANCE.md)."""
+    return compile_options._on_cpu() and compile_options.forced_mode() is None
 
 
 _AHEAD_MODES = ("fast", "mid")
