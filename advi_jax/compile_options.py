@@ -287,52 +287,93 @@ def _size(var: Any) -> int:
     return 1 if shape is None else int(np.prod(shape, dtype=np.int64))
 
 
-def _walk(jaxpr: Any, trips: float, in_while: bool, memo: dict) -> tuple[int, np.ndarray]:
-    """(equations, work per run of `jaxpr` as [elementwise, transcendental, dot, linalg, operations])."""
-    key = (id(jaxpr), in_while)
+def _walk(jaxpr: Any, trips: float, in_while: bool, memo: dict,
+          fixed: frozenset = frozenset()) -> tuple[int, np.ndarray, np.ndarray]:
+    """(equations, work per run of `jaxpr`, work hoisted out of the outermost `while` loop), each work
+    as [elementwise, transcendental, dot, linalg, operations].
+
+    Inside the outermost `while` loop (`in_while`), an equation whose operands do not change from one
+    trip to the next (`fixed`: the indices of `jaxpr.invars` that do not; the loop's constants, the
+    carry it passes through unchanged, the jaxpr's own constants, literals, and what equations make of
+    them) runs once: XLA's loop-invariant code motion hoists it (measured: `gammaln` of the data in a
+    loop's body, 0.26 us a trip fast-compiled, against 80 us where it depends on the carry), so its work
+    is hoisted, not multiplied by the trips. A model's data-only terms (a Poisson's log y!, a binomial
+    coefficient) are such work. Nested loops and branches with changing operands count as before."""
+    key = (id(jaxpr), in_while, fixed)
     if key in memo:
         return memo[key]
-    eqns, work = 0, np.zeros(5)
+    eqns, work, hoisted = 0, np.zeros(5), np.zeros(5)
+    still = set(jaxpr.constvars) | {jaxpr.invars[i] for i in fixed}
+    is_still = lambda v: hasattr(v, "val") or v in still  # noqa: E731 - a literal, or an unchanging var
     for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        eqns += 1
-        if name not in _FREE:
-            work[4] += 1
-        params = eqn.params
-        if name == "scan":
-            n, w = _walk(params["jaxpr"].jaxpr, trips, in_while, memo)
-            eqns, work = eqns + n, work + params["length"] * w
-        elif name == "while":
-            times = 1.0 if in_while else trips
-            for sub in (params["body_jaxpr"], params["cond_jaxpr"]):
-                n, w = _walk(sub.jaxpr, trips, True, memo)
-                eqns, work = eqns + n, work + times * w
-        elif name == "cond":  # the dearest branch runs
-            found = [_walk(b.jaxpr, trips, in_while, memo) for b in params["branches"]]
-            eqns += sum(n for n, _ in found)
-            work = work + np.max([w for _, w in found], axis=0)
-        elif name == "dot_general":
-            (contract, _), _ = params["dimension_numbers"]
-            shape = eqn.invars[0].aval.shape
-            work[2] += _size(eqn.outvars[0]) * float(np.prod([shape[d] for d in contract]))
-        elif name == "triangular_solve":
-            m = eqn.invars[0].aval.shape[-1]
-            work[3] += m * _size(eqn.invars[1])
-        elif name in _LINALG:
-            shape = eqn.invars[0].aval.shape
-            work[3] += float(np.prod(shape[:-2])) * shape[-1] ** 3
+        n, own, inner = _eqn_work(eqn, trips, in_while, memo, is_still)
+        eqns += n
+        if in_while and all(is_still(v) for v in eqn.invars):
+            hoisted += own + inner
+            still.update(eqn.outvars)
         else:
-            subs = [getattr(v, "jaxpr", v) for v in params.values() if hasattr(getattr(v, "jaxpr", v), "eqns")]
-            if subs:  # jit, custom_jvp_call, custom_vjp_call, remat, closed_call, ...
-                for sub in subs:
-                    n, w = _walk(sub, trips, in_while, memo)
-                    eqns, work = eqns + n, work + w
-            elif name in _TRANSCENDENTAL:
-                work[1] += max(_size(v) for v in eqn.outvars)
-            elif name not in _FREE:
-                work[0] += max([_size(v) for v in eqn.outvars] + [_size(v) for v in eqn.invars])
-    memo[key] = (eqns, work)
-    return eqns, work
+            work, hoisted = work + own, hoisted + inner
+    memo[key] = (eqns, work, hoisted)
+    return eqns, work, hoisted
+
+
+def _fixed(sub_invars: list, operands: list, is_still: Callable) -> frozenset:
+    """Indices of a sub-jaxpr's invars bound to unchanging operands (none where they do not align)."""
+    if len(sub_invars) != len(operands):
+        return frozenset()
+    return frozenset(i for i, v in enumerate(operands) if is_still(v))
+
+
+def _eqn_work(eqn: Any, trips: float, in_while: bool, memo: dict,
+              is_still: Callable) -> tuple[int, np.ndarray, np.ndarray]:
+    """(equations, work, hoisted work) of one equation, its sub-jaxprs included (see `_walk`)."""
+    name, params = eqn.primitive.name, eqn.params
+    eqns, work, hoisted = 1, np.zeros(5), np.zeros(5)
+    if name not in _FREE:
+        work[4] += 1
+    if name == "scan":
+        inner = params["jaxpr"].jaxpr
+        fixed = _fixed(inner.invars[:params["num_consts"]], eqn.invars[:params["num_consts"]], is_still)
+        n, w, h = _walk(inner, trips, in_while, memo, fixed)
+        return eqns + n, work + params["length"] * w, hoisted + h
+    if name == "while":
+        times = 1.0 if in_while else trips
+        for sub, consts in ((params["body_jaxpr"], params["body_nconsts"]), (params["cond_jaxpr"], params["cond_nconsts"])):
+            inner = sub.jaxpr
+            fixed = frozenset()
+            if not in_while:  # the outermost loop: its constants and the carry its body passes through
+                body = params["body_jaxpr"].jaxpr
+                start = params["body_nconsts"]
+                through = {i for i, out in enumerate(body.outvars) if out is body.invars[start + i]}
+                fixed = frozenset(range(consts)) | frozenset(consts + i for i in through)
+            n, w, h = _walk(inner, trips, True, memo, fixed)
+            eqns, work, hoisted = eqns + n, work + times * w, hoisted + h
+        return eqns, work, hoisted
+    if name == "cond":  # the dearest branch runs (nothing is hoisted out of a branch whose index changes)
+        found = [_walk(b.jaxpr, trips, in_while, memo) for b in params["branches"]]
+        return (eqns + sum(n for n, _, _ in found), work + np.max([w for _, w, _ in found], axis=0),
+                hoisted + np.max([h for _, _, h in found], axis=0))
+    if name == "dot_general":
+        (contract, _), _ = params["dimension_numbers"]
+        shape = eqn.invars[0].aval.shape
+        work[2] += _size(eqn.outvars[0]) * float(np.prod([shape[d] for d in contract]))
+    elif name == "triangular_solve":
+        m = eqn.invars[0].aval.shape[-1]
+        work[3] += m * _size(eqn.invars[1])
+    elif name in _LINALG:
+        shape = eqn.invars[0].aval.shape
+        work[3] += float(np.prod(shape[:-2])) * shape[-1] ** 3
+    else:
+        subs = [getattr(v, "jaxpr", v) for v in params.values() if hasattr(getattr(v, "jaxpr", v), "eqns")]
+        if subs:  # jit, custom_jvp_call, custom_vjp_call, remat, closed_call, ...
+            for sub in subs:
+                n, w, h = _walk(sub, trips, in_while, memo, _fixed(sub.invars, eqn.invars, is_still))
+                eqns, work, hoisted = eqns + n, work + w, hoisted + h
+        elif name in _TRANSCENDENTAL:
+            work[1] += max(_size(v) for v in eqn.outvars)
+        elif name not in _FREE:
+            work[0] += max([_size(v) for v in eqn.outvars] + [_size(v) for v in eqn.invars])
+    return eqns, work, hoisted
 
 
 def arithmetic(closed_jaxpr: Any, trips: float = 1) -> Arithmetic:
@@ -346,8 +387,8 @@ def arithmetic(closed_jaxpr: Any, trips: float = 1) -> Arithmetic:
       >>> compile_options.arithmetic(jax.jit(f).trace(jnp.ones(3)).jaxpr).transcendental
       30.0
     """
-    eqns, work = _walk(getattr(closed_jaxpr, "jaxpr", closed_jaxpr), float(trips), False, {})
-    return Arithmetic(int(eqns), *(float(w) for w in work))
+    eqns, work, hoisted = _walk(getattr(closed_jaxpr, "jaxpr", closed_jaxpr), float(trips), False, {})
+    return Arithmetic(int(eqns), *(float(w) for w in work + hoisted))
 
 
 FAST_EXTRA_SECONDS = Arithmetic(0, elementwise=5.6e-11, transcendental=7.2e-9, dot=0.0, linalg=5e-11,

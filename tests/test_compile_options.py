@@ -35,11 +35,29 @@ def test_arithmetic_counts_loops_products_and_solves():
     assert _cost(jnp.linalg.cholesky, tri @ tri.T).linalg == 5**3
 
 
+def test_arithmetic_counts_work_the_loop_hoists_once():
+    # XLA moves what does not change from trip to trip out of a while loop (a Poisson's log y! of the data,
+    # a constant mask): it runs once, not `trips` times; what depends on the carry runs every trip.
+    y = jnp.ones(500)
+    loop = lambda body: (lambda c, y: jax.lax.while_loop(lambda c: c < 1e9, lambda c: body(c, y), c))
+    fixed = _cost(loop(lambda c, y: c + jnp.sum(jax.scipy.special.gammaln(y + 1.0))), 0.0, y, trips=1000)
+    moving = _cost(loop(lambda c, y: c + jnp.sum(jax.scipy.special.gammaln(y + c))), 0.0, y, trips=1000)
+    assert fixed.transcendental == 500 and moving.transcendental == 1000 * 500
+    # through a jitted log density whose data-only term is inside it, and a carry passed through unchanged
+    def term(c, y):
+        return jax.jit(lambda c, y: c * jnp.sum(y) + jnp.sum(jnp.log(y + 1.0)))(c, y)
+    both = _cost(lambda c, y: jax.lax.while_loop(lambda s: s[0] < 1e9, lambda s: (s[0] + term(s[0], s[1]), s[1]),
+                                                 (c, y))[0], 0.0, y, trips=1000)
+    assert both.transcendental == 500  # log(y + 1) of the passed-through y: once
+    # c * sum(y): the 500-number sum is hoisted, counted once; the scalar product and sums run every trip
+    assert 1000 <= both.elementwise < 10 * 1000
+
+
 def test_cost_mode_weighs_the_compile_saving_against_the_extra_run_time():
     # A small program run often but cheaply: fast. A K = 300 elementwise-heavy step run 6,000 times:
     # the fast code's extra run time (~1e6 elementwise numbers a step) exceeds its compile saving.
     def step(x, m):
-        return jnp.tanh(m @ x) + jnp.where(jnp.tril(m) > 0, m, 0.0).sum(axis=1)
+        return jnp.tanh(m @ x) + jnp.where(jnp.tril(m) > 0, m * x[None, :], 0.0).sum(axis=1)
     small = _cost(lambda x, m: jax.lax.while_loop(lambda c: c[0] < 1e9, lambda c: step(c, m), x),
                   jnp.ones(5), jnp.ones((5, 5)), trips=6000)
     large = _cost(lambda x, m: jax.lax.while_loop(lambda c: c[0] < 1e9, lambda c: step(c, m), x),
@@ -62,7 +80,7 @@ def test_by_cost_programs_choose_once_from_their_own_arithmetic_and_trace_once()
     @co.jit(model_arg=None, static_argnames=("work",), mode=lambda model, args: args["work"])
     def loop(x, m, n, work):
         traced.append(x.shape)
-        body = lambda c: (jnp.tanh(m @ c[0]) + jnp.where(jnp.tril(m) > 0, m, 0.0).sum(axis=1), c[1] + 1)
+        body = lambda c: (jnp.tanh(m @ c[0]) + jnp.where(jnp.tril(m) > 0, m * c[0][None, :], 0.0).sum(axis=1), c[1] + 1)
         return jax.lax.while_loop(lambda c: c[1] < n, body, (x, 0))[0]
 
     assert co.ByCost(5) == co.ByCost(6000) and hash(co.ByCost(5)) == hash(co.ByCost(1, 7))
