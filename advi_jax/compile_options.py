@@ -378,7 +378,8 @@ def _eqn_work(eqn: Any, trips: float, in_while: bool, memo: dict,
 
 def arithmetic(closed_jaxpr: Any, trips: float = 1) -> Arithmetic:
     """The `Arithmetic` of a traced program (`jax.jit(f).trace(...).jaxpr`), its outermost `while`
-    loops run `trips` times (scans their own lengths; a `cond`, its dearest branch).
+    loops run `trips` times (scans their own lengths; a `cond`, its dearest branch), except the work in
+    them whose operands do not change from trip to trip, which XLA hoists and runs once (`_walk`).
 
     Example:
       >>> import jax, jax.numpy as jnp
