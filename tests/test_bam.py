@@ -124,6 +124,8 @@ def test_noise_step_is_the_step_given_its_draws(key):
         sub = jax.random.fold_in(key, i)
         keyed, info = algo.step(sub, keyed)
         state, info2 = step(jax.random.normal(sub, (8, 4)), state)
-        np.testing.assert_allclose(state.chol, keyed.chol, rtol=1e-5, atol=1e-6)
-        assert bool(info2.finite) and float(info2.elbo) == pytest.approx(float(info.elbo), rel=1e-5)
+        # the same steps compiled two ways (one jitted program against op-by-op calls): float32 rounding
+        # differs through 30 eigendecompositions (3e-5 relative on one CPU), a different step by far more
+        np.testing.assert_allclose(state.chol, keyed.chol, rtol=2e-4, atol=1e-5)
+        assert bool(info2.finite) and float(info2.elbo) == pytest.approx(float(info.elbo), rel=1e-4)
     np.testing.assert_allclose(state.loc, mean, atol=0.3)
