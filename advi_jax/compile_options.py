@@ -338,7 +338,8 @@ def _eqn_work(eqn: Any, trips: float, in_while: bool, memo: dict,
         return eqns + n, work + params["length"] * w, hoisted + h
     if name == "while":
         times = 1.0 if in_while else trips
-        for sub, consts in ((params["body_jaxpr"], params["body_nconsts"]), (params["cond_jaxpr"], params["cond_nconsts"])):
+        loops = ((params["body_jaxpr"], params["body_nconsts"]), (params["cond_jaxpr"], params["cond_nconsts"]))
+        for sub, consts in loops:
             inner = sub.jaxpr
             fixed = frozenset()
             if not in_while:  # the outermost loop: its constants and the carry its body passes through

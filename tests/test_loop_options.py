@@ -55,7 +55,6 @@ def test_pathfinder_and_bam_loops_count_their_own_evaluations():
     assert isinstance(big, compile_options.ByCost) and big.evals == 40_000
     with compile_options.forced("full"):
         assert loop_compile(advi, huge, fr, None, 10_000, 4, can_stop=True) == "full"
-    with compile_options.forced("full"):
         assert loop_compile(pathfinder, small, fr, pathfinder.Options(), 1) == "full"
     # fit_many's restarts of one model evaluate it num_fits times as often (its arrays hold the data once).
     # By the size rule (not ADVI's arithmetic rule, calibrated on single fits): 3,000 entries x 8 x 10,000

@@ -501,17 +501,20 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
 def loop_compile(module: Any, model: Any, family: Family, options: Any, num_steps: int,
                  num_samples: int | None = None, can_stop: bool = False, num_fits: int = 1,
                  batched: bool = False) -> Any:
-    """The XLA options of `aj.fit`'s loop (`driver.Settings.compile`): by the size rule
-    (`compile_options.compile_mode`) over the loop's most evaluations (ADVI: `num_steps` x
-    `num_samples`, which other methods ignore; another method: its `loop_evals`, or a default fit's
-    count where it has none; times `num_fits` for `fit_many`'s restarts of one model, whose data
-    the model's arrays hold once, but not for its `batched` fits, whose arrays hold every dataset), then the method's own `loop_compile_mode` where it has one; where
-    that allows the fast or "mid" options (on CPU, XLA's full ones too: `_by_cost_possible`), a single
-    ADVI fit's loop chooses by its own arithmetic over its expected steps (`compile_options.ByCost`,
-    `_expected_steps`: fast where the fast code's extra run time is below the compile time it saves,
-    else the size rule's choice), on the thread that compiles it. `fit_many`'s loops (`num_fits` > 1) keep the size rule's choice: the arithmetic
-    rule was calibrated on a single fit's natural-gradient loop, and it priced radon's 8 mean-field
-    fits' fast code at 0.8 s more over 10,000 steps where it ran 9.8 s more ("mid" 1.4 s)."""
+    """The XLA options of `aj.fit`'s loop (`driver.Settings.compile`).
+
+    First the size rule (`compile_options.compile_mode`) over the loop's most evaluations: ADVI's
+    `num_steps` x `num_samples` (other methods ignore them), another method's `loop_evals`, or a
+    default fit's count where it has none; times `num_fits` for `fit_many`'s restarts of one model
+    (the model's arrays hold its data once), not for `batched` fits (the arrays hold every dataset).
+    Then the method's own `loop_compile_mode` where it has one. A single ADVI fit's loop then decides
+    by its own arithmetic over its expected steps (`compile_options.ByCost`, `_expected_steps`): fast
+    where the fast code's extra run time is below the compile time it saves, else the size rule's
+    choice; where the size rule said fast or "mid", and on CPU also where it said full
+    (`_by_cost_possible`). The decision is made on the thread that compiles the loop. `fit_many`'s
+    loops (`num_fits` > 1) keep the size rule's choice: the arithmetic rule was calibrated on a single
+    fit's natural-gradient loop, and it priced radon's 8 vmapped mean-field fits' fast code at 0.8 s
+    more over 10,000 steps where it ran 9.8 s more ("mid": 1.4 s in all)."""
     is_advi = module is _advi
     evals = num_steps * num_samples if is_advi else None
     if hasattr(module, "loop_evals"):  # the method's own count (`advi_jax.vi`)
@@ -533,8 +536,8 @@ def _by_cost_possible() -> bool:
     """Whether a loop the size rule compiles with XLA's full options may still choose the fast ones by
     its arithmetic: on CPU, outside a `compile_options.forced` block. The size rule prices every data
     entry alike; a loop whose work is matrix products (a GLM-like model, X @ beta) runs them in the same
-    library kernels with either options: randhie_poisson (55,000 entries, K = 10), first call 4.0 -> 1.4 s
-    with the fast loop, its 4,013 gradients' run 0.18 -> 0.19 s (benchmarks/PERFORMANCE.md)."""
+    library kernels with either options: German credit (25,000 entries, K = 25), first call 3.7-4.3 ->
+    1.5 s, later calls 0.1-0.15 s slower (benchmarks/PERFORMANCE.md)."""
     return compile_options._on_cpu() and compile_options.forced_mode() is None
 
 
