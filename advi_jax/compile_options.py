@@ -338,16 +338,14 @@ def _eqn_work(eqn: Any, trips: float, in_while: bool, memo: dict,
         return eqns + n, work + params["length"] * w, hoisted + h
     if name == "while":
         times = 1.0 if in_while else trips
+        body = params["body_jaxpr"].jaxpr  # the carry positions its body passes through unchanged
+        through = [i for i, out in enumerate(body.outvars) if out is body.invars[params["body_nconsts"] + i]]
         loops = ((params["body_jaxpr"], params["body_nconsts"]), (params["cond_jaxpr"], params["cond_nconsts"]))
         for sub, consts in loops:
-            inner = sub.jaxpr
             fixed = frozenset()
-            if not in_while:  # the outermost loop: its constants and the carry its body passes through
-                body = params["body_jaxpr"].jaxpr
-                start = params["body_nconsts"]
-                through = {i for i, out in enumerate(body.outvars) if out is body.invars[start + i]}
+            if not in_while:  # the outermost loop: its constants and the carry passed through
                 fixed = frozenset(range(consts)) | frozenset(consts + i for i in through)
-            n, w, h = _walk(inner, trips, True, memo, fixed)
+            n, w, h = _walk(sub.jaxpr, trips, True, memo, fixed)
             eqns, work, hoisted = eqns + n, work + times * w, hoisted + h
         return eqns, work, hoisted
     if name == "cond":  # the dearest branch runs (nothing is hoisted out of a branch whose index changes)

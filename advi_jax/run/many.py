@@ -247,7 +247,7 @@ def fit_many(model: Model | Sequence[Model], *, key: Array, num_fits: int | None
     dtype = jnp.result_type(float)
     locs = _initial_locs(model, init, num_fits, batched, dtype)
     if check:
-        checks.check_log_joint_shape(jax.tree_util.tree_map(lambda x: x[0], model) if batched else model, dtype)
+        checks.check_log_joint_shape(_unbatch(model, 0) if batched else model, dtype)
         values = np.asarray(_log_density_many(model, locs, batched))
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
