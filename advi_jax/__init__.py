@@ -18,6 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from advi_jax import _xla_cpu
+
+_xla_cpu.guard()  # before JAX starts: jaxlib 0.10.2-0.11 miscompile some CPU reductions (advi_jax._xla_cpu)
+
 # public name -> the module it comes from; None: the name is that submodule of advi_jax
 _EXPORTS = {
     "bijectors": None,

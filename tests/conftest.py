@@ -13,6 +13,10 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# advi_jax's import adds its XLA flag (advi_jax._xla_cpu: jaxlib 0.10.2-0.11 miscompile some CPU reductions)
+# to XLA_FLAGS; it must come before the backend starts below, as in a user's program.
+import advi_jax  # noqa: E402,F401
+
 # XLA options of this process's compilations: the backend at optimisation level 0 and the classic
 # fusion emitter, the options `advi_jax.compile_options.FAST_OPTIONS` that aj.fit itself uses for
 # every model of up to 5,000 numbers. The suite's time is almost all XLA compilation of programs
