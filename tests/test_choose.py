@@ -29,6 +29,18 @@ def test_family_auto_is_fullrank_up_to_the_threshold_then_meanfield():
         policy.choose_family(_gauss(3), "diagonal")
 
 
+def test_family_auto_gives_a_full_rank_only_method_its_family_above_the_threshold():
+    """`method="bam"` with `family="auto"` at K > FULLRANK_MAX_DIM raised ("fits the families ['fullrank'], not
+    'meanfield'"): the family rule ignored what the named method fits. It fits now, at K = 201."""
+    k = policy.FULLRANK_MAX_DIM + 1
+    family, reason = policy.choose_family(_gauss(k), "auto", "bam")
+    assert family.name == "fullrank" and "fits only the full-rank" in reason
+    assert policy.choose_family(_gauss(k), "auto", "pathfinder")[0].name == "meanfield"  # it fits both
+    result = aj.fit(_gauss(k), key=jax.random.key(0), method="bam", progress=False, diagnostics=False)
+    assert result.family.name == "fullrank" and result.method == "bam"
+    np.testing.assert_allclose(np.asarray(result.family.variance(result.params)), 1.0, rtol=0.05)
+
+
 def test_method_auto_follows_its_docstring():
     model = _gauss(3)
     plan = policy.choose(model, "auto", "auto")

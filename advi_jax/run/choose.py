@@ -129,9 +129,14 @@ def choose_family(model: Any, family: Any, method: Any = "auto") -> tuple[Family
         if isinstance(method, str) and method != "auto":
             from advi_jax.vi import METHODS
 
-            own = getattr(METHODS.get(method), "FULLRANK_AUTO_MAX_DIM", None)
+            module = METHODS.get(method)
+            own = getattr(module, "FULLRANK_AUTO_MAX_DIM", None)
             if own is not None:
                 limit, whose = own, f" for method={method!r}"
+            fits = tuple(getattr(module, "FAMILIES", ()))
+            if fits == ("fullrank",):  # Batch-and-Match: the one family it fits, whatever K
+                return get_family("fullrank"), (f"family fullrank: method={method!r} fits only the full-rank "
+                                                f"family (K={k}; family='auto')")
         if k <= limit:
             return get_family("fullrank"), f"family fullrank: K={k} <= {limit}{whose} (family='auto')"
         return get_family("meanfield"), f"family meanfield: K={k} > {limit}{whose} (family='auto')"
