@@ -257,16 +257,19 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
       model: an `aj.Model`.
       key: PRNG key (required; no default seed).
       family: "auto" (default), "meanfield", "fullrank", "lowrank", or a `Family`. "auto" is
-        full-rank for K <= `advi_jax.run.choose.FULLRANK_MAX_DIM` (200), mean-field above
+        full-rank for K <= `advi_jax.run.choose.FULLRANK_MAX_DIM` (200); above it low-rank (rank 10,
+        `AUTO_LOWRANK`) where `method="auto"` runs ADVI with no ADVI settings given, else mean-field
         (`choose_family`); `result.method_reason` says which and why.
-      method: "auto" (default; `advi_jax.run.choose`): "glm_exact" for a ready GLM; for another
-        model with the full-rank family and no ADVI settings given, ADVI with the STL estimator,
-        8 draws x clip(20 K, 300, 3000) steps, from the `init="bam"` start (Pathfinder, then Batch-and-Match,
-        each kept only where it raises the ELBO; about 4,000 gradients for K <= 15); else "advi" with
-        the settings given. Or a registered name ("advi", "glm_exact", "pathfinder", "dadvi",
-        "bam", "laplace").
-      num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI;
-        clip(20 K, 300, 3000) for the full-rank ADVI of `method="auto"`).
+      method: "auto" (default; `advi_jax.run.choose`): "glm_exact" for a ready GLM ("glm_grouped"
+        for a varying-intercept one); for another model with the full-rank family and no ADVI
+        settings given, ADVI with the STL estimator, 4 draws a step, natural-gradient steps whose
+        averaged iterates stop by their own test (`AUTO_ADVI`: at most 48,000 gradients), from the
+        `init="bam"` start (Pathfinder, then Batch-and-Match, each kept only where it raises the
+        ELBO); with the low-rank family of `family="auto"`, ADVI with STL, 4 draws x 5,000 steps;
+        else "advi" with the settings given. Or a registered name ("advi", "glm_exact",
+        "glm_grouped", "pathfinder", "dadvi", "bam", "laplace").
+      num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI; for
+        `method="auto"`, the full-rank ADVI's cap of 12,000 steps and the low-rank ADVI's 5,000).
       num_samples: ADVI's Monte Carlo draws per step (static).
       optimizer: ADVI's optax optimizer; default `default_optimizer(learning_rate, num_steps)`:
         Adam, constant then cosine-decayed over the second half of the run.
@@ -360,6 +363,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     lr, adapt = checks.resolve_learning_rate(learning_rate, optimizer, allow_adapt=True)
     plan = choose(model, family, method, init=init, num_steps=num_steps, estimator=estimator, num_samples=num_samples,
                   optimizer=optimizer, learning_rate=learning_rate)
+    if isinstance(family, str) and family == "auto":
+        family_obj = plan.family  # the policy's (`choose`: the low-rank family above FULLRANK_MAX_DIM)
     module, method_name, _ = resolve_method(plan.method, model, family_obj)
     method_reason, init, estimator, num_samples = plan.reason, plan.init, plan.estimator, plan.num_samples
     num_steps = plan.num_steps
