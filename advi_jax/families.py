@@ -256,6 +256,9 @@ class LowRankGaussian(Family):
 
     rank: int = 10
     name: str = "lowrank"
+    # Closed under the diagonal maps a start of a family other than the full-rank one uses (as
+    # mean-field is): a Laplace- or Pathfinder-whitened start, `transform` below.
+    affine_closed: ClassVar[bool] = True
     params_type: ClassVar[type] = LowRankParams
 
     def __post_init__(self):
@@ -330,6 +333,13 @@ class LowRankGaussian(Family):
     def variance(self, params):
         """(K,) marginal variances d^2 + rowsum(B^2), in O(K r)."""
         return self.diag_scale(params) ** 2 + jnp.sum(params.factor**2, axis=1)
+
+    def transform(self, params, shift, scale_tril):
+        """Pushforward through zeta -> shift + diag(scale_tril) * zeta (the diagonal is used, as the
+        starts give this family: `advi_jax.run.start`): loc' = shift + s loc, d' = s d, B' = diag(s) B."""
+        s = jnp.diagonal(scale_tril)
+        return LowRankParams(shift + s * params.loc, _softplus_inverse(s * self.diag_scale(params)),
+                             s[:, None] * params.factor)
 
 
 FAMILIES["lowrank"] = LowRankGaussian()
