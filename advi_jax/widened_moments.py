@@ -255,6 +255,15 @@ def _raw(sd):  # softplus^-1, the families' parametrisation of a positive sd
     return sd + np.log(-np.expm1(-sd))
 
 
+def _low_rank_diag(host: Any) -> np.ndarray:
+    """`LowRankGaussian.diag_scale` in float64 NumPy, from parameters on the host."""
+    from advi_jax.families import DIAG_FLOOR
+
+    factor = np.asarray(host.factor, np.float64)
+    return np.sqrt(_softplus(np.asarray(host.raw_diag, np.float64)) ** 2
+                   + DIAG_FLOOR ** 2 * np.sum(factor ** 2, axis=-1))
+
+
 def host_gaussian(family: Any, params: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """q's mean and lower Cholesky factor in float64 NumPy, from its parameters on the host (no
     `jax.numpy` call: eagerly, each would compile a small program of its own, 0.05-0.2 s apiece on a
@@ -269,7 +278,7 @@ def host_gaussian(family: Any, params: Any) -> tuple[np.ndarray, np.ndarray] | N
                                                   + np.diag(_softplus(host.raw_diag)))
     if isinstance(family, LowRankGaussian):
         factor = np.asarray(host.factor, np.float64)
-        return np.asarray(host.loc, np.float64), np.linalg.cholesky(np.diag(_softplus(host.raw_diag) ** 2)
+        return np.asarray(host.loc, np.float64), np.linalg.cholesky(np.diag(_low_rank_diag(host) ** 2)
                                                                      + factor @ factor.T)
     return None
 
@@ -293,7 +302,7 @@ def widened_params(family: Any, params: Any, chol: np.ndarray, j: int, c: float 
     if isinstance(family, MeanFieldGaussian) or (isinstance(family, LowRankGaussian) and form == "coordinate"):
         field = "raw_scale" if isinstance(family, MeanFieldGaussian) else "raw_diag"
         values = np.array(getattr(host, field), np.float64)
-        sd = float(_softplus(values[j]))
+        sd = float(_softplus(values[j]))  # the low-rank d_j's floor (`diag_scale`) adds in squares: unchanged
         values[j] = _raw(math.sqrt(sd * sd + v))
         return params._replace(**{field: jax.device_put(values.astype(dtype))})
     if isinstance(family, FullRankGaussian):

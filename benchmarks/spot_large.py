@@ -1,7 +1,7 @@
 """Posteriors with K > 200 (above `advi_jax.run.choose.FULLRANK_MAX_DIM`), for `family="auto"` there: the
 default `aj.fit` and the candidate families at seed 0 against NUTS (2 chains x 1,500 draws after 1,000 warm-up,
 float32), the worst |dmean| / sd and |log sd ratio| (and their medians), k-hat, gradients, wall time and whether
-it warned (lead, twenty-second session). Six structures:
+it warned (lead, twenty-second session). Seven structures:
 
   overdisp     Poisson with a per-observation lognormal effect, non-centred, 250 rows (K = 253)
   varint300    Gaussian varying intercepts, 300 groups x 4 rows, non-centred (K = 304)
@@ -9,6 +9,8 @@ it warned (lead, twenty-second session). Six structures:
   local_level  random-walk level, T = 250, non-centred innovations (K = 252)
   wide_logit   logistic regression, 220 standard-normal predictors, 1,500 rows (K = 221)
   wide_scaled  logistic regression, 210 predictors with scales exp(N(0, 1.5)), 2,000 rows (K = 211)
+  far_intercept  varying intercepts, 250 groups x 6 rows, the intercept at 120 and a predictor at 40 +/- 10:
+               data far from zero (K = 254)
 
 The data are simulated once, in that order, from one generator (seed 17).
 
@@ -88,16 +90,28 @@ def wide_scaled():  # logistic regression, 210 predictors with scales exp(N(0, 1
     return model, (x, y)
 
 
+def far_intercept():  # varying intercepts, 250 groups x 6 rows, intercept 120, a predictor at 40 +/- 10 (K = 254)
+    G, n = 250, 6; g = np.repeat(np.arange(G), n); x = (rng.normal(size=G * n) * 10 + 40).astype(np.float32)
+    u = 2.0 * rng.normal(size=G); y = (120.0 + 3.0 * x + u[g] + 1.5 * rng.normal(size=G * n)).astype(np.float32)
+    def model(x, g, y):
+        a = numpyro.sample("a", dist.Normal(0, 200)); b = numpyro.sample("b", dist.Normal(0, 10))
+        tau = numpyro.sample("tau", dist.HalfNormal(3)); s = numpyro.sample("s", dist.HalfNormal(3))
+        with numpyro.plate("G", G):
+            z = numpyro.sample("z", dist.Normal(0, 1))
+        numpyro.sample("y", dist.Normal(a + b * x + tau * z[g], s), obs=y)
+    return model, (x, g, y)
+
+
 MODELS = {name: build() for name, build in  # built in this order: the data depend on it
           (("overdisp", overdisp), ("varint300", varint300), ("rasch", rasch), ("local_level", local_level),
-           ("wide_logit", wide_logit), ("wide_scaled", wide_scaled))}
+           ("wide_logit", wide_logit), ("wide_scaled", wide_scaled), ("far_intercept", far_intercept))}
 
 
 FITS = {
     "default": {},
     "meanfield": dict(family="meanfield"),  # the default above K = 200 before (ADVI, 1 draw x 10,000 steps)
     "lowrank": dict(family="lowrank"),  # ADVI, 1 draw x 10,000 steps
-    "lowrank_stl4": dict(family="lowrank", estimator="stl", num_samples=4, num_steps=5000),
+    "lowrank_stl4": dict(family="lowrank", estimator="stl", num_samples=4, num_steps=5000),  # 5,000 steps
     "fullrank": dict(family="fullrank"),  # the default's full-rank fit (natural-gradient ADVI, its own stop)
 }
 

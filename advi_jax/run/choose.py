@@ -94,21 +94,21 @@ class _AutoLowRank(NamedTuple):
     rank: int = 10
     num_samples: int = 4
     estimator: str = "stl"
-    num_steps: int = 20_000
+    num_steps: int = 40_000
 
 
 AUTO_LOWRANK = _AutoLowRank()
 """What `family="auto"`, `method="auto"` fit above `FULLRANK_MAX_DIM` for a model no exact method covers:
-the low-rank-plus-diagonal Gaussian (rank 10) by ADVI with the STL estimator, 4 draws x 20,000 Adam
-steps (80,000 gradients; `default_optimizer`'s schedule), from the start `init="auto"` gives it (for
-K <= 1000 the Laplace mode with its diagonal scales, as mean-field's). On six posteriors with K = 211-304
+the low-rank-plus-diagonal Gaussian (rank 10) by ADVI with the STL estimator, 4 draws x 40,000 Adam
+steps (160,000 gradients; `default_optimizer`'s schedule), from the start `init="auto"` gives it (for
+K <= 1000 the Laplace mode with its diagonal scales, as mean-field's). On seven posteriors with K = 211-304
 against NUTS (benchmarks/spot_large.py, benchmarks/PERFORMANCE.md) the mean-field ADVI that ran there
-before missed the hierarchical scales by 1.0-9.6 sd (a per-observation lognormal Poisson, 300 varying
-intercepts, a Rasch model); this family, whose 10 columns carry the scale-by-effects correlations, missed
-them by 0.04-0.28 sd, and matched or beat mean-field on the rest (a random-walk time series that both miss
-by 10 sd, two wide logistic regressions). 5,000 steps were too few where the data are far from zero (a
-varying-intercept regression with its intercept at 120: the scale 43 sd off, 2.03 +/- 0.07 against NUTS's
-2.02 +/- 0.10 after 20,000); one draw per step, the factor's noise inflated q (0.35-0.6 sd)."""
+before missed the hierarchical scales by 1.0-49 sd (a per-observation lognormal Poisson, 300 varying
+intercepts, a Rasch model, varying intercepts with data far from zero); this family, whose 10 columns
+carry the scale-by-effects correlations, misses them by 0.04-0.3 sd, and matches or beats mean-field on
+the rest (a random-walk time series that both miss by 10 sd, two wide logistic regressions). Fewer steps
+were too few where the data lie far from zero (that regression's scale 8 sd off after 20,000 steps, 0.01
+sd after 40,000); with one draw per step the factor's noise inflated q (0.35-0.6 sd)."""
 
 
 class Plan(NamedTuple):

@@ -265,11 +265,11 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         settings given, ADVI with the STL estimator, 4 draws a step, natural-gradient steps whose
         averaged iterates stop by their own test (`AUTO_ADVI`: at most 48,000 gradients), from the
         `init="bam"` start (Pathfinder, then Batch-and-Match, each kept only where it raises the
-        ELBO); with the low-rank family of `family="auto"`, ADVI with STL, 4 draws x 20,000 steps;
+        ELBO); with the low-rank family of `family="auto"`, ADVI with STL, 4 draws x 40,000 steps;
         else "advi" with the settings given. Or a registered name ("advi", "glm_exact",
         "glm_grouped", "pathfinder", "dadvi", "bam", "laplace").
       num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI; for
-        `method="auto"`, the full-rank ADVI's cap of 12,000 steps and the low-rank ADVI's 20,000).
+        `method="auto"`, the full-rank ADVI's cap of 12,000 steps and the low-rank ADVI's 40,000).
       num_samples: ADVI's Monte Carlo draws per step (static).
       optimizer: ADVI's optax optimizer; default `default_optimizer(learning_rate, num_steps)`:
         Adam, constant then cosine-decayed over the second half of the run.
