@@ -17,19 +17,20 @@ The data are simulated once, in that order, from one generator (seed 17).
 Usage: python benchmarks/spot_large.py [names...] [--fits default,meanfield,lowrank,lowrank_stl4,fullrank]
 """
 import sys, time, warnings
+from pathlib import Path
 import numpy as np, jax, jax.numpy as jnp
 import numpyro, numpyro.distributions as dist
 rng = np.random.default_rng(17)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # spot_unseen3, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # and the repository's root
+from benchmarks.suite import flatten_draws as flat  # noqa: E402
 
-def overdisp():  # as spot_unseen3 (K = 253)
-    N = 250; x = rng.normal(size=N); y = rng.poisson(np.exp(1.0 + 0.5 * x + 0.6 * rng.normal(size=N)))
-    def model(x, y):
-        a = numpyro.sample("a", dist.Normal(0, 2)); b = numpyro.sample("b", dist.Normal(0, 2))
-        s = numpyro.sample("sigma", dist.HalfNormal(1.0))
-        with numpyro.plate("N", N):
-            z = numpyro.sample("z", dist.Normal(0, 1))
-            numpyro.sample("y", dist.Poisson(jnp.exp(a + b * x + s * z)), obs=y)
-    return model, (x, y)
+
+def overdisp():  # spot_unseen3's, from this file's generator (K = 253)
+    from spot_unseen3 import overdisp as build
+
+    return build(rng)
+
 
 def varint300():  # Gaussian varying intercepts, 300 groups x 4 rows, non-centred (K = 304)
     G, n = 300, 4; g = np.repeat(np.arange(G), n); x = rng.normal(size=G * n)
@@ -72,14 +73,6 @@ def wide_logit():  # logistic regression, 220 predictors, 1,500 rows, N(0, 1) pr
     return model, (x, y)
 
 
-
-def flat(d):
-    cols = {}
-    for k, v in d.items():
-        v = np.asarray(v); v = v.reshape(v.shape[0], -1)
-        for i in range(v.shape[1]):
-            cols[f"{k}[{i}]" if v.shape[1] > 1 else k] = v[:, i]
-    return cols
 
 def wide_scaled():  # logistic regression, 210 predictors with scales exp(N(0, 1.5)), 2,000 rows (K = 211)
     N, D = 2000, 210; sc = np.exp(rng.normal(0, 1.5, D)); x = (rng.normal(size=(N, D)) * sc).astype(np.float32)

@@ -33,6 +33,7 @@ draws past about 32K draw x row entries is wrong by hundreds, so beta_reg's PSIS
 every method. `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce` gives the right numbers.
 """
 import sys, time, warnings
+from pathlib import Path
 import numpy as np
 import jax, jax.numpy as jnp
 jax.config.update("jax_enable_x64", False)
@@ -41,6 +42,9 @@ from numpyro.diagnostics import summary
 from numpyro.infer import MCMC, NUTS
 
 import advi_jax as aj
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository's root
+from benchmarks.suite import flatten_draws as flat  # noqa: E402
 
 rng = np.random.default_rng(13)
 
@@ -112,7 +116,7 @@ def vonmises():
     return model, (x, y)
 
 
-def overdisp():
+def overdisp(rng=rng):  # spot_large.py builds it from its own generator
     N = 250; x = rng.normal(size=N); y = rng.poisson(np.exp(1.0 + 0.5 * x + 0.6 * rng.normal(size=N)))
     def model(x, y):
         a = numpyro.sample("a", dist.Normal(0, 2)); b = numpyro.sample("b", dist.Normal(0, 2))
@@ -146,15 +150,6 @@ def tight_hier():
 MODELS = {name: build() for name, build in  # built in this order: the data depend on it
           (("crossed_re", crossed_re), ("beta_reg", beta_reg), ("icar", icar), ("tobit", tobit),
            ("vonmises", vonmises), ("overdisp", overdisp), ("collinear", collinear), ("tight_hier", tight_hier))}
-
-
-def flat(d):
-    cols = {}
-    for k, v in d.items():
-        v = np.asarray(v); v = v.reshape(v.shape[0], -1)
-        for i in range(v.shape[1]):
-            cols[f"{k}[{i}]" if v.shape[1] > 1 else k] = v[:, i]
-    return cols
 
 
 def report(name, label, m, r, ref, dt, w):
