@@ -142,7 +142,8 @@ class Family(abc.ABC):
     Subclasses implement the abstract methods and DECLARE what they can do:
 
     * `affine_closed`: True when the pushforward of q through zeta -> shift + S zeta is again in
-      the family (`transform` implements it). The driver runs a method in Laplace-whitened
+      the family (`transform` implements it); for the mean-field and low-rank Gaussians, S diagonal
+      (their starts whiten by a diagonal S). The driver runs a method in Laplace-whitened
       coordinates only for such families; nothing compares methods to find out.
     * `params_type`: the NamedTuple of its parameters (its parameter layout).
 

@@ -69,7 +69,8 @@ from advi_jax.vi._advi_averaged import AutoStop
 __all__ = ["choose_method", "choose_family", "choose", "Plan", "FULLRANK_MAX_DIM", "AUTO_ADVI", "AUTO_LOWRANK"]
 
 FULLRANK_MAX_DIM = 200
-"""`family="auto"` fits the full-rank Gaussian up to this K, the mean-field one above it."""
+"""`family="auto"` fits the full-rank Gaussian up to this K; above it the low-rank one where `aj.fit`'s
+`method="auto"` runs ADVI (`AUTO_LOWRANK`), else the mean-field one."""
 
 
 class _AutoAdvi(NamedTuple):
