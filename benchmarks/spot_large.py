@@ -32,16 +32,22 @@ def overdisp():  # spot_unseen3's, from this file's generator (K = 253)
     return build(rng)
 
 
-def varint300():  # Gaussian varying intercepts, 300 groups x 4 rows, non-centred (K = 304)
-    G, n = 300, 4; g = np.repeat(np.arange(G), n); x = rng.normal(size=G * n)
-    u = 0.5 * rng.normal(size=G); y = 1.0 + 0.7 * x + u[g] + 0.8 * rng.normal(size=G * n)
+def _varying_intercepts(G, a_sd, b_sd, tau_sd, sigma_sd, sigma_name):
+    """Gaussian outcome, non-centred group intercepts tau z_g, one predictor; priors by their scales."""
     def model(g, x, y):
-        a = numpyro.sample("a", dist.Normal(0, 5)); b = numpyro.sample("b", dist.Normal(0, 5))
-        tau = numpyro.sample("tau", dist.HalfNormal(1.0)); s = numpyro.sample("sigma", dist.HalfNormal(2.0))
+        a = numpyro.sample("a", dist.Normal(0, a_sd)); b = numpyro.sample("b", dist.Normal(0, b_sd))
+        tau = numpyro.sample("tau", dist.HalfNormal(tau_sd)); s = numpyro.sample(sigma_name, dist.HalfNormal(sigma_sd))
         with numpyro.plate("G", G):
             z = numpyro.sample("z", dist.Normal(0, 1))
         numpyro.sample("y", dist.Normal(a + b * x + tau * z[g], s), obs=y)
-    return model, (g, x, y)
+    return model
+
+
+def varint300():  # Gaussian varying intercepts, 300 groups x 4 rows, non-centred (K = 304)
+    G, n = 300, 4; g = np.repeat(np.arange(G), n); x = rng.normal(size=G * n)
+    u = 0.5 * rng.normal(size=G); y = 1.0 + 0.7 * x + u[g] + 0.8 * rng.normal(size=G * n)
+    return _varying_intercepts(G, 5.0, 5.0, 1.0, 2.0, "sigma"), (g, x, y)
+
 
 def rasch():  # 1PL IRT, 250 persons x 15 items (K = 266)
     P, I = 250, 15; th = rng.normal(size=P); be = rng.normal(0, 1, I)
@@ -86,13 +92,7 @@ def wide_scaled():  # logistic regression, 210 predictors with scales exp(N(0, 1
 def far_intercept():  # varying intercepts, 250 groups x 6 rows, intercept 120, a predictor at 40 +/- 10 (K = 254)
     G, n = 250, 6; g = np.repeat(np.arange(G), n); x = (rng.normal(size=G * n) * 10 + 40).astype(np.float32)
     u = 2.0 * rng.normal(size=G); y = (120.0 + 3.0 * x + u[g] + 1.5 * rng.normal(size=G * n)).astype(np.float32)
-    def model(x, g, y):
-        a = numpyro.sample("a", dist.Normal(0, 200)); b = numpyro.sample("b", dist.Normal(0, 10))
-        tau = numpyro.sample("tau", dist.HalfNormal(3)); s = numpyro.sample("s", dist.HalfNormal(3))
-        with numpyro.plate("G", G):
-            z = numpyro.sample("z", dist.Normal(0, 1))
-        numpyro.sample("y", dist.Normal(a + b * x + tau * z[g], s), obs=y)
-    return model, (x, g, y)
+    return _varying_intercepts(G, 200.0, 10.0, 3.0, 3.0, "s"), (g, x, y)
 
 
 MODELS = {name: build() for name, build in  # built in this order: the data depend on it

@@ -16,12 +16,16 @@ The data are simulated once, in the order above, from one generator (seed 11).
 Usage: python benchmarks/spot_unseen2.py [names...]   (default: all)
 """
 import sys, time, warnings
+from pathlib import Path
 import numpy as np
 import jax, jax.numpy as jnp
 import numpyro, numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS
 
 import advi_jax as aj
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository's root
+from benchmarks.suite import flatten_draws as flat  # noqa: E402
 
 rng = np.random.default_rng(11)
 
@@ -126,13 +130,29 @@ MODELS = {name: build() for name, build in  # built in this order: the data depe
            ("mvn_lkj", mvn_lkj), ("t_hier", t_hier), ("logit_inter", logit_inter))}
 
 
-def flat(d):
-    cols = {}
-    for k, v in d.items():
-        v = np.asarray(v); v = v.reshape(v.shape[0], -1)
-        for i in range(v.shape[1]):
-            cols[f"{k}[{i}]" if v.shape[1] > 1 else k] = v[:, i]
-    return cols
+def report(name, label, m, r, ref, dt, w):
+    """One fit against NUTS's draws `ref`, a line (also `spot_unseen3`'s)."""
+    q = flat(r.sample(jax.random.key(9), 20000))
+    dm = {k: abs(q[k].mean() - ref[k].mean()) / ref[k].std() for k in ref if ref[k].std() > 0}
+    ls = {k: abs(np.log(q[k].std() / ref[k].std())) for k in dm}
+    km = max(dm, key=dm.get); ks = max(ls, key=ls.get)
+    print(f"{name} {label}: K={m.dim} {r.method} dmean {dm[km]:.3f} ({km}) logsd {ls[ks]:.3f} ({ks}) "
+          f"med logsd {np.median(list(ls.values())):.3f} khat {r.diagnostics.khat:.2f} "
+          f"grads {r.num_grad_evals} {dt:.1f}s warned={[str(x.message)[:100] for x in w]}", flush=True)
+
+
+def one_fit(name, label, m, ref, **kw):
+    """`aj.fit(m, **kw)`, timed, its warnings kept, and `report`ed (a crash is reported as a finding)."""
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        t = time.perf_counter()
+        try:
+            r = aj.fit(m, progress=False, **kw)
+        except Exception as err:  # a crash is a finding: report it and go on
+            print(f"{name} {label}: FAILED {type(err).__name__}: {err}", flush=True)
+            return
+        dt = time.perf_counter() - t
+    report(name, label, m, r, ref, dt, w)
 
 
 if __name__ == "__main__":
@@ -148,19 +168,4 @@ if __name__ == "__main__":
         print(f"{name}: NUTS {time.perf_counter() - t:.0f}s, {div} divergences", flush=True)
         m = aj.from_numpyro(model, *args)
         for seed in (0, 1):
-            with warnings.catch_warnings(record=True) as w:
-                warnings.simplefilter("always")
-                t = time.perf_counter()
-                try:
-                    r = aj.fit(m, key=jax.random.key(seed), progress=False)
-                except Exception as err:  # a crash is a finding: report it and go on
-                    print(f"{name} s{seed}: FAILED {type(err).__name__}: {err}", flush=True)
-                    continue
-                dt = time.perf_counter() - t
-            q = flat(r.sample(jax.random.key(9), 20000))
-            dm = {k: abs(q[k].mean() - ref[k].mean()) / ref[k].std() for k in ref if ref[k].std() > 0}
-            ls = {k: abs(np.log(q[k].std() / ref[k].std())) for k in dm}
-            km = max(dm, key=dm.get); ks = max(ls, key=ls.get)
-            print(f"{name} s{seed}: K={m.dim} {r.method} dmean {dm[km]:.3f} ({km}) logsd {ls[ks]:.3f} ({ks}) "
-                  f"med logsd {np.median(list(ls.values())):.3f} khat {r.diagnostics.khat:.2f} "
-                  f"grads {r.num_grad_evals} {dt:.1f}s warned={[str(x.message)[:100] for x in w]}", flush=True)
+            one_fit(name, f"s{seed}", m, ref, key=jax.random.key(seed))

@@ -32,7 +32,7 @@ jax-ml/jax#39103): NumPyro's Beta log density (a Dirichlet over [y, 1 - y]) eval
 draws past about 32K draw x row entries is wrong by hundreds, so beta_reg's PSIS k-hat reads inf for
 every method. `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce` gives the right numbers.
 """
-import sys, time, warnings
+import sys, time
 from pathlib import Path
 import numpy as np
 import jax, jax.numpy as jnp
@@ -45,6 +45,7 @@ import advi_jax as aj
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository's root
 from benchmarks.suite import flatten_draws as flat  # noqa: E402
+from benchmarks.spot_unseen2 import one_fit  # noqa: E402
 
 rng = np.random.default_rng(13)
 
@@ -150,29 +151,6 @@ def tight_hier():
 MODELS = {name: build() for name, build in  # built in this order: the data depend on it
           (("crossed_re", crossed_re), ("beta_reg", beta_reg), ("icar", icar), ("tobit", tobit),
            ("vonmises", vonmises), ("overdisp", overdisp), ("collinear", collinear), ("tight_hier", tight_hier))}
-
-
-def report(name, label, m, r, ref, dt, w):
-    q = flat(r.sample(jax.random.key(9), 20000))
-    dm = {k: abs(q[k].mean() - ref[k].mean()) / ref[k].std() for k in ref if ref[k].std() > 0}
-    ls = {k: abs(np.log(q[k].std() / ref[k].std())) for k in dm}
-    km = max(dm, key=dm.get); ks = max(ls, key=ls.get)
-    print(f"{name} {label}: K={m.dim} {r.method} dmean {dm[km]:.3f} ({km}) logsd {ls[ks]:.3f} ({ks}) "
-          f"med logsd {np.median(list(ls.values())):.3f} khat {r.diagnostics.khat:.2f} "
-          f"grads {r.num_grad_evals} {dt:.1f}s warned={[str(x.message)[:100] for x in w]}", flush=True)
-
-
-def one_fit(name, label, m, ref, **kw):
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        t = time.perf_counter()
-        try:
-            r = aj.fit(m, progress=False, **kw)
-        except Exception as err:  # a crash is a finding: report it and go on
-            print(f"{name} {label}: FAILED {type(err).__name__}: {err}", flush=True)
-            return
-        dt = time.perf_counter() - t
-    report(name, label, m, r, ref, dt, w)
 
 
 if __name__ == "__main__":
