@@ -363,8 +363,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     lr, adapt = checks.resolve_learning_rate(learning_rate, optimizer, allow_adapt=True)
     plan = choose(model, family, method, init=init, num_steps=num_steps, estimator=estimator, num_samples=num_samples,
                   optimizer=optimizer, learning_rate=learning_rate)
-    if isinstance(family, str) and family == "auto":
-        family_obj = plan.family  # the policy's (`choose`: the low-rank family above FULLRANK_MAX_DIM)
+    family_obj = plan.family  # the checked family, or the policy's (`choose`: low-rank above FULLRANK_MAX_DIM)
     module, method_name, _ = resolve_method(plan.method, model, family_obj)
     method_reason, init, estimator, num_samples = plan.reason, plan.init, plan.estimator, plan.num_samples
     num_steps = plan.num_steps
