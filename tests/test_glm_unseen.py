@@ -188,3 +188,37 @@ def test_group_on_probit_and_negbin_and_duplicate_names_are_clear_errors():
         aj.models.negbin_regression(x, rng.poisson(2.0, 20), group=np.arange(20) % 2)
     with pytest.raises(ValueError, match=r"feature_names must be distinct; \['a'\] repeat"):
         aj.models.logistic_regression(x, (x[:, 0] > 0) * 1.0, feature_names=["a", "a"])
+
+
+def _raw_income_design(n=300, seed=8):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    income = 3e4 + 1e4 * z[:, 0]  # a raw column: size 3e4, not standardised
+    y = rng.poisson(np.exp(0.3 * z[:, 0] - 0.2 * z[:, 1]))
+    return np.column_stack([income, z[:, 1]]), y.astype(float), rng.integers(0, 12, n)
+
+
+@pytest.mark.parametrize("kind,family", [("poisson", "fullrank"), ("poisson", "meanfield"),
+                                         ("poisson", aj.LowRankGaussian(2)), ("negbin", "fullrank"),
+                                         ("grouped", "fullrank")])
+def test_raw_columns_in_the_thousands_are_fitted_in_their_units(kind, family):
+    # standardize=False with an income column around 3e4: q started with sd 0.1 on its coefficient, so
+    # each linear predictor had variance ~1e7 under q and exp(mu + var / 2) overflowed at the start
+    # itself; no damping helps there, and the exact fit never moved (every coefficient 0 +/- 0.1,
+    # k-hat inf). Under flat priors the posterior is equivariant to a column's units: the fit on the
+    # income in dollars must be the fit on the income in units of its rms, scaled back.
+    x, y, group = _raw_income_design()
+    rms = np.sqrt(np.mean(x[:, 0] ** 2))
+    build = {"poisson": aj.models.poisson_regression, "negbin": aj.models.negbin_regression,
+             "grouped": lambda *a, **k: aj.models.poisson_regression(*a, group=group, **k)}[kind]
+    flat = dict(standardize=False, prior_scale=1e4, intercept_scale=1e4)
+    raw = _fit(build(x, y, **flat), family=family)
+    unit = _fit(build(x / np.array([rms, 1.0]), y, **flat), family=family)
+    assert raw.method == unit.method and raw.method.startswith("glm_") and raw.converged, raw.method
+    scale = np.ones(raw.model.dim)
+    scale[1] = rms  # coordinates: intercept, beta[income], beta[z], ...
+    mean_raw, mean_unit = (np.asarray(r.family.mean(r.params)) for r in (raw, unit))
+    sd_raw, sd_unit = (np.sqrt(np.asarray(r.family.variance(r.params))) for r in (raw, unit))
+    np.testing.assert_allclose(mean_raw * scale, mean_unit, atol=0.02 * sd_unit.min())
+    np.testing.assert_allclose(sd_raw * scale, sd_unit, rtol=0.02)
+    assert abs(mean_unit[1] / rms * 1e4 - 0.3) < 0.15  # the income's effect per 1e4, simulated 0.3

@@ -81,17 +81,24 @@ class LowRankState(NamedTuple):
     """The L-BFGS state over the flat (m, raw_diag, B) (`_lbfgs.State`: point, objective, gradient,
     history, evaluation count) and the last two ELBO values; `constant` is the likelihood's data-only
     part (`glm_exact.GLMExactState.constant`), summed once in `init` and added to every evaluation
-    of the objective (whose per-row terms leave it out)."""
+    of the objective (whose per-row terms leave it out); `scales` is the (K,) c of
+    `glm_exact.coordinate_scales` (ones on a standardised design): `opt` is over q in c * zeta."""
 
     opt: _lbfgs.State
     elbo: Array
     previous: Array
     stalls: Array
     constant: Array
+    scales: Array
 
 
-def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
-    """The low-rank exact-ELBO algorithm (see the module docstring); called by `glm_exact.build`."""
+def build(layout, model, family, options, prior_and_entropy, coordinate_scales=None) -> VIAlgorithm:
+    """The low-rank exact-ELBO algorithm (see the module docstring); called by `glm_exact.build`.
+
+    `coordinate_scales(layout, model, data, K, dtype)`: (K,) scales c (`glm_exact.coordinate_scales`),
+    or None; with c, computed once in `init` (`LowRankState.scales`), L-BFGS runs on q in the coordinates c * zeta, where every column of a raw design has root mean
+    square 1 (L-BFGS is not scale-invariant: with a column of size 3e4 it stopped with the intercept
+    0.2 off, and a Poisson start overflowed)."""
     from advi_jax.vi import _glm_lik
 
     data = model.data
@@ -100,11 +107,12 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
     eps = float(jnp.finfo(dtype).eps)
     gtol = max(1e3 * options.tol, 1e-3 if dtype == jnp.float64 else 1e-2)
 
-    def unflatten(theta):
-        return LowRankParams(theta[:k], theta[k:2 * k], theta[2 * k:].reshape(k, r))
+    def unflatten(theta, c):
+        p = LowRankParams(theta[:k], theta[k:2 * k], theta[2 * k:].reshape(k, r))
+        return p if coordinate_scales is None else family.transform(p, jnp.zeros((k,), dtype), jnp.diag(1.0 / c))
 
-    def objective(theta, constant):
-        p = unflatten(theta)
+    def objective(theta, constant, c):
+        p = unflatten(theta, c)
         d = family.diag_scale(p)
         lik = lowrank_likelihood(layout, data, p.loc, d, p.factor, options.num_nodes, constant=False) + constant
         var_diag = d * d + jnp.sum(p.factor * p.factor, axis=1)
@@ -114,7 +122,9 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         return -(lik + prior_and_entropy(layout, p.loc, var_diag, log_det_sd))
 
     def init(key, loc):
-        p = family.init(key, k, loc=jnp.asarray(loc, dtype), scale=options.init_scale, dtype=dtype)
+        loc = jnp.asarray(loc, dtype)
+        c = jnp.ones((k,), dtype) if coordinate_scales is None else coordinate_scales(layout, model, data, k, dtype)
+        p = family.init(key, k, loc=loc * c, scale=options.init_scale, dtype=dtype)
         theta = jnp.concatenate([p.loc, p.raw_diag, p.factor.reshape(-1)])
         theta = _glm_lik.nan_if_stale(layout, data, theta)  # a stale distinct-count table: NaN, not wrong
         inf = jnp.full((), -jnp.inf, dtype)
@@ -122,13 +132,13 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         # `_lbfgs.init`'s leaves are strong-typed: the loop compiled ahead from abstract arguments
         # (`advi_jax.run.ahead`) is then the one the fit's own call finds (optax's weak-typed
         # initial scalars made it compile the loop twice).
-        return LowRankState(_lbfgs.init(theta, HISTORY), inf, inf, jnp.zeros((), jnp.int32), constant)
+        return LowRankState(_lbfgs.init(theta, HISTORY), inf, inf, jnp.zeros((), jnp.int32), constant, c)
 
     def step(key, state: LowRankState):
         del key
 
         def value_and_grad(theta):
-            return jax.value_and_grad(objective)(theta, state.constant)
+            return jax.value_and_grad(objective)(theta, state.constant, state.scales)
 
         # One L-BFGS iteration; the first step evaluates the start first, through the line search's
         # own call (one copy of the objective in the program).
@@ -141,12 +151,12 @@ def build(layout, model, family, options, prior_and_entropy) -> VIAlgorithm:
         change = jnp.abs(elbo + value) / (1.0 + jnp.abs(elbo))
         stalls = jnp.where(change <= eps, state.stalls + 1, 0)
         small = (change <= max(options.rtol, 10 * eps)) & (jnp.max(jnp.abs(opt.g)) <= gtol)
-        nxt = LowRankState(opt, jnp.where(ok, elbo, state.elbo), -value, stalls, state.constant)
+        nxt = LowRankState(opt, jnp.where(ok, elbo, state.elbo), -value, stalls, state.constant, state.scales)
         converged = ok & (small | (stalls >= 2) | opt.failed)
         return nxt, step_info(nxt.elbo, ok, opt.num_evals - state.opt.num_evals, 0, converged)
 
     def params(state: LowRankState):
-        return unflatten(state.opt.x)
+        return unflatten(state.opt.x, state.scales)
 
     def extras(state: LowRankState) -> dict:
         # The gradient L-BFGS holds at the result (its last accepted line-search point): a fresh

@@ -133,7 +133,9 @@ class Options(NamedTuple):
       min_rho: convergence (nothing left to gain at this precision) when the damping falls below it
         and the decrement is within 1e3 tol (the rounding floor); otherwise the fit goes on.
       max_rho: the largest damping; > 1 over-relaxes the precision update (see the module docstring).
-      init_scale: the sd of q in every coordinate at the start.
+      init_scale: the sd of q in every coordinate at the start (on a design that is not
+        standardised, in the coordinates of `coordinate_scales`: a coefficient's sd is divided by
+        its column's root mean square).
       block_size: rows of X per block of the pass (None: about 4 MiB of X per block).
       kernel: "auto" (the native CPU pass of `_glm_native` for logistic and Poisson models when it
         is built, the XLA pass otherwise), "native" (the same, but raise if it is unavailable) or
@@ -351,6 +353,8 @@ class GLMExactState(NamedTuple):
       constant: the likelihood's data-only part, -sum_i lgamma(y_i + 1) for Poisson and the negative
         binomial (0 otherwise; `data_constant`), summed once in `init`: the passes leave it out and
         `elbo` adds it, so `elbo` is the whole exact ELBO.
+      scales: (K,) c of `coordinate_scales`, computed once in `init`: loc, precision, factor, grad,
+        hess and hess_chol are those of q in the coordinates c * zeta (c = 1 on a standardised design).
     """
 
     loc: Array
@@ -363,6 +367,7 @@ class GLMExactState(NamedTuple):
     hess_chol: Array
     decrement: Array
     constant: Array
+    scales: Array
 
 
 def _tri_inv_lower(L: Array) -> Array:
@@ -492,6 +497,32 @@ def _constant(layout, data, dtype, kernel):
     return _glm_lik.nan_if_stale(layout, data, _glm_native.data_constant(layout.kind, data["y"], dtype, kernel))
 
 
+def coordinate_scales(layout, model, data, k: int, dtype) -> Array:
+    """(K,) c with q fitted in the coordinates c * zeta: on a design that is not standardised each
+    coefficient's c is its column's root mean square (1 for a column of zeros); every other
+    coordinate's, and every one of a standardised design (`rescaled` is False), is 1.
+
+    The fit's steps, start and caps are in coefficients' units, which a raw column sets: with
+    `standardize=False` and incomes around 3e4, the start's sd 0.1 gave each linear predictor a
+    variance of ~1e7 under q, exp(mu + var / 2) overflowed at the start itself and the Poisson fit
+    never moved; and the curvature, 1e9 times the other coefficients' there, left a float32 Cholesky
+    of the precision without a digit. In these coordinates every column has root mean square 1, as
+    on a standardised design: the pass still reads the raw X (c enters through q's mean and factor),
+    and the ELBO is the same, the coordinates being linear.
+    """
+    if not rescaled(model):
+        return jnp.ones((k,), dtype)
+    rms = jnp.sqrt(jnp.mean(jnp.square(data["x"]), axis=0)).astype(dtype)
+    cols = jnp.where(jnp.isfinite(rms) & (rms > 0), rms, 1.0)
+    lead = jnp.ones((int(layout.intercept),), dtype)
+    return jnp.concatenate([lead, cols, jnp.ones((k - lead.shape[0] - cols.shape[0],), dtype)])
+
+
+def rescaled(model) -> bool:
+    """Whether `coordinate_scales` can differ from 1: a design that is not standardised (static)."""
+    return not model.info.standardize
+
+
 MAX_STEP = 8.0
 """The largest change of any coordinate of q's mean in one step (`_capped`)."""
 
@@ -544,7 +575,8 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     if options.kernel not in ("auto", "native", "xla"):
         raise ValueError(f"options.kernel must be 'auto', 'native' or 'xla', got {options.kernel!r}")
     if not meanfield and family.name == "lowrank":
-        return _glm_lowrank.build(layout, model, family, options, _prior_and_entropy)
+        return _glm_lowrank.build(layout, model, family, options, _prior_and_entropy,
+                                  coordinate_scales if rescaled(model) else None)
     block = _block_size(layout, options)
     negbin = layout.dispersion is not None
     prior_prec = 1.0 / jnp.square(jnp.asarray(layout.prior_sd + ((math.inf,) if negbin else ()), dtype))
@@ -552,8 +584,19 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
 
     native = not negbin and _glm_native.covers(layout.kind, dtype, options.num_nodes, options.kernel)
 
-    def evaluate(m, precision, constant):
-        factor = _cov_factor(precision, meanfield)
+    raw = rescaled(model)
+
+    def to_model(m, factor, c):
+        """q's mean and factor in the model's coordinates from those in the fit's (c * zeta)."""
+        if not raw:
+            return m, factor
+        return m / c, (factor / c if meanfield else factor / c[:, None])
+
+    def evaluate(m_fit, precision, constant, c):
+        # the state is in the fit's coordinates c * zeta (`coordinate_scales`), the pass and the prior
+        # in the model's; g and H go back to the fit's: g / c, H / (c c')
+        factor_fit = _cov_factor(precision, meanfield)
+        m, factor = to_model(m_fit, factor_fit, c)
         if native:
             value, g, h = _glm_native.native_or_xla(_pass, layout, data, m, factor, meanfield, options.num_nodes,
                                                     block)
@@ -566,14 +609,18 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
             var_diag, log_det_sd = jnp.sum(factor * factor, axis=1), jnp.sum(jnp.log(jnp.diagonal(factor)))
         elbo = (value + constant) + _prior_and_entropy(layout, m, var_diag, log_det_sd)
         g, h = g - prior_prec * m, h + jnp.diag(prior_prec)
+        if raw:
+            g, h = g / c, h / (c[:, None] * c[None, :])
         if negbin:  # the dispersion prior, and a positive-definite curvature (not log-concave: see _glm_lik)
-            _, dg, dh = _glm_lik.dispersion_prior(m[-1], var_diag[-1], layout.dispersion)
+            _, dg, dh = _glm_lik.dispersion_prior(m[-1], var_diag[-1], layout.dispersion)  # c[-1] = 1
             g, h = g.at[-1].add(dg), _glm_lik.pd_fix(h.at[-1, -1].add(dh))
-        return factor, elbo, g, h
+        return factor_fit, elbo, g, h
 
     def init(key, loc):
         del key
         m = jnp.asarray(loc, dtype)
+        c = coordinate_scales(layout, model, data, k, dtype)
+        m = m * c if raw else m
         p0 = jnp.full((k,), 1.0 / options.init_scale**2, dtype)
         sd0 = jnp.full((k,), options.init_scale, dtype)
         precision = p0 if meanfield else jnp.diag(p0)
@@ -582,7 +629,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         return GLMExactState(m, precision, factor, jnp.asarray(-jnp.inf, dtype), jnp.zeros((k,), dtype),
                              jnp.diag(p0), jnp.asarray(1.0, dtype), jnp.diag(1.0 / sd0),
                              jnp.asarray(jnp.inf, dtype),
-                             _constant(layout, data, dtype, options.kernel))
+                             _constant(layout, data, dtype, options.kernel), c)
 
     def step(key, state: GLMExactState):
         del key
@@ -590,14 +637,14 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         target = jnp.diagonal(state.hess) if meanfield else state.hess
         precision = (1.0 - rho) * state.precision + rho * target
         m = state.loc + jnp.minimum(rho, 1.0) * _capped(cho_solve((state.hess_chol, True), state.grad))
-        factor, elbo, g, h = evaluate(m, precision, state.constant)
+        factor, elbo, g, h = evaluate(m, precision, state.constant, state.scales)
         h_chol = jnp.linalg.cholesky(h)
         slack = 8.0 * eps * jnp.abs(state.elbo)
         ok = (jnp.isfinite(elbo) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(factor))
               & jnp.all(jnp.isfinite(h_chol)))
         change = jnp.abs(elbo - state.elbo) / (jnp.abs(elbo) + 1.0)
         new = GLMExactState(m, precision, factor, elbo, g, h, jnp.minimum(options.max_rho, 2.0 * rho), h_chol,
-                            _decrement(g, h, h_chol, precision, factor, meanfield), state.constant)
+                            _decrement(g, h, h_chol, precision, factor, meanfield), state.constant, state.scales)
         # Count likelihoods: the ELBO is the difference of the pass's value and the data constant
         # -sum lgamma(y + 1), each far larger than it (negative binomial, counts ~100: 3.6e5 each for an
         # ELBO of -5.5e3), so its float32 rounding is ~eps times their size (0.03 nats there), not
@@ -623,7 +670,7 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
         return nxt, step_info(nxt.elbo, jnp.isfinite(nxt.elbo), 1, 0, converged)
 
     def params(state: GLMExactState):
-        return family_params(state.loc, state.factor, meanfield)
+        return family_params(*to_model(state.loc, state.factor, state.scales), meanfield)
 
     def extras(state: GLMExactState) -> dict:
         return {"decrement": state.decrement, "rho": state.rho}

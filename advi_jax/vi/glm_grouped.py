@@ -103,7 +103,8 @@ from jax.scipy.linalg import cho_solve
 from advi_jax._types import Array
 from advi_jax.base import VIAlgorithm, step_info
 from advi_jax.families import Family
-from advi_jax.vi.glm_exact import _capped, _cov_factor, expected_log_lik_auto, family_params, quadrature
+from advi_jax.vi.glm_exact import (_capped, _cov_factor, coordinate_scales, expected_log_lik_auto, family_params,
+                                   quadrature)
 
 __all__ = ["NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "Options", "build", "exact_elbo", "supports",
            "moments_and_curvature"]
@@ -134,7 +135,9 @@ class Options(NamedTuple):
         full step that no longer moves the ELBO, needs 1e3 tol, i.e. ~1e-3 sd).
       rtol: convergence when a full step changes the ELBO by less than this, relative.
       min_rho: convergence when the damping falls below it and the decrement is below `floor`.
-      init_scale: the sd of q in every coordinate at the start.
+      init_scale: the sd of q in every coordinate at the start (on a design that is not
+        standardised, a coefficient's is divided by its column's root mean square:
+        `glm_exact.coordinate_scales`).
       floor, patience: convergence at the rounding floor: the decrement has not improved on its
         best for `patience` steps and is below `floor` (~0.01 posterior sd). In float32 with
         few groups the full step can circle the optimum at ~1e-5 (the ELBO's changes there are
@@ -475,7 +478,10 @@ def build(model, family: Family, options: Options = Options()) -> VIAlgorithm:
     def init(key, loc):
         del key
         m = jnp.asarray(loc, dtype)
-        p0 = jnp.full((k,), 1.0 / options.init_scale**2, dtype)
+        # on a raw (not standardised) design each coefficient's start sd is in units of its column's
+        # root mean square (`glm_exact.coordinate_scales`): with sd 0.1 on a column of size 3e4,
+        # exp(mu + var / 2) overflowed at the start of a Poisson fit, which then never moved
+        p0 = jnp.square(coordinate_scales(layout, model, data, k, dtype) / options.init_scale)
         precision = p0 if meanfield else jnp.diag(p0)
         return GroupedState(m, precision, _cov_factor(precision, meanfield), jnp.asarray(-jnp.inf, dtype),
                             jnp.zeros((k,), dtype), jnp.diag(p0), jnp.asarray(1.0, dtype),
