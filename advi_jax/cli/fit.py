@@ -97,8 +97,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--family", choices=sorted(FAMILIES), default="fullrank",
                    help="variational family (default fullrank: regression posteriors are correlated, and with "
                    "K in the tens full-rank costs little; meanfield is faster but k-hat usually flags it). "
-                   "This differs on purpose from aj.fit's meanfield default, which must also scale to models "
-                   "with thousands of parameters where a K x K factor is too costly")
+                   "aj.fit's family='auto' gives the same up to K = 200 and the low-rank or mean-field family "
+                   "above, where a K x K factor costs more")
     p.add_argument("--estimator", choices=sorted(ESTIMATORS), default="reparam",
                    help="ADVI's gradient estimator (default reparam)")
     p.add_argument("--method", choices=("auto",) + tuple(sorted(METHODS)), default="auto",
