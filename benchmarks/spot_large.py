@@ -1,7 +1,7 @@
 """Posteriors with K > 200 (above `advi_jax.run.choose.FULLRANK_MAX_DIM`), for `family="auto"` there: the
 default `aj.fit` and the candidate families at seed 0 against NUTS (2 chains x 1,500 draws after 1,000 warm-up,
 float32), the worst |dmean| / sd and |log sd ratio| (and their medians), k-hat, gradients, wall time and whether
-it warned (lead, twenty-second session). Seven structures:
+it warned (lead, twenty-second session). Eight structures:
 
   overdisp     Poisson with a per-observation lognormal effect, non-centred, 250 rows (K = 253)
   varint300    Gaussian varying intercepts, 300 groups x 4 rows, non-centred (K = 304)
@@ -11,6 +11,7 @@ it warned (lead, twenty-second session). Seven structures:
   wide_scaled  logistic regression, 210 predictors with scales exp(N(0, 1.5)), 2,000 rows (K = 211)
   far_intercept  varying intercepts, 250 groups x 6 rows, the intercept at 120 and a predictor at 40 +/- 10:
                data far from zero (K = 254)
+  varint1500   Gaussian varying intercepts, 1,500 groups x 4 rows, non-centred (K = 1,504; twenty-third session)
 
 The data are simulated once, in that order, from one generator (seed 17).
 
@@ -95,9 +96,16 @@ def far_intercept():  # varying intercepts, 250 groups x 6 rows, intercept 120, 
     return _varying_intercepts(G, 200.0, 10.0, 3.0, 3.0, "s"), (g, x, y)
 
 
+def varint1500():  # varint300's structure at 1,500 groups (K = 1,504)
+    G, n = 1500, 4; g = np.repeat(np.arange(G), n); x = rng.normal(size=G * n)
+    u = 0.5 * rng.normal(size=G); y = 1.0 + 0.7 * x + u[g] + 0.8 * rng.normal(size=G * n)
+    return _varying_intercepts(G, 5.0, 5.0, 1.0, 2.0, "sigma"), (g, x, y)
+
+
 MODELS = {name: build() for name, build in  # built in this order: the data depend on it
           (("overdisp", overdisp), ("varint300", varint300), ("rasch", rasch), ("local_level", local_level),
-           ("wide_logit", wide_logit), ("wide_scaled", wide_scaled), ("far_intercept", far_intercept))}
+           ("wide_logit", wide_logit), ("wide_scaled", wide_scaled), ("far_intercept", far_intercept),
+           ("varint1500", varint1500))}
 
 
 FITS = {
