@@ -96,9 +96,10 @@ def build(layout, model, family, options, prior_and_entropy, coordinate_scales=N
     """The low-rank exact-ELBO algorithm (see the module docstring); called by `glm_exact.build`.
 
     `coordinate_scales(layout, model, data, K, dtype)`: (K,) scales c (`glm_exact.coordinate_scales`),
-    or None; with c, computed once in `init` (`LowRankState.scales`), L-BFGS runs on q in the coordinates c * zeta, where every column of a raw design has root mean
-    square 1 (L-BFGS is not scale-invariant: with a column of size 3e4 it stopped with the intercept
-    0.2 off, and a Poisson start overflowed)."""
+    or None; with c, computed once in `init` (`LowRankState.scales`), L-BFGS runs on q in the
+    coordinates c * zeta, where every column of a raw design has root mean square 1 (L-BFGS is not
+    scale-invariant: with a column of size 3e4 it stopped with the intercept 0.2 off, and a Poisson
+    start overflowed)."""
     from advi_jax.vi import _glm_lik
 
     data = model.data
