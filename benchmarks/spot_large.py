@@ -15,7 +15,7 @@ it warned (lead, twenty-second session). Eight structures:
 
 The data are simulated once, in that order, from one generator (seed 17).
 
-Usage: python benchmarks/spot_large.py [names...] [--fits default,meanfield,lowrank,lowrank_stl4,fullrank]
+Usage: python benchmarks/spot_large.py [names...] [--fits default,meanfield,lowrank,lowrank_stl4,fullrank,lowrank_10k,lowrank_20k]
 """
 import sys, time, warnings
 from pathlib import Path
@@ -114,6 +114,9 @@ FITS = {
     "lowrank": dict(family="lowrank"),  # ADVI, 1 draw x 10,000 steps
     "lowrank_stl4": dict(family="lowrank", estimator="stl", num_samples=4, num_steps=5000),  # 5,000 steps
     "fullrank": dict(family="fullrank"),  # the default's full-rank fit (natural-gradient ADVI, its own stop)
+    # the default's settings (AUTO_LOWRANK) with a shorter budget: what a stopping rule could save
+    "lowrank_10k": dict(family="lowrank", estimator="stl", num_samples=4, num_steps=10_000),
+    "lowrank_20k": dict(family="lowrank", estimator="stl", num_samples=4, num_steps=20_000),
 }
 
 
