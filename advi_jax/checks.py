@@ -307,9 +307,32 @@ def check_initial_point(model: Any, loc: Array, what: str = "the log density", v
         value = _log_density_top(model, loc)
     if not np.isfinite(float(value)):
         params = model.to_constrained(loc)
-        shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in params.items()}
-        raise NonFiniteStart(f"{what} is {float(value)} at the initial point {shown}; the log joint must be "
-                             "finite there (pass init= a point where it is, or check the model)")
+        raise NonFiniteStart(f"{what} is {float(value)} at the initial point {shown_point(params)}"
+                             f"{masked_data_hint(model)}; the log joint must be finite there (pass init= a point "
+                             "where it is, or check the model)")
+
+
+def shown_point(params: Any) -> dict:
+    """A point's constrained values for a message: each as a list, or its first 6 entries and its
+    shape when it has more than 10."""
+    def short(a):
+        a = np.round(np.asarray(a), 4)
+        return a.tolist() if a.size <= 10 else f"{a.reshape(-1)[:6].tolist()}... (shape {a.shape})"
+    return {k: short(v) for k, v in params.items()}
+
+
+def masked_data_hint(model: Any) -> str:
+    """For a model whose data `aj.fit` does not reject up front (a NumPyro model with `obs_mask` sites,
+    `NumPyroModel.imputed_names`): where its data hold NaN or inf, as "; model.data... has n non-finite
+    entries ..." ("" otherwise)."""
+    if not getattr(model, "imputed_names", ()):
+        return ""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(model.data):
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            return (f"; model.data{jax.tree_util.keystr(path)} has {int(np.sum(~np.isfinite(arr)))} non-finite "
+                    "entries, and NumPyro's obs_mask ignores only those where the mask is False")
+    return ""
 
 
 @compile_options.jit(model_arg="leaves")

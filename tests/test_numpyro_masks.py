@@ -172,3 +172,42 @@ def test_sites_outside_the_rule_keep_their_masks():
     m = aj.from_numpyro(model, np.array([0.1, 0.2, 0.3], np.float32))
     assert m.dependent_names == ("b",)
     assert m.unmasked_names == ("s", "y")
+
+
+def _imputation_model(y, mask):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    sd = numpyro.sample("sd", dist.HalfNormal(2.0))
+    with numpyro.plate("n", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, sd), obs=y, obs_mask=mask)
+
+
+def test_obs_mask_imputation_with_nan_in_the_hidden_entries():
+    # The NumPyro idiom: NaN where obs_mask is False. aj.fit rejected the data outright ("non-finite
+    # entries"), and with finite fillers NumPyro's NAME_unobserved was flat at the 170 observed positions,
+    # so q's sds there grew without bound (k-hat 3.7, warned) although mu was right. Now the NaN pass, the
+    # flat entries get a standard normal (they enter nothing), and mu's posterior is the conjugate one.
+    rng = np.random.default_rng(0)
+    y = rng.normal(1.0, 1.5, size=200)
+    mask = np.ones(200, bool)
+    mask[:30] = False
+    y[:30] = np.nan
+    model = aj.from_numpyro(_imputation_model, jnp.asarray(y), jnp.asarray(mask))
+    assert model.imputed_names == ("y",)
+    result = aj.fit(model, key=jax.random.key(0), progress=False)
+    assert float(result.khat) < 0.7
+    draws = result.sample(jax.random.key(1), 8000)
+    sd = float(np.mean(draws["sd"]))
+    # mu | sd, y ~ N(mean of the 170 observed, sd^2 / 170) under the flat-ish N(0, 10^2) prior
+    assert abs(float(np.mean(draws["mu"])) - np.nanmean(y)) < 0.15 * sd / np.sqrt(170)
+    assert abs(float(np.std(draws["mu"])) / (sd / np.sqrt(170)) - 1.0) < 0.1
+    assert abs(sd - np.nanstd(y)) < 0.15
+    # the imputed entries: the predictive N(mu, sd^2); the observed positions of y are the data
+    full = np.asarray(model.with_deterministics(draws)["y"])
+    imputed = full[:, :30]
+    assert abs(imputed.mean() - np.nanmean(y)) < 0.1 and abs(imputed.std() / sd - 1.0) < 0.05
+    np.testing.assert_allclose(full[0, 30:], y[30:], rtol=1e-6)
+    # a NaN the mask does not hide: the start's error says which data
+    y[50] = np.nan
+    with pytest.raises(aj.checks.NonFiniteStart, match=r"model.data\[0\] has 31 non-finite entries, and NumPyro"):
+        aj.fit(aj.from_numpyro(_imputation_model, jnp.asarray(y), jnp.asarray(mask)), key=jax.random.key(0),
+               progress=False)

@@ -97,6 +97,8 @@ from advi_jax.interop._numpyro_bounds import _bounds, _dependent_bijector, _depe
 from advi_jax.interop._numpyro_masks import unmasked_sites, without_masks
 from advi_jax.supports import Support
 
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
 __all__ = ["NumPyroModel", "from_numpyro", "numpyro_deterministics", "support_from_constraint"]
 
 
@@ -341,11 +343,18 @@ class NumPyroModel(Model):
         data; they are transformed with the bounds computed at each evaluation.
       unmasked_names: sample sites whose NumPyro support mask the log density leaves out, since
         it is all true at every point a fit evaluates (`advi_jax.interop._numpyro_masks`).
+      imputed_names: sites observed through `obs_mask` (NumPyro splits each into `NAME_observed` and
+        the latent `NAME_unobserved`). Their data may hold NaN where the mask hides it (NumPyro's
+        masked log density and its gradient ignore those entries), so `aj.fit` does not reject such
+        data up front; a NaN the mask does not hide makes the log density NaN, which the fit reports.
+        The entries of `NAME_unobserved` at observed positions, flat in NumPyro, get a standard
+        normal density (`_ghost_log_density`): they enter nothing else.
     """
 
     def __init__(self, log_joint, support, data, model_fn, arguments: _Arguments,
                  deterministic_names: tuple[str, ...], observed_names: tuple[str, ...],
-                 dependent_names: tuple[str, ...] = (), unmasked_names: tuple[str, ...] = ()):
+                 dependent_names: tuple[str, ...] = (), unmasked_names: tuple[str, ...] = (),
+                 imputed_names: tuple[str, ...] = ()):
         super().__init__(log_joint, support, data=data)
         self.model_fn = model_fn
         self._arguments = arguments
@@ -353,17 +362,18 @@ class NumPyroModel(Model):
         self.observed_names = observed_names
         self.dependent_names = tuple(dependent_names)
         self.unmasked_names = tuple(unmasked_names)
+        self.imputed_names = tuple(imputed_names)
 
     def tree_flatten(self):
         children, aux = super().tree_flatten()
         return children, (aux, self.model_fn, self._arguments, self.deterministic_names, self.observed_names,
-                          self.dependent_names, self.unmasked_names)
+                          self.dependent_names, self.unmasked_names, self.imputed_names)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = super().tree_unflatten(aux[0], children)
         (obj.model_fn, obj._arguments, obj.deterministic_names, obj.observed_names,
-         obj.dependent_names, obj.unmasked_names) = aux[1:]
+         obj.dependent_names, obj.unmasked_names, obj.imputed_names) = aux[1:]
         return obj
 
     def _run(self, substitute_fn) -> dict:
@@ -486,16 +496,39 @@ def numpyro_deterministics(model: NumPyroModel, draws: Mapping[str, Array]) -> d
     return model.with_deterministics(draws)
 
 
-def _make_log_joint(model_fn: Callable, arguments: _Arguments, unmasked: frozenset = frozenset()):
+def _ghost_log_density(site: dict) -> Array:
+    """The standard normal log density of the entries of an `obs_mask` site's `NAME_unobserved` value that
+    its mask hides (the observed positions), 0 where there are none or the mask cannot be read.
+
+    NumPyro samples `NAME_unobserved` at full shape and masks its density to the missing positions, so
+    at the observed ones it is flat: the posterior is improper there (q's sds grow without bound and
+    k-hat reads the divergence). Those entries enter nothing (NumPyro's `NAME` takes the observed data
+    there), so a proper density on them changes no other parameter's posterior and no value of `NAME`.
+    """
+    mask = getattr(site["fn"], "_mask", None)  # NumPyro's MaskedDistribution: True where the density applies
+    value = site["value"]
+    if mask is None or isinstance(mask, bool):
+        return jnp.zeros((), jnp.result_type(value))
+    event = len(getattr(site["fn"], "event_shape", ()))
+    hidden = ~jnp.broadcast_to(jnp.reshape(jnp.asarray(mask), jnp.shape(mask) + (1,) * event), jnp.shape(value))
+    return jnp.sum(jnp.where(hidden, -0.5 * (value * value + _LOG_2PI), 0.0))
+
+
+def _make_log_joint(model_fn: Callable, arguments: _Arguments, unmasked: frozenset = frozenset(),
+                    imputed: tuple = ()):
     """NumPyro's `log_density` of the model, without the support mask of the sites in `unmasked`
-    (`_numpyro_masks`: sites where it is all true at every point a fit evaluates)."""
+    (`_numpyro_masks`: sites where it is all true at every point a fit evaluates), plus a standard
+    normal density on the entries of each `obs_mask` site in `imputed` that NumPyro leaves flat
+    (`_ghost_log_density`)."""
     _, _, log_density = _import_numpyro()
     run = without_masks(model_fn, unmasked)
 
     def log_joint(params: Mapping[str, Array], data: list) -> Array:
         args, kwargs = arguments.rebuild(data)
         with jax.numpy_rank_promotion("allow"):  # NumPyro relies on NumPy-style rank promotion
-            value, _ = log_density(run, args, kwargs, dict(params))
+            value, trace = log_density(run, args, kwargs, dict(params))
+        for name in imputed:
+            value = value + _ghost_log_density(trace[name + "_unobserved"])
         return jnp.asarray(value)
 
     log_joint.__doc__ = f"NumPyro log density of {getattr(model_fn, '__name__', 'model')} at constrained params."
@@ -587,7 +620,9 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
                           "domain=constraints.unit_interval)", UserWarning, stacklevel=user_stacklevel())
     if not support:
         raise ValueError("the NumPyro model has no latent sample sites (every site is observed); nothing to infer")
-    log_joint = _make_log_joint(model_fn, arguments)
+    imputed = tuple(name[:-len("_observed")] for name in observed
+                    if name.endswith("_observed") and name[:-len("_observed")] + "_unobserved" in support)
+    log_joint = _make_log_joint(model_fn, arguments, imputed=imputed)
     values = {name: _abstract(tr[name]["value"]) for name in support}
     _check_traceable(model_fn, log_joint, values, arguments.data)
     dependent = _dependent_sites(model_fn, arguments, values, [n for n in support if _bounds(tr[n]["fn"].support)])
@@ -595,6 +630,6 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         support[name] = _dependent_support(support[name], tr[name]["fn"].support)
     unmasked = unmasked_sites(model_fn, arguments, tr, values, dependent)
     if unmasked:
-        log_joint = _make_log_joint(model_fn, arguments, unmasked)
+        log_joint = _make_log_joint(model_fn, arguments, unmasked, imputed)
     return NumPyroModel(log_joint, support, arguments.data, model_fn, arguments, tuple(deterministic),
-                        tuple(observed), dependent, tuple(name for name in tr if name in unmasked))
+                        tuple(observed), dependent, tuple(name for name in tr if name in unmasked), imputed)

@@ -392,7 +392,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
 
     ahead = wrong = None
     try:
-        checks.check_data(model.data)
+        if not getattr(model, "imputed_names", ()):  # obs_mask data may hold NaN where the mask hides it
+            checks.check_data(model.data)
         checks.check_log_joint_shape(model, jnp.result_type(float))
         whitened = _whitened_start(model, family_obj, init, bool(module.WHITEN))
         guess = settings(options_for(whitened), _run_model_shape(model, whitened))

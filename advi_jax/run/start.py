@@ -33,7 +33,7 @@ from advi_jax._types import Array
 from advi_jax._stack import user_stacklevel
 from advi_jax.base import Family
 from advi_jax.checks import (INIT_OPTIONS, NonFiniteStart, SecondDerivativeError, check_initial_point,
-                             check_log_joint_shape, initial_loc)
+                             check_log_joint_shape, initial_loc, masked_data_hint, shown_point)
 from advi_jax.families import FullRankGaussian
 from advi_jax.vi import bam as _bam
 from advi_jax.vi import laplace as _laplace
@@ -407,13 +407,13 @@ def _jitter_report(model: Any, loc: Array, why: str, began: _pathfinder.PathStar
     tries = int(began.num_tries)
     zero = not np.any(np.asarray(loc))
     if not bool(began.finite):
-        shown = {k: np.round(np.asarray(v), 4).tolist() for k, v in model.to_constrained(loc).items()}
+        shown = shown_point(model.to_constrained(loc))
         values = int(began.value_nonfinite)
         smallest = init_radius * float(jitter_factors()[-1])
         return "", (f"{why} at the initial point {shown}{' (zero in R^K)' if zero else ''}, and at each of the "
                     f"{tries - 1} jittered points tried around it, in boxes from (-{init_radius:g}, "
                     f"{init_radius:g})^K down to (-{smallest:.2g}, {smallest:.2g})^K, the log density ({values} "
-                    f"of them) or its gradient ({tries - 1 - values}) is not finite")
+                    f"of them) or its gradient ({tries - 1 - values}) is not finite{masked_data_hint(model)}")
     radius = float(init_radius * jitter_factors()[tries - 2])
     return (f"{why} at {'zero' if zero else 'the initial point'}; started at jittered point {tries - 1} of up to "
             f"{START_BUDGET.jitter_tries}, in (-{radius:.2g}, {radius:.2g})^K around it"), ""
