@@ -39,7 +39,7 @@ from advi_jax.optim import default_optimizer
 if TYPE_CHECKING:  # optax is imported where it is used (`import advi_jax` does not load it)
     import optax
 
-__all__ = ["ADVI", "Options", "AutoStop", "advi", "advi_averaged", "build", "elbo_estimate", "adapt_learning_rate",
+__all__ = ["ADVI", "Options", "AutoStop", "DriftStop", "advi", "advi_averaged", "build", "elbo_estimate", "adapt_learning_rate",
            "NAME", "FAMILIES", "DEFAULT_NUM_STEPS", "WHITEN", "describe_stop",
            "stop_warning"]
 
@@ -58,7 +58,8 @@ class Options(NamedTuple):
     estimator: Any = "reparam"
     num_samples: int = 1
     init_scale: float = 0.1
-    stop: Any = None  # None: a fixed step budget with `optimizer`; an `AutoStop`: `advi_averaged` (optimizer unused)
+    stop: Any = None  # None: a fixed step budget with `optimizer`; an `AutoStop`: `advi_averaged`; a `DriftStop`:
+    # `advi_drift` (either way the optimizer is unused)
 
 
 class ADVI(NamedTuple):
@@ -134,6 +135,10 @@ def advi(model: LogDensity, family: str | Family = "meanfield", *, optimizer: op
 def build(model: LogDensity, family: Family, options: Options) -> VIAlgorithm:
     """ADVI as a `VIAlgorithm` for the driver (see `advi_jax.base`); with `options.stop` the
     averaged, self-stopping variant (`advi_averaged`)."""
+    if isinstance(options.stop, DriftStop):
+        pair = advi_drift(model, family, stop=options.stop, estimator=options.estimator,
+                          num_samples=options.num_samples, init_scale=options.init_scale)
+        return VIAlgorithm(pair.init, pair.step, lambda state: state.fit.params, drift_extras(options.stop))
     if options.stop is not None:
         pair = advi_averaged(model, family, stop=options.stop, estimator=options.estimator,
                              num_samples=options.num_samples, init_scale=options.init_scale)
@@ -184,4 +189,26 @@ def adapt_learning_rate(model: LogDensity, loc: Array, key: Array, learning_rate
 
 
 from advi_jax.vi._advi_averaged import (AutoStop, advi_averaged, averaged_extras, averaged_params,  # noqa: E402
-                                        describe_stop, stop_warning)
+                                        describe_stop as _describe_averaged, stop_warning as _averaged_warning)
+from advi_jax.vi._advi_drift import (DriftStop, advi_drift, describe_drift_stop, drift_extras,  # noqa: E402
+                                     drift_stop_warning)
+
+
+def describe_stop(reason: str, code: int, extras: dict, num_steps: int) -> str:
+    """The driver's stop reason in the words of ADVI's stopping rule, where one ran (`AutoStop`'s
+    averaged iterates, `advi_jax.vi._advi_averaged`, or `DriftStop`'s decay, `advi_jax.vi._advi_drift`)."""
+    if "drift_stop_drift" in extras:
+        return describe_drift_stop(reason, code, extras, num_steps)
+    return _describe_averaged(reason, code, extras, num_steps)
+
+
+def stop_warning(code: int, extras: dict, num_steps: int) -> str | None:
+    """What a user must be told about ADVI's own stop, or None (see `describe_stop`).
+
+    Example:
+      >>> stop_warning(4, {"auto_stop_mcse": 0.01, "auto_stop_halvings": 1, "auto_stop_change": 0.02}, 100) is None
+      True
+    """
+    if "drift_stop_drift" in extras:
+        return drift_stop_warning(code, extras, num_steps)
+    return _averaged_warning(code, extras, num_steps)
