@@ -64,9 +64,10 @@ def test_method_auto_follows_its_docstring():
     plan = policy.choose(_gauss(policy.FULLRANK_MAX_DIM + 1), "auto", "auto")
     assert (plan.method, plan.family.name, plan.family.rank, plan.init, plan.num_steps, plan.num_samples,
             plan.estimator, plan.stop) == ("advi", "lowrank", low.rank, "auto", low.num_steps, low.num_samples,
-                                           low.estimator, None)
-    assert "family lowrank" in plan.reason
-    assert policy.choose(_gauss(policy.FULLRANK_MAX_DIM + 1), "auto", "auto", num_steps=7)[4] == 7
+                                           low.estimator, low.stop)
+    assert "family lowrank" in plan.reason and plan.stop.max_steps == plan.num_steps  # the rule's cap is the driver's
+    # a budget of the caller's runs the fixed schedule (no drift rule)
+    assert policy.choose(_gauss(policy.FULLRANK_MAX_DIM + 1), "auto", "auto", num_steps=7)[4:8:3] == (7, None)
     # ... but mean-field where the caller gave ADVI settings, or named a method that fits no low-rank family
     given = policy.choose(_gauss(policy.FULLRANK_MAX_DIM + 1), "auto", "auto", num_samples=2)
     assert given.family.name == "meanfield" and given.num_samples == 2
@@ -151,9 +152,12 @@ def test_default_above_the_threshold_fits_the_low_rank_gaussian_a_correlated_pos
         return -0.5 * (jnp.sum(d["d"] * r * r) - u @ d["c"] @ u)
 
     model = aj.Model(log_density, {"x": aj.real((k,))}, data=data)
-    # a quarter of the default's steps (the plan's own count is checked above): a Gaussian target needs fewer
-    result = aj.fit(model, key=jax.random.key(0), progress=False, warn=False, num_steps=10_000)
+    # the default: its steps decay once the iterates stop drifting, and the fit stops after that decay,
+    # far short of the 40,000-step cap on a Gaussian target
+    result = aj.fit(model, key=jax.random.key(0), progress=False, warn=False)
     assert result.family.name == "lowrank" and "K=210 > 200" in result.method_reason
+    assert result.stop_code == 4 and "stopped drifting" in result.stop_reason
+    assert result.num_steps < 20_000 and result.num_steps == 2 * int(result.extras["drift_stop_decay_start"])
     sd = np.sqrt(np.asarray(result.family.variance(result.params)))
     exact, meanfield = np.sqrt(np.diag(cov)), 1.0 / np.sqrt(np.diag(prec))
     worst = np.argmax(exact / meanfield)

@@ -65,6 +65,7 @@ from typing import Any, NamedTuple
 from advi_jax.base import Family
 from advi_jax.families import LowRankGaussian, get_family
 from advi_jax.vi._advi_averaged import AutoStop
+from advi_jax.vi._advi_drift import DriftStop
 
 __all__ = ["choose_method", "choose_family", "choose", "Plan", "FULLRANK_MAX_DIM", "AUTO_ADVI", "AUTO_LOWRANK"]
 
@@ -96,12 +97,16 @@ class _AutoLowRank(NamedTuple):
     num_samples: int = 4
     estimator: str = "stl"
     num_steps: int = 40_000
+    stop: DriftStop = DriftStop(max_steps=40_000)
 
 
 AUTO_LOWRANK = _AutoLowRank()
 """What `family="auto"`, `method="auto"` fit above `FULLRANK_MAX_DIM` for a model no exact method covers:
-the low-rank-plus-diagonal Gaussian (rank 10) by ADVI with the STL estimator, 4 draws x 40,000 Adam
-steps (160,000 gradients; `default_optimizer`'s schedule), from the start `init="auto"` gives it (for
+the low-rank-plus-diagonal Gaussian (rank 10) by ADVI with the STL estimator, 4 draws a step, Adam at a
+constant step until its iterates stop drifting, then a cosine decay as long as that phase
+(`advi_jax.vi._advi_drift.DriftStop`; at most 40,000 steps, 160,000 gradients, which is what every fit
+ran before the rule: 5-20 constant windows were enough on six of eight posteriors, while one needed
+23,000 constant steps; benchmarks/PERFORMANCE.md, "a drift rule for the low-rank default"), from the start `init="auto"` gives it (for
 K <= 1000 the Laplace mode with its diagonal scales, as mean-field's). On seven posteriors with K = 211-304
 against NUTS (benchmarks/spot_large.py, benchmarks/PERFORMANCE.md) the mean-field ADVI that ran there
 before missed the hierarchical scales by 1.0-49 sd (a per-observation lognormal Poisson, 300 varying
@@ -251,11 +256,13 @@ def choose(model: Any, family: Any, method: Any, *, init: Any = "auto", num_step
     no_settings = not _advi_settings(estimator, num_samples, optimizer, learning_rate)
     if name == "advi" and no_settings and _is_auto(family) and int(model.dim) > FULLRANK_MAX_DIM:
         low = AUTO_LOWRANK
+        steps = (f"Adam steps decaying once its iterates stop drifting, at most {low.num_steps}" if num_steps is None
+                 else f"{num_steps} Adam steps")
         reason = (f"auto: family lowrank (rank {low.rank}): K={int(model.dim)} > {FULLRANK_MAX_DIM} (family='auto'); "
-                  f"ADVI (STL, {low.num_samples} draws x {low.num_steps} Adam steps): the low-rank factor carries the "
+                  f"ADVI (STL, {low.num_samples} draws x {steps}): the low-rank factor carries the "
                   "correlations of a hierarchy's scales with its effects, which mean-field misses")
         return Plan(name, LowRankGaussian(rank=low.rank), reason, init, low.num_steps if num_steps is None else num_steps,
-                    low.num_samples, low.estimator)
+                    low.num_samples, low.estimator, low.stop if num_steps is None else None)
     auto_advi = name == "advi" and family_obj.name == "fullrank" and no_settings
     if not auto_advi:
         return Plan(name, family_obj, reason, init, num_steps, num_samples, estimator)

@@ -265,8 +265,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         settings given, ADVI with the STL estimator, 4 draws a step, natural-gradient steps whose
         averaged iterates stop by their own test (`AUTO_ADVI`: at most 48,000 gradients), from the
         `init="bam"` start (Pathfinder, then Batch-and-Match, each kept only where it raises the
-        ELBO); with the low-rank family of `family="auto"`, ADVI with STL, 4 draws x 40,000 steps;
-        else "advi" with the settings given. Or a registered name ("advi", "glm_exact",
+        ELBO); with the low-rank family of `family="auto"`, ADVI with STL, 4 draws a step, Adam's
+        step decaying once the iterates stop drifting (`DriftStop`: at most 40,000 steps); else "advi" with the settings given. Or a registered name ("advi", "glm_exact",
         "glm_grouped", "pathfinder", "dadvi", "bam", "laplace").
       num_steps: the step budget (default: the method's `DEFAULT_NUM_STEPS`, 10,000 for ADVI; for
         `method="auto"`, the full-rank ADVI's cap of 12,000 steps and the low-rank ADVI's 40,000).
@@ -533,7 +533,7 @@ def loop_compile(module: Any, model: Any, family: Family, options: Any, num_step
     if hasattr(module, "loop_compile_mode"):  # the method's own choice (`advi_jax.vi`)
         mode = module.loop_compile_mode(model, family, options, mode)
     if is_advi and num_fits == 1 and (mode in _AHEAD_MODES or _by_cost_possible()):
-        mode = compile_options.ByCost(_expected_steps(num_steps, can_stop), evals)
+        mode = compile_options.ByCost(_expected_steps(num_steps, can_stop, getattr(options, "stop", None)), evals)
     return mode
 
 
@@ -554,13 +554,24 @@ loop's arithmetic and decides, off the main thread). "full" is left out:
 measured on a loaded machine, its compile gained no wall time there (benchmarks/PERFORMANCE.md)."""
 
 
-def _expected_steps(num_steps: int, can_stop: bool) -> int:
+def _expected_steps(num_steps: int, can_stop: bool, stop: Any = None) -> int:
     """The steps ADVI's loop is expected to run, for its compiler options (`compile_options.ByCost`):
     all `num_steps` without a stopping rule; with one (the default's `AutoStop`, `tol_rel_obj`),
     half of them, the mean of a stop anywhere up to the cap. The fast options then pay on average,
     and at the cap cost at most twice the compile time they saved. (The default's stops on the
-    accuracy suite: a mean of about 0.4 of the cap, 6% to 100%; benchmarks/PERFORMANCE.md.)"""
+    accuracy suite: a mean of about 0.4 of the cap, 6% to 100%; benchmarks/PERFORMANCE.md.) The
+    low-rank default's drift rule (`DriftStop`) is priced at `DRIFT_EXPECTED` of its cap: its stops on
+    spot_large's eight posteriors averaged 0.66 of the cap (0.2-1.0), and at half or at 0.66 the fast
+    options were chosen, which ran local_level's steps 15-35 us slower than the full ones (142-155 against
+    120-126 us a step, second calls), 0.6-1.4 s over its 40,000 steps for 0.6-0.7 s less compile; every
+    later call pays the slower steps with nothing saved (benchmarks/PERFORMANCE.md)."""
+    if isinstance(stop, _advi.DriftStop):
+        return max(int(num_steps * DRIFT_EXPECTED), 1)
     return max(num_steps // 2, 1) if can_stop else num_steps
+
+
+DRIFT_EXPECTED = 1.0
+"""The fraction of its cap the low-rank default's drift rule is priced at (`_expected_steps`)."""
 
 
 def _whitened_start(model: Any, family: Family, init: Any, whiten: bool) -> bool:
