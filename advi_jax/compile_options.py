@@ -16,9 +16,10 @@ otherwise use XLA's defaults. A program that does not say how many it makes is c
 the count existed). On GPU/TPU the defaults are always used (the options are CPU settings).
 The counts the default fit's programs give (`jit(..., mode=...)`):
 
-* the start program (`advi_jax.run.start._start_program`): at most about 2,300 (Pathfinder's
-  200 L-BFGS iterations, 100 BaM steps of 16 draws, 5 x 64 draws of ELBO): fast up to ~43,000
-  entries;
+* the start program (`advi_jax.run.start._start_program`): by its own arithmetic (below; its
+  Pathfinder loop priced at 200 iterations, fast where the extra run time is at most half the
+  compile saved), else by at most about 2,300 evaluations (Pathfinder's 200 L-BFGS iterations, 100
+  BaM steps of 16 draws, 5 x 64 draws of ELBO): fast for a logistic regression up to ~18,000 x 10;
 * the loop (`driver.run_chunk`, `init_loop`): ADVI's loop where this rule allows fast or "mid"
   (its step budget `num_steps x num_samples`; the default's cap 12,000 x 4) chooses between the
   two by its own arithmetic (below); other methods: unknown (the size rule);
@@ -228,14 +229,19 @@ class ByCost:
         `fori_loop` with static bounds count their own lengths.
       evals: the program's most log-density evaluations, for the choice between "mid" and
         "full" where the fast options do not pay (`compile_mode`).
+      saved_share: the share of the estimated compile saving the fast code's extra run time may
+        reach (`cost_mode`): 1 weighs one call's extra run against the compile it saves; less for
+        a program every later call runs again (the default fit's start program: 0.5).
     """
 
-    __slots__ = ("trips", "evals")
+    __slots__ = ("trips", "evals", "saved_share")
 
-    def __init__(self, trips: float = 1, evals: int | None = None):
+    def __init__(self, trips: float = 1, evals: int | None = None, saved_share: float = 1.0):
         if not trips >= 0:
             raise ValueError(f"trips must be >= 0, got {trips}")
-        self.trips, self.evals = float(trips), evals
+        if not saved_share > 0:
+            raise ValueError(f"saved_share must be > 0, got {saved_share}")
+        self.trips, self.evals, self.saved_share = float(trips), evals, float(saved_share)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ByCost)
@@ -244,7 +250,7 @@ class ByCost:
         return hash(ByCost)
 
     def __repr__(self) -> str:
-        return f"ByCost(trips={self.trips:g}, evals={self.evals})"
+        return f"ByCost(trips={self.trips:g}, evals={self.evals}, saved_share={self.saved_share:g})"
 
 
 class Arithmetic(NamedTuple):
@@ -410,10 +416,10 @@ def fast_extra_seconds(cost: Arithmetic) -> float:
     return float(np.dot(FAST_EXTRA_SECONDS[1:], cost[1:]))
 
 
-def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None) -> str:
-    """"fast" where the fast options' compile saving exceeds the extra run time of their code, both
-    estimated from `cost` (see the module docstring); else `compile_mode(model, evals)`'s choice
-    ("mid" where that says "fast"). Off CPU always "full"; a `forced` mode wins.
+def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None, saved_share: float = 1.0) -> str:
+    """"fast" where `saved_share` of the fast options' compile saving exceeds the extra run time of
+    their code, both estimated from `cost` (see the module docstring); else `compile_mode(model, evals)`'s
+    choice ("mid" where that says "fast"). Off CPU always "full"; a `forced` mode wins.
 
     Example:
       >>> from advi_jax import compile_options as co
@@ -425,7 +431,7 @@ def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None) -> str:
         return "full"
     if _FORCED[0] is not None:
         return _FORCED[0]
-    if fast_extra_seconds(cost) <= FAST_SAVED_SECONDS_PER_EQN * cost.eqns:
+    if fast_extra_seconds(cost) <= saved_share * FAST_SAVED_SECONDS_PER_EQN * cost.eqns:
         return "fast"
     mode = compile_mode(model, evals)
     return "mid" if mode == "fast" else mode
@@ -518,7 +524,7 @@ class _SizedJit:
         mode = self._decided.get(key)
         if mode is None:
             cost = arithmetic(self.full.trace(*args, **kwargs).jaxpr, chosen.trips)
-            mode = self._decided.setdefault(key, cost_mode(model, cost, chosen.evals))
+            mode = self._decided.setdefault(key, cost_mode(model, cost, chosen.evals, chosen.saved_share))
         return mode
 
     def _abstract_key(self, arguments: dict) -> tuple:

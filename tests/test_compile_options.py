@@ -70,6 +70,12 @@ def test_cost_mode_weighs_the_compile_saving_against_the_extra_run_time():
     assert co.cost_mode(None, small) == ("fast" if ON_CPU else "full")
     assert co.cost_mode(None, large, evals=6000) == ("mid" if ON_CPU else "full")
     assert co.cost_mode(None, large._replace(eqns=10**9)) == ("fast" if ON_CPU else "full")  # a huge compile pays
+    # saved_share: the extra run time may reach only that share of the saving
+    between = large._replace(eqns=int(np.ceil(1.5 * extra_large / co.FAST_SAVED_SECONDS_PER_EQN)))
+    assert co.cost_mode(None, between) == ("fast" if ON_CPU else "full")
+    assert co.cost_mode(None, between, evals=6000, saved_share=0.5) == ("mid" if ON_CPU else "full")
+    with pytest.raises(ValueError, match="saved_share"):
+        co.ByCost(1, saved_share=0.0)
     with co.forced("full"):
         assert co.cost_mode(None, small) == "full"
 

@@ -232,8 +232,9 @@ def test_sized_jit_runs_the_same_function_under_either_options():
 
 
 def test_fast_compile_by_the_programs_evaluations():
-    """entries x evals <= FAST_MAX_WORK; unknown evals keep the size rule; the start program (a fixed
-    ~2,300 evaluations) compiles fast on data the loop (up to num_steps x num_samples) compiles fully."""
+    """entries x evals <= FAST_MAX_WORK; unknown evals keep the size rule; the start program compiles by
+    its arithmetic: fast over 100,000 entries of cheap arithmetic, "mid" over as many exponentials (its
+    ~2,300 evaluations then choose between "mid" and "full")."""
     entries = 10_000
     model = aj.Model(lambda p, d: -0.5 * jnp.sum((d - p["m"]) ** 2), {"m": aj.real()},
                      data=np.zeros(entries, np.float32))
@@ -253,9 +254,12 @@ def test_fast_compile_by_the_programs_evaluations():
     args = (model, loc, key, False, 0.1, start_module.BAM_START_STEPS, start_module.BAM_START_BATCH)
     assert program._pick(args, {}) is (program.fast if on_cpu else program.full)
     big = aj.Model(model.log_joint, {"m": aj.real()}, data=np.zeros(10 * entries, np.float32))
-    assert program._pick((big,) + args[1:], {}) is (program.mid if on_cpu else program.full)
+    assert program._pick((big,) + args[1:], {}) is (program.fast if on_cpu else program.full)
+    dear = aj.Model(lambda p, d: -jnp.sum(jnp.exp(d - p["m"]) + jnp.log1p(jnp.exp(p["m"] - d))), {"m": aj.real()},
+                    data=np.zeros(10 * entries, np.float32))
+    assert program._pick((dear,) + args[1:], {}) is (program.mid if on_cpu else program.full)
     with compile_options.forced("fast"):
-        assert program._pick((big,) + args[1:], {}) is (program.fast if on_cpu else program.full)
+        assert program._pick((dear,) + args[1:], {}) is (program.fast if on_cpu else program.full)
 
 
 def test_sized_jit_mode_picks_by_evaluations_or_by_decision():

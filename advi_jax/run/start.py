@@ -332,12 +332,10 @@ def _bam_refine(model: Any, mean: Array, factor: Array, noise: Array, check_nois
 def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUDGET) -> int:
     """The most log-density (gradient) evaluations of the start program (`_start_program`): the
     Pathfinder path (L-BFGS iterations with about two evaluations each), BaM's batches and the
-    ELBOs of the five Gaussians compared. It decides the program's compiler options
-    (`compile_options.fast_compile`). Pathfinder's own ELBO draws (up to 10 log densities per
-    iteration, without gradients) are not counted: the fast/"mid" boundary for this program
-    (about 43,000 data entries) was measured with this count, and counting them would compile the
-    start of 23,000-43,000-entry models "mid", 1.3-3.9 s more compile for a run that the fast
-    code finishes in about a second."""
+    ELBOs of the five Gaussians compared. Where the program's arithmetic says the fast compiler
+    options do not pay (`_start_mode`), it chooses between "mid" and "full" (`compile_options.compile_mode`).
+    Pathfinder's own ELBO draws (up to 10 log densities per iteration, without gradients) are not
+    counted (the count was calibrated without them, when it also chose the fast options)."""
     return 2 * budget.path_iters + bam_steps * batch_size + 5 * budget.elbo_draws
 
 
@@ -347,9 +345,34 @@ def jitter_factors(budget: StartBudget = START_BUDGET) -> np.ndarray:
     return _pathfinder.jitter_factors(budget.jitter_tries, budget.jitter_last)
 
 
+def _start_mode(model: Any, args: dict) -> compile_options.ByCost:
+    """The start program's compiler options, by its own arithmetic (`compile_options.cost_mode`): its
+    Pathfinder loop priced at its cap of `StartBudget.path_iters` iterations (BaM's batches and the
+    ELBOs count by their own lengths), fast where the estimated extra run time is at most
+    `START_SAVED_SHARE` of the compile saved; `start_evals` for the size rule where they do not pay.
+
+    Measured (2026-12-03, quiet machine; the program's run, fast against "mid" options, third call):
+    the estimate from one trip of the loop was 0.4-0.6x to 4x the extra run time (wells_badly_scaled
+    0.10 / 0.27 s, breast cancer 0.02 / 0.05, randhie_poisson 0.21 / 0.11, a 5,000 x 10 logistic 0.16 /
+    0.20, 30,000 x 10 0.95 / 1.10, randhie_negbin 0.46 / 0.74, radon_centered 0.02 / 0.08), against 2.2-3
+    s of compile saved. The size rule it replaces compiled "mid" above ~43,000 entries, which made the
+    first call of a 5,000-row Poisson or logistic regression 5.9-7.2 s instead of 2.5-3 s. Not priced: an
+    incomplete gamma function (`igammac`, gamma_survival_censored: estimated 0.01 s, measured 0.63 s
+    more), whose full compile also costs far more; that model compiled fast before, as it does now."""
+    budget = args.get("budget", START_BUDGET)
+    return compile_options.ByCost(budget.path_iters, start_evals(args["bam_steps"], args["batch_size"], budget),
+                                  saved_share=START_SAVED_SHARE)
+
+
+START_SAVED_SHARE = 0.5
+"""The share of its compile saving the start program's fast code may cost in extra run time (`_start_mode`):
+the saving is made once, on a fit's first call, and the extra is paid on every call. At 1 a 30,000 x 10
+logistic regression's start compiled fast: its first call 0.6-0.9 s shorter (the loop's full compile on
+the other core took the rest), every later call 1.4-1.6 s longer (benchmarks/PERFORMANCE.md)."""
+
+
 @compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size", "budget"),
-                     mode=lambda model, args: start_evals(args["bam_steps"], args["batch_size"],
-                                                          args.get("budget", START_BUDGET)))
+                     mode=_start_mode)
 def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scale: float, bam_steps: int,
                    batch_size: int, budget: StartBudget = START_BUDGET, radius: Array = 2.0) -> _Found:
     """The whole Pathfinder (-> BaM) start in one compiled program (one compilation, no host
