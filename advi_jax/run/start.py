@@ -356,7 +356,7 @@ def _start_mode(model: Any, args: dict) -> compile_options.ByCost:
     0.10 / 0.27 s, breast cancer 0.02 / 0.05, randhie_poisson 0.21 / 0.11, a 5,000 x 10 logistic 0.16 /
     0.20, 30,000 x 10 0.95 / 1.10, randhie_negbin 0.46 / 0.74, radon_centered 0.02 / 0.08), against 2.2-3
     s of compile saved. The size rule it replaces compiled "mid" above ~43,000 entries, which made the
-    first call of a 5,000-row Poisson or logistic regression 5.9-7.2 s instead of 2.5-3 s. Not priced: an
+    first call of a 5,000-row Poisson or logistic regression 5.3-5.8 s (now 3.7-3.9 s). Not priced: an
     incomplete gamma function (`igammac`, gamma_survival_censored: estimated 0.01 s, measured 0.63 s
     more), whose full compile also costs far more; that model compiled fast before, as it does now."""
     budget = args.get("budget", START_BUDGET)
