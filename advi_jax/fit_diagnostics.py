@@ -26,7 +26,7 @@ import numpy as np
 
 from advi_jax import diagnostics as _diag
 from advi_jax.importance import centred_log_ratios, constrained_labels, draws_and_log_ratios, sampling_key
-from advi_jax.psis_moments import (Readings, constrained_discrepancy, discrepancy_from_sums, moment_check,
+from advi_jax.psis_moments import (Readings, constrained_discrepancy, discrepancy_from_sums, has_spread, moment_check,
                                    moment_check_both, moment_discrepancy, power_sums, squared_tail_khat, top_squared)
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
@@ -222,6 +222,7 @@ def _diagnose(model, family: Family, params, keys, num_draws: int, batched: bool
         w = w / jnp.sum(w)
         finite = jnp.all(jnp.isfinite(cons), axis=0)
         cons = jnp.where(finite, cons, 0.0)
+        finite = finite & has_spread(cons, xp=jnp)  # constant coordinates (L[0, 0] of a correlation factor)
         top = top_squared(cons, min(_diag.tail_length(num_draws) + 1, num_draws), jnp)  # (Kc, M + 1): the tails' k-hat
         return (_core(centred, shift, jnp, smoothed), power_sums(zeta, w, jnp), power_sums(cons, w, jnp),
                 finite, top)

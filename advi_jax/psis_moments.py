@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = ["Moments", "Readings", "MOMENT_MEAN_TOL", "MOMENT_LOG_SD_TOL", "MOMENT_ALPHA", "moment_discrepancy",
-           "moment_z", "moment_check", "moment_check_of", "moment_check_both", "constrained_discrepancy",
+           "moment_z", "moment_check", "moment_check_of", "moment_check_both", "constrained_discrepancy", "has_spread",
            "squared_tail_khat", "top_squared",
            "power_sums", "discrepancy_from_sums"]
 
@@ -366,11 +366,35 @@ def moment_check_both(discrepancy: tuple, num_draws: int, constrained: tuple | N
                    float(values[3][j]), z, int(num_draws), space, name, names)
 
 
+SPREAD_ULPS = 64
+"""`has_spread`: a column whose draws' sd is at most this many units of rounding of its largest value
+varies by rounding only."""
+
+
+def has_spread(draws, eps: float | None = None, xp=np):
+    """Which columns of (S, Kc) draws vary by more than rounding: sd > `SPREAD_ULPS` x eps x max |x|.
+
+    A constrained site can hold constant coordinates that its bijector computes: a correlation
+    Cholesky factor's L[0, 0] is 1 up to float32 rounding (1 +/- 1.2e-7) and its upper triangle 0.
+    Their "spread" is rounding, which the importance weights reweight like any other noise: the
+    moment check read L[0, 0]'s sd 0 against a PSIS sd of 2.4e-7 and flagged it (an LKJ model,
+    2026-12-03). `eps` is the draws' own precision (default: their dtype's); `xp` NumPy or jax.numpy.
+    """
+    eps = float(xp.finfo(draws.dtype).eps) if eps is None else float(eps)
+    sd = xp.std(draws, axis=0)
+    return sd > SPREAD_ULPS * eps * xp.max(xp.abs(draws), axis=0)
+
+
 def constrained_discrepancy(draws: np.ndarray, log_weights: np.ndarray) -> tuple[tuple, np.ndarray]:
-    """`moment_discrepancy` of (S, Kc) constrained draws, and which columns are all finite (a
-    positive parameter's exp can overflow; such a column reads 0 +/- 0 and is not tested)."""
+    """`moment_discrepancy` of (S, Kc) constrained draws, and which columns count: all finite (a
+    positive parameter's exp can overflow; such a column reads 0 +/- 0) and varying by more than
+    rounding (`has_spread`)."""
     draws = np.asarray(draws)
+    if not np.issubdtype(draws.dtype, np.floating):
+        draws = draws.astype(np.float64)
     finite = np.all(np.isfinite(draws), axis=0)
     if not np.all(finite):
         draws = np.where(finite, draws, 0.0)
-    return moment_discrepancy(draws, log_weights), finite
+    with np.errstate(all="ignore"):
+        tested = finite & has_spread(draws)
+    return moment_discrepancy(draws, log_weights), tested

@@ -159,3 +159,49 @@ def test_logp_evals_unchanged_by_the_constrained_check():
     assert with_diag.num_grad_evals == without.num_grad_evals
     assert with_diag.report.num_logp_evals - without.report.num_logp_evals == extra
     assert with_diag.report.diagnostics.moments is not None
+
+
+def _rounding_column(seed=0, num=4096):
+    """A constant coordinate with float32 rounding that follows the weights (L[0, 0] of a correlation
+    Cholesky factor reads 1 or 1 - 6e-8 depending on the draw), beside a real one, and their log weights."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=num)
+    log_w = D._psis_core(0.4 * z - 0.08, True, np).log_weights
+    const = np.where(z > 0, np.float32(1.0), np.nextafter(np.float32(1.0), np.float32(0.0))).astype(np.float32)
+    real = np.exp(0.3 * rng.normal(size=num)).astype(np.float32)
+    return np.stack([const, real, np.zeros(num, np.float32)], axis=1), log_w
+
+
+def test_a_coordinate_that_varies_by_rounding_only_is_not_tested():
+    draws, log_w = _rounding_column()
+    disc, tested = pm.constrained_discrepancy(draws, log_w)
+    assert tested.tolist() == [False, True, False]
+    # read as data, the rounding is "off" by many standard errors: what flagged L[0, 0] before
+    assert abs(disc[0][0] / disc[1][0]) > 10
+    disc_u = pm.moment_discrepancy(np.zeros((4096, 0)), log_w)
+    assert not pm.moment_check_both(disc_u, 4096, disc, tested).any_flagged
+    assert pm.moment_check_both(disc_u, 4096, disc, np.ones(3, bool)).flagged_constrained == ("c[0]",)
+    # a real spread of 200 units of float32 rounding counts; the threshold scales with the values' size
+    small = (5.0 + 200 * 5.0 * np.finfo(np.float32).eps * np.random.default_rng(1).normal(size=(4096, 1)))
+    assert pm.has_spread(small.astype(np.float32)).tolist() == [True]
+    assert pm.has_spread(np.full((8, 1), 1e30, np.float32)).tolist() == [False]
+    assert np.asarray(pm.has_spread(jnp.asarray(draws), xp=jnp)).tolist() == [False, True, False]
+
+
+def test_a_correlation_factor_fit_tests_none_of_its_constant_entries(key):
+    # L[0, 0] = 1 and the upper triangle 0 by construction: never tested, whatever the weights
+    def log_density(p, y):
+        chol = p["L"]
+        white = jax.scipy.linalg.solve_triangular(chol, y.T, lower=True)
+        return -0.5 * jnp.sum(white ** 2) - y.shape[0] * jnp.sum(jnp.log(jnp.diagonal(chol)))
+
+    y = jnp.asarray(np.random.default_rng(0).multivariate_normal(
+        np.zeros(3), [[1, .5, .2], [.5, 1, .3], [.2, .3, 1]], 100), jnp.float32)
+    model = aj.Model(log_density, {"L": aj.corr_cholesky(3)}, data=y)
+    result = aj.fit(model, key=key, progress=False, warn=False)
+    tested = np.asarray(result.report.diagnostics.moments.readings.tested, bool).reshape(3, 3)
+    assert tested.tolist() == [[False, False, False], [True, True, False], [True, True, True]]
+    many = aj.fit_many(model, num_fits=2, key=key, num_steps=2000, progress=False, warn=False)  # the device's reading
+    for i in range(2):
+        readings = many[i].report.diagnostics.moments.readings
+        assert np.asarray(readings.tested, bool).reshape(3, 3).tolist() == tested.tolist()
