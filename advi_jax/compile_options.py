@@ -58,7 +58,10 @@ and the outermost `while` loops by `trips` (the driver's loop: its expected step
 `run.single._expected_steps`, half the cap where a stopping rule can end it). It compiles fast
 when the fast code's estimated extra run time (`FAST_EXTRA_SECONDS` per unit) is at most the
 estimated compile CPU time saved (`FAST_SAVED_SECONDS_PER_EQN` per equation); else as the size
-rule says ("mid" where that says fast). The choice is made once per abstract signature.
+rule says ("mid" where that says fast), and "mid" also where the size rule says "full" but the
+"mid" code's own extra run time (`MID_EXTRA_SECONDS`: about 1 ns per exp or log, 12 ns per
+lgamma or digamma, nothing measurable on elementwise work) is below its compile saving
+(`MID_SAVED_SECONDS_PER_EQN`). The choice is made once per abstract signature.
 
 Calibrated on the default fit's loop of nine suite posteriors (`benchmarks/PERFORMANCE.md`,
 "compile rule"; loaded 2-core machine, each program compiled once per mode in a fresh process,
@@ -104,6 +107,7 @@ _lapack_batched.install()  # batched CPU Cholesky / triangular solves without ja
 __all__ = ["FAST_OPTIONS", "MID_OPTIONS", "FAST_MAX_ENTRIES", "FAST_MAX_WORK", "MID_MAX_WORK", "DEFAULT_EVALS",
            "fast_compile", "compile_mode", "jit", "forced", "forced_mode", "ByCost", "Arithmetic", "arithmetic",
            "cost_mode", "FAST_EXTRA_SECONDS", "FAST_SAVED_SECONDS_PER_EQN", "fast_extra_seconds", "MODE_OPTIONS",
+           "MID_EXTRA_SECONDS", "MID_SAVED_SECONDS_PER_EQN", "mid_extra_seconds",
            "compile_by_cost"]
 
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
@@ -268,6 +272,8 @@ class Arithmetic(NamedTuple):
         eigendecomposition, LU or QR factorisation (per batch member).
       operations: operations run (equations other than reshapes, broadcasts, conversions and
         the like), each counted as often as its loops run it.
+      special: the part of `transcendental` from special functions XLA expands into long
+        polynomial and rational approximations (lgamma, digamma, igamma, erf_inv, ...: `_SPECIAL`).
     """
 
     eqns: int
@@ -276,6 +282,7 @@ class Arithmetic(NamedTuple):
     dot: float
     linalg: float
     operations: float
+    special: float = 0.0
 
 
 _TRANSCENDENTAL = frozenset({
@@ -283,6 +290,8 @@ _TRANSCENDENTAL = frozenset({
     "sinh", "cosh", "asinh", "acosh", "atanh", "atan2", "erf", "erfc", "erf_inv", "lgamma", "digamma", "igamma",
     "igammac", "igamma_grad_a", "random_gamma_grad", "bessel_i0e", "bessel_i1e", "pow", "sqrt", "rsqrt", "cbrt",
     "polygamma", "zeta", "regularized_incomplete_beta"})
+_SPECIAL = frozenset({"lgamma", "digamma", "igamma", "igammac", "igamma_grad_a", "random_gamma_grad", "erf_inv",
+                      "bessel_i0e", "bessel_i1e", "polygamma", "zeta", "regularized_incomplete_beta"})
 _FREE = frozenset({"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "convert_element_type", "copy",
                    "copy_p", "stop_gradient", "iota", "optimization_barrier", "pvary", "bitcast_convert_type"})
 _LINALG = frozenset({"cholesky", "eigh", "lu", "qr", "svd", "householder_product", "geqrf", "schur", "eig"})
@@ -296,7 +305,7 @@ def _size(var: Any) -> int:
 def _walk(jaxpr: Any, trips: float, in_while: bool, memo: dict,
           fixed: frozenset = frozenset()) -> tuple[int, np.ndarray, np.ndarray]:
     """(equations, work per run of `jaxpr`, work hoisted out of the outermost `while` loop), each work
-    as [elementwise, transcendental, dot, linalg, operations].
+    as [elementwise, transcendental, dot, linalg, operations, special].
 
     Inside the outermost `while` loop (`in_while`), an equation whose operands do not change from one
     trip to the next (`fixed`: the indices of `jaxpr.invars` that do not; the loop's constants, the
@@ -308,7 +317,7 @@ def _walk(jaxpr: Any, trips: float, in_while: bool, memo: dict,
     key = (id(jaxpr), in_while, fixed)
     if key in memo:
         return memo[key]
-    eqns, work, hoisted = 0, np.zeros(5), np.zeros(5)
+    eqns, work, hoisted = 0, np.zeros(6), np.zeros(6)
     still = set(jaxpr.constvars) | {jaxpr.invars[i] for i in fixed}
     is_still = lambda v: hasattr(v, "val") or v in still  # noqa: E731 - a literal, or an unchanging var
     for eqn in jaxpr.eqns:
@@ -334,7 +343,7 @@ def _eqn_work(eqn: Any, trips: float, in_while: bool, memo: dict,
               is_still: Callable) -> tuple[int, np.ndarray, np.ndarray]:
     """(equations, work, hoisted work) of one equation, its sub-jaxprs included (see `_walk`)."""
     name, params = eqn.primitive.name, eqn.params
-    eqns, work, hoisted = 1, np.zeros(5), np.zeros(5)
+    eqns, work, hoisted = 1, np.zeros(6), np.zeros(6)
     if name not in _FREE:
         work[4] += 1
     if name == "scan":
@@ -376,6 +385,8 @@ def _eqn_work(eqn: Any, trips: float, in_while: bool, memo: dict,
                 eqns, work, hoisted = eqns + n, work + w, hoisted + h
         elif name in _TRANSCENDENTAL:
             work[1] += max(_size(v) for v in eqn.outvars)
+            if name in _SPECIAL:
+                work[5] += max(_size(v) for v in eqn.outvars)
         elif name not in _FREE:
             work[0] += max([_size(v) for v in eqn.outvars] + [_size(v) for v in eqn.invars])
     return eqns, work, hoisted
@@ -398,7 +409,7 @@ def arithmetic(closed_jaxpr: Any, trips: float = 1) -> Arithmetic:
 
 
 FAST_EXTRA_SECONDS = Arithmetic(0, elementwise=5.6e-11, transcendental=7.2e-9, dot=0.0, linalg=5e-11,
-                                operations=3.1e-9)
+                                operations=3.1e-9, special=0.0)
 """Seconds of run time the fast options' code costs more than the "mid" code, per unit of each
 kind of `Arithmetic` (see the module docstring for the measurements): unvectorised elementwise
 loops, transcendental functions evaluated without inlining, a fixed cost per operation run;
@@ -410,6 +421,27 @@ FAST_SAVED_SECONDS_PER_EQN = 1.5e-3
 median of 27 programs: 0.7-2.5 ms)."""
 
 
+MID_EXTRA_SECONDS = Arithmetic(0, elementwise=0.0, transcendental=1e-9, dot=0.0, linalg=0.0, operations=0.0,
+                               special=1.2e-8)
+"""Seconds of run time the "mid" options' code (`MID_OPTIONS`: the classic fusion emitter, LLVM fully
+optimising) costs more than XLA's defaults, per unit of each kind of `Arithmetic`. Measured on the default
+fit's loop (benchmarks/PERFORMANCE.md, 2026-12-03; per step, later calls): radon_noncentered (4.7e6
+elementwise numbers a step) 140-169 against 138-182 us, a 5,000 x 10 logistic regression (42,000
+log-sigmoid numbers) 184-234 against 161-232 us, randhie_poisson (62,000 exp/log) 88-102 against 88-94 us,
+randhie_negbin (64,000 of lgamma / digamma, which XLA expands into long rational approximations) 730-850
+against 210-310 us: about 1 ns per transcendental number at most, 12 ns per special-function number."""
+
+MID_SAVED_SECONDS_PER_EQN = 0.8e-3
+"""Compile CPU seconds the "mid" options save against XLA's defaults, per equation: the first calls of
+those four fits were 0.1-1.6 s shorter with a "mid" loop of 1,089-1,415 equations."""
+
+
+def mid_extra_seconds(cost: Arithmetic) -> float:
+    """The "mid" options' estimated extra run time (seconds) over XLA's defaults for a program of this
+    `Arithmetic` (`MID_EXTRA_SECONDS`)."""
+    return float(np.dot(MID_EXTRA_SECONDS[1:], cost[1:]))
+
+
 def fast_extra_seconds(cost: Arithmetic) -> float:
     """The fast options' estimated extra run time (seconds) for a program of this `Arithmetic`: each
     kind of work priced by `FAST_EXTRA_SECONDS`."""
@@ -419,7 +451,12 @@ def fast_extra_seconds(cost: Arithmetic) -> float:
 def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None, saved_share: float = 1.0) -> str:
     """"fast" where `saved_share` of the fast options' compile saving exceeds the extra run time of
     their code, both estimated from `cost` (see the module docstring); else `compile_mode(model, evals)`'s
-    choice ("mid" where that says "fast"). Off CPU always "full"; a `forced` mode wins.
+    choice, "mid" where that says "fast", and "mid" too where it says "full" but `saved_share` of the "mid"
+    options' compile saving (`MID_SAVED_SECONDS_PER_EQN`) exceeds their code's extra run time
+    (`mid_extra_seconds`): a loop over thousands of rows whose work is exp and log (a Poisson or logistic
+    regression of 5,000-10,000 rows: its first call 0.9-1.6 s shorter, the same run time), not one of
+    lgamma and digamma (a negative binomial's: its steps run 2-3 times longer in "mid" code). Off CPU
+    always "full"; a `forced` mode wins.
 
     Example:
       >>> from advi_jax import compile_options as co
@@ -434,7 +471,11 @@ def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None, saved_shar
     if fast_extra_seconds(cost) <= saved_share * FAST_SAVED_SECONDS_PER_EQN * cost.eqns:
         return "fast"
     mode = compile_mode(model, evals)
-    return "mid" if mode == "fast" else mode
+    if mode == "fast":
+        return "mid"
+    if mode == "full" and mid_extra_seconds(cost) <= saved_share * MID_SAVED_SECONDS_PER_EQN * cost.eqns:
+        return "mid"
+    return mode
 
 
 MODE_OPTIONS = {"fast": FAST_OPTIONS, "mid": MID_OPTIONS, "full": {}}

@@ -80,6 +80,32 @@ def test_cost_mode_weighs_the_compile_saving_against_the_extra_run_time():
         assert co.cost_mode(None, small) == "full"
 
 
+def test_special_functions_are_counted_apart_and_keep_xla_s_full_options():
+    y = jnp.ones(1000)
+    body = lambda f: (lambda c, y: jax.lax.while_loop(lambda c: c < 1e9, lambda c: c + jnp.sum(f(y * c)), c))
+    exp = _cost(body(jnp.exp), 0.0, y, trips=6000)
+    lgamma = _cost(body(jax.scipy.special.gammaln), 0.0, y, trips=6000)
+    assert exp.transcendental == lgamma.transcendental == 6000 * 1000
+    assert exp.special == 0.0 and lgamma.special == 6000 * 1000  # lgamma also counts as a special function
+    assert co.fast_extra_seconds(exp) == co.fast_extra_seconds(lgamma)  # the fast options' price is unchanged
+
+    big = {"data": np.zeros(100_000, np.float32)}  # data that make the size rule say "full" at these evaluations
+    evals = co.MID_MAX_WORK // 100_000 + 1
+    assert co.compile_mode(big, evals) == "full"
+    # no fast compile here (its extra run time is far above its saving), "mid" where its own extra run time
+    # is below its compile saving: exp and log cost it ~1 ns a number, lgamma ~12 ns
+    for cost in (exp, lgamma):
+        assert co.fast_extra_seconds(cost) > co.FAST_SAVED_SECONDS_PER_EQN * cost.eqns
+    eqns = int(np.ceil(2 * co.mid_extra_seconds(exp) / co.MID_SAVED_SECONDS_PER_EQN))
+    assert co.mid_extra_seconds(lgamma._replace(eqns=eqns)) > co.MID_SAVED_SECONDS_PER_EQN * eqns
+    assert co.cost_mode(big, exp._replace(eqns=eqns), evals) == ("mid" if ON_CPU else "full")
+    assert co.cost_mode(big, lgamma._replace(eqns=eqns), evals) == "full"
+    # saved_share: a program every later call runs again weighs only that share of the saving
+    assert co.cost_mode(big, exp._replace(eqns=eqns), evals, saved_share=0.25) == "full"
+    with co.forced("full"):
+        assert co.cost_mode(big, exp._replace(eqns=eqns), evals) == "full"
+
+
 def test_by_cost_programs_choose_once_from_their_own_arithmetic_and_trace_once():
     traced = []
 

@@ -515,7 +515,8 @@ def loop_compile(module: Any, model: Any, family: Family, options: Any, num_step
     Then the method's own `loop_compile_mode` where it has one. A single ADVI fit's loop then decides
     by its own arithmetic over its expected steps (`compile_options.ByCost`, `_expected_steps`): fast
     where the fast code's extra run time is below the compile time it saves, else the size rule's
-    choice; where the size rule said fast or "mid", and on CPU also where it said full
+    choice ("mid" for "full" where the "mid" code's extra run time is below its own saving,
+    `compile_options.cost_mode`); where the size rule said fast or "mid", and on CPU also where it said full
     (`_by_cost_possible`). The decision is made on the thread that compiles the loop. `fit_many`'s
     loops (`num_fits` > 1) keep the size rule's choice: the arithmetic rule was calibrated on a single
     fit's natural-gradient loop, and it priced radon's 8 vmapped mean-field fits' fast code at 0.8 s
