@@ -425,11 +425,12 @@ MID_EXTRA_SECONDS = Arithmetic(0, elementwise=0.0, transcendental=1e-9, dot=0.0,
                                special=1.2e-8)
 """Seconds of run time the "mid" options' code (`MID_OPTIONS`: the classic fusion emitter, LLVM fully
 optimising) costs more than XLA's defaults, per unit of each kind of `Arithmetic`. Measured on the default
-fit's loop (benchmarks/PERFORMANCE.md, 2026-12-03; per step, later calls): radon_noncentered (4.7e6
-elementwise numbers a step) 140-169 against 138-182 us, a 5,000 x 10 logistic regression (42,000
-log-sigmoid numbers) 184-234 against 161-232 us, randhie_poisson (62,000 exp/log) 88-102 against 88-94 us,
-randhie_negbin (64,000 of lgamma / digamma, which XLA expands into long rational approximations) 730-850
-against 210-310 us: about 1 ns per transcendental number at most, 12 ns per special-function number."""
+fit's loop (benchmarks/PERFORMANCE.md, 2026-12-03; later calls): radon_noncentered (4.7e6 elementwise
+numbers a step) 140-169 against 138-182 us a step, a 5,000 x 10 logistic regression (42,000 log-sigmoid
+numbers a step) 184-234 against 161-232 us, randhie_poisson (62,000 exp / log) 600 steps in 0.088-0.102
+against 0.088-0.094 s, randhie_negbin (64,000 of lgamma / digamma a step, which XLA expands into long
+rational approximations) 600 steps in 0.73-0.85 against 0.21-0.31 s: about 1 ns per transcendental number
+at most, 12 ns per special-function number."""
 
 MID_SAVED_SECONDS_PER_EQN = 0.8e-3
 """Compile CPU seconds the "mid" options save against XLA's defaults, per equation: the first calls of
