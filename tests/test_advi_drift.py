@@ -89,3 +89,20 @@ def test_describe_and_warn():
     assert "not stopped drifting" in describe_stop("reached num_steps", 0, moving, 40_000)
     assert "larger num_steps" in stop_warning(0, moving, 40_000)
     assert stop_warning(0, dict(moving, drift_stop_drift=0.02), 40_000) is None
+
+
+def test_the_warning_uses_the_fits_own_window_and_threshold():
+    # a user's own DriftStop (20-step windows, warn above 1.0 sd or above 0.001 sd): its extras carry both
+    from advi_jax.vi._advi_drift import drift_extras
+
+    model, key = _model(), jax.random.key(5)
+    for warn_drift, warns in ((1e-3, True), (1e3, False)):
+        stop = DriftStop(max_steps=200, window=20, sub_batches=4, tol_drift=0.0, z_drift=0.0, min_steps=40,
+                         max_constant=0.5, min_decay=10, warn_drift=warn_drift)
+        state, _ = _run(advi_drift(model, "meanfield", stop=stop, estimator="stl", num_samples=2), 200, key)
+        extras = jax.device_get(drift_extras(stop)(state))
+        assert int(extras["drift_stop_window"]) == 20 and float(extras["drift_stop_warn_drift"]) == np.float32(warn_drift)
+        said = stop_warning(0, extras, 200)
+        assert (said is not None) == warns
+        if warns:
+            assert "per 20-step window" in said

@@ -228,7 +228,10 @@ def drift_extras(stop: DriftStop):
     def extras(state: DriftState) -> dict:
         return {"drift_stop_drift": state.decay_drift, "drift_stop_decay_start": state.decay_start,
                 "drift_stop_decay_steps": state.decay_steps, "drift_stop_ruled": state.ruled,
-                "drift_stop_history": state.history}
+                "drift_stop_history": state.history,
+                # the rule's own settings, for its warning (`drift_stop_warning`)
+                "drift_stop_window": jnp.asarray(stop.window, jnp.int32),
+                "drift_stop_warn_drift": jnp.asarray(stop.warn_drift, state.decay_drift.dtype)}
 
     return extras
 
@@ -250,10 +253,13 @@ def describe_drift_stop(reason: str, code: int, extras: dict, num_steps: int) ->
 
 def drift_stop_warning(code: int, extras: dict, num_steps: int, stop: DriftStop = DriftStop()) -> str | None:
     """A warning when the decay had to start at `DriftStop.max_constant` of the cap while the iterates still
-    moved far (a `DiagnosticWarning`'s text), or None."""
+    moved far (a `DiagnosticWarning`'s text), or None. The window and the threshold are the fit's own rule's
+    (its extras carry them), else `stop`'s."""
     drift = float(extras["drift_stop_drift"])
-    if code == 0 and not bool(extras["drift_stop_ruled"]) and drift > stop.warn_drift:
-        return (f"ADVI's iterates still drifted by {drift:.3g} sd of q per {stop.window}-step window when its step size "
+    window = int(extras.get("drift_stop_window", stop.window))
+    threshold = float(extras.get("drift_stop_warn_drift", stop.warn_drift))
+    if code == 0 and not bool(extras["drift_stop_ruled"]) and drift > threshold:
+        return (f"ADVI's iterates still drifted by {drift:.3g} sd of q per {window}-step window when its step size "
                 f"began to decay at step {int(extras['drift_stop_decay_start'])} (num_steps={num_steps}): "
                 "q may be short of the family's optimum; fit again with a larger num_steps")
     return None
