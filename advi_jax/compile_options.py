@@ -285,13 +285,11 @@ class Arithmetic(NamedTuple):
     special: float = 0.0
 
 
-_TRANSCENDENTAL = frozenset({
-    "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan", "asin", "acos", "atan",
-    "sinh", "cosh", "asinh", "acosh", "atanh", "atan2", "erf", "erfc", "erf_inv", "lgamma", "digamma", "igamma",
-    "igammac", "igamma_grad_a", "random_gamma_grad", "bessel_i0e", "bessel_i1e", "pow", "sqrt", "rsqrt", "cbrt",
-    "polygamma", "zeta", "regularized_incomplete_beta"})
 _SPECIAL = frozenset({"lgamma", "digamma", "igamma", "igammac", "igamma_grad_a", "random_gamma_grad", "erf_inv",
                       "bessel_i0e", "bessel_i1e", "polygamma", "zeta", "regularized_incomplete_beta"})
+_TRANSCENDENTAL = _SPECIAL | frozenset({
+    "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan", "asin", "acos", "atan",
+    "sinh", "cosh", "asinh", "acosh", "atanh", "atan2", "erf", "erfc", "pow", "sqrt", "rsqrt", "cbrt"})
 _FREE = frozenset({"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "convert_element_type", "copy",
                    "copy_p", "stop_gradient", "iota", "optimization_barrier", "pvary", "bitcast_convert_type"})
 _LINALG = frozenset({"cholesky", "eigh", "lu", "qr", "svd", "householder_product", "geqrf", "schur", "eig"})

@@ -378,9 +378,11 @@ def has_spread(draws, eps: float | None = None, xp=np):
     Cholesky factor's L[0, 0] is 1 up to float32 rounding (1 +/- 1.2e-7) and its upper triangle 0.
     Their "spread" is rounding, which the importance weights reweight like any other noise: the
     moment check read L[0, 0]'s sd 0 against a PSIS sd of 2.4e-7 and flagged it (an LKJ model,
-    2026-12-03). `eps` is the draws' own precision (default: their dtype's); `xp` NumPy or jax.numpy.
+    2026-12-03). `eps` is the draws' own precision (default: their dtype's, float64's for integers); `xp`
+    NumPy or jax.numpy.
     """
-    eps = float(xp.finfo(draws.dtype).eps) if eps is None else float(eps)
+    if eps is None:
+        eps = float(xp.finfo(draws.dtype if xp.issubdtype(draws.dtype, xp.floating) else xp.float64).eps)
     sd = xp.std(draws, axis=0)
     return sd > SPREAD_ULPS * eps * xp.max(xp.abs(draws), axis=0)
 
@@ -390,8 +392,6 @@ def constrained_discrepancy(draws: np.ndarray, log_weights: np.ndarray) -> tuple
     positive parameter's exp can overflow; such a column reads 0 +/- 0) and varying by more than
     rounding (`has_spread`)."""
     draws = np.asarray(draws)
-    if not np.issubdtype(draws.dtype, np.floating):
-        draws = draws.astype(np.float64)
     finite = np.all(np.isfinite(draws), axis=0)
     if not np.all(finite):
         draws = np.where(finite, draws, 0.0)

@@ -416,7 +416,7 @@ def widened_check(model: Any, family: Any, params: Any, key: Any, score: np.ndar
             return None
         zeta, centred, shift, cons = jax.device_get(
             draws_and_log_ratios(model, family, wide, component_key(key, i), int(num_draws)))
-        eps = float(np.finfo(np.asarray(cons).dtype).eps) if np.issubdtype(np.asarray(cons).dtype, np.floating) else None
+        eps = float(np.finfo(cons.dtype).eps)  # the draws' own rounding, before they turn float64 below
         r = np.asarray(zeta, np.float64) - mean
         log_q_j = log_q_centred(r, chol) + component_log_ratios(r, chol, np.array([j]), c, f)[:, 0]
         parts.append((r, np.asarray(centred, np.float64) + float(shift) + log_q_j, np.asarray(cons, np.float64)))
