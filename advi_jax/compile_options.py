@@ -74,6 +74,16 @@ diagnostics' 0.8-2.2 ms; median 1.5 ms). Over 6,000 expected steps the rule comp
 fast for breast cancer (extra 0.64 s against 1.42 s saved), german credit, garch, eight schools,
 lkj, wells and births (both near the line), and "mid" for the radon models (2.1 s against
 1.7 s; 6.9 s against 1.8 s), where forcing fast made radon's first call 8 s instead of 4.6 s.
+Measured again on a quiet machine (2026-12-03, eleven loops; fast minus "mid" or full per step):
+the fast code cost about twice the estimate on every loop of over 5e5 elementwise numbers a step
+(breast cancer 237 us, births 492, reg_horseshoe 323, rats_tumour 772, gp_poisson_latent 467,
+ar1_state_space 678, radon 872; eight schools and Neal's funnel 17-19 as estimated), and three
+loops that run to their cap in fast code (ar1_state_space, gp_poisson_latent, reg_horseshoe) took
+4-12 s a call where "mid" takes 1-4 s. The elementwise price was refitted then (5.6e-11 -> 1.7e-10
+s): the rule now compiles the loops of ar1_state_space, gp_poisson_latent, rats_tumour and
+births_poisson_state "mid" (first calls 0.6-6.7 s shorter and later calls 1.2-9.5 s shorter on the
+first three; births' first call 1.2-1.3 s longer, its later calls 0.2-0.3 s shorter), and keeps
+reg_horseshoe's fast (2.16 s estimated against 2.19 s saved over 6,000 steps; it runs 10,000).
 
 `jit` is `jax.jit` with that choice made per call from the model argument: it holds two jitted
 versions of the function (each with its own cache), so the choice never recompiles a program.
@@ -406,13 +416,19 @@ def arithmetic(closed_jaxpr: Any, trips: float = 1) -> Arithmetic:
     return Arithmetic(int(eqns), *(float(w) for w in work + hoisted))
 
 
-FAST_EXTRA_SECONDS = Arithmetic(0, elementwise=5.6e-11, transcendental=7.2e-9, dot=0.0, linalg=5e-11,
+FAST_EXTRA_SECONDS = Arithmetic(0, elementwise=1.7e-10, transcendental=7.2e-9, dot=0.0, linalg=5e-11,
                                 operations=3.1e-9, special=0.0)
 """Seconds of run time the fast options' code costs more than the "mid" code, per unit of each
 kind of `Arithmetic` (see the module docstring for the measurements): unvectorised elementwise
 loops, transcendental functions evaluated without inlining, a fixed cost per operation run;
 matrix products call the same library kernels in both (90 x 90 x 90: 19.9 against 20.4 us), the
-expanded triangular solves and factorisations run about twice as slow (90 x 90: 82 against 47 us)."""
+expanded triangular solves and factorisations run about twice as slow (90 x 90: 82 against 47 us).
+The elementwise price was 5.6e-11 s (fitted on a loaded machine, 2026-11-29); measured again on a
+quiet one (2026-12-03, eleven default loops, benchmarks/PERFORMANCE.md) the fast code cost 1.5-2.7
+times the estimate on every loop with over 5e5 elementwise numbers a step (ar1_state_space 678
+against 319 us a step, radon 872 against 360, reg_horseshoe 323 against 165, breast cancer 237 against
+106), and a micro-benchmark puts an unvectorised elementwise number at 0.26-0.5 ns; the least-squares
+fit of the eleven (absolute errors, the other prices kept) is 1.73e-10."""
 
 FAST_SAVED_SECONDS_PER_EQN = 1.5e-3
 """Compile CPU seconds the fast options save against "mid", per equation of the program (the

@@ -149,3 +149,38 @@ def test_a_pinned_signature_compiles_in_its_mode_and_others_follow_the_rule():
         with co.forced("fast"):  # a forced mode wins over a pin
             double(jnp.ones(3), 2.0)
         assert double.fast._cache_size() == 2
+
+
+def test_the_default_loop_at_k84_is_priced_at_its_measured_fast_code_cost(key, monkeypatch):
+    # A K = 84 random walk with a cheap density (ar1_state_space's shape): the default fit's loop is the
+    # full-rank natural step's K x K arithmetic, about 4e6 elementwise numbers a step. Measured (benchmarks/
+    # PERFORMANCE.md, 2026-12-03, ar1_state_space's loop): fast-compiled 678 us a step more than "mid". The
+    # elementwise price before then (5.6e-11 s) estimated ~320 us here, and the rule compiled such loops fast:
+    # 9-12 s a call at the cap against 2-2.5 s "mid".
+    import advi_jax as aj
+
+    decided = []
+    real = co.cost_mode
+
+    def record(model, cost, evals=None, saved_share=1.0):
+        decided.append((cost, saved_share, real(model, cost, evals, saved_share)))
+        return "fast"  # the test reads the decision; the program compiles cheaply
+
+    monkeypatch.setattr(co, "cost_mode", record)
+
+    def log_joint(p):
+        x = p["x"]
+        return -0.5 * jnp.sum(jnp.diff(x) ** 2) - 0.5 * x[0] ** 2 - 0.5 * jnp.sum((x - 1.0) ** 2)
+
+    def stop(progress):
+        raise KeyboardInterrupt  # the loop has compiled (and decided) by its first progress report
+
+    aj.fit(aj.Model(log_joint, {"x": aj.real((84,))}), key=key, progress=False, warn=False, diagnostics=False,
+           callback=stop)
+    loops = [(cost, mode) for cost, share, mode in decided if share == 1.0 and cost.eqns > 500]
+    assert len(loops) == 1, decided
+    cost, mode = loops[0]
+    trips = 6000  # the default's expected steps: half its 12,000-step cap (`run.single._expected_steps`)
+    per_step = co.fast_extra_seconds(cost) / trips
+    assert 0.6 * 678e-6 < per_step < 1.7 * 678e-6, per_step
+    assert mode == ("mid" if ON_CPU else "full")
