@@ -117,7 +117,7 @@ _lapack_batched.install()  # batched CPU Cholesky / triangular solves without ja
 __all__ = ["FAST_OPTIONS", "MID_OPTIONS", "FAST_MAX_ENTRIES", "FAST_MAX_WORK", "MID_MAX_WORK", "DEFAULT_EVALS",
            "fast_compile", "compile_mode", "jit", "forced", "forced_mode", "ByCost", "Arithmetic", "arithmetic",
            "cost_mode", "FAST_EXTRA_SECONDS", "FAST_SAVED_SECONDS_PER_EQN", "fast_extra_seconds", "MODE_OPTIONS",
-           "MID_EXTRA_SECONDS", "MID_SAVED_SECONDS_PER_EQN", "mid_extra_seconds",
+           "MID_EXTRA_SECONDS", "MID_SAVED_SECONDS_PER_EQN", "mid_extra_seconds", "optimised_mode",
            "compile_by_cost"]
 
 FAST_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
@@ -485,6 +485,11 @@ def cost_mode(model: Any, cost: Arithmetic, evals: int | None = None, saved_shar
         return _FORCED[0]
     if fast_extra_seconds(cost) <= saved_share * FAST_SAVED_SECONDS_PER_EQN * cost.eqns:
         return "fast"
+    return optimised_mode(model, cost, evals, saved_share)
+
+
+def optimised_mode(model: Any, cost: Arithmetic, evals: int | None = None, saved_share: float = 1.0) -> str:
+    """`cost_mode`'s choice where the fast options are not taken: "mid" or "full" (see `cost_mode`)."""
     mode = compile_mode(model, evals)
     if mode == "fast":
         return "mid"
@@ -538,6 +543,7 @@ class _SizedJit:
         self._static = frozenset(((static,) if isinstance(static, str) else tuple(static))
                                  + tuple(names[i] for i in ((numbers,) if isinstance(numbers, int) else numbers)))
         self._decided: dict = {}  # ByCost decisions by the call's abstract signature
+        self._costs: dict = {}  # ... and the `Arithmetic` each was made from
         self._pinned: dict = {}  # modes set by `pin`, by abstract signature
         if model_arg is not None:
             if model_arg not in names:
@@ -580,8 +586,16 @@ class _SizedJit:
         mode = self._decided.get(key)
         if mode is None:
             cost = arithmetic(self.full.trace(*args, **kwargs).jaxpr, chosen.trips)
+            self._costs.setdefault(key, cost)
             mode = self._decided.setdefault(key, cost_mode(model, cost, chosen.evals, chosen.saved_share))
         return mode
+
+    def decision(self, *args, **kwargs) -> tuple[str, Arithmetic] | None:
+        """(mode, `Arithmetic`) of the choice a `ByCost` call with this abstract signature made, or None
+        where none was made (another rule chose, or nothing was called with these shapes yet)."""
+        key = self._abstract_key(self._signature.bind_partial(*args, **kwargs).arguments)
+        mode = self._decided.get(key)
+        return None if mode is None or key not in self._costs else (mode, self._costs[key])
 
     def _abstract_key(self, arguments: dict) -> tuple:
         """The call's abstract signature: static arguments by value, the others by tree, shapes and dtypes."""

@@ -142,3 +142,39 @@ def test_background_compile_follows_the_callers_x64_mode(key):
     again = int(result.report.first_diagnostics is not None)  # a k-hat re-estimate's draws: one more program
     assert ({name: size - before[name] for name, size in _sizes().items()}
             == {name: 1 + (again if name == "diagnostics" else 0) for name in PROGRAMS})
+
+
+def test_a_long_fast_loop_switches_to_its_optimised_version_at_a_fixed_step(key, monkeypatch):
+    # Neal's funnel runs the default fit past its stopping rule's first chance in fast-compiled code. With the
+    # switch's threshold at 0 (`single.SWITCH_SHARE`; by default its cheap steps never switch) and the switch
+    # at step 700 (`single.SWITCH_AT`; 2,000 by default) the later steps run on the loop compiled with the
+    # optimising options, compiled once on a background thread; every call switches at the same step, so
+    # every call (and a serial one) gives the same numbers.
+    def log_joint(p):
+        v, x = p["v"], p["x"]
+        return -v**2 / 18.0 - 0.5 * jnp.sum(x**2) * jnp.exp(-v) - 4.5 * v
+
+    model = aj.Model(log_joint, {"v": aj.real(), "x": aj.real((9,))})
+    monkeypatch.setattr(single, "SWITCH_SHARE", 0.0)
+    monkeypatch.setattr(single, "SWITCH_AT", 700)
+    mid, full = driver.run_chunk.mid._cache_size(), driver.run_chunk.full._cache_size()
+    first = aj.fit(model, key=key, progress=False, warn=False, diagnostics=False)
+    assert first.num_steps > single.SWITCH_AT
+    on_cpu = jax.default_backend() == "cpu"
+    if on_cpu:  # fast-compiled on CPU, then switched: one more optimised loop, compiled once
+        grown = driver.run_chunk.mid._cache_size() - mid + driver.run_chunk.full._cache_size() - full
+        assert grown == 1
+    again = aj.fit(model, key=key, progress=False, warn=False, diagnostics=False)
+    with ahead.disabled():  # compiled on the calling thread at the switch
+        serial = aj.fit(model, key=key, progress=False, warn=False, diagnostics=False)
+    if on_cpu:
+        assert driver.run_chunk.mid._cache_size() - mid + driver.run_chunk.full._cache_size() - full == 1
+    for other in (again, serial):
+        assert other.num_steps == first.num_steps and other.stop_reason == first.stop_reason
+        np.testing.assert_array_equal(np.asarray(other.params.loc), np.asarray(first.params.loc))
+        np.testing.assert_array_equal(other.elbo, first.elbo)
+    monkeypatch.setattr(single, "SWITCH_SHARE", 1.0)  # the default: these cheap steps are not worth a compile
+    fresh = aj.Model(lambda p: log_joint(p), {"v": aj.real(), "x": aj.real((9,))})  # nothing compiled for it
+    plain = aj.fit(fresh, key=key, progress=False, warn=False, diagnostics=False)
+    assert plain.num_steps > single.SWITCH_AT
+    assert driver.run_chunk.mid._cache_size() - mid + driver.run_chunk.full._cache_size() - full == 1

@@ -42,15 +42,29 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
 from typing import Any, Callable, Iterator
 
 import jax
 
-__all__ = ["Ahead", "disabled", "enabled"]
+__all__ = ["Ahead", "disabled", "enabled", "leave"]
 
 _ENABLED = [True]
+_LEFT: list = []
+
+
+def leave(ahead: "Ahead") -> None:
+    """Let `ahead`'s job run on after its caller is done with it (a compile the caller no longer waits
+    for); it is joined when the interpreter exits (a daemon thread inside XLA at exit may crash it)."""
+    _LEFT[:] = [a for a in _LEFT if a._thread.is_alive()] + [ahead]
+
+
+@atexit.register
+def _join_left() -> None:
+    for ahead in _LEFT:
+        ahead.close()
 
 
 @contextlib.contextmanager

@@ -28,6 +28,12 @@ also stops it.
 Non-finite steps: the algorithm reports `finite=False` and keeps its state (its contract); the
 driver counts them and stops a fit after `max_consecutive_nonfinite` in a row.
 
+A switch of programs (`Switch`, optional): a loop compiled with the fast options (`compile_options`)
+may run its steps from a step fixed in advance on the same loop compiled with the optimising
+options, compiled meanwhile on a background thread (`advi_jax.run.ahead`). The switch step is fixed
+and every call switches there (waiting for the compile if it has not ended), so a fit gives the
+same numbers on every call; the two programs compute the same steps to float32 rounding.
+
 Ctrl-C: a `KeyboardInterrupt` (from the keyboard or raised by `callback`) between or during calls
 keeps the state after the last completed call; during compilation the initial state is kept.
 The stop reason says which (`STOP_REASONS`).
@@ -48,7 +54,7 @@ from advi_jax._types import Array
 from advi_jax.base import Family, StepInfo
 
 __all__ = ["Settings", "LoopState", "Convergence", "Progress", "Outcome", "STOP_REASONS", "init_loop", "run_chunk",
-           "drive", "num_traces", "stop_reason", "CALL_SECONDS"]
+           "drive", "num_traces", "stop_reason", "CALL_SECONDS", "Switch"]
 
 CALL_SECONDS = 0.25
 """Target wall time of one compiled call of the loop (between progress-bar updates)."""
@@ -283,6 +289,33 @@ def run_chunk(model: Any, loop: LoopState, keys: Array, stop: Array, inputs: Any
     return jax.lax.while_loop(cond, body, (loop, jnp.full((num_fits, n), jnp.nan, dtype)))
 
 
+class Switch(NamedTuple):
+    """Run the steps from `at` on with `program` (`run_chunk`'s version with other compiler options,
+    e.g. `run_chunk.mid`), compiling it from step `begin` on (`begin` <= `at`) on a background thread,
+    or at `at` on the calling thread where `background` is False."""
+
+    begin: int
+    at: int
+    program: Callable
+    background: bool = True
+
+
+def _start_compile(switch: Switch, model: Any, loop: LoopState, keys: Array, cfg: Settings) -> Any:
+    """Compile `switch.program` for these arguments: on a background thread (the `Ahead` returned;
+    its `wait("switch")` returns once it is compiled), or here (None returned)."""
+    from advi_jax.run.ahead import Ahead
+
+    def job(done):
+        switch.program.lower(model, loop, keys, np.int32(0), None, cfg).compile()
+
+    if not switch.background:
+        job({})
+        return None
+    worker = Ahead([("switch", job)], x64=jnp.result_type(float) == jnp.float64, name="advi_jax-compile-switch")
+    worker.release()
+    return worker
+
+
 def stop_reason(code: int, num_nonfinite: int, max_consecutive: int, reached: str = "reached num_steps") -> str:
     """The stop code in words, with the count of skipped non-finite steps."""
     if code == 0:
@@ -306,7 +339,8 @@ def _recent_elbo(trace: np.ndarray) -> float:
 def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: int, *,
           inputs: Iterator[tuple[Any, int]] | None = None, progress: bool = False, desc: str = "fit",
           callback: Callable[[Progress], Any] | None = None,
-          before_compile: Callable[[], Any] | None = None) -> Outcome:
+          before_compile: Callable[[], Any] | None = None,
+          switch: Callable[[], Switch | None] | None = None) -> Outcome:
     """Run the loop from `loop` until `num_steps`, every fit's stop flag, or a KeyboardInterrupt.
 
     Args:
@@ -325,11 +359,15 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
       before_compile: called first, as part of the compilation (a Ctrl-C there returns the
         initial state): `aj.fit` waits there for the loop its background thread compiles
         (`advi_jax.run.ahead`).
+      switch: called once the loop has compiled; a `Switch` it returns moves the run to another
+        version of the loop at a fixed step (see the module docstring); None: no switch. Only
+        for runs without per-step `inputs`.
 
     Returns:
       An `Outcome`; `compile_seconds` is the first (zero-step) call, which only compiles.
     """
     batched = cfg.num_fits is not None
+    worker = None
     stop0 = np.int32(0)  # numpy scalars: jnp.asarray(0, jnp.int32) would compile a conversion
     compiling = True
     bar = None
@@ -348,6 +386,8 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
         jax.block_until_ready(run_chunk(model, loop, keys, stop0, first[0] if first is not None else None, cfg))
         compile_seconds = time.perf_counter() - tick
         compiling = False
+        plan = switch() if switch is not None and inputs is None else None
+        program, worker = run_chunk, None
         started = time.perf_counter()
         if progress:
             from tqdm.auto import tqdm
@@ -363,8 +403,17 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
                 stop = min(done + count, num_steps)
             else:
                 chunk_inputs, stop = None, min(done + per_call, num_steps)
+            if plan is not None and program is run_chunk:
+                if worker is None and done >= plan.begin:
+                    worker = _start_compile(plan, model, loop, keys, cfg) or False
+                if done >= plan.at:  # the fixed step: every call switches here
+                    if worker:
+                        worker.wait("switch")
+                    worker, program = None, plan.program
+                else:
+                    stop = min(stop, plan.at)
             tick = time.perf_counter()
-            new_loop, trace = run_chunk(model, loop, keys, np.int32(stop), chunk_inputs, cfg)
+            new_loop, trace = program(model, loop, keys, np.int32(stop), chunk_inputs, cfg)
             if inputs is not None:
                 current = next(inputs, None)  # issued before the result is read: transfer overlaps compute
             steps, new_codes, skipped, trace = jax.device_get(
@@ -391,6 +440,10 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
     finally:
         if bar is not None:
             bar.close()
+        if worker:  # the run ended before the switch: the compile goes on, joined at the latest at exit
+            from advi_jax.run.ahead import leave
+
+            leave(worker)
     run_seconds = time.perf_counter() - started
     dtype = np.dtype(jnp.result_type(float))
     if traces:

@@ -247,7 +247,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     (`advi_jax.compile_options`: the start's ~2,300, the loop's `num_steps x num_samples` or the
     method's own count, `loop_compile`, the diagnostics' draws); where that allows the fast or
     "mid" options, ADVI's loop chooses between them by its own arithmetic over its expected steps
-    (`compile_options.ByCost`). Where the loop compiles with the fast or "mid" options, the loop's,
+    (`compile_options.ByCost`); a fast-compiled default loop that runs long switches to its optimised
+    version at a fixed step (`loop_switch`). Where the loop compiles with the fast or "mid" options, the loop's,
     the diagnostics' and the small programs compile on a second thread while the start compiles
     (`advi_jax.run.ahead`; the numbers are the same as compiled one after another, but for the
     diagnostics' draws where the thread compiles them with XLA's full options,
@@ -431,7 +432,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     start_seconds = time.perf_counter() - began
 
     out = driver.drive(begun.run_model, loop, run_key, cfg, num_steps, progress=progress, desc=module.NAME.upper(),
-                       callback=callback, before_compile=lambda: _wait(ahead, "run_chunk"))
+                       callback=callback, before_compile=lambda: _wait(ahead, "run_chunk"),
+                       switch=lambda: loop_switch(begun.run_model, loop, run_key, cfg, num_steps))
     code = int(out.stop_codes)
     _wait(ahead, "finish")
     finished = time.perf_counter()  # q and the method's extras (DADVI's linear-response solve: seconds at K ~ 150)
@@ -536,6 +538,43 @@ def loop_compile(module: Any, model: Any, family: Family, options: Any, num_step
     if is_advi and num_fits == 1 and (mode in _AHEAD_MODES or _by_cost_possible()):
         mode = compile_options.ByCost(_expected_steps(num_steps, can_stop, getattr(options, "stop", None)), evals)
     return mode
+
+
+SWITCH_AT = 2_000
+"""The step from which a fast-compiled default ADVI loop runs on its "mid" (or full) version (`loop_switch`)."""
+
+SWITCH_SHARE = 1.0
+"""`loop_switch` switches where the fast code's estimated extra after `SWITCH_AT` exceeds this share of the
+optimised compile's estimated extra CPU time."""
+
+
+def loop_switch(model: Any, loop: Any, key: Any, cfg: driver.Settings, num_steps: int) -> driver.Switch | None:
+    """Where a fast-compiled ADVI loop with the default stopping rule (`AutoStop`) runs long, its later
+    steps on the loop compiled with the optimising options (`driver.Switch`): from `SWITCH_AT` on,
+    compiled on a background thread from the first step after the rule's first chance to stop (600
+    steps: most default fits end there and never start it). Only where the fast code's estimated extra
+    run time over the steps after the switch (`compile_options.fast_extra_seconds` per step, from the
+    loop's own `Arithmetic`) exceeds the optimised compile's estimated extra CPU time
+    (`FAST_SAVED_SECONDS_PER_EQN` per equation): the rule that chose fast priced the loop at its
+    expected steps, half the cap, and a fit that runs to the cap pays the slower steps twice over
+    (reg_horseshoe, K = 54: 406 against 84 us a step, 10,000 steps; benchmarks/PERFORMANCE.md). The
+    switch step is fixed, so every call gives the same numbers."""
+    stop = getattr(cfg.options, "stop", None)
+    if not isinstance(stop, _advi.AutoStop) or cfg.num_fits is not None or not isinstance(cfg.compile,
+                                                                                          compile_options.ByCost):
+        return None
+    decided = driver.run_chunk.decision(model, loop, key, np.int32(0), None, cfg)
+    if decided is None or decided[0] != "fast":
+        return None
+    cost = decided[1]
+    begin = stop.batch_steps * (stop.min_batches + stop.min_batches_halved) + 1
+    at = max(SWITCH_AT, begin)
+    per_step = compile_options.fast_extra_seconds(cost) / max(cfg.compile.trips, 1.0)
+    if per_step * (num_steps - at) <= SWITCH_SHARE * compile_options.FAST_SAVED_SECONDS_PER_EQN * cost.eqns:
+        return None
+    target = compile_options.optimised_mode(model, cost, cfg.compile.evals)
+    program = driver.run_chunk.mid if target == "mid" else driver.run_chunk.full
+    return driver.Switch(begin, at, program, background=_ahead.enabled())
 
 
 def _by_cost_possible() -> bool:
