@@ -594,8 +594,8 @@ class _SizedJit:
         """(mode, `Arithmetic`) of the choice a `ByCost` call with this abstract signature made, or None
         where none was made (another rule chose, or nothing was called with these shapes yet)."""
         key = self._abstract_key(self._signature.bind_partial(*args, **kwargs).arguments)
-        mode = self._decided.get(key)
-        return None if mode is None or key not in self._costs else (mode, self._costs[key])
+        mode, cost = self._decided.get(key), self._costs.get(key)
+        return None if mode is None or cost is None else (mode, cost)
 
     def _abstract_key(self, arguments: dict) -> tuple:
         """The call's abstract signature: static arguments by value, the others by tree, shapes and dtypes."""

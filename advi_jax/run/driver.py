@@ -52,6 +52,7 @@ import numpy as np
 from advi_jax import compile_options
 from advi_jax._types import Array
 from advi_jax.base import Family, StepInfo
+from advi_jax.run.ahead import Ahead, leave
 
 __all__ = ["Settings", "LoopState", "Convergence", "Progress", "Outcome", "STOP_REASONS", "init_loop", "run_chunk",
            "drive", "num_traces", "stop_reason", "CALL_SECONDS", "Switch"]
@@ -300,10 +301,9 @@ class Switch(NamedTuple):
     background: bool = True
 
 
-def _start_compile(switch: Switch, model: Any, loop: LoopState, keys: Array, cfg: Settings) -> Any:
+def _start_compile(switch: Switch, model: Any, loop: LoopState, keys: Array, cfg: Settings) -> Ahead | None:
     """Compile `switch.program` for these arguments: on a background thread (the `Ahead` returned;
     its `wait("switch")` returns once it is compiled), or here (None returned)."""
-    from advi_jax.run.ahead import Ahead
 
     def job(done):
         switch.program.lower(model, loop, keys, np.int32(0), None, cfg).compile()
@@ -387,7 +387,7 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
         compile_seconds = time.perf_counter() - tick
         compiling = False
         plan = switch() if switch is not None and inputs is None else None
-        program, worker = run_chunk, None
+        program, begun = run_chunk, False
         started = time.perf_counter()
         if progress:
             from tqdm.auto import tqdm
@@ -404,10 +404,10 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
             else:
                 chunk_inputs, stop = None, min(done + per_call, num_steps)
             if plan is not None and program is run_chunk:
-                if worker is None and done >= plan.begin:
-                    worker = _start_compile(plan, model, loop, keys, cfg) or False
+                if not begun and done >= plan.begin:
+                    worker, begun = _start_compile(plan, model, loop, keys, cfg), True
                 if done >= plan.at:  # the fixed step: every call switches here
-                    if worker:
+                    if worker is not None:
                         worker.wait("switch")
                     worker, program = None, plan.program
                 else:
@@ -440,9 +440,7 @@ def drive(model: Any, loop: LoopState, keys: Array, cfg: Settings, num_steps: in
     finally:
         if bar is not None:
             bar.close()
-        if worker:  # the run ended before the switch: the compile goes on, joined at the latest at exit
-            from advi_jax.run.ahead import leave
-
+        if worker is not None:  # the run ended before the switch: the compile goes on, joined at the latest at exit
             leave(worker)
     run_seconds = time.perf_counter() - started
     dtype = np.dtype(jnp.result_type(float))
