@@ -310,23 +310,49 @@ def _elbos(model: Any, noise: Array, means: Array, factors: Array) -> Array:
 def _bam_refine(model: Any, mean: Array, factor: Array, noise: Array, check_noise: Array, batch_size: int):
     """BaM steps from N(0, I) in the coordinates whitened by N(mean, factor factor^T), one per
     (batch_size, K) slice of `noise` (num_steps, batch_size, K); BaM's Gaussian in R^K, the ELBOs
-    (on the draws `check_noise`) of the start's and BaM's Gaussians, and the count of non-finite
-    BaM steps."""
+    (on the draws `check_noise`, a whole number of batches) of the start's and BaM's Gaussians,
+    and the count of non-finite BaM steps.
+
+    The two ELBOs come from the same scan as the steps: a step's own log densities at its draws are
+    the ELBO of the Gaussian it starts from (the whitened model's ELBO is the ELBO in R^K), so
+    `check_noise`'s batches run as steps that keep their state, before the first step (N(0, I): the
+    start's Gaussian) and after the last (BaM's). The program then holds one copy of the log density
+    for BaM instead of two (less to trace and compile); those batches' gradients are computed and
+    unused (`bam_check_grad_evals`).
+    """
     run_model = _laplace.Whitened(model, mean, factor)
     options = _bam.Options(batch_size=batch_size)
     state = _bam.build(run_model, FullRankGaussian(), options).init(None, jnp.zeros_like(mean))
     step = _bam.noise_step(run_model, options)
+    checks = check_noise.reshape(-1, batch_size, mean.shape[0])
+    num_checks = checks.shape[0]
+    trips = jnp.concatenate([checks, noise, checks])
+    # 0: a batch of the start's ELBO, 1: a BaM step, 2: a batch of BaM's ELBO.
+    phase = jnp.concatenate([jnp.zeros(num_checks, jnp.int32), jnp.ones(noise.shape[0], jnp.int32),
+                             jnp.full(num_checks, 2, jnp.int32)])
 
-    def body(carry, eps):
-        state, bad = carry
-        state, info = step(eps, state)
-        return (state, bad + (~info.finite).astype(jnp.int32)), None
+    def body(carry, xs):
+        state, bad, sums = carry
+        eps, at = xs
+        new, info = step(eps, state)
+        stepping = at == 1
+        state = jax.tree_util.tree_map(lambda a, b: jnp.where(stepping, a, b), new, state)
+        sums = sums.at[at // 2].add(jnp.where(stepping, 0.0, info.elbo))
+        return (state, bad + (stepping & ~info.finite).astype(jnp.int32), sums), None
 
-    (state, bad), _ = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), noise)
+    sums = jnp.zeros((2,), mean.dtype)
+    (state, bad, sums), _ = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32), sums), (trips, phase))
     # zeta = mean + S (loc + L u): the composed factor S L is lower triangular.
     new_mean, new_factor = mean + factor @ state.loc, factor @ state.chol
-    elbos = _elbos(model, check_noise, jnp.stack([mean, new_mean]), jnp.stack([factor, new_factor]))
-    return new_mean, new_factor, elbos, bad
+    elbos = sums / num_checks
+    return new_mean, new_factor, jnp.where(jnp.isfinite(elbos), elbos, -jnp.inf), bad
+
+
+def bam_check_grad_evals(budget: "StartBudget | None" = None, batch_size: int = 16) -> int:
+    """Gradient evaluations of the BaM start's ELBO check (`_bam_refine`): two ELBOs of
+    `StartBudget.elbo_draws` draws, rounded up to whole batches of `batch_size`."""
+    draws = (START_BUDGET if budget is None else budget).elbo_draws
+    return 2 * batch_size * -(-draws // batch_size)
 
 
 def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUDGET) -> int:
@@ -337,6 +363,25 @@ def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUD
     Pathfinder's own ELBO draws (up to 10 log densities per iteration, without gradients) are not
     counted (the count was calibrated without them, when it also chose the fast options)."""
     return 2 * budget.path_iters + bam_steps * batch_size + 5 * budget.elbo_draws
+
+
+def start_num_draws(bam_steps: int, batch_size: int, budget: StartBudget = START_BUDGET) -> int:
+    """The number of K-vectors of standard normals the start program uses (`_start_program`'s `noise`)."""
+    return (budget.path_iters * budget.path_elbo_draws + bam_steps * batch_size + budget.elbo_draws
+            + bam_check_grad_evals(budget, batch_size) // 2 + budget.jitter_tries)
+
+
+def start_draws(key: Array, num: int, dim: int, dtype: Any) -> np.ndarray:
+    """(num, dim) standard normals drawn on the host (NumPy's PCG64 seeded by the key's bits), for
+    `_start_program`'s `noise`: the same key gives the same draws, and the program compiles no
+    random number generator: 0.01 s a million float32 numbers (the default start's 3,828 vectors
+    at K = 200: 0.01 s) against 0.04-0.07 s less compile (2026-12-03)."""
+    bits = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    rng = np.random.default_rng([int(v) for v in np.asarray(bits, np.uint32).ravel()])
+    dtype = np.dtype(dtype)
+    if dtype in (np.float32, np.float64):
+        return rng.standard_normal((num, dim), dtype=dtype)
+    return rng.standard_normal((num, dim)).astype(dtype)
 
 
 def jitter_factors(budget: StartBudget = START_BUDGET) -> np.ndarray:
@@ -374,24 +419,29 @@ the other core took the rest), every later call 1.4-1.6 s longer (benchmarks/PER
 @compile_options.jit(static_argnames=("diagonal", "init_scale", "bam_steps", "batch_size", "budget"),
                      mode=_start_mode)
 def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scale: float, bam_steps: int,
-                   batch_size: int, budget: StartBudget = START_BUDGET, radius: Array = 2.0) -> _Found:
+                   batch_size: int, budget: StartBudget = START_BUDGET, radius: Array = 2.0,
+                   noise: Array | None = None) -> _Found:
     """The whole Pathfinder (-> BaM) start in one compiled program (one compilation, no host
     round trips between its stages, no eager operations around it). `radius`: the widest box of
-    the jittered starts (`StartBudget.jitter_tries`), tried only where `loc` is not finite."""
+    the jittered starts (`StartBudget.jitter_tries`), tried only where `loc` is not finite.
+
+    `noise`: every standard normal the program uses, (`start_num_draws`, K) (`start_draws`: drawn
+    on the host, so the program holds no random number generator: threefry and the normal's inverse
+    erf are ~650 of its ~4,900 optimised HLO instructions), in this order: Pathfinder's ELBO draws
+    per iteration, BaM's batches, the candidates' ELBO draws, BaM's check and, last, the jittered
+    starts' uniforms, as frac(16 z), uniform on [0, 1) to within 2 exp(-2 pi^2 16^2) (Poisson
+    summation), with no code of its own (the normal CDF's erf would add ~200 lines of optimised
+    HLO). None: drawn in the program from `key`."""
     k, dtype = loc.shape[0], loc.dtype
-    # Every standard normal the program uses, from one generator (each random-number call site
-    # costs 20-30 ms of compile): Pathfinder's ELBO draws per iteration, BaM's batches, the
-    # candidates' ELBO draws, BaM's check and, last (the others are then the same draws as without
-    # them), the jittered starts' uniforms: frac(16 z) is uniform on [0, 1) to within 2 exp(-2 pi^2
-    # 16^2) (Poisson summation), with no code of its own (the normal CDF's erf would add ~200 lines
-    # of optimised HLO).
     path_draws, bam_draws = budget.path_iters * budget.path_elbo_draws, bam_steps * batch_size
-    rest = path_draws + bam_draws + 2 * budget.elbo_draws
-    noise = jax.random.normal(key, (rest + budget.jitter_tries, k), dtype)
+    check_draws = bam_check_grad_evals(budget, batch_size) // 2
+    rest = path_draws + bam_draws + budget.elbo_draws + check_draws
+    if noise is None:  # one generator in the program (each random-number call site costs 20-30 ms of compile)
+        noise = jax.random.normal(key, (start_num_draws(bam_steps, batch_size, budget), k), dtype)
     path_noise = noise[:path_draws].reshape(budget.path_iters, budget.path_elbo_draws, k)
     bam_noise = noise[path_draws:path_draws + bam_draws].reshape(bam_steps, batch_size, k)
     elbo_noise = noise[path_draws + bam_draws:path_draws + bam_draws + budget.elbo_draws]
-    check_noise = noise[path_draws + bam_draws + budget.elbo_draws:rest]
+    check_noise = noise[path_draws + bam_draws + budget.elbo_draws:rest]  # BaM's check: whole batches
     radii = jnp.asarray(radius, dtype) * jnp.asarray(jitter_factors(budget), dtype)
     scaled = 16.0 * noise[rest:]
     jitter = radii[:, None] * (2.0 * (scaled - jnp.floor(scaled)) - 1.0)
@@ -475,7 +525,8 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
     """
     dtype = loc.dtype
     args = (model, loc, key, family.name != "fullrank", float(init_scale), int(bam_steps), int(batch_size))
-    kwargs = dict(radius=np.asarray(init_radius, np.dtype(dtype)))  # NumPy: no conversion program of its own
+    kwargs = dict(radius=np.asarray(init_radius, np.dtype(dtype)),  # NumPy: no conversion program of its own
+                  noise=start_draws(key, start_num_draws(bam_steps, batch_size), loc.shape[0], dtype))
     if on_lowered is not None:
         _start_program.lower(*args, **kwargs)  # traced and lowered once: the call below finds it in JAX's caches
         on_lowered()
@@ -510,7 +561,8 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
     if not bam_steps:
         return begun
     before, after = (float(v) for v in bam_elbos)
-    info = BamStart(out.bam_mean, out.bam_factor, bam_steps, bam_steps * batch_size, int(bad))
+    info = BamStart(out.bam_mean, out.bam_factor, bam_steps,
+                    bam_steps * batch_size + bam_check_grad_evals(START_BUDGET, batch_size), int(bad))
     if not after > before:  # also when BaM's Gaussian is not finite (its ELBO is -inf or NaN)
         return begun._replace(method=f"{method.split(' (')[0]}, not BaM (BaM's ELBO {after:.4g} <= {before:.4g})"
                                      f"{said}", bam=info._replace(mean=None))
