@@ -55,7 +55,7 @@ def test_start_whitens_by_the_exact_gaussian(init):
         np.testing.assert_allclose(factor @ factor.T, _COV, atol=0.15 * _COV.max())
         assert np.allclose(factor, np.tril(factor)) and np.all(np.diag(factor) > 0)
     np.testing.assert_allclose(np.asarray(begun.loc), 0.0)
-    expected = begun.pathfinder.num_grad_evals + (1600 + start_module.bam_check_grad_evals() if init == "bam" else 0)
+    expected = begun.pathfinder.num_grad_evals + (1600 + start_module.start_elbo_grad_evals(100) - start_module.start_elbo_grad_evals(0) if init == "bam" else 0) + begun.compared
     assert begun.num_grad_evals == expected and 2 < begun.pathfinder.num_grad_evals < 200
 
 
@@ -372,17 +372,38 @@ def test_start_program_draws_its_randomness_on_the_host():
     first, again = (_start(model, "bam", key=4) for _ in range(2))
     np.testing.assert_array_equal(np.asarray(first.whitening[1]), np.asarray(again.whitening[1]))
 
-def test_bam_check_elbos_from_the_scan_equal_the_elbos_of_both_gaussians():
-    """BaM's ELBO check runs as steps that keep their state (`_bam_refine`): their ELBOs must be
-    those of the start's Gaussian and of BaM's final one on the check draws, computed directly."""
+def _direct_elbos(model, noise, means, factors):
+    """ELBOs of N(means[j], factors[j] factors[j]^T) on the draws `noise`, computed directly."""
+    out = []
+    for mean, factor in zip(means, factors):
+        z = mean[None, :] + noise @ factor.T
+        entropy = jnp.sum(jnp.log(jnp.diagonal(factor))) + 0.5 * mean.shape[0] * (1.0 + np.log(2.0 * np.pi))
+        out.append(float(jnp.mean(jax.vmap(model.log_density)(z)) + entropy))
+    return np.asarray(out)
+
+
+def test_start_elbos_from_the_bam_scan_equal_the_elbos_of_each_gaussian():
+    """The start compares its candidates and checks BaM by ELBOs that run as BaM steps keeping their
+    state (`_choose_and_refine`): each must be the ELBO of its Gaussian on its draws, computed
+    directly; the best candidate is chosen and BaM runs whitened by it."""
     model = _gaussian_model()
-    mean = jnp.asarray([0.3, -0.2, 1.0])
-    factor = jnp.asarray([[1.2, 0.0, 0.0], [0.4, 0.7, 0.0], [-0.3, 0.1, 1.9]])
+    eye = jnp.eye(3)
+    means = jnp.stack([jnp.asarray([0.3, -0.2, 1.0]), jnp.zeros(3), jnp.zeros(3)])
+    factors = jnp.stack([jnp.asarray([[1.2, 0.0, 0.0], [0.4, 0.7, 0.0], [-0.3, 0.1, 1.9]]), eye, 0.1 * eye])
     noise = jax.random.normal(jax.random.key(1), (20, 16, 3))
-    check = jax.random.normal(jax.random.key(2), (64, 3))
-    new_mean, new_factor, elbos, bad = jax.jit(start_module._bam_refine, static_argnums=5)(
-        model, mean, factor, noise, check, 16)
-    direct = start_module._elbos(model, check, jnp.stack([mean, new_mean]), jnp.stack([factor, new_factor]))
-    np.testing.assert_allclose(np.asarray(elbos), np.asarray(direct), rtol=1e-5)
-    assert int(bad) == 0 and float(elbos[1]) > float(elbos[0])  # BaM moved toward the exact Gaussian
-    np.testing.assert_allclose(np.asarray(new_mean), _MEAN, atol=0.3)
+    draws, check = jax.random.normal(jax.random.key(2), (2, 64, 3))
+    run = jax.jit(start_module._choose_and_refine, static_argnums=7)
+    for usable in (True, False):
+        elbos, best, (new_mean, new_factor, checked, bad) = run(
+            model, means, factors, jnp.asarray([usable, True, True]), draws, noise, check, 16)
+        direct = _direct_elbos(model, draws, means, factors)
+        if not usable:
+            direct[0] = -np.inf
+        np.testing.assert_allclose(np.asarray(elbos), direct, rtol=1e-5)
+        assert int(best) == int(np.argmax(direct))
+        np.testing.assert_allclose(np.asarray(checked), _direct_elbos(
+            model, check, [means[best], new_mean], [factors[best], new_factor]), rtol=1e-5)
+        assert int(bad) == 0 and float(checked[1]) > float(checked[0])  # BaM moved toward the exact Gaussian
+        np.testing.assert_allclose(np.asarray(new_mean), _MEAN, atol=0.3)
+    elbos, best, bam = run(model, means, factors, jnp.asarray([True, True, True]), draws, noise[:0], check, 16)
+    np.testing.assert_allclose(np.asarray(elbos), _direct_elbos(model, draws, means, factors), rtol=1e-5)

@@ -34,7 +34,6 @@ from advi_jax._stack import user_stacklevel
 from advi_jax.base import Family
 from advi_jax.checks import (INIT_OPTIONS, NonFiniteStart, SecondDerivativeError, check_initial_point,
                              check_log_joint_shape, initial_loc, masked_data_hint, shown_point)
-from advi_jax.families import FullRankGaussian
 from advi_jax.vi import bam as _bam
 from advi_jax.vi import laplace as _laplace
 from advi_jax.vi import _start_point
@@ -69,6 +68,8 @@ class Start(NamedTuple):
       pathfinder: the `pathfinder.StartGaussian` of a Pathfinder start, else None.
       tries: points tried for a finite start besides the Pathfinder path's own (`_jittered_start`;
         one gradient evaluation each).
+      compared: gradient evaluations of the Pathfinder start's comparison of its candidate
+        Gaussians by their ELBOs (`_choose_and_refine`).
     """
 
     run_model: Any
@@ -81,6 +82,7 @@ class Start(NamedTuple):
     pathfinder: Any = None
     bam: Any = None
     tries: int = 0
+    compared: int = 0
 
     @property
     def whitening(self) -> tuple[Array, Array] | None:
@@ -99,7 +101,7 @@ class Start(NamedTuple):
         if self.laplace is not None:
             return int(self.laplace.num_grad_evals) + 2 * int(self.loc.shape[0]) + self.tries
         grads = int(self.pathfinder.num_grad_evals) if self.pathfinder is not None else 0
-        return grads + (int(self.bam.num_grad_evals) if self.bam is not None else 0) + self.tries
+        return grads + (int(self.bam.num_grad_evals) if self.bam is not None else 0) + self.tries + self.compared
 
     @property
     def num_logp_evals(self) -> int:
@@ -292,67 +294,78 @@ class _Found(NamedTuple):
     began: _pathfinder.PathStart  # the point the path ran from (loc, or a jittered point) and its tries
 
 
-def _elbos(model: Any, noise: Array, means: Array, factors: Array) -> Array:
-    """ELBOs of N(means[j], factors[j] factors[j]^T) (triangular factors) from the same draws.
+def _choose_and_refine(model: Any, means: Array, factors: Array, usable: Array, elbo_noise: Array,
+                       noise: Array, check_noise: Array, batch_size: int):
+    """The ELBOs of the candidate Gaussians N(means[j], factors[j] factors[j]^T) (lower-triangular
+    factors; `usable[j]` False: -inf) on the draws `elbo_noise`, the best of them, and, with BaM
+    steps (`noise`: (num_steps, batch_size, K), one step a slice), BaM's Gaussian from it: BaM run
+    from N(0, I) in the coordinates whitened by the best candidate, BaM's Gaussian in R^K, the ELBOs
+    on the draws `check_noise` of the best candidate and of BaM's Gaussian, and the count of
+    non-finite BaM steps (all NaN / -inf where no candidate is finite).
 
-    One vmapped call of the log density over all (J x S) draws, so the program holds one copy of
-    the model for all J Gaussians.
+    Everything runs in one scan of BaM's step, so the program holds one copy of the log density for
+    all of it (less to trace and compile: each copy cost 0.07-0.2 s of compile CPU, 2026-12-03). A
+    step's own log densities at its draws give the ELBO of the Gaussian it starts from, and the
+    whitened model's ELBO is the ELBO in R^K; so the ELBO draws run, in whole batches, as steps
+    that keep their state: from N(0, I) whitened by each candidate in turn, then (with BaM) by the
+    best (before the first step) and from BaM's Gaussian (after the last). Their gradients are
+    computed and unused (`start_elbo_grad_evals`).
     """
-    z = means[:, None, :] + jnp.einsum("sk,jlk->jsl", noise, factors)
-    num, size = z.shape[0], z.shape[1]
-    log_p = jax.vmap(model.log_density)(z.reshape(num * size, -1)).reshape(num, size)
-    entropy = (jnp.sum(jnp.log(jnp.abs(jnp.diagonal(factors, axis1=1, axis2=2))), axis=1)
-               + 0.5 * means.shape[1] * (1.0 + jnp.log(2.0 * jnp.pi)))
-    value = jnp.mean(log_p, axis=1) + entropy
-    return jnp.where(jnp.isfinite(value), value, -jnp.inf)
-
-
-def _bam_refine(model: Any, mean: Array, factor: Array, noise: Array, check_noise: Array, batch_size: int):
-    """BaM steps from N(0, I) in the coordinates whitened by N(mean, factor factor^T), one per
-    (batch_size, K) slice of `noise` (num_steps, batch_size, K); BaM's Gaussian in R^K, the ELBOs
-    (on the draws `check_noise`, a whole number of batches) of the start's and BaM's Gaussians,
-    and the count of non-finite BaM steps.
-
-    The two ELBOs come from the same scan as the steps: a step's own log densities at its draws are
-    the ELBO of the Gaussian it starts from (the whitened model's ELBO is the ELBO in R^K), so
-    `check_noise`'s batches run as steps that keep their state, before the first step (N(0, I): the
-    start's Gaussian) and after the last (BaM's). The program then holds one copy of the log density
-    for BaM instead of two (less to trace and compile); those batches' gradients are computed and
-    unused (`bam_check_grad_evals`).
-    """
-    run_model = _laplace.Whitened(model, mean, factor)
+    num_cands, k = means.shape
+    dtype = means.dtype
     options = _bam.Options(batch_size=batch_size)
-    state = _bam.build(run_model, FullRankGaussian(), options).init(None, jnp.zeros_like(mean))
-    step = _bam.noise_step(run_model, options)
-    checks = check_noise.reshape(-1, batch_size, mean.shape[0])
-    num_checks = checks.shape[0]
-    trips = jnp.concatenate([checks, noise, checks])
-    # 0: a batch of the start's ELBO, 1: a BaM step, 2: a batch of BaM's ELBO.
-    phase = jnp.concatenate([jnp.zeros(num_checks, jnp.int32), jnp.ones(noise.shape[0], jnp.int32),
-                             jnp.full(num_checks, 2, jnp.int32)])
+    start_state = _bam.State(jnp.zeros((k,), dtype), jnp.eye(k, dtype=dtype), jnp.eye(k, dtype=dtype),
+                             jnp.zeros((), jnp.int32))
+    batches = elbo_noise.reshape(-1, batch_size, k)
+    per = batches.shape[0]
+    checks = check_noise.reshape(-1, batch_size, k)[:per if noise.shape[0] else 0]
+    steps = noise.shape[0]
+    trips = jnp.concatenate([batches] * num_cands + [checks, noise, checks])
+    # Where each trip adds its ELBO: candidate j, num_cands (the best, before BaM), num_cands + 1
+    # (BaM's, after it); -1: a BaM step.
+    slot = np.concatenate([np.repeat(np.arange(num_cands), per), np.full(checks.shape[0], num_cands),
+                           np.full(steps, -1), np.full(checks.shape[0], num_cands + 1)]).astype(np.int32)
+
+    def best_of(sums):
+        elbos = sums[:num_cands] / per
+        return jnp.argmax(jnp.where(usable & jnp.isfinite(elbos), elbos, -jnp.inf))
 
     def body(carry, xs):
         state, bad, sums = carry
         eps, at = xs
-        new, info = step(eps, state)
-        stepping = at == 1
+        candidate = (at >= 0) & (at < num_cands)
+        which = jnp.where(candidate, at, best_of(sums))
+        run_model = _laplace.Whitened(model, means[which], factors[which])
+        begin = jax.tree_util.tree_map(lambda a, b: jnp.where(candidate, a, b), start_state, state)
+        new, info = _bam.noise_step(run_model, options)(eps, begin)
+        stepping = at < 0
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(stepping, a, b), new, state)
-        sums = sums.at[at // 2].add(jnp.where(stepping, 0.0, info.elbo))
+        sums = sums.at[jnp.maximum(at, 0)].add(jnp.where(stepping, 0.0, info.elbo))
         return (state, bad + (stepping & ~info.finite).astype(jnp.int32), sums), None
 
-    sums = jnp.zeros((2,), mean.dtype)
-    (state, bad, sums), _ = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32), sums), (trips, phase))
+    sums = jnp.zeros((num_cands + 2,), dtype)
+    (state, bad, sums), _ = jax.lax.scan(body, (start_state, jnp.zeros((), jnp.int32), sums),
+                                         (trips, jnp.asarray(slot)))
+    elbos = sums[:num_cands] / per
+    elbos = jnp.where(usable & jnp.isfinite(elbos), elbos, -jnp.inf)
+    best = jnp.argmax(elbos)
+    mean, factor = means[best], factors[best]
     # zeta = mean + S (loc + L u): the composed factor S L is lower triangular.
-    new_mean, new_factor = mean + factor @ state.loc, factor @ state.chol
-    elbos = sums / num_checks
-    return new_mean, new_factor, jnp.where(jnp.isfinite(elbos), elbos, -jnp.inf), bad
+    checked = sums[num_cands:] / max(checks.shape[0], 1)
+    bam = (mean + factor @ state.loc, factor @ state.chol, jnp.where(jnp.isfinite(checked), checked, -jnp.inf), bad)
+    return elbos, best, bam
 
 
-def bam_check_grad_evals(budget: "StartBudget | None" = None, batch_size: int = 16) -> int:
-    """Gradient evaluations of the BaM start's ELBO check (`_bam_refine`): two ELBOs of
-    `StartBudget.elbo_draws` draws, rounded up to whole batches of `batch_size`."""
-    draws = (START_BUDGET if budget is None else budget).elbo_draws
-    return 2 * batch_size * -(-draws // batch_size)
+def _elbo_draws(budget: "StartBudget", batch_size: int) -> int:
+    """The draws of each ELBO the start compares: `StartBudget.elbo_draws` rounded up to whole BaM batches."""
+    return batch_size * -(-budget.elbo_draws // batch_size)
+
+
+def start_elbo_grad_evals(bam_steps: int, budget: "StartBudget | None" = None, batch_size: int = 16) -> int:
+    """Gradient evaluations of the start's ELBOs (`_choose_and_refine`): three candidates of
+    `StartBudget.elbo_draws` draws, rounded up to whole batches of `batch_size`, and with BaM steps
+    its check, two more."""
+    return (3 + (2 if bam_steps else 0)) * _elbo_draws(START_BUDGET if budget is None else budget, batch_size)
 
 
 def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUDGET) -> int:
@@ -368,7 +381,7 @@ def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUD
 def start_num_draws(bam_steps: int, batch_size: int, budget: StartBudget = START_BUDGET) -> int:
     """The number of K-vectors of standard normals the start program uses (`_start_program`'s `noise`)."""
     return (budget.path_iters * budget.path_elbo_draws + bam_steps * batch_size + budget.elbo_draws
-            + bam_check_grad_evals(budget, batch_size) // 2 + budget.jitter_tries)
+            + _elbo_draws(budget, batch_size) + budget.jitter_tries)
 
 
 def start_draws(key: Array, num: int, dim: int, dtype: Any) -> np.ndarray:
@@ -434,14 +447,14 @@ def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scal
     HLO). None: drawn in the program from `key`."""
     k, dtype = loc.shape[0], loc.dtype
     path_draws, bam_draws = budget.path_iters * budget.path_elbo_draws, bam_steps * batch_size
-    check_draws = bam_check_grad_evals(budget, batch_size) // 2
-    rest = path_draws + bam_draws + budget.elbo_draws + check_draws
+    elbo_draws = _elbo_draws(budget, batch_size)
+    rest = path_draws + bam_draws + 2 * elbo_draws
     if noise is None:  # one generator in the program (each random-number call site costs 20-30 ms of compile)
         noise = jax.random.normal(key, (start_num_draws(bam_steps, batch_size, budget), k), dtype)
     path_noise = noise[:path_draws].reshape(budget.path_iters, budget.path_elbo_draws, k)
     bam_noise = noise[path_draws:path_draws + bam_draws].reshape(bam_steps, batch_size, k)
-    elbo_noise = noise[path_draws + bam_draws:path_draws + bam_draws + budget.elbo_draws]
-    check_noise = noise[path_draws + bam_draws + budget.elbo_draws:rest]  # BaM's check: whole batches
+    elbo_noise = noise[path_draws + bam_draws:path_draws + bam_draws + elbo_draws]
+    check_noise = noise[path_draws + bam_draws + elbo_draws:rest]
     radii = jnp.asarray(radius, dtype) * jnp.asarray(jitter_factors(budget), dtype)
     scaled = 16.0 * noise[rest:]
     jitter = radii[:, None] * (2.0 * (scaled - jnp.floor(scaled)) - 1.0)
@@ -449,20 +462,17 @@ def _start_program(model: Any, loc: Array, key: Array, diagonal: bool, init_scal
                                                      noise=path_noise, jitter=jitter)
     loc = began.point  # where the path ran from: loc, or the first finite jittered point
     eye = jnp.eye(k, dtype=dtype)
-    elbos = _elbos(model, elbo_noise, jnp.stack([found.mean, loc, loc]),
-                   jnp.stack([found.scale_tril, eye, init_scale * eye]))
     usable = (jnp.all(jnp.isfinite(found.mean)) & jnp.all(jnp.isfinite(found.scale_tril))
               & jnp.all(jnp.diagonal(found.scale_tril) > 0))
-    elbos = elbos.at[0].set(jnp.where(usable, elbos[0], -jnp.inf))
-    best = jnp.argmax(elbos)
+    elbos, best, bam = _choose_and_refine(model, jnp.stack([found.mean, loc, loc]),
+                                          jnp.stack([found.scale_tril, eye, init_scale * eye]),
+                                          jnp.stack([usable, jnp.asarray(True), jnp.asarray(True)]), elbo_noise,
+                                          bam_noise, check_noise, batch_size)
     mean = jnp.where(best == 0, found.mean, loc)
     factor = jnp.where(best == 0, found.scale_tril, jnp.where(best == 1, 1.0, init_scale) * eye)
-    nan = jnp.full((k,), jnp.nan, dtype)
-    bam = (nan, jnp.full((k, k), jnp.nan, dtype), jnp.full((2,), -jnp.inf, dtype), jnp.zeros((), jnp.int32))
-    if bam_steps:
-        bam = jax.lax.cond(jnp.isfinite(elbos[best]),
-                           lambda: _bam_refine(model, mean, factor, bam_noise, check_noise, batch_size),
-                           lambda: bam)
+    if not bam_steps:
+        bam = (jnp.full((k,), jnp.nan, dtype), jnp.full((k, k), jnp.nan, dtype), jnp.full((2,), -jnp.inf, dtype),
+               jnp.zeros((), jnp.int32))
     chosen = found._replace(mean=mean, scale_tril=factor, elbo=jnp.where(best == 0, found.elbo, elbos[best]))
     return _Found(chosen, elbos, best, mean, factor, log_p0, jnp.zeros_like(loc), *bam, began)
 
@@ -557,12 +567,13 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
         method = "pathfinder from a jittered point" if jittered else "pathfinder"
     said = f" ({jittered})" if jittered else ""
     begun = Start(_laplace.Whitened(model, out.mean, out.factor), out.whitened_loc, out.mean, method + said, None,
-                  candidates, scores, found)
+                  candidates, scores, found, compared=start_elbo_grad_evals(0, START_BUDGET, batch_size))
     if not bam_steps:
         return begun
     before, after = (float(v) for v in bam_elbos)
     info = BamStart(out.bam_mean, out.bam_factor, bam_steps,
-                    bam_steps * batch_size + bam_check_grad_evals(START_BUDGET, batch_size), int(bad))
+                    bam_steps * batch_size + start_elbo_grad_evals(bam_steps, START_BUDGET, batch_size)
+                    - start_elbo_grad_evals(0, START_BUDGET, batch_size), int(bad))  # its steps and its check
     if not after > before:  # also when BaM's Gaussian is not finite (its ELBO is -inf or NaN)
         return begun._replace(method=f"{method.split(' (')[0]}, not BaM (BaM's ELBO {after:.4g} <= {before:.4g})"
                                      f"{said}", bam=info._replace(mean=None))
