@@ -134,6 +134,48 @@ def test_ahead_runs_jobs_in_order_and_passes_an_interrupt_to_the_waiting_thread(
 
 
 
+def test_help_runs_the_jobs_after_a_busy_one_on_a_second_thread_and_the_first_skips_them():
+    import threading
+
+    gate, ran = threading.Event(), {}
+
+    def job(name, value):
+        def run(done):
+            ran[name] = threading.current_thread().name
+            done[name] = value(done)
+        return run
+
+    jobs = [("busy", lambda done: (gate.wait(10), done.update(busy=1))),
+            ("b", job("b", lambda done: 2)), ("c", job("c", lambda done: done["b"] + 1)),
+            ("d", job("d", lambda done: done["c"] + 1))]
+    runner = ahead.Ahead(jobs, name="first")
+    runner.release()
+    runner.help("busy")
+    assert runner.wait("c") == 3 and not gate.is_set()  # b and c ran while busy was still running
+    gate.set()
+    assert runner.wait("d") == 4 and runner.wait("b") == 2
+    assert ran == {"b": "first-2", "c": "first-2", "d": "first-2"}, ran
+    runner.close()
+    assert not runner._thread.is_alive() and not runner._helper.is_alive()
+    done_already = ahead.Ahead([("a", lambda done: done.update(a=1)), ("b", lambda done: None)])
+    assert done_already.wait("a") == 1
+    done_already.help("a")  # nothing is busy: no second thread
+    assert done_already._helper is None and done_already.wait("b") is None
+
+    # a job that fails on the second thread: it stops, its event and the later ones' are set (the fit's
+    # own calls compile what is left, and raise the error), and the first thread skips them
+    gate.clear()
+    failing = ahead.Ahead([("busy", lambda done: gate.wait(10)), ("b", lambda done: 1 / 0),
+                           ("c", lambda done: done.update(c=2))])
+    failing.release()
+    failing.help("busy")
+    failing._helper.join(10)
+    assert failing.wait("b") is None and failing.wait("c") is None and not gate.is_set()
+    gate.set()
+    failing.close()
+    assert "c" not in failing._done
+
+
 def test_background_compile_follows_the_callers_x64_mode(key):
     before = _sizes()
     with jax.enable_x64(True):  # a thread-local setting: the thread must compile in the caller's mode

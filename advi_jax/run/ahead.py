@@ -105,12 +105,15 @@ class Ahead:
         self._done: dict[str, Any] = {}
         self._events = {name: threading.Event() for name, _ in self._jobs}
         self._go = threading.Event()
+        self._claim_lock = threading.Lock()
+        self._claimed: dict[str, int] = {}  # the thread that began each job begun (`_claim`)
         self._cancelled = False
         self._interrupted = False
+        self._helper: threading.Thread | None = None
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
-    def _work(self) -> None:
+    def _work(self, jobs: list | None = None) -> None:
         self._go.wait()
         try:
             with contextlib.ExitStack() as stack:
@@ -118,22 +121,51 @@ class Ahead:
                     stack.enter_context(jax.enable_x64(self._x64))
                 if self._precision is not None:
                     stack.enter_context(jax.default_matmul_precision(self._precision))
-                self._run_jobs()
+                self._run_jobs(self._jobs if jobs is None else jobs)
         except KeyboardInterrupt:  # raised by the user's code while tracing: the waiting call raises it
             self._interrupted = True
         except Exception:  # noqa: BLE001 - the fit's own call raises it again, with its message
             pass
-        finally:
-            for event in self._events.values():
-                event.set()
+        finally:  # the jobs this thread began and those nobody began (abandoned): done
+            mine = threading.get_ident()
+            with self._claim_lock:
+                for name, _ in self._jobs if jobs is None else jobs:
+                    if self._claimed.setdefault(name, mine) == mine:
+                        self._events[name].set()
 
-    def _run_jobs(self) -> None:
-        for name, job in self._jobs:
+    def _claim(self, name: str) -> bool:
+        """Whether the calling thread may run job `name` (no thread has begun it); it is then begun."""
+        with self._claim_lock:
+            return self._claimed.setdefault(name, threading.get_ident()) == threading.get_ident()
+
+    def _run_jobs(self, jobs: list) -> None:
+        for name, job in jobs:
             if self._cancelled:
                 break
+            if not self._claim(name):  # the other thread took it (`help`): later jobs may read its result
+                self._events[name].wait()
+                continue
             job(self._done)
             self._done.setdefault(name, None)
             self._events[name].set()
+
+    def help(self, busy: str) -> None:
+        """While job `busy` runs, run the jobs after it on a second daemon thread, in order, each
+        unless a thread has begun it (the first thread then skips it; either may read the other's
+        results, waiting for them; none may read `busy`'s). Stops at the first job that raises (the
+        caller's own call of the program raises it again, with its message) or when cancelled.
+        Returns at once.
+
+        `aj.fit` calls it when its start is done and its loop's compile (`busy`, on the first thread)
+        is not: the programs after the loop (`single.finish`, the whitening's transform, the
+        diagnostics' draws) then compile on the core the start used, while the loop compiles and
+        then runs, instead of after the loop's compile (benchmarks/PERFORMANCE.md)."""
+        if busy not in self._events or self._cancelled or self._events[busy].is_set():
+            return
+        names = [name for name, _ in self._jobs]
+        later = self._jobs[names.index(busy) + 1:]
+        self._helper = threading.Thread(target=self._work, args=(later,), name=self._thread.name + "-2", daemon=True)
+        self._helper.start()
 
     def release(self) -> None:
         """Let the thread start (call it once the main thread's own tracing is done)."""
@@ -165,3 +197,5 @@ class Ahead:
         interpreter that exits while a daemon thread is inside XLA may crash on the way out)."""
         self.cancel()
         self._thread.join()
+        if self._helper is not None:
+            self._helper.join()
