@@ -30,7 +30,11 @@ chosen version; the fit's call finds that choice and that program): the start pr
 options, on one core, so the loop's compile has the second. Measured (benchmarks/PERFORMANCE.md,
 two cores): eight schools' first call 1.37-1.40 s against 1.98-2.06 s compiled on one thread;
 with a "mid" loop (breast cancer, wells, radon) 0.5-1.0 s shorter.
-`disabled()` turns the thread off (benchmarks and tests compare the two).
+Once the start is done the main thread has nothing to do until the loop is compiled, and the jobs
+after the loop (its finish, the whitening's transform, the diagnostics' draws) do not need the loop's
+program: `help` runs them on a second thread meanwhile, on the core the start used, so they compile
+while the loop compiles and runs instead of after its compile.
+`disabled()` turns the threads off (benchmarks and tests compare the two).
 
 Example:
   >>> from advi_jax.run.ahead import Ahead
