@@ -110,6 +110,10 @@ BAD_INPUTS = [
     (["fit", "--data", "{f}", "--formula", "y ~ a + nope"], "a,y\n1,0\n2,1\n3,0\n", "nope"),
     (["fit", "--data", "{f}", "--formula", "y ~ a"], "a,y\n1,0\nNA,1\n3,0\n", "--dropna"),
     (["fit", "--data", "{f}", "--formula", "y ~ a"], "a;y\n1;0\n2;1\n3;0\n", "--delimiter ';'"),
+    # the two exact GLM methods each fit one kind of model: glm_grouped the --group one, glm_exact the other
+    (["fit", "--data", "{f}", "--target", "y", "--method", "glm_grouped"], "a,y\n1,0\n2,1\n3,0\n4,1\n", "--group"),
+    (["fit", "--data", "{f}", "--target", "y", "--group", "g", "--method", "glm_exact"],
+     "a,g,y\n1,u,0\n2,v,1\n3,u,0\n4,v,1\n", "glm_grouped"),
 ]
 
 

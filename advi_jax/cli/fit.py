@@ -448,6 +448,12 @@ def run(args) -> int:
     import advi_jax as aj
     from advi_jax.data import MissingValuesWarning
 
+    if args.method == "glm_grouped" and not getattr(args, "group", None):
+        raise UsageError("--method glm_grouped fits the varying-intercept model of --group COLUMN; give --group, "
+                         "or another --method (auto: glm_exact)")
+    if args.method == "glm_exact" and getattr(args, "group", None):
+        raise UsageError("--method glm_exact does not fit the varying-intercept model of --group; use --method "
+                         "auto (glm_grouped) or another method")
     if getattr(args, "group", None):
         from advi_jax.cli.fit_grouped import run_grouped
 
