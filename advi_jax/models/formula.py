@@ -202,7 +202,7 @@ def from_formula(kind: str, data, formula: str, *, exposure=None, offset=None, d
         n = len(frame)
         if not dropna:
             raise ValueError(f"missing values in {bad_rows.size} of {n} rows: {text} (rows numbered from 0); "
-                             "drop those rows with dropna=True (advi-jax fit --dropna) or impute them")
+                             "drop those rows with dropna=True (--dropna on the command line) or impute them")
         frame = frame.drop(index=frame.index[bad_rows])
         warnings.warn(f"dropped {bad_rows.size} of {n} rows with missing values ({text}); {len(frame)} rows remain",
                       MissingValuesWarning, stacklevel=user_stacklevel())
