@@ -284,7 +284,7 @@ def load_csv(path, target: str, *, features=None, kind: str | None = None, delim
     path = _check_file(path)
     delimiter = parse_delimiter(delimiter)
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: no byte order mark in the header
             rows = list(csv.reader(handle, delimiter=delimiter))
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not a text CSV file ({err.reason} at byte {err.start})") from None

@@ -344,3 +344,14 @@ def test_meanfield_dadvi_run_reports_its_linear_response_gaussian(tmp_path, monk
     # a full-rank fit is shown as itself
     full = aj.fit(model, key=jax.random.key(0), family="fullrank", progress=False, diagnostics=False)
     assert _shown(full, jax.random.key(1), 100) == (full, "")
+
+
+def test_group_column_first_in_a_csv_with_a_byte_order_mark(tmp_path, monkeypatch, capsys):
+    """`--group` reads the header itself: a byte order mark (Excel's "CSV UTF-8") must not hide the first column."""
+    rng = np.random.default_rng(2)
+    rows = [f"{'north' if i % 2 else 'south'},{v:.4f},{int(v + rng.normal() > 0)}" for i, v in enumerate(rng.normal(size=60))]
+    (tmp_path / "excel.csv").write_bytes(("ward,x,y\r\n" + "\r\n".join(rows) + "\r\n").encode("utf-8-sig"))
+    proc = _run_here(["fit", "--data", "excel.csv", "--target", "y", "--group", "ward", "--draws", "200", "--out", "res",
+                      "--quiet", "--no-plots"], cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert "u[north]" in proc.stdout and "beta[x]" in proc.stdout
