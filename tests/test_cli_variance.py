@@ -118,3 +118,6 @@ def test_cli_csv_with_a_text_column_and_a_missing_value(tmp_path, capsys):
     assert rc == 0
     record = json.loads((out / "variance.json").read_text())
     assert record["dim"] == 3  # intercept, x0, x1: the text column left out
+    rc = _run(["variance", "--model", "poisson", "--data", str(path), "--target", "y", "--features", "x0,x1",
+               "--exposure", "x0", "--dropna", "--out", str(tmp_path / "o2")])
+    _one_line_error(capsys, rc, "--exposure column 'x0' is also listed in --features")  # as advi-jax fit says

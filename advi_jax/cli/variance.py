@@ -111,7 +111,9 @@ def _load_data(args) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
     features = None
     if args.features is not None:
         features = [f.strip() for f in args.features.split(",") if f.strip()]
-        if args.exposure is not None and args.exposure not in features:
+        if args.exposure is not None:
+            if args.exposure in features:
+                raise UsageError(f"--exposure column {args.exposure!r} is also listed in --features")
             features.append(args.exposure)  # loaded with the features, then taken out as the offset
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingValuesWarning)
