@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from advi_jax.cli import UsageError, positive_int
+from advi_jax.cli import UsageError, positive_int, seed_int
 
 MODELS = ("logistic", "poisson", "gaussian")
 
@@ -79,7 +79,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=positive_int, default=1000, help="ADVI steps of the fit (default 1000)")
     parser.add_argument("--track-draws", type=positive_int, default=100,
                         help="gradient draws per estimator at each record along the fit (>= 2, default 100)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", default="advi_jax_out/variance", metavar="DIR",
                         help="output folder (default advi_jax_out/variance)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
