@@ -172,7 +172,7 @@ def _finalise(columns: dict[str, np.ndarray], target: str, features, kind, sourc
         if not dropna:
             raise ValueError(f"{source}: missing values (NaN or empty cells) in {bad_rows.size} of {n} rows: {text} "
                              "(rows numbered from 0 after the header); drop those rows with dropna=True "
-                             "(advi-jax fit --dropna) or impute them")
+                             "(--dropna on the command line) or impute them")
         keep = np.setdiff1d(np.arange(n), bad_rows)
         columns = {c: np.asarray(columns[c])[keep] for c in used}
         warnings.warn(f"{source}: dropped {bad_rows.size} of {n} rows with missing values ({text}); "
@@ -284,7 +284,7 @@ def load_csv(path, target: str, *, features=None, kind: str | None = None, delim
     path = _check_file(path)
     delimiter = parse_delimiter(delimiter)
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: no byte order mark in the header
             rows = list(csv.reader(handle, delimiter=delimiter))
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not a text CSV file ({err.reason} at byte {err.start})") from None
@@ -338,7 +338,7 @@ def load_csv(path, target: str, *, features=None, kind: str | None = None, delim
         details = "; ".join(f"{k!r} first at {v}" for k, v in non_numeric.items())
         raise ValueError(f"{path}: non-numeric columns {list(non_numeric)} ({details}); encode them as numbers "
                          "(e.g. one-hot, or a formula with C(column)) or leave them out with features= "
-                         "(advi-jax fit --features)")
+                         "(--features on the command line)")
     return _finalise(columns, target, features, kind, str(path), dropna=dropna)
 
 

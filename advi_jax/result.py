@@ -61,6 +61,8 @@ def _quantile_table(draws: Mapping[str, np.ndarray], labels: Mapping[str, Any] |
     labels = labels or {}
     for name, value in draws.items():
         value = np.asarray(value)
+        if value.dtype == np.bool_:  # a deterministic site such as `a > 0`: its mean is the share of True
+            value = value.astype(np.float64)
         flat = value.reshape(value.shape[0], -1)
         shape = value.shape[1:]
         names = labels.get(name)

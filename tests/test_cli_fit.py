@@ -101,6 +101,7 @@ BAD_INPUTS = [
     (["fit", "--data", "{f}", "--target", "y"], "a,y\n1,0\n", "row"),
     (["fit", "--data", "{f}"], "a,y\n1,0\n2,1\n", "--target"),
     (["fit", "--steps", "0"], None, "--steps"),
+    (["fit", "--seed", "99999999999999999999"], None, "--seed"),  # past jax.random.key's int64 (was an OverflowError)
     (["fit", "--family", "gaussian"], None, "--family"),
     (["fit", "--draws", "1"], None, "at least 2 draws"),
     (["fit", "--data", "{f}", "--target", "y"], "a;b;y\n1;2;0\n2;3;1\n3;1;0\n", "--delimiter ';'"),
@@ -110,6 +111,10 @@ BAD_INPUTS = [
     (["fit", "--data", "{f}", "--formula", "y ~ a + nope"], "a,y\n1,0\n2,1\n3,0\n", "nope"),
     (["fit", "--data", "{f}", "--formula", "y ~ a"], "a,y\n1,0\nNA,1\n3,0\n", "--dropna"),
     (["fit", "--data", "{f}", "--formula", "y ~ a"], "a;y\n1;0\n2;1\n3;0\n", "--delimiter ';'"),
+    # the two exact GLM methods each fit one kind of model: glm_grouped the --group one, glm_exact the other
+    (["fit", "--data", "{f}", "--target", "y", "--method", "glm_grouped"], "a,y\n1,0\n2,1\n3,0\n4,1\n", "--group"),
+    (["fit", "--data", "{f}", "--target", "y", "--group", "g", "--method", "glm_exact"],
+     "a,g,y\n1,u,0\n2,v,1\n3,u,0\n4,v,1\n", "glm_grouped"),
 ]
 
 
@@ -340,3 +345,15 @@ def test_meanfield_dadvi_run_reports_its_linear_response_gaussian(tmp_path, monk
     # a full-rank fit is shown as itself
     full = aj.fit(model, key=jax.random.key(0), family="fullrank", progress=False, diagnostics=False)
     assert _shown(full, jax.random.key(1), 100) == (full, "")
+
+
+def test_group_column_first_in_a_csv_with_a_byte_order_mark(tmp_path, monkeypatch, capsys):
+    """`--group` reads the header itself: a byte order mark (Excel's "CSV UTF-8") must not hide the first column."""
+    rng = np.random.default_rng(2)
+    rows = [f"{'north' if i % 2 else 'south'},{v:.4f},{int(v + rng.normal() > 0)}"
+            for i, v in enumerate(rng.normal(size=60))]
+    (tmp_path / "excel.csv").write_bytes(("ward,x,y\r\n" + "\r\n".join(rows) + "\r\n").encode("utf-8-sig"))
+    proc = _run_here(["fit", "--data", "excel.csv", "--target", "y", "--group", "ward", "--draws", "200",
+                      "--out", "res", "--quiet", "--no-plots"], cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert "u[north]" in proc.stdout and "beta[x]" in proc.stdout

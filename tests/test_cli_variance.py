@@ -97,3 +97,27 @@ def test_cli_out_folder_checked_before_computation(tmp_path, capsys, monkeypatch
     blocker.write_text("not a folder")
     rc = main(["variance", "--out", str(blocker / "sub")])
     _one_line_error(capsys, rc, "--out folder", "cannot be created")
+
+
+def test_cli_csv_with_a_text_column_and_a_missing_value(tmp_path, capsys):
+    """A CSV with a text column and an empty cell: the errors name --features and --dropna, and this
+    command takes both (its CSV error messages send the user to them)."""
+    rng = np.random.default_rng(1)
+    rows = [[f"{a:.4f}", f"{b:.4f}", "north" if i % 2 else "south", int(a + rng.normal() > 0)]
+            for i, (a, b) in enumerate(rng.normal(size=(80, 2)))]
+    rows[3][1] = ""  # a missing value in x1
+    path = tmp_path / "d.csv"
+    path.write_text("x0,x1,ward,y\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    rc = _run(["variance", "--data", str(path), "--target", "y", "--out", str(tmp_path / "o")])
+    _one_line_error(capsys, rc, "'ward'", "--features")
+    rc = _run(["variance", "--data", str(path), "--target", "y", "--features", "x0,x1", "--out", str(tmp_path / "o")])
+    _one_line_error(capsys, rc, "'x1'", "--dropna")
+    out = tmp_path / "o"
+    rc = _run(["variance", "--data", str(path), "--target", "y", "--features", "x0,x1", "--dropna",
+               "--estimators", "reparam", "--out", str(out), *SMALL])
+    assert rc == 0
+    record = json.loads((out / "variance.json").read_text())
+    assert record["dim"] == 3  # intercept, x0, x1: the text column left out
+    rc = _run(["variance", "--model", "poisson", "--data", str(path), "--target", "y", "--features", "x0,x1",
+               "--exposure", "x0", "--dropna", "--out", str(tmp_path / "o2")])
+    _one_line_error(capsys, rc, "--exposure column 'x0' is also listed in --features")  # as advi-jax fit says

@@ -287,3 +287,14 @@ def test_shared_data_is_found_beside_a_worktrees_main_checkout(tmp_path):
     assert data_files._checkout_root(worktree / "advi_jax") == main
     assert data_files._checkout_root(main / "advi_jax") == main  # a plain clone: its own root
     assert data_files._checkout_root(tmp_path / "site" / "advi_jax") == tmp_path / "site"  # installed, no .git
+
+
+def test_load_csv_reads_a_utf8_byte_order_mark(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a byte order mark: the first column is still named 'a'."""
+    p = tmp_path / "excel.csv"
+    p.write_bytes("a,b,y\r\n1,2,0\r\n2,3,1\r\n3,1,0\r\n".encode("utf-8-sig"))
+    x, y, names = data.load_csv(p, target="y", features=["a"])
+    assert names == ("a",)
+    np.testing.assert_array_equal(x[:, 0], [1, 2, 3])
+    _, _, names = data.load_csv(p, target="y")
+    assert names == ("a", "b")

@@ -91,3 +91,17 @@ def test_bad_formulas(frame, formula, match):
         aj.models.from_formula("gaussian", frame, "y ~ x1")
     with pytest.raises(ValueError, match="intercept"):
         aj.models.from_formula("logistic", frame, "y ~ x1", intercept=False)
+
+
+def test_new_rows_with_an_unseen_level_or_a_missing_column_are_refused(frame):
+    """formulaic encodes a level the training data never had as all-zero dummies, i.e. as the reference
+    level ('a'): predictions for such rows would silently be those of another group."""
+    model = aj.models.logistic_regression.from_formula(frame, "y ~ x1 + C(x2) + x1:x3")
+    draws = {"intercept": np.zeros(2), "beta": np.ones((2, 4))}
+    unseen = pd.DataFrame({"x1": [1.0, 0.0], "x3": [2.0, 1.0], "x2": ["c", "zzz"]})
+    with pytest.raises(ValueError, match=r"x2.*zzz|zzz.*x2"):
+        model.design_matrix(unseen)
+    with pytest.raises(ValueError, match="zzz"):
+        aj.models.predict(model, draws, unseen)
+    with pytest.raises(ValueError, match="x3"):
+        model.design_matrix(pd.DataFrame({"x1": [1.0], "x2": ["a"]}))

@@ -124,3 +124,21 @@ def test_summary_names_features_and_shows_deterministic_sites(key):
     np.testing.assert_allclose(rows["twice_mu"]["mean"], 2 * rows["mu"]["mean"], rtol=1e-5)
     # posterior of mu: N(sum(y) / (n + 1/100), 1 / (n + 1/100)); the summary's sd is q's
     np.testing.assert_allclose(rows["mu"]["mean"], 8.0 / 4.01, atol=0.1)
+
+
+def test_summary_shows_boolean_and_integer_deterministic_sites(key):
+    """A numpyro.deterministic of a comparison (bool) or an argmax (int): the summary reads it as a number
+    (a bool's mean is the share of True), not np.quantile's 'numpy boolean subtract' TypeError."""
+    numpyro = pytest.importorskip("numpyro")
+    dist = numpyro.distributions
+
+    def model():
+        a = numpyro.sample("a", dist.Normal(jnp.array([1.0, -1.0]), 1.0))
+        numpyro.deterministic("first_positive", a[0] > 0)
+        numpyro.deterministic("largest", jnp.argmax(a))
+
+    result = aj.fit(aj.from_numpyro(model), key=key, method="laplace", progress=False, warn=False)
+    rows = {row["parameter"]: row for row in result.summary_rows(jax.random.key(3), 4000)}
+    assert abs(rows["first_positive"]["mean"] - 0.841) < 0.03  # P(N(1, 1) > 0)
+    assert rows["first_positive"]["5%"] == 0.0 and rows["first_positive"]["95%"] == 1.0
+    assert 0.0 <= rows["largest"]["mean"] <= 1.0 and "first_positive" in result.summary()

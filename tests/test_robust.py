@@ -281,3 +281,13 @@ def test_auto_init_falls_back_on_a_funnel_with_no_mode():
         result = aj.fit(model, key=jax.random.key(0), family="meanfield", num_steps=2000, progress=False)
     assert result.init_method.startswith("zero (no Laplace start")
     assert float(result.mean()["tau"]) > 0.1 and result.khat > 0.7
+
+
+def test_step_size_search_from_a_start_already_at_the_optimum_fits():
+    """With the default start (Laplace / Pathfinder-whitened), a Gaussian posterior's q starts at the family's
+    optimum: no step size can raise the ELBO in the search, and the search must not call that a failure."""
+    result = _fit(_normal_model(), learning_rate="adapt", adapt_iter=100, num_steps=500)
+    info = result.adaptation
+    assert result.learning_rate == info["learning_rate"] == info["learning_rates"][int(np.argmax(info["elbo"]))]
+    np.testing.assert_allclose(result.family.mean(result.params), [1.5, 1.5], atol=0.05)
+    np.testing.assert_allclose(np.sqrt(result.family.variance(result.params)), [0.5, 0.5], rtol=0.1)

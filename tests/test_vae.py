@@ -489,3 +489,19 @@ def test_encoder_gradient_variance_on_a_trained_vae():
     assert np.mean(np.abs(diff) < 4.5 * se + 1e-7) > 0.99
     assert stats["score"].variance_trace > 10 * stats["reparam"].variance_trace
     assert all(np.isfinite(s.variance_trace) for s in stats.values())
+
+
+def test_latent_space_figure_without_labels_warns_nothing(tmp_path):
+    """binarized_mnist has no labels: the latent-space scatter is one colour, with no colormap to ignore
+    (matplotlib warned "No data for colormapping provided via 'c'" on every such run)."""
+    import warnings
+
+    from advi_jax.vae import plots
+
+    graphdef, params = nnx.split(build_vae(VAEConfig(latent=2, data_dim=20, hidden=(8,)), jax.random.key(0)), nnx.Param)
+    x = np.asarray(_binary_data(jax.random.key(1), n=30, d=20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_latent_space(graphdef, params, x, None, tmp_path / "latent.png")
+        plots.plot_latent_space(graphdef, params, x, np.arange(30) % 10, tmp_path / "latent_labels.png")
+    assert (tmp_path / "latent.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

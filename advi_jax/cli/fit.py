@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from advi_jax.cli import UsageError, fast_compile_for_small_data, positive_float, positive_int
+from advi_jax.cli import UsageError, fast_compile_for_small_data, positive_float, positive_int, seed_int
 
 EXAMPLES = """examples:
   advi-jax fit                                           # logistic regression, bundled breast-cancer data
@@ -115,7 +115,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="sd of the coefficients' Normal prior, on the standardised scale (default 2.5)")
     p.add_argument("--init", choices=("auto", "zero", "laplace", "random"), default="auto",
                    help="starting point: auto (Laplace start for K <= 1000), zero, laplace, random")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     p.add_argument("--draws", type=at_least_two, default=4096, help="posterior draws saved and summarised "
                    "(at least 2; default 4096: on small data the diagnostics' own draws, reused)")
     p.add_argument("--float64", action="store_true", help="compute in float64 (poisson / negbin fits switch to it "
@@ -448,6 +448,12 @@ def run(args) -> int:
     import advi_jax as aj
     from advi_jax.data import MissingValuesWarning
 
+    if args.method == "glm_grouped" and not getattr(args, "group", None):
+        raise UsageError("--method glm_grouped fits the varying-intercept model of --group COLUMN; give --group, "
+                         "or another --method (auto: glm_exact)")
+    if args.method == "glm_exact" and getattr(args, "group", None):
+        raise UsageError("--method glm_exact does not fit the varying-intercept model of --group; use --method "
+                         "auto (glm_grouped) or another method")
     if getattr(args, "group", None):
         from advi_jax.cli.fit_grouped import run_grouped
 

@@ -34,7 +34,7 @@ def _header_and_column(args, path: Path, column: str) -> tuple[list[str], list]:
             raise UsageError(f"--group column {column!r} must be 1-D, got shape {values.shape}")
         return names, list(values.tolist())
     delimiter = data_module.parse_delimiter(args.delimiter)
-    with open(data_module._check_file(path), newline="") as handle:
+    with open(data_module._check_file(path), newline="", encoding="utf-8-sig") as handle:  # as load_csv reads it
         rows = [r for r in csv.reader(handle, delimiter=delimiter) if any(cell.strip() for cell in r)]
     if not rows:
         raise UsageError(f"{path}: empty file")

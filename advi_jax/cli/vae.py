@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from advi_jax.cli import positive_float, positive_int
+from advi_jax.cli import positive_float, positive_int, seed_int
 
 EXAMPLES = """examples:
   advi-jax vae --epochs 5 --latent 2
@@ -95,7 +95,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--estimator", choices=ESTIMATORS, default="reparam", help="encoder gradient estimator")
     p.add_argument("--kl", choices=("analytic", "mc"), default=None,
                    help="ELBO's KL term (default: analytic for reparam, mc otherwise)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed")
     p.add_argument("--out", default="advi_jax_out/vae", help="output folder (checked before training)")
     p.add_argument("--dataset", choices=MNIST_NAMES, default="mnist",
                    help="mnist / fashion_mnist: dynamic binarisation each epoch; binarized_mnist: the fixed one")

@@ -22,12 +22,14 @@ import csv
 import json
 import os
 import platform
+import sys
 import tempfile
+import warnings
 from typing import Any
 
 import numpy as np
 
-from advi_jax.cli import UsageError, positive_int
+from advi_jax.cli import UsageError, positive_int, seed_int
 
 MODELS = ("logistic", "poisson", "gaussian")
 
@@ -57,6 +59,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="CSV or .npz file of features and target (default: bundled breast_cancer for logistic, "
                              "randhie for poisson)")
     parser.add_argument("--target", default=None, metavar="COLUMN", help="the target column of --data")
+    parser.add_argument("--features", default=None, metavar="A,B,...",
+                        help="feature columns of --data (default: all other columns); columns left out may hold text")
+    parser.add_argument("--dropna", action="store_true",
+                        help="drop rows with missing values in the used columns (default: stop with an error "
+                             "naming the rows and columns)")
     parser.add_argument("--exposure", default=None, metavar="COLUMN",
                         help="poisson only: exposure column of --data (enters as offset log exposure, "
                              "not as a feature)")
@@ -72,7 +79,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=positive_int, default=1000, help="ADVI steps of the fit (default 1000)")
     parser.add_argument("--track-draws", type=positive_int, default=100,
                         help="gradient draws per estimator at each record along the fit (>= 2, default 100)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", default="advi_jax_out/variance", metavar="DIR",
                         help="output folder (default advi_jax_out/variance)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -85,11 +92,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _load_data(args) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    from advi_jax.data import load_csv, load_dataset, load_npz
+    from advi_jax.data import MissingValuesWarning, load_csv, load_dataset, load_npz
 
     if args.data is None:
-        if args.target is not None or args.exposure is not None:
-            raise UsageError("--target and --exposure need --data FILE")
+        if args.target is not None or args.exposure is not None or args.features is not None or args.dropna:
+            raise UsageError("--target, --features, --dropna and --exposure need --data FILE")
         name = "breast_cancer" if args.model == "logistic" else "randhie"
         x, y, _ = load_dataset(name)
         return np.asarray(x, np.float64), np.asarray(y, np.float64), None, name
@@ -101,7 +108,19 @@ def _load_data(args) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
     if suffix not in (".csv", ".txt", ".npz"):
         raise UsageError(f"--data must be a .csv or .npz file, got {args.data!r}")
     loader = load_npz if suffix == ".npz" else load_csv
-    x, y, names = loader(args.data, args.target, kind=args.model)
+    features = None
+    if args.features is not None:
+        features = [f.strip() for f in args.features.split(",") if f.strip()]
+        if args.exposure is not None:
+            if args.exposure in features:
+                raise UsageError(f"--exposure column {args.exposure!r} is also listed in --features")
+            features.append(args.exposure)  # loaded with the features, then taken out as the offset
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MissingValuesWarning)
+        x, y, names = loader(args.data, args.target, features=features, kind=args.model, dropna=args.dropna)
+    for w in caught:
+        if issubclass(w.category, MissingValuesWarning) and not args.quiet:
+            print(f"advi-jax variance: {w.message}", file=sys.stderr)
     exposure = None
     if args.exposure is not None:
         if args.exposure not in names:

@@ -325,6 +325,20 @@ class _Arguments:
         leaves = [next(it) if d else s for s, d in zip(self.static, self.is_data)]
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
+    # Equal skeletons (the same static values; the data may differ) compare equal, so that the models of
+    # one function on several datasets are one pytree structure: `stack_models` / `fit_many` take them.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Arguments):
+            return NotImplemented
+        try:
+            return (self.treedef == other.treedef and self.is_data == other.is_data
+                    and bool(self.static == other.static))
+        except Exception:  # noqa: BLE001 - a static value that does not compare to a bool: equal only if the same
+            return self is other
+
+    def __hash__(self) -> int:
+        return hash((self.treedef, self.is_data))
+
 
 # ---------------------------------------------------------------------------------------------
 # The model
@@ -520,19 +534,37 @@ def _make_log_joint(model_fn: Callable, arguments: _Arguments, unmasked: frozens
     (`_numpyro_masks`: sites where it is all true at every point a fit evaluates), plus a standard
     normal density on the entries of each `obs_mask` site in `imputed` that NumPyro leaves flat
     (`_ghost_log_density`)."""
-    _, _, log_density = _import_numpyro()
-    run = without_masks(model_fn, unmasked)
+    return _LogJoint(model_fn, arguments, frozenset(unmasked), tuple(imputed))
 
-    def log_joint(params: Mapping[str, Array], data: list) -> Array:
-        args, kwargs = arguments.rebuild(data)
+
+class _LogJoint:
+    """`log_joint(params, data)` of a NumPyro model (`_make_log_joint`). Two of them compare equal when
+    they come from the same function, static arguments and sites, so the models that `from_numpyro`
+    builds from one function on different data stack (`aj.stack_models`, `aj.fit_many`) and share
+    compiled programs, as the ready GLMs' cached log joints do."""
+
+    def __init__(self, model_fn: Callable, arguments: _Arguments, unmasked: frozenset, imputed: tuple):
+        self.model_fn, self.arguments, self.unmasked, self.imputed = model_fn, arguments, unmasked, imputed
+        self._run = without_masks(model_fn, unmasked)
+        self.__doc__ = f"NumPyro log density of {getattr(model_fn, '__name__', 'model')} at constrained params."
+
+    def _key(self) -> tuple:
+        return (self.model_fn, self.arguments, self.unmasked, self.imputed)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _LogJoint) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __call__(self, params: Mapping[str, Array], data: list) -> Array:
+        _, _, log_density = _import_numpyro()
+        args, kwargs = self.arguments.rebuild(data)
         with jax.numpy_rank_promotion("allow"):  # NumPyro relies on NumPy-style rank promotion
-            value, trace = log_density(run, args, kwargs, dict(params))
-        for name in imputed:
+            value, trace = log_density(self._run, args, kwargs, dict(params))
+        for name in self.imputed:
             value = value + _ghost_log_density(trace[name + "_unobserved"])
         return jnp.asarray(value)
-
-    log_joint.__doc__ = f"NumPyro log density of {getattr(model_fn, '__name__', 'model')} at constrained params."
-    return log_joint
 
 
 def _feasible_value(site: dict):

@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -127,8 +128,23 @@ class FormulaRegressionModel(RegressionModel):
         intercept column is left out (the model has its own `intercept` parameter).
         """
         pd = require("pandas", purpose="design_matrix")
+        errors = require("formulaic.errors", purpose="design_matrix")
         frame = data if _is_frame(data) else pd.DataFrame(dict(data))
-        matrix = self._formula.spec.get_model_matrix(frame, na_action="raise")
+        spec = self._formula.spec
+        with warnings.catch_warnings():  # formulaic encodes an unseen level as the reference level, with a warning
+            warnings.simplefilter("error", errors.DataMismatchWarning)
+            try:
+                matrix = spec.get_model_matrix(frame, na_action="raise")
+            except errors.DataMismatchWarning as err:
+                levels = "; ".join(f"{name}: {state.get('categories')}" for name, (_, state)
+                                   in getattr(spec, "encoder_state", {}).items() if "categories" in state)
+                unseen = re.search(r"\{.*\}", str(err))  # formulaic's message: "...: {'zzz'}. They are ..."
+                raise ValueError(f"new data for the formula {self.formula!r} has categories the training data did "
+                                 f"not have ({unseen.group(0) if unseen else err}); the training levels are "
+                                 f"{levels or 'unknown'}. Rows with an unseen level cannot be predicted (formulaic "
+                                 "would encode them as the reference level): drop or recode them") from None
+            except errors.FactorEvaluationError as err:
+                raise ValueError(f"new data for the formula {self.formula!r}: {err}") from None
         names = [str(c) for c in matrix.columns]
         keep = [j for j, c in enumerate(names) if c != "Intercept"]
         return np.asarray(matrix, dtype=np.float64)[:, keep]
@@ -202,7 +218,7 @@ def from_formula(kind: str, data, formula: str, *, exposure=None, offset=None, d
         n = len(frame)
         if not dropna:
             raise ValueError(f"missing values in {bad_rows.size} of {n} rows: {text} (rows numbered from 0); "
-                             "drop those rows with dropna=True (advi-jax fit --dropna) or impute them")
+                             "drop those rows with dropna=True (--dropna on the command line) or impute them")
         frame = frame.drop(index=frame.index[bad_rows])
         warnings.warn(f"dropped {bad_rows.size} of {n} rows with missing values ({text}); {len(frame)} rows remain",
                       MissingValuesWarning, stacklevel=user_stacklevel())

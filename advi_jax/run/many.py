@@ -69,7 +69,8 @@ def stack_models(models: Sequence[Model]) -> Model:
     """Stack B models that differ only in their data into one Model with batched data.
 
     Args:
-      models: B >= 1 `Model`s with the same `log_joint` (the same function object), the same
+      models: B >= 1 `Model`s with the same `log_joint` (the same function object, or log joints that
+        compare equal, as `from_numpyro`'s of one model function and static arguments do), the same
         supports (names, kinds and shapes; the first model's support objects are kept), and data pytrees of identical structure, shapes and dtypes.
 
     Returns:
@@ -97,7 +98,7 @@ def stack_models(models: Sequence[Model]) -> Model:
             raise TypeError(f"models[{i}] must be an aj.Model, got {type(m).__name__}")
         if m.data is None:
             raise ValueError(f"models[{i}] has no data; stack_models stacks the data of models built with data=")
-        if m.log_joint is not first.log_joint or _support_key(m) != _support_key(first):
+        if m.log_joint != first.log_joint or _support_key(m) != _support_key(first):  # a function: `is not`
             raise ValueError(f"models[{i}] has a different log_joint or support than models[0]; only the data "
                              "may differ (build every model from the same function and support dict)")
         if jax.tree_util.tree_structure(m.data) != jax.tree_util.tree_structure(first.data):

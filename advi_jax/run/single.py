@@ -276,7 +276,9 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         Adam, constant then cosine-decayed over the second half of the run.
       estimator: ADVI's gradient estimator name (see `advi_jax.estimators.REGISTRY`) or function.
       learning_rate: Adam's step size when `optimizer` is None (default 0.01), or "adapt" for a
-        Stan-style step-size search over `adapt_learning_rates` (`vi.advi.adapt_learning_rate`).
+        Stan-style step-size search over `adapt_learning_rates` (`vi.advi.adapt_learning_rate`); it fails
+        when no candidate raises the ELBO, unless q starts at a fitted Gaussian (Laplace, Pathfinder,
+        BaM), which may be the family's optimum already: then the best candidate is taken.
       init: "auto" (the default): "bam" for the full-rank ADVI of `method="auto"`; otherwise
         "laplace" when K <= 1000, the method has WHITEN and the family is affine-closed, falling
         back to zero when the Laplace approximation does not exist (`result.init_method` says
@@ -704,7 +706,12 @@ def _choose_learning_rate(begun, family, opts, key, learning_rates, adapt_iter, 
     usable = np.isfinite(elbos)
     info = {"learning_rates": tuple(float(r) for r in learning_rates), "elbo": elbos.tolist(),
             "skipped_steps": skipped.tolist(), "initial_elbo": initial}
-    if not usable.any() or not (np.max(np.where(usable, elbos, -np.inf)) > initial):
+    improved = np.max(np.where(usable, elbos, -np.inf)) > initial
+    if not improved and usable.any() and begun.whitening is not None:
+        # q starts at a fitted Gaussian (Laplace / Pathfinder / BaM): for a (near-)Gaussian posterior that is the
+        # family's optimum already, which no step size can improve; take the candidate that keeps it best
+        info["note"] = "no candidate improved on the fitted-Gaussian start (already near the family's optimum)"
+    elif not usable.any() or not improved:
         raise ValueError(f"learning_rate='adapt': every candidate step size {info['learning_rates']} diverged or "
                          f"failed to improve the initial ELBO {initial:.4g} within adapt_iter={adapt_iter} steps "
                          f"(ELBOs reached: {elbos.tolist()}); check the model, or pass a smaller learning_rate")

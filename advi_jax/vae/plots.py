@@ -113,8 +113,8 @@ def plot_latent_space(graphdef: nnx.GraphDef, params: PyTree, x: np.ndarray, lab
     locs = np.concatenate([np.asarray(encode(jnp.asarray(x[i:i + batch_size], jnp.float32)))
                            for i in range(0, len(x), batch_size)])
     fig, ax = plt.subplots(figsize=(6, 5))
-    points = ax.scatter(locs[:, 0], locs[:, 1], c=labels if labels is not None else "k", cmap="tab10",
-                        s=3, alpha=0.7)
+    colours = {"c": "k"} if labels is None else {"c": labels, "cmap": "tab10"}  # no colormap without labels
+    points = ax.scatter(locs[:, 0], locs[:, 1], s=3, alpha=0.7, **colours)
     if labels is not None:
         fig.colorbar(points, ax=ax, label=label_name)
     ax.set_xlabel("z1")
