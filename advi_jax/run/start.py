@@ -380,8 +380,8 @@ def start_evals(bam_steps: int, batch_size: int, budget: StartBudget = START_BUD
 
 def start_num_draws(bam_steps: int, batch_size: int, budget: StartBudget = START_BUDGET) -> int:
     """The number of K-vectors of standard normals the start program uses (`_start_program`'s `noise`)."""
-    return (budget.path_iters * budget.path_elbo_draws + bam_steps * batch_size + budget.elbo_draws
-            + _elbo_draws(budget, batch_size) + budget.jitter_tries)
+    return (budget.path_iters * budget.path_elbo_draws + bam_steps * batch_size + 2 * _elbo_draws(budget, batch_size)
+            + budget.jitter_tries)
 
 
 def start_draws(key: Array, num: int, dim: int, dtype: Any) -> np.ndarray:
