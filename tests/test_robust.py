@@ -291,3 +291,15 @@ def test_step_size_search_from_a_start_already_at_the_optimum_fits():
     assert result.learning_rate == info["learning_rate"] == info["learning_rates"][int(np.argmax(info["elbo"]))]
     np.testing.assert_allclose(result.family.mean(result.params), [1.5, 1.5], atol=0.05)
     np.testing.assert_allclose(np.sqrt(result.family.variance(result.params)), [0.5, 0.5], rtol=0.1)
+
+
+def test_an_improper_posterior_says_its_parameters_are_not_finite():
+    # A flat log density: q's scale and location grow until they overflow. The stop reason must not
+    # claim finite parameters, and the fit warns.
+    model = aj.Model(lambda p: 0.0 * jnp.sum(p["x"]), {"x": aj.real((2,))})
+    with pytest.warns(UserWarning):
+        result = aj.fit(model, key=jax.random.key(0), progress=False)
+    finite = all(bool(np.isfinite(np.asarray(leaf)).all()) for leaf in jax.tree_util.tree_leaves(result.params))
+    assert not finite
+    assert "q's parameters are not finite" in result.stop_reason, result.stop_reason
+    assert "the last finite parameters are kept" not in result.stop_reason

@@ -221,6 +221,16 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
     return tuple(int(i) for i in np.flatnonzero((np.abs(mean) > threshold) & (np.abs(mean) > 2 * sd)))
 
 
+def not_finite_reason(reason: str) -> str:
+    """A stop reason for a fit whose parameters of q are not finite: what the driver kept were its last
+    finite iterates, but q (their average, or its map back from whitened coordinates) overflowed, as
+    it does where the posterior is improper (a direction the log density does not bound)."""
+    return (reason.replace("; the last finite parameters are kept", "")
+            + "; q's parameters are not finite: they overflowed as q's scale or location grew without bound, "
+              "as it does where the posterior is improper (a parameter the log density does not bound: check "
+              "its prior)")
+
+
 @checks.second_derivatives(lambda kw: f"aj.fit(method={kw.get('method', 'auto')!r}, "
                                      f"init={kw.get('init', 'auto')!r})")
 @blas_threads.during
@@ -477,6 +487,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
     stop_reason = driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite)
     if hasattr(module, "describe_stop"):  # a method's own words for its stop (`advi_jax.vi`)
         stop_reason = module.describe_stop(stop_reason, code, extras, num_steps)
+    if not all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(jax.device_get(params))):
+        stop_reason = not_finite_reason(stop_reason)
     report = Report(
         elbo=out.elbo, num_steps=steps,
         num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals + finish_grad_evals,
