@@ -433,7 +433,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         init_key, run_key, diag_key = host_keys.fit_keys(key) or _fit_keys(key)
         _wait(ahead, "init_loop")
         loop = driver.init_loop(begun.run_model, init_key, begun.loc, cfg)
-        if ahead is not None:  # the start is done: compile the later programs here while the loop compiles there
+        if ahead is not None:  # the start is done: the programs after the loop compile on a second thread now
             ahead.help("run_chunk")
     except BaseException as err:
         for thread in (ahead, wrong):
