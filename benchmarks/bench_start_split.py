@@ -3,8 +3,8 @@
 The first call's one idle stretch is the main thread tracing and lowering the start program
 (`advi_jax.run.start._start_program`) with one core busy (benchmarks/PERFORMANCE.md, "critpath").
 Split in two programs, the first (the Pathfinder path and the candidates' ELBOs: `_start_program`
-with `bam_steps=0`) could compile while the second (BaM's refinement, `start._bam_refine`) is
-traced and lowered. In a fresh process per row, from the same abstract arguments as the default
+with `bam_steps=0`) could compile while the second (BaM's refinement, `start._choose_and_refine`,
+which also takes the candidates' ELBOs again: the two share BaM's scan) is traced and lowered. In a fresh process per row, from the same abstract arguments as the default
 fit's start (K from the model, 100 BaM steps of 16 draws, the fast compiler options), this times:
 
 * "whole": lowering (trace + lower) and XLA compile of `_start_program`;
@@ -47,23 +47,28 @@ def _child(name: str, part: str) -> dict:
     radius = np.asarray(2.0, np.dtype(dtype))
     steps, batch = start.BAM_START_STEPS, start.BAM_START_BATCH
     out = {"model": name, "part": part, "K": k}
+    def noise(bam_steps):  # the host's draws, as a fit passes them
+        return jax.ShapeDtypeStruct((start.start_num_draws(bam_steps, batch), k), dtype)
+
     if part == "whole":
         t0 = time.perf_counter()
-        lowered = start._start_program.fast.lower(model, loc, key, False, 0.1, steps, batch, radius=radius)
+        lowered = start._start_program.fast.lower(model, loc, key, False, 0.1, steps, batch, radius=radius,
+                                                  noise=noise(steps))
         t1 = time.perf_counter()
         lowered.compile()
         out.update(lower=t1 - t0, xla=time.perf_counter() - t1)
         return out
     t0 = time.perf_counter()
-    first = start._start_program.fast.lower(model, loc, key, False, 0.1, 0, batch, radius=radius)
+    first = start._start_program.fast.lower(model, loc, key, False, 0.1, 0, batch, radius=radius, noise=noise(0))
     t1 = time.perf_counter()
     first.compile()
     t2 = time.perf_counter()
-    refine = jax.jit(start._bam_refine, static_argnames=("batch_size",),
+    refine = jax.jit(start._choose_and_refine, static_argnames=("batch_size",),
                      compiler_options=dict(compile_options.FAST_OPTIONS))
-    matrix = jax.ShapeDtypeStruct((k, k), dtype)
-    second = refine.lower(model, loc, matrix, jax.ShapeDtypeStruct((steps, batch, k), dtype),
-                          jax.ShapeDtypeStruct((start.START_BUDGET.elbo_draws, k), dtype), batch_size=batch)
+    draws = jax.ShapeDtypeStruct((start.start_elbo_grad_evals(0) // 3, k), dtype)
+    second = refine.lower(model, jax.ShapeDtypeStruct((3, k), dtype), jax.ShapeDtypeStruct((3, k, k), dtype),
+                          jax.ShapeDtypeStruct((3,), bool), draws, jax.ShapeDtypeStruct((steps, batch, k), dtype),
+                          draws, batch_size=batch)
     t3 = time.perf_counter()
     second.compile()
     out.update(lower1=t1 - t0, xla1=t2 - t1, lower2=t3 - t2, xla2=time.perf_counter() - t3)
