@@ -150,6 +150,8 @@ def test_start_raises_where_the_log_density_is_not_finite_anywhere_it_looks():
     with pytest.warns(UserWarning, match="the log density is -inf at the initial point"):
         begun = _start(model, "bam", check=False)
     assert begun.method.startswith("zero (no Pathfinder start: the log density is -inf at the initial point")
+    # what the start program evaluated is counted although it found nothing: the 100 tries, BaM's steps, the ELBOs
+    assert begun.num_grad_evals >= 100 + 1600 + start_module.start_elbo_grad_evals(100), begun.num_grad_evals
     # A finite value whose gradient is NaN everywhere (sqrt of a negative in a branch not taken).
     nan_grad = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2)
                         + jnp.where(p["x"][0] > -1e30, 0.0, jnp.sqrt(-p["x"][0] ** 2 - 1.0)), {"x": aj.real((2,))})

@@ -69,7 +69,8 @@ class Start(NamedTuple):
       tries: points tried for a finite start besides the Pathfinder path's own (`_jittered_start`;
         one gradient evaluation each).
       compared: gradient evaluations of the Pathfinder start's comparison of its candidate
-        Gaussians by their ELBOs (`_choose_and_refine`).
+        Gaussians by their ELBOs (`_choose_and_refine`); where that start fell back to zero, of
+        all its program ran (the path, the ELBOs and BaM's steps, which run whatever they find).
     """
 
     run_model: Any
@@ -545,6 +546,7 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
         (out.elbos, out.best, out.start_log_density, out.bam_elbos, out.bam_nonfinite, out.path.num_grad_evals,
          out.path.num_logp_evals, out.began))
     log_p0, tries = float(log_p0), int(began.num_tries)
+    spent = int(grads) + start_elbo_grad_evals(bam_steps, START_BUDGET, batch_size) + bam_steps * batch_size
     jittered = ""
     if tries > 1 or not np.isfinite(log_p0):  # loc itself was not finite
         jittered, nowhere = _jitter_report(model, loc, _not_finite_at(log_p0), began, init_radius)
@@ -552,11 +554,12 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
             if check:
                 raise NonFiniteStart(f"{nowhere}; pass init= a point where both are finite, or check the model")
             warnings.warn(f"{nowhere}: the fit starts there (check=False)", UserWarning, stacklevel=user_stacklevel())
-            return Start(model, loc, loc, f"zero (no Pathfinder start: {nowhere})", None, candidates, scores)
+            return Start(model, loc, loc, f"zero (no Pathfinder start: {nowhere})", None, candidates, scores,
+                         compared=spent)
     elbos, best = np.asarray(elbos, np.float64), int(best)
     if not np.isfinite(elbos[best]):
         return Start(model, loc, loc, "zero (no Pathfinder start: no finite Gaussian on the L-BFGS path)", None,
-                     candidates, scores)
+                     candidates, scores, compared=spent)
     found = out.path._replace(num_grad_evals=int(grads), num_logp_evals=int(logps))
     start_name = "jittered start" if jittered else "start"
     if best > 0:
