@@ -316,13 +316,17 @@ def _start_compile(switch: Switch, model: Any, loop: LoopState, keys: Array, cfg
     return worker
 
 
-def stop_reason(code: int, num_nonfinite: int, max_consecutive: int, reached: str = "reached num_steps") -> str:
-    """The stop code in words, with the count of skipped non-finite steps."""
+def stop_reason(code: int, num_nonfinite: int, max_consecutive: int, reached: str = "reached num_steps",
+                kept_finite: bool = True) -> str:
+    """The stop code in words, with the count of skipped non-finite steps (`kept_finite`: whether the
+    parameters returned are finite, as the last finite state kept promises)."""
     if code == 0:
         reason = reached
     elif code == 3:
         reason = (f"stopped: {max_consecutive} consecutive steps had a non-finite ELBO or gradient "
-                  f"({num_nonfinite} skipped in all); the last finite parameters are kept")
+                  f"({num_nonfinite} skipped in all)")
+        if kept_finite:
+            reason += "; the last finite parameters are kept"
     else:
         reason = STOP_REASONS[code]
     if code != 3 and num_nonfinite > 0:

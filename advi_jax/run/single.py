@@ -221,14 +221,11 @@ def runaway_parameters(family: Family, params: Any, elbo: np.ndarray, threshold:
     return tuple(int(i) for i in np.flatnonzero((np.abs(mean) > threshold) & (np.abs(mean) > 2 * sd)))
 
 
-def not_finite_reason(reason: str) -> str:
-    """A stop reason for a fit whose parameters of q are not finite: what the driver kept were its last
-    finite iterates, but q (their average, or its map back from whitened coordinates) overflowed, as
-    it does where the posterior is improper (a direction the log density does not bound)."""
-    return (reason.replace("; the last finite parameters are kept", "")
-            + "; q's parameters are not finite: they overflowed as q's scale or location grew without bound, "
-              "as it does where the posterior is improper (a parameter the log density does not bound: check "
-              "its prior)")
+NOT_FINITE_NOTE = ("; q's parameters are not finite: they overflowed as q's scale or location grew without bound, "
+                   "as it does where the posterior is improper (a parameter the log density does not bound: check "
+                   "its prior)")
+"""Added to the stop reason of a fit whose parameters of q are not finite: the driver kept its last finite
+iterates, but q (their average, or its map back from whitened coordinates) overflowed."""
 
 
 @checks.second_derivatives(lambda kw: f"aj.fit(method={kw.get('method', 'auto')!r}, "
@@ -484,11 +481,12 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         if thread is not None:
             thread.close()  # done by now, unless the fit stopped early or the guess was wrong
     steps = int(out.loop.step)
-    stop_reason = driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite)
+    finite = all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(jax.device_get(params)))
+    stop_reason = driver.stop_reason(code, num_nonfinite, max_consecutive_nonfinite, kept_finite=finite)
     if hasattr(module, "describe_stop"):  # a method's own words for its stop (`advi_jax.vi`)
         stop_reason = module.describe_stop(stop_reason, code, extras, num_steps)
-    if not all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(jax.device_get(params))):
-        stop_reason = not_finite_reason(stop_reason)
+    if not finite:
+        stop_reason += NOT_FINITE_NOTE
     report = Report(
         elbo=out.elbo, num_steps=steps,
         num_grad_evals=int(out.loop.num_grad_evals) + begun.num_grad_evals + finish_grad_evals,

@@ -327,15 +327,15 @@ def _choose_and_refine(model: Any, means: Array, factors: Array, usable: Array, 
     slot = np.concatenate([np.repeat(np.arange(num_cands), per), np.full(checks.shape[0], num_cands),
                            np.full(steps, -1), np.full(checks.shape[0], num_cands + 1)]).astype(np.int32)
 
-    def best_of(sums):
+    def candidate_elbos(sums):  # -inf where unusable or not finite
         elbos = sums[:num_cands] / per
-        return jnp.argmax(jnp.where(usable & jnp.isfinite(elbos), elbos, -jnp.inf))
+        return jnp.where(usable & jnp.isfinite(elbos), elbos, -jnp.inf)
 
     def body(carry, xs):
         state, bad, sums = carry
         eps, at = xs
         candidate = (at >= 0) & (at < num_cands)
-        which = jnp.where(candidate, at, best_of(sums))
+        which = jnp.where(candidate, at, jnp.argmax(candidate_elbos(sums)))
         run_model = _laplace.Whitened(model, means[which], factors[which])
         begin = jax.tree_util.tree_map(lambda a, b: jnp.where(candidate, a, b), start_state, state)
         new, info = _bam.noise_step(run_model, options)(eps, begin)
@@ -347,8 +347,7 @@ def _choose_and_refine(model: Any, means: Array, factors: Array, usable: Array, 
     sums = jnp.zeros((num_cands + 2,), dtype)
     (state, bad, sums), _ = jax.lax.scan(body, (start_state, jnp.zeros((), jnp.int32), sums),
                                          (trips, jnp.asarray(slot)))
-    elbos = sums[:num_cands] / per
-    elbos = jnp.where(usable & jnp.isfinite(elbos), elbos, -jnp.inf)
+    elbos = candidate_elbos(sums)
     best = jnp.argmax(elbos)
     mean, factor = means[best], factors[best]
     # zeta = mean + S (loc + L u): the composed factor S L is lower triangular.
@@ -574,9 +573,8 @@ def _pathfinder_start(model: Any, family: Family, loc: Array, key: Array, init_s
     if not bam_steps:
         return begun
     before, after = (float(v) for v in bam_elbos)
-    info = BamStart(out.bam_mean, out.bam_factor, bam_steps,
-                    bam_steps * batch_size + start_elbo_grad_evals(bam_steps, START_BUDGET, batch_size)
-                    - start_elbo_grad_evals(0, START_BUDGET, batch_size), int(bad))  # its steps and its check
+    info = BamStart(out.bam_mean, out.bam_factor, bam_steps,  # its steps and its check's two ELBOs
+                    bam_steps * batch_size + 2 * _elbo_draws(START_BUDGET, batch_size), int(bad))
     if not after > before:  # also when BaM's Gaussian is not finite (its ELBO is -inf or NaN)
         return begun._replace(method=f"{method.split(' (')[0]}, not BaM (BaM's ELBO {after:.4g} <= {before:.4g})"
                                      f"{said}", bam=info._replace(mean=None))
