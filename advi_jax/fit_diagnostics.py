@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from advi_jax import diagnostics as _diag
-from advi_jax.importance import centred_log_ratios, constrained_labels, draws_and_log_ratios, sampling_key
+from advi_jax.importance import (blocked, blocked_log_ratios, centred_log_ratios, constrained_labels, fold_in_key,
+                                 sampling_key)
 from advi_jax.psis_moments import (Readings, constrained_discrepancy, discrepancy_from_sums, has_spread, moment_check,
                                    moment_check_both, moment_discrepancy, power_sums, squared_tail_khat, top_squared)
 from advi_jax._types import Array, PyTree
@@ -186,10 +187,16 @@ def known_diagnostic_draws(model: Any, num_diagnostic_draws: int | str | None = 
 
 
 @functools.partial(jax.jit, static_argnames=("family", "num_draws"))
-def constrained_draws(model: Any, family: Family, params: PyTree, key: Array, num_draws: int) -> dict[str, Array]:
-    """`num_draws` draws of q mapped to the constrained space, in one compiled call (op by op,
-    the bijectors cost a dispatch per operation and a compilation each on first use)."""
+def _constrained_block(model: Any, family: Family, params: PyTree, key: Array, num_draws: int) -> dict[str, Array]:
     return jax.vmap(model.to_constrained)(family.sample(params, sampling_key(key), num_draws))
+
+
+def constrained_draws(model: Any, family: Family, params: PyTree, key: Array, num_draws: int) -> dict[str, Array]:
+    """`num_draws` draws of q mapped to the constrained space, one compiled call a block of
+    `importance.DRAW_BLOCK` draws (`importance.draw_blocks`: the draws `draws_and_log_ratios` makes
+    from the same key; op by op, the bijectors cost a dispatch per operation and a compilation each
+    on first use)."""
+    return blocked(lambda k, n: _constrained_block(model, family, params, k, n), key, num_draws)
 
 
 @jax.jit
@@ -266,14 +273,14 @@ def diagnose_with_ratios(model: Any, family: Family, params: PyTree, key: Array,
     """`diagnose` of one fit, also returning the (S,) log ratios (NumPy float64) of its draws.
 
     The draws and their centred log ratios are one compiled call (`draws_and_log_ratios`, cached
-    per model structure, family and S: a second fit of the same shape compiles nothing); PSIS runs
+    per model structure, family and S: a second fit of the same shape compiles nothing; a sample of
+    more than `importance.DRAW_BLOCK` draws is made in blocks by the block's program, `blocked_log_ratios`); PSIS runs
     on the host in NumPy float64 (`advi_jax.diagnostics`), which compiles nothing either, and so
     does the PSIS moment check of the same draws, in the unconstrained space and in the constrained
     one (the same program returns the draws' constrained values; `advi_jax.psis_moments.moment_check_both`,
     O(S K)).
     """
-    zeta, centred, shift, cons = draws_and_log_ratios(model, family, params, key, num_draws)
-    zeta, centred, shift, cons = jax.device_get((zeta, centred, shift, cons))
+    zeta, centred, shift, cons = jax.device_get(blocked_log_ratios(model, family, params, key, num_draws))
     centred, shift = np.asarray(centred, np.float64), float(shift)
     with np.errstate(all="ignore"):
         smoothed = _diag._psis_core(centred, True, np)  # once, for k-hat and for the moment check
@@ -327,12 +334,7 @@ def over_threshold(diagnostics: Diagnostics) -> bool:
 
 def _confirmation_key(key: Array) -> Array:
     """fold_in(key, 1): on the host for a threefry key on the CPU (no program to compile)."""
-    from advi_jax.run import host_keys
-
-    if host_keys.fit_keys(key) is not None:
-        data = host_keys.fold_in(np.asarray(jax.random.key_data(key)), 1)
-        return jax.random.wrap_key_data(data, impl="threefry2x32")
-    return jax.random.fold_in(key, 1)
+    return fold_in_key(key, 1)
 
 
 def diagnose_confirmed(model: Any, family: Family, params: PyTree, key: Array, num_draws: int,

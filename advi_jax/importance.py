@@ -16,21 +16,32 @@ it returns (log p(zeta) - log p(m), log p(m))), else plainly (no worse than befo
 ratios and the shift are returned separately so that the shift's magnitude never rounds the
 centred values again; the host adds them in float64. All of it is one compiled program per
 model structure, family and S (`draws_and_log_ratios`).
+
+More than `DRAW_BLOCK` draws are made in blocks of that many (`draw_blocks`: block 0 from the key
+itself, block i from `fold_in(key, i)`), each by the same compiled program: a k-hat re-estimated
+from 16,384 draws (`fit_diagnostics.diagnose_confirmed`) runs the 4,096-draw program of the first
+estimate four times instead of compiling a program of its own on the fit's first call. Every
+function that makes q's draws from a key (`blocked_log_ratios`, `fit_diagnostics.constrained_draws`,
+`Result.sample_unconstrained`) makes them this way, so the same key and number give the same draws
+in each (the summary's PSIS columns pair the diagnostics' log ratios with draws made again).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from advi_jax import compile_options
 from advi_jax._types import Array, PyTree
 from advi_jax.base import Family
 
 __all__ = ["sampling_key", "centred_log_ratios", "constrained_flat", "changed_sites", "constrained_labels",
-           "log_ratios", "draws_and_log_ratios", "compile_ahead",
+           "log_ratios", "draws_and_log_ratios", "compile_ahead", "DRAW_BLOCK", "fold_in_key", "draw_blocks",
+           "blocked", "blocked_log_ratios",
            "AHEAD_COMPILE_SHARE", "FULL_EXTRA_COMPILE_SECONDS_PER_EQN"]
 
 _GOLDEN = 0x9E3779B9
@@ -180,6 +191,64 @@ draws_and_log_ratios = compile_options.jit(functools.partial(centred_log_ratios,
 """`centred_log_ratios(..., constrained=True)`, compiled once per model structure, family and S:
 (zeta, centred, shift, constrained draws). Every caller (the fit's diagnostics, `compile_ahead`,
 `Result.importance_draws`, the CLI's warm-up) gets the one program, constrained draws included."""
+
+
+DRAW_BLOCK = 4096
+"""The most draws of q one compiled program makes (`draw_blocks`): the diagnostics' largest automatic
+sample (`fit_diagnostics.DIAGNOSTIC_DRAWS_MAX`), so a larger one (a k-hat re-estimate, PSIS resampling's
+proposals) reuses that program."""
+
+
+def fold_in_key(key: Array, value: int) -> Array:
+    """`jax.random.fold_in(key, value)`, on the host for a threefry key on the CPU (`run.host_keys`:
+    the same bits, no program to compile), else by `jax.random`."""
+    from advi_jax.run import host_keys
+
+    if host_keys.fit_keys(key) is not None:
+        data = host_keys.fold_in(np.asarray(jax.random.key_data(key)), int(value))
+        return jax.random.wrap_key_data(data, impl="threefry2x32")
+    return jax.random.fold_in(key, int(value))
+
+
+def draw_blocks(key: Array, num_draws: int, block: int = DRAW_BLOCK) -> list[tuple[Array, int]]:
+    """(key, draws) of each block q's `num_draws` draws are made in: one block (`key`, `num_draws`) up
+    to `block` draws, else blocks of `block` draws (the last one the remainder), block i from
+    `fold_in(key, i)` and block 0 from `key` itself (so the first `block` draws of a larger sample are
+    the draws of a sample of `block`).
+
+    Example:
+      >>> import jax
+      >>> [n for _, n in draw_blocks(jax.random.key(0), 9000)]
+      [4096, 4096, 808]
+    """
+    num_draws, block = int(num_draws), int(block)
+    if num_draws <= block:
+        return [(key, num_draws)]
+    sizes = [block] * (num_draws // block) + ([num_draws % block] if num_draws % block else [])
+    return [(key if i == 0 else fold_in_key(key, i), size) for i, size in enumerate(sizes)]
+
+
+def blocked(draw: Callable[[Array, int], Any], key: Array, num_draws: int, block: int = DRAW_BLOCK) -> Any:
+    """`draw(key, n)` (a pytree of arrays with a leading axis of n draws) over `draw_blocks(key, num_draws)`,
+    concatenated on the host (NumPy arrays, nothing to compile) where there is more than one block.
+    Leaves without a leading draw axis (a scalar shift) are taken from the first block."""
+    parts = [draw(k, n) for k, n in draw_blocks(key, num_draws, block)]
+    if len(parts) == 1:
+        return parts[0]
+    parts = jax.device_get(parts)
+
+    def join(*leaves):
+        first = np.asarray(leaves[0])
+        return np.concatenate([np.asarray(x) for x in leaves]) if first.ndim else first
+
+    return jax.tree_util.tree_map(join, *parts)
+
+
+def blocked_log_ratios(model, family: Family, params: PyTree, key: Array, num_draws: int) -> tuple:
+    """`draws_and_log_ratios(model, family, params, key, num_draws)` made in blocks (`draw_blocks`):
+    (zeta, centred, shift, constrained draws), one compiled program for every sample of `DRAW_BLOCK`
+    draws or more. The shift (log p - log q at q's mean) is the same in every block."""
+    return blocked(lambda k, n: draws_and_log_ratios(model, family, params, k, n), key, num_draws)
 
 
 FULL_EXTRA_COMPILE_SECONDS_PER_EQN = 2.3e-3

@@ -111,14 +111,13 @@ def test_post_fit_programs_compile_once_beside_the_fit(tmp_path, caplog, capsys)
         jax.config.update("jax_log_compiles", False)
     assert code == 0
     # a k-hat over 0.7 from the 4,096 diagnostic draws is re-estimated from 16,384 (the summary says so): that
-    # sample's program is compiled by the fit itself, after the warm-up's
-    again = "re-estimated from 16384 fresh draws" in capsys.readouterr().out
+    # sample runs the warm-up's 4,096-draw program four times (importance.draw_blocks), nothing compiles for it
+    capsys.readouterr()
     compiled = [(r.getMessage(), r.threadName) for r in caplog.records
                 if "Finished XLA compilation of" in r.getMessage()]
     for name in ("jit(centred_log_ratios)", "jit(posterior_outputs)"):
         threads = [thread for message, thread in compiled if name in message]
-        expected = ["advi_jax-warmup"] + (["MainThread"] if again and name == "jit(centred_log_ratios)" else [])
-        assert threads == expected, (name, compiled)  # compiled beside the fit, then found
+        assert threads == ["advi_jax-warmup"], (name, compiled)  # compiled beside the fit, then found
     # the fused program's draws and replications are the separate calls' (bit for bit)
     model = aj.models.logistic_regression(x, y.astype(float))
     result = aj.fit(model, key=jax.random.key(0), family="fullrank", progress=False, warn=False)

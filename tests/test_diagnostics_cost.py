@@ -8,6 +8,7 @@ import pytest
 
 import advi_jax as aj
 from advi_jax import diagnostics as D
+from advi_jax import importance
 from advi_jax import result as R
 
 
@@ -70,10 +71,10 @@ def test_fit_takes_the_budget_reports_seconds_and_compiles_once():
     assert first.num_diagnostic_draws == 256 and first.num_grad_evals < 100
     assert first.report.diagnostics_seconds > 0 and np.isfinite(first.khat)
     assert f"diagnostics {first.report.diagnostics_seconds:.2f})" in first.summary()
-    cache = R.draws_and_log_ratios._cache_size()
+    cache = importance.draws_and_log_ratios._cache_size()
     traces = aj.run.num_traces()
     second = aj.fit(_glm(100_000, 4, 1), key=jax.random.key(1), **fit)  # new data, same shapes
-    assert R.draws_and_log_ratios._cache_size() == cache and aj.run.num_traces() == traces
+    assert importance.draws_and_log_ratios._cache_size() == cache and aj.run.num_traces() == traces
     assert second.num_diagnostic_draws == 256
     asked = aj.fit(_glm(100_000, 4, 1), key=jax.random.key(1), num_diagnostic_draws=1000, **fit)
     assert asked.num_diagnostic_draws == 1000

@@ -99,7 +99,9 @@ def test_default_fit_warns_on_a_skewed_posterior_at_every_seed():
         if d.khat < D.khat_threshold(d.num_draws):  # k-hat alone would have said "ok": the moment check spoke
             moments_only.append(seed)
             assert result.verdict.startswith("poor") and "moment check" in said[0] and "u[0] (unconstrained" in said[0]
-    assert moments_only == [1]  # the seed where k-hat alone was silent (a change of draws moves it: re-check)
+    # k-hat alone is silent at some of the seeds (which ones moves with the draws: seed 1 before the diagnostics'
+    # draws came in blocks, seed 0 since), and the moment check warns there
+    assert 1 <= len(moments_only) < 4
 
 
 def test_default_fit_is_quiet_on_a_near_gaussian_posterior():

@@ -62,7 +62,8 @@ def _compile(model, family, posterior_program, num_draws, num_check, diagnostics
     import jax
 
     from advi_jax.families import get_family
-    from advi_jax.result import draws_and_log_ratios, known_diagnostic_draws
+    from advi_jax.importance import draws_and_log_ratios
+    from advi_jax.result import known_diagnostic_draws
 
     family = get_family(family)
     params = abstract_params(model, family)
