@@ -176,6 +176,58 @@ def test_help_runs_the_jobs_after_a_busy_one_on_a_second_thread_and_the_first_sk
     assert "c" not in failing._done
 
 
+Y_LARGE = jnp.asarray(np.random.default_rng(5).normal(0.5, 2.0, size=(2, 25_000)), jnp.float32)
+
+
+def _large_model():
+    """50,000 data entries: the automatic diagnostics' budget then grows with the loop's cost
+    (`DIAGNOSTIC_FREE_WORK` / 50,000 = 2,684 draws are free), so it is not known before the loop."""
+    def log_joint(p, y):
+        return -0.5 * p["mu"] ** 2 + jnp.sum(-0.5 * (y - p["mu"]) ** 2)
+
+    return aj.Model(log_joint, {"mu": aj.real()}, data=Y_LARGE)
+
+
+def test_the_diagnostics_draws_a_short_default_fit_takes_are_compiled_on_the_thread(key, monkeypatch):
+    from advi_jax.result import data_size, diagnostic_draw_budget, known_diagnostic_draws
+
+    model = _large_model()
+    assert known_diagnostic_draws(model) is None and data_size(model) == 50_000
+    from advi_jax.vi import advi as advi_method
+
+    stop = advi_method.AutoStop()
+    options = advi_method.Options(num_samples=4, stop=stop)  # the default fit's loop: AutoStop, 4 draws a step
+    fewest = single.fewest_steps(stop) * 4
+    assert single.fewest_steps(stop) == 600
+    guess = single.likely_diagnostic_draws(model, "auto", options)
+    assert guess == diagnostic_draw_budget(0, fewest, 50_000) == 2048
+    assert single.likely_diagnostic_draws(model, 300, options) == 300  # a given number stands
+    assert single.likely_diagnostic_draws(model, "auto", advi_method.Options(num_samples=4)) is None  # a fixed budget
+    made = []
+    real = single._compile_ahead
+    monkeypatch.setattr(single, "_compile_ahead", lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
+    before = importance.draws_and_log_ratios._cache_size()
+    threaded = aj.fit(model, key=key, progress=False, warn=False)
+    assert threaded.num_steps == 600 and threaded.num_diagnostic_draws == 2048
+    assert len(made) == 1 and "diagnostics" in made[0]._done  # compiled on the thread ...
+    assert importance.draws_and_log_ratios._cache_size() == before + 1  # ... and the fit's call found it
+
+
+def test_a_wrong_guess_of_the_diagnostics_draws_is_left_behind_and_changes_no_number(key, monkeypatch):
+    model = _large_model()
+    monkeypatch.setattr(single, "likely_diagnostic_draws", lambda *a: 512)  # not what the fit will take
+    before = importance.draws_and_log_ratios._cache_size()
+    threaded = aj.fit(model, key=key, progress=False, warn=False)
+    assert threaded.num_diagnostic_draws == 2048
+    with ahead.disabled():
+        serial = aj.fit(model, key=key, progress=False, warn=False)
+    for left in ahead._LEFT:  # the guessed program's compile, let run beside the fit
+        left.close()
+    assert importance.draws_and_log_ratios._cache_size() in (before + 1, before + 2)  # 2048 (+ 512 if it started)
+    assert threaded.khat == serial.khat and threaded.iw_elbo == serial.iw_elbo
+    np.testing.assert_array_equal(threaded.report.diagnostic_sample[1], serial.report.diagnostic_sample[1])
+
+
 def test_background_compile_follows_the_callers_x64_mode(key):
     before = _sizes()
     with jax.enable_x64(True):  # a thread-local setting: the thread must compile in the caller's mode

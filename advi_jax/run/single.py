@@ -400,7 +400,7 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         return driver.Settings(module, family_obj, opts, chunk_size, eval_every, window, float(tol_rel_obj or 0.0),
                                max_consecutive_nonfinite, compile=mode)
 
-    ahead = wrong = None
+    ahead = wrong = ahead_draws = None
     try:
         if not getattr(model, "imputed_names", ()):  # obs_mask data may hold NaN where the mask hides it
             checks.check_data(model.data)
@@ -409,8 +409,8 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
         guess = settings(options_for(whitened), _run_model_shape(model, whitened))
         if _ahead.enabled() and not adapt and (guess.compile in _AHEAD_MODES
                                                or isinstance(guess.compile, compile_options.ByCost)):
-            ahead = _compile_ahead(model, family_obj, module, guess, key, whitened,
-                                   num_diagnostic_draws if diagnostics else None)
+            ahead_draws = likely_diagnostic_draws(model, num_diagnostic_draws, guess.options) if diagnostics else None
+            ahead = _compile_ahead(model, family_obj, module, guess, key, whitened, ahead_draws)
         begun = resolve_start(model, family_obj, init, key=key, whiten=bool(module.WHITEN), init_scale=init_scale,
                               num_init_draws=num_init_draws, init_radius=init_radius, check=check,
                               on_lowered=None if ahead is None else ahead.release)
@@ -467,6 +467,10 @@ def fit(model: Model, *, key: Any, family: str | Family = "auto", method: str = 
             costs = int(out.loop.num_logp_evals), int(out.loop.num_grad_evals), data_size(model)
             num_diagnostic_draws = diagnostic_draw_budget(*costs)
             confirm_draws = confirmation_draws(num_diagnostic_draws, *costs)
+        if ahead is not None and num_diagnostic_draws != ahead_draws:  # the guess was wrong: the compile runs on
+            ahead.cancel()  # beside the diagnostics (not waited for; joined at exit), which compile their own
+            _ahead.leave(ahead)
+            ahead = None
         _wait(ahead, "diagnostics")
         both, note, diag_seconds = run_diagnostics(
             lambda: widen_reported(model, family_obj, params, num_diagnostic_draws, diagnose_confirmed(
@@ -581,7 +585,7 @@ def loop_switch(model: Any, loop: Any, key: Any, cfg: driver.Settings, num_steps
     if decided is None or decided[0] != "fast":
         return None
     cost = decided[1]
-    begin = stop.batch_steps * (stop.min_batches + stop.min_batches_halved) + 1
+    begin = fewest_steps(stop) + 1
     at = max(SWITCH_AT, begin)
     per_step = compile_options.fast_extra_seconds(cost) / max(cfg.compile.trips, 1.0)
     if per_step * (num_steps - at) <= SWITCH_SHARE * compile_options.FAST_SAVED_SECONDS_PER_EQN * cost.eqns:
@@ -643,12 +647,34 @@ def _run_model_shape(model: Any, whitened: bool) -> Any:
     return _laplace.Whitened(model, jax.ShapeDtypeStruct((k,), dtype), jax.ShapeDtypeStruct((k, k), dtype))
 
 
+def fewest_steps(stop: Any) -> int:
+    """The fewest steps after which `AutoStop` can stop an ADVI loop (its first test after a halving)."""
+    return stop.batch_steps * (stop.min_batches + stop.min_batches_halved)
+
+
+def likely_diagnostic_draws(model: Any, num_diagnostic_draws: int | str | None, options: Any) -> int | None:
+    """The diagnostics' number of draws to compile ahead (`_compile_ahead`): the known number
+    (`known_diagnostic_draws`), else, for the automatic budget after an ADVI loop with `AutoStop`, the
+    budget of a loop that stops at its first chance (`fewest_steps` x `num_samples` gradients): where
+    the data are too large for the draws to be free (`DIAGNOSTIC_FREE_WORK`), the budget grows with
+    the loop's cost, and most default fits stop there. None: no guess (other methods and rules).
+    A fit whose loop ran longer and needs more draws compiles them after the loop, as without a guess."""
+    known = known_diagnostic_draws(model, num_diagnostic_draws)
+    if known is not None or num_diagnostic_draws != "auto":
+        return known
+    stop, samples = getattr(options, "stop", None), getattr(options, "num_samples", None)
+    if not isinstance(stop, _advi.AutoStop) or not samples:
+        return None
+    return diagnostic_draw_budget(0, fewest_steps(stop) * int(samples), data_size(model))
+
+
 def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings, key: Any, whitened: bool,
                    num_diagnostic_draws: int | str | None) -> _ahead.Ahead:
     """Compile the fit's programs after the start on a background thread (`advi_jax.run.ahead`),
     from abstract arguments of the shapes the start will give (a `Whitened` run model when
     `whitened`). The diagnostics' program only when its number of draws is known now (given, or
-    `DIAGNOSTIC_DRAWS_MAX` whatever the fit's cost; None: no diagnostics).
+    `DIAGNOSTIC_DRAWS_MAX` whatever the fit's cost, or `likely_diagnostic_draws`' guess; None: no
+    diagnostics or no guess).
 
     `aj.fit` uses it when the loop compiles with `compile_options.FAST_OPTIONS` or `MID_OPTIONS`
     (`_AHEAD_MODES`): the start program compiles with the fast options on one thread, so the
@@ -659,7 +685,6 @@ def _compile_ahead(model: Any, family: Family, module: Any, cfg: driver.Settings
     dtype = jnp.result_type(float)
     k = int(model.dim)
     vector, matrix = jax.ShapeDtypeStruct((k,), dtype), jax.ShapeDtypeStruct((k, k), dtype)
-    num_diagnostic_draws = known_diagnostic_draws(model, num_diagnostic_draws)
 
     def keys(done):
         if jnp.result_type(float) != dtype:  # jax.enable_x64 is thread-local: the thread runs in the caller's mode
