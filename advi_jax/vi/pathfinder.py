@@ -80,6 +80,14 @@ DETERMINISTIC = True  # the ELBO trace is an objective's value, not a noisy esti
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
+PAIR_EPS = 2.220446049250313e-16
+"""The epsilon of the paper's L-BFGS pair test s'y > PAIR_EPS y'y (Zhang et al. 2022, Algorithm 3;
+Stan's Pathfinder), whatever the working dtype. The test bounds the inverse-Hessian estimate along
+y from below by PAIR_EPS, an absolute variance in the model's unconstrained units: it is not a
+rounding tolerance, so float32's machine epsilon (1.2e-7) in its place would reject every pair of a
+posterior with a precision above 8.4e6 (an unconstrained sd below 3.4e-4, e.g. the intercept of a
+Poisson regression on large counts), leaving q at the identity covariance along the whole path."""
+
 
 class Options(NamedTuple):
     """Pathfinder settings (static).
@@ -311,10 +319,11 @@ def lbfgs_path(log_density, x0: Array, key: Array, options: Options, noise: Arra
         # An L-BFGS iteration.
         found = found & ~probing
         s_new, y_new = x_new - c["x"], g_new - c["g"]
-        # The paper's pair test, s'y > eps y'y (not `_lbfgs.curvature_ok`'s scale-free one): it also
-        # bounds the inverse-Hessian estimate, hence q's covariance, by 1/eps along y.
+        # The paper's pair test, s'y > PAIR_EPS y'y (not `_lbfgs.curvature_ok`'s scale-free one): it also
+        # bounds the inverse-Hessian estimate, hence q's covariance, from below by PAIR_EPS along y
+        # (an absolute floor, the same in float32 and float64: `PAIR_EPS`).
         sy, yy = jnp.dot(s_new, y_new), jnp.dot(y_new, y_new)
-        accept = found & (sy > eps * yy) & (sy > 0)
+        accept = found & (sy > PAIR_EPS * yy) & (sy > 0)
         s_hist, y_hist, n_valid = _lbfgs.push(c["s"], c["y"], c["n_valid"], s_new, y_new, accept)
         alpha = jnp.where(accept, _update_alpha(c["alpha"], s_new, y_new), c["alpha"])
         valid = jnp.arange(m) >= m - n_valid
