@@ -230,8 +230,9 @@ def draw_blocks(key: Array, num_draws: int, block: int = DRAW_BLOCK) -> list[tup
 
 def blocked(draw: Callable[[Array, int], Any], key: Array, num_draws: int, block: int = DRAW_BLOCK) -> Any:
     """`draw(key, n)` (a pytree of arrays with a leading axis of n draws) over `draw_blocks(key, num_draws)`,
-    concatenated on the host (NumPy arrays, nothing to compile) where there is more than one block.
-    Leaves without a leading draw axis (a scalar shift) are taken from the first block."""
+    concatenated on the host and put back on the device where there is more than one block (JAX arrays
+    as one block gives, and nothing to compile). Leaves without a leading draw axis (a scalar shift) are
+    taken from the first block."""
     parts = [draw(k, n) for k, n in draw_blocks(key, num_draws, block)]
     if len(parts) == 1:
         return parts[0]
@@ -239,7 +240,7 @@ def blocked(draw: Callable[[Array, int], Any], key: Array, num_draws: int, block
 
     def join(*leaves):
         first = np.asarray(leaves[0])
-        return np.concatenate([np.asarray(x) for x in leaves]) if first.ndim else first
+        return jax.device_put(np.concatenate([np.asarray(x) for x in leaves]) if first.ndim else first)
 
     return jax.tree_util.tree_map(join, *parts)
 

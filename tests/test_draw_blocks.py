@@ -46,8 +46,11 @@ def test_every_sampler_of_q_makes_the_same_blocked_draws_and_one_program_serves_
     first, *_ = importance.draws_and_log_ratios(model, family, params, key, importance.DRAW_BLOCK)
     np.testing.assert_array_equal(zeta[:importance.DRAW_BLOCK], np.asarray(first))
     assert not np.allclose(zeta[:10], zeta[importance.DRAW_BLOCK:importance.DRAW_BLOCK + 10])
-    # the unconstrained and constrained samplers give these draws (the summary pairs them with the ratios)
-    np.testing.assert_allclose(np.asarray(_unconstrained_draws(family, params, key, n)), zeta, rtol=1e-6, atol=1e-6)
+    # the unconstrained and constrained samplers give these draws (the summary pairs them with the ratios),
+    # as JAX arrays like a sample of one block
+    unconstrained = _unconstrained_draws(family, params, key, n)
+    assert isinstance(unconstrained, jax.Array) and isinstance(zeta, jax.Array)
+    np.testing.assert_allclose(np.asarray(unconstrained), zeta, rtol=1e-6, atol=1e-6)
     sigma = np.asarray(constrained_draws(model, family, params, key, n)["sigma"])
     np.testing.assert_allclose(sigma, np.exp(zeta[:, 2]), rtol=1e-5)
     # and they are draws of q: mean and covariance within Monte Carlo error of q's own
