@@ -198,8 +198,8 @@ class Result:
       >>> import jax, jax.numpy as jnp, advi_jax as aj
       >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((3,))})
       >>> result = aj.fit(model, key=jax.random.key(1), num_steps=500, num_samples=2, progress=False)
-      >>> result.num_grad_evals, result.report.method  # 500 steps x 2 draws, and the start's 9
-      (1009, 'advi')
+      >>> result.num_grad_evals, result.report.method  # 500 steps x 2 draws, and the start's 7
+      (1007, 'advi')
     """
 
     model: Any
