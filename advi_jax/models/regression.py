@@ -577,6 +577,11 @@ def poisson_regression(
 
 
 def _check_model(model) -> RegressionInfo:
+    if not isinstance(model, RegressionModel) and getattr(model, "num_groups", None) is not None:
+        # a varying-intercept model, built by the same poisson_regression / logistic_regression (group=)
+        raise TypeError(f"this function takes the ready GLMs without group=; a varying-intercept model "
+                        f"({type(model).__name__}, from group=) has no predictions or data-scale coefficients "
+                        "here yet: compute them from its draws (intercept + u[group] + standardised X @ beta)")
     if not isinstance(model, RegressionModel):
         raise TypeError("model must come from logistic_regression, poisson_regression, probit_regression or "
                         "negbin_regression, "
