@@ -204,6 +204,9 @@ def _select(available: list[str], target: str, features, source: str) -> list[st
             raise ValueError(f"{source}: feature columns {missing} not found; available columns: {available}")
         if target in features:
             raise ValueError(f"{source}: the target {target!r} is also listed among the features")
+        repeated = sorted({c for c in features if features.count(c) > 1})
+        if repeated:  # the same column twice: a duplicated coefficient, refused later as 'feature_names'
+            raise ValueError(f"{source}: feature columns {repeated} are listed more than once")
     if not features:
         raise ValueError(f"{source}: no feature columns besides the target {target!r}")
     return features

@@ -66,6 +66,11 @@ def _quantile_table(draws: Mapping[str, np.ndarray], labels: Mapping[str, Any] |
         flat = value.reshape(value.shape[0], -1)
         shape = value.shape[1:]
         names = labels.get(name)
+        if isinstance(names, str):  # a scalar's own label; a vector's labels are one per entry
+            if shape:
+                raise TypeError(f"labels[{name!r}] must be a sequence of {flat.shape[1]} labels, one per entry, "
+                                f"got the string {names!r}")
+            names = (names,)
         if names is not None and len(names) != flat.shape[1]:
             raise ValueError(f"labels[{name!r}] must have {flat.shape[1]} entries, got {len(names)}")
         for j in range(flat.shape[1]):
@@ -87,14 +92,18 @@ def _quantile_table(draws: Mapping[str, np.ndarray], labels: Mapping[str, Any] |
 
 
 def _model_table(model: Any, sampled: Mapping[str, Any], labels: Mapping[str, Any] | None,
-                 weights: np.ndarray | None = None) -> list[dict]:
+                 weights: np.ndarray | None = None, check_labels: bool = False) -> list[dict]:
     """`_quantile_table` of a model's constrained draws: with its deterministic sites (numpyro.deterministic
-    of `from_numpyro` models), in the model's parameter order."""
+    of `from_numpyro` models), in the model's parameter order. `check_labels`: a name in `labels` that is
+    none of these is an error (labels a caller gave), rather than ignored."""
     with_deterministics = getattr(model, "with_deterministics", None)
     if callable(with_deterministics):
         sampled = with_deterministics(sampled)
     names = list(getattr(model, "names", []))
     order = [k for k in names if k in sampled] + [k for k in sampled if k not in names]
+    unknown = [k for k in (labels or {}) if k not in sampled] if check_labels else []
+    if unknown:
+        raise ValueError(f"labels names {unknown}, which this model does not have; its parameters are {order}")
     return _quantile_table({k: np.asarray(sampled[k]) for k in order}, labels, weights)
 
 
@@ -189,8 +198,8 @@ class Result:
       >>> import jax, jax.numpy as jnp, advi_jax as aj
       >>> model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2), {"x": aj.real((3,))})
       >>> result = aj.fit(model, key=jax.random.key(1), num_steps=500, num_samples=2, progress=False)
-      >>> result.num_grad_evals, result.report.method  # 500 steps x 2 draws, and the start's 9
-      (1009, 'advi')
+      >>> result.num_grad_evals, result.report.method  # 500 steps x 2 draws, and the start's 7
+      (1007, 'advi')
     """
 
     model: Any
@@ -320,6 +329,7 @@ class Result:
         a fixed key (0) is used so repeated calls agree.
         """
         key = jax.random.key(0) if key is None else key
+        num_draws = check_positive_int(num_draws, "num_draws")
         return {k: jnp.mean(v, axis=0) for k, v in self.sample(key, num_draws).items()}
 
     def linear_response(self, key: Array | None = None, num_draws: int | None = None) -> "Result":
@@ -425,17 +435,22 @@ class Result:
         With `reuse_diagnostic_draws` (default: when `key` is None) these reuse the diagnostics'
         own draws and log ratios (`num_draws` is then the diagnostics' S, and no log density is
         evaluated again); otherwise `num_draws` fresh draws (at least the diagnostics' S where k-hat was
-        re-estimated from a larger sample, `Report.first_diagnostics`). `labels` optionally maps a
-        parameter name to labels of its flattened entries; by default the model's own `labels` (e.g.
-        feature names of the ready GLMs).
+        re-estimated from a larger sample, `Report.first_diagnostics`); at least 2. `labels` optionally maps a
+        parameter name to labels of its flattened entries (a string for a scalar), a name the model does not
+        have being an error; by default the model's own `labels` (e.g. feature names of the ready GLMs).
         `draws`: `sample(key, num_draws)` when the caller already made it (reusing the diagnostic
         draws, `key` is then `report.diagnostic_sample[0]`): used instead of drawing the same
         draws again; ignored where the summary takes fresh importance draws.
         A mean-field fit with a linear-response covariance (DADVI) also gets `lr_mean` and `lr_sd`:
         the same number of draws of its linear-response Gaussian (`linear_response`), constrained.
         """
+        num_draws = check_positive_int(num_draws, "num_draws", 2)  # a sd needs two draws
+        given = labels is not None
         if labels is None:
             labels = _default_labels(self.model)
+        elif not isinstance(labels, Mapping):
+            raise TypeError("labels must be a dict mapping a parameter name to labels of its entries, e.g. "
+                            f"{{'beta': ['age', 'dose']}}, got {type(labels).__name__}")
         diag = self.report.diagnostics
         weights = None
         if (diag is not None and diag.nonfinite_share == 0 and diag.khat < _diag.khat_threshold(diag.num_draws)
@@ -454,7 +469,7 @@ class Result:
             weights = np.exp(np.asarray(smoothed.log_weights, np.float64))
         else:
             sampled = self.sample(jax.random.key(0) if key is None else key, num_draws) if draws is None else draws
-        rows = _model_table(self.model, sampled, labels, weights)
+        rows = _model_table(self.model, sampled, labels, weights, check_labels=given)
         count = int(np.shape(jax.tree_util.tree_leaves(sampled)[0])[0]) if sampled else 0
         lr_rows = self._lr_columns(key, count, labels)
         if lr_rows is not None:

@@ -9,8 +9,8 @@ Example:
   >>> import advi_jax as aj
   >>> aj.positive((3,)).shape
   (3,)
-  >>> aj.bijector_for(aj.interval(0.0, 1.0)).forward(0.0)
-  Array(0.5, dtype=float32, weak_type=True)
+  >>> float(aj.bijector_for(aj.interval(0.0, 1.0)).forward(0.0))
+  0.5
   >>> aj.simplex(3, batch_shape=(2,)).shape
   (2, 3)
 

@@ -130,3 +130,37 @@ def test_formula_model_names_are_coordinates():
     idata = to_arviz(result, num_draws=20, key=jax.random.key(1))
     assert list(idata.posterior["feature"].values) == ["x", "C(g)[T.b]", "C(g)[T.c]"]
     assert idata.posterior["beta"].shape == (1, 20, 3)
+
+
+def test_grouped_model_names_its_groups():
+    """A varying-intercept GLM's `u` is labelled by its groups, as in `summary()` (not u_dim_0 = 0, 1, ...)."""
+    rng = np.random.default_rng(0)
+    state = rng.choice(["CA", "NY", "TX"], size=120)
+    x = rng.normal(size=(120, 2))
+    y = rng.poisson(np.exp(0.5 + x @ [0.3, -0.2] + (state == "CA") * 0.5))
+    model = aj.models.poisson_regression(x, y, group=state, feature_names=["a", "b"])
+    result = aj.fit(model, key=jax.random.key(0), progress=False, diagnostics=False)
+    idata = to_arviz(result, num_draws=50, key=jax.random.key(1))
+    post = idata.posterior
+    assert post["u"].dims == ("chain", "draw", "group")
+    assert list(post["group"].values) == ["CA", "NY", "TX"]
+    assert list(post["feature"].values) == ["a", "b"]
+    rows = az.summary(idata, var_names=["u"], kind="stats").index
+    assert list(rows) == ["u[CA]", "u[NY]", "u[TX]"]
+    # the labels follow the entries: u[CA] is result.sample's u[:, 0] for the same key
+    np.testing.assert_array_equal(post["u"].sel(group="CA").values[0],
+                                  np.asarray(result.sample(jax.random.key(1), 50)["u"][:, 0]))
+
+
+def test_batch_of_keys_is_named(conjugate_result):
+    """Three keys instead of one: the argument is named (not JAX's error about key data deep inside)."""
+    with pytest.raises(TypeError, match=r"key must be a single PRNG key .*\(3,\)"):
+        to_arviz(conjugate_result, num_draws=10, key=jax.random.split(jax.random.key(0), 3))
+
+
+def test_raw_key_gives_the_draws_of_sample(conjugate_result):
+    """A raw uint32 key (jax.random.PRNGKey, or its NumPy copy) works as it does for `Result.sample`."""
+    raw = np.asarray(jax.random.PRNGKey(4))
+    idata = to_arviz(conjugate_result, num_draws=10, key=raw)
+    np.testing.assert_array_equal(idata.posterior["mu"].values[0],
+                                  np.asarray(conjugate_result.sample(raw, 10)["mu"]))

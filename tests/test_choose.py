@@ -29,6 +29,14 @@ def test_family_auto_is_fullrank_up_to_the_threshold_then_meanfield():
         policy.choose_family(_gauss(3), "diagonal")
 
 
+def test_an_unknown_family_lists_auto_among_the_valid_ones():
+    """aj.fit's default family 'auto' is valid there: its error for a typo lists it (it listed only the
+    three families, as if 'auto' were not an option)."""
+    with pytest.raises(ValueError, match=r"family must be 'auto' or one of \['fullrank', 'lowrank', 'meanfield'\]"
+                                         r".*got 'full-rank'"):
+        aj.fit(_gauss(3), key=jax.random.key(0), family="full-rank", progress=False)
+
+
 def test_family_auto_gives_a_full_rank_only_method_its_family_above_the_threshold():
     """`method="bam"` with `family="auto"` at K > FULLRANK_MAX_DIM raised ("fits the families ['fullrank'], not
     'meanfield'"): the family rule ignored what the named method fits. It fits now, at K = 201."""

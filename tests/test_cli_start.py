@@ -160,6 +160,20 @@ end_process(0)
 """
 
 
+def test_a_command_line_run_prints_a_warning_as_one_line():
+    """On a fresh machine the first `advi-jax fit` printed the native kernel's notice as Python does, two
+    lines naming threading.py (the compile thread that traced the GLM) and its source line."""
+    code = ("import sys, threading, warnings\n"
+            "import advi_jax.cli as cli\n"
+            "sys.argv = ['advi-jax']\n"
+            "cli._main(None)  # no command: the help, as a command-line run\n"
+            "thread = threading.Thread(target=lambda: warnings.warn('advi_jax: a notice\\nin two lines', RuntimeWarning))\n"
+            "thread.start(); thread.join()\n")
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == ["advi-jax: RuntimeWarning: advi_jax: a notice in two lines"], run.stderr
+
+
 def test_end_process_waits_for_threads_and_stops_idle_thread_pools():
     proc = _python(POOL)
     assert proc.returncode == 0 and proc.stdout == "worker done\n", proc.stderr[-2000:]

@@ -76,6 +76,7 @@ def test_load_csv_ok(tmp_path):
         ("a,y\n1,0\n", {"target": "y"}, r"too few rows: 1"),
         ("a,y\n1,0\n2\n", {"target": "y"}, r"data row 1 .* has 1 fields"),
         ("a,y\n1,0\n2,1\n", {"target": "y", "features": ["q"]}, r"feature columns \['q'\] not found"),
+        ("a,y\n1,0\n2,1\n", {"target": "y", "features": ["a", "a"]}, r"feature columns \['a'\] are listed more than once"),
     ],
 )
 def test_load_csv_errors(tmp_path, text, kwargs, match):

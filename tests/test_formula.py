@@ -93,6 +93,17 @@ def test_bad_formulas(frame, formula, match):
         aj.models.from_formula("logistic", frame, "y ~ x1", intercept=False)
 
 
+@pytest.mark.parametrize("formula, token", [("y ~ x1 +", "+"), ("y ~ (x1", "("), ("y ~ x1 ~ x3", "~")])
+def test_a_formula_that_does_not_parse_is_one_plain_line(frame, formula, token):
+    """formulaic's syntax errors span three lines with terminal colour codes around the bad token; the
+    error (and so `advi-jax fit --formula`'s one-line message) has neither."""
+    with pytest.raises(ValueError, match="cannot parse formula") as info:
+        aj.models.logistic_regression.from_formula(frame, formula)
+    text = str(info.value)
+    assert "\n" not in text and "\x1b" not in text and "\u29db" not in text
+    assert f">>{token}<<" in text
+
+
 def test_new_rows_with_an_unseen_level_or_a_missing_column_are_refused(frame):
     """formulaic encodes a level the training data never had as all-zero dummies, i.e. as the reference
     level ('a'): predictions for such rows would silently be those of another group."""

@@ -254,3 +254,13 @@ def test_cli_fit_group(tmp_path, capsys):
         except SystemExit as stop:
             code = stop.code
         assert code == 2 and needle in capsys.readouterr().err
+
+
+def test_predict_names_a_varying_intercept_model():
+    """predict on `poisson_regression(x, y, group=...)` said the model 'must come from ... poisson_regression',
+    which is where it came from; it now says that varying-intercept models have no predict here."""
+    model, _ = _simulate("poisson", n=60, g=3)
+    draws = {"intercept": jnp.zeros(4), "beta": jnp.zeros((4, 2)), "u": jnp.zeros((4, 3)), "tau": jnp.ones(4)}
+    with pytest.raises(TypeError, match=r"takes the ready GLMs without group=; a varying-intercept model "
+                                        r"\(GroupedRegressionModel, from group=\)"):
+        aj.models.predict(model, draws, np.zeros((2, 2)))

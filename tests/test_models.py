@@ -186,6 +186,38 @@ def test_poisson_bad_input_and_predict_errors():
         predict(aj.Model(lambda p: 0.0, {"beta": aj.real()}), draws, np.ones((3, 2)))
 
 
+def test_predict_reads_a_dataframe_by_its_column_names():
+    """A DataFrame of new rows is matched to the model's features by name: another column order (or an
+    extra column such as the target) gave other numbers silently, or an error about the column count."""
+    pd = pytest.importorskip("pandas")
+    x, y = _data("logistic", d=3)
+    frame = pd.DataFrame(x, columns=["age", "dose", "weight"])
+    model = logistic_regression(frame, y)
+    draws = {"intercept": jnp.full(4, 0.2), "beta": jnp.tile(jnp.array([1.0, -2.0, 0.5]), (4, 1))}
+    new = frame.iloc[:5]
+    expected = np.asarray(predict(model, draws, new.to_numpy()).mean)
+    reordered = new[["weight", "age", "dose"]].assign(y=y[:5])
+    np.testing.assert_allclose(np.asarray(predict(model, draws, reordered).mean), expected, rtol=1e-6)
+    mean, scale = (np.asarray(model.data[k], np.float64) for k in ("x_mean", "x_scale"))
+    eta = 0.2 + ((x[:5] - mean) / scale) @ np.array([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(expected, special.expit(eta), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"X_new lacks the model's feature columns \['dose'\]"):
+        predict(model, draws, new[["age", "weight"]])
+    # columns that name no feature: read by position, as an array is
+    unnamed = pd.DataFrame(new.to_numpy())
+    np.testing.assert_allclose(np.asarray(predict(model, draws, unnamed).mean), expected, rtol=1e-6)
+
+
+def test_predict_names_bad_levels():
+    x, y = _data("logistic", d=2)
+    model = logistic_regression(x, y)
+    draws = {"intercept": jnp.zeros(4), "beta": jnp.zeros((4, 2))}
+    with pytest.raises(TypeError, match=r"levels must be quantile levels in \[0, 1\].*got 'low'"):
+        predict(model, draws, x[:3], levels="low")
+    with pytest.raises(ValueError, match=r"levels must be quantile levels in \[0, 1\]"):
+        predict(model, draws, x[:3], levels=(0.1, float("nan")))
+
+
 def test_bundled_data_models_build():
     from advi_jax.data import load_dataset
 

@@ -142,3 +142,37 @@ def test_summary_shows_boolean_and_integer_deterministic_sites(key):
     assert abs(rows["first_positive"]["mean"] - 0.841) < 0.03  # P(N(1, 1) > 0)
     assert rows["first_positive"]["5%"] == 0.0 and rows["first_positive"]["95%"] == 1.0
     assert 0.0 <= rows["largest"]["mean"] <= 1.0 and "first_positive" in result.summary()
+
+
+@pytest.fixture(scope="module")
+def small_result():
+    model = aj.Model(lambda p: -0.5 * jnp.sum(p["x"] ** 2) - 0.5 * p["s"] ** 2, {"x": aj.real((2,)), "s": aj.positive()})
+    return aj.fit(model, key=jax.random.key(0), num_steps=200, progress=False, diagnostics=False, warn=False)
+
+
+@pytest.mark.parametrize("bad, err", [(0, ValueError), (1, ValueError), ("100", TypeError), (2.5, TypeError)])
+def test_summary_names_a_bad_num_draws(small_result, bad, err):
+    """summary(num_draws=...) names num_draws (not `n` of the sample it makes); one draw has no sd (it gave
+    NaN sds and NumPy's degrees-of-freedom warnings)."""
+    with pytest.raises(err, match=r"num_draws must be an int >= 2"):
+        small_result.summary(jax.random.key(1), num_draws=bad)
+    with pytest.raises(err, match=r"num_draws must be an int >= 2"):
+        small_result.summary_rows(jax.random.key(1), num_draws=bad)
+
+
+def test_mean_names_a_bad_num_draws(small_result):
+    with pytest.raises(ValueError, match=r"num_draws must be an int >= 1, got 0"):
+        small_result.mean(num_draws=0)
+
+
+def test_summary_labels_are_checked(small_result):
+    key = jax.random.key(1)
+    with pytest.raises(TypeError, match=r"labels must be a dict .*got list"):
+        small_result.summary(key, labels=["a", "b"])
+    with pytest.raises(ValueError, match=r"labels names \['sigma'\], which this model does not have; "
+                                         r"its parameters are \['x', 's'\]"):
+        small_result.summary(key, labels={"sigma": ["scale"]})
+    with pytest.raises(TypeError, match=r"labels\['x'\] must be a sequence of 2 labels"):
+        small_result.summary(key, labels={"x": "ab"})
+    rows = small_result.summary_rows(key, 100, labels={"x": ["left", "right"], "s": "scale"})
+    assert [row["parameter"] for row in rows] == ["x[left]", "x[right]", "scale"]

@@ -235,7 +235,10 @@ def no_compile(monkeypatch):
     (dict(epochs=2.0), TypeError, r"epochs must be an int >= 1, got float 2.0"),
     (dict(key=0), TypeError, r"key must be a single PRNG key such as jax.random.key\(0\), got int"),
     (dict(batch_size=0), ValueError, r"batch_size must be an int >= 1, got 0"),
-], ids=["0..255", "negative", "nan", "epochs=0", "float epochs", "int key", "batch_size=0"])
+    (dict(objective="iwae-5"), TypeError, r"objective must be an Objective, e.g. parse_objective\('iwae-5'\).*got str"),
+    (dict(optimizer="adam"), TypeError, r"optimizer must be an optax GradientTransformation.*got str 'adam'"),
+], ids=["0..255", "negative", "nan", "epochs=0", "float epochs", "int key", "batch_size=0", "objective str",
+        "optimizer str"])
 def test_train_rejects_bad_input_before_compiling(key, no_compile, change, error, match):
     x = _binary_data(key, n=40, d=20)
     if change.get("x") == 255.0:
@@ -244,7 +247,8 @@ def test_train_rejects_bad_input_before_compiling(key, no_compile, change, error
         x = x.copy()
         x[3, 5] = change["x"]
     kwargs = dict(key=change.get("key", key), epochs=change.get("epochs", 1),
-                  batch_size=change.get("batch_size", 10), progress=False)
+                  batch_size=change.get("batch_size", 10), progress=False,
+                  **{k: change[k] for k in ("objective", "optimizer") if k in change})
     with pytest.raises(error, match=match):
         train(TINY, x, **kwargs)
 

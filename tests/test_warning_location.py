@@ -41,6 +41,23 @@ def test_a_fits_diagnostic_warning_names_the_callers_line():
     assert {w.filename for w in ours} == {__file__}
 
 
+def test_a_warning_from_library_code_traced_by_jax_names_the_callers_line():
+    """A library function that warns while JAX traces it (the ready GLMs' "native kernel still being built"
+    notice, on a fresh machine's first fit) named a line inside JAX (jax/_src/interpreters/partial_eval.py)."""
+    namespace: dict = {"user_stacklevel": user_stacklevel, "warnings": warnings, "jax": jax}
+    code = ("def traced(x):\n"
+            "    warnings.warn('notice', RuntimeWarning, stacklevel=user_stacklevel())\n"
+            "    return x + 1\n"
+            "def entry(x):\n"
+            "    return jax.jit(traced)(x)\n")
+    exec(compile(code, aj.__file__.replace("__init__.py", "pretend.py"), "exec"), namespace)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        namespace["entry"](1.0)
+    notices = [w for w in caught if str(w.message) == "notice"]
+    assert [w.filename for w in notices] == [__file__], [(w.filename, str(w.message)) for w in caught]
+
+
 def test_dropped_rows_warnings_name_the_callers_line(tmp_path):
     # the CSV reader and the formula path warn from a few frames down (and through `from_formula`'s
     # classmethod); both warnings must point here, where the user asked for dropna=True

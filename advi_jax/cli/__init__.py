@@ -43,6 +43,7 @@ import math
 import os
 import sys
 import threading
+import warnings
 
 from advi_jax._extras import MissingExtraError
 from advi_jax.compilation_cache import enable_compilation_cache
@@ -253,10 +254,19 @@ def _draws_figures(argv: list[str]) -> bool:
                    for arg in argv[1:])
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """`warnings.formatwarning` of a command-line run: one line, `advi-jax: RuntimeWarning: ...`, without
+    the file and source line (a notice raised while JAX traces, or on the command's compile thread, named
+    jax's or threading.py's line, which says nothing to someone who typed a command)."""
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    return f"advi-jax: {category.__name__}: {text}\n"
+
+
 def _main(argv: list[str] | None) -> int:
     global _command_line
     if argv is None:  # a command-line run (not a call from Python): keep compiled programs between runs
         _command_line = True
+        warnings.formatwarning = _one_line_warning
         if _draws_figures(sys.argv[1:]):  # before anything imports JAX (`advi_jax.cli.figures.start_early`)
             from advi_jax.cli import figures
 

@@ -7,8 +7,8 @@ Example:
   >>> params = aj.MeanFieldGaussian().init(jax.random.key(0), 2)
   >>> rows = variance_table(aj.gradient_variance(model, "meanfield", params, jax.random.key(1), "reparam",
   ...                                            100, time_repeats=0))
-  >>> sorted(rows[0])[:3]
-  ['efficiency', 'estimator', 'loc_variance']
+  >>> rows[0]["estimator"], [k for k in sorted(rows[0]) if k.startswith("variance_trace")]
+  ('reparam', ['variance_trace', 'variance_trace_lower', 'variance_trace_se', 'variance_trace_upper'])
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ instrument `advi_jax.gradient_variance.gradient_stats`.
 Example:
   >>> from advi_jax.gradient_variance import univariate
   >>> m = univariate.exact_moments("reparam", "square", k=2.0, mu=1.0, sigma=1.0)
-  >>> [round(v, 6) for v in m.variance]      # 4 sigma^2 and 4 (mu - k)^2 + 8 sigma^2
+  >>> [round(float(v), 6) for v in m.variance]      # 4 sigma^2 and 4 (mu - k)^2 + 8 sigma^2
   [4.0, 12.0]
 
 References:

@@ -7,7 +7,7 @@ num_draws)` gives, in one compiled call) and returns an `arviz.InferenceData` wi
   deterministic sites of `from_numpyro` models (recomputed at every draw with NumPyro's
   handlers). Regression models name their coefficient dimension after the features
   (`beta_dim_0` becomes `feature`, with the feature or DataFrame/formula column names as
-  coordinates).
+  coordinates), and a varying-intercept model's `u` is over `group`, with the group labels.
 * `sample_stats`: per draw, `lp` = log p(x, T^{-1}(zeta)) + log|det J| (the model's log
   density in the unconstrained space q lives in), `log_q` = log q(zeta), and
   `log_weight` = lp - log_q (the raw importance log-ratio behind k-hat).
@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from advi_jax._extras import require
+from advi_jax.diagnostics import check_key
 from advi_jax.importance import sampling_key
 
 __all__ = ["to_arviz"]
@@ -51,12 +52,24 @@ def _check_num_draws(num_draws: Any) -> int:
     return int(num_draws)
 
 
+# the dimension named for each labelled vector parameter of the ready GLMs
+_LABELLED_DIMS = {"beta": "feature", "u": "group"}
+
+
 def _regression_dims(model) -> tuple[dict, dict]:
+    """dims and coords of a ready GLM's labelled vectors: `beta` over its features and, for a
+    varying-intercept model, `u` over its groups (the labels `summary()` shows)."""
     info = getattr(model, "info", None)
-    names = getattr(info, "feature_names", None)
-    if names is None or "beta" not in model.support:
-        return {}, {}
-    return {"beta": ["feature"]}, {"feature": list(names)}
+    labels = dict(getattr(model, "labels", None) or {})
+    if "beta" not in labels and getattr(info, "feature_names", None) is not None:
+        labels["beta"] = info.feature_names
+    dims, coords = {}, {}
+    for name, dim in _LABELLED_DIMS.items():
+        names = labels.get(name)
+        if names is None or name not in model.support or model.support[name].shape != (len(names),):
+            continue
+        dims[name], coords[dim] = [dim], [str(n) for n in names]
+    return dims, coords
 
 
 @functools.partial(jax.jit, static_argnames=("family", "num_draws"))
@@ -98,9 +111,7 @@ def to_arviz(result, *, num_draws: int = 1000, key: jax.Array | None = None):
     """
     az = require("arviz", purpose="to_arviz")
     num_draws = _check_num_draws(num_draws)
-    key = jax.random.key(0) if key is None else key
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"key must be a JAX PRNG key such as jax.random.key(0), got {type(key).__name__}")
+    key = jax.random.key(0) if key is None else check_key(key)
     model = result.model
     draws, lp, log_q = jax.device_get(_draws_and_densities(model, result.family, result.params, key, num_draws))
     lp, log_q = np.asarray(lp, np.float64), np.asarray(log_q, np.float64)

@@ -47,6 +47,16 @@ from advi_jax.models.regression import RegressionModel
 __all__ = ["FormulaRegressionModel", "frame_to_array", "from_formula"]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _message(err: BaseException) -> str:
+    """formulaic's error as one plain line: its parse errors span lines and mark the bad token with
+    terminal colour codes between '⧛' and '⧚' (`y ~ a ⧛\\x1b[1;31m+\\x1b[0m⧚`), shown here as `>>+<<`."""
+    text = _ANSI.sub("", str(err)).replace("\u29db", ">>").replace("\u29da", "<<")
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _is_frame(x: Any) -> bool:
     return hasattr(x, "columns") and hasattr(x, "to_numpy") and getattr(x, "ndim", 0) == 2
 
@@ -144,7 +154,7 @@ class FormulaRegressionModel(RegressionModel):
                                  f"{levels or 'unknown'}. Rows with an unseen level cannot be predicted (formulaic "
                                  "would encode them as the reference level): drop or recode them") from None
             except errors.FactorEvaluationError as err:
-                raise ValueError(f"new data for the formula {self.formula!r}: {err}") from None
+                raise ValueError(f"new data for the formula {self.formula!r}: {_message(err)}") from None
         names = [str(c) for c in matrix.columns]
         keep = [j for j, c in enumerate(names) if c != "Intercept"]
         return np.asarray(matrix, dtype=np.float64)[:, keep]
@@ -204,7 +214,7 @@ def from_formula(kind: str, data, formula: str, *, exposure=None, offset=None, d
         parsed = formulaic.Formula(formula)
         required = sorted(str(v) for v in parsed.required_variables)
     except Exception as err:  # noqa: BLE001 - formulaic's parse errors have many types
-        raise ValueError(f"cannot parse formula {formula!r}: {err}") from None
+        raise ValueError(f"cannot parse formula {formula!r}: {_message(err)}") from None
     used = [v for v in required if v in frame.columns]
     if not used:
         raise ValueError(f"formula {formula!r} uses none of the columns {list(map(str, frame.columns))}")
@@ -228,7 +238,7 @@ def from_formula(kind: str, data, formula: str, *, exposure=None, offset=None, d
     try:
         matrices = formulaic.model_matrix(formula, frame, na_action="raise")
     except Exception as err:  # noqa: BLE001 - unknown names, bad calls, ... all user errors
-        raise ValueError(f"formula {formula!r}: {type(err).__name__}: {err}") from None
+        raise ValueError(f"formula {formula!r}: {type(err).__name__}: {_message(err)}") from None
     lhs, rhs = getattr(matrices, "lhs", None), getattr(matrices, "rhs", None)
     if lhs is None or rhs is None:
         raise ValueError(f"formula {formula!r} needs a target on the left of '~'")

@@ -577,6 +577,11 @@ def poisson_regression(
 
 
 def _check_model(model) -> RegressionInfo:
+    if not isinstance(model, RegressionModel) and getattr(model, "num_groups", None) is not None:
+        # a varying-intercept model, built by the same poisson_regression / logistic_regression (group=)
+        raise TypeError(f"this function takes the ready GLMs without group=; a varying-intercept model "
+                        f"({type(model).__name__}, from group=) has no predictions or data-scale coefficients "
+                        "here yet: compute them from its draws (intercept + u[group] + standardised X @ beta)")
     if not isinstance(model, RegressionModel):
         raise TypeError("model must come from logistic_regression, poisson_regression, probit_regression or "
                         "negbin_regression, "
@@ -607,7 +612,8 @@ def linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike], X_n
     Args:
       model: a `RegressionModel`.
       draws: constrained draws, e.g. `result.sample(key, S)`: `beta` (S, D), `intercept` (S,).
-      X_new: (M, D) features on the original (unstandardised) scale.
+      X_new: (M, D) features on the original (unstandardised) scale, or a DataFrame: its columns named
+        after the model's features are used by name (in any order), one that names none is read by position.
       exposure, offset: for Poisson models, per-row exposure or offset of the new rows
         (default: none, i.e. exposure 1).
 
@@ -615,6 +621,21 @@ def linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike], X_n
       (S, M) linear predictors.
     """
     return jax.device_put(_host_linear_predictor(model, draws, X_new, exposure, offset))
+
+
+def _features_by_name(frame, feature_names: Sequence[str]):
+    """A DataFrame of new rows with the model's features picked by name, in the model's order, where its
+    columns name them (a frame in another column order, or with other columns too, such as the target);
+    a frame that names none of them is read by position."""
+    by_name = {str(c): c for c in frame.columns}
+    found = [n for n in feature_names if n in by_name]
+    if not found:
+        return frame
+    missing = [n for n in feature_names if n not in by_name]
+    if missing:
+        raise ValueError(f"X_new lacks the model's feature columns {missing}; it has {list(by_name)} "
+                         f"(the model's features, in order: {list(feature_names)})")
+    return frame[[by_name[n] for n in feature_names]]
 
 
 def _host_linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike], X_new: ArrayLike,
@@ -626,6 +647,8 @@ def _host_linear_predictor(model: RegressionModel, draws: Mapping[str, ArrayLike
     draws, _ = _check_draws(model, draws)
     if hasattr(X_new, "columns") and hasattr(model, "design_matrix"):
         X_new = model.design_matrix(X_new)  # a DataFrame of new rows through the model's formula
+    elif hasattr(X_new, "columns"):
+        X_new = _features_by_name(X_new, info.feature_names)
     X_new, _ = _frame_input(X_new, None)
     x = _check_x(X_new, "X_new", num_features=len(info.feature_names))
     off = _offset(exposure, offset, x.shape[0])
@@ -651,7 +674,8 @@ def predict(model: RegressionModel, draws: Mapping[str, ArrayLike], X_new: Array
       model: a `RegressionModel`.
       draws: dict of constrained posterior draws with a leading draw axis of length S.
       X_new: (M, D) new features on the original scale (standardised internally with the
-        training means and sds).
+        training means and sds), or a DataFrame: its columns named after the model's features are
+        used by name (in any order, other columns ignored), one that names none is read by position.
       exposure, offset: Poisson only, for the new rows (the rate is then per row, including
         exposure).
       levels: quantile levels in [0, 1] of the credible band.
@@ -668,8 +692,11 @@ def predict(model: RegressionModel, draws: Mapping[str, ArrayLike], X_new: Array
       >>> predict(model, draws, np.zeros((3, 1))).mean.shape
       (3,)
     """
-    levels_arr = np.asarray(levels, dtype=np.float64).reshape(-1)
-    if levels_arr.size == 0 or np.any((levels_arr < 0) | (levels_arr > 1)):
+    try:
+        levels_arr = np.asarray(levels, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"levels must be quantile levels in [0, 1], e.g. (0.05, 0.5, 0.95), got {levels!r}") from None
+    if levels_arr.size == 0 or np.any(~((levels_arr >= 0) & (levels_arr <= 1))):
         raise ValueError(f"levels must be quantile levels in [0, 1], got {levels!r}")
     eta = _host_linear_predictor(model, draws, X_new, exposure, offset)
     kind = model.info.kind

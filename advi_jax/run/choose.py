@@ -63,7 +63,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from advi_jax.base import Family
-from advi_jax.families import LowRankGaussian, get_family
+from advi_jax.families import FAMILIES, LowRankGaussian, get_family
 from advi_jax.vi._advi_averaged import AutoStop
 from advi_jax.vi._advi_drift import DriftStop
 
@@ -169,6 +169,8 @@ def choose_family(model: Any, family: Any, method: Any = "auto") -> tuple[Family
         if k <= limit:
             return get_family("fullrank"), f"family fullrank: K={k} <= {limit}{whose} (family='auto')"
         return get_family("meanfield"), f"family meanfield: K={k} > {limit}{whose} (family='auto')"
+    if isinstance(family, str) and family not in FAMILIES:  # get_family's list lacks the 'auto' of aj.fit
+        raise ValueError(f"family must be 'auto' or one of {sorted(FAMILIES)}, or a Family instance, got {family!r}")
     return get_family(family), ""
 
 

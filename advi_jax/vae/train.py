@@ -363,14 +363,21 @@ def train(config: VAEConfig, x_train, *, key: Array, epochs: int, batch_size: in
       A `TrainResult`.
 
     Raises:
-      TypeError: `key` is not a PRNG key, or `epochs` / `batch_size` is not an int.
+      TypeError: `key` is not a PRNG key, `epochs` / `batch_size` is not an int, `objective` is not an
+        `Objective` (a string such as "iwae-5" goes through `parse_objective`) or `optimizer` not optax's.
       ValueError: (before anything is compiled) `epochs` < 1, bad sizes, non-finite data, data
         outside [0, 1] for a Bernoulli decoder (e.g. 0..255 pixel values), or a checkpoint
         written for another config.
       NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
     """
-    objective = objective or Objective()
+    objective = Objective() if objective is None else objective
+    if not isinstance(objective, Objective):  # e.g. the command line's spelling, "iwae-5"
+        raise TypeError(f"objective must be an Objective, e.g. parse_objective('iwae-5') or Objective(), got "
+                        f"{type(objective).__name__} {objective!r}")
     optimizer = optimizer or _DEFAULT_OPTIMIZER
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"optimizer must be an optax GradientTransformation such as optax.adam(1e-3), got "
+                        f"{type(optimizer).__name__} {optimizer!r}")
     key = check_key(key)
     epochs = _check_int(epochs, "epochs")
     batch_size = _check_int(batch_size, "batch_size")
